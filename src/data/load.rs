@@ -1,0 +1,322 @@
+//! Ratings file loaders: MovieLens `u.data`, `ratings.dat`, `ratings.csv`, and
+//! generic `user,item,rating[,timestamp]` CSV/TSV with or without a header.
+//!
+//! Every malformed line is an error naming the file, the 1-based line number
+//! and the offending text, unless `skip_bad_lines` is set, in which case it is
+//! counted and the first few are kept for the report.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use super::{IdMap, Rating, RatingSet};
+use crate::error::{Error, Result};
+
+/// The layout of a ratings file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// Detect from the file name and first line.
+    Auto,
+    /// MovieLens 100K `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`, no header.
+    Movielens100k,
+    /// MovieLens 1M/10M `ratings.dat`: `user::item::rating::timestamp`.
+    MovielensDat,
+    /// MovieLens latest `ratings.csv`: header `userId,movieId,rating,timestamp`.
+    MovielensCsv,
+    /// Comma-separated `user,item,rating[,timestamp]`.
+    Csv,
+    /// Tab-separated `user<TAB>item<TAB>rating[<TAB>timestamp]`.
+    Tsv,
+}
+
+/// Whether the first line is a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeaderMode {
+    /// A header if its rating column holds no digit (e.g. `rating`).
+    Auto,
+    Yes,
+    No,
+}
+
+impl FromStr for Format {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        <Self as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| Error::arg("--format", s, "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv"))
+    }
+}
+
+/// How to read a ratings file.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub format: Format,
+    pub header: HeaderMode,
+    pub skip_bad_lines: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            format: Format::Auto,
+            header: HeaderMode::Auto,
+            skip_bad_lines: false,
+        }
+    }
+}
+
+/// What a load found besides the ratings.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// The format used (after detection).
+    pub format: Option<Format>,
+    /// Lines skipped under `skip_bad_lines`.
+    pub skipped: usize,
+    /// The first few skipped lines' errors, for the user.
+    pub first_skipped: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Sep {
+    Char(u8),
+    DoubleColon,
+}
+
+/// Reads `path` into a [`RatingSet`].
+pub fn load_ratings(path: &Path, opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_ratings(path, &bytes, opts)
+}
+
+/// Parses ratings already in memory; `path` only names the source in errors.
+pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
+    let path_buf = path.to_path_buf();
+    let first_line = bytes
+        .split(|&b| b == b'\n')
+        .map(trim_cr)
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .ok_or_else(|| Error::EmptyData {
+            path: path_buf.clone(),
+            reason: "the file is empty".into(),
+        })?;
+    let first_line = String::from_utf8_lossy(first_line).into_owned();
+    let format = match opts.format {
+        Format::Auto => detect(path, &first_line),
+        f => f,
+    };
+    let (sep, header) = match format {
+        Format::Movielens100k => (Sep::Char(b'\t'), HeaderMode::No),
+        Format::MovielensDat => (Sep::DoubleColon, HeaderMode::No),
+        Format::MovielensCsv => (Sep::Char(b','), HeaderMode::Yes),
+        Format::Csv => (Sep::Char(b','), opts.header),
+        Format::Tsv => (Sep::Char(b'\t'), opts.header),
+        Format::Auto => unreachable!("detect never returns Auto"),
+    };
+
+    let mut users = IdMap::new();
+    let mut items = IdMap::new();
+    let mut ratings = Vec::with_capacity(bytes.len() / 24);
+    let mut report = LoadReport {
+        format: Some(format),
+        ..Default::default()
+    };
+    let mut seen_first = false;
+    for (idx, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line_no = idx + 1;
+        let raw = trim_cr(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let bad = |reason: String| Error::Parse {
+            path: path_buf.clone(),
+            line: line_no,
+            reason,
+            text: String::from_utf8_lossy(raw).into_owned(),
+        };
+        let parsed = std::str::from_utf8(raw)
+            .map_err(|e| bad(format!("not valid UTF-8 ({e})")))
+            .and_then(|line| {
+                let is_first = !seen_first;
+                seen_first = true;
+                let fields = split_fields(line, sep);
+                if is_first && is_header(header, &fields) {
+                    return Ok(None);
+                }
+                parse_fields(&fields, format).map(Some).map_err(bad)
+            });
+        match parsed {
+            Ok(Some((u, i, v))) => ratings.push(Rating {
+                user: users.intern(u.trim()),
+                item: items.intern(i.trim()),
+                value: v,
+            }),
+            Ok(None) => {}
+            Err(e) if opts.skip_bad_lines => {
+                report.skipped += 1;
+                if report.first_skipped.len() < 5 {
+                    report.first_skipped.push(e.to_string());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if ratings.is_empty() {
+        return Err(Error::EmptyData {
+            path: path_buf,
+            reason: if report.skipped > 0 {
+                format!("no valid rating: all {} data lines were bad", report.skipped)
+            } else {
+                "no rating found (only a header or blank lines)".into()
+            },
+        });
+    }
+    Ok((RatingSet { users, items, ratings }, report))
+}
+
+fn trim_cr(l: &[u8]) -> &[u8] {
+    l.strip_suffix(b"\r").unwrap_or(l)
+}
+
+/// Picks the format from the file name, then from the first line's separator.
+fn detect(path: &Path, first_line: &str) -> Format {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if first_line.contains("::") {
+        Format::MovielensDat
+    } else if name == "u.data" || name.ends_with(".data") {
+        Format::Movielens100k
+    } else if first_line.contains('\t') {
+        Format::Tsv
+    } else if name == "ratings.csv" && first_line.starts_with("userId,") {
+        Format::MovielensCsv
+    } else {
+        Format::Csv
+    }
+}
+
+fn split_fields(line: &str, sep: Sep) -> Vec<&str> {
+    match sep {
+        Sep::Char(c) => line.split(c as char).collect(),
+        Sep::DoubleColon => line.split("::").collect(),
+    }
+}
+
+fn is_header(mode: HeaderMode, fields: &[&str]) -> bool {
+    match mode {
+        HeaderMode::Yes => true,
+        HeaderMode::No => false,
+        HeaderMode::Auto => fields
+            .get(2)
+            .is_some_and(|f| !f.trim().is_empty() && !f.bytes().any(|b| b.is_ascii_digit()) && f.trim().parse::<f32>().is_err()),
+    }
+}
+
+fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(&'a str, &'a str, f32), String> {
+    let max_cols = 4;
+    if fields.len() < 3 {
+        return Err(format!(
+            "expected user, item, rating{} columns, found {}",
+            if format == Format::Movielens100k || format == Format::MovielensDat {
+                ", timestamp"
+            } else {
+                "[, timestamp]"
+            },
+            fields.len()
+        ));
+    }
+    if fields.len() > max_cols {
+        return Err(format!("expected at most {max_cols} columns (user, item, rating, timestamp), found {}", fields.len()));
+    }
+    let (u, i, r) = (fields[0].trim(), fields[1].trim(), fields[2].trim());
+    if u.is_empty() {
+        return Err("empty user id".into());
+    }
+    if i.is_empty() {
+        return Err("empty item id".into());
+    }
+    let v: f32 = r.parse().map_err(|_| format!("rating {r:?} is not a number"))?;
+    if !v.is_finite() {
+        return Err(format!("rating {r:?} is not finite"));
+    }
+    Ok((u, i, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, text: &str) -> Result<(RatingSet, LoadReport)> {
+        parse_ratings(Path::new(name), text.as_bytes(), LoadOptions::default())
+    }
+
+    #[test]
+    fn detects_every_format() {
+        let (s, r) = parse("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n").unwrap();
+        assert_eq!(r.format, Some(Format::Movielens100k));
+        assert_eq!(s.ratings.len(), 2);
+        let (s, r) = parse("ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n").unwrap();
+        assert_eq!(r.format, Some(Format::MovielensDat));
+        assert_eq!(s.ratings[0].value, 5.0);
+        let (s, r) = parse("ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n").unwrap();
+        assert_eq!(r.format, Some(Format::MovielensCsv));
+        assert_eq!(s.ratings.len(), 2);
+        assert_eq!(s.ratings[1].value, 4.5);
+        let (s, r) = parse("x.csv", "u1,i1,2\nu2,i1,3.5\n").unwrap();
+        assert_eq!(r.format, Some(Format::Csv));
+        assert_eq!(s.users.len(), 2);
+        assert_eq!(s.items.len(), 1);
+        let (s, r) = parse("x.tsv", "user\titem\trating\nalice\tbook\t5\n").unwrap();
+        assert_eq!(r.format, Some(Format::Tsv));
+        assert_eq!(s.ratings.len(), 1);
+        assert_eq!(s.users.name(0), "alice");
+    }
+
+    #[test]
+    fn header_detection_and_crlf() {
+        let (s, _) = parse("x.csv", "user,item,rating\r\na,b,1\r\n\r\n").unwrap();
+        assert_eq!(s.ratings.len(), 1);
+        // A numeric first line is data, not a header.
+        let (s, _) = parse("x.csv", "1,2,3\n").unwrap();
+        assert_eq!(s.ratings.len(), 1);
+    }
+
+    #[test]
+    fn bad_lines_name_file_line_and_text() {
+        let e = parse("r.csv", "a,b,1\na,b\n").unwrap_err().to_string();
+        assert!(e.contains("r.csv:2:") && e.contains("found 2") && e.contains("\"a,b\""), "{e}");
+        let e = parse("r.csv", "a,b,1\nc,d,x1\n").unwrap_err().to_string();
+        assert!(e.contains("r.csv:2:") && e.contains("not a number"), "{e}");
+        let e = parse("r.csv", "a,b,NaN\n").unwrap_err().to_string();
+        assert!(e.contains("r.csv:1:") && e.contains("not finite"), "{e}");
+        let e = parse("r.csv", "a,b,1\na,b,inf\n").unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("not finite"), "{e}");
+        let e = parse("r.csv", "a,b,1,2,3\n").unwrap_err().to_string();
+        assert!(e.contains("at most 4 columns"), "{e}");
+        let e = parse("r.csv", ",b,1\n").unwrap_err().to_string();
+        assert!(e.contains("empty user id"), "{e}");
+        let e = parse("r.csv", "").unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let e = parse("r.csv", "user,item,rating\n").unwrap_err().to_string();
+        assert!(e.contains("no rating found"), "{e}");
+        let e = parse_ratings(Path::new("r.csv"), b"a,b,1\n\xff\xfe,b,2\n", LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn skip_bad_lines_counts_them() {
+        let opts = LoadOptions {
+            skip_bad_lines: true,
+            ..Default::default()
+        };
+        let (s, r) = parse_ratings(Path::new("r.csv"), b"a,b,1\nbroken\nc,d,nan\ne,f,2\n", opts).unwrap();
+        assert_eq!(s.ratings.len(), 2);
+        assert_eq!(r.skipped, 2);
+        assert!(r.first_skipped[0].contains(":2:"));
+        let e = parse_ratings(Path::new("r.csv"), b"broken\n", opts).unwrap_err().to_string();
+        assert!(e.contains("all 1 data lines were bad"), "{e}");
+    }
+}

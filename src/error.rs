@@ -1,0 +1,111 @@
+//! One error type for the whole crate, in the style of candle: every variant
+//! carries what failed and with which sizes or values, so that the message alone
+//! tells a user what to change.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in rowstage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A line of a ratings file could not be parsed.
+    #[error("{path}:{line}: {reason}: {text:?}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+        text: String,
+    },
+
+    /// A ratings file holds no usable rating.
+    #[error("{path}: {reason}")]
+    EmptyData { path: PathBuf, reason: String },
+
+    /// A command-line value (flag, budget, list) is malformed or out of range.
+    #[error("invalid value {value:?} for {flag}: {reason}")]
+    InvalidArg {
+        flag: String,
+        value: String,
+        reason: String,
+    },
+
+    /// No wgpu adapter matches the request.
+    #[error("no GPU adapter found for {requested}: {hint}")]
+    NoAdapter { requested: String, hint: String },
+
+    /// The device-memory budget is larger than the adapter allows.
+    #[error(
+        "device memory budget {budget} bytes is larger than adapter {adapter:?} allows: {limit_name} = {limit} bytes; use --device-memory {limit} or less"
+    )]
+    BudgetTooLarge {
+        budget: u64,
+        adapter: String,
+        limit_name: &'static str,
+        limit: u64,
+    },
+
+    /// The device-memory budget cannot hold the rows one batch may touch.
+    #[error(
+        "device memory budget {budget} bytes holds {slots} row slots of {row_bytes} bytes, but a batch of {batch} ratings needs up to {needed} slots; the smallest budget that works is --device-memory {min_bytes} ({min_human}), or use a smaller --batch"
+    )]
+    BudgetTooSmall {
+        budget: u64,
+        slots: u64,
+        row_bytes: u64,
+        batch: usize,
+        needed: u64,
+        min_bytes: u64,
+        min_human: String,
+    },
+
+    /// A wgpu call failed (device lost, out of memory, validation).
+    #[error("GPU error on {adapter:?}: {reason}")]
+    Gpu { adapter: String, reason: String },
+
+    /// A saved model is unreadable, truncated, corrupted or from another version.
+    #[error("{path}: not a valid rowstage model: {reason}")]
+    BadModel { path: PathBuf, reason: String },
+
+    /// A lookup by external id failed.
+    #[error("unknown {kind} id {id:?} (not in the model's training data)")]
+    UnknownId { kind: &'static str, id: String },
+}
+
+impl Error {
+    /// Shorthand for an [`Error::Io`] at `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for an [`Error::InvalidArg`].
+    pub fn arg(flag: &str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArg {
+            flag: flag.to_string(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The process exit code for this error: 2 for bad input (files, flags,
+    /// budgets, ids), 1 for failures at run time (GPU, I/O while writing).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Gpu { .. } | Error::NoAdapter { .. } => 1,
+            Error::Io { .. } => 2,
+            _ => 2,
+        }
+    }
+}
+
+/// Result with rowstage's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

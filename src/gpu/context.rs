@@ -1,0 +1,197 @@
+//! The wgpu context, built once: instance → adapter → device → queue, in the
+//! style of wgpu's own examples. Adapter choice honours `--backend`,
+//! `--adapter SUBSTRING` and wgpu's `WGPU_*` environment variables
+//! (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, ...).
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Which backend `--backend` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// The best GPU adapter; the CPU backend if there is none.
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+    /// The multi-threaded Hogwild CPU backend (no GPU).
+    Cpu,
+}
+
+impl BackendChoice {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+            BackendChoice::Cpu => wgpu::Backends::empty(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Vulkan => "vulkan",
+            BackendChoice::Metal => "metal",
+            BackendChoice::Dx12 => "dx12",
+            BackendChoice::Gl => "gl",
+            BackendChoice::Cpu => "cpu",
+        }
+    }
+}
+
+/// What `rowstage devices` prints about one adapter.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_size_x: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+impl AdapterSummary {
+    fn of(adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
+        let l = adapter.limits();
+        AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend).to_lowercase(),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+            max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_size_x: l.max_compute_workgroup_size_x,
+            max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        }
+    }
+
+    /// The largest slab this adapter can bind.
+    pub fn max_slab_bytes(&self) -> u64 {
+        self.max_storage_buffer_binding_size.min(self.max_buffer_size)
+    }
+}
+
+fn instance(choice: BackendChoice) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = choice.backends();
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu finds for `choice`, best first.
+pub fn list_adapters(choice: BackendChoice) -> Vec<AdapterSummary> {
+    sorted_adapters(&instance(choice), choice).iter().map(AdapterSummary::of).collect()
+}
+
+fn sorted_adapters(instance: &wgpu::Instance, choice: BackendChoice) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(choice.backends()));
+    // Real GPUs first, then software; among equals Vulkan, Metal, DX12, GL.
+    let type_rank = |t: wgpu::DeviceType| match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let backend_rank = |b: wgpu::Backend| match b {
+        wgpu::Backend::Vulkan => 0,
+        wgpu::Backend::Metal => 1,
+        wgpu::Backend::Dx12 => 2,
+        wgpu::Backend::Gl => 3,
+        _ => 4,
+    };
+    adapters.sort_by_key(|a| {
+        let i = a.get_info();
+        (type_rank(i.device_type), backend_rank(i.backend))
+    });
+    adapters
+}
+
+/// A device ready for rowstage's kernels.
+pub struct GpuContext {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub summary: AdapterSummary,
+}
+
+impl GpuContext {
+    /// Opens the best adapter for `choice` whose name contains `name_filter`
+    /// (case-insensitive; `WGPU_ADAPTER_NAME` is used when no filter is given).
+    pub fn new(choice: BackendChoice, name_filter: Option<&str>) -> Result<Self> {
+        let requested = match name_filter {
+            Some(f) => format!("--backend {} --adapter {f:?}", choice.name()),
+            None => format!("--backend {}", choice.name()),
+        };
+        if choice == BackendChoice::Cpu {
+            return Err(Error::NoAdapter {
+                requested,
+                hint: "the CPU backend uses no adapter".into(),
+            });
+        }
+        let instance = instance(choice);
+        let adapters = sorted_adapters(&instance, choice);
+        let env_filter = std::env::var("WGPU_ADAPTER_NAME").ok();
+        let filter = name_filter.or(env_filter.as_deref()).map(str::to_lowercase);
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        let adapter = adapters
+            .into_iter()
+            .find(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
+            .ok_or_else(|| Error::NoAdapter {
+                requested: requested.clone(),
+                hint: if names.is_empty() {
+                    "wgpu found no adapter at all; install a GPU driver or Mesa's software drivers \
+                     (Debian: apt-get install mesa-vulkan-drivers), or use --backend cpu"
+                        .into()
+                } else {
+                    format!("adapters found: {}; run `rowstage devices`", names.join(", "))
+                },
+            })?;
+        let summary = AdapterSummary::of(&adapter);
+        // Ask for the adapter's own limits: the slab may need its largest
+        // storage binding, and lavapipe's is 128 MiB, far above the default.
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("rowstage device"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu {
+            adapter: summary.name.clone(),
+            reason: format!("cannot open the device: {e}"),
+        })?;
+        Ok(GpuContext {
+            adapter,
+            device,
+            queue,
+            summary,
+        })
+    }
+
+    /// `name (backend, device type)`, for messages and reports.
+    pub fn describe(&self) -> String {
+        format!("{} ({}, {})", self.summary.name, self.summary.backend, self.summary.device_type)
+    }
+}

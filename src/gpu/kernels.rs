@@ -1,0 +1,183 @@
+//! The four WGSL kernels of DESIGN.md §5, embedded with `include_str!`, each
+//! with an explicit bind group layout:
+//!
+//! | binding | scatter_rows | gather_rows | sgd | predict |
+//! |---|---|---|---|---|
+//! | 0 | slab (rw) | slab (r) | slab (rw) | slab (r) |
+//! | 1 | upload window (r) | download window (rw) | samples (r) | samples (r) |
+//! | 2 | slots (r) | slots (r) | loss (rw) | error sums (rw) |
+//! | 3 | params (uniform, dynamic offset) | same | same | same |
+
+/// WGSL source of every kernel, by name: what the shader test validates.
+pub const SHADERS: [(&str, &str); 4] = [
+    ("scatter_rows", include_str!("../../shaders/scatter_rows.wgsl")),
+    ("gather_rows", include_str!("../../shaders/gather_rows.wgsl")),
+    ("sgd", include_str!("../../shaders/sgd.wgsl")),
+    ("predict", include_str!("../../shaders/predict.wgsl")),
+];
+
+/// Invocations per workgroup of every kernel (`@workgroup_size(64)`).
+pub const WORKGROUP: u32 = 64;
+
+/// Size of one parameter block; blocks sit at multiples of [`PARAMS_STRIDE`]
+/// in one uniform buffer and are chosen with a dynamic offset per dispatch.
+pub const PARAMS_SIZE: u64 = 32;
+/// Every adapter's `min_uniform_buffer_offset_alignment` is at most 256.
+pub const PARAMS_STRIDE: u64 = 256;
+
+/// Parameters of `scatter_rows` and `gather_rows`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MoveParams {
+    pub first: u32,
+    pub count: u32,
+    pub row_vec4: u32,
+    pub _pad: u32,
+}
+
+/// Parameters of `sgd`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SgdParams {
+    pub first: u32,
+    pub count: u32,
+    pub row_vec4: u32,
+    pub rank: u32,
+    pub lr: f32,
+    pub reg: f32,
+    pub bias_reg: f32,
+    pub mean: f32,
+}
+
+/// Parameters of `predict`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PredictParams {
+    pub first: u32,
+    pub count: u32,
+    pub row_vec4: u32,
+    pub rank: u32,
+    pub mean: f32,
+    pub min_rating: f32,
+    pub max_rating: f32,
+    pub _pad: u32,
+}
+
+/// A compiled kernel and its bind group layout.
+pub struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// All four kernels, compiled once per device.
+pub struct Kernels {
+    pub scatter: Kernel,
+    pub gather: Kernel,
+    pub sgd: Kernel,
+    pub predict: Kernel,
+}
+
+fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn params_entry() -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding: 3,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(PARAMS_SIZE),
+        },
+        count: None,
+    }
+}
+
+fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3]) -> Kernel {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&format!("{name} bind group layout")),
+        entries: &[storage(0, !rw[0]), storage(1, !rw[1]), storage(2, !rw[2]), params_entry()],
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&format!("{name} pipeline layout")),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(name),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(name),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Kernel { pipeline, layout }
+}
+
+impl Kernels {
+    pub fn new(device: &wgpu::Device) -> Self {
+        let src = |n: &str| SHADERS.iter().find(|(k, _)| *k == n).expect("known kernel").1;
+        Kernels {
+            scatter: kernel(device, "scatter_rows", src("scatter_rows"), [true, false, false]),
+            gather: kernel(device, "gather_rows", src("gather_rows"), [false, true, false]),
+            sgd: kernel(device, "sgd", src("sgd"), [true, false, true]),
+            predict: kernel(device, "predict", src("predict"), [false, false, true]),
+        }
+    }
+}
+
+/// Workgroup counts for `invocations` threads: 1-D while it fits in
+/// `max_per_dim` workgroups, 2-D past that (the kernels linearise
+/// `workgroup_id.x + workgroup_id.y * num_workgroups.x`).
+pub fn dispatch_size(invocations: u64, max_per_dim: u32) -> (u32, u32) {
+    let groups = invocations.div_ceil(WORKGROUP as u64).max(1);
+    if groups <= max_per_dim as u64 {
+        (groups as u32, 1)
+    } else {
+        let y = groups.div_ceil(max_per_dim as u64);
+        let x = groups.div_ceil(y);
+        (x as u32, y as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_goes_2d_past_the_limit() {
+        assert_eq!(dispatch_size(1, 65535), (1, 1));
+        assert_eq!(dispatch_size(64 * 65535, 65535), (65535, 1));
+        let (x, y) = dispatch_size(64 * 65536, 65535);
+        assert_eq!(y, 2);
+        assert!(x as u64 * y as u64 * 64 >= 64 * 65536 && x <= 65535);
+    }
+
+    #[test]
+    fn every_shader_parses_and_validates_with_naga() {
+        for (name, src) in SHADERS {
+            let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert!(
+                module.entry_points.iter().any(|ep| ep.name == name),
+                "{name}.wgsl has no entry point named {name}"
+            );
+        }
+    }
+}

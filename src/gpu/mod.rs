@@ -1,0 +1,837 @@
+//! The GPU backend: one slab of exactly `--device-memory` bytes holding row
+//! slots, the four kernels, and the per-step staging of DESIGN.md §2.
+//!
+//! Device buffers, all created once:
+//!
+//! * `slab`: the only device buffer that keeps embedding rows. Kernels reach
+//!   rows only through slot indices.
+//! * `upload` / `download`: transfer windows, one batch's staged rows in transit
+//!   (the "upload region" and "download region" of DESIGN.md §2). Rows pass
+//!   through them on the way to or from their slots and are never read there
+//!   by the SGD or predict kernels; they are sized to one batch's misses, not
+//!   to the tables, and are reported beside the slab.
+//! * `slots`, `samples`, `params`: batch input, counted as data traffic.
+//! * `loss`, `sums`: per-workgroup error sums, read back as data traffic.
+//!
+//! Per step: write the missed rows into `upload` in one write, `scatter_rows`
+//! puts them in their slots, `sgd` runs (one dispatch, or one per conflict-free
+//! wave in deterministic mode), `gather_rows` packs the rows that leave into
+//! `download`, which is copied to a mapped buffer and written to the host
+//! tables.
+
+pub mod context;
+pub mod kernels;
+
+pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kernels::{Kernels, MoveParams, PARAMS_SIZE, PARAMS_STRIDE, PredictParams, SgdParams, WORKGROUP, dispatch_size};
+
+use crate::data::Rating;
+use crate::error::{Error, Result};
+use crate::model::{Metrics, MetricsAcc, Model};
+use crate::stage::{Ledger, Moves, Stager, human_bytes};
+use crate::train::{Backend, EpochTrain};
+
+/// How long one wait on the device may take before it is an error.
+const POLL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Parameter blocks of one step, by index into the params buffer.
+const BLOCK_GATHER_EVICT: usize = 0;
+const BLOCK_SCATTER: usize = 1;
+const BLOCK_GATHER_RELEASE: usize = 2;
+const BLOCK_KERNEL: usize = 3;
+
+/// Bytes actually handed to wgpu, counted at the call sites: what the
+/// ledger must add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    pub h2d: u64,
+    pub d2h: u64,
+}
+
+/// Sizes of the GPU backend, fixed at creation.
+#[derive(Debug, Clone)]
+pub struct GpuLayout {
+    pub slab_bytes: u64,
+    pub row_bytes: u64,
+    pub slots: u32,
+    pub resident: u32,
+    /// Rows one step may stage in (the transfer windows' size in rows).
+    pub window: u32,
+    /// Samples one step may hold.
+    pub max_samples: u32,
+}
+
+impl GpuLayout {
+    /// Bytes of the transfer windows (upload + download).
+    pub fn window_bytes(&self) -> u64 {
+        self.window as u64 * self.row_bytes * 3
+    }
+}
+
+/// The GPU training backend over a [`GpuContext`].
+pub struct GpuBackend {
+    ctx: GpuContext,
+    kernels: Kernels,
+    layout: GpuLayout,
+    rank: u32,
+    row_vec4: u32,
+    deterministic: bool,
+    reg: f32,
+    bias_reg: f32,
+    mean: f32,
+    range: (f32, f32),
+    n_users: u32,
+    n_rows: usize,
+    stager: Stager,
+    moves: Moves,
+    buffers: Buffers,
+    bind: BindGroups,
+    // Host scratch, reused every step.
+    upload_host: Vec<f32>,
+    sample_host: Vec<u32>,
+    params_host: Vec<u8>,
+    slots_host: Vec<u32>,
+    waves: Waves,
+    ledger: Ledger,
+    wire: Wire,
+    error: Arc<Mutex<Option<String>>>,
+    resident_loaded: bool,
+}
+
+struct Buffers {
+    slab: wgpu::Buffer,
+    upload: wgpu::Buffer,
+    download: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    load_slots: wgpu::Buffer,
+    out_slots: wgpu::Buffer,
+    samples: wgpu::Buffer,
+    params: wgpu::Buffer,
+    loss: wgpu::Buffer,
+    sums: wgpu::Buffer,
+    small_readback: wgpu::Buffer,
+}
+
+struct BindGroups {
+    scatter: wgpu::BindGroup,
+    gather: wgpu::BindGroup,
+    sgd: wgpu::BindGroup,
+    predict: wgpu::BindGroup,
+}
+
+/// Conflict-free waves of one step: `ranges[w]` is the span of samples (in
+/// the reordered sample buffer) of wave `w`.
+#[derive(Default)]
+struct Waves {
+    last: Vec<u32>,
+    stamp_of: Vec<u32>,
+    stamp: u32,
+    wave_of: Vec<u32>,
+    counts: Vec<u32>,
+    ranges: Vec<(u32, u32)>,
+    perm: Vec<u32>,
+}
+
+impl Waves {
+    /// Assigns each rating the wave after the last wave that used its user or
+    /// item: any two ratings sharing a row keep their order, and no wave holds
+    /// a row twice, so running waves in order equals the sequential order.
+    fn build(&mut self, ratings: &[Rating], n_users: u32, n_rows: usize) {
+        if self.last.len() != n_rows {
+            self.last = vec![0; n_rows];
+            self.stamp_of = vec![0; n_rows];
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.stamp_of.fill(0);
+            self.stamp = 1;
+        }
+        self.wave_of.clear();
+        self.counts.clear();
+        for r in ratings {
+            let rows = [r.user as usize, (n_users + r.item) as usize];
+            let mut w = 0;
+            for &row in &rows {
+                if self.stamp_of[row] == self.stamp {
+                    w = w.max(self.last[row] + 1);
+                }
+            }
+            for &row in &rows {
+                self.stamp_of[row] = self.stamp;
+                self.last[row] = w;
+            }
+            if w as usize >= self.counts.len() {
+                self.counts.resize(w as usize + 1, 0);
+            }
+            self.counts[w as usize] += 1;
+            self.wave_of.push(w);
+        }
+        self.ranges.clear();
+        let mut start = 0;
+        for &c in &self.counts {
+            self.ranges.push((start, c));
+            start += c;
+        }
+        // Stable counting sort of the ratings by wave.
+        let mut next: Vec<u32> = self.ranges.iter().map(|r| r.0).collect();
+        self.perm.clear();
+        self.perm.resize(ratings.len(), 0);
+        for (j, &w) in self.wave_of.iter().enumerate() {
+            self.perm[next[w as usize] as usize] = j as u32;
+            next[w as usize] += 1;
+        }
+    }
+
+    /// One wave holding every rating in order (Hogwild).
+    fn single(&mut self, n: usize) {
+        self.ranges.clear();
+        self.ranges.push((0, n as u32));
+        self.perm.clear();
+        self.perm.extend(0..n as u32);
+    }
+}
+
+/// What the GPU backend needs to know at creation.
+pub struct GpuSetup<'a> {
+    pub rank: usize,
+    pub reg: f32,
+    pub bias_reg: f32,
+    pub batch: usize,
+    pub deterministic: bool,
+    pub slab_bytes: u64,
+    pub mean: f32,
+    pub range: (f32, f32),
+    pub n_users: usize,
+    pub n_items: usize,
+    pub train: &'a [Rating],
+    /// The first epoch's order: sizes the staging area exactly.
+    pub first_order: &'a [u32],
+}
+
+fn buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.max(16).next_multiple_of(4),
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+fn entry(binding: u32, buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: buf.as_entire_binding(),
+    }
+}
+
+fn params_entry(buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding: 3,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: buf,
+            offset: 0,
+            size: wgpu::BufferSize::new(PARAMS_SIZE),
+        }),
+    }
+}
+
+/// Checks the budget against the adapter and the batch, and splits it into
+/// resident and staging slots.
+pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayout> {
+    use crate::stage::{access_counts, max_distinct_rows, static_resident};
+    let row_bytes = (crate::model::row_stride(setup.rank) * 4) as u64;
+    let limit = adapter.max_slab_bytes();
+    if setup.slab_bytes > limit {
+        return Err(Error::BudgetTooLarge {
+            budget: setup.slab_bytes,
+            adapter: adapter.name.clone(),
+            limit_name: if adapter.max_storage_buffer_binding_size <= adapter.max_buffer_size {
+                "max_storage_buffer_binding_size"
+            } else {
+                "max_buffer_size"
+            },
+            limit,
+        });
+    }
+    let slots = (setup.slab_bytes / row_bytes).min(u32::MAX as u64 - 1) as u32;
+    let needed = max_distinct_rows(setup.train, setup.first_order, setup.batch, setup.n_users).max(2);
+    if slots < needed {
+        let min_bytes = needed as u64 * row_bytes;
+        return Err(Error::BudgetTooSmall {
+            budget: setup.slab_bytes,
+            slots: slots as u64,
+            row_bytes,
+            batch: setup.batch,
+            needed: needed as u64,
+            min_bytes,
+            min_human: human_bytes(min_bytes),
+        });
+    }
+    let counts = access_counts(setup.train, setup.n_users, setup.n_items);
+    let resident = static_resident(setup.train, setup.first_order, setup.batch, &counts, setup.n_users, slots) as u32;
+    let window = (slots - resident).min(needed).max(2);
+    Ok(GpuLayout {
+        slab_bytes: setup.slab_bytes,
+        row_bytes,
+        slots,
+        resident,
+        window,
+        max_samples: setup.batch.max(1) as u32,
+    })
+}
+
+impl GpuBackend {
+    /// Builds the slab, the windows and the kernels for `setup` on `ctx`.
+    pub fn new(ctx: GpuContext, setup: &GpuSetup) -> Result<Self> {
+        let layout = plan_layout(setup, &ctx.summary)?;
+        let error = Arc::new(Mutex::new(None));
+        {
+            let error = error.clone();
+            ctx.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = error.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some(e.to_string());
+                }
+            }));
+        }
+        let device = &ctx.device;
+        let row_vec4 = (layout.row_bytes / 16) as u32;
+        let max_wg = (layout.max_samples as u64).div_ceil(WORKGROUP as u64);
+        let max_blocks = BLOCK_KERNEL as u64 + layout.max_samples as u64;
+        use wgpu::BufferUsages as U;
+        let window_bytes = layout.window as u64 * layout.row_bytes;
+        let buffers = Buffers {
+            slab: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("slab"),
+                size: layout.slab_bytes,
+                usage: U::STORAGE | U::COPY_DST | U::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            upload: buffer(device, "upload window", window_bytes, U::STORAGE | U::COPY_DST),
+            download: buffer(device, "download window", window_bytes * 2, U::STORAGE | U::COPY_SRC),
+            readback: buffer(device, "row readback", window_bytes * 2, U::MAP_READ | U::COPY_DST),
+            load_slots: buffer(device, "load slots", layout.window as u64 * 4, U::STORAGE | U::COPY_DST),
+            out_slots: buffer(device, "write-back slots", layout.window as u64 * 8, U::STORAGE | U::COPY_DST),
+            samples: buffer(device, "samples", layout.max_samples as u64 * 12, U::STORAGE | U::COPY_DST),
+            params: buffer(device, "params", max_blocks * PARAMS_STRIDE, U::UNIFORM | U::COPY_DST),
+            loss: buffer(device, "loss sums", max_wg * 4, U::STORAGE | U::COPY_SRC | U::COPY_DST),
+            sums: buffer(device, "error sums", max_wg * 8, U::STORAGE | U::COPY_SRC),
+            small_readback: buffer(device, "sums readback", max_wg * 8, U::MAP_READ | U::COPY_DST),
+        };
+        let kernels = Kernels::new(device);
+        let b = &buffers;
+        let group = |label: &str, k: &kernels::Kernel, e: [&wgpu::Buffer; 3]| {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(label),
+                layout: &k.layout,
+                entries: &[entry(0, e[0]), entry(1, e[1]), entry(2, e[2]), params_entry(&b.params)],
+            })
+        };
+        let bind = BindGroups {
+            scatter: group("scatter_rows bind group", &kernels.scatter, [&b.slab, &b.upload, &b.load_slots]),
+            gather: group("gather_rows bind group", &kernels.gather, [&b.slab, &b.download, &b.out_slots]),
+            sgd: group("sgd bind group", &kernels.sgd, [&b.slab, &b.samples, &b.loss]),
+            predict: group("predict bind group", &kernels.predict, [&b.slab, &b.samples, &b.sums]),
+        };
+        let policy = Box::new(crate::stage::StaticPolicy {
+            resident: layout.resident as usize,
+        });
+        let stager = Stager::new(policy, setup.n_users as u32, setup.n_items as u32, layout.slots, layout.window);
+        let mut me = GpuBackend {
+            kernels,
+            rank: setup.rank as u32,
+            row_vec4,
+            deterministic: setup.deterministic,
+            reg: setup.reg,
+            bias_reg: setup.bias_reg,
+            mean: setup.mean,
+            range: setup.range,
+            n_users: setup.n_users as u32,
+            n_rows: setup.n_users + setup.n_items,
+            stager,
+            moves: Moves::default(),
+            buffers,
+            bind,
+            upload_host: Vec::new(),
+            sample_host: Vec::new(),
+            params_host: Vec::new(),
+            slots_host: Vec::new(),
+            waves: Waves::default(),
+            ledger: Ledger::default(),
+            wire: Wire::default(),
+            error,
+            resident_loaded: false,
+            layout,
+            ctx,
+        };
+        let counts = crate::stage::access_counts(setup.train, setup.n_users, setup.n_items);
+        let placed = me.stager.place_resident(&counts);
+        me.moves.load = placed;
+        me.check()?;
+        Ok(me)
+    }
+
+    pub fn layout(&self) -> &GpuLayout {
+        &self.layout
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Bytes handed to wgpu so far.
+    pub fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    /// Reads back the whole slab (tests and diagnostics); not counted.
+    pub fn debug_read_slab(&mut self) -> Result<Vec<f32>> {
+        let size = self.layout.slab_bytes & !3;
+        let tmp = buffer(&self.ctx.device, "slab debug readback", size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut enc = self.encoder("slab debug copy");
+        enc.copy_buffer_to_buffer(&self.buffers.slab, 0, &tmp, 0, size);
+        self.ctx.queue.submit([enc.finish()]);
+        let mut out = vec![0.0f32; size as usize / 4];
+        self.map_read(&tmp, size, |b| out.copy_from_slice(bytemuck::cast_slice(b)))?;
+        Ok(out)
+    }
+
+    fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    fn gpu_err(&self, reason: String) -> Error {
+        Error::Gpu {
+            adapter: self.ctx.summary.name.clone(),
+            reason,
+        }
+    }
+
+    /// Turns an error wgpu reported asynchronously into a returned error.
+    fn check(&self) -> Result<()> {
+        let msg = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match msg {
+            Some(m) => Err(self.gpu_err(m)),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&mut self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.ctx.queue.write_buffer(buf, offset, bytes);
+            self.wire.h2d += bytes.len() as u64;
+        }
+    }
+
+    /// Waits for the queue, maps `size` bytes of `buf` and hands them to `f`.
+    fn map_read(&mut self, buf: &wgpu::Buffer, size: u64, f: impl FnOnce(&[u8])) -> Result<()> {
+        let slice = buf.slice(..size);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(POLL_TIMEOUT),
+            })
+            .map_err(|e| self.gpu_err(format!("waiting for the device: {e}")))?;
+        self.check()?;
+        match rx.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.gpu_err(format!("mapping a readback buffer: {e}"))),
+            Err(_) => return Err(self.gpu_err("a readback did not complete".into())),
+        }
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| self.gpu_err(format!("reading a mapped buffer: {e}")))?;
+            f(&view);
+        }
+        buf.unmap();
+        Ok(())
+    }
+
+    fn host_row<'m>(&self, model: &'m Model, row: u32) -> &'m [f32] {
+        if row < self.n_users { model.user_row(row) } else { model.item_row(row - self.n_users) }
+    }
+
+    /// Writes the rows of `moves.load` into the upload window and their slots
+    /// into `load_slots` (two writes), counting them.
+    fn write_loads(&mut self, model: &Model) {
+        let loads = std::mem::take(&mut self.moves.load);
+        self.upload_host.clear();
+        self.slots_host.clear();
+        for p in &loads {
+            self.upload_host.extend_from_slice(self.host_row(model, p.row));
+            self.slots_host.push(p.slot);
+        }
+        let rows = std::mem::take(&mut self.upload_host);
+        let slots = std::mem::take(&mut self.slots_host);
+        self.write(&self.buffers.upload.clone(), 0, bytemuck::cast_slice(&rows));
+        self.write(&self.buffers.load_slots.clone(), 0, bytemuck::cast_slice(&slots));
+        self.ledger.row_bytes_h2d += rows.len() as u64 * 4;
+        self.ledger.data_bytes_h2d += slots.len() as u64 * 4;
+        self.upload_host = rows;
+        self.slots_host = slots;
+        self.moves.load = loads;
+    }
+
+    fn set_block<T: bytemuck::Pod>(&mut self, block: usize, value: T) {
+        let at = block * PARAMS_STRIDE as usize;
+        if self.params_host.len() < at + PARAMS_STRIDE as usize {
+            self.params_host.resize(at + PARAMS_STRIDE as usize, 0);
+        }
+        self.params_host[at..at + size_of::<T>()].copy_from_slice(bytemuck::bytes_of(&value));
+    }
+
+    /// Writes the parameter blocks `0..blocks` in one write.
+    fn write_params(&mut self, blocks: usize) {
+        let bytes = std::mem::take(&mut self.params_host);
+        let n = (blocks * PARAMS_STRIDE as usize).min(bytes.len());
+        self.write(&self.buffers.params.clone(), 0, &bytes[..n]);
+        self.ledger.data_bytes_h2d += n as u64;
+        self.params_host = bytes;
+    }
+
+    fn move_params(&self, first: u32, count: usize) -> MoveParams {
+        MoveParams {
+            first,
+            count: count as u32,
+            row_vec4: self.row_vec4,
+            _pad: 0,
+        }
+    }
+
+    fn dispatch(&self, pass: &mut wgpu::ComputePass, kernel: &kernels::Kernel, group: &wgpu::BindGroup, block: usize, invocations: u64) {
+        let (x, y) = dispatch_size(invocations, self.ctx.summary.max_compute_workgroups_per_dimension);
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, group, &[(block as u64 * PARAMS_STRIDE) as u32]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Stages the resident set in before the first step (chunked by the window).
+    fn load_resident(&mut self, model: &Model) -> Result<()> {
+        let placed = std::mem::take(&mut self.moves.load);
+        for chunk in placed.chunks(self.layout.window as usize) {
+            self.moves.load.clear();
+            self.moves.load.extend_from_slice(chunk);
+            for p in chunk {
+                self.ledger.row_in(p.row < self.n_users, true);
+            }
+            self.write_loads(model);
+            self.set_block(BLOCK_SCATTER, self.move_params(0, chunk.len()));
+            self.write_params(BLOCK_SCATTER + 1);
+            let mut enc = self.encoder("resident load");
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("scatter resident rows"),
+                    timestamp_writes: None,
+                });
+                let n = chunk.len() as u64 * self.row_vec4 as u64;
+                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n);
+            }
+            self.ctx.queue.submit([enc.finish()]);
+        }
+        self.moves.load.clear();
+        self.resident_loaded = true;
+        self.check()
+    }
+
+    /// Submits `enc` (whose gathers packed the rows of `moves.evict` then
+    /// `moves.release` into the download window), copies them out and writes
+    /// them to the host tables.
+    fn read_rows_back(&mut self, model: &mut Model, mut enc: wgpu::CommandEncoder) -> Result<()> {
+        let n = self.moves.evict.len() + self.moves.release.len();
+        let bytes = n as u64 * self.layout.row_bytes;
+        if bytes > 0 {
+            enc.copy_buffer_to_buffer(&self.buffers.download, 0, &self.buffers.readback, 0, bytes);
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        if bytes == 0 {
+            return self.check();
+        }
+        self.wire.d2h += bytes;
+        self.ledger.row_bytes_d2h += bytes;
+        let readback = self.buffers.readback.clone();
+        let stride = model.stride;
+        let mut rows = std::mem::take(&mut self.upload_host);
+        rows.clear();
+        self.map_read(&readback, bytes, |b| rows.extend_from_slice(bytemuck::cast_slice(b)))?;
+        let leaving = self.moves.evict.iter().chain(&self.moves.release);
+        for (p, src) in leaving.zip(rows.chunks_exact(stride)) {
+            let s = model.stride;
+            let dst = if p.row < self.n_users {
+                &mut model.users[p.row as usize * s..][..s]
+            } else {
+                &mut model.items[(p.row - self.n_users) as usize * s..][..s]
+            };
+            dst.copy_from_slice(src);
+        }
+        self.upload_host = rows;
+        Ok(())
+    }
+
+    /// One device step of training on `ratings` (which fit the slab).
+    fn train_step(&mut self, model: &mut Model, ratings: &[Rating], lr: f32) -> Result<()> {
+        let mut moves = std::mem::take(&mut self.moves);
+        self.stager.stage(ratings, true, &mut moves, &mut self.ledger);
+        self.moves = moves;
+        self.ledger.steps += 1;
+        self.write_loads(model);
+
+        // Samples in wave order.
+        if self.deterministic {
+            self.waves.build(ratings, self.n_users, self.n_rows);
+        } else {
+            self.waves.single(ratings.len());
+        }
+        self.sample_host.clear();
+        for &j in &self.waves.perm {
+            let j = j as usize;
+            self.sample_host.extend_from_slice(&[self.moves.slot_u[j], self.moves.slot_i[j], ratings[j].value.to_bits()]);
+        }
+        let samples = std::mem::take(&mut self.sample_host);
+        self.write(&self.buffers.samples.clone(), 0, bytemuck::cast_slice(&samples));
+        self.ledger.data_bytes_h2d += samples.len() as u64 * 4;
+        self.sample_host = samples;
+
+        // Slots leaving the slab: evicted before the loads, released after.
+        let n_evict = self.moves.evict.len();
+        let n_release = self.moves.release.len();
+        self.slots_host.clear();
+        self.slots_host.extend(self.moves.evict.iter().chain(&self.moves.release).map(|p| p.slot));
+        let out = std::mem::take(&mut self.slots_host);
+        self.write(&self.buffers.out_slots.clone(), 0, bytemuck::cast_slice(&out));
+        self.ledger.data_bytes_h2d += out.len() as u64 * 4;
+        self.slots_host = out;
+
+        let n_load = self.moves.load.len();
+        self.set_block(BLOCK_GATHER_EVICT, self.move_params(0, n_evict));
+        self.set_block(BLOCK_SCATTER, self.move_params(0, n_load));
+        self.set_block(BLOCK_GATHER_RELEASE, self.move_params(n_evict as u32, n_release));
+        let n_waves = self.waves.ranges.len();
+        for w in 0..n_waves {
+            let (first, count) = self.waves.ranges[w];
+            self.set_block(
+                BLOCK_KERNEL + w,
+                SgdParams {
+                    first,
+                    count,
+                    row_vec4: self.row_vec4,
+                    rank: self.rank,
+                    lr,
+                    reg: self.reg,
+                    bias_reg: self.bias_reg,
+                    mean: self.mean,
+                },
+            );
+        }
+        self.write_params(BLOCK_KERNEL + n_waves);
+
+        let mut enc = self.encoder("train step");
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("train step"),
+                timestamp_writes: None,
+            });
+            let rv = self.row_vec4 as u64;
+            if n_evict > 0 {
+                self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_EVICT, n_evict as u64 * rv);
+            }
+            if n_load > 0 {
+                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n_load as u64 * rv);
+            }
+            for (w, &(_, count)) in self.waves.ranges.iter().enumerate() {
+                self.dispatch(&mut pass, &self.kernels.sgd, &self.bind.sgd, BLOCK_KERNEL + w, count as u64);
+            }
+            if n_release > 0 {
+                self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n_release as u64 * rv);
+            }
+        }
+        self.read_rows_back(model, enc)
+    }
+    /// Reads the per-workgroup sums (`words` f32s of `src`) back and adds them in f64.
+    fn read_sums(&mut self, src: &wgpu::Buffer, words: u64, mut enc: wgpu::CommandEncoder) -> Result<Vec<f64>> {
+        let bytes = words * 4;
+        enc.copy_buffer_to_buffer(src, 0, &self.buffers.small_readback, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        self.wire.d2h += bytes;
+        self.ledger.data_bytes_d2h += bytes;
+        let mut out = Vec::new();
+        let rb = self.buffers.small_readback.clone();
+        self.map_read(&rb, bytes, |b| {
+            out = bytemuck::cast_slice::<u8, f32>(b).iter().map(|&x| x as f64).collect()
+        })?;
+        Ok(out)
+    }
+
+    /// One device step of evaluation on `ratings`: stages missing rows in
+    /// read-only (nothing is written back) and returns the error sums.
+    fn eval_step(&mut self, model: &Model, ratings: &[Rating]) -> Result<MetricsAcc> {
+        let mut moves = std::mem::take(&mut self.moves);
+        self.stager.stage(ratings, false, &mut moves, &mut self.ledger);
+        self.moves = moves;
+        self.write_loads(model);
+        self.sample_host.clear();
+        for (j, r) in ratings.iter().enumerate() {
+            self.sample_host.extend_from_slice(&[self.moves.slot_u[j], self.moves.slot_i[j], r.value.to_bits()]);
+        }
+        let samples = std::mem::take(&mut self.sample_host);
+        self.write(&self.buffers.samples.clone(), 0, bytemuck::cast_slice(&samples));
+        self.ledger.data_bytes_h2d += samples.len() as u64 * 4;
+        self.sample_host = samples;
+        let n_load = self.moves.load.len();
+        self.set_block(BLOCK_SCATTER, self.move_params(0, n_load));
+        self.set_block(
+            BLOCK_KERNEL,
+            PredictParams {
+                first: 0,
+                count: ratings.len() as u32,
+                row_vec4: self.row_vec4,
+                rank: self.rank,
+                mean: self.mean,
+                min_rating: self.range.0,
+                max_rating: self.range.1,
+                _pad: 0,
+            },
+        );
+        self.write_params(BLOCK_KERNEL + 1);
+        let mut enc = self.encoder("evaluation step");
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("evaluation step"),
+                timestamp_writes: None,
+            });
+            if n_load > 0 {
+                let n = n_load as u64 * self.row_vec4 as u64;
+                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n);
+            }
+            self.dispatch(&mut pass, &self.kernels.predict, &self.bind.predict, BLOCK_KERNEL, ratings.len() as u64);
+        }
+        let groups = (ratings.len() as u64).div_ceil(WORKGROUP as u64);
+        let sums_buf = self.buffers.sums.clone();
+        let sums = self.read_sums(&sums_buf, groups * 2, enc)?;
+        let mut acc = MetricsAcc::default();
+        for pair in sums.chunks_exact(2) {
+            acc.sq += pair[0];
+            acc.abs += pair[1];
+        }
+        acc.count = ratings.len() as u64;
+        Ok(acc)
+    }
+
+    /// Splits `ratings` into steps that fit the slab and runs `f` on each.
+    fn for_each_step(
+        &mut self,
+        ratings: &[Rating],
+        max: usize,
+        mut f: impl FnMut(&mut Self, &[Rating]) -> Result<()>,
+    ) -> Result<()> {
+        for batch in ratings.chunks(max.max(1)) {
+            let mut rest = batch;
+            while !rest.is_empty() {
+                let n = self.stager.prefix_that_fits(rest);
+                if n < rest.len() {
+                    self.ledger.splits += 1;
+                }
+                f(self, &rest[..n])?;
+                rest = &rest[n..];
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for GpuBackend {
+    fn kind(&self) -> String {
+        self.ctx.summary.backend.clone()
+    }
+
+    fn adapter(&self) -> String {
+        self.ctx.summary.name.clone()
+    }
+
+    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain> {
+        self.ledger = Ledger::default();
+        if !self.resident_loaded {
+            self.load_resident(model)?;
+        }
+        let mut enc = self.encoder("clear loss");
+        enc.clear_buffer(&self.buffers.loss, 0, None);
+        self.ctx.queue.submit([enc.finish()]);
+        let mut batch: Vec<Rating> = Vec::with_capacity(self.layout.max_samples as usize);
+        for chunk in order.chunks(self.layout.max_samples as usize) {
+            batch.clear();
+            batch.extend(chunk.iter().map(|&i| train[i as usize]));
+            self.for_each_step(&batch, batch.len(), |me, step| me.train_step(model, step, lr))?;
+        }
+        let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
+        let loss = self.buffers.loss.clone();
+        let enc = self.encoder("read loss");
+        let sse = self.read_sums(&loss, groups, enc)?.iter().sum();
+        Ok(EpochTrain {
+            sse,
+            count: order.len() as u64,
+            ledger: std::mem::take(&mut self.ledger),
+        })
+    }
+
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {
+        self.ledger = Ledger::default();
+        if !self.resident_loaded {
+            self.load_resident(model)?;
+        }
+        let mut acc = MetricsAcc::default();
+        let max = self.layout.max_samples as usize;
+        self.for_each_step(test, max, |me, step| {
+            let a = me.eval_step(model, step)?;
+            acc.merge(&a);
+            Ok(())
+        })?;
+        Ok((acc.finish(), std::mem::take(&mut self.ledger)))
+    }
+
+    fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
+        self.ledger = Ledger::default();
+        if !self.resident_loaded {
+            return Ok(Ledger::default());
+        }
+        let occupied = self.stager.occupied();
+        for chunk in occupied.chunks(self.layout.window as usize * 2) {
+            self.moves.evict.clear();
+            self.moves.release.clear();
+            self.moves.release.extend_from_slice(chunk);
+            for p in chunk {
+                self.ledger.row_out(p.row < self.n_users);
+            }
+            self.slots_host.clear();
+            self.slots_host.extend(chunk.iter().map(|p| p.slot));
+            let out = std::mem::take(&mut self.slots_host);
+            self.write(&self.buffers.out_slots.clone(), 0, bytemuck::cast_slice(&out));
+            self.ledger.data_bytes_h2d += out.len() as u64 * 4;
+            self.slots_host = out;
+            self.set_block(BLOCK_GATHER_RELEASE, self.move_params(0, chunk.len()));
+            self.write_params(BLOCK_GATHER_RELEASE + 1);
+            let mut enc = self.encoder("final write-back");
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("gather resident rows"),
+                    timestamp_writes: None,
+                });
+                let n = chunk.len() as u64 * self.row_vec4 as u64;
+                self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n);
+            }
+            self.read_rows_back(model, enc)?;
+        }
+        self.moves.release.clear();
+        Ok(std::mem::take(&mut self.ledger))
+    }
+}

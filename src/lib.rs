@@ -1,0 +1,41 @@
+//! # rowstage
+//!
+//! Biased matrix factorization trained with WGSL compute shaders through a
+//! fixed device-memory budget. The full embedding tables stay in host memory;
+//! the GPU holds one buffer of row slots (the *slab*), standing in for an
+//! accelerator's small on-chip memory, and a host scheduler stages into it the
+//! rows the coming batches need. Every byte that crosses host↔device is counted
+//! in a [`stage::Ledger`].
+//!
+//! Layout, one folder per concern (DESIGN.md §7):
+//!
+//! * [`data`]: loaders, the synthetic generator, splits, id maps.
+//! * [`model`]: the model, the reference SGD step, metrics, safetensors I/O.
+//! * [`stage`]: slot map, staging policies, ledger, budgets.
+//! * [`gpu`]: wgpu context, kernels, and the GPU backend.
+//! * [`train`]: the epoch loop and the CPU backends.
+//! * [`report`]: the JSON report and the text lines.
+//!
+//! ```no_run
+//! use rowstage::data::{Dataset, SyntheticSpec, generate};
+//! use rowstage::model::HyperParams;
+//! use rowstage::train::{TrainSettings, cpu::HogwildCpu, train};
+//!
+//! let spec = SyntheticSpec::DEFAULT;
+//! let data = Dataset::split(&spec.name(), generate(&spec, 42), 0.1, 42);
+//! let hp = HyperParams::default();
+//! let settings = TrainSettings { hp, epochs: 10, batch: 4096, seed: 42, deterministic: false };
+//! let mut backend = HogwildCpu::new(hp.reg, hp.bias_reg, 2);
+//! let out = train(&data, &settings, &mut backend, &mut |e| println!("epoch {} test RMSE {:.4}", e.epoch, e.test_rmse)).unwrap();
+//! println!("final test RMSE {:.4}", out.final_metrics.rmse);
+//! ```
+
+pub mod data;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod report;
+pub mod stage;
+pub mod train;
+
+pub use error::{Error, Result};

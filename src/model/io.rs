@@ -1,0 +1,220 @@
+//! Models on disk as safetensors: the two tables, the id maps, the settings
+//! they were trained with, and a CRC-32 over everything, so that a truncated,
+//! corrupted or foreign file is refused instead of loaded as garbage.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use super::Model;
+use crate::data::IdMap;
+use crate::error::{Error, Result};
+
+/// Bumped whenever the layout changes; other values are refused.
+pub const FORMAT_VERSION: &str = "1";
+const FORMAT_NAME: &str = "rowstage-model";
+
+fn names_blob(ids: &IdMap) -> Vec<u8> {
+    ids.names().join("\n").into_bytes()
+}
+
+fn checksum(parts: &[&[u8]], meta: &[(&str, &str)]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    for (k, v) in meta {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize()
+}
+
+/// Writes `model` to `path` atomically (a temporary file, then a rename), with
+/// `config` (any JSON) kept in the metadata.
+pub fn save_model(model: &Model, config: &serde_json::Value, path: &Path) -> Result<()> {
+    let users: &[u8] = bytemuck::cast_slice(&model.users);
+    let items: &[u8] = bytemuck::cast_slice(&model.items);
+    let uids = names_blob(&model.user_ids);
+    let iids = names_blob(&model.item_ids);
+    let rank = model.rank.to_string();
+    let mean = model.mean.to_bits().to_string();
+    let lo = model.min_rating.to_bits().to_string();
+    let hi = model.max_rating.to_bits().to_string();
+    let config = config.to_string();
+    let meta_fields: [(&str, &str); 7] = [
+        ("format", FORMAT_NAME),
+        ("version", FORMAT_VERSION),
+        ("rank", &rank),
+        ("mean_bits", &mean),
+        ("min_rating_bits", &lo),
+        ("max_rating_bits", &hi),
+        ("config", &config),
+    ];
+    let sum = checksum(&[users, items, &uids, &iids], &meta_fields);
+    let mut meta: HashMap<String, String> =
+        meta_fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    meta.insert("crc32".into(), format!("{sum:08x}"));
+
+    let ser = |e: safetensors::SafeTensorError| Error::BadModel {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialise: {e}"),
+    };
+    let tensors = vec![
+        ("users", TensorView::new(Dtype::F32, vec![model.n_users(), model.stride], users).map_err(ser)?),
+        ("items", TensorView::new(Dtype::F32, vec![model.n_items(), model.stride], items).map_err(ser)?),
+        ("user_ids", TensorView::new(Dtype::U8, vec![uids.len()], &uids).map_err(ser)?),
+        ("item_ids", TensorView::new(Dtype::U8, vec![iids.len()], &iids).map_err(ser)?),
+    ];
+    let bytes = safetensors::serialize(tensors, Some(meta)).map_err(ser)?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames
+/// it over `path`: readers see the old file or the whole new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Reads a model written by [`save_model`], with the config it was saved with.
+pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |reason: String| Error::BadModel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file or truncated ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().clone().ok_or_else(|| bad("no metadata".into()))?;
+    let get = |k: &str| meta.get(k).map(String::as_str).ok_or_else(|| bad(format!("metadata has no {k:?}")));
+    if get("format")? != FORMAT_NAME {
+        return Err(bad(format!("format is {:?}, expected {FORMAT_NAME:?}", get("format")?)));
+    }
+    if get("version")? != FORMAT_VERSION {
+        return Err(bad(format!(
+            "written by format version {}, this rowstage reads version {FORMAT_VERSION}",
+            get("version")?
+        )));
+    }
+    let tensor = |name: &str, dtype: Dtype| -> Result<TensorView<'_>> {
+        let t = st.tensor(name).map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
+        if t.dtype() != dtype {
+            return Err(bad(format!("tensor {name:?} has dtype {:?}, expected {dtype:?}", t.dtype())));
+        }
+        Ok(t)
+    };
+    let (users, items) = (tensor("users", Dtype::F32)?, tensor("items", Dtype::F32)?);
+    let (uids, iids) = (tensor("user_ids", Dtype::U8)?, tensor("item_ids", Dtype::U8)?);
+    let fields = ["format", "version", "rank", "mean_bits", "min_rating_bits", "max_rating_bits", "config"];
+    let meta_fields: Vec<(&str, &str)> = fields.iter().map(|k| Ok((*k, get(k)?))).collect::<Result<_>>()?;
+    let want = checksum(&[users.data(), items.data(), uids.data(), iids.data()], &meta_fields);
+    let have = u32::from_str_radix(get("crc32")?, 16).map_err(|_| bad("crc32 is not hexadecimal".into()))?;
+    if want != have {
+        return Err(bad(format!("checksum mismatch (stored {have:08x}, computed {want:08x}): the file is corrupted")));
+    }
+
+    let num = |k: &str| -> Result<u32> { get(k)?.parse().map_err(|_| bad(format!("{k} is not a number"))) };
+    let rank = num("rank")? as usize;
+    let stride = super::row_stride(rank);
+    if users.shape().get(1) != Some(&stride) || items.shape().get(1) != Some(&stride) {
+        return Err(bad(format!("tables are not {stride} floats wide for rank {rank}")));
+    }
+    let floats = |t: &TensorView| -> Vec<f32> {
+        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let ids = |t: &TensorView, n: usize, what: &str| -> Result<IdMap> {
+        let s = std::str::from_utf8(t.data()).map_err(|_| bad(format!("{what} ids are not UTF-8")))?;
+        let names: Vec<String> = if n == 0 { Vec::new() } else { s.split('\n').map(str::to_string).collect() };
+        if names.len() != n {
+            return Err(bad(format!("{} {what} ids for {n} rows", names.len())));
+        }
+        Ok(IdMap::from_names(names))
+    };
+    let n_users = users.shape()[0];
+    let n_items = items.shape()[0];
+    let model = Model {
+        rank,
+        stride,
+        mean: f32::from_bits(num("mean_bits")?),
+        min_rating: f32::from_bits(num("min_rating_bits")?),
+        max_rating: f32::from_bits(num("max_rating_bits")?),
+        users: floats(&users),
+        items: floats(&items),
+        user_ids: ids(&uids, n_users, "user")?,
+        item_ids: ids(&iids, n_items, "item")?,
+    };
+    let config = serde_json::from_str(get("config")?).map_err(|e| bad(format!("config is not JSON: {e}")))?;
+    Ok((model, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Dataset, SyntheticSpec, generate};
+    use crate::model::HyperParams;
+
+    fn model() -> Model {
+        let spec = SyntheticSpec::parse("30,20,300", 1.0).unwrap();
+        let d = Dataset::split("s", generate(&spec, 1), 0.1, 1);
+        Model::init(&d, &HyperParams { rank: 5, ..Default::default() }, 1)
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        let m = model();
+        save_model(&m, &serde_json::json!({"lr": 0.1}), &p).unwrap();
+        let (back, cfg) = load_model(&p).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(cfg["lr"], 0.1);
+    }
+
+    #[test]
+    fn refuses_truncated_corrupted_and_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        save_model(&model(), &serde_json::json!({}), &p).unwrap();
+        let good = std::fs::read(&p).unwrap();
+
+        std::fs::write(&p, &good[..good.len() - 7]).unwrap();
+        let e = load_model(&p).unwrap_err().to_string();
+        assert!(e.contains("not a valid rowstage model"), "{e}");
+
+        let mut flipped = good.clone();
+        let n = flipped.len();
+        flipped[n - 10] ^= 0x40;
+        std::fs::write(&p, &flipped).unwrap();
+        let e = load_model(&p).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+
+        std::fs::write(&p, b"hello").unwrap();
+        assert!(load_model(&p).unwrap_err().to_string().contains("not a valid rowstage model"));
+
+        // Another version.
+        let needle = b"\"version\":\"1\"";
+        let at = good.windows(needle.len()).position(|w| w == needle).expect("version in header");
+        let mut other = good.clone();
+        other[at + needle.len() - 2] = b'9';
+        std::fs::write(&p, &other).unwrap();
+        let e = load_model(&p).unwrap_err().to_string();
+        assert!(e.contains("format version 9"), "{e}");
+    }
+}

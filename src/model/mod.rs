@@ -1,0 +1,295 @@
+//! Biased matrix factorization (DESIGN.md §1): the host tables, the SGD step
+//! every CPU path shares, predictions and metrics.
+//!
+//! Row layout: `k` factors, then the bias, padded with zeros to a multiple of
+//! four floats so that the GPU reads a row as `vec4`s. Users and items use the
+//! same layout, so one slot of the device slab fits a row of either table.
+
+mod io;
+
+pub use io::{load_model, save_model};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, IdMap, Rating, UNKNOWN};
+
+/// Training hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HyperParams {
+    /// Number of latent factors `k`.
+    pub rank: usize,
+    /// Initial learning rate η₀.
+    pub lr: f32,
+    /// L2 regularisation λ of the factors.
+    pub reg: f32,
+    /// L2 regularisation λ_b of the biases.
+    pub bias_reg: f32,
+    /// Schedule decay β: η_t = η₀ / (1 + β t^1.5).
+    pub decay: f32,
+    /// Standard deviation of the initial factors.
+    pub init_std: f32,
+}
+
+impl Default for HyperParams {
+    /// Defaults chosen for explicit 0.5–5 star ratings at rank 32.
+    fn default() -> Self {
+        HyperParams {
+            rank: 32,
+            lr: 0.01,
+            reg: 0.05,
+            bias_reg: 0.01,
+            decay: 0.05,
+            init_std: 0.05,
+        }
+    }
+}
+
+impl HyperParams {
+    /// The learning rate of epoch `t` (0-based).
+    pub fn lr_at(&self, epoch: usize) -> f32 {
+        self.lr / (1.0 + self.decay * (epoch as f32).powf(1.5))
+    }
+}
+
+/// The length in floats of one row: `rank` factors plus a bias, padded to a
+/// multiple of 4.
+pub fn row_stride(rank: usize) -> usize {
+    (rank + 1).next_multiple_of(4)
+}
+
+/// A trained or training model: the authoritative host tables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub rank: usize,
+    /// Floats per row (see [`row_stride`]).
+    pub stride: usize,
+    /// μ, the mean training rating.
+    pub mean: f32,
+    /// Predictions are clamped to this range (the training ratings' range).
+    pub min_rating: f32,
+    pub max_rating: f32,
+    /// `users × stride` floats.
+    pub users: Vec<f32>,
+    /// `items × stride` floats.
+    pub items: Vec<f32>,
+    pub user_ids: IdMap,
+    pub item_ids: IdMap,
+}
+
+impl Model {
+    /// A fresh model for `data`: factors drawn from N(0, init_std²) with `seed`,
+    /// biases and padding zero.
+    pub fn init(data: &Dataset, hp: &HyperParams, seed: u64) -> Self {
+        let stride = row_stride(hp.rank);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x1A17_F4C7_0000_0002);
+        let normal = Normal::new(0.0f32, hp.init_std.max(0.0)).expect("finite std");
+        let mut table = |n: usize| {
+            let mut t = vec![0.0f32; n * stride];
+            for row in t.chunks_exact_mut(stride) {
+                for x in &mut row[..hp.rank] {
+                    *x = normal.sample(&mut rng);
+                }
+            }
+            t
+        };
+        let users = table(data.users.len());
+        let items = table(data.items.len());
+        let (min_rating, max_rating) = data.range();
+        Model {
+            rank: hp.rank,
+            stride,
+            mean: data.mean(),
+            min_rating,
+            max_rating,
+            users,
+            items,
+            user_ids: data.users.clone(),
+            item_ids: data.items.clone(),
+        }
+    }
+
+    pub fn n_users(&self) -> usize {
+        self.users.len() / self.stride
+    }
+
+    pub fn n_items(&self) -> usize {
+        self.items.len() / self.stride
+    }
+
+    pub fn user_row(&self, u: u32) -> &[f32] {
+        &self.users[u as usize * self.stride..][..self.stride]
+    }
+
+    pub fn item_row(&self, i: u32) -> &[f32] {
+        &self.items[i as usize * self.stride..][..self.stride]
+    }
+
+    /// The clamped prediction; an [`UNKNOWN`] side contributes neither bias nor
+    /// factors.
+    pub fn predict(&self, user: u32, item: u32) -> f32 {
+        let mut r = self.mean;
+        let k = self.rank;
+        let pu = (user != UNKNOWN).then(|| self.user_row(user));
+        let qi = (item != UNKNOWN).then(|| self.item_row(item));
+        if let Some(p) = pu {
+            r += p[k];
+        }
+        if let Some(q) = qi {
+            r += q[k];
+        }
+        if let (Some(p), Some(q)) = (pu, qi) {
+            r += dot(&p[..k], &q[..k]);
+        }
+        r.clamp(self.min_rating, self.max_rating)
+    }
+
+    /// RMSE and MAE of the clamped predictions on `ratings`.
+    pub fn evaluate(&self, ratings: &[Rating]) -> Metrics {
+        let mut m = MetricsAcc::default();
+        for r in ratings {
+            m.add(r.value - self.predict(r.user, r.item));
+        }
+        m.finish()
+    }
+}
+
+/// Dot product summed the way the WGSL kernels sum it: four lane accumulators
+/// over `vec4` chunks, then `x + y + z + w`. Keeping the same order keeps the
+/// CPU reference and the GPU within a few ulps of each other.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 4];
+    let (ca, ra) = a.as_chunks::<4>();
+    let (cb, rb) = b.as_chunks::<4>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += x * y;
+    }
+    acc[0] + acc[1] + acc[2] + acc[3]
+}
+
+/// The constants of one SGD update.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub rank: usize,
+    pub mean: f32,
+    pub lr: f32,
+    pub reg: f32,
+    pub bias_reg: f32,
+}
+
+impl Step {
+    /// One per-sample SGD update of DESIGN.md §1 on rows `p` (user) and `q`
+    /// (item), both from the old values. Returns the error before the update.
+    #[inline]
+    pub fn apply(&self, p: &mut [f32], q: &mut [f32], rating: f32) -> f32 {
+        let k = self.rank;
+        let (p, q) = (&mut p[..k + 1], &mut q[..k + 1]);
+        let e = rating - (self.mean + p[k] + q[k] + dot(&p[..k], &q[..k]));
+        let (lr, reg, breg) = (self.lr, self.reg, self.bias_reg);
+        p[k] += lr * (e - breg * p[k]);
+        q[k] += lr * (e - breg * q[k]);
+        for (pu, qi) in p[..k].iter_mut().zip(&mut q[..k]) {
+            let (a, b) = (*pu, *qi);
+            *pu = a + lr * (e * b - reg * a);
+            *qi = b + lr * (e * a - reg * b);
+        }
+        e
+    }
+}
+
+/// RMSE and MAE.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub rmse: f64,
+    pub mae: f64,
+    pub count: u64,
+}
+
+/// Accumulates errors in f64.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsAcc {
+    pub sq: f64,
+    pub abs: f64,
+    pub count: u64,
+}
+
+impl MetricsAcc {
+    #[inline]
+    pub fn add(&mut self, e: f32) {
+        let e = e as f64;
+        self.sq += e * e;
+        self.abs += e.abs();
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, o: &MetricsAcc) {
+        self.sq += o.sq;
+        self.abs += o.abs;
+        self.count += o.count;
+    }
+
+    pub fn finish(&self) -> Metrics {
+        let n = self.count.max(1) as f64;
+        Metrics {
+            rmse: (self.sq / n).sqrt(),
+            mae: self.abs / n,
+            count: self.count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stride_pads_to_vec4() {
+        assert_eq!(row_stride(32), 36);
+        assert_eq!(row_stride(3), 4);
+        assert_eq!(row_stride(1), 4);
+        assert_eq!(row_stride(5), 8);
+    }
+
+    #[test]
+    fn step_moves_prediction_towards_rating() {
+        let step = Step {
+            rank: 3,
+            mean: 3.0,
+            lr: 0.1,
+            reg: 0.0,
+            bias_reg: 0.0,
+        };
+        let mut p = vec![0.1, 0.2, 0.3, 0.0];
+        let mut q = vec![0.3, 0.2, 0.1, 0.0];
+        let e0 = step.apply(&mut p, &mut q, 5.0);
+        let e1 = step.apply(&mut p, &mut q, 5.0);
+        assert!(e1.abs() < e0.abs());
+        // Biases moved by lr * e.
+        assert!((p[3] - 0.1 * e0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn schedule_decays() {
+        let hp = HyperParams { lr: 0.1, decay: 1.0, ..Default::default() };
+        assert_eq!(hp.lr_at(0), 0.1);
+        assert!((hp.lr_at(1) - 0.05).abs() < 1e-7);
+        let flat = HyperParams { decay: 0.0, ..hp };
+        assert_eq!(flat.lr_at(9), 0.1);
+    }
+
+    #[test]
+    fn dot_matches_naive_sum_closely() {
+        let a: Vec<f32> = (0..33).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..33).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,110 @@
+//! `--device-memory` values: `64MiB`, `512KiB`, `1GB`, `1048576`, or a share of
+//! the two tables such as `10%`.
+
+use crate::error::{Error, Result};
+
+/// A device-memory budget as the user wrote it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    Bytes(u64),
+    /// A share of both tables' bytes, in percent (0 < p ≤ 100... or more).
+    Percent(f64),
+}
+
+impl Budget {
+    /// Parses a budget; `flag` names the option in errors.
+    pub fn parse(flag: &str, s: &str) -> Result<Budget> {
+        let t = s.trim();
+        let bad = |why: &str| Error::arg(flag, s, why);
+        if let Some(p) = t.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad("expected a percentage such as 10%"))?;
+            if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
+                return Err(bad("the percentage must be above 0 and at most 1000"));
+            }
+            return Ok(Budget::Percent(v));
+        }
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: f64 = num.replace('_', "").parse().map_err(|_| {
+            bad("expected a size such as 64MiB, 512KiB, 1GB, 1048576 or a share such as 10%")
+        })?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            _ => return Err(bad("unknown unit; use B, KB, KiB, MB, MiB, GB, GiB or %")),
+        };
+        let bytes = num * mult as f64;
+        if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1e15) {
+            return Err(bad("the size must be at least 1 byte"));
+        }
+        Ok(Budget::Bytes(bytes.round() as u64))
+    }
+
+    /// The budget in bytes for tables of `table_bytes` in total, rounded down to
+    /// a multiple of 4 (wgpu's copy alignment).
+    pub fn resolve(&self, table_bytes: u64) -> u64 {
+        let b = match *self {
+            Budget::Bytes(b) => b,
+            Budget::Percent(p) => (table_bytes as f64 * p / 100.0) as u64,
+        };
+        b & !3
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Budget::Bytes(b) => write!(f, "{}", human_bytes(*b)),
+            Budget::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// `1536` → `1.50 KiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_and_shares() {
+        assert_eq!(Budget::parse("f", "64MiB").unwrap(), Budget::Bytes(64 << 20));
+        assert_eq!(Budget::parse("f", "512KiB").unwrap(), Budget::Bytes(512 << 10));
+        assert_eq!(Budget::parse("f", "1GB").unwrap(), Budget::Bytes(1_000_000_000));
+        assert_eq!(Budget::parse("f", "1048576").unwrap(), Budget::Bytes(1 << 20));
+        assert_eq!(Budget::parse("f", "1.5 MiB").unwrap(), Budget::Bytes(3 << 19));
+        assert_eq!(Budget::parse("f", "10%").unwrap(), Budget::Percent(10.0));
+        assert_eq!(Budget::Percent(10.0).resolve(1000), 100);
+        assert_eq!(Budget::Percent(10.0).resolve(1030), 100);
+        assert_eq!(Budget::Bytes(1023).resolve(0), 1020);
+    }
+
+    #[test]
+    fn rejects_garbage_with_the_value() {
+        for bad in ["", "abc", "10XB", "-5MiB", "0%", "0", "nan%", "5%%"] {
+            let e = Budget::parse("--device-memory", bad).unwrap_err().to_string();
+            assert!(e.contains("--device-memory") && e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(100), "100 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+    }
+}
