@@ -108,3 +108,9 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.50 KiB");
     }
 }
+
+impl serde::Serialize for Budget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

@@ -12,6 +12,9 @@
 //! rounding, whatever the staging policy and budget.
 
 pub mod cpu;
+mod setup;
+
+pub use setup::{BackendSpec, Opened, open_backend, table_bytes};
 
 use std::time::Instant;
 

@@ -1,0 +1,92 @@
+//! Resolving `--backend`, `--adapter`, `--device-memory` and `--threads` into
+//! a ready [`Backend`].
+
+use serde::Serialize;
+
+use super::{Backend, TrainSettings, cpu, epoch_order};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::gpu::{BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup};
+use crate::model::row_stride;
+use crate::stage::{Budget, PolicyKind};
+
+/// Where and how to train.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendSpec {
+    pub backend: BackendChoice,
+    pub adapter: Option<String>,
+    pub device_memory: Budget,
+    pub policy: PolicyKind,
+    pub threads: usize,
+}
+
+/// An opened backend and what a user should be told about it.
+pub struct Opened {
+    pub backend: Box<dyn Backend>,
+    /// The slab layout, for a GPU backend.
+    pub layout: Option<GpuLayout>,
+    /// A one-line notice (e.g. the fallback to the CPU).
+    pub notice: Option<String>,
+}
+
+/// Bytes of both tables at `rank` for `data`.
+pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
+    ((data.users.len() + data.items.len()) * row_stride(rank) * 4) as u64
+}
+
+/// Opens the backend `spec` asks for. `--backend auto` falls back to the
+/// Hogwild CPU backend with a notice when wgpu finds no adapter.
+pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
+    let hp = &settings.hp;
+    let cpu_backend = || -> Box<dyn Backend> {
+        if settings.deterministic {
+            Box::new(cpu::ReferenceCpu {
+                reg: hp.reg,
+                bias_reg: hp.bias_reg,
+            })
+        } else {
+            Box::new(cpu::HogwildCpu::new(hp.reg, hp.bias_reg, spec.threads))
+        }
+    };
+    if spec.backend == BackendChoice::Cpu {
+        return Ok(Opened {
+            backend: cpu_backend(),
+            layout: None,
+            notice: None,
+        });
+    }
+    let ctx = match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
+        Ok(ctx) => ctx,
+        Err(Error::NoAdapter { hint, .. }) if spec.backend == BackendChoice::Auto && spec.adapter.is_none() => {
+            return Ok(Opened {
+                backend: cpu_backend(),
+                layout: None,
+                notice: Some(format!("no GPU adapter found ({hint}); training on the CPU backend instead")),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut first_order = Vec::new();
+    epoch_order(data.train.len(), settings.seed, 0, &mut first_order);
+    let setup = GpuSetup {
+        rank: hp.rank,
+        reg: hp.reg,
+        bias_reg: hp.bias_reg,
+        batch: settings.batch,
+        deterministic: settings.deterministic,
+        slab_bytes: spec.device_memory.resolve(table_bytes(data, hp.rank)),
+        mean: data.mean(),
+        range: data.range(),
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        train: &data.train,
+        first_order: &first_order,
+    };
+    let gpu = GpuBackend::new(ctx, &setup)?;
+    let layout = gpu.layout().clone();
+    Ok(Opened {
+        backend: Box::new(gpu),
+        layout: Some(layout),
+        notice: None,
+    })
+}
