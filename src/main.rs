@@ -1,1 +1,617 @@
-fn main() {}
+//! The `rowstage` command line: a thin layer over the library.
+//!
+//! Exit codes: 0 success, 1 failure at run time (GPU, device), 2 bad input
+//! (files, flags, budgets, ids).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use rowstage::data::{
+    self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN,
+};
+use rowstage::error::{Error, Result};
+use rowstage::gpu::{BackendChoice, list_adapters};
+use rowstage::model::{self, HyperParams, Model};
+use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report, WGPU_VERSION};
+use rowstage::stage::{Budget, PolicyKind, human_bytes};
+use rowstage::train::{self, BackendSpec, TrainSettings};
+
+#[derive(Parser)]
+#[command(
+    name = "rowstage",
+    version,
+    about = "Train recommendation embeddings (biased MF, SGD) with WGSL compute shaders through a fixed device-memory budget",
+    long_about = "Train recommendation embeddings (biased matrix factorization, SGD) with WGSL compute \
+shaders on any device wgpu reaches. The full tables stay in host memory; the GPU holds one \
+--device-memory buffer of row slots, and a host scheduler stages into it the rows each batch \
+needs, counting every byte that crosses host<->device."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model and report accuracy, speed and host<->device traffic per epoch.
+    Train(Box<TrainArgs>),
+    /// Score a ratings file with a saved model.
+    Eval(EvalArgs),
+    /// Print a user's top items with their predicted ratings.
+    Recommend(RecommendArgs),
+    /// List every GPU adapter wgpu finds, with the limits that matter here.
+    Devices(DevicesArgs),
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Ratings file (MovieLens u.data / ratings.dat / ratings.csv, or user,item,rating[,timestamp] CSV/TSV).
+    /// Without it, the built-in synthetic dataset is used.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Layout of the ratings files.
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    /// Whether the first line of a CSV/TSV file is a header.
+    #[arg(long, value_enum, default_value = "auto")]
+    header: HeaderMode,
+    /// Skip malformed lines (and report how many) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Held-out ratings file; without it a seeded --test-fraction split is made.
+    #[arg(long, value_name = "PATH")]
+    test: Option<PathBuf>,
+    /// Share of the ratings held out for testing when --test is not given.
+    #[arg(long, default_value_t = 0.1, value_name = "F")]
+    test_fraction: f64,
+    /// Generate USERS,ITEMS,RATINGS synthetic ratings instead of reading --data
+    /// (default when no --data: 6000,3000,300000).
+    #[arg(long, value_name = "USERS,ITEMS,RATINGS", conflicts_with = "data")]
+    synthetic: Option<String>,
+    /// Zipf exponent of the synthetic user and item popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.05)]
+    zipf: f64,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Latent factors per row.
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    /// Initial learning rate η₀.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// L2 regularisation of the factors.
+    #[arg(long, default_value_t = 0.05)]
+    reg: f32,
+    /// L2 regularisation of the biases.
+    #[arg(long, default_value_t = 0.01)]
+    bias_reg: f32,
+    /// Learning-rate decay β: η_t = η₀ / (1 + β t^1.5).
+    #[arg(long, default_value_t = 0.05)]
+    decay: f32,
+    /// Standard deviation of the initial factors.
+    #[arg(long, default_value_t = 0.05)]
+    init_std: f32,
+    /// Passes over the training ratings.
+    #[arg(long, default_value_t = 25)]
+    epochs: usize,
+    /// Ratings per batch (one GPU step, unless the budget forces a split).
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    /// Seed of the split, the initial factors, the epoch orders and the synthetic data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Apply updates in the sequential order (conflict-free waves on the GPU):
+    /// every backend and budget then gives the same model.
+    #[arg(long)]
+    deterministic: bool,
+    /// Where to train: the best GPU adapter (falling back to the CPU), a wgpu backend, or the CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Use the adapter whose name contains this text (case-insensitive).
+    #[arg(long, value_name = "SUBSTRING")]
+    adapter: Option<String>,
+    /// Size of the device slab: 64MiB, 512KiB, 1GB, bytes, a share of the two tables such as 10%,
+    /// or auto (25% of the tables, raised to the smallest budget that holds a batch).
+    #[arg(long, default_value = "auto", value_name = "SIZE")]
+    device_memory: String,
+    /// Which rows stay on the device.
+    #[arg(long, value_enum, default_value = "static")]
+    policy: PolicyKind,
+    /// Threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the JSON report to FILE ("-" for stdout; the text output then goes to stderr).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Save the trained model (safetensors) to FILE.
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A model saved by `rowstage train --save`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Ratings to score.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    #[arg(long, value_enum, default_value = "auto")]
+    header: HeaderMode,
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Write the scores as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RecommendArgs {
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// The user's id as it appears in the training data.
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// How many items.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    n: usize,
+    /// Leave out the items this user rated in FILE (e.g. the training ratings).
+    #[arg(long, value_name = "FILE")]
+    exclude_rated: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DevicesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => cmd_train(*a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Recommend(a) => cmd_recommend(a),
+        Command::Devices(a) => cmd_devices(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+/// Where human-readable output goes: stderr when stdout carries JSON.
+struct Out {
+    to_stderr: bool,
+}
+
+impl Out {
+    fn line(&self, s: &str) {
+        if self.to_stderr {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    }
+}
+
+fn load_opts(format: Format, header: HeaderMode, skip_bad_lines: bool) -> LoadOptions {
+    LoadOptions {
+        format,
+        header,
+        skip_bad_lines,
+    }
+}
+
+/// Loads or generates the dataset; returns it and the lines skipped.
+fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> {
+    if !(0.0..1.0).contains(&a.test_fraction) {
+        return Err(Error::arg(
+            "--test-fraction",
+            a.test_fraction.to_string(),
+            "must be at least 0 and below 1",
+        ));
+    }
+    let opts = load_opts(a.format, a.header, a.skip_bad_lines);
+    let mut skipped = 0;
+    let mut load = |p: &Path| -> Result<data::RatingSet> {
+        let (set, rep) = data::load_ratings(p, opts)?;
+        if rep.skipped > 0 {
+            out.line(&format!(
+                "skipped {} bad lines in {}; first: {}",
+                rep.skipped,
+                p.display(),
+                rep.first_skipped[0]
+            ));
+        }
+        skipped += rep.skipped;
+        Ok(set)
+    };
+    let (name, set) = match (&a.data, &a.synthetic) {
+        (Some(p), _) => (p.display().to_string(), load(p)?),
+        (None, spec) => {
+            let spec = match spec {
+                Some(s) => SyntheticSpec::parse(s, a.zipf)?,
+                None => SyntheticSpec {
+                    zipf: a.zipf,
+                    ..SyntheticSpec::DEFAULT
+                },
+            };
+            SyntheticSpec::parse(
+                &format!("{},{},{}", spec.users, spec.items, spec.ratings),
+                a.zipf,
+            )?;
+            (spec.name(), data::generate(&spec, seed))
+        }
+    };
+    let ds = match &a.test {
+        Some(t) => Dataset::from_sets(&name, set, load(t)?),
+        None => Dataset::split(&name, set, a.test_fraction, seed),
+    };
+    if ds.train.is_empty() {
+        return Err(Error::arg(
+            "--test-fraction",
+            a.test_fraction.to_string(),
+            "leaves no training rating",
+        ));
+    }
+    Ok((ds, skipped))
+}
+
+fn write_output(path: &Path, text: &str) -> Result<()> {
+    if path == Path::new("-") {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.write_all(b"\n"))
+            .map_err(|e| Error::io("<stdout>", e))
+    } else {
+        model::write_atomically(path, format!("{text}\n").as_bytes())
+    }
+}
+
+fn validate_train(a: &TrainArgs) -> Result<()> {
+    let pos = |flag: &str, v: f32| -> Result<()> {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::arg(
+                flag,
+                v.to_string(),
+                "must be a finite number above 0",
+            ))
+        }
+    };
+    let non_neg = |flag: &str, v: f32| -> Result<()> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(())
+        } else {
+            Err(Error::arg(
+                flag,
+                v.to_string(),
+                "must be a finite number ≥ 0",
+            ))
+        }
+    };
+    pos("--lr", a.lr)?;
+    non_neg("--reg", a.reg)?;
+    non_neg("--bias-reg", a.bias_reg)?;
+    non_neg("--decay", a.decay)?;
+    non_neg("--init-std", a.init_std)?;
+    if a.rank == 0 || a.rank > 1024 {
+        return Err(Error::arg(
+            "--rank",
+            a.rank.to_string(),
+            "must be between 1 and 1024",
+        ));
+    }
+    if a.batch == 0 || a.batch > 1 << 20 {
+        return Err(Error::arg(
+            "--batch",
+            a.batch.to_string(),
+            "must be between 1 and 1048576",
+        ));
+    }
+    if a.threads == Some(0) {
+        return Err(Error::arg("--threads", "0", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    validate_train(&a)?;
+    let budget = match a.device_memory.trim() {
+        "auto" => None,
+        s => Some(Budget::parse("--device-memory", s)?),
+    };
+    let out = Out {
+        to_stderr: a.json.as_deref() == Some(Path::new("-")),
+    };
+    let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
+    let hp = HyperParams {
+        rank: a.rank,
+        lr: a.lr,
+        reg: a.reg,
+        bias_reg: a.bias_reg,
+        decay: a.decay,
+        init_std: a.init_std,
+    };
+    let settings = TrainSettings {
+        hp,
+        epochs: a.epochs,
+        batch: a.batch,
+        seed: a.seed,
+        deterministic: a.deterministic,
+    };
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let spec = BackendSpec {
+        backend: a.backend,
+        adapter: a.adapter.clone(),
+        device_memory: budget,
+        policy: a.policy,
+        threads,
+    };
+    let opened = train::open_backend(&data, &settings, &spec)?;
+    if let Some(n) = &opened.notice {
+        eprintln!("notice: {n}");
+    }
+    let mut backend = opened.backend;
+    let tables = train::table_bytes(&data, hp.rank);
+    out.line(&format!(
+        "data: {} — {} users, {} items, {} train / {} test ratings ({} test ratings with a user or item unseen in training)",
+        data.name,
+        data.users.len(),
+        data.items.len(),
+        data.train.len(),
+        data.test.len(),
+        data.cold_test()
+    ));
+    out.line(&format!(
+        "backend: {} on {}",
+        backend.kind(),
+        backend.adapter()
+    ));
+    if let Some(l) = &opened.layout {
+        out.line(&format!(
+            "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} staging; transfer windows {}",
+            human_bytes(l.slab_bytes),
+            l.slots,
+            l.row_bytes,
+            100.0 * l.slab_bytes as f64 / tables.max(1) as f64,
+            human_bytes(tables),
+            l.resident,
+            l.slots - l.resident,
+            human_bytes(l.window_bytes()),
+        ));
+    }
+
+    let bar = if std::io::stderr().is_terminal() && a.epochs > 1 {
+        let b = ProgressBar::new(a.epochs as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} epochs, {elapsed} elapsed, eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let staged = opened.layout.is_some();
+    let outcome = train::train(&data, &settings, backend.as_mut(), &mut |e| {
+        bar.suspend(|| out.line(&report::epoch_line(e, staged)));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    out.line(&format!(
+        "final: test RMSE {:.4}  MAE {:.4}  {:.3e} ratings/s",
+        outcome.final_metrics.rmse, outcome.final_metrics.mae, outcome.ratings_per_sec
+    ));
+
+    let layout = opened.layout.as_ref();
+    let config = serde_json::json!({
+        "rank": hp.rank,
+        "lr": hp.lr,
+        "reg": hp.reg,
+        "bias_reg": hp.bias_reg,
+        "decay": hp.decay,
+        "init_std": hp.init_std,
+        "epochs": a.epochs,
+        "batch": a.batch,
+        "seed": a.seed,
+        "deterministic": a.deterministic,
+        "backend": backend.kind(),
+        "backend_requested": a.backend.name(),
+        "adapter": backend.adapter(),
+        "wgpu_version": WGPU_VERSION,
+        "device_memory": a.device_memory,
+        "device_memory_bytes": layout.map(|l| l.slab_bytes),
+        "slots": layout.map(|l| l.slots),
+        "resident_slots": layout.map(|l| l.resident),
+        "row_bytes": layout.map(|l| l.row_bytes),
+        "policy": a.policy.name(),
+        "threads": threads,
+        "test_fraction": if a.data.test.is_some() { None } else { Some(a.data.test_fraction) },
+        "test": a.data.test.as_ref().map(|p| p.display().to_string()),
+        "data": a.data.data.as_ref().map(|p| p.display().to_string()),
+        "format": a.data.format,
+        "zipf": a.data.zipf,
+    });
+    if let Some(path) = &a.save {
+        model::save_model(&outcome.model, &config, path)?;
+        out.line(&format!("saved model to {}", path.display()));
+    }
+    if let Some(path) = &a.json {
+        let report = Report {
+            dataset: DatasetInfo {
+                name: data.name.clone(),
+                users: data.users.len(),
+                items: data.items.len(),
+                train: data.train.len(),
+                test: data.test.len(),
+                test_cold: data.cold_test(),
+                skipped_lines: skipped,
+            },
+            config,
+            epochs: outcome.epochs.iter().map(EpochJson::from).collect(),
+            final_: FinalJson {
+                test_rmse: outcome.final_metrics.rmse,
+                test_mae: outcome.final_metrics.mae,
+                ratings_per_sec: outcome.ratings_per_sec,
+            },
+            complete: true,
+        };
+        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        write_output(path, &text)?;
+    }
+    Ok(())
+}
+
+/// Maps ratings read from a file onto a model's dense ids.
+fn onto_model(set: &data::RatingSet, m: &Model) -> Vec<Rating> {
+    set.ratings
+        .iter()
+        .map(|r| Rating {
+            user: m.user_ids.get(set.users.name(r.user)).unwrap_or(UNKNOWN),
+            item: m.item_ids.get(set.items.name(r.item)).unwrap_or(UNKNOWN),
+            value: r.value,
+        })
+        .collect()
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let (m, _) = model::load_model(&a.model)?;
+    let (set, rep) = data::load_ratings(&a.data, load_opts(a.format, a.header, a.skip_bad_lines))?;
+    let ratings = onto_model(&set, &m);
+    let cold = ratings
+        .iter()
+        .filter(|r| r.user == UNKNOWN || r.item == UNKNOWN)
+        .count();
+    let metrics = m.evaluate(&ratings);
+    let out = Out {
+        to_stderr: a.json.as_deref() == Some(Path::new("-")),
+    };
+    out.line(&format!(
+        "{}: {} ratings ({} with a user or item unknown to the model{}): RMSE {:.4}  MAE {:.4}",
+        a.data.display(),
+        ratings.len(),
+        cold,
+        if rep.skipped > 0 {
+            format!(", {} bad lines skipped", rep.skipped)
+        } else {
+            String::new()
+        },
+        metrics.rmse,
+        metrics.mae
+    ));
+    if let Some(path) = &a.json {
+        let j = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "data": a.data.display().to_string(),
+            "ratings": ratings.len(),
+            "cold": cold,
+            "skipped_lines": rep.skipped,
+            "rmse": metrics.rmse,
+            "mae": metrics.mae,
+        });
+        write_output(path, &serde_json::to_string_pretty(&j).expect("json"))?;
+    }
+    Ok(())
+}
+
+fn cmd_recommend(a: RecommendArgs) -> Result<()> {
+    let (m, _) = model::load_model(&a.model)?;
+    let u = m.user_ids.get(&a.user).ok_or_else(|| Error::UnknownId {
+        kind: "user",
+        id: a.user.clone(),
+    })?;
+    let mut excluded = vec![false; m.n_items()];
+    if let Some(p) = &a.exclude_rated {
+        let (set, _) = data::load_ratings(p, load_opts(a.format, HeaderMode::Auto, false))?;
+        for r in &set.ratings {
+            if set.users.name(r.user) == a.user
+                && let Some(i) = m.item_ids.get(set.items.name(r.item))
+            {
+                excluded[i as usize] = true;
+            }
+        }
+    }
+    let mut scored: Vec<(u32, f32)> = (0..m.n_items() as u32)
+        .filter(|&i| !excluded[i as usize])
+        .map(|i| (i, m.predict(u, i)))
+        .collect();
+    let n = a.n.min(scored.len());
+    if n > 0 && n < scored.len() {
+        scored.select_nth_unstable_by(n - 1, |x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+        scored.truncate(n);
+    }
+    scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    scored.truncate(n);
+    if a.json {
+        let items: Vec<_> = scored
+            .iter()
+            .map(|&(i, s)| serde_json::json!({"item": m.item_ids.name(i), "score": s}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"user": a.user, "items": items}))
+                .expect("json")
+        );
+    } else {
+        println!("{:>4}  {:<24} {:>6}", "rank", "item", "score");
+        for (k, (i, s)) in scored.iter().enumerate() {
+            println!("{:>4}  {:<24} {:>6.3}", k + 1, m.item_ids.name(*i), s);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_devices(a: DevicesArgs) -> Result<()> {
+    let adapters = list_adapters(BackendChoice::Auto);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&adapters).expect("json"));
+        return Ok(());
+    }
+    if adapters.is_empty() {
+        println!(
+            "no GPU adapter found; `rowstage train` will use the CPU backend (install GPU drivers, or Mesa's software drivers: apt-get install mesa-vulkan-drivers)"
+        );
+        return Ok(());
+    }
+    for (k, d) in adapters.iter().enumerate() {
+        println!("[{k}] {} — {} / {}", d.name, d.backend, d.device_type);
+        println!("    driver: {} {}", d.driver, d.driver_info);
+        println!(
+            "    max storage binding {}  max buffer {}  (largest --device-memory: {})",
+            human_bytes(d.max_storage_buffer_binding_size),
+            human_bytes(d.max_buffer_size),
+            human_bytes(d.max_slab_bytes())
+        );
+        println!(
+            "    workgroups per dimension {}  invocations per workgroup {}  workgroup size x {}  storage buffers per stage {}",
+            d.max_compute_workgroups_per_dimension,
+            d.max_compute_invocations_per_workgroup,
+            d.max_compute_workgroup_size_x,
+            d.max_storage_buffers_per_shader_stage
+        );
+    }
+    Ok(())
+}

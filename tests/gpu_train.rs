@@ -52,7 +52,12 @@ fn max_diff(a: &Model, b: &Model) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn gpu_backend(ctx: rowstage::gpu::GpuContext, data: &Dataset, s: &TrainSettings, slab_bytes: u64) -> GpuBackend {
+fn gpu_backend(
+    ctx: rowstage::gpu::GpuContext,
+    data: &Dataset,
+    s: &TrainSettings,
+    slab_bytes: u64,
+) -> GpuBackend {
     let mut order = Vec::new();
     epoch_order(data.train.len(), s.seed, 0, &mut order);
     GpuBackend::new(
@@ -95,7 +100,10 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
             rowstage::stage::max_distinct_rows(&data.train, &order, s.batch, data.users.len())
         };
         drop(probe);
-        for (label, bytes) in [("all resident", all), ("staged every batch", min_slots as u64 * row_bytes + 12)] {
+        for (label, bytes) in [
+            ("all resident", all),
+            ("staged every batch", min_slots as u64 * row_bytes + 12),
+        ] {
             let ctx = common::gpu(backend, label).unwrap();
             let mut gpu = gpu_backend(ctx, &data, &s, bytes);
             let layout = gpu.layout().clone();
@@ -115,12 +123,24 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
             assert!((out.final_metrics.rmse - want_rmse).abs() < RMSE_TOL);
             // The GPU's own evaluation of the last epoch agrees with the host's.
             let last = out.epochs.last().unwrap();
-            assert!((last.test_rmse - out.final_metrics.rmse).abs() < 1e-5, "{} vs {}", last.test_rmse, out.final_metrics.rmse);
+            assert!(
+                (last.test_rmse - out.final_metrics.rmse).abs() < 1e-5,
+                "{} vs {}",
+                last.test_rmse,
+                out.final_metrics.rmse
+            );
             if label == "staged every batch" {
                 assert!(layout.resident < layout.slots);
-                assert!(out.epochs[1].ledger.rows_in() > 0, "a small budget must stage rows every epoch");
+                assert!(
+                    out.epochs[1].ledger.rows_in() > 0,
+                    "a small budget must stage rows every epoch"
+                );
             } else {
-                assert_eq!(out.epochs[1].ledger.rows_in(), 0, "everything resident: nothing to stage after the first load");
+                assert_eq!(
+                    out.epochs[1].ledger.rows_in(),
+                    0,
+                    "everything resident: nothing to stage after the first load"
+                );
             }
             // Ledger totals equal the bytes handed to wgpu.
             let wire = gpu.wire();

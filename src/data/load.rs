@@ -42,8 +42,13 @@ pub enum HeaderMode {
 impl FromStr for Format {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        <Self as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| Error::arg("--format", s, "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv"))
+        <Self as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            Error::arg(
+                "--format",
+                s,
+                "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv",
+            )
+        })
     }
 }
 
@@ -89,7 +94,11 @@ pub fn load_ratings(path: &Path, opts: LoadOptions) -> Result<(RatingSet, LoadRe
 }
 
 /// Parses ratings already in memory; `path` only names the source in errors.
-pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
+pub fn parse_ratings(
+    path: &Path,
+    bytes: &[u8],
+    opts: LoadOptions,
+) -> Result<(RatingSet, LoadReport)> {
     let path_buf = path.to_path_buf();
     let first_line = bytes
         .split(|&b| b == b'\n')
@@ -164,13 +173,23 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
         return Err(Error::EmptyData {
             path: path_buf,
             reason: if report.skipped > 0 {
-                format!("no valid rating: all {} data lines were bad", report.skipped)
+                format!(
+                    "no valid rating: all {} data lines were bad",
+                    report.skipped
+                )
             } else {
                 "no rating found (only a header or blank lines)".into()
             },
         });
     }
-    Ok((RatingSet { users, items, ratings }, report))
+    Ok((
+        RatingSet {
+            users,
+            items,
+            ratings,
+        },
+        report,
+    ))
 }
 
 fn trim_cr(l: &[u8]) -> &[u8] {
@@ -207,13 +226,18 @@ fn is_header(mode: HeaderMode, fields: &[&str]) -> bool {
     match mode {
         HeaderMode::Yes => true,
         HeaderMode::No => false,
-        HeaderMode::Auto => fields
-            .get(2)
-            .is_some_and(|f| !f.trim().is_empty() && !f.bytes().any(|b| b.is_ascii_digit()) && f.trim().parse::<f32>().is_err()),
+        HeaderMode::Auto => fields.get(2).is_some_and(|f| {
+            !f.trim().is_empty()
+                && !f.bytes().any(|b| b.is_ascii_digit())
+                && f.trim().parse::<f32>().is_err()
+        }),
     }
 }
 
-fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(&'a str, &'a str, f32), String> {
+fn parse_fields<'a>(
+    fields: &[&'a str],
+    format: Format,
+) -> std::result::Result<(&'a str, &'a str, f32), String> {
     let max_cols = 4;
     if fields.len() < 3 {
         return Err(format!(
@@ -227,7 +251,10 @@ fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(
         ));
     }
     if fields.len() > max_cols {
-        return Err(format!("expected at most {max_cols} columns (user, item, rating, timestamp), found {}", fields.len()));
+        return Err(format!(
+            "expected at most {max_cols} columns (user, item, rating, timestamp), found {}",
+            fields.len()
+        ));
     }
     let (u, i, r) = (fields[0].trim(), fields[1].trim(), fields[2].trim());
     if u.is_empty() {
@@ -236,7 +263,9 @@ fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(
     if i.is_empty() {
         return Err("empty item id".into());
     }
-    let v: f32 = r.parse().map_err(|_| format!("rating {r:?} is not a number"))?;
+    let v: f32 = r
+        .parse()
+        .map_err(|_| format!("rating {r:?} is not a number"))?;
     if !v.is_finite() {
         return Err(format!("rating {r:?} is not finite"));
     }
@@ -256,10 +285,18 @@ mod tests {
         let (s, r) = parse("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n").unwrap();
         assert_eq!(r.format, Some(Format::Movielens100k));
         assert_eq!(s.ratings.len(), 2);
-        let (s, r) = parse("ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n").unwrap();
+        let (s, r) = parse(
+            "ratings.dat",
+            "1::1193::5::978300760\n1::661::3::978302109\n",
+        )
+        .unwrap();
         assert_eq!(r.format, Some(Format::MovielensDat));
         assert_eq!(s.ratings[0].value, 5.0);
-        let (s, r) = parse("ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n").unwrap();
+        let (s, r) = parse(
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n",
+        )
+        .unwrap();
         assert_eq!(r.format, Some(Format::MovielensCsv));
         assert_eq!(s.ratings.len(), 2);
         assert_eq!(s.ratings[1].value, 4.5);
@@ -285,7 +322,10 @@ mod tests {
     #[test]
     fn bad_lines_name_file_line_and_text() {
         let e = parse("r.csv", "a,b,1\na,b\n").unwrap_err().to_string();
-        assert!(e.contains("r.csv:2:") && e.contains("found 2") && e.contains("\"a,b\""), "{e}");
+        assert!(
+            e.contains("r.csv:2:") && e.contains("found 2") && e.contains("\"a,b\""),
+            "{e}"
+        );
         let e = parse("r.csv", "a,b,1\nc,d,x1\n").unwrap_err().to_string();
         assert!(e.contains("r.csv:2:") && e.contains("not a number"), "{e}");
         let e = parse("r.csv", "a,b,NaN\n").unwrap_err().to_string();
@@ -298,11 +338,17 @@ mod tests {
         assert!(e.contains("empty user id"), "{e}");
         let e = parse("r.csv", "").unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
-        let e = parse("r.csv", "user,item,rating\n").unwrap_err().to_string();
-        assert!(e.contains("no rating found"), "{e}");
-        let e = parse_ratings(Path::new("r.csv"), b"a,b,1\n\xff\xfe,b,2\n", LoadOptions::default())
+        let e = parse("r.csv", "user,item,rating\n")
             .unwrap_err()
             .to_string();
+        assert!(e.contains("no rating found"), "{e}");
+        let e = parse_ratings(
+            Path::new("r.csv"),
+            b"a,b,1\n\xff\xfe,b,2\n",
+            LoadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
     }
 
@@ -312,11 +358,14 @@ mod tests {
             skip_bad_lines: true,
             ..Default::default()
         };
-        let (s, r) = parse_ratings(Path::new("r.csv"), b"a,b,1\nbroken\nc,d,nan\ne,f,2\n", opts).unwrap();
+        let (s, r) =
+            parse_ratings(Path::new("r.csv"), b"a,b,1\nbroken\nc,d,nan\ne,f,2\n", opts).unwrap();
         assert_eq!(s.ratings.len(), 2);
         assert_eq!(r.skipped, 2);
         assert!(r.first_skipped[0].contains(":2:"));
-        let e = parse_ratings(Path::new("r.csv"), b"broken\n", opts).unwrap_err().to_string();
+        let e = parse_ratings(Path::new("r.csv"), b"broken\n", opts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("all 1 data lines were bad"), "{e}");
     }
 }

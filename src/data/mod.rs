@@ -117,7 +117,9 @@ impl Dataset {
         for (r, t) in set.ratings.iter().zip(is_test) {
             if t { test.push(*r) } else { train.push(*r) }
         }
-        Self::from_parts(name, &set.users, &set.items, train, &set.users, &set.items, test)
+        Self::from_parts(
+            name, &set.users, &set.items, train, &set.users, &set.items, test,
+        )
     }
 
     /// Uses `train` and `test` as given (for `--test PATH`).
@@ -202,12 +204,21 @@ mod tests {
                 value: v,
             })
             .collect();
-        RatingSet { users, items, ratings }
+        RatingSet {
+            users,
+            items,
+            ratings,
+        }
     }
 
     #[test]
     fn split_is_seeded_and_marks_cold_ids() {
-        let s = set(&[("a", "x", 1.0), ("b", "y", 2.0), ("a", "y", 3.0), ("c", "z", 4.0)]);
+        let s = set(&[
+            ("a", "x", 1.0),
+            ("b", "y", 2.0),
+            ("a", "y", 3.0),
+            ("c", "z", 4.0),
+        ]);
         let d1 = Dataset::split("t", s.clone(), 0.5, 7);
         let d2 = Dataset::split("t", s, 0.5, 7);
         assert_eq!(d1.train, d2.train);

@@ -63,14 +63,21 @@ impl SyntheticSpec {
             return Err(bad("too many users or items for 32-bit ids"));
         }
         if !(zipf.is_finite() && zipf >= 0.0) {
-            return Err(Error::arg("--zipf", zipf.to_string(), "must be a finite number ≥ 0"));
+            return Err(Error::arg(
+                "--zipf",
+                zipf.to_string(),
+                "must be a finite number ≥ 0",
+            ));
         }
         Ok(spec)
     }
 
     /// A short name for reports, e.g. `synthetic-6000x3000-300000-zipf1.05`.
     pub fn name(&self) -> String {
-        format!("synthetic-{}x{}-{}-zipf{}", self.users, self.items, self.ratings, self.zipf)
+        format!(
+            "synthetic-{}x{}-{}-zipf{}",
+            self.users, self.items, self.ratings, self.zipf
+        )
     }
 }
 
@@ -108,10 +115,18 @@ pub fn generate(spec: &SyntheticSpec, seed: u64) -> RatingSet {
     let user_bias = Normal::new(0.0f32, 0.35).unwrap();
     let item_bias = Normal::new(0.0f32, 0.5).unwrap();
     let noise = Normal::new(0.0f32, 0.6).unwrap();
-    let p: Vec<f32> = (0..spec.users * TRUE_RANK).map(|_| factor.sample(&mut rng)).collect();
-    let q: Vec<f32> = (0..spec.items * TRUE_RANK).map(|_| factor.sample(&mut rng)).collect();
-    let bu: Vec<f32> = (0..spec.users).map(|_| user_bias.sample(&mut rng)).collect();
-    let bi: Vec<f32> = (0..spec.items).map(|_| item_bias.sample(&mut rng)).collect();
+    let p: Vec<f32> = (0..spec.users * TRUE_RANK)
+        .map(|_| factor.sample(&mut rng))
+        .collect();
+    let q: Vec<f32> = (0..spec.items * TRUE_RANK)
+        .map(|_| factor.sample(&mut rng))
+        .collect();
+    let bu: Vec<f32> = (0..spec.users)
+        .map(|_| user_bias.sample(&mut rng))
+        .collect();
+    let bi: Vec<f32> = (0..spec.items)
+        .map(|_| item_bias.sample(&mut rng))
+        .collect();
     let mean = 3.5f32;
 
     let ratings = (0..spec.ratings)
@@ -123,7 +138,9 @@ pub fn generate(spec: &SyntheticSpec, seed: u64) -> RatingSet {
                 .zip(&q[i * TRUE_RANK..][..TRUE_RANK])
                 .map(|(a, b)| a * b)
                 .sum();
-            let v = (mean + bu[u] + bi[i] + dot + noise.sample(&mut rng)).round().clamp(1.0, 5.0);
+            let v = (mean + bu[u] + bi[i] + dot + noise.sample(&mut rng))
+                .round()
+                .clamp(1.0, 5.0);
             Rating {
                 user: u as u32,
                 item: i as u32,
@@ -152,14 +169,21 @@ mod tests {
         let b = generate(&spec, 3);
         assert_eq!(a.ratings, b.ratings);
         assert_ne!(a.ratings, generate(&spec, 4).ratings);
-        assert!(a.ratings.iter().all(|r| (1.0..=5.0).contains(&r.value) && r.value.fract() == 0.0));
+        assert!(
+            a.ratings
+                .iter()
+                .all(|r| (1.0..=5.0).contains(&r.value) && r.value.fract() == 0.0)
+        );
         // Zipf: the most popular item takes far more than its uniform share.
         let mut counts = vec![0usize; spec.items];
         for r in &a.ratings {
             counts[r.item as usize] += 1;
         }
         let top = *counts.iter().max().unwrap();
-        assert!(top > 20 * spec.ratings / spec.items, "top item has {top} ratings");
+        assert!(
+            top > 20 * spec.ratings / spec.items,
+            "top item has {top} ratings"
+        );
         // Uniform draws are not skewed.
         let u = generate(&SyntheticSpec { zipf: 0.0, ..spec }, 3);
         let mut counts = vec![0usize; spec.items];

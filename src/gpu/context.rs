@@ -82,7 +82,8 @@ impl AdapterSummary {
 
     /// The largest slab this adapter can bind.
     pub fn max_slab_bytes(&self) -> u64 {
-        self.max_storage_buffer_binding_size.min(self.max_buffer_size)
+        self.max_storage_buffer_binding_size
+            .min(self.max_buffer_size)
     }
 }
 
@@ -94,7 +95,10 @@ fn instance(choice: BackendChoice) -> wgpu::Instance {
 
 /// Every adapter wgpu finds for `choice`, best first.
 pub fn list_adapters(choice: BackendChoice) -> Vec<AdapterSummary> {
-    sorted_adapters(&instance(choice), choice).iter().map(AdapterSummary::of).collect()
+    sorted_adapters(&instance(choice), choice)
+        .iter()
+        .map(AdapterSummary::of)
+        .collect()
 }
 
 fn sorted_adapters(instance: &wgpu::Instance, choice: BackendChoice) -> Vec<wgpu::Adapter> {
@@ -156,7 +160,11 @@ impl GpuContext {
             .collect();
         let adapter = adapters
             .into_iter()
-            .find(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
+            .find(|a| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| a.get_info().name.to_lowercase().contains(f))
+            })
             .ok_or_else(|| Error::NoAdapter {
                 requested: requested.clone(),
                 hint: if names.is_empty() {
@@ -164,7 +172,10 @@ impl GpuContext {
                      (Debian: apt-get install mesa-vulkan-drivers), or use --backend cpu"
                         .into()
                 } else {
-                    format!("adapters found: {}; run `rowstage devices`", names.join(", "))
+                    format!(
+                        "adapters found: {}; run `rowstage devices`",
+                        names.join(", ")
+                    )
                 },
             })?;
         let summary = AdapterSummary::of(&adapter);
@@ -192,6 +203,9 @@ impl GpuContext {
 
     /// `name (backend, device type)`, for messages and reports.
     pub fn describe(&self) -> String {
-        format!("{} ({}, {})", self.summary.name, self.summary.backend, self.summary.device_type)
+        format!(
+            "{} ({}, {})",
+            self.summary.name, self.summary.backend, self.summary.device_type
+        )
     }
 }

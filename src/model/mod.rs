@@ -7,7 +7,7 @@
 
 mod io;
 
-pub use io::{load_model, save_model};
+pub use io::{load_model, save_model, write_atomically};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -278,7 +278,11 @@ mod tests {
 
     #[test]
     fn schedule_decays() {
-        let hp = HyperParams { lr: 0.1, decay: 1.0, ..Default::default() };
+        let hp = HyperParams {
+            lr: 0.1,
+            decay: 1.0,
+            ..Default::default()
+        };
         assert_eq!(hp.lr_at(0), 0.1);
         assert!((hp.lr_at(1) - 0.05).abs() < 1e-7);
         let flat = HyperParams { decay: 0.0, ..hp };

@@ -15,10 +15,15 @@ use crate::stage::{Budget, PolicyKind};
 pub struct BackendSpec {
     pub backend: BackendChoice,
     pub adapter: Option<String>,
-    pub device_memory: Budget,
+    /// `None` is `auto`: [`AUTO_SHARE`] of the tables, raised to the smallest
+    /// budget that holds a batch, capped at the adapter's largest binding.
+    pub device_memory: Option<Budget>,
     pub policy: PolicyKind,
     pub threads: usize,
 }
+
+/// The share of the tables `--device-memory auto` starts from, in percent.
+pub const AUTO_SHARE: f64 = 25.0;
 
 /// An opened backend and what a user should be told about it.
 pub struct Opened {
@@ -36,7 +41,11 @@ pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
 
 /// Opens the backend `spec` asks for. `--backend auto` falls back to the
 /// Hogwild CPU backend with a notice when wgpu finds no adapter.
-pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
+pub fn open_backend(
+    data: &Dataset,
+    settings: &TrainSettings,
+    spec: &BackendSpec,
+) -> Result<Opened> {
     let hp = &settings.hp;
     let cpu_backend = || -> Box<dyn Backend> {
         if settings.deterministic {
@@ -57,24 +66,45 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
     }
     let ctx = match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
         Ok(ctx) => ctx,
-        Err(Error::NoAdapter { hint, .. }) if spec.backend == BackendChoice::Auto && spec.adapter.is_none() => {
+        Err(Error::NoAdapter { hint, .. })
+            if spec.backend == BackendChoice::Auto && spec.adapter.is_none() =>
+        {
             return Ok(Opened {
                 backend: cpu_backend(),
                 layout: None,
-                notice: Some(format!("no GPU adapter found ({hint}); training on the CPU backend instead")),
+                notice: Some(format!(
+                    "no GPU adapter found ({hint}); training on the CPU backend instead"
+                )),
             });
         }
         Err(e) => return Err(e),
     };
     let mut first_order = Vec::new();
     epoch_order(data.train.len(), settings.seed, 0, &mut first_order);
+    let row_bytes = (row_stride(hp.rank) * 4) as u64;
+    let tables = table_bytes(data, hp.rank);
+    let slab_bytes = match spec.device_memory {
+        Some(b) => b.resolve(tables),
+        None => {
+            let needed = crate::stage::max_distinct_rows(
+                &data.train,
+                &first_order,
+                settings.batch,
+                data.users.len(),
+            ) as u64;
+            Budget::Percent(AUTO_SHARE)
+                .resolve(tables)
+                .max(needed * row_bytes)
+                .min(ctx.summary.max_slab_bytes() & !3)
+        }
+    };
     let setup = GpuSetup {
         rank: hp.rank,
         reg: hp.reg,
         bias_reg: hp.bias_reg,
         batch: settings.batch,
         deterministic: settings.deterministic,
-        slab_bytes: spec.device_memory.resolve(table_bytes(data, hp.rank)),
+        slab_bytes,
         mean: data.mean(),
         range: data.range(),
         n_users: data.users.len(),

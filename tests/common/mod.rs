@@ -53,7 +53,9 @@ pub fn gpu(backend: BackendChoice, test: &str) -> Option<GpuContext> {
             Some(ctx)
         }
         Err(e) if !gpu_required() => {
-            eprintln!("{test}: SKIPPED on {backend:?}: no GPU adapter ({e}); set ROWSTAGE_REQUIRE_GPU=1 to fail instead");
+            eprintln!(
+                "{test}: SKIPPED on {backend:?}: no GPU adapter ({e}); set ROWSTAGE_REQUIRE_GPU=1 to fail instead"
+            );
             None
         }
         Err(e) => panic!("{test}: ROWSTAGE_REQUIRE_GPU=1 but no adapter for {backend:?}: {e}"),
