@@ -270,10 +270,10 @@ mod tests {
         let mut p = vec![0.1, 0.2, 0.3, 0.0];
         let mut q = vec![0.3, 0.2, 0.1, 0.0];
         let e0 = step.apply(&mut p, &mut q, 5.0);
+        // Biases moved by lr * e.
+        assert!((p[3] - 0.1 * e0).abs() < 1e-6 && (q[3] - 0.1 * e0).abs() < 1e-6);
         let e1 = step.apply(&mut p, &mut q, 5.0);
         assert!(e1.abs() < e0.abs());
-        // Biases moved by lr * e.
-        assert!((p[3] - 0.1 * e0).abs() < 1e-4);
     }
 
     #[test]

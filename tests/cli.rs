@@ -1,0 +1,376 @@
+//! The command line end to end: formats, reports, models, and every kind of
+//! bad input, which must give a clear error naming what and where, exit code
+//! 2, no panic, and no output file written as if complete.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn rowstage() -> Command {
+    let mut c = Command::cargo_bin("rowstage").unwrap();
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// A small ratings CSV with a header, 40 users × 30 items.
+fn ratings_csv(dir: &Path) -> PathBuf {
+    let mut s = String::from("userId,movieId,rating,timestamp\n");
+    for k in 0..900u32 {
+        let u = (k * 7) % 40;
+        let i = (k * 13 + k / 40) % 30;
+        let r = 1 + (u + 2 * i) % 5;
+        s += &format!("{u},{i},{r}.0,{}\n", 1000 + k);
+    }
+    let p = dir.join("ratings.csv");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn quick(c: &mut Command) -> &mut Command {
+    c.args([
+        "--rank",
+        "4",
+        "--epochs",
+        "2",
+        "--batch",
+        "64",
+        "--backend",
+        "cpu",
+    ])
+}
+
+#[test]
+fn trains_on_a_csv_and_reports_json_with_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ratings_csv(dir.path());
+    let out = quick(rowstage().args(["train", "--data"]).arg(&data).args([
+        "--test-fraction",
+        "0.1",
+        "--json",
+        "-",
+    ]))
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    let j: serde_json::Value =
+        serde_json::from_slice(&out).expect("stdout is exactly the JSON report");
+    for k in ["name", "users", "items", "train", "test"] {
+        assert!(j["dataset"].get(k).is_some(), "dataset.{k}");
+    }
+    for k in [
+        "seed",
+        "backend",
+        "adapter",
+        "wgpu_version",
+        "rank",
+        "lr",
+        "reg",
+        "epochs",
+        "batch",
+    ] {
+        assert!(j["config"].get(k).is_some(), "config.{k}");
+    }
+    assert_eq!(j["epochs"].as_array().unwrap().len(), 2);
+    for k in [
+        "epoch",
+        "train_rmse",
+        "test_rmse",
+        "seconds",
+        "ratings_per_sec",
+        "rows_in",
+        "rows_out",
+        "bytes_h2d",
+        "bytes_d2h",
+        "hits",
+        "misses",
+    ] {
+        assert!(j["epochs"][0].get(k).is_some(), "epochs[].{k}");
+    }
+    for k in ["test_rmse", "test_mae", "ratings_per_sec"] {
+        assert!(j["final"][k].as_f64().unwrap() > 0.0, "final.{k}");
+    }
+    assert_eq!(
+        j["dataset"]["train"].as_u64().unwrap() + j["dataset"]["test"].as_u64().unwrap(),
+        900
+    );
+}
+
+#[test]
+fn save_eval_recommend_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ratings_csv(dir.path());
+    let model = dir.path().join("m.safetensors");
+    quick(
+        rowstage()
+            .args(["train", "--data"])
+            .arg(&data)
+            .arg("--save")
+            .arg(&model),
+    )
+    .assert()
+    .success();
+    rowstage()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("RMSE").and(predicate::str::contains("900 ratings")));
+    let out = rowstage()
+        .args(["recommend", "--model"])
+        .arg(&model)
+        .args(["--user", "3", "-n", "5", "--json", "--exclude-rated"])
+        .arg(&data)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let items = j["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    let scores: Vec<f64> = items.iter().map(|i| i["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted by score");
+    // Items user 3 rated are excluded.
+    let text = std::fs::read_to_string(&data).unwrap();
+    for it in items {
+        let item = it["item"].as_str().unwrap();
+        assert!(
+            !text.lines().any(|l| l.starts_with(&format!("3,{item},"))),
+            "item {item} was rated by user 3"
+        );
+    }
+    rowstage()
+        .args(["recommend", "--model"])
+        .arg(&model)
+        .args(["--user", "nobody"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown user id \"nobody\""));
+    // A corrupted model is refused.
+    let mut bytes = std::fs::read(&model).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 1;
+    std::fs::write(&model, bytes).unwrap();
+    rowstage()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("checksum mismatch"));
+}
+
+/// Runs `train` on `content`, expecting exit 2 with every `needles` in stderr
+/// and neither the report nor the model written.
+fn bad_file(name: &str, content: &[u8], needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, content).unwrap();
+    let (json, model) = (dir.path().join("r.json"), dir.path().join("m.safetensors"));
+    let assert = quick(
+        rowstage()
+            .args(["train", "--data"])
+            .arg(&p)
+            .arg("--json")
+            .arg(&json)
+            .arg("--save")
+            .arg(&model),
+    )
+    .assert()
+    .code(2);
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+    assert!(
+        !json.exists() && !model.exists(),
+        "no output may be written on error"
+    );
+}
+
+#[test]
+fn malformed_files_name_file_line_and_text() {
+    bad_file(
+        "r.csv",
+        b"a,b,1\na,b\n",
+        &["r.csv:2:", "found 2", "\"a,b\""],
+    );
+    bad_file(
+        "r.csv",
+        b"a,b,1\nc,d,four\n",
+        &["r.csv:2:", "\"four\" is not a number"],
+    );
+    bad_file("r.csv", b"a,b,NaN\n", &["r.csv:1:", "not finite"]);
+    bad_file("r.csv", b"a,b,1\na,c,-inf\n", &["r.csv:2:", "not finite"]);
+    bad_file("r.csv", b"", &["r.csv", "empty"]);
+    bad_file("u.data", b"1\t2\t3\t4\n1\t2\n", &["u.data:2:"]);
+    bad_file(
+        "ratings.dat",
+        b"1::2::5::9\n1::2::x::9\n",
+        &["ratings.dat:2:", "\"x\""],
+    );
+    bad_file("r.csv", b"userId,movieId,rating\n", &["no rating found"]);
+}
+
+#[test]
+fn unreadable_file_and_bad_flags_exit_2() {
+    rowstage()
+        .args(["train", "--data", "/nonexistent/ratings.csv"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/nonexistent/ratings.csv"));
+    for (flag, value, needle) in [
+        ("--device-memory", "12 parsecs", "--device-memory"),
+        ("--device-memory", "0%", "--device-memory"),
+        ("--synthetic", "10,20", "--synthetic"),
+        ("--lr", "-1", "--lr"),
+        ("--rank", "0", "--rank"),
+        ("--batch", "0", "--batch"),
+        ("--test-fraction", "1.5", "--test-fraction"),
+        ("--backend", "cuda", "--backend"),
+    ] {
+        rowstage()
+            .args(["train", &format!("{flag}={value}")])
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains(needle).and(predicate::str::contains("panicked").not()),
+            );
+    }
+}
+
+#[test]
+fn skip_bad_lines_reports_the_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.csv");
+    let mut s = String::new();
+    for k in 0..200 {
+        s += &format!("u{},i{},{}\n", k % 17, k % 11, 1 + k % 5);
+    }
+    s += "broken line\nu1,i1,nan\n";
+    std::fs::write(&p, s).unwrap();
+    let out = quick(
+        rowstage()
+            .args(["train", "--skip-bad-lines", "--json", "-", "--data"])
+            .arg(&p),
+    )
+    .assert()
+    .success()
+    .stderr(predicate::str::contains("skipped 2 bad lines"))
+    .get_output()
+    .stdout
+    .clone();
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(j["dataset"]["skipped_lines"], 2);
+}
+
+#[test]
+fn separate_test_file_reports_cold_ratings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ratings_csv(dir.path());
+    let test = dir.path().join("test.tsv");
+    std::fs::write(&test, "3\t4\t5\nnewuser\t4\t3\n3\tnewitem\t2\n").unwrap();
+    let out = quick(
+        rowstage()
+            .args(["train", "--json", "-", "--data"])
+            .arg(&data)
+            .arg("--test")
+            .arg(&test),
+    )
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(j["dataset"]["test"], 3);
+    assert_eq!(j["dataset"]["test_cold"], 2);
+}
+
+#[test]
+fn budgets_too_small_or_too_large_name_the_fix() {
+    for backend in common::test_backends() {
+        let Some(ctx) = common::gpu(backend, "budgets_too_small_or_too_large") else {
+            continue;
+        };
+        let name = ctx.summary.name.clone();
+        let limit = ctx.summary.max_slab_bytes();
+        drop(ctx);
+        let be = format!("{backend:?}").to_lowercase();
+        let base = [
+            "train",
+            "--synthetic",
+            "200,100,3000",
+            "--rank",
+            "4",
+            "--epochs",
+            "1",
+            "--batch",
+            "256",
+            "--backend",
+            &be,
+        ];
+        rowstage()
+            .args(base)
+            .args(["--device-memory", "1KiB"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "the smallest budget that works is --device-memory",
+            ));
+        let too_big = (limit + 1024).to_string();
+        rowstage()
+            .args(base)
+            .args(["--device-memory", &too_big])
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains(name.as_str())
+                    .and(predicate::str::contains(limit.to_string())),
+            );
+        // The smallest working budget that the error names does work.
+        let out = rowstage()
+            .args(base)
+            .args(["--device-memory", "1KiB"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let min = err
+            .split("--device-memory ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        rowstage()
+            .args(base)
+            .args(["--device-memory", &min])
+            .assert()
+            .success();
+    }
+}
+
+#[test]
+fn default_run_uses_the_builtin_dataset() {
+    // The README's first command, shortened to 1 epoch on the CPU backend to
+    // keep the test quick; the GPU path of the same run is covered above.
+    rowstage()
+        .args(["train", "--epochs", "1", "--backend", "cpu"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("synthetic-6000x3000-300000")
+                .and(predicate::str::contains("final: test RMSE")),
+        );
+}
