@@ -44,7 +44,7 @@ impl Budget {
             _ => return Err(bad("unknown unit; use B, KB, KiB, MB, MiB, GB, GiB or %")),
         };
         let bytes = num * mult as f64;
-        if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1e15) {
+        if !(1.0..1e15).contains(&bytes) {
             return Err(bad("the size must be at least 1 byte"));
         }
         Ok(Budget::Bytes(bytes.round() as u64))
@@ -83,6 +83,12 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+impl serde::Serialize for Budget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -135,11 +141,5 @@ mod tests {
     fn human() {
         assert_eq!(human_bytes(100), "100 B");
         assert_eq!(human_bytes(1536), "1.50 KiB");
-    }
-}
-
-impl serde::Serialize for Budget {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }

@@ -487,6 +487,6 @@ mod tests {
         assert_eq!(max_distinct_rows(&ratings, &order, 2, 1), 3);
         // 4 slots: resident user 0 (+1 item), staging 2 items per batch.
         let res = static_resident(&ratings, &order, 2, &counts, 1, 4);
-        assert!(res >= 1 && res <= 2, "{res}");
+        assert!((1..=2).contains(&res), "{res}");
     }
 }
