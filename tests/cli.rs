@@ -374,3 +374,68 @@ fn default_run_uses_the_builtin_dataset() {
                 .and(predicate::str::contains("final: test RMSE")),
         );
 }
+
+#[test]
+fn auto_backend_falls_back_to_the_cpu_with_a_notice() {
+    // DX12 exists on no Linux machine: `auto` restricted to it finds no adapter.
+    if cfg!(windows) {
+        eprintln!(
+            "auto_backend_falls_back_to_the_cpu: SKIPPED on Windows, where DX12 adapters exist"
+        );
+        return;
+    }
+    rowstage()
+        .env("WGPU_BACKEND", "dx12")
+        .args([
+            "train",
+            "--synthetic",
+            "50,40,600",
+            "--rank",
+            "4",
+            "--epochs",
+            "1",
+        ])
+        .assert()
+        .success()
+        .stderr(
+            predicate::str::contains("notice: no GPU adapter found")
+                .and(predicate::str::contains("CPU backend")),
+        )
+        .stdout(predicate::str::contains("backend: cpu"));
+}
+
+#[test]
+fn hogwild_cpu_reaches_the_accuracy_of_sequential_sgd() {
+    // Racing updates may be lost, but on skewed data the final test RMSE stays
+    // within 0.01 of the sequential reference.
+    let rmse = |extra: &[&str]| -> f64 {
+        let out = rowstage()
+            .args([
+                "train",
+                "--synthetic",
+                "800,500,40000",
+                "--rank",
+                "8",
+                "--epochs",
+                "8",
+                "--backend",
+                "cpu",
+                "--threads",
+                "2",
+                "--json",
+                "-",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        j["final"]["test_rmse"].as_f64().unwrap()
+    };
+    let (hog, seq) = (rmse(&[]), rmse(&["--deterministic"]));
+    eprintln!("test RMSE: Hogwild {hog:.4}, sequential {seq:.4}");
+    assert!(
+        (hog - seq).abs() < 0.01,
+        "Hogwild {hog} vs sequential {seq}"
+    );
+}
