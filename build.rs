@@ -6,10 +6,7 @@ fn main() {
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
         if l.trim() == "name = \"wgpu\"" {
-            if let Some(v) = lines
-                .next()
-                .and_then(|v| v.trim().strip_prefix("version = "))
-            {
+            if let Some(v) = lines.next().and_then(|v| v.trim().strip_prefix("version = ")) {
                 version = v.trim_matches('"').to_string();
             }
             break;

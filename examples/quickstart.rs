@@ -15,13 +15,8 @@ use rowstage::train::{BackendSpec, TrainSettings, open_backend, train};
 fn main() -> rowstage::Result<()> {
     let spec = SyntheticSpec::DEFAULT;
     let data = Dataset::split(&spec.name(), generate(&spec, 42), 0.1, 42);
-    let settings = TrainSettings {
-        hp: HyperParams::default(),
-        epochs: 10,
-        batch: 1024,
-        seed: 42,
-        deterministic: false,
-    };
+    let settings =
+        TrainSettings { hp: HyperParams::default(), epochs: 10, batch: 1024, seed: 42, deterministic: false };
     let opened = open_backend(
         &data,
         &settings,
@@ -37,19 +32,9 @@ fn main() -> rowstage::Result<()> {
         println!("{notice}");
     }
     let mut backend = opened.backend;
-    println!(
-        "training {} on {} ({})",
-        data.name,
-        backend.adapter(),
-        backend.kind()
-    );
+    println!("training {} on {} ({})", data.name, backend.adapter(), backend.kind());
     if let Some(l) = &opened.layout {
-        println!(
-            "slab: {} = {} slots, {} resident",
-            human_bytes(l.slab_bytes),
-            l.slots,
-            l.resident
-        );
+        println!("slab: {} = {} slots, {} resident", human_bytes(l.slab_bytes), l.slots, l.resident);
     }
     let out = train(&data, &settings, backend.as_mut(), &mut |e| {
         println!(
@@ -61,9 +46,6 @@ fn main() -> rowstage::Result<()> {
             human_bytes(e.ledger.bytes_h2d())
         );
     })?;
-    println!(
-        "final test RMSE {:.4} at {:.3e} ratings/s",
-        out.final_metrics.rmse, out.ratings_per_sec
-    );
+    println!("final test RMSE {:.4} at {:.3e} ratings/s", out.final_metrics.rmse, out.ratings_per_sec);
     Ok(())
 }

@@ -17,12 +17,7 @@ pub enum Error {
 
     /// A line of a ratings file could not be parsed.
     #[error("{path}:{line}: {reason}: {text:?}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-        text: String,
-    },
+    Parse { path: PathBuf, line: usize, reason: String, text: String },
 
     /// A ratings file holds no usable rating.
     #[error("{path}: {reason}")]
@@ -30,11 +25,7 @@ pub enum Error {
 
     /// A command-line value (flag, budget, list) is malformed or out of range.
     #[error("invalid value {value:?} for {flag}: {reason}")]
-    InvalidArg {
-        flag: String,
-        value: String,
-        reason: String,
-    },
+    InvalidArg { flag: String, value: String, reason: String },
 
     /// No wgpu adapter matches the request.
     #[error("no GPU adapter found for {requested}: {hint}")]
@@ -44,12 +35,7 @@ pub enum Error {
     #[error(
         "device memory budget {budget} bytes is larger than adapter {adapter:?} allows: {limit_name} = {limit} bytes; use --device-memory {limit} or less"
     )]
-    BudgetTooLarge {
-        budget: u64,
-        adapter: String,
-        limit_name: &'static str,
-        limit: u64,
-    },
+    BudgetTooLarge { budget: u64, adapter: String, limit_name: &'static str, limit: u64 },
 
     /// The device-memory budget cannot hold the rows one batch may touch.
     #[error(
@@ -81,19 +67,12 @@ pub enum Error {
 impl Error {
     /// Shorthand for an [`Error::Io`] at `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// Shorthand for an [`Error::InvalidArg`].
     pub fn arg(flag: &str, value: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidArg {
-            flag: flag.to_string(),
-            value: value.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidArg { flag: flag.to_string(), value: value.into(), reason: reason.into() }
     }
 
     /// The process exit code for this error: 2 for bad input (files, flags,

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use rowstage::data::{
-    self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN,
-};
+use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, list_adapters};
 use rowstage::model::{self, HyperParams, Model};
@@ -212,33 +210,20 @@ impl Out {
 }
 
 fn load_opts(format: Format, header: HeaderMode, skip_bad_lines: bool) -> LoadOptions {
-    LoadOptions {
-        format,
-        header,
-        skip_bad_lines,
-    }
+    LoadOptions { format, header, skip_bad_lines }
 }
 
 /// Loads or generates the dataset; returns it and the lines skipped.
 fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> {
     if !(0.0..1.0).contains(&a.test_fraction) {
-        return Err(Error::arg(
-            "--test-fraction",
-            a.test_fraction.to_string(),
-            "must be at least 0 and below 1",
-        ));
+        return Err(Error::arg("--test-fraction", a.test_fraction.to_string(), "must be at least 0 and below 1"));
     }
     let opts = load_opts(a.format, a.header, a.skip_bad_lines);
     let mut skipped = 0;
     let mut load = |p: &Path| -> Result<data::RatingSet> {
         let (set, rep) = data::load_ratings(p, opts)?;
         if rep.skipped > 0 {
-            out.line(&format!(
-                "skipped {} bad lines in {}; first: {}",
-                rep.skipped,
-                p.display(),
-                rep.first_skipped[0]
-            ));
+            out.line(&format!("skipped {} bad lines in {}; first: {}", rep.skipped, p.display(), rep.first_skipped[0]));
         }
         skipped += rep.skipped;
         Ok(set)
@@ -248,15 +233,9 @@ fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> 
         (None, spec) => {
             let spec = match spec {
                 Some(s) => SyntheticSpec::parse(s, a.zipf)?,
-                None => SyntheticSpec {
-                    zipf: a.zipf,
-                    ..SyntheticSpec::DEFAULT
-                },
+                None => SyntheticSpec { zipf: a.zipf, ..SyntheticSpec::DEFAULT },
             };
-            SyntheticSpec::parse(
-                &format!("{},{},{}", spec.users, spec.items, spec.ratings),
-                a.zipf,
-            )?;
+            SyntheticSpec::parse(&format!("{},{},{}", spec.users, spec.items, spec.ratings), a.zipf)?;
             (spec.name(), data::generate(&spec, seed))
         }
     };
@@ -265,11 +244,7 @@ fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> 
         None => Dataset::split(&name, set, a.test_fraction, seed),
     };
     if ds.train.is_empty() {
-        return Err(Error::arg(
-            "--test-fraction",
-            a.test_fraction.to_string(),
-            "leaves no training rating",
-        ));
+        return Err(Error::arg("--test-fraction", a.test_fraction.to_string(), "leaves no training rating"));
     }
     Ok((ds, skipped))
 }
@@ -277,10 +252,7 @@ fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> 
 fn write_output(path: &Path, text: &str) -> Result<()> {
     if path == Path::new("-") {
         let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(text.as_bytes())
-            .and_then(|_| stdout.write_all(b"\n"))
-            .map_err(|e| Error::io("<stdout>", e))
+        stdout.write_all(text.as_bytes()).and_then(|_| stdout.write_all(b"\n")).map_err(|e| Error::io("<stdout>", e))
     } else {
         model::write_atomically(path, format!("{text}\n").as_bytes())
     }
@@ -291,22 +263,14 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
         if v.is_finite() && v > 0.0 {
             Ok(())
         } else {
-            Err(Error::arg(
-                flag,
-                v.to_string(),
-                "must be a finite number above 0",
-            ))
+            Err(Error::arg(flag, v.to_string(), "must be a finite number above 0"))
         }
     };
     let non_neg = |flag: &str, v: f32| -> Result<()> {
         if v.is_finite() && v >= 0.0 {
             Ok(())
         } else {
-            Err(Error::arg(
-                flag,
-                v.to_string(),
-                "must be a finite number ≥ 0",
-            ))
+            Err(Error::arg(flag, v.to_string(), "must be a finite number ≥ 0"))
         }
     };
     pos("--lr", a.lr)?;
@@ -315,18 +279,10 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     non_neg("--decay", a.decay)?;
     non_neg("--init-std", a.init_std)?;
     if a.rank == 0 || a.rank > 1024 {
-        return Err(Error::arg(
-            "--rank",
-            a.rank.to_string(),
-            "must be between 1 and 1024",
-        ));
+        return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
     }
     if a.batch == 0 || a.batch > 1 << 20 {
-        return Err(Error::arg(
-            "--batch",
-            a.batch.to_string(),
-            "must be between 1 and 1048576",
-        ));
+        return Err(Error::arg("--batch", a.batch.to_string(), "must be between 1 and 1048576"));
     }
     if a.threads == Some(0) {
         return Err(Error::arg("--threads", "0", "must be at least 1"));
@@ -340,28 +296,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "auto" => None,
         s => Some(Budget::parse("--device-memory", s)?),
     };
-    let out = Out {
-        to_stderr: a.json.as_deref() == Some(Path::new("-")),
-    };
+    let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
-    let hp = HyperParams {
-        rank: a.rank,
-        lr: a.lr,
-        reg: a.reg,
-        bias_reg: a.bias_reg,
-        decay: a.decay,
-        init_std: a.init_std,
-    };
-    let settings = TrainSettings {
-        hp,
-        epochs: a.epochs,
-        batch: a.batch,
-        seed: a.seed,
-        deterministic: a.deterministic,
-    };
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let hp =
+        HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, bias_reg: a.bias_reg, decay: a.decay, init_std: a.init_std };
+    let settings = TrainSettings { hp, epochs: a.epochs, batch: a.batch, seed: a.seed, deterministic: a.deterministic };
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let spec = BackendSpec {
         backend: a.backend,
         adapter: a.adapter.clone(),
@@ -384,11 +324,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         data.test.len(),
         data.cold_test()
     ));
-    out.line(&format!(
-        "backend: {} on {}",
-        backend.kind(),
-        backend.adapter()
-    ));
+    out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
     if let Some(l) = &opened.layout {
         out.line(&format!(
             "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} staging; transfer windows {}",
@@ -406,10 +342,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let bar = if std::io::stderr().is_terminal() && a.epochs > 1 {
         let b = ProgressBar::new(a.epochs as u64);
         b.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} epochs, {elapsed} elapsed, eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{bar:30} {pos}/{len} epochs, {elapsed} elapsed, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -501,24 +435,15 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let (m, _) = model::load_model(&a.model)?;
     let (set, rep) = data::load_ratings(&a.data, load_opts(a.format, a.header, a.skip_bad_lines))?;
     let ratings = onto_model(&set, &m);
-    let cold = ratings
-        .iter()
-        .filter(|r| r.user == UNKNOWN || r.item == UNKNOWN)
-        .count();
+    let cold = ratings.iter().filter(|r| r.user == UNKNOWN || r.item == UNKNOWN).count();
     let metrics = m.evaluate(&ratings);
-    let out = Out {
-        to_stderr: a.json.as_deref() == Some(Path::new("-")),
-    };
+    let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     out.line(&format!(
         "{}: {} ratings ({} with a user or item unknown to the model{}): RMSE {:.4}  MAE {:.4}",
         a.data.display(),
         ratings.len(),
         cold,
-        if rep.skipped > 0 {
-            format!(", {} bad lines skipped", rep.skipped)
-        } else {
-            String::new()
-        },
+        if rep.skipped > 0 { format!(", {} bad lines skipped", rep.skipped) } else { String::new() },
         metrics.rmse,
         metrics.mae
     ));
@@ -539,10 +464,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 
 fn cmd_recommend(a: RecommendArgs) -> Result<()> {
     let (m, _) = model::load_model(&a.model)?;
-    let u = m.user_ids.get(&a.user).ok_or_else(|| Error::UnknownId {
-        kind: "user",
-        id: a.user.clone(),
-    })?;
+    let u = m.user_ids.get(&a.user).ok_or_else(|| Error::UnknownId { kind: "user", id: a.user.clone() })?;
     let mut excluded = vec![false; m.n_items()];
     if let Some(p) = &a.exclude_rated {
         let (set, _) = data::load_ratings(p, load_opts(a.format, HeaderMode::Auto, false))?;
@@ -554,10 +476,8 @@ fn cmd_recommend(a: RecommendArgs) -> Result<()> {
             }
         }
     }
-    let mut scored: Vec<(u32, f32)> = (0..m.n_items() as u32)
-        .filter(|&i| !excluded[i as usize])
-        .map(|i| (i, m.predict(u, i)))
-        .collect();
+    let mut scored: Vec<(u32, f32)> =
+        (0..m.n_items() as u32).filter(|&i| !excluded[i as usize]).map(|i| (i, m.predict(u, i))).collect();
     let n = a.n.min(scored.len());
     if n > 0 && n < scored.len() {
         scored.select_nth_unstable_by(n - 1, |x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
@@ -566,14 +486,11 @@ fn cmd_recommend(a: RecommendArgs) -> Result<()> {
     scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
     scored.truncate(n);
     if a.json {
-        let items: Vec<_> = scored
-            .iter()
-            .map(|&(i, s)| serde_json::json!({"item": m.item_ids.name(i), "score": s}))
-            .collect();
+        let items: Vec<_> =
+            scored.iter().map(|&(i, s)| serde_json::json!({"item": m.item_ids.name(i), "score": s})).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"user": a.user, "items": items}))
-                .expect("json")
+            serde_json::to_string_pretty(&serde_json::json!({"user": a.user, "items": items})).expect("json")
         );
     } else {
         println!("{:>4}  {:<24} {:>6}", "rank", "item", "score");

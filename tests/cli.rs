@@ -11,8 +11,7 @@ use predicates::prelude::*;
 
 fn rowstage() -> Command {
     let mut c = Command::cargo_bin("rowstage").unwrap();
-    c.env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .env("NO_COLOR", "1");
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir()).env("NO_COLOR", "1");
     c
 }
 
@@ -31,49 +30,24 @@ fn ratings_csv(dir: &Path) -> PathBuf {
 }
 
 fn quick(c: &mut Command) -> &mut Command {
-    c.args([
-        "--rank",
-        "4",
-        "--epochs",
-        "2",
-        "--batch",
-        "64",
-        "--backend",
-        "cpu",
-    ])
+    c.args(["--rank", "4", "--epochs", "2", "--batch", "64", "--backend", "cpu"])
 }
 
 #[test]
 fn trains_on_a_csv_and_reports_json_with_the_documented_keys() {
     let dir = tempfile::tempdir().unwrap();
     let data = ratings_csv(dir.path());
-    let out = quick(rowstage().args(["train", "--data"]).arg(&data).args([
-        "--test-fraction",
-        "0.1",
-        "--json",
-        "-",
-    ]))
-    .assert()
-    .success()
-    .get_output()
-    .stdout
-    .clone();
-    let j: serde_json::Value =
-        serde_json::from_slice(&out).expect("stdout is exactly the JSON report");
+    let out = quick(rowstage().args(["train", "--data"]).arg(&data).args(["--test-fraction", "0.1", "--json", "-"]))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let j: serde_json::Value = serde_json::from_slice(&out).expect("stdout is exactly the JSON report");
     for k in ["name", "users", "items", "train", "test"] {
         assert!(j["dataset"].get(k).is_some(), "dataset.{k}");
     }
-    for k in [
-        "seed",
-        "backend",
-        "adapter",
-        "wgpu_version",
-        "rank",
-        "lr",
-        "reg",
-        "epochs",
-        "batch",
-    ] {
+    for k in ["seed", "backend", "adapter", "wgpu_version", "rank", "lr", "reg", "epochs", "batch"] {
         assert!(j["config"].get(k).is_some(), "config.{k}");
     }
     assert_eq!(j["epochs"].as_array().unwrap().len(), 2);
@@ -95,10 +69,7 @@ fn trains_on_a_csv_and_reports_json_with_the_documented_keys() {
     for k in ["test_rmse", "test_mae", "ratings_per_sec"] {
         assert!(j["final"][k].as_f64().unwrap() > 0.0, "final.{k}");
     }
-    assert_eq!(
-        j["dataset"]["train"].as_u64().unwrap() + j["dataset"]["test"].as_u64().unwrap(),
-        900
-    );
+    assert_eq!(j["dataset"]["train"].as_u64().unwrap() + j["dataset"]["test"].as_u64().unwrap(), 900);
 }
 
 #[test]
@@ -106,15 +77,7 @@ fn save_eval_recommend_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let data = ratings_csv(dir.path());
     let model = dir.path().join("m.safetensors");
-    quick(
-        rowstage()
-            .args(["train", "--data"])
-            .arg(&data)
-            .arg("--save")
-            .arg(&model),
-    )
-    .assert()
-    .success();
+    quick(rowstage().args(["train", "--data"]).arg(&data).arg("--save").arg(&model)).assert().success();
     rowstage()
         .args(["eval", "--model"])
         .arg(&model)
@@ -142,10 +105,7 @@ fn save_eval_recommend_round_trip() {
     let text = std::fs::read_to_string(&data).unwrap();
     for it in items {
         let item = it["item"].as_str().unwrap();
-        assert!(
-            !text.lines().any(|l| l.starts_with(&format!("3,{item},"))),
-            "item {item} was rated by user 3"
-        );
+        assert!(!text.lines().any(|l| l.starts_with(&format!("3,{item},"))), "item {item} was rated by user 3");
     }
     rowstage()
         .args(["recommend", "--model"])
@@ -176,49 +136,26 @@ fn bad_file(name: &str, content: &[u8], needles: &[&str]) {
     let p = dir.path().join(name);
     std::fs::write(&p, content).unwrap();
     let (json, model) = (dir.path().join("r.json"), dir.path().join("m.safetensors"));
-    let assert = quick(
-        rowstage()
-            .args(["train", "--data"])
-            .arg(&p)
-            .arg("--json")
-            .arg(&json)
-            .arg("--save")
-            .arg(&model),
-    )
-    .assert()
-    .code(2);
+    let assert = quick(rowstage().args(["train", "--data"]).arg(&p).arg("--json").arg(&json).arg("--save").arg(&model))
+        .assert()
+        .code(2);
     let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
-    assert!(
-        !json.exists() && !model.exists(),
-        "no output may be written on error"
-    );
+    assert!(!json.exists() && !model.exists(), "no output may be written on error");
 }
 
 #[test]
 fn malformed_files_name_file_line_and_text() {
-    bad_file(
-        "r.csv",
-        b"a,b,1\na,b\n",
-        &["r.csv:2:", "found 2", "\"a,b\""],
-    );
-    bad_file(
-        "r.csv",
-        b"a,b,1\nc,d,four\n",
-        &["r.csv:2:", "\"four\" is not a number"],
-    );
+    bad_file("r.csv", b"a,b,1\na,b\n", &["r.csv:2:", "found 2", "\"a,b\""]);
+    bad_file("r.csv", b"a,b,1\nc,d,four\n", &["r.csv:2:", "\"four\" is not a number"]);
     bad_file("r.csv", b"a,b,NaN\n", &["r.csv:1:", "not finite"]);
     bad_file("r.csv", b"a,b,1\na,c,-inf\n", &["r.csv:2:", "not finite"]);
     bad_file("r.csv", b"", &["r.csv", "empty"]);
     bad_file("u.data", b"1\t2\t3\t4\n1\t2\n", &["u.data:2:"]);
-    bad_file(
-        "ratings.dat",
-        b"1::2::5::9\n1::2::x::9\n",
-        &["ratings.dat:2:", "\"x\""],
-    );
+    bad_file("ratings.dat", b"1::2::5::9\n1::2::x::9\n", &["ratings.dat:2:", "\"x\""]);
     bad_file("r.csv", b"userId,movieId,rating\n", &["no rating found"]);
 }
 
@@ -243,9 +180,7 @@ fn unreadable_file_and_bad_flags_exit_2() {
             .args(["train", &format!("{flag}={value}")])
             .assert()
             .code(2)
-            .stderr(
-                predicate::str::contains(needle).and(predicate::str::contains("panicked").not()),
-            );
+            .stderr(predicate::str::contains(needle).and(predicate::str::contains("panicked").not()));
     }
 }
 
@@ -259,17 +194,13 @@ fn skip_bad_lines_reports_the_count() {
     }
     s += "broken line\nu1,i1,nan\n";
     std::fs::write(&p, s).unwrap();
-    let out = quick(
-        rowstage()
-            .args(["train", "--skip-bad-lines", "--json", "-", "--data"])
-            .arg(&p),
-    )
-    .assert()
-    .success()
-    .stderr(predicate::str::contains("skipped 2 bad lines"))
-    .get_output()
-    .stdout
-    .clone();
+    let out = quick(rowstage().args(["train", "--skip-bad-lines", "--json", "-", "--data"]).arg(&p))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("skipped 2 bad lines"))
+        .get_output()
+        .stdout
+        .clone();
     let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(j["dataset"]["skipped_lines"], 2);
 }
@@ -280,18 +211,12 @@ fn separate_test_file_reports_cold_ratings() {
     let data = ratings_csv(dir.path());
     let test = dir.path().join("test.tsv");
     std::fs::write(&test, "3\t4\t5\nnewuser\t4\t3\n3\tnewitem\t2\n").unwrap();
-    let out = quick(
-        rowstage()
-            .args(["train", "--json", "-", "--data"])
-            .arg(&data)
-            .arg("--test")
-            .arg(&test),
-    )
-    .assert()
-    .success()
-    .get_output()
-    .stdout
-    .clone();
+    let out = quick(rowstage().args(["train", "--json", "-", "--data"]).arg(&data).arg("--test").arg(&test))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(j["dataset"]["test"], 3);
     assert_eq!(j["dataset"]["test_cold"], 2);
@@ -325,39 +250,19 @@ fn budgets_too_small_or_too_large_name_the_fix() {
             .args(["--device-memory", "1KiB"])
             .assert()
             .code(2)
-            .stderr(predicate::str::contains(
-                "the smallest budget that works is --device-memory",
-            ));
+            .stderr(predicate::str::contains("the smallest budget that works is --device-memory"));
         let too_big = (limit + 1024).to_string();
         rowstage()
             .args(base)
             .args(["--device-memory", &too_big])
             .assert()
             .code(2)
-            .stderr(
-                predicate::str::contains(name.as_str())
-                    .and(predicate::str::contains(limit.to_string())),
-            );
+            .stderr(predicate::str::contains(name.as_str()).and(predicate::str::contains(limit.to_string())));
         // The smallest working budget that the error names does work.
-        let out = rowstage()
-            .args(base)
-            .args(["--device-memory", "1KiB"])
-            .output()
-            .unwrap();
+        let out = rowstage().args(base).args(["--device-memory", "1KiB"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        let min = err
-            .split("--device-memory ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        rowstage()
-            .args(base)
-            .args(["--device-memory", &min])
-            .assert()
-            .success();
+        let min = err.split("--device-memory ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        rowstage().args(base).args(["--device-memory", &min]).assert().success();
     }
 }
 
@@ -365,42 +270,24 @@ fn budgets_too_small_or_too_large_name_the_fix() {
 fn default_run_uses_the_builtin_dataset() {
     // The README's first command, shortened to 1 epoch on the CPU backend to
     // keep the test quick; the GPU path of the same run is covered above.
-    rowstage()
-        .args(["train", "--epochs", "1", "--backend", "cpu"])
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::contains("synthetic-6000x3000-300000")
-                .and(predicate::str::contains("final: test RMSE")),
-        );
+    rowstage().args(["train", "--epochs", "1", "--backend", "cpu"]).assert().success().stdout(
+        predicate::str::contains("synthetic-6000x3000-300000").and(predicate::str::contains("final: test RMSE")),
+    );
 }
 
 #[test]
 fn auto_backend_falls_back_to_the_cpu_with_a_notice() {
     // DX12 exists on no Linux machine: `auto` restricted to it finds no adapter.
     if cfg!(windows) {
-        eprintln!(
-            "auto_backend_falls_back_to_the_cpu: SKIPPED on Windows, where DX12 adapters exist"
-        );
+        eprintln!("auto_backend_falls_back_to_the_cpu: SKIPPED on Windows, where DX12 adapters exist");
         return;
     }
     rowstage()
         .env("WGPU_BACKEND", "dx12")
-        .args([
-            "train",
-            "--synthetic",
-            "50,40,600",
-            "--rank",
-            "4",
-            "--epochs",
-            "1",
-        ])
+        .args(["train", "--synthetic", "50,40,600", "--rank", "4", "--epochs", "1"])
         .assert()
         .success()
-        .stderr(
-            predicate::str::contains("notice: no GPU adapter found")
-                .and(predicate::str::contains("CPU backend")),
-        )
+        .stderr(predicate::str::contains("notice: no GPU adapter found").and(predicate::str::contains("CPU backend")))
         .stdout(predicate::str::contains("backend: cpu"));
 }
 
@@ -434,8 +321,5 @@ fn hogwild_cpu_reaches_the_accuracy_of_sequential_sgd() {
     };
     let (hog, seq) = (rmse(&[]), rmse(&["--deterministic"]));
     eprintln!("test RMSE: Hogwild {hog:.4}, sequential {seq:.4}");
-    assert!(
-        (hog - seq).abs() < 0.01,
-        "Hogwild {hog} vs sequential {seq}"
-    );
+    assert!((hog - seq).abs() < 0.01, "Hogwild {hog} vs sequential {seq}");
 }

@@ -23,10 +23,7 @@ fn dataset() -> Dataset {
 
 fn settings() -> TrainSettings {
     TrainSettings {
-        hp: HyperParams {
-            rank: 7,
-            ..Default::default()
-        },
+        hp: HyperParams { rank: 7, ..Default::default() },
         epochs: 3,
         batch: 333,
         seed: 5,
@@ -35,29 +32,16 @@ fn settings() -> TrainSettings {
 }
 
 fn reference(data: &Dataset, s: &TrainSettings) -> (Model, f64) {
-    let mut cpu = ReferenceCpu {
-        reg: s.hp.reg,
-        bias_reg: s.hp.bias_reg,
-    };
+    let mut cpu = ReferenceCpu { reg: s.hp.reg, bias_reg: s.hp.bias_reg };
     let out = train(data, s, &mut cpu, &mut |_| {}).unwrap();
     (out.model, out.final_metrics.rmse)
 }
 
 fn max_diff(a: &Model, b: &Model) -> f32 {
-    a.users
-        .iter()
-        .zip(&b.users)
-        .chain(a.items.iter().zip(&b.items))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.users.iter().zip(&b.users).chain(a.items.iter().zip(&b.items)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-fn gpu_backend(
-    ctx: rowstage::gpu::GpuContext,
-    data: &Dataset,
-    s: &TrainSettings,
-    slab_bytes: u64,
-) -> GpuBackend {
+fn gpu_backend(ctx: rowstage::gpu::GpuContext, data: &Dataset, s: &TrainSettings, slab_bytes: u64) -> GpuBackend {
     let mut order = Vec::new();
     epoch_order(data.train.len(), s.seed, 0, &mut order);
     GpuBackend::new(
@@ -100,10 +84,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
             rowstage::stage::max_distinct_rows(&data.train, &order, s.batch, data.users.len())
         };
         drop(probe);
-        for (label, bytes) in [
-            ("all resident", all),
-            ("staged every batch", min_slots as u64 * row_bytes + 12),
-        ] {
+        for (label, bytes) in [("all resident", all), ("staged every batch", min_slots as u64 * row_bytes + 12)] {
             let ctx = common::gpu(backend, label).unwrap();
             let mut gpu = gpu_backend(ctx, &data, &s, bytes);
             let layout = gpu.layout().clone();
@@ -131,10 +112,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
             );
             if label == "staged every batch" {
                 assert!(layout.resident < layout.slots);
-                assert!(
-                    out.epochs[1].ledger.rows_in() > 0,
-                    "a small budget must stage rows every epoch"
-                );
+                assert!(out.epochs[1].ledger.rows_in() > 0, "a small budget must stage rows every epoch");
             } else {
                 assert_eq!(
                     out.epochs[1].ledger.rows_in(),

@@ -43,11 +43,7 @@ impl FromStr for Format {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         <Self as clap::ValueEnum>::from_str(s, true).map_err(|_| {
-            Error::arg(
-                "--format",
-                s,
-                "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv",
-            )
+            Error::arg("--format", s, "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv")
         })
     }
 }
@@ -62,11 +58,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            format: Format::Auto,
-            header: HeaderMode::Auto,
-            skip_bad_lines: false,
-        }
+        LoadOptions { format: Format::Auto, header: HeaderMode::Auto, skip_bad_lines: false }
     }
 }
 
@@ -94,20 +86,13 @@ pub fn load_ratings(path: &Path, opts: LoadOptions) -> Result<(RatingSet, LoadRe
 }
 
 /// Parses ratings already in memory; `path` only names the source in errors.
-pub fn parse_ratings(
-    path: &Path,
-    bytes: &[u8],
-    opts: LoadOptions,
-) -> Result<(RatingSet, LoadReport)> {
+pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
     let path_buf = path.to_path_buf();
     let first_line = bytes
         .split(|&b| b == b'\n')
         .map(trim_cr)
         .find(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .ok_or_else(|| Error::EmptyData {
-            path: path_buf.clone(),
-            reason: "the file is empty".into(),
-        })?;
+        .ok_or_else(|| Error::EmptyData { path: path_buf.clone(), reason: "the file is empty".into() })?;
     let first_line = String::from_utf8_lossy(first_line).into_owned();
     let format = match opts.format {
         Format::Auto => detect(path, &first_line),
@@ -125,10 +110,7 @@ pub fn parse_ratings(
     let mut users = IdMap::new();
     let mut items = IdMap::new();
     let mut ratings = Vec::with_capacity(bytes.len() / 24);
-    let mut report = LoadReport {
-        format: Some(format),
-        ..Default::default()
-    };
+    let mut report = LoadReport { format: Some(format), ..Default::default() };
     let mut seen_first = false;
     for (idx, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line_no = idx + 1;
@@ -142,23 +124,19 @@ pub fn parse_ratings(
             reason,
             text: String::from_utf8_lossy(raw).into_owned(),
         };
-        let parsed = std::str::from_utf8(raw)
-            .map_err(|e| bad(format!("not valid UTF-8 ({e})")))
-            .and_then(|line| {
-                let is_first = !seen_first;
-                seen_first = true;
-                let fields = split_fields(line, sep);
-                if is_first && is_header(header, &fields) {
-                    return Ok(None);
-                }
-                parse_fields(&fields, format).map(Some).map_err(bad)
-            });
+        let parsed = std::str::from_utf8(raw).map_err(|e| bad(format!("not valid UTF-8 ({e})"))).and_then(|line| {
+            let is_first = !seen_first;
+            seen_first = true;
+            let fields = split_fields(line, sep);
+            if is_first && is_header(header, &fields) {
+                return Ok(None);
+            }
+            parse_fields(&fields, format).map(Some).map_err(bad)
+        });
         match parsed {
-            Ok(Some((u, i, v))) => ratings.push(Rating {
-                user: users.intern(u.trim()),
-                item: items.intern(i.trim()),
-                value: v,
-            }),
+            Ok(Some((u, i, v))) => {
+                ratings.push(Rating { user: users.intern(u.trim()), item: items.intern(i.trim()), value: v })
+            }
             Ok(None) => {}
             Err(e) if opts.skip_bad_lines => {
                 report.skipped += 1;
@@ -173,23 +151,13 @@ pub fn parse_ratings(
         return Err(Error::EmptyData {
             path: path_buf,
             reason: if report.skipped > 0 {
-                format!(
-                    "no valid rating: all {} data lines were bad",
-                    report.skipped
-                )
+                format!("no valid rating: all {} data lines were bad", report.skipped)
             } else {
                 "no rating found (only a header or blank lines)".into()
             },
         });
     }
-    Ok((
-        RatingSet {
-            users,
-            items,
-            ratings,
-        },
-        report,
-    ))
+    Ok((RatingSet { users, items, ratings }, report))
 }
 
 fn trim_cr(l: &[u8]) -> &[u8] {
@@ -198,10 +166,7 @@ fn trim_cr(l: &[u8]) -> &[u8] {
 
 /// Picks the format from the file name, then from the first line's separator.
 fn detect(path: &Path, first_line: &str) -> Format {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     if first_line.contains("::") {
         Format::MovielensDat
     } else if name == "u.data" || name.ends_with(".data") {
@@ -227,17 +192,12 @@ fn is_header(mode: HeaderMode, fields: &[&str]) -> bool {
         HeaderMode::Yes => true,
         HeaderMode::No => false,
         HeaderMode::Auto => fields.get(2).is_some_and(|f| {
-            !f.trim().is_empty()
-                && !f.bytes().any(|b| b.is_ascii_digit())
-                && f.trim().parse::<f32>().is_err()
+            !f.trim().is_empty() && !f.bytes().any(|b| b.is_ascii_digit()) && f.trim().parse::<f32>().is_err()
         }),
     }
 }
 
-fn parse_fields<'a>(
-    fields: &[&'a str],
-    format: Format,
-) -> std::result::Result<(&'a str, &'a str, f32), String> {
+fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(&'a str, &'a str, f32), String> {
     let max_cols = 4;
     if fields.len() < 3 {
         return Err(format!(
@@ -263,9 +223,7 @@ fn parse_fields<'a>(
     if i.is_empty() {
         return Err("empty item id".into());
     }
-    let v: f32 = r
-        .parse()
-        .map_err(|_| format!("rating {r:?} is not a number"))?;
+    let v: f32 = r.parse().map_err(|_| format!("rating {r:?} is not a number"))?;
     if !v.is_finite() {
         return Err(format!("rating {r:?} is not finite"));
     }
@@ -285,18 +243,11 @@ mod tests {
         let (s, r) = parse("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n").unwrap();
         assert_eq!(r.format, Some(Format::Movielens100k));
         assert_eq!(s.ratings.len(), 2);
-        let (s, r) = parse(
-            "ratings.dat",
-            "1::1193::5::978300760\n1::661::3::978302109\n",
-        )
-        .unwrap();
+        let (s, r) = parse("ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n").unwrap();
         assert_eq!(r.format, Some(Format::MovielensDat));
         assert_eq!(s.ratings[0].value, 5.0);
-        let (s, r) = parse(
-            "ratings.csv",
-            "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n",
-        )
-        .unwrap();
+        let (s, r) =
+            parse("ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n").unwrap();
         assert_eq!(r.format, Some(Format::MovielensCsv));
         assert_eq!(s.ratings.len(), 2);
         assert_eq!(s.ratings[1].value, 4.5);
@@ -322,10 +273,7 @@ mod tests {
     #[test]
     fn bad_lines_name_file_line_and_text() {
         let e = parse("r.csv", "a,b,1\na,b\n").unwrap_err().to_string();
-        assert!(
-            e.contains("r.csv:2:") && e.contains("found 2") && e.contains("\"a,b\""),
-            "{e}"
-        );
+        assert!(e.contains("r.csv:2:") && e.contains("found 2") && e.contains("\"a,b\""), "{e}");
         let e = parse("r.csv", "a,b,1\nc,d,x1\n").unwrap_err().to_string();
         assert!(e.contains("r.csv:2:") && e.contains("not a number"), "{e}");
         let e = parse("r.csv", "a,b,NaN\n").unwrap_err().to_string();
@@ -338,34 +286,22 @@ mod tests {
         assert!(e.contains("empty user id"), "{e}");
         let e = parse("r.csv", "").unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
-        let e = parse("r.csv", "user,item,rating\n")
+        let e = parse("r.csv", "user,item,rating\n").unwrap_err().to_string();
+        assert!(e.contains("no rating found"), "{e}");
+        let e = parse_ratings(Path::new("r.csv"), b"a,b,1\n\xff\xfe,b,2\n", LoadOptions::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no rating found"), "{e}");
-        let e = parse_ratings(
-            Path::new("r.csv"),
-            b"a,b,1\n\xff\xfe,b,2\n",
-            LoadOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
         assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
     }
 
     #[test]
     fn skip_bad_lines_counts_them() {
-        let opts = LoadOptions {
-            skip_bad_lines: true,
-            ..Default::default()
-        };
-        let (s, r) =
-            parse_ratings(Path::new("r.csv"), b"a,b,1\nbroken\nc,d,nan\ne,f,2\n", opts).unwrap();
+        let opts = LoadOptions { skip_bad_lines: true, ..Default::default() };
+        let (s, r) = parse_ratings(Path::new("r.csv"), b"a,b,1\nbroken\nc,d,nan\ne,f,2\n", opts).unwrap();
         assert_eq!(s.ratings.len(), 2);
         assert_eq!(r.skipped, 2);
         assert!(r.first_skipped[0].contains(":2:"));
-        let e = parse_ratings(Path::new("r.csv"), b"broken\n", opts)
-            .unwrap_err()
-            .to_string();
+        let e = parse_ratings(Path::new("r.csv"), b"broken\n", opts).unwrap_err().to_string();
         assert!(e.contains("all 1 data lines were bad"), "{e}");
     }
 }

@@ -39,11 +39,7 @@ impl IdMap {
 
     /// Builds a map from names in dense-id order.
     pub fn from_names(names: Vec<String>) -> Self {
-        let index = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
-            .collect();
+        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
         IdMap { names, index }
     }
 
@@ -117,22 +113,12 @@ impl Dataset {
         for (r, t) in set.ratings.iter().zip(is_test) {
             if t { test.push(*r) } else { train.push(*r) }
         }
-        Self::from_parts(
-            name, &set.users, &set.items, train, &set.users, &set.items, test,
-        )
+        Self::from_parts(name, &set.users, &set.items, train, &set.users, &set.items, test)
     }
 
     /// Uses `train` and `test` as given (for `--test PATH`).
     pub fn from_sets(name: &str, train: RatingSet, test: RatingSet) -> Self {
-        Self::from_parts(
-            name,
-            &train.users,
-            &train.items,
-            train.ratings,
-            &test.users,
-            &test.items,
-            test.ratings,
-        )
+        Self::from_parts(name, &train.users, &train.items, train.ratings, &test.users, &test.items, test.ratings)
     }
 
     /// Renumbers ids densely over the training ratings and maps the test ratings
@@ -156,21 +142,12 @@ impl Dataset {
             r.user = users.get(test_users.name(r.user)).unwrap_or(UNKNOWN);
             r.item = items.get(test_items.name(r.item)).unwrap_or(UNKNOWN);
         }
-        Dataset {
-            name: name.to_string(),
-            users,
-            items,
-            train,
-            test,
-        }
+        Dataset { name: name.to_string(), users, items, train, test }
     }
 
     /// Test ratings whose user or item is not in training.
     pub fn cold_test(&self) -> usize {
-        self.test
-            .iter()
-            .filter(|r| r.user == UNKNOWN || r.item == UNKNOWN)
-            .count()
+        self.test.iter().filter(|r| r.user == UNKNOWN || r.item == UNKNOWN).count()
     }
 
     /// Mean training rating (μ of the model).
@@ -181,11 +158,7 @@ impl Dataset {
 
     /// Smallest and largest training rating: predictions are clamped to it.
     pub fn range(&self) -> (f32, f32) {
-        self.train
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| {
-                (lo.min(r.value), hi.max(r.value))
-            })
+        self.train.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| (lo.min(r.value), hi.max(r.value)))
     }
 }
 
@@ -198,27 +171,14 @@ mod tests {
         let mut items = IdMap::new();
         let ratings = triples
             .iter()
-            .map(|&(u, i, v)| Rating {
-                user: users.intern(u),
-                item: items.intern(i),
-                value: v,
-            })
+            .map(|&(u, i, v)| Rating { user: users.intern(u), item: items.intern(i), value: v })
             .collect();
-        RatingSet {
-            users,
-            items,
-            ratings,
-        }
+        RatingSet { users, items, ratings }
     }
 
     #[test]
     fn split_is_seeded_and_marks_cold_ids() {
-        let s = set(&[
-            ("a", "x", 1.0),
-            ("b", "y", 2.0),
-            ("a", "y", 3.0),
-            ("c", "z", 4.0),
-        ]);
+        let s = set(&[("a", "x", 1.0), ("b", "y", 2.0), ("a", "y", 3.0), ("c", "z", 4.0)]);
         let d1 = Dataset::split("t", s.clone(), 0.5, 7);
         let d2 = Dataset::split("t", s, 0.5, 7);
         assert_eq!(d1.train, d2.train);

@@ -25,12 +25,7 @@ const TRUE_RANK: usize = 8;
 impl SyntheticSpec {
     /// The default dataset of `rowstage train`: small enough for a run on a
     /// software rasteriser to finish in seconds, skewed like real data.
-    pub const DEFAULT: SyntheticSpec = SyntheticSpec {
-        users: 6_000,
-        items: 3_000,
-        ratings: 300_000,
-        zipf: 1.05,
-    };
+    pub const DEFAULT: SyntheticSpec = SyntheticSpec { users: 6_000, items: 3_000, ratings: 300_000, zipf: 1.05 };
 
     /// Parses `USERS,ITEMS,RATINGS` (underscores and k/M suffixes allowed).
     pub fn parse(s: &str, zipf: f64) -> Result<Self> {
@@ -53,31 +48,19 @@ impl SyntheticSpec {
                 .filter(|&v| v > 0)
                 .ok_or_else(|| bad(&format!("{p:?} is not a positive whole number")))
         };
-        let spec = SyntheticSpec {
-            users: num(parts[0])?,
-            items: num(parts[1])?,
-            ratings: num(parts[2])?,
-            zipf,
-        };
+        let spec = SyntheticSpec { users: num(parts[0])?, items: num(parts[1])?, ratings: num(parts[2])?, zipf };
         if spec.users > u32::MAX as usize / 2 || spec.items > u32::MAX as usize / 2 {
             return Err(bad("too many users or items for 32-bit ids"));
         }
         if !(zipf.is_finite() && zipf >= 0.0) {
-            return Err(Error::arg(
-                "--zipf",
-                zipf.to_string(),
-                "must be a finite number ≥ 0",
-            ));
+            return Err(Error::arg("--zipf", zipf.to_string(), "must be a finite number ≥ 0"));
         }
         Ok(spec)
     }
 
     /// A short name for reports, e.g. `synthetic-6000x3000-300000-zipf1.05`.
     pub fn name(&self) -> String {
-        format!(
-            "synthetic-{}x{}-{}-zipf{}",
-            self.users, self.items, self.ratings, self.zipf
-        )
+        format!("synthetic-{}x{}-{}-zipf{}", self.users, self.items, self.ratings, self.zipf)
     }
 }
 
@@ -115,37 +98,20 @@ pub fn generate(spec: &SyntheticSpec, seed: u64) -> RatingSet {
     let user_bias = Normal::new(0.0f32, 0.35).unwrap();
     let item_bias = Normal::new(0.0f32, 0.5).unwrap();
     let noise = Normal::new(0.0f32, 0.6).unwrap();
-    let p: Vec<f32> = (0..spec.users * TRUE_RANK)
-        .map(|_| factor.sample(&mut rng))
-        .collect();
-    let q: Vec<f32> = (0..spec.items * TRUE_RANK)
-        .map(|_| factor.sample(&mut rng))
-        .collect();
-    let bu: Vec<f32> = (0..spec.users)
-        .map(|_| user_bias.sample(&mut rng))
-        .collect();
-    let bi: Vec<f32> = (0..spec.items)
-        .map(|_| item_bias.sample(&mut rng))
-        .collect();
+    let p: Vec<f32> = (0..spec.users * TRUE_RANK).map(|_| factor.sample(&mut rng)).collect();
+    let q: Vec<f32> = (0..spec.items * TRUE_RANK).map(|_| factor.sample(&mut rng)).collect();
+    let bu: Vec<f32> = (0..spec.users).map(|_| user_bias.sample(&mut rng)).collect();
+    let bi: Vec<f32> = (0..spec.items).map(|_| item_bias.sample(&mut rng)).collect();
     let mean = 3.5f32;
 
     let ratings = (0..spec.ratings)
         .map(|_| {
             let u = users_pop.draw(&mut rng) as usize;
             let i = items_pop.draw(&mut rng) as usize;
-            let dot: f32 = p[u * TRUE_RANK..][..TRUE_RANK]
-                .iter()
-                .zip(&q[i * TRUE_RANK..][..TRUE_RANK])
-                .map(|(a, b)| a * b)
-                .sum();
-            let v = (mean + bu[u] + bi[i] + dot + noise.sample(&mut rng))
-                .round()
-                .clamp(1.0, 5.0);
-            Rating {
-                user: u as u32,
-                item: i as u32,
-                value: v,
-            }
+            let dot: f32 =
+                p[u * TRUE_RANK..][..TRUE_RANK].iter().zip(&q[i * TRUE_RANK..][..TRUE_RANK]).map(|(a, b)| a * b).sum();
+            let v = (mean + bu[u] + bi[i] + dot + noise.sample(&mut rng)).round().clamp(1.0, 5.0);
+            Rating { user: u as u32, item: i as u32, value: v }
         })
         .collect();
     // External ids are the generator's ids as strings, so that a saved model's
@@ -169,21 +135,14 @@ mod tests {
         let b = generate(&spec, 3);
         assert_eq!(a.ratings, b.ratings);
         assert_ne!(a.ratings, generate(&spec, 4).ratings);
-        assert!(
-            a.ratings
-                .iter()
-                .all(|r| (1.0..=5.0).contains(&r.value) && r.value.fract() == 0.0)
-        );
+        assert!(a.ratings.iter().all(|r| (1.0..=5.0).contains(&r.value) && r.value.fract() == 0.0));
         // Zipf: the most popular item takes far more than its uniform share.
         let mut counts = vec![0usize; spec.items];
         for r in &a.ratings {
             counts[r.item as usize] += 1;
         }
         let top = *counts.iter().max().unwrap();
-        assert!(
-            top > 20 * spec.ratings / spec.items,
-            "top item has {top} ratings"
-        );
+        assert!(top > 20 * spec.ratings / spec.items, "top item has {top} ratings");
         // Uniform draws are not skewed.
         let u = generate(&SyntheticSpec { zipf: 0.0, ..spec }, 3);
         let mut counts = vec![0usize; spec.items];

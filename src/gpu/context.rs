@@ -82,8 +82,7 @@ impl AdapterSummary {
 
     /// The largest slab this adapter can bind.
     pub fn max_slab_bytes(&self) -> u64 {
-        self.max_storage_buffer_binding_size
-            .min(self.max_buffer_size)
+        self.max_storage_buffer_binding_size.min(self.max_buffer_size)
     }
 }
 
@@ -95,10 +94,7 @@ fn instance(choice: BackendChoice) -> wgpu::Instance {
 
 /// Every adapter wgpu finds for `choice`, best first.
 pub fn list_adapters(choice: BackendChoice) -> Vec<AdapterSummary> {
-    sorted_adapters(&instance(choice), choice)
-        .iter()
-        .map(AdapterSummary::of)
-        .collect()
+    sorted_adapters(&instance(choice), choice).iter().map(AdapterSummary::of).collect()
 }
 
 fn sorted_adapters(instance: &wgpu::Instance, choice: BackendChoice) -> Vec<wgpu::Adapter> {
@@ -142,10 +138,7 @@ impl GpuContext {
             None => format!("--backend {}", choice.name()),
         };
         if choice == BackendChoice::Cpu {
-            return Err(Error::NoAdapter {
-                requested,
-                hint: "the CPU backend uses no adapter".into(),
-            });
+            return Err(Error::NoAdapter { requested, hint: "the CPU backend uses no adapter".into() });
         }
         let instance = instance(choice);
         let adapters = sorted_adapters(&instance, choice);
@@ -160,11 +153,7 @@ impl GpuContext {
             .collect();
         let adapter = adapters
             .into_iter()
-            .find(|a| {
-                filter
-                    .as_ref()
-                    .is_none_or(|f| a.get_info().name.to_lowercase().contains(f))
-            })
+            .find(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
             .ok_or_else(|| Error::NoAdapter {
                 requested: requested.clone(),
                 hint: if names.is_empty() {
@@ -172,10 +161,7 @@ impl GpuContext {
                      (Debian: apt-get install mesa-vulkan-drivers), or use --backend cpu"
                         .into()
                 } else {
-                    format!(
-                        "adapters found: {}; run `rowstage devices`",
-                        names.join(", ")
-                    )
+                    format!("adapters found: {}; run `rowstage devices`", names.join(", "))
                 },
             })?;
         let summary = AdapterSummary::of(&adapter);
@@ -189,23 +175,12 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| Error::Gpu {
-            adapter: summary.name.clone(),
-            reason: format!("cannot open the device: {e}"),
-        })?;
-        Ok(GpuContext {
-            adapter,
-            device,
-            queue,
-            summary,
-        })
+        .map_err(|e| Error::Gpu { adapter: summary.name.clone(), reason: format!("cannot open the device: {e}") })?;
+        Ok(GpuContext { adapter, device, queue, summary })
     }
 
     /// `name (backend, device type)`, for messages and reports.
     pub fn describe(&self) -> String {
-        format!(
-            "{} ({}, {})",
-            self.summary.name, self.summary.backend, self.summary.device_type
-        )
+        format!("{} ({}, {})", self.summary.name, self.summary.backend, self.summary.device_type)
     }
 }

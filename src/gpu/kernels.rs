@@ -10,14 +10,8 @@
 
 /// WGSL source of every kernel, by name: what the shader test validates.
 pub const SHADERS: [(&str, &str); 4] = [
-    (
-        "scatter_rows",
-        include_str!("../../shaders/scatter_rows.wgsl"),
-    ),
-    (
-        "gather_rows",
-        include_str!("../../shaders/gather_rows.wgsl"),
-    ),
+    ("scatter_rows", include_str!("../../shaders/scatter_rows.wgsl")),
+    ("gather_rows", include_str!("../../shaders/gather_rows.wgsl")),
     ("sgd", include_str!("../../shaders/sgd.wgsl")),
     ("predict", include_str!("../../shaders/predict.wgsl")),
 ];
@@ -116,12 +110,7 @@ fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3]) -> Ker
     });
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(&format!("{name} bind group layout")),
-        entries: &[
-            storage(0, !rw[0]),
-            storage(1, !rw[1]),
-            storage(2, !rw[2]),
-            params_entry(),
-        ],
+        entries: &[storage(0, !rw[0]), storage(1, !rw[1]), storage(2, !rw[2]), params_entry()],
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&format!("{name} pipeline layout")),
@@ -141,26 +130,10 @@ fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3]) -> Ker
 
 impl Kernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let src = |n: &str| {
-            SHADERS
-                .iter()
-                .find(|(k, _)| *k == n)
-                .expect("known kernel")
-                .1
-        };
+        let src = |n: &str| SHADERS.iter().find(|(k, _)| *k == n).expect("known kernel").1;
         Kernels {
-            scatter: kernel(
-                device,
-                "scatter_rows",
-                src("scatter_rows"),
-                [true, false, false],
-            ),
-            gather: kernel(
-                device,
-                "gather_rows",
-                src("gather_rows"),
-                [false, true, false],
-            ),
+            scatter: kernel(device, "scatter_rows", src("scatter_rows"), [true, false, false]),
+            gather: kernel(device, "gather_rows", src("gather_rows"), [false, true, false]),
             sgd: kernel(device, "sgd", src("sgd"), [true, false, true]),
             predict: kernel(device, "predict", src("predict"), [false, false, true]),
         }
@@ -197,14 +170,11 @@ mod tests {
     #[test]
     fn every_shader_parses_and_validates_with_naga() {
         for (name, src) in SHADERS {
-            let module = naga::front::wgsl::parse_str(src)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::empty(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let module =
+                naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
             assert!(
                 module.entry_points.iter().any(|ep| ep.name == name),
                 "{name}.wgsl has no entry point named {name}"

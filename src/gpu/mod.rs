@@ -27,10 +27,7 @@ pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kernels::{
-    Kernels, MoveParams, PARAMS_SIZE, PARAMS_STRIDE, PredictParams, SgdParams, WORKGROUP,
-    dispatch_size,
-};
+use kernels::{Kernels, MoveParams, PARAMS_SIZE, PARAMS_STRIDE, PredictParams, SgdParams, WORKGROUP, dispatch_size};
 
 use crate::data::Rating;
 use crate::error::{Error, Result};
@@ -215,12 +212,17 @@ pub struct GpuSetup<'a> {
     pub first_order: &'a [u32],
 }
 
-fn buffer(
-    device: &wgpu::Device,
-    label: &str,
-    size: u64,
-    usage: wgpu::BufferUsages,
-) -> wgpu::Buffer {
+/// Writes `bytes` at the start of `buf` and counts them on `wire`; returns the
+/// count for the caller's ledger.
+fn put(queue: &wgpu::Queue, wire: &mut Wire, buf: &wgpu::Buffer, bytes: &[u8]) -> u64 {
+    if !bytes.is_empty() {
+        queue.write_buffer(buf, 0, bytes);
+        wire.h2d += bytes.len() as u64;
+    }
+    bytes.len() as u64
+}
+
+fn buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: size.max(16).next_multiple_of(4),
@@ -230,10 +232,7 @@ fn buffer(
 }
 
 fn entry(binding: u32, buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: buf.as_entire_binding(),
-    }
+    wgpu::BindGroupEntry { binding, resource: buf.as_entire_binding() }
 }
 
 fn params_entry(buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
@@ -266,8 +265,7 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
         });
     }
     let slots = (setup.slab_bytes / row_bytes).min(u32::MAX as u64 - 1) as u32;
-    let needed =
-        max_distinct_rows(setup.train, setup.first_order, setup.batch, setup.n_users).max(2);
+    let needed = max_distinct_rows(setup.train, setup.first_order, setup.batch, setup.n_users).max(2);
     if slots < needed {
         let min_bytes = needed as u64 * row_bytes;
         return Err(Error::BudgetTooSmall {
@@ -281,14 +279,7 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
         });
     }
     let counts = access_counts(setup.train, setup.n_users, setup.n_items);
-    let resident = static_resident(
-        setup.train,
-        setup.first_order,
-        setup.batch,
-        &counts,
-        setup.n_users,
-        slots,
-    ) as u32;
+    let resident = static_resident(setup.train, setup.first_order, setup.batch, &counts, setup.n_users, slots) as u32;
     let window = (slots - resident).min(needed).max(2);
     Ok(GpuLayout {
         slab_bytes: setup.slab_bytes,
@@ -307,13 +298,12 @@ impl GpuBackend {
         let error = Arc::new(Mutex::new(None));
         {
             let error = error.clone();
-            ctx.device
-                .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-                    let mut slot = error.lock().unwrap_or_else(|p| p.into_inner());
-                    if slot.is_none() {
-                        *slot = Some(e.to_string());
-                    }
-                }));
+            ctx.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = error.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some(e.to_string());
+                }
+            }));
         }
         let device = &ctx.device;
         let row_vec4 = (layout.row_bytes / 16) as u32;
@@ -328,61 +318,16 @@ impl GpuBackend {
                 usage: U::STORAGE | U::COPY_DST | U::COPY_SRC,
                 mapped_at_creation: false,
             }),
-            upload: buffer(
-                device,
-                "upload window",
-                window_bytes,
-                U::STORAGE | U::COPY_DST,
-            ),
-            download: buffer(
-                device,
-                "download window",
-                window_bytes * 2,
-                U::STORAGE | U::COPY_SRC,
-            ),
-            readback: buffer(
-                device,
-                "row readback",
-                window_bytes * 2,
-                U::MAP_READ | U::COPY_DST,
-            ),
-            load_slots: buffer(
-                device,
-                "load slots",
-                layout.window as u64 * 4,
-                U::STORAGE | U::COPY_DST,
-            ),
-            out_slots: buffer(
-                device,
-                "write-back slots",
-                layout.window as u64 * 8,
-                U::STORAGE | U::COPY_DST,
-            ),
-            samples: buffer(
-                device,
-                "samples",
-                layout.max_samples as u64 * 12,
-                U::STORAGE | U::COPY_DST,
-            ),
-            params: buffer(
-                device,
-                "params",
-                max_blocks * PARAMS_STRIDE,
-                U::UNIFORM | U::COPY_DST,
-            ),
-            loss: buffer(
-                device,
-                "loss sums",
-                max_wg * 4,
-                U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            ),
+            upload: buffer(device, "upload window", window_bytes, U::STORAGE | U::COPY_DST),
+            download: buffer(device, "download window", window_bytes * 2, U::STORAGE | U::COPY_SRC),
+            readback: buffer(device, "row readback", window_bytes * 2, U::MAP_READ | U::COPY_DST),
+            load_slots: buffer(device, "load slots", layout.window as u64 * 4, U::STORAGE | U::COPY_DST),
+            out_slots: buffer(device, "write-back slots", layout.window as u64 * 8, U::STORAGE | U::COPY_DST),
+            samples: buffer(device, "samples", layout.max_samples as u64 * 12, U::STORAGE | U::COPY_DST),
+            params: buffer(device, "params", max_blocks * PARAMS_STRIDE, U::UNIFORM | U::COPY_DST),
+            loss: buffer(device, "loss sums", max_wg * 4, U::STORAGE | U::COPY_SRC | U::COPY_DST),
             sums: buffer(device, "error sums", max_wg * 8, U::STORAGE | U::COPY_SRC),
-            small_readback: buffer(
-                device,
-                "sums readback",
-                max_wg * 8,
-                U::MAP_READ | U::COPY_DST,
-            ),
+            small_readback: buffer(device, "sums readback", max_wg * 8, U::MAP_READ | U::COPY_DST),
         };
         let kernels = Kernels::new(device);
         let b = &buffers;
@@ -390,46 +335,17 @@ impl GpuBackend {
             device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(label),
                 layout: &k.layout,
-                entries: &[
-                    entry(0, e[0]),
-                    entry(1, e[1]),
-                    entry(2, e[2]),
-                    params_entry(&b.params),
-                ],
+                entries: &[entry(0, e[0]), entry(1, e[1]), entry(2, e[2]), params_entry(&b.params)],
             })
         };
         let bind = BindGroups {
-            scatter: group(
-                "scatter_rows bind group",
-                &kernels.scatter,
-                [&b.slab, &b.upload, &b.load_slots],
-            ),
-            gather: group(
-                "gather_rows bind group",
-                &kernels.gather,
-                [&b.slab, &b.download, &b.out_slots],
-            ),
-            sgd: group(
-                "sgd bind group",
-                &kernels.sgd,
-                [&b.slab, &b.samples, &b.loss],
-            ),
-            predict: group(
-                "predict bind group",
-                &kernels.predict,
-                [&b.slab, &b.samples, &b.sums],
-            ),
+            scatter: group("scatter_rows bind group", &kernels.scatter, [&b.slab, &b.upload, &b.load_slots]),
+            gather: group("gather_rows bind group", &kernels.gather, [&b.slab, &b.download, &b.out_slots]),
+            sgd: group("sgd bind group", &kernels.sgd, [&b.slab, &b.samples, &b.loss]),
+            predict: group("predict bind group", &kernels.predict, [&b.slab, &b.samples, &b.sums]),
         };
-        let policy = Box::new(crate::stage::StaticPolicy {
-            resident: layout.resident as usize,
-        });
-        let stager = Stager::new(
-            policy,
-            setup.n_users as u32,
-            setup.n_items as u32,
-            layout.slots,
-            layout.window,
-        );
+        let policy = Box::new(crate::stage::StaticPolicy { resident: layout.resident as usize });
+        let stager = Stager::new(policy, setup.n_users as u32, setup.n_items as u32, layout.slots, layout.window);
         let mut me = GpuBackend {
             kernels,
             rank: setup.rank as u32,
@@ -495,16 +411,11 @@ impl GpuBackend {
     }
 
     fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
-        self.ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+        self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
     fn gpu_err(&self, reason: String) -> Error {
-        Error::Gpu {
-            adapter: self.ctx.summary.name.clone(),
-            reason,
-        }
+        Error::Gpu { adapter: self.ctx.summary.name.clone(), reason }
     }
 
     /// Turns an error wgpu reported asynchronously into a returned error.
@@ -516,11 +427,16 @@ impl GpuBackend {
         }
     }
 
-    fn write(&mut self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.ctx.queue.write_buffer(buf, offset, bytes);
-            self.wire.h2d += bytes.len() as u64;
-        }
+    /// Writes `self.slots_host` to `out_slots`, counted as batch data.
+    fn write_out_slots(&mut self) {
+        let bytes = bytemuck::cast_slice(&self.slots_host);
+        self.ledger.data_bytes_h2d += put(&self.ctx.queue, &mut self.wire, &self.buffers.out_slots, bytes);
+    }
+
+    /// Writes `self.sample_host` to `samples`, counted as batch data.
+    fn write_samples(&mut self) {
+        let bytes = bytemuck::cast_slice(&self.sample_host);
+        self.ledger.data_bytes_h2d += put(&self.ctx.queue, &mut self.wire, &self.buffers.samples, bytes);
     }
 
     /// Waits for the queue, maps `size` bytes of `buf` and hands them to `f`.
@@ -532,10 +448,7 @@ impl GpuBackend {
         });
         self.ctx
             .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: Some(POLL_TIMEOUT),
-            })
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(POLL_TIMEOUT) })
             .map_err(|e| self.gpu_err(format!("waiting for the device: {e}")))?;
         self.check()?;
         match rx.try_recv() {
@@ -544,47 +457,27 @@ impl GpuBackend {
             Err(_) => return Err(self.gpu_err("a readback did not complete".into())),
         }
         {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| self.gpu_err(format!("reading a mapped buffer: {e}")))?;
+            let view = slice.get_mapped_range().map_err(|e| self.gpu_err(format!("reading a mapped buffer: {e}")))?;
             f(&view);
         }
         buf.unmap();
         Ok(())
     }
 
-    fn host_row<'m>(&self, model: &'m Model, row: u32) -> &'m [f32] {
-        if row < self.n_users {
-            model.user_row(row)
-        } else {
-            model.item_row(row - self.n_users)
-        }
-    }
-
     /// Writes the rows of `moves.load` into the upload window and their slots
     /// into `load_slots` (two writes), counting them.
     fn write_loads(&mut self, model: &Model) {
-        let loads = std::mem::take(&mut self.moves.load);
         self.upload_host.clear();
         self.slots_host.clear();
-        for p in &loads {
-            self.upload_host
-                .extend_from_slice(self.host_row(model, p.row));
+        for p in &self.moves.load {
+            let row = if p.row < self.n_users { model.user_row(p.row) } else { model.item_row(p.row - self.n_users) };
+            self.upload_host.extend_from_slice(row);
             self.slots_host.push(p.slot);
         }
-        let rows = std::mem::take(&mut self.upload_host);
-        let slots = std::mem::take(&mut self.slots_host);
-        self.write(&self.buffers.upload.clone(), 0, bytemuck::cast_slice(&rows));
-        self.write(
-            &self.buffers.load_slots.clone(),
-            0,
-            bytemuck::cast_slice(&slots),
-        );
-        self.ledger.row_bytes_h2d += rows.len() as u64 * 4;
-        self.ledger.data_bytes_h2d += slots.len() as u64 * 4;
-        self.upload_host = rows;
-        self.slots_host = slots;
-        self.moves.load = loads;
+        let (queue, wire) = (&self.ctx.queue, &mut self.wire);
+        self.ledger.row_bytes_h2d += put(queue, wire, &self.buffers.upload, bytemuck::cast_slice(&self.upload_host));
+        self.ledger.data_bytes_h2d +=
+            put(queue, wire, &self.buffers.load_slots, bytemuck::cast_slice(&self.slots_host));
     }
 
     fn set_block<T: bytemuck::Pod>(&mut self, block: usize, value: T) {
@@ -597,20 +490,13 @@ impl GpuBackend {
 
     /// Writes the parameter blocks `0..blocks` in one write.
     fn write_params(&mut self, blocks: usize) {
-        let bytes = std::mem::take(&mut self.params_host);
-        let n = (blocks * PARAMS_STRIDE as usize).min(bytes.len());
-        self.write(&self.buffers.params.clone(), 0, &bytes[..n]);
-        self.ledger.data_bytes_h2d += n as u64;
-        self.params_host = bytes;
+        let n = (blocks * PARAMS_STRIDE as usize).min(self.params_host.len());
+        let bytes = &self.params_host[..n];
+        self.ledger.data_bytes_h2d += put(&self.ctx.queue, &mut self.wire, &self.buffers.params, bytes);
     }
 
     fn move_params(&self, first: u32, count: usize) -> MoveParams {
-        MoveParams {
-            first,
-            count: count as u32,
-            row_vec4: self.row_vec4,
-            _pad: 0,
-        }
+        MoveParams { first, count: count as u32, row_vec4: self.row_vec4, _pad: 0 }
     }
 
     fn dispatch(
@@ -621,10 +507,7 @@ impl GpuBackend {
         block: usize,
         invocations: u64,
     ) {
-        let (x, y) = dispatch_size(
-            invocations,
-            self.ctx.summary.max_compute_workgroups_per_dimension,
-        );
+        let (x, y) = dispatch_size(invocations, self.ctx.summary.max_compute_workgroups_per_dimension);
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, group, &[(block as u64 * PARAMS_STRIDE) as u32]);
         pass.dispatch_workgroups(x, y, 1);
@@ -649,13 +532,7 @@ impl GpuBackend {
                     timestamp_writes: None,
                 });
                 let n = chunk.len() as u64 * self.row_vec4 as u64;
-                self.dispatch(
-                    &mut pass,
-                    &self.kernels.scatter,
-                    &self.bind.scatter,
-                    BLOCK_SCATTER,
-                    n,
-                );
+                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n);
             }
             self.ctx.queue.submit([enc.finish()]);
         }
@@ -683,9 +560,7 @@ impl GpuBackend {
         let stride = model.stride;
         let mut rows = std::mem::take(&mut self.upload_host);
         rows.clear();
-        self.map_read(&readback, bytes, |b| {
-            rows.extend_from_slice(bytemuck::cast_slice(b))
-        })?;
+        self.map_read(&readback, bytes, |b| rows.extend_from_slice(bytemuck::cast_slice(b)))?;
         let leaving = self.moves.evict.iter().chain(&self.moves.release);
         for (p, src) in leaving.zip(rows.chunks_exact(stride)) {
             let s = model.stride;
@@ -703,8 +578,7 @@ impl GpuBackend {
     /// One device step of training on `ratings` (which fit the slab).
     fn train_step(&mut self, model: &mut Model, ratings: &[Rating], lr: f32) -> Result<()> {
         let mut moves = std::mem::take(&mut self.moves);
-        self.stager
-            .stage(ratings, true, &mut moves, &mut self.ledger);
+        self.stager.stage(ratings, true, &mut moves, &mut self.ledger);
         self.moves = moves;
         self.ledger.steps += 1;
         self.write_loads(model);
@@ -724,42 +598,19 @@ impl GpuBackend {
                 ratings[j].value.to_bits(),
             ]);
         }
-        let samples = std::mem::take(&mut self.sample_host);
-        self.write(
-            &self.buffers.samples.clone(),
-            0,
-            bytemuck::cast_slice(&samples),
-        );
-        self.ledger.data_bytes_h2d += samples.len() as u64 * 4;
-        self.sample_host = samples;
+        self.write_samples();
 
         // Slots leaving the slab: evicted before the loads, released after.
         let n_evict = self.moves.evict.len();
         let n_release = self.moves.release.len();
         self.slots_host.clear();
-        self.slots_host.extend(
-            self.moves
-                .evict
-                .iter()
-                .chain(&self.moves.release)
-                .map(|p| p.slot),
-        );
-        let out = std::mem::take(&mut self.slots_host);
-        self.write(
-            &self.buffers.out_slots.clone(),
-            0,
-            bytemuck::cast_slice(&out),
-        );
-        self.ledger.data_bytes_h2d += out.len() as u64 * 4;
-        self.slots_host = out;
+        self.slots_host.extend(self.moves.evict.iter().chain(&self.moves.release).map(|p| p.slot));
+        self.write_out_slots();
 
         let n_load = self.moves.load.len();
         self.set_block(BLOCK_GATHER_EVICT, self.move_params(0, n_evict));
         self.set_block(BLOCK_SCATTER, self.move_params(0, n_load));
-        self.set_block(
-            BLOCK_GATHER_RELEASE,
-            self.move_params(n_evict as u32, n_release),
-        );
+        self.set_block(BLOCK_GATHER_RELEASE, self.move_params(n_evict as u32, n_release));
         let n_waves = self.waves.ranges.len();
         for w in 0..n_waves {
             let (first, count) = self.waves.ranges[w];
@@ -781,10 +632,8 @@ impl GpuBackend {
 
         let mut enc = self.encoder("train step");
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("train step"),
-                timestamp_writes: None,
-            });
+            let mut pass = enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("train step"), timestamp_writes: None });
             let rv = self.row_vec4 as u64;
             if n_evict > 0 {
                 self.dispatch(
@@ -796,22 +645,10 @@ impl GpuBackend {
                 );
             }
             if n_load > 0 {
-                self.dispatch(
-                    &mut pass,
-                    &self.kernels.scatter,
-                    &self.bind.scatter,
-                    BLOCK_SCATTER,
-                    n_load as u64 * rv,
-                );
+                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n_load as u64 * rv);
             }
             for (w, &(_, count)) in self.waves.ranges.iter().enumerate() {
-                self.dispatch(
-                    &mut pass,
-                    &self.kernels.sgd,
-                    &self.bind.sgd,
-                    BLOCK_KERNEL + w,
-                    count as u64,
-                );
+                self.dispatch(&mut pass, &self.kernels.sgd, &self.bind.sgd, BLOCK_KERNEL + w, count as u64);
             }
             if n_release > 0 {
                 self.dispatch(
@@ -826,12 +663,7 @@ impl GpuBackend {
         self.read_rows_back(model, enc)
     }
     /// Reads the per-workgroup sums (`words` f32s of `src`) back and adds them in f64.
-    fn read_sums(
-        &mut self,
-        src: &wgpu::Buffer,
-        words: u64,
-        mut enc: wgpu::CommandEncoder,
-    ) -> Result<Vec<f64>> {
+    fn read_sums(&mut self, src: &wgpu::Buffer, words: u64, mut enc: wgpu::CommandEncoder) -> Result<Vec<f64>> {
         let bytes = words * 4;
         enc.copy_buffer_to_buffer(src, 0, &self.buffers.small_readback, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
@@ -839,12 +671,7 @@ impl GpuBackend {
         self.ledger.data_bytes_d2h += bytes;
         let mut out = Vec::new();
         let rb = self.buffers.small_readback.clone();
-        self.map_read(&rb, bytes, |b| {
-            out = bytemuck::cast_slice::<u8, f32>(b)
-                .iter()
-                .map(|&x| x as f64)
-                .collect()
-        })?;
+        self.map_read(&rb, bytes, |b| out = bytemuck::cast_slice::<u8, f32>(b).iter().map(|&x| x as f64).collect())?;
         Ok(out)
     }
 
@@ -852,26 +679,14 @@ impl GpuBackend {
     /// read-only (nothing is written back) and returns the error sums.
     fn eval_step(&mut self, model: &Model, ratings: &[Rating]) -> Result<MetricsAcc> {
         let mut moves = std::mem::take(&mut self.moves);
-        self.stager
-            .stage(ratings, false, &mut moves, &mut self.ledger);
+        self.stager.stage(ratings, false, &mut moves, &mut self.ledger);
         self.moves = moves;
         self.write_loads(model);
         self.sample_host.clear();
         for (j, r) in ratings.iter().enumerate() {
-            self.sample_host.extend_from_slice(&[
-                self.moves.slot_u[j],
-                self.moves.slot_i[j],
-                r.value.to_bits(),
-            ]);
+            self.sample_host.extend_from_slice(&[self.moves.slot_u[j], self.moves.slot_i[j], r.value.to_bits()]);
         }
-        let samples = std::mem::take(&mut self.sample_host);
-        self.write(
-            &self.buffers.samples.clone(),
-            0,
-            bytemuck::cast_slice(&samples),
-        );
-        self.ledger.data_bytes_h2d += samples.len() as u64 * 4;
-        self.sample_host = samples;
+        self.write_samples();
         let n_load = self.moves.load.len();
         self.set_block(BLOCK_SCATTER, self.move_params(0, n_load));
         self.set_block(
@@ -896,21 +711,9 @@ impl GpuBackend {
             });
             if n_load > 0 {
                 let n = n_load as u64 * self.row_vec4 as u64;
-                self.dispatch(
-                    &mut pass,
-                    &self.kernels.scatter,
-                    &self.bind.scatter,
-                    BLOCK_SCATTER,
-                    n,
-                );
+                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n);
             }
-            self.dispatch(
-                &mut pass,
-                &self.kernels.predict,
-                &self.bind.predict,
-                BLOCK_KERNEL,
-                ratings.len() as u64,
-            );
+            self.dispatch(&mut pass, &self.kernels.predict, &self.bind.predict, BLOCK_KERNEL, ratings.len() as u64);
         }
         let groups = (ratings.len() as u64).div_ceil(WORKGROUP as u64);
         let sums_buf = self.buffers.sums.clone();
@@ -955,13 +758,7 @@ impl Backend for GpuBackend {
         self.ctx.summary.name.clone()
     }
 
-    fn train_epoch(
-        &mut self,
-        model: &mut Model,
-        train: &[Rating],
-        order: &[u32],
-        lr: f32,
-    ) -> Result<EpochTrain> {
+    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain> {
         self.ledger = Ledger::default();
         if !self.resident_loaded {
             self.load_resident(model)?;
@@ -973,19 +770,13 @@ impl Backend for GpuBackend {
         for chunk in order.chunks(self.layout.max_samples as usize) {
             batch.clear();
             batch.extend(chunk.iter().map(|&i| train[i as usize]));
-            self.for_each_step(&batch, batch.len(), |me, step| {
-                me.train_step(model, step, lr)
-            })?;
+            self.for_each_step(&batch, batch.len(), |me, step| me.train_step(model, step, lr))?;
         }
         let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
         let loss = self.buffers.loss.clone();
         let enc = self.encoder("read loss");
         let sse = self.read_sums(&loss, groups, enc)?.iter().sum();
-        Ok(EpochTrain {
-            sse,
-            count: order.len() as u64,
-            ledger: std::mem::take(&mut self.ledger),
-        })
+        Ok(EpochTrain { sse, count: order.len() as u64, ledger: std::mem::take(&mut self.ledger) })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {
@@ -1018,14 +809,7 @@ impl Backend for GpuBackend {
             }
             self.slots_host.clear();
             self.slots_host.extend(chunk.iter().map(|p| p.slot));
-            let out = std::mem::take(&mut self.slots_host);
-            self.write(
-                &self.buffers.out_slots.clone(),
-                0,
-                bytemuck::cast_slice(&out),
-            );
-            self.ledger.data_bytes_h2d += out.len() as u64 * 4;
-            self.slots_host = out;
+            self.write_out_slots();
             self.set_block(BLOCK_GATHER_RELEASE, self.move_params(0, chunk.len()));
             self.write_params(BLOCK_GATHER_RELEASE + 1);
             let mut enc = self.encoder("final write-back");
@@ -1035,13 +819,7 @@ impl Backend for GpuBackend {
                     timestamp_writes: None,
                 });
                 let n = chunk.len() as u64 * self.row_vec4 as u64;
-                self.dispatch(
-                    &mut pass,
-                    &self.kernels.gather,
-                    &self.bind.gather,
-                    BLOCK_GATHER_RELEASE,
-                    n,
-                );
+                self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n);
             }
             self.read_rows_back(model, enc)?;
         }

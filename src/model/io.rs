@@ -56,10 +56,7 @@ pub fn save_model(model: &Model, config: &serde_json::Value, path: &Path) -> Res
         ("config", &config),
     ];
     let sum = checksum(&[users, items, &uids, &iids], &meta_fields);
-    let mut meta: HashMap<String, String> = meta_fields
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut meta: HashMap<String, String> = meta_fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     meta.insert("crc32".into(), format!("{sum:08x}"));
 
     let ser = |e: safetensors::SafeTensorError| Error::BadModel {
@@ -67,22 +64,10 @@ pub fn save_model(model: &Model, config: &serde_json::Value, path: &Path) -> Res
         reason: format!("cannot serialise: {e}"),
     };
     let tensors = vec![
-        (
-            "users",
-            TensorView::new(Dtype::F32, vec![model.n_users(), model.stride], users).map_err(ser)?,
-        ),
-        (
-            "items",
-            TensorView::new(Dtype::F32, vec![model.n_items(), model.stride], items).map_err(ser)?,
-        ),
-        (
-            "user_ids",
-            TensorView::new(Dtype::U8, vec![uids.len()], &uids).map_err(ser)?,
-        ),
-        (
-            "item_ids",
-            TensorView::new(Dtype::U8, vec![iids.len()], &iids).map_err(ser)?,
-        ),
+        ("users", TensorView::new(Dtype::F32, vec![model.n_users(), model.stride], users).map_err(ser)?),
+        ("items", TensorView::new(Dtype::F32, vec![model.n_items(), model.stride], items).map_err(ser)?),
+        ("user_ids", TensorView::new(Dtype::U8, vec![uids.len()], &uids).map_err(ser)?),
+        ("item_ids", TensorView::new(Dtype::U8, vec![iids.len()], &iids).map_err(ser)?),
     ];
     let bytes = safetensors::serialize(tensors, Some(meta)).map_err(ser)?;
     write_atomically(path, &bytes)
@@ -92,14 +77,8 @@ pub fn save_model(model: &Model, config: &serde_json::Value, path: &Path) -> Res
 /// it over `path`: readers see the old file or the whole new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -116,27 +95,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Reads a model written by [`save_model`], with the config it was saved with.
 pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |reason: String| Error::BadModel {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file or truncated ({e})")))?;
+    let bad = |reason: String| Error::BadModel { path: path.to_path_buf(), reason };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file or truncated ({e})")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = header
-        .metadata()
-        .clone()
-        .ok_or_else(|| bad("no metadata".into()))?;
-    let get = |k: &str| {
-        meta.get(k)
-            .map(String::as_str)
-            .ok_or_else(|| bad(format!("metadata has no {k:?}")))
-    };
+    let meta = header.metadata().clone().ok_or_else(|| bad("no metadata".into()))?;
+    let get = |k: &str| meta.get(k).map(String::as_str).ok_or_else(|| bad(format!("metadata has no {k:?}")));
     if get("format")? != FORMAT_NAME {
-        return Err(bad(format!(
-            "format is {:?}, expected {FORMAT_NAME:?}",
-            get("format")?
-        )));
+        return Err(bad(format!("format is {:?}, expected {FORMAT_NAME:?}", get("format")?)));
     }
     if get("version")? != FORMAT_VERSION {
         return Err(bad(format!(
@@ -145,73 +110,34 @@ pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
         )));
     }
     let tensor = |name: &str, dtype: Dtype| -> Result<TensorView<'_>> {
-        let t = st
-            .tensor(name)
-            .map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
+        let t = st.tensor(name).map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
         if t.dtype() != dtype {
-            return Err(bad(format!(
-                "tensor {name:?} has dtype {:?}, expected {dtype:?}",
-                t.dtype()
-            )));
+            return Err(bad(format!("tensor {name:?} has dtype {:?}, expected {dtype:?}", t.dtype())));
         }
         Ok(t)
     };
     let (users, items) = (tensor("users", Dtype::F32)?, tensor("items", Dtype::F32)?);
-    let (uids, iids) = (
-        tensor("user_ids", Dtype::U8)?,
-        tensor("item_ids", Dtype::U8)?,
-    );
-    let fields = [
-        "format",
-        "version",
-        "rank",
-        "mean_bits",
-        "min_rating_bits",
-        "max_rating_bits",
-        "config",
-    ];
-    let meta_fields: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|k| Ok((*k, get(k)?)))
-        .collect::<Result<_>>()?;
-    let want = checksum(
-        &[users.data(), items.data(), uids.data(), iids.data()],
-        &meta_fields,
-    );
-    let have = u32::from_str_radix(get("crc32")?, 16)
-        .map_err(|_| bad("crc32 is not hexadecimal".into()))?;
+    let (uids, iids) = (tensor("user_ids", Dtype::U8)?, tensor("item_ids", Dtype::U8)?);
+    let fields = ["format", "version", "rank", "mean_bits", "min_rating_bits", "max_rating_bits", "config"];
+    let meta_fields: Vec<(&str, &str)> = fields.iter().map(|k| Ok((*k, get(k)?))).collect::<Result<_>>()?;
+    let want = checksum(&[users.data(), items.data(), uids.data(), iids.data()], &meta_fields);
+    let have = u32::from_str_radix(get("crc32")?, 16).map_err(|_| bad("crc32 is not hexadecimal".into()))?;
     if want != have {
-        return Err(bad(format!(
-            "checksum mismatch (stored {have:08x}, computed {want:08x}): the file is corrupted"
-        )));
+        return Err(bad(format!("checksum mismatch (stored {have:08x}, computed {want:08x}): the file is corrupted")));
     }
 
-    let num = |k: &str| -> Result<u32> {
-        get(k)?
-            .parse()
-            .map_err(|_| bad(format!("{k} is not a number")))
-    };
+    let num = |k: &str| -> Result<u32> { get(k)?.parse().map_err(|_| bad(format!("{k} is not a number"))) };
     let rank = num("rank")? as usize;
     let stride = super::row_stride(rank);
     if users.shape().get(1) != Some(&stride) || items.shape().get(1) != Some(&stride) {
-        return Err(bad(format!(
-            "tables are not {stride} floats wide for rank {rank}"
-        )));
+        return Err(bad(format!("tables are not {stride} floats wide for rank {rank}")));
     }
     let floats = |t: &TensorView| -> Vec<f32> {
-        t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
     };
     let ids = |t: &TensorView, n: usize, what: &str| -> Result<IdMap> {
-        let s =
-            std::str::from_utf8(t.data()).map_err(|_| bad(format!("{what} ids are not UTF-8")))?;
-        let names: Vec<String> = if n == 0 {
-            Vec::new()
-        } else {
-            s.split('\n').map(str::to_string).collect()
-        };
+        let s = std::str::from_utf8(t.data()).map_err(|_| bad(format!("{what} ids are not UTF-8")))?;
+        let names: Vec<String> = if n == 0 { Vec::new() } else { s.split('\n').map(str::to_string).collect() };
         if names.len() != n {
             return Err(bad(format!("{} {what} ids for {n} rows", names.len())));
         }
@@ -230,8 +156,7 @@ pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
         user_ids: ids(&uids, n_users, "user")?,
         item_ids: ids(&iids, n_items, "item")?,
     };
-    let config = serde_json::from_str(get("config")?)
-        .map_err(|e| bad(format!("config is not JSON: {e}")))?;
+    let config = serde_json::from_str(get("config")?).map_err(|e| bad(format!("config is not JSON: {e}")))?;
     Ok((model, config))
 }
 
@@ -244,14 +169,7 @@ mod tests {
     fn model() -> Model {
         let spec = SyntheticSpec::parse("30,20,300", 1.0).unwrap();
         let d = Dataset::split("s", generate(&spec, 1), 0.1, 1);
-        Model::init(
-            &d,
-            &HyperParams {
-                rank: 5,
-                ..Default::default()
-            },
-            1,
-        )
+        Model::init(&d, &HyperParams { rank: 5, ..Default::default() }, 1)
     }
 
     #[test]
@@ -284,19 +202,11 @@ mod tests {
         assert!(e.contains("checksum mismatch"), "{e}");
 
         std::fs::write(&p, b"hello").unwrap();
-        assert!(
-            load_model(&p)
-                .unwrap_err()
-                .to_string()
-                .contains("not a valid rowstage model")
-        );
+        assert!(load_model(&p).unwrap_err().to_string().contains("not a valid rowstage model"));
 
         // Another version.
         let needle = b"\"version\":\"1\"";
-        let at = good
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .expect("version in header");
+        let at = good.windows(needle.len()).position(|w| w == needle).expect("version in header");
         let mut other = good.clone();
         other[at + needle.len() - 2] = b'9';
         std::fs::write(&p, &other).unwrap();

@@ -36,14 +36,7 @@ pub struct HyperParams {
 impl Default for HyperParams {
     /// Defaults chosen for explicit 0.5–5 star ratings at rank 32.
     fn default() -> Self {
-        HyperParams {
-            rank: 32,
-            lr: 0.01,
-            reg: 0.05,
-            bias_reg: 0.01,
-            decay: 0.05,
-            init_std: 0.05,
-        }
+        HyperParams { rank: 32, lr: 0.01, reg: 0.05, bias_reg: 0.01, decay: 0.05, init_std: 0.05 }
     }
 }
 
@@ -238,11 +231,7 @@ impl MetricsAcc {
 
     pub fn finish(&self) -> Metrics {
         let n = self.count.max(1) as f64;
-        Metrics {
-            rmse: (self.sq / n).sqrt(),
-            mae: self.abs / n,
-            count: self.count,
-        }
+        Metrics { rmse: (self.sq / n).sqrt(), mae: self.abs / n, count: self.count }
     }
 }
 
@@ -260,13 +249,7 @@ mod tests {
 
     #[test]
     fn step_moves_prediction_towards_rating() {
-        let step = Step {
-            rank: 3,
-            mean: 3.0,
-            lr: 0.1,
-            reg: 0.0,
-            bias_reg: 0.0,
-        };
+        let step = Step { rank: 3, mean: 3.0, lr: 0.1, reg: 0.0, bias_reg: 0.0 };
         let mut p = vec![0.1, 0.2, 0.3, 0.0];
         let mut q = vec![0.3, 0.2, 0.1, 0.0];
         let e0 = step.apply(&mut p, &mut q, 5.0);
@@ -278,11 +261,7 @@ mod tests {
 
     #[test]
     fn schedule_decays() {
-        let hp = HyperParams {
-            lr: 0.1,
-            decay: 1.0,
-            ..Default::default()
-        };
+        let hp = HyperParams { lr: 0.1, decay: 1.0, ..Default::default() };
         assert_eq!(hp.lr_at(0), 0.1);
         assert!((hp.lr_at(1) - 0.05).abs() < 1e-7);
         let flat = HyperParams { decay: 0.0, ..hp };

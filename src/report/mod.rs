@@ -100,8 +100,7 @@ pub fn epoch_line(e: &EpochReport, staged: bool) -> String {
             l.rows_out(),
             human_bytes(l.bytes_h2d()),
             human_bytes(l.bytes_d2h()),
-            l.hit_rate()
-                .map_or("  n/a".into(), |h| format!("{:5.1}%", h * 100.0)),
+            l.hit_rate().map_or("  n/a".into(), |h| format!("{:5.1}%", h * 100.0)),
         );
     }
     s

@@ -17,22 +17,18 @@ impl Budget {
         let t = s.trim();
         let bad = |why: &str| Error::arg(flag, s, why);
         if let Some(p) = t.strip_suffix('%') {
-            let v: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| bad("expected a percentage such as 10%"))?;
+            let v: f64 = p.trim().parse().map_err(|_| bad("expected a percentage such as 10%"))?;
             if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
                 return Err(bad("the percentage must be above 0 and at most 1000"));
             }
             return Ok(Budget::Percent(v));
         }
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let num: f64 = num.replace('_', "").parse().map_err(|_| {
-            bad("expected a size such as 64MiB, 512KiB, 1GB, 1048576 or a share such as 10%")
-        })?;
+        let num: f64 = num
+            .replace('_', "")
+            .parse()
+            .map_err(|_| bad("expected a size such as 64MiB, 512KiB, 1GB, 1048576 or a share such as 10%"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -79,11 +75,7 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.2} {}", UNITS[u]) }
 }
 
 impl serde::Serialize for Budget {
@@ -98,26 +90,11 @@ mod tests {
 
     #[test]
     fn parses_sizes_and_shares() {
-        assert_eq!(
-            Budget::parse("f", "64MiB").unwrap(),
-            Budget::Bytes(64 << 20)
-        );
-        assert_eq!(
-            Budget::parse("f", "512KiB").unwrap(),
-            Budget::Bytes(512 << 10)
-        );
-        assert_eq!(
-            Budget::parse("f", "1GB").unwrap(),
-            Budget::Bytes(1_000_000_000)
-        );
-        assert_eq!(
-            Budget::parse("f", "1048576").unwrap(),
-            Budget::Bytes(1 << 20)
-        );
-        assert_eq!(
-            Budget::parse("f", "1.5 MiB").unwrap(),
-            Budget::Bytes(3 << 19)
-        );
+        assert_eq!(Budget::parse("f", "64MiB").unwrap(), Budget::Bytes(64 << 20));
+        assert_eq!(Budget::parse("f", "512KiB").unwrap(), Budget::Bytes(512 << 10));
+        assert_eq!(Budget::parse("f", "1GB").unwrap(), Budget::Bytes(1_000_000_000));
+        assert_eq!(Budget::parse("f", "1048576").unwrap(), Budget::Bytes(1 << 20));
+        assert_eq!(Budget::parse("f", "1.5 MiB").unwrap(), Budget::Bytes(3 << 19));
         assert_eq!(Budget::parse("f", "10%").unwrap(), Budget::Percent(10.0));
         assert_eq!(Budget::Percent(10.0).resolve(1000), 100);
         assert_eq!(Budget::Percent(10.0).resolve(1030), 100);
@@ -127,13 +104,8 @@ mod tests {
     #[test]
     fn rejects_garbage_with_the_value() {
         for bad in ["", "abc", "10XB", "-5MiB", "0%", "0", "nan%", "5%%"] {
-            let e = Budget::parse("--device-memory", bad)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("--device-memory") && e.contains(&format!("{bad:?}")),
-                "{e}"
-            );
+            let e = Budget::parse("--device-memory", bad).unwrap_err().to_string();
+            assert!(e.contains("--device-memory") && e.contains(&format!("{bad:?}")), "{e}");
         }
     }
 

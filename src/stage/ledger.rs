@@ -34,19 +34,11 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn hit(&mut self, user: bool) {
-        if user {
-            self.user_hits += 1
-        } else {
-            self.item_hits += 1
-        }
+        if user { self.user_hits += 1 } else { self.item_hits += 1 }
     }
 
     pub fn miss(&mut self, user: bool) {
-        if user {
-            self.user_misses += 1
-        } else {
-            self.item_misses += 1
-        }
+        if user { self.user_misses += 1 } else { self.item_misses += 1 }
     }
 
     /// A row staged in; `train == false` counts it as evaluation traffic.
@@ -59,11 +51,7 @@ impl Ledger {
     }
 
     pub fn row_out(&mut self, user: bool) {
-        if user {
-            self.user_rows_out += 1
-        } else {
-            self.item_rows_out += 1
-        }
+        if user { self.user_rows_out += 1 } else { self.item_rows_out += 1 }
     }
 
     pub fn rows_in(&self) -> u64 {

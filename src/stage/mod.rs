@@ -22,9 +22,7 @@ use crate::data::{Rating, UNKNOWN};
 pub const NONE: u32 = u32::MAX;
 
 /// The staging policies (`--policy`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     /// The rows most frequent in training stay resident; the rest are staged
@@ -76,9 +74,7 @@ impl Policy for StaticPolicy {
 /// One global order over both tables: with equal row sizes this is the exact
 /// knapsack solution of SCA's placement.
 pub fn top_rows(counts: &[u32], n: usize) -> Vec<u32> {
-    let mut rows: Vec<u32> = (0..counts.len() as u32)
-        .filter(|&r| counts[r as usize] > 0)
-        .collect();
+    let mut rows: Vec<u32> = (0..counts.len() as u32).filter(|&r| counts[r as usize] > 0).collect();
     let n = n.min(rows.len());
     if n == 0 {
         return Vec::new();
@@ -141,13 +137,7 @@ pub struct Stager {
 impl Stager {
     /// A stager over `slots` slots for `n_users + n_items` rows; `window` bounds
     /// the rows staged in per batch.
-    pub fn new(
-        policy: Box<dyn Policy>,
-        n_users: u32,
-        n_items: u32,
-        slots: u32,
-        window: u32,
-    ) -> Self {
+    pub fn new(policy: Box<dyn Policy>, n_users: u32, n_items: u32, slots: u32, window: u32) -> Self {
         let n = (n_users + n_items) as usize;
         Stager {
             policy,
@@ -188,16 +178,8 @@ impl Stager {
     /// The global rows of a rating's user and item; [`NONE`] for a side unseen
     /// in training (evaluation only).
     fn rows_of(&self, r: &Rating) -> [u32; 2] {
-        let u = if r.user == UNKNOWN {
-            NONE
-        } else {
-            self.user_row(r.user)
-        };
-        let i = if r.item == UNKNOWN {
-            NONE
-        } else {
-            self.item_row(r.item)
-        };
+        let u = if r.user == UNKNOWN { NONE } else { self.user_row(r.user) };
+        let i = if r.item == UNKNOWN { NONE } else { self.item_row(r.item) };
         [u, i]
     }
 
@@ -274,13 +256,7 @@ impl Stager {
     /// `moves.release`) unless the policy keeps them. `ratings` must fit (see
     /// [`Stager::prefix_that_fits`]). With `train == false` (evaluation) the
     /// ledger's evaluation counters are used and nothing is written back.
-    pub fn stage(
-        &mut self,
-        ratings: &[Rating],
-        train: bool,
-        moves: &mut Moves,
-        ledger: &mut Ledger,
-    ) {
+    pub fn stage(&mut self, ratings: &[Rating], train: bool, moves: &mut Moves, ledger: &mut Ledger) {
         moves.clear();
         self.staged.clear();
         let stamp = self.next_stamp();
@@ -339,10 +315,7 @@ impl Stager {
             .iter()
             .enumerate()
             .filter(|(_, r)| **r != NONE)
-            .map(|(s, &row)| Placed {
-                row,
-                slot: s as u32,
-            })
+            .map(|(s, &row)| Placed { row, slot: s as u32 })
             .collect()
     }
 }
@@ -360,8 +333,7 @@ pub fn access_counts(train: &[Rating], n_users: usize, n_items: usize) -> Vec<u3
 /// The largest number of distinct rows any batch of `batch` consecutive
 /// ratings of `order` touches.
 pub fn max_distinct_rows(train: &[Rating], order: &[u32], batch: usize, n_users: usize) -> u32 {
-    let mut seen =
-        vec![u32::MAX; n_users + train.iter().map(|r| r.item as usize + 1).max().unwrap_or(0)];
+    let mut seen = vec![u32::MAX; n_users + train.iter().map(|r| r.item as usize + 1).max().unwrap_or(0)];
     let mut best = 0;
     for (b, chunk) in order.chunks(batch).enumerate() {
         let mut d = 0;
@@ -431,11 +403,7 @@ mod tests {
     use super::*;
 
     fn r(user: u32, item: u32) -> Rating {
-        Rating {
-            user,
-            item,
-            value: 3.0,
-        }
+        Rating { user, item, value: 3.0 }
     }
 
     #[test]

@@ -10,13 +10,7 @@ use crate::model::{Metrics, MetricsAcc, Model, Step};
 use crate::stage::Ledger;
 
 fn step_of(model: &Model, lr: f32, reg: f32, bias_reg: f32) -> Step {
-    Step {
-        rank: model.rank,
-        mean: model.mean,
-        lr,
-        reg,
-        bias_reg,
-    }
+    Step { rank: model.rank, mean: model.mean, lr, reg, bias_reg }
 }
 
 /// Sequential per-sample SGD in the epoch order: the reference, and what
@@ -35,13 +29,7 @@ impl Backend for ReferenceCpu {
         "CPU reference (1 thread, sequential)".into()
     }
 
-    fn train_epoch(
-        &mut self,
-        model: &mut Model,
-        train: &[Rating],
-        order: &[u32],
-        lr: f32,
-    ) -> Result<EpochTrain> {
+    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain> {
         let step = step_of(model, lr, self.reg, self.bias_reg);
         let s = model.stride;
         let mut sse = 0.0f64;
@@ -52,11 +40,7 @@ impl Backend for ReferenceCpu {
             let e = step.apply(p, q, r.value);
             sse += (e * e) as f64;
         }
-        Ok(EpochTrain {
-            sse,
-            count: order.len() as u64,
-            ledger: Ledger::default(),
-        })
+        Ok(EpochTrain { sse, count: order.len() as u64, ledger: Ledger::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {
@@ -81,11 +65,7 @@ pub struct HogwildCpu {
 
 impl HogwildCpu {
     pub fn new(reg: f32, bias_reg: f32, threads: usize) -> Self {
-        HogwildCpu {
-            reg,
-            bias_reg,
-            threads: threads.max(1),
-        }
+        HogwildCpu { reg, bias_reg, threads: threads.max(1) }
     }
 }
 
@@ -107,13 +87,7 @@ impl Backend for HogwildCpu {
         format!("CPU Hogwild ({} threads)", self.threads)
     }
 
-    fn train_epoch(
-        &mut self,
-        model: &mut Model,
-        train: &[Rating],
-        order: &[u32],
-        lr: f32,
-    ) -> Result<EpochTrain> {
+    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain> {
         let step = step_of(model, lr, self.reg, self.bias_reg);
         let s = model.stride;
         let users = as_atomic(&mut model.users);
@@ -151,16 +125,9 @@ impl Backend for HogwildCpu {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("Hogwild worker panicked"))
-                .sum()
+            handles.into_iter().map(|h| h.join().expect("Hogwild worker panicked")).sum()
         });
-        Ok(EpochTrain {
-            sse,
-            count: order.len() as u64,
-            ledger: Ledger::default(),
-        })
+        Ok(EpochTrain { sse, count: order.len() as u64, ledger: Ledger::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {

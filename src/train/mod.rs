@@ -32,9 +32,8 @@ use crate::stage::Ledger;
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, out: &mut Vec<u32>) {
     out.clear();
     out.extend(0..n as u32);
-    let mut rng = StdRng::seed_from_u64(
-        seed ^ 0x0DE7_0000_0000_0000 ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ 0x0DE7_0000_0000_0000 ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     out.shuffle(&mut rng);
 }
 
@@ -54,13 +53,7 @@ pub trait Backend {
     /// The adapter's name (or the CPU's description).
     fn adapter(&self) -> String;
     /// One pass over `order` (indices into `train`) with learning rate `lr`.
-    fn train_epoch(
-        &mut self,
-        model: &mut Model,
-        train: &[Rating],
-        order: &[u32],
-        lr: f32,
-    ) -> Result<EpochTrain>;
+    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain>;
     /// Test metrics of the current model, and the traffic it took.
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)>;
     /// Makes the host tables authoritative again (writes back every row the

@@ -41,40 +41,25 @@ pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
 
 /// Opens the backend `spec` asks for. `--backend auto` falls back to the
 /// Hogwild CPU backend with a notice when wgpu finds no adapter.
-pub fn open_backend(
-    data: &Dataset,
-    settings: &TrainSettings,
-    spec: &BackendSpec,
-) -> Result<Opened> {
+pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
     let hp = &settings.hp;
     let cpu_backend = || -> Box<dyn Backend> {
         if settings.deterministic {
-            Box::new(cpu::ReferenceCpu {
-                reg: hp.reg,
-                bias_reg: hp.bias_reg,
-            })
+            Box::new(cpu::ReferenceCpu { reg: hp.reg, bias_reg: hp.bias_reg })
         } else {
             Box::new(cpu::HogwildCpu::new(hp.reg, hp.bias_reg, spec.threads))
         }
     };
     if spec.backend == BackendChoice::Cpu {
-        return Ok(Opened {
-            backend: cpu_backend(),
-            layout: None,
-            notice: None,
-        });
+        return Ok(Opened { backend: cpu_backend(), layout: None, notice: None });
     }
     let ctx = match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
         Ok(ctx) => ctx,
-        Err(Error::NoAdapter { hint, .. })
-            if spec.backend == BackendChoice::Auto && spec.adapter.is_none() =>
-        {
+        Err(Error::NoAdapter { hint, .. }) if spec.backend == BackendChoice::Auto && spec.adapter.is_none() => {
             return Ok(Opened {
                 backend: cpu_backend(),
                 layout: None,
-                notice: Some(format!(
-                    "no GPU adapter found ({hint}); training on the CPU backend instead"
-                )),
+                notice: Some(format!("no GPU adapter found ({hint}); training on the CPU backend instead")),
             });
         }
         Err(e) => return Err(e),
@@ -86,16 +71,9 @@ pub fn open_backend(
     let slab_bytes = match spec.device_memory {
         Some(b) => b.resolve(tables),
         None => {
-            let needed = crate::stage::max_distinct_rows(
-                &data.train,
-                &first_order,
-                settings.batch,
-                data.users.len(),
-            ) as u64;
-            Budget::Percent(AUTO_SHARE)
-                .resolve(tables)
-                .max(needed * row_bytes)
-                .min(ctx.summary.max_slab_bytes() & !3)
+            let needed =
+                crate::stage::max_distinct_rows(&data.train, &first_order, settings.batch, data.users.len()) as u64;
+            Budget::Percent(AUTO_SHARE).resolve(tables).max(needed * row_bytes).min(ctx.summary.max_slab_bytes() & !3)
         }
     };
     let setup = GpuSetup {
@@ -114,9 +92,5 @@ pub fn open_backend(
     };
     let gpu = GpuBackend::new(ctx, &setup)?;
     let layout = gpu.layout().clone();
-    Ok(Opened {
-        backend: Box::new(gpu),
-        layout: Some(layout),
-        notice: None,
-    })
+    Ok(Opened { backend: Box::new(gpu), layout: Some(layout), notice: None })
 }
