@@ -24,7 +24,8 @@ fn main() -> rowstage::Result<()> {
             backend: BackendChoice::Auto,
             adapter: None,
             device_memory: Some(Budget::Percent(10.0)),
-            policy: PolicyKind::Static,
+            policy: PolicyKind::Sca,
+            lookahead: 32,
             threads: 2,
         },
     )?;
@@ -34,7 +35,7 @@ fn main() -> rowstage::Result<()> {
     let mut backend = opened.backend;
     println!("training {} on {} ({})", data.name, backend.adapter(), backend.kind());
     if let Some(l) = &opened.layout {
-        println!("slab: {} = {} slots, {} resident", human_bytes(l.slab_bytes), l.slots, l.resident);
+        println!("slab: {} = {} slots, {} resident", human_bytes(l.slab_bytes), l.slots, l.areas.resident);
     }
     let out = train(&data, &settings, backend.as_mut(), &mut |e| {
         println!(

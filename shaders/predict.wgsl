@@ -1,7 +1,9 @@
-// predict: clamped predictions of (slot_u, slot_i, rating) samples and, per
+// predict: clamped predictions of (loc_u, loc_i, rating) samples and, per
 // workgroup, the sum of squared and of absolute errors (the host adds the
-// workgroups in f64). A slot of 0xFFFFFFFF marks a user or item unseen in
-// training: that side adds neither bias nor factors.
+// workgroups in f64). A location is a slot of the slab, or, with its top bit
+// set, a row of the upload window staged read-only for this step (evaluation
+// never changes what the slab holds). 0xFFFFFFFF marks a user or item unseen
+// in training: that side adds neither bias nor factors.
 
 struct Params {
     first: u32,
@@ -18,8 +20,17 @@ struct Params {
 @group(0) @binding(1) var<storage, read> samples: array<u32>;  // 3 words per sample
 @group(0) @binding(2) var<storage, read_write> sums: array<vec2<f32>>;
 @group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read> window: array<vec4<f32>>;
 
 const UNKNOWN: u32 = 0xFFFFFFFFu;
+const IN_WINDOW: u32 = 0x80000000u;
+
+fn row_vec(loc: u32, c: u32) -> vec4<f32> {
+    if ((loc & IN_WINDOW) != 0u) {
+        return window[(loc & ~IN_WINDOW) * params.row_vec4 + c];
+    }
+    return slab[loc * params.row_vec4 + c];
+}
 
 var<workgroup> partial: array<vec2<f32>, 64>;
 
@@ -41,10 +52,10 @@ fn predict(
         let bl = params.rank % 4u;
         var pred = params.mean;
         if (su != UNKNOWN) {
-            pred += slab[su * params.row_vec4 + bv][bl];
+            pred += row_vec(su, bv)[bl];
         }
         if (si != UNKNOWN) {
-            pred += slab[si * params.row_vec4 + bv][bl];
+            pred += row_vec(si, bv)[bl];
         }
         if (su != UNKNOWN && si != UNKNOWN) {
             let k = vec4<u32>(params.rank);
@@ -52,7 +63,7 @@ fn predict(
             var acc = vec4<f32>(0.0);
             for (var c = 0u; c < params.row_vec4; c++) {
                 let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
-                acc += slab[su * params.row_vec4 + c] * slab[si * params.row_vec4 + c] * m;
+                acc += row_vec(su, c) * row_vec(si, c) * m;
             }
             pred += acc.x + acc.y + acc.z + acc.w;
         }

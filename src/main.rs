@@ -122,6 +122,9 @@ struct TrainArgs {
     /// Which rows stay on the device.
     #[arg(long, value_enum, default_value = "static")]
     policy: PolicyKind,
+    /// Horizon of --policy lookahead, in batches.
+    #[arg(long, default_value_t = 32, value_name = "L")]
+    lookahead: usize,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -307,6 +310,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         adapter: a.adapter.clone(),
         device_memory: budget,
         policy: a.policy,
+        lookahead: a.lookahead,
         threads,
     };
     let opened = train::open_backend(&data, &settings, &spec)?;
@@ -327,14 +331,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
     if let Some(l) = &opened.layout {
         out.line(&format!(
-            "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} staging; transfer windows {}",
+            "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} cache/staging; transfer windows {}",
             human_bytes(l.slab_bytes),
             l.slots,
             l.row_bytes,
             100.0 * l.slab_bytes as f64 / tables.max(1) as f64,
             human_bytes(tables),
-            l.resident,
-            l.slots - l.resident,
+            l.areas.resident,
+            l.slots - l.areas.resident,
             human_bytes(l.window_bytes()),
         ));
     }
@@ -379,7 +383,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "device_memory": a.device_memory,
         "device_memory_bytes": layout.map(|l| l.slab_bytes),
         "slots": layout.map(|l| l.slots),
-        "resident_slots": layout.map(|l| l.resident),
+        "resident_slots": layout.map(|l| l.areas.resident),
+        "cache_slots": layout.map(|l| l.areas.cache),
+        "staging_slots": layout.map(|l| l.areas.staging),
+        "lookahead": a.lookahead,
         "row_bytes": layout.map(|l| l.row_bytes),
         "policy": a.policy.name(),
         "threads": threads,

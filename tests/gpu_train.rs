@@ -53,6 +53,8 @@ fn gpu_backend(ctx: rowstage::gpu::GpuContext, data: &Dataset, s: &TrainSettings
             batch: s.batch,
             deterministic: s.deterministic,
             slab_bytes,
+            policy: rowstage::stage::PolicyKind::Static,
+            lookahead: 32,
             mean: data.mean(),
             range: data.range(),
             n_users: data.users.len(),
@@ -93,7 +95,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
             eprintln!(
                 "{backend:?} {label}: slots {} resident {} window {}; max |Δ| = {d:.2e}; test RMSE gpu {:.6} cpu {:.6}; rows in {} out {}",
                 layout.slots,
-                layout.resident,
+                layout.areas.resident,
                 layout.window,
                 out.final_metrics.rmse,
                 want_rmse,
@@ -111,7 +113,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
                 out.final_metrics.rmse
             );
             if label == "staged every batch" {
-                assert!(layout.resident < layout.slots);
+                assert!(layout.areas.resident < layout.slots);
                 assert!(out.epochs[1].ledger.rows_in() > 0, "a small budget must stage rows every epoch");
             } else {
                 assert_eq!(

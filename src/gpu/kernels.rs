@@ -7,6 +7,7 @@
 //! | 1 | upload window (r) | download window (rw) | samples (r) | samples (r) |
 //! | 2 | slots (r) | slots (r) | loss (rw) | error sums (rw) |
 //! | 3 | params (uniform, dynamic offset) | same | same | same |
+//! | 4 | | | | upload window (r): rows staged read-only for evaluation |
 
 /// WGSL source of every kernel, by name: what the shader test validates.
 pub const SHADERS: [(&str, &str); 4] = [
@@ -103,14 +104,15 @@ fn params_entry() -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3]) -> Kernel {
+fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3], extra_read: bool) -> Kernel {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(name),
         source: wgpu::ShaderSource::Wgsl(source.into()),
     });
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(&format!("{name} bind group layout")),
-        entries: &[storage(0, !rw[0]), storage(1, !rw[1]), storage(2, !rw[2]), params_entry()],
+        entries: &[storage(0, !rw[0]), storage(1, !rw[1]), storage(2, !rw[2]), params_entry(), storage(4, true)]
+            [..if extra_read { 5 } else { 4 }],
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&format!("{name} pipeline layout")),
@@ -132,10 +134,10 @@ impl Kernels {
     pub fn new(device: &wgpu::Device) -> Self {
         let src = |n: &str| SHADERS.iter().find(|(k, _)| *k == n).expect("known kernel").1;
         Kernels {
-            scatter: kernel(device, "scatter_rows", src("scatter_rows"), [true, false, false]),
-            gather: kernel(device, "gather_rows", src("gather_rows"), [false, true, false]),
-            sgd: kernel(device, "sgd", src("sgd"), [true, false, true]),
-            predict: kernel(device, "predict", src("predict"), [false, false, true]),
+            scatter: kernel(device, "scatter_rows", src("scatter_rows"), [true, false, false], false),
+            gather: kernel(device, "gather_rows", src("gather_rows"), [false, true, false], false),
+            sgd: kernel(device, "sgd", src("sgd"), [true, false, true], false),
+            predict: kernel(device, "predict", src("predict"), [false, false, true], true),
         }
     }
 }

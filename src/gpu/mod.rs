@@ -32,7 +32,7 @@ use kernels::{Kernels, MoveParams, PARAMS_SIZE, PARAMS_STRIDE, PredictParams, Sg
 use crate::data::Rating;
 use crate::error::{Error, Result};
 use crate::model::{Metrics, MetricsAcc, Model};
-use crate::stage::{Ledger, Moves, Stager, human_bytes};
+use crate::stage::{Areas, Ledger, Moves, PolicyKind, Stager, human_bytes};
 use crate::train::{Backend, EpochTrain};
 
 /// How long one wait on the device may take before it is an error.
@@ -58,7 +58,7 @@ pub struct GpuLayout {
     pub slab_bytes: u64,
     pub row_bytes: u64,
     pub slots: u32,
-    pub resident: u32,
+    pub areas: Areas,
     /// Rows one step may stage in (the transfer windows' size in rows).
     pub window: u32,
     /// Samples one step may hold.
@@ -203,6 +203,9 @@ pub struct GpuSetup<'a> {
     pub batch: usize,
     pub deterministic: bool,
     pub slab_bytes: u64,
+    pub policy: PolicyKind,
+    /// `lookahead`'s horizon in batches.
+    pub lookahead: usize,
     pub mean: f32,
     pub range: (f32, f32),
     pub n_users: usize,
@@ -249,7 +252,7 @@ fn params_entry(buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
 /// Checks the budget against the adapter and the batch, and splits it into
 /// resident and staging slots.
 pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayout> {
-    use crate::stage::{access_counts, max_distinct_rows, static_resident};
+    use crate::stage::{access_counts, max_distinct_rows, plan_areas};
     let row_bytes = (crate::model::row_stride(setup.rank) * 4) as u64;
     let limit = adapter.max_slab_bytes();
     if setup.slab_bytes > limit {
@@ -279,13 +282,13 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
         });
     }
     let counts = access_counts(setup.train, setup.n_users, setup.n_items);
-    let resident = static_resident(setup.train, setup.first_order, setup.batch, &counts, setup.n_users, slots) as u32;
-    let window = (slots - resident).min(needed).max(2);
+    let areas = plan_areas(setup.policy, slots, setup.train, setup.first_order, setup.batch, &counts, setup.n_users);
+    let window = needed.min(slots).max(2);
     Ok(GpuLayout {
         slab_bytes: setup.slab_bytes,
         row_bytes,
         slots,
-        resident,
+        areas,
         window,
         max_samples: setup.batch.max(1) as u32,
     })
@@ -342,10 +345,29 @@ impl GpuBackend {
             scatter: group("scatter_rows bind group", &kernels.scatter, [&b.slab, &b.upload, &b.load_slots]),
             gather: group("gather_rows bind group", &kernels.gather, [&b.slab, &b.download, &b.out_slots]),
             sgd: group("sgd bind group", &kernels.sgd, [&b.slab, &b.samples, &b.loss]),
-            predict: group("predict bind group", &kernels.predict, [&b.slab, &b.samples, &b.sums]),
+            predict: device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("predict bind group"),
+                layout: &kernels.predict.layout,
+                entries: &[
+                    entry(0, &b.slab),
+                    entry(1, &b.samples),
+                    entry(2, &b.sums),
+                    params_entry(&b.params),
+                    entry(4, &b.upload),
+                ],
+            }),
         };
-        let policy = Box::new(crate::stage::StaticPolicy { resident: layout.resident as usize });
-        let stager = Stager::new(policy, setup.n_users as u32, setup.n_items as u32, layout.slots, layout.window);
+        let counts = crate::stage::access_counts(setup.train, setup.n_users, setup.n_items);
+        let horizon = (setup.lookahead * setup.batch * 2).min(u32::MAX as usize) as u32;
+        let stager = Stager::new(
+            setup.policy,
+            layout.areas,
+            setup.n_users as u32,
+            setup.n_items as u32,
+            layout.window,
+            &counts,
+            horizon,
+        );
         let mut me = GpuBackend {
             kernels,
             rank: setup.rank as u32,
@@ -373,9 +395,7 @@ impl GpuBackend {
             layout,
             ctx,
         };
-        let counts = crate::stage::access_counts(setup.train, setup.n_users, setup.n_items);
-        let placed = me.stager.place_resident(&counts);
-        me.moves.load = placed;
+        me.moves.load = me.stager.resident();
         me.check()?;
         Ok(me)
     }
@@ -578,7 +598,7 @@ impl GpuBackend {
     /// One device step of training on `ratings` (which fit the slab).
     fn train_step(&mut self, model: &mut Model, ratings: &[Rating], lr: f32) -> Result<()> {
         let mut moves = std::mem::take(&mut self.moves);
-        self.stager.stage(ratings, true, &mut moves, &mut self.ledger);
+        self.stager.stage(ratings, &mut moves, &mut self.ledger);
         self.moves = moves;
         self.ledger.steps += 1;
         self.write_loads(model);
@@ -679,7 +699,7 @@ impl GpuBackend {
     /// read-only (nothing is written back) and returns the error sums.
     fn eval_step(&mut self, model: &Model, ratings: &[Rating]) -> Result<MetricsAcc> {
         let mut moves = std::mem::take(&mut self.moves);
-        self.stager.stage(ratings, false, &mut moves, &mut self.ledger);
+        self.stager.stage_eval(ratings, &mut moves, &mut self.ledger);
         self.moves = moves;
         self.write_loads(model);
         self.sample_host.clear();
@@ -687,8 +707,6 @@ impl GpuBackend {
             self.sample_host.extend_from_slice(&[self.moves.slot_u[j], self.moves.slot_i[j], r.value.to_bits()]);
         }
         self.write_samples();
-        let n_load = self.moves.load.len();
-        self.set_block(BLOCK_SCATTER, self.move_params(0, n_load));
         self.set_block(
             BLOCK_KERNEL,
             PredictParams {
@@ -709,10 +727,6 @@ impl GpuBackend {
                 label: Some("evaluation step"),
                 timestamp_writes: None,
             });
-            if n_load > 0 {
-                let n = n_load as u64 * self.row_vec4 as u64;
-                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n);
-            }
             self.dispatch(&mut pass, &self.kernels.predict, &self.bind.predict, BLOCK_KERNEL, ratings.len() as u64);
         }
         let groups = (ratings.len() as u64).div_ceil(WORKGROUP as u64);
@@ -732,12 +746,13 @@ impl GpuBackend {
         &mut self,
         ratings: &[Rating],
         max: usize,
+        train: bool,
         mut f: impl FnMut(&mut Self, &[Rating]) -> Result<()>,
     ) -> Result<()> {
         for batch in ratings.chunks(max.max(1)) {
             let mut rest = batch;
             while !rest.is_empty() {
-                let n = self.stager.prefix_that_fits(rest);
+                let n = if train { self.stager.prefix_that_fits(rest) } else { self.stager.eval_prefix(rest) };
                 if n < rest.len() {
                     self.ledger.splits += 1;
                 }
@@ -763,6 +778,7 @@ impl Backend for GpuBackend {
         if !self.resident_loaded {
             self.load_resident(model)?;
         }
+        self.stager.begin_epoch(train, order);
         let mut enc = self.encoder("clear loss");
         enc.clear_buffer(&self.buffers.loss, 0, None);
         self.ctx.queue.submit([enc.finish()]);
@@ -770,7 +786,7 @@ impl Backend for GpuBackend {
         for chunk in order.chunks(self.layout.max_samples as usize) {
             batch.clear();
             batch.extend(chunk.iter().map(|&i| train[i as usize]));
-            self.for_each_step(&batch, batch.len(), |me, step| me.train_step(model, step, lr))?;
+            self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step, lr))?;
         }
         let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
         let loss = self.buffers.loss.clone();
@@ -786,7 +802,7 @@ impl Backend for GpuBackend {
         }
         let mut acc = MetricsAcc::default();
         let max = self.layout.max_samples as usize;
-        self.for_each_step(test, max, |me, step| {
+        self.for_each_step(test, max, false, |me, step| {
             let a = me.eval_step(model, step)?;
             acc.merge(&a);
             Ok(())

@@ -11,64 +11,18 @@
 
 mod budget;
 mod ledger;
+pub mod policy;
+pub mod sca;
 
 pub use budget::{Budget, human_bytes};
 pub use ledger::Ledger;
+pub use policy::{NEVER, Policy, PolicyKind, next_uses};
 
 use crate::data::{Rating, UNKNOWN};
 
 /// No slot / no row. Equal to [`UNKNOWN`], so that an unseen id's slot is the
 /// kernels' "unknown" marker.
 pub const NONE: u32 = u32::MAX;
-
-/// The staging policies (`--policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyKind {
-    /// The rows most frequent in training stay resident; the rest are staged
-    /// per batch and written back.
-    Static,
-}
-
-impl PolicyKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            PolicyKind::Static => "static",
-        }
-    }
-}
-
-/// What a cache policy decides. The [`Stager`] calls it; it never touches the
-/// slot map itself.
-pub trait Policy: Send {
-    fn name(&self) -> &'static str;
-    /// Rows to load before training and keep in slots `0..len` for good.
-    /// `counts` are training accesses per global row.
-    fn resident(&mut self, counts: &[u32]) -> Vec<u32>;
-    /// Every access in batch order, hits and misses (for recency or frequency state).
-    fn touch(&mut self, _row: u32, _slot: u32, _hit: bool) {}
-    /// After a batch: whether a row staged in for it stays cached. `false`
-    /// means it is written back and its slot freed at once.
-    fn keep(&mut self, _row: u32, _slot: u32) -> bool {
-        false
-    }
-}
-
-/// `static`: the `resident` most frequent rows stay; every other row is
-/// staged for its batch and written back after it.
-pub struct StaticPolicy {
-    pub resident: usize,
-}
-
-impl Policy for StaticPolicy {
-    fn name(&self) -> &'static str {
-        "static"
-    }
-
-    fn resident(&mut self, counts: &[u32]) -> Vec<u32> {
-        top_rows(counts, self.resident)
-    }
-}
 
 /// The `n` rows with the most accesses (ties by lower id), most frequent first.
 /// One global order over both tables: with equal row sizes this is the exact
@@ -117,52 +71,123 @@ impl Moves {
     }
 }
 
-/// The slot map and the per-batch staging decisions.
+/// How the slab's slots are split: `resident` rows kept for good (slots
+/// `0..resident`), a `cache` area the policy manages (kept across steps), and
+/// a `staging` area for rows that stay one step only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Areas {
+    pub resident: u32,
+    pub cache: u32,
+    pub staging: u32,
+}
+
+impl Areas {
+    pub fn slots(&self) -> u32 {
+        self.resident + self.cache + self.staging
+    }
+}
+
+/// The slot map and the per-step staging decisions, the same for every
+/// policy and for the simulator.
 pub struct Stager {
     policy: Box<dyn Policy>,
+    areas: Areas,
     n_users: u32,
     slot_of: Vec<u32>,
     row_of: Vec<u32>,
-    free: Vec<u32>,
-    /// Rows staged for the current batch that the policy may release.
+    free_cache: Vec<u32>,
+    free_staging: Vec<u32>,
+    cached: u32,
+    /// Rows staged for the current step only.
     staged: Vec<Placed>,
-    /// Per global row: the stamp of the last batch scan that saw it.
+    /// Per global row: the stamp of the last step scan that saw it.
     seen: Vec<u32>,
     stamp: u32,
-    /// Most rows one batch may stage in (the transfer window).
+    /// Most rows one step may stage in (the transfer window).
     window: u32,
-    resident: u32,
+    /// Trace position of the next access in the epoch.
+    pos: u32,
+    /// Evaluation: window index of a row staged read-only in this step.
+    win: Vec<u32>,
+    /// The epoch's access trace and next uses (look-ahead policies only).
+    trace: Vec<u32>,
+    next: Vec<u32>,
+    future: bool,
 }
 
+/// Marks a location in the upload window rather than a slot (evaluation).
+pub const IN_WINDOW: u32 = 1 << 31;
+
 impl Stager {
-    /// A stager over `slots` slots for `n_users + n_items` rows; `window` bounds
-    /// the rows staged in per batch.
-    pub fn new(policy: Box<dyn Policy>, n_users: u32, n_items: u32, slots: u32, window: u32) -> Self {
+    /// A stager for `n_users + n_items` rows over `areas`; `window` bounds the
+    /// rows staged in per step.
+    pub fn new(
+        kind: PolicyKind,
+        areas: Areas,
+        n_users: u32,
+        n_items: u32,
+        window: u32,
+        counts: &[u32],
+        lookahead_accesses: u32,
+    ) -> Self {
         let n = (n_users + n_items) as usize;
-        Stager {
+        let policy: Box<dyn Policy> = match kind {
+            PolicyKind::None => Box::new(policy::NoCache("none")),
+            PolicyKind::Static => Box::new(policy::NoCache("static")),
+            PolicyKind::Sca => Box::new(policy::NoCache("sca")),
+            PolicyKind::Lru => Box::new(policy::Lru::new(n)),
+            PolicyKind::Lfu => Box::new(policy::Lfu::new(n)),
+            PolicyKind::Lookahead => {
+                Box::new(policy::FurthestNextUse::lookahead(n, lookahead_accesses, counts.to_vec()))
+            }
+            PolicyKind::Belady => Box::new(policy::FurthestNextUse::belady(n)),
+        };
+        let slots = areas.slots();
+        let r = areas.resident;
+        let c = r + areas.cache;
+        let mut me = Stager {
             policy,
+            areas,
             n_users,
             slot_of: vec![NONE; n],
             row_of: vec![NONE; slots as usize],
-            free: (0..slots).rev().collect(),
+            free_cache: (r..c).rev().collect(),
+            free_staging: (c..slots).rev().collect(),
+            cached: 0,
             staged: Vec::new(),
             seen: vec![0; n],
             stamp: 0,
             window: window.max(2),
-            resident: 0,
+            pos: 0,
+            win: vec![0; n],
+            trace: Vec::new(),
+            next: Vec::new(),
+            future: kind.needs_future(),
+        };
+        let resident = me.policy.resident(counts, areas.resident as usize);
+        for (slot, &row) in resident.iter().enumerate() {
+            me.slot_of[row as usize] = slot as u32;
+            me.row_of[slot] = row;
         }
+        me.areas.resident = resident.len() as u32;
+        me
     }
 
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()
     }
 
+    pub fn areas(&self) -> Areas {
+        self.areas
+    }
+
     pub fn slots(&self) -> u32 {
         self.row_of.len() as u32
     }
 
-    pub fn resident_rows(&self) -> u32 {
-        self.resident
+    /// The resident rows and their slots: to be staged in before training.
+    pub fn resident(&self) -> Vec<Placed> {
+        (0..self.areas.resident).map(|slot| Placed { row: self.row_of[slot as usize], slot }).collect()
     }
 
     /// Global row of a user.
@@ -193,27 +218,8 @@ impl Stager {
         self.slot_of[row as usize]
     }
 
-    /// Asks the policy for its resident set, places it in the lowest slots and
-    /// returns the placements (to be staged in before training).
-    pub fn place_resident(&mut self, counts: &[u32]) -> Vec<Placed> {
-        let rows = self.policy.resident(counts);
-        let rows = &rows[..rows.len().min(self.row_of.len())];
-        let placed: Vec<Placed> = rows.iter().map(|&row| self.occupy(row)).collect();
-        self.resident = placed.len() as u32;
-        placed
-    }
-
-    fn occupy(&mut self, row: u32) -> Placed {
-        let slot = self.free.pop().expect("caller checked capacity");
-        self.slot_of[row as usize] = slot;
-        self.row_of[slot as usize] = row;
-        Placed { row, slot }
-    }
-
-    fn vacate(&mut self, p: Placed) {
-        self.slot_of[p.row as usize] = NONE;
-        self.row_of[p.slot as usize] = NONE;
-        self.free.push(p.slot);
+    fn is_cache_slot(&self, slot: u32) -> bool {
+        slot >= self.areas.resident && slot < self.areas.resident + self.areas.cache
     }
 
     fn next_stamp(&mut self) -> u32 {
@@ -225,22 +231,171 @@ impl Stager {
         self.stamp
     }
 
-    /// How many leading ratings of `ratings` fit in one device step: their
-    /// distinct missing rows must fit in the free slots and the window. Always
-    /// at least 1 when two slots are free (the budget check guarantees it).
+    /// Starts an epoch that will stage `train[order[..]]` in that order:
+    /// resets the trace position and, for policies that look ahead, computes
+    /// every access's next use in one backward pass.
+    pub fn begin_epoch(&mut self, train: &[Rating], order: &[u32]) {
+        self.pos = 0;
+        if self.future {
+            self.trace.clear();
+            for &j in order {
+                let r = &train[j as usize];
+                self.trace.push(self.user_row(r.user));
+                self.trace.push(self.item_row(r.item));
+            }
+            next_uses(&self.trace, self.slot_of.len(), &mut self.next);
+            self.policy.begin_epoch(&self.next);
+        }
+    }
+
+    /// How many leading ratings of `ratings` fit in one training step: their
+    /// distinct missing rows must fit in the free and evictable slots and in
+    /// the window. At least 1 (the budget check guarantees a rating fits).
     pub fn prefix_that_fits(&mut self, ratings: &[Rating]) -> usize {
-        let cap = (self.free.len() as u32).min(self.window);
         let stamp = self.next_stamp();
+        let free = (self.free_cache.len() + self.free_staging.len()) as u32;
+        let mut evictable = self.cached;
         let mut misses = 0u32;
         for (n, r) in ratings.iter().enumerate() {
             let rows = self.rows_of(r);
             let mut need = 0;
-            for row in rows.into_iter().filter(|&row| row != NONE) {
-                if self.slot_of[row as usize] == NONE && self.seen[row as usize] != stamp {
+            let mut pin = 0;
+            for row in rows.into_iter().filter(|&row| row != NONE && self.seen[row as usize] != stamp) {
+                let slot = self.slot_of[row as usize];
+                if slot == NONE {
                     need += 1;
+                } else if self.is_cache_slot(slot) {
+                    pin += 1;
                 }
             }
+            let cap = (free + evictable - pin).min(self.window);
             if misses + need > cap {
+                return n.max(1);
+            }
+            misses += need;
+            evictable -= pin;
+            for row in rows.into_iter().filter(|&row| row != NONE) {
+                self.seen[row as usize] = stamp;
+            }
+        }
+        ratings.len()
+    }
+
+    /// Maps one training step onto slots. Fills `moves` (evictions, loads,
+    /// releases, slot pairs) and counts hits, misses, rows in and out on
+    /// `ledger`. `ratings` must fit (see [`Stager::prefix_that_fits`]) and come
+    /// in epoch order after [`Stager::begin_epoch`].
+    pub fn stage(&mut self, ratings: &[Rating], moves: &mut Moves, ledger: &mut Ledger) {
+        moves.clear();
+        self.staged.clear();
+        let stamp = self.next_stamp();
+        for r in ratings {
+            let rows = self.rows_of(r);
+            let mut slots = [0u32; 2];
+            for (k, row) in rows.into_iter().enumerate() {
+                let pos = self.pos;
+                self.pos += 1;
+                let first = self.seen[row as usize] != stamp;
+                self.seen[row as usize] = stamp;
+                let slot = self.slot_of[row as usize];
+                let resident = slot != NONE && slot < self.areas.resident;
+                if !resident {
+                    self.policy.touch(row, pos);
+                }
+                slots[k] = if slot != NONE {
+                    if first {
+                        ledger.hit(self.is_user(row));
+                    }
+                    slot
+                } else {
+                    ledger.miss(self.is_user(row));
+                    ledger.row_in(self.is_user(row), true);
+                    let p = self.place_miss(row, stamp, moves, ledger);
+                    moves.load.push(p);
+                    p.slot
+                };
+            }
+            moves.slot_u.push(slots[0]);
+            moves.slot_i.push(slots[1]);
+        }
+        let staged = std::mem::take(&mut self.staged);
+        for &p in &staged {
+            self.slot_of[p.row as usize] = NONE;
+            self.row_of[p.slot as usize] = NONE;
+            self.free_staging.push(p.slot);
+            moves.release.push(p);
+            ledger.row_out(self.is_user(p.row));
+        }
+        self.staged = staged;
+    }
+
+    /// A slot for a missed row: a cache slot (free, or a victim's) if the
+    /// policy admits it, else a staging slot for this step; a victim's slot as
+    /// the last resort.
+    fn place_miss(&mut self, row: u32, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Placed {
+        let admit = self.areas.cache > 0 && self.policy.admit(row, !self.free_cache.is_empty());
+        let slot = if admit || self.free_staging.is_empty() {
+            match self.free_cache.pop() {
+                Some(s) => Some(s),
+                None => self.evict(stamp, moves, ledger),
+            }
+        } else {
+            None
+        };
+        match slot {
+            Some(slot) => {
+                self.cached += 1;
+                self.policy.cached(row);
+                self.slot_of[row as usize] = slot;
+                self.row_of[slot as usize] = row;
+                Placed { row, slot }
+            }
+            None => {
+                let slot = match self.free_staging.pop() {
+                    Some(s) => s,
+                    None => self.evict(stamp, moves, ledger).expect("prefix_that_fits guarantees a slot"),
+                };
+                let p = Placed { row, slot };
+                self.slot_of[row as usize] = slot;
+                self.row_of[slot as usize] = row;
+                if self.is_cache_slot(slot) {
+                    self.cached += 1;
+                    self.policy.cached(row);
+                } else {
+                    self.staged.push(p);
+                }
+                p
+            }
+        }
+    }
+
+    /// Evicts the policy's victim (never a row of the current step) and
+    /// returns its slot, now taken by the caller.
+    fn evict(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Option<u32> {
+        let seen = &self.seen;
+        let victim = self.policy.victim(&|r| seen[r as usize] == stamp)?;
+        let slot = self.slot_of[victim as usize];
+        self.policy.evicted(victim);
+        self.cached -= 1;
+        self.slot_of[victim as usize] = NONE;
+        self.row_of[slot as usize] = NONE;
+        moves.evict.push(Placed { row: victim, slot });
+        ledger.row_out(self.is_user(victim));
+        Some(slot)
+    }
+
+    /// How many leading ratings of an evaluation step fit: their distinct
+    /// rows not in the slab must fit in the window.
+    pub fn eval_prefix(&mut self, ratings: &[Rating]) -> usize {
+        let stamp = self.next_stamp();
+        let mut misses = 0;
+        for (n, r) in ratings.iter().enumerate() {
+            let rows = self.rows_of(r);
+            let need = rows
+                .iter()
+                .filter(|&&row| row != NONE && self.slot_of[row as usize] == NONE && self.seen[row as usize] != stamp)
+                .count() as u32;
+            if misses + need > self.window {
                 return n.max(1);
             }
             misses += need;
@@ -251,62 +406,36 @@ impl Stager {
         ratings.len()
     }
 
-    /// Maps one (sub-)batch onto slots. Fills `moves` and counts hits, misses
-    /// and rows in on `ledger`. Rows staged in here are released (and listed in
-    /// `moves.release`) unless the policy keeps them. `ratings` must fit (see
-    /// [`Stager::prefix_that_fits`]). With `train == false` (evaluation) the
-    /// ledger's evaluation counters are used and nothing is written back.
-    pub fn stage(&mut self, ratings: &[Rating], train: bool, moves: &mut Moves, ledger: &mut Ledger) {
+    /// Maps an evaluation step: rows in the slab by slot, other rows staged
+    /// read-only into the upload window (`IN_WINDOW | index`, listed in
+    /// `moves.load` with the index as slot). Policy state and the slot map do
+    /// not change, so evaluation never perturbs training.
+    pub fn stage_eval(&mut self, ratings: &[Rating], moves: &mut Moves, ledger: &mut Ledger) {
         moves.clear();
-        self.staged.clear();
         let stamp = self.next_stamp();
         for r in ratings {
-            let mut slots = [0u32; 2];
+            let mut locs = [NONE; 2];
             for (k, row) in self.rows_of(r).into_iter().enumerate() {
                 if row == NONE {
-                    slots[k] = NONE;
                     continue;
                 }
                 let slot = self.slot_of[row as usize];
-                let first = self.seen[row as usize] != stamp;
-                self.seen[row as usize] = stamp;
-                let slot = if slot != NONE {
-                    if first {
-                        self.policy.touch(row, slot, true);
-                        if train {
-                            ledger.hit(self.is_user(row));
-                        }
-                    }
+                locs[k] = if slot != NONE {
                     slot
+                } else if self.seen[row as usize] == stamp {
+                    IN_WINDOW | self.win[row as usize]
                 } else {
-                    let p = self.occupy(row);
-                    self.policy.touch(row, p.slot, false);
-                    moves.load.push(p);
-                    self.staged.push(p);
-                    if train {
-                        ledger.miss(self.is_user(row));
-                    }
-                    p.slot
+                    self.seen[row as usize] = stamp;
+                    let idx = moves.load.len() as u32;
+                    self.win[row as usize] = idx;
+                    moves.load.push(Placed { row, slot: idx });
+                    ledger.row_in(self.is_user(row), false);
+                    IN_WINDOW | idx
                 };
-                slots[k] = slot;
             }
-            moves.slot_u.push(slots[0]);
-            moves.slot_i.push(slots[1]);
+            moves.slot_u.push(locs[0]);
+            moves.slot_i.push(locs[1]);
         }
-        for &p in &moves.load {
-            ledger.row_in(self.is_user(p.row), train);
-        }
-        let staged = std::mem::take(&mut self.staged);
-        for &p in &staged {
-            if !self.policy.keep(p.row, p.slot) {
-                self.vacate(p);
-                if train {
-                    moves.release.push(p);
-                    ledger.row_out(self.is_user(p.row));
-                }
-            }
-        }
-        self.staged = staged;
     }
 
     /// Every occupied slot, for the final write-back of training.
@@ -398,6 +527,42 @@ pub fn static_resident(
     resident
 }
 
+/// Splits `slots` into areas for `kind`, given the training data and the
+/// first epoch's order (for `static`, which sizes staging to that order's
+/// worst batch).
+pub fn plan_areas(
+    kind: PolicyKind,
+    slots: u32,
+    train: &[Rating],
+    first_order: &[u32],
+    batch: usize,
+    counts: &[u32],
+    n_users: usize,
+) -> Areas {
+    let sca = || sca::CostModel::new(counts, train.len(), batch).split(slots, 1).0;
+    match kind {
+        PolicyKind::None => Areas { resident: 0, cache: 0, staging: slots },
+        PolicyKind::Static => {
+            let r = static_resident(train, first_order, batch, counts, n_users, slots) as u32;
+            Areas { resident: r, cache: 0, staging: slots - r }
+        }
+        PolicyKind::Sca => {
+            let r = sca();
+            Areas { resident: r, cache: 0, staging: slots - r }
+        }
+        PolicyKind::Lookahead => {
+            let r = sca();
+            Areas { resident: r, cache: slots - r, staging: 0 }
+        }
+        PolicyKind::Lru | PolicyKind::Belady => Areas { resident: 0, cache: slots, staging: 0 },
+        PolicyKind::Lfu => {
+            // A reserve for rows LFU does not admit: an eighth of the slab.
+            let staging = (slots / 8).max(1).min(slots);
+            Areas { resident: 0, cache: slots - staging, staging }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,23 +577,26 @@ mod tests {
         assert_eq!(top_rows(&[0, 0], 5), Vec::<u32>::new());
     }
 
+    fn stager(kind: PolicyKind, areas: Areas, users: u32, items: u32, counts: &[u32]) -> Stager {
+        Stager::new(kind, areas, users, items, 64, counts, 8)
+    }
+
     #[test]
     fn static_stager_hits_resident_and_releases_the_rest() {
         // 2 users, 3 items: global rows 0,1 | 2,3,4.
         let ratings = [r(0, 0), r(0, 1), r(1, 2), r(0, 0)];
         let counts = access_counts(&ratings, 2, 3);
-        let mut st = Stager::new(Box::new(StaticPolicy { resident: 2 }), 2, 3, 5, 16);
-        let placed = st.place_resident(&counts);
+        let mut st = stager(PolicyKind::Static, Areas { resident: 2, cache: 0, staging: 3 }, 2, 3, &counts);
         // User 0 (3 uses) and item 0 (2 uses) are resident.
-        assert_eq!(placed.iter().map(|p| p.row).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(st.resident().iter().map(|p| p.row).collect::<Vec<_>>(), vec![0, 2]);
         let mut ledger = Ledger::default();
         let mut moves = Moves::default();
         assert_eq!(st.prefix_that_fits(&ratings), 4);
-        st.stage(&ratings, true, &mut moves, &mut ledger);
+        st.begin_epoch(&ratings, &[0, 1, 2, 3]);
+        st.stage(&ratings, &mut moves, &mut ledger);
         // Misses: item 1 (row 3), user 1 (row 1), item 2 (row 4).
         assert_eq!(moves.load.len(), 3);
-        assert_eq!(ledger.misses(), 3);
-        assert_eq!(ledger.hits(), 2); // user 0 and item 0, once each
+        assert_eq!((ledger.misses(), ledger.hits()), (3, 2));
         assert_eq!(moves.release.len(), 3);
         assert_eq!(moves.slot_u[0], moves.slot_u[3]);
         assert_eq!(moves.slot_i[0], st.slot_of(2));
@@ -437,13 +605,56 @@ mod tests {
     }
 
     #[test]
-    fn prefix_stops_when_staging_is_full() {
+    fn prefix_stops_when_slots_or_window_run_out() {
         let ratings = [r(0, 0), r(1, 1), r(2, 2)];
-        let mut st = Stager::new(Box::new(StaticPolicy { resident: 0 }), 3, 3, 4, 16);
-        st.place_resident(&access_counts(&ratings, 3, 3));
+        let counts = access_counts(&ratings, 3, 3);
+        let mut st = stager(PolicyKind::None, Areas { resident: 0, cache: 0, staging: 4 }, 3, 3, &counts);
         assert_eq!(st.prefix_that_fits(&ratings), 2);
-        let mut st = Stager::new(Box::new(StaticPolicy { resident: 0 }), 3, 3, 6, 3);
+        let mut st = Stager::new(PolicyKind::None, Areas { resident: 0, cache: 0, staging: 6 }, 3, 3, 3, &counts, 8);
         assert_eq!(st.prefix_that_fits(&ratings), 1, "window of 3 rows");
+    }
+
+    /// Runs `batches` (each a list of (user, item)) through `kind` with `slots`
+    /// cache slots; returns (misses, rows out) over the trace.
+    fn run(kind: PolicyKind, areas: Areas, users: u32, items: u32, batches: &[&[(u32, u32)]]) -> (u64, u64) {
+        let all: Vec<Rating> = batches.iter().flat_map(|b| b.iter().map(|&(u, i)| r(u, i))).collect();
+        let counts = access_counts(&all, users as usize, items as usize);
+        let mut st = stager(kind, areas, users, items, &counts);
+        let order: Vec<u32> = (0..all.len() as u32).collect();
+        st.begin_epoch(&all, &order);
+        let (mut moves, mut ledger) = (Moves::default(), Ledger::default());
+        let mut at = 0;
+        for b in batches {
+            let step = &all[at..at + b.len()];
+            assert_eq!(st.prefix_that_fits(step), step.len());
+            st.stage(step, &mut moves, &mut ledger);
+            at += b.len();
+        }
+        (ledger.misses(), ledger.rows_out())
+    }
+
+    #[test]
+    fn policies_on_a_hand_made_trace() {
+        // 1 user (row 0, in every batch) and items 0..4 (rows 1..5); 3 slots.
+        // Batches: {a}, {b}, {a}, {c}, {a}, {b} with a, b, c items 0, 1, 2.
+        let t: [&[(u32, u32)]; 6] = [&[(0, 0)], &[(0, 1)], &[(0, 0)], &[(0, 2)], &[(0, 0)], &[(0, 1)]];
+        let cache3 = Areas { resident: 0, cache: 3, staging: 0 };
+        // none: every row of every batch is staged in: 2 per batch.
+        assert_eq!(run(PolicyKind::None, Areas { resident: 0, cache: 0, staging: 3 }, 1, 3, &t).0, 12);
+        // LRU, 3 slots: u,a | b | hit | c evicts b (LRU) | hit | b evicts c → misses u,a,b,c,b = 5.
+        assert_eq!(run(PolicyKind::Lru, cache3, 1, 3, &t).0, 5);
+        // Belady: at c, evict the one used furthest (b at 6 vs a at 5): b; then b again: 5 as well;
+        // with 3 slots nothing better exists (u, a, b, c are 4 rows).
+        assert_eq!(run(PolicyKind::Belady, cache3, 1, 3, &t).0, 5);
+        // With 2 slots one slot is left for items, and consecutive items
+        // differ: u plus all 6 items miss under any policy.
+        let cache2 = Areas { resident: 0, cache: 2, staging: 0 };
+        let (belady2, _) = run(PolicyKind::Belady, cache2, 1, 3, &t);
+        let (lru2, _) = run(PolicyKind::Lru, cache2, 1, 3, &t);
+        assert_eq!((belady2, lru2), (7, 7));
+        // static with user 0 and item 0 resident and 1 staging slot: misses b, c, b.
+        let st = Areas { resident: 2, cache: 0, staging: 1 };
+        assert_eq!(run(PolicyKind::Static, st, 1, 3, &t).0, 3);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct BackendSpec {
     /// budget that holds a batch, capped at the adapter's largest binding.
     pub device_memory: Option<Budget>,
     pub policy: PolicyKind,
+    /// `lookahead`'s horizon in batches.
+    pub lookahead: usize,
     pub threads: usize,
 }
 
@@ -83,6 +85,8 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
         batch: settings.batch,
         deterministic: settings.deterministic,
         slab_bytes,
+        policy: spec.policy,
+        lookahead: spec.lookahead,
         mean: data.mean(),
         range: data.range(),
         n_users: data.users.len(),
