@@ -40,6 +40,9 @@ enum Command {
     Eval(EvalArgs),
     /// Print a user's top items with their predicted ratings.
     Recommend(RecommendArgs),
+    /// Replay training's batch sequence through staging policies and budgets,
+    /// without kernels, and count what each would move.
+    Simulate(SimulateArgs),
     /// List every GPU adapter wgpu finds, with the limits that matter here.
     Devices(DevicesArgs),
 }
@@ -176,6 +179,32 @@ struct RecommendArgs {
 }
 
 #[derive(Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Budgets to compare, comma-separated (sizes or shares of the tables).
+    #[arg(long, default_value = "1%,5%,10%,25%", value_name = "LIST")]
+    device_memory: String,
+    /// Policies to compare, comma-separated, or "all".
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    policy: String,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Horizon of the lookahead policy, in batches.
+    #[arg(long, default_value_t = 32, value_name = "L")]
+    lookahead: usize,
+    /// Write the results as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct DevicesArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -189,6 +218,7 @@ fn main() {
         Command::Train(a) => cmd_train(*a),
         Command::Eval(a) => cmd_eval(a),
         Command::Recommend(a) => cmd_recommend(a),
+        Command::Simulate(a) => cmd_simulate(a),
         Command::Devices(a) => cmd_devices(a),
     };
     if let Err(e) = result {
@@ -504,6 +534,111 @@ fn cmd_recommend(a: RecommendArgs) -> Result<()> {
         for (k, (i, s)) in scored.iter().enumerate() {
             println!("{:>4}  {:<24} {:>6.3}", k + 1, m.item_ids.name(*i), s);
         }
+    }
+    Ok(())
+}
+
+fn cmd_simulate(a: SimulateArgs) -> Result<()> {
+    use rowstage::stage::simulate::SimSetup;
+    if a.batch == 0 || a.rank == 0 || a.epochs == 0 {
+        return Err(Error::arg("--batch/--rank/--epochs", "0", "must be at least 1"));
+    }
+    let budgets: Vec<(String, Budget)> = a
+        .device_memory
+        .split(',')
+        .map(|b| Ok((b.trim().to_string(), Budget::parse("--device-memory", b)?)))
+        .collect::<Result<_>>()?;
+    let policies: Vec<PolicyKind> = if a.policy.trim() == "all" {
+        PolicyKind::ALL.to_vec()
+    } else {
+        a.policy
+            .split(',')
+            .map(|p| {
+                <PolicyKind as clap::ValueEnum>::from_str(p.trim(), true).map_err(|_| {
+                    Error::arg(
+                        "--policy",
+                        p,
+                        "expected all, or a list of none, static, lru, lfu, sca, lookahead, belady",
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
+    let (data, _) = load_dataset(&a.data, a.seed, &out)?;
+    let row_bytes = (model::row_stride(a.rank) * 4) as u64;
+    let tables = train::table_bytes(&data, a.rank);
+    let setup = SimSetup {
+        train: &data.train,
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        batch: a.batch,
+        seed: a.seed,
+        epochs: a.epochs,
+        row_bytes,
+        lookahead: a.lookahead,
+    };
+    out.line(&format!(
+        "data: {} — {} users, {} items, {} training ratings; batch {}, {} epoch(s), rows of {} B, tables {}",
+        data.name,
+        data.users.len(),
+        data.items.len(),
+        data.train.len(),
+        a.batch,
+        a.epochs,
+        row_bytes,
+        human_bytes(tables)
+    ));
+    out.line(&format!(
+        "{:<8} {:>10} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>11} {:>11} {:>13} {:>10}",
+        "budget",
+        "bytes",
+        "policy",
+        "slots",
+        "rows in",
+        "rows out",
+        "hits",
+        "misses",
+        "hit %",
+        "h2d",
+        "d2h",
+        "predicted in",
+        "lookups/s"
+    ));
+    let mut results = Vec::new();
+    for (label, budget) in &budgets {
+        let bytes = budget.resolve(tables);
+        for &kind in &policies {
+            let Some(r) = setup.run(kind, bytes) else {
+                let need = setup.needed_slots() as u64 * row_bytes;
+                out.line(&format!(
+                    "{label:<8} {bytes:>10} {:<10} budget too small: a batch of {} needs --device-memory {need} ({})",
+                    kind.name(),
+                    a.batch,
+                    human_bytes(need)
+                ));
+                continue;
+            };
+            let hit = 100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64;
+            out.line(&format!(
+                "{label:<8} {bytes:>10} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>6.1}% {:>11} {:>11} {:>13} {:>10.2e}",
+                r.policy,
+                r.slots,
+                r.rows_in,
+                r.rows_out,
+                r.hits,
+                r.misses,
+                hit,
+                human_bytes(r.bytes_h2d),
+                human_bytes(r.bytes_d2h),
+                r.predicted_rows_in.map_or("-".to_string(), |p| format!("{p:.0}")),
+                r.lookups_per_sec,
+            ));
+            results.push(r);
+        }
+    }
+    if let Some(path) = &a.json {
+        write_output(path, &serde_json::to_string_pretty(&results).expect("json"))?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ mod budget;
 mod ledger;
 pub mod policy;
 pub mod sca;
+pub mod simulate;
 
 pub use budget::{Budget, human_bytes};
 pub use ledger::Ledger;
@@ -244,7 +245,7 @@ impl Stager {
                 self.trace.push(self.item_row(r.item));
             }
             next_uses(&self.trace, self.slot_of.len(), &mut self.next);
-            self.policy.begin_epoch(&self.next);
+            self.policy.begin_epoch(&mut self.trace, &mut self.next);
         }
     }
 
@@ -318,6 +319,7 @@ impl Stager {
             moves.slot_u.push(slots[0]);
             moves.slot_i.push(slots[1]);
         }
+        self.policy.end_step();
         let staged = std::mem::take(&mut self.staged);
         for &p in &staged {
             self.slot_of[p.row as usize] = NONE;
@@ -550,11 +552,9 @@ pub fn plan_areas(
             let r = sca();
             Areas { resident: r, cache: 0, staging: slots - r }
         }
-        PolicyKind::Lookahead => {
-            let r = sca();
-            Areas { resident: r, cache: slots - r, staging: 0 }
-        }
-        PolicyKind::Lru | PolicyKind::Belady => Areas { resident: 0, cache: slots, staging: 0 },
+        // Lookahead keeps SCA's order as a prior inside its keys rather than
+        // pinning SCA's set: every slot is cache.
+        PolicyKind::Lru | PolicyKind::Belady | PolicyKind::Lookahead => Areas { resident: 0, cache: slots, staging: 0 },
         PolicyKind::Lfu => {
             // A reserve for rows LFU does not admit: an eighth of the slab.
             let staging = (slots / 8).max(1).min(slots);

@@ -76,9 +76,10 @@ pub trait Policy: Send {
     fn resident(&mut self, counts: &[u32], n: usize) -> Vec<u32> {
         top_rows(counts, n)
     }
-    /// Start of an epoch with its next-use positions (empty unless the policy
-    /// [`PolicyKind::needs_future`]).
-    fn begin_epoch(&mut self, _next: &[u32]) {}
+    /// Start of an epoch with its access trace and next-use positions (empty
+    /// unless the policy [`PolicyKind::needs_future`]). The policy may swap
+    /// the buffers with its own (no copy); the caller refills what it gets.
+    fn begin_epoch(&mut self, _trace: &mut Vec<u32>, _next: &mut Vec<u32>) {}
     /// An access of a non-resident row at trace position `pos`.
     fn touch(&mut self, _row: u32, _pos: u32) {}
     /// Whether a missed row should be cached (kept after its step) rather than
@@ -92,6 +93,8 @@ pub trait Policy: Send {
     fn cached(&mut self, row: u32);
     /// A row left the cache.
     fn evicted(&mut self, row: u32);
+    /// The end of a step: the rows touched in it may be evicted again.
+    fn end_step(&mut self) {}
 }
 
 /// Policies without a cache area (`none`, `static`, `sca`): staged rows leave
@@ -114,42 +117,96 @@ impl Policy for NoCache {
 
 /// A max-heap of cached rows by a key the policy sets; stale entries (the
 /// row's key changed, or it left the cache) are skipped lazily and the heap is
-/// rebuilt when they pile up.
+/// rebuilt when they pile up. An entry packs the key (below 2^33) and the row
+/// (below 2^31) into one u64, so that the heap compares plain integers.
 struct KeyedHeap {
     key: Vec<u64>,
     in_cache: Vec<bool>,
-    heap: BinaryHeap<(u64, u32)>,
+    heap: BinaryHeap<u64>,
     cached: usize,
-    aside: Vec<(u64, u32)>,
+    aside: Vec<u64>,
+    /// Rows whose key changed in this step: pushed at the step's end, so that
+    /// the victim search never wades through the step's own (pinned) rows.
+    pending: Vec<u32>,
+    is_pending: Vec<bool>,
+}
+
+const ROW_BITS: u32 = 31;
+const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
+
+fn pack(key: u64, row: u32) -> u64 {
+    debug_assert!(key < 1 << 33 && (row as u64) <= ROW_MASK);
+    key << ROW_BITS | row as u64
+}
+
+fn unpack(e: u64) -> (u64, u32) {
+    (e >> ROW_BITS, (e & ROW_MASK) as u32)
 }
 
 impl KeyedHeap {
     fn new(rows: usize) -> Self {
+        assert!(rows as u64 <= ROW_MASK, "at most 2^31 rows");
         KeyedHeap {
             key: vec![0; rows],
             in_cache: vec![false; rows],
             heap: BinaryHeap::new(),
             cached: 0,
             aside: Vec::new(),
+            pending: Vec::new(),
+            is_pending: vec![false; rows],
         }
     }
 
     fn set(&mut self, row: u32, key: u64) {
+        if self.key[row as usize] != key {
+            self.key[row as usize] = key;
+            self.mark(row);
+        }
+    }
+
+    fn mark(&mut self, row: u32) {
+        if !self.is_pending[row as usize] {
+            self.is_pending[row as usize] = true;
+            self.pending.push(row);
+        }
+    }
+
+    /// Changes the key of a row that is not part of the current step: its
+    /// new entry goes in at once so that it stays a victim candidate.
+    fn set_now(&mut self, row: u32, key: u64) {
         self.key[row as usize] = key;
         if self.in_cache[row as usize] {
-            self.heap.push((key, row));
-            if self.heap.len() > 4 * self.cached + 64 {
-                let (key, in_cache) = (&self.key, &self.in_cache);
-                self.heap =
-                    (0..key.len() as u32).filter(|&r| in_cache[r as usize]).map(|r| (key[r as usize], r)).collect();
-            }
+            self.heap.push(pack(key, row));
         }
     }
 
     fn insert(&mut self, row: u32) {
         self.in_cache[row as usize] = true;
         self.cached += 1;
-        self.heap.push((self.key[row as usize], row));
+        self.mark(row);
+    }
+
+    /// Pushes the rows touched or inserted in the step with their new keys.
+    fn flush(&mut self) {
+        for &row in &self.pending {
+            self.is_pending[row as usize] = false;
+            if self.in_cache[row as usize] {
+                self.heap.push(pack(self.key[row as usize], row));
+            }
+        }
+        self.pending.clear();
+        if self.heap.len() > 4 * self.cached + 64 {
+            let (key, in_cache) = (&self.key, &self.in_cache);
+            let live: Vec<u64> = self
+                .heap
+                .drain()
+                .filter(|&e| {
+                    let (k, r) = unpack(e);
+                    in_cache[r as usize] && key[r as usize] == k
+                })
+                .collect();
+            self.heap = live.into();
+        }
     }
 
     fn remove(&mut self, row: u32) {
@@ -160,11 +217,12 @@ impl KeyedHeap {
     /// The unpinned cached row with the largest key.
     fn max(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u32> {
         let mut found = None;
-        while let Some((k, row)) = self.heap.pop() {
+        while let Some(e) = self.heap.pop() {
+            let (k, row) = unpack(e);
             if !self.in_cache[row as usize] || self.key[row as usize] != k {
                 continue;
             }
-            self.aside.push((k, row));
+            self.aside.push(e);
             if !pinned(row) {
                 found = Some(row);
                 break;
@@ -179,12 +237,42 @@ impl KeyedHeap {
     }
 }
 
-/// Least recently used.
-pub struct Lru(KeyedHeap);
+/// Least recently used, as an intrusive doubly linked list over rows: the
+/// most recent at the head, the victim taken from the tail (O(1) per access).
+/// A step's rows are all touched before any eviction, so they sit at the head
+/// and the tail is never pinned unless every cached row is.
+pub struct Lru {
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    in_list: Vec<bool>,
+    head: u32,
+    tail: u32,
+}
 
 impl Lru {
     pub fn new(rows: usize) -> Self {
-        Lru(KeyedHeap::new(rows))
+        Lru { prev: vec![NEVER; rows], next: vec![NEVER; rows], in_list: vec![false; rows], head: NEVER, tail: NEVER }
+    }
+
+    fn unlink(&mut self, row: u32) {
+        let (p, n) = (self.prev[row as usize], self.next[row as usize]);
+        if p == NEVER {
+            self.head = n
+        } else {
+            self.next[p as usize] = n
+        }
+        if n == NEVER { self.tail = p } else { self.prev[n as usize] = p }
+    }
+
+    fn push_front(&mut self, row: u32) {
+        self.prev[row as usize] = NEVER;
+        self.next[row as usize] = self.head;
+        if self.head == NEVER {
+            self.tail = row
+        } else {
+            self.prev[self.head as usize] = row
+        }
+        self.head = row;
     }
 }
 
@@ -192,23 +280,31 @@ impl Policy for Lru {
     fn name(&self) -> &'static str {
         "lru"
     }
-    fn touch(&mut self, row: u32, pos: u32) {
-        // Larger key = evicted first: the oldest access.
-        self.0.set(row, (u32::MAX - pos) as u64);
+    fn touch(&mut self, row: u32, _pos: u32) {
+        if self.in_list[row as usize] && self.head != row {
+            self.unlink(row);
+            self.push_front(row);
+        }
     }
     fn victim(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u32> {
-        self.0.max(pinned)
+        let mut r = self.tail;
+        while r != NEVER && pinned(r) {
+            r = self.prev[r as usize];
+        }
+        (r != NEVER).then_some(r)
     }
     fn cached(&mut self, row: u32) {
-        self.0.insert(row)
+        self.in_list[row as usize] = true;
+        self.push_front(row);
     }
     fn evicted(&mut self, row: u32) {
-        self.0.remove(row)
+        self.in_list[row as usize] = false;
+        self.unlink(row);
     }
 }
 
-/// Least frequently used, counting every access since training began, ties
-/// broken by recency; admission only if the row's count is at least the
+/// Least frequently used, counting every access since training began;
+/// admission only if the row's count is at least the
 /// victim's.
 pub struct Lfu {
     heap: KeyedHeap,
@@ -220,8 +316,9 @@ impl Lfu {
         Lfu { heap: KeyedHeap::new(rows), count: vec![0; rows] }
     }
 
-    fn key(count: u32, pos: u32) -> u64 {
-        (((u32::MAX - count) as u64) << 32) | (u32::MAX - pos) as u64
+    /// Larger key = evicted first: the smallest count.
+    fn key(count: u32) -> u64 {
+        (u32::MAX - count) as u64
     }
 }
 
@@ -229,10 +326,10 @@ impl Policy for Lfu {
     fn name(&self) -> &'static str {
         "lfu"
     }
-    fn touch(&mut self, row: u32, pos: u32) {
+    fn touch(&mut self, row: u32, _pos: u32) {
         let c = &mut self.count[row as usize];
         *c = c.saturating_add(1);
-        let key = Self::key(*c, pos);
+        let key = Self::key(*c);
         self.heap.set(row, key);
     }
     fn admit(&mut self, row: u32, free: bool) -> bool {
@@ -242,7 +339,7 @@ impl Policy for Lfu {
         let mine = self.count[row as usize];
         // The victim is the smallest count: the largest (u32::MAX - count).
         match self.heap.peek_key(&|_| false) {
-            Some(k) => mine >= u32::MAX - (k >> 32) as u32,
+            Some(k) => mine >= u32::MAX - k as u32,
             None => true,
         }
     }
@@ -255,14 +352,20 @@ impl Policy for Lfu {
     fn evicted(&mut self, row: u32) {
         self.heap.remove(row)
     }
+    fn end_step(&mut self) {
+        self.heap.flush()
+    }
 }
 
 /// Furthest next use: over the whole epoch (`belady`), or within a horizon of
-/// `horizon` accesses (`lookahead`), beyond which rows are told apart only by
-/// their training frequency (rarer rows evicted first).
+/// `horizon` accesses (`lookahead`). Lookahead sees the trace only up to
+/// `pos + horizon`: a row whose next use lies beyond is ranked by its SCA
+/// prior (training frequency; rarer rows evicted first) until the loader
+/// reaches that use, which then sets the row's key to its true next use.
 pub struct FurthestNextUse {
     heap: KeyedHeap,
     next: Vec<u32>,
+    trace: Vec<u32>,
     horizon: Option<u32>,
     counts: Vec<u32>,
     name: &'static str,
@@ -273,6 +376,7 @@ impl FurthestNextUse {
         FurthestNextUse {
             heap: KeyedHeap::new(rows),
             next: Vec::new(),
+            trace: Vec::new(),
             horizon: None,
             counts: Vec::new(),
             name: "belady",
@@ -284,10 +388,17 @@ impl FurthestNextUse {
         FurthestNextUse {
             heap: KeyedHeap::new(rows),
             next: Vec::new(),
+            trace: Vec::new(),
             horizon: Some(horizon),
             counts,
             name: "lookahead",
         }
+    }
+
+    /// Key of a row whose next use is not yet visible: above every position,
+    /// rarer rows higher (evicted first).
+    fn prior(count: u32) -> u64 {
+        (1u64 << 32) + (u32::MAX - count) as u64
     }
 }
 
@@ -295,15 +406,27 @@ impl Policy for FurthestNextUse {
     fn name(&self) -> &'static str {
         self.name
     }
-    fn begin_epoch(&mut self, next: &[u32]) {
-        self.next.clear();
-        self.next.extend_from_slice(next);
+    fn begin_epoch(&mut self, trace: &mut Vec<u32>, next: &mut Vec<u32>) {
+        std::mem::swap(&mut self.next, next);
+        if self.horizon.is_some() {
+            std::mem::swap(&mut self.trace, trace);
+        }
     }
     fn touch(&mut self, row: u32, pos: u32) {
         let next = self.next.get(pos as usize).copied().unwrap_or(NEVER);
         let key = match self.horizon {
-            Some(h) if next == NEVER || next - pos > h => (1u64 << 32) + (u32::MAX - self.counts[row as usize]) as u64,
-            _ => next as u64,
+            Some(h) => {
+                // The loader now sees position pos + h: if that is the next use
+                // of a row ranked by its prior, its next use is now known.
+                let seen = pos as usize + h as usize;
+                if let Some(&x) = self.trace.get(seen)
+                    && self.heap.key[x as usize] > u32::MAX as u64
+                {
+                    self.heap.set_now(x, seen as u64);
+                }
+                if next == NEVER || next - pos > h { Self::prior(self.counts[row as usize]) } else { next as u64 }
+            }
+            None => next as u64,
         };
         self.heap.set(row, key);
     }
@@ -315,6 +438,9 @@ impl Policy for FurthestNextUse {
     }
     fn evicted(&mut self, row: u32) {
         self.heap.remove(row)
+    }
+    fn end_step(&mut self) {
+        self.heap.flush()
     }
 }
 
@@ -350,6 +476,7 @@ mod tests {
             p.cached(row);
         }
         p.touch(0, 3);
+        p.end_step();
         assert_eq!(p.victim(&|_| false), Some(1));
         assert_eq!(p.victim(&|r| r == 1), Some(2));
     }
@@ -362,10 +489,12 @@ mod tests {
         }
         p.cached(0);
         p.cached(1);
+        p.end_step();
         p.touch(2, 5); // row 2: count 1 < victim (row 0) count 2
         assert!(!p.admit(2, false));
         assert!(p.admit(2, true));
         p.touch(2, 6);
+        p.end_step();
         assert!(p.admit(2, false), "count 2 ties the victim's");
         assert_eq!(p.victim(&|_| false), Some(0));
     }
@@ -376,11 +505,12 @@ mod tests {
         let mut next = Vec::new();
         next_uses(&trace, 3, &mut next);
         let mut p = FurthestNextUse::belady(3);
-        p.begin_epoch(&next);
+        p.begin_epoch(&mut trace.to_vec(), &mut next);
         for (pos, &row) in trace[..3].iter().enumerate() {
             p.touch(row, pos as u32);
             p.cached(row);
         }
+        p.end_step();
         // Next uses: row 0 at 4, row 1 at 3, row 2 never.
         assert_eq!(p.victim(&|_| false), Some(2));
         assert_eq!(p.victim(&|r| r == 2), Some(0));
