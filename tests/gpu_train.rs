@@ -130,3 +130,84 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
         }
     }
 }
+
+/// Every policy at a 5% budget (or the smallest that holds a batch) and at
+/// 100% gives the same model as the all-resident run in deterministic mode, and
+/// its training traffic equals what the simulator predicts for the same
+/// policy, budget and seed.
+#[test]
+fn every_policy_gives_the_same_model_and_matches_the_simulator() {
+    use rowstage::stage::PolicyKind;
+    use rowstage::stage::simulate::SimSetup;
+    let data = dataset();
+    let s = TrainSettings { epochs: 2, ..settings() };
+    let (want, want_rmse) = reference(&data, &s);
+    let tables = table_bytes(&data, s.hp.rank);
+    for backend in common::test_backends() {
+        let Some(ctx) = common::gpu(backend, "every_policy_gives_the_same_model") else {
+            continue;
+        };
+        drop(ctx);
+        let row_bytes = (rowstage::model::row_stride(s.hp.rank) * 4) as u64;
+        let sim = SimSetup {
+            train: &data.train,
+            n_users: data.users.len(),
+            n_items: data.items.len(),
+            batch: s.batch,
+            seed: s.seed,
+            epochs: s.epochs,
+            row_bytes,
+            lookahead: 4,
+        };
+        let small = (tables / 20).max(sim.needed_slots() as u64 * row_bytes);
+        for kind in PolicyKind::ALL {
+            for bytes in [small, tables] {
+                let ctx = common::gpu(backend, kind.name()).unwrap();
+                let mut order = Vec::new();
+                epoch_order(data.train.len(), s.seed, 0, &mut order);
+                let mut gpu = GpuBackend::new(
+                    ctx,
+                    &GpuSetup {
+                        rank: s.hp.rank,
+                        reg: s.hp.reg,
+                        bias_reg: s.hp.bias_reg,
+                        batch: s.batch,
+                        deterministic: true,
+                        slab_bytes: bytes,
+                        mean: data.mean(),
+                        range: data.range(),
+                        n_users: data.users.len(),
+                        n_items: data.items.len(),
+                        train: &data.train,
+                        first_order: &order,
+                        policy: kind,
+                        lookahead: 4,
+                    },
+                )
+                .unwrap();
+                let out = train(&data, &s, &mut gpu, &mut |_| {}).unwrap();
+                let d = max_diff(&out.model, &want);
+                let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
+                let rows_out: u64 = out.epochs.iter().map(|e| e.ledger.rows_out()).sum();
+                let hits: u64 = out.epochs.iter().map(|e| e.ledger.hits()).sum();
+                let simulated = sim.run(kind, bytes).unwrap();
+                eprintln!(
+                    "{backend:?} {:<9} {bytes:>6} B: max |Δ| {d:.1e}, RMSE {:.6}; rows in {rows_in} (simulated {}), out {rows_out} ({}), hits {hits} ({})",
+                    kind.name(),
+                    out.final_metrics.rmse,
+                    simulated.rows_in,
+                    simulated.rows_out,
+                    simulated.hits
+                );
+                assert!(d < TABLE_TOL, "{} at {bytes} B: tables differ by {d}", kind.name());
+                assert!((out.final_metrics.rmse - want_rmse).abs() < 1e-6, "{}: RMSE differs", kind.name());
+                assert_eq!(
+                    (rows_in, rows_out, hits),
+                    (simulated.rows_in, simulated.rows_out, simulated.hits),
+                    "{} at {bytes} B: ledger vs simulator",
+                    kind.name()
+                );
+            }
+        }
+    }
+}

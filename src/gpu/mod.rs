@@ -773,12 +773,19 @@ impl Backend for GpuBackend {
         self.ctx.summary.name.clone()
     }
 
-    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain> {
+    fn train_epoch(
+        &mut self,
+        model: &mut Model,
+        train: &[Rating],
+        order: &[u32],
+        following: &[u32],
+        lr: f32,
+    ) -> Result<EpochTrain> {
         self.ledger = Ledger::default();
         if !self.resident_loaded {
             self.load_resident(model)?;
         }
-        self.stager.begin_epoch(train, order);
+        self.stager.begin_epoch(train, order, following);
         let mut enc = self.encoder("clear loss");
         enc.clear_buffer(&self.buffers.loss, 0, None);
         self.ctx.queue.submit([enc.finish()]);

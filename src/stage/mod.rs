@@ -103,6 +103,9 @@ pub struct Stager {
     staged: Vec<Placed>,
     /// Per global row: the stamp of the last step scan that saw it.
     seen: Vec<u32>,
+    /// Per global row: the stamp of the last training step that needs it
+    /// (rows of the current step are never evicted).
+    pin: Vec<u32>,
     stamp: u32,
     /// Most rows one step may stage in (the transfer window).
     window: u32,
@@ -157,6 +160,7 @@ impl Stager {
             cached: 0,
             staged: Vec::new(),
             seen: vec![0; n],
+            pin: vec![0; n],
             stamp: 0,
             window: window.max(2),
             pos: 0,
@@ -227,6 +231,7 @@ impl Stager {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.seen.fill(0);
+            self.pin.fill(0);
             self.stamp = 1;
         }
         self.stamp
@@ -235,11 +240,14 @@ impl Stager {
     /// Starts an epoch that will stage `train[order[..]]` in that order:
     /// resets the trace position and, for policies that look ahead, computes
     /// every access's next use in one backward pass.
-    pub fn begin_epoch(&mut self, train: &[Rating], order: &[u32]) {
+    /// `following` is the next epoch's order (empty after the last epoch):
+    /// next uses reach into it, so that the end of one epoch is not planned as
+    /// if training stopped there.
+    pub fn begin_epoch(&mut self, train: &[Rating], order: &[u32], following: &[u32]) {
         self.pos = 0;
         if self.future {
             self.trace.clear();
-            for &j in order {
+            for &j in order.iter().chain(following) {
                 let r = &train[j as usize];
                 self.trace.push(self.user_row(r.user));
                 self.trace.push(self.item_row(r.item));
@@ -290,6 +298,13 @@ impl Stager {
         moves.clear();
         self.staged.clear();
         let stamp = self.next_stamp();
+        // Pin every row of the step before any eviction: a row needed later
+        // in this step must not be evicted for an earlier miss.
+        for r in ratings {
+            for row in self.rows_of(r) {
+                self.pin[row as usize] = stamp;
+            }
+        }
         for r in ratings {
             let rows = self.rows_of(r);
             let mut slots = [0u32; 2];
@@ -374,8 +389,8 @@ impl Stager {
     /// Evicts the policy's victim (never a row of the current step) and
     /// returns its slot, now taken by the caller.
     fn evict(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Option<u32> {
-        let seen = &self.seen;
-        let victim = self.policy.victim(&|r| seen[r as usize] == stamp)?;
+        let pin = &self.pin;
+        let victim = self.policy.victim(&|r| pin[r as usize] == stamp)?;
         let slot = self.slot_of[victim as usize];
         self.policy.evicted(victim);
         self.cached -= 1;
@@ -592,7 +607,7 @@ mod tests {
         let mut ledger = Ledger::default();
         let mut moves = Moves::default();
         assert_eq!(st.prefix_that_fits(&ratings), 4);
-        st.begin_epoch(&ratings, &[0, 1, 2, 3]);
+        st.begin_epoch(&ratings, &[0, 1, 2, 3], &[]);
         st.stage(&ratings, &mut moves, &mut ledger);
         // Misses: item 1 (row 3), user 1 (row 1), item 2 (row 4).
         assert_eq!(moves.load.len(), 3);
@@ -621,7 +636,7 @@ mod tests {
         let counts = access_counts(&all, users as usize, items as usize);
         let mut st = stager(kind, areas, users, items, &counts);
         let order: Vec<u32> = (0..all.len() as u32).collect();
-        st.begin_epoch(&all, &order);
+        st.begin_epoch(&all, &order, &[]);
         let (mut moves, mut ledger) = (Moves::default(), Ledger::default());
         let mut at = 0;
         for b in batches {

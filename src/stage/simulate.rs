@@ -71,9 +71,14 @@ impl SimSetup<'_> {
         }
         let t0 = Instant::now();
         let (mut moves, mut batch) = (Moves::default(), Vec::with_capacity(self.batch));
+        let mut following = Vec::new();
         for epoch in 0..self.epochs {
             epoch_order(self.train.len(), self.seed, epoch, &mut order);
-            st.begin_epoch(self.train, &order);
+            following.clear();
+            if epoch + 1 < self.epochs {
+                epoch_order(self.train.len(), self.seed, epoch + 1, &mut following);
+            }
+            st.begin_epoch(self.train, &order, &following);
             for chunk in order.chunks(self.batch.max(1)) {
                 batch.clear();
                 batch.extend(chunk.iter().map(|&i| self.train[i as usize]));
@@ -197,7 +202,7 @@ mod tests {
             n_items: d.items.len(),
             batch: 256,
             seed: 3,
-            epochs: 1,
+            epochs: 2,
             row_bytes: 144,
             lookahead: 32,
         };

@@ -29,7 +29,14 @@ impl Backend for ReferenceCpu {
         "CPU reference (1 thread, sequential)".into()
     }
 
-    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain> {
+    fn train_epoch(
+        &mut self,
+        model: &mut Model,
+        train: &[Rating],
+        order: &[u32],
+        _following: &[u32],
+        lr: f32,
+    ) -> Result<EpochTrain> {
         let step = step_of(model, lr, self.reg, self.bias_reg);
         let s = model.stride;
         let mut sse = 0.0f64;
@@ -87,7 +94,14 @@ impl Backend for HogwildCpu {
         format!("CPU Hogwild ({} threads)", self.threads)
     }
 
-    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain> {
+    fn train_epoch(
+        &mut self,
+        model: &mut Model,
+        train: &[Rating],
+        order: &[u32],
+        _following: &[u32],
+        lr: f32,
+    ) -> Result<EpochTrain> {
         let step = step_of(model, lr, self.reg, self.bias_reg);
         let s = model.stride;
         let users = as_atomic(&mut model.users);

@@ -52,8 +52,17 @@ pub trait Backend {
     fn kind(&self) -> String;
     /// The adapter's name (or the CPU's description).
     fn adapter(&self) -> String;
-    /// One pass over `order` (indices into `train`) with learning rate `lr`.
-    fn train_epoch(&mut self, model: &mut Model, train: &[Rating], order: &[u32], lr: f32) -> Result<EpochTrain>;
+    /// One pass over `order` (indices into `train`) with learning rate `lr`;
+    /// `following` is the next epoch's order (empty after the last), for
+    /// policies that plan ahead.
+    fn train_epoch(
+        &mut self,
+        model: &mut Model,
+        train: &[Rating],
+        order: &[u32],
+        following: &[u32],
+        lr: f32,
+    ) -> Result<EpochTrain>;
     /// Test metrics of the current model, and the traffic it took.
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)>;
     /// Makes the host tables authoritative again (writes back every row the
@@ -104,13 +113,18 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let mut model = Model::init(data, &settings.hp, settings.seed);
     let mut order = Vec::with_capacity(data.train.len());
+    let mut following = Vec::with_capacity(data.train.len());
     let mut epochs = Vec::with_capacity(settings.epochs);
     let mut train_seconds = 0.0;
     for epoch in 0..settings.epochs {
         let lr = settings.hp.lr_at(epoch);
         epoch_order(data.train.len(), settings.seed, epoch, &mut order);
+        following.clear();
+        if epoch + 1 < settings.epochs {
+            epoch_order(data.train.len(), settings.seed, epoch + 1, &mut following);
+        }
         let t0 = Instant::now();
-        let mut out = backend.train_epoch(&mut model, &data.train, &order, lr)?;
+        let mut out = backend.train_epoch(&mut model, &data.train, &order, &following, lr)?;
         let seconds = t0.elapsed().as_secs_f64();
         train_seconds += seconds;
         let (test, eval_ledger) = backend.evaluate(&model, &data.test)?;
