@@ -33,7 +33,7 @@ use crate::data::Rating;
 use crate::error::{Error, Result};
 use crate::model::{Metrics, MetricsAcc, Model};
 use crate::stage::{Areas, Ledger, Moves, PolicyKind, Stager, human_bytes};
-use crate::train::{Backend, EpochTrain};
+use crate::train::{Backend, EpochTrain, Prediction};
 
 /// How long one wait on the device may take before it is an error.
 const POLL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -63,6 +63,8 @@ pub struct GpuLayout {
     pub window: u32,
     /// Samples one step may hold.
     pub max_samples: u32,
+    /// The cost model's traffic (`sca` only).
+    pub prediction: Option<Prediction>,
 }
 
 impl GpuLayout {
@@ -291,6 +293,14 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
         areas,
         window,
         max_samples: setup.batch.max(1) as u32,
+        prediction: (setup.policy == PolicyKind::Sca).then(|| {
+            let model = crate::stage::sca::CostModel::new(&counts, setup.train.len(), setup.batch);
+            Prediction {
+                rows_per_epoch: model.rows_in_per_epoch(areas.resident as usize, setup.train.len()),
+                resident: areas.resident as u64,
+                row_bytes,
+            }
+        }),
     })
 }
 
@@ -771,6 +781,10 @@ impl Backend for GpuBackend {
 
     fn adapter(&self) -> String {
         self.ctx.summary.name.clone()
+    }
+
+    fn prediction(&self) -> Option<Prediction> {
+        self.layout.prediction
     }
 
     fn train_epoch(

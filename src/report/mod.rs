@@ -40,6 +40,9 @@ pub struct EpochJson {
     pub hits: u64,
     pub misses: u64,
     pub hit_rate: Option<f64>,
+    pub predicted_rows_in: Option<f64>,
+    pub predicted_rows_out: Option<f64>,
+    pub predicted_bytes_h2d: Option<f64>,
     /// Every counter of the ledger, per table and per kind.
     pub ledger: Ledger,
 }
@@ -62,6 +65,9 @@ impl From<&EpochReport> for EpochJson {
             hits: l.hits(),
             misses: l.misses(),
             hit_rate: l.hit_rate(),
+            predicted_rows_in: e.predicted_rows_in,
+            predicted_rows_out: e.predicted_rows_out,
+            predicted_bytes_h2d: e.predicted_bytes_h2d,
             ledger: *l,
         }
     }
@@ -94,10 +100,13 @@ pub fn epoch_line(e: &EpochReport, staged: bool) -> String {
         e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec
     );
     if staged {
+        let predicted = |p: Option<f64>| p.map_or(String::new(), |p| format!(" (model {p:.0})"));
         s += &format!(
-            "  rows in {:>8} out {:>8}  h2d {:>10} d2h {:>10}  hit {}",
+            "  rows in {:>8}{} out {:>8}{}  h2d {:>10} d2h {:>10}  hit {}",
             l.rows_in(),
+            predicted(e.predicted_rows_in),
             l.rows_out(),
+            predicted(e.predicted_rows_out),
             human_bytes(l.bytes_h2d()),
             human_bytes(l.bytes_d2h()),
             l.hit_rate().map_or("  n/a".into(), |h| format!("{:5.1}%", h * 100.0)),

@@ -68,6 +68,10 @@ pub trait Backend {
     /// Makes the host tables authoritative again (writes back every row the
     /// device still holds); returns that traffic.
     fn finish(&mut self, model: &mut Model) -> Result<Ledger>;
+    /// The cost model's prediction of training traffic, if the policy has one.
+    fn prediction(&self) -> Option<Prediction> {
+        None
+    }
 }
 
 /// Settings of one training run (everything but the backend choice, which the
@@ -92,6 +96,21 @@ pub struct EpochReport {
     pub seconds: f64,
     pub ratings_per_sec: f64,
     pub ledger: Ledger,
+    /// The cost model's training traffic for this epoch, where the policy has
+    /// one (`sca`): rows in, rows out, and their bytes host→device.
+    pub predicted_rows_in: Option<f64>,
+    pub predicted_rows_out: Option<f64>,
+    pub predicted_bytes_h2d: Option<f64>,
+}
+
+/// The cost model's training traffic, for policies that have one.
+#[derive(Debug, Clone, Copy)]
+pub struct Prediction {
+    /// Rows staged in (and written back) per epoch.
+    pub rows_per_epoch: f64,
+    /// Rows loaded before the first epoch and written back after the last.
+    pub resident: u64,
+    pub row_bytes: u64,
 }
 
 /// The result of [`train`].
@@ -142,6 +161,22 @@ pub fn train(
             seconds,
             ratings_per_sec: data.train.len() as f64 / seconds.max(1e-9),
             ledger: out.ledger,
+            predicted_rows_in: None,
+            predicted_rows_out: None,
+            predicted_bytes_h2d: None,
+        };
+        let report = match backend.prediction() {
+            Some(p) => {
+                let first = if epoch == 0 { p.resident as f64 } else { 0.0 };
+                let last = if epoch + 1 == settings.epochs { p.resident as f64 } else { 0.0 };
+                EpochReport {
+                    predicted_rows_in: Some(p.rows_per_epoch + first),
+                    predicted_rows_out: Some(p.rows_per_epoch + last),
+                    predicted_bytes_h2d: Some((p.rows_per_epoch + first) * p.row_bytes as f64),
+                    ..report
+                }
+            }
+            None => report,
         };
         on_epoch(&report);
         epochs.push(report);
