@@ -40,6 +40,9 @@ enum Command {
     Eval(EvalArgs),
     /// Print a user's top items with their predicted ratings.
     Recommend(RecommendArgs),
+    /// Choose the batch size and the resident/staging split for a budget, and
+    /// predict the traffic and speed.
+    Plan(PlanArgs),
     /// Replay training's batch sequence through staging policies and budgets,
     /// without kernels, and count what each would move.
     Simulate(SimulateArgs),
@@ -102,9 +105,13 @@ struct TrainArgs {
     /// Passes over the training ratings.
     #[arg(long, default_value_t = 25)]
     epochs: usize,
-    /// Ratings per batch (one GPU step, unless the budget forces a split).
-    #[arg(long, default_value_t = 2048)]
-    batch: usize,
+    /// Ratings per batch (one GPU step, unless the budget forces a split), or
+    /// auto: the planner's choice for this adapter and budget.
+    #[arg(long, default_value = "2048", value_name = "N|auto")]
+    batch: String,
+    /// Measure the adapter again instead of using the cached calibration.
+    #[arg(long)]
+    no_calibration_cache: bool,
     /// Seed of the split, the initial factors, the epoch orders and the synthetic data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -179,6 +186,29 @@ struct RecommendArgs {
 }
 
 #[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The slab: a size or a share of the tables.
+    #[arg(long, default_value = "25%", value_name = "SIZE")]
+    device_memory: String,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    #[arg(long, value_name = "SUBSTRING")]
+    adapter: Option<String>,
+    /// Measure the adapter again instead of using the cached calibration.
+    #[arg(long)]
+    no_calibration_cache: bool,
+    /// Write the plan as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct SimulateArgs {
     #[command(flatten)]
     data: DataArgs,
@@ -218,6 +248,7 @@ fn main() {
         Command::Train(a) => cmd_train(*a),
         Command::Eval(a) => cmd_eval(a),
         Command::Recommend(a) => cmd_recommend(a),
+        Command::Plan(a) => cmd_plan(a),
         Command::Simulate(a) => cmd_simulate(a),
         Command::Devices(a) => cmd_devices(a),
     };
@@ -314,8 +345,11 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     if a.rank == 0 || a.rank > 1024 {
         return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
     }
-    if a.batch == 0 || a.batch > 1 << 20 {
-        return Err(Error::arg("--batch", a.batch.to_string(), "must be between 1 and 1048576"));
+    if a.batch != "auto" {
+        match a.batch.parse::<usize>() {
+            Ok(b) if (1..=1 << 20).contains(&b) => {}
+            _ => return Err(Error::arg("--batch", &a.batch, "must be auto or a whole number between 1 and 1048576")),
+        }
     }
     if a.threads == Some(0) {
         return Err(Error::arg("--threads", "0", "must be at least 1"));
@@ -333,7 +367,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
     let hp =
         HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, bias_reg: a.bias_reg, decay: a.decay, init_std: a.init_std };
-    let settings = TrainSettings { hp, epochs: a.epochs, batch: a.batch, seed: a.seed, deterministic: a.deterministic };
+    let mut settings = TrainSettings {
+        hp,
+        epochs: a.epochs,
+        batch: a.batch.parse().unwrap_or(2048),
+        seed: a.seed,
+        deterministic: a.deterministic,
+    };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let spec = BackendSpec {
         backend: a.backend,
@@ -343,7 +383,24 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         lookahead: a.lookahead,
         threads,
     };
+    let mut plan = None;
+    if a.batch == "auto" {
+        let (batch, p, notes) = train::auto_batch(&data, &settings, &spec, !a.no_calibration_cache, settings.batch)?;
+        for n in notes {
+            out.line(&n);
+        }
+        if let Some(p) = &p {
+            out.line(&format!(
+                "plan: batch {} ({} resident + 2 × {} staging slots), predicted {:.0} rows in per epoch, {:.3e} ratings/s",
+                p.batch, p.resident, p.staging_capacity, p.predicted_rows_in_per_epoch, p.predicted_ratings_per_sec
+            ));
+        }
+        out.line(&format!("--batch auto: batch {batch}"));
+        settings.batch = batch;
+        plan = p;
+    }
     let opened = train::open_backend(&data, &settings, &spec)?;
+
     if let Some(n) = &opened.notice {
         eprintln!("notice: {n}");
     }
@@ -403,7 +460,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "decay": hp.decay,
         "init_std": hp.init_std,
         "epochs": a.epochs,
-        "batch": a.batch,
+        "batch": settings.batch,
+        "batch_requested": a.batch,
+        "plan": plan,
         "seed": a.seed,
         "deterministic": a.deterministic,
         "backend": backend.kind(),
@@ -534,6 +593,78 @@ fn cmd_recommend(a: RecommendArgs) -> Result<()> {
         for (k, (i, s)) in scored.iter().enumerate() {
             println!("{:>4}  {:<24} {:>6.3}", k + 1, m.item_ids.name(*i), s);
         }
+    }
+    Ok(())
+}
+
+fn cmd_plan(a: PlanArgs) -> Result<()> {
+    if a.rank == 0 || a.rank > 1024 {
+        return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
+    }
+    let budget = Budget::parse("--device-memory", &a.device_memory)?;
+    let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
+    let (data, _) = load_dataset(&a.data, a.seed, &out)?;
+    let ctx = rowstage::gpu::GpuContext::new(a.backend, a.adapter.as_deref())?;
+    let row_bytes = (model::row_stride(a.rank) * 4) as u64;
+    let tables = train::table_bytes(&data, a.rank);
+    let bytes = budget.resolve(tables);
+    if bytes > ctx.summary.max_slab_bytes() {
+        return Err(Error::BudgetTooLarge {
+            budget: bytes,
+            adapter: ctx.summary.name.clone(),
+            limit_name: "max_storage_buffer_binding_size",
+            limit: ctx.summary.max_slab_bytes(),
+        });
+    }
+    let slots = (bytes / row_bytes) as u32;
+    let adapter = ctx.describe();
+    let (_ctx, cal) = rowstage::gpu::calibrate::calibration(ctx, a.rank, !a.no_calibration_cache)?;
+    out.line(&format!(
+        "adapter: {adapter}; calibration{}: host→device {:.2} GB/s, {:.2} ms per step, SGD {:.3e} ratings/s",
+        if cal.cached { " (cached)" } else { "" },
+        cal.h2d_bytes_per_sec / 1e9,
+        cal.step_seconds * 1e3,
+        cal.sgd_ratings_per_sec
+    ));
+    let counts = rowstage::stage::access_counts(&data.train, data.users.len(), data.items.len());
+    let Some(p) = train::plan::plan(&counts, data.train.len(), slots, row_bytes, &cal, data.train.len().min(1 << 16))
+    else {
+        let model = rowstage::stage::sca::CostModel::new(&counts, data.train.len(), 64);
+        let needed = 2 * model.capacity(0) as u64;
+        let min_bytes = needed * row_bytes;
+        return Err(Error::BudgetTooSmall {
+            budget: bytes,
+            slots: slots as u64,
+            row_bytes,
+            batch: 64,
+            needed,
+            min_bytes,
+            min_human: human_bytes(min_bytes),
+        });
+    };
+    out.line(&format!(
+        "{}: {} training ratings; slab {} = {} slots ({:.1}% of the {} tables)",
+        data.name,
+        data.train.len(),
+        human_bytes(bytes),
+        slots,
+        100.0 * bytes as f64 / tables.max(1) as f64,
+        human_bytes(tables)
+    ));
+    out.line(&format!(
+        "plan: batch {}, {} resident rows + 2 staging areas of {} slots; expected {:.1} misses per batch",
+        p.batch, p.resident, p.staging_capacity, p.expected_misses_per_batch
+    ));
+    out.line(&format!(
+        "predicted per epoch: {:.0} rows in, {:.0} rows out, {} host→device in rows; {:.3e} ratings/s",
+        p.predicted_rows_in_per_epoch,
+        p.predicted_rows_out_per_epoch,
+        human_bytes(p.predicted_bytes_h2d_per_epoch as u64),
+        p.predicted_ratings_per_sec
+    ));
+    if let Some(path) = &a.json {
+        let j = serde_json::json!({"adapter": adapter, "calibration": cal, "plan": p, "device_memory_bytes": bytes});
+        write_output(path, &serde_json::to_string_pretty(&j).expect("json"))?;
     }
     Ok(())
 }

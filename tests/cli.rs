@@ -323,3 +323,75 @@ fn hogwild_cpu_reaches_the_accuracy_of_sequential_sgd() {
     eprintln!("test RMSE: Hogwild {hog:.4}, sequential {seq:.4}");
     assert!((hog - seq).abs() < 0.01, "Hogwild {hog} vs sequential {seq}");
 }
+
+#[test]
+fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
+    for backend in common::test_backends() {
+        let Some(ctx) = common::gpu(backend, "plan_and_batch_auto") else {
+            continue;
+        };
+        drop(ctx);
+        let be = format!("{backend:?}").to_lowercase();
+        let cache = tempfile::tempdir().unwrap();
+        let plan = |extra: &[&str]| {
+            let out = rowstage()
+                .env("XDG_CACHE_HOME", cache.path())
+                .args([
+                    "plan",
+                    "--synthetic",
+                    "2000,1000,40000",
+                    "--rank",
+                    "8",
+                    "--device-memory",
+                    "10%",
+                    "--backend",
+                    &be,
+                ])
+                .args(["--json", "-"])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            (
+                serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (j, err) = plan(&[]);
+        assert!(!err.contains("(cached)"), "the first run measures: {err}");
+        let p = &j["plan"];
+        let (h, c, s) =
+            (p["resident"].as_u64().unwrap(), p["staging_capacity"].as_u64().unwrap(), p["slots"].as_u64().unwrap());
+        assert!(h + 2 * c <= s, "double-buffered split {h} + 2·{c} ≤ {s}");
+        assert!(p["predicted_rows_in_per_epoch"].as_f64().unwrap() > 0.0);
+        assert!(cache.path().join("rowstage/calibration.json").exists());
+        let (_, err) = plan(&[]);
+        assert!(err.contains("(cached)"), "the second run reads the cache: {err}");
+        let (_, err) = plan(&["--no-calibration-cache"]);
+        assert!(!err.contains("(cached)"), "{err}");
+
+        rowstage()
+            .env("XDG_CACHE_HOME", cache.path())
+            .args(["train", "--synthetic", "2000,1000,40000", "--rank", "8", "--epochs", "1", "--backend", &be])
+            .args(["--batch", "auto", "--device-memory", "10%", "--policy", "sca"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("--batch auto: batch").and(predicate::str::contains("(model ")));
+        rowstage()
+            .env("XDG_CACHE_HOME", cache.path())
+            .args([
+                "plan",
+                "--synthetic",
+                "2000,1000,40000",
+                "--rank",
+                "8",
+                "--device-memory",
+                "1KiB",
+                "--backend",
+                &be,
+            ])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("smallest budget that works"));
+    }
+}

@@ -19,6 +19,7 @@
 //! `download`, which is copied to a mapped buffer and written to the host
 //! tables.
 
+pub mod calibrate;
 pub mod context;
 pub mod kernels;
 
@@ -408,6 +409,11 @@ impl GpuBackend {
         me.moves.load = me.stager.resident();
         me.check()?;
         Ok(me)
+    }
+
+    /// Gives the device back, e.g. to build another backend on it.
+    pub fn into_context(self) -> GpuContext {
+        self.ctx
     }
 
     pub fn layout(&self) -> &GpuLayout {

@@ -12,9 +12,10 @@
 //! rounding, whatever the staging policy and budget.
 
 pub mod cpu;
+pub mod plan;
 mod setup;
 
-pub use setup::{BackendSpec, Opened, open_backend, table_bytes};
+pub use setup::{BackendSpec, Opened, auto_batch, open_backend, table_bytes};
 
 use std::time::Instant;
 

@@ -36,6 +36,74 @@ pub struct Opened {
     pub notice: Option<String>,
 }
 
+/// `--batch auto`: the planner's batch for `spec`'s adapter and budget, then
+/// halved while one of the first epoch's batches cannot fit the slab. Returns
+/// the batch, the plan and lines to tell the user. Without a GPU adapter (or
+/// with `--backend cpu`) it is `fallback`.
+pub fn auto_batch(
+    data: &Dataset,
+    settings: &TrainSettings,
+    spec: &BackendSpec,
+    use_calibration_cache: bool,
+    fallback: usize,
+) -> Result<(usize, Option<super::plan::Plan>, Vec<String>)> {
+    let mut notes = Vec::new();
+    if spec.backend == BackendChoice::Cpu {
+        return Ok((fallback, None, notes));
+    }
+    let ctx = match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
+        Ok(c) => c,
+        Err(Error::NoAdapter { .. }) if spec.backend == BackendChoice::Auto => return Ok((fallback, None, notes)),
+        Err(e) => return Err(e),
+    };
+    let rank = settings.hp.rank;
+    let row_bytes = (row_stride(rank) * 4) as u64;
+    let tables = table_bytes(data, rank);
+    let bytes = spec
+        .device_memory
+        .unwrap_or(Budget::Percent(AUTO_SHARE))
+        .resolve(tables)
+        .min(ctx.summary.max_slab_bytes() & !3);
+    let slots = (bytes / row_bytes) as u32;
+    let (_ctx, cal) = crate::gpu::calibrate::calibration(ctx, rank, use_calibration_cache)?;
+    notes.push(format!(
+        "calibration{}: host→device {:.2} GB/s, {:.2} ms per step, SGD {:.3e} ratings/s",
+        if cal.cached { " (cached)" } else { "" },
+        cal.h2d_bytes_per_sec / 1e9,
+        cal.step_seconds * 1e3,
+        cal.sgd_ratings_per_sec
+    ));
+    let counts = crate::stage::access_counts(&data.train, data.users.len(), data.items.len());
+    let plan = super::plan::plan(&counts, data.train.len(), slots, row_bytes, &cal, data.train.len().min(1 << 16));
+    let mut batch = plan.as_ref().map_or(64, |p| p.batch);
+    let mut order = Vec::new();
+    epoch_order(data.train.len(), settings.seed, 0, &mut order);
+    loop {
+        let needed = crate::stage::max_distinct_rows(&data.train, &order, batch, data.users.len()).max(2);
+        if needed <= slots {
+            break;
+        }
+        if batch == 1 {
+            let min_bytes = needed as u64 * row_bytes;
+            return Err(Error::BudgetTooSmall {
+                budget: bytes,
+                slots: slots as u64,
+                row_bytes,
+                batch,
+                needed: needed as u64,
+                min_bytes,
+                min_human: crate::stage::human_bytes(min_bytes),
+            });
+        }
+        let next = (batch / 2).max(1);
+        notes.push(format!(
+            "--batch auto: a batch of {batch} needs up to {needed} slots and the slab has {slots}; shrinking the batch to {next}"
+        ));
+        batch = next;
+    }
+    Ok((batch, plan, notes))
+}
+
 /// Bytes of both tables at `rank` for `data`.
 pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
     ((data.users.len() + data.items.len()) * row_stride(rank) * 4) as u64

@@ -1,0 +1,147 @@
+//! Calibration: the host→device bandwidth, the fixed cost of one device step
+//! and the SGD kernel's rate, measured briefly on the chosen adapter and
+//! cached per adapter and rank in a JSON file the user can delete
+//! (`$XDG_CACHE_HOME/rowstage/calibration.json`, else
+//! `~/.cache/rowstage/calibration.json`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{GpuBackend, GpuContext, GpuSetup};
+use crate::data::{Dataset, SyntheticSpec, generate};
+use crate::error::{Error, Result};
+use crate::model::{HyperParams, Model};
+use crate::stage::PolicyKind;
+use crate::train::{Backend, epoch_order};
+
+/// What the planner needs to know about an adapter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    pub adapter: String,
+    pub rank: usize,
+    /// Host→device bytes per second of one large write.
+    pub h2d_bytes_per_sec: f64,
+    /// Seconds of one small device step (submit, dispatch, read back, wait).
+    pub step_seconds: f64,
+    /// SGD updates per second in large steps, with all rows resident.
+    pub sgd_ratings_per_sec: f64,
+    /// Whether this came from the cache file.
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+fn cache_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("rowstage").join("calibration.json"))
+}
+
+fn cache_key(ctx: &GpuContext, rank: usize) -> String {
+    let s = &ctx.summary;
+    format!("{} | {} | {} {} | rank {rank}", s.name, s.backend, s.driver, s.driver_info)
+}
+
+/// The calibration for `rank` on `ctx`'s adapter: from the cache file unless
+/// `use_cache` is false, else measured (and then written to the cache).
+/// Consumes and returns the context (the measurement builds a small backend).
+pub fn calibration(ctx: GpuContext, rank: usize, use_cache: bool) -> Result<(GpuContext, Calibration)> {
+    let key = cache_key(&ctx, rank);
+    let path = cache_path();
+    let mut all: BTreeMap<String, Calibration> = path
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if use_cache && let Some(c) = all.get(&key) {
+        return Ok((ctx, Calibration { cached: true, ..c.clone() }));
+    }
+    let (ctx, cal) = measure(ctx, rank)?;
+    if use_cache && let Some(p) = path {
+        all.insert(key, cal.clone());
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        // A cache that cannot be written only costs a re-measurement.
+        if let Err(e) = crate::model::write_atomically(&p, serde_json::to_string_pretty(&all).expect("json").as_bytes())
+        {
+            log::warn!("cannot write the calibration cache: {e}");
+        }
+    }
+    Ok((ctx, cal))
+}
+
+/// Measures on a small synthetic problem (a few hundred milliseconds on a
+/// software adapter).
+fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
+    let adapter = ctx.summary.name.clone();
+    // Host→device: one 8 MiB write, best of three.
+    let size = (8u64 << 20).min(ctx.summary.max_buffer_size) & !3;
+    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("calibration upload"),
+        size,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bytes = vec![1u8; size as usize];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        ctx.queue.write_buffer(&buf, 0, &bytes);
+        ctx.queue.submit([]);
+        ctx.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(std::time::Duration::from_secs(60)) })
+            .map_err(|e| Error::Gpu { adapter: adapter.clone(), reason: format!("calibration: {e}") })?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    drop(buf);
+    let h2d_bytes_per_sec = size as f64 / best.max(1e-9);
+
+    // SGD: all rows resident, large steps, then tiny steps for the overhead.
+    let spec = SyntheticSpec { users: 2000, items: 2000, ratings: 65_536, zipf: 0.0 };
+    let data = Dataset::split("calibration", generate(&spec, 1), 0.0, 1);
+    let hp = HyperParams { rank, ..Default::default() };
+    let mut order = Vec::new();
+    epoch_order(data.train.len(), 1, 0, &mut order);
+    let tables = crate::train::table_bytes(&data, rank);
+    let step_big = 16_384usize;
+    let mut gpu = GpuBackend::new(
+        ctx,
+        &GpuSetup {
+            rank,
+            reg: hp.reg,
+            bias_reg: hp.bias_reg,
+            batch: step_big,
+            deterministic: false,
+            slab_bytes: tables.next_multiple_of(16),
+            mean: data.mean(),
+            range: data.range(),
+            n_users: data.users.len(),
+            n_items: data.items.len(),
+            train: &data.train,
+            first_order: &order,
+            policy: PolicyKind::Static,
+            lookahead: 1,
+        },
+    )?;
+    let mut model = Model::init(&data, &hp, 1);
+    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], 0.001)?; // warm-up
+    let t = Instant::now();
+    gpu.train_epoch(&mut model, &data.train, &order, &[], 0.001)?;
+    let big = t.elapsed().as_secs_f64();
+    let mut small = f64::INFINITY;
+    for k in 0..5 {
+        let t = Instant::now();
+        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], 0.001)?;
+        small = small.min(t.elapsed().as_secs_f64());
+    }
+    let steps = order.len().div_ceil(step_big) as f64;
+    let sgd_ratings_per_sec = order.len() as f64 / (big - steps * small).max(big * 0.1);
+    Ok((
+        gpu.into_context(),
+        Calibration { adapter, rank, h2d_bytes_per_sec, step_seconds: small, sgd_ratings_per_sec, cached: false },
+    ))
+}
