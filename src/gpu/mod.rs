@@ -103,13 +103,33 @@ pub struct GpuBackend {
     wire: Wire,
     error: Arc<Mutex<Option<String>>>,
     resident_loaded: bool,
+    /// The write-back still being read from the device, if any.
+    pending: Option<PendingRows>,
+    /// Which readback buffer the next write-back uses.
+    next_readback: usize,
+    /// Per global row: the serial of the pending write-back holding it.
+    pending_mark: Vec<u32>,
+    serial: u32,
+}
+
+/// A step's write-back in flight: its rows are copied to a mapped buffer and
+/// reach the host tables when [`GpuBackend::complete_pending`] runs.
+struct PendingRows {
+    buffer: usize,
+    bytes: u64,
+    rows: Vec<u32>,
+    serial: u32,
+    submission: wgpu::SubmissionIndex,
+    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
 struct Buffers {
     slab: wgpu::Buffer,
     upload: wgpu::Buffer,
     download: wgpu::Buffer,
-    readback: wgpu::Buffer,
+    /// Two mapped buffers for rows leaving the slab, used in turn, so that
+    /// step n+1 runs while the host reads step n's rows back.
+    readback: [wgpu::Buffer; 2],
     load_slots: wgpu::Buffer,
     out_slots: wgpu::Buffer,
     samples: wgpu::Buffer,
@@ -334,7 +354,10 @@ impl GpuBackend {
             }),
             upload: buffer(device, "upload window", window_bytes, U::STORAGE | U::COPY_DST),
             download: buffer(device, "download window", window_bytes * 2, U::STORAGE | U::COPY_SRC),
-            readback: buffer(device, "row readback", window_bytes * 2, U::MAP_READ | U::COPY_DST),
+            readback: [
+                buffer(device, "row readback 0", window_bytes * 2, U::MAP_READ | U::COPY_DST),
+                buffer(device, "row readback 1", window_bytes * 2, U::MAP_READ | U::COPY_DST),
+            ],
             load_slots: buffer(device, "load slots", layout.window as u64 * 4, U::STORAGE | U::COPY_DST),
             out_slots: buffer(device, "write-back slots", layout.window as u64 * 8, U::STORAGE | U::COPY_DST),
             samples: buffer(device, "samples", layout.max_samples as u64 * 12, U::STORAGE | U::COPY_DST),
@@ -403,6 +426,10 @@ impl GpuBackend {
             wire: Wire::default(),
             error,
             resident_loaded: false,
+            pending: None,
+            next_readback: 0,
+            pending_mark: vec![0; setup.n_users + setup.n_items],
+            serial: 0,
             layout,
             ctx,
         };
@@ -578,36 +605,75 @@ impl GpuBackend {
     }
 
     /// Submits `enc` (whose gathers packed the rows of `moves.evict` then
-    /// `moves.release` into the download window), copies them out and writes
-    /// them to the host tables.
-    fn read_rows_back(&mut self, model: &mut Model, mut enc: wgpu::CommandEncoder) -> Result<()> {
+    /// `moves.release` into the download window) with a copy of those rows to
+    /// a mapped buffer, then completes the previous step's write-back while
+    /// this step runs. This step's rows reach the host at the next call (or
+    /// at [`GpuBackend::complete_pending`]).
+    fn submit_step(&mut self, model: &mut Model, mut enc: wgpu::CommandEncoder) -> Result<()> {
         let n = self.moves.evict.len() + self.moves.release.len();
         let bytes = n as u64 * self.layout.row_bytes;
+        let buffer = self.next_readback;
         if bytes > 0 {
-            enc.copy_buffer_to_buffer(&self.buffers.download, 0, &self.buffers.readback, 0, bytes);
+            enc.copy_buffer_to_buffer(&self.buffers.download, 0, &self.buffers.readback[buffer], 0, bytes);
         }
-        self.ctx.queue.submit([enc.finish()]);
+        let submission = self.ctx.queue.submit([enc.finish()]);
+        self.complete_pending(model)?;
         if bytes == 0 {
             return self.check();
         }
         self.wire.d2h += bytes;
         self.ledger.row_bytes_d2h += bytes;
-        let readback = self.buffers.readback.clone();
-        let stride = model.stride;
-        let mut rows = std::mem::take(&mut self.upload_host);
-        rows.clear();
-        self.map_read(&readback, bytes, |b| rows.extend_from_slice(bytemuck::cast_slice(b)))?;
-        let leaving = self.moves.evict.iter().chain(&self.moves.release);
-        for (p, src) in leaving.zip(rows.chunks_exact(stride)) {
-            let s = model.stride;
-            let dst = if p.row < self.n_users {
-                &mut model.users[p.row as usize * s..][..s]
-            } else {
-                &mut model.items[(p.row - self.n_users) as usize * s..][..s]
-            };
-            dst.copy_from_slice(src);
+        self.serial = self.serial.wrapping_add(1).max(1);
+        let rows: Vec<u32> = self.moves.evict.iter().chain(&self.moves.release).map(|p| p.row).collect();
+        for &r in &rows {
+            self.pending_mark[r as usize] = self.serial;
         }
-        self.upload_host = rows;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.buffers.readback[buffer].slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.pending = Some(PendingRows { buffer, bytes, rows, serial: self.serial, submission, mapped: rx });
+        self.next_readback ^= 1;
+        Ok(())
+    }
+
+    /// Waits for the write-back in flight, if any, and writes its rows to the
+    /// host tables.
+    fn complete_pending(&mut self, model: &mut Model) -> Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: Some(p.submission), timeout: Some(POLL_TIMEOUT) })
+            .map_err(|e| self.gpu_err(format!("waiting for the device: {e}")))?;
+        self.check()?;
+        match p.mapped.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.gpu_err(format!("mapping a readback buffer: {e}"))),
+            Err(_) => return Err(self.gpu_err("a readback did not complete".into())),
+        }
+        let buf = &self.buffers.readback[p.buffer];
+        {
+            let view = buf
+                .slice(..p.bytes)
+                .get_mapped_range()
+                .map_err(|e| self.gpu_err(format!("reading a mapped buffer: {e}")))?;
+            let s = model.stride;
+            let src: &[f32] = bytemuck::cast_slice(&view);
+            for (&row, src) in p.rows.iter().zip(src.chunks_exact(s)) {
+                let dst = if row < self.n_users {
+                    &mut model.users[row as usize * s..][..s]
+                } else {
+                    &mut model.items[(row - self.n_users) as usize * s..][..s]
+                };
+                dst.copy_from_slice(src);
+                if self.pending_mark[row as usize] == p.serial {
+                    self.pending_mark[row as usize] = 0;
+                }
+            }
+        }
+        buf.unmap();
         Ok(())
     }
 
@@ -617,6 +683,13 @@ impl GpuBackend {
         self.stager.stage(ratings, &mut moves, &mut self.ledger);
         self.moves = moves;
         self.ledger.steps += 1;
+        // A row staged in now may still be on its way back from the previous
+        // step: then that write-back must reach the host first.
+        if let Some(p) = &self.pending
+            && self.moves.load.iter().any(|l| self.pending_mark[l.row as usize] == p.serial)
+        {
+            self.complete_pending(model)?;
+        }
         self.write_loads(model);
 
         // Samples in wave order.
@@ -696,7 +769,7 @@ impl GpuBackend {
                 );
             }
         }
-        self.read_rows_back(model, enc)
+        self.submit_step(model, enc)
     }
     /// Reads the per-workgroup sums (`words` f32s of `src`) back and adds them in f64.
     fn read_sums(&mut self, src: &wgpu::Buffer, words: u64, mut enc: wgpu::CommandEncoder) -> Result<Vec<f64>> {
@@ -815,6 +888,7 @@ impl Backend for GpuBackend {
             batch.extend(chunk.iter().map(|&i| train[i as usize]));
             self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step, lr))?;
         }
+        self.complete_pending(model)?;
         let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
         let loss = self.buffers.loss.clone();
         let enc = self.encoder("read loss");
@@ -864,7 +938,8 @@ impl Backend for GpuBackend {
                 let n = chunk.len() as u64 * self.row_vec4 as u64;
                 self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n);
             }
-            self.read_rows_back(model, enc)?;
+            self.submit_step(model, enc)?;
+            self.complete_pending(model)?;
         }
         self.moves.release.clear();
         Ok(std::mem::take(&mut self.ledger))
