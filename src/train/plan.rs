@@ -5,8 +5,8 @@
 //!
 //! Time per batch is modelled as one step's fixed cost, plus the SGD time,
 //! plus the transfer of the expected misses in and out and of the batch data.
-//! The three are added, not overlapped: the training loop does not yet
-//! overlap staging with compute.
+//! The three are added, not overlapped: the training loop overlaps only the
+//! write-back of one step with the next, so the sum errs on the slow side.
 
 use serde::Serialize;
 
