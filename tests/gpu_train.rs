@@ -42,6 +42,16 @@ fn max_diff(a: &Model, b: &Model) -> f32 {
 }
 
 fn gpu_backend(ctx: rowstage::gpu::GpuContext, data: &Dataset, s: &TrainSettings, slab_bytes: u64) -> GpuBackend {
+    gpu_backend_with(ctx, data, s, slab_bytes, rowstage::stage::PolicyKind::Static)
+}
+
+fn gpu_backend_with(
+    ctx: rowstage::gpu::GpuContext,
+    data: &Dataset,
+    s: &TrainSettings,
+    slab_bytes: u64,
+    policy: rowstage::stage::PolicyKind,
+) -> GpuBackend {
     let mut order = Vec::new();
     epoch_order(data.train.len(), s.seed, 0, &mut order);
     GpuBackend::new(
@@ -53,8 +63,8 @@ fn gpu_backend(ctx: rowstage::gpu::GpuContext, data: &Dataset, s: &TrainSettings
             batch: s.batch,
             deterministic: s.deterministic,
             slab_bytes,
-            policy: rowstage::stage::PolicyKind::Static,
-            lookahead: 32,
+            policy,
+            lookahead: 4,
             mean: data.mean(),
             range: data.range(),
             n_users: data.users.len(),
@@ -163,28 +173,7 @@ fn every_policy_gives_the_same_model_and_matches_the_simulator() {
         for kind in PolicyKind::ALL {
             for bytes in [small, tables] {
                 let ctx = common::gpu(backend, kind.name()).unwrap();
-                let mut order = Vec::new();
-                epoch_order(data.train.len(), s.seed, 0, &mut order);
-                let mut gpu = GpuBackend::new(
-                    ctx,
-                    &GpuSetup {
-                        rank: s.hp.rank,
-                        reg: s.hp.reg,
-                        bias_reg: s.hp.bias_reg,
-                        batch: s.batch,
-                        deterministic: true,
-                        slab_bytes: bytes,
-                        mean: data.mean(),
-                        range: data.range(),
-                        n_users: data.users.len(),
-                        n_items: data.items.len(),
-                        train: &data.train,
-                        first_order: &order,
-                        policy: kind,
-                        lookahead: 4,
-                    },
-                )
-                .unwrap();
+                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind);
                 let out = train(&data, &s, &mut gpu, &mut |_| {}).unwrap();
                 let d = max_diff(&out.model, &want);
                 let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
