@@ -36,6 +36,9 @@ use crate::model::{Metrics, MetricsAcc, Model};
 use crate::stage::{Areas, Ledger, Moves, PolicyKind, Stager, human_bytes};
 use crate::train::{Backend, EpochTrain, Prediction};
 
+/// Write-backs that may be in flight at once (readback buffers).
+const READBACK_RING: usize = 3;
+
 /// How long one wait on the device may take before it is an error.
 const POLL_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -103,8 +106,8 @@ pub struct GpuBackend {
     wire: Wire,
     error: Arc<Mutex<Option<String>>>,
     resident_loaded: bool,
-    /// The write-back still being read from the device, if any.
-    pending: Option<PendingRows>,
+    /// Write-backs still being read from the device, oldest first.
+    pending: std::collections::VecDeque<PendingRows>,
     /// Which readback buffer the next write-back uses.
     next_readback: usize,
     /// Per global row: the serial of the pending write-back holding it.
@@ -113,7 +116,7 @@ pub struct GpuBackend {
 }
 
 /// A step's write-back in flight: its rows are copied to a mapped buffer and
-/// reach the host tables when [`GpuBackend::complete_pending`] runs.
+/// reach the host tables when [`GpuBackend::complete_oldest`] takes it.
 struct PendingRows {
     buffer: usize,
     bytes: u64,
@@ -127,9 +130,9 @@ struct Buffers {
     slab: wgpu::Buffer,
     upload: wgpu::Buffer,
     download: wgpu::Buffer,
-    /// Two mapped buffers for rows leaving the slab, used in turn, so that
-    /// step n+1 runs while the host reads step n's rows back.
-    readback: [wgpu::Buffer; 2],
+    /// [`READBACK_RING`] mapped buffers for rows leaving the slab, used in
+    /// turn, so that later steps run while the host reads a step's rows back.
+    readback: Vec<wgpu::Buffer>,
     load_slots: wgpu::Buffer,
     out_slots: wgpu::Buffer,
     samples: wgpu::Buffer,
@@ -354,10 +357,9 @@ impl GpuBackend {
             }),
             upload: buffer(device, "upload window", window_bytes, U::STORAGE | U::COPY_DST),
             download: buffer(device, "download window", window_bytes * 2, U::STORAGE | U::COPY_SRC),
-            readback: [
-                buffer(device, "row readback 0", window_bytes * 2, U::MAP_READ | U::COPY_DST),
-                buffer(device, "row readback 1", window_bytes * 2, U::MAP_READ | U::COPY_DST),
-            ],
+            readback: (0..READBACK_RING)
+                .map(|k| buffer(device, &format!("row readback {k}"), window_bytes * 2, U::MAP_READ | U::COPY_DST))
+                .collect(),
             load_slots: buffer(device, "load slots", layout.window as u64 * 4, U::STORAGE | U::COPY_DST),
             out_slots: buffer(device, "write-back slots", layout.window as u64 * 8, U::STORAGE | U::COPY_DST),
             samples: buffer(device, "samples", layout.max_samples as u64 * 12, U::STORAGE | U::COPY_DST),
@@ -426,7 +428,7 @@ impl GpuBackend {
             wire: Wire::default(),
             error,
             resident_loaded: false,
-            pending: None,
+            pending: std::collections::VecDeque::with_capacity(READBACK_RING),
             next_readback: 0,
             pending_mark: vec![0; setup.n_users + setup.n_items],
             serial: 0,
@@ -606,18 +608,20 @@ impl GpuBackend {
 
     /// Submits `enc` (whose gathers packed the rows of `moves.evict` then
     /// `moves.release` into the download window) with a copy of those rows to
-    /// a mapped buffer, then completes the previous step's write-back while
-    /// this step runs. This step's rows reach the host at the next call (or
-    /// at [`GpuBackend::complete_pending`]).
+    /// a free readback buffer. The rows reach the host tables later: when the
+    /// buffer is needed again, when a step stages one of them, or at the end
+    /// of the epoch ([`GpuBackend::complete_all`]).
     fn submit_step(&mut self, model: &mut Model, mut enc: wgpu::CommandEncoder) -> Result<()> {
         let n = self.moves.evict.len() + self.moves.release.len();
         let bytes = n as u64 * self.layout.row_bytes;
+        if bytes > 0 && self.pending.len() == READBACK_RING {
+            self.complete_oldest(model)?;
+        }
         let buffer = self.next_readback;
         if bytes > 0 {
             enc.copy_buffer_to_buffer(&self.buffers.download, 0, &self.buffers.readback[buffer], 0, bytes);
         }
         let submission = self.ctx.queue.submit([enc.finish()]);
-        self.complete_pending(model)?;
         if bytes == 0 {
             return self.check();
         }
@@ -632,15 +636,23 @@ impl GpuBackend {
         self.buffers.readback[buffer].slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.pending = Some(PendingRows { buffer, bytes, rows, serial: self.serial, submission, mapped: rx });
-        self.next_readback ^= 1;
+        self.pending.push_back(PendingRows { buffer, bytes, rows, serial: self.serial, submission, mapped: rx });
+        self.next_readback = (self.next_readback + 1) % READBACK_RING;
         Ok(())
     }
 
-    /// Waits for the write-back in flight, if any, and writes its rows to the
+    /// Completes every write-back in flight.
+    fn complete_all(&mut self, model: &mut Model) -> Result<()> {
+        while !self.pending.is_empty() {
+            self.complete_oldest(model)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest write-back in flight and writes its rows to the
     /// host tables.
-    fn complete_pending(&mut self, model: &mut Model) -> Result<()> {
-        let Some(p) = self.pending.take() else {
+    fn complete_oldest(&mut self, model: &mut Model) -> Result<()> {
+        let Some(p) = self.pending.pop_front() else {
             return Ok(());
         };
         self.ctx
@@ -683,12 +695,13 @@ impl GpuBackend {
         self.stager.stage(ratings, &mut moves, &mut self.ledger);
         self.moves = moves;
         self.ledger.steps += 1;
-        // A row staged in now may still be on its way back from the previous
-        // step: then that write-back must reach the host first.
-        if let Some(p) = &self.pending
-            && self.moves.load.iter().any(|l| self.pending_mark[l.row as usize] == p.serial)
-        {
-            self.complete_pending(model)?;
+        // A row staged in now may still be on its way back from an earlier
+        // step: then the write-backs up to that step reach the host first.
+        if !self.pending.is_empty() {
+            let newest = self.moves.load.iter().map(|l| self.pending_mark[l.row as usize]).max().unwrap_or(0);
+            while self.pending.front().is_some_and(|p| newest != 0 && p.serial <= newest) {
+                self.complete_oldest(model)?;
+            }
         }
         self.write_loads(model);
 
@@ -888,7 +901,7 @@ impl Backend for GpuBackend {
             batch.extend(chunk.iter().map(|&i| train[i as usize]));
             self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step, lr))?;
         }
-        self.complete_pending(model)?;
+        self.complete_all(model)?;
         let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
         let loss = self.buffers.loss.clone();
         let enc = self.encoder("read loss");
@@ -939,7 +952,7 @@ impl Backend for GpuBackend {
                 self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n);
             }
             self.submit_step(model, enc)?;
-            self.complete_pending(model)?;
+            self.complete_all(model)?;
         }
         self.moves.release.clear();
         Ok(std::mem::take(&mut self.ledger))
