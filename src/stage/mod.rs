@@ -115,6 +115,9 @@ pub struct Stager {
     win: Vec<u32>,
     /// The epoch's access trace and next uses (look-ahead policies only).
     trace: Vec<u32>,
+    /// The last epoch's `following` order and its part of the trace.
+    follow_order: Vec<u32>,
+    follow_trace: Vec<u32>,
     next: Vec<u32>,
     future: bool,
 }
@@ -166,6 +169,8 @@ impl Stager {
             pos: 0,
             win: vec![0; n],
             trace: Vec::new(),
+            follow_order: Vec::new(),
+            follow_trace: Vec::new(),
             next: Vec::new(),
             future: kind.needs_future(),
         };
@@ -247,11 +252,23 @@ impl Stager {
         self.pos = 0;
         if self.future {
             self.trace.clear();
-            for &j in order.iter().chain(following) {
+            // The last epoch's `following` is usually this `order`: reuse its
+            // trace instead of gathering the ratings again.
+            let reuse = self.follow_order.as_slice() == order;
+            if reuse {
+                self.trace.extend_from_slice(&self.follow_trace);
+            }
+            let todo: &[u32] = if reuse { &[] } else { order };
+            for &j in todo.iter().chain(following) {
                 let r = &train[j as usize];
                 self.trace.push(self.user_row(r.user));
                 self.trace.push(self.item_row(r.item));
             }
+            let split = 2 * order.len();
+            self.follow_trace.clear();
+            self.follow_trace.extend_from_slice(&self.trace[split..]);
+            self.follow_order.clear();
+            self.follow_order.extend_from_slice(following);
             next_uses(&self.trace, self.slot_of.len(), &mut self.next);
             self.policy.begin_epoch(&mut self.trace, &mut self.next);
         }

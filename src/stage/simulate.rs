@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{Ledger, Moves, PolicyKind, Stager, access_counts, max_distinct_rows, plan_areas, sca::CostModel};
 use crate::data::Rating;
-use crate::train::epoch_order;
+use crate::train::{EpochOrders, epoch_order};
 
 /// What the simulator needs.
 #[derive(Debug, Clone)]
@@ -71,15 +71,11 @@ impl SimSetup<'_> {
         }
         let t0 = Instant::now();
         let (mut moves, mut batch) = (Moves::default(), Vec::with_capacity(self.batch));
-        let mut following = Vec::new();
+        let mut orders = EpochOrders::new(self.train.len(), self.seed, self.epochs);
         for epoch in 0..self.epochs {
-            epoch_order(self.train.len(), self.seed, epoch, &mut order);
-            following.clear();
-            if epoch + 1 < self.epochs {
-                epoch_order(self.train.len(), self.seed, epoch + 1, &mut following);
-            }
-            st.begin_epoch(self.train, &order, &following);
-            for chunk in order.chunks(self.batch.max(1)) {
+            orders.start(epoch);
+            st.begin_epoch(self.train, &orders.order, &orders.following);
+            for chunk in orders.order.chunks(self.batch.max(1)) {
                 batch.clear();
                 batch.extend(chunk.iter().map(|&i| self.train[i as usize]));
                 let mut rest = &batch[..];

@@ -38,6 +38,37 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize, out: &mut Vec<u32>) {
     out.shuffle(&mut rng);
 }
 
+/// The epoch orders of a run, each with the next epoch's order (empty after
+/// the last), every order shuffled once: the next epoch's order becomes the
+/// current one when the run advances.
+pub struct EpochOrders {
+    n: usize,
+    seed: u64,
+    epochs: usize,
+    pub order: Vec<u32>,
+    pub following: Vec<u32>,
+}
+
+impl EpochOrders {
+    pub fn new(n: usize, seed: u64, epochs: usize) -> Self {
+        EpochOrders { n, seed, epochs, order: Vec::with_capacity(n), following: Vec::with_capacity(n) }
+    }
+
+    /// Makes `order` epoch `epoch`'s and `following` the next one's. Call
+    /// with 0, 1, 2, ... in turn.
+    pub fn start(&mut self, epoch: usize) {
+        if epoch == 0 || self.following.is_empty() {
+            epoch_order(self.n, self.seed, epoch, &mut self.order);
+        } else {
+            std::mem::swap(&mut self.order, &mut self.following);
+        }
+        self.following.clear();
+        if epoch + 1 < self.epochs {
+            epoch_order(self.n, self.seed, epoch + 1, &mut self.following);
+        }
+    }
+}
+
 /// What one epoch of training returned, before evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct EpochTrain {
@@ -132,19 +163,14 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainOutcome> {
     let mut model = Model::init(data, &settings.hp, settings.seed);
-    let mut order = Vec::with_capacity(data.train.len());
-    let mut following = Vec::with_capacity(data.train.len());
+    let mut orders = EpochOrders::new(data.train.len(), settings.seed, settings.epochs);
     let mut epochs = Vec::with_capacity(settings.epochs);
     let mut train_seconds = 0.0;
     for epoch in 0..settings.epochs {
         let lr = settings.hp.lr_at(epoch);
-        epoch_order(data.train.len(), settings.seed, epoch, &mut order);
-        following.clear();
-        if epoch + 1 < settings.epochs {
-            epoch_order(data.train.len(), settings.seed, epoch + 1, &mut following);
-        }
+        orders.start(epoch);
         let t0 = Instant::now();
-        let mut out = backend.train_epoch(&mut model, &data.train, &order, &following, lr)?;
+        let mut out = backend.train_epoch(&mut model, &data.train, &orders.order, &orders.following, lr)?;
         let seconds = t0.elapsed().as_secs_f64();
         train_seconds += seconds;
         let (test, eval_ledger) = backend.evaluate(&model, &data.test)?;
