@@ -7,17 +7,21 @@
 //!   rows only through slot indices.
 //! * `upload` / `download`: transfer windows, one batch's staged rows in transit
 //!   (the "upload region" and "download region" of DESIGN.md §2). Rows pass
-//!   through them on the way to or from their slots and are never read there
-//!   by the SGD or predict kernels; they are sized to one batch's misses, not
-//!   to the tables, and are reported beside the slab.
+//!   through them on the way to or from their slots; `sgd` never reads them.
+//!   `predict` reads evaluation rows the slab lacks straight from `upload`
+//!   (read-only, so evaluation never changes what the slab holds). They are
+//!   sized to one batch's misses, not to the tables, and reported beside the
+//!   slab.
 //! * `slots`, `samples`, `params`: batch input, counted as data traffic.
 //! * `loss`, `sums`: per-workgroup error sums, read back as data traffic.
 //!
 //! Per step: write the missed rows into `upload` in one write, `scatter_rows`
 //! puts them in their slots, `sgd` runs (one dispatch, or one per conflict-free
 //! wave in deterministic mode), `gather_rows` packs the rows that leave into
-//! `download`, which is copied to a mapped buffer and written to the host
-//! tables.
+//! `download`, which is copied to one of three mapped readback buffers. The
+//! host reads those rows into its tables while later steps run: when the
+//! buffer is needed again, when a step stages one of those rows, or at the end
+//! of the epoch.
 
 pub mod calibrate;
 pub mod context;
