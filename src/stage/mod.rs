@@ -278,8 +278,15 @@ impl Stager {
     /// distinct missing rows must fit in the free and evictable slots and in
     /// the window. At least 1 (the budget check guarantees a rating fits).
     pub fn prefix_that_fits(&mut self, ratings: &[Rating]) -> usize {
-        let stamp = self.next_stamp();
         let free = (self.free_cache.len() + self.free_staging.len()) as u32;
+        // A batch touches at most two rows per rating; its misses plus its
+        // pinned cached rows are at most that, so if free and cached slots and
+        // the window all cover it, the whole batch fits without a scan.
+        let bound = 2 * ratings.len() as u64;
+        if bound <= (free + self.cached) as u64 && bound <= self.window as u64 {
+            return ratings.len();
+        }
+        let stamp = self.next_stamp();
         let mut evictable = self.cached;
         let mut misses = 0u32;
         for (n, r) in ratings.iter().enumerate() {
@@ -481,6 +488,12 @@ impl Stager {
             .map(|(s, &row)| Placed { row, slot: s as u32 })
             .collect()
     }
+}
+
+/// Rows one step may stage in (the transfer windows' size): a batch's worst
+/// case, two rows per rating, bounded by the slab.
+pub fn window_rows(batch: usize, slots: u32) -> u32 {
+    (2 * batch as u64).min(slots as u64).max(2) as u32
 }
 
 /// Training accesses per global row (users then items).

@@ -62,8 +62,15 @@ impl SimSetup<'_> {
         epoch_order(self.train.len(), self.seed, 0, &mut order);
         let areas = plan_areas(kind, slots, self.train, &order, self.batch, &counts, self.n_users);
         let horizon = (self.lookahead * self.batch * 2).min(u32::MAX as usize) as u32;
-        let mut st =
-            Stager::new(kind, areas, self.n_users as u32, self.n_items as u32, needed.min(slots), &counts, horizon);
+        let mut st = Stager::new(
+            kind,
+            areas,
+            self.n_users as u32,
+            self.n_items as u32,
+            super::window_rows(self.batch, slots),
+            &counts,
+            horizon,
+        );
         let mut ledger = Ledger::default();
         let areas = st.areas();
         for p in st.resident() {
