@@ -313,7 +313,7 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
     }
     let counts = access_counts(setup.train, setup.n_users, setup.n_items);
     let areas = plan_areas(setup.policy, slots, setup.train, setup.first_order, setup.batch, &counts, setup.n_users);
-    let window = crate::stage::window_rows(setup.batch, slots);
+    let window = crate::stage::window_rows(setup.batch, areas);
     Ok(GpuLayout {
         slab_bytes: setup.slab_bytes,
         row_bytes,

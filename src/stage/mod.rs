@@ -491,9 +491,9 @@ impl Stager {
 }
 
 /// Rows one step may stage in (the transfer windows' size): a batch's worst
-/// case, two rows per rating, bounded by the slab.
-pub fn window_rows(batch: usize, slots: u32) -> u32 {
-    (2 * batch as u64).min(slots as u64).max(2) as u32
+/// case, two rows per rating, bounded by the slots that are not resident.
+pub fn window_rows(batch: usize, areas: Areas) -> u32 {
+    (2 * batch as u64).min((areas.cache + areas.staging) as u64).max(2) as u32
 }
 
 /// Training accesses per global row (users then items).

@@ -67,7 +67,7 @@ impl SimSetup<'_> {
             areas,
             self.n_users as u32,
             self.n_items as u32,
-            super::window_rows(self.batch, slots),
+            super::window_rows(self.batch, areas),
             &counts,
             horizon,
         );
