@@ -605,30 +605,12 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&a.data, a.seed, &out)?;
     let ctx = rowstage::gpu::GpuContext::new(a.backend, a.adapter.as_deref())?;
-    let row_bytes = (model::row_stride(a.rank) * 4) as u64;
     let tables = train::table_bytes(&data, a.rank);
-    let bytes = budget.resolve(tables);
-    if bytes > ctx.summary.max_slab_bytes() {
-        return Err(Error::BudgetTooLarge {
-            budget: bytes,
-            adapter: ctx.summary.name.clone(),
-            limit_name: "max_storage_buffer_binding_size",
-            limit: ctx.summary.max_slab_bytes(),
-        });
-    }
-    let slots = (bytes / row_bytes) as u32;
-    let adapter = ctx.describe();
-    let (_ctx, cal) = rowstage::gpu::calibrate::calibration(ctx, a.rank, !a.no_calibration_cache)?;
-    out.line(&format!(
-        "adapter: {adapter}; calibration{}: host→device {:.2} GB/s, {:.2} ms per step, SGD {:.3e} ratings/s",
-        if cal.cached { " (cached)" } else { "" },
-        cal.h2d_bytes_per_sec / 1e9,
-        cal.step_seconds * 1e3,
-        cal.sgd_ratings_per_sec
-    ));
-    let counts = rowstage::stage::access_counts(&data.train, data.users.len(), data.items.len());
-    let Some(p) = train::plan::plan(&counts, data.train.len(), slots, row_bytes, &cal, data.train.len().min(1 << 16))
-    else {
+    let train::Planned { adapter, bytes, slots, row_bytes, calibration: cal, plan } =
+        train::plan_budget(ctx, &data, a.rank, Some(budget), !a.no_calibration_cache)?;
+    out.line(&format!("adapter: {adapter}; {}", cal.summary()));
+    let Some(p) = plan else {
+        let counts = rowstage::stage::access_counts(&data.train, data.users.len(), data.items.len());
         let model = rowstage::stage::sca::CostModel::new(&counts, data.train.len(), 64);
         let needed = 2 * model.capacity(0) as u64;
         let min_bytes = needed * row_bytes;

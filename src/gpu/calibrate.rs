@@ -33,6 +33,19 @@ pub struct Calibration {
     pub cached: bool,
 }
 
+impl Calibration {
+    /// One line for the user.
+    pub fn summary(&self) -> String {
+        format!(
+            "calibration{}: host→device {:.2} GB/s, {:.2} ms per step, SGD {:.3e} ratings/s",
+            if self.cached { " (cached)" } else { "" },
+            self.h2d_bytes_per_sec / 1e9,
+            self.step_seconds * 1e3,
+            self.sgd_ratings_per_sec
+        )
+    }
+}
+
 fn cache_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)

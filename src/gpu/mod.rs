@@ -279,24 +279,30 @@ fn params_entry(buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
     }
 }
 
+/// Refuses a slab of `bytes` that `adapter` cannot bind, naming the limit.
+pub fn check_budget(bytes: u64, adapter: &AdapterSummary) -> Result<()> {
+    let limit = adapter.max_slab_bytes();
+    if bytes <= limit {
+        return Ok(());
+    }
+    Err(Error::BudgetTooLarge {
+        budget: bytes,
+        adapter: adapter.name.clone(),
+        limit_name: if adapter.max_storage_buffer_binding_size <= adapter.max_buffer_size {
+            "max_storage_buffer_binding_size"
+        } else {
+            "max_buffer_size"
+        },
+        limit,
+    })
+}
+
 /// Checks the budget against the adapter and the batch, and splits it into
 /// resident and staging slots.
 pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayout> {
     use crate::stage::{access_counts, max_distinct_rows, plan_areas};
     let row_bytes = (crate::model::row_stride(setup.rank) * 4) as u64;
-    let limit = adapter.max_slab_bytes();
-    if setup.slab_bytes > limit {
-        return Err(Error::BudgetTooLarge {
-            budget: setup.slab_bytes,
-            adapter: adapter.name.clone(),
-            limit_name: if adapter.max_storage_buffer_binding_size <= adapter.max_buffer_size {
-                "max_storage_buffer_binding_size"
-            } else {
-                "max_buffer_size"
-            },
-            limit,
-        });
-    }
+    check_budget(setup.slab_bytes, adapter)?;
     let slots = (setup.slab_bytes / row_bytes).min(u32::MAX as u64 - 1) as u32;
     let needed = max_distinct_rows(setup.train, setup.first_order, setup.batch, setup.n_users).max(2);
     if slots < needed {

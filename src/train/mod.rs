@@ -15,7 +15,7 @@ pub mod cpu;
 pub mod plan;
 mod setup;
 
-pub use setup::{BackendSpec, Opened, auto_batch, open_backend, table_bytes};
+pub use setup::{BackendSpec, Opened, Planned, auto_batch, open_backend, plan_budget, table_bytes};
 
 use std::time::Instant;
 

@@ -36,6 +36,47 @@ pub struct Opened {
     pub notice: Option<String>,
 }
 
+/// A calibrated plan for one slab.
+pub struct Planned {
+    /// The adapter, described.
+    pub adapter: String,
+    pub bytes: u64,
+    pub slots: u32,
+    pub row_bytes: u64,
+    pub calibration: crate::gpu::calibrate::Calibration,
+    /// `None` when not even a batch of 64 fits.
+    pub plan: Option<super::plan::Plan>,
+}
+
+/// Calibrates `ctx`'s adapter (from the cache when allowed) and plans a slab
+/// of `budget`; `None` is [`AUTO_SHARE`] of the tables, capped at what the
+/// adapter can bind. An explicit budget above that limit is an error.
+pub fn plan_budget(
+    ctx: GpuContext,
+    data: &Dataset,
+    rank: usize,
+    budget: Option<Budget>,
+    use_calibration_cache: bool,
+) -> Result<Planned> {
+    let row_bytes = (row_stride(rank) * 4) as u64;
+    let tables = table_bytes(data, rank);
+    let bytes = match budget {
+        Some(b) => {
+            let bytes = b.resolve(tables);
+            crate::gpu::check_budget(bytes, &ctx.summary)?;
+            bytes
+        }
+        None => Budget::Percent(AUTO_SHARE).resolve(tables).min(ctx.summary.max_slab_bytes() & !3),
+    };
+    let slots = (bytes / row_bytes).min(u32::MAX as u64) as u32;
+    let adapter = ctx.describe();
+    let (_ctx, calibration) = crate::gpu::calibrate::calibration(ctx, rank, use_calibration_cache)?;
+    let counts = crate::stage::access_counts(&data.train, data.users.len(), data.items.len());
+    let plan =
+        super::plan::plan(&counts, data.train.len(), slots, row_bytes, &calibration, data.train.len().min(1 << 16));
+    Ok(Planned { adapter, bytes, slots, row_bytes, calibration, plan })
+}
+
 /// `--batch auto`: the planner's batch for `spec`'s adapter and budget, then
 /// halved while one of the first epoch's batches cannot fit the slab. Returns
 /// the batch, the plan and lines to tell the user. Without a GPU adapter (or
@@ -56,25 +97,9 @@ pub fn auto_batch(
         Err(Error::NoAdapter { .. }) if spec.backend == BackendChoice::Auto => return Ok((fallback, None, notes)),
         Err(e) => return Err(e),
     };
-    let rank = settings.hp.rank;
-    let row_bytes = (row_stride(rank) * 4) as u64;
-    let tables = table_bytes(data, rank);
-    let bytes = spec
-        .device_memory
-        .unwrap_or(Budget::Percent(AUTO_SHARE))
-        .resolve(tables)
-        .min(ctx.summary.max_slab_bytes() & !3);
-    let slots = (bytes / row_bytes) as u32;
-    let (_ctx, cal) = crate::gpu::calibrate::calibration(ctx, rank, use_calibration_cache)?;
-    notes.push(format!(
-        "calibration{}: host→device {:.2} GB/s, {:.2} ms per step, SGD {:.3e} ratings/s",
-        if cal.cached { " (cached)" } else { "" },
-        cal.h2d_bytes_per_sec / 1e9,
-        cal.step_seconds * 1e3,
-        cal.sgd_ratings_per_sec
-    ));
-    let counts = crate::stage::access_counts(&data.train, data.users.len(), data.items.len());
-    let plan = super::plan::plan(&counts, data.train.len(), slots, row_bytes, &cal, data.train.len().min(1 << 16));
+    let Planned { bytes, slots, row_bytes, calibration, plan, .. } =
+        plan_budget(ctx, data, settings.hp.rank, spec.device_memory, use_calibration_cache)?;
+    notes.push(calibration.summary());
     let mut batch = plan.as_ref().map_or(64, |p| p.batch);
     let mut order = Vec::new();
     epoch_order(data.train.len(), settings.seed, 0, &mut order);
