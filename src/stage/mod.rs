@@ -94,18 +94,15 @@ pub struct Stager {
     policy: Box<dyn Policy>,
     areas: Areas,
     n_users: u32,
-    slot_of: Vec<u32>,
+    /// Per global row: its slot and the step stamps below (one record, so
+    /// that a lookup touches one cache line).
+    rows: Vec<RowState>,
     row_of: Vec<u32>,
     free_cache: Vec<u32>,
     free_staging: Vec<u32>,
     cached: u32,
     /// Rows staged for the current step only.
     staged: Vec<Placed>,
-    /// Per global row: the stamp of the last step scan that saw it.
-    seen: Vec<u32>,
-    /// Per global row: the stamp of the last training step that needs it
-    /// (rows of the current step are never evicted).
-    pin: Vec<u32>,
     stamp: u32,
     /// Most rows one step may stage in (the transfer window).
     window: u32,
@@ -118,8 +115,21 @@ pub struct Stager {
     /// The last epoch's `following` order and its part of the trace.
     follow_order: Vec<u32>,
     follow_trace: Vec<u32>,
+    /// Accesses of the last epoch begun (its part of the trace).
+    epoch_accesses: u32,
     next: Vec<u32>,
     future: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RowState {
+    /// The row's slot, or [`NONE`].
+    slot: u32,
+    /// The stamp of the last step scan that saw it.
+    seen: u32,
+    /// The stamp of the last training step that needs it (rows of the
+    /// current step are never evicted).
+    pin: u32,
 }
 
 /// Marks a location in the upload window rather than a slot (evaluation).
@@ -156,14 +166,12 @@ impl Stager {
             policy,
             areas,
             n_users,
-            slot_of: vec![NONE; n],
+            rows: vec![RowState { slot: NONE, seen: 0, pin: 0 }; n],
             row_of: vec![NONE; slots as usize],
             free_cache: (r..c).rev().collect(),
             free_staging: (c..slots).rev().collect(),
             cached: 0,
             staged: Vec::new(),
-            seen: vec![0; n],
-            pin: vec![0; n],
             stamp: 0,
             window: window.max(2),
             pos: 0,
@@ -171,12 +179,13 @@ impl Stager {
             trace: Vec::new(),
             follow_order: Vec::new(),
             follow_trace: Vec::new(),
+            epoch_accesses: 0,
             next: Vec::new(),
             future: kind.needs_future(),
         };
         let resident = me.policy.resident(counts, areas.resident as usize);
         for (slot, &row) in resident.iter().enumerate() {
-            me.slot_of[row as usize] = slot as u32;
+            me.rows[row as usize].slot = slot as u32;
             me.row_of[slot] = row;
         }
         me.areas.resident = resident.len() as u32;
@@ -225,7 +234,7 @@ impl Stager {
 
     /// The slot of a global row, or [`NONE`].
     pub fn slot_of(&self, row: u32) -> u32 {
-        self.slot_of[row as usize]
+        self.rows[row as usize].slot
     }
 
     fn is_cache_slot(&self, slot: u32) -> bool {
@@ -235,8 +244,7 @@ impl Stager {
     fn next_stamp(&mut self) -> u32 {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
-            self.seen.fill(0);
-            self.pin.fill(0);
+            self.rows.iter_mut().for_each(|r| (r.seen, r.pin) = (0, 0));
             self.stamp = 1;
         }
         self.stamp
@@ -251,27 +259,53 @@ impl Stager {
     pub fn begin_epoch(&mut self, train: &[Rating], order: &[u32], following: &[u32]) {
         self.pos = 0;
         if self.future {
-            self.trace.clear();
             // The last epoch's `following` is usually this `order`: reuse its
             // trace instead of gathering the ratings again.
             let reuse = self.follow_order.as_slice() == order;
-            if reuse {
-                self.trace.extend_from_slice(&self.follow_trace);
-            }
-            let todo: &[u32] = if reuse { &[] } else { order };
-            for &j in todo.iter().chain(following) {
-                let r = &train[j as usize];
-                self.trace.push(self.user_row(r.user));
-                self.trace.push(self.item_row(r.item));
-            }
-            let split = 2 * order.len();
-            self.follow_trace.clear();
-            self.follow_trace.extend_from_slice(&self.trace[split..]);
+            let this = order.iter().map(|&j| &train[j as usize]);
+            self.load_trace((!reuse).then_some(this), following.iter().map(|&j| &train[j as usize]), order.len());
             self.follow_order.clear();
             self.follow_order.extend_from_slice(following);
-            next_uses(&self.trace, self.slot_of.len(), &mut self.next);
-            self.policy.begin_epoch(&mut self.trace, &mut self.next);
         }
+    }
+
+    /// [`Stager::begin_epoch`] for ratings already in epoch order: `this`
+    /// epoch's and the `following` one's. `continues`: `this` is the
+    /// `following` of the previous call (its trace is reused).
+    pub fn begin_epoch_ordered(&mut self, this: &[Rating], following: &[Rating], continues: bool) {
+        self.pos = 0;
+        if self.future {
+            self.follow_order.clear();
+            self.load_trace((!continues).then_some(this.iter()), following.iter(), this.len());
+        }
+    }
+
+    /// Builds the trace of this epoch (`this`, or the kept `following` part
+    /// of the last one when `None`) and the following one, and hands it with
+    /// its next uses to the policy.
+    fn load_trace<'r>(
+        &mut self,
+        this: Option<impl Iterator<Item = &'r Rating>>,
+        following: impl Iterator<Item = &'r Rating>,
+        this_len: usize,
+    ) {
+        let reuse = this.is_none();
+        self.trace.clear();
+        if reuse {
+            self.trace.extend_from_slice(&self.follow_trace);
+        }
+        let n_users = self.n_users;
+        for r in this.into_iter().flatten().chain(following) {
+            self.trace.push(r.user);
+            self.trace.push(n_users + r.item);
+        }
+        let shift = reuse.then_some(self.epoch_accesses);
+        let split = 2 * this_len;
+        self.epoch_accesses = split as u32;
+        self.follow_trace.clear();
+        self.follow_trace.extend_from_slice(&self.trace[split..]);
+        next_uses(&self.trace, self.rows.len(), &mut self.next);
+        self.policy.begin_epoch(&mut self.trace, &mut self.next, shift);
     }
 
     /// How many leading ratings of `ratings` fit in one training step: their
@@ -293,8 +327,8 @@ impl Stager {
             let rows = self.rows_of(r);
             let mut need = 0;
             let mut pin = 0;
-            for row in rows.into_iter().filter(|&row| row != NONE && self.seen[row as usize] != stamp) {
-                let slot = self.slot_of[row as usize];
+            for row in rows.into_iter().filter(|&row| row != NONE && self.rows[row as usize].seen != stamp) {
+                let slot = self.rows[row as usize].slot;
                 if slot == NONE {
                     need += 1;
                 } else if self.is_cache_slot(slot) {
@@ -308,7 +342,7 @@ impl Stager {
             misses += need;
             evictable -= pin;
             for row in rows.into_iter().filter(|&row| row != NONE) {
-                self.seen[row as usize] = stamp;
+                self.rows[row as usize].seen = stamp;
             }
         }
         ratings.len()
@@ -322,11 +356,12 @@ impl Stager {
         moves.clear();
         self.staged.clear();
         let stamp = self.next_stamp();
+        self.policy.begin_step(self.pos, 2 * ratings.len() as u32);
         // Pin every row of the step before any eviction: a row needed later
         // in this step must not be evicted for an earlier miss.
         for r in ratings {
             for row in self.rows_of(r) {
-                self.pin[row as usize] = stamp;
+                self.rows[row as usize].pin = stamp;
             }
         }
         for r in ratings {
@@ -335,9 +370,9 @@ impl Stager {
             for (k, row) in rows.into_iter().enumerate() {
                 let pos = self.pos;
                 self.pos += 1;
-                let first = self.seen[row as usize] != stamp;
-                self.seen[row as usize] = stamp;
-                let slot = self.slot_of[row as usize];
+                let first = self.rows[row as usize].seen != stamp;
+                self.rows[row as usize].seen = stamp;
+                let slot = self.rows[row as usize].slot;
                 let resident = slot != NONE && slot < self.areas.resident;
                 if !resident {
                     self.policy.touch(row, pos);
@@ -361,7 +396,7 @@ impl Stager {
         self.policy.end_step();
         let staged = std::mem::take(&mut self.staged);
         for &p in &staged {
-            self.slot_of[p.row as usize] = NONE;
+            self.rows[p.row as usize].slot = NONE;
             self.row_of[p.slot as usize] = NONE;
             self.free_staging.push(p.slot);
             moves.release.push(p);
@@ -387,7 +422,7 @@ impl Stager {
             Some(slot) => {
                 self.cached += 1;
                 self.policy.cached(row);
-                self.slot_of[row as usize] = slot;
+                self.rows[row as usize].slot = slot;
                 self.row_of[slot as usize] = row;
                 Placed { row, slot }
             }
@@ -397,7 +432,7 @@ impl Stager {
                     None => self.evict(stamp, moves, ledger).expect("prefix_that_fits guarantees a slot"),
                 };
                 let p = Placed { row, slot };
-                self.slot_of[row as usize] = slot;
+                self.rows[row as usize].slot = slot;
                 self.row_of[slot as usize] = row;
                 if self.is_cache_slot(slot) {
                     self.cached += 1;
@@ -413,12 +448,12 @@ impl Stager {
     /// Evicts the policy's victim (never a row of the current step) and
     /// returns its slot, now taken by the caller.
     fn evict(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Option<u32> {
-        let pin = &self.pin;
-        let victim = self.policy.victim(&|r| pin[r as usize] == stamp)?;
-        let slot = self.slot_of[victim as usize];
+        let rows = &self.rows;
+        let victim = self.policy.victim(&|r| rows[r as usize].pin == stamp)?;
+        let slot = self.rows[victim as usize].slot;
         self.policy.evicted(victim);
         self.cached -= 1;
-        self.slot_of[victim as usize] = NONE;
+        self.rows[victim as usize].slot = NONE;
         self.row_of[slot as usize] = NONE;
         moves.evict.push(Placed { row: victim, slot });
         ledger.row_out(self.is_user(victim));
@@ -434,14 +469,16 @@ impl Stager {
             let rows = self.rows_of(r);
             let need = rows
                 .iter()
-                .filter(|&&row| row != NONE && self.slot_of[row as usize] == NONE && self.seen[row as usize] != stamp)
+                .filter(|&&row| {
+                    row != NONE && self.rows[row as usize].slot == NONE && self.rows[row as usize].seen != stamp
+                })
                 .count() as u32;
             if misses + need > self.window {
                 return n.max(1);
             }
             misses += need;
             for row in rows.into_iter().filter(|&row| row != NONE) {
-                self.seen[row as usize] = stamp;
+                self.rows[row as usize].seen = stamp;
             }
         }
         ratings.len()
@@ -460,13 +497,13 @@ impl Stager {
                 if row == NONE {
                     continue;
                 }
-                let slot = self.slot_of[row as usize];
+                let slot = self.rows[row as usize].slot;
                 locs[k] = if slot != NONE {
                     slot
-                } else if self.seen[row as usize] == stamp {
+                } else if self.rows[row as usize].seen == stamp {
                     IN_WINDOW | self.win[row as usize]
                 } else {
-                    self.seen[row as usize] = stamp;
+                    self.rows[row as usize].seen = stamp;
                     let idx = moves.load.len() as u32;
                     self.win[row as usize] = idx;
                     moves.load.push(Placed { row, slot: idx });

@@ -79,7 +79,12 @@ pub trait Policy: Send {
     /// Start of an epoch with its access trace and next-use positions (empty
     /// unless the policy [`PolicyKind::needs_future`]). The policy may swap
     /// the buffers with its own (no copy); the caller refills what it gets.
-    fn begin_epoch(&mut self, _trace: &mut Vec<u32>, _next: &mut Vec<u32>) {}
+    /// `shift`: the previous epoch's accesses when this epoch's trace goes on
+    /// from it (positions of kept keys move down by that much), `None` when
+    /// it does not (kept keys mean nothing now).
+    fn begin_epoch(&mut self, _trace: &mut Vec<u32>, _next: &mut Vec<u32>, _shift: Option<u32>) {}
+    /// Start of a step of `accesses` accesses from trace position `pos`.
+    fn begin_step(&mut self, _pos: u32, _accesses: u32) {}
     /// An access of a non-resident row at trace position `pos`.
     fn touch(&mut self, _row: u32, _pos: u32) {}
     /// Whether a missed row should be cached (kept after its step) rather than
@@ -115,24 +120,39 @@ impl Policy for NoCache {
     fn evicted(&mut self, _row: u32) {}
 }
 
-/// A max-heap of cached rows by a key the policy sets; stale entries (the
-/// row's key changed, or it left the cache) are skipped lazily and the heap is
-/// rebuilt when they pile up. An entry packs the key (below 2^33) and the row
-/// (below 2^31) into one u64, so that the heap compares plain integers.
+/// A max-heap of cached rows by a key the policy sets. An entry packs the key
+/// (below 2^33) and the row (below 2^31) into one u64, so that the heap
+/// compares plain integers. A row's `live` is the key of its one valid entry
+/// (or [`GONE`]); every other entry is stale and skipped lazily, and the heap
+/// is rebuilt when stale entries pile up.
+///
+/// A row touched in a step has no valid entry until the step ends (its new
+/// key is pushed then), so the victim search never wades through the step's
+/// own (pinned) rows, even those whose key did not change.
 struct KeyedHeap {
-    key: Vec<u64>,
-    in_cache: Vec<bool>,
+    /// Per row, one record (one cache line holds four): a lookup touches one.
+    rows: Vec<HeapRow>,
     heap: BinaryHeap<u64>,
     cached: usize,
     aside: Vec<u64>,
-    /// Rows whose key changed in this step: pushed at the step's end, so that
-    /// the victim search never wades through the step's own (pinned) rows.
+    /// Rows touched or inserted in this step, pushed at its end.
     pending: Vec<u32>,
-    is_pending: Vec<bool>,
+}
+
+#[derive(Clone, Copy)]
+struct HeapRow {
+    /// The key, and the [`IN_CACHE`] and [`PENDING`] flags above it.
+    key: u64,
+    live: u64,
 }
 
 const ROW_BITS: u32 = 31;
 const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
+/// `live` of a row without a valid heap entry (no key reaches it).
+const GONE: u64 = u64::MAX;
+const IN_CACHE: u64 = 1 << 63;
+const PENDING: u64 = 1 << 62;
+const KEY_MASK: u64 = PENDING - 1;
 
 fn pack(key: u64, row: u32) -> u64 {
     debug_assert!(key < 1 << 33 && (row as u64) <= ROW_MASK);
@@ -147,93 +167,119 @@ impl KeyedHeap {
     fn new(rows: usize) -> Self {
         assert!(rows as u64 <= ROW_MASK, "at most 2^31 rows");
         KeyedHeap {
-            key: vec![0; rows],
-            in_cache: vec![false; rows],
+            rows: vec![HeapRow { key: 0, live: GONE }; rows],
             heap: BinaryHeap::new(),
             cached: 0,
             aside: Vec::new(),
             pending: Vec::new(),
-            is_pending: vec![false; rows],
         }
     }
 
+    fn key(&self, row: u32) -> u64 {
+        self.rows[row as usize].key & KEY_MASK
+    }
+
+    /// Sets the key of a row touched in this step; its entry goes in when
+    /// the step ends.
     fn set(&mut self, row: u32, key: u64) {
-        if self.key[row as usize] != key {
-            self.key[row as usize] = key;
-            self.mark(row);
-        }
-    }
-
-    fn mark(&mut self, row: u32) {
-        if !self.is_pending[row as usize] {
-            self.is_pending[row as usize] = true;
+        let r = &mut self.rows[row as usize];
+        let flags = r.key & (IN_CACHE | PENDING);
+        r.key = key | flags | PENDING;
+        r.live = GONE;
+        if flags & PENDING == 0 {
             self.pending.push(row);
         }
     }
 
-    /// Changes the key of a row that is not part of the current step: its
-    /// new entry goes in at once so that it stays a victim candidate.
+    /// Changes the key of a row that may not be part of the current step: a
+    /// cached row's new entry goes in at once so that it stays a victim
+    /// candidate; a pending row gets it at the step's end.
     fn set_now(&mut self, row: u32, key: u64) {
-        self.key[row as usize] = key;
-        if self.in_cache[row as usize] {
+        let r = &mut self.rows[row as usize];
+        let flags = r.key & (IN_CACHE | PENDING);
+        r.key = key | flags;
+        if flags == IN_CACHE {
+            r.live = key;
             self.heap.push(pack(key, row));
         }
     }
 
     fn insert(&mut self, row: u32) {
-        self.in_cache[row as usize] = true;
+        self.rows[row as usize].key |= IN_CACHE;
         self.cached += 1;
-        self.mark(row);
+        let key = self.key(row);
+        self.set(row, key);
     }
 
     /// Pushes the rows touched or inserted in the step with their new keys.
     fn flush(&mut self) {
         for &row in &self.pending {
-            self.is_pending[row as usize] = false;
-            if self.in_cache[row as usize] {
-                self.heap.push(pack(self.key[row as usize], row));
+            let r = &mut self.rows[row as usize];
+            r.key &= !PENDING;
+            if r.key & IN_CACHE != 0 {
+                let key = r.key & KEY_MASK;
+                r.live = key;
+                self.heap.push(pack(key, row));
             }
         }
         self.pending.clear();
         if self.heap.len() > 4 * self.cached + 64 {
-            let (key, in_cache) = (&self.key, &self.in_cache);
-            let live: Vec<u64> = self
-                .heap
-                .drain()
-                .filter(|&e| {
-                    let (k, r) = unpack(e);
-                    in_cache[r as usize] && key[r as usize] == k
-                })
-                .collect();
-            self.heap = live.into();
+            let rows = &self.rows;
+            let mut entries = std::mem::take(&mut self.heap).into_vec();
+            entries.retain(|&e| {
+                let (k, r) = unpack(e);
+                rows[r as usize].live == k
+            });
+            self.heap = entries.into();
         }
     }
 
     fn remove(&mut self, row: u32) {
-        self.in_cache[row as usize] = false;
+        let r = &mut self.rows[row as usize];
+        r.key &= !IN_CACHE;
+        r.live = GONE;
         self.cached -= 1;
     }
 
-    /// The unpinned cached row with the largest key.
-    fn max(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u32> {
+    /// The unpinned cached row with the largest key. With `take` its entry
+    /// leaves the heap (the caller evicts the row).
+    fn max(&mut self, pinned: &dyn Fn(u32) -> bool, take: bool) -> Option<u32> {
         let mut found = None;
         while let Some(e) = self.heap.pop() {
             let (k, row) = unpack(e);
-            if !self.in_cache[row as usize] || self.key[row as usize] != k {
+            if self.rows[row as usize].live != k {
                 continue;
             }
-            self.aside.push(e);
             if !pinned(row) {
                 found = Some(row);
+                if !take {
+                    self.aside.push(e);
+                }
                 break;
             }
+            self.aside.push(e);
         }
         self.heap.extend(self.aside.drain(..));
         found
     }
 
-    fn peek_key(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u64> {
-        self.max(pinned).map(|r| self.key[r as usize])
+    /// Maps every cached row's key through `f` and rebuilds the heap.
+    fn rekey(&mut self, f: impl Fn(u32, u64) -> u64) {
+        let mut entries = std::mem::take(&mut self.heap).into_vec();
+        entries.clear();
+        for (row, r) in self.rows.iter_mut().enumerate() {
+            if r.key & IN_CACHE != 0 {
+                let key = f(row as u32, r.key & KEY_MASK);
+                r.key = key | IN_CACHE;
+                r.live = key;
+                entries.push(pack(key, row as u32));
+            }
+        }
+        self.heap = entries.into();
+    }
+
+    fn peek_key(&mut self) -> Option<u64> {
+        self.max(&|_| false, false).map(|r| self.key(r))
     }
 }
 
@@ -338,13 +384,13 @@ impl Policy for Lfu {
         }
         let mine = self.count[row as usize];
         // The victim is the smallest count: the largest (u32::MAX - count).
-        match self.heap.peek_key(&|_| false) {
+        match self.heap.peek_key() {
             Some(k) => mine >= u32::MAX - k as u32,
             None => true,
         }
     }
     fn victim(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u32> {
-        self.heap.max(pinned)
+        self.heap.max(pinned, true)
     }
     fn cached(&mut self, row: u32) {
         self.heap.insert(row)
@@ -358,47 +404,53 @@ impl Policy for Lfu {
 }
 
 /// Furthest next use: over the whole epoch (`belady`), or within a horizon of
-/// `horizon` accesses (`lookahead`). Lookahead sees the trace only up to
-/// `pos + horizon`: a row whose next use lies beyond is ranked by its SCA
-/// prior (training frequency; rarer rows evicted first) until the loader
-/// reaches that use, which then sets the row's key to its true next use.
+/// `horizon` accesses past the current step (`lookahead`: the loader sees the
+/// step and the next L batches). A row whose next use lies beyond what the
+/// loader sees is ranked by its SCA prior (training frequency; rarer rows
+/// evicted first) until the loader reaches that use, which then sets the
+/// row's key to its true next use.
 pub struct FurthestNextUse {
     heap: KeyedHeap,
     next: Vec<u32>,
     trace: Vec<u32>,
     horizon: Option<u32>,
+    /// Lookahead: trace positions below this are visible.
+    revealed: usize,
     counts: Vec<u32>,
     name: &'static str,
 }
 
 impl FurthestNextUse {
     pub fn belady(rows: usize) -> Self {
-        FurthestNextUse {
-            heap: KeyedHeap::new(rows),
-            next: Vec::new(),
-            trace: Vec::new(),
-            horizon: None,
-            counts: Vec::new(),
-            name: "belady",
-        }
+        Self::new(rows, None, Vec::new(), "belady")
     }
 
     /// `horizon` in accesses (2 per rating); `counts` are training counts.
     pub fn lookahead(rows: usize, horizon: u32, counts: Vec<u32>) -> Self {
+        Self::new(rows, Some(horizon), counts, "lookahead")
+    }
+
+    fn new(rows: usize, horizon: Option<u32>, counts: Vec<u32>, name: &'static str) -> Self {
         FurthestNextUse {
             heap: KeyedHeap::new(rows),
             next: Vec::new(),
             trace: Vec::new(),
-            horizon: Some(horizon),
+            horizon,
+            revealed: 0,
             counts,
-            name: "lookahead",
+            name,
         }
     }
 
     /// Key of a row whose next use is not yet visible: above every position,
     /// rarer rows higher (evicted first).
-    fn prior(count: u32) -> u64 {
-        (1u64 << 32) + (u32::MAX - count) as u64
+    fn prior(&self, row: u32) -> u64 {
+        (1u64 << 32) + (u32::MAX - self.counts[row as usize]) as u64
+    }
+
+    /// The key of a row whose next use is unknown.
+    fn unknown(&self, row: u32) -> u64 {
+        if self.horizon.is_some() { self.prior(row) } else { NEVER as u64 }
     }
 }
 
@@ -406,32 +458,50 @@ impl Policy for FurthestNextUse {
     fn name(&self) -> &'static str {
         self.name
     }
-    fn begin_epoch(&mut self, trace: &mut Vec<u32>, next: &mut Vec<u32>) {
+    fn begin_epoch(&mut self, trace: &mut Vec<u32>, next: &mut Vec<u32>, shift: Option<u32>) {
         std::mem::swap(&mut self.next, next);
         if self.horizon.is_some() {
             std::mem::swap(&mut self.trace, trace);
+        }
+        // Cached rows keep their next uses, moved to this epoch's positions
+        // (the trace goes on from the last one); positions the last epoch had
+        // revealed stay revealed.
+        let positions = |k: u64| k < NEVER as u64;
+        match shift {
+            Some(shift) => {
+                self.heap.rekey(|_, k| if positions(k) { k.saturating_sub(shift as u64) } else { k });
+                self.revealed = self.revealed.saturating_sub(shift as usize);
+            }
+            None => {
+                let unknown: Vec<u64> = (0..self.heap.rows.len() as u32).map(|r| self.unknown(r)).collect();
+                self.heap.rekey(|r, _| unknown[r as usize]);
+                self.revealed = 0;
+            }
+        }
+    }
+    fn begin_step(&mut self, pos: u32, accesses: u32) {
+        let Some(h) = self.horizon else { return };
+        // The loader now sees this step and the next `h` accesses: rows ranked
+        // by their prior whose next use comes into view get that use as key.
+        let end = (pos as usize + accesses as usize + h as usize).min(self.trace.len());
+        while self.revealed < end {
+            let x = self.trace[self.revealed];
+            if self.heap.key(x) > NEVER as u64 {
+                self.heap.set_now(x, self.revealed as u64);
+            }
+            self.revealed += 1;
         }
     }
     fn touch(&mut self, row: u32, pos: u32) {
         let next = self.next.get(pos as usize).copied().unwrap_or(NEVER);
         let key = match self.horizon {
-            Some(h) => {
-                // The loader now sees position pos + h: if that is the next use
-                // of a row ranked by its prior, its next use is now known.
-                let seen = pos as usize + h as usize;
-                if let Some(&x) = self.trace.get(seen)
-                    && self.heap.key[x as usize] > u32::MAX as u64
-                {
-                    self.heap.set_now(x, seen as u64);
-                }
-                if next == NEVER || next - pos > h { Self::prior(self.counts[row as usize]) } else { next as u64 }
-            }
-            None => next as u64,
+            Some(_) if next == NEVER || next as usize >= self.revealed => self.prior(row),
+            _ => next as u64,
         };
         self.heap.set(row, key);
     }
     fn victim(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u32> {
-        self.heap.max(pinned)
+        self.heap.max(pinned, true)
     }
     fn cached(&mut self, row: u32) {
         self.heap.insert(row)
@@ -505,7 +575,7 @@ mod tests {
         let mut next = Vec::new();
         next_uses(&trace, 3, &mut next);
         let mut p = FurthestNextUse::belady(3);
-        p.begin_epoch(&mut trace.to_vec(), &mut next);
+        p.begin_epoch(&mut trace.to_vec(), &mut next, None);
         for (pos, &row) in trace[..3].iter().enumerate() {
             p.touch(row, pos as u32);
             p.cached(row);

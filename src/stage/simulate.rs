@@ -77,15 +77,26 @@ impl SimSetup<'_> {
             ledger.row_in(st.is_user(p.row), true);
         }
         let t0 = Instant::now();
-        let (mut moves, mut batch) = (Moves::default(), Vec::with_capacity(self.batch));
+        let mut moves = Moves::default();
         let mut orders = EpochOrders::new(self.train.len(), self.seed, self.epochs);
+        // The epoch's ratings in order, and the next epoch's: each gathered
+        // once, for the trace and then for the batches.
+        let (mut ordered, mut ordered_next) = (Vec::new(), Vec::new());
+        let gather = |order: &[u32], out: &mut Vec<Rating>| {
+            out.clear();
+            out.extend(order.iter().map(|&j| self.train[j as usize]));
+        };
         for epoch in 0..self.epochs {
             orders.start(epoch);
-            st.begin_epoch(self.train, &orders.order, &orders.following);
-            for chunk in orders.order.chunks(self.batch.max(1)) {
-                batch.clear();
-                batch.extend(chunk.iter().map(|&i| self.train[i as usize]));
-                let mut rest = &batch[..];
+            if epoch == 0 {
+                gather(&orders.order, &mut ordered);
+            } else {
+                std::mem::swap(&mut ordered, &mut ordered_next);
+            }
+            gather(&orders.following, &mut ordered_next);
+            st.begin_epoch_ordered(&ordered, &ordered_next, epoch > 0);
+            for chunk in ordered.chunks(self.batch.max(1)) {
+                let mut rest = chunk;
                 while !rest.is_empty() {
                     let n = st.prefix_that_fits(rest);
                     if n < rest.len() {
