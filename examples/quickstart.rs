@@ -10,7 +10,7 @@ use rowstage::data::{Dataset, SyntheticSpec, generate};
 use rowstage::gpu::BackendChoice;
 use rowstage::model::HyperParams;
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
-use rowstage::train::{BackendSpec, TrainSettings, open_backend, train};
+use rowstage::train::{BackendSpec, RunControl, TrainSettings, open_backend, train};
 
 fn main() -> rowstage::Result<()> {
     let spec = SyntheticSpec::DEFAULT;
@@ -37,7 +37,7 @@ fn main() -> rowstage::Result<()> {
     if let Some(l) = &opened.layout {
         println!("slab: {} = {} slots, {} resident", human_bytes(l.slab_bytes), l.slots, l.areas.resident);
     }
-    let out = train(&data, &settings, backend.as_mut(), &mut |e| {
+    let out = train(&data, &settings, backend.as_mut(), RunControl::default(), &mut |e| {
         println!(
             "epoch {:>2}: test RMSE {:.4}, {} rows in, {} rows out, {} host→device",
             e.epoch,

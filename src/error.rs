@@ -55,9 +55,18 @@ pub enum Error {
     #[error("GPU error on {adapter:?}: {reason}")]
     Gpu { adapter: String, reason: String },
 
-    /// A saved model is unreadable, truncated, corrupted or from another version.
-    #[error("{path}: not a valid rowstage model: {reason}")]
-    BadModel { path: PathBuf, reason: String },
+    /// A saved model or checkpoint is unreadable, truncated, corrupted or
+    /// from another version.
+    #[error("{path}: not a valid rowstage {what}: {reason}")]
+    BadModel { path: PathBuf, what: &'static str, reason: String },
+
+    /// A checkpoint does not belong to the run that asks to resume from it.
+    #[error("{path}: cannot resume: the checkpoint was made with {field} = {saved}, this run has {field} = {now}")]
+    ResumeMismatch { path: PathBuf, field: String, saved: String, now: String },
+
+    /// The run was stopped by Ctrl-C (SIGINT) after writing what it had.
+    #[error("interrupted (the report says \"complete\": false)")]
+    Interrupted,
 
     /// A lookup by external id failed.
     #[error("unknown {kind} id {id:?} (not in the model's training data)")]
@@ -80,6 +89,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Gpu { .. } | Error::NoAdapter { .. } => 1,
+            // 128 + SIGINT, as shells report a process ended by Ctrl-C.
+            Error::Interrupted => 130,
             Error::Io { .. } => 2,
             _ => 2,
         }

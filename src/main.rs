@@ -144,6 +144,19 @@ struct TrainArgs {
     /// Save the trained model (safetensors) to FILE.
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
+    /// Write a checkpoint (model, run state, ledger) into DIR after every
+    /// epoch and on Ctrl-C, replacing the previous one atomically.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// Continue the run checkpointed in DIR (the data and the settings that
+    /// shape the model must match); later checkpoints go to DIR too unless
+    /// --checkpoint names another.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Stop when test RMSE has not improved for N epochs, and keep the best
+    /// epoch's model.
+    #[arg(long, value_name = "N")]
+    patience: Option<usize>,
 }
 
 #[derive(Args)]
@@ -354,6 +367,9 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     if a.threads == Some(0) {
         return Err(Error::arg("--threads", "0", "must be at least 1"));
     }
+    if a.patience == Some(0) {
+        return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
+    }
     Ok(())
 }
 
@@ -441,11 +457,48 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     let staged = opened.layout.is_some();
-    let outcome = train::train(&data, &settings, backend.as_mut(), &mut |e| {
+    let resume = match &a.resume {
+        Some(dir) => {
+            let c = train::checkpoint::load_checkpoint(dir)?;
+            out.line(&format!(
+                "resuming {} at epoch {} ({} of its ratings done)",
+                c.path.display(),
+                c.state.epoch + 1,
+                c.state.position
+            ));
+            bar.inc(c.state.epoch as u64);
+            Some(c)
+        }
+        None => None,
+    };
+    let stop = interrupt_flag();
+    let control = train::RunControl {
+        stop: Some(stop),
+        checkpoint: a.checkpoint.as_deref().or(a.resume.as_deref()),
+        resume,
+        patience: a.patience,
+    };
+    let outcome = train::train(&data, &settings, backend.as_mut(), control, &mut |e| {
         bar.suspend(|| out.line(&report::epoch_line(e, staged)));
         bar.inc(1);
     })?;
     bar.finish_and_clear();
+    if !outcome.complete {
+        out.line(&format!("interrupted after {} complete epoch(s)", outcome.epochs.len()));
+    }
+    if let Some(b) = outcome.best_epoch
+        && outcome.complete
+    {
+        let why = if outcome.stopped_early {
+            format!("stopped early: no better test RMSE for {} epoch(s); ", a.patience.unwrap_or(0))
+        } else {
+            String::new()
+        };
+        out.line(&format!("{why}keeping the model of epoch {b}"));
+    }
+    if let Some(p) = &outcome.checkpoint {
+        out.line(&format!("checkpoint: {}", p.display()));
+    }
     out.line(&format!(
         "final: test RMSE {:.4}  MAE {:.4}  {:.3e} ratings/s",
         outcome.final_metrics.rmse, outcome.final_metrics.mae, outcome.ratings_per_sec
@@ -485,9 +538,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "format": a.data.format,
         "zipf": a.data.zipf,
     });
-    if let Some(path) = &a.save {
-        model::save_model(&outcome.model, &config, path)?;
-        out.line(&format!("saved model to {}", path.display()));
+    match &a.save {
+        Some(path) if outcome.complete => {
+            model::save_model(&outcome.model, &config, path)?;
+            out.line(&format!("saved model to {}", path.display()));
+        }
+        Some(path) => out.line(&format!(
+            "not saving {}: the run was interrupted{}",
+            path.display(),
+            if outcome.checkpoint.is_some() { " (resume it from the checkpoint)" } else { "" }
+        )),
+        None => {}
     }
     if let Some(path) = &a.json {
         let report = Report {
@@ -507,12 +568,40 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 test_mae: outcome.final_metrics.mae,
                 ratings_per_sec: outcome.ratings_per_sec,
             },
-            complete: true,
+            complete: outcome.complete,
+            best_epoch: outcome.best_epoch,
+            stopped_early: outcome.stopped_early,
         };
         let text = serde_json::to_string_pretty(&report).expect("report serialises");
         write_output(path, &text)?;
     }
+    if !outcome.complete {
+        return Err(Error::Interrupted);
+    }
     Ok(())
+}
+
+/// A flag raised by the first Ctrl-C (SIGINT): training stops at the next
+/// batch boundary and writes what it has. A second Ctrl-C exits at once.
+fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let handler = || {
+            if STOP.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted again: exiting now");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupt: finishing the current batch, then writing what the run has (Ctrl-C again to exit now)"
+            );
+        };
+        if let Err(e) = ctrlc::set_handler(handler) {
+            log::warn!("cannot install the Ctrl-C handler ({e}); Ctrl-C will end the run without a report");
+        }
+    });
+    &STOP
 }
 
 /// Maps ratings read from a file onto a model's dense ids.

@@ -53,6 +53,8 @@ fn trains_on_a_csv_and_reports_json_with_the_documented_keys() {
     assert_eq!(j["epochs"].as_array().unwrap().len(), 2);
     for k in [
         "epoch",
+        "ratings",
+        "conflicts",
         "train_rmse",
         "test_rmse",
         "seconds",
@@ -175,6 +177,8 @@ fn unreadable_file_and_bad_flags_exit_2() {
         ("--batch", "0", "--batch"),
         ("--test-fraction", "1.5", "--test-fraction"),
         ("--backend", "cuda", "--backend"),
+        ("--patience", "0", "--patience"),
+        ("--resume", "/nonexistent/run", "/nonexistent/run/checkpoint.safetensors"),
     ] {
         rowstage()
             .args(["train", &format!("{flag}={value}")])
@@ -317,6 +321,15 @@ fn hogwild_cpu_reaches_the_accuracy_of_sequential_sgd() {
             .unwrap();
         assert!(out.status.success());
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // Conflicts: ratings racing with another thread's in the same
+        // parallel wave; none in the sequential order.
+        let conflicts: Vec<u64> =
+            j["epochs"].as_array().unwrap().iter().map(|e| e["conflicts"].as_u64().unwrap()).collect();
+        if extra.is_empty() {
+            assert!(conflicts.iter().all(|&c| c > 0), "{conflicts:?}");
+        } else {
+            assert!(conflicts.iter().all(|&c| c == 0), "{conflicts:?}");
+        }
         j["final"]["test_rmse"].as_f64().unwrap()
     };
     let (hog, seq) = (rmse(&[]), rmse(&["--deterministic"]));
@@ -404,4 +417,80 @@ fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
             .code(2)
             .stderr(predicate::str::contains("smallest budget that works"));
     }
+}
+
+#[test]
+fn ctrl_c_writes_an_incomplete_report_and_a_checkpoint_then_resume_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let report = dir.path().join("r.json");
+    let model = dir.path().join("m.safetensors");
+    let args = |epochs: &str| -> Vec<String> {
+        ["train", "--backend", "cpu", "--threads", "2", "--synthetic", "4000,2000,200000", "--rank", "8", "--epochs"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([epochs.to_string()])
+            .collect()
+    };
+    let bin = assert_cmd::cargo::cargo_bin("rowstage");
+    let child = std::process::Command::new(&bin)
+        .args(args("100000"))
+        .arg("--checkpoint")
+        .arg(&ck)
+        .arg("--json")
+        .arg(&report)
+        .arg("--save")
+        .arg(&model)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first epoch's checkpoint exists.
+    let file = ck.join("checkpoint.safetensors");
+    let t0 = std::time::Instant::now();
+    while !file.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted") && !stderr.contains("panicked"), "{stderr}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(j["complete"], false);
+    let done = j["epochs"].as_array().unwrap().len();
+    assert!(done >= 1);
+    assert!(!model.exists(), "an interrupted run must not write --save as if complete");
+
+    // Resume with a near total: the run continues at the stopped epoch.
+    let total = (done + 2).to_string();
+    let out = rowstage()
+        .args(args(&total))
+        .arg("--resume")
+        .arg(&ck)
+        .args(["--json", "-"])
+        .arg("--save")
+        .arg(&model)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["complete"], true);
+    assert_eq!(j["epochs"].as_array().unwrap().len(), done + 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
+    assert!(model.exists());
+
+    // A damaged checkpoint is refused with exit 2, naming the file.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
+    rowstage()
+        .args(args(&total))
+        .arg("--resume")
+        .arg(&ck)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("checkpoint.safetensors").and(predicate::str::contains("not a valid")));
 }

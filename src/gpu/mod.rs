@@ -29,6 +29,7 @@ pub mod kernels;
 
 pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +108,8 @@ pub struct GpuBackend {
     slots_host: Vec<u32>,
     waves: Waves,
     ledger: Ledger,
+    /// Hogwild conflicts of the epoch so far (see [`Waves::single`]).
+    conflicts: u64,
     wire: Wire,
     error: Arc<Mutex<Option<String>>>,
     resident_loaded: bool,
@@ -216,12 +219,32 @@ impl Waves {
         }
     }
 
-    /// One wave holding every rating in order (Hogwild).
-    fn single(&mut self, n: usize) {
+    /// One wave holding every rating in order (Hogwild). Returns the
+    /// conflicts: ratings whose user or item an earlier rating of the wave
+    /// also updates (the updates that may race).
+    fn single(&mut self, ratings: &[Rating], n_users: u32, n_rows: usize) -> u64 {
+        let n = ratings.len();
         self.ranges.clear();
         self.ranges.push((0, n as u32));
         self.perm.clear();
         self.perm.extend(0..n as u32);
+        if self.stamp_of.len() != n_rows {
+            self.last = vec![0; n_rows];
+            self.stamp_of = vec![0; n_rows];
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.stamp_of.fill(0);
+            self.stamp = 1;
+        }
+        let mut conflicts = 0;
+        for r in ratings {
+            let (u, i) = (r.user as usize, (n_users + r.item) as usize);
+            conflicts += (self.stamp_of[u] == self.stamp || self.stamp_of[i] == self.stamp) as u64;
+            self.stamp_of[u] = self.stamp;
+            self.stamp_of[i] = self.stamp;
+        }
+        conflicts
     }
 }
 
@@ -435,6 +458,7 @@ impl GpuBackend {
             slots_host: Vec::new(),
             waves: Waves::default(),
             ledger: Ledger::default(),
+            conflicts: 0,
             wire: Wire::default(),
             error,
             resident_loaded: false,
@@ -719,7 +743,7 @@ impl GpuBackend {
         if self.deterministic {
             self.waves.build(ratings, self.n_users, self.n_rows);
         } else {
-            self.waves.single(ratings.len());
+            self.conflicts += self.waves.single(ratings, self.n_users, self.n_rows);
         }
         self.sample_host.clear();
         for &j in &self.waves.perm {
@@ -896,6 +920,7 @@ impl Backend for GpuBackend {
         order: &[u32],
         following: &[u32],
         lr: f32,
+        stop: &AtomicBool,
     ) -> Result<EpochTrain> {
         self.ledger = Ledger::default();
         if !self.resident_loaded {
@@ -905,18 +930,30 @@ impl Backend for GpuBackend {
         let mut enc = self.encoder("clear loss");
         enc.clear_buffer(&self.buffers.loss, 0, None);
         self.ctx.queue.submit([enc.finish()]);
+        self.conflicts = 0;
         let mut batch: Vec<Rating> = Vec::with_capacity(self.layout.max_samples as usize);
+        let mut done = 0;
         for chunk in order.chunks(self.layout.max_samples as usize) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             batch.clear();
             batch.extend(chunk.iter().map(|&i| train[i as usize]));
             self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step, lr))?;
+            done += chunk.len();
         }
         self.complete_all(model)?;
         let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
         let loss = self.buffers.loss.clone();
         let enc = self.encoder("read loss");
         let sse = self.read_sums(&loss, groups, enc)?.iter().sum();
-        Ok(EpochTrain { sse, count: order.len() as u64, ledger: std::mem::take(&mut self.ledger) })
+        Ok(EpochTrain {
+            sse,
+            count: done as u64,
+            done,
+            conflicts: self.conflicts,
+            ledger: std::mem::take(&mut self.ledger),
+        })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {

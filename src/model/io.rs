@@ -34,9 +34,56 @@ fn checksum(parts: &[&[u8]], meta: &[(&str, &str)]) -> u32 {
     h.finalize()
 }
 
+/// What a file holds: its `format` tag and how errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A trained model (`rowstage train --save`).
+    Model,
+    /// A training checkpoint (`rowstage train --checkpoint`): the current
+    /// model, optionally the best epoch's, and the run's state.
+    Checkpoint,
+}
+
+impl FileKind {
+    fn tag(self) -> &'static str {
+        match self {
+            FileKind::Model => FORMAT_NAME,
+            FileKind::Checkpoint => CHECKPOINT_NAME,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            FileKind::Model => "model",
+            FileKind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+const CHECKPOINT_NAME: &str = "rowstage-checkpoint";
+
 /// Writes `model` to `path` atomically (a temporary file, then a rename), with
 /// `config` (any JSON) kept in the metadata.
 pub fn save_model(model: &Model, config: &serde_json::Value, path: &Path) -> Result<()> {
+    save_tables(path, FileKind::Model, model, None, config)
+}
+
+/// Reads a model written by [`save_model`], with the config it was saved with.
+pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
+    let (model, _, config) = load_tables(path, FileKind::Model)?;
+    Ok((model, config))
+}
+
+/// Writes `model` (and `second`, tables of the same shape, as `best_users`
+/// and `best_items`) with `config` as one file of `kind`, atomically, under
+/// one CRC-32.
+pub fn save_tables(
+    path: &Path,
+    kind: FileKind,
+    model: &Model,
+    second: Option<&Model>,
+    config: &serde_json::Value,
+) -> Result<()> {
     let users: &[u8] = bytemuck::cast_slice(&model.users);
     let items: &[u8] = bytemuck::cast_slice(&model.items);
     let uids = names_blob(&model.user_ids);
@@ -47,7 +94,7 @@ pub fn save_model(model: &Model, config: &serde_json::Value, path: &Path) -> Res
     let hi = model.max_rating.to_bits().to_string();
     let config = config.to_string();
     let meta_fields: [(&str, &str); 7] = [
-        ("format", FORMAT_NAME),
+        ("format", kind.tag()),
         ("version", FORMAT_VERSION),
         ("rank", &rank),
         ("mean_bits", &mean),
@@ -55,20 +102,30 @@ pub fn save_model(model: &Model, config: &serde_json::Value, path: &Path) -> Res
         ("max_rating_bits", &hi),
         ("config", &config),
     ];
-    let sum = checksum(&[users, items, &uids, &iids], &meta_fields);
+    let mut parts: Vec<&[u8]> = vec![users, items, &uids, &iids];
+    if let Some(b) = second {
+        parts.push(bytemuck::cast_slice(&b.users));
+        parts.push(bytemuck::cast_slice(&b.items));
+    }
+    let sum = checksum(&parts, &meta_fields);
     let mut meta: HashMap<String, String> = meta_fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     meta.insert("crc32".into(), format!("{sum:08x}"));
 
     let ser = |e: safetensors::SafeTensorError| Error::BadModel {
         path: path.to_path_buf(),
+        what: kind.what(),
         reason: format!("cannot serialise: {e}"),
     };
-    let tensors = vec![
+    let mut tensors = vec![
         ("users", TensorView::new(Dtype::F32, vec![model.n_users(), model.stride], users).map_err(ser)?),
         ("items", TensorView::new(Dtype::F32, vec![model.n_items(), model.stride], items).map_err(ser)?),
         ("user_ids", TensorView::new(Dtype::U8, vec![uids.len()], &uids).map_err(ser)?),
         ("item_ids", TensorView::new(Dtype::U8, vec![iids.len()], &iids).map_err(ser)?),
     ];
+    if let Some(b) = second {
+        tensors.push(("best_users", TensorView::new(Dtype::F32, vec![b.n_users(), b.stride], parts[4]).map_err(ser)?));
+        tensors.push(("best_items", TensorView::new(Dtype::F32, vec![b.n_items(), b.stride], parts[5]).map_err(ser)?));
+    }
     let bytes = safetensors::serialize(tensors, Some(meta)).map_err(ser)?;
     write_atomically(path, &bytes)
 }
@@ -92,16 +149,22 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Reads a model written by [`save_model`], with the config it was saved with.
-pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
+/// Reads a file written by [`save_tables`] as `kind`: the model, the second
+/// tables if the file has them, and the config.
+pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>, serde_json::Value)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |reason: String| Error::BadModel { path: path.to_path_buf(), reason };
+    let bad = |reason: String| Error::BadModel { path: path.to_path_buf(), what: kind.what(), reason };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file or truncated ({e})")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let meta = header.metadata().clone().ok_or_else(|| bad("no metadata".into()))?;
     let get = |k: &str| meta.get(k).map(String::as_str).ok_or_else(|| bad(format!("metadata has no {k:?}")));
-    if get("format")? != FORMAT_NAME {
-        return Err(bad(format!("format is {:?}, expected {FORMAT_NAME:?}", get("format")?)));
+    if get("format")? != kind.tag() {
+        let hint = match get("format")? {
+            FORMAT_NAME => " (a saved model: give it to eval or recommend)",
+            CHECKPOINT_NAME => " (a training checkpoint: give its directory to train --resume)",
+            _ => "",
+        };
+        return Err(bad(format!("format is {:?}, expected {:?}{hint}", get("format")?, kind.tag())));
     }
     if get("version")? != FORMAT_VERSION {
         return Err(bad(format!(
@@ -120,7 +183,16 @@ pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
     let (uids, iids) = (tensor("user_ids", Dtype::U8)?, tensor("item_ids", Dtype::U8)?);
     let fields = ["format", "version", "rank", "mean_bits", "min_rating_bits", "max_rating_bits", "config"];
     let meta_fields: Vec<(&str, &str)> = fields.iter().map(|k| Ok((*k, get(k)?))).collect::<Result<_>>()?;
-    let want = checksum(&[users.data(), items.data(), uids.data(), iids.data()], &meta_fields);
+    let second = match (st.tensor("best_users"), st.tensor("best_items")) {
+        (Ok(_), Ok(_)) => Some((tensor("best_users", Dtype::F32)?, tensor("best_items", Dtype::F32)?)),
+        _ => None,
+    };
+    let mut parts = vec![users.data(), items.data(), uids.data(), iids.data()];
+    if let Some((bu, bi)) = &second {
+        parts.push(bu.data());
+        parts.push(bi.data());
+    }
+    let want = checksum(&parts, &meta_fields);
     let have = u32::from_str_radix(get("crc32")?, 16).map_err(|_| bad("crc32 is not hexadecimal".into()))?;
     if want != have {
         return Err(bad(format!("checksum mismatch (stored {have:08x}, computed {want:08x}): the file is corrupted")));
@@ -129,8 +201,17 @@ pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
     let num = |k: &str| -> Result<u32> { get(k)?.parse().map_err(|_| bad(format!("{k} is not a number"))) };
     let rank = num("rank")? as usize;
     let stride = super::row_stride(rank);
-    if users.shape().get(1) != Some(&stride) || items.shape().get(1) != Some(&stride) {
+    let mut tables = vec![&users, &items];
+    if let Some((bu, bi)) = &second {
+        tables.extend([bu, bi]);
+    }
+    if tables.iter().any(|t| t.shape().len() != 2 || t.shape()[1] != stride) {
         return Err(bad(format!("tables are not {stride} floats wide for rank {rank}")));
+    }
+    if let Some((bu, bi)) = &second
+        && (bu.shape() != users.shape() || bi.shape() != items.shape())
+    {
+        return Err(bad("best_users/best_items differ in shape from users/items".into()));
     }
     let floats = |t: &TensorView| -> Vec<f32> {
         t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
@@ -156,8 +237,19 @@ pub fn load_model(path: &Path) -> Result<(Model, serde_json::Value)> {
         user_ids: ids(&uids, n_users, "user")?,
         item_ids: ids(&iids, n_items, "item")?,
     };
+    let second = second.map(|(bu, bi)| Model {
+        users: floats(&bu),
+        items: floats(&bi),
+        user_ids: model.user_ids.clone(),
+        item_ids: model.item_ids.clone(),
+        rank: model.rank,
+        stride: model.stride,
+        mean: model.mean,
+        min_rating: model.min_rating,
+        max_rating: model.max_rating,
+    });
     let config = serde_json::from_str(get("config")?).map_err(|e| bad(format!("config is not JSON: {e}")))?;
-    Ok((model, config))
+    Ok((model, second, config))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct DatasetInfo {
 pub struct EpochJson {
     pub epoch: usize,
     pub lr: f32,
+    pub ratings: usize,
+    pub conflicts: u64,
     pub train_rmse: f64,
     pub test_rmse: f64,
     pub test_mae: f64,
@@ -53,6 +55,8 @@ impl From<&EpochReport> for EpochJson {
         EpochJson {
             epoch: e.epoch,
             lr: e.lr,
+            ratings: e.ratings,
+            conflicts: e.conflicts,
             train_rmse: e.train_rmse,
             test_rmse: e.test_rmse,
             test_mae: e.test_mae,
@@ -89,15 +93,20 @@ pub struct Report {
     pub epochs: Vec<EpochJson>,
     #[serde(rename = "final")]
     pub final_: FinalJson,
+    /// False when Ctrl-C stopped the run before its last epoch.
     pub complete: bool,
+    /// Under `--patience`: the epoch whose model was kept.
+    pub best_epoch: Option<usize>,
+    /// Under `--patience`: whether it ended the run early.
+    pub stopped_early: bool,
 }
 
 /// The text line printed after an epoch.
 pub fn epoch_line(e: &EpochReport, staged: bool) -> String {
     let l = &e.ledger;
     let mut s = format!(
-        "epoch {:>3}  train {:.4}  test {:.4}  {:>9.3e} ratings/s",
-        e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec
+        "epoch {:>3}  train {:.4}  test {:.4}  {:>9.3e} ratings/s  conflicts {:>7}",
+        e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec, e.conflicts
     );
     if staged {
         let predicted = |p: Option<f64>| p.map_or(String::new(), |p| format!(" (model {p:.0})"));

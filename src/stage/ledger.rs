@@ -2,10 +2,10 @@
 //! transfer is issued. Training traffic and evaluation traffic are kept apart
 //! so that a simulator (which never evaluates) can be compared with training.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Counters for one epoch (or a whole run, by [`Ledger::merge`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     /// Rows staged in for training, per table.
     pub user_rows_in: u64,

@@ -1,13 +1,20 @@
 //! The CPU backends: the sequential reference trainer (the ground truth of
 //! every test) and the multi-threaded Hogwild trainer (`--backend cpu`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::{Backend, EpochTrain};
 use crate::data::Rating;
 use crate::error::Result;
 use crate::model::{Metrics, MetricsAcc, Model, Step};
 use crate::stage::Ledger;
+
+/// Ratings between two looks at the stop flag (sequential reference).
+const STOP_CHECK: usize = 4096;
+
+/// Ratings of one Hogwild round: the round's share of the epoch order is split
+/// among the threads, and the stop flag is read between rounds.
+const ROUND: usize = 1 << 16;
 
 fn step_of(model: &Model, lr: f32, reg: f32, bias_reg: f32) -> Step {
     Step { rank: model.rank, mean: model.mean, lr, reg, bias_reg }
@@ -36,18 +43,26 @@ impl Backend for ReferenceCpu {
         order: &[u32],
         _following: &[u32],
         lr: f32,
+        stop: &AtomicBool,
     ) -> Result<EpochTrain> {
         let step = step_of(model, lr, self.reg, self.bias_reg);
         let s = model.stride;
         let mut sse = 0.0f64;
-        for &idx in order {
-            let r = train[idx as usize];
-            let p = &mut model.users[r.user as usize * s..][..s];
-            let q = &mut model.items[r.item as usize * s..][..s];
-            let e = step.apply(p, q, r.value);
-            sse += (e * e) as f64;
+        let mut done = 0;
+        for part in order.chunks(STOP_CHECK) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            for &idx in part {
+                let r = train[idx as usize];
+                let p = &mut model.users[r.user as usize * s..][..s];
+                let q = &mut model.items[r.item as usize * s..][..s];
+                let e = step.apply(p, q, r.value);
+                sse += (e * e) as f64;
+            }
+            done += part.len();
         }
-        Ok(EpochTrain { sse, count: order.len() as u64, ledger: Ledger::default() })
+        Ok(EpochTrain { sse, count: done as u64, done, conflicts: 0, ledger: Ledger::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {
@@ -59,8 +74,8 @@ impl Backend for ReferenceCpu {
     }
 }
 
-/// Multi-threaded Hogwild SGD: each thread takes a contiguous share of the
-/// epoch order and updates the shared tables without locks. Rows are read and
+/// Multi-threaded Hogwild SGD: the epoch order is taken in rounds of
+/// [`ROUND`] ratings, each thread takes a contiguous share of a round and updates the shared tables without locks. Rows are read and
 /// written with relaxed atomic loads and stores of the f32 bits (plain moves on
 /// every mainstream CPU), so concurrent updates of one row may lose an update,
 /// as Hogwild! accepts, but never make undefined behaviour.
@@ -101,47 +116,68 @@ impl Backend for HogwildCpu {
         order: &[u32],
         _following: &[u32],
         lr: f32,
+        stop: &AtomicBool,
     ) -> Result<EpochTrain> {
         let step = step_of(model, lr, self.reg, self.bias_reg);
         let s = model.stride;
         let users = as_atomic(&mut model.users);
         let items = as_atomic(&mut model.items);
-        let chunk = order.len().div_ceil(self.threads).max(1);
-        let sse: f64 = std::thread::scope(|scope| {
-            let handles: Vec<_> = order
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        // Two rows of scratch per thread, allocated once per epoch.
-                        let mut p = vec![0.0f32; s];
-                        let mut q = vec![0.0f32; s];
-                        let mut sse = 0.0f64;
-                        for &idx in part {
-                            let r = train[idx as usize];
-                            let pu = &users[r.user as usize * s..][..s];
-                            let qi = &items[r.item as usize * s..][..s];
-                            for (x, a) in p.iter_mut().zip(pu) {
-                                *x = f32::from_bits(a.load(Ordering::Relaxed));
+        let threads = self.threads;
+        let (mut sse, mut conflicts, mut done) = (0.0f64, 0u64, 0usize);
+        for round in order.chunks(ROUND) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let chunk = round.len().div_ceil(threads).max(1);
+            let (round_sse, round_conflicts) = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..round.len().div_ceil(chunk))
+                    .map(|t| {
+                        scope.spawn(move || {
+                            let part = &round[t * chunk..((t + 1) * chunk).min(round.len())];
+                            // Two rows of scratch per thread, allocated once per round.
+                            let mut p = vec![0.0f32; s];
+                            let mut q = vec![0.0f32; s];
+                            let (mut sse, mut conflicts) = (0.0f64, 0u64);
+                            for (j, &idx) in part.iter().enumerate() {
+                                let r = train[idx as usize];
+                                // The j-th rating of every thread's part forms one
+                                // parallel wave: count a conflict when an earlier
+                                // thread's j-th rating shares the user or the item.
+                                conflicts += (0..t).any(|e| {
+                                    let o = train[round[e * chunk + j] as usize];
+                                    o.user == r.user || o.item == r.item
+                                }) as u64;
+                                let pu = &users[r.user as usize * s..][..s];
+                                let qi = &items[r.item as usize * s..][..s];
+                                for (x, a) in p.iter_mut().zip(pu) {
+                                    *x = f32::from_bits(a.load(Ordering::Relaxed));
+                                }
+                                for (x, a) in q.iter_mut().zip(qi) {
+                                    *x = f32::from_bits(a.load(Ordering::Relaxed));
+                                }
+                                let e = step.apply(&mut p, &mut q, r.value);
+                                sse += (e * e) as f64;
+                                for (x, a) in p.iter().zip(pu) {
+                                    a.store(x.to_bits(), Ordering::Relaxed);
+                                }
+                                for (x, a) in q.iter().zip(qi) {
+                                    a.store(x.to_bits(), Ordering::Relaxed);
+                                }
                             }
-                            for (x, a) in q.iter_mut().zip(qi) {
-                                *x = f32::from_bits(a.load(Ordering::Relaxed));
-                            }
-                            let e = step.apply(&mut p, &mut q, r.value);
-                            sse += (e * e) as f64;
-                            for (x, a) in p.iter().zip(pu) {
-                                a.store(x.to_bits(), Ordering::Relaxed);
-                            }
-                            for (x, a) in q.iter().zip(qi) {
-                                a.store(x.to_bits(), Ordering::Relaxed);
-                            }
-                        }
-                        sse
+                            (sse, conflicts)
+                        })
                     })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("Hogwild worker panicked")).sum()
-        });
-        Ok(EpochTrain { sse, count: order.len() as u64, ledger: Ledger::default() })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("Hogwild worker panicked"))
+                    .fold((0.0, 0), |(a, b), (c, d)| (a + c, b + d))
+            });
+            sse += round_sse;
+            conflicts += round_conflicts;
+            done += round.len();
+        }
+        Ok(EpochTrain { sse, count: done as u64, done, conflicts, ledger: Ledger::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {

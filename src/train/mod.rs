@@ -11,18 +11,21 @@
 //! two ratings sharing a row, so both end with the same model up to f32
 //! rounding, whatever the staging policy and budget.
 
+pub mod checkpoint;
 pub mod cpu;
 pub mod plan;
 mod setup;
 
 pub use setup::{BackendSpec, Opened, Planned, auto_batch, open_backend, plan_budget, table_bytes};
 
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Rating};
 use crate::error::Result;
@@ -75,6 +78,12 @@ pub struct EpochTrain {
     /// Sum of squared errors seen by SGD before each update.
     pub sse: f64,
     pub count: u64,
+    /// Ratings of the order applied: all of them, or fewer when the stop flag
+    /// was raised (then a prefix, a whole number of batches).
+    pub done: usize,
+    /// Ratings whose user or item an earlier rating of the same parallel wave
+    /// also updates: the Hogwild updates that may race. 0 in deterministic mode.
+    pub conflicts: u64,
     pub ledger: Ledger,
 }
 
@@ -86,7 +95,9 @@ pub trait Backend {
     fn adapter(&self) -> String;
     /// One pass over `order` (indices into `train`) with learning rate `lr`;
     /// `following` is the next epoch's order (empty after the last), for
-    /// policies that plan ahead.
+    /// policies that plan ahead. When `stop` is raised the pass ends at the
+    /// next batch boundary, leaving the model consistent; [`EpochTrain::done`]
+    /// says how far it got.
     fn train_epoch(
         &mut self,
         model: &mut Model,
@@ -94,6 +105,7 @@ pub trait Backend {
         order: &[u32],
         following: &[u32],
         lr: f32,
+        stop: &AtomicBool,
     ) -> Result<EpochTrain>;
     /// Test metrics of the current model, and the traffic it took.
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)>;
@@ -118,10 +130,15 @@ pub struct TrainSettings {
 }
 
 /// One epoch's figures, as printed and reported.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: usize,
     pub lr: f32,
+    /// Ratings trained in this run's pass (fewer than the training set when
+    /// the epoch was resumed from a mid-epoch checkpoint).
+    pub ratings: usize,
+    /// See [`EpochTrain::conflicts`].
+    pub conflicts: u64,
     pub train_rmse: f64,
     pub test_rmse: f64,
     pub test_mae: f64,
@@ -145,77 +162,163 @@ pub struct Prediction {
     pub row_bytes: u64,
 }
 
+/// How a run is steered beyond its settings: interruption, checkpoints,
+/// resuming, early stopping.
+#[derive(Default)]
+pub struct RunControl<'a> {
+    /// Raised (e.g. by a SIGINT handler) to stop at the next batch boundary.
+    pub stop: Option<&'a AtomicBool>,
+    /// Write a checkpoint into this directory after every epoch and when
+    /// stopped.
+    pub checkpoint: Option<&'a Path>,
+    /// Continue from this checkpoint (its fingerprint must match the run).
+    pub resume: Option<checkpoint::Checkpoint>,
+    /// Stop when test RMSE has not improved for this many epochs; the best
+    /// epoch's model is kept.
+    pub patience: Option<usize>,
+}
+
 /// The result of [`train`].
 pub struct TrainOutcome {
+    /// The final model: the best epoch's under `--patience`.
     pub model: Model,
+    /// Every complete epoch of the run, resumed ones included.
     pub epochs: Vec<EpochReport>,
     pub final_metrics: Metrics,
     /// Training ratings per second over all epochs (evaluation excluded).
     pub ratings_per_sec: f64,
+    /// False when the stop flag ended the run before its last epoch.
+    pub complete: bool,
+    /// The epoch (1-based) whose model was kept, under `--patience`.
+    pub best_epoch: Option<usize>,
+    /// True when `--patience` ended the run before its last epoch.
+    pub stopped_early: bool,
+    /// The last checkpoint written, if any.
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
-/// Trains a fresh model on `data` with `backend`, calling `on_epoch` after
-/// each epoch.
+/// Trains `data` with `backend`, calling `on_epoch` after each epoch: a
+/// fresh model, or the one in `control.resume` from where it stopped.
 pub fn train(
     data: &Dataset,
     settings: &TrainSettings,
     backend: &mut dyn Backend,
+    control: RunControl,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainOutcome> {
-    let mut model = Model::init(data, &settings.hp, settings.seed);
-    let mut orders = EpochOrders::new(data.train.len(), settings.seed, settings.epochs);
-    let mut epochs = Vec::with_capacity(settings.epochs);
-    let mut train_seconds = 0.0;
-    for epoch in 0..settings.epochs {
+    let fingerprint = checkpoint::Fingerprint::of(data, settings);
+    let (mut model, mut state, mut best_model) = match control.resume {
+        Some(c) => {
+            c.state.fingerprint.check(&fingerprint, &c.path)?;
+            (c.model, c.state, c.best_model)
+        }
+        None => (Model::init(data, &settings.hp, settings.seed), checkpoint::RunState::new(fingerprint, 0.0), None),
+    };
+    let never = AtomicBool::new(false);
+    let stop = control.stop.unwrap_or(&never);
+    let n = data.train.len();
+    let mut orders = EpochOrders::new(n, settings.seed, settings.epochs);
+    let mut complete = true;
+    let mut stopped_early = false;
+    let mut written = None;
+    let mut save = |state: &checkpoint::RunState, model: &Model, best: Option<&Model>| -> Result<()> {
+        if let Some(dir) = control.checkpoint {
+            written = Some(checkpoint::save_checkpoint(dir, state, model, best)?);
+        }
+        Ok(())
+    };
+    // The host tables must be authoritative after an epoch whose model is
+    // copied (checkpoint, best epoch), and at the end.
+    let sync_every_epoch = control.checkpoint.is_some() || control.patience.is_some();
+    while state.epoch < settings.epochs {
+        let epoch = state.epoch;
         let lr = settings.hp.lr_at(epoch);
+        state.lr = lr;
         orders.start(epoch);
+        let from = state.position.min(n);
         let t0 = Instant::now();
-        let mut out = backend.train_epoch(&mut model, &data.train, &orders.order, &orders.following, lr)?;
+        let mut out =
+            backend.train_epoch(&mut model, &data.train, &orders.order[from..], &orders.following, lr, stop)?;
         let seconds = t0.elapsed().as_secs_f64();
-        train_seconds += seconds;
+        state.train_seconds += seconds;
+        if from + out.done < n {
+            // Stopped mid-epoch: make the host authoritative, remember where.
+            out.ledger.merge(&backend.finish(&mut model)?);
+            state.partial_ledger.merge(&out.ledger);
+            state.position = from + out.done;
+            complete = false;
+            save(&state, &model, best_model.as_ref())?;
+            break;
+        }
         let (test, eval_ledger) = backend.evaluate(&model, &data.test)?;
         out.ledger.merge(&eval_ledger);
-        if epoch + 1 == settings.epochs {
-            let flush = backend.finish(&mut model)?;
-            out.ledger.merge(&flush);
+        let last = epoch + 1 == settings.epochs;
+        if last || sync_every_epoch {
+            out.ledger.merge(&backend.finish(&mut model)?);
         }
-        let report = EpochReport {
+        let mut ledger = std::mem::take(&mut state.partial_ledger);
+        ledger.merge(&out.ledger);
+        let mut report = EpochReport {
             epoch: epoch + 1,
             lr,
+            ratings: out.done,
+            conflicts: out.conflicts,
             train_rmse: (out.sse / out.count.max(1) as f64).sqrt(),
             test_rmse: test.rmse,
             test_mae: test.mae,
             seconds,
-            ratings_per_sec: data.train.len() as f64 / seconds.max(1e-9),
-            ledger: out.ledger,
+            ratings_per_sec: out.done as f64 / seconds.max(1e-9),
+            ledger,
             predicted_rows_in: None,
             predicted_rows_out: None,
             predicted_bytes_h2d: None,
         };
-        let report = match backend.prediction() {
-            Some(p) => {
-                let first = if epoch == 0 { p.resident as f64 } else { 0.0 };
-                let last = if epoch + 1 == settings.epochs { p.resident as f64 } else { 0.0 };
-                EpochReport {
-                    predicted_rows_in: Some(p.rows_per_epoch + first),
-                    predicted_rows_out: Some(p.rows_per_epoch + last),
-                    predicted_bytes_h2d: Some((p.rows_per_epoch + first) * p.row_bytes as f64),
-                    ..report
-                }
+        if let Some(p) = backend.prediction() {
+            let first = if epoch == 0 { p.resident as f64 } else { 0.0 };
+            let last = if last { p.resident as f64 } else { 0.0 };
+            report.predicted_rows_in = Some(p.rows_per_epoch + first);
+            report.predicted_rows_out = Some(p.rows_per_epoch + last);
+            report.predicted_bytes_h2d = Some((p.rows_per_epoch + first) * p.row_bytes as f64);
+        }
+        if let Some(patience) = control.patience {
+            if state.best.is_none_or(|b| test.rmse < b.test_rmse) {
+                state.best = Some(checkpoint::Best { epoch: epoch + 1, test_rmse: test.rmse });
+                state.since_best = 0;
+                best_model = Some(model.clone());
+            } else {
+                state.since_best += 1;
             }
-            None => report,
-        };
+            stopped_early = state.since_best >= patience && !last;
+        }
         on_epoch(&report);
-        epochs.push(report);
+        state.epochs.push(report);
+        state.epoch += 1;
+        state.position = 0;
+        state.lr = settings.hp.lr_at(state.epoch);
+        save(&state, &model, best_model.as_ref())?;
+        if stopped_early {
+            break;
+        }
     }
-    if settings.epochs == 0 {
+    if state.epochs.is_empty() && complete {
         backend.finish(&mut model)?;
     }
+    let best_epoch = state.best.map(|b| b.epoch);
+    if let Some(best) = best_model
+        && complete
+    {
+        model = best;
+    }
     let final_metrics = model.evaluate(&data.test);
+    let trained: usize = state.epochs.iter().map(|e| e.ratings).sum();
     Ok(TrainOutcome {
-        ratings_per_sec: (data.train.len() * settings.epochs) as f64 / train_seconds.max(1e-9),
+        ratings_per_sec: trained as f64 / state.train_seconds.max(1e-9),
         model,
-        epochs,
+        epochs: state.epochs,
         final_metrics,
+        complete,
+        best_epoch,
+        stopped_early,
+        checkpoint: written,
     })
 }

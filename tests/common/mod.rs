@@ -61,3 +61,54 @@ pub fn gpu(backend: BackendChoice, test: &str) -> Option<GpuContext> {
         Err(e) => panic!("{test}: ROWSTAGE_REQUIRE_GPU=1 but no adapter for {backend:?}: {e}"),
     }
 }
+
+/// A backend that trains only the first `after` ratings of its `at_call`-th
+/// epoch pass and reports that it stopped there, as a raised stop flag would:
+/// an interruption at a chosen batch boundary.
+pub struct StopAfter<B> {
+    pub inner: B,
+    pub at_call: usize,
+    pub after: usize,
+    pub calls: usize,
+}
+
+impl<B> StopAfter<B> {
+    pub fn new(inner: B, at_call: usize, after: usize) -> Self {
+        StopAfter { inner, at_call, after, calls: 0 }
+    }
+}
+
+impl<B: rowstage::train::Backend> rowstage::train::Backend for StopAfter<B> {
+    fn kind(&self) -> String {
+        self.inner.kind()
+    }
+    fn adapter(&self) -> String {
+        self.inner.adapter()
+    }
+    fn train_epoch(
+        &mut self,
+        model: &mut rowstage::model::Model,
+        train: &[rowstage::data::Rating],
+        order: &[u32],
+        following: &[u32],
+        lr: f32,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> rowstage::Result<rowstage::train::EpochTrain> {
+        self.calls += 1;
+        let order = if self.calls == self.at_call { &order[..self.after.min(order.len())] } else { order };
+        self.inner.train_epoch(model, train, order, following, lr, stop)
+    }
+    fn evaluate(
+        &mut self,
+        model: &rowstage::model::Model,
+        test: &[rowstage::data::Rating],
+    ) -> rowstage::Result<(rowstage::model::Metrics, rowstage::stage::Ledger)> {
+        self.inner.evaluate(model, test)
+    }
+    fn finish(&mut self, model: &mut rowstage::model::Model) -> rowstage::Result<rowstage::stage::Ledger> {
+        self.inner.finish(model)
+    }
+    fn prediction(&self) -> Option<rowstage::train::Prediction> {
+        self.inner.prediction()
+    }
+}

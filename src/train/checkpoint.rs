@@ -1,0 +1,202 @@
+//! Checkpoints: everything a run needs to continue where it stopped, in one
+//! file written atomically (a temporary file, then a rename) and guarded by
+//! the model format's CRC-32, so a crash mid-write leaves the previous
+//! checkpoint whole and a damaged file is refused.
+//!
+//! A checkpoint holds the host tables (made authoritative first), the best
+//! epoch's tables when `--patience` keeps them, and [`RunState`]: the epoch and
+//! the position inside it, the epoch reports so far (each with its ledger),
+//! and a fingerprint of the data and the settings that decide the mathematics.
+//! The random streams need no saved state: the initial factors come from the
+//! seed and each epoch's order from `(seed, epoch)` alone ([`super::epoch_order`]),
+//! so `(seed, epoch, position)` is the whole RNG state, and the learning rate
+//! is a function of the epoch.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{EpochReport, TrainSettings};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{FileKind, Model, load_tables, save_tables};
+use crate::stage::Ledger;
+
+/// The file inside a checkpoint directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// What must be equal for a checkpoint to continue a run. The budget, the
+/// policy, the backend, the thread count and the number of epochs may change
+/// between runs: they change speed and traffic, not the model (in
+/// deterministic mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub data: String,
+    pub users: usize,
+    pub items: usize,
+    pub train: usize,
+    pub test: usize,
+    /// CRC-32 of the training ratings in order (user, item, rating bits).
+    pub train_crc32: u32,
+    pub rank: usize,
+    pub lr: f32,
+    pub reg: f32,
+    pub bias_reg: f32,
+    pub decay: f32,
+    pub init_std: f32,
+    pub seed: u64,
+    pub batch: usize,
+    pub deterministic: bool,
+}
+
+impl Fingerprint {
+    pub fn of(data: &Dataset, settings: &TrainSettings) -> Self {
+        let mut h = crc32fast::Hasher::new();
+        for r in &data.train {
+            h.update(&r.user.to_le_bytes());
+            h.update(&r.item.to_le_bytes());
+            h.update(&r.value.to_bits().to_le_bytes());
+        }
+        let hp = &settings.hp;
+        Fingerprint {
+            data: data.name.clone(),
+            users: data.users.len(),
+            items: data.items.len(),
+            train: data.train.len(),
+            test: data.test.len(),
+            train_crc32: h.finalize(),
+            rank: hp.rank,
+            lr: hp.lr,
+            reg: hp.reg,
+            bias_reg: hp.bias_reg,
+            decay: hp.decay,
+            init_std: hp.init_std,
+            seed: settings.seed,
+            batch: settings.batch,
+            deterministic: settings.deterministic,
+        }
+    }
+
+    /// Fails naming the first field where `self` (saved) and `now` differ.
+    pub fn check(&self, now: &Fingerprint, path: &Path) -> Result<()> {
+        fn pair<T: std::fmt::Display>(a: T, b: T) -> (String, String) {
+            (a.to_string(), b.to_string())
+        }
+        let fields = [
+            ("dataset name", pair(&self.data, &now.data)),
+            ("dataset users", pair(self.users, now.users)),
+            ("dataset items", pair(self.items, now.items)),
+            ("training ratings", pair(self.train, now.train)),
+            ("test ratings", pair(self.test, now.test)),
+            ("the training ratings' CRC-32", pair(self.train_crc32, now.train_crc32)),
+            ("--rank", pair(self.rank, now.rank)),
+            ("--lr", pair(self.lr, now.lr)),
+            ("--reg", pair(self.reg, now.reg)),
+            ("--bias-reg", pair(self.bias_reg, now.bias_reg)),
+            ("--decay", pair(self.decay, now.decay)),
+            ("--init-std", pair(self.init_std, now.init_std)),
+            ("--seed", pair(self.seed, now.seed)),
+            ("--batch", pair(self.batch, now.batch)),
+            ("--deterministic", pair(self.deterministic, now.deterministic)),
+        ];
+        match fields.into_iter().find(|(_, (a, b))| a != b) {
+            None => Ok(()),
+            Some((field, (saved, now))) => {
+                Err(Error::ResumeMismatch { path: path.to_path_buf(), field: field.to_string(), saved, now })
+            }
+        }
+    }
+}
+
+/// The best epoch so far (under `--patience`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub epoch: usize,
+    pub test_rmse: f64,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunState {
+    pub fingerprint: Fingerprint,
+    /// The epoch in progress (0-based): epochs before it are complete.
+    pub epoch: usize,
+    /// Ratings of that epoch's order already applied (a whole number of
+    /// batches; 0 at an epoch boundary).
+    pub position: usize,
+    /// The learning rate of epoch `epoch` (informative: it follows from the
+    /// settings and the epoch).
+    pub lr: f32,
+    /// Reports of the complete epochs, ledgers included.
+    pub epochs: Vec<EpochReport>,
+    /// Traffic of the epoch in progress up to `position`.
+    pub partial_ledger: Ledger,
+    pub best: Option<Best>,
+    /// Epochs since the best one.
+    pub since_best: usize,
+    /// Seconds spent in training passes (evaluation excluded).
+    pub train_seconds: f64,
+}
+
+impl RunState {
+    pub fn new(fingerprint: Fingerprint, lr: f32) -> Self {
+        RunState {
+            fingerprint,
+            epoch: 0,
+            position: 0,
+            lr,
+            epochs: Vec::new(),
+            partial_ledger: Ledger::default(),
+            best: None,
+            since_best: 0,
+            train_seconds: 0.0,
+        }
+    }
+}
+
+/// A loaded checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub state: RunState,
+    pub model: Model,
+    /// The best epoch's tables, when the run kept them.
+    pub best_model: Option<Model>,
+    /// The file it came from.
+    pub path: PathBuf,
+}
+
+/// The checkpoint file for `dir`; a path to the file itself is accepted too.
+pub fn checkpoint_path(dir: &Path) -> PathBuf {
+    if dir.extension().is_some_and(|e| e == "safetensors") { dir.to_path_buf() } else { dir.join(CHECKPOINT_FILE) }
+}
+
+/// Writes a checkpoint into `dir` (created if missing), replacing the previous
+/// one atomically.
+pub fn save_checkpoint(dir: &Path, state: &RunState, model: &Model, best: Option<&Model>) -> Result<PathBuf> {
+    let path = checkpoint_path(dir);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let json = serde_json::to_value(state).expect("run state serialises");
+    save_tables(&path, FileKind::Checkpoint, model, best, &json)?;
+    Ok(path)
+}
+
+/// Reads the checkpoint in `dir`.
+pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
+    let path = checkpoint_path(dir);
+    let (model, best_model, json) = load_tables(&path, FileKind::Checkpoint)?;
+    let state: RunState = serde_json::from_value(json).map_err(|e| Error::BadModel {
+        path: path.clone(),
+        what: "checkpoint",
+        reason: format!("its run state is unreadable: {e}"),
+    })?;
+    if state.best.is_some() != best_model.is_some() && best_model.is_some() {
+        return Err(Error::BadModel {
+            path,
+            what: "checkpoint",
+            reason: "it holds best-epoch tables but no best epoch".into(),
+        });
+    }
+    Ok(Checkpoint { state, model, best_model, path })
+}

@@ -1,0 +1,122 @@
+//! Checkpoints, resuming and early stopping through the library, on the CPU
+//! reference (bit-exact) — the GPU version of the resume test lives in
+//! `gpu_train.rs`.
+
+mod common;
+
+use common::StopAfter;
+use rowstage::data::{Dataset, SyntheticSpec, generate};
+use rowstage::model::HyperParams;
+use rowstage::train::checkpoint::{CHECKPOINT_FILE, load_checkpoint};
+use rowstage::train::{RunControl, TrainSettings, cpu::ReferenceCpu, train};
+
+fn dataset() -> Dataset {
+    let spec = SyntheticSpec::parse("211,97,3001", 1.05).unwrap();
+    Dataset::split("resume", generate(&spec, 3), 0.1, 3)
+}
+
+fn settings() -> TrainSettings {
+    TrainSettings {
+        hp: HyperParams { rank: 6, ..Default::default() },
+        epochs: 4,
+        batch: 250,
+        seed: 9,
+        deterministic: true,
+    }
+}
+
+fn cpu(s: &TrainSettings) -> ReferenceCpu {
+    ReferenceCpu { reg: s.hp.reg, bias_reg: s.hp.bias_reg }
+}
+
+#[test]
+fn a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_model() {
+    let data = dataset();
+    let s = settings();
+    let whole = train(&data, &s, &mut cpu(&s), RunControl::default(), &mut |_| {}).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    // Stop in the second epoch after 3 batches.
+    let mut stopping = StopAfter::new(cpu(&s), 2, 3 * s.batch);
+    let control = RunControl { checkpoint: Some(dir.path()), ..Default::default() };
+    let first = train(&data, &s, &mut stopping, control, &mut |_| {}).unwrap();
+    assert!(!first.complete);
+    assert_eq!(first.epochs.len(), 1);
+    let saved = load_checkpoint(dir.path()).unwrap();
+    assert_eq!((saved.state.epoch, saved.state.position), (1, 3 * s.batch));
+
+    let control = RunControl { checkpoint: Some(dir.path()), resume: Some(saved), ..Default::default() };
+    let mut epochs_seen = Vec::new();
+    let second = train(&data, &s, &mut cpu(&s), control, &mut |e| epochs_seen.push(e.epoch)).unwrap();
+    assert!(second.complete);
+    assert_eq!(epochs_seen, vec![2, 3, 4]);
+    assert_eq!(second.epochs.len(), 4, "the resumed report keeps the epochs before the stop");
+    assert_eq!(second.epochs[1].ratings, data.train.len() - 3 * s.batch);
+    assert_eq!(second.model, whole.model, "resumed model differs from the uninterrupted one");
+    assert_eq!(second.final_metrics.rmse, whole.final_metrics.rmse);
+
+    // A checkpoint of another run is refused, naming the field.
+    let other = TrainSettings { hp: HyperParams { lr: 0.02, ..s.hp }, ..s.clone() };
+    let control = RunControl { resume: Some(load_checkpoint(dir.path()).unwrap()), ..Default::default() };
+    let e = train(&data, &other, &mut cpu(&other), control, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("--lr") && e.contains("0.01") && e.contains("0.02"), "{e}");
+}
+
+#[test]
+fn damaged_checkpoints_are_refused() {
+    let data = dataset();
+    let s = TrainSettings { epochs: 1, ..settings() };
+    let dir = tempfile::tempdir().unwrap();
+    let control = RunControl { checkpoint: Some(dir.path()), ..Default::default() };
+    train(&data, &s, &mut cpu(&s), control, &mut |_| {}).unwrap();
+    let path = dir.path().join(CHECKPOINT_FILE);
+    let good = std::fs::read(&path).unwrap();
+    // No temporary file is left beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    let e = load_checkpoint(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("not a valid rowstage checkpoint") && e.contains("truncated"), "{e}");
+
+    let mut flipped = good.clone();
+    let n = flipped.len();
+    flipped[n - 5] ^= 0x10;
+    std::fs::write(&path, &flipped).unwrap();
+    let e = load_checkpoint(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("checksum mismatch"), "{e}");
+
+    // A saved model is not a checkpoint, and the other way round.
+    std::fs::write(&path, &good).unwrap();
+    let (m, _, _) = rowstage::model::load_tables(&path, rowstage::model::FileKind::Checkpoint).unwrap();
+    rowstage::model::save_model(&m, &serde_json::json!({}), &path).unwrap();
+    let e = load_checkpoint(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("a saved model"), "{e}");
+}
+
+#[test]
+fn patience_stops_when_test_rmse_stalls_and_keeps_the_best_epoch() {
+    // No regularisation, a high rate and many factors on few ratings: test
+    // RMSE falls, then rises as the model overfits.
+    let data = dataset();
+    let s = TrainSettings {
+        hp: HyperParams { rank: 32, lr: 0.05, reg: 0.0, bias_reg: 0.0, decay: 0.0, init_std: 0.1 },
+        epochs: 60,
+        ..settings()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let control = RunControl { patience: Some(2), checkpoint: Some(dir.path()), ..Default::default() };
+    let out = train(&data, &s, &mut cpu(&s), control, &mut |_| {}).unwrap();
+    let rmses: Vec<f64> = out.epochs.iter().map(|e| e.test_rmse).collect();
+    eprintln!("test RMSE per epoch: {rmses:.4?}");
+    assert!(out.stopped_early, "overfitting should stop the run before epoch 60");
+    assert!(out.epochs.len() < 60);
+    let best = out.best_epoch.unwrap();
+    let min = rmses.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(rmses[best - 1], min);
+    assert_eq!(out.epochs.len(), best + 2, "stops 2 epochs after the best");
+    assert_eq!(out.final_metrics.rmse, min, "the kept model is the best epoch's");
+    // The checkpoint carries the best epoch's tables too.
+    let c = load_checkpoint(dir.path()).unwrap();
+    assert_eq!(c.best_model.as_ref(), Some(&out.model));
+    assert_eq!(c.state.best.unwrap().epoch, best);
+}
