@@ -15,8 +15,14 @@ use rowstage::train::{BackendSpec, RunControl, TrainSettings, open_backend, trai
 fn main() -> rowstage::Result<()> {
     let spec = SyntheticSpec::DEFAULT;
     let data = Dataset::split(&spec.name(), generate(&spec, 42), 0.1, 42);
-    let settings =
-        TrainSettings { hp: HyperParams::default(), epochs: 10, batch: 1024, seed: 42, deterministic: false };
+    let settings = TrainSettings {
+        hp: HyperParams::default(),
+        epochs: 10,
+        batch: 1024,
+        seed: 42,
+        deterministic: false,
+        co_partition: None,
+    };
     let opened = open_backend(
         &data,
         &settings,

@@ -14,6 +14,7 @@ use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, list_adapters};
 use rowstage::model::{self, HyperParams, Model};
 use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report, WGPU_VERSION};
+use rowstage::stage::copartition::Side;
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
 use rowstage::train::{self, BackendSpec, TrainSettings};
 
@@ -135,6 +136,10 @@ struct TrainArgs {
     /// Horizon of --policy lookahead, in batches.
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
+    /// Order each epoch by blocks of this side's rows, staged once per block
+    /// (users, items or none; default: the side with more rows).
+    #[arg(long, value_name = "SIDE")]
+    co_partition: Option<String>,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -242,6 +247,10 @@ struct SimulateArgs {
     /// Horizon of the lookahead policy, in batches.
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
+    /// Order each epoch by blocks of this side's rows, staged once per block
+    /// (users, items or none; default: the side with more rows).
+    #[arg(long, value_name = "SIDE")]
+    co_partition: Option<String>,
     /// Write the results as JSON to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -389,7 +398,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         batch: a.batch.parse().unwrap_or(2048),
         seed: a.seed,
         deterministic: a.deterministic,
+        co_partition: None,
     };
+    let side = co_partition_side(a.co_partition.as_deref(), &data)?;
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let spec = BackendSpec {
         backend: a.backend,
@@ -415,6 +426,16 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         settings.batch = batch;
         plan = p;
     }
+    settings.co_partition = train::co_partition_for(&data, hp.rank, settings.batch, budget, side);
+    if let Some(c) = settings.co_partition {
+        let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
+        out.line(&format!(
+            "co-partitioning by {}: {} blocks of at most {} rows, each staged once per epoch",
+            c.side.name(),
+            blocks.n_blocks,
+            blocks.rows_per_block
+        ));
+    }
     let opened = train::open_backend(&data, &settings, &spec)?;
 
     if let Some(n) = &opened.notice {
@@ -434,14 +455,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
     if let Some(l) = &opened.layout {
         out.line(&format!(
-            "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} cache/staging; transfer windows {}",
+            "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} cache/staging, {} block; transfer windows {}",
             human_bytes(l.slab_bytes),
             l.slots,
             l.row_bytes,
             100.0 * l.slab_bytes as f64 / tables.max(1) as f64,
             human_bytes(tables),
             l.areas.resident,
-            l.slots - l.areas.resident,
+            l.slots - l.areas.resident - l.block_slots,
+            l.block_slots,
             human_bytes(l.window_bytes()),
         ));
     }
@@ -529,6 +551,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "cache_slots": layout.map(|l| l.areas.cache),
         "staging_slots": layout.map(|l| l.areas.staging),
         "lookahead": a.lookahead,
+        "co_partition": settings.co_partition,
+        "block_slots": layout.map(|l| l.block_slots),
         "row_bytes": layout.map(|l| l.row_bytes),
         "policy": a.policy.name(),
         "threads": threads,
@@ -579,6 +603,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         return Err(Error::Interrupted);
     }
     Ok(())
+}
+
+/// `--co-partition`: `users`, `items`, `none`, or by default the side with
+/// more rows.
+fn co_partition_side(arg: Option<&str>, data: &Dataset) -> Result<Option<Side>> {
+    match arg.map(str::trim) {
+        None => Ok(Some(Side::larger(data.users.len(), data.items.len()))),
+        Some("users") => Ok(Some(Side::Users)),
+        Some("items") => Ok(Some(Side::Items)),
+        Some("none") => Ok(None),
+        Some(other) => Err(Error::arg("--co-partition", other, "must be users, items or none")),
+    }
 }
 
 /// A flag raised by the first Ctrl-C (SIGINT): training stops at the next
@@ -779,9 +815,10 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         epochs: a.epochs,
         row_bytes,
         lookahead: a.lookahead,
+        co_partition: co_partition_side(a.co_partition.as_deref(), &data)?,
     };
     out.line(&format!(
-        "data: {} — {} users, {} items, {} training ratings; batch {}, {} epoch(s), rows of {} B, tables {}",
+        "data: {} — {} users, {} items, {} training ratings; batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",
         data.name,
         data.users.len(),
         data.items.len(),
@@ -789,7 +826,8 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         a.batch,
         a.epochs,
         row_bytes,
-        human_bytes(tables)
+        human_bytes(tables),
+        setup.co_partition.map_or("none", |s| s.name())
     ));
     out.line(&format!(
         "{:<8} {:>10} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>11} {:>11} {:>13} {:>10}",

@@ -178,6 +178,7 @@ fn unreadable_file_and_bad_flags_exit_2() {
         ("--test-fraction", "1.5", "--test-fraction"),
         ("--backend", "cuda", "--backend"),
         ("--patience", "0", "--patience"),
+        ("--co-partition", "rows", "--co-partition"),
         ("--resume", "/nonexistent/run", "/nonexistent/run/checkpoint.safetensors"),
     ] {
         rowstage()

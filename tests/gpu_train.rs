@@ -28,6 +28,7 @@ fn settings() -> TrainSettings {
         batch: 333,
         seed: 5,
         deterministic: true,
+        co_partition: None,
     }
 }
 
@@ -52,8 +53,10 @@ fn gpu_backend_with(
     slab_bytes: u64,
     policy: rowstage::stage::PolicyKind,
 ) -> GpuBackend {
-    let mut order = Vec::new();
-    epoch_order(data.train.len(), s.seed, 0, &mut order);
+    let blocks = s.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
+    let mut orders = rowstage::train::EpochOrders::blocked(data.train.len(), s.seed, 1, blocks);
+    orders.start(0);
+    let order = orders.order;
     GpuBackend::new(
         ctx,
         &GpuSetup {
@@ -71,6 +74,7 @@ fn gpu_backend_with(
             n_items: data.items.len(),
             train: &data.train,
             first_order: &order,
+            co_partition: s.co_partition,
         },
     )
     .unwrap()
@@ -168,6 +172,7 @@ fn every_policy_gives_the_same_model_and_matches_the_simulator() {
             epochs: s.epochs,
             row_bytes,
             lookahead: 4,
+            co_partition: None,
         };
         let small = (tables / 20).max(sim.needed_slots() as u64 * row_bytes);
         for kind in PolicyKind::ALL {
@@ -278,6 +283,68 @@ fn gpu_hogwild_reports_conflicts_and_matches_deterministic_accuracy() {
         }
         if let [d, h] = rmse[..] {
             assert!((h - d).abs() < 0.01, "{backend:?}: Hogwild {h} vs deterministic {d}");
+        }
+    }
+}
+
+/// Co-partitioning by users: each block's user rows are staged once and
+/// written back once, items go through the policy. In deterministic mode the
+/// model equals the CPU reference trained in the same (blocked) order, the
+/// ledger equals the simulator's, and the user rows moved per epoch are
+/// exactly the users with ratings.
+#[test]
+fn co_partitioned_training_matches_the_reference_and_the_simulator() {
+    use rowstage::stage::PolicyKind;
+    use rowstage::stage::copartition::Side;
+    use rowstage::stage::simulate::SimSetup;
+    let data = dataset();
+    let tables = table_bytes(&data, 7);
+    let bytes = (tables * 6 / 10) & !3;
+    let co = rowstage::train::co_partition_for(
+        &data,
+        7,
+        333,
+        Some(rowstage::stage::Budget::Bytes(bytes)),
+        Some(Side::Users),
+    );
+    let s = TrainSettings { epochs: 2, co_partition: co, ..settings() };
+    let c = co.expect("the budget leaves room for a block area");
+    let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
+    assert!(blocks.n_blocks > 1, "the test needs several blocks");
+    let (want, want_rmse) = reference(&data, &s);
+    let sim = SimSetup {
+        train: &data.train,
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        batch: s.batch,
+        seed: s.seed,
+        epochs: s.epochs,
+        row_bytes: (rowstage::model::row_stride(7) * 4) as u64,
+        lookahead: 4,
+        co_partition: Some(Side::Users),
+    };
+    for backend in common::test_backends() {
+        for kind in [PolicyKind::Static, PolicyKind::Sca, PolicyKind::Lru, PolicyKind::Lookahead] {
+            let Some(ctx) = common::gpu(backend, "co_partitioned_training") else {
+                break;
+            };
+            let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind);
+            assert_eq!(gpu.layout().block_slots, c.block_rows);
+            let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
+            let d = max_diff(&out.model, &want);
+            let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
+            let user_in = out.epochs[1].ledger.user_rows_in;
+            let simulated = sim.run(kind, bytes).unwrap();
+            eprintln!(
+                "{backend:?} {} co-partitioned: {} blocks, max |Δ| {d:.1e}; rows in {rows_in} (simulated {}); user rows in, epoch 2: {user_in}",
+                kind.name(),
+                blocks.n_blocks,
+                simulated.rows_in
+            );
+            assert!(d < TABLE_TOL, "{}: tables differ by {d}", kind.name());
+            assert!((out.final_metrics.rmse - want_rmse).abs() < 1e-6);
+            assert_eq!(rows_in, simulated.rows_in, "{}: ledger vs simulator", kind.name());
+            assert_eq!(user_in, blocks.active_rows(), "each user row is staged once per epoch");
         }
     }
 }

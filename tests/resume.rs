@@ -22,6 +22,7 @@ fn settings() -> TrainSettings {
         batch: 250,
         seed: 9,
         deterministic: true,
+        co_partition: None,
     }
 }
 

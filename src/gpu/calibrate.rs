@@ -138,18 +138,19 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
             first_order: &order,
             policy: PolicyKind::Static,
             lookahead: 1,
+            co_partition: None,
         },
     )?;
     let mut model = Model::init(&data, &hp, 1);
     let never = std::sync::atomic::AtomicBool::new(false);
-    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], 0.001, &never)?; // warm-up
+    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], &[], 0.001, &never)?; // warm-up
     let t = Instant::now();
-    gpu.train_epoch(&mut model, &data.train, &order, &[], 0.001, &never)?;
+    gpu.train_epoch(&mut model, &data.train, &order, &[], &[], 0.001, &never)?;
     let big = t.elapsed().as_secs_f64();
     let mut small = f64::INFINITY;
     for k in 0..5 {
         let t = Instant::now();
-        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], 0.001, &never)?;
+        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], &[], 0.001, &never)?;
         small = small.min(t.elapsed().as_secs_f64());
     }
     let steps = order.len().div_ceil(step_big) as f64;

@@ -38,7 +38,8 @@ use kernels::{Kernels, MoveParams, PARAMS_SIZE, PARAMS_STRIDE, PredictParams, Sg
 use crate::data::Rating;
 use crate::error::{Error, Result};
 use crate::model::{Metrics, MetricsAcc, Model};
-use crate::stage::{Areas, Ledger, Moves, PolicyKind, Stager, human_bytes};
+use crate::stage::copartition::{CoPartition, distinct_side_rows};
+use crate::stage::{Areas, Ledger, Moves, Placed, PolicyKind, Stager, human_bytes};
 use crate::train::{Backend, EpochTrain, Prediction};
 
 /// Write-backs that may be in flight at once (readback buffers).
@@ -74,6 +75,9 @@ pub struct GpuLayout {
     pub max_samples: u32,
     /// The cost model's traffic (`sca` only).
     pub prediction: Option<Prediction>,
+    /// Slots of the co-partitioning block area (0 without), after the
+    /// policy's areas.
+    pub block_slots: u32,
 }
 
 impl GpuLayout {
@@ -110,6 +114,11 @@ pub struct GpuBackend {
     ledger: Ledger,
     /// Hogwild conflicts of the epoch so far (see [`Waves::single`]).
     conflicts: u64,
+    co_partition: Option<CoPartition>,
+    // Scratch for a block's distinct rows.
+    block_seen: Vec<u32>,
+    block_stamp: u32,
+    block_list: Vec<u32>,
     wire: Wire,
     error: Arc<Mutex<Option<String>>>,
     resident_loaded: bool,
@@ -266,6 +275,9 @@ pub struct GpuSetup<'a> {
     pub train: &'a [Rating],
     /// The first epoch's order: sizes the staging area exactly.
     pub first_order: &'a [u32],
+    /// Co-partitioning: a block area of `block_rows` slots for the chosen
+    /// side; the policy plans the rest of the slab for the other side.
+    pub co_partition: Option<CoPartition>,
 }
 
 /// Writes `bytes` at the start of `buf` and counts them on `wire`; returns the
@@ -323,11 +335,22 @@ pub fn check_budget(bytes: u64, adapter: &AdapterSummary) -> Result<()> {
 /// Checks the budget against the adapter and the batch, and splits it into
 /// resident and staging slots.
 pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayout> {
-    use crate::stage::{access_counts, max_distinct_rows, plan_areas};
+    use crate::stage::{max_distinct_rows, plan_areas};
     let row_bytes = (crate::model::row_stride(setup.rank) * 4) as u64;
     check_budget(setup.slab_bytes, adapter)?;
     let slots = (setup.slab_bytes / row_bytes).min(u32::MAX as u64 - 1) as u32;
-    let needed = max_distinct_rows(setup.train, setup.first_order, setup.batch, setup.n_users).max(2);
+    let block_slots = setup.co_partition.map_or(0, |c| c.block_rows);
+    let needed = match setup.co_partition {
+        // The block area, and a batch's rows of the other side at worst.
+        Some(c) => {
+            let other = match c.side {
+                crate::stage::copartition::Side::Users => setup.n_items,
+                crate::stage::copartition::Side::Items => setup.n_users,
+            };
+            c.block_rows + (setup.batch.min(other) as u32).max(1)
+        }
+        None => max_distinct_rows(setup.train, setup.first_order, setup.batch, setup.n_users).max(2),
+    };
     if slots < needed {
         let min_bytes = needed as u64 * row_bytes;
         return Err(Error::BudgetTooSmall {
@@ -340,8 +363,10 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
             min_human: human_bytes(min_bytes),
         });
     }
-    let counts = access_counts(setup.train, setup.n_users, setup.n_items);
-    let areas = plan_areas(setup.policy, slots, setup.train, setup.first_order, setup.batch, &counts, setup.n_users);
+    let counts = policy_counts(setup);
+    let policy_slots = slots - block_slots;
+    let areas =
+        plan_areas(setup.policy, policy_slots, setup.train, setup.first_order, setup.batch, &counts, setup.n_users);
     let window = crate::stage::window_rows(setup.batch, areas);
     Ok(GpuLayout {
         slab_bytes: setup.slab_bytes,
@@ -352,13 +377,29 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
         max_samples: setup.batch.max(1) as u32,
         prediction: (setup.policy == PolicyKind::Sca).then(|| {
             let model = crate::stage::sca::CostModel::new(&counts, setup.train.len(), setup.batch);
+            // Each block's rows of the co-partitioned side move once per epoch.
+            let block_rows = setup.co_partition.map_or(0.0, |c| {
+                let n = c.blocks(setup.train, setup.n_users, setup.n_items);
+                n.active_rows() as f64
+            });
             Prediction {
-                rows_per_epoch: model.rows_in_per_epoch(areas.resident as usize, setup.train.len()),
+                rows_per_epoch: model.rows_in_per_epoch(areas.resident as usize, setup.train.len()) + block_rows,
                 resident: areas.resident as u64,
                 row_bytes,
             }
         }),
+        block_slots,
     })
+}
+
+/// Training counts per row as the policy sees them: without the
+/// co-partitioned side, which the block area holds.
+fn policy_counts(setup: &GpuSetup) -> Vec<u32> {
+    let counts = crate::stage::access_counts(setup.train, setup.n_users, setup.n_items);
+    match setup.co_partition {
+        Some(c) => c.other_side_counts(&counts, setup.n_users),
+        None => counts,
+    }
 }
 
 impl GpuBackend {
@@ -426,7 +467,7 @@ impl GpuBackend {
                 ],
             }),
         };
-        let counts = crate::stage::access_counts(setup.train, setup.n_users, setup.n_items);
+        let counts = policy_counts(setup);
         let horizon = (setup.lookahead * setup.batch * 2).min(u32::MAX as usize) as u32;
         let stager = Stager::new(
             setup.policy,
@@ -436,7 +477,8 @@ impl GpuBackend {
             layout.window,
             &counts,
             horizon,
-        );
+        )
+        .with_block_area(layout.block_slots);
         let mut me = GpuBackend {
             kernels,
             rank: setup.rank as u32,
@@ -459,6 +501,10 @@ impl GpuBackend {
             waves: Waves::default(),
             ledger: Ledger::default(),
             conflicts: 0,
+            co_partition: setup.co_partition,
+            block_seen: Vec::new(),
+            block_stamp: 0,
+            block_list: Vec::new(),
             wire: Wire::default(),
             error,
             resident_loaded: false,
@@ -615,12 +661,20 @@ impl GpuBackend {
     /// Stages the resident set in before the first step (chunked by the window).
     fn load_resident(&mut self, model: &Model) -> Result<()> {
         let placed = std::mem::take(&mut self.moves.load);
+        for p in &placed {
+            self.ledger.row_in(p.row < self.n_users, true);
+        }
+        self.load_rows(model, &placed)?;
+        self.resident_loaded = true;
+        Ok(())
+    }
+
+    /// Stages `placed` rows into their slots (chunked by the window), outside
+    /// any training step. The caller counts them on the ledger.
+    fn load_rows(&mut self, model: &Model, placed: &[Placed]) -> Result<()> {
         for chunk in placed.chunks(self.layout.window as usize) {
             self.moves.load.clear();
             self.moves.load.extend_from_slice(chunk);
-            for p in chunk {
-                self.ledger.row_in(p.row < self.n_users, true);
-            }
             self.write_loads(model);
             self.set_block(BLOCK_SCATTER, self.move_params(0, chunk.len()));
             self.write_params(BLOCK_SCATTER + 1);
@@ -636,8 +690,66 @@ impl GpuBackend {
             self.ctx.queue.submit([enc.finish()]);
         }
         self.moves.load.clear();
-        self.resident_loaded = true;
         self.check()
+    }
+
+    /// Writes `placed` rows back to the host tables (chunked by the download
+    /// window) and waits for them. The caller counts them on the ledger.
+    fn write_back_rows(&mut self, model: &mut Model, placed: &[Placed]) -> Result<()> {
+        for chunk in placed.chunks(self.layout.window as usize * 2) {
+            self.moves.evict.clear();
+            self.moves.release.clear();
+            self.moves.release.extend_from_slice(chunk);
+            self.slots_host.clear();
+            self.slots_host.extend(chunk.iter().map(|p| p.slot));
+            self.write_out_slots();
+            self.set_block(BLOCK_GATHER_RELEASE, self.move_params(0, chunk.len()));
+            self.write_params(BLOCK_GATHER_RELEASE + 1);
+            let mut enc = self.encoder("write-back");
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("gather rows for write-back"),
+                    timestamp_writes: None,
+                });
+                let n = chunk.len() as u64 * self.row_vec4 as u64;
+                self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n);
+            }
+            self.submit_step(model, enc)?;
+            self.complete_all(model)?;
+        }
+        self.moves.release.clear();
+        Ok(())
+    }
+
+    /// Starts a co-partitioning block over `ratings`: its rows of the chosen
+    /// side go into the block area. Write-backs still in flight reach the host
+    /// first, since a row may be on its way back from the last block.
+    fn begin_block(&mut self, model: &mut Model, ratings: &[Rating]) -> Result<()> {
+        let Some(c) = self.co_partition else {
+            return Ok(());
+        };
+        self.complete_all(model)?;
+        let mut rows = std::mem::take(&mut self.block_list);
+        distinct_side_rows(
+            ratings.iter(),
+            c.side,
+            self.n_users,
+            &mut self.block_seen,
+            &mut self.block_stamp,
+            &mut rows,
+        );
+        let placed = self.stager.begin_block(&rows, &mut self.ledger).to_vec();
+        self.block_list = rows;
+        self.load_rows(model, &placed)
+    }
+
+    /// Ends the current block: its rows are written back.
+    fn end_block(&mut self, model: &mut Model) -> Result<()> {
+        if self.co_partition.is_none() {
+            return Ok(());
+        }
+        let placed = self.stager.end_block(&mut self.ledger).to_vec();
+        self.write_back_rows(model, &placed)
     }
 
     /// Submits `enc` (whose gathers packed the rows of `moves.evict` then
@@ -918,6 +1030,7 @@ impl Backend for GpuBackend {
         model: &mut Model,
         train: &[Rating],
         order: &[u32],
+        spans: &[u32],
         following: &[u32],
         lr: f32,
         stop: &AtomicBool,
@@ -933,14 +1046,34 @@ impl Backend for GpuBackend {
         self.conflicts = 0;
         let mut batch: Vec<Rating> = Vec::with_capacity(self.layout.max_samples as usize);
         let mut done = 0;
-        for chunk in order.chunks(self.layout.max_samples as usize) {
+        let whole = [order.len() as u32];
+        let spans = if spans.is_empty() { &whole[..] } else { spans };
+        let mut start = 0;
+        'spans: for &end in spans {
+            let span = &order[start..(end as usize).min(order.len())];
+            start = end as usize;
+            if span.is_empty() {
+                continue;
+            }
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            batch.clear();
-            batch.extend(chunk.iter().map(|&i| train[i as usize]));
-            self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step, lr))?;
-            done += chunk.len();
+            if self.co_partition.is_some() {
+                batch.clear();
+                batch.extend(span.iter().map(|&i| train[i as usize]));
+                self.begin_block(model, &batch)?;
+            }
+            for chunk in span.chunks(self.layout.max_samples as usize) {
+                if stop.load(Ordering::Relaxed) {
+                    self.end_block(model)?;
+                    break 'spans;
+                }
+                batch.clear();
+                batch.extend(chunk.iter().map(|&i| train[i as usize]));
+                self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step, lr))?;
+                done += chunk.len();
+            }
+            self.end_block(model)?;
         }
         self.complete_all(model)?;
         let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
@@ -977,31 +1110,10 @@ impl Backend for GpuBackend {
             return Ok(Ledger::default());
         }
         let occupied = self.stager.occupied();
-        for chunk in occupied.chunks(self.layout.window as usize * 2) {
-            self.moves.evict.clear();
-            self.moves.release.clear();
-            self.moves.release.extend_from_slice(chunk);
-            for p in chunk {
-                self.ledger.row_out(p.row < self.n_users);
-            }
-            self.slots_host.clear();
-            self.slots_host.extend(chunk.iter().map(|p| p.slot));
-            self.write_out_slots();
-            self.set_block(BLOCK_GATHER_RELEASE, self.move_params(0, chunk.len()));
-            self.write_params(BLOCK_GATHER_RELEASE + 1);
-            let mut enc = self.encoder("final write-back");
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("gather resident rows"),
-                    timestamp_writes: None,
-                });
-                let n = chunk.len() as u64 * self.row_vec4 as u64;
-                self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n);
-            }
-            self.submit_step(model, enc)?;
-            self.complete_all(model)?;
+        for p in &occupied {
+            self.ledger.row_out(p.row < self.n_users);
         }
-        self.moves.release.clear();
+        self.write_back_rows(model, &occupied)?;
         Ok(std::mem::take(&mut self.ledger))
     }
 }

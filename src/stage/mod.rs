@@ -10,6 +10,7 @@
 //! resident, what to evict). New policies plug in without touching the trainer.
 
 mod budget;
+pub mod copartition;
 mod ledger;
 pub mod policy;
 pub mod sca;
@@ -119,6 +120,11 @@ pub struct Stager {
     epoch_accesses: u32,
     next: Vec<u32>,
     future: bool,
+    /// Co-partitioning: slots `block_start..` hold the current block's rows
+    /// of the co-partitioned side (see [`copartition`]).
+    block_start: u32,
+    free_block: Vec<u32>,
+    block_rows: Vec<Placed>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -182,6 +188,9 @@ impl Stager {
             epoch_accesses: 0,
             next: Vec::new(),
             future: kind.needs_future(),
+            block_start: slots,
+            free_block: Vec::new(),
+            block_rows: Vec::new(),
         };
         let resident = me.policy.resident(counts, areas.resident as usize);
         for (slot, &row) in resident.iter().enumerate() {
@@ -190,6 +199,49 @@ impl Stager {
         }
         me.areas.resident = resident.len() as u32;
         me
+    }
+
+    /// Adds a block area of `slots` slots after the policy's areas, for the
+    /// rows of the co-partitioned side (see [`Stager::begin_block`]).
+    pub fn with_block_area(mut self, slots: u32) -> Self {
+        self.block_start = self.row_of.len() as u32;
+        self.row_of.extend(std::iter::repeat_n(NONE, slots as usize));
+        self.free_block = (self.block_start..self.block_start + slots).rev().collect();
+        self
+    }
+
+    /// Slots of the block area.
+    pub fn block_slots(&self) -> u32 {
+        self.row_of.len() as u32 - self.block_start
+    }
+
+    /// Starts a block: places `rows` (the block's rows of the co-partitioned
+    /// side, none of them in the slab) in the block area, counting them as
+    /// rows in. They stay, as if resident, until [`Stager::end_block`]. Returns
+    /// the placements, to be staged in.
+    pub fn begin_block(&mut self, rows: &[u32], ledger: &mut Ledger) -> &[Placed] {
+        self.block_rows.clear();
+        for &row in rows {
+            debug_assert_eq!(self.rows[row as usize].slot, NONE, "a block row is already in the slab");
+            let slot = self.free_block.pop().expect("the block area holds a block's rows");
+            self.rows[row as usize].slot = slot;
+            self.row_of[slot as usize] = row;
+            ledger.row_in(self.is_user(row), true);
+            self.block_rows.push(Placed { row, slot });
+        }
+        &self.block_rows
+    }
+
+    /// Ends the block: its rows leave the block area, counted as rows out;
+    /// returns them, to be written back.
+    pub fn end_block(&mut self, ledger: &mut Ledger) -> &[Placed] {
+        for p in &self.block_rows {
+            self.rows[p.row as usize].slot = NONE;
+            self.row_of[p.slot as usize] = NONE;
+            self.free_block.push(p.slot);
+            ledger.row_out(p.row < self.n_users);
+        }
+        &self.block_rows
     }
 
     pub fn policy_name(&self) -> &'static str {
@@ -373,7 +425,7 @@ impl Stager {
                 let first = self.rows[row as usize].seen != stamp;
                 self.rows[row as usize].seen = stamp;
                 let slot = self.rows[row as usize].slot;
-                let resident = slot != NONE && slot < self.areas.resident;
+                let resident = slot != NONE && (slot < self.areas.resident || slot >= self.block_start);
                 if !resident {
                     self.policy.touch(row, pos);
                 }
@@ -589,7 +641,8 @@ pub fn static_resident(
             for &i in chunk {
                 let r = &train[i as usize];
                 for row in [r.user as usize, n_users + r.item as usize] {
-                    if (rank[row] as usize) >= resident && seen[row] != b as u32 {
+                    // Rows counted 0 are not the policy's (co-partitioning's block area).
+                    if (rank[row] as usize) >= resident && counts[row] > 0 && seen[row] != b as u32 {
                         seen[row] = b as u32;
                         m += 1;
                     }

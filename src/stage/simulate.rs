@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::copartition::{CoPartition, Side, block_capacity, distinct_side_rows};
 use super::{Ledger, Moves, PolicyKind, Stager, access_counts, max_distinct_rows, plan_areas, sca::CostModel};
 use crate::data::Rating;
 use crate::train::{EpochOrders, epoch_order};
@@ -22,6 +23,9 @@ pub struct SimSetup<'a> {
     pub epochs: usize,
     pub row_bytes: u64,
     pub lookahead: usize,
+    /// Co-partitioning side (the block area is sized per budget as `train`
+    /// sizes it).
+    pub co_partition: Option<Side>,
 }
 
 /// One policy at one budget: the JSON row of `rowstage simulate`.
@@ -50,17 +54,44 @@ impl SimSetup<'_> {
         max_distinct_rows(self.train, &order, self.batch, self.n_users).max(2)
     }
 
+    /// The co-partitioning `train` would use with `slots` slots.
+    pub fn co_partition(&self, slots: u32) -> Option<CoPartition> {
+        let side = self.co_partition?;
+        let other = match side {
+            Side::Users => self.n_items,
+            Side::Items => self.n_users,
+        };
+        let block_rows = block_capacity(slots, self.batch.min(other).max(1) as u32);
+        (block_rows > 0).then_some(CoPartition { side, block_rows })
+    }
+
     /// Runs `kind` with a slab of `bytes`; `None` if it cannot hold a batch.
     pub fn run(&self, kind: PolicyKind, bytes: u64) -> Option<SimResult> {
         let slots = (bytes / self.row_bytes).min(u32::MAX as u64 - 1) as u32;
-        let needed = self.needed_slots();
-        if slots < needed {
+        let co = self.co_partition(slots);
+        let block_slots = co.map_or(0, |c| c.block_rows);
+        let needed = match co {
+            Some(c) => {
+                let other = match c.side {
+                    Side::Users => self.n_items,
+                    Side::Items => self.n_users,
+                };
+                c.block_rows + self.batch.min(other).max(1) as u32
+            }
+            None => self.needed_slots(),
+        };
+        if slots < needed || (self.co_partition.is_some() && co.is_none()) {
             return None;
         }
-        let counts = access_counts(self.train, self.n_users, self.n_items);
-        let mut order = Vec::new();
-        epoch_order(self.train.len(), self.seed, 0, &mut order);
-        let areas = plan_areas(kind, slots, self.train, &order, self.batch, &counts, self.n_users);
+        let mut counts = access_counts(self.train, self.n_users, self.n_items);
+        if let Some(c) = co {
+            counts = c.other_side_counts(&counts, self.n_users);
+        }
+        let blocks = co.map(|c| c.blocks(self.train, self.n_users, self.n_items));
+        let block_traffic = blocks.as_ref().map_or(0, |b| b.active_rows());
+        let mut orders = EpochOrders::blocked(self.train.len(), self.seed, self.epochs, blocks);
+        orders.start(0);
+        let areas = plan_areas(kind, slots - block_slots, self.train, &orders.order, self.batch, &counts, self.n_users);
         let horizon = (self.lookahead * self.batch * 2).min(u32::MAX as usize) as u32;
         let mut st = Stager::new(
             kind,
@@ -70,7 +101,8 @@ impl SimSetup<'_> {
             super::window_rows(self.batch, areas),
             &counts,
             horizon,
-        );
+        )
+        .with_block_area(block_slots);
         let mut ledger = Ledger::default();
         let areas = st.areas();
         for p in st.resident() {
@@ -78,7 +110,6 @@ impl SimSetup<'_> {
         }
         let t0 = Instant::now();
         let mut moves = Moves::default();
-        let mut orders = EpochOrders::new(self.train.len(), self.seed, self.epochs);
         // The epoch's ratings in order, and the next epoch's: each gathered
         // once, for the trace and then for the batches.
         let (mut ordered, mut ordered_next) = (Vec::new(), Vec::new());
@@ -86,8 +117,11 @@ impl SimSetup<'_> {
             out.clear();
             out.extend(order.iter().map(|&j| self.train[j as usize]));
         };
+        let (mut seen, mut stamp, mut rows) = (Vec::new(), 0, Vec::new());
         for epoch in 0..self.epochs {
-            orders.start(epoch);
+            if epoch > 0 {
+                orders.start(epoch);
+            }
             if epoch == 0 {
                 gather(&orders.order, &mut ordered);
             } else {
@@ -95,16 +129,28 @@ impl SimSetup<'_> {
             }
             gather(&orders.following, &mut ordered_next);
             st.begin_epoch_ordered(&ordered, &ordered_next, epoch > 0);
-            for chunk in ordered.chunks(self.batch.max(1)) {
-                let mut rest = chunk;
-                while !rest.is_empty() {
-                    let n = st.prefix_that_fits(rest);
-                    if n < rest.len() {
-                        ledger.splits += 1;
+            let mut start = 0;
+            for end in crate::train::spans_from(&orders.ends, 0, ordered.len()) {
+                let span = &ordered[start..end as usize];
+                start = end as usize;
+                if let Some(c) = co {
+                    distinct_side_rows(span.iter(), c.side, self.n_users as u32, &mut seen, &mut stamp, &mut rows);
+                    st.begin_block(&rows, &mut ledger);
+                }
+                for chunk in span.chunks(self.batch.max(1)) {
+                    let mut rest = chunk;
+                    while !rest.is_empty() {
+                        let n = st.prefix_that_fits(rest);
+                        if n < rest.len() {
+                            ledger.splits += 1;
+                        }
+                        st.stage(&rest[..n], &mut moves, &mut ledger);
+                        ledger.steps += 1;
+                        rest = &rest[n..];
                     }
-                    st.stage(&rest[..n], &mut moves, &mut ledger);
-                    ledger.steps += 1;
-                    rest = &rest[n..];
+                }
+                if co.is_some() {
+                    st.end_block(&mut ledger);
                 }
             }
         }
@@ -115,7 +161,8 @@ impl SimSetup<'_> {
         let predicted_rows_in = (kind == PolicyKind::Sca).then(|| {
             let model = CostModel::new(&counts, self.train.len(), self.batch);
             areas.resident as f64
-                + self.epochs as f64 * model.rows_in_per_epoch(areas.resident as usize, self.train.len())
+                + self.epochs as f64
+                    * (model.rows_in_per_epoch(areas.resident as usize, self.train.len()) + block_traffic as f64)
         });
         Some(SimResult {
             policy: kind.name(),
@@ -190,6 +237,7 @@ mod tests {
                     epochs: 1,
                     row_bytes: 16,
                     lookahead: 4,
+                    co_partition: None,
                 };
                 let belady = setup.run(PolicyKind::Belady, slots as u64 * 16).unwrap();
                 let mut order = Vec::new();
@@ -219,6 +267,7 @@ mod tests {
             epochs: 2,
             row_bytes: 144,
             lookahead: 32,
+            co_partition: None,
         };
         let bytes = (d.users.len() + d.items.len()) as u64 * 144 / 4;
         let belady = setup.run(PolicyKind::Belady, bytes).unwrap();

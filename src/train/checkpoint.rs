@@ -47,6 +47,8 @@ pub struct Fingerprint {
     pub seed: u64,
     pub batch: usize,
     pub deterministic: bool,
+    /// `none`, or `users:ROWS` / `items:ROWS` (side and block rows).
+    pub co_partition: String,
 }
 
 impl Fingerprint {
@@ -74,6 +76,9 @@ impl Fingerprint {
             seed: settings.seed,
             batch: settings.batch,
             deterministic: settings.deterministic,
+            co_partition: settings
+                .co_partition
+                .map_or("none".into(), |c| format!("{}:{}", c.side.name(), c.block_rows)),
         }
     }
 
@@ -98,6 +103,7 @@ impl Fingerprint {
             ("--seed", pair(self.seed, now.seed)),
             ("--batch", pair(self.batch, now.batch)),
             ("--deterministic", pair(self.deterministic, now.deterministic)),
+            ("--co-partition (side:rows per block)", pair(&self.co_partition, &now.co_partition)),
         ];
         match fields.into_iter().find(|(_, (a, b))| a != b) {
             None => Ok(()),

@@ -16,7 +16,7 @@ pub mod cpu;
 pub mod plan;
 mod setup;
 
-pub use setup::{BackendSpec, Opened, Planned, auto_batch, open_backend, plan_budget, table_bytes};
+pub use setup::{BackendSpec, Opened, Planned, auto_batch, co_partition_for, open_backend, plan_budget, table_bytes};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -31,6 +31,7 @@ use crate::data::{Dataset, Rating};
 use crate::error::Result;
 use crate::model::{HyperParams, Metrics, Model};
 use crate::stage::Ledger;
+use crate::stage::copartition::{Blocks, CoPartition};
 
 /// The seeded order of epoch `epoch` over `n` ratings, written into `out`.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, out: &mut Vec<u32>) {
@@ -43,33 +44,76 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize, out: &mut Vec<u32>) {
 
 /// The epoch orders of a run, each with the next epoch's order (empty after
 /// the last), every order shuffled once: the next epoch's order becomes the
-/// current one when the run advances.
+/// current one when the run advances. With co-partitioning each order is
+/// arranged block by block and `ends` holds the blocks' ends in `order`.
 pub struct EpochOrders {
     n: usize,
     seed: u64,
     epochs: usize,
+    blocks: Option<Blocks>,
     pub order: Vec<u32>,
     pub following: Vec<u32>,
+    /// Ends of the blocks of `order` (empty without co-partitioning).
+    pub ends: Vec<u32>,
+    following_ends: Vec<u32>,
+    scratch: Vec<u32>,
 }
 
 impl EpochOrders {
     pub fn new(n: usize, seed: u64, epochs: usize) -> Self {
-        EpochOrders { n, seed, epochs, order: Vec::with_capacity(n), following: Vec::with_capacity(n) }
+        Self::blocked(n, seed, epochs, None)
+    }
+
+    /// Orders arranged by `blocks` (co-partitioning) when given.
+    pub fn blocked(n: usize, seed: u64, epochs: usize, blocks: Option<Blocks>) -> Self {
+        EpochOrders {
+            n,
+            seed,
+            epochs,
+            blocks,
+            order: Vec::with_capacity(n),
+            following: Vec::with_capacity(n),
+            ends: Vec::new(),
+            following_ends: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn make(&mut self, epoch: usize, following: bool) {
+        let (order, ends) =
+            if following { (&mut self.following, &mut self.following_ends) } else { (&mut self.order, &mut self.ends) };
+        epoch_order(self.n, self.seed, epoch, order);
+        ends.clear();
+        if let Some(b) = &self.blocks {
+            b.arrange(order, self.seed, epoch, ends, &mut self.scratch);
+        }
     }
 
     /// Makes `order` epoch `epoch`'s and `following` the next one's. Call
     /// with 0, 1, 2, ... in turn.
     pub fn start(&mut self, epoch: usize) {
         if epoch == 0 || self.following.is_empty() {
-            epoch_order(self.n, self.seed, epoch, &mut self.order);
+            self.make(epoch, false);
         } else {
             std::mem::swap(&mut self.order, &mut self.following);
+            std::mem::swap(&mut self.ends, &mut self.following_ends);
         }
         self.following.clear();
+        self.following_ends.clear();
         if epoch + 1 < self.epochs {
-            epoch_order(self.n, self.seed, epoch + 1, &mut self.following);
+            self.make(epoch + 1, true);
         }
     }
+}
+
+/// The spans of `order[from..]` that batches must not cross, as ends relative
+/// to `from`: the co-partitioning blocks, or one span.
+pub fn spans_from(ends: &[u32], from: usize, len: usize) -> Vec<u32> {
+    let mut out: Vec<u32> = ends.iter().filter(|&&e| e as usize > from).map(|&e| e - from as u32).collect();
+    if out.last().is_none_or(|&e| (e as usize) < len) {
+        out.push(len as u32);
+    }
+    out
 }
 
 /// What one epoch of training returned, before evaluation.
@@ -95,14 +139,18 @@ pub trait Backend {
     fn adapter(&self) -> String;
     /// One pass over `order` (indices into `train`) with learning rate `lr`;
     /// `following` is the next epoch's order (empty after the last), for
-    /// policies that plan ahead. When `stop` is raised the pass ends at the
-    /// next batch boundary, leaving the model consistent; [`EpochTrain::done`]
-    /// says how far it got.
+    /// policies that plan ahead. `spans` are the ends (in `order`) of the
+    /// spans batches must not cross: the co-partitioning blocks, or just
+    /// `order.len()`. When `stop` is raised the pass ends at the next batch
+    /// boundary, leaving the model consistent; [`EpochTrain::done`] says how
+    /// far it got.
+    #[allow(clippy::too_many_arguments)]
     fn train_epoch(
         &mut self,
         model: &mut Model,
         train: &[Rating],
         order: &[u32],
+        spans: &[u32],
         following: &[u32],
         lr: f32,
         stop: &AtomicBool,
@@ -127,6 +175,9 @@ pub struct TrainSettings {
     pub batch: usize,
     pub seed: u64,
     pub deterministic: bool,
+    /// Co-partitioning (the epoch order goes block by block); `None` for a
+    /// plain shuffled order.
+    pub co_partition: Option<CoPartition>,
 }
 
 /// One epoch's figures, as printed and reported.
@@ -217,7 +268,8 @@ pub fn train(
     let never = AtomicBool::new(false);
     let stop = control.stop.unwrap_or(&never);
     let n = data.train.len();
-    let mut orders = EpochOrders::new(n, settings.seed, settings.epochs);
+    let blocks = settings.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
+    let mut orders = EpochOrders::blocked(n, settings.seed, settings.epochs, blocks);
     let mut complete = true;
     let mut stopped_early = false;
     let mut written = None;
@@ -237,8 +289,9 @@ pub fn train(
         orders.start(epoch);
         let from = state.position.min(n);
         let t0 = Instant::now();
+        let spans = spans_from(&orders.ends, from, n - from);
         let mut out =
-            backend.train_epoch(&mut model, &data.train, &orders.order[from..], &orders.following, lr, stop)?;
+            backend.train_epoch(&mut model, &data.train, &orders.order[from..], &spans, &orders.following, lr, stop)?;
         let seconds = t0.elapsed().as_secs_f64();
         state.train_seconds += seconds;
         if from + out.done < n {

@@ -8,6 +8,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup};
 use crate::model::row_stride;
+use crate::stage::copartition::{CoPartition, Side, block_capacity};
 use crate::stage::{Budget, PolicyKind};
 
 /// Where and how to train.
@@ -129,6 +130,31 @@ pub fn auto_batch(
     Ok((batch, plan, notes))
 }
 
+/// The co-partitioning of a run on `side` (`None`: none) with a slab of
+/// `budget` (`None`: [`AUTO_SHARE`] of the tables): the block area takes
+/// [`crate::stage::copartition::BLOCK_SHARE`] of the slots at most and leaves
+/// one batch's rows of the other side. The same for every backend, so that
+/// the CPU and the GPU train in the same order. `None` when the budget leaves
+/// no room for a block.
+pub fn co_partition_for(
+    data: &Dataset,
+    rank: usize,
+    batch: usize,
+    budget: Option<Budget>,
+    side: Option<Side>,
+) -> Option<CoPartition> {
+    let side = side?;
+    let row_bytes = (row_stride(rank) * 4) as u64;
+    let bytes = budget.unwrap_or(Budget::Percent(AUTO_SHARE)).resolve(table_bytes(data, rank));
+    let slots = (bytes / row_bytes).min(u32::MAX as u64) as u32;
+    let other = match side {
+        Side::Users => data.items.len(),
+        Side::Items => data.users.len(),
+    };
+    let block_rows = block_capacity(slots, batch.min(other).max(1) as u32);
+    (block_rows > 0).then_some(CoPartition { side, block_rows })
+}
+
 /// Bytes of both tables at `rank` for `data`.
 pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
     ((data.users.len() + data.items.len()) * row_stride(rank) * 4) as u64
@@ -159,8 +185,10 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
         }
         Err(e) => return Err(e),
     };
-    let mut first_order = Vec::new();
-    epoch_order(data.train.len(), settings.seed, 0, &mut first_order);
+    let blocks = settings.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
+    let mut orders = super::EpochOrders::blocked(data.train.len(), settings.seed, 1, blocks);
+    orders.start(0);
+    let first_order = orders.order;
     let row_bytes = (row_stride(hp.rank) * 4) as u64;
     let tables = table_bytes(data, hp.rank);
     let slab_bytes = match spec.device_memory {
@@ -186,6 +214,7 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
         n_items: data.items.len(),
         train: &data.train,
         first_order: &first_order,
+        co_partition: settings.co_partition,
     };
     let gpu = GpuBackend::new(ctx, &setup)?;
     let layout = gpu.layout().clone();

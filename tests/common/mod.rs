@@ -85,18 +85,20 @@ impl<B: rowstage::train::Backend> rowstage::train::Backend for StopAfter<B> {
     fn adapter(&self) -> String {
         self.inner.adapter()
     }
+    #[allow(clippy::too_many_arguments)]
     fn train_epoch(
         &mut self,
         model: &mut rowstage::model::Model,
         train: &[rowstage::data::Rating],
         order: &[u32],
+        spans: &[u32],
         following: &[u32],
         lr: f32,
         stop: &std::sync::atomic::AtomicBool,
     ) -> rowstage::Result<rowstage::train::EpochTrain> {
         self.calls += 1;
         let order = if self.calls == self.at_call { &order[..self.after.min(order.len())] } else { order };
-        self.inner.train_epoch(model, train, order, following, lr, stop)
+        self.inner.train_epoch(model, train, order, spans, following, lr, stop)
     }
     fn evaluate(
         &mut self,
