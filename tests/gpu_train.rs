@@ -38,6 +38,26 @@ fn reference(data: &Dataset, s: &TrainSettings) -> (Model, f64) {
     (out.model, out.final_metrics.rmse)
 }
 
+/// The simulator replaying the run `s` on `data` (lookahead 4, as the GPU
+/// backends of these tests use).
+fn sim_setup<'a>(
+    data: &'a Dataset,
+    s: &TrainSettings,
+    co_partition: Option<rowstage::stage::copartition::Side>,
+) -> rowstage::stage::simulate::SimSetup<'a> {
+    rowstage::stage::simulate::SimSetup {
+        train: &data.train,
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        batch: s.batch,
+        seed: s.seed,
+        epochs: s.epochs,
+        row_bytes: (rowstage::model::row_stride(s.hp.rank) * 4) as u64,
+        lookahead: 4,
+        co_partition,
+    }
+}
+
 fn max_diff(a: &Model, b: &Model) -> f32 {
     a.users.iter().zip(&b.users).chain(a.items.iter().zip(&b.items)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
@@ -152,7 +172,6 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
 #[test]
 fn every_policy_gives_the_same_model_and_matches_the_simulator() {
     use rowstage::stage::PolicyKind;
-    use rowstage::stage::simulate::SimSetup;
     let data = dataset();
     let s = TrainSettings { epochs: 2, ..settings() };
     let (want, want_rmse) = reference(&data, &s);
@@ -163,17 +182,7 @@ fn every_policy_gives_the_same_model_and_matches_the_simulator() {
         };
         drop(ctx);
         let row_bytes = (rowstage::model::row_stride(s.hp.rank) * 4) as u64;
-        let sim = SimSetup {
-            train: &data.train,
-            n_users: data.users.len(),
-            n_items: data.items.len(),
-            batch: s.batch,
-            seed: s.seed,
-            epochs: s.epochs,
-            row_bytes,
-            lookahead: 4,
-            co_partition: None,
-        };
+        let sim = sim_setup(&data, &s, None);
         let small = (tables / 20).max(sim.needed_slots() as u64 * row_bytes);
         for kind in PolicyKind::ALL {
             for bytes in [small, tables] {
@@ -296,7 +305,6 @@ fn gpu_hogwild_reports_conflicts_and_matches_deterministic_accuracy() {
 fn co_partitioned_training_matches_the_reference_and_the_simulator() {
     use rowstage::stage::PolicyKind;
     use rowstage::stage::copartition::Side;
-    use rowstage::stage::simulate::SimSetup;
     let data = dataset();
     let tables = table_bytes(&data, 7);
     let bytes = (tables * 6 / 10) & !3;
@@ -312,17 +320,7 @@ fn co_partitioned_training_matches_the_reference_and_the_simulator() {
     let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
     assert!(blocks.n_blocks > 1, "the test needs several blocks");
     let (want, want_rmse) = reference(&data, &s);
-    let sim = SimSetup {
-        train: &data.train,
-        n_users: data.users.len(),
-        n_items: data.items.len(),
-        batch: s.batch,
-        seed: s.seed,
-        epochs: s.epochs,
-        row_bytes: (rowstage::model::row_stride(7) * 4) as u64,
-        lookahead: 4,
-        co_partition: Some(Side::Users),
-    };
+    let sim = sim_setup(&data, &s, Some(Side::Users));
     for backend in common::test_backends() {
         for kind in [PolicyKind::Static, PolicyKind::Sca, PolicyKind::Lru, PolicyKind::Lookahead] {
             let Some(ctx) = common::gpu(backend, "co_partitioned_training") else {

@@ -678,15 +678,8 @@ impl GpuBackend {
             self.write_loads(model);
             self.set_block(BLOCK_SCATTER, self.move_params(0, chunk.len()));
             self.write_params(BLOCK_SCATTER + 1);
-            let mut enc = self.encoder("resident load");
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("scatter resident rows"),
-                    timestamp_writes: None,
-                });
-                let n = chunk.len() as u64 * self.row_vec4 as u64;
-                self.dispatch(&mut pass, &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n);
-            }
+            let n = chunk.len() as u64 * self.row_vec4 as u64;
+            let enc = self.one_dispatch("scatter rows", &self.kernels.scatter, &self.bind.scatter, BLOCK_SCATTER, n);
             self.ctx.queue.submit([enc.finish()]);
         }
         self.moves.load.clear();
@@ -705,39 +698,44 @@ impl GpuBackend {
             self.write_out_slots();
             self.set_block(BLOCK_GATHER_RELEASE, self.move_params(0, chunk.len()));
             self.write_params(BLOCK_GATHER_RELEASE + 1);
-            let mut enc = self.encoder("write-back");
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("gather rows for write-back"),
-                    timestamp_writes: None,
-                });
-                let n = chunk.len() as u64 * self.row_vec4 as u64;
-                self.dispatch(&mut pass, &self.kernels.gather, &self.bind.gather, BLOCK_GATHER_RELEASE, n);
-            }
+            let n = chunk.len() as u64 * self.row_vec4 as u64;
+            let (kernel, group) = (&self.kernels.gather, &self.bind.gather);
+            let enc = self.one_dispatch("gather rows for write-back", kernel, group, BLOCK_GATHER_RELEASE, n);
+            // The readback ring completes older chunks as it fills.
             self.submit_step(model, enc)?;
-            self.complete_all(model)?;
         }
         self.moves.release.clear();
-        Ok(())
+        self.complete_all(model)
+    }
+
+    /// An encoder holding one compute pass with one dispatch of `kernel`.
+    fn one_dispatch(
+        &self,
+        label: &str,
+        kernel: &kernels::Kernel,
+        group: &wgpu::BindGroup,
+        block: usize,
+        invocations: u64,
+    ) -> wgpu::CommandEncoder {
+        let mut enc = self.encoder(label);
+        {
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+            self.dispatch(&mut pass, kernel, group, block, invocations);
+        }
+        enc
     }
 
     /// Starts a co-partitioning block over `ratings`: its rows of the chosen
     /// side go into the block area. Write-backs still in flight reach the host
     /// first, since a row may be on its way back from the last block.
-    fn begin_block(&mut self, model: &mut Model, ratings: &[Rating]) -> Result<()> {
+    fn begin_block<'r>(&mut self, model: &mut Model, ratings: impl Iterator<Item = &'r Rating>) -> Result<()> {
         let Some(c) = self.co_partition else {
             return Ok(());
         };
         self.complete_all(model)?;
         let mut rows = std::mem::take(&mut self.block_list);
-        distinct_side_rows(
-            ratings.iter(),
-            c.side,
-            self.n_users,
-            &mut self.block_seen,
-            &mut self.block_stamp,
-            &mut rows,
-        );
+        distinct_side_rows(ratings, c.side, self.n_users, &mut self.block_seen, &mut self.block_stamp, &mut rows);
         let placed = self.stager.begin_block(&rows, &mut self.ledger).to_vec();
         self.block_list = rows;
         self.load_rows(model, &placed)
@@ -969,14 +967,8 @@ impl GpuBackend {
             },
         );
         self.write_params(BLOCK_KERNEL + 1);
-        let mut enc = self.encoder("evaluation step");
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("evaluation step"),
-                timestamp_writes: None,
-            });
-            self.dispatch(&mut pass, &self.kernels.predict, &self.bind.predict, BLOCK_KERNEL, ratings.len() as u64);
-        }
+        let (kernel, group) = (&self.kernels.predict, &self.bind.predict);
+        let enc = self.one_dispatch("evaluation step", kernel, group, BLOCK_KERNEL, ratings.len() as u64);
         let groups = (ratings.len() as u64).div_ceil(WORKGROUP as u64);
         let sums_buf = self.buffers.sums.clone();
         let sums = self.read_sums(&sums_buf, groups * 2, enc)?;
@@ -1058,11 +1050,7 @@ impl Backend for GpuBackend {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            if self.co_partition.is_some() {
-                batch.clear();
-                batch.extend(span.iter().map(|&i| train[i as usize]));
-                self.begin_block(model, &batch)?;
-            }
+            self.begin_block(model, span.iter().map(|&i| &train[i as usize]))?;
             for chunk in span.chunks(self.layout.max_samples as usize) {
                 if stop.load(Ordering::Relaxed) {
                     self.end_block(model)?;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{EpochReport, TrainSettings};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{FileKind, Model, load_tables, save_tables};
+use crate::model::{FileKind, HyperParams, Model, load_tables, save_tables};
 use crate::stage::Ledger;
 
 /// The file inside a checkpoint directory.
@@ -38,12 +38,7 @@ pub struct Fingerprint {
     pub test: usize,
     /// CRC-32 of the training ratings in order (user, item, rating bits).
     pub train_crc32: u32,
-    pub rank: usize,
-    pub lr: f32,
-    pub reg: f32,
-    pub bias_reg: f32,
-    pub decay: f32,
-    pub init_std: f32,
+    pub hp: HyperParams,
     pub seed: u64,
     pub batch: usize,
     pub deterministic: bool,
@@ -59,7 +54,6 @@ impl Fingerprint {
             h.update(&r.item.to_le_bytes());
             h.update(&r.value.to_bits().to_le_bytes());
         }
-        let hp = &settings.hp;
         Fingerprint {
             data: data.name.clone(),
             users: data.users.len(),
@@ -67,12 +61,7 @@ impl Fingerprint {
             train: data.train.len(),
             test: data.test.len(),
             train_crc32: h.finalize(),
-            rank: hp.rank,
-            lr: hp.lr,
-            reg: hp.reg,
-            bias_reg: hp.bias_reg,
-            decay: hp.decay,
-            init_std: hp.init_std,
+            hp: settings.hp,
             seed: settings.seed,
             batch: settings.batch,
             deterministic: settings.deterministic,
@@ -94,12 +83,12 @@ impl Fingerprint {
             ("training ratings", pair(self.train, now.train)),
             ("test ratings", pair(self.test, now.test)),
             ("the training ratings' CRC-32", pair(self.train_crc32, now.train_crc32)),
-            ("--rank", pair(self.rank, now.rank)),
-            ("--lr", pair(self.lr, now.lr)),
-            ("--reg", pair(self.reg, now.reg)),
-            ("--bias-reg", pair(self.bias_reg, now.bias_reg)),
-            ("--decay", pair(self.decay, now.decay)),
-            ("--init-std", pair(self.init_std, now.init_std)),
+            ("--rank", pair(self.hp.rank, now.hp.rank)),
+            ("--lr", pair(self.hp.lr, now.hp.lr)),
+            ("--reg", pair(self.hp.reg, now.hp.reg)),
+            ("--bias-reg", pair(self.hp.bias_reg, now.hp.bias_reg)),
+            ("--decay", pair(self.hp.decay, now.hp.decay)),
+            ("--init-std", pair(self.hp.init_std, now.hp.init_std)),
             ("--seed", pair(self.seed, now.seed)),
             ("--batch", pair(self.batch, now.batch)),
             ("--deterministic", pair(self.deterministic, now.deterministic)),
@@ -197,7 +186,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
         what: "checkpoint",
         reason: format!("its run state is unreadable: {e}"),
     })?;
-    if state.best.is_some() != best_model.is_some() && best_model.is_some() {
+    if best_model.is_some() && state.best.is_none() {
         return Err(Error::BadModel {
             path,
             what: "checkpoint",
