@@ -1,5 +1,7 @@
-// predict: clamped predictions of (loc_u, loc_i, rating) samples and, per
-// workgroup, the sum of squared and of absolute errors (the host adds the
+// predict: clamped predictions of (loc_u, loc_i, rating) samples for each of
+// `models` models side by side (a slot holds every model's copy of a row,
+// `row_vec4` vec4s each) and, per workgroup and model, the sum of squared
+// and of absolute errors at `sums[workgroup * models + g]` (the host adds the
 // workgroups in f64). A location is a slot of the slab, or, with its top bit
 // set, a row of the upload window staged read-only for this step (evaluation
 // never changes what the slab holds). 0xFFFFFFFF marks a user or item unseen
@@ -8,12 +10,12 @@
 struct Params {
     first: u32,
     count: u32,
-    row_vec4: u32,
+    row_vec4: u32,  // vec4s per model's copy of a row
     rank: u32,
     mean: f32,
     min_rating: f32,
     max_rating: f32,
-    _pad: u32,
+    models: u32,
 }
 
 @group(0) @binding(0) var<storage, read> slab: array<vec4<f32>>;
@@ -25,11 +27,14 @@ struct Params {
 const UNKNOWN: u32 = 0xFFFFFFFFu;
 const IN_WINDOW: u32 = 0x80000000u;
 
-fn row_vec(loc: u32, c: u32) -> vec4<f32> {
+// Vec4 `c` of model `g`'s copy of the row at `loc`.
+fn row_vec(loc: u32, g: u32, c: u32) -> vec4<f32> {
+    let at = g * params.row_vec4 + c;
+    let width = params.row_vec4 * params.models;
     if ((loc & IN_WINDOW) != 0u) {
-        return window[(loc & ~IN_WINDOW) * params.row_vec4 + c];
+        return window[(loc & ~IN_WINDOW) * width + at];
     }
-    return slab[loc * params.row_vec4 + c];
+    return slab[loc * width + at];
 }
 
 var<workgroup> partial: array<vec2<f32>, 64>;
@@ -42,43 +47,52 @@ fn predict(
 ) {
     let wg_index = wg.x + wg.y * nwg.x;
     let n = wg_index * 64u + lid;
-    var err = vec2<f32>(0.0);
-    if (n < params.count) {
+    let live = n < params.count;
+    var su = UNKNOWN;
+    var si = UNKNOWN;
+    var r = 0.0;
+    if (live) {
         let s = (params.first + n) * 3u;
-        let su = samples[s];
-        let si = samples[s + 1u];
-        let r = bitcast<f32>(samples[s + 2u]);
-        let bv = params.rank / 4u;
-        let bl = params.rank % 4u;
-        var pred = params.mean;
-        if (su != UNKNOWN) {
-            pred += row_vec(su, bv)[bl];
-        }
-        if (si != UNKNOWN) {
-            pred += row_vec(si, bv)[bl];
-        }
-        if (su != UNKNOWN && si != UNKNOWN) {
-            let k = vec4<u32>(params.rank);
-            let lanes = vec4<u32>(0u, 1u, 2u, 3u);
-            var acc = vec4<f32>(0.0);
-            for (var c = 0u; c < params.row_vec4; c++) {
-                let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
-                acc += row_vec(su, c) * row_vec(si, c) * m;
-            }
-            pred += acc.x + acc.y + acc.z + acc.w;
-        }
-        let e = r - clamp(pred, params.min_rating, params.max_rating);
-        err = vec2<f32>(e * e, abs(e));
+        su = samples[s];
+        si = samples[s + 1u];
+        r = bitcast<f32>(samples[s + 2u]);
     }
-    partial[lid] = err;
-    workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
+    let bv = params.rank / 4u;
+    let bl = params.rank % 4u;
+    for (var g = 0u; g < params.models; g++) {
+        var err = vec2<f32>(0.0);
+        if (live) {
+            var pred = params.mean;
+            if (su != UNKNOWN) {
+                pred += row_vec(su, g, bv)[bl];
+            }
+            if (si != UNKNOWN) {
+                pred += row_vec(si, g, bv)[bl];
+            }
+            if (su != UNKNOWN && si != UNKNOWN) {
+                let k = vec4<u32>(params.rank);
+                let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+                var acc = vec4<f32>(0.0);
+                for (var c = 0u; c < params.row_vec4; c++) {
+                    let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
+                    acc += row_vec(su, g, c) * row_vec(si, g, c) * m;
+                }
+                pred += acc.x + acc.y + acc.z + acc.w;
+            }
+            let e = r - clamp(pred, params.min_rating, params.max_rating);
+            err = vec2<f32>(e * e, abs(e));
+        }
+        partial[lid] = err;
+        workgroupBarrier();
+        for (var stride = 32u; stride > 0u; stride >>= 1u) {
+            if (lid < stride) {
+                partial[lid] += partial[lid + stride];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            sums[wg_index * params.models + g] = partial[0];
         }
         workgroupBarrier();
-    }
-    if (lid == 0u) {
-        sums[wg_index] = partial[0];
     }
 }

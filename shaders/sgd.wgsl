@@ -1,31 +1,38 @@
 // sgd: Hogwild per-sample SGD of biased MF over a batch of
-// (slot_u, slot_i, rating) samples, reaching rows only through slot indices.
+// (slot_u, slot_i, rating) samples, reaching rows only through slot indices,
+// for `models` models side by side (a grid search; 1 otherwise).
 //
-// Row layout (DESIGN.md §1): `rank` factors, the bias at float index `rank`,
-// zero padding to a whole number of vec4s. Factor lanes and the bias lane get
-// their own update; padding lanes stay zero. Both rows are updated from their
-// old values. Concurrent updates of one row may race and lose an update: that
-// is Hogwild!, accepted as in Factorbird, LIBMF and cuMF_SGD. Deterministic
-// mode dispatches conflict-free waves instead, one dispatch each.
+// Slot layout (DESIGN.md §1, §4): one slot holds every model's copy of a row,
+// `row_vec4` vec4s each. A copy is `rank` factors, the bias at float index
+// `rank`, and zero padding to a whole number of vec4s. Factor lanes and the
+// bias lane get their own update; padding lanes stay zero. Both rows are
+// updated from their old values. One read of a sample drives the updates of
+// all models, model g with its own learning rate and regularisation
+// (`rates[g]`, the schedule already applied). Concurrent updates of one row
+// may race and lose an update: that is Hogwild!, accepted as in Factorbird,
+// LIBMF and cuMF_SGD. Deterministic mode dispatches conflict-free waves
+// instead, one dispatch each.
 //
-// Each workgroup adds the squared errors it saw (before its updates) into its
-// own accumulator, read back once per epoch for the training RMSE.
+// Each workgroup adds the squared errors it saw (before its updates) per
+// model into its own accumulator `loss[workgroup * models + g]`, read back
+// once per epoch for the training RMSE.
 
 struct Params {
     first: u32,     // first sample of this dispatch in the sample buffer
     count: u32,     // samples in this dispatch
-    row_vec4: u32,  // vec4s per slot
+    row_vec4: u32,  // vec4s per model's copy of a row
     rank: u32,      // k
-    lr: f32,
-    reg: f32,
+    models: u32,    // copies side by side in a slot
     bias_reg: f32,
     mean: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> slab: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> samples: array<u32>;  // 3 words per sample
 @group(0) @binding(2) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read> rates: array<vec2<f32>>;  // (lr, reg) per model
 
 var<workgroup> partial: array<f32, 64>;
 
@@ -37,48 +44,61 @@ fn sgd(
 ) {
     let wg_index = wg.x + wg.y * nwg.x;
     let n = wg_index * 64u + lid;
-    var sq = 0.0;
-    if (n < params.count) {
+    let live = n < params.count;
+    let width = params.row_vec4 * params.models;
+    var su = 0u;
+    var si = 0u;
+    var r = 0.0;
+    if (live) {
         let s = (params.first + n) * 3u;
-        let pu = samples[s] * params.row_vec4;
-        let qi = samples[s + 1u] * params.row_vec4;
-        let r = bitcast<f32>(samples[s + 2u]);
-        let k = vec4<u32>(params.rank);
-        let lanes = vec4<u32>(0u, 1u, 2u, 3u);
-
-        var acc = vec4<f32>(0.0);
-        for (var c = 0u; c < params.row_vec4; c++) {
-            let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
-            acc += slab[pu + c] * slab[qi + c] * m;
-        }
-        let bv = params.rank / 4u;
-        let bl = params.rank % 4u;
-        let bu = slab[pu + bv][bl];
-        let bi = slab[qi + bv][bl];
-        let e = r - (params.mean + bu + bi + (acc.x + acc.y + acc.z + acc.w));
-        sq = e * e;
-
-        for (var c = 0u; c < params.row_vec4; c++) {
-            let lane = lanes + vec4<u32>(c * 4u);
-            let fm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane < k);
-            let bm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane == k);
-            let p = slab[pu + c];
-            let q = slab[qi + c];
-            let gp = fm * (e * q - params.reg * p) + bm * (e - params.bias_reg * p);
-            let gq = fm * (e * p - params.reg * q) + bm * (e - params.bias_reg * q);
-            slab[pu + c] = p + params.lr * gp;
-            slab[qi + c] = q + params.lr * gq;
-        }
+        su = samples[s] * width;
+        si = samples[s + 1u] * width;
+        r = bitcast<f32>(samples[s + 2u]);
     }
-    partial[lid] = sq;
-    workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
+    let k = vec4<u32>(params.rank);
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let bv = params.rank / 4u;
+    let bl = params.rank % 4u;
+    for (var g = 0u; g < params.models; g++) {
+        var sq = 0.0;
+        if (live) {
+            let pu = su + g * params.row_vec4;
+            let qi = si + g * params.row_vec4;
+            let lr = rates[g].x;
+            let reg = rates[g].y;
+            var acc = vec4<f32>(0.0);
+            for (var c = 0u; c < params.row_vec4; c++) {
+                let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
+                acc += slab[pu + c] * slab[qi + c] * m;
+            }
+            let bu = slab[pu + bv][bl];
+            let bi = slab[qi + bv][bl];
+            let e = r - (params.mean + bu + bi + (acc.x + acc.y + acc.z + acc.w));
+            sq = e * e;
+
+            for (var c = 0u; c < params.row_vec4; c++) {
+                let lane = lanes + vec4<u32>(c * 4u);
+                let fm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane < k);
+                let bm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane == k);
+                let p = slab[pu + c];
+                let q = slab[qi + c];
+                let gp = fm * (e * q - reg * p) + bm * (e - params.bias_reg * p);
+                let gq = fm * (e * p - reg * q) + bm * (e - params.bias_reg * q);
+                slab[pu + c] = p + lr * gp;
+                slab[qi + c] = q + lr * gq;
+            }
+        }
+        partial[lid] = sq;
+        workgroupBarrier();
+        for (var stride = 32u; stride > 0u; stride >>= 1u) {
+            if (lid < stride) {
+                partial[lid] += partial[lid + stride];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            loss[wg_index * params.models + g] += partial[0];
         }
         workgroupBarrier();
-    }
-    if (lid == 0u) {
-        loss[wg_index] += partial[0];
     }
 }

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, list_adapters};
-use rowstage::model::{self, HyperParams, Model};
+use rowstage::model::{self, HyperParams, Model, Setting};
 use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report, WGPU_VERSION};
 use rowstage::stage::copartition::Side;
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
@@ -88,12 +88,14 @@ struct TrainArgs {
     /// Latent factors per row.
     #[arg(long, default_value_t = 32)]
     rank: usize,
-    /// Initial learning rate η₀.
-    #[arg(long, default_value_t = 0.01)]
-    lr: f32,
-    /// L2 regularisation of the factors.
-    #[arg(long, default_value_t = 0.05)]
-    reg: f32,
+    /// Initial learning rate η₀; a comma-separated list (with --reg) trains
+    /// every (lr, reg) pair side by side in one run: a grid search.
+    #[arg(long, default_value = "0.01", value_name = "LR[,LR...]")]
+    lr: String,
+    /// L2 regularisation of the factors; a comma-separated list makes a grid
+    /// search with --lr.
+    #[arg(long, default_value = "0.05", value_name = "REG[,REG...]")]
+    reg: String,
     /// L2 regularisation of the biases.
     #[arg(long, default_value_t = 0.01)]
     bias_reg: f32,
@@ -346,14 +348,39 @@ fn write_output(path: &Path, text: &str) -> Result<()> {
     }
 }
 
-fn validate_train(a: &TrainArgs) -> Result<()> {
-    let pos = |flag: &str, v: f32| -> Result<()> {
-        if v.is_finite() && v > 0.0 {
-            Ok(())
-        } else {
-            Err(Error::arg(flag, v.to_string(), "must be a finite number above 0"))
+/// Largest grid of `--lr × --reg` settings trained in one run.
+const MAX_GRID: usize = 64;
+
+/// Parses a comma-separated list of `flag`'s numbers, each checked by `ok`.
+fn number_list(flag: &str, text: &str, ok: impl Fn(f32) -> bool, rule: &str) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        match part.parse::<f32>() {
+            Ok(v) if ok(v) => out.push(v),
+            _ => return Err(Error::arg(flag, part, rule)),
         }
-    };
+    }
+    Ok(out)
+}
+
+/// The `--lr × --reg` grid: the Cartesian product, lr-major; empty for one
+/// setting (the usual run).
+fn grid_of(a: &TrainArgs) -> Result<(f32, f32, Vec<Setting>)> {
+    let lrs = number_list("--lr", &a.lr, |v| v.is_finite() && v > 0.0, "must be a finite number above 0")?;
+    let regs = number_list("--reg", &a.reg, |v| v.is_finite() && v >= 0.0, "must be a finite number ≥ 0")?;
+    let grid: Vec<Setting> = lrs.iter().flat_map(|&lr| regs.iter().map(move |&reg| Setting { lr, reg })).collect();
+    if grid.len() > MAX_GRID {
+        return Err(Error::arg(
+            "--lr/--reg",
+            format!("{} × {}", lrs.len(), regs.len()),
+            &format!("a grid search trains at most {MAX_GRID} settings in one run"),
+        ));
+    }
+    Ok((lrs[0], regs[0], if grid.len() > 1 { grid } else { Vec::new() }))
+}
+
+fn validate_train(a: &TrainArgs) -> Result<()> {
     let non_neg = |flag: &str, v: f32| -> Result<()> {
         if v.is_finite() && v >= 0.0 {
             Ok(())
@@ -361,8 +388,7 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
             Err(Error::arg(flag, v.to_string(), "must be a finite number ≥ 0"))
         }
     };
-    pos("--lr", a.lr)?;
-    non_neg("--reg", a.reg)?;
+    grid_of(a)?;
     non_neg("--bias-reg", a.bias_reg)?;
     non_neg("--decay", a.decay)?;
     non_neg("--init-std", a.init_std)?;
@@ -392,10 +418,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
-    let hp =
-        HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, bias_reg: a.bias_reg, decay: a.decay, init_std: a.init_std };
+    let (lr, reg, grid) = grid_of(&a)?;
+    let hp = HyperParams { rank: a.rank, lr, reg, bias_reg: a.bias_reg, decay: a.decay, init_std: a.init_std };
     let mut settings = TrainSettings {
         hp,
+        grid,
         epochs: a.epochs,
         batch: a.batch.parse().unwrap_or(2048),
         seed: a.seed,
@@ -428,7 +455,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         settings.batch = batch;
         plan = p;
     }
-    settings.co_partition = train::co_partition_for(&data, hp.rank, settings.batch, budget, side);
+    settings.co_partition = train::co_partition_for(&data, hp.rank, settings.copies(), settings.batch, budget, side);
     if let Some(c) = settings.co_partition {
         let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
         out.line(&format!(
@@ -444,7 +471,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         eprintln!("notice: {n}");
     }
     let mut backend = opened.backend;
-    let tables = train::table_bytes(&data, hp.rank);
+    let tables = settings.table_bytes(&data);
     out.line(&format!(
         "data: {} — {} users, {} items, {} train / {} test ratings ({} test ratings with a user or item unseen in training)",
         data.name,
@@ -455,6 +482,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         data.cold_test()
     ));
     out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
+    if !settings.grid.is_empty() {
+        out.line(&format!(
+            "grid search: {} settings (--lr {} × --reg {}) trained side by side, every row holding each setting's copy",
+            settings.grid.len(),
+            a.lr,
+            a.reg
+        ));
+    }
     if let Some(l) = &opened.layout {
         out.line(&format!(
             "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} cache/staging, {} block; transfer windows {}",
@@ -523,6 +558,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if let Some(p) = &outcome.checkpoint {
         out.line(&format!("checkpoint: {}", p.display()));
     }
+    let grid =
+        report::grid_results(&outcome.settings, &outcome.epochs, outcome.best_epoch.filter(|_| outcome.complete));
+    if !grid.is_empty() {
+        out.line("grid search, best first (test figures at the epoch kept):");
+        for l in report::grid_table(&grid) {
+            out.line(&l);
+        }
+    }
+    let kept = outcome.settings[outcome.best_setting];
+    if outcome.settings.len() > 1 {
+        out.line(&format!("best setting: lr {} reg {}", kept.lr, kept.reg));
+    }
     out.line(&format!(
         "final: test RMSE {:.4}  MAE {:.4}  {:.3e} ratings/s",
         outcome.final_metrics.rmse, outcome.final_metrics.mae, outcome.ratings_per_sec
@@ -531,8 +578,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let layout = opened.layout.as_ref();
     let config = serde_json::json!({
         "rank": hp.rank,
-        "lr": hp.lr,
-        "reg": hp.reg,
+        "lr": kept.lr,
+        "reg": kept.reg,
+        "grid": settings.grid,
         "bias_reg": hp.bias_reg,
         "decay": hp.decay,
         "init_std": hp.init_std,
@@ -597,6 +645,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             complete: outcome.complete,
             best_epoch: outcome.best_epoch,
             stopped_early: outcome.stopped_early,
+            best: grid.first().cloned(),
+            grid: (!grid.is_empty()).then_some(grid),
         };
         let text = serde_json::to_string_pretty(&report).expect("report serialises");
         write_output(path, &text)?;
@@ -735,7 +785,7 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     let ctx = rowstage::gpu::GpuContext::new(a.backend, a.adapter.as_deref())?;
     let tables = train::table_bytes(&data, a.rank);
     let train::Planned { adapter, bytes, slots, row_bytes, calibration: cal, plan } =
-        train::plan_budget(ctx, &data, a.rank, Some(budget), !a.no_calibration_cache)?;
+        train::plan_budget(ctx, &data, a.rank, 1, Some(budget), !a.no_calibration_cache)?;
     out.line(&format!("adapter: {adapter}; {}", cal.summary()));
     let Some(p) = plan else {
         let counts = rowstage::stage::access_counts(&data.train, data.users.len(), data.items.len());

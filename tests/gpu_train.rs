@@ -29,11 +29,12 @@ fn settings() -> TrainSettings {
         seed: 5,
         deterministic: true,
         co_partition: None,
+        grid: Vec::new(),
     }
 }
 
 fn reference(data: &Dataset, s: &TrainSettings) -> (Model, f64) {
-    let mut cpu = ReferenceCpu { reg: s.hp.reg, bias_reg: s.hp.bias_reg };
+    let mut cpu = ReferenceCpu { bias_reg: s.hp.bias_reg };
     let out = train(data, s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
     (out.model, out.final_metrics.rmse)
 }
@@ -81,7 +82,7 @@ fn gpu_backend_with(
         ctx,
         &GpuSetup {
             rank: s.hp.rank,
-            reg: s.hp.reg,
+            copies: s.copies(),
             bias_reg: s.hp.bias_reg,
             batch: s.batch,
             deterministic: s.deterministic,
@@ -311,6 +312,7 @@ fn co_partitioned_training_matches_the_reference_and_the_simulator() {
     let co = rowstage::train::co_partition_for(
         &data,
         7,
+        1,
         333,
         Some(rowstage::stage::Budget::Bytes(bytes)),
         Some(Side::Users),
@@ -344,5 +346,66 @@ fn co_partitioned_training_matches_the_reference_and_the_simulator() {
             assert_eq!(rows_in, simulated.rows_in, "{}: ledger vs simulator", kind.name());
             assert_eq!(user_in, blocks.active_rows(), "each user row is staged once per epoch");
         }
+    }
+}
+
+/// Grid search in one run: four (lr, reg) settings side by side give, setting
+/// by setting and epoch by epoch, what four separate runs give. On the CPU
+/// reference exactly; on the GPU at a budget that stages rows every batch,
+/// within the tolerances above, with slots four rows wide.
+#[test]
+fn grid_search_in_one_run_equals_separate_runs() {
+    use rowstage::model::Setting;
+    let data = dataset();
+    let grid: Vec<Setting> =
+        [0.01f32, 0.03].iter().flat_map(|&lr| [0.02f32, 0.1].map(move |reg| Setting { lr, reg })).collect();
+    let g = TrainSettings { grid: grid.clone(), ..settings() };
+    let separate: Vec<_> = grid
+        .iter()
+        .map(|x| {
+            let one = TrainSettings { hp: HyperParams { lr: x.lr, reg: x.reg, ..g.hp }, ..settings() };
+            let mut cpu = ReferenceCpu { bias_reg: one.hp.bias_reg };
+            train(&data, &one, &mut cpu, RunControl::default(), &mut |_| {}).unwrap()
+        })
+        .collect();
+    let check = |label: &str, out: &rowstage::train::TrainOutcome, tol_rmse: f64, tol_table: f32| {
+        assert_eq!(out.settings, grid);
+        for (e, report) in out.epochs.iter().enumerate() {
+            assert_eq!(report.grid.len(), grid.len(), "{label}: every setting reported");
+            for (k, sep) in separate.iter().enumerate() {
+                let (a, b) = (report.grid[k].test_rmse, sep.epochs[e].test_rmse);
+                assert!((a - b).abs() <= tol_rmse, "{label} epoch {} setting {k}: {a} vs {b}", e + 1);
+                let (a, b) = (report.grid[k].train_rmse, sep.epochs[e].train_rmse);
+                assert!((a - b).abs() <= tol_rmse.max(1e-6), "{label} epoch {} setting {k} train: {a} vs {b}", e + 1);
+            }
+        }
+        let want = (0..grid.len())
+            .min_by(|&a, &b| separate[a].final_metrics.rmse.total_cmp(&separate[b].final_metrics.rmse))
+            .unwrap();
+        assert_eq!(out.best_setting, want, "{label}: the best setting");
+        let d = max_diff(&out.model, &separate[want].model);
+        eprintln!("{label}: best setting {want} ({:?}), max |Δ| against its separate run {d:.2e}", grid[want]);
+        assert_eq!(out.model.copies, 1, "the kept model is the best setting's alone");
+        assert!(d <= tol_table, "{label}: tables differ by {d}");
+    };
+    let mut cpu = ReferenceCpu { bias_reg: g.hp.bias_reg };
+    let out = train(&data, &g, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
+    check("CPU reference", &out, 0.0, 0.0);
+
+    for backend in common::test_backends() {
+        let Some(ctx) = common::gpu(backend, "grid_search_in_one_run") else {
+            continue;
+        };
+        let bytes = (g.table_bytes(&data) / 10).max(sim_setup(&data, &g, None).needed_slots() as u64 * g.row_bytes());
+        let mut gpu = gpu_backend_with(ctx, &data, &g, bytes, rowstage::stage::PolicyKind::Sca);
+        let layout = gpu.layout().clone();
+        assert_eq!(layout.row_bytes, 4 * (rowstage::model::row_stride(7) * 4) as u64, "a slot holds 4 copies");
+        let out = train(&data, &g, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
+        assert!(out.epochs[1].ledger.rows_in() > 0, "the budget must stage rows");
+        check(&format!("{backend:?}"), &out, RMSE_TOL, TABLE_TOL);
+        let wire = gpu.wire();
+        let h2d: u64 = out.epochs.iter().map(|e| e.ledger.bytes_h2d()).sum();
+        let d2h: u64 = out.epochs.iter().map(|e| e.ledger.bytes_d2h()).sum();
+        assert_eq!((h2d, d2h), (wire.h2d, wire.d2h), "ledger vs wire");
     }
 }

@@ -23,11 +23,12 @@ fn settings() -> TrainSettings {
         seed: 9,
         deterministic: true,
         co_partition: None,
+        grid: Vec::new(),
     }
 }
 
 fn cpu(s: &TrainSettings) -> ReferenceCpu {
-    ReferenceCpu { reg: s.hp.reg, bias_reg: s.hp.bias_reg }
+    ReferenceCpu { bias_reg: s.hp.bias_reg }
 }
 
 #[test]

@@ -125,7 +125,7 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
         ctx,
         &GpuSetup {
             rank,
-            reg: hp.reg,
+            copies: 1,
             bias_reg: hp.bias_reg,
             batch: step_big,
             deterministic: false,
@@ -143,14 +143,15 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
     )?;
     let mut model = Model::init(&data, &hp, 1);
     let never = std::sync::atomic::AtomicBool::new(false);
-    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], &[], 0.001, &never)?; // warm-up
+    let rate = [crate::model::Rate { lr: 0.001, reg: hp.reg }];
+    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], &[], &rate, &never)?; // warm-up
     let t = Instant::now();
-    gpu.train_epoch(&mut model, &data.train, &order, &[], &[], 0.001, &never)?;
+    gpu.train_epoch(&mut model, &data.train, &order, &[], &[], &rate, &never)?;
     let big = t.elapsed().as_secs_f64();
     let mut small = f64::INFINITY;
     for k in 0..5 {
         let t = Instant::now();
-        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], &[], 0.001, &never)?;
+        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], &[], &rate, &never)?;
         small = small.min(t.elapsed().as_secs_f64());
     }
     let steps = order.len().div_ceil(step_big) as f64;

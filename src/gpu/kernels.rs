@@ -7,7 +7,10 @@
 //! | 1 | upload window (r) | download window (rw) | samples (r) | samples (r) |
 //! | 2 | slots (r) | slots (r) | loss (rw) | error sums (rw) |
 //! | 3 | params (uniform, dynamic offset) | same | same | same |
-//! | 4 | | | | upload window (r): rows staged read-only for evaluation |
+//! | 4 | | | rates (r): (η_t, λ) per model | upload window (r): rows staged read-only for evaluation |
+//!
+//! `sgd` and `predict` serve `models` models side by side (a grid search):
+//! one slot holds every model's copy of a row, `row_vec4` vec4s each.
 
 /// WGSL source of every kernel, by name: what the shader test validates.
 pub const SHADERS: [(&str, &str); 4] = [
@@ -36,18 +39,21 @@ pub struct MoveParams {
     pub _pad: u32,
 }
 
-/// Parameters of `sgd`.
+/// Parameters of `sgd`; the learning rate and regularisation of each model
+/// are in the `rates` binding.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgdParams {
     pub first: u32,
     pub count: u32,
+    /// Vec4s of one model's copy of a row.
     pub row_vec4: u32,
     pub rank: u32,
-    pub lr: f32,
-    pub reg: f32,
+    /// Models side by side in a slot.
+    pub models: u32,
     pub bias_reg: f32,
     pub mean: f32,
+    pub _pad: u32,
 }
 
 /// Parameters of `predict`.
@@ -61,7 +67,8 @@ pub struct PredictParams {
     pub mean: f32,
     pub min_rating: f32,
     pub max_rating: f32,
-    pub _pad: u32,
+    /// Models side by side in a slot.
+    pub models: u32,
 }
 
 /// A compiled kernel and its bind group layout.
@@ -136,7 +143,7 @@ impl Kernels {
         Kernels {
             scatter: kernel(device, "scatter_rows", src("scatter_rows"), [true, false, false], false),
             gather: kernel(device, "gather_rows", src("gather_rows"), [false, true, false], false),
-            sgd: kernel(device, "sgd", src("sgd"), [true, false, true], false),
+            sgd: kernel(device, "sgd", src("sgd"), [true, false, true], true),
             predict: kernel(device, "predict", src("predict"), [false, false, true], true),
         }
     }

@@ -13,7 +13,13 @@
 //!   sized to one batch's misses, not to the tables, and reported beside the
 //!   slab.
 //! * `slots`, `samples`, `params`: batch input, counted as data traffic.
-//! * `loss`, `sums`: per-workgroup error sums, read back as data traffic.
+//! * `loss`, `sums`: per-workgroup (and per-model) error sums, read back as
+//!   data traffic.
+//! * `rates`: each model's learning rate and regularisation for the epoch.
+//!
+//! A grid search of G settings makes every slot G times as wide: the slot
+//! holds the G models' copies of a row side by side, so one staged row, one
+//! sample read and one dispatch drive G updates (DESIGN.md §4).
 //!
 //! Per step: write the missed rows into `upload` in one write, `scatter_rows`
 //! puts them in their slots, `sgd` runs (one dispatch, or one per conflict-free
@@ -37,7 +43,7 @@ use kernels::{Kernels, MoveParams, PARAMS_SIZE, PARAMS_STRIDE, PredictParams, Sg
 
 use crate::data::Rating;
 use crate::error::{Error, Result};
-use crate::model::{Metrics, MetricsAcc, Model};
+use crate::model::{Metrics, MetricsAcc, Model, Rate};
 use crate::stage::copartition::{CoPartition, distinct_side_rows};
 use crate::stage::{Areas, Ledger, Moves, Placed, PolicyKind, Stager, human_bytes};
 use crate::train::{Backend, EpochTrain, Prediction};
@@ -93,9 +99,11 @@ pub struct GpuBackend {
     kernels: Kernels,
     layout: GpuLayout,
     rank: u32,
+    /// Vec4s of a slot (every model's copy of a row).
     row_vec4: u32,
+    /// Models side by side in a slot (a grid search; 1 otherwise).
+    copies: u32,
     deterministic: bool,
-    reg: f32,
     bias_reg: f32,
     mean: f32,
     range: (f32, f32),
@@ -155,6 +163,8 @@ struct Buffers {
     params: wgpu::Buffer,
     loss: wgpu::Buffer,
     sums: wgpu::Buffer,
+    /// (η_t, λ) per model, written at the start of every epoch.
+    rates: wgpu::Buffer,
     small_readback: wgpu::Buffer,
 }
 
@@ -260,7 +270,9 @@ impl Waves {
 /// What the GPU backend needs to know at creation.
 pub struct GpuSetup<'a> {
     pub rank: usize,
-    pub reg: f32,
+    /// Models side by side in every slot (a grid search; 1 otherwise): the
+    /// slab's rows are `copies` times as wide.
+    pub copies: usize,
     pub bias_reg: f32,
     pub batch: usize,
     pub deterministic: bool,
@@ -336,7 +348,7 @@ pub fn check_budget(bytes: u64, adapter: &AdapterSummary) -> Result<()> {
 /// resident and staging slots.
 pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayout> {
     use crate::stage::{max_distinct_rows, plan_areas};
-    let row_bytes = (crate::model::row_stride(setup.rank) * 4) as u64;
+    let row_bytes = (crate::model::row_stride(setup.rank) * 4 * setup.copies.max(1)) as u64;
     check_budget(setup.slab_bytes, adapter)?;
     let slots = (setup.slab_bytes / row_bytes).min(u32::MAX as u64 - 1) as u32;
     let block_slots = setup.co_partition.map_or(0, |c| c.block_rows);
@@ -418,7 +430,8 @@ impl GpuBackend {
         }
         let device = &ctx.device;
         let row_vec4 = (layout.row_bytes / 16) as u32;
-        let max_wg = (layout.max_samples as u64).div_ceil(WORKGROUP as u64);
+        let copies = setup.copies.max(1) as u64;
+        let max_wg = (layout.max_samples as u64).div_ceil(WORKGROUP as u64) * copies;
         let max_blocks = BLOCK_KERNEL as u64 + layout.max_samples as u64;
         use wgpu::BufferUsages as U;
         let window_bytes = layout.window as u64 * layout.row_bytes;
@@ -441,6 +454,7 @@ impl GpuBackend {
             loss: buffer(device, "loss sums", max_wg * 4, U::STORAGE | U::COPY_SRC | U::COPY_DST),
             sums: buffer(device, "error sums", max_wg * 8, U::STORAGE | U::COPY_SRC),
             small_readback: buffer(device, "sums readback", max_wg * 8, U::MAP_READ | U::COPY_DST),
+            rates: buffer(device, "rates", copies * 8, U::STORAGE | U::COPY_DST),
         };
         let kernels = Kernels::new(device);
         let b = &buffers;
@@ -454,7 +468,17 @@ impl GpuBackend {
         let bind = BindGroups {
             scatter: group("scatter_rows bind group", &kernels.scatter, [&b.slab, &b.upload, &b.load_slots]),
             gather: group("gather_rows bind group", &kernels.gather, [&b.slab, &b.download, &b.out_slots]),
-            sgd: group("sgd bind group", &kernels.sgd, [&b.slab, &b.samples, &b.loss]),
+            sgd: device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("sgd bind group"),
+                layout: &kernels.sgd.layout,
+                entries: &[
+                    entry(0, &b.slab),
+                    entry(1, &b.samples),
+                    entry(2, &b.loss),
+                    params_entry(&b.params),
+                    entry(4, &b.rates),
+                ],
+            }),
             predict: device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("predict bind group"),
                 layout: &kernels.predict.layout,
@@ -483,8 +507,8 @@ impl GpuBackend {
             kernels,
             rank: setup.rank as u32,
             row_vec4,
+            copies: copies as u32,
             deterministic: setup.deterministic,
-            reg: setup.reg,
             bias_reg: setup.bias_reg,
             mean: setup.mean,
             range: setup.range,
@@ -834,7 +858,7 @@ impl GpuBackend {
     }
 
     /// One device step of training on `ratings` (which fit the slab).
-    fn train_step(&mut self, model: &mut Model, ratings: &[Rating], lr: f32) -> Result<()> {
+    fn train_step(&mut self, model: &mut Model, ratings: &[Rating]) -> Result<()> {
         let mut moves = std::mem::take(&mut self.moves);
         self.stager.stage(ratings, &mut moves, &mut self.ledger);
         self.moves = moves;
@@ -885,12 +909,12 @@ impl GpuBackend {
                 SgdParams {
                     first,
                     count,
-                    row_vec4: self.row_vec4,
+                    row_vec4: self.row_vec4 / self.copies,
                     rank: self.rank,
-                    lr,
-                    reg: self.reg,
+                    models: self.copies,
                     bias_reg: self.bias_reg,
                     mean: self.mean,
+                    _pad: 0,
                 },
             );
         }
@@ -943,7 +967,7 @@ impl GpuBackend {
 
     /// One device step of evaluation on `ratings`: stages missing rows in
     /// read-only (nothing is written back) and returns the error sums.
-    fn eval_step(&mut self, model: &Model, ratings: &[Rating]) -> Result<MetricsAcc> {
+    fn eval_step(&mut self, model: &Model, ratings: &[Rating], acc: &mut [MetricsAcc]) -> Result<()> {
         let mut moves = std::mem::take(&mut self.moves);
         self.stager.stage_eval(ratings, &mut moves, &mut self.ledger);
         self.moves = moves;
@@ -958,12 +982,12 @@ impl GpuBackend {
             PredictParams {
                 first: 0,
                 count: ratings.len() as u32,
-                row_vec4: self.row_vec4,
+                row_vec4: self.row_vec4 / self.copies,
                 rank: self.rank,
                 mean: self.mean,
                 min_rating: self.range.0,
                 max_rating: self.range.1,
-                _pad: 0,
+                models: self.copies,
             },
         );
         self.write_params(BLOCK_KERNEL + 1);
@@ -971,14 +995,16 @@ impl GpuBackend {
         let enc = self.one_dispatch("evaluation step", kernel, group, BLOCK_KERNEL, ratings.len() as u64);
         let groups = (ratings.len() as u64).div_ceil(WORKGROUP as u64);
         let sums_buf = self.buffers.sums.clone();
-        let sums = self.read_sums(&sums_buf, groups * 2, enc)?;
-        let mut acc = MetricsAcc::default();
-        for pair in sums.chunks_exact(2) {
-            acc.sq += pair[0];
-            acc.abs += pair[1];
+        let sums = self.read_sums(&sums_buf, groups * self.copies as u64 * 2, enc)?;
+        for (j, pair) in sums.chunks_exact(2).enumerate() {
+            let a = &mut acc[j % self.copies as usize];
+            a.sq += pair[0];
+            a.abs += pair[1];
         }
-        acc.count = ratings.len() as u64;
-        Ok(acc)
+        for a in acc.iter_mut() {
+            a.count += ratings.len() as u64;
+        }
+        Ok(())
     }
 
     /// Splits `ratings` into steps that fit the slab and runs `f` on each.
@@ -1024,10 +1050,21 @@ impl Backend for GpuBackend {
         order: &[u32],
         spans: &[u32],
         following: &[u32],
-        lr: f32,
+        rates: &[Rate],
         stop: &AtomicBool,
     ) -> Result<EpochTrain> {
+        if rates.len() != self.copies as usize || model.copies != self.copies as usize {
+            return Err(self.gpu_err(format!(
+                "{} rates and a model of {} copies for a slab of {} copies",
+                rates.len(),
+                model.copies,
+                self.copies
+            )));
+        }
         self.ledger = Ledger::default();
+        let rates: Vec<[f32; 2]> = rates.iter().map(|r| [r.lr, r.reg]).collect();
+        self.ledger.data_bytes_h2d +=
+            put(&self.ctx.queue, &mut self.wire, &self.buffers.rates, bytemuck::cast_slice(&rates));
         if !self.resident_loaded {
             self.load_resident(model)?;
         }
@@ -1058,7 +1095,7 @@ impl Backend for GpuBackend {
                 }
                 batch.clear();
                 batch.extend(chunk.iter().map(|&i| train[i as usize]));
-                self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step, lr))?;
+                self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step))?;
                 done += chunk.len();
             }
             self.end_block(model)?;
@@ -1067,7 +1104,10 @@ impl Backend for GpuBackend {
         let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
         let loss = self.buffers.loss.clone();
         let enc = self.encoder("read loss");
-        let sse = self.read_sums(&loss, groups, enc)?.iter().sum();
+        let mut sse = vec![0.0; self.copies as usize];
+        for (j, x) in self.read_sums(&loss, groups * self.copies as u64, enc)?.iter().enumerate() {
+            sse[j % self.copies as usize] += x;
+        }
         Ok(EpochTrain {
             sse,
             count: done as u64,
@@ -1077,19 +1117,15 @@ impl Backend for GpuBackend {
         })
     }
 
-    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
         self.ledger = Ledger::default();
         if !self.resident_loaded {
             self.load_resident(model)?;
         }
-        let mut acc = MetricsAcc::default();
+        let mut acc = vec![MetricsAcc::default(); self.copies as usize];
         let max = self.layout.max_samples as usize;
-        self.for_each_step(test, max, false, |me, step| {
-            let a = me.eval_step(model, step)?;
-            acc.merge(&a);
-            Ok(())
-        })?;
-        Ok((acc.finish(), std::mem::take(&mut self.ledger)))
+        self.for_each_step(test, max, false, |me, step| me.eval_step(model, step, &mut acc))?;
+        Ok((acc.iter().map(MetricsAcc::finish).collect(), std::mem::take(&mut self.ledger)))
     }
 
     fn finish(&mut self, model: &mut Model) -> Result<Ledger> {

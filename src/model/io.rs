@@ -200,13 +200,20 @@ pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>,
 
     let num = |k: &str| -> Result<u32> { get(k)?.parse().map_err(|_| bad(format!("{k} is not a number"))) };
     let rank = num("rank")? as usize;
-    let stride = super::row_stride(rank);
+    let sub = super::row_stride(rank);
+    // A checkpoint of a grid search holds several models side by side.
+    let stride = users.shape().get(1).copied().unwrap_or(0);
+    let copies = stride / sub;
     let mut tables = vec![&users, &items];
     if let Some((bu, bi)) = &second {
         tables.extend([bu, bi]);
     }
-    if tables.iter().any(|t| t.shape().len() != 2 || t.shape()[1] != stride) {
-        return Err(bad(format!("tables are not {stride} floats wide for rank {rank}")));
+    if copies == 0
+        || stride % sub != 0
+        || (kind == FileKind::Model && copies != 1)
+        || tables.iter().any(|t| t.shape().len() != 2 || t.shape()[1] != stride)
+    {
+        return Err(bad(format!("tables are not {sub} floats wide (or a multiple, in a checkpoint) for rank {rank}")));
     }
     if let Some((bu, bi)) = &second
         && (bu.shape() != users.shape() || bi.shape() != items.shape())
@@ -228,6 +235,7 @@ pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>,
     let n_items = items.shape()[0];
     let model = Model {
         rank,
+        copies,
         stride,
         mean: f32::from_bits(num("mean_bits")?),
         min_rating: f32::from_bits(num("min_rating_bits")?),
@@ -243,6 +251,7 @@ pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>,
         user_ids: model.user_ids.clone(),
         item_ids: model.item_ids.clone(),
         rank: model.rank,
+        copies: model.copies,
         stride: model.stride,
         mean: model.mean,
         min_rating: model.min_rating,

@@ -45,6 +45,28 @@ impl HyperParams {
     pub fn lr_at(&self, epoch: usize) -> f32 {
         self.lr / (1.0 + self.decay * (epoch as f32).powf(1.5))
     }
+
+    /// The learning rate and regularisation of epoch `epoch` for each of
+    /// `settings`, on this schedule: exactly what a run of that setting alone
+    /// would use.
+    pub fn rates_at(&self, settings: &[Setting], epoch: usize) -> Vec<Rate> {
+        settings.iter().map(|s| Rate { lr: HyperParams { lr: s.lr, ..*self }.lr_at(epoch), reg: s.reg }).collect()
+    }
+}
+
+/// One setting of a grid search: the initial learning rate η₀ and the factor
+/// regularisation λ (the other hyperparameters are shared).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub lr: f32,
+    pub reg: f32,
+}
+
+/// What one model of a run trains an epoch with: η_t and λ.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub lr: f32,
+    pub reg: f32,
 }
 
 /// The length in floats of one row: `rank` factors plus a bias, padded to a
@@ -54,10 +76,16 @@ pub fn row_stride(rank: usize) -> usize {
 }
 
 /// A trained or training model: the authoritative host tables.
+///
+/// A grid search trains `copies` models side by side: each table row then
+/// holds every model's copy of that row, one [`row_stride`] after another, so
+/// that one staged row (one slot of the device slab) serves all of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     pub rank: usize,
-    /// Floats per row (see [`row_stride`]).
+    /// Models side by side in each row (1 outside a grid search).
+    pub copies: usize,
+    /// Floats per row: `copies ×` [`row_stride`]`(rank)`.
     pub stride: usize,
     /// μ, the mean training rating.
     pub mean: f32,
@@ -93,6 +121,7 @@ impl Model {
         let (min_rating, max_rating) = data.range();
         Model {
             rank: hp.rank,
+            copies: 1,
             stride,
             mean: data.mean(),
             min_rating,
@@ -101,6 +130,41 @@ impl Model {
             items,
             user_ids: data.users.clone(),
             item_ids: data.items.clone(),
+        }
+    }
+
+    /// `copies` models initialised alike, side by side (see [`Model`]): model
+    /// `g` starts exactly as `Model::init(data, hp, seed)` does.
+    pub fn init_copies(data: &Dataset, hp: &HyperParams, seed: u64, copies: usize) -> Self {
+        Model::init(data, hp, seed).widen(copies)
+    }
+
+    /// This single model repeated `copies` times in every row.
+    pub fn widen(self, copies: usize) -> Self {
+        assert_eq!(self.copies, 1, "widen a single model");
+        if copies == 1 {
+            return self;
+        }
+        let s = self.stride;
+        let widen = |t: &[f32]| -> Vec<f32> { t.chunks_exact(s).flat_map(|row| row.repeat(copies)).collect() };
+        Model { users: widen(&self.users), items: widen(&self.items), copies, stride: s * copies, ..self }
+    }
+
+    /// Model `g` of the ones side by side, alone.
+    pub fn copy(&self, g: usize) -> Model {
+        assert!(g < self.copies, "model {g} of {}", self.copies);
+        let sub = row_stride(self.rank);
+        let pick = |t: &[f32]| -> Vec<f32> {
+            t.chunks_exact(self.stride).flat_map(|row| row[g * sub..(g + 1) * sub].iter().copied()).collect()
+        };
+        Model {
+            users: pick(&self.users),
+            items: pick(&self.items),
+            copies: 1,
+            stride: sub,
+            user_ids: self.user_ids.clone(),
+            item_ids: self.item_ids.clone(),
+            ..*self
         }
     }
 
@@ -123,10 +187,16 @@ impl Model {
     /// The clamped prediction; an [`UNKNOWN`] side contributes neither bias nor
     /// factors.
     pub fn predict(&self, user: u32, item: u32) -> f32 {
+        self.predict_with(0, user, item)
+    }
+
+    /// [`Model::predict`] of model `g` of the ones side by side.
+    pub fn predict_with(&self, g: usize, user: u32, item: u32) -> f32 {
         let mut r = self.mean;
         let k = self.rank;
-        let pu = (user != UNKNOWN).then(|| self.user_row(user));
-        let qi = (item != UNKNOWN).then(|| self.item_row(item));
+        let sub = row_stride(k);
+        let pu = (user != UNKNOWN).then(|| &self.user_row(user)[g * sub..][..sub]);
+        let qi = (item != UNKNOWN).then(|| &self.item_row(item)[g * sub..][..sub]);
         if let Some(p) = pu {
             r += p[k];
         }
@@ -139,13 +209,24 @@ impl Model {
         r.clamp(self.min_rating, self.max_rating)
     }
 
-    /// RMSE and MAE of the clamped predictions on `ratings`.
+    /// RMSE and MAE of the clamped predictions on `ratings` (of the first
+    /// model, the only one outside a grid search).
     pub fn evaluate(&self, ratings: &[Rating]) -> Metrics {
+        self.evaluate_with(0, ratings)
+    }
+
+    /// [`Model::evaluate`] of model `g` of the ones side by side.
+    pub fn evaluate_with(&self, g: usize, ratings: &[Rating]) -> Metrics {
         let mut m = MetricsAcc::default();
         for r in ratings {
-            m.add(r.value - self.predict(r.user, r.item));
+            m.add(r.value - self.predict_with(g, r.user, r.item));
         }
         m.finish()
+    }
+
+    /// [`Model::evaluate`] of every model side by side.
+    pub fn evaluate_all(&self, ratings: &[Rating]) -> Vec<Metrics> {
+        (0..self.copies).map(|g| self.evaluate_with(g, ratings)).collect()
     }
 }
 
@@ -266,6 +347,25 @@ mod tests {
         assert!((hp.lr_at(1) - 0.05).abs() < 1e-7);
         let flat = HyperParams { decay: 0.0, ..hp };
         assert_eq!(flat.lr_at(9), 0.1);
+    }
+
+    #[test]
+    fn copies_widen_and_split_back() {
+        use crate::data::{Dataset, SyntheticSpec, generate};
+        let spec = SyntheticSpec::parse("30,20,300", 1.0).unwrap();
+        let data = Dataset::split("s", generate(&spec, 1), 0.1, 1);
+        let hp = HyperParams { rank: 5, ..Default::default() };
+        let one = Model::init(&data, &hp, 3);
+        let three = Model::init_copies(&data, &hp, 3, 3);
+        assert_eq!((three.copies, three.stride), (3, 3 * one.stride));
+        for g in 0..3 {
+            assert_eq!(three.copy(g), one);
+        }
+        let t = &data.test[..];
+        assert_eq!(three.evaluate_all(t), vec![one.evaluate(t); 3]);
+        let rates = HyperParams { lr: 0.5, decay: 1.0, ..hp }
+            .rates_at(&[Setting { lr: 0.1, reg: 0.2 }, Setting { lr: 0.4, reg: 0.0 }], 1);
+        assert_eq!(rates, vec![Rate { lr: 0.05, reg: 0.2 }, Rate { lr: 0.2, reg: 0.0 }]);
     }
 
     #[test]

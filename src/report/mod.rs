@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::model::Setting;
 use crate::stage::{Ledger, human_bytes};
 use crate::train::EpochReport;
 
@@ -99,6 +100,101 @@ pub struct Report {
     pub best_epoch: Option<usize>,
     /// Under `--patience`: whether it ended the run early.
     pub stopped_early: bool,
+    /// A grid search's settings, best first (absent outside one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<Vec<GridJson>>,
+    /// The setting kept (absent outside a grid search).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best: Option<GridJson>,
+}
+
+/// One setting of a grid search: its figures at the epoch kept (the last, or
+/// the best one under `--patience`) and every epoch's.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridJson {
+    /// 1 for the lowest test RMSE.
+    pub place: usize,
+    pub lr: f32,
+    pub reg: f32,
+    pub test_rmse: f64,
+    pub test_mae: f64,
+    /// This setting's own lowest test RMSE over the epochs, and its epoch.
+    pub lowest_test_rmse: f64,
+    pub lowest_epoch: usize,
+    pub epochs: Vec<GridEpochJson>,
+}
+
+/// One epoch of one setting of a grid search.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridEpochJson {
+    pub epoch: usize,
+    /// η_t of this epoch.
+    pub lr: f32,
+    pub train_rmse: f64,
+    pub test_rmse: f64,
+    pub test_mae: f64,
+}
+
+/// The settings of a grid search ranked by test RMSE at `kept_epoch` (1-based;
+/// `None`: the last epoch), best first. Empty outside a grid search.
+pub fn grid_results(settings: &[Setting], epochs: &[EpochReport], kept_epoch: Option<usize>) -> Vec<GridJson> {
+    let Some(kept) = kept_epoch.and_then(|k| epochs.iter().find(|e| e.epoch == k)).or(epochs.last()) else {
+        return Vec::new();
+    };
+    if kept.grid.len() != settings.len() || settings.len() < 2 {
+        return Vec::new();
+    }
+    let mut out: Vec<GridJson> = settings
+        .iter()
+        .enumerate()
+        .map(|(g, s)| {
+            let epochs: Vec<GridEpochJson> = epochs
+                .iter()
+                .filter_map(|e| {
+                    let x = e.grid.get(g)?;
+                    Some(GridEpochJson {
+                        epoch: e.epoch,
+                        lr: x.lr,
+                        train_rmse: x.train_rmse,
+                        test_rmse: x.test_rmse,
+                        test_mae: x.test_mae,
+                    })
+                })
+                .collect();
+            let lowest = epochs.iter().min_by(|a, b| a.test_rmse.total_cmp(&b.test_rmse));
+            GridJson {
+                place: 0,
+                lr: s.lr,
+                reg: s.reg,
+                test_rmse: kept.grid[g].test_rmse,
+                test_mae: kept.grid[g].test_mae,
+                lowest_test_rmse: lowest.map_or(f64::NAN, |e| e.test_rmse),
+                lowest_epoch: lowest.map_or(0, |e| e.epoch),
+                epochs,
+            }
+        })
+        .collect();
+    // Stable: equal RMSEs keep the grid's order, as the run's choice does.
+    out.sort_by(|a, b| a.test_rmse.total_cmp(&b.test_rmse));
+    for (i, g) in out.iter_mut().enumerate() {
+        g.place = i + 1;
+    }
+    out
+}
+
+/// The ranked table of a grid search, one line per setting.
+pub fn grid_table(grid: &[GridJson]) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:>5}  {:>10}  {:>10}  {:>9}  {:>9}  {:>14}",
+        "place", "lr", "reg", "test RMSE", "test MAE", "lowest (epoch)"
+    )];
+    for g in grid {
+        lines.push(format!(
+            "{:>5}  {:>10}  {:>10}  {:>9.4}  {:>9.4}  {:>7.4} ({:>3})",
+            g.place, g.lr, g.reg, g.test_rmse, g.test_mae, g.lowest_test_rmse, g.lowest_epoch
+        ));
+    }
+    lines
 }
 
 /// The text line printed after an epoch.

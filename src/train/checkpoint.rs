@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{EpochReport, TrainSettings};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{FileKind, HyperParams, Model, load_tables, save_tables};
+use crate::model::{FileKind, HyperParams, Model, Setting, load_tables, save_tables};
 use crate::stage::Ledger;
 
 /// The file inside a checkpoint directory.
@@ -39,6 +39,9 @@ pub struct Fingerprint {
     /// CRC-32 of the training ratings in order (user, item, rating bits).
     pub train_crc32: u32,
     pub hp: HyperParams,
+    /// The grid of a grid search (empty otherwise).
+    #[serde(default)]
+    pub grid: Vec<Setting>,
     pub seed: u64,
     pub batch: usize,
     pub deterministic: bool,
@@ -62,6 +65,7 @@ impl Fingerprint {
             test: data.test.len(),
             train_crc32: h.finalize(),
             hp: settings.hp,
+            grid: settings.grid.clone(),
             seed: settings.seed,
             batch: settings.batch,
             deterministic: settings.deterministic,
@@ -89,6 +93,7 @@ impl Fingerprint {
             ("--bias-reg", pair(self.hp.bias_reg, now.hp.bias_reg)),
             ("--decay", pair(self.hp.decay, now.hp.decay)),
             ("--init-std", pair(self.hp.init_std, now.hp.init_std)),
+            ("the --lr × --reg grid", pair(grid_text(&self.grid), grid_text(&now.grid))),
             ("--seed", pair(self.seed, now.seed)),
             ("--batch", pair(self.batch, now.batch)),
             ("--deterministic", pair(self.deterministic, now.deterministic)),
@@ -103,11 +108,19 @@ impl Fingerprint {
     }
 }
 
+fn grid_text(grid: &[Setting]) -> String {
+    let all: Vec<String> = grid.iter().map(|s| format!("lr {} reg {}", s.lr, s.reg)).collect();
+    if all.is_empty() { "none".into() } else { all.join(", ") }
+}
+
 /// The best epoch so far (under `--patience`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Best {
     pub epoch: usize,
     pub test_rmse: f64,
+    /// The setting of a grid search that reached it (0 outside one).
+    #[serde(default)]
+    pub setting: usize,
 }
 
 /// Where a run stands.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use super::{Backend, EpochTrain};
 use crate::data::Rating;
 use crate::error::Result;
-use crate::model::{Metrics, MetricsAcc, Model, Step};
+use crate::model::{Metrics, MetricsAcc, Model, Rate, Step, row_stride};
 use crate::stage::Ledger;
 
 /// Ratings between two looks at the stop flag (sequential reference).
@@ -16,14 +16,26 @@ const STOP_CHECK: usize = 4096;
 /// among the threads, and the stop flag is read between rounds.
 const ROUND: usize = 1 << 16;
 
-fn step_of(model: &Model, lr: f32, reg: f32, bias_reg: f32) -> Step {
-    Step { rank: model.rank, mean: model.mean, lr, reg, bias_reg }
+/// One [`Step`] per model side by side.
+fn steps_of(model: &Model, rates: &[Rate], bias_reg: f32) -> Vec<Step> {
+    assert_eq!(rates.len(), model.copies, "one rate per model side by side");
+    rates.iter().map(|r| Step { rank: model.rank, mean: model.mean, lr: r.lr, reg: r.reg, bias_reg }).collect()
+}
+
+/// Applies every model's step to the rows `p` and `q` (each holding the
+/// models' copies side by side, `sub` floats apart), adding each squared
+/// error into `sse`.
+#[inline]
+fn apply_all(steps: &[Step], sub: usize, p: &mut [f32], q: &mut [f32], rating: f32, sse: &mut [f64]) {
+    for ((step, (p, q)), sse) in steps.iter().zip(p.chunks_exact_mut(sub).zip(q.chunks_exact_mut(sub))).zip(sse) {
+        let e = step.apply(p, q, rating);
+        *sse += (e * e) as f64;
+    }
 }
 
 /// Sequential per-sample SGD in the epoch order: the reference, and what
 /// `--backend cpu --deterministic` runs.
 pub struct ReferenceCpu {
-    pub reg: f32,
     pub bias_reg: f32,
 }
 
@@ -43,12 +55,12 @@ impl Backend for ReferenceCpu {
         order: &[u32],
         _spans: &[u32],
         _following: &[u32],
-        lr: f32,
+        rates: &[Rate],
         stop: &AtomicBool,
     ) -> Result<EpochTrain> {
-        let step = step_of(model, lr, self.reg, self.bias_reg);
-        let s = model.stride;
-        let mut sse = 0.0f64;
+        let steps = steps_of(model, rates, self.bias_reg);
+        let (s, sub) = (model.stride, row_stride(model.rank));
+        let mut sse = vec![0.0f64; steps.len()];
         let mut done = 0;
         for part in order.chunks(STOP_CHECK) {
             if stop.load(Ordering::Relaxed) {
@@ -58,16 +70,15 @@ impl Backend for ReferenceCpu {
                 let r = train[idx as usize];
                 let p = &mut model.users[r.user as usize * s..][..s];
                 let q = &mut model.items[r.item as usize * s..][..s];
-                let e = step.apply(p, q, r.value);
-                sse += (e * e) as f64;
+                apply_all(&steps, sub, p, q, r.value, &mut sse);
             }
             done += part.len();
         }
         Ok(EpochTrain { sse, count: done as u64, done, conflicts: 0, ledger: Ledger::default() })
     }
 
-    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {
-        Ok((model.evaluate(test), Ledger::default()))
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
+        Ok((model.evaluate_all(test), Ledger::default()))
     }
 
     fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
@@ -81,14 +92,13 @@ impl Backend for ReferenceCpu {
 /// every mainstream CPU), so concurrent updates of one row may lose an update,
 /// as Hogwild! accepts, but never make undefined behaviour.
 pub struct HogwildCpu {
-    pub reg: f32,
     pub bias_reg: f32,
     pub threads: usize,
 }
 
 impl HogwildCpu {
-    pub fn new(reg: f32, bias_reg: f32, threads: usize) -> Self {
-        HogwildCpu { reg, bias_reg, threads: threads.max(1) }
+    pub fn new(bias_reg: f32, threads: usize) -> Self {
+        HogwildCpu { bias_reg, threads: threads.max(1) }
     }
 }
 
@@ -117,15 +127,16 @@ impl Backend for HogwildCpu {
         order: &[u32],
         _spans: &[u32],
         _following: &[u32],
-        lr: f32,
+        rates: &[Rate],
         stop: &AtomicBool,
     ) -> Result<EpochTrain> {
-        let step = step_of(model, lr, self.reg, self.bias_reg);
-        let s = model.stride;
+        let steps = steps_of(model, rates, self.bias_reg);
+        let steps = &steps[..];
+        let (s, sub) = (model.stride, row_stride(model.rank));
         let users = as_atomic(&mut model.users);
         let items = as_atomic(&mut model.items);
         let threads = self.threads;
-        let (mut sse, mut conflicts, mut done) = (0.0f64, 0u64, 0usize);
+        let (mut sse, mut conflicts, mut done) = (vec![0.0f64; steps.len()], 0u64, 0usize);
         for round in order.chunks(ROUND) {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -139,7 +150,7 @@ impl Backend for HogwildCpu {
                             // Two rows of scratch per thread, allocated once per round.
                             let mut p = vec![0.0f32; s];
                             let mut q = vec![0.0f32; s];
-                            let (mut sse, mut conflicts) = (0.0f64, 0u64);
+                            let (mut sse, mut conflicts) = (vec![0.0f64; steps.len()], 0u64);
                             for (j, &idx) in part.iter().enumerate() {
                                 let r = train[idx as usize];
                                 // The j-th rating of every thread's part forms one
@@ -157,8 +168,7 @@ impl Backend for HogwildCpu {
                                 for (x, a) in q.iter_mut().zip(qi) {
                                     *x = f32::from_bits(a.load(Ordering::Relaxed));
                                 }
-                                let e = step.apply(&mut p, &mut q, r.value);
-                                sse += (e * e) as f64;
+                                apply_all(steps, sub, &mut p, &mut q, r.value, &mut sse);
                                 for (x, a) in p.iter().zip(pu) {
                                     a.store(x.to_bits(), Ordering::Relaxed);
                                 }
@@ -170,40 +180,47 @@ impl Backend for HogwildCpu {
                         })
                     })
                     .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("Hogwild worker panicked"))
-                    .fold((0.0, 0), |(a, b), (c, d)| (a + c, b + d))
+                handles.into_iter().map(|h| h.join().expect("Hogwild worker panicked")).fold(
+                    (vec![0.0; steps.len()], 0),
+                    |(mut a, b), (c, d)| {
+                        a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                        (a, b + d)
+                    },
+                )
             });
-            sse += round_sse;
+            sse.iter_mut().zip(&round_sse).for_each(|(a, c)| *a += c);
             conflicts += round_conflicts;
             done += round.len();
         }
         Ok(EpochTrain { sse, count: done as u64, done, conflicts, ledger: Ledger::default() })
     }
 
-    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)> {
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
         let chunk = test.len().div_ceil(self.threads).max(1);
+        let copies = model.copies;
         let acc = std::thread::scope(|scope| {
             let handles: Vec<_> = test
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
-                        let mut m = MetricsAcc::default();
+                        let mut m = vec![MetricsAcc::default(); copies];
                         for r in part {
-                            m.add(r.value - model.predict(r.user, r.item));
+                            for (g, m) in m.iter_mut().enumerate() {
+                                m.add(r.value - model.predict_with(g, r.user, r.item));
+                            }
                         }
                         m
                     })
                 })
                 .collect();
-            let mut total = MetricsAcc::default();
+            let mut total = vec![MetricsAcc::default(); copies];
             for h in handles {
-                total.merge(&h.join().expect("evaluation worker panicked"));
+                let part = h.join().expect("evaluation worker panicked");
+                total.iter_mut().zip(&part).for_each(|(t, p)| t.merge(p));
             }
             total
         });
-        Ok((acc.finish(), Ledger::default()))
+        Ok((acc.iter().map(MetricsAcc::finish).collect(), Ledger::default()))
     }
 
     fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Rating};
 use crate::error::Result;
-use crate::model::{HyperParams, Metrics, Model};
+use crate::model::{HyperParams, Metrics, Model, Rate, Setting, row_stride};
 use crate::stage::Ledger;
 use crate::stage::copartition::{Blocks, CoPartition};
 
@@ -106,6 +106,15 @@ impl EpochOrders {
     }
 }
 
+/// The index of the lowest test RMSE (the first of equals).
+fn best_of(tests: &[Metrics]) -> usize {
+    (0..tests.len()).fold(0, |b, g| if tests[g].rmse < tests[b].rmse { g } else { b })
+}
+
+fn best_of_epoch(e: &EpochReport) -> usize {
+    (0..e.grid.len()).fold(0, |b, g| if e.grid[g].test_rmse < e.grid[b].test_rmse { g } else { b })
+}
+
 /// The spans of `order[from..]` that batches must not cross, as ends relative
 /// to `from`: the co-partitioning blocks, or one span.
 pub fn spans_from(ends: &[u32], from: usize, len: usize) -> Vec<u32> {
@@ -119,8 +128,9 @@ pub fn spans_from(ends: &[u32], from: usize, len: usize) -> Vec<u32> {
 /// What one epoch of training returned, before evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct EpochTrain {
-    /// Sum of squared errors seen by SGD before each update.
-    pub sse: f64,
+    /// Sum of squared errors seen by SGD before each update, per model side
+    /// by side (one outside a grid search).
+    pub sse: Vec<f64>,
     pub count: u64,
     /// Ratings of the order applied: all of them, or fewer when the stop flag
     /// was raised (then a prefix, a whole number of batches).
@@ -137,8 +147,9 @@ pub trait Backend {
     fn kind(&self) -> String;
     /// The adapter's name (or the CPU's description).
     fn adapter(&self) -> String;
-    /// One pass over `order` (indices into `train`) with learning rate `lr`;
-    /// `following` is the next epoch's order (empty after the last), for
+    /// One pass over `order` (indices into `train`), model `g` of the ones
+    /// side by side in `model` updated with `rates[g]` (one rate outside a
+    /// grid search); `following` is the next epoch's order (empty after the last), for
     /// policies that plan ahead. `spans` are the ends (in `order`) of the
     /// spans batches must not cross: the co-partitioning blocks, or just
     /// `order.len()`. When `stop` is raised the pass ends at the next batch
@@ -152,11 +163,11 @@ pub trait Backend {
         order: &[u32],
         spans: &[u32],
         following: &[u32],
-        lr: f32,
+        rates: &[Rate],
         stop: &AtomicBool,
     ) -> Result<EpochTrain>;
-    /// Test metrics of the current model, and the traffic it took.
-    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Metrics, Ledger)>;
+    /// Test metrics of each model side by side, and the traffic they took.
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)>;
     /// Makes the host tables authoritative again (writes back every row the
     /// device still holds); returns that traffic.
     fn finish(&mut self, model: &mut Model) -> Result<Ledger>;
@@ -170,7 +181,12 @@ pub trait Backend {
 /// caller resolves into a [`Backend`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSettings {
+    /// The hyperparameters; `lr` and `reg` are ignored when `grid` is not empty.
     pub hp: HyperParams,
+    /// Grid search in one run: these (η₀, λ) settings train side by side, one
+    /// slot of the device holding every setting's copy of a row. Empty: the
+    /// one setting of `hp`.
+    pub grid: Vec<Setting>,
     pub epochs: usize,
     pub batch: usize,
     pub seed: u64,
@@ -180,7 +196,41 @@ pub struct TrainSettings {
     pub co_partition: Option<CoPartition>,
 }
 
-/// One epoch's figures, as printed and reported.
+impl TrainSettings {
+    /// The settings trained side by side: the grid, or `hp`'s alone.
+    pub fn settings(&self) -> Vec<Setting> {
+        if self.grid.is_empty() { vec![Setting { lr: self.hp.lr, reg: self.hp.reg }] } else { self.grid.clone() }
+    }
+
+    /// Models side by side in every row.
+    pub fn copies(&self) -> usize {
+        self.grid.len().max(1)
+    }
+
+    /// Bytes of one row of the tables as staged: every model's copy.
+    pub fn row_bytes(&self) -> u64 {
+        (row_stride(self.hp.rank) * 4 * self.copies()) as u64
+    }
+
+    /// Bytes of both tables with every model's copies.
+    pub fn table_bytes(&self, data: &Dataset) -> u64 {
+        (data.users.len() + data.items.len()) as u64 * self.row_bytes()
+    }
+}
+
+/// One epoch's figures for one setting of a grid search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingEpoch {
+    pub lr: f32,
+    pub reg: f32,
+    pub train_rmse: f64,
+    pub test_rmse: f64,
+    pub test_mae: f64,
+}
+
+/// One epoch's figures, as printed and reported. In a grid search the RMSE
+/// figures and `lr` are those of the epoch's best setting (lowest test RMSE),
+/// and `grid` holds every setting's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: usize,
@@ -201,6 +251,10 @@ pub struct EpochReport {
     pub predicted_rows_in: Option<f64>,
     pub predicted_rows_out: Option<f64>,
     pub predicted_bytes_h2d: Option<f64>,
+    /// Every setting's figures, in the order of [`TrainSettings::settings`]
+    /// (empty outside a grid search).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grid: Vec<SettingEpoch>,
 }
 
 /// The cost model's training traffic, for policies that have one.
@@ -231,8 +285,14 @@ pub struct RunControl<'a> {
 
 /// The result of [`train`].
 pub struct TrainOutcome {
-    /// The final model: the best epoch's under `--patience`.
+    /// The final model: the best epoch's under `--patience`; in a grid search
+    /// the best setting's alone.
     pub model: Model,
+    /// The settings trained (one outside a grid search) and the index of the
+    /// one kept: the lowest test RMSE at the last epoch, or at the best epoch
+    /// under `--patience`.
+    pub settings: Vec<Setting>,
+    pub best_setting: usize,
     /// Every complete epoch of the run, resumed ones included.
     pub epochs: Vec<EpochReport>,
     pub final_metrics: Metrics,
@@ -263,8 +323,13 @@ pub fn train(
             c.state.fingerprint.check(&fingerprint, &c.path)?;
             (c.model, c.state, c.best_model)
         }
-        None => (Model::init(data, &settings.hp, settings.seed), checkpoint::RunState::new(fingerprint, 0.0), None),
+        None => (
+            Model::init_copies(data, &settings.hp, settings.seed, settings.copies()),
+            checkpoint::RunState::new(fingerprint, 0.0),
+            None,
+        ),
     };
+    let grid = settings.settings();
     let never = AtomicBool::new(false);
     let stop = control.stop.unwrap_or(&never);
     let n = data.train.len();
@@ -284,14 +349,21 @@ pub fn train(
     let sync_every_epoch = control.checkpoint.is_some() || control.patience.is_some();
     while state.epoch < settings.epochs {
         let epoch = state.epoch;
-        let lr = settings.hp.lr_at(epoch);
-        state.lr = lr;
+        let rates = settings.hp.rates_at(&grid, epoch);
+        state.lr = rates[0].lr;
         orders.start(epoch);
         let from = state.position.min(n);
         let t0 = Instant::now();
         let spans = spans_from(&orders.ends, from, n - from);
-        let mut out =
-            backend.train_epoch(&mut model, &data.train, &orders.order[from..], &spans, &orders.following, lr, stop)?;
+        let mut out = backend.train_epoch(
+            &mut model,
+            &data.train,
+            &orders.order[from..],
+            &spans,
+            &orders.following,
+            &rates,
+            stop,
+        )?;
         let seconds = t0.elapsed().as_secs_f64();
         state.train_seconds += seconds;
         if from + out.done < n {
@@ -303,8 +375,11 @@ pub fn train(
             save(&state, &model, best_model.as_ref())?;
             break;
         }
-        let (test, eval_ledger) = backend.evaluate(&model, &data.test)?;
+        let (tests, eval_ledger) = backend.evaluate(&model, &data.test)?;
         out.ledger.merge(&eval_ledger);
+        let g = best_of(&tests);
+        let test = tests[g];
+        let train_rmse = |g: usize| (out.sse.get(g).copied().unwrap_or(0.0) / out.count.max(1) as f64).sqrt();
         let last = epoch + 1 == settings.epochs;
         if last || sync_every_epoch {
             out.ledger.merge(&backend.finish(&mut model)?);
@@ -313,10 +388,10 @@ pub fn train(
         ledger.merge(&out.ledger);
         let mut report = EpochReport {
             epoch: epoch + 1,
-            lr,
+            lr: rates[g].lr,
             ratings: out.done,
             conflicts: out.conflicts,
-            train_rmse: (out.sse / out.count.max(1) as f64).sqrt(),
+            train_rmse: train_rmse(g),
             test_rmse: test.rmse,
             test_mae: test.mae,
             seconds,
@@ -325,6 +400,19 @@ pub fn train(
             predicted_rows_in: None,
             predicted_rows_out: None,
             predicted_bytes_h2d: None,
+            grid: if grid.len() > 1 {
+                (0..grid.len())
+                    .map(|g| SettingEpoch {
+                        lr: rates[g].lr,
+                        reg: rates[g].reg,
+                        train_rmse: train_rmse(g),
+                        test_rmse: tests[g].rmse,
+                        test_mae: tests[g].mae,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         if let Some(p) = backend.prediction() {
             let first = if epoch == 0 { p.resident as f64 } else { 0.0 };
@@ -335,7 +423,7 @@ pub fn train(
         }
         if let Some(patience) = control.patience {
             if state.best.is_none_or(|b| test.rmse < b.test_rmse) {
-                state.best = Some(checkpoint::Best { epoch: epoch + 1, test_rmse: test.rmse });
+                state.best = Some(checkpoint::Best { epoch: epoch + 1, test_rmse: test.rmse, setting: g });
                 state.since_best = 0;
                 best_model = Some(model.clone());
             } else {
@@ -347,7 +435,7 @@ pub fn train(
         state.epochs.push(report);
         state.epoch += 1;
         state.position = 0;
-        state.lr = settings.hp.lr_at(state.epoch);
+        state.lr = settings.hp.rates_at(&grid, state.epoch)[0].lr;
         save(&state, &model, best_model.as_ref())?;
         if stopped_early {
             break;
@@ -357,14 +445,25 @@ pub fn train(
         backend.finish(&mut model)?;
     }
     let best_epoch = state.best.map(|b| b.epoch);
+    // The setting kept: the best epoch's best, or the last epoch's best.
+    let mut best_setting = match state.epochs.last() {
+        Some(e) if !e.grid.is_empty() => best_of_epoch(e),
+        _ => 0,
+    };
     if let Some(best) = best_model
         && complete
     {
         model = best;
+        best_setting = state.best.map_or(0, |b| b.setting);
+    }
+    if model.copies > 1 {
+        model = model.copy(best_setting.min(model.copies - 1));
     }
     let final_metrics = model.evaluate(&data.test);
     let trained: usize = state.epochs.iter().map(|e| e.ratings).sum();
     Ok(TrainOutcome {
+        settings: grid,
+        best_setting,
         ratings_per_sec: trained as f64 / state.train_seconds.max(1e-9),
         model,
         epochs: state.epochs,

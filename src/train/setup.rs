@@ -50,17 +50,21 @@ pub struct Planned {
 }
 
 /// Calibrates `ctx`'s adapter (from the cache when allowed) and plans a slab
-/// of `budget`; `None` is [`AUTO_SHARE`] of the tables, capped at what the
-/// adapter can bind. An explicit budget above that limit is an error.
+/// of `budget` for `copies` models side by side (a grid search: each slot
+/// holds every model's copy of a row, so a budget holds `copies` times fewer
+/// rows and the kernel does `copies` updates per rating); `None` is
+/// [`AUTO_SHARE`] of the tables, capped at what the adapter can bind. An
+/// explicit budget above that limit is an error.
 pub fn plan_budget(
     ctx: GpuContext,
     data: &Dataset,
     rank: usize,
+    copies: usize,
     budget: Option<Budget>,
     use_calibration_cache: bool,
 ) -> Result<Planned> {
-    let row_bytes = (row_stride(rank) * 4) as u64;
-    let tables = table_bytes(data, rank);
+    let row_bytes = (row_stride(rank) * 4 * copies) as u64;
+    let tables = table_bytes(data, rank) * copies as u64;
     let bytes = match budget {
         Some(b) => {
             let bytes = b.resolve(tables);
@@ -73,8 +77,13 @@ pub fn plan_budget(
     let adapter = ctx.describe();
     let (_ctx, calibration) = crate::gpu::calibrate::calibration(ctx, rank, use_calibration_cache)?;
     let counts = crate::stage::access_counts(&data.train, data.users.len(), data.items.len());
+    // Calibrated with one model; G models cost G updates per rating.
+    let per_model = crate::gpu::calibrate::Calibration {
+        sgd_ratings_per_sec: calibration.sgd_ratings_per_sec / copies as f64,
+        ..calibration.clone()
+    };
     let plan =
-        super::plan::plan(&counts, data.train.len(), slots, row_bytes, &calibration, data.train.len().min(1 << 16));
+        super::plan::plan(&counts, data.train.len(), slots, row_bytes, &per_model, data.train.len().min(1 << 16));
     Ok(Planned { adapter, bytes, slots, row_bytes, calibration, plan })
 }
 
@@ -99,7 +108,7 @@ pub fn auto_batch(
         Err(e) => return Err(e),
     };
     let Planned { bytes, slots, row_bytes, calibration, plan, .. } =
-        plan_budget(ctx, data, settings.hp.rank, spec.device_memory, use_calibration_cache)?;
+        plan_budget(ctx, data, settings.hp.rank, settings.copies(), spec.device_memory, use_calibration_cache)?;
     notes.push(calibration.summary());
     let mut batch = plan.as_ref().map_or(64, |p| p.batch);
     let mut order = Vec::new();
@@ -131,7 +140,8 @@ pub fn auto_batch(
 }
 
 /// The co-partitioning of a run on `side` (`None`: none) with a slab of
-/// `budget` (`None`: [`AUTO_SHARE`] of the tables): the block area takes
+/// `budget` (`None`: [`AUTO_SHARE`] of the tables) for `copies` models side
+/// by side: the block area takes
 /// [`crate::stage::copartition::BLOCK_SHARE`] of the slots at most and leaves
 /// one batch's rows of the other side. The same for every backend, so that
 /// the CPU and the GPU train in the same order. `None` when the budget leaves
@@ -139,13 +149,14 @@ pub fn auto_batch(
 pub fn co_partition_for(
     data: &Dataset,
     rank: usize,
+    copies: usize,
     batch: usize,
     budget: Option<Budget>,
     side: Option<Side>,
 ) -> Option<CoPartition> {
     let side = side?;
-    let row_bytes = (row_stride(rank) * 4) as u64;
-    let bytes = budget.unwrap_or(Budget::Percent(AUTO_SHARE)).resolve(table_bytes(data, rank));
+    let row_bytes = (row_stride(rank) * 4 * copies) as u64;
+    let bytes = budget.unwrap_or(Budget::Percent(AUTO_SHARE)).resolve(table_bytes(data, rank) * copies as u64);
     let slots = (bytes / row_bytes).min(u32::MAX as u64) as u32;
     let other = match side {
         Side::Users => data.items.len(),
@@ -155,7 +166,8 @@ pub fn co_partition_for(
     (block_rows > 0).then_some(CoPartition { side, block_rows })
 }
 
-/// Bytes of both tables at `rank` for `data`.
+/// Bytes of both tables at `rank` for `data`, one model (see
+/// [`TrainSettings::table_bytes`] for a grid search's).
 pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
     ((data.users.len() + data.items.len()) * row_stride(rank) * 4) as u64
 }
@@ -166,9 +178,9 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
     let hp = &settings.hp;
     let cpu_backend = || -> Box<dyn Backend> {
         if settings.deterministic {
-            Box::new(cpu::ReferenceCpu { reg: hp.reg, bias_reg: hp.bias_reg })
+            Box::new(cpu::ReferenceCpu { bias_reg: hp.bias_reg })
         } else {
-            Box::new(cpu::HogwildCpu::new(hp.reg, hp.bias_reg, spec.threads))
+            Box::new(cpu::HogwildCpu::new(hp.bias_reg, spec.threads))
         }
     };
     if spec.backend == BackendChoice::Cpu {
@@ -189,8 +201,8 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
     let mut orders = super::EpochOrders::blocked(data.train.len(), settings.seed, 1, blocks);
     orders.start(0);
     let first_order = orders.order;
-    let row_bytes = (row_stride(hp.rank) * 4) as u64;
-    let tables = table_bytes(data, hp.rank);
+    let row_bytes = settings.row_bytes();
+    let tables = settings.table_bytes(data);
     let slab_bytes = match spec.device_memory {
         Some(b) => b.resolve(tables),
         None => {
@@ -201,7 +213,7 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
     };
     let setup = GpuSetup {
         rank: hp.rank,
-        reg: hp.reg,
+        copies: settings.copies(),
         bias_reg: hp.bias_reg,
         batch: settings.batch,
         deterministic: settings.deterministic,

@@ -93,18 +93,18 @@ impl<B: rowstage::train::Backend> rowstage::train::Backend for StopAfter<B> {
         order: &[u32],
         spans: &[u32],
         following: &[u32],
-        lr: f32,
+        rates: &[rowstage::model::Rate],
         stop: &std::sync::atomic::AtomicBool,
     ) -> rowstage::Result<rowstage::train::EpochTrain> {
         self.calls += 1;
         let order = if self.calls == self.at_call { &order[..self.after.min(order.len())] } else { order };
-        self.inner.train_epoch(model, train, order, spans, following, lr, stop)
+        self.inner.train_epoch(model, train, order, spans, following, rates, stop)
     }
     fn evaluate(
         &mut self,
         model: &rowstage::model::Model,
         test: &[rowstage::data::Rating],
-    ) -> rowstage::Result<(rowstage::model::Metrics, rowstage::stage::Ledger)> {
+    ) -> rowstage::Result<(Vec<rowstage::model::Metrics>, rowstage::stage::Ledger)> {
         self.inner.evaluate(model, test)
     }
     fn finish(&mut self, model: &mut rowstage::model::Model) -> rowstage::Result<rowstage::stage::Ledger> {
