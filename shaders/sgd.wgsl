@@ -13,9 +13,12 @@
 // LIBMF and cuMF_SGD. Deterministic mode dispatches conflict-free waves
 // instead, one dispatch each.
 //
-// Each workgroup adds the squared errors it saw (before its updates) per
-// model into its own accumulator `loss[workgroup * models + g]`, read back
-// once per epoch for the training RMSE.
+// Each invocation adds the squared errors it saw (before its updates) into
+// its own accumulator, `loss[n * models + g]` for the n-th sample of a
+// dispatch and model g: no two invocations of a dispatch share one, and the
+// dispatches of a step run one after another, so no reduction (and no
+// barrier) is needed. The host reads the accumulators back once per epoch and
+// adds them in f64.
 
 struct Params {
     first: u32,     // first sample of this dispatch in the sample buffer
@@ -34,71 +37,50 @@ struct Params {
 @group(0) @binding(3) var<uniform> params: Params;
 @group(0) @binding(4) var<storage, read> rates: array<vec2<f32>>;  // (lr, reg) per model
 
-var<workgroup> partial: array<f32, 64>;
-
 @compute @workgroup_size(64)
 fn sgd(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let wg_index = wg.x + wg.y * nwg.x;
-    let n = wg_index * 64u + lid;
-    let live = n < params.count;
-    let width = params.row_vec4 * params.models;
-    var su = 0u;
-    var si = 0u;
-    var r = 0.0;
-    if (live) {
-        let s = (params.first + n) * 3u;
-        su = samples[s] * width;
-        si = samples[s + 1u] * width;
-        r = bitcast<f32>(samples[s + 2u]);
+    let n = (wg.x + wg.y * nwg.x) * 64u + lid;
+    if (n >= params.count) {
+        return;
     }
+    let width = params.row_vec4 * params.models;
+    let s = (params.first + n) * 3u;
+    let su = samples[s] * width;
+    let si = samples[s + 1u] * width;
+    let r = bitcast<f32>(samples[s + 2u]);
     let k = vec4<u32>(params.rank);
     let lanes = vec4<u32>(0u, 1u, 2u, 3u);
     let bv = params.rank / 4u;
     let bl = params.rank % 4u;
     for (var g = 0u; g < params.models; g++) {
-        var sq = 0.0;
-        if (live) {
-            let pu = su + g * params.row_vec4;
-            let qi = si + g * params.row_vec4;
-            let lr = rates[g].x;
-            let reg = rates[g].y;
-            var acc = vec4<f32>(0.0);
-            for (var c = 0u; c < params.row_vec4; c++) {
-                let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
-                acc += slab[pu + c] * slab[qi + c] * m;
-            }
-            let bu = slab[pu + bv][bl];
-            let bi = slab[qi + bv][bl];
-            let e = r - (params.mean + bu + bi + (acc.x + acc.y + acc.z + acc.w));
-            sq = e * e;
+        let pu = su + g * params.row_vec4;
+        let qi = si + g * params.row_vec4;
+        let lr = rates[g].x;
+        let reg = rates[g].y;
+        var acc = vec4<f32>(0.0);
+        for (var c = 0u; c < params.row_vec4; c++) {
+            let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
+            acc += slab[pu + c] * slab[qi + c] * m;
+        }
+        let bu = slab[pu + bv][bl];
+        let bi = slab[qi + bv][bl];
+        let e = r - (params.mean + bu + bi + (acc.x + acc.y + acc.z + acc.w));
+        loss[n * params.models + g] += e * e;
 
-            for (var c = 0u; c < params.row_vec4; c++) {
-                let lane = lanes + vec4<u32>(c * 4u);
-                let fm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane < k);
-                let bm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane == k);
-                let p = slab[pu + c];
-                let q = slab[qi + c];
-                let gp = fm * (e * q - reg * p) + bm * (e - params.bias_reg * p);
-                let gq = fm * (e * p - reg * q) + bm * (e - params.bias_reg * q);
-                slab[pu + c] = p + lr * gp;
-                slab[qi + c] = q + lr * gq;
-            }
+        for (var c = 0u; c < params.row_vec4; c++) {
+            let lane = lanes + vec4<u32>(c * 4u);
+            let fm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane < k);
+            let bm = select(vec4<f32>(0.0), vec4<f32>(1.0), lane == k);
+            let p = slab[pu + c];
+            let q = slab[qi + c];
+            let gp = fm * (e * q - reg * p) + bm * (e - params.bias_reg * p);
+            let gq = fm * (e * p - reg * q) + bm * (e - params.bias_reg * q);
+            slab[pu + c] = p + lr * gp;
+            slab[qi + c] = q + lr * gq;
         }
-        partial[lid] = sq;
-        workgroupBarrier();
-        for (var stride = 32u; stride > 0u; stride >>= 1u) {
-            if (lid < stride) {
-                partial[lid] += partial[lid + stride];
-            }
-            workgroupBarrier();
-        }
-        if (lid == 0u) {
-            loss[wg_index * params.models + g] += partial[0];
-        }
-        workgroupBarrier();
     }
 }

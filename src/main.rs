@@ -374,7 +374,7 @@ fn grid_of(a: &TrainArgs) -> Result<(f32, f32, Vec<Setting>)> {
         return Err(Error::arg(
             "--lr/--reg",
             format!("{} × {}", lrs.len(), regs.len()),
-            &format!("a grid search trains at most {MAX_GRID} settings in one run"),
+            format!("a grid search trains at most {MAX_GRID} settings in one run"),
         ));
     }
     Ok((lrs[0], regs[0], if grid.len() > 1 { grid } else { Vec::new() }))

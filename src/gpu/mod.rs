@@ -432,6 +432,8 @@ impl GpuBackend {
         let row_vec4 = (layout.row_bytes / 16) as u32;
         let copies = setup.copies.max(1) as u64;
         let max_wg = (layout.max_samples as u64).div_ceil(WORKGROUP as u64) * copies;
+        // One squared-error accumulator per sample of a step and model.
+        let loss_words = layout.max_samples as u64 * copies;
         let max_blocks = BLOCK_KERNEL as u64 + layout.max_samples as u64;
         use wgpu::BufferUsages as U;
         let window_bytes = layout.window as u64 * layout.row_bytes;
@@ -451,9 +453,14 @@ impl GpuBackend {
             out_slots: buffer(device, "write-back slots", layout.window as u64 * 8, U::STORAGE | U::COPY_DST),
             samples: buffer(device, "samples", layout.max_samples as u64 * 12, U::STORAGE | U::COPY_DST),
             params: buffer(device, "params", max_blocks * PARAMS_STRIDE, U::UNIFORM | U::COPY_DST),
-            loss: buffer(device, "loss sums", max_wg * 4, U::STORAGE | U::COPY_SRC | U::COPY_DST),
+            loss: buffer(device, "loss sums", loss_words * 4, U::STORAGE | U::COPY_SRC | U::COPY_DST),
             sums: buffer(device, "error sums", max_wg * 8, U::STORAGE | U::COPY_SRC),
-            small_readback: buffer(device, "sums readback", max_wg * 8, U::MAP_READ | U::COPY_DST),
+            small_readback: buffer(
+                device,
+                "sums readback",
+                (max_wg * 8).max(loss_words * 4),
+                U::MAP_READ | U::COPY_DST,
+            ),
             rates: buffer(device, "rates", copies * 8, U::STORAGE | U::COPY_DST),
         };
         let kernels = Kernels::new(device);
@@ -1101,11 +1108,11 @@ impl Backend for GpuBackend {
             self.end_block(model)?;
         }
         self.complete_all(model)?;
-        let groups = (self.layout.max_samples as u64).div_ceil(WORKGROUP as u64);
         let loss = self.buffers.loss.clone();
         let enc = self.encoder("read loss");
         let mut sse = vec![0.0; self.copies as usize];
-        for (j, x) in self.read_sums(&loss, groups * self.copies as u64, enc)?.iter().enumerate() {
+        let words = self.layout.max_samples as u64 * self.copies as u64;
+        for (j, x) in self.read_sums(&loss, words, enc)?.iter().enumerate() {
             sse[j % self.copies as usize] += x;
         }
         Ok(EpochTrain {
