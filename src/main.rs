@@ -143,6 +143,11 @@ struct TrainArgs {
     /// blocked order still costs test RMSE, see BENCHMARKS.md).
     #[arg(long, value_name = "SIDE")]
     co_partition: Option<String>,
+    /// Visits of every co-partitioning block per epoch: each visit takes the
+    /// next part of the block's ratings, so the other side meets every block
+    /// V times per epoch (better test RMSE, up to V times the block traffic).
+    #[arg(long, default_value_t = 1, value_name = "V")]
+    co_partition_visits: u32,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -255,6 +260,11 @@ struct SimulateArgs {
     /// blocked order still costs test RMSE, see BENCHMARKS.md).
     #[arg(long, value_name = "SIDE")]
     co_partition: Option<String>,
+    /// Visits of every co-partitioning block per epoch: each visit takes the
+    /// next part of the block's ratings, so the other side meets every block
+    /// V times per epoch (better test RMSE, up to V times the block traffic).
+    #[arg(long, default_value_t = 1, value_name = "V")]
+    co_partition_visits: u32,
     /// Write the results as JSON to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -404,6 +414,9 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     if a.threads == Some(0) {
         return Err(Error::arg("--threads", "0", "must be at least 1"));
     }
+    if a.co_partition_visits == 0 {
+        return Err(Error::arg("--co-partition-visits", "0", "must be at least 1"));
+    }
     if a.patience == Some(0) {
         return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
     }
@@ -455,14 +468,16 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         settings.batch = batch;
         plan = p;
     }
-    settings.co_partition = train::co_partition_for(&data, hp.rank, settings.copies(), settings.batch, budget, side);
+    settings.co_partition =
+        train::co_partition_for(&data, hp.rank, settings.copies(), settings.batch, budget, side, a.co_partition_visits);
     if let Some(c) = settings.co_partition {
         let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
         out.line(&format!(
-            "co-partitioning by {}: {} blocks of at most {} rows, each staged once per epoch",
+            "co-partitioning by {}: {} blocks of at most {} rows, each visited {} time(s) per epoch and staged once per visit",
             c.side.name(),
             blocks.n_blocks,
-            blocks.rows_per_block
+            blocks.rows_per_block,
+            c.visits
         ));
     }
     let opened = train::open_backend(&data, &settings, &spec)?;
@@ -831,6 +846,9 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     use rowstage::stage::simulate::SimSetup;
+    if a.co_partition_visits == 0 {
+        return Err(Error::arg("--co-partition-visits", "0", "must be at least 1"));
+    }
     if a.batch == 0 || a.rank == 0 || a.epochs == 0 {
         return Err(Error::arg("--batch/--rank/--epochs", "0", "must be at least 1"));
     }
@@ -869,6 +887,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         row_bytes,
         lookahead: a.lookahead,
         co_partition: co_partition_side(a.co_partition.as_deref(), &data)?,
+        co_partition_visits: a.co_partition_visits,
     };
     out.line(&format!(
         "data: {} — {} users, {} items, {} training ratings; batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",

@@ -392,7 +392,7 @@ pub fn plan_layout(setup: &GpuSetup, adapter: &AdapterSummary) -> Result<GpuLayo
             // Each block's rows of the co-partitioned side move once per epoch.
             let block_rows = setup.co_partition.map_or(0.0, |c| {
                 let n = c.blocks(setup.train, setup.n_users, setup.n_items);
-                n.active_rows() as f64
+                n.expected_rows_per_epoch()
             });
             Prediction {
                 rows_per_epoch: model.rows_in_per_epoch(areas.resident as usize, setup.train.len()) + block_rows,

@@ -10,6 +10,13 @@
 //! area of the slab: staged in once when the block starts, written back once
 //! when it ends. The other side goes through the staging policy in the rest
 //! of the slab.
+//!
+//! With `visits` V > 1 every block is visited V times per epoch: its ratings
+//! (in their shuffled order) are cut into V consecutive parts, and visit v
+//! takes part v of every block, blocks in a fresh seeded order per visit.
+//! The other side then meets every block's rows V times per epoch instead of
+//! in one long stretch, which is what costs accuracy with V = 1
+//! (BENCHMARKS.md), at the price of staging a block's rows up to V times.
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -54,12 +61,19 @@ impl Side {
 pub struct CoPartition {
     pub side: Side,
     pub block_rows: u32,
+    /// Visits of every block per epoch (see the module docs).
+    #[serde(default = "one")]
+    pub visits: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl CoPartition {
     /// The blocks of `train` for this co-partitioning.
     pub fn blocks(&self, train: &[Rating], n_users: usize, n_items: usize) -> Blocks {
-        Blocks::new(train, n_users, n_items, self.side, self.block_rows)
+        Blocks::new(train, n_users, n_items, self.side, self.block_rows, self.visits)
     }
 
     /// Zeroes the co-partitioned side's counts: the staging policy then plans
@@ -93,13 +107,19 @@ pub struct Blocks {
     pub n_blocks: u32,
     /// Most rows of `side` in one block.
     pub rows_per_block: u32,
+    /// Visits of every block per epoch.
+    pub visits: u32,
     active: u64,
+    /// Rows of the side expected to move in per epoch (see
+    /// [`Blocks::expected_rows_per_epoch`]).
+    expected: f64,
 }
 
 impl Blocks {
     /// Deals the rows of `side` that have training ratings into blocks of at
-    /// most `capacity` rows.
-    pub fn new(train: &[Rating], n_users: usize, n_items: usize, side: Side, capacity: u32) -> Self {
+    /// most `capacity` rows, each visited `visits` times per epoch.
+    pub fn new(train: &[Rating], n_users: usize, n_items: usize, side: Side, capacity: u32, visits: u32) -> Self {
+        let visits = visits.max(1);
         let n_side = match side {
             Side::Users => n_users,
             Side::Items => n_items,
@@ -120,13 +140,28 @@ impl Blocks {
             block_of_row[row as usize] = (k % n_blocks) as u32;
         }
         let block_of = train.iter().map(|r| block_of_row[(side.row(r, n_users as u32) - base) as usize]).collect();
+        // A row with c ratings appears in a given visit's part of its block
+        // with probability about 1 − (1 − 1/V)^c.
+        let v = visits as f64;
+        let expected =
+            counts.iter().filter(|&&c| c > 0).map(|&c| v * (1.0 - (1.0 - 1.0 / v).powi(c as i32))).sum::<f64>();
         Blocks {
             side,
             block_of,
             n_blocks: n_blocks as u32,
             rows_per_block: active.len().div_ceil(n_blocks) as u32,
+            visits,
             active: active.len() as u64,
+            expected,
         }
+    }
+
+    /// Rows of the side staged in (and written back) per epoch: every active
+    /// row once with one visit; with V visits, the rows each visit's part of
+    /// a block holds, estimated as if a row's ratings fell into the V parts
+    /// independently.
+    pub fn expected_rows_per_epoch(&self) -> f64 {
+        self.expected
     }
 
     /// Rows of the side that have training ratings (each moves in and out
@@ -137,7 +172,8 @@ impl Blocks {
 
     /// Reorders `order` (the epoch's shuffled order) block by block, blocks
     /// in a random order seeded by `(seed, epoch)`, keeping the shuffled order
-    /// inside each block; `ends` receives each block's end in `order`.
+    /// inside each block; with several visits, part by part (module docs).
+    /// `ends` receives each block visit's end in `order`.
     pub fn arrange(&self, order: &mut Vec<u32>, seed: u64, epoch: usize, ends: &mut Vec<u32>, scratch: &mut Vec<u32>) {
         let n = self.n_blocks as usize;
         let mut rank: Vec<u32> = (0..n as u32).collect();
@@ -163,6 +199,36 @@ impl Blocks {
             *at += 1;
         }
         std::mem::swap(order, scratch);
+        let visits = self.visits as usize;
+        if visits > 1 {
+            // Block k spans order[b0..b1]; visit v takes its v-th part.
+            let bounds: Vec<(usize, usize)> = {
+                let mut out = Vec::with_capacity(ends.len());
+                let mut s0 = 0usize;
+                for &e in ends.iter() {
+                    out.push((s0, e as usize));
+                    s0 = e as usize;
+                }
+                out
+            };
+            scratch.clear();
+            let mut new_ends = Vec::with_capacity(bounds.len() * visits);
+            let mut seq: Vec<usize> = (0..bounds.len()).collect();
+            for v in 0..visits {
+                seq.shuffle(&mut rng);
+                for &k in &seq {
+                    let (b0, b1) = bounds[k];
+                    let len = b1 - b0;
+                    let (p0, p1) = (b0 + len * v / visits, b0 + len * (v + 1) / visits);
+                    if p1 > p0 {
+                        scratch.extend_from_slice(&order[p0..p1]);
+                        new_ends.push(scratch.len() as u32);
+                    }
+                }
+            }
+            std::mem::swap(order, scratch);
+            *ends = new_ends;
+        }
     }
 }
 
@@ -206,7 +272,7 @@ mod tests {
             let u = (k * k) % 37 % (1 + k % 23);
             train.push(Rating { user: u, item: k % 11, value: 3.0 });
         }
-        let b = Blocks::new(&train, 23, 11, Side::Users, 5);
+        let b = Blocks::new(&train, 23, 11, Side::Users, 5, 1);
         let active = train.iter().map(|r| r.user).collect::<std::collections::BTreeSet<_>>().len() as u64;
         assert_eq!(b.active_rows(), active);
         assert_eq!(b.n_blocks as u64, active.div_ceil(5), "{active} users in blocks of at most 5");
@@ -232,5 +298,27 @@ mod tests {
         let mut ends2 = Vec::new();
         b.arrange(&mut order2, 1, 1, &mut ends2, &mut scratch);
         assert_ne!(order, order2);
+
+        // Three visits: every block appears three times, each time with the
+        // next third of its ratings, and the order is still a permutation.
+        let b3 = Blocks::new(&train, 23, 11, Side::Users, 5, 3);
+        let mut order3: Vec<u32> = (0..1000).rev().collect();
+        let mut ends3 = Vec::new();
+        b3.arrange(&mut order3, 1, 0, &mut ends3, &mut scratch);
+        let mut sorted = order3.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+        assert_eq!(*ends3.last().unwrap(), 1000);
+        let mut visits = vec![0; b3.n_blocks as usize];
+        let mut start = 0;
+        for &e in &ends3 {
+            let block = b3.block_of[order3[start] as usize];
+            assert!(order3[start..e as usize].iter().all(|&j| b3.block_of[j as usize] == block));
+            visits[block as usize] += 1;
+            start = e as usize;
+        }
+        assert!(visits.iter().all(|&v| v == 3), "{visits:?}");
+        assert!(b3.expected_rows_per_epoch() > b.expected_rows_per_epoch());
+        assert_eq!(b.expected_rows_per_epoch(), b.active_rows() as f64);
     }
 }

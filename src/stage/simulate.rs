@@ -26,6 +26,8 @@ pub struct SimSetup<'a> {
     /// Co-partitioning side (the block area is sized per budget as `train`
     /// sizes it).
     pub co_partition: Option<Side>,
+    /// Visits of every co-partitioning block per epoch.
+    pub co_partition_visits: u32,
 }
 
 /// One policy at one budget: the JSON row of `rowstage simulate`.
@@ -62,7 +64,7 @@ impl SimSetup<'_> {
             Side::Items => self.n_users,
         };
         let block_rows = block_capacity(slots, self.batch.min(other).max(1) as u32);
-        (block_rows > 0).then_some(CoPartition { side, block_rows })
+        (block_rows > 0).then_some(CoPartition { side, block_rows, visits: self.co_partition_visits.max(1) })
     }
 
     /// Runs `kind` with a slab of `bytes`; `None` if it cannot hold a batch.
@@ -238,6 +240,7 @@ mod tests {
                     row_bytes: 16,
                     lookahead: 4,
                     co_partition: None,
+                    co_partition_visits: 1,
                 };
                 let belady = setup.run(PolicyKind::Belady, slots as u64 * 16).unwrap();
                 let mut order = Vec::new();
@@ -268,6 +271,7 @@ mod tests {
             row_bytes: 144,
             lookahead: 32,
             co_partition: None,
+            co_partition_visits: 1,
         };
         let bytes = (d.users.len() + d.items.len()) as u64 * 144 / 4;
         let belady = setup.run(PolicyKind::Belady, bytes).unwrap();

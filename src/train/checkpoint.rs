@@ -45,7 +45,7 @@ pub struct Fingerprint {
     pub seed: u64,
     pub batch: usize,
     pub deterministic: bool,
-    /// `none`, or `users:ROWS` / `items:ROWS` (side and block rows).
+    /// `none`, or `users:ROWS:VISITS` / `items:ROWS:VISITS`.
     pub co_partition: String,
 }
 
@@ -71,7 +71,7 @@ impl Fingerprint {
             deterministic: settings.deterministic,
             co_partition: settings
                 .co_partition
-                .map_or("none".into(), |c| format!("{}:{}", c.side.name(), c.block_rows)),
+                .map_or("none".into(), |c| format!("{}:{}:{}", c.side.name(), c.block_rows, c.visits)),
         }
     }
 
@@ -97,7 +97,7 @@ impl Fingerprint {
             ("--seed", pair(self.seed, now.seed)),
             ("--batch", pair(self.batch, now.batch)),
             ("--deterministic", pair(self.deterministic, now.deterministic)),
-            ("--co-partition (side:rows per block)", pair(&self.co_partition, &now.co_partition)),
+            ("--co-partition (side:rows per block:visits)", pair(&self.co_partition, &now.co_partition)),
         ];
         match fields.into_iter().find(|(_, (a, b))| a != b) {
             None => Ok(()),

@@ -153,6 +153,7 @@ pub fn co_partition_for(
     batch: usize,
     budget: Option<Budget>,
     side: Option<Side>,
+    visits: u32,
 ) -> Option<CoPartition> {
     let side = side?;
     let row_bytes = (row_stride(rank) * 4 * copies) as u64;
@@ -163,7 +164,7 @@ pub fn co_partition_for(
         Side::Items => data.users.len(),
     };
     let block_rows = block_capacity(slots, batch.min(other).max(1) as u32);
-    (block_rows > 0).then_some(CoPartition { side, block_rows })
+    (block_rows > 0).then_some(CoPartition { side, block_rows, visits: visits.max(1) })
 }
 
 /// Bytes of both tables at `rank` for `data`, one model (see
