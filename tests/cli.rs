@@ -242,6 +242,7 @@ fn unreadable_file_and_bad_flags_exit_2() {
         ("--backend", "cuda", "--backend"),
         ("--patience", "0", "--patience"),
         ("--co-partition", "rows", "--co-partition"),
+        ("--co-partition-visits", "0", "--co-partition-visits"),
         ("--resume", "/nonexistent/run", "/nonexistent/run/checkpoint.safetensors"),
     ] {
         rowstage()
