@@ -122,3 +122,57 @@ fn patience_stops_when_test_rmse_stalls_and_keeps_the_best_epoch() {
     assert_eq!(c.best_model.as_ref(), Some(&out.model));
     assert_eq!(c.state.best.unwrap().epoch, best);
 }
+
+/// `--patience` in a grid search keeps the best (epoch, setting): the lowest
+/// test RMSE any setting reached, and that setting's model of that epoch.
+#[test]
+fn grid_with_patience_keeps_the_best_epoch_and_setting() {
+    use rowstage::model::Setting;
+    let data = dataset();
+    let s = TrainSettings {
+        hp: HyperParams { rank: 32, lr: 0.05, reg: 0.0, bias_reg: 0.0, decay: 0.0, init_std: 0.1 },
+        grid: vec![Setting { lr: 0.05, reg: 0.0 }, Setting { lr: 0.02, reg: 0.0 }],
+        epochs: 60,
+        ..settings()
+    };
+    let control = RunControl { patience: Some(2), ..Default::default() };
+    let out = train(&data, &s, &mut cpu(&s), control, &mut |_| {}).unwrap();
+    assert!(out.stopped_early, "overfitting should stop the run before epoch 60");
+    let lowest = out.epochs.iter().flat_map(|e| e.grid.iter().map(|x| x.test_rmse)).fold(f64::INFINITY, f64::min);
+    let kept = &out.epochs[out.best_epoch.unwrap() - 1];
+    assert_eq!(kept.grid[out.best_setting].test_rmse, lowest);
+    assert_eq!(out.model.copies, 1);
+    assert!((out.final_metrics.rmse - lowest).abs() < 1e-12, "{} vs {lowest}", out.final_metrics.rmse);
+}
+
+/// A grid search stopped mid-epoch resumes from its checkpoint (the wide
+/// tables) to the uninterrupted run's models; a checkpoint of another grid is
+/// refused naming the grid.
+#[test]
+fn a_grid_search_resumes_to_the_uninterrupted_models() {
+    use rowstage::model::Setting;
+    let data = dataset();
+    let grid = vec![Setting { lr: 0.01, reg: 0.05 }, Setting { lr: 0.03, reg: 0.01 }, Setting { lr: 0.02, reg: 0.1 }];
+    let s = TrainSettings { grid: grid.clone(), ..settings() };
+    let whole = train(&data, &s, &mut cpu(&s), RunControl::default(), &mut |_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut stopping = StopAfter::new(cpu(&s), 3, 2 * s.batch);
+    let control = RunControl { checkpoint: Some(dir.path()), ..Default::default() };
+    assert!(!train(&data, &s, &mut stopping, control, &mut |_| {}).unwrap().complete);
+    let saved = load_checkpoint(dir.path()).unwrap();
+    assert_eq!(saved.model.copies, 3);
+
+    let other = TrainSettings { grid: grid[..2].to_vec(), ..settings() };
+    let control = RunControl { resume: Some(saved.clone()), ..Default::default() };
+    let e = train(&data, &other, &mut cpu(&other), control, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("--lr × --reg grid"), "{e}");
+
+    let control = RunControl { resume: Some(saved), ..Default::default() };
+    let resumed = train(&data, &s, &mut cpu(&s), control, &mut |_| {}).unwrap();
+    assert_eq!(resumed.best_setting, whole.best_setting);
+    assert_eq!(resumed.model, whole.model);
+    let rmses = |o: &rowstage::train::TrainOutcome| -> Vec<f64> {
+        o.epochs.iter().flat_map(|e| e.grid.iter().map(|x| x.test_rmse)).collect()
+    };
+    assert_eq!(rmses(&resumed), rmses(&whole));
+}

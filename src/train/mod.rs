@@ -106,13 +106,15 @@ impl EpochOrders {
     }
 }
 
-/// The index of the lowest test RMSE (the first of equals).
-fn best_of(tests: &[Metrics]) -> usize {
-    (0..tests.len()).fold(0, |b, g| if tests[g].rmse < tests[b].rmse { g } else { b })
-}
-
-fn best_of_epoch(e: &EpochReport) -> usize {
-    (0..e.grid.len()).fold(0, |b, g| if e.grid[g].test_rmse < e.grid[b].test_rmse { g } else { b })
+/// The index of the lowest of `rmses` (the first of equals; 0 when empty).
+fn lowest(rmses: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::INFINITY);
+    for (g, r) in rmses.enumerate() {
+        if r < best.1 {
+            best = (g, r);
+        }
+    }
+    best.0
 }
 
 /// The spans of `order[from..]` that batches must not cross, as ends relative
@@ -377,7 +379,7 @@ pub fn train(
         }
         let (tests, eval_ledger) = backend.evaluate(&model, &data.test)?;
         out.ledger.merge(&eval_ledger);
-        let g = best_of(&tests);
+        let g = lowest(tests.iter().map(|t| t.rmse));
         let test = tests[g];
         let train_rmse = |g: usize| (out.sse.get(g).copied().unwrap_or(0.0) / out.count.max(1) as f64).sqrt();
         let last = epoch + 1 == settings.epochs;
@@ -447,7 +449,7 @@ pub fn train(
     let best_epoch = state.best.map(|b| b.epoch);
     // The setting kept: the best epoch's best, or the last epoch's best.
     let mut best_setting = match state.epochs.last() {
-        Some(e) if !e.grid.is_empty() => best_of_epoch(e),
+        Some(e) if !e.grid.is_empty() => lowest(e.grid.iter().map(|x| x.test_rmse)),
         _ => 0,
     };
     if let Some(best) = best_model
