@@ -13,8 +13,9 @@
 //!   sized to one batch's misses, not to the tables, and reported beside the
 //!   slab.
 //! * `slots`, `samples`, `params`: batch input, counted as data traffic.
-//! * `loss`, `sums`: per-workgroup (and per-model) error sums, read back as
-//!   data traffic.
+//! * `loss`: one squared-error accumulator per sample slot of a step and per
+//!   model, read back once per epoch; `sums`: evaluation's error sums per
+//!   workgroup and model. Both count as data traffic.
 //! * `rates`: each model's learning rate and regularisation for the epoch.
 //!
 //! A grid search of G settings makes every slot G times as wide: the slot
