@@ -138,16 +138,8 @@ struct TrainArgs {
     /// Horizon of --policy lookahead, in batches.
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
-    /// Order each epoch by blocks of this side's rows, staged once per block:
-    /// users, items, larger (the side with more rows) or none (default: the
-    /// blocked order still costs test RMSE, see BENCHMARKS.md).
-    #[arg(long, value_name = "SIDE")]
-    co_partition: Option<String>,
-    /// Visits of every co-partitioning block per epoch: each visit takes the
-    /// next part of the block's ratings, so the other side meets every block
-    /// V times per epoch (better test RMSE, up to V times the block traffic).
-    #[arg(long, default_value_t = 1, value_name = "V")]
-    co_partition_visits: u32,
+    #[command(flatten)]
+    co: CoPartitionArgs,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -170,6 +162,40 @@ struct TrainArgs {
     /// epoch's model.
     #[arg(long, value_name = "N")]
     patience: Option<usize>,
+}
+
+/// `--co-partition` and `--co-partition-visits`, shared by train and simulate.
+#[derive(Args)]
+struct CoPartitionArgs {
+    /// Order each epoch by blocks of this side's rows, staged once per block:
+    /// users, items, larger (the side with more rows) or none (default: the
+    /// blocked order still costs test RMSE, see BENCHMARKS.md).
+    #[arg(long, value_name = "SIDE")]
+    co_partition: Option<String>,
+    /// Visits of every co-partitioning block per epoch: each visit takes the
+    /// next part of the block's ratings, so the other side meets every block
+    /// V times per epoch (better test RMSE, up to V times the block traffic).
+    #[arg(long, default_value_t = 1, value_name = "V")]
+    co_partition_visits: u32,
+}
+
+impl CoPartitionArgs {
+    /// The side to co-partition (`None`: none), once `--co-partition-visits`
+    /// is checked: `users`, `items`, `larger` (the side with more rows) or
+    /// `none`, the default for now: the blocked order still costs test RMSE
+    /// (BENCHMARKS.md, "Co-partitioning").
+    fn side(&self, data: &Dataset) -> Result<Option<Side>> {
+        if self.co_partition_visits == 0 {
+            return Err(Error::arg("--co-partition-visits", "0", "must be at least 1"));
+        }
+        match self.co_partition.as_deref().map(str::trim) {
+            None | Some("none") => Ok(None),
+            Some("larger") => Ok(Some(Side::larger(data.users.len(), data.items.len()))),
+            Some("users") => Ok(Some(Side::Users)),
+            Some("items") => Ok(Some(Side::Items)),
+            Some(other) => Err(Error::arg("--co-partition", other, "must be users, items, larger or none")),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -255,16 +281,8 @@ struct SimulateArgs {
     /// Horizon of the lookahead policy, in batches.
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
-    /// Order each epoch by blocks of this side's rows, staged once per block:
-    /// users, items, larger (the side with more rows) or none (default: the
-    /// blocked order still costs test RMSE, see BENCHMARKS.md).
-    #[arg(long, value_name = "SIDE")]
-    co_partition: Option<String>,
-    /// Visits of every co-partitioning block per epoch: each visit takes the
-    /// next part of the block's ratings, so the other side meets every block
-    /// V times per epoch (better test RMSE, up to V times the block traffic).
-    #[arg(long, default_value_t = 1, value_name = "V")]
-    co_partition_visits: u32,
+    #[command(flatten)]
+    co: CoPartitionArgs,
     /// Write the results as JSON to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -414,9 +432,6 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     if a.threads == Some(0) {
         return Err(Error::arg("--threads", "0", "must be at least 1"));
     }
-    if a.co_partition_visits == 0 {
-        return Err(Error::arg("--co-partition-visits", "0", "must be at least 1"));
-    }
     if a.patience == Some(0) {
         return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
     }
@@ -442,7 +457,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         deterministic: a.deterministic,
         co_partition: None,
     };
-    let side = co_partition_side(a.co_partition.as_deref(), &data)?;
+    let side = a.co.side(&data)?;
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let spec = BackendSpec {
         backend: a.backend,
@@ -468,8 +483,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         settings.batch = batch;
         plan = p;
     }
-    settings.co_partition =
-        train::co_partition_for(&data, hp.rank, settings.copies(), settings.batch, budget, side, a.co_partition_visits);
+    settings.co_partition = train::co_partition_for(
+        &data,
+        hp.rank,
+        settings.copies(),
+        settings.batch,
+        budget,
+        side,
+        a.co.co_partition_visits,
+    );
     if let Some(c) = settings.co_partition {
         let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
         out.line(&format!(
@@ -672,19 +694,6 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--co-partition`: `users`, `items`, `larger` (the side with more rows) or
-/// `none`, the default for now: the blocked order still costs test RMSE
-/// (BENCHMARKS.md, "Co-partitioning").
-fn co_partition_side(arg: Option<&str>, data: &Dataset) -> Result<Option<Side>> {
-    match arg.map(str::trim) {
-        None | Some("none") => Ok(None),
-        Some("larger") => Ok(Some(Side::larger(data.users.len(), data.items.len()))),
-        Some("users") => Ok(Some(Side::Users)),
-        Some("items") => Ok(Some(Side::Items)),
-        Some(other) => Err(Error::arg("--co-partition", other, "must be users, items, larger or none")),
-    }
-}
-
 /// A flag raised by the first Ctrl-C (SIGINT): training stops at the next
 /// batch boundary and writes what it has. A second Ctrl-C exits at once.
 fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
@@ -846,9 +855,6 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     use rowstage::stage::simulate::SimSetup;
-    if a.co_partition_visits == 0 {
-        return Err(Error::arg("--co-partition-visits", "0", "must be at least 1"));
-    }
     if a.batch == 0 || a.rank == 0 || a.epochs == 0 {
         return Err(Error::arg("--batch/--rank/--epochs", "0", "must be at least 1"));
     }
@@ -886,8 +892,8 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         epochs: a.epochs,
         row_bytes,
         lookahead: a.lookahead,
-        co_partition: co_partition_side(a.co_partition.as_deref(), &data)?,
-        co_partition_visits: a.co_partition_visits,
+        co_partition: a.co.side(&data)?,
+        co_partition_visits: a.co.co_partition_visits,
     };
     out.line(&format!(
         "data: {} — {} users, {} items, {} training ratings; batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",

@@ -466,38 +466,21 @@ impl GpuBackend {
         };
         let kernels = Kernels::new(device);
         let b = &buffers;
-        let group = |label: &str, k: &kernels::Kernel, e: [&wgpu::Buffer; 3]| {
+        // Bindings 0-2, the parameter block, and binding 4 where the kernel has one.
+        let group = |label: &str, k: &kernels::Kernel, e: [&wgpu::Buffer; 3], extra: Option<&wgpu::Buffer>| {
+            let entries = [entry(0, e[0]), entry(1, e[1]), entry(2, e[2]), params_entry(&b.params)];
+            let entries: Vec<_> = entries.into_iter().chain(extra.map(|x| entry(4, x))).collect();
             device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(label),
                 layout: &k.layout,
-                entries: &[entry(0, e[0]), entry(1, e[1]), entry(2, e[2]), params_entry(&b.params)],
+                entries: &entries,
             })
         };
         let bind = BindGroups {
-            scatter: group("scatter_rows bind group", &kernels.scatter, [&b.slab, &b.upload, &b.load_slots]),
-            gather: group("gather_rows bind group", &kernels.gather, [&b.slab, &b.download, &b.out_slots]),
-            sgd: device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("sgd bind group"),
-                layout: &kernels.sgd.layout,
-                entries: &[
-                    entry(0, &b.slab),
-                    entry(1, &b.samples),
-                    entry(2, &b.loss),
-                    params_entry(&b.params),
-                    entry(4, &b.rates),
-                ],
-            }),
-            predict: device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("predict bind group"),
-                layout: &kernels.predict.layout,
-                entries: &[
-                    entry(0, &b.slab),
-                    entry(1, &b.samples),
-                    entry(2, &b.sums),
-                    params_entry(&b.params),
-                    entry(4, &b.upload),
-                ],
-            }),
+            scatter: group("scatter_rows bind group", &kernels.scatter, [&b.slab, &b.upload, &b.load_slots], None),
+            gather: group("gather_rows bind group", &kernels.gather, [&b.slab, &b.download, &b.out_slots], None),
+            sgd: group("sgd bind group", &kernels.sgd, [&b.slab, &b.samples, &b.loss], Some(&b.rates)),
+            predict: group("predict bind group", &kernels.predict, [&b.slab, &b.samples, &b.sums], Some(&b.upload)),
         };
         let counts = policy_counts(setup);
         let horizon = (setup.lookahead * setup.batch * 2).min(u32::MAX as usize) as u32;

@@ -201,33 +201,24 @@ impl Blocks {
         std::mem::swap(order, scratch);
         let visits = self.visits as usize;
         if visits > 1 {
-            // Block k spans order[b0..b1]; visit v takes its v-th part.
-            let bounds: Vec<(usize, usize)> = {
-                let mut out = Vec::with_capacity(ends.len());
-                let mut s0 = 0usize;
-                for &e in ends.iter() {
-                    out.push((s0, e as usize));
-                    s0 = e as usize;
-                }
-                out
-            };
+            // Block k spans order[ends[k-1]..ends[k]]; visit v takes its v-th
+            // part, the blocks in a fresh order per visit.
+            let block_ends = std::mem::take(ends);
+            let mut seq: Vec<usize> = (0..block_ends.len()).collect();
             scratch.clear();
-            let mut new_ends = Vec::with_capacity(bounds.len() * visits);
-            let mut seq: Vec<usize> = (0..bounds.len()).collect();
             for v in 0..visits {
                 seq.shuffle(&mut rng);
                 for &k in &seq {
-                    let (b0, b1) = bounds[k];
-                    let len = b1 - b0;
+                    let b0 = if k == 0 { 0 } else { block_ends[k - 1] as usize };
+                    let len = block_ends[k] as usize - b0;
                     let (p0, p1) = (b0 + len * v / visits, b0 + len * (v + 1) / visits);
                     if p1 > p0 {
                         scratch.extend_from_slice(&order[p0..p1]);
-                        new_ends.push(scratch.len() as u32);
+                        ends.push(scratch.len() as u32);
                     }
                 }
             }
             std::mem::swap(order, scratch);
-            *ends = new_ends;
         }
     }
 }
