@@ -30,6 +30,7 @@
 //! println!("final test RMSE {:.4}", out.final_metrics.rmse);
 //! ```
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod gpu;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use rowstage::bench::{self, BenchReport};
 use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, list_adapters};
@@ -49,6 +50,9 @@ enum Command {
     Simulate(SimulateArgs),
     /// List every GPU adapter wgpu finds, with the limits that matter here.
     Devices(DevicesArgs),
+    /// Sweep budgets × policies (× backends) with warm-up and timed epochs;
+    /// export the medians as JSON, CSV or Markdown and draw SVG charts.
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -289,6 +293,61 @@ struct SimulateArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Backends to compare, comma-separated: auto (the best GPU adapter, else
+    /// the CPU), vulkan, metal, dx12, gl, cpu.
+    #[arg(long, default_value = "auto", value_name = "LIST")]
+    backend: String,
+    /// Use the adapter whose name contains this text (case-insensitive).
+    #[arg(long, value_name = "SUBSTRING")]
+    adapter: Option<String>,
+    /// Budgets to sweep, comma-separated (sizes or shares of the tables);
+    /// 100% is the all-resident peer the other budgets are compared with.
+    #[arg(long, default_value = "100%,25%,10%,5%,1%", value_name = "LIST")]
+    device_memory: String,
+    /// Policies to sweep, comma-separated, or "all".
+    #[arg(long, default_value = "static,lru,sca,lookahead", value_name = "LIST")]
+    policy: String,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.05)]
+    reg: f32,
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    /// Untimed epochs before the timed ones (they also load the resident rows).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    warmup: usize,
+    /// Timed epochs per configuration; figures are their medians.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    epochs: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Horizon of the lookahead policy, in batches.
+    #[arg(long, default_value_t = 32, value_name = "L")]
+    lookahead: usize,
+    /// Threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the results as JSON to FILE ("-" for stdout), rewritten after
+    /// every configuration so that an interrupted sweep keeps what it measured.
+    #[arg(long, value_name = "FILE")]
+    export_json: Option<PathBuf>,
+    /// Write the results as CSV to FILE ("-" for stdout), rewritten as it goes.
+    #[arg(long, value_name = "FILE")]
+    export_csv: Option<PathBuf>,
+    /// Write the results as a Markdown table to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    export_markdown: Option<PathBuf>,
+    /// Draw SVG charts into DIR: rows moved, ratings/s and hit rate against the budget.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct DevicesArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -305,6 +364,7 @@ fn main() {
         Command::Plan(a) => cmd_plan(a),
         Command::Simulate(a) => cmd_simulate(a),
         Command::Devices(a) => cmd_devices(a),
+        Command::Bench(a) => cmd_bench(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -365,6 +425,18 @@ fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> 
         return Err(Error::arg("--test-fraction", a.test_fraction.to_string(), "leaves no training rating"));
     }
     Ok((ds, skipped))
+}
+
+fn dataset_info(data: &Dataset, skipped: usize) -> DatasetInfo {
+    DatasetInfo {
+        name: data.name.clone(),
+        users: data.users.len(),
+        items: data.items.len(),
+        train: data.train.len(),
+        test: data.test.len(),
+        test_cold: data.cold_test(),
+        skipped_lines: skipped,
+    }
 }
 
 fn write_output(path: &Path, text: &str) -> Result<()> {
@@ -663,15 +735,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     if let Some(path) = &a.json {
         let report = Report {
-            dataset: DatasetInfo {
-                name: data.name.clone(),
-                users: data.users.len(),
-                items: data.items.len(),
-                train: data.train.len(),
-                test: data.test.len(),
-                test_cold: data.cold_test(),
-                skipped_lines: skipped,
-            },
+            dataset: dataset_info(&data, skipped),
             config,
             epochs: outcome.epochs.iter().map(EpochJson::from).collect(),
             final_: FinalJson {
@@ -853,32 +917,32 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--device-memory`'s comma-separated budgets, each with its text.
+fn budget_list(text: &str) -> Result<Vec<(String, Budget)>> {
+    text.split(',').map(|b| Ok((b.trim().to_string(), Budget::parse("--device-memory", b)?))).collect()
+}
+
+/// `--policy`'s comma-separated policies, or `all`.
+fn policy_list(text: &str) -> Result<Vec<PolicyKind>> {
+    if text.trim() == "all" {
+        return Ok(PolicyKind::ALL.to_vec());
+    }
+    text.split(',')
+        .map(|p| {
+            <PolicyKind as clap::ValueEnum>::from_str(p.trim(), true).map_err(|_| {
+                Error::arg("--policy", p, "expected all, or a list of none, static, lru, lfu, sca, lookahead, belady")
+            })
+        })
+        .collect()
+}
+
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     use rowstage::stage::simulate::SimSetup;
     if a.batch == 0 || a.rank == 0 || a.epochs == 0 {
         return Err(Error::arg("--batch/--rank/--epochs", "0", "must be at least 1"));
     }
-    let budgets: Vec<(String, Budget)> = a
-        .device_memory
-        .split(',')
-        .map(|b| Ok((b.trim().to_string(), Budget::parse("--device-memory", b)?)))
-        .collect::<Result<_>>()?;
-    let policies: Vec<PolicyKind> = if a.policy.trim() == "all" {
-        PolicyKind::ALL.to_vec()
-    } else {
-        a.policy
-            .split(',')
-            .map(|p| {
-                <PolicyKind as clap::ValueEnum>::from_str(p.trim(), true).map_err(|_| {
-                    Error::arg(
-                        "--policy",
-                        p,
-                        "expected all, or a list of none, static, lru, lfu, sca, lookahead, belady",
-                    )
-                })
-            })
-            .collect::<Result<_>>()?
-    };
+    let budgets = budget_list(&a.device_memory)?;
+    let policies = policy_list(&a.policy)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&a.data, a.seed, &out)?;
     let row_bytes = (model::row_stride(a.rank) * 4) as u64;
@@ -989,6 +1053,233 @@ fn cmd_devices(a: DevicesArgs) -> Result<()> {
             d.max_compute_workgroup_size_x,
             d.max_storage_buffers_per_shader_stage
         );
+    }
+    Ok(())
+}
+
+/// The bench's export files, rewritten after every configuration (stdout
+/// only once, at the end).
+struct Exports {
+    json: Option<PathBuf>,
+    csv: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+}
+
+impl Exports {
+    fn all(&self) -> [(&'static str, Option<&Path>, fn(&BenchReport) -> String); 3] {
+        [
+            ("--export-json", self.json.as_deref(), bench::export::json),
+            ("--export-csv", self.csv.as_deref(), bench::export::csv),
+            ("--export-markdown", self.markdown.as_deref(), bench::export::markdown),
+        ]
+    }
+
+    /// Refuses two exports to stdout and files in missing directories, before
+    /// anything is measured.
+    fn check(&self) -> Result<()> {
+        let mut to_stdout = 0;
+        for (flag, path, _) in self.all() {
+            let Some(path) = path else { continue };
+            if path == Path::new("-") {
+                to_stdout += 1;
+                if to_stdout > 1 {
+                    return Err(Error::arg(flag, "-", "only one export can go to stdout"));
+                }
+                continue;
+            }
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(Error::arg(
+                    flag,
+                    path.display().to_string(),
+                    format!("the directory {} does not exist", dir.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn to_stdout(&self) -> bool {
+        self.all().iter().any(|(_, p, _)| *p == Some(Path::new("-")))
+    }
+
+    /// Writes the files (and stdout when `last`).
+    fn write(&self, report: &BenchReport, last: bool) -> Result<()> {
+        for (_, path, render) in self.all() {
+            match path {
+                Some(p) if p == Path::new("-") => {
+                    if last {
+                        write_output(p, render(report).trim_end())?;
+                    }
+                }
+                Some(p) => write_output(p, render(report).trim_end())?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress of a sweep on a terminal, a line per configuration, and the
+/// exports rewritten as it goes.
+struct BenchProgress<'a> {
+    bar: ProgressBar,
+    out: &'a Out,
+    exports: &'a Exports,
+    epochs: u64,
+}
+
+impl bench::Progress for BenchProgress<'_> {
+    fn start(&mut self, index: usize, total: usize, label: &str) {
+        self.bar.set_message(format!("[{}/{total}] {label}", index + 1));
+    }
+
+    fn epoch(&mut self, _e: &train::EpochReport) {
+        self.bar.inc(1);
+    }
+
+    fn row(&mut self, report: &BenchReport) -> Result<()> {
+        let r = report.rows.last().expect("a row was added");
+        let line = format!(
+            "{:<7} {:<8} {:<10} {:>6} {:>11.3e} {:>8} {:>11.0} {:>11} {:>7} {:>8.4} {:>7}",
+            r.backend,
+            r.budget,
+            r.policy,
+            r.batch,
+            r.median_ratings_per_sec,
+            r.vs_resident.map_or("-".into(), |v| format!("{v:.2}×")),
+            r.rows_in_per_epoch,
+            r.belady_rows_in_per_epoch.map_or("-".into(), |v| format!("{v:.0}")),
+            r.hit_rate.map_or("-".into(), |h| format!("{:.1}%", 100.0 * h)),
+            r.test_rmse,
+            r.bandwidth_share.map_or("-".into(), |b| format!("{:.1}%", 100.0 * b)),
+        );
+        self.bar.suspend(|| self.out.line(&line));
+        self.exports.write(report, false)
+    }
+
+    fn skipped(&mut self, s: &bench::Skipped) {
+        self.bar.inc(self.epochs);
+        let line = format!("{:<7} {:<8} {:<10} skipped: {}", s.backend, s.budget, s.policy, s.reason);
+        self.bar.suspend(|| self.out.line(&line));
+    }
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.rank == 0 || a.rank > 1024 {
+        return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
+    }
+    if !(1..=1 << 20).contains(&a.batch) {
+        return Err(Error::arg("--batch", a.batch.to_string(), "must be between 1 and 1048576"));
+    }
+    if a.epochs == 0 {
+        return Err(Error::arg("--epochs", "0", "must be at least 1 timed epoch"));
+    }
+    if a.threads == Some(0) {
+        return Err(Error::arg("--threads", "0", "must be at least 1"));
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        return Err(Error::arg("--lr", a.lr.to_string(), "must be a finite number above 0"));
+    }
+    if !(a.reg.is_finite() && a.reg >= 0.0) {
+        return Err(Error::arg("--reg", a.reg.to_string(), "must be a finite number ≥ 0"));
+    }
+    let budgets = budget_list(&a.device_memory)?;
+    let policies = policy_list(&a.policy)?;
+    let mut backends = Vec::new();
+    for b in a.backend.split(',') {
+        let choice = <BackendChoice as clap::ValueEnum>::from_str(b.trim(), true)
+            .map_err(|_| Error::arg("--backend", b, "expected a list of auto, vulkan, metal, dx12, gl, cpu"))?;
+        backends.push(choice);
+    }
+    let exports =
+        Exports { json: a.export_json.clone(), csv: a.export_csv.clone(), markdown: a.export_markdown.clone() };
+    exports.check()?;
+    let out = Out { to_stderr: exports.to_stdout() };
+    // `auto` is resolved now: the best adapter, or the CPU when there is none.
+    let mut resolved = Vec::new();
+    for b in backends {
+        let choice = if b == BackendChoice::Auto {
+            match rowstage::gpu::GpuContext::new(b, a.adapter.as_deref()) {
+                Ok(ctx) => {
+                    let backend = ctx.summary.backend.to_lowercase();
+                    <BackendChoice as clap::ValueEnum>::from_str(&backend, true).unwrap_or(BackendChoice::Auto)
+                }
+                Err(Error::NoAdapter { hint, .. }) if a.adapter.is_none() => {
+                    eprintln!("notice: no GPU adapter found ({hint}); benchmarking the CPU backend instead");
+                    BackendChoice::Cpu
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            b
+        };
+        let adapter = if choice == BackendChoice::Cpu { None } else { a.adapter.clone() };
+        if !resolved.contains(&(choice, adapter.clone())) {
+            resolved.push((choice, adapter));
+        }
+    }
+    let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let hp = HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, ..HyperParams::default() };
+    let plan = bench::BenchPlan {
+        backends: resolved,
+        budgets,
+        policies,
+        warmup: a.warmup,
+        epochs: a.epochs,
+        settings: TrainSettings {
+            hp,
+            grid: Vec::new(),
+            epochs: a.warmup + a.epochs,
+            batch: a.batch,
+            seed: a.seed,
+            deterministic: false,
+            co_partition: None,
+        },
+        lookahead: a.lookahead,
+        threads,
+    };
+    let per_config = (a.warmup + a.epochs) as u64;
+    out.line(&format!(
+        "bench: {} — {} train / {} test ratings, tables {} at rank {}; {} configuration(s), {} warm-up + {} timed epoch(s) each",
+        data.name,
+        data.train.len(),
+        data.test.len(),
+        human_bytes(train::table_bytes(&data, a.rank)),
+        a.rank,
+        plan.configurations(),
+        a.warmup,
+        a.epochs
+    ));
+    out.line(&format!(
+        "{:<7} {:<8} {:<10} {:>6} {:>11} {:>8} {:>11} {:>11} {:>7} {:>8} {:>7}",
+        "backend", "budget", "policy", "batch", "ratings/s", "vs 100%", "rows in/ep", "Belady", "hits", "RMSE", "bw"
+    ));
+    let bar = if std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(plan.configurations() as u64 * per_config);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} epochs {msg}, {elapsed} elapsed, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut progress = BenchProgress { bar, out: &out, exports: &exports, epochs: per_config };
+    let report = bench::run(&data, dataset_info(&data, skipped), &plan, interrupt_flag(), &mut progress)?;
+    progress.bar.finish_and_clear();
+    exports.write(&report, true)?;
+    if let Some(dir) = &a.plot
+        && !report.rows.is_empty()
+    {
+        for p in bench::plot::plot(&report, dir)? {
+            out.line(&format!("chart: {}", p.display()));
+        }
+    }
+    if !report.complete {
+        out.line(&format!("interrupted: {} configuration(s) measured and exported", report.rows.len()));
+        return Err(Error::Interrupted);
     }
     Ok(())
 }

@@ -559,3 +559,51 @@ fn ctrl_c_writes_an_incomplete_report_and_a_checkpoint_then_resume_finishes() {
         .code(2)
         .stderr(predicate::str::contains("checkpoint.safetensors").and(predicate::str::contains("not a valid")));
 }
+
+#[test]
+fn bench_exports_json_csv_markdown_and_refuses_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ratings_csv(dir.path());
+    let (json, csv) = (dir.path().join("b.json"), dir.path().join("b.csv"));
+    let md = rowstage()
+        .args(["bench", "--backend", "cpu", "--rank", "4", "--batch", "64", "--warmup", "0", "--epochs", "1"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--export-json")
+        .arg(&json)
+        .arg("--export-csv")
+        .arg(&csv)
+        .args(["--export-markdown", "-"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let md = String::from_utf8(md).unwrap();
+    assert!(md.starts_with("Dataset: "), "stdout is exactly the Markdown export:\n{md}");
+    assert!(md.contains("| cpu | CPU Hogwild"), "{md}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["complete"], true);
+    assert_eq!(j["rows"][0]["backend"], "cpu");
+    assert!(j["rows"][0]["median_ratings_per_sec"].as_f64().unwrap() > 0.0);
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.starts_with("backend,adapter,budget,"));
+
+    let bad = |args: &[&str], needles: &[&str]| {
+        let out = rowstage().arg("bench").args(["--synthetic", "50,40,500"]).args(args).assert().code(2);
+        let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    bad(&["--backend", "cpu,tpu"], &["--backend", "tpu"]);
+    bad(&["--policy", "sca,fifo"], &["--policy", "fifo"]);
+    bad(&["--device-memory", "10%,lots"], &["--device-memory", "lots"]);
+    bad(&["--epochs", "0"], &["--epochs", "0"]);
+    bad(&["--export-json", "-", "--export-csv", "-"], &["--export-csv", "only one export can go to stdout"]);
+    let missing = dir.path().join("no/such/dir/out.csv");
+    bad(&["--export-csv", missing.to_str().unwrap()], &["--export-csv", "no/such/dir", "does not exist"]);
+    assert!(!missing.exists());
+}

@@ -161,3 +161,38 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
         Calibration { adapter, rank, h2d_bytes_per_sec, step_seconds: small, sgd_ratings_per_sec, cached: false },
     ))
 }
+
+/// The device's copy bandwidth on the adapter `backend`/`adapter` select:
+/// bytes read plus bytes written per second by one large buffer-to-buffer
+/// copy on the device (64 MiB, or less where the adapter's buffers are
+/// smaller), best of three after one warm-up. The peer of the SGD kernel's
+/// achieved bandwidth in `rowstage bench`.
+pub fn copy_bandwidth(backend: crate::gpu::BackendChoice, adapter: Option<&str>) -> Result<f64> {
+    let ctx = GpuContext::new(backend, adapter)?;
+    let name = ctx.summary.name.clone();
+    let size = (64u64 << 20).min(ctx.summary.max_buffer_size) & !3;
+    let buffer = |label| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (buffer("copy bandwidth source"), buffer("copy bandwidth destination"));
+    let mut best = f64::INFINITY;
+    for k in 0..4 {
+        let t = Instant::now();
+        let mut enc =
+            ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy bandwidth") });
+        enc.copy_buffer_to_buffer(&src, 0, &dst, 0, size);
+        ctx.queue.submit([enc.finish()]);
+        ctx.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(std::time::Duration::from_secs(60)) })
+            .map_err(|e| Error::Gpu { adapter: name.clone(), reason: format!("copy bandwidth: {e}") })?;
+        if k > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * size as f64 / best.max(1e-9))
+}

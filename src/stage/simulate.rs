@@ -43,6 +43,8 @@ pub struct SimResult {
     pub bytes_h2d: u64,
     pub bytes_d2h: u64,
     pub predicted_rows_in: Option<f64>,
+    /// Rows in per epoch (the first also loads the resident rows).
+    pub epoch_rows_in: Vec<u64>,
     #[serde(skip)]
     pub lookups_per_sec: f64,
 }
@@ -120,6 +122,7 @@ impl SimSetup<'_> {
             out.extend(order.iter().map(|&j| self.train[j as usize]));
         };
         let (mut seen, mut stamp, mut rows) = (Vec::new(), 0, Vec::new());
+        let mut epoch_rows_in = Vec::with_capacity(self.epochs);
         for epoch in 0..self.epochs {
             if epoch > 0 {
                 orders.start(epoch);
@@ -155,6 +158,7 @@ impl SimSetup<'_> {
                     st.end_block(&mut ledger);
                 }
             }
+            epoch_rows_in.push(ledger.rows_in() - epoch_rows_in.iter().sum::<u64>());
         }
         let seconds = t0.elapsed().as_secs_f64();
         for p in st.occupied() {
@@ -177,6 +181,7 @@ impl SimSetup<'_> {
             bytes_h2d: ledger.rows_in() * self.row_bytes,
             bytes_d2h: ledger.rows_out() * self.row_bytes,
             predicted_rows_in,
+            epoch_rows_in,
             lookups_per_sec: (2 * self.train.len() * self.epochs) as f64 / seconds.max(1e-9),
         })
     }

@@ -1,0 +1,402 @@
+//! `rowstage bench`: one dataset trained through a sweep of backends ×
+//! device-memory budgets × staging policies, each configuration with warm-up
+//! epochs and then timed epochs, summarised by medians.
+//!
+//! Each configuration is a real training run through [`crate::train::train`]
+//! (same epoch orders, same kernels, same ledger), so a bench row is what
+//! `rowstage train` would report for that configuration. Per row:
+//!
+//! * median ratings/s and seconds over the timed epochs (evaluation excluded);
+//! * rows and bytes each way per timed epoch (medians), and the hit rate;
+//! * test RMSE after the last epoch;
+//! * the training step's achieved bandwidth: the bytes SGD must touch per
+//!   rating (both rows read and written, [`sgd_bytes_per_rating`]) times the
+//!   ratings/s, as a share of the adapter's measured device copy bandwidth
+//!   ([`crate::gpu::calibrate::copy_bandwidth`]). Epoch time includes
+//!   staging, so this is a lower bound of the kernel's own bandwidth;
+//! * the ratio to the same backend's all-resident throughput (the fastest
+//!   row whose budget holds both tables), the cost of staging;
+//! * the Belady floor: rows the offline optimum moves per epoch at that
+//!   budget, from the simulator (no kernels).
+//!
+//! The CPU backend has no device memory: it runs once, with budget and policy
+//! `-`.
+
+pub mod export;
+pub mod plot;
+
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::gpu::BackendChoice;
+use crate::stage::simulate::SimSetup;
+use crate::stage::{Budget, PolicyKind};
+use crate::train::{self, BackendSpec, EpochReport, RunControl, TrainSettings};
+
+/// The smallest batch the sweep shrinks to before it skips a budget.
+pub const MIN_BATCH: usize = 16;
+
+/// What to sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchPlan {
+    /// Backends (and an adapter name filter each), in order.
+    pub backends: Vec<(BackendChoice, Option<String>)>,
+    /// Budgets with the text the user gave (`10%`, `64MiB`).
+    pub budgets: Vec<(String, Budget)>,
+    pub policies: Vec<PolicyKind>,
+    /// Untimed epochs before the timed ones (at least 0).
+    pub warmup: usize,
+    /// Timed epochs (at least 1).
+    pub epochs: usize,
+    /// Everything else of the run; `epochs` is replaced by `warmup + epochs`.
+    /// `batch` is the largest batch: where a budget cannot hold one, it is
+    /// halved (down to [`MIN_BATCH`]) until the slab holds a batch.
+    pub settings: TrainSettings,
+    pub lookahead: usize,
+    pub threads: usize,
+}
+
+impl BenchPlan {
+    /// Configurations the sweep runs (the CPU backend counts once).
+    pub fn configurations(&self) -> usize {
+        self.backends
+            .iter()
+            .map(|(b, _)| if *b == BackendChoice::Cpu { 1 } else { self.budgets.len() * self.policies.len() })
+            .sum()
+    }
+}
+
+/// One configuration's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// `cpu` or the wgpu backend (`vulkan`, `gl`, ...).
+    pub backend: String,
+    pub adapter: String,
+    /// The budget as given (`-` for the CPU backend).
+    pub budget: String,
+    pub device_memory_bytes: Option<u64>,
+    /// The slab as a share of both tables, in percent.
+    pub budget_percent: Option<f64>,
+    /// The staging policy (`-` for the CPU backend).
+    pub policy: String,
+    /// The batch used: the plan's, or smaller where the budget holds no
+    /// batch of that size.
+    pub batch: usize,
+    pub timed_epochs: usize,
+    pub median_ratings_per_sec: f64,
+    pub median_epoch_seconds: f64,
+    /// Every timed epoch's ratings/s, in order.
+    pub ratings_per_sec: Vec<f64>,
+    /// Medians over the timed epochs.
+    pub rows_in_per_epoch: f64,
+    pub rows_out_per_epoch: f64,
+    pub bytes_h2d_per_epoch: f64,
+    pub bytes_d2h_per_epoch: f64,
+    /// Hits / lookups over the timed epochs (`None` without staging).
+    pub hit_rate: Option<f64>,
+    pub test_rmse: f64,
+    /// The cost model's rows in per epoch, where the policy has one.
+    pub predicted_rows_in_per_epoch: Option<f64>,
+    /// Rows in per epoch of the offline optimum at this budget (simulated).
+    pub belady_rows_in_per_epoch: Option<f64>,
+    /// SGD bytes per rating × median ratings/s.
+    pub sgd_bytes_per_sec: f64,
+    /// The adapter's device copy bandwidth (read + write bytes per second).
+    pub copy_bytes_per_sec: Option<f64>,
+    /// `sgd_bytes_per_sec / copy_bytes_per_sec`.
+    pub bandwidth_share: Option<f64>,
+    /// Median ratings/s over the same backend's all-resident median (filled
+    /// in by [`fill_ratios`]).
+    pub vs_resident: Option<f64>,
+}
+
+/// A configuration that could not run (e.g. a budget below one batch).
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub backend: String,
+    pub budget: String,
+    pub policy: String,
+    pub reason: String,
+}
+
+/// The whole sweep, as exported.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub dataset: crate::report::DatasetInfo,
+    pub plan: BenchPlan,
+    pub wgpu_version: &'static str,
+    /// Bytes of both tables (one model).
+    pub table_bytes: u64,
+    pub rows: Vec<BenchRow>,
+    pub skipped: Vec<Skipped>,
+    /// False while the sweep runs and when it was interrupted.
+    pub complete: bool,
+}
+
+/// Bytes SGD touches per rating: both rows of every model read and written,
+/// and the 12-byte sample (slot pair and rating).
+pub fn sgd_bytes_per_rating(row_bytes: u64) -> u64 {
+    4 * row_bytes + 12
+}
+
+/// The median of `v` (0 when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Sets every row's [`BenchRow::vs_resident`]: its median ratings/s over the
+/// fastest row of the same backend and adapter whose budget holds both tables.
+pub fn fill_ratios(rows: &mut [BenchRow]) {
+    for k in 0..rows.len() {
+        let base = rows
+            .iter()
+            .filter(|r| {
+                r.backend == rows[k].backend
+                    && r.adapter == rows[k].adapter
+                    && r.budget_percent.is_some_and(|p| p >= 100.0 - 1e-9)
+            })
+            .map(|r| r.median_ratings_per_sec)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        rows[k].vs_resident = base.filter(|&b| b > 0.0).map(|b| rows[k].median_ratings_per_sec / b);
+    }
+}
+
+/// What the sweep tells its caller as it goes.
+pub trait Progress {
+    /// A configuration starts (`index` of `total`).
+    fn start(&mut self, _index: usize, _total: usize, _label: &str) {}
+    /// An epoch of the running configuration ended.
+    fn epoch(&mut self, _e: &EpochReport) {}
+    /// A configuration finished; the report so far (not complete) follows.
+    fn row(&mut self, _report: &BenchReport) -> Result<()> {
+        Ok(())
+    }
+    /// A configuration was skipped.
+    fn skipped(&mut self, _s: &Skipped) {}
+}
+
+/// Rows in per epoch of the offline optimum with a slab of `bytes`, run by
+/// the simulator through the same epochs as `settings`: the median over the
+/// epochs after `warmup`, as the rows are. `None` when the slab cannot hold a
+/// batch.
+pub fn belady_floor(
+    data: &Dataset,
+    settings: &TrainSettings,
+    warmup: usize,
+    lookahead: usize,
+    bytes: u64,
+) -> Option<f64> {
+    let sim = SimSetup {
+        train: &data.train,
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        batch: settings.batch,
+        seed: settings.seed,
+        epochs: settings.epochs,
+        row_bytes: settings.row_bytes(),
+        lookahead,
+        co_partition: settings.co_partition.map(|c| c.side),
+        co_partition_visits: settings.co_partition.map_or(1, |c| c.visits),
+    };
+    let r = sim.run(PolicyKind::Belady, bytes)?;
+    let timed: Vec<f64> = r.epoch_rows_in.iter().skip(warmup).map(|&x| x as f64).collect();
+    Some(median(&timed))
+}
+
+/// Runs the sweep of `plan` on `data`. `stop` ends it at the next batch
+/// boundary: the configuration then running is dropped and the report comes
+/// back with `complete: false`. A configuration that cannot run (a budget
+/// below one batch) is skipped with its reason; any other error ends the
+/// sweep.
+pub fn run(
+    data: &Dataset,
+    dataset: crate::report::DatasetInfo,
+    plan: &BenchPlan,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<BenchReport> {
+    if plan.epochs == 0 {
+        return Err(Error::arg("--epochs", "0", "must be at least 1 timed epoch"));
+    }
+    let table_bytes = train::table_bytes(data, plan.settings.hp.rank);
+    let mut report = BenchReport {
+        dataset,
+        plan: plan.clone(),
+        wgpu_version: crate::report::WGPU_VERSION,
+        table_bytes,
+        rows: Vec::new(),
+        skipped: Vec::new(),
+        complete: false,
+    };
+    let settings = TrainSettings { epochs: plan.warmup + plan.epochs, ..plan.settings.clone() };
+    let total = plan.configurations();
+    let mut index = 0;
+    // Belady floors by (budget, batch).
+    let mut floors: Vec<(usize, usize, Option<f64>)> = Vec::new();
+    for (backend, adapter) in &plan.backends {
+        let cpu = *backend == BackendChoice::Cpu;
+        let copy = if cpu { None } else { Some(crate::gpu::calibrate::copy_bandwidth(*backend, adapter.as_deref())?) };
+        let configs: Vec<(Option<usize>, Option<PolicyKind>)> = if cpu {
+            vec![(None, None)]
+        } else {
+            (0..plan.budgets.len()).flat_map(|b| plan.policies.iter().map(move |&p| (Some(b), Some(p)))).collect()
+        };
+        for (b, policy) in configs {
+            let budget_text = b.map_or("-".to_string(), |b| plan.budgets[b].0.clone());
+            let policy_text = policy.map_or("-", |p| p.name()).to_string();
+            progress.start(index, total, &format!("{} {} {}", backend.name(), budget_text, policy_text));
+            index += 1;
+            let spec = BackendSpec {
+                backend: *backend,
+                adapter: adapter.clone(),
+                device_memory: b.map(|b| plan.budgets[b].1),
+                policy: policy.unwrap_or(PolicyKind::Static),
+                lookahead: plan.lookahead,
+                threads: plan.threads,
+            };
+            // The batch shrinks (halving) until the slab holds one: a small
+            // accelerator memory means small batches, and the row says which.
+            let mut settings = settings.clone();
+            let opened = loop {
+                match train::open_backend(data, &settings, &spec) {
+                    Ok(o) => break Some(o),
+                    Err(Error::BudgetTooSmall { .. }) if settings.batch > MIN_BATCH => {
+                        settings.batch = (settings.batch / 2).max(MIN_BATCH);
+                    }
+                    Err(e @ Error::BudgetTooSmall { .. }) => {
+                        let s = Skipped {
+                            backend: backend.name().into(),
+                            budget: budget_text.clone(),
+                            policy: policy_text.clone(),
+                            reason: e.to_string(),
+                        };
+                        progress.skipped(&s);
+                        report.skipped.push(s);
+                        break None;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let Some(opened) = opened else { continue };
+            let mut be = opened.backend;
+            let control = RunControl { stop: Some(stop), ..RunControl::default() };
+            let out = train::train(data, &settings, be.as_mut(), control, &mut |e| progress.epoch(e))?;
+            if !out.complete {
+                return Ok(report);
+            }
+            let timed = &out.epochs[plan.warmup.min(out.epochs.len())..];
+            let med = |f: &dyn Fn(&EpochReport) -> f64| median(&timed.iter().map(f).collect::<Vec<_>>());
+            let rps: Vec<f64> = timed.iter().map(|e| e.ratings_per_sec).collect();
+            let median_rps = median(&rps);
+            let (hits, misses) = timed.iter().fold((0, 0), |(h, m), e| (h + e.ledger.hits(), m + e.ledger.misses()));
+            let bytes = opened.layout.as_ref().map(|l| l.slab_bytes);
+            let floor = match (b, bytes) {
+                (Some(b), Some(bytes)) => match floors.iter().find(|f| f.0 == b && f.1 == settings.batch) {
+                    Some(f) => f.2,
+                    None => {
+                        let f = belady_floor(data, &settings, plan.warmup, plan.lookahead, bytes);
+                        floors.push((b, settings.batch, f));
+                        f
+                    }
+                },
+                _ => None,
+            };
+            let sgd_bytes_per_sec = sgd_bytes_per_rating(settings.row_bytes()) as f64 * median_rps;
+            report.rows.push(BenchRow {
+                backend: be.kind(),
+                adapter: be.adapter(),
+                budget: budget_text,
+                device_memory_bytes: bytes,
+                budget_percent: bytes.map(|x| 100.0 * x as f64 / settings.table_bytes(data).max(1) as f64),
+                policy: policy_text,
+                batch: settings.batch,
+                timed_epochs: timed.len(),
+                median_ratings_per_sec: median_rps,
+                median_epoch_seconds: med(&|e| e.seconds),
+                ratings_per_sec: rps,
+                rows_in_per_epoch: med(&|e| e.ledger.rows_in() as f64),
+                rows_out_per_epoch: med(&|e| e.ledger.rows_out() as f64),
+                bytes_h2d_per_epoch: med(&|e| e.ledger.bytes_h2d() as f64),
+                bytes_d2h_per_epoch: med(&|e| e.ledger.bytes_d2h() as f64),
+                hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+                test_rmse: out.final_metrics.rmse,
+                // Every epoch's but the run's first, which also loads the resident rows.
+                predicted_rows_in_per_epoch: timed.iter().find(|e| e.epoch > 1).and_then(|e| e.predicted_rows_in),
+                belady_rows_in_per_epoch: floor,
+                sgd_bytes_per_sec,
+                copy_bytes_per_sec: copy,
+                bandwidth_share: copy.filter(|&c| c > 0.0).map(|c| sgd_bytes_per_sec / c),
+                vs_resident: None,
+            });
+            fill_ratios(&mut report.rows);
+            progress.row(&report)?;
+        }
+    }
+    report.complete = true;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    fn row(backend: &str, percent: Option<f64>, rps: f64) -> BenchRow {
+        BenchRow {
+            backend: backend.into(),
+            adapter: "a".into(),
+            budget: "-".into(),
+            device_memory_bytes: None,
+            budget_percent: percent,
+            policy: "sca".into(),
+            batch: 1,
+            timed_epochs: 1,
+            median_ratings_per_sec: rps,
+            median_epoch_seconds: 1.0,
+            ratings_per_sec: vec![rps],
+            rows_in_per_epoch: 0.0,
+            rows_out_per_epoch: 0.0,
+            bytes_h2d_per_epoch: 0.0,
+            bytes_d2h_per_epoch: 0.0,
+            hit_rate: None,
+            test_rmse: 1.0,
+            predicted_rows_in_per_epoch: None,
+            belady_rows_in_per_epoch: None,
+            sgd_bytes_per_sec: 0.0,
+            copy_bytes_per_sec: None,
+            bandwidth_share: None,
+            vs_resident: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_to_the_fastest_all_resident_row_of_the_same_backend() {
+        let mut rows = vec![
+            row("vulkan", Some(100.0), 100.0),
+            row("vulkan", Some(100.0), 80.0),
+            row("vulkan", Some(10.0), 50.0),
+            row("gl", Some(10.0), 40.0),
+            row("cpu", None, 70.0),
+        ];
+        fill_ratios(&mut rows);
+        assert_eq!(rows[1].vs_resident, Some(0.8));
+        assert_eq!(rows[2].vs_resident, Some(0.5));
+        assert_eq!(rows[3].vs_resident, None, "gl has no all-resident row");
+        assert_eq!(rows[4].vs_resident, None);
+    }
+}
