@@ -1057,6 +1057,9 @@ fn cmd_devices(a: DevicesArgs) -> Result<()> {
     Ok(())
 }
 
+/// An export: its flag, its path, and how it renders the report.
+type Export<'a> = (&'static str, Option<&'a Path>, fn(&BenchReport) -> String);
+
 /// The bench's export files, rewritten after every configuration (stdout
 /// only once, at the end).
 struct Exports {
@@ -1066,7 +1069,7 @@ struct Exports {
 }
 
 impl Exports {
-    fn all(&self) -> [(&'static str, Option<&Path>, fn(&BenchReport) -> String); 3] {
+    fn all(&self) -> [Export<'_>; 3] {
         [
             ("--export-json", self.json.as_deref(), bench::export::json),
             ("--export-csv", self.csv.as_deref(), bench::export::csv),
@@ -1107,11 +1110,7 @@ impl Exports {
     fn write(&self, report: &BenchReport, last: bool) -> Result<()> {
         for (_, path, render) in self.all() {
             match path {
-                Some(p) if p == Path::new("-") => {
-                    if last {
-                        write_output(p, render(report).trim_end())?;
-                    }
-                }
+                Some(p) if p == Path::new("-") && !last => {}
                 Some(p) => write_output(p, render(report).trim_end())?,
                 None => {}
             }

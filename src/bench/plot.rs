@@ -61,7 +61,7 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> std::res
 
 /// The rows of `report` that staged (have a budget), grouped into one series
 /// per backend+adapter and policy, each sorted by budget.
-fn grouped<'a>(report: &'a BenchReport) -> Vec<(String, Vec<&'a BenchRow>)> {
+fn grouped(report: &BenchReport) -> Vec<(String, Vec<&BenchRow>)> {
     let several = {
         let mut a: Vec<&str> = report.rows.iter().filter(|r| r.budget_percent.is_some()).map(|r| &*r.adapter).collect();
         a.sort();
