@@ -266,25 +266,20 @@ pub fn run(
             // The batch shrinks (halving) until the slab holds one: a small
             // accelerator memory means small batches, and the row says which.
             let mut settings = settings.clone();
-            let opened = loop {
-                match train::open_backend(data, &settings, &spec) {
-                    Ok(o) => break Some(o),
-                    Err(Error::BudgetTooSmall { .. }) if settings.batch > MIN_BATCH => {
-                        settings.batch = (settings.batch / 2).max(MIN_BATCH);
-                    }
-                    Err(e @ Error::BudgetTooSmall { .. }) => {
-                        let s = Skipped {
-                            backend: backend.name().into(),
-                            budget: budget_text.clone(),
-                            policy: policy_text.clone(),
-                            reason: e.to_string(),
-                        };
-                        progress.skipped(&s);
-                        report.skipped.push(s);
-                        break None;
-                    }
-                    Err(e) => return Err(e),
+            let opened = match train::open_backend_fitting(data, &mut settings, &spec, MIN_BATCH) {
+                Ok(o) => Some(o),
+                Err(e @ Error::BudgetTooSmall { .. }) => {
+                    let s = Skipped {
+                        backend: backend.name().into(),
+                        budget: budget_text.clone(),
+                        policy: policy_text.clone(),
+                        reason: e.to_string(),
+                    };
+                    progress.skipped(&s);
+                    report.skipped.push(s);
+                    None
                 }
+                Err(e) => return Err(e),
             };
             let Some(opened) = opened else { continue };
             let mut be = opened.backend;

@@ -16,7 +16,10 @@ pub mod cpu;
 pub mod plan;
 mod setup;
 
-pub use setup::{BackendSpec, Opened, Planned, auto_batch, co_partition_for, open_backend, plan_budget, table_bytes};
+pub use setup::{
+    BackendSpec, Opened, Planned, auto_batch, co_partition_for, open_backend, open_backend_fitting, plan_budget,
+    table_bytes,
+};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

@@ -173,6 +173,25 @@ pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
     ((data.users.len() + data.items.len()) * row_stride(rank) * 4) as u64
 }
 
+/// [`open_backend`], halving `settings.batch` (down to `min_batch`) while
+/// the slab cannot hold one batch: a small device memory means small
+/// batches. The error of the smallest batch tried when none fits.
+pub fn open_backend_fitting(
+    data: &Dataset,
+    settings: &mut TrainSettings,
+    spec: &BackendSpec,
+    min_batch: usize,
+) -> Result<Opened> {
+    loop {
+        match open_backend(data, settings, spec) {
+            Err(Error::BudgetTooSmall { .. }) if settings.batch > min_batch => {
+                settings.batch = (settings.batch / 2).max(min_batch);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens the backend `spec` asks for. `--backend auto` falls back to the
 /// Hogwild CPU backend with a notice when wgpu finds no adapter.
 pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
