@@ -32,7 +32,7 @@ struct Lesson {
 
 impl Progress for Lesson {
     fn start(&mut self, index: usize, _total: usize, label: &str) {
-        if index % self.per_budget == 0 {
+        if index.is_multiple_of(self.per_budget) {
             let budget = label.split_whitespace().nth(1).unwrap_or("?");
             println!("\n— the slab at {budget} of the tables —");
             println!(
@@ -55,7 +55,7 @@ impl Progress for Lesson {
             r.vs_resident.map_or("-".into(), |v| format!("{v:.2}×")),
             r.test_rmse
         );
-        if (report.rows.len() % self.per_budget) == 0 {
+        if report.rows.len().is_multiple_of(self.per_budget) {
             let floor = r.belady_rows_in_per_epoch.unwrap_or(0.0);
             println!(
                 "  {:<10} {:>6} {:>13.0}   (the offline optimum, simulated: no policy moves fewer)",

@@ -15,6 +15,9 @@
 //! * [`gpu`]: wgpu context, kernels, and the GPU backend.
 //! * [`train`]: the epoch loop and the CPU backends.
 //! * [`report`]: the JSON report and the text lines.
+//! * [`bench`]: `rowstage bench`'s sweep, its exports and its charts (a
+//!   folder of its own rather than part of `report`: it drives training runs,
+//!   which a report only describes).
 //!
 //! ```no_run
 //! use rowstage::data::{Dataset, SyntheticSpec, generate};

@@ -112,7 +112,7 @@ fn main() {
             .map(|r| (model.predict(r.user as i32, r.item as i32), r.value)),
     );
     entries.push(Entry {
-        name: format!("LIBMF {} (libmf crate)", "2.01"),
+        name: "LIBMF (libmf crate 0.4, SSE build)".to_string(),
         epochs: a.epochs,
         updates_per_sec: (n * a.epochs) as f64 / seconds,
         seconds,

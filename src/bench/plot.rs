@@ -63,7 +63,8 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> std::res
 /// per backend+adapter and policy, each sorted by budget.
 fn grouped(report: &BenchReport) -> Vec<(String, Vec<&BenchRow>)> {
     let several = {
-        let mut a: Vec<&str> = report.rows.iter().filter(|r| r.budget_percent.is_some()).map(|r| &*r.adapter).collect();
+        let mut a: Vec<(&str, &str)> =
+            report.rows.iter().filter(|r| r.budget_percent.is_some()).map(|r| (&*r.backend, &*r.adapter)).collect();
         a.sort();
         a.dedup();
         a.len() > 1
@@ -117,8 +118,8 @@ pub fn plot(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>> {
     let name = &report.dataset.name;
     let x_desc = "device memory budget (% of both tables, log scale)";
 
-    let mut moved = series_of(&groups, |r| Some(r.rows_in_per_epoch));
-    // The offline optimum, once per budget (the same for every policy).
+    // The offline optimum, once per budget (the same for every policy), drawn
+    // first and wide so that a policy on the floor shows on top of it.
     let mut floor: Vec<(f64, f64)> = Vec::new();
     for r in &report.rows {
         if let (Some(x), Some(y)) = (r.budget_percent, r.belady_rows_in_per_epoch)
@@ -128,9 +129,15 @@ pub fn plot(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     floor.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut moved = Vec::new();
     if !floor.is_empty() {
-        moved.push(Series { name: "Belady (offline optimum)".into(), points: floor, style: BLACK.stroke_width(3) });
+        moved.push(Series {
+            name: "Belady (offline optimum)".into(),
+            points: floor,
+            style: RGBColor(150, 150, 150).stroke_width(7),
+        });
     }
+    moved.extend(series_of(&groups, |r| Some(r.rows_in_per_epoch)));
 
     let mut speed = series_of(&groups, |r| Some(r.median_ratings_per_sec));
     // Backends without staging (the CPU) as flat lines across the budgets.
