@@ -94,10 +94,10 @@ impl Backend for ReferenceCpu {
 /// parallel, prefetching far ahead), so that the updates read them
 /// sequentially; then each thread takes a contiguous share of the round and
 /// updates the shared tables without locks, prefetching the rows of the
-/// rating [`AHEAD`] on. Rows are read and
-/// written with relaxed atomic loads and stores of the f32 bits (plain moves on
-/// every mainstream CPU), so concurrent updates of one row may lose an update,
-/// as Hogwild! accepts, but never make undefined behaviour.
+/// rating [`AHEAD`] on. Rows are read and written with relaxed atomic loads
+/// and stores of the f32 bits (plain moves on every mainstream CPU), so
+/// concurrent updates of one row may lose an update, as Hogwild! accepts, but
+/// never make undefined behaviour.
 pub struct HogwildCpu {
     pub bias_reg: f32,
     pub threads: usize,
