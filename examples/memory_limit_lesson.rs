@@ -142,15 +142,7 @@ fn main() -> rowstage::Result<()> {
         POLICIES.len(),
         BUDGETS.len()
     );
-    let info = DatasetInfo {
-        name: data.name.clone(),
-        users: data.users.len(),
-        items: data.items.len(),
-        train: data.train.len(),
-        test: data.test.len(),
-        test_cold: data.cold_test(),
-        skipped_lines: 0,
-    };
+    let info = DatasetInfo::of(&data, 0);
     let never = AtomicBool::new(false);
     let report = bench::run(&data, info, &plan, &never, &mut Lesson { per_budget: POLICIES.len() })?;
 

@@ -427,18 +427,6 @@ fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> 
     Ok((ds, skipped))
 }
 
-fn dataset_info(data: &Dataset, skipped: usize) -> DatasetInfo {
-    DatasetInfo {
-        name: data.name.clone(),
-        users: data.users.len(),
-        items: data.items.len(),
-        train: data.train.len(),
-        test: data.test.len(),
-        test_cold: data.cold_test(),
-        skipped_lines: skipped,
-    }
-}
-
 fn write_output(path: &Path, text: &str) -> Result<()> {
     if path == Path::new("-") {
         let mut stdout = std::io::stdout().lock();
@@ -735,7 +723,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     if let Some(path) = &a.json {
         let report = Report {
-            dataset: dataset_info(&data, skipped),
+            dataset: DatasetInfo::of(&data, skipped),
             config,
             epochs: outcome.epochs.iter().map(EpochJson::from).collect(),
             final_: FinalJson {
@@ -1266,7 +1254,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     let mut progress = BenchProgress { bar, out: &out, exports: &exports, epochs: per_config };
-    let report = bench::run(&data, dataset_info(&data, skipped), &plan, interrupt_flag(), &mut progress)?;
+    let report = bench::run(&data, DatasetInfo::of(&data, skipped), &plan, interrupt_flag(), &mut progress)?;
     progress.bar.finish_and_clear();
     exports.write(&report, true)?;
     if let Some(dir) = &a.plot

@@ -18,15 +18,7 @@ fn dataset() -> (Dataset, DatasetInfo) {
     // Sizes that are not multiples of the workgroup size (64).
     let spec = SyntheticSpec::parse("301,157,5003", 1.05).unwrap();
     let data = Dataset::split("tiny", generate(&spec, 11), 0.1, 11);
-    let info = DatasetInfo {
-        name: data.name.clone(),
-        users: data.users.len(),
-        items: data.items.len(),
-        train: data.train.len(),
-        test: data.test.len(),
-        test_cold: data.cold_test(),
-        skipped_lines: 0,
-    };
+    let info = DatasetInfo::of(&data, 0);
     (data, info)
 }
 

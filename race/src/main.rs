@@ -18,9 +18,10 @@
 use std::time::Instant;
 
 use clap::Parser;
+use rowstage::data::UNKNOWN;
 use rowstage::data::{Dataset, SyntheticSpec, generate};
 use rowstage::gpu::{BackendChoice, GpuContext};
-use rowstage::model::HyperParams;
+use rowstage::model::{HyperParams, MetricsAcc};
 use rowstage::stage::{Budget, PolicyKind};
 use rowstage::train::{BackendSpec, RunControl, TrainSettings, open_backend, train};
 
@@ -63,16 +64,6 @@ struct Entry {
     test_rmse: f64,
 }
 
-fn rmse(pairs: impl Iterator<Item = (f32, f32)>) -> f64 {
-    let (mut s, mut n) = (0.0f64, 0usize);
-    for (a, b) in pairs {
-        let e = (a - b) as f64;
-        s += e * e;
-        n += 1;
-    }
-    (s / n.max(1) as f64).sqrt()
-}
-
 fn main() {
     let a = Args::parse();
     let spec = SyntheticSpec { users: a.users, items: a.items, ratings: a.ratings, zipf: a.zipf };
@@ -105,12 +96,13 @@ fn main() {
         .fit(&m)
         .expect("LIBMF trains");
     let seconds = t.elapsed().as_secs_f64();
-    let test = rmse(
-        data.test
-            .iter()
-            .filter(|r| r.user != rowstage::data::UNKNOWN && r.item != rowstage::data::UNKNOWN)
-            .map(|r| (model.predict(r.user as i32, r.item as i32), r.value)),
-    );
+    // Test ratings with a user or item unseen in training are left out for
+    // LIBMF, which has no row for them.
+    let mut acc = MetricsAcc::default();
+    for r in data.test.iter().filter(|r| r.user != UNKNOWN && r.item != UNKNOWN) {
+        acc.add(r.value - model.predict(r.user as i32, r.item as i32));
+    }
+    let test = acc.finish().rmse;
     entries.push(Entry {
         name: "LIBMF (libmf crate 0.4, SSE build)".to_string(),
         epochs: a.epochs,

@@ -190,11 +190,10 @@ struct Waves {
 }
 
 impl Waves {
-    /// Assigns each rating the wave after the last wave that used its user or
-    /// item: any two ratings sharing a row keep their order, and no wave holds
-    /// a row twice, so running waves in order equals the sequential order.
-    fn build(&mut self, ratings: &[Rating], n_users: u32, n_rows: usize) {
-        if self.last.len() != n_rows {
+    /// Starts a new stamp over `n_rows` rows: no row carries it yet (the
+    /// marks are sized on first use and cleared when the stamp wraps).
+    fn fresh_stamp(&mut self, n_rows: usize) {
+        if self.stamp_of.len() != n_rows {
             self.last = vec![0; n_rows];
             self.stamp_of = vec![0; n_rows];
         }
@@ -203,6 +202,13 @@ impl Waves {
             self.stamp_of.fill(0);
             self.stamp = 1;
         }
+    }
+
+    /// Assigns each rating the wave after the last wave that used its user or
+    /// item: any two ratings sharing a row keep their order, and no wave holds
+    /// a row twice, so running waves in order equals the sequential order.
+    fn build(&mut self, ratings: &[Rating], n_users: u32, n_rows: usize) {
+        self.fresh_stamp(n_rows);
         self.wave_of.clear();
         self.counts.clear();
         for r in ratings {
@@ -248,15 +254,7 @@ impl Waves {
         self.ranges.push((0, n as u32));
         self.perm.clear();
         self.perm.extend(0..n as u32);
-        if self.stamp_of.len() != n_rows {
-            self.last = vec![0; n_rows];
-            self.stamp_of = vec![0; n_rows];
-        }
-        self.stamp = self.stamp.wrapping_add(1);
-        if self.stamp == 0 {
-            self.stamp_of.fill(0);
-            self.stamp = 1;
-        }
+        self.fresh_stamp(n_rows);
         let mut conflicts = 0;
         for r in ratings {
             let (u, i) = (r.user as usize, (n_users + r.item) as usize);

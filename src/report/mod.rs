@@ -24,6 +24,21 @@ pub struct DatasetInfo {
     pub skipped_lines: usize,
 }
 
+impl DatasetInfo {
+    /// `data` described, with `skipped_lines` bad lines skipped on loading.
+    pub fn of(data: &crate::data::Dataset, skipped_lines: usize) -> Self {
+        DatasetInfo {
+            name: data.name.clone(),
+            users: data.users.len(),
+            items: data.items.len(),
+            train: data.train.len(),
+            test: data.test.len(),
+            test_cold: data.cold_test(),
+            skipped_lines,
+        }
+    }
+}
+
 /// One entry of `epochs`.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochJson {
