@@ -27,6 +27,7 @@ fn main() -> rowstage::Result<()> {
         seed: 42,
         deterministic: false,
         co_partition: None,
+        order: rowstage::train::Order::Auto,
     };
     let opened = open_backend(
         &data,

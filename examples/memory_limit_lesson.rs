@@ -133,6 +133,7 @@ fn main() -> rowstage::Result<()> {
             seed: 42,
             deterministic: false,
             co_partition: None,
+            order: rowstage::train::Order::Auto,
         },
         lookahead: 32,
         threads: 2,

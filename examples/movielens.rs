@@ -44,6 +44,7 @@ fn run(path: PathBuf) -> rowstage::Result<()> {
         seed: 42,
         deterministic: false,
         co_partition: None,
+        order: rowstage::train::Order::Auto,
     };
     let spec = BackendSpec {
         backend: BackendChoice::Auto,

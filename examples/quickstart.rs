@@ -22,6 +22,7 @@ fn main() -> rowstage::Result<()> {
         seed: 42,
         deterministic: false,
         co_partition: None,
+        order: rowstage::train::Order::Auto,
         grid: Vec::new(),
     };
     let opened = open_backend(

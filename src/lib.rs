@@ -22,12 +22,15 @@
 //! ```no_run
 //! use rowstage::data::{Dataset, SyntheticSpec, generate};
 //! use rowstage::model::HyperParams;
-//! use rowstage::train::{RunControl, TrainSettings, cpu::HogwildCpu, train};
+//! use rowstage::train::{Order, RunControl, TrainSettings, cpu::HogwildCpu, train};
 //!
 //! let spec = SyntheticSpec::DEFAULT;
 //! let data = Dataset::split(&spec.name(), generate(&spec, 42), 0.1, 42);
 //! let hp = HyperParams::default();
-//! let settings = TrainSettings { hp, epochs: 10, batch: 4096, seed: 42, deterministic: false, co_partition: None, grid: vec![] };
+//! let settings = TrainSettings {
+//!     hp, epochs: 10, batch: 4096, seed: 42, deterministic: false,
+//!     co_partition: None, order: Order::Auto, grid: vec![],
+//! };
 //! let mut backend = HogwildCpu::new(hp.bias_reg, 2);
 //! let out = train(&data, &settings, &mut backend, RunControl::default(), &mut |e| println!("epoch {} test RMSE {:.4}", e.epoch, e.test_rmse)).unwrap();
 //! println!("final test RMSE {:.4}", out.final_metrics.rmse);

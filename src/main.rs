@@ -144,6 +144,12 @@ struct TrainArgs {
     lookahead: usize,
     #[command(flatten)]
     co: CoPartitionArgs,
+    /// Epoch order: shuffled (a seeded permutation, what GPU backends
+    /// train with), blocked[:BINS] (FPSGD's user-bin × item-bin blocks,
+    /// trained in parallel without races: CPU backend only), or auto
+    /// (blocked on the CPU backend without --co-partition, else shuffled).
+    #[arg(long, default_value = "auto", value_name = "ORDER")]
+    order: String,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -468,6 +474,21 @@ fn grid_of(a: &TrainArgs) -> Result<(f32, f32, Vec<Setting>)> {
     Ok((lrs[0], regs[0], if grid.len() > 1 { grid } else { Vec::new() }))
 }
 
+/// `--order`: auto, shuffled, blocked or blocked:BINS (BINS ≥ 1).
+fn parse_order(s: &str, threads: usize, ratings: usize) -> Result<train::Order> {
+    let bad = |why: &str| Error::arg("--order", s, why);
+    match s.trim() {
+        "auto" => Ok(train::Order::Auto),
+        "shuffled" => Ok(train::Order::Shuffled),
+        "blocked" => Ok(train::Order::Blocked { bins: train::blocked::default_bins(threads, ratings) }),
+        t => match t.strip_prefix("blocked:").map(|b| b.trim().parse::<u32>()) {
+            Some(Ok(bins)) if bins >= 1 => Ok(train::Order::Blocked { bins }),
+            Some(_) => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
+            None => Err(bad("must be auto, shuffled, blocked or blocked:BINS")),
+        },
+    }
+}
+
 fn validate_train(a: &TrainArgs) -> Result<()> {
     let non_neg = |flag: &str, v: f32| -> Result<()> {
         if v.is_finite() && v >= 0.0 {
@@ -507,6 +528,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
     let (lr, reg, grid) = grid_of(&a)?;
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let order = parse_order(&a.order, threads, data.train.len())?;
     let hp = HyperParams { rank: a.rank, lr, reg, bias_reg: a.bias_reg, decay: a.decay, init_std: a.init_std };
     let mut settings = TrainSettings {
         hp,
@@ -516,9 +539,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         deterministic: a.deterministic,
         co_partition: None,
+        order,
     };
     let side = a.co.side(&data)?;
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if matches!(order, train::Order::Blocked { .. }) && side.is_some() {
+        return Err(Error::arg("--order", &a.order, "and --co-partition both arrange the epoch; choose one"));
+    }
     let spec = BackendSpec {
         backend: a.backend,
         adapter: a.adapter.clone(),
@@ -579,6 +605,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         data.cold_test()
     ));
     out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
+    settings.order = settings.order.resolve(backend.as_ref(), settings.co_partition.is_some(), data.train.len())?;
+    if let train::Order::Blocked { bins } = settings.order {
+        out.line(&format!(
+            "order: blocked, {bins} user bins × {bins} item bins; each round trains {bins} blocks that share no row in parallel"
+        ));
+    }
     if !settings.grid.is_empty() {
         out.line(&format!(
             "grid search: {} settings (--lr {} × --reg {}) trained side by side, every row holding each setting's copy",
@@ -687,6 +719,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "plan": plan,
         "seed": a.seed,
         "deterministic": a.deterministic,
+        "order": outcome.order.name(),
         "backend": backend.kind(),
         "backend_requested": a.backend.name(),
         "adapter": backend.adapter(),
@@ -1223,6 +1256,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             seed: a.seed,
             deterministic: false,
             co_partition: None,
+            order: train::Order::Auto,
         },
         lookahead: a.lookahead,
         threads,

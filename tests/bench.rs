@@ -41,6 +41,7 @@ fn plan(backend: BackendChoice) -> BenchPlan {
             seed: 5,
             deterministic: false,
             co_partition: None,
+            order: rowstage::train::Order::Auto,
         },
         lookahead: 8,
         threads: 2,

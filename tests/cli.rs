@@ -47,7 +47,7 @@ fn trains_on_a_csv_and_reports_json_with_the_documented_keys() {
     for k in ["name", "users", "items", "train", "test"] {
         assert!(j["dataset"].get(k).is_some(), "dataset.{k}");
     }
-    for k in ["seed", "backend", "adapter", "wgpu_version", "rank", "lr", "reg", "epochs", "batch"] {
+    for k in ["seed", "backend", "adapter", "wgpu_version", "rank", "lr", "reg", "epochs", "batch", "order"] {
         assert!(j["config"].get(k).is_some(), "config.{k}");
     }
     assert_eq!(j["epochs"].as_array().unwrap().len(), 2);
@@ -243,6 +243,8 @@ fn unreadable_file_and_bad_flags_exit_2() {
         ("--patience", "0", "--patience"),
         ("--co-partition", "rows", "--co-partition"),
         ("--co-partition-visits", "0", "--co-partition-visits"),
+        ("--order", "sideways", "--order"),
+        ("--order", "blocked:0", "--order"),
         ("--resume", "/nonexistent/run", "/nonexistent/run/checkpoint.safetensors"),
     ] {
         rowstage()
@@ -250,6 +252,29 @@ fn unreadable_file_and_bad_flags_exit_2() {
             .assert()
             .code(2)
             .stderr(predicate::str::contains(needle).and(predicate::str::contains("panicked").not()));
+    }
+}
+
+#[test]
+fn the_blocked_order_is_refused_where_it_cannot_work() {
+    let small = ["train", "--synthetic", "300,200,5000", "--epochs", "1", "--order", "blocked:4"];
+    rowstage()
+        .args(small)
+        .args(["--backend", "cpu", "--co-partition", "users"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--co-partition").and(predicate::str::contains("panicked").not()));
+    for backend in common::test_backends() {
+        if common::gpu(backend, "the_blocked_order_is_refused").is_none() {
+            continue;
+        }
+        let be = format!("{backend:?}").to_lowercase();
+        rowstage()
+            .args(small)
+            .args(["--backend", &be])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("CPU backend").and(predicate::str::contains("panicked").not()));
     }
 }
 
@@ -362,8 +387,9 @@ fn auto_backend_falls_back_to_the_cpu_with_a_notice() {
 
 #[test]
 fn hogwild_cpu_reaches_the_accuracy_of_sequential_sgd() {
-    // Racing updates may be lost, but on skewed data the final test RMSE stays
-    // within 0.01 of the sequential reference.
+    // Racing updates may be lost (the shuffled order), or none race (the
+    // blocked order, the CPU default), but on skewed data the final test
+    // RMSE stays within 0.01 of the sequential reference.
     let rmse = |extra: &[&str]| -> f64 {
         let out = rowstage()
             .args([
@@ -390,16 +416,21 @@ fn hogwild_cpu_reaches_the_accuracy_of_sequential_sgd() {
         // parallel wave; none in the sequential order.
         let conflicts: Vec<u64> =
             j["epochs"].as_array().unwrap().iter().map(|e| e["conflicts"].as_u64().unwrap()).collect();
-        if extra.is_empty() {
+        if extra == ["--order", "shuffled"] {
             assert!(conflicts.iter().all(|&c| c > 0), "{conflicts:?}");
         } else {
             assert!(conflicts.iter().all(|&c| c == 0), "{conflicts:?}");
         }
+        // 36k training ratings on 2 threads: 4 bins (default_bins).
+        let order = if extra.is_empty() { "blocked:4" } else { extra.last().unwrap() };
+        assert_eq!(j["config"]["order"], order);
         j["final"]["test_rmse"].as_f64().unwrap()
     };
-    let (hog, seq) = (rmse(&[]), rmse(&["--deterministic"]));
-    eprintln!("test RMSE: Hogwild {hog:.4}, sequential {seq:.4}");
+    let seq = rmse(&["--deterministic", "--order", "shuffled"]);
+    let (hog, blocked) = (rmse(&["--order", "shuffled"]), rmse(&[]));
+    eprintln!("test RMSE: Hogwild {hog:.4}, blocked {blocked:.4}, sequential {seq:.4}");
     assert!((hog - seq).abs() < 0.01, "Hogwild {hog} vs sequential {seq}");
+    assert!((blocked - seq).abs() < 0.01, "blocked {blocked} vs sequential {seq}");
 }
 
 #[test]

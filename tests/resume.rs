@@ -23,6 +23,7 @@ fn settings() -> TrainSettings {
         seed: 9,
         deterministic: true,
         co_partition: None,
+        order: rowstage::train::Order::Auto,
         grid: Vec::new(),
     }
 }

@@ -23,7 +23,7 @@ use rowstage::data::{Dataset, SyntheticSpec, generate};
 use rowstage::gpu::{BackendChoice, GpuContext};
 use rowstage::model::{HyperParams, MetricsAcc};
 use rowstage::stage::{Budget, PolicyKind};
-use rowstage::train::{BackendSpec, RunControl, TrainSettings, open_backend, train};
+use rowstage::train::{BackendSpec, Order, RunControl, TrainSettings, open_backend, train};
 
 #[derive(Parser)]
 struct Args {
@@ -49,19 +49,39 @@ struct Args {
     /// GPU backends to race (comma-separated; empty for none).
     #[arg(long, default_value = "vulkan,gl")]
     gpu: String,
+    /// Epoch orders of the CPU backend to race (comma-separated: blocked,
+    /// its default, and shuffled, the order every backend shares).
+    #[arg(long, default_value = "blocked,shuffled")]
+    cpu_orders: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Run every contender this many times, interleaved; the summary shows
+    /// medians.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Write the results as JSON to FILE.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
 
+/// One contender's runs: updates/s, its ratio to LIBMF's run of the same
+/// repetition, training seconds and test RMSE of each.
 struct Entry {
     name: String,
     epochs: usize,
-    updates_per_sec: f64,
-    seconds: f64,
-    test_rmse: f64,
+    runs: Vec<(f64, f64, f64, f64)>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+impl Entry {
+    fn col(&self, k: usize) -> Vec<f64> {
+        self.runs.iter().map(|r| [r.0, r.1, r.2, r.3][k]).collect()
+    }
 }
 
 fn main() {
@@ -70,49 +90,23 @@ fn main() {
     let data = Dataset::split(&spec.name(), generate(&spec, a.seed), 0.1, a.seed);
     let n = data.train.len();
     println!(
-        "race: {} — {} users, {} items, {} train / {} test ratings; rank {}, {} threads",
+        "race: {} — {} users, {} items, {} train / {} test ratings; rank {}, {} threads, {} repetition(s)",
         data.name,
         data.users.len(),
         data.items.len(),
         n,
         data.test.len(),
         a.rank,
-        a.threads
+        a.threads,
+        a.repeat
     );
-    let mut entries = Vec::new();
-
     // LIBMF: its matrix is built before the clock starts, as rowstage's
     // dataset is.
     let mut m = libmf::Matrix::new();
     for r in &data.train {
         m.push(r.user as i32, r.item as i32, r.value);
     }
-    let t = Instant::now();
-    let model = libmf::Model::params()
-        .factors(a.rank as i32)
-        .threads(a.threads as i32)
-        .iterations(a.epochs as i32)
-        .quiet(true)
-        .fit(&m)
-        .expect("LIBMF trains");
-    let seconds = t.elapsed().as_secs_f64();
-    // Test ratings with a user or item unseen in training are left out for
-    // LIBMF, which has no row for them.
-    let mut acc = MetricsAcc::default();
-    for r in data.test.iter().filter(|r| r.user != UNKNOWN && r.item != UNKNOWN) {
-        acc.add(r.value - model.predict(r.user as i32, r.item as i32));
-    }
-    let test = acc.finish().rmse;
-    entries.push(Entry {
-        name: "LIBMF (libmf crate 0.4, SSE build)".to_string(),
-        epochs: a.epochs,
-        updates_per_sec: (n * a.epochs) as f64 / seconds,
-        seconds,
-        test_rmse: test,
-    });
-    report(entries.last().unwrap(), entries[0].updates_per_sec);
-
-    let settings = |epochs| TrainSettings {
+    let settings = |epochs, order| TrainSettings {
         hp: HyperParams { rank: a.rank, ..HyperParams::default() },
         grid: Vec::new(),
         epochs,
@@ -120,8 +114,17 @@ fn main() {
         seed: a.seed,
         deterministic: false,
         co_partition: None,
+        order,
     };
-    let mut contenders = vec![(BackendChoice::Cpu, a.epochs)];
+    let mut contenders = Vec::new();
+    for o in a.cpu_orders.split(',').filter(|o| !o.trim().is_empty()) {
+        let order = match o.trim() {
+            "blocked" => Order::Auto,
+            "shuffled" => Order::Shuffled,
+            other => panic!("--cpu-orders: unknown order {other:?}"),
+        };
+        contenders.push((BackendChoice::Cpu, a.epochs, order));
+    }
     for g in a.gpu.split(',').filter(|g| !g.trim().is_empty()) {
         let b = match g.trim() {
             "vulkan" => BackendChoice::Vulkan,
@@ -130,61 +133,96 @@ fn main() {
             "dx12" => BackendChoice::Dx12,
             other => panic!("--gpu: unknown backend {other:?}"),
         };
-        contenders.push((b, a.gpu_epochs));
-    }
-    for (backend, epochs) in contenders {
-        if backend != BackendChoice::Cpu
-            && let Err(e) = GpuContext::new(backend, None)
-        {
-            println!("{:<44} skipped: {e}", backend.name());
+        if let Err(e) = GpuContext::new(b, None) {
+            println!("{:<60} skipped: {e}", b.name());
             continue;
         }
-        let s = settings(epochs);
-        let spec = BackendSpec {
-            backend,
-            adapter: None,
-            // Every row resident: the race is about the SGD engine.
-            device_memory: Some(Budget::Percent(100.0)),
-            policy: PolicyKind::Static,
-            lookahead: 32,
-            threads: a.threads,
-        };
-        let opened = open_backend(&data, &s, &spec).expect("backend opens");
-        let mut be = opened.backend;
-        let name = format!("rowstage {} ({})", be.kind(), be.adapter());
-        let out = train(&data, &s, be.as_mut(), RunControl::default(), &mut |_| {}).expect("rowstage trains");
-        entries.push(Entry {
-            name,
-            epochs,
-            updates_per_sec: out.ratings_per_sec,
-            seconds: n as f64 * epochs as f64 / out.ratings_per_sec,
-            test_rmse: out.final_metrics.rmse,
-        });
-        report(entries.last().unwrap(), entries[0].updates_per_sec);
+        contenders.push((b, a.gpu_epochs, Order::Auto));
+    }
+    let mut entries: Vec<Entry> = std::iter::once(Entry {
+        name: "LIBMF (libmf crate 0.4, SSE build)".to_string(),
+        epochs: a.epochs,
+        runs: Vec::new(),
+    })
+    .chain(contenders.iter().map(|&(_, epochs, _)| Entry { name: String::new(), epochs, runs: Vec::new() }))
+    .collect();
+    // Repetitions interleave the contenders, so that a slow spell of the
+    // machine hits all of them; ratios are taken within a repetition.
+    for _ in 0..a.repeat {
+        let t = Instant::now();
+        let model = libmf::Model::params()
+            .factors(a.rank as i32)
+            .threads(a.threads as i32)
+            .iterations(a.epochs as i32)
+            .quiet(true)
+            .fit(&m)
+            .expect("LIBMF trains");
+        let seconds = t.elapsed().as_secs_f64();
+        // Test ratings with a user or item unseen in training are left out
+        // for LIBMF, which has no row for them.
+        let mut acc = MetricsAcc::default();
+        for r in data.test.iter().filter(|r| r.user != UNKNOWN && r.item != UNKNOWN) {
+            acc.add(r.value - model.predict(r.user as i32, r.item as i32));
+        }
+        let libmf = (n * a.epochs) as f64 / seconds;
+        entries[0].runs.push((libmf, 1.0, seconds, acc.finish().rmse));
+        report(&entries[0]);
+        for (k, &(backend, epochs, order)) in contenders.iter().enumerate() {
+            let s = settings(epochs, order);
+            let spec = BackendSpec {
+                backend,
+                adapter: None,
+                // Every row resident: the race is about the SGD engine.
+                device_memory: Some(Budget::Percent(100.0)),
+                policy: PolicyKind::Static,
+                lookahead: 32,
+                threads: a.threads,
+            };
+            let opened = open_backend(&data, &s, &spec).expect("backend opens");
+            let mut be = opened.backend;
+            let out = train(&data, &s, be.as_mut(), RunControl::default(), &mut |_| {}).expect("rowstage trains");
+            let e = &mut entries[k + 1];
+            e.name = format!("rowstage {} ({}, {} order)", be.kind(), be.adapter(), out.order.name());
+            let seconds = n as f64 * epochs as f64 / out.ratings_per_sec;
+            e.runs.push((out.ratings_per_sec, out.ratings_per_sec / libmf, seconds, out.final_metrics.rmse));
+            report(e);
+        }
+    }
+    if a.repeat > 1 {
+        println!("medians over {} repetitions (ratios taken within each repetition):", a.repeat);
+        for e in &entries {
+            println!(
+                "{:<60} {:>3} epochs {:>9.2} s {:>11.3e} updates/s {:>6.2}× LIBMF  test RMSE {:.4}",
+                e.name,
+                e.epochs,
+                median(e.col(2)),
+                median(e.col(0)),
+                median(e.col(1)),
+                median(e.col(3))
+            );
+        }
     }
     if let Some(p) = a.json {
         let rows: Vec<_> = entries
             .iter()
             .map(|e| {
-                serde_json::json!({"name": e.name, "epochs": e.epochs, "updates_per_sec": e.updates_per_sec,
-                    "train_seconds": e.seconds, "test_rmse": e.test_rmse,
-                    "vs_libmf": e.updates_per_sec / entries[0].updates_per_sec})
+                serde_json::json!({"name": e.name, "epochs": e.epochs,
+                    "updates_per_sec": e.col(0), "vs_libmf": e.col(1), "train_seconds": e.col(2),
+                    "test_rmse": e.col(3), "median_updates_per_sec": median(e.col(0)),
+                    "median_vs_libmf": median(e.col(1))})
             })
             .collect();
         let j = serde_json::json!({"dataset": data.name, "train": n, "test": data.test.len(), "rank": a.rank,
-            "threads": a.threads, "results": rows});
+            "threads": a.threads, "repeat": a.repeat, "results": rows});
         std::fs::write(p, serde_json::to_string_pretty(&j).unwrap()).expect("writing --json");
     }
 }
 
-fn report(e: &Entry, libmf: f64) {
+/// Prints `e`'s latest run.
+fn report(e: &Entry) {
+    let (ups, ratio, seconds, rmse) = *e.runs.last().expect("a run");
     println!(
-        "{:<52} {:>3} epochs {:>9.2} s {:>11.3e} updates/s {:>6.2}× LIBMF  test RMSE {:.4}",
-        e.name,
-        e.epochs,
-        e.seconds,
-        e.updates_per_sec,
-        e.updates_per_sec / libmf,
-        e.test_rmse
+        "{:<60} {:>3} epochs {:>9.2} s {:>11.3e} updates/s {:>6.2}× LIBMF  test RMSE {:.4}",
+        e.name, e.epochs, seconds, ups, ratio, rmse
     );
 }

@@ -144,14 +144,14 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
     let mut model = Model::init(&data, &hp, 1);
     let never = std::sync::atomic::AtomicBool::new(false);
     let rate = [crate::model::Rate { lr: 0.001, reg: hp.reg }];
-    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], &[], &rate, &never)?; // warm-up
+    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], None, &[], &rate, &never)?; // warm-up
     let t = Instant::now();
-    gpu.train_epoch(&mut model, &data.train, &order, &[], &[], &rate, &never)?;
+    gpu.train_epoch(&mut model, &data.train, &order, &[], None, &[], &rate, &never)?;
     let big = t.elapsed().as_secs_f64();
     let mut small = f64::INFINITY;
     for k in 0..5 {
         let t = Instant::now();
-        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], &[], &rate, &never)?;
+        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], None, &[], &rate, &never)?;
         small = small.min(t.elapsed().as_secs_f64());
     }
     let steps = order.len().div_ceil(step_big) as f64;

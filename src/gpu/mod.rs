@@ -1038,6 +1038,7 @@ impl Backend for GpuBackend {
         train: &[Rating],
         order: &[u32],
         spans: &[u32],
+        _blocked: Option<&crate::train::blocked::BlockedRatings>,
         following: &[u32],
         rates: &[Rate],
         stop: &AtomicBool,

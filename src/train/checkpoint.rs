@@ -47,6 +47,14 @@ pub struct Fingerprint {
     pub deterministic: bool,
     /// `none`, or `users:ROWS:VISITS` / `items:ROWS:VISITS`.
     pub co_partition: String,
+    /// `shuffled` or `blocked:BINS` (see [`crate::train::Order`]).
+    #[serde(default = "shuffled")]
+    pub order: String,
+}
+
+/// The order of checkpoints written before the blocked order existed.
+fn shuffled() -> String {
+    "shuffled".into()
 }
 
 impl Fingerprint {
@@ -72,6 +80,7 @@ impl Fingerprint {
             co_partition: settings
                 .co_partition
                 .map_or("none".into(), |c| format!("{}:{}:{}", c.side.name(), c.block_rows, c.visits)),
+            order: settings.order.name(),
         }
     }
 
@@ -98,6 +107,7 @@ impl Fingerprint {
             ("--batch", pair(self.batch, now.batch)),
             ("--deterministic", pair(self.deterministic, now.deterministic)),
             ("--co-partition (side:rows per block:visits)", pair(&self.co_partition, &now.co_partition)),
+            ("--order (the blocked order's bins follow --threads)", pair(&self.order, &now.order)),
         ];
         match fields.into_iter().find(|(_, (a, b))| a != b) {
             None => Ok(()),

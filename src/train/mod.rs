@@ -11,6 +11,7 @@
 //! two ratings sharing a row, so both end with the same model up to f32
 //! rounding, whatever the staging policy and budget.
 
+pub mod blocked;
 pub mod checkpoint;
 pub mod cpu;
 pub mod plan;
@@ -31,10 +32,11 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Rating};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{HyperParams, Metrics, Model, Rate, Setting, row_stride};
 use crate::stage::Ledger;
 use crate::stage::copartition::{Blocks, CoPartition};
+use blocked::BlockedRatings;
 
 /// The seeded order of epoch `epoch` over `n` ratings, written into `out`.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, out: &mut Vec<u32>) {
@@ -49,14 +51,19 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize, out: &mut Vec<u32>) {
 /// the last), every order shuffled once: the next epoch's order becomes the
 /// current one when the run advances. With co-partitioning each order is
 /// arranged block by block and `ends` holds the blocks' ends in `order`.
+/// In the blocked order ([`blocked`]) the indices point into the blocked copy
+/// of the ratings ([`EpochOrders::ratings`]) and `ends` holds the block
+/// parts' ends.
 pub struct EpochOrders {
     n: usize,
     seed: u64,
     epochs: usize,
     blocks: Option<Blocks>,
+    grid: Option<BlockedRatings>,
     pub order: Vec<u32>,
     pub following: Vec<u32>,
-    /// Ends of the blocks of `order` (empty without co-partitioning).
+    /// Ends of the blocks of `order` (empty without co-partitioning or the
+    /// blocked order).
     pub ends: Vec<u32>,
     following_ends: Vec<u32>,
     scratch: Vec<u32>,
@@ -74,6 +81,7 @@ impl EpochOrders {
             seed,
             epochs,
             blocks,
+            grid: None,
             order: Vec::with_capacity(n),
             following: Vec::with_capacity(n),
             ends: Vec::new(),
@@ -82,9 +90,41 @@ impl EpochOrders {
         }
     }
 
+    /// The orders a run of `settings` on `data` trains with; `order` must be
+    /// resolved (not [`Order::Auto`]).
+    pub fn for_run(data: &Dataset, settings: &TrainSettings) -> Self {
+        let n = data.train.len();
+        let (users, items) = (data.users.len(), data.items.len());
+        match settings.order {
+            Order::Blocked { bins } => EpochOrders {
+                grid: Some(BlockedRatings::new(&data.train, users, items, bins, settings.seed)),
+                ..Self::new(n, settings.seed, settings.epochs)
+            },
+            _ => {
+                let blocks = settings.co_partition.map(|c| c.blocks(&data.train, users, items));
+                Self::blocked(n, settings.seed, settings.epochs, blocks)
+            }
+        }
+    }
+
+    /// The ratings the orders index: the blocked copy in the blocked order,
+    /// `train` otherwise.
+    pub fn ratings<'a>(&'a self, train: &'a [Rating]) -> &'a [Rating] {
+        self.grid.as_ref().map_or(train, |g| g.ratings())
+    }
+
+    /// The blocked order's blocks, if it is the order.
+    pub fn grid(&self) -> Option<&BlockedRatings> {
+        self.grid.as_ref()
+    }
+
     fn make(&mut self, epoch: usize, following: bool) {
         let (order, ends) =
             if following { (&mut self.following, &mut self.following_ends) } else { (&mut self.order, &mut self.ends) };
+        if let Some(g) = &self.grid {
+            g.arrange(self.seed, epoch, order, ends);
+            return;
+        }
         epoch_order(self.n, self.seed, epoch, order);
         ends.clear();
         if let Some(b) = &self.blocks {
@@ -156,8 +196,10 @@ pub trait Backend {
     /// side by side in `model` updated with `rates[g]` (one rate outside a
     /// grid search); `following` is the next epoch's order (empty after the last), for
     /// policies that plan ahead. `spans` are the ends (in `order`) of the
-    /// spans batches must not cross: the co-partitioning blocks, or just
-    /// `order.len()`. When `stop` is raised the pass ends at the next batch
+    /// spans batches must not cross: the co-partitioning blocks, the blocked
+    /// order's block parts, or just `order.len()`. `blocked` holds the
+    /// blocked order's bins when that is the order ([`blocked`]). When
+    /// `stop` is raised the pass ends at the next batch (or block part)
     /// boundary, leaving the model consistent; [`EpochTrain::done`] says how
     /// far it got.
     #[allow(clippy::too_many_arguments)]
@@ -167,6 +209,7 @@ pub trait Backend {
         train: &[Rating],
         order: &[u32],
         spans: &[u32],
+        blocked: Option<&BlockedRatings>,
         following: &[u32],
         rates: &[Rate],
         stop: &AtomicBool,
@@ -179,6 +222,59 @@ pub trait Backend {
     /// The cost model's prediction of training traffic, if the policy has one.
     fn prediction(&self) -> Option<Prediction> {
         None
+    }
+    /// Threads that train at once (sizes the blocked order's bins).
+    fn parallelism(&self) -> usize {
+        1
+    }
+}
+
+/// How an epoch's ratings are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// `Blocked` on the CPU backend without co-partitioning, `Shuffled`
+    /// otherwise (resolved by [`Order::resolve`] when a run starts).
+    Auto,
+    /// A seeded permutation of the training ratings (DESIGN.md §4), arranged
+    /// block by block under co-partitioning; what GPU backends train with.
+    Shuffled,
+    /// FPSGD's blocked order over `bins` × `bins` blocks ([`blocked`]): CPU
+    /// backends only.
+    Blocked { bins: u32 },
+}
+
+impl Order {
+    /// The order a run over `ratings` training ratings takes on `backend`
+    /// with `co_partition`: `Auto` resolved, and `Blocked` refused where it
+    /// cannot work.
+    pub fn resolve(self, backend: &dyn Backend, co_partition: bool, ratings: usize) -> Result<Order> {
+        let cpu = backend.kind() == "cpu";
+        match self {
+            Order::Auto if cpu && !co_partition => {
+                Ok(Order::Blocked { bins: blocked::default_bins(backend.parallelism(), ratings) })
+            }
+            Order::Auto => Ok(Order::Shuffled),
+            Order::Blocked { .. } if !cpu => Err(Error::arg(
+                "--order",
+                "blocked",
+                format!("is for the CPU backend; the {} backend trains in the shuffled order", backend.kind()),
+            )),
+            Order::Blocked { .. } if co_partition => {
+                Err(Error::arg("--order", "blocked", "and --co-partition both arrange the epoch; choose one"))
+            }
+            Order::Blocked { bins: 0 } => Err(Error::arg("--order", "blocked:0", "needs at least 1 bin")),
+            o => Ok(o),
+        }
+    }
+
+    /// `shuffled`, `blocked:BINS` (or `auto`).
+    pub fn name(&self) -> String {
+        match self {
+            Order::Auto => "auto".into(),
+            Order::Shuffled => "shuffled".into(),
+            Order::Blocked { bins } => format!("blocked:{bins}"),
+        }
     }
 }
 
@@ -199,6 +295,8 @@ pub struct TrainSettings {
     /// Co-partitioning (the epoch order goes block by block); `None` for a
     /// plain shuffled order.
     pub co_partition: Option<CoPartition>,
+    /// The epoch order ([`Order::Auto`]: the fastest that fits the backend).
+    pub order: Order,
 }
 
 impl TrainSettings {
@@ -248,6 +346,8 @@ pub struct EpochReport {
     pub train_rmse: f64,
     pub test_rmse: f64,
     pub test_mae: f64,
+    /// Training time: making the epoch's order and the pass over it (the
+    /// first epoch also carries making the blocked copy); evaluation excluded.
     pub seconds: f64,
     pub ratings_per_sec: f64,
     pub ledger: Ledger,
@@ -290,6 +390,8 @@ pub struct RunControl<'a> {
 
 /// The result of [`train`].
 pub struct TrainOutcome {
+    /// The epoch order the run took ([`Order::Auto`] resolved).
+    pub order: Order,
     /// The final model: the best epoch's under `--patience`; in a grid search
     /// the best setting's alone.
     pub model: Model,
@@ -322,6 +424,8 @@ pub fn train(
     control: RunControl,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainOutcome> {
+    let order = settings.order.resolve(backend, settings.co_partition.is_some(), data.train.len())?;
+    let settings = &TrainSettings { order, ..settings.clone() };
     let fingerprint = checkpoint::Fingerprint::of(data, settings);
     let (mut model, mut state, mut best_model) = match control.resume {
         Some(c) => {
@@ -338,8 +442,11 @@ pub fn train(
     let never = AtomicBool::new(false);
     let stop = control.stop.unwrap_or(&never);
     let n = data.train.len();
-    let blocks = settings.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
-    let mut orders = EpochOrders::blocked(n, settings.seed, settings.epochs, blocks);
+    // Making the orders is part of training: its time counts into the first
+    // epoch's seconds (the blocked copy) and each epoch's (its order).
+    let setup = Instant::now();
+    let mut orders = EpochOrders::for_run(data, settings);
+    let mut setup_seconds = setup.elapsed().as_secs_f64();
     let mut complete = true;
     let mut stopped_early = false;
     let mut written = None;
@@ -356,20 +463,21 @@ pub fn train(
         let epoch = state.epoch;
         let rates = settings.hp.rates_at(&grid, epoch);
         state.lr = rates[0].lr;
+        let t0 = Instant::now();
         orders.start(epoch);
         let from = state.position.min(n);
-        let t0 = Instant::now();
         let spans = spans_from(&orders.ends, from, n - from);
         let mut out = backend.train_epoch(
             &mut model,
-            &data.train,
+            orders.ratings(&data.train),
             &orders.order[from..],
             &spans,
+            orders.grid(),
             &orders.following,
             &rates,
             stop,
         )?;
-        let seconds = t0.elapsed().as_secs_f64();
+        let seconds = t0.elapsed().as_secs_f64() + std::mem::take(&mut setup_seconds);
         state.train_seconds += seconds;
         if from + out.done < n {
             // Stopped mid-epoch: make the host authoritative, remember where.
@@ -467,6 +575,7 @@ pub fn train(
     let final_metrics = model.evaluate(&data.test);
     let trained: usize = state.epochs.iter().map(|e| e.ratings).sum();
     Ok(TrainOutcome {
+        order,
         settings: grid,
         best_setting,
         ratings_per_sec: trained as f64 / state.train_seconds.max(1e-9),
@@ -478,4 +587,63 @@ pub fn train(
         stopped_early,
         checkpoint: written,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend of a given kind that trains nothing: enough for resolving
+    /// an order.
+    struct Kind(&'static str, usize);
+
+    impl Backend for Kind {
+        fn kind(&self) -> String {
+            self.0.into()
+        }
+        fn adapter(&self) -> String {
+            self.0.into()
+        }
+        fn train_epoch(
+            &mut self,
+            _: &mut Model,
+            _: &[Rating],
+            _: &[u32],
+            _: &[u32],
+            _: Option<&BlockedRatings>,
+            _: &[u32],
+            _: &[Rate],
+            _: &AtomicBool,
+        ) -> Result<EpochTrain> {
+            unreachable!("only resolved against")
+        }
+        fn evaluate(&mut self, _: &Model, _: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
+            unreachable!("only resolved against")
+        }
+        fn finish(&mut self, _: &mut Model) -> Result<Ledger> {
+            unreachable!("only resolved against")
+        }
+        fn parallelism(&self) -> usize {
+            self.1
+        }
+    }
+
+    #[test]
+    fn orders_resolve_by_backend_and_refuse_what_cannot_work() {
+        let (cpu, cpu16, gpu) = (Kind("cpu", 2), Kind("cpu", 16), Kind("vulkan", 1));
+        let n = 10_000_000;
+        assert_eq!(Order::Auto.resolve(&cpu, false, n).unwrap(), Order::Blocked { bins: 20 });
+        assert_eq!(Order::Auto.resolve(&cpu16, false, n).unwrap(), Order::Blocked { bins: 64 });
+        assert_eq!(Order::Auto.resolve(&cpu, true, n).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
+        assert_eq!(Order::Auto.resolve(&gpu, false, n).unwrap(), Order::Shuffled);
+        assert_eq!(Order::Shuffled.resolve(&cpu, false, n).unwrap(), Order::Shuffled);
+        let blocked = Order::Blocked { bins: 5 };
+        assert_eq!(blocked.resolve(&cpu, false, n).unwrap(), blocked);
+        let e = blocked.resolve(&gpu, false, n).unwrap_err().to_string();
+        assert!(e.contains("--order") && e.contains("CPU backend") && e.contains("vulkan"), "{e}");
+        let e = blocked.resolve(&cpu, true, n).unwrap_err().to_string();
+        assert!(e.contains("--co-partition"), "{e}");
+        assert!(Order::Blocked { bins: 0 }.resolve(&cpu, false, n).is_err());
+        assert_eq!(blocked.name(), "blocked:5");
+    }
 }

@@ -92,13 +92,23 @@ impl<B: rowstage::train::Backend> rowstage::train::Backend for StopAfter<B> {
         train: &[rowstage::data::Rating],
         order: &[u32],
         spans: &[u32],
+        blocked: Option<&rowstage::train::blocked::BlockedRatings>,
         following: &[u32],
         rates: &[rowstage::model::Rate],
         stop: &std::sync::atomic::AtomicBool,
     ) -> rowstage::Result<rowstage::train::EpochTrain> {
         self.calls += 1;
-        let order = if self.calls == self.at_call { &order[..self.after.min(order.len())] } else { order };
-        self.inner.train_epoch(model, train, order, spans, following, rates, stop)
+        if self.calls != self.at_call {
+            return self.inner.train_epoch(model, train, order, spans, blocked, following, rates, stop);
+        }
+        // The order cut after `after` ratings, its spans with it.
+        let order = &order[..self.after.min(order.len())];
+        let mut spans: Vec<u32> = spans.iter().copied().filter(|&e| (e as usize) < order.len()).collect();
+        spans.push(order.len() as u32);
+        self.inner.train_epoch(model, train, order, &spans, blocked, following, rates, stop)
+    }
+    fn parallelism(&self) -> usize {
+        self.inner.parallelism()
     }
     fn evaluate(
         &mut self,

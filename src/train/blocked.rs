@@ -1,0 +1,298 @@
+//! The blocked epoch order of FPSGD (Zhuang et al., RecSys 2013; LIBMF) and
+//! DSGD (Gemulla et al., KDD 2011), for the CPU backend: `--order blocked`.
+//!
+//! Users are dealt into `bins` bins and items into `bins` bins, each bin with
+//! about the same number of training ratings (heaviest rows first, each to
+//! the lightest bin so far). A block is one user bin × one item bin. The
+//! ratings are copied once per run into block-major order, shuffled inside
+//! each block with the seed, so that a thread reads a block's ratings
+//! sequentially and works on one user bin and one item bin at a time: at the
+//! sizes of BENCHMARKS.md both fit in a core's L2 cache, where the shuffled
+//! order reaches all over both tables.
+//!
+//! An epoch is V sweeps (`visits`) of `bins` rounds each. Round r of a sweep
+//! holds the blocks (α(i), β((i + r) mod bins)) for i in 0..bins, with α and
+//! β permutations of the bins drawn per sweep from `(seed, epoch)`: the
+//! blocks of a round share no user and no item, and the rounds of a sweep
+//! cover every block exactly once (a Latin square). Sweep v takes the v-th
+//! of V consecutive parts of every block: V is [`MIN_VISITS`] or more, so
+//! that a part holds about [`PART_RATINGS`] ratings. Inside a round the
+//! parts are listed largest first.
+//!
+//! The Hogwild CPU backend trains this order in parallel without changing
+//! its result: a thread takes the next part of the order and starts it once
+//! every earlier part of its user bin and of its item bin is done (see
+//! [`super::cpu`]). Consecutive parts of a round share no bin, so the threads
+//! rarely wait, and no row is ever updated by two threads at once.
+//!
+//! Why sweeps: a block trained in one stretch gives each row all of its
+//! updates against one bin of the other side in a row. With one sweep that
+//! cost 0.025 test RMSE after 10 epochs on 1M synthetic ratings (0.7935 with
+//! blocks sorted by user as LIBMF does, 0.7879 shuffled, against 0.7687 for
+//! the shuffled order), 0.014 on 10M, and 0.018 on 36k ratings in 20 × 20
+//! blocks of 90; a dozen sweeps or more bring it within 0.004 of the
+//! shuffled order (BENCHMARKS.md, "Side by side with LIBMF").
+//!
+//! The shuffled order of DESIGN.md §4 remains what GPU backends train with:
+//! their batches are the unit of staging, and a block-ordered batch would
+//! stage one bin pair per batch instead of the hot rows.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::data::Rating;
+
+/// About how many ratings one block part holds on large data (module
+/// docs): small enough that the order mixes like the shuffled one, large
+/// enough that starting a part costs little beside training it.
+pub const PART_RATINGS: usize = 192;
+
+/// Sweeps per epoch at least, whatever the size of the blocks: one sweep
+/// gives each row its updates against one bin of the other side in a
+/// stretch, which costs accuracy even with small blocks (module docs).
+pub const MIN_VISITS: usize = 8;
+
+/// Bins per side when the order is chosen for the user, for `threads`
+/// threads and `ratings` training ratings: LIBMF's 20 (four blocks per
+/// thread in each round beyond 5 threads), fewer on small data so that a
+/// block still holds [`MIN_VISITS`] parts of [`PART_RATINGS`], and never
+/// fewer than two per thread, so that the threads find parts that share no
+/// bin with the ones in progress.
+pub fn default_bins(threads: usize, ratings: usize) -> u32 {
+    let threads = threads.max(1);
+    let fill = ((ratings / (MIN_VISITS * PART_RATINGS)) as f64).sqrt() as usize;
+    (4 * threads).max(20).min(fill).max(2 * threads) as u32
+}
+
+/// The training ratings in block-major order (module docs).
+#[derive(Debug, Clone)]
+pub struct BlockedRatings {
+    /// Every training rating once, block by block, shuffled within a block.
+    /// Private: the CPU backend's row exclusivity rests on every rating of
+    /// a block lying in that block's bins.
+    ratings: Vec<Rating>,
+    /// `starts[b]..starts[b + 1]` are block `b`'s ratings; block `b` is user
+    /// bin `b / bins`, item bin `b % bins`.
+    starts: Vec<u32>,
+    pub bins: u32,
+    /// Sweeps per epoch: every block is cut into this many parts.
+    pub visits: usize,
+    user_bin: Vec<u32>,
+    item_bin: Vec<u32>,
+}
+
+/// Deals rows into `bins` bins of about equal rating counts: heaviest first,
+/// each to the lightest bin so far (ties: the lowest bin). Rows without
+/// ratings go round-robin.
+fn balanced_bins(counts: &[u32], bins: u32) -> Vec<u32> {
+    let mut rows: Vec<u32> = (0..counts.len() as u32).collect();
+    rows.sort_by_key(|&r| (Reverse(counts[r as usize]), r));
+    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = (0..bins).map(|b| Reverse((0, b))).collect();
+    let mut bin_of = vec![0u32; counts.len()];
+    for (k, &r) in rows.iter().enumerate() {
+        let c = counts[r as usize];
+        if c == 0 {
+            bin_of[r as usize] = k as u32 % bins;
+            continue;
+        }
+        let Reverse((load, b)) = heap.pop().expect("bins > 0");
+        bin_of[r as usize] = b;
+        heap.push(Reverse((load + c as u64, b)));
+    }
+    bin_of
+}
+
+impl BlockedRatings {
+    /// Builds the blocks of `train` over `n_users` × `n_items` rows.
+    pub fn new(train: &[Rating], n_users: usize, n_items: usize, bins: u32, seed: u64) -> Self {
+        let bins = bins.max(1);
+        let (mut cu, mut ci) = (vec![0u32; n_users], vec![0u32; n_items]);
+        for r in train {
+            cu[r.user as usize] += 1;
+            ci[r.item as usize] += 1;
+        }
+        let (user_bin, item_bin) = (balanced_bins(&cu, bins), balanced_bins(&ci, bins));
+        let nb = (bins * bins) as usize;
+        let block = |r: &Rating| (user_bin[r.user as usize] * bins + item_bin[r.item as usize]) as usize;
+        let mut starts = vec![0u32; nb + 1];
+        for r in train {
+            starts[block(r) + 1] += 1;
+        }
+        for b in 0..nb {
+            starts[b + 1] += starts[b];
+        }
+        let mut at = starts.clone();
+        let mut ratings = vec![Rating { user: 0, item: 0, value: 0.0 }; train.len()];
+        for r in train {
+            let slot = &mut at[block(r)];
+            ratings[*slot as usize] = *r;
+            *slot += 1;
+        }
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xB10C_5EED_0000_0001);
+        for b in 0..nb {
+            ratings[starts[b] as usize..starts[b + 1] as usize].shuffle(&mut rng);
+        }
+        let visits = (train.len() / (nb * PART_RATINGS)).max(MIN_VISITS);
+        BlockedRatings { ratings, starts, bins, visits, user_bin, item_bin }
+    }
+
+    fn len_of(&self, b: usize) -> u32 {
+        self.starts[b + 1] - self.starts[b]
+    }
+
+    /// Every training rating once, block by block: what the blocked
+    /// order's indices point into.
+    pub fn ratings(&self) -> &[Rating] {
+        &self.ratings
+    }
+
+    /// The (user bin, item bin) of the block holding all of
+    /// `ratings()[range]`, if one block holds it all and it is not empty.
+    pub fn bins_of_range(&self, range: std::ops::Range<usize>) -> Option<(u32, u32)> {
+        if range.is_empty() || range.end > self.ratings.len() {
+            return None;
+        }
+        // The last block starting at or before range.start.
+        let b = self.starts.partition_point(|&s| s as usize <= range.start) - 1;
+        (range.end <= self.starts[b + 1] as usize).then_some((b as u32 / self.bins, b as u32 % self.bins))
+    }
+
+    /// Epoch `epoch`'s order: indices into [`BlockedRatings::ratings`],
+    /// sweep by sweep and round by round (module docs). `parts` receives the
+    /// end in `order` of every non-empty block part.
+    pub fn arrange(&self, seed: u64, epoch: usize, order: &mut Vec<u32>, parts: &mut Vec<u32>) {
+        let (n, visits) = (self.bins as usize, self.visits);
+        let mut rng =
+            StdRng::seed_from_u64(seed ^ 0xF95C_0000_0000_0000 ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        order.clear();
+        parts.clear();
+        let (mut alpha, mut beta, mut rounds): (Vec<usize>, Vec<usize>, Vec<usize>) =
+            ((0..n).collect(), (0..n).collect(), (0..n).collect());
+        let mut round = Vec::with_capacity(n);
+        for v in 0..visits {
+            alpha.shuffle(&mut rng);
+            beta.shuffle(&mut rng);
+            rounds.shuffle(&mut rng);
+            for &r in &rounds {
+                round.clear();
+                round.extend((0..n).map(|i| alpha[i] * n + beta[(i + r) % n]));
+                round.sort_by_key(|&b| Reverse(self.len_of(b)));
+                for &b in &round {
+                    let (s0, len) = (self.starts[b] as usize, self.len_of(b) as usize);
+                    let (p0, p1) = (s0 + len * v / visits, s0 + len * (v + 1) / visits);
+                    if p1 > p0 {
+                        order.extend(p0 as u32..p1 as u32);
+                        parts.push(order.len() as u32);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The user bin and the item bin of `r`.
+    pub fn bins_of(&self, r: &Rating) -> (u32, u32) {
+        (self.user_bin[r.user as usize], self.item_bin[r.item as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skewed(n: usize, users: u32, items: u32) -> Vec<Rating> {
+        (0..n as u32)
+            .map(|k| Rating {
+                user: (k.wrapping_mul(2_654_435_761) >> 7) % (1 + k % users),
+                item: (k * 7 + k / 3) % (1 + (k * 13) % items),
+                value: (k % 5) as f32 + 1.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_rating_once_in_parts_of_one_bin_pair_every_block_visited_v_times() {
+        let train = skewed(5_003, 97, 41);
+        let bins = 6;
+        let b = BlockedRatings::new(&train, 97, 41, bins, 3);
+        assert_eq!(b.visits, MIN_VISITS);
+        let (mut order, mut parts) = (Vec::new(), Vec::new());
+        b.arrange(7, 0, &mut order, &mut parts);
+        let mut seen = order.clone();
+        seen.sort();
+        assert_eq!(seen, (0..train.len() as u32).collect::<Vec<_>>(), "a permutation of the ratings");
+        let mut a: Vec<_> = train.iter().map(|r| (r.user, r.item, r.value.to_bits())).collect();
+        let mut c: Vec<_> = b.ratings().iter().map(|r| (r.user, r.item, r.value.to_bits())).collect();
+        a.sort();
+        c.sort();
+        assert_eq!(a, c, "the blocked copy holds exactly the training ratings");
+        assert_eq!(parts.last().copied(), Some(train.len() as u32));
+        assert!(parts.windows(2).all(|w| w[0] < w[1]), "no empty part");
+        let mut visits = std::collections::HashMap::new();
+        let mut pairs = Vec::new();
+        let mut start = 0usize;
+        for &end in &parts {
+            let part = &order[start..end as usize];
+            let pair = b.bins_of(&b.ratings()[part[0] as usize]);
+            assert!(part.iter().all(|&j| b.bins_of(&b.ratings()[j as usize]) == pair), "one part, one bin pair");
+            assert!(part.windows(2).all(|w| w[1] == w[0] + 1), "a part is read sequentially");
+            let range = part[0] as usize..part[0] as usize + part.len();
+            assert_eq!(b.bins_of_range(range.clone()), Some(pair));
+            assert_eq!(b.bins_of_range(range.start..range.start), None, "an empty range has no block");
+            *visits.entry(pair).or_insert(0) += 1;
+            pairs.push(pair);
+            start = end as usize;
+        }
+        for (ub, ib) in (0..bins).flat_map(|u| (0..bins).map(move |i| (u, i))) {
+            let len = b.len_of((ub * bins + ib) as usize) as usize;
+            assert_eq!(visits.get(&(ub, ib)).copied().unwrap_or(0), len.min(b.visits), "block ({ub}, {ib}) of {len}");
+        }
+        // The first `bins` parts form a round (no block is empty here): they
+        // share no bin.
+        assert!((0..36).all(|k| b.len_of(k) > 0));
+        let mut firsts = pairs[..bins as usize].to_vec();
+        firsts.sort_by_key(|p| p.0);
+        assert!(firsts.windows(2).all(|w| w[0].0 != w[1].0));
+        firsts.sort_by_key(|p| p.1);
+        assert!(firsts.windows(2).all(|w| w[0].1 != w[1].1));
+        // Bins carry about equal rating counts.
+        let mut per_bin = vec![0u32; bins as usize];
+        for r in &train {
+            per_bin[b.bins_of(r).0 as usize] += 1;
+        }
+        let (lo, hi) = (per_bin.iter().min().unwrap(), per_bin.iter().max().unwrap());
+        assert!(*hi as f64 <= *lo as f64 * 1.2 + 100.0, "{per_bin:?}");
+        // A range across two blocks, or past the end, lies in no block.
+        assert_eq!(b.bins_of_range(b.starts[1] as usize - 1..b.starts[1] as usize + 1), None);
+        assert_eq!(b.bins_of_range(train.len() - 1..train.len() + 1), None);
+        // Another epoch, another arrangement; the same epoch, the same one.
+        let (mut o2, mut o3) = (Vec::new(), Vec::new());
+        b.arrange(7, 1, &mut o2, &mut parts);
+        b.arrange(7, 0, &mut o3, &mut parts);
+        assert_ne!(order, o2);
+        assert_eq!(order, o3);
+    }
+
+    #[test]
+    fn large_blocks_are_cut_into_parts_of_about_part_ratings() {
+        let train = skewed(60_000, 300, 200);
+        let b = BlockedRatings::new(&train, 300, 200, 2, 1);
+        assert_eq!(b.visits, 60_000 / (4 * PART_RATINGS));
+        assert!(b.visits > MIN_VISITS);
+        let (mut order, mut parts) = (Vec::new(), Vec::new());
+        b.arrange(1, 0, &mut order, &mut parts);
+        assert!(parts.len() >= 4 * b.visits * 9 / 10, "{} parts", parts.len());
+    }
+
+    #[test]
+    fn default_bins_follow_threads_and_data_size() {
+        assert_eq!(default_bins(2, 10_000_000), 20);
+        assert_eq!(default_bins(16, 10_000_000), 64);
+        assert_eq!(default_bins(2, 36_000), 4, "small data: blocks of at least 8 parts");
+        assert_eq!(default_bins(2, 100), 4, "never fewer than two bins per thread");
+        assert_eq!(default_bins(0, 100), 2);
+    }
+}

@@ -1,0 +1,152 @@
+//! The CPU backend's blocked order (`--order blocked`): trained by several
+//! threads, it gives exactly the model of the sequential walk of the same
+//! order, reports no conflicts, stops at a prefix and resumes from it, and
+//! refuses orders that would let two threads touch one row.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use common::StopAfter;
+use rowstage::data::{Dataset, SyntheticSpec, generate};
+use rowstage::model::{HyperParams, Model};
+use rowstage::train::blocked::BlockedRatings;
+use rowstage::train::cpu::{HogwildCpu, ReferenceCpu};
+use rowstage::train::{Backend, Order, RunControl, TrainSettings, train};
+
+fn dataset() -> Dataset {
+    // Skewed, and not a multiple of anything: 7 bins of uneven blocks.
+    let spec = SyntheticSpec::parse("613,389,40009", 1.05).unwrap();
+    Dataset::split("blocked", generate(&spec, 5), 0.1, 5)
+}
+
+fn settings(order: Order) -> TrainSettings {
+    TrainSettings {
+        hp: HyperParams { rank: 8, ..Default::default() },
+        epochs: 3,
+        batch: 1000,
+        seed: 11,
+        deterministic: false,
+        co_partition: None,
+        order,
+        grid: Vec::new(),
+    }
+}
+
+const BLOCKED: Order = Order::Blocked { bins: 7 };
+
+#[test]
+fn threads_give_the_model_of_the_sequential_walk_and_no_conflicts() {
+    let data = dataset();
+    let s = settings(BLOCKED);
+    let reference =
+        train(&data, &s, &mut ReferenceCpu { bias_reg: s.hp.bias_reg }, RunControl::default(), &mut |_| {}).unwrap();
+    assert_eq!(reference.order, BLOCKED);
+    for threads in [2, 3, 5] {
+        let mut cpu = HogwildCpu::new(s.hp.bias_reg, threads);
+        let out = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
+        assert_eq!(out.model, reference.model, "{threads} threads: the model differs from the sequential walk");
+        assert!(out.epochs.iter().all(|e| e.conflicts == 0 && e.ratings == data.train.len()));
+        // The same updates, their squared errors summed in another grouping.
+        for (a, b) in out.epochs.iter().zip(&reference.epochs) {
+            assert!(
+                (a.train_rmse - b.train_rmse).abs() <= 1e-12 * b.train_rmse,
+                "{threads} threads, epoch {}",
+                a.epoch
+            );
+        }
+    }
+}
+
+#[test]
+fn auto_picks_the_blocked_order_on_the_cpu_and_it_costs_little_accuracy() {
+    let data = dataset();
+    let s = TrainSettings { epochs: 8, ..settings(Order::Auto) };
+    let mut cpu = HogwildCpu::new(s.hp.bias_reg, 2);
+    let blocked = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
+    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::train::blocked::default_bins(2, data.train.len()) });
+    let s = TrainSettings { order: Order::Shuffled, ..s };
+    let shuffled = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
+    assert_eq!(shuffled.order, Order::Shuffled);
+    let (b, sh) = (blocked.final_metrics.rmse, shuffled.final_metrics.rmse);
+    // Stated margin: 1% of the shuffled order's test RMSE.
+    assert!(b <= sh * 1.01, "blocked {b:.4} vs shuffled {sh:.4}");
+}
+
+#[test]
+fn a_blocked_run_stopped_mid_epoch_resumes_to_the_uninterrupted_model() {
+    let data = dataset();
+    let s = settings(BLOCKED);
+    let whole = train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, 2), RunControl::default(), &mut |_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Stop in the second epoch in the middle of a block part.
+    let cut = 12_345;
+    let mut stopping = StopAfter::new(HogwildCpu::new(s.hp.bias_reg, 3), 2, cut);
+    let control = RunControl { checkpoint: Some(dir.path()), ..Default::default() };
+    let first = train(&data, &s, &mut stopping, control, &mut |_| {}).unwrap();
+    assert!(!first.complete);
+    let saved = rowstage::train::checkpoint::load_checkpoint(dir.path()).unwrap();
+    assert_eq!((saved.state.epoch, saved.state.position), (1, cut));
+    let control = RunControl { resume: Some(saved), ..Default::default() };
+    let second = train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, 2), control, &mut |_| {}).unwrap();
+    assert!(second.complete);
+    assert_eq!(second.model, whole.model, "the resumed model differs from the uninterrupted one");
+
+    // A checkpoint of the blocked order does not resume a shuffled run.
+    let other = settings(Order::Shuffled);
+    let control = RunControl {
+        resume: Some(rowstage::train::checkpoint::load_checkpoint(dir.path()).unwrap()),
+        ..Default::default()
+    };
+    let e = train(&data, &other, &mut HogwildCpu::new(s.hp.bias_reg, 2), control, &mut |_| {}).err().unwrap();
+    assert!(e.to_string().contains("--order") && e.to_string().contains("blocked:7"), "{e}");
+}
+
+#[test]
+fn a_raised_stop_flag_ends_the_pass_before_any_part() {
+    let data = dataset();
+    let grid = BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 1);
+    let (mut order, mut parts) = (Vec::new(), Vec::new());
+    grid.arrange(1, 0, &mut order, &mut parts);
+    let mut model = Model::init(&data, &HyperParams { rank: 8, ..Default::default() }, 1);
+    let before = model.clone();
+    let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
+    let out = HogwildCpu::new(0.01, 2)
+        .train_epoch(&mut model, grid.ratings(), &order, &parts, Some(&grid), &[], &rates, &AtomicBool::new(true))
+        .unwrap();
+    assert_eq!(out.done, 0);
+    assert_eq!(model, before);
+}
+
+#[test]
+fn orders_that_would_share_rows_between_threads_are_refused() {
+    let data = dataset();
+    let grid = BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 1);
+    let (mut order, mut parts) = (Vec::new(), Vec::new());
+    grid.arrange(1, 0, &mut order, &mut parts);
+    let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
+    let never = AtomicBool::new(false);
+    let fresh = || Model::init(&data, &HyperParams { rank: 8, ..Default::default() }, 1);
+    let mut cpu = HogwildCpu::new(0.01, 3);
+
+    // One span over the whole order: it crosses blocks. Nothing is trained.
+    let mut model = fresh();
+    let whole = [order.len() as u32];
+    let e =
+        cpu.train_epoch(&mut model, grid.ratings(), &order, &whole, Some(&grid), &[], &rates, &never).err().unwrap();
+    assert!(e.to_string().contains("not inside one block"), "{e}");
+    assert_eq!(model, fresh());
+
+    // Ratings other than the blocked copy.
+    let e = cpu.train_epoch(&mut model, &data.train, &order, &parts, Some(&grid), &[], &rates, &never).err().unwrap();
+    assert!(e.to_string().contains("not the blocked copy"), "{e}");
+
+    // A part whose indices stop running consecutively (its second and third
+    // swapped).
+    let (k, _) = parts.iter().enumerate().find(|&(k, &e)| e - if k == 0 { 0 } else { parts[k - 1] } >= 3).unwrap();
+    let at = if k == 0 { 0 } else { parts[k - 1] as usize };
+    let mut bad = order.clone();
+    bad.swap(at + 1, at + 2);
+    let e = cpu.train_epoch(&mut model, grid.ratings(), &bad, &parts, Some(&grid), &[], &rates, &never).err().unwrap();
+    assert!(e.to_string().contains("consecutive"), "{e}");
+}
