@@ -475,12 +475,12 @@ fn grid_of(a: &TrainArgs) -> Result<(f32, f32, Vec<Setting>)> {
 }
 
 /// `--order`: auto, shuffled, blocked or blocked:BINS (BINS ≥ 1).
-fn parse_order(s: &str, threads: usize, ratings: usize) -> Result<train::Order> {
+fn parse_order(s: &str, threads: usize) -> Result<train::Order> {
     let bad = |why: &str| Error::arg("--order", s, why);
     match s.trim() {
         "auto" => Ok(train::Order::Auto),
         "shuffled" => Ok(train::Order::Shuffled),
-        "blocked" => Ok(train::Order::Blocked { bins: train::blocked::default_bins(threads, ratings) }),
+        "blocked" => Ok(train::Order::Blocked { bins: train::blocked::default_bins(threads) }),
         t => match t.strip_prefix("blocked:").map(|b| b.trim().parse::<u32>()) {
             Some(Ok(bins)) if bins >= 1 => Ok(train::Order::Blocked { bins }),
             Some(_) => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
@@ -525,11 +525,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "auto" => None,
         s => Some(Budget::parse("--device-memory", s)?),
     };
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let order = parse_order(&a.order, threads)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
     let (lr, reg, grid) = grid_of(&a)?;
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let order = parse_order(&a.order, threads, data.train.len())?;
     let hp = HyperParams { rank: a.rank, lr, reg, bias_reg: a.bias_reg, decay: a.decay, init_std: a.init_std };
     let mut settings = TrainSettings {
         hp,
@@ -605,7 +605,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         data.cold_test()
     ));
     out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
-    settings.order = settings.order.resolve(backend.as_ref(), settings.co_partition.is_some(), data.train.len())?;
+    settings.order = settings.order.resolve(backend.as_ref(), settings.co_partition.is_some())?;
     if let train::Order::Blocked { bins } = settings.order {
         out.line(&format!(
             "order: blocked, {bins} user bins × {bins} item bins; each round trains {bins} blocks that share no row in parallel"

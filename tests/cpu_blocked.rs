@@ -64,7 +64,7 @@ fn auto_picks_the_blocked_order_on_the_cpu_and_it_costs_little_accuracy() {
     let s = TrainSettings { epochs: 8, ..settings(Order::Auto) };
     let mut cpu = HogwildCpu::new(s.hp.bias_reg, 2);
     let blocked = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
-    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::train::blocked::default_bins(2, data.train.len()) });
+    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::train::blocked::default_bins(2) });
     let s = TrainSettings { order: Order::Shuffled, ..s };
     let shuffled = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
     assert_eq!(shuffled.order, Order::Shuffled);

@@ -1,12 +1,16 @@
 //! The race: LIBMF (through the `libmf` crate, its C++ built from the
 //! registry's sources) against rowstage's CPU backend and GPU backends, on
 //! the same synthetic split, at the same rank and thread count, in one run.
-//! Prints model updates per second (ratings × epochs / training seconds,
-//! evaluation excluded), test RMSE and the ratio to LIBMF's updates/s.
+//! Prints model updates per second (ratings × epochs / training seconds:
+//! LIBMF's `fit`, gridding included; rowstage's epochs, making the epoch
+//! orders included; evaluation excluded for both), test RMSE and the ratio
+//! to LIBMF's updates/s. `--repeat N` interleaves N runs of every contender
+//! and prints medians, the ratio taken within each repetition: this
+//! machine's speed drifts too much for one run to say.
 //!
 //! ```sh
-//! cargo run --release --manifest-path race/Cargo.toml -- --ratings 1000000
-//! cargo run --release --manifest-path race/Cargo.toml -- --ratings 10000000 --gpu-epochs 2
+//! cargo run --release --manifest-path race/Cargo.toml -- --ratings 1000000 --repeat 3
+//! cargo run --release --manifest-path race/Cargo.toml -- --ratings 10000000 --repeat 5 --gpu "" --cpu-orders blocked
 //! ```
 //!
 //! The two libraries train different models with different optimisers, so the
@@ -50,7 +54,8 @@ struct Args {
     #[arg(long, default_value = "vulkan,gl")]
     gpu: String,
     /// Epoch orders of the CPU backend to race (comma-separated: blocked,
-    /// its default, and shuffled, the order every backend shares).
+    /// its default, blocked:BINS, and shuffled, the order every backend
+    /// shares).
     #[arg(long, default_value = "blocked,shuffled")]
     cpu_orders: String,
     #[arg(long, default_value_t = 42)]
@@ -121,7 +126,10 @@ fn main() {
         let order = match o.trim() {
             "blocked" => Order::Auto,
             "shuffled" => Order::Shuffled,
-            other => panic!("--cpu-orders: unknown order {other:?}"),
+            other => match other.strip_prefix("blocked:").and_then(|b| b.parse().ok()) {
+                Some(bins) => Order::Blocked { bins },
+                None => panic!("--cpu-orders: unknown order {other:?}"),
+            },
         };
         contenders.push((BackendChoice::Cpu, a.epochs, order));
     }

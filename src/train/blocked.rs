@@ -15,9 +15,9 @@
 //! β permutations of the bins drawn per sweep from `(seed, epoch)`: the
 //! blocks of a round share no user and no item, and the rounds of a sweep
 //! cover every block exactly once (a Latin square). Sweep v takes the v-th
-//! of V consecutive parts of every block: V is [`MIN_VISITS`] or more, so
-//! that a part holds about [`PART_RATINGS`] ratings. Inside a round the
-//! parts are listed largest first.
+//! of V consecutive parts of every block: V is one per [`SWEEP_RATINGS`]
+//! training ratings, and [`MIN_VISITS`] at least. Inside a round the parts
+//! are listed largest first.
 //!
 //! The Hogwild CPU backend trains this order in parallel without changing
 //! its result: a thread takes the next part of the order and starts it once
@@ -30,8 +30,8 @@
 //! cost 0.025 test RMSE after 10 epochs on 1M synthetic ratings (0.7935 with
 //! blocks sorted by user as LIBMF does, 0.7879 shuffled, against 0.7687 for
 //! the shuffled order), 0.014 on 10M, and 0.018 on 36k ratings in 20 × 20
-//! blocks of 90; a dozen sweeps or more bring it within 0.004 of the
-//! shuffled order (BENCHMARKS.md, "Side by side with LIBMF").
+//! blocks of 90; with one sweep per 64k ratings the gap is 0.001–0.003
+//! (BENCHMARKS.md, "Side by side with LIBMF").
 //!
 //! The shuffled order of DESIGN.md §4 remains what GPU backends train with:
 //! their batches are the unit of staging, and a block-ordered batch would
@@ -46,26 +46,25 @@ use rand::seq::SliceRandom;
 
 use crate::data::Rating;
 
-/// About how many ratings one block part holds on large data (module
-/// docs): small enough that the order mixes like the shuffled one, large
-/// enough that starting a part costs little beside training it.
-pub const PART_RATINGS: usize = 192;
+/// Ratings per sweep (module docs): an epoch makes `ratings / SWEEP_RATINGS`
+/// sweeps, at least [`MIN_VISITS`]. What buys accuracy is the number of
+/// sweeps: on 10M ratings 16 sweeps cost 0.013 test RMSE against the
+/// shuffled order, 64 cost 0.003 and 160 cost 0.001, with 4 bins or 20.
+pub const SWEEP_RATINGS: usize = 1 << 16;
 
-/// Sweeps per epoch at least, whatever the size of the blocks: one sweep
-/// gives each row its updates against one bin of the other side in a
-/// stretch, which costs accuracy even with small blocks (module docs).
+/// Sweeps per epoch at least, however small the data: one sweep gives each
+/// row its updates against one bin of the other side in a stretch, which
+/// costs accuracy even with small blocks (module docs).
 pub const MIN_VISITS: usize = 8;
 
-/// Bins per side when the order is chosen for the user, for `threads`
-/// threads and `ratings` training ratings: LIBMF's 20 (four blocks per
-/// thread in each round beyond 5 threads), fewer on small data so that a
-/// block still holds [`MIN_VISITS`] parts of [`PART_RATINGS`], and never
-/// fewer than two per thread, so that the threads find parts that share no
-/// bin with the ones in progress.
-pub fn default_bins(threads: usize, ratings: usize) -> u32 {
-    let threads = threads.max(1);
-    let fill = ((ratings / (MIN_VISITS * PART_RATINGS)) as f64).sqrt() as usize;
-    (4 * threads).max(20).min(fill).max(2 * threads) as u32
+/// Bins per side when the order is chosen for the user: two per thread, the
+/// fewest that keep every thread busy. Fewer bins mean larger parts for the
+/// same number of sweeps, so less scheduling per rating; more bins mean
+/// smaller bin pairs for the caches. At equal sweeps 4 bins ran 1.2× faster
+/// than 8 and 20 on 2 threads (BENCHMARKS.md); LIBMF takes 2 × threads or
+/// 20, whichever is more, but visits each block once per epoch.
+pub fn default_bins(threads: usize) -> u32 {
+    (2 * threads.max(1)) as u32
 }
 
 /// The training ratings in block-major order (module docs).
@@ -136,7 +135,7 @@ impl BlockedRatings {
         for b in 0..nb {
             ratings[starts[b] as usize..starts[b + 1] as usize].shuffle(&mut rng);
         }
-        let visits = (train.len() / (nb * PART_RATINGS)).max(MIN_VISITS);
+        let visits = (train.len() / SWEEP_RATINGS).max(MIN_VISITS);
         BlockedRatings { ratings, starts, bins, visits, user_bin, item_bin }
     }
 
@@ -218,7 +217,7 @@ mod tests {
         let train = skewed(5_003, 97, 41);
         let bins = 6;
         let b = BlockedRatings::new(&train, 97, 41, bins, 3);
-        assert_eq!(b.visits, MIN_VISITS);
+        assert_eq!(b.visits, MIN_VISITS, "5k ratings: the fewest sweeps");
         let (mut order, mut parts) = (Vec::new(), Vec::new());
         b.arrange(7, 0, &mut order, &mut parts);
         let mut seen = order.clone();
@@ -277,22 +276,19 @@ mod tests {
     }
 
     #[test]
-    fn large_blocks_are_cut_into_parts_of_about_part_ratings() {
-        let train = skewed(60_000, 300, 200);
+    fn large_data_makes_one_sweep_per_sweep_ratings() {
+        let train = skewed(9 * SWEEP_RATINGS + 17, 300, 200);
         let b = BlockedRatings::new(&train, 300, 200, 2, 1);
-        assert_eq!(b.visits, 60_000 / (4 * PART_RATINGS));
-        assert!(b.visits > MIN_VISITS);
+        assert_eq!(b.visits, 9.max(MIN_VISITS));
         let (mut order, mut parts) = (Vec::new(), Vec::new());
         b.arrange(1, 0, &mut order, &mut parts);
         assert!(parts.len() >= 4 * b.visits * 9 / 10, "{} parts", parts.len());
     }
 
     #[test]
-    fn default_bins_follow_threads_and_data_size() {
-        assert_eq!(default_bins(2, 10_000_000), 20);
-        assert_eq!(default_bins(16, 10_000_000), 64);
-        assert_eq!(default_bins(2, 36_000), 4, "small data: blocks of at least 8 parts");
-        assert_eq!(default_bins(2, 100), 4, "never fewer than two bins per thread");
-        assert_eq!(default_bins(0, 100), 2);
+    fn default_bins_are_two_per_thread() {
+        assert_eq!(default_bins(2), 4);
+        assert_eq!(default_bins(16), 32);
+        assert_eq!(default_bins(0), 2);
     }
 }

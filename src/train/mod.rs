@@ -245,14 +245,13 @@ pub enum Order {
 }
 
 impl Order {
-    /// The order a run over `ratings` training ratings takes on `backend`
-    /// with `co_partition`: `Auto` resolved, and `Blocked` refused where it
-    /// cannot work.
-    pub fn resolve(self, backend: &dyn Backend, co_partition: bool, ratings: usize) -> Result<Order> {
+    /// The order a run takes on `backend` with `co_partition`: `Auto`
+    /// resolved, and `Blocked` refused where it cannot work.
+    pub fn resolve(self, backend: &dyn Backend, co_partition: bool) -> Result<Order> {
         let cpu = backend.kind() == "cpu";
         match self {
             Order::Auto if cpu && !co_partition => {
-                Ok(Order::Blocked { bins: blocked::default_bins(backend.parallelism(), ratings) })
+                Ok(Order::Blocked { bins: blocked::default_bins(backend.parallelism()) })
             }
             Order::Auto => Ok(Order::Shuffled),
             Order::Blocked { .. } if !cpu => Err(Error::arg(
@@ -424,7 +423,7 @@ pub fn train(
     control: RunControl,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainOutcome> {
-    let order = settings.order.resolve(backend, settings.co_partition.is_some(), data.train.len())?;
+    let order = settings.order.resolve(backend, settings.co_partition.is_some())?;
     let settings = &TrainSettings { order, ..settings.clone() };
     let fingerprint = checkpoint::Fingerprint::of(data, settings);
     let (mut model, mut state, mut best_model) = match control.resume {
@@ -631,19 +630,18 @@ mod tests {
     #[test]
     fn orders_resolve_by_backend_and_refuse_what_cannot_work() {
         let (cpu, cpu16, gpu) = (Kind("cpu", 2), Kind("cpu", 16), Kind("vulkan", 1));
-        let n = 10_000_000;
-        assert_eq!(Order::Auto.resolve(&cpu, false, n).unwrap(), Order::Blocked { bins: 20 });
-        assert_eq!(Order::Auto.resolve(&cpu16, false, n).unwrap(), Order::Blocked { bins: 64 });
-        assert_eq!(Order::Auto.resolve(&cpu, true, n).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
-        assert_eq!(Order::Auto.resolve(&gpu, false, n).unwrap(), Order::Shuffled);
-        assert_eq!(Order::Shuffled.resolve(&cpu, false, n).unwrap(), Order::Shuffled);
+        assert_eq!(Order::Auto.resolve(&cpu, false).unwrap(), Order::Blocked { bins: 4 });
+        assert_eq!(Order::Auto.resolve(&cpu16, false).unwrap(), Order::Blocked { bins: 32 });
+        assert_eq!(Order::Auto.resolve(&cpu, true).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
+        assert_eq!(Order::Auto.resolve(&gpu, false).unwrap(), Order::Shuffled);
+        assert_eq!(Order::Shuffled.resolve(&cpu, false).unwrap(), Order::Shuffled);
         let blocked = Order::Blocked { bins: 5 };
-        assert_eq!(blocked.resolve(&cpu, false, n).unwrap(), blocked);
-        let e = blocked.resolve(&gpu, false, n).unwrap_err().to_string();
+        assert_eq!(blocked.resolve(&cpu, false).unwrap(), blocked);
+        let e = blocked.resolve(&gpu, false).unwrap_err().to_string();
         assert!(e.contains("--order") && e.contains("CPU backend") && e.contains("vulkan"), "{e}");
-        let e = blocked.resolve(&cpu, true, n).unwrap_err().to_string();
+        let e = blocked.resolve(&cpu, true).unwrap_err().to_string();
         assert!(e.contains("--co-partition"), "{e}");
-        assert!(Order::Blocked { bins: 0 }.resolve(&cpu, false, n).is_err());
+        assert!(Order::Blocked { bins: 0 }.resolve(&cpu, false).is_err());
         assert_eq!(blocked.name(), "blocked:5");
     }
 }
