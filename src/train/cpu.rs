@@ -91,12 +91,18 @@ impl Backend for ReferenceCpu {
     }
 }
 
-/// Multi-threaded Hogwild SGD: the epoch order is taken in rounds of
-/// [`ROUND`] ratings. The round's ratings are first gathered in order (in
+/// The multi-threaded CPU backend (`--backend cpu`), for either order.
+///
+/// In the blocked order ([`super::blocked`], its default) the threads train
+/// block parts whose rows no other thread touches meanwhile, in place and
+/// without races; see `train_blocked`.
+///
+/// In the shuffled order it is Hogwild SGD: the epoch order is taken in
+/// rounds of 2^18 ratings (`ROUND`). The round's ratings are first gathered in order (in
 /// parallel, prefetching far ahead), so that the updates read them
 /// sequentially; then each thread takes a contiguous share of the round and
 /// updates the shared tables without locks, prefetching the rows of the
-/// rating [`AHEAD`] on. Rows are read and written with relaxed atomic loads
+/// rating `AHEAD` (8) on. Rows are read and written with relaxed atomic loads
 /// and stores of the f32 bits (plain moves on every mainstream CPU), so
 /// concurrent updates of one row may lose an update, as Hogwild! accepts, but
 /// never make undefined behaviour.

@@ -181,7 +181,8 @@ pub struct EpochTrain {
     /// was raised (then a prefix, a whole number of batches).
     pub done: usize,
     /// Ratings whose user or item an earlier rating of the same parallel wave
-    /// also updates: the Hogwild updates that may race. 0 in deterministic mode.
+    /// also updates: the Hogwild updates that may race. 0 in deterministic mode
+    /// and in the CPU backend's blocked order (no two threads share a row).
     pub conflicts: u64,
     pub ledger: Ledger,
 }
