@@ -474,21 +474,6 @@ fn grid_of(a: &TrainArgs) -> Result<(f32, f32, Vec<Setting>)> {
     Ok((lrs[0], regs[0], if grid.len() > 1 { grid } else { Vec::new() }))
 }
 
-/// `--order`: auto, shuffled, blocked or blocked:BINS (BINS ≥ 1).
-fn parse_order(s: &str, threads: usize) -> Result<train::Order> {
-    let bad = |why: &str| Error::arg("--order", s, why);
-    match s.trim() {
-        "auto" => Ok(train::Order::Auto),
-        "shuffled" => Ok(train::Order::Shuffled),
-        "blocked" => Ok(train::Order::Blocked { bins: train::blocked::default_bins(threads) }),
-        t => match t.strip_prefix("blocked:").map(|b| b.trim().parse::<u32>()) {
-            Some(Ok(bins)) if bins >= 1 => Ok(train::Order::Blocked { bins }),
-            Some(_) => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
-            None => Err(bad("must be auto, shuffled, blocked or blocked:BINS")),
-        },
-    }
-}
-
 fn validate_train(a: &TrainArgs) -> Result<()> {
     let non_neg = |flag: &str, v: f32| -> Result<()> {
         if v.is_finite() && v >= 0.0 {
@@ -526,7 +511,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         s => Some(Budget::parse("--device-memory", s)?),
     };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let order = parse_order(&a.order, threads)?;
+    let order = train::Order::parse(&a.order, threads)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
     let (lr, reg, grid) = grid_of(&a)?;

@@ -123,24 +123,12 @@ fn main() {
     };
     let mut contenders = Vec::new();
     for o in a.cpu_orders.split(',').filter(|o| !o.trim().is_empty()) {
-        let order = match o.trim() {
-            "blocked" => Order::Auto,
-            "shuffled" => Order::Shuffled,
-            other => match other.strip_prefix("blocked:").and_then(|b| b.parse().ok()) {
-                Some(bins) => Order::Blocked { bins },
-                None => panic!("--cpu-orders: unknown order {other:?}"),
-            },
-        };
+        let order = Order::parse(o, a.threads).unwrap_or_else(|e| panic!("--cpu-orders: {e}"));
         contenders.push((BackendChoice::Cpu, a.epochs, order));
     }
     for g in a.gpu.split(',').filter(|g| !g.trim().is_empty()) {
-        let b = match g.trim() {
-            "vulkan" => BackendChoice::Vulkan,
-            "gl" => BackendChoice::Gl,
-            "metal" => BackendChoice::Metal,
-            "dx12" => BackendChoice::Dx12,
-            other => panic!("--gpu: unknown backend {other:?}"),
-        };
+        let b = <BackendChoice as clap::ValueEnum>::from_str(g.trim(), true)
+            .unwrap_or_else(|e| panic!("--gpu: unknown backend {g:?}: {e}"));
         if let Err(e) = GpuContext::new(b, None) {
             println!("{:<60} skipped: {e}", b.name());
             continue;

@@ -147,11 +147,17 @@ fn prefetch_ptr<T>(x: *const T) {
 /// [`prefetch`] of every cache line of a row.
 #[inline(always)]
 fn prefetch_row(row: &[AtomicU32]) {
-    for x in row.iter().step_by(16) {
-        prefetch(x);
-    }
-    if let Some(last) = row.last() {
-        prefetch(last);
+    prefetch_span(row.as_ptr(), row.len());
+}
+
+/// [`prefetch_ptr`] of every cache line of the `len` values from `base`
+/// (which need not be valid: nothing is read).
+#[inline(always)]
+fn prefetch_span<T>(base: *const T, len: usize) {
+    if len > 0 {
+        for off in (0..len).step_by(16).chain([len - 1]) {
+            prefetch_ptr(base.wrapping_add(off));
+        }
     }
 }
 
@@ -260,10 +266,7 @@ impl ExclusiveTables {
         if u < self.n_users && i < self.n_items {
             for (base, row) in [(self.users, u), (self.items, i)] {
                 // wrapping_add: no dereference, so no in-bounds requirement.
-                let p = base.wrapping_add(row * s);
-                for off in (0..s).step_by(16).chain([s - 1]) {
-                    prefetch_ptr(p.wrapping_add(off));
-                }
+                prefetch_span(base.wrapping_add(row * s), s);
             }
         }
     }

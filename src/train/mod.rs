@@ -268,6 +268,22 @@ impl Order {
         }
     }
 
+    /// Parses `--order`: `auto`, `shuffled`, `blocked` (with
+    /// [`blocked::default_bins`] for `threads`) or `blocked:BINS` (BINS ≥ 1).
+    pub fn parse(s: &str, threads: usize) -> Result<Order> {
+        let bad = |why: &str| Error::arg("--order", s, why);
+        match s.trim() {
+            "auto" => Ok(Order::Auto),
+            "shuffled" => Ok(Order::Shuffled),
+            "blocked" => Ok(Order::Blocked { bins: blocked::default_bins(threads) }),
+            t => match t.strip_prefix("blocked:").map(|b| b.trim().parse::<u32>()) {
+                Some(Ok(bins)) if bins >= 1 => Ok(Order::Blocked { bins }),
+                Some(_) => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
+                None => Err(bad("must be auto, shuffled, blocked or blocked:BINS")),
+            },
+        }
+    }
+
     /// `shuffled`, `blocked:BINS` (or `auto`).
     pub fn name(&self) -> String {
         match self {
