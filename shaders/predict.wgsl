@@ -1,8 +1,9 @@
 // predict: clamped predictions of (loc_u, loc_i, rating) samples for each of
-// `models` models side by side (a slot holds every model's copy of a row,
-// `row_vec4` vec4s each) and, per workgroup and model, the sum of squared
-// and of absolute errors at `sums[workgroup * models + g]` (the host adds the
-// workgroups in f64). A location is a slot of the slab, or, with its top bit
+// MODELS models side by side (a slot holds every model's copy of a row,
+// ROW_VEC4 vec4s each) and, per workgroup and model, the sum of squared
+// and of absolute errors at `sums[workgroup * MODELS + g]` (the host adds the
+// workgroups in f64). Specialised per run like `sgd` (the host prepends RANK,
+// ROW_VEC4, MODELS, BV, BL, TAIL_F and TAIL_B; see `kernels::specialize`). A location is a slot of the slab, or, with its top bit
 // set, a row of the upload window staged read-only for this step (evaluation
 // never changes what the slab holds). 0xFFFFFFFF marks a user or item unseen
 // in training: that side adds neither bias nor factors.
@@ -10,13 +11,12 @@
 struct Params {
     first: u32,
     count: u32,
-    row_vec4: u32,  // vec4s per model's copy of a row
-    rank: u32,
     mean: f32,
     min_rating: f32,
     max_rating: f32,
-    models: u32,
 }
+
+const SLOT_VEC4: u32 = ROW_VEC4 * MODELS;
 
 @group(0) @binding(0) var<storage, read> slab: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> samples: array<u32>;  // 3 words per sample
@@ -29,12 +29,11 @@ const IN_WINDOW: u32 = 0x80000000u;
 
 // Vec4 `c` of model `g`'s copy of the row at `loc`.
 fn row_vec(loc: u32, g: u32, c: u32) -> vec4<f32> {
-    let at = g * params.row_vec4 + c;
-    let width = params.row_vec4 * params.models;
+    let at = g * ROW_VEC4 + c;
     if ((loc & IN_WINDOW) != 0u) {
-        return window[(loc & ~IN_WINDOW) * width + at];
+        return window[(loc & ~IN_WINDOW) * SLOT_VEC4 + at];
     }
-    return slab[loc * width + at];
+    return slab[loc * SLOT_VEC4 + at];
 }
 
 var<workgroup> partial: array<vec2<f32>, 64>;
@@ -57,26 +56,22 @@ fn predict(
         si = samples[s + 1u];
         r = bitcast<f32>(samples[s + 2u]);
     }
-    let bv = params.rank / 4u;
-    let bl = params.rank % 4u;
-    for (var g = 0u; g < params.models; g++) {
+    for (var g = 0u; g < MODELS; g++) {
         var err = vec2<f32>(0.0);
         if (live) {
             var pred = params.mean;
             if (su != UNKNOWN) {
-                pred += row_vec(su, g, bv)[bl];
+                pred += row_vec(su, g, BV)[BL];
             }
             if (si != UNKNOWN) {
-                pred += row_vec(si, g, bv)[bl];
+                pred += row_vec(si, g, BV)[BL];
             }
             if (su != UNKNOWN && si != UNKNOWN) {
-                let k = vec4<u32>(params.rank);
-                let lanes = vec4<u32>(0u, 1u, 2u, 3u);
                 var acc = vec4<f32>(0.0);
-                for (var c = 0u; c < params.row_vec4; c++) {
-                    let m = select(vec4<f32>(0.0), vec4<f32>(1.0), lanes + vec4<u32>(c * 4u) < k);
-                    acc += row_vec(su, g, c) * row_vec(si, g, c) * m;
+                for (var c = 0u; c < BV; c++) {
+                    acc += row_vec(su, g, c) * row_vec(si, g, c);
                 }
+                acc += row_vec(su, g, BV) * row_vec(si, g, BV) * TAIL_F;
                 pred += acc.x + acc.y + acc.z + acc.w;
             }
             let e = r - clamp(pred, params.min_rating, params.max_rating);
@@ -91,7 +86,7 @@ fn predict(
             workgroupBarrier();
         }
         if (lid == 0u) {
-            sums[wg_index * params.models + g] = partial[0];
+            sums[wg_index * MODELS + g] = partial[0];
         }
         workgroupBarrier();
     }

@@ -170,6 +170,31 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
     }
 }
 
+/// `sgd` and `predict` are compiled for the run's rank: the bias lane of the
+/// last vec4 at each of its four positions (ranks 4, 1, 6 here; 7 above), a
+/// rank with no whole vec4 of factors (1), and rank 32, the default.
+#[test]
+fn every_rank_specialisation_matches_the_reference() {
+    let data = dataset();
+    for backend in common::test_backends() {
+        for rank in [1, 4, 6, 32] {
+            let s = TrainSettings { hp: HyperParams { rank, ..Default::default() }, epochs: 2, ..settings() };
+            let (want, want_rmse) = reference(&data, &s);
+            let Some(ctx) = common::gpu(backend, "every_rank_specialisation_matches_the_reference") else {
+                break;
+            };
+            let mut gpu = gpu_backend(ctx, &data, &s, table_bytes(&data, rank) + 1024);
+            let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
+            let d = max_diff(&out.model, &want);
+            eprintln!("{backend:?} rank {rank}: max |Δ| = {d:.2e}");
+            assert!(d < TABLE_TOL, "{backend:?} rank {rank}: tables differ by {d}");
+            assert!((out.final_metrics.rmse - want_rmse).abs() < RMSE_TOL, "{backend:?} rank {rank}: test RMSE");
+            let last = out.epochs.last().unwrap();
+            assert!((last.test_rmse - out.final_metrics.rmse).abs() < 1e-5, "{backend:?} rank {rank}: predict");
+        }
+    }
+}
+
 /// Every policy at a 5% budget (or the smallest that holds a batch) and at
 /// 100% gives the same model as the all-resident run in deterministic mode, and
 /// its training traffic equals what the simulator predicts for the same

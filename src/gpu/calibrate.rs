@@ -53,9 +53,15 @@ fn cache_path() -> Option<PathBuf> {
     Some(base.join("rowstage").join("calibration.json"))
 }
 
+/// Per adapter, driver, rank and kernel source: a changed kernel is measured
+/// afresh rather than planned with an old rate.
 fn cache_key(ctx: &GpuContext, rank: usize) -> String {
     let s = &ctx.summary;
-    format!("{} | {} | {} {} | rank {rank}", s.name, s.backend, s.driver, s.driver_info)
+    let mut kernels = crc32fast::Hasher::new();
+    for (_, src) in super::kernels::SHADERS {
+        kernels.update(src.as_bytes());
+    }
+    format!("{} | {} | {} {} | rank {rank} | kernels {:08x}", s.name, s.backend, s.driver, s.driver_info, kernels.finalize())
 }
 
 /// The calibration for `rank` on `ctx`'s adapter: from the cache file unless

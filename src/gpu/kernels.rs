@@ -11,8 +11,16 @@
 //!
 //! `sgd` and `predict` serve `models` models side by side (a grid search):
 //! one slot holds every model's copy of a row, `row_vec4` vec4s each.
+//!
+//! `sgd` and `predict` are specialised per run: [`specialize`] prepends the
+//! rank, the row width and the number of models as WGSL constants, so that
+//! the row loops have fixed trip counts. The compiler then unrolls them and
+//! keeps both rows of a sample in registers (each row is read once and
+//! written once per model), and the factor/bias lane masks fold away. The
+//! kernels are compiled once per backend, never per batch.
 
-/// WGSL source of every kernel, by name: what the shader test validates.
+/// WGSL source of every kernel, by name: what the shader test validates
+/// (`sgd` and `predict` after [`specialize`]).
 pub const SHADERS: [(&str, &str); 4] = [
     ("scatter_rows", include_str!("../../shaders/scatter_rows.wgsl")),
     ("gather_rows", include_str!("../../shaders/gather_rows.wgsl")),
@@ -40,20 +48,14 @@ pub struct MoveParams {
 }
 
 /// Parameters of `sgd`; the learning rate and regularisation of each model
-/// are in the `rates` binding.
+/// are in the `rates` binding, the shapes in the specialisation constants.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgdParams {
     pub first: u32,
     pub count: u32,
-    /// Vec4s of one model's copy of a row.
-    pub row_vec4: u32,
-    pub rank: u32,
-    /// Models side by side in a slot.
-    pub models: u32,
     pub bias_reg: f32,
     pub mean: f32,
-    pub _pad: u32,
 }
 
 /// Parameters of `predict`.
@@ -62,13 +64,47 @@ pub struct SgdParams {
 pub struct PredictParams {
     pub first: u32,
     pub count: u32,
-    pub row_vec4: u32,
-    pub rank: u32,
     pub mean: f32,
     pub min_rating: f32,
     pub max_rating: f32,
-    /// Models side by side in a slot.
+    pub _pad: [u32; 3],
+}
+
+/// The shape `sgd` and `predict` are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// Factors per row (k).
+    pub rank: u32,
+    /// Models side by side in a slot (a grid search; 1 otherwise).
     pub models: u32,
+}
+
+/// `src` with the WGSL constants of `spec` in front: `RANK`, `ROW_VEC4`
+/// (vec4s of one model's copy of a row), `MODELS`, `BV` and `BL` (the vec4
+/// and lane of the bias, at float index `RANK`), and `TAIL_F` / `TAIL_B`
+/// (1.0 on the factor / bias lanes of vec4 `BV`; its other lanes are padding).
+pub fn specialize(src: &str, spec: Spec) -> String {
+    let k = spec.rank;
+    let lane = |f: &dyn Fn(u32) -> bool| {
+        let v: Vec<&str> = (0..4).map(|l| if f(l) { "1.0" } else { "0.0" }).collect();
+        format!("vec4<f32>({})", v.join(", "))
+    };
+    format!(
+        "// Specialisation constants (kernels::specialize).\n\
+         const RANK: u32 = {k}u;\n\
+         const ROW_VEC4: u32 = {}u;\n\
+         const MODELS: u32 = {}u;\n\
+         const BV: u32 = {}u;\n\
+         const BL: u32 = {}u;\n\
+         const TAIL_F: vec4<f32> = {};\n\
+         const TAIL_B: vec4<f32> = {};\n\n{src}",
+        crate::model::row_stride(k as usize) / 4,
+        spec.models.max(1),
+        k / 4,
+        k % 4,
+        lane(&|l| l < k % 4),
+        lane(&|l| l == k % 4),
+    )
 }
 
 /// A compiled kernel and its bind group layout.
@@ -137,14 +173,25 @@ fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3], extra_
     Kernel { pipeline, layout }
 }
 
+/// The WGSL source of kernel `name`, specialised for `spec` where it takes
+/// constants.
+pub fn source(name: &str, spec: Spec) -> String {
+    let src = SHADERS.iter().find(|(k, _)| *k == name).expect("known kernel").1;
+    match name {
+        "sgd" | "predict" => specialize(src, spec),
+        _ => src.to_string(),
+    }
+}
+
 impl Kernels {
-    pub fn new(device: &wgpu::Device) -> Self {
-        let src = |n: &str| SHADERS.iter().find(|(k, _)| *k == n).expect("known kernel").1;
+    /// Compiles the four kernels, `sgd` and `predict` for `spec`.
+    pub fn new(device: &wgpu::Device, spec: Spec) -> Self {
+        let k = |name: &str, rw: [bool; 3], extra_read: bool| kernel(device, name, &source(name, spec), rw, extra_read);
         Kernels {
-            scatter: kernel(device, "scatter_rows", src("scatter_rows"), [true, false, false], false),
-            gather: kernel(device, "gather_rows", src("gather_rows"), [false, true, false], false),
-            sgd: kernel(device, "sgd", src("sgd"), [true, false, true], true),
-            predict: kernel(device, "predict", src("predict"), [false, false, true], true),
+            scatter: k("scatter_rows", [true, false, false], false),
+            gather: k("gather_rows", [false, true, false], false),
+            sgd: k("sgd", [true, false, true], true),
+            predict: k("predict", [false, false, true], true),
         }
     }
 }
@@ -178,16 +225,34 @@ mod tests {
 
     #[test]
     fn every_shader_parses_and_validates_with_naga() {
-        for (name, src) in SHADERS {
-            let module =
-                naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-            assert!(
-                module.entry_points.iter().any(|ep| ep.name == name),
-                "{name}.wgsl has no entry point named {name}"
-            );
+        // Every bias lane, the smallest and largest ranks, one and 8 models.
+        let specs = [(1, 1), (2, 1), (3, 8), (4, 1), (32, 1), (32, 8), (1024, 1)];
+        for (name, _) in SHADERS {
+            for (rank, models) in specs {
+                let src = source(name, Spec { rank, models });
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{name} rank {rank}: {}", e.emit_to_string(&src)));
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{name} rank {rank}: {e:?}"));
+                assert!(
+                    module.entry_points.iter().any(|ep| ep.name == name),
+                    "{name}.wgsl has no entry point named {name}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn specialisation_places_the_bias_lane() {
+        let src = specialize("", Spec { rank: 33, models: 2 });
+        assert!(src.contains("const ROW_VEC4: u32 = 9u;"), "{src}");
+        assert!(src.contains("const BV: u32 = 8u;") && src.contains("const BL: u32 = 1u;"), "{src}");
+        assert!(src.contains("const TAIL_F: vec4<f32> = vec4<f32>(1.0, 0.0, 0.0, 0.0);"), "{src}");
+        assert!(src.contains("const TAIL_B: vec4<f32> = vec4<f32>(0.0, 1.0, 0.0, 0.0);"), "{src}");
+        assert!(src.contains("const MODELS: u32 = 2u;"), "{src}");
+        let src = specialize("", Spec { rank: 32, models: 1 });
+        assert!(src.contains("const TAIL_F: vec4<f32> = vec4<f32>(0.0, 0.0, 0.0, 0.0);"), "{src}");
+        assert!(src.contains("const TAIL_B: vec4<f32> = vec4<f32>(1.0, 0.0, 0.0, 0.0);"), "{src}");
     }
 }

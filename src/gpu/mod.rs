@@ -99,7 +99,6 @@ pub struct GpuBackend {
     ctx: GpuContext,
     kernels: Kernels,
     layout: GpuLayout,
-    rank: u32,
     /// Vec4s of a slot (every model's copy of a row).
     row_vec4: u32,
     /// Models side by side in a slot (a grid search; 1 otherwise).
@@ -462,7 +461,7 @@ impl GpuBackend {
             ),
             rates: buffer(device, "rates", copies * 8, U::STORAGE | U::COPY_DST),
         };
-        let kernels = Kernels::new(device);
+        let kernels = Kernels::new(device, kernels::Spec { rank: setup.rank as u32, models: copies as u32 });
         let b = &buffers;
         // Bindings 0-2, the parameter block, and binding 4 where the kernel has one.
         let group = |label: &str, k: &kernels::Kernel, e: [&wgpu::Buffer; 3], extra: Option<&wgpu::Buffer>| {
@@ -494,7 +493,6 @@ impl GpuBackend {
         .with_block_area(layout.block_slots);
         let mut me = GpuBackend {
             kernels,
-            rank: setup.rank as u32,
             row_vec4,
             copies: copies as u32,
             deterministic: setup.deterministic,
@@ -895,16 +893,7 @@ impl GpuBackend {
             let (first, count) = self.waves.ranges[w];
             self.set_block(
                 BLOCK_KERNEL + w,
-                SgdParams {
-                    first,
-                    count,
-                    row_vec4: self.row_vec4 / self.copies,
-                    rank: self.rank,
-                    models: self.copies,
-                    bias_reg: self.bias_reg,
-                    mean: self.mean,
-                    _pad: 0,
-                },
+                SgdParams { first, count, bias_reg: self.bias_reg, mean: self.mean },
             );
         }
         self.write_params(BLOCK_KERNEL + n_waves);
@@ -971,12 +960,10 @@ impl GpuBackend {
             PredictParams {
                 first: 0,
                 count: ratings.len() as u32,
-                row_vec4: self.row_vec4 / self.copies,
-                rank: self.rank,
                 mean: self.mean,
                 min_rating: self.range.0,
                 max_rating: self.range.1,
-                models: self.copies,
+                _pad: [0; 3],
             },
         );
         self.write_params(BLOCK_KERNEL + 1);
@@ -1123,11 +1110,8 @@ impl Backend for GpuBackend {
         if !self.resident_loaded {
             return Ok(Ledger::default());
         }
-        let occupied = self.stager.occupied();
-        for p in &occupied {
-            self.ledger.row_out(p.row < self.n_users);
-        }
-        self.write_back_rows(model, &occupied)?;
+        let dirty = self.stager.take_dirty(&mut self.ledger);
+        self.write_back_rows(model, &dirty)?;
         Ok(std::mem::take(&mut self.ledger))
     }
 }

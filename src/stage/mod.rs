@@ -136,6 +136,10 @@ struct RowState {
     /// The stamp of the last training step that needs it (rows of the
     /// current step are never evicted).
     pin: u32,
+    /// Trained since it was staged in or last written back: only such rows
+    /// are written back (a clean row's host copy is current, so it leaves
+    /// the slab without a transfer).
+    dirty: bool,
 }
 
 /// Marks a location in the upload window rather than a slot (evaluation).
@@ -172,7 +176,7 @@ impl Stager {
             policy,
             areas,
             n_users,
-            rows: vec![RowState { slot: NONE, seen: 0, pin: 0 }; n],
+            rows: vec![RowState { slot: NONE, seen: 0, pin: 0, dirty: false }; n],
             row_of: vec![NONE; slots as usize],
             free_cache: (r..c).rev().collect(),
             free_staging: (c..slots).rev().collect(),
@@ -232,15 +236,24 @@ impl Stager {
         &self.block_rows
     }
 
-    /// Ends the block: its rows leave the block area, counted as rows out;
-    /// returns them, to be written back.
+    /// Ends the block: its rows leave the block area. Returns those that
+    /// were trained (all of them unless the epoch stopped inside the block),
+    /// counted as rows out, to be written back.
     pub fn end_block(&mut self, ledger: &mut Ledger) -> &[Placed] {
-        for p in &self.block_rows {
-            self.rows[p.row as usize].slot = NONE;
+        let mut dirty = 0;
+        for k in 0..self.block_rows.len() {
+            let p = self.block_rows[k];
             self.row_of[p.slot as usize] = NONE;
             self.free_block.push(p.slot);
-            ledger.row_out(p.row < self.n_users);
+            let row = &mut self.rows[p.row as usize];
+            row.slot = NONE;
+            if std::mem::take(&mut row.dirty) {
+                ledger.row_out(p.row < self.n_users);
+                self.block_rows[dirty] = p;
+                dirty += 1;
+            }
         }
+        self.block_rows.truncate(dirty);
         &self.block_rows
     }
 
@@ -425,6 +438,8 @@ impl Stager {
                 let first = self.rows[row as usize].seen != stamp;
                 self.rows[row as usize].seen = stamp;
                 let slot = self.rows[row as usize].slot;
+                // Placed below if missing; trained by this step either way.
+                self.rows[row as usize].dirty = true;
                 let resident = slot != NONE && (slot < self.areas.resident || slot >= self.block_start);
                 if !resident {
                     self.policy.touch(row, pos);
@@ -448,7 +463,9 @@ impl Stager {
         self.policy.end_step();
         let staged = std::mem::take(&mut self.staged);
         for &p in &staged {
+            // Staged for this step, so trained: always written back.
             self.rows[p.row as usize].slot = NONE;
+            self.rows[p.row as usize].dirty = false;
             self.row_of[p.slot as usize] = NONE;
             self.free_staging.push(p.slot);
             moves.release.push(p);
@@ -498,7 +515,8 @@ impl Stager {
     }
 
     /// Evicts the policy's victim (never a row of the current step) and
-    /// returns its slot, now taken by the caller.
+    /// returns its slot, now taken by the caller. The victim is written back
+    /// only if it was trained since it was last staged in or written back.
     fn evict(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Option<u32> {
         let rows = &self.rows;
         let victim = self.policy.victim(&|r| rows[r as usize].pin == stamp)?;
@@ -507,8 +525,10 @@ impl Stager {
         self.cached -= 1;
         self.rows[victim as usize].slot = NONE;
         self.row_of[slot as usize] = NONE;
-        moves.evict.push(Placed { row: victim, slot });
-        ledger.row_out(self.is_user(victim));
+        if std::mem::take(&mut self.rows[victim as usize].dirty) {
+            moves.evict.push(Placed { row: victim, slot });
+            ledger.row_out(self.is_user(victim));
+        }
         Some(slot)
     }
 
@@ -568,14 +588,19 @@ impl Stager {
         }
     }
 
-    /// Every occupied slot, for the final write-back of training.
-    pub fn occupied(&self) -> Vec<Placed> {
-        self.row_of
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r != NONE)
-            .map(|(s, &row)| Placed { row, slot: s as u32 })
-            .collect()
+    /// The rows in the slab trained since they were staged in or last
+    /// written back, now marked clean, and counted as rows out: the
+    /// write-back that makes the host tables current (end of training, or
+    /// before a checkpoint). The rows stay in their slots.
+    pub fn take_dirty(&mut self, ledger: &mut Ledger) -> Vec<Placed> {
+        let mut out = Vec::new();
+        for (slot, &row) in self.row_of.iter().enumerate() {
+            if row != NONE && std::mem::take(&mut self.rows[row as usize].dirty) {
+                ledger.row_out(row < self.n_users);
+                out.push(Placed { row, slot: slot as u32 });
+            }
+        }
+        out
     }
 }
 
@@ -737,6 +762,35 @@ mod tests {
         assert_eq!(moves.slot_i[0], st.slot_of(2));
         // Released slots are free again: the whole batch fits again.
         assert_eq!(st.prefix_that_fits(&ratings), 4);
+    }
+
+    #[test]
+    fn only_trained_rows_are_written_back() {
+        // 1 user (row 0) and items 0..3 (rows 1..4); LRU over 3 cache slots.
+        let ratings = [r(0, 0), r(0, 1), r(0, 2), r(0, 0)];
+        let counts = access_counts(&ratings, 1, 3);
+        let mut st = stager(PolicyKind::Lru, Areas { resident: 0, cache: 3, staging: 0 }, 1, 3, &counts);
+        st.begin_epoch(&ratings, &[0, 1, 2, 3], &[]);
+        let (mut moves, mut ledger) = (Moves::default(), Ledger::default());
+        st.stage(&ratings[..2], &mut moves, &mut ledger);
+        // The sync before a checkpoint writes back u, a, b and marks them clean.
+        let synced: Vec<u32> = st.take_dirty(&mut ledger).iter().map(|p| p.row).collect();
+        assert_eq!(synced, vec![0, 1, 2]);
+        assert_eq!(ledger.rows_out(), 3);
+        assert!(st.take_dirty(&mut ledger).is_empty(), "nothing trained since the sync");
+        // c evicts a (least recently used), clean since the sync: it leaves
+        // the slab without a transfer.
+        st.stage(&ratings[2..3], &mut moves, &mut ledger);
+        assert_eq!(moves.load.len(), 1);
+        assert!(moves.evict.is_empty(), "a clean row was written back: {:?}", moves.evict);
+        assert_eq!(ledger.rows_out(), 3);
+        // a comes back and evicts b, also clean; then u, c and a are dirty.
+        st.stage(&ratings[3..], &mut moves, &mut ledger);
+        assert!(moves.evict.is_empty());
+        let mut dirty: Vec<u32> = st.take_dirty(&mut ledger).iter().map(|p| p.row).collect();
+        dirty.sort();
+        assert_eq!(dirty, vec![0, 1, 3]);
+        assert_eq!(ledger.rows_out(), 6);
     }
 
     #[test]

@@ -161,9 +161,7 @@ impl SimSetup<'_> {
             epoch_rows_in.push(ledger.rows_in() - epoch_rows_in.iter().sum::<u64>());
         }
         let seconds = t0.elapsed().as_secs_f64();
-        for p in st.occupied() {
-            ledger.row_out(st.is_user(p.row));
-        }
+        st.take_dirty(&mut ledger);
         let predicted_rows_in = (kind == PolicyKind::Sca).then(|| {
             let model = CostModel::new(&counts, self.train.len(), self.batch);
             areas.resident as f64
