@@ -137,6 +137,11 @@ pub struct GpuBackend {
     /// Per global row: the serial of the pending write-back holding it.
     pending_mark: Vec<u32>,
     serial: u32,
+    /// Row lists of completed write-backs, reused by later ones.
+    free_rows: Vec<Vec<u32>>,
+    /// One per readback buffer, and one for [`GpuBackend::map_read`].
+    ring_signals: Vec<MapSignal>,
+    read_signal: MapSignal,
 }
 
 /// A step's write-back in flight: its rows are copied to a mapped buffer and
@@ -147,7 +152,39 @@ struct PendingRows {
     rows: Vec<u32>,
     serial: u32,
     submission: wgpu::SubmissionIndex,
-    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+/// Where a mapped buffer's `map_async` callback reports: one channel per
+/// buffer, made once, so that a step allocates no channel of its own.
+struct MapSignal {
+    tx: std::sync::mpsc::Sender<MapResult>,
+    rx: std::sync::mpsc::Receiver<MapResult>,
+}
+
+impl MapSignal {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        MapSignal { tx, rx }
+    }
+
+    /// Asks for `slice` to be mapped for reading; [`MapSignal::take`] tells
+    /// how it went once the device has been polled past it.
+    fn request(&self, slice: wgpu::BufferSlice) {
+        let tx = self.tx.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+    }
+
+    fn take(&self) -> std::result::Result<(), String> {
+        match self.rx.try_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("mapping a readback buffer: {e}")),
+            Err(_) => Err("a readback did not complete".into()),
+        }
+    }
 }
 
 struct Buffers {
@@ -235,12 +272,15 @@ impl Waves {
             start += c;
         }
         // Stable counting sort of the ratings by wave.
-        let mut next: Vec<u32> = self.ranges.iter().map(|r| r.0).collect();
+        // `counts` becomes each wave's next free position.
+        for (c, r) in self.counts.iter_mut().zip(&self.ranges) {
+            *c = r.0;
+        }
         self.perm.clear();
         self.perm.resize(ratings.len(), 0);
         for (j, &w) in self.wave_of.iter().enumerate() {
-            self.perm[next[w as usize] as usize] = j as u32;
-            next[w as usize] += 1;
+            self.perm[self.counts[w as usize] as usize] = j as u32;
+            self.counts[w as usize] += 1;
         }
     }
 
@@ -523,6 +563,9 @@ impl GpuBackend {
             next_readback: 0,
             pending_mark: vec![0; setup.n_users + setup.n_items],
             serial: 0,
+            free_rows: Vec::new(),
+            ring_signals: (0..READBACK_RING).map(|_| MapSignal::new()).collect(),
+            read_signal: MapSignal::new(),
             layout,
             ctx,
         };
@@ -598,20 +641,13 @@ impl GpuBackend {
     /// Waits for the queue, maps `size` bytes of `buf` and hands them to `f`.
     fn map_read(&mut self, buf: &wgpu::Buffer, size: u64, f: impl FnOnce(&[u8])) -> Result<()> {
         let slice = buf.slice(..size);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        self.read_signal.request(slice);
         self.ctx
             .device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(POLL_TIMEOUT) })
             .map_err(|e| self.gpu_err(format!("waiting for the device: {e}")))?;
         self.check()?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.gpu_err(format!("mapping a readback buffer: {e}"))),
-            Err(_) => return Err(self.gpu_err("a readback did not complete".into())),
-        }
+        self.read_signal.take().map_err(|e| self.gpu_err(e))?;
         {
             let view = slice.get_mapped_range().map_err(|e| self.gpu_err(format!("reading a mapped buffer: {e}")))?;
             f(&view);
@@ -783,15 +819,14 @@ impl GpuBackend {
         self.wire.d2h += bytes;
         self.ledger.row_bytes_d2h += bytes;
         self.serial = self.serial.wrapping_add(1).max(1);
-        let rows: Vec<u32> = self.moves.evict.iter().chain(&self.moves.release).map(|p| p.row).collect();
+        let mut rows = self.free_rows.pop().unwrap_or_default();
+        rows.clear();
+        rows.extend(self.moves.evict.iter().chain(&self.moves.release).map(|p| p.row));
         for &r in &rows {
             self.pending_mark[r as usize] = self.serial;
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.buffers.readback[buffer].slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.pending.push_back(PendingRows { buffer, bytes, rows, serial: self.serial, submission, mapped: rx });
+        self.ring_signals[buffer].request(self.buffers.readback[buffer].slice(..bytes));
+        self.pending.push_back(PendingRows { buffer, bytes, rows, serial: self.serial, submission });
         self.next_readback = (self.next_readback + 1) % READBACK_RING;
         Ok(())
     }
@@ -815,11 +850,7 @@ impl GpuBackend {
             .poll(wgpu::PollType::Wait { submission_index: Some(p.submission), timeout: Some(POLL_TIMEOUT) })
             .map_err(|e| self.gpu_err(format!("waiting for the device: {e}")))?;
         self.check()?;
-        match p.mapped.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.gpu_err(format!("mapping a readback buffer: {e}"))),
-            Err(_) => return Err(self.gpu_err("a readback did not complete".into())),
-        }
+        self.ring_signals[p.buffer].take().map_err(|e| self.gpu_err(e))?;
         let buf = &self.buffers.readback[p.buffer];
         {
             let view = buf
@@ -841,6 +872,7 @@ impl GpuBackend {
             }
         }
         buf.unmap();
+        self.free_rows.push(p.rows);
         Ok(())
     }
 
@@ -930,17 +962,26 @@ impl GpuBackend {
         }
         self.submit_step(model, enc)
     }
-    /// Reads the per-workgroup sums (`words` f32s of `src`) back and adds them in f64.
-    fn read_sums(&mut self, src: &wgpu::Buffer, words: u64, mut enc: wgpu::CommandEncoder) -> Result<Vec<f64>> {
+    /// Reads `words` f32 sums of `src` back and hands each, with its index,
+    /// to `each` (which adds them in f64).
+    fn read_sums(
+        &mut self,
+        src: &wgpu::Buffer,
+        words: u64,
+        mut enc: wgpu::CommandEncoder,
+        mut each: impl FnMut(usize, f64),
+    ) -> Result<()> {
         let bytes = words * 4;
         enc.copy_buffer_to_buffer(src, 0, &self.buffers.small_readback, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
         self.wire.d2h += bytes;
         self.ledger.data_bytes_d2h += bytes;
-        let mut out = Vec::new();
         let rb = self.buffers.small_readback.clone();
-        self.map_read(&rb, bytes, |b| out = bytemuck::cast_slice::<u8, f32>(b).iter().map(|&x| x as f64).collect())?;
-        Ok(out)
+        self.map_read(&rb, bytes, |b| {
+            for (j, &x) in bytemuck::cast_slice::<u8, f32>(b).iter().enumerate() {
+                each(j, x as f64);
+            }
+        })
     }
 
     /// One device step of evaluation on `ratings`: stages missing rows in
@@ -971,12 +1012,16 @@ impl GpuBackend {
         let enc = self.one_dispatch("evaluation step", kernel, group, BLOCK_KERNEL, ratings.len() as u64);
         let groups = (ratings.len() as u64).div_ceil(WORKGROUP as u64);
         let sums_buf = self.buffers.sums.clone();
-        let sums = self.read_sums(&sums_buf, groups * self.copies as u64 * 2, enc)?;
-        for (j, pair) in sums.chunks_exact(2).enumerate() {
-            let a = &mut acc[j % self.copies as usize];
-            a.sq += pair[0];
-            a.abs += pair[1];
-        }
+        // (squared, absolute) error sums per workgroup and model.
+        let copies = self.copies as usize;
+        self.read_sums(&sums_buf, groups * copies as u64 * 2, enc, |j, x| {
+            let a = &mut acc[(j / 2) % copies];
+            if j % 2 == 0 {
+                a.sq += x;
+            } else {
+                a.abs += x;
+            }
+        })?;
         for a in acc.iter_mut() {
             a.count += ratings.len() as u64;
         }
@@ -1082,9 +1127,8 @@ impl Backend for GpuBackend {
         let enc = self.encoder("read loss");
         let mut sse = vec![0.0; self.copies as usize];
         let words = self.layout.max_samples as u64 * self.copies as u64;
-        for (j, x) in self.read_sums(&loss, words, enc)?.iter().enumerate() {
-            sse[j % self.copies as usize] += x;
-        }
+        let copies = self.copies as usize;
+        self.read_sums(&loss, words, enc, |j, x| sse[j % copies] += x)?;
         Ok(EpochTrain {
             sse,
             count: done as u64,
