@@ -58,6 +58,32 @@ fn threads_give_the_model_of_the_sequential_walk_and_no_conflicts() {
     }
 }
 
+/// Ranks that are not multiples of 4 (padding in every row) and a grid of
+/// models side by side in one row: still bit-equal to the sequential walk.
+#[test]
+fn any_rank_and_a_grid_give_the_bits_of_the_sequential_walk() {
+    let data = dataset();
+    let grid = vec![
+        rowstage::model::Setting { lr: 0.01, reg: 0.05 },
+        rowstage::model::Setting { lr: 0.02, reg: 0.02 },
+        rowstage::model::Setting { lr: 0.005, reg: 0.1 },
+    ];
+    for (rank, grid) in [(1, Vec::new()), (7, grid.clone()), (33, Vec::new()), (16, grid)] {
+        let s = TrainSettings {
+            hp: HyperParams { rank, ..Default::default() },
+            epochs: 2,
+            grid,
+            ..settings(BLOCKED)
+        };
+        let reference =
+            train(&data, &s, &mut ReferenceCpu { bias_reg: s.hp.bias_reg }, RunControl::default(), &mut |_| {})
+                .unwrap();
+        let out = train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, 2), RunControl::default(), &mut |_| {})
+            .unwrap();
+        assert_eq!(out.model, reference.model, "rank {rank}, {} settings", s.grid.len().max(1));
+    }
+}
+
 #[test]
 fn auto_picks_the_blocked_order_on_the_cpu_and_it_costs_little_accuracy() {
     let data = dataset();
