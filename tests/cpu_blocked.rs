@@ -69,17 +69,11 @@ fn any_rank_and_a_grid_give_the_bits_of_the_sequential_walk() {
         rowstage::model::Setting { lr: 0.005, reg: 0.1 },
     ];
     for (rank, grid) in [(1, Vec::new()), (7, grid.clone()), (33, Vec::new()), (16, grid)] {
-        let s = TrainSettings {
-            hp: HyperParams { rank, ..Default::default() },
-            epochs: 2,
-            grid,
-            ..settings(BLOCKED)
-        };
+        let s = TrainSettings { hp: HyperParams { rank, ..Default::default() }, epochs: 2, grid, ..settings(BLOCKED) };
         let reference =
             train(&data, &s, &mut ReferenceCpu { bias_reg: s.hp.bias_reg }, RunControl::default(), &mut |_| {})
                 .unwrap();
-        let out = train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, 2), RunControl::default(), &mut |_| {})
-            .unwrap();
+        let out = train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, 2), RunControl::default(), &mut |_| {}).unwrap();
         assert_eq!(out.model, reference.model, "rank {rank}, {} settings", s.grid.len().max(1));
     }
 }

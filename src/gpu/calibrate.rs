@@ -61,7 +61,14 @@ fn cache_key(ctx: &GpuContext, rank: usize) -> String {
     for (_, src) in super::kernels::SHADERS {
         kernels.update(src.as_bytes());
     }
-    format!("{} | {} | {} {} | rank {rank} | kernels {:08x}", s.name, s.backend, s.driver, s.driver_info, kernels.finalize())
+    format!(
+        "{} | {} | {} {} | rank {rank} | kernels {:08x}",
+        s.name,
+        s.backend,
+        s.driver,
+        s.driver_info,
+        kernels.finalize()
+    )
 }
 
 /// The calibration for `rank` on `ctx`'s adapter: from the cache file unless

@@ -923,10 +923,7 @@ impl GpuBackend {
         let n_waves = self.waves.ranges.len();
         for w in 0..n_waves {
             let (first, count) = self.waves.ranges[w];
-            self.set_block(
-                BLOCK_KERNEL + w,
-                SgdParams { first, count, bias_reg: self.bias_reg, mean: self.mean },
-            );
+            self.set_block(BLOCK_KERNEL + w, SgdParams { first, count, bias_reg: self.bias_reg, mean: self.mean });
         }
         self.write_params(BLOCK_KERNEL + n_waves);
 
