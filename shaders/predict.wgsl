@@ -2,11 +2,13 @@
 // MODELS models side by side (a slot holds every model's copy of a row,
 // ROW_VEC4 vec4s each) and, per workgroup and model, the sum of squared
 // and of absolute errors at `sums[workgroup * MODELS + g]` (the host adds the
-// workgroups in f64). Specialised per run like `sgd` (the host prepends RANK,
-// ROW_VEC4, MODELS, BV, BL, TAIL_F and TAIL_B; see `kernels::specialize`). A location is a slot of the slab, or, with its top bit
-// set, a row of the upload window staged read-only for this step (evaluation
-// never changes what the slab holds). 0xFFFFFFFF marks a user or item unseen
-// in training: that side adds neither bias nor factors.
+// workgroups in f64). Specialised per run like `sgd`: the host prepends RANK,
+// ROW_VEC4, MODELS, BV, BL, TAIL_F and TAIL_B (see `kernels::specialize`).
+//
+// A location is a slot of the slab, or, with its top bit set, a row of the
+// upload window staged read-only for this step (evaluation never changes
+// what the slab holds). 0xFFFFFFFF marks a user or item unseen in training:
+// that side adds neither bias nor factors.
 
 struct Params {
     first: u32,
