@@ -122,12 +122,18 @@ fn a_blocked_run_stopped_mid_epoch_resumes_to_the_uninterrupted_model() {
     assert!(e.to_string().contains("--order") && e.to_string().contains("blocked:7"), "{e}");
 }
 
-#[test]
-fn a_raised_stop_flag_ends_the_pass_before_any_part() {
-    let data = dataset();
+/// `data` in 7 × 7 blocks, and the first epoch's order and part ends.
+fn first_epoch(data: &Dataset) -> (BlockedRatings, Vec<u32>, Vec<u32>) {
     let grid = BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 1);
     let (mut order, mut parts) = (Vec::new(), Vec::new());
     grid.arrange(1, 0, &mut order, &mut parts);
+    (grid, order, parts)
+}
+
+#[test]
+fn a_raised_stop_flag_ends_the_pass_before_any_part() {
+    let data = dataset();
+    let (grid, order, parts) = first_epoch(&data);
     let mut model = Model::init(&data, &HyperParams { rank: 8, ..Default::default() }, 1);
     let before = model.clone();
     let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
@@ -141,9 +147,7 @@ fn a_raised_stop_flag_ends_the_pass_before_any_part() {
 #[test]
 fn orders_that_would_share_rows_between_threads_are_refused() {
     let data = dataset();
-    let grid = BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 1);
-    let (mut order, mut parts) = (Vec::new(), Vec::new());
-    grid.arrange(1, 0, &mut order, &mut parts);
+    let (grid, order, parts) = first_epoch(&data);
     let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
     let never = AtomicBool::new(false);
     let fresh = || Model::init(&data, &HyperParams { rank: 8, ..Default::default() }, 1);
