@@ -124,7 +124,7 @@ fn a_blocked_run_stopped_mid_epoch_resumes_to_the_uninterrupted_model() {
 
 /// `data` in 7 × 7 blocks, and the first epoch's order and part ends.
 fn first_epoch(data: &Dataset) -> (BlockedRatings, Vec<u32>, Vec<u32>) {
-    let grid = BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 1);
+    let grid = BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 1, 2);
     let (mut order, mut parts) = (Vec::new(), Vec::new());
     grid.arrange(1, 0, &mut order, &mut parts);
     (grid, order, parts)

@@ -17,7 +17,7 @@ use rand::seq::SliceRandom;
 pub const UNKNOWN: u32 = u32::MAX;
 
 /// One explicit rating with dense ids.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Zeroable)]
 pub struct Rating {
     pub user: u32,
     pub item: u32,

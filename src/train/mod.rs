@@ -91,13 +91,14 @@ impl EpochOrders {
     }
 
     /// The orders a run of `settings` on `data` trains with; `order` must be
-    /// resolved (not [`Order::Auto`]).
-    pub fn for_run(data: &Dataset, settings: &TrainSettings) -> Self {
+    /// resolved (not [`Order::Auto`]). `threads` may share the blocked
+    /// copy's shuffle; the orders do not depend on it.
+    pub fn for_run(data: &Dataset, settings: &TrainSettings, threads: usize) -> Self {
         let n = data.train.len();
         let (users, items) = (data.users.len(), data.items.len());
         match settings.order {
             Order::Blocked { bins } => EpochOrders {
-                grid: Some(BlockedRatings::new(&data.train, users, items, bins, settings.seed)),
+                grid: Some(BlockedRatings::new(&data.train, users, items, bins, settings.seed, threads)),
                 ..Self::new(n, settings.seed, settings.epochs)
             },
             _ => {
@@ -461,7 +462,7 @@ pub fn train(
     // Making the orders is part of training: its time counts into the first
     // epoch's seconds (the blocked copy) and each epoch's (its order).
     let setup = Instant::now();
-    let mut orders = EpochOrders::for_run(data, settings);
+    let mut orders = EpochOrders::for_run(data, settings, backend.parallelism());
     let mut setup_seconds = setup.elapsed().as_secs_f64();
     let mut complete = true;
     let mut stopped_early = false;
