@@ -137,12 +137,10 @@ fn a_raised_stop_flag_ends_the_pass_before_any_part() {
     let mut model = Model::init(&data, &HyperParams { rank: 8, ..Default::default() }, 1);
     let before = model.clone();
     let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
-    let mut cpu = HogwildCpu::new(0.01, 2);
-    let out = cpu
+    let out = HogwildCpu::new(0.01, 2)
         .train_epoch(&mut model, grid.ratings(), &order, &parts, Some(&grid), &[], &rates, &AtomicBool::new(true))
         .unwrap();
     assert_eq!(out.done, 0);
-    cpu.finish(&mut model).unwrap();
     assert_eq!(model, before);
 }
 
@@ -161,7 +159,6 @@ fn orders_that_would_share_rows_between_threads_are_refused() {
     let e =
         cpu.train_epoch(&mut model, grid.ratings(), &order, &whole, Some(&grid), &[], &rates, &never).err().unwrap();
     assert!(e.to_string().contains("not inside one block"), "{e}");
-    cpu.finish(&mut model).unwrap();
     assert_eq!(model, fresh());
 
     // Ratings other than the blocked copy.

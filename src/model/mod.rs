@@ -192,29 +192,19 @@ impl Model {
 
     /// [`Model::predict`] of model `g` of the ones side by side.
     pub fn predict_with(&self, g: usize, user: u32, item: u32) -> f32 {
+        let mut r = self.mean;
         let k = self.rank;
         let sub = row_stride(k);
-        fn side(row: &[f32], at: usize, k: usize) -> (&[f32], f32) {
-            (&row[at..at + k], row[at + k])
+        let pu = (user != UNKNOWN).then(|| &self.user_row(user)[g * sub..][..sub]);
+        let qi = (item != UNKNOWN).then(|| &self.item_row(item)[g * sub..][..sub]);
+        if let Some(p) = pu {
+            r += p[k];
         }
-        let pu = (user != UNKNOWN).then(|| side(self.user_row(user), g * sub, k));
-        let qi = (item != UNKNOWN).then(|| side(self.item_row(item), g * sub, k));
-        self.predict_from(pu, qi)
-    }
-
-    /// The clamped prediction from a user side and an item side (factors,
-    /// bias), either missing for an unknown id: how every path predicts.
-    #[inline]
-    pub fn predict_from(&self, pu: Option<(&[f32], f32)>, qi: Option<(&[f32], f32)>) -> f32 {
-        let mut r = self.mean;
-        if let Some((_, b)) = pu {
-            r += b;
+        if let Some(q) = qi {
+            r += q[k];
         }
-        if let Some((_, b)) = qi {
-            r += b;
-        }
-        if let (Some((p, _)), Some((q, _))) = (pu, qi) {
-            r += dot(&p[..self.rank], &q[..self.rank]);
+        if let (Some(p), Some(q)) = (pu, qi) {
+            r += dot(&p[..k], &q[..k]);
         }
         r.clamp(self.min_rating, self.max_rating)
     }
@@ -275,23 +265,12 @@ impl Step {
     #[inline]
     pub fn apply(&self, p: &mut [f32], q: &mut [f32], rating: f32) -> f32 {
         let k = self.rank;
-        let (pf, pb) = p[..k + 1].split_at_mut(k);
-        let (qf, qb) = q[..k + 1].split_at_mut(k);
-        self.apply_split(pf, &mut pb[0], qf, &mut qb[0], rating)
-    }
-
-    /// [`Step::apply`] on rows whose factors (`p`, `q`: `rank` of them or
-    /// more) and biases are stored apart: the same operations in the same
-    /// order, so the same result to the bit.
-    #[inline]
-    pub fn apply_split(&self, p: &mut [f32], pb: &mut f32, q: &mut [f32], qb: &mut f32, rating: f32) -> f32 {
-        let k = self.rank;
-        let (p, q) = (&mut p[..k], &mut q[..k]);
-        let e = rating - (self.mean + *pb + *qb + dot(p, q));
+        let (p, q) = (&mut p[..k + 1], &mut q[..k + 1]);
+        let e = rating - (self.mean + p[k] + q[k] + dot(&p[..k], &q[..k]));
         let (lr, reg, breg) = (self.lr, self.reg, self.bias_reg);
-        *pb += lr * (e - breg * *pb);
-        *qb += lr * (e - breg * *qb);
-        for (pu, qi) in p.iter_mut().zip(q.iter_mut()) {
+        p[k] += lr * (e - breg * p[k]);
+        q[k] += lr * (e - breg * q[k]);
+        for (pu, qi) in p[..k].iter_mut().zip(&mut q[..k]) {
             let (a, b) = (*pu, *qi);
             *pu = a + lr * (e * b - reg * a);
             *qi = b + lr * (e * a - reg * b);

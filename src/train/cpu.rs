@@ -4,11 +4,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use super::blocked::BlockedRatings;
-use super::split::{SplitTables, evaluate_with};
 use super::{Backend, EpochTrain};
 use crate::data::Rating;
 use crate::error::{Error, Result};
-use crate::model::{Metrics, Model, Rate, Step, row_stride};
+use crate::model::{Metrics, MetricsAcc, Model, Rate, Step, row_stride};
 use crate::stage::Ledger;
 
 /// Ratings between two looks at the stop flag (sequential reference).
@@ -96,9 +95,7 @@ impl Backend for ReferenceCpu {
 ///
 /// In the blocked order ([`super::blocked`], its default) the threads train
 /// block parts whose rows no other thread touches meanwhile, in place and
-/// without races, on a working copy of the tables laid out for the caches
-/// ([`super::split`]) that `evaluate` reads and `finish` writes back; see
-/// `train_blocked`.
+/// without races; see `train_blocked`.
 ///
 /// In the shuffled order it is Hogwild SGD: the epoch order is taken in
 /// rounds of 2^18 ratings (`ROUND`). The round's ratings are first gathered in order (in
@@ -112,14 +109,11 @@ impl Backend for ReferenceCpu {
 pub struct HogwildCpu {
     pub bias_reg: f32,
     pub threads: usize,
-    /// The blocked order's working copy of the tables ([`super::split`]),
-    /// made at its first epoch and kept until the run ends.
-    working: Option<SplitTables>,
 }
 
 impl HogwildCpu {
     pub fn new(bias_reg: f32, threads: usize) -> Self {
-        HogwildCpu { bias_reg, threads: threads.max(1), working: None }
+        HogwildCpu { bias_reg, threads: threads.max(1) }
     }
 }
 
@@ -159,7 +153,7 @@ fn prefetch_row(row: &[AtomicU32]) {
 /// [`prefetch_ptr`] of every cache line of the `len` values from `base`
 /// (which need not be valid: nothing is read).
 #[inline(always)]
-pub(super) fn prefetch_span<T>(base: *const T, len: usize) {
+fn prefetch_span<T>(base: *const T, len: usize) {
     if len > 0 {
         for off in (0..len).step_by(16).chain([len - 1]) {
             prefetch_ptr(base.wrapping_add(off));
@@ -218,6 +212,66 @@ impl Tables<'_> {
     }
 }
 
+/// Both tables of an epoch as raw pointers, for the blocked order, where a
+/// row is only ever touched by the one thread that trains its block.
+struct ExclusiveTables {
+    users: *mut f32,
+    items: *mut f32,
+    n_users: usize,
+    n_items: usize,
+    stride: usize,
+}
+
+// SAFETY: the pointers come from an exclusive borrow of the model held for
+// the whole epoch; the callers of `rows` guarantee that no two threads reach
+// the same row.
+unsafe impl Send for ExclusiveTables {}
+unsafe impl Sync for ExclusiveTables {}
+
+impl ExclusiveTables {
+    fn new(model: &mut Model) -> Self {
+        let stride = model.stride;
+        ExclusiveTables {
+            n_users: model.users.len() / stride,
+            n_items: model.items.len() / stride,
+            users: model.users.as_mut_ptr(),
+            items: model.items.as_mut_ptr(),
+            stride,
+        }
+    }
+
+    /// `r`'s user row and item row.
+    ///
+    /// # Safety
+    /// No other thread may touch either row while the borrows live.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows(&self, r: &Rating) -> (&mut [f32], &mut [f32]) {
+        let (u, i, s) = (r.user as usize, r.item as usize, self.stride);
+        assert!(u < self.n_users && i < self.n_items, "rating ({u}, {i}) outside the tables");
+        // SAFETY: in bounds (checked above); the user and item tables are
+        // distinct allocations, and the caller keeps other threads away.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.users.add(u * s), s),
+                std::slice::from_raw_parts_mut(self.items.add(i * s), s),
+            )
+        }
+    }
+
+    /// Asks for `r`'s rows ahead of their use (a hint: reads nothing).
+    #[inline(always)]
+    fn prefetch(&self, r: &Rating) {
+        let (u, i, s) = (r.user as usize, r.item as usize, self.stride);
+        if u < self.n_users && i < self.n_items {
+            for (base, row) in [(self.users, u), (self.items, i)] {
+                // wrapping_add: no dereference, so no in-bounds requirement.
+                prefetch_span(base.wrapping_add(row * s), s);
+            }
+        }
+    }
+}
+
 /// One part of the blocked order, ready to be scheduled: where it lies in
 /// the order, where its ratings lie, its bins, and how many earlier parts
 /// share each bin.
@@ -267,8 +321,9 @@ impl HogwildCpu {
     #[allow(clippy::too_many_arguments)]
     fn train_blocked(
         &self,
-        tables: &mut SplitTables,
+        model: &mut Model,
         steps: &[Step],
+        sub: usize,
         train: &[Rating],
         order: &[u32],
         spans: &[u32],
@@ -279,6 +334,7 @@ impl HogwildCpu {
         if !std::ptr::eq(train, grid.ratings()) {
             return Err(refuse("the ratings passed are not the blocked copy the order indexes".into()));
         }
+        let tables = &ExclusiveTables::new(model);
         let mut parts = Vec::with_capacity(spans.len());
         let mut seen = (vec![0u32; grid.bins as usize], vec![0u32; grid.bins as usize]);
         let mut begin = 0;
@@ -295,7 +351,6 @@ impl HogwildCpu {
             }
             begin = end;
         }
-        let tables = &tables.exclusive();
         // Walks one part; Err(position in the order) where its indices stop
         // running consecutively.
         let walk = |part: &Part, sse: &mut [f64]| -> std::result::Result<(), usize> {
@@ -311,7 +366,8 @@ impl HogwildCpu {
                 // are in the block's user bin and item bin, whose earlier
                 // parts are done and whose later parts wait for this one (or
                 // this thread runs alone).
-                unsafe { tables.update(steps, r, sse) };
+                let (p, q) = unsafe { tables.rows(r) };
+                apply_all(steps, sub, p, q, r.value, sse);
             }
             Ok(())
         };
@@ -398,20 +454,9 @@ impl Backend for HogwildCpu {
         let steps = &steps[..];
         let (s, sub) = (model.stride, row_stride(model.rank));
         if let Some(grid) = blocked {
-            let mut tables = match self.working.take() {
-                Some(t) if t.fits(model) => t,
-                Some(_) => panic!("HogwildCpu::train_epoch: another model than the working copy's without finish()"),
-                None => SplitTables::from_model(model),
-            };
-            let trained = self.train_blocked(&mut tables, steps, train, order, spans, grid, stop);
-            self.working = Some(tables);
-            let (sse, done) = trained?;
+            let (sse, done) = self.train_blocked(model, steps, sub, train, order, spans, grid, stop)?;
             // No two threads ever train rows of one bin at once: nothing races.
             return Ok(EpochTrain { sse, count: done as u64, done, conflicts: 0, ledger: Ledger::default() });
-        }
-        // The shuffled order trains the model's own rows.
-        if let Some(mut t) = self.working.take() {
-            t.write_back(model);
         }
         let tables = Tables { users: as_atomic(&mut model.users), items: as_atomic(&mut model.items), stride: s };
         let tables = &tables;
@@ -484,19 +529,34 @@ impl Backend for HogwildCpu {
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
-        let metrics = match &self.working {
-            Some(t) => t.evaluate(model, test, self.threads),
-            None => evaluate_with(model.copies, test, self.threads, |g, r| model.predict_with(g, r.user, r.item)),
-        };
-        Ok((metrics, Ledger::default()))
+        let chunk = test.len().div_ceil(self.threads).max(1);
+        let copies = model.copies;
+        let acc = std::thread::scope(|scope| {
+            let handles: Vec<_> = test
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut m = vec![MetricsAcc::default(); copies];
+                        for r in part {
+                            for (g, m) in m.iter_mut().enumerate() {
+                                m.add(r.value - model.predict_with(g, r.user, r.item));
+                            }
+                        }
+                        m
+                    })
+                })
+                .collect();
+            let mut total = vec![MetricsAcc::default(); copies];
+            for h in handles {
+                let part = h.join().expect("evaluation worker panicked");
+                total.iter_mut().zip(&part).for_each(|(t, p)| t.merge(p));
+            }
+            total
+        });
+        Ok((acc.iter().map(MetricsAcc::finish).collect(), Ledger::default()))
     }
 
-    /// Writes the blocked order's working copy back into `model` (if trained
-    /// since) and keeps it for the next epoch.
-    fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
-        if let Some(t) = &mut self.working {
-            t.write_back(model);
-        }
+    fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
         Ok(Ledger::default())
     }
 

@@ -16,7 +16,6 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod plan;
 mod setup;
-pub mod split;
 
 pub use setup::{
     BackendSpec, Opened, Planned, auto_batch, co_partition_for, open_backend, open_backend_fitting, plan_budget,
