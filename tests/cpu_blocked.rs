@@ -42,7 +42,7 @@ fn threads_give_the_model_of_the_sequential_walk_and_no_conflicts() {
     let reference =
         train(&data, &s, &mut ReferenceCpu { bias_reg: s.hp.bias_reg }, RunControl::default(), &mut |_| {}).unwrap();
     assert_eq!(reference.order, BLOCKED);
-    for threads in [2, 3, 5] {
+    for threads in [1, 2, 3, 5] {
         let mut cpu = HogwildCpu::new(s.hp.bias_reg, threads);
         let out = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
         assert_eq!(out.model, reference.model, "{threads} threads: the model differs from the sequential walk");

@@ -373,19 +373,9 @@ impl HogwildCpu {
         };
         let out_of_order =
             |at: usize| refuse(format!("order[{at}] = {} breaks its part's run of consecutive ratings", order[at]));
+        // One thread never waits (it takes the parts in order): the same
+        // loop serves it.
         let threads = self.threads.min(parts.len()).max(1);
-        if threads == 1 {
-            let mut sse = vec![0.0f64; steps.len()];
-            let mut done = 0;
-            for part in &parts {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                walk(part, &mut sse).map_err(out_of_order)?;
-                done = part.end;
-            }
-            return Ok((sse, done));
-        }
         let done_in = |bins: &[u32]| -> Vec<AtomicU32> { bins.iter().map(|_| AtomicU32::new(0)).collect() };
         let (user_done, item_done) = (done_in(&seen.0), done_in(&seen.1));
         let (next, abort) = (AtomicUsize::new(0), AtomicBool::new(false));
