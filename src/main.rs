@@ -527,9 +527,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         order,
     };
     let side = a.co.side(&data)?;
-    if matches!(order, train::Order::Blocked { .. }) && side.is_some() {
-        return Err(Error::arg("--order", &a.order, "and --co-partition both arrange the epoch; choose one"));
-    }
+    order.check_co_partition(side.is_some())?;
     let spec = BackendSpec {
         backend: a.backend,
         adapter: a.adapter.clone(),

@@ -250,6 +250,7 @@ impl Order {
     /// The order a run takes on `backend` with `co_partition`: `Auto`
     /// resolved, and `Blocked` refused where it cannot work.
     pub fn resolve(self, backend: &dyn Backend, co_partition: bool) -> Result<Order> {
+        self.check_co_partition(co_partition)?;
         let cpu = backend.kind() == "cpu";
         match self {
             Order::Auto if cpu && !co_partition => {
@@ -261,11 +262,20 @@ impl Order {
                 "blocked",
                 format!("is for the CPU backend; the {} backend trains in the shuffled order", backend.kind()),
             )),
-            Order::Blocked { .. } if co_partition => {
-                Err(Error::arg("--order", "blocked", "and --co-partition both arrange the epoch; choose one"))
-            }
             Order::Blocked { bins: 0 } => Err(Error::arg("--order", "blocked:0", "needs at least 1 bin")),
             o => Ok(o),
+        }
+    }
+
+    /// Refuses the blocked order beside co-partitioning: both arrange the
+    /// epoch. Checked before a backend is opened and again by
+    /// [`Order::resolve`].
+    pub fn check_co_partition(self, co_partition: bool) -> Result<()> {
+        match self {
+            Order::Blocked { .. } if co_partition => {
+                Err(Error::arg("--order", self.name(), "and --co-partition both arrange the epoch; choose one"))
+            }
+            _ => Ok(()),
         }
     }
 
