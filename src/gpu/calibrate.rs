@@ -53,13 +53,14 @@ fn cache_path() -> Option<PathBuf> {
     Some(base.join("rowstage").join("calibration.json"))
 }
 
-/// Per adapter, driver, rank and kernel source: a changed kernel is measured
-/// afresh rather than planned with an old rate.
+/// Per adapter, driver, rank and kernel source, as compiled for the
+/// measurement (one model, specialisation constants included): a changed
+/// kernel is measured afresh rather than planned with an old rate.
 fn cache_key(ctx: &GpuContext, rank: usize) -> String {
     let s = &ctx.summary;
     let mut kernels = crc32fast::Hasher::new();
-    for (_, src) in super::kernels::SHADERS {
-        kernels.update(src.as_bytes());
+    for (name, _) in super::kernels::SHADERS {
+        kernels.update(super::kernels::source(name, super::kernels::Spec { rank: rank as u32, models: 1 }).as_bytes());
     }
     format!(
         "{} | {} | {} {} | rank {rank} | kernels {:08x}",

@@ -26,10 +26,10 @@
 //! puts them in their slots, `sgd` runs (one dispatch, or one per conflict-free
 //! wave in deterministic mode), `gather_rows` packs the rows that leave into
 //! `download` (only rows trained since they were staged in or last written
-//! back: the `Stager` keeps a dirty bit per row), which is copied to one of three mapped readback buffers. The
-//! host reads those rows into its tables while later steps run: when the
-//! buffer is needed again, when a step stages one of those rows, or at the end
-//! of the epoch.
+//! back: the `Stager` keeps a dirty bit per row), which is copied to one of
+//! three mapped readback buffers. The host reads those rows into its tables
+//! while later steps run: when the buffer is needed again, when a step stages
+//! one of those rows, or at the end of the epoch.
 
 pub mod calibrate;
 pub mod context;
