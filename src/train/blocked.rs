@@ -151,11 +151,8 @@ fn shuffle_buckets(ratings: &mut [Rating], starts: &[u32], seed: u64, threads: u
         }
     };
     let threads = threads.clamp(1, keys.max(1));
-    if threads == 1 {
-        shuffle(0, ratings);
-        return;
-    }
-    // Cut at bucket starts near every 1/threads of the ratings.
+    // Cut at bucket starts near every 1/threads of the ratings (no cut for
+    // one thread, which then shuffles everything itself).
     let n = ratings.len();
     let mut cuts: Vec<usize> =
         (1..threads).map(|t| starts.partition_point(|&s| (s as usize) < n * t / threads)).collect();
