@@ -187,15 +187,7 @@ fn main() {
     if a.repeat > 1 {
         println!("medians over {} repetitions (ratios taken within each repetition):", a.repeat);
         for e in &entries {
-            println!(
-                "{:<60} {:>3} epochs {:>9.2} s {:>11.3e} updates/s {:>6.2}× LIBMF  test RMSE {:.4}",
-                e.name,
-                e.epochs,
-                median(e.col(2)),
-                median(e.col(0)),
-                median(e.col(1)),
-                median(e.col(3))
-            );
+            print_row(e, (median(e.col(0)), median(e.col(1)), median(e.col(2)), median(e.col(3))));
         }
     }
     if let Some(p) = a.json {
@@ -216,7 +208,12 @@ fn main() {
 
 /// Prints `e`'s latest run.
 fn report(e: &Entry) {
-    let (ups, ratio, seconds, rmse) = *e.runs.last().expect("a run");
+    print_row(e, *e.runs.last().expect("a run"));
+}
+
+/// Prints one line of `e`: `run` is (updates/s, ratio to LIBMF, training
+/// seconds, test RMSE), one run's or the medians.
+fn print_row(e: &Entry, (ups, ratio, seconds, rmse): (f64, f64, f64, f64)) {
     println!(
         "{:<60} {:>3} epochs {:>9.2} s {:>11.3e} updates/s {:>6.2}× LIBMF  test RMSE {:.4}",
         e.name, e.epochs, seconds, ups, ratio, rmse
