@@ -31,6 +31,12 @@ fn steps_of(model: &Model, rates: &[Rate], bias_reg: f32) -> Vec<Step> {
 /// error into `sse`.
 #[inline]
 fn apply_all(steps: &[Step], sub: usize, p: &mut [f32], q: &mut [f32], rating: f32, sse: &mut [f64]) {
+    // One model (all but a grid search) needs no cutting of the rows.
+    if let ([step], [sse]) = (steps, &mut *sse) {
+        let e = step.apply(p, q, rating);
+        *sse += (e * e) as f64;
+        return;
+    }
     for ((step, (p, q)), sse) in steps.iter().zip(p.chunks_exact_mut(sub).zip(q.chunks_exact_mut(sub))).zip(sse) {
         let e = step.apply(p, q, rating);
         *sse += (e * e) as f64;
