@@ -1130,6 +1130,32 @@ struct BenchProgress<'a> {
     out: &'a Out,
     exports: &'a Exports,
     epochs: u64,
+    /// The "vs 100%" column as printed for each row so far.
+    printed: Vec<String>,
+}
+
+/// A row's ratio to the all-resident throughput as the table prints it.
+fn vs_resident_cell(r: &bench::BenchRow) -> String {
+    r.vs_resident.map_or("-".into(), |v| format!("{v:.2}×"))
+}
+
+/// A line for every row whose "vs 100%" now reads otherwise than `printed`
+/// (as printed when the row was measured): a line's ratio is to the fastest
+/// all-resident row measured by then, and a faster one measured later
+/// changes it (the exports hold the final ratios).
+fn changed_ratios(rows: &[bench::BenchRow], printed: &[String]) -> Vec<String> {
+    rows.iter()
+        .zip(printed)
+        .filter_map(|(r, printed)| {
+            let now = vs_resident_cell(r);
+            (now != *printed).then(|| {
+                format!(
+                    "vs 100% of {} {} {} is {now}, not {printed}: a faster all-resident row was measured after it",
+                    r.backend, r.budget, r.policy
+                )
+            })
+        })
+        .collect()
 }
 
 impl bench::Progress for BenchProgress<'_> {
@@ -1150,13 +1176,14 @@ impl bench::Progress for BenchProgress<'_> {
             r.policy,
             r.batch,
             r.median_ratings_per_sec,
-            r.vs_resident.map_or("-".into(), |v| format!("{v:.2}×")),
+            vs_resident_cell(r),
             r.rows_in_per_epoch,
             r.belady_rows_in_per_epoch.map_or("-".into(), |v| format!("{v:.0}")),
             r.hit_rate.map_or("-".into(), |h| format!("{:.1}%", 100.0 * h)),
             r.test_rmse,
             r.bandwidth_share.map_or("-".into(), |b| format!("{:.1}%", 100.0 * b)),
         );
+        self.printed.push(vs_resident_cell(r));
         self.bar.suspend(|| self.out.line(&line));
         self.exports.write(report, false)
     }
@@ -1270,9 +1297,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     } else {
         ProgressBar::hidden()
     };
-    let mut progress = BenchProgress { bar, out: &out, exports: &exports, epochs: per_config };
+    let mut progress = BenchProgress { bar, out: &out, exports: &exports, epochs: per_config, printed: Vec::new() };
     let report = bench::run(&data, DatasetInfo::of(&data, skipped), &plan, interrupt_flag(), &mut progress)?;
     progress.bar.finish_and_clear();
+    for line in changed_ratios(&report.rows, &progress.printed) {
+        out.line(&line);
+    }
     exports.write(&report, true)?;
     if let Some(dir) = &a.plot
         && !report.rows.is_empty()
@@ -1286,4 +1316,34 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         return Err(Error::Interrupted);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ratio_changed_by_a_later_faster_row_is_reported() {
+        let row = |policy: &str, rate: f64| bench::BenchRow {
+            backend: "gl".into(),
+            adapter: "llvmpipe".into(),
+            budget: "100%".into(),
+            budget_percent: Some(100.0),
+            policy: policy.into(),
+            median_ratings_per_sec: rate,
+            ..Default::default()
+        };
+        let mut rows = vec![row("sca", 90.0)];
+        bench::fill_ratios(&mut rows);
+        let printed = [vs_resident_cell(&rows[0])];
+        assert_eq!(printed[0], "1.00×");
+        rows.push(row("lookahead", 100.0));
+        bench::fill_ratios(&mut rows);
+        let printed = [printed[0].clone(), vs_resident_cell(&rows[1])];
+        assert_eq!(
+            changed_ratios(&rows, &printed),
+            ["vs 100% of gl 100% sca is 0.90×, not 1.00×: a faster all-resident row was measured after it"]
+        );
+        assert!(changed_ratios(&rows[1..], &printed[1..]).is_empty());
+    }
 }

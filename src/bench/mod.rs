@@ -70,7 +70,7 @@ impl BenchPlan {
 }
 
 /// One configuration's results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchRow {
     /// `cpu` or the wgpu backend (`vulkan`, `gl`, ...).
     pub backend: String,
