@@ -265,7 +265,7 @@ impl Step {
     ///
     /// The common ranks run a copy compiled for that rank ([`Step::apply_fixed`]):
     /// the loops unroll into whole `vec4` steps, with no remainder and no
-    /// bounds checks. It computes every value in the same order as the
+    /// bounds checks inside them. It computes every value in the same order as the
     /// general path ([`Step::apply_any`]), so the results are the same bits.
     #[inline]
     pub fn apply(&self, p: &mut [f32], q: &mut [f32], rating: f32) -> f32 {
