@@ -1169,6 +1169,7 @@ impl bench::Progress for BenchProgress<'_> {
 
     fn row(&mut self, report: &BenchReport) -> Result<()> {
         let r = report.rows.last().expect("a row was added");
+        let vs_resident = vs_resident_cell(r);
         let line = format!(
             "{:<7} {:<8} {:<10} {:>6} {:>11.3e} {:>8} {:>11.0} {:>11} {:>7} {:>8.4} {:>7}",
             r.backend,
@@ -1176,14 +1177,14 @@ impl bench::Progress for BenchProgress<'_> {
             r.policy,
             r.batch,
             r.median_ratings_per_sec,
-            vs_resident_cell(r),
+            vs_resident,
             r.rows_in_per_epoch,
             r.belady_rows_in_per_epoch.map_or("-".into(), |v| format!("{v:.0}")),
             r.hit_rate.map_or("-".into(), |h| format!("{:.1}%", 100.0 * h)),
             r.test_rmse,
             r.bandwidth_share.map_or("-".into(), |b| format!("{:.1}%", 100.0 * b)),
         );
-        self.printed.push(vs_resident_cell(r));
+        self.printed.push(vs_resident);
         self.bar.suspend(|| self.out.line(&line));
         self.exports.write(report, false)
     }
