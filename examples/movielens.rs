@@ -56,7 +56,7 @@ fn run(path: PathBuf) -> rowstage::Result<()> {
     };
     // Small files (ml-100k) have small tables: the batch halves until a
     // quarter of them holds one.
-    let opened = open_backend_fitting(&data, &mut settings, &spec, 16)?;
+    let opened = open_backend_fitting(&data, &mut settings, &spec, 16, None)?;
     if let Some(n) = &opened.notice {
         println!("{n}");
     }

@@ -445,6 +445,10 @@ fn write_output(path: &Path, text: &str) -> Result<()> {
 /// Largest grid of `--lr × --reg` settings trained in one run.
 const MAX_GRID: usize = 64;
 
+/// The share of an epoch's ratings in Hogwild conflict above which `train`
+/// on a GPU says what it costs and how to avoid it.
+const CONFLICT_NOTE_SHARE: f64 = 0.1;
+
 /// Parses a comma-separated list of `flag`'s numbers, each checked by `ok`.
 fn number_list(flag: &str, text: &str, ok: impl Fn(f32) -> bool, rule: &str) -> Result<Vec<f32>> {
     let mut out = Vec::new();
@@ -649,8 +653,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         resume,
         patience: a.patience,
     };
+    // A GPU (not a software rasterizer) runs a batch's updates at once.
+    let races = opened.adapter.as_ref().is_some_and(|a| a.device_type != "Cpu") && !settings.deterministic;
+    let mut warned = false;
     let outcome = train::train(&data, &settings, backend.as_mut(), control, &mut |e| {
         bar.suspend(|| out.line(&report::epoch_line(e, staged)));
+        if races && !warned && e.conflicts as f64 >= CONFLICT_NOTE_SHARE * e.ratings.max(1) as f64 {
+            warned = true;
+            bar.suspend(|| eprintln!("note: {}", report::conflict_note(e)));
+        }
         bar.inc(1);
     })?;
     bar.finish_and_clear();
@@ -1044,6 +1055,11 @@ fn cmd_devices(a: DevicesArgs) -> Result<()> {
     for (k, d) in adapters.iter().enumerate() {
         println!("[{k}] {} — {} / {}", d.name, d.backend, d.device_type);
         println!("    driver: {} {}", d.driver, d.driver_info);
+        if !d.compute_shaders {
+            println!(
+                "    no compute shaders (OpenGL before 4.3 or GLES before 3.1): rowstage cannot train on this adapter"
+            );
+        }
         println!(
             "    max storage binding {}  max buffer {}  (largest --device-memory: {})",
             human_bytes(d.max_storage_buffer_binding_size),

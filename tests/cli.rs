@@ -638,3 +638,37 @@ fn bench_exports_json_csv_markdown_and_refuses_bad_flags() {
     bad(&["--export-csv", missing.to_str().unwrap()], &["--export-csv", "no/such/dir", "does not exist"]);
     assert!(!missing.exists());
 }
+
+#[test]
+fn bench_skips_a_backend_without_a_usable_adapter_and_measures_the_others() {
+    // No adapter's name contains the filter, on any machine: among several
+    // backends the GPU one is skipped with the reason and the CPU row is
+    // measured; asked alone, the same backend is the error (exit 1).
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("b.json");
+    let common =
+        ["bench", "--synthetic", "60,40,600", "--rank", "4", "--batch", "64", "--warmup", "0", "--epochs", "1"];
+    let budgets = ["--device-memory", "100%,10%", "--policy", "sca", "--adapter", "no-adapter-is-called-this"];
+    rowstage()
+        .args(common)
+        .args(budgets)
+        .args(["--backend", "cpu,vulkan"])
+        .arg("--export-json")
+        .arg(&json)
+        .assert()
+        .success();
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["complete"], true);
+    assert_eq!(j["rows"].as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(j["rows"][0]["backend"], "cpu");
+    let skipped = j["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2, "one per budget × policy of the skipped backend: {j}");
+    for s in skipped {
+        assert_eq!(s["backend"], "vulkan");
+        assert!(s["reason"].as_str().unwrap().contains("no-adapter-is-called-this"), "{s}");
+    }
+    let out = rowstage().args(common).args(budgets).args(["--backend", "vulkan"]).assert().code(1);
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("no GPU adapter found") && err.contains("no-adapter-is-called-this"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -215,8 +215,8 @@ pub fn belady_floor(
 /// Runs the sweep of `plan` on `data`. `stop` ends it at the next batch
 /// boundary: the configuration then running is dropped and the report comes
 /// back with `complete: false`. A configuration that cannot run (a budget
-/// below one batch) is skipped with its reason; any other error ends the
-/// sweep.
+/// below one batch, or, among several backends, one without a usable
+/// adapter) is skipped with its reason; any other error ends the sweep.
 pub fn run(
     data: &Dataset,
     dataset: crate::report::DatasetInfo,
@@ -244,12 +244,37 @@ pub fn run(
     let mut floors: Vec<(usize, usize, Option<f64>)> = Vec::new();
     for (backend, adapter) in &plan.backends {
         let cpu = *backend == BackendChoice::Cpu;
-        let copy = if cpu { None } else { Some(crate::gpu::calibrate::copy_bandwidth(*backend, adapter.as_deref())?) };
         let configs: Vec<(Option<usize>, Option<PolicyKind>)> = if cpu {
             vec![(None, None)]
         } else {
             (0..plan.budgets.len()).flat_map(|b| plan.policies.iter().map(move |&p| (Some(b), Some(p)))).collect()
         };
+        // One device per adapter for the whole sweep (see GpuContext).
+        let ctx = if cpu {
+            None
+        } else {
+            match crate::gpu::GpuContext::new(*backend, adapter.as_deref()) {
+                Ok(c) => Some(c),
+                // Among several backends, one without a usable adapter is
+                // skipped, its rows saying why; alone, it is the error.
+                Err(e @ Error::NoAdapter { .. }) if plan.backends.len() > 1 => {
+                    for (b, policy) in configs {
+                        let s = Skipped {
+                            backend: backend.name().into(),
+                            budget: plan.budgets[b.expect("a GPU configuration has a budget")].0.clone(),
+                            policy: policy.map_or("-", |p| p.name()).to_string(),
+                            reason: e.to_string(),
+                        };
+                        progress.skipped(&s);
+                        report.skipped.push(s);
+                        index += 1;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let copy = ctx.as_ref().map(crate::gpu::calibrate::copy_bandwidth).transpose()?;
         for (b, policy) in configs {
             let budget_text = b.map_or("-".to_string(), |b| plan.budgets[b].0.clone());
             let policy_text = policy.map_or("-", |p| p.name()).to_string();
@@ -266,7 +291,7 @@ pub fn run(
             // The batch shrinks (halving) until the slab holds one: a small
             // accelerator memory means small batches, and the row says which.
             let mut settings = settings.clone();
-            let opened = match train::open_backend_fitting(data, &mut settings, &spec, MIN_BATCH) {
+            let opened = match train::open_backend_fitting(data, &mut settings, &spec, MIN_BATCH, ctx.as_ref()) {
                 Ok(o) => Some(o),
                 Err(e @ Error::BudgetTooSmall { .. }) => {
                     let s = Skipped {

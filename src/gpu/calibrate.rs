@@ -176,13 +176,12 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
     ))
 }
 
-/// The device's copy bandwidth on the adapter `backend`/`adapter` select:
-/// bytes read plus bytes written per second by one large buffer-to-buffer
-/// copy on the device (64 MiB, or less where the adapter's buffers are
-/// smaller), best of three after one warm-up. The peer of the SGD kernel's
-/// achieved bandwidth in `rowstage bench`.
-pub fn copy_bandwidth(backend: crate::gpu::BackendChoice, adapter: Option<&str>) -> Result<f64> {
-    let ctx = GpuContext::new(backend, adapter)?;
+/// The copy bandwidth of `ctx`'s device: bytes read plus bytes written per
+/// second by one large buffer-to-buffer copy on the device (64 MiB, or less
+/// where the adapter's buffers are smaller), best of three after one
+/// warm-up. The peer of the SGD kernel's achieved bandwidth in `rowstage
+/// bench`.
+pub fn copy_bandwidth(ctx: &GpuContext) -> Result<f64> {
     let name = ctx.summary.name.clone();
     let size = (64u64 << 20).min(ctx.summary.max_buffer_size) & !3;
     let buffer = |label| {

@@ -59,6 +59,11 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     pub max_compute_workgroup_size_x: u32,
     pub max_storage_buffers_per_shader_stage: u32,
+    /// Whether the adapter runs compute shaders at all. An OpenGL context
+    /// older than 4.3 (or GLES older than 3.1) does not: NVIDIA's EGL gave
+    /// wgpu a 3.3 context on an H100, on which opening the device failed
+    /// with "Parent device is lost". Such adapters are listed, never chosen.
+    pub compute_shaders: bool,
 }
 
 impl AdapterSummary {
@@ -77,6 +82,7 @@ impl AdapterSummary {
             max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
             max_compute_workgroup_size_x: l.max_compute_workgroup_size_x,
             max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            compute_shaders: has_compute_shaders(adapter),
         }
     }
 
@@ -121,7 +127,55 @@ fn sorted_adapters(instance: &wgpu::Instance, choice: BackendChoice) -> Vec<wgpu
     adapters
 }
 
-/// A device ready for rowstage's kernels.
+fn has_compute_shaders(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        && (info.backend != wgpu::Backend::Gl || gl_version_runs_compute(&info.driver_info) != Some(false))
+}
+
+/// Whether the OpenGL version string an adapter reports (`4.5 (Core
+/// Profile) Mesa 22.3.6`, `3.3.0 NVIDIA 580.159.04`, `OpenGL ES 3.2 ...`)
+/// is one whose shading language has compute shaders: 4.3 for OpenGL, 3.1
+/// for GLES. wgpu picks the GLSL version from the context's, so a 3.3
+/// context fails at device creation even where the driver advertises the
+/// compute extension (NVIDIA's did, and wgpu's own capability flags said
+/// yes). `None` when no version can be read.
+fn gl_version_runs_compute(version: &str) -> Option<bool> {
+    let es = version.contains("OpenGL ES");
+    let number = version.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = number.split('.').map(|p| p.parse::<u32>());
+    let (major, minor) = (parts.next()?.ok()?, parts.next()?.ok()?);
+    Some((major, minor) >= if es { (3, 1) } else { (4, 3) })
+}
+
+/// Why no adapter was chosen: none at all, none matching the filter, or
+/// only adapters without compute shaders.
+fn no_adapter_hint(all: &[wgpu::Adapter], matching: &[wgpu::Adapter]) -> String {
+    let describe = |a: &wgpu::Adapter| {
+        let i = a.get_info();
+        format!("{} ({:?}, driver {})", i.name, i.backend, i.driver_info.trim())
+    };
+    if all.is_empty() {
+        "wgpu found no adapter at all; install a GPU driver or Mesa's software drivers \
+         (Debian: apt-get install mesa-vulkan-drivers), or use --backend cpu"
+            .into()
+    } else if !matching.is_empty() {
+        format!(
+            "no compute shaders on {}: rowstage needs Vulkan, Metal, DX12, OpenGL 4.3 or GLES 3.1; \
+             run `rowstage devices`, or use --backend cpu",
+            matching.iter().map(describe).collect::<Vec<_>>().join(", ")
+        )
+    } else {
+        format!("adapters found: {}; run `rowstage devices`", all.iter().map(describe).collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// A device ready for rowstage's kernels. Cloning shares the device (wgpu's
+/// handles are reference-counted): a sweep opens one per adapter and runs
+/// every configuration on it, since some drivers stop enumerating adapters
+/// after a process has created and dropped a few dozen devices (NVIDIA's
+/// Vulkan driver did, at the 25th, in `rowstage bench`).
+#[derive(Clone)]
 pub struct GpuContext {
     pub adapter: wgpu::Adapter,
     pub device: wgpu::Device,
@@ -144,26 +198,15 @@ impl GpuContext {
         let adapters = sorted_adapters(&instance, choice);
         let env_filter = std::env::var("WGPU_ADAPTER_NAME").ok();
         let filter = name_filter.or(env_filter.as_deref()).map(str::to_lowercase);
-        let names: Vec<String> = adapters
+        let matching: Vec<wgpu::Adapter> = adapters
             .iter()
-            .map(|a| {
-                let i = a.get_info();
-                format!("{} ({:?})", i.name, i.backend)
-            })
+            .filter(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
+            .cloned()
             .collect();
-        let adapter = adapters
-            .into_iter()
-            .find(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
-            .ok_or_else(|| Error::NoAdapter {
-                requested: requested.clone(),
-                hint: if names.is_empty() {
-                    "wgpu found no adapter at all; install a GPU driver or Mesa's software drivers \
-                     (Debian: apt-get install mesa-vulkan-drivers), or use --backend cpu"
-                        .into()
-                } else {
-                    format!("adapters found: {}; run `rowstage devices`", names.join(", "))
-                },
-            })?;
+        let adapter = matching.iter().find(|a| has_compute_shaders(a)).cloned().ok_or_else(|| Error::NoAdapter {
+            requested: requested.clone(),
+            hint: no_adapter_hint(&adapters, &matching),
+        })?;
         let summary = AdapterSummary::of(&adapter);
         // Ask for the adapter's own limits: the slab may need its largest
         // storage binding, and lavapipe's is 128 MiB, far above the default.
@@ -182,5 +225,24 @@ impl GpuContext {
     /// `name (backend, device type)`, for messages and reports.
     pub fn describe(&self) -> String {
         format!("{} ({}, {})", self.summary.name, self.summary.backend, self.summary.device_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gl_version_runs_compute;
+
+    #[test]
+    fn gl_versions_with_and_without_compute_shaders() {
+        assert_eq!(gl_version_runs_compute(" 4.5 (Core Profile) Mesa 22.3.6"), Some(true));
+        assert_eq!(gl_version_runs_compute("4.3.0 NVIDIA 580.159.04"), Some(true));
+        assert_eq!(gl_version_runs_compute("4.6.0 NVIDIA 580.159.04"), Some(true));
+        assert_eq!(gl_version_runs_compute(" 3.3.0 NVIDIA 580.159.04"), Some(false));
+        assert_eq!(gl_version_runs_compute("4.1 Metal - 83.1"), Some(false));
+        assert_eq!(gl_version_runs_compute("OpenGL ES 3.2 Mesa 22.3.6"), Some(true));
+        assert_eq!(gl_version_runs_compute("OpenGL ES 3.0 Mesa 22.3.6"), Some(false));
+        assert_eq!(gl_version_runs_compute("OpenGL ES 3.1 NVIDIA 580.159.04"), Some(true));
+        assert_eq!(gl_version_runs_compute(""), None);
+        assert_eq!(gl_version_runs_compute("NVIDIA"), None);
     }
 }

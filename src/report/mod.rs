@@ -212,6 +212,21 @@ pub fn grid_table(grid: &[GridJson]) -> Vec<String> {
     lines
 }
 
+/// What Hogwild conflicts cost on a GPU, and the way out, for an epoch with
+/// many: a GPU runs a batch's updates at once, so ratings sharing a row race
+/// and all but one of their updates may be lost. On skewed data that costs
+/// accuracy (BENCHMARKS.md, "Hogwild on a real GPU").
+pub fn conflict_note(e: &EpochReport) -> String {
+    format!(
+        "{:.0}% of epoch {}'s ratings share a user or item with an earlier rating of their batch, and a GPU \
+         applies a batch's updates at once: their updates race and some are lost, which costs test RMSE on \
+         skewed data. --deterministic applies them in order (conflict-free waves: the sequential model, \
+         slower); a smaller --batch races less.",
+        100.0 * e.conflicts as f64 / e.ratings.max(1) as f64,
+        e.epoch
+    )
+}
+
 /// The text line printed after an epoch.
 pub fn epoch_line(e: &EpochReport, staged: bool) -> String {
     let l = &e.ledger;

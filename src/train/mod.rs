@@ -18,8 +18,8 @@ pub mod plan;
 mod setup;
 
 pub use setup::{
-    BackendSpec, Opened, Planned, auto_batch, co_partition_for, open_backend, open_backend_fitting, plan_budget,
-    table_bytes,
+    BackendSpec, Opened, Planned, auto_batch, co_partition_for, open_backend, open_backend_fitting, open_backend_on,
+    plan_budget, table_bytes,
 };
 
 use std::path::Path;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Backend, TrainSettings, cpu, epoch_order};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::gpu::{BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup};
+use crate::gpu::{AdapterSummary, BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup};
 use crate::model::row_stride;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
 use crate::stage::{Budget, PolicyKind};
@@ -33,6 +33,8 @@ pub struct Opened {
     pub backend: Box<dyn Backend>,
     /// The slab layout, for a GPU backend.
     pub layout: Option<GpuLayout>,
+    /// The adapter, for a GPU backend.
+    pub adapter: Option<AdapterSummary>,
     /// A one-line notice (e.g. the fallback to the CPU).
     pub notice: Option<String>,
 }
@@ -173,17 +175,33 @@ pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
     ((data.users.len() + data.items.len()) * row_stride(rank) * 4) as u64
 }
 
-/// [`open_backend`], halving `settings.batch` (down to `min_batch`) while
-/// the slab cannot hold one batch: a small device memory means small
-/// batches. The error of the smallest batch tried when none fits.
+/// [`open_backend_on`], halving `settings.batch` (down to `min_batch`)
+/// while the slab cannot hold one batch: a small device memory means small
+/// batches. The error of the smallest batch tried when none fits. Every try
+/// runs on one device: `ctx`, or one opened here for a GPU `spec`.
 pub fn open_backend_fitting(
     data: &Dataset,
     settings: &mut TrainSettings,
     spec: &BackendSpec,
     min_batch: usize,
+    ctx: Option<&GpuContext>,
 ) -> Result<Opened> {
+    let opened_here;
+    let ctx = match ctx {
+        Some(c) => Some(c),
+        None if spec.backend == BackendChoice::Cpu => None,
+        None => match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
+            Ok(c) => {
+                opened_here = c;
+                Some(&opened_here)
+            }
+            // `auto` without an adapter: open_backend_on falls back to the CPU.
+            Err(Error::NoAdapter { .. }) if spec.backend == BackendChoice::Auto && spec.adapter.is_none() => None,
+            Err(e) => return Err(e),
+        },
+    };
     loop {
-        match open_backend(data, settings, spec) {
+        match open_backend_on(data, settings, spec, ctx.cloned()) {
             Err(Error::BudgetTooSmall { .. }) if settings.batch > min_batch => {
                 settings.batch = (settings.batch / 2).max(min_batch);
             }
@@ -195,6 +213,18 @@ pub fn open_backend_fitting(
 /// Opens the backend `spec` asks for. `--backend auto` falls back to the
 /// Hogwild CPU backend with a notice when wgpu finds no adapter.
 pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
+    open_backend_on(data, settings, spec, None)
+}
+
+/// [`open_backend`] on the device `ctx` when given (opened for `spec` by
+/// the caller, who may run several backends on it one after another), else
+/// on a device opened here. A CPU `spec` ignores `ctx`.
+pub fn open_backend_on(
+    data: &Dataset,
+    settings: &TrainSettings,
+    spec: &BackendSpec,
+    ctx: Option<GpuContext>,
+) -> Result<Opened> {
     let hp = &settings.hp;
     let cpu_backend = || -> Box<dyn Backend> {
         if settings.deterministic {
@@ -204,14 +234,19 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
         }
     };
     if spec.backend == BackendChoice::Cpu {
-        return Ok(Opened { backend: cpu_backend(), layout: None, notice: None });
+        return Ok(Opened { backend: cpu_backend(), layout: None, adapter: None, notice: None });
     }
-    let ctx = match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
+    let opened = match ctx {
+        Some(ctx) => Ok(ctx),
+        None => GpuContext::new(spec.backend, spec.adapter.as_deref()),
+    };
+    let ctx = match opened {
         Ok(ctx) => ctx,
         Err(Error::NoAdapter { hint, .. }) if spec.backend == BackendChoice::Auto && spec.adapter.is_none() => {
             return Ok(Opened {
                 backend: cpu_backend(),
                 layout: None,
+                adapter: None,
                 notice: Some(format!("no GPU adapter found ({hint}); training on the CPU backend instead")),
             });
         }
@@ -250,5 +285,6 @@ pub fn open_backend(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
     };
     let gpu = GpuBackend::new(ctx, &setup)?;
     let layout = gpu.layout().clone();
-    Ok(Opened { backend: Box::new(gpu), layout: Some(layout), notice: None })
+    let adapter = gpu.context().summary.clone();
+    Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
 }
