@@ -39,7 +39,7 @@ pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kernels::{Kernels, MoveParams, PARAMS_SIZE, PARAMS_STRIDE, PredictParams, SgdParams, WORKGROUP, dispatch_size};
 
@@ -95,6 +95,26 @@ impl GpuLayout {
     }
 }
 
+/// Seconds of one training epoch's host time, by what it did: on a fast GPU
+/// the host's work per rating and per step, not the kernel, bounds the
+/// throughput, and `RUST_LOG=rowstage=debug` shows which part.
+#[derive(Debug, Default, Clone, Copy)]
+struct HostTimes {
+    /// `Stager::begin_epoch` (the policy's plan for the epoch).
+    plan: f64,
+    /// Gathering each batch's ratings from the epoch order.
+    gather: f64,
+    /// `Stager::stage`: choosing slots, loads and evictions.
+    stage: f64,
+    /// Samples, uploads, parameters and command encoding.
+    prepare: f64,
+    /// `Queue::submit`.
+    submit: f64,
+    /// Waiting for the device (write-backs, the loss read).
+    wait: f64,
+    steps: u64,
+}
+
 /// The GPU training backend over a [`GpuContext`].
 pub struct GpuBackend {
     ctx: GpuContext,
@@ -129,6 +149,8 @@ pub struct GpuBackend {
     block_stamp: u32,
     block_list: Vec<u32>,
     wire: Wire,
+    /// Where an epoch's host time went (logged at debug level).
+    times: HostTimes,
     error: Arc<Mutex<Option<String>>>,
     resident_loaded: bool,
     /// Write-backs still being read from the device, oldest first.
@@ -558,6 +580,7 @@ impl GpuBackend {
             block_stamp: 0,
             block_list: Vec::new(),
             wire: Wire::default(),
+            times: HostTimes::default(),
             error,
             resident_loaded: false,
             pending: std::collections::VecDeque::with_capacity(READBACK_RING),
@@ -643,10 +666,12 @@ impl GpuBackend {
     fn map_read(&mut self, buf: &wgpu::Buffer, size: u64, f: impl FnOnce(&[u8])) -> Result<()> {
         let slice = buf.slice(..size);
         self.read_signal.request(slice);
+        let t = Instant::now();
         self.ctx
             .device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(POLL_TIMEOUT) })
             .map_err(|e| self.gpu_err(format!("waiting for the device: {e}")))?;
+        self.times.wait += t.elapsed().as_secs_f64();
         self.check()?;
         self.read_signal.take().map_err(|e| self.gpu_err(e))?;
         {
@@ -813,7 +838,9 @@ impl GpuBackend {
         if bytes > 0 {
             enc.copy_buffer_to_buffer(&self.buffers.download, 0, &self.buffers.readback[buffer], 0, bytes);
         }
+        let t = Instant::now();
         let submission = self.ctx.queue.submit([enc.finish()]);
+        self.times.submit += t.elapsed().as_secs_f64();
         if bytes == 0 {
             return self.check();
         }
@@ -846,10 +873,12 @@ impl GpuBackend {
         let Some(p) = self.pending.pop_front() else {
             return Ok(());
         };
+        let t = Instant::now();
         self.ctx
             .device
             .poll(wgpu::PollType::Wait { submission_index: Some(p.submission), timeout: Some(POLL_TIMEOUT) })
             .map_err(|e| self.gpu_err(format!("waiting for the device: {e}")))?;
+        self.times.wait += t.elapsed().as_secs_f64();
         self.check()?;
         self.ring_signals[p.buffer].take().map_err(|e| self.gpu_err(e))?;
         let buf = &self.buffers.readback[p.buffer];
@@ -879,10 +908,15 @@ impl GpuBackend {
 
     /// One device step of training on `ratings` (which fit the slab).
     fn train_step(&mut self, model: &mut Model, ratings: &[Rating]) -> Result<()> {
+        let t0 = Instant::now();
+        let (wait0, submit0) = (self.times.wait, self.times.submit);
         let mut moves = std::mem::take(&mut self.moves);
         self.stager.stage(ratings, &mut moves, &mut self.ledger);
         self.moves = moves;
         self.ledger.steps += 1;
+        let staged = t0.elapsed().as_secs_f64();
+        self.times.stage += staged;
+        self.times.steps += 1;
         // A row staged in now may still be on its way back from an earlier
         // step: then the write-backs up to that step reach the host first.
         if !self.pending.is_empty() {
@@ -958,7 +992,11 @@ impl GpuBackend {
                 );
             }
         }
-        self.submit_step(model, enc)
+        let done = self.submit_step(model, enc);
+        // The rest of the step's time: samples, uploads, encoding.
+        let waited = self.times.wait - wait0 + self.times.submit - submit0;
+        self.times.prepare += t0.elapsed().as_secs_f64() - staged - waited;
+        done
     }
     /// Reads `words` f32 sums of `src` back and hands each, with its index,
     /// to `each` (which adds them in f64).
@@ -1088,7 +1126,10 @@ impl Backend for GpuBackend {
         if !self.resident_loaded {
             self.load_resident(model)?;
         }
+        let epoch_start = Instant::now();
+        self.times = HostTimes::default();
         self.stager.begin_epoch(train, order, following);
+        self.times.plan = epoch_start.elapsed().as_secs_f64();
         let mut enc = self.encoder("clear loss");
         enc.clear_buffer(&self.buffers.loss, 0, None);
         self.ctx.queue.submit([enc.finish()]);
@@ -1113,8 +1154,10 @@ impl Backend for GpuBackend {
                     self.end_block(model)?;
                     break 'spans;
                 }
+                let t = Instant::now();
                 batch.clear();
                 batch.extend(chunk.iter().map(|&i| train[i as usize]));
+                self.times.gather += t.elapsed().as_secs_f64();
                 self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step))?;
                 done += chunk.len();
             }
@@ -1127,6 +1170,21 @@ impl Backend for GpuBackend {
         let words = self.layout.max_samples as u64 * self.copies as u64;
         let copies = self.copies as usize;
         self.read_sums(&loss, words, enc, |j, x| sse[j % copies] += x)?;
+        let t = self.times;
+        let total = epoch_start.elapsed().as_secs_f64();
+        log::debug!(
+            "{}: epoch of {done} ratings in {} steps, {total:.4} s: plan {:.4}, gather {:.4}, stage {:.4}, \
+             prepare {:.4}, submit {:.4}, wait {:.4}, other {:.4} s",
+            self.ctx.summary.name,
+            t.steps,
+            t.plan,
+            t.gather,
+            t.stage,
+            t.prepare,
+            t.submit,
+            t.wait,
+            total - (t.plan + t.gather + t.stage + t.prepare + t.submit + t.wait)
+        );
         Ok(EpochTrain {
             sse,
             count: done as u64,

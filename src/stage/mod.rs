@@ -125,6 +125,9 @@ pub struct Stager {
     block_start: u32,
     free_block: Vec<u32>,
     block_rows: Vec<Placed>,
+    /// Every row has a resident slot: nothing is ever staged, so no step
+    /// needs the fit scan or the pins that guard evictions.
+    all_resident: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +198,7 @@ impl Stager {
             block_start: slots,
             free_block: Vec::new(),
             block_rows: Vec::new(),
+            all_resident: false,
         };
         let resident = me.policy.resident(counts, areas.resident as usize);
         for (slot, &row) in resident.iter().enumerate() {
@@ -202,6 +206,8 @@ impl Stager {
             me.row_of[slot] = row;
         }
         me.areas.resident = resident.len() as u32;
+        // Steps touch only rows that training accesses (`counts` > 0).
+        me.all_resident = counts.iter().enumerate().all(|(row, &c)| c == 0 || me.rows[row].slot != NONE);
         me
     }
 
@@ -211,6 +217,8 @@ impl Stager {
         self.block_start = self.row_of.len() as u32;
         self.row_of.extend(std::iter::repeat_n(NONE, slots as usize));
         self.free_block = (self.block_start..self.block_start + slots).rev().collect();
+        // Blocks move rows in and out: keep the general path.
+        self.all_resident &= slots == 0;
         self
     }
 
@@ -382,7 +390,7 @@ impl Stager {
         // pinned cached rows are at most that, so if free and cached slots and
         // the window all cover it, the whole batch fits without a scan.
         let bound = 2 * ratings.len() as u64;
-        if bound <= (free + self.cached) as u64 && bound <= self.window as u64 {
+        if self.all_resident || (bound <= (free + self.cached) as u64 && bound <= self.window as u64) {
             return ratings.len();
         }
         let stamp = self.next_stamp();
@@ -424,9 +432,11 @@ impl Stager {
         self.policy.begin_step(self.pos, 2 * ratings.len() as u32);
         // Pin every row of the step before any eviction: a row needed later
         // in this step must not be evicted for an earlier miss.
-        for r in ratings {
-            for row in self.rows_of(r) {
-                self.rows[row as usize].pin = stamp;
+        if !self.all_resident {
+            for r in ratings {
+                for row in self.rows_of(r) {
+                    self.rows[row as usize].pin = stamp;
+                }
             }
         }
         for r in ratings {
@@ -702,6 +712,13 @@ pub fn plan_areas(
     n_users: usize,
 ) -> Areas {
     let sca = || sca::CostModel::new(counts, train.len(), batch).split(slots, 1).0;
+    // A slab that holds every row training touches keeps them all resident:
+    // nothing is ever staged (the all-resident peer of a sweep), and the
+    // stager then skips its per-step fit scan and pins.
+    let touched = counts.iter().filter(|&&c| c > 0).count() as u32;
+    if matches!(kind, PolicyKind::Sca | PolicyKind::Static) && slots >= touched {
+        return Areas { resident: touched, cache: 0, staging: slots - touched };
+    }
     match kind {
         PolicyKind::None => Areas { resident: 0, cache: 0, staging: slots },
         PolicyKind::Static => {
@@ -762,6 +779,32 @@ mod tests {
         assert_eq!(moves.slot_i[0], st.slot_of(2));
         // Released slots are free again: the whole batch fits again.
         assert_eq!(st.prefix_that_fits(&ratings), 4);
+    }
+
+    #[test]
+    fn a_slab_holding_every_trained_row_keeps_them_all_resident() {
+        // 3 users, 3 items; user 2 and item 2 are never trained.
+        let ratings = [r(0, 0), r(1, 1), r(0, 1), r(1, 0)];
+        let counts = access_counts(&ratings, 3, 3);
+        let order = [0, 1, 2, 3];
+        for kind in [PolicyKind::Sca, PolicyKind::Static] {
+            // 4 trained rows in 5 slots: all resident, none staged.
+            let areas = plan_areas(kind, 5, &ratings, &order, 4, &counts, 3);
+            assert_eq!(areas, Areas { resident: 4, cache: 0, staging: 1 }, "{kind:?}");
+            let mut st = stager(kind, areas, 3, 3, &counts);
+            assert!(st.all_resident);
+            assert_eq!(st.prefix_that_fits(&ratings), 4);
+            let (mut ledger, mut moves) = (Ledger::default(), Moves::default());
+            st.begin_epoch(&ratings, &order, &[]);
+            st.stage(&ratings, &mut moves, &mut ledger);
+            assert_eq!((ledger.misses(), ledger.hits(), moves.load.len(), moves.release.len()), (0, 4, 0, 0));
+            assert_eq!(moves.slot_u[0], moves.slot_u[2], "user 0 keeps its slot");
+            // A block area moves rows in and out: the general path again.
+            assert!(!stager(kind, areas, 3, 3, &counts).with_block_area(2).all_resident);
+        }
+        // One slot short of the trained rows: SCA plans staging as before.
+        let areas = plan_areas(PolicyKind::Sca, 3, &ratings, &order, 4, &counts, 3);
+        assert!(areas.resident < 3 && !stager(PolicyKind::Sca, areas, 3, 3, &counts).all_resident, "{areas:?}");
     }
 
     #[test]
