@@ -172,9 +172,10 @@ fn no_adapter_hint(all: &[wgpu::Adapter], matching: &[wgpu::Adapter]) -> String 
 
 /// A device ready for rowstage's kernels. Cloning shares the device (wgpu's
 /// handles are reference-counted): a sweep opens one per adapter and runs
-/// every configuration on it, since some drivers stop enumerating adapters
-/// after a process has created and dropped a few dozen devices (NVIDIA's
-/// Vulkan driver did, at the 25th, in `rowstage bench`).
+/// every configuration on it. With a device per configuration (about two
+/// dozen, counting the batch-halving retries), NVIDIA's Vulkan driver on an
+/// H100 enumerated no adapter at all for the sweep's last configuration;
+/// with one device per adapter the same sweep ran through.
 #[derive(Clone)]
 pub struct GpuContext {
     pub adapter: wgpu::Adapter,
