@@ -53,6 +53,12 @@ struct Args {
     /// GPU backends to race (comma-separated; empty for none).
     #[arg(long, default_value = "vulkan,gl")]
     gpu: String,
+    /// How the GPU backends apply a batch (comma-separated): hogwild (all
+    /// updates at once: on a hardware GPU the updates to a hot row race and
+    /// are lost) and deterministic (conflict-free waves: the sequential
+    /// model, slower).
+    #[arg(long, default_value = "hogwild")]
+    gpu_modes: String,
     /// Epoch orders of the CPU backend to race (comma-separated: blocked,
     /// its default, blocked:BINS, and shuffled, the order every backend
     /// shares).
@@ -111,36 +117,46 @@ fn main() {
     for r in &data.train {
         m.push(r.user as i32, r.item as i32, r.value);
     }
-    let settings = |epochs, order| TrainSettings {
+    let settings = |epochs, order, deterministic| TrainSettings {
         hp: HyperParams { rank: a.rank, ..HyperParams::default() },
         grid: Vec::new(),
         epochs,
         batch: 8192,
         seed: a.seed,
-        deterministic: false,
+        deterministic,
         co_partition: None,
         order,
     };
     let mut contenders = Vec::new();
     for o in a.cpu_orders.split(',').filter(|o| !o.trim().is_empty()) {
         let order = Order::parse(o, a.threads).unwrap_or_else(|e| panic!("--cpu-orders: {e}"));
-        contenders.push((BackendChoice::Cpu, a.epochs, order));
+        contenders.push((BackendChoice::Cpu, a.epochs, order, false));
+    }
+    let mut gpu_modes = Vec::new();
+    for m in a.gpu_modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        match m {
+            "hogwild" => gpu_modes.push(false),
+            "deterministic" => gpu_modes.push(true),
+            _ => panic!("--gpu-modes: unknown mode {m:?} (hogwild, deterministic)"),
+        }
     }
     for g in a.gpu.split(',').filter(|g| !g.trim().is_empty()) {
         let b = <BackendChoice as clap::ValueEnum>::from_str(g.trim(), true)
             .unwrap_or_else(|e| panic!("--gpu: unknown backend {g:?}: {e}"));
         if let Err(e) = GpuContext::new(b, None) {
-            println!("{:<60} skipped: {e}", b.name());
+            println!("{:<80} skipped: {e}", b.name());
             continue;
         }
-        contenders.push((b, a.gpu_epochs, Order::Auto));
+        for &deterministic in &gpu_modes {
+            contenders.push((b, a.gpu_epochs, Order::Auto, deterministic));
+        }
     }
     let mut entries: Vec<Entry> = std::iter::once(Entry {
         name: "LIBMF (libmf crate 0.4, SSE build)".to_string(),
         epochs: a.epochs,
         runs: Vec::new(),
     })
-    .chain(contenders.iter().map(|&(_, epochs, _)| Entry { name: String::new(), epochs, runs: Vec::new() }))
+    .chain(contenders.iter().map(|&(_, epochs, _, _)| Entry { name: String::new(), epochs, runs: Vec::new() }))
     .collect();
     // Repetitions interleave the contenders, so that a slow spell of the
     // machine hits all of them; ratios are taken within a repetition.
@@ -163,8 +179,8 @@ fn main() {
         let libmf = (n * a.epochs) as f64 / seconds;
         entries[0].runs.push((libmf, 1.0, seconds, acc.finish().rmse));
         report(&entries[0]);
-        for (k, &(backend, epochs, order)) in contenders.iter().enumerate() {
-            let s = settings(epochs, order);
+        for (k, &(backend, epochs, order, deterministic)) in contenders.iter().enumerate() {
+            let s = settings(epochs, order, deterministic);
             let spec = BackendSpec {
                 backend,
                 adapter: None,
@@ -178,7 +194,8 @@ fn main() {
             let mut be = opened.backend;
             let out = train(&data, &s, be.as_mut(), RunControl::default(), &mut |_| {}).expect("rowstage trains");
             let e = &mut entries[k + 1];
-            e.name = format!("rowstage {} ({}, {} order)", be.kind(), be.adapter(), out.order.name());
+            let waves = if deterministic { ", deterministic waves" } else { "" };
+            e.name = format!("rowstage {} ({}, {} order{waves})", be.kind(), be.adapter(), out.order.name());
             let seconds = n as f64 * epochs as f64 / out.ratings_per_sec;
             e.runs.push((out.ratings_per_sec, out.ratings_per_sec / libmf, seconds, out.final_metrics.rmse));
             report(e);
@@ -215,7 +232,7 @@ fn report(e: &Entry) {
 /// seconds, test RMSE), one run's or the medians.
 fn print_row(e: &Entry, (ups, ratio, seconds, rmse): (f64, f64, f64, f64)) {
     println!(
-        "{:<60} {:>3} epochs {:>9.2} s {:>11.3e} updates/s {:>6.2}× LIBMF  test RMSE {:.4}",
+        "{:<80} {:>3} epochs {:>9.2} s {:>11.3e} updates/s {:>6.2}× LIBMF  test RMSE {:.4}",
         e.name, e.epochs, seconds, ups, ratio, rmse
     );
 }
