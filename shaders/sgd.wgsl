@@ -18,8 +18,9 @@
 // updates of all models, model g with its own learning rate and
 // regularisation (`rates[g]`, the schedule already applied). Concurrent
 // updates of one row may race and lose an update: that is Hogwild!, accepted
-// as in Factorbird, LIBMF and cuMF_SGD. Deterministic mode dispatches
-// conflict-free waves instead, one dispatch each.
+// as in Factorbird, LIBMF and cuMF_SGD. Deterministic mode runs
+// conflict-free waves in order instead: the large ones one dispatch each
+// (`sgd`), the tail of small ones in one workgroup (`sgd_tail`).
 //
 // Each invocation adds the squared errors it saw (before its updates) into
 // its own accumulator, `loss[n * MODELS + g]` for the n-th sample of a
@@ -30,12 +31,15 @@
 
 struct Params {
     first: u32,     // first sample of this dispatch in the sample buffer
-    count: u32,     // samples in this dispatch
+    count: u32,     // samples in this dispatch (`sgd`), waves (`sgd_tail`)
     bias_reg: f32,
     mean: f32,
+    ends: u32,      // `sgd_tail`: word index in `samples` of the waves' ends
 }
 
 const SLOT_VEC4: u32 = ROW_VEC4 * MODELS;
+// Invocations of the one workgroup of `sgd_tail`.
+const TAIL_GROUP: u32 = 256u;
 
 @group(0) @binding(0) var<storage, read_write> slab: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> samples: array<u32>;  // 3 words per sample
@@ -43,17 +47,10 @@ const SLOT_VEC4: u32 = ROW_VEC4 * MODELS;
 @group(0) @binding(3) var<uniform> params: Params;
 @group(0) @binding(4) var<storage, read> rates: array<vec2<f32>>;  // (lr, reg) per model
 
-@compute @workgroup_size(64)
-fn sgd(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let n = (wg.x + wg.y * nwg.x) * 64u + lid;
-    if (n >= params.count) {
-        return;
-    }
-    let s = (params.first + n) * 3u;
+// The updates of sample `j` of the sample buffer (its squared error goes to
+// accumulator `n`, unique within the dispatch), for every model.
+fn update(j: u32, n: u32) {
+    let s = j * 3u;
     let su = samples[s] * SLOT_VEC4;
     let si = samples[s + 1u] * SLOT_VEC4;
     let r = bitcast<f32>(samples[s + 2u]);
@@ -92,5 +89,38 @@ fn sgd(
             slab[pu + BV][l] = pn[l];
             slab[qi + BV][l] = qn[l];
         }
+    }
+}
+
+// One wave (or, in Hogwild, the whole step): every sample at once.
+@compute @workgroup_size(64)
+fn sgd(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n = (wg.x + wg.y * nwg.x) * 64u + lid;
+    if (n >= params.count) {
+        return;
+    }
+    update(params.first + n, n);
+}
+
+// Deterministic mode's small waves, `params.count` of them, in order, in one
+// workgroup: wave w is samples `first`.. (or the previous wave's end) up to
+// `samples[params.ends + w]`. A storage barrier between waves makes each
+// wave's writes visible to the next within the workgroup, so this equals one
+// dispatch per wave, without a dispatch's cost per wave: the long tail of
+// waves that a hot row's many ratings in one batch make.
+@compute @workgroup_size(TAIL_GROUP)
+fn sgd_tail(@builtin(local_invocation_index) lid: u32) {
+    var start = params.first;
+    for (var w = 0u; w < params.count; w++) {
+        let end = samples[params.ends + w];
+        for (var j = start + lid; j < end; j += TAIL_GROUP) {
+            update(j, j - params.first);
+        }
+        start = end;
+        storageBarrier();
     }
 }

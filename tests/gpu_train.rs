@@ -68,7 +68,7 @@ fn max_diff(a: &Model, b: &Model) -> f32 {
 }
 
 fn gpu_backend(ctx: rowstage::gpu::GpuContext, data: &Dataset, s: &TrainSettings, slab_bytes: u64) -> GpuBackend {
-    gpu_backend_with(ctx, data, s, slab_bytes, rowstage::stage::PolicyKind::Static)
+    gpu_backend_with(ctx, data, s, slab_bytes, rowstage::stage::PolicyKind::Static, None)
 }
 
 fn gpu_backend_with(
@@ -77,6 +77,7 @@ fn gpu_backend_with(
     s: &TrainSettings,
     slab_bytes: u64,
     policy: rowstage::stage::PolicyKind,
+    wave_tail: Option<bool>,
 ) -> GpuBackend {
     let blocks = s.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
     let mut orders = rowstage::train::EpochOrders::blocked(data.train.len(), s.seed, 1, blocks);
@@ -100,6 +101,7 @@ fn gpu_backend_with(
             train: &data.train,
             first_order: &order,
             co_partition: s.co_partition,
+            wave_tail,
         },
     )
     .unwrap()
@@ -125,14 +127,17 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
             rowstage::stage::max_distinct_rows(&data.train, &order, s.batch, data.users.len())
         };
         drop(probe);
-        for (label, bytes) in [("all resident", all), ("staged every batch", min_slots as u64 * row_bytes + 12)] {
+        let budgets = [("all resident", all), ("staged every batch", min_slots as u64 * row_bytes + 12)];
+        // Each budget with the small waves as dispatches and in `sgd_tail`.
+        for ((label, bytes), tail) in budgets.into_iter().flat_map(|b| [(b, false), (b, true)]) {
             let ctx = common::gpu(backend, label).unwrap();
-            let mut gpu = gpu_backend(ctx, &data, &s, bytes);
+            let static_ = rowstage::stage::PolicyKind::Static;
+            let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, static_, Some(tail));
             let layout = gpu.layout().clone();
             let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
             let d = max_diff(&out.model, &want);
             eprintln!(
-                "{backend:?} {label}: slots {} resident {} window {}; max |Δ| = {d:.2e}; test RMSE gpu {:.6} cpu {:.6}; rows in {} out {}",
+                "{backend:?} {label}, wave tail {tail}: slots {} resident {} window {}; max |Δ| = {d:.2e}; test RMSE gpu {:.6} cpu {:.6}; rows in {} out {}",
                 layout.slots,
                 layout.areas.resident,
                 layout.window,
@@ -141,7 +146,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
                 out.epochs.iter().map(|e| e.ledger.rows_in()).sum::<u64>(),
                 out.epochs.iter().map(|e| e.ledger.rows_out()).sum::<u64>(),
             );
-            assert!(d < TABLE_TOL, "{backend:?} {label}: tables differ by {d}");
+            assert!(d < TABLE_TOL, "{backend:?} {label}, wave tail {tail}: tables differ by {d}");
             assert!((out.final_metrics.rmse - want_rmse).abs() < RMSE_TOL);
             // The GPU's own evaluation of the last epoch agrees with the host's.
             let last = out.epochs.last().unwrap();
@@ -166,6 +171,49 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
             let h2d: u64 = out.epochs.iter().map(|e| e.ledger.bytes_h2d()).sum();
             let d2h: u64 = out.epochs.iter().map(|e| e.ledger.bytes_d2h()).sum();
             assert_eq!((h2d, d2h), (wire.h2d, wire.d2h), "ledger vs wire");
+        }
+    }
+}
+
+/// Deterministic mode with waves both ways in one step: the large first
+/// waves one dispatch each, then the tail of small waves (fewer ratings than
+/// `sgd_tail`'s 256 invocations) in one workgroup. A batch of 2000 on Zipf
+/// 0.6 data has both; the model must equal the CPU reference's, as with every
+/// wave dispatched apart.
+#[test]
+fn deterministic_waves_dispatched_and_in_one_workgroup_match_the_reference() {
+    // Milder skew than the other tests' 1.05, so that the first wave holds
+    // over 256 ratings before the hot rows' tail begins.
+    let spec = SyntheticSpec::parse("3001,1499,20011", 0.6).unwrap();
+    let data = Dataset::split("waves", generate(&spec, 4), 0.1, 4);
+    let s = TrainSettings { epochs: 2, batch: 2000, ..settings() };
+    let (want, want_rmse) = reference(&data, &s);
+    // The first epoch's first batch has waves on both sides of 256.
+    let mut order = Vec::new();
+    epoch_order(data.train.len(), s.seed, 0, &mut order);
+    let mut wave = vec![0u32; data.users.len() + data.items.len()];
+    let mut sizes: Vec<u32> = Vec::new();
+    for &j in &order[..s.batch] {
+        let r = data.train[j as usize];
+        let rows = [r.user as usize, data.users.len() + r.item as usize];
+        let w = rows.iter().map(|&x| wave[x]).max().unwrap() as usize;
+        rows.iter().for_each(|&x| wave[x] = w as u32 + 1);
+        sizes.resize(sizes.len().max(w + 1), 0);
+        sizes[w] += 1;
+    }
+    assert!(sizes[0] >= 256 && sizes.iter().filter(|&&c| c < 256).count() >= 2, "wave sizes {sizes:?}");
+    let all = table_bytes(&data, s.hp.rank) + 1024;
+    for backend in common::test_backends() {
+        for tail in [false, true] {
+            let Some(ctx) = common::gpu(backend, "deterministic_waves_dispatched_and_in_one_workgroup") else {
+                break;
+            };
+            let mut gpu = gpu_backend_with(ctx, &data, &s, all, rowstage::stage::PolicyKind::Static, Some(tail));
+            let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
+            let d = max_diff(&out.model, &want);
+            eprintln!("{backend:?} wave tail {tail}: {} waves in the first batch; max |Δ| = {d:.2e}", sizes.len());
+            assert!(d < TABLE_TOL, "{backend:?} wave tail {tail}: tables differ by {d}");
+            assert!((out.final_metrics.rmse - want_rmse).abs() < RMSE_TOL);
         }
     }
 }
@@ -217,7 +265,7 @@ fn every_policy_gives_the_same_model_and_matches_the_simulator() {
         for kind in PolicyKind::ALL {
             for bytes in [small, tables] {
                 let ctx = common::gpu(backend, kind.name()).unwrap();
-                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind);
+                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind, None);
                 let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
                 let d = max_diff(&out.model, &want);
                 let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
@@ -364,7 +412,7 @@ fn co_partitioned_training_matches_the_reference_and_the_simulator() {
                 let Some(ctx) = common::gpu(backend, "co_partitioned_training") else {
                     break;
                 };
-                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind);
+                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind, None);
                 assert_eq!(gpu.layout().block_slots, c.block_rows);
                 let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
                 let d = max_diff(&out.model, &want);
@@ -441,7 +489,7 @@ fn grid_search_in_one_run_equals_separate_runs() {
             continue;
         };
         let bytes = (g.table_bytes(&data) / 10).max(sim_setup(&data, &g, None).needed_slots() as u64 * g.row_bytes());
-        let mut gpu = gpu_backend_with(ctx, &data, &g, bytes, rowstage::stage::PolicyKind::Sca);
+        let mut gpu = gpu_backend_with(ctx, &data, &g, bytes, rowstage::stage::PolicyKind::Sca, None);
         let layout = gpu.layout().clone();
         assert_eq!(layout.row_bytes, 4 * (rowstage::model::row_stride(7) * 4) as u64, "a slot holds 4 copies");
         let out = train(&data, &g, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();

@@ -153,6 +153,7 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
             policy: PolicyKind::Static,
             lookahead: 1,
             co_partition: None,
+            wave_tail: None,
         },
     )?;
     let mut model = Model::init(&data, &hp, 1);

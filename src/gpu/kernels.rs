@@ -9,6 +9,9 @@
 //! | 3 | params (uniform, dynamic offset) | same | same | same |
 //! | 4 | | | rates (r): (η_t, λ) per model | upload window (r): rows staged read-only for evaluation |
 //!
+//! `sgd.wgsl` has a second entry point, `sgd_tail`, on `sgd`'s layout: it
+//! runs deterministic mode's tail of small waves in one workgroup.
+//!
 //! `sgd` and `predict` serve `models` models side by side (a grid search):
 //! one slot holds every model's copy of a row, `row_vec4` vec4s each.
 //!
@@ -53,9 +56,13 @@ pub struct MoveParams {
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgdParams {
     pub first: u32,
+    /// Samples (`sgd`), or waves (`sgd_tail`).
     pub count: u32,
     pub bias_reg: f32,
     pub mean: f32,
+    /// `sgd_tail`: the word of `samples` where the waves' ends start.
+    pub ends: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Parameters of `predict`.
@@ -113,13 +120,21 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// All four kernels, compiled once per device.
+/// All four kernels, compiled once per device. `sgd_tail` is the second
+/// entry point of `sgd.wgsl`, on `sgd`'s bind group layout (one bind group
+/// serves both).
 pub struct Kernels {
     pub scatter: Kernel,
     pub gather: Kernel,
     pub sgd: Kernel,
+    pub sgd_tail: Kernel,
     pub predict: Kernel,
 }
+
+/// Invocations of `sgd_tail`'s one workgroup (`TAIL_GROUP` in `sgd.wgsl`).
+/// Deterministic mode hands it the waves after the first wave smaller than
+/// this.
+pub const TAIL_GROUP: u32 = 256;
 
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
@@ -147,7 +162,16 @@ fn params_entry() -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3], extra_read: bool) -> Kernel {
+/// The kernel of entry point `name` in `source`, and those of `more` entry
+/// points of the same module on the same bind group layout.
+fn kernels(
+    device: &wgpu::Device,
+    name: &str,
+    source: &str,
+    rw: [bool; 3],
+    extra_read: bool,
+    more: &[&str],
+) -> Vec<Kernel> {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(name),
         source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -162,15 +186,20 @@ fn kernel(device: &wgpu::Device, name: &str, source: &str, rw: [bool; 3], extra_
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(name),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some(name),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    Kernel { pipeline, layout }
+    std::iter::once(name)
+        .chain(more.iter().copied())
+        .map(|entry| Kernel {
+            pipeline: device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            }),
+            layout: layout.clone(),
+        })
+        .collect()
 }
 
 /// The WGSL source of kernel `name`, specialised for `spec` where it takes
@@ -186,12 +215,18 @@ pub fn source(name: &str, spec: Spec) -> String {
 impl Kernels {
     /// Compiles the four kernels, `sgd` and `predict` for `spec`.
     pub fn new(device: &wgpu::Device, spec: Spec) -> Self {
-        let k = |name: &str, rw: [bool; 3], extra_read: bool| kernel(device, name, &source(name, spec), rw, extra_read);
+        let k = |name: &str, rw: [bool; 3], extra_read: bool, more: &[&str]| {
+            kernels(device, name, &source(name, spec), rw, extra_read, more)
+        };
+        let one = |mut v: Vec<Kernel>| v.remove(0);
+        let [sgd, sgd_tail]: [Kernel; 2] =
+            k("sgd", [true, false, true], true, &["sgd_tail"]).try_into().ok().expect("two entry points");
         Kernels {
-            scatter: k("scatter_rows", [true, false, false], false),
-            gather: k("gather_rows", [false, true, false], false),
-            sgd: k("sgd", [true, false, true], true),
-            predict: k("predict", [false, false, true], true),
+            scatter: one(k("scatter_rows", [true, false, false], false, &[])),
+            gather: one(k("gather_rows", [false, true, false], false, &[])),
+            sgd,
+            sgd_tail,
+            predict: one(k("predict", [false, false, true], true, &[])),
         }
     }
 }
@@ -239,6 +274,9 @@ mod tests {
                     module.entry_points.iter().any(|ep| ep.name == name),
                     "{name}.wgsl has no entry point named {name}"
                 );
+                if name == "sgd" {
+                    assert!(module.entry_points.iter().any(|ep| ep.name == "sgd_tail"), "sgd.wgsl lacks sgd_tail");
+                }
             }
         }
     }

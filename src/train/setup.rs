@@ -282,6 +282,7 @@ pub fn open_backend_on(
         train: &data.train,
         first_order: &first_order,
         co_partition: settings.co_partition,
+        wave_tail: None,
     };
     let gpu = GpuBackend::new(ctx, &setup)?;
     let layout = gpu.layout().clone();
