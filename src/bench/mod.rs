@@ -249,27 +249,18 @@ pub fn run(
         } else {
             (0..plan.budgets.len()).flat_map(|b| plan.policies.iter().map(move |&p| (Some(b), Some(p)))).collect()
         };
-        // One device per adapter for the whole sweep (see GpuContext).
+        // One device per adapter for the whole sweep (see GpuContext). Among
+        // several backends, one without a usable adapter is skipped, its rows
+        // saying why; alone, it is the error.
+        let mut unusable = None;
         let ctx = if cpu {
             None
         } else {
             match crate::gpu::GpuContext::new(*backend, adapter.as_deref()) {
                 Ok(c) => Some(c),
-                // Among several backends, one without a usable adapter is
-                // skipped, its rows saying why; alone, it is the error.
                 Err(e @ Error::NoAdapter { .. }) if plan.backends.len() > 1 => {
-                    for (b, policy) in configs {
-                        let s = Skipped {
-                            backend: backend.name().into(),
-                            budget: plan.budgets[b.expect("a GPU configuration has a budget")].0.clone(),
-                            policy: policy.map_or("-", |p| p.name()).to_string(),
-                            reason: e.to_string(),
-                        };
-                        progress.skipped(&s);
-                        report.skipped.push(s);
-                        index += 1;
-                    }
-                    continue;
+                    unusable = Some(e.to_string());
+                    None
                 }
                 Err(e) => return Err(e),
             }
@@ -291,22 +282,28 @@ pub fn run(
             // The batch shrinks (halving) until the slab holds one: a small
             // accelerator memory means small batches, and the row says which.
             let mut settings = settings.clone();
-            let opened = match train::open_backend_fitting(data, &mut settings, &spec, MIN_BATCH, ctx.as_ref()) {
-                Ok(o) => Some(o),
-                Err(e @ Error::BudgetTooSmall { .. }) => {
+            let opened = match &unusable {
+                Some(reason) => Err(reason.clone()),
+                None => match train::open_backend_fitting(data, &mut settings, &spec, MIN_BATCH, ctx.as_ref()) {
+                    Ok(o) => Ok(o),
+                    Err(e @ Error::BudgetTooSmall { .. }) => Err(e.to_string()),
+                    Err(e) => return Err(e),
+                },
+            };
+            let opened = match opened {
+                Ok(o) => o,
+                Err(reason) => {
                     let s = Skipped {
                         backend: backend.name().into(),
                         budget: budget_text.clone(),
                         policy: policy_text.clone(),
-                        reason: e.to_string(),
+                        reason,
                     };
                     progress.skipped(&s);
                     report.skipped.push(s);
-                    None
+                    continue;
                 }
-                Err(e) => return Err(e),
             };
-            let Some(opened) = opened else { continue };
             let mut be = opened.backend;
             let control = RunControl { stop: Some(stop), ..RunControl::default() };
             let out = train::train(data, &settings, be.as_mut(), control, &mut |e| progress.epoch(e))?;
