@@ -653,8 +653,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         resume,
         patience: a.patience,
     };
-    // A GPU (not a software rasterizer) runs a batch's updates at once.
-    let races = opened.adapter.as_ref().is_some_and(|a| a.device_type != "Cpu") && !settings.deterministic;
+    // A GPU (not a software adapter) runs a batch's updates at once.
+    let races = opened.adapter.as_ref().is_some_and(|a| !a.is_software()) && !settings.deterministic;
     let mut warned = false;
     let outcome = train::train(&data, &settings, backend.as_mut(), control, &mut |e| {
         bar.suspend(|| out.line(&report::epoch_line(e, staged)));

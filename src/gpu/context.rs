@@ -86,6 +86,13 @@ impl AdapterSummary {
         }
     }
 
+    /// Whether the adapter runs shaders on the CPU (lavapipe, llvmpipe: wgpu's
+    /// `Cpu` device type), a few invocations at a time, rather than a whole
+    /// batch at once as a GPU does.
+    pub fn is_software(&self) -> bool {
+        self.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
+    }
+
     /// The largest slab this adapter can bind.
     pub fn max_slab_bytes(&self) -> u64 {
         self.max_storage_buffer_binding_size.min(self.max_buffer_size)

@@ -162,19 +162,19 @@ fn params_entry() -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-/// The kernel of entry point `name` in `source`, and those of `more` entry
-/// points of the same module on the same bind group layout.
-fn kernels(
+/// The kernels of `entries`, entry points of one module (the first named as
+/// its file, compiled for `spec`), on one bind group layout.
+fn kernels<const N: usize>(
     device: &wgpu::Device,
-    name: &str,
-    source: &str,
+    spec: Spec,
     rw: [bool; 3],
     extra_read: bool,
-    more: &[&str],
-) -> Vec<Kernel> {
+    entries: [&str; N],
+) -> [Kernel; N] {
+    let name = entries[0];
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(name),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
+        source: wgpu::ShaderSource::Wgsl(source(name, spec).into()),
     });
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(&format!("{name} bind group layout")),
@@ -186,20 +186,17 @@ fn kernels(
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    std::iter::once(name)
-        .chain(more.iter().copied())
-        .map(|entry| Kernel {
-            pipeline: device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            }),
-            layout: layout.clone(),
-        })
-        .collect()
+    entries.map(|entry| Kernel {
+        pipeline: device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        }),
+        layout: layout.clone(),
+    })
 }
 
 /// The WGSL source of kernel `name`, specialised for `spec` where it takes
@@ -215,19 +212,11 @@ pub fn source(name: &str, spec: Spec) -> String {
 impl Kernels {
     /// Compiles the four kernels, `sgd` and `predict` for `spec`.
     pub fn new(device: &wgpu::Device, spec: Spec) -> Self {
-        let k = |name: &str, rw: [bool; 3], extra_read: bool, more: &[&str]| {
-            kernels(device, name, &source(name, spec), rw, extra_read, more)
-        };
-        let one = |mut v: Vec<Kernel>| v.remove(0);
-        let [sgd, sgd_tail]: [Kernel; 2] =
-            k("sgd", [true, false, true], true, &["sgd_tail"]).try_into().ok().expect("two entry points");
-        Kernels {
-            scatter: one(k("scatter_rows", [true, false, false], false, &[])),
-            gather: one(k("gather_rows", [false, true, false], false, &[])),
-            sgd,
-            sgd_tail,
-            predict: one(k("predict", [false, false, true], true, &[])),
-        }
+        let [scatter] = kernels(device, spec, [true, false, false], false, ["scatter_rows"]);
+        let [gather] = kernels(device, spec, [false, true, false], false, ["gather_rows"]);
+        let [sgd, sgd_tail] = kernels(device, spec, [true, false, true], true, ["sgd", "sgd_tail"]);
+        let [predict] = kernels(device, spec, [false, false, true], true, ["predict"]);
+        Kernels { scatter, gather, sgd, sgd_tail, predict }
     }
 }
 

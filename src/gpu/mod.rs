@@ -115,7 +115,6 @@ struct HostTimes {
     submit: f64,
     /// Waiting for the device (write-backs, the loss read).
     wait: f64,
-    steps: u64,
 }
 
 /// The GPU training backend over a [`GpuContext`].
@@ -359,8 +358,9 @@ pub struct GpuSetup<'a> {
     /// Deterministic mode: run the tail of small waves in one workgroup
     /// (`sgd_tail`) rather than one dispatch per wave. `None`: on for
     /// hardware GPUs, where it made deterministic epochs 1.6× faster on an
-    /// H100, and off for adapters of the `Cpu` type (lavapipe, llvmpipe),
-    /// which run a workgroup on one thread: there it was 2.5× slower.
+    /// H100, and off for software adapters
+    /// ([`AdapterSummary::is_software`]), which run a workgroup on one
+    /// thread: there it was 2.5× slower.
     pub wave_tail: Option<bool>,
 }
 
@@ -571,7 +571,7 @@ impl GpuBackend {
             row_vec4,
             copies: copies as u32,
             deterministic: setup.deterministic,
-            wave_tail: setup.wave_tail.unwrap_or(ctx.summary.device_type != "Cpu"),
+            wave_tail: setup.wave_tail.unwrap_or(!ctx.summary.is_software()),
             bias_reg: setup.bias_reg,
             mean: setup.mean,
             range: setup.range,
@@ -929,7 +929,6 @@ impl GpuBackend {
         self.ledger.steps += 1;
         let staged = t0.elapsed().as_secs_f64();
         self.times.stage += staged;
-        self.times.steps += 1;
         // A row staged in now may still be on its way back from an earlier
         // step: then the write-backs up to that step reach the host first.
         if !self.pending.is_empty() {
@@ -981,22 +980,18 @@ impl GpuBackend {
         self.set_block(BLOCK_GATHER_EVICT, self.move_params(0, n_evict));
         self.set_block(BLOCK_SCATTER, self.move_params(0, n_load));
         self.set_block(BLOCK_GATHER_RELEASE, self.move_params(n_evict as u32, n_release));
-        let sgd = |first, count, ends| SgdParams {
-            first,
-            count,
-            bias_reg: self.bias_reg,
-            mean: self.mean,
-            ends,
-            _pad: [0; 3],
-        };
-        let mut blocks: Vec<SgdParams> = self.waves.ranges[..split].iter().map(|&(f, c)| sgd(f, c, 0)).collect();
+        let (bias_reg, mean) = (self.bias_reg, self.mean);
+        let sgd = |first, count, ends| SgdParams { first, count, bias_reg, mean, ends, _pad: [0; 3] };
+        for w in 0..split {
+            let (first, count) = self.waves.ranges[w];
+            self.set_block(BLOCK_KERNEL + w, sgd(first, count, 0));
+        }
+        let mut blocks = split;
         if split < n_waves {
-            blocks.push(sgd(self.waves.ranges[split].0, (n_waves - split) as u32, ends_at));
+            self.set_block(BLOCK_KERNEL + split, sgd(self.waves.ranges[split].0, (n_waves - split) as u32, ends_at));
+            blocks += 1;
         }
-        for (w, b) in blocks.iter().enumerate() {
-            self.set_block(BLOCK_KERNEL + w, *b);
-        }
-        self.write_params(BLOCK_KERNEL + blocks.len());
+        self.write_params(BLOCK_KERNEL + blocks);
 
         let mut enc = self.encoder("train step");
         {
@@ -1217,7 +1212,7 @@ impl Backend for GpuBackend {
             "{}: epoch of {done} ratings in {} steps, {total:.4} s: plan {:.4}, gather {:.4}, stage {:.4}, \
              prepare {:.4}, submit {:.4}, wait {:.4}, other {:.4} s",
             self.ctx.summary.name,
-            t.steps,
+            self.ledger.steps,
             t.plan,
             t.gather,
             t.stage,
