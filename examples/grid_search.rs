@@ -39,6 +39,7 @@ fn main() -> rowstage::Result<()> {
             policy: PolicyKind::Sca,
             lookahead: 32,
             threads: 2,
+            hogwild_width: Default::default(),
         },
     )?;
     if let Some(n) = &opened.notice {

@@ -137,6 +137,7 @@ fn main() -> rowstage::Result<()> {
         },
         lookahead: 32,
         threads: 2,
+        hogwild_width: Default::default(),
     };
     println!(
         "\nEach run: {} policies × {} budgets, 1 warm-up epoch then 2 timed epochs (medians); the batch halves where the slab cannot hold one.",

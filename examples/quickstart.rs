@@ -35,6 +35,7 @@ fn main() -> rowstage::Result<()> {
             policy: PolicyKind::Sca,
             lookahead: 32,
             threads: 2,
+            hogwild_width: Default::default(),
         },
     )?;
     if let Some(notice) = &opened.notice {

@@ -13,7 +13,8 @@
 #   grid     8 settings in one run against one setting and against 8 runs
 #            (scripts/bench_grid.sh), default dataset and 1M ratings
 #   hogwild  test RMSE and speed of Hogwild against deterministic waves on the
-#            GPU, by batch size, with the sequential CPU reference beside
+#            GPU, by batch size and Hogwild width ($WIDTHS, default
+#            "step auto 16 256"), with the sequential CPU reference beside
 #   race     LIBMF against the CPU backend and the GPU backends at 1M and 10M
 #            ratings, 2 threads and all cores
 #
@@ -102,10 +103,10 @@ for stage in "${stages[@]}"; do
                 batches=(2048 8192)
             fi
             step "hogwild-$data-cpu-sequential" "$bin" train "${flags[@]}" --backend cpu --deterministic \
-                --json "$out/hogwild-$data-cpu-sequential.json"
+                --order shuffled --json "$out/hogwild-$data-cpu-sequential.json"
             for b in "${batches[@]}"; do
-                for mode in hogwild deterministic; do
-                    extra=()
+                for mode in ${WIDTHS:-step auto 16 256} deterministic; do
+                    extra=(--hogwild-width "$mode")
                     [[ $mode == deterministic ]] && extra=(--deterministic)
                     step "hogwild-$data-$b-$mode" timeout 150 "$bin" train "${flags[@]}" --backend "$gpu" \
                         --device-memory 100% --batch "$b" "${extra[@]}" --json "$out/hogwild-$data-$b-$mode.json"
@@ -116,7 +117,7 @@ for stage in "${stages[@]}"; do
     race)
         for n in 1000000 10000000; do
             step "race-$n-2t" "$RACE_BIN" --ratings "$n" --threads 2 --repeat 3 --gpu "$gpu,gl" --gpu-epochs 10 \
-                --json "$out/race-$n-2t.json"
+                --gpu-modes hogwild,hogwild:step,deterministic --json "$out/race-$n-2t.json"
         done
         step "race-10000000-${cores}t" "$RACE_BIN" --ratings 10000000 --threads "$cores" --repeat 3 --gpu "" \
             --json "$out/race-10000000-${cores}t.json"

@@ -18,13 +18,17 @@
 // updates of all models, model g with its own learning rate and
 // regularisation (`rates[g]`, the schedule already applied). Concurrent
 // updates of one row may race and lose an update: that is Hogwild!, accepted
-// as in Factorbird, LIBMF and cuMF_SGD. Deterministic mode runs
-// conflict-free waves in order instead: the large ones one dispatch each
-// (`sgd`), the tail of small ones in one workgroup (`sgd_tail`).
+// as in Factorbird, LIBMF and cuMF_SGD. How many may race is bounded by the
+// width W of a Hogwild step (`params.width`): W invocations, invocation n
+// running samples n, n + W, n + 2W, ... in order, as cuMF_SGD's
+// batch-Hogwild! does; W = the step's sample count runs them all at once.
+// Deterministic mode runs conflict-free waves in order instead: the large
+// ones one dispatch each (`sgd`, W = the wave), the tail of small ones in one
+// workgroup (`sgd_tail`).
 //
 // Each invocation adds the squared errors it saw (before its updates) into
-// its own accumulator, `loss[n * MODELS + g]` for the n-th sample of a
-// dispatch and model g: no two invocations of a dispatch share one, and the
+// its own accumulator, `loss[n * MODELS + g]` for invocation n of a dispatch
+// and model g: no two invocations of a dispatch share one, and the
 // dispatches of a step run one after another, so no reduction (and no
 // barrier) is needed. The host reads the accumulators back once per epoch and
 // adds them in f64.
@@ -35,6 +39,7 @@ struct Params {
     bias_reg: f32,
     mean: f32,
     ends: u32,      // `sgd_tail`: word index in `samples` of the waves' ends
+    width: u32,     // `sgd`: invocations; each runs every width-th sample
 }
 
 const SLOT_VEC4: u32 = ROW_VEC4 * MODELS;
@@ -92,7 +97,9 @@ fn update(j: u32, n: u32) {
     }
 }
 
-// One wave (or, in Hogwild, the whole step): every sample at once.
+// One wave, or in Hogwild the whole step: `params.width` invocations, each
+// running its samples in order (one sample each when the width is the
+// count).
 @compute @workgroup_size(64)
 fn sgd(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -100,10 +107,12 @@ fn sgd(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let n = (wg.x + wg.y * nwg.x) * 64u + lid;
-    if (n >= params.count) {
+    if (n >= params.width) {
         return;
     }
-    update(params.first + n, n);
+    for (var j = n; j < params.count; j += params.width) {
+        update(params.first + j, n);
+    }
 }
 
 // Deterministic mode's small waves, `params.count` of them, in order, in one

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rowstage::bench::{self, BenchReport};
 use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN};
 use rowstage::error::{Error, Result};
-use rowstage::gpu::{BackendChoice, list_adapters};
+use rowstage::gpu::{BackendChoice, HARDWARE_HOGWILD_WIDTH, HogwildWidth, list_adapters};
 use rowstage::model::{self, HyperParams, Model, Setting};
 use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report, WGPU_VERSION};
 use rowstage::stage::copartition::Side;
@@ -150,6 +150,12 @@ struct TrainArgs {
     /// (blocked on the CPU backend without --co-partition, else shuffled).
     #[arg(long, default_value = "auto", value_name = "ORDER")]
     order: String,
+    /// Hogwild on a GPU: how many ratings of a batch update at once (and may
+    /// race), each of that many invocations running its share in order; auto
+    /// is 64 on a hardware GPU and the whole batch on a software adapter,
+    /// step the whole batch. Ignored by the CPU backend and --deterministic.
+    #[arg(long, default_value = "auto", value_name = "W|auto|step")]
+    hogwild_width: String,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -335,6 +341,12 @@ struct BenchArgs {
     /// Horizon of the lookahead policy, in batches.
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
+    /// Hogwild on a GPU: how many ratings of a batch update at once (and may
+    /// race), each of that many invocations running its share in order; auto
+    /// is 64 on a hardware GPU and the whole batch on a software adapter,
+    /// step the whole batch. Ignored by the CPU backend and --deterministic.
+    #[arg(long, default_value = "auto", value_name = "W|auto|step")]
+    hogwild_width: String,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -508,8 +520,14 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--hogwild-width`'s value.
+fn hogwild_width(s: &str) -> Result<HogwildWidth> {
+    HogwildWidth::parse(s).map_err(|why| Error::arg("--hogwild-width", s, &why))
+}
+
 fn cmd_train(a: TrainArgs) -> Result<()> {
     validate_train(&a)?;
+    let hogwild = hogwild_width(&a.hogwild_width)?;
     let budget = match a.device_memory.trim() {
         "auto" => None,
         s => Some(Budget::parse("--device-memory", s)?),
@@ -539,6 +557,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         policy: a.policy,
         lookahead: a.lookahead,
         threads,
+        hogwild_width: hogwild,
     };
     let mut plan = None;
     if a.batch == "auto" {
@@ -592,6 +611,19 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         data.cold_test()
     ));
     out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
+    // Hogwild on a GPU: how many ratings update at once (the whole batch
+    // where the width resolves to none).
+    let at_once = match &opened.adapter {
+        Some(adapter) if !settings.deterministic => {
+            let w = spec.hogwild_width.resolve(adapter).map_or(settings.batch, |w| (w as usize).min(settings.batch));
+            out.line(&format!(
+                "hogwild: {w} of a batch's {} ratings update at once, each of {w} invocations running its share in order",
+                settings.batch
+            ));
+            Some(w)
+        }
+        _ => None,
+    };
     settings.order = settings.order.resolve(backend.as_ref(), settings.co_partition.is_some())?;
     if let train::Order::Blocked { bins } = settings.order {
         out.line(&format!(
@@ -653,14 +685,16 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         resume,
         patience: a.patience,
     };
-    // A GPU (not a software adapter) runs a batch's updates at once.
-    let races = opened.adapter.as_ref().is_some_and(|a| !a.is_software()) && !settings.deterministic;
+    // A GPU (not a software adapter) runs the updates it is given at once;
+    // more than the default width of them lose updates to hot rows.
+    let races = opened.adapter.as_ref().is_some_and(|a| !a.is_software())
+        && at_once.is_some_and(|w| w > HARDWARE_HOGWILD_WIDTH as usize);
     let mut warned = false;
     let outcome = train::train(&data, &settings, backend.as_mut(), control, &mut |e| {
         bar.suspend(|| out.line(&report::epoch_line(e, staged)));
         if races && !warned && e.conflicts as f64 >= CONFLICT_NOTE_SHARE * e.ratings.max(1) as f64 {
             warned = true;
-            bar.suspend(|| eprintln!("note: {}", report::conflict_note(e)));
+            bar.suspend(|| eprintln!("note: {}", report::conflict_note(e, at_once.unwrap_or(settings.batch))));
         }
         bar.inc(1);
     })?;
@@ -730,6 +764,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "row_bytes": layout.map(|l| l.row_bytes),
         "policy": a.policy.name(),
         "threads": threads,
+        "hogwild_width": at_once,
+        "hogwild_width_requested": a.hogwild_width,
         "test_fraction": if a.data.test.is_some() { None } else { Some(a.data.test_fraction) },
         "test": a.data.test.as_ref().map(|p| p.display().to_string()),
         "data": a.data.data.as_ref().map(|p| p.display().to_string()),
@@ -1231,6 +1267,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if !(a.reg.is_finite() && a.reg >= 0.0) {
         return Err(Error::arg("--reg", a.reg.to_string(), "must be a finite number ≥ 0"));
     }
+    let hogwild = hogwild_width(&a.hogwild_width)?;
     let budgets = budget_list(&a.device_memory)?;
     let policies = policy_list(&a.policy)?;
     let mut backends = Vec::new();
@@ -1287,6 +1324,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         },
         lookahead: a.lookahead,
         threads,
+        hogwild_width: hogwild,
     };
     let per_config = (a.warmup + a.epochs) as u64;
     out.line(&format!(

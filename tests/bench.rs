@@ -45,6 +45,7 @@ fn plan(backend: BackendChoice) -> BenchPlan {
         },
         lookahead: 8,
         threads: 2,
+        hogwild_width: Default::default(),
     }
 }
 

@@ -4,8 +4,8 @@
 
 mod common;
 
-use rowstage::data::{Dataset, SyntheticSpec, generate};
-use rowstage::gpu::{GpuBackend, GpuSetup};
+use rowstage::data::{Dataset, IdMap, Rating, SyntheticSpec, generate};
+use rowstage::gpu::{GpuBackend, GpuSetup, HogwildWidth};
 use rowstage::model::{HyperParams, Model};
 use rowstage::train::{RunControl, TrainSettings, cpu::ReferenceCpu, epoch_order, table_bytes, train};
 
@@ -68,7 +68,7 @@ fn max_diff(a: &Model, b: &Model) -> f32 {
 }
 
 fn gpu_backend(ctx: rowstage::gpu::GpuContext, data: &Dataset, s: &TrainSettings, slab_bytes: u64) -> GpuBackend {
-    gpu_backend_with(ctx, data, s, slab_bytes, rowstage::stage::PolicyKind::Static, None)
+    gpu_backend_with(ctx, data, s, slab_bytes, rowstage::stage::PolicyKind::Static, None, HogwildWidth::Auto)
 }
 
 fn gpu_backend_with(
@@ -78,6 +78,7 @@ fn gpu_backend_with(
     slab_bytes: u64,
     policy: rowstage::stage::PolicyKind,
     wave_tail: Option<bool>,
+    hogwild_width: HogwildWidth,
 ) -> GpuBackend {
     let blocks = s.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
     let mut orders = rowstage::train::EpochOrders::blocked(data.train.len(), s.seed, 1, blocks);
@@ -102,6 +103,7 @@ fn gpu_backend_with(
             first_order: &order,
             co_partition: s.co_partition,
             wave_tail,
+            hogwild_width,
         },
     )
     .unwrap()
@@ -132,7 +134,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
         for ((label, bytes), tail) in budgets.into_iter().flat_map(|b| [(b, false), (b, true)]) {
             let ctx = common::gpu(backend, label).unwrap();
             let static_ = rowstage::stage::PolicyKind::Static;
-            let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, static_, Some(tail));
+            let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, static_, Some(tail), HogwildWidth::Auto);
             let layout = gpu.layout().clone();
             let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
             let d = max_diff(&out.model, &want);
@@ -208,7 +210,15 @@ fn deterministic_waves_dispatched_and_in_one_workgroup_match_the_reference() {
             let Some(ctx) = common::gpu(backend, "deterministic_waves_dispatched_and_in_one_workgroup") else {
                 break;
             };
-            let mut gpu = gpu_backend_with(ctx, &data, &s, all, rowstage::stage::PolicyKind::Static, Some(tail));
+            let mut gpu = gpu_backend_with(
+                ctx,
+                &data,
+                &s,
+                all,
+                rowstage::stage::PolicyKind::Static,
+                Some(tail),
+                HogwildWidth::Auto,
+            );
             let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
             let d = max_diff(&out.model, &want);
             eprintln!("{backend:?} wave tail {tail}: {} waves in the first batch; max |Δ| = {d:.2e}", sizes.len());
@@ -265,7 +275,7 @@ fn every_policy_gives_the_same_model_and_matches_the_simulator() {
         for kind in PolicyKind::ALL {
             for bytes in [small, tables] {
                 let ctx = common::gpu(backend, kind.name()).unwrap();
-                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind, None);
+                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind, None, HogwildWidth::Auto);
                 let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
                 let d = max_diff(&out.model, &want);
                 let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
@@ -336,9 +346,11 @@ fn gpu_resume_and_hogwild_conflicts() {
 }
 
 /// Hogwild on the GPU reports its conflicts per epoch (deterministic mode
-/// none) and reaches the deterministic test RMSE within 0.01, on data whose
-/// tables are large next to a batch (as in real use; on the tiny set above
-/// nearly every rating of a batch shares a row with another).
+/// none) and reaches the deterministic test RMSE within 0.01, at the width
+/// of each kind of adapter (the whole batch at once, and 64 at once, which
+/// races less), on data whose tables are large next to a batch (as in real
+/// use; on the tiny set above nearly every rating of a batch shares a row
+/// with another).
 #[test]
 fn gpu_hogwild_reports_conflicts_and_matches_deterministic_accuracy() {
     let spec = SyntheticSpec::parse("3001,1499,30011", 1.05).unwrap();
@@ -346,17 +358,19 @@ fn gpu_hogwild_reports_conflicts_and_matches_deterministic_accuracy() {
     let det = TrainSettings { epochs: 5, batch: 250, ..settings() };
     let hog = TrainSettings { deterministic: false, ..det.clone() };
     let all = table_bytes(&data, det.hp.rank) + 1024;
+    let runs = [(&det, HogwildWidth::Auto), (&hog, HogwildWidth::Step), (&hog, HogwildWidth::Ratings(64))];
     for backend in common::test_backends() {
-        let mut rmse = Vec::new();
-        for s in [&det, &hog] {
+        let mut seen = Vec::new();
+        for (s, width) in runs {
             let Some(ctx) = common::gpu(backend, "gpu_hogwild_reports_conflicts") else {
                 break;
             };
-            let mut gpu = gpu_backend(ctx, &data, s, all);
+            let static_ = rowstage::stage::PolicyKind::Static;
+            let mut gpu = gpu_backend_with(ctx, &data, s, all, static_, None, width);
             let out = train(&data, s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
             let conflicts: Vec<u64> = out.epochs.iter().map(|e| e.conflicts).collect();
             eprintln!(
-                "{backend:?} deterministic={}: conflicts per epoch {conflicts:?} of {} ratings; test RMSE {:.5}",
+                "{backend:?} deterministic={} width {width:?}: conflicts per epoch {conflicts:?} of {} ratings; test RMSE {:.5}",
                 s.deterministic,
                 data.train.len(),
                 out.final_metrics.rmse
@@ -366,10 +380,55 @@ fn gpu_hogwild_reports_conflicts_and_matches_deterministic_accuracy() {
             } else {
                 assert!(conflicts.iter().all(|&c| c > 0), "batches on skewed data share rows");
             }
-            rmse.push(out.final_metrics.rmse);
+            seen.push((conflicts.iter().sum::<u64>(), out.final_metrics.rmse));
         }
-        if let [d, h] = rmse[..] {
+        if let [(_, d), (whole, h), (narrow, h64)] = seen[..] {
             assert!((h - d).abs() < 0.01, "{backend:?}: Hogwild {h} vs deterministic {d}");
+            assert!((h64 - d).abs() < 0.01, "{backend:?}: Hogwild 64 at once {h64} vs deterministic {d}");
+            assert!(narrow < whole, "64 at once race less than 250: {narrow} vs {whole} conflicts");
+        }
+    }
+}
+
+/// Ratings that share no row (user j rates item 7j mod n): however many
+/// run at once, they cannot race.
+fn disjoint() -> Dataset {
+    let n = 1003u32;
+    let names = |p: &str| IdMap::from_names((0..n).map(|j| format!("{p}{j}")).collect());
+    let train: Vec<Rating> =
+        (0..n).map(|j| Rating { user: j, item: (j * 7) % n, value: 1.0 + (j % 5) as f32 }).collect();
+    let test = train.iter().step_by(10).copied().collect();
+    Dataset { name: "disjoint".into(), users: names("u"), items: names("i"), train, test }
+}
+
+/// Hogwild one rating at a time runs each batch in order in one invocation:
+/// no conflicts, and the sequential model of the CPU reference. At a width
+/// of 50 (not a multiple of the workgroup size, nor a divisor of the batch
+/// of 333) on ratings that share no row, every rating is applied exactly
+/// once: again the sequential model.
+#[test]
+fn hogwild_one_at_a_time_and_any_width_without_shared_rows_is_sequential_sgd() {
+    let s = TrainSettings { deterministic: false, ..settings() };
+    for (data, width) in [(dataset(), 1), (disjoint(), 50)] {
+        let (want, want_rmse) = reference(&data, &s);
+        let all = table_bytes(&data, s.hp.rank) + 1024;
+        for backend in common::test_backends() {
+            let Some(ctx) = common::gpu(backend, "hogwild_one_at_a_time") else {
+                continue;
+            };
+            let static_ = rowstage::stage::PolicyKind::Static;
+            let mut gpu = gpu_backend_with(ctx, &data, &s, all, static_, None, HogwildWidth::Ratings(width));
+            let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
+            let conflicts: u64 = out.epochs.iter().map(|e| e.conflicts).sum();
+            let d = max_diff(&out.model, &want);
+            let rmse = out.final_metrics.rmse;
+            eprintln!(
+                "{backend:?} {} width {width}: conflicts {conflicts}; max |Δ| = {d:.2e}; test RMSE {rmse:.6} cpu {want_rmse:.6}",
+                data.name
+            );
+            assert_eq!(conflicts, 0, "{}: no rating races", data.name);
+            assert!(d <= TABLE_TOL, "{backend:?} {}: max |Δ| {d} > {TABLE_TOL}", data.name);
+            assert!((rmse - want_rmse).abs() <= RMSE_TOL);
         }
     }
 }
@@ -412,7 +471,7 @@ fn co_partitioned_training_matches_the_reference_and_the_simulator() {
                 let Some(ctx) = common::gpu(backend, "co_partitioned_training") else {
                     break;
                 };
-                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind, None);
+                let mut gpu = gpu_backend_with(ctx, &data, &s, bytes, kind, None, HogwildWidth::Auto);
                 assert_eq!(gpu.layout().block_slots, c.block_rows);
                 let out = train(&data, &s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
                 let d = max_diff(&out.model, &want);
@@ -489,7 +548,8 @@ fn grid_search_in_one_run_equals_separate_runs() {
             continue;
         };
         let bytes = (g.table_bytes(&data) / 10).max(sim_setup(&data, &g, None).needed_slots() as u64 * g.row_bytes());
-        let mut gpu = gpu_backend_with(ctx, &data, &g, bytes, rowstage::stage::PolicyKind::Sca, None);
+        let mut gpu =
+            gpu_backend_with(ctx, &data, &g, bytes, rowstage::stage::PolicyKind::Sca, None, HogwildWidth::Auto);
         let layout = gpu.layout().clone();
         assert_eq!(layout.row_bytes, 4 * (rowstage::model::row_stride(7) * 4) as u64, "a slot holds 4 copies");
         let out = train(&data, &g, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();

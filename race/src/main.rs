@@ -24,7 +24,7 @@ use std::time::Instant;
 use clap::Parser;
 use rowstage::data::UNKNOWN;
 use rowstage::data::{Dataset, SyntheticSpec, generate};
-use rowstage::gpu::{BackendChoice, GpuContext};
+use rowstage::gpu::{BackendChoice, GpuContext, HogwildWidth};
 use rowstage::model::{HyperParams, MetricsAcc};
 use rowstage::stage::{Budget, PolicyKind};
 use rowstage::train::{BackendSpec, Order, RunControl, TrainSettings, open_backend, train};
@@ -53,10 +53,11 @@ struct Args {
     /// GPU backends to race (comma-separated; empty for none).
     #[arg(long, default_value = "vulkan,gl")]
     gpu: String,
-    /// How the GPU backends apply a batch (comma-separated): hogwild (all
-    /// updates at once: on a hardware GPU the updates to a hot row race and
-    /// are lost) and deterministic (conflict-free waves: the sequential
-    /// model, slower).
+    /// How the GPU backends apply a batch (comma-separated): hogwild (at
+    /// rowstage's default width: 64 ratings at once on a hardware GPU),
+    /// hogwild:W (W at once) or hogwild:step (the whole batch at once: on a
+    /// hardware GPU the updates to a hot row race and are lost), and
+    /// deterministic (conflict-free waves: the sequential model, slower).
     #[arg(long, default_value = "hogwild")]
     gpu_modes: String,
     /// Epoch orders of the CPU backend to race (comma-separated: blocked,
@@ -130,15 +131,17 @@ fn main() {
     let mut contenders = Vec::new();
     for o in a.cpu_orders.split(',').filter(|o| !o.trim().is_empty()) {
         let order = Order::parse(o, a.threads).unwrap_or_else(|e| panic!("--cpu-orders: {e}"));
-        contenders.push((BackendChoice::Cpu, a.epochs, order, false));
+        contenders.push((BackendChoice::Cpu, a.epochs, order, false, HogwildWidth::Auto));
     }
     let mut gpu_modes = Vec::new();
     for m in a.gpu_modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-        match m {
-            "hogwild" => gpu_modes.push(false),
-            "deterministic" => gpu_modes.push(true),
-            _ => panic!("--gpu-modes: unknown mode {m:?} (hogwild, deterministic)"),
-        }
+        let unknown = || -> ! { panic!("--gpu-modes: unknown mode {m:?} (hogwild, hogwild:W, hogwild:step, deterministic)") };
+        gpu_modes.push(match m.split_once(':') {
+            _ if m == "deterministic" => (true, HogwildWidth::Auto),
+            _ if m == "hogwild" => (false, HogwildWidth::Auto),
+            Some(("hogwild", w)) => (false, HogwildWidth::parse(w).unwrap_or_else(|_| unknown())),
+            _ => unknown(),
+        });
     }
     for g in a.gpu.split(',').filter(|g| !g.trim().is_empty()) {
         let b = <BackendChoice as clap::ValueEnum>::from_str(g.trim(), true)
@@ -147,8 +150,8 @@ fn main() {
             println!("{:<80} skipped: {e}", b.name());
             continue;
         }
-        for &deterministic in &gpu_modes {
-            contenders.push((b, a.gpu_epochs, Order::Auto, deterministic));
+        for &(deterministic, width) in &gpu_modes {
+            contenders.push((b, a.gpu_epochs, Order::Auto, deterministic, width));
         }
     }
     let mut entries: Vec<Entry> = std::iter::once(Entry {
@@ -156,7 +159,7 @@ fn main() {
         epochs: a.epochs,
         runs: Vec::new(),
     })
-    .chain(contenders.iter().map(|&(_, epochs, _, _)| Entry { name: String::new(), epochs, runs: Vec::new() }))
+    .chain(contenders.iter().map(|&(_, epochs, ..)| Entry { name: String::new(), epochs, runs: Vec::new() }))
     .collect();
     // Repetitions interleave the contenders, so that a slow spell of the
     // machine hits all of them; ratios are taken within a repetition.
@@ -179,7 +182,7 @@ fn main() {
         let libmf = (n * a.epochs) as f64 / seconds;
         entries[0].runs.push((libmf, 1.0, seconds, acc.finish().rmse));
         report(&entries[0]);
-        for (k, &(backend, epochs, order, deterministic)) in contenders.iter().enumerate() {
+        for (k, &(backend, epochs, order, deterministic, hogwild_width)) in contenders.iter().enumerate() {
             let s = settings(epochs, order, deterministic);
             let spec = BackendSpec {
                 backend,
@@ -189,12 +192,20 @@ fn main() {
                 policy: PolicyKind::Static,
                 lookahead: 32,
                 threads: a.threads,
+                hogwild_width,
             };
             let opened = open_backend(&data, &s, &spec).expect("backend opens");
             let mut be = opened.backend;
             let out = train(&data, &s, be.as_mut(), RunControl::default(), &mut |_| {}).expect("rowstage trains");
             let e = &mut entries[k + 1];
-            let waves = if deterministic { ", deterministic waves" } else { "" };
+            let waves = match &opened.adapter {
+                _ if deterministic => ", deterministic waves".to_string(),
+                Some(adapter) => match hogwild_width.resolve(adapter) {
+                    Some(w) => format!(", Hogwild {w} at once"),
+                    None => ", Hogwild batch at once".to_string(),
+                },
+                None => String::new(),
+            };
             e.name = format!("rowstage {} ({}, {} order{waves})", be.kind(), be.adapter(), out.order.name());
             let seconds = n as f64 * epochs as f64 / out.ratings_per_sec;
             e.runs.push((out.ratings_per_sec, out.ratings_per_sec / libmf, seconds, out.final_metrics.rmse));

@@ -57,6 +57,7 @@ pub struct BenchPlan {
     pub settings: TrainSettings,
     pub lookahead: usize,
     pub threads: usize,
+    pub hogwild_width: crate::gpu::HogwildWidth,
 }
 
 impl BenchPlan {
@@ -278,6 +279,7 @@ pub fn run(
                 policy: policy.unwrap_or(PolicyKind::Static),
                 lookahead: plan.lookahead,
                 threads: plan.threads,
+                hogwild_width: plan.hogwild_width,
             };
             // The batch shrinks (halving) until the slab holds one: a small
             // accelerator memory means small batches, and the row says which.

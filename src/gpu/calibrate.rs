@@ -154,6 +154,7 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
             lookahead: 1,
             co_partition: None,
             wave_tail: None,
+            hogwild_width: crate::gpu::HogwildWidth::Auto,
         },
     )?;
     let mut model = Model::init(&data, &hp, 1);

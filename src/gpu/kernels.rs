@@ -62,7 +62,10 @@ pub struct SgdParams {
     pub mean: f32,
     /// `sgd_tail`: the word of `samples` where the waves' ends start.
     pub ends: u32,
-    pub _pad: [u32; 3],
+    /// `sgd`: invocations, each running every `width`-th sample in order
+    /// (`count` runs every sample at once).
+    pub width: u32,
+    pub _pad: [u32; 2],
 }
 
 /// Parameters of `predict`.

@@ -213,17 +213,19 @@ pub fn grid_table(grid: &[GridJson]) -> Vec<String> {
 }
 
 /// What Hogwild conflicts cost on a GPU, and the way out, for an epoch with
-/// many: a GPU runs a batch's updates at once, so ratings sharing a row race
-/// and all but one of their updates may be lost. On skewed data that costs
-/// accuracy (BENCHMARKS.md, "Hogwild on a real GPU").
-pub fn conflict_note(e: &EpochReport) -> String {
+/// many when `at_once` ratings update at once: a GPU runs them together, so
+/// ratings sharing a row race and all but one of their updates may be lost.
+/// On skewed data that costs accuracy (BENCHMARKS.md, "Hogwild on a real
+/// GPU").
+pub fn conflict_note(e: &EpochReport, at_once: usize) -> String {
     format!(
-        "{:.0}% of epoch {}'s ratings share a user or item with an earlier rating of their batch, and a GPU \
-         applies a batch's updates at once: their updates race and some are lost, which costs test RMSE on \
-         skewed data. --deterministic applies them in order (conflict-free waves: the sequential model, \
-         slower); a smaller --batch races less.",
+        "{:.0}% of epoch {}'s ratings share a user or item with an earlier rating of the {at_once} that update at \
+         once: their updates race and some are lost, which costs test RMSE on skewed data. --hogwild-width auto \
+         ({} at once on a GPU) races less at nearly sequential accuracy; --deterministic applies them in order \
+         (conflict-free waves: the sequential model, slower).",
         100.0 * e.conflicts as f64 / e.ratings.max(1) as f64,
-        e.epoch
+        e.epoch,
+        crate::gpu::HARDWARE_HOGWILD_WIDTH
     )
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Backend, TrainSettings, cpu, epoch_order};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::gpu::{AdapterSummary, BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup};
+use crate::gpu::{AdapterSummary, BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup, HogwildWidth};
 use crate::model::row_stride;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
 use crate::stage::{Budget, PolicyKind};
@@ -23,6 +23,9 @@ pub struct BackendSpec {
     /// `lookahead`'s horizon in batches.
     pub lookahead: usize,
     pub threads: usize,
+    /// Hogwild on a GPU: how many ratings of a step update at once (ignored
+    /// by the CPU backend and in deterministic mode).
+    pub hogwild_width: HogwildWidth,
 }
 
 /// The share of the tables `--device-memory auto` starts from, in percent.
@@ -283,6 +286,7 @@ pub fn open_backend_on(
         first_order: &first_order,
         co_partition: settings.co_partition,
         wave_tail: None,
+        hogwild_width: spec.hogwild_width,
     };
     let gpu = GpuBackend::new(ctx, &setup)?;
     let layout = gpu.layout().clone();
