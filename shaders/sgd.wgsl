@@ -52,13 +52,17 @@ const TAIL_GROUP: u32 = 256u;
 @group(0) @binding(3) var<uniform> params: Params;
 @group(0) @binding(4) var<storage, read> rates: array<vec2<f32>>;  // (lr, reg) per model
 
-// The updates of sample `j` of the sample buffer (its squared error goes to
-// accumulator `n`, unique within the dispatch), for every model.
-fn update(j: u32, n: u32) {
-    let s = j * 3u;
-    let su = samples[s] * SLOT_VEC4;
-    let si = samples[s + 1u] * SLOT_VEC4;
-    let r = bitcast<f32>(samples[s + 2u]);
+// Sample `j` of the sample buffer: (slot_u, slot_i, rating bits).
+fn sample(j: u32) -> vec3<u32> {
+    return vec3<u32>(samples[j * 3u], samples[j * 3u + 1u], samples[j * 3u + 2u]);
+}
+
+// The updates of sample `x` (its squared error goes to accumulator `n`,
+// unique within the dispatch), for every model.
+fn update(x: vec3<u32>, n: u32) {
+    let su = x.x * SLOT_VEC4;
+    let si = x.y * SLOT_VEC4;
+    let r = bitcast<f32>(x.z);
     var p: array<vec4<f32>, ROW_VEC4>;  // vec4s 0..BV: factors only
     var q: array<vec4<f32>, ROW_VEC4>;
     var pt = vec4<f32>(0.0);  // the tail vec4 BV: last factors, bias, padding
@@ -107,11 +111,19 @@ fn sgd(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let n = (wg.x + wg.y * nwg.x) * 64u + lid;
-    if (n >= params.width) {
+    if (n >= params.width || n >= params.count) {
         return;
     }
+    // The next sample is loaded before this one's updates, so that its load
+    // overlaps them rather than adding to the chain of an invocation's
+    // samples (the samples are read-only; the rows are not, and are read
+    // only when their update starts).
+    var x = sample(params.first + n);
     for (var j = n; j < params.count; j += params.width) {
-        update(params.first + j, n);
+        let k = min(j + params.width, params.count - 1u);
+        let next = sample(params.first + k);
+        update(x, n);
+        x = next;
     }
 }
 
@@ -127,7 +139,7 @@ fn sgd_tail(@builtin(local_invocation_index) lid: u32) {
     for (var w = 0u; w < params.count; w++) {
         let end = samples[params.ends + w];
         for (var j = start + lid; j < end; j += TAIL_GROUP) {
-            update(j, j - params.first);
+            update(sample(j), j - params.first);
         }
         start = end;
         storageBarrier();
