@@ -635,7 +635,7 @@ fn bench_exports_json_csv_markdown_and_refuses_bad_flags() {
     bad(&["--policy", "sca,fifo"], &["--policy", "fifo"]);
     bad(&["--device-memory", "10%,lots"], &["--device-memory", "lots"]);
     bad(&["--epochs", "0"], &["--epochs", "0"]);
-    bad(&["--hogwild-width", "-3"], &["--hogwild-width", "-3"]);
+    bad(&["--hogwild-width", "1.5"], &["--hogwild-width", "1.5"]);
     bad(&["--export-json", "-", "--export-csv", "-"], &["--export-csv", "only one export can go to stdout"]);
     let missing = dir.path().join("no/such/dir/out.csv");
     bad(&["--export-csv", missing.to_str().unwrap()], &["--export-csv", "no/such/dir", "does not exist"]);
