@@ -135,7 +135,8 @@ fn main() {
     }
     let mut gpu_modes = Vec::new();
     for m in a.gpu_modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-        let unknown = || -> ! { panic!("--gpu-modes: unknown mode {m:?} (hogwild, hogwild:W, hogwild:step, deterministic)") };
+        let unknown =
+            || -> ! { panic!("--gpu-modes: unknown mode {m:?} (hogwild, hogwild:W, hogwild:step, deterministic)") };
         gpu_modes.push(match m.split_once(':') {
             _ if m == "deterministic" => (true, HogwildWidth::Auto),
             _ if m == "hogwild" => (false, HogwildWidth::Auto),
