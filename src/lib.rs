@@ -41,6 +41,7 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod model;
+mod prefetch;
 pub mod report;
 pub mod stage;
 pub mod train;

@@ -21,10 +21,14 @@ pub use ledger::Ledger;
 pub use policy::{NEVER, Policy, PolicyKind, next_uses};
 
 use crate::data::{Rating, UNKNOWN};
+use crate::prefetch::prefetch_ptr;
 
 /// No slot / no row. Equal to [`UNKNOWN`], so that an unseen id's slot is the
 /// kernels' "unknown" marker.
 pub const NONE: u32 = u32::MAX;
+
+/// How many ratings ahead [`Stager::stage`] prefetches the row states.
+const STAGE_AHEAD: usize = 16;
 
 /// The `n` rows with the most accesses (ties by lower id), most frequent first.
 /// One global order over both tables: with equal row sizes this is the exact
@@ -439,7 +443,14 @@ impl Stager {
                 }
             }
         }
-        for r in ratings {
+        for (n, r) in ratings.iter().enumerate() {
+            // A row's state is a cache miss on large tables (the walk is in
+            // random order): ask for it `STAGE_AHEAD` ratings early.
+            if let Some(ahead) = ratings.get(n + STAGE_AHEAD) {
+                for row in self.rows_of(ahead) {
+                    prefetch_ptr(self.rows.as_ptr().wrapping_add(row as usize));
+                }
+            }
             let rows = self.rows_of(r);
             let mut slots = [0u32; 2];
             for (k, row) in rows.into_iter().enumerate() {

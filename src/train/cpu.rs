@@ -8,6 +8,7 @@ use super::{Backend, EpochTrain};
 use crate::data::Rating;
 use crate::error::{Error, Result};
 use crate::model::{Metrics, MetricsAcc, Model, Rate, Step, row_stride};
+use crate::prefetch::{prefetch, prefetch_row, prefetch_span};
 use crate::stage::Ledger;
 
 /// Ratings between two looks at the stop flag (sequential reference).
@@ -130,42 +131,6 @@ const AHEAD: usize = 8;
 /// How many ratings ahead the gather asks for them: a copy is short, so the
 /// requests must go out much further ahead.
 const GATHER_AHEAD: usize = 96;
-
-/// A hint to bring `x`'s cache line in; never faults, no effect on results.
-#[inline(always)]
-fn prefetch<T>(x: &T) {
-    prefetch_ptr(x as *const T);
-}
-
-/// [`prefetch`] of any address, valid or not: a prefetch reads nothing
-/// architecturally and cannot fault.
-#[inline(always)]
-fn prefetch_ptr<T>(x: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: see above; no dereference happens.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(x as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
-
-/// [`prefetch`] of every cache line of a row.
-#[inline(always)]
-fn prefetch_row(row: &[AtomicU32]) {
-    prefetch_span(row.as_ptr(), row.len());
-}
-
-/// [`prefetch_ptr`] of every cache line of the `len` values from `base`
-/// (which need not be valid: nothing is read).
-#[inline(always)]
-fn prefetch_span<T>(base: *const T, len: usize) {
-    if len > 0 {
-        for off in (0..len).step_by(16).chain([len - 1]) {
-            prefetch_ptr(base.wrapping_add(off));
-        }
-    }
-}
 
 /// Views an exclusively borrowed f32 table as atomics for the scope of one
 /// epoch.
