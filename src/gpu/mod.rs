@@ -49,20 +49,12 @@ use kernels::{
 use crate::data::Rating;
 use crate::error::{Error, Result};
 use crate::model::{Metrics, MetricsAcc, Model, Rate};
-use crate::prefetch::prefetch_ptr;
 use crate::stage::copartition::{CoPartition, distinct_side_rows};
 use crate::stage::{Areas, Ledger, Moves, Placed, PolicyKind, Stager, human_bytes};
 use crate::train::{Backend, EpochTrain, Prediction};
 
 /// Write-backs that may be in flight at once (readback buffers).
 const READBACK_RING: usize = 3;
-
-/// How many ratings ahead a step's gather prefetches them (a copy is short,
-/// so the requests go out far ahead, as in the CPU backend).
-const GATHER_AHEAD: usize = 96;
-
-/// How many ratings ahead the conflict count prefetches the rows' stamps.
-const STAMP_AHEAD: usize = 16;
 
 /// How long one wait on the device may take before it is an error.
 const POLL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -332,15 +324,9 @@ impl Waves {
         self.perm.clear();
         self.perm.extend(0..n as u32);
         let mut conflicts = 0;
-        for (k, round) in ratings.chunks(width.max(1)).enumerate() {
+        for round in ratings.chunks(width.max(1)) {
             self.fresh_stamp(n_rows);
-            let first = k * width.max(1);
-            for (j, r) in round.iter().enumerate() {
-                if let Some(ahead) = ratings.get(first + j + STAMP_AHEAD) {
-                    let stamps = self.stamp_of.as_ptr();
-                    prefetch_ptr(stamps.wrapping_add(ahead.user as usize));
-                    prefetch_ptr(stamps.wrapping_add((n_users + ahead.item) as usize));
-                }
+            for r in round {
                 let (u, i) = (r.user as usize, (n_users + r.item) as usize);
                 conflicts += (self.stamp_of[u] == self.stamp || self.stamp_of[i] == self.stamp) as u64;
                 self.stamp_of[u] = self.stamp;
@@ -1271,13 +1257,7 @@ impl Backend for GpuBackend {
                 }
                 let t = Instant::now();
                 batch.clear();
-                // The ratings are read in random order: ask for them ahead.
-                for (k, &i) in chunk.iter().enumerate() {
-                    if let Some(&far) = chunk.get(k + GATHER_AHEAD) {
-                        prefetch_ptr(train.as_ptr().wrapping_add(far as usize));
-                    }
-                    batch.push(train[i as usize]);
-                }
+                batch.extend(chunk.iter().map(|&i| train[i as usize]));
                 self.times.gather += t.elapsed().as_secs_f64();
                 self.for_each_step(&batch, batch.len(), true, |me, step| me.train_step(model, step))?;
                 done += chunk.len();
