@@ -381,7 +381,10 @@ pub struct GpuSetup<'a> {
 /// 0.8355 against deterministic training's 0.7640. Replaying the races on
 /// the CPU (every read of a round before its writes, the last write of a row
 /// kept) put W = 64 within 0.002 of sequential SGD on that data and on 1M
-/// ratings at batch 8192, and the whole batch 0.06–0.08 behind.
+/// ratings at batch 8192, and the whole batch 0.06–0.08 behind. On the H100,
+/// 64 at once then ended within 0.004 of deterministic training, as fast as
+/// the whole batch at batch 2048 and at 0.63× of it at batch 8192
+/// (BENCHMARKS.md, "Hogwild at a bounded width").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HogwildWidth {
