@@ -150,12 +150,8 @@ struct TrainArgs {
     /// (blocked on the CPU backend without --co-partition, else shuffled).
     #[arg(long, default_value = "auto", value_name = "ORDER")]
     order: String,
-    /// Hogwild on a GPU: how many ratings of a batch update at once (and may
-    /// race), each of that many invocations running its share in order; auto
-    /// is 64 on a hardware GPU and the whole batch on a software adapter,
-    /// step the whole batch. Ignored by the CPU backend and --deterministic.
-    #[arg(long, default_value = "auto", value_name = "W|auto|step")]
-    hogwild_width: String,
+    #[command(flatten)]
+    hogwild: HogwildArgs,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -178,6 +174,24 @@ struct TrainArgs {
     /// epoch's model.
     #[arg(long, value_name = "N")]
     patience: Option<usize>,
+}
+
+/// `--hogwild-width`, shared by train and bench.
+#[derive(Args)]
+struct HogwildArgs {
+    /// Hogwild on a GPU: how many ratings of a batch update at once (and may
+    /// race), each of that many invocations running its share in order; auto
+    /// is 64 on a hardware GPU and the whole batch on a software adapter,
+    /// step the whole batch. Ignored by the CPU backend and --deterministic.
+    #[arg(long, default_value = "auto", value_name = "W|auto|step")]
+    hogwild_width: String,
+}
+
+impl HogwildArgs {
+    /// The width asked for.
+    fn width(&self) -> Result<HogwildWidth> {
+        HogwildWidth::parse(&self.hogwild_width).map_err(|why| Error::arg("--hogwild-width", &self.hogwild_width, &why))
+    }
 }
 
 /// `--co-partition` and `--co-partition-visits`, shared by train and simulate.
@@ -341,12 +355,8 @@ struct BenchArgs {
     /// Horizon of the lookahead policy, in batches.
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
-    /// Hogwild on a GPU: how many ratings of a batch update at once (and may
-    /// race), each of that many invocations running its share in order; auto
-    /// is 64 on a hardware GPU and the whole batch on a software adapter,
-    /// step the whole batch. Ignored by the CPU backend and --deterministic.
-    #[arg(long, default_value = "auto", value_name = "W|auto|step")]
-    hogwild_width: String,
+    #[command(flatten)]
+    hogwild: HogwildArgs,
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -520,14 +530,9 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--hogwild-width`'s value.
-fn hogwild_width(s: &str) -> Result<HogwildWidth> {
-    HogwildWidth::parse(s).map_err(|why| Error::arg("--hogwild-width", s, &why))
-}
-
 fn cmd_train(a: TrainArgs) -> Result<()> {
     validate_train(&a)?;
-    let hogwild = hogwild_width(&a.hogwild_width)?;
+    let hogwild = a.hogwild.width()?;
     let budget = match a.device_memory.trim() {
         "auto" => None,
         s => Some(Budget::parse("--device-memory", s)?),
@@ -765,7 +770,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "policy": a.policy.name(),
         "threads": threads,
         "hogwild_width": at_once,
-        "hogwild_width_requested": a.hogwild_width,
+        "hogwild_width_requested": a.hogwild.hogwild_width,
         "test_fraction": if a.data.test.is_some() { None } else { Some(a.data.test_fraction) },
         "test": a.data.test.as_ref().map(|p| p.display().to_string()),
         "data": a.data.data.as_ref().map(|p| p.display().to_string()),
@@ -1267,7 +1272,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if !(a.reg.is_finite() && a.reg >= 0.0) {
         return Err(Error::arg("--reg", a.reg.to_string(), "must be a finite number ≥ 0"));
     }
-    let hogwild = hogwild_width(&a.hogwild_width)?;
+    let hogwild = a.hogwild.width()?;
     let budgets = budget_list(&a.device_memory)?;
     let policies = policy_list(&a.policy)?;
     let mut backends = Vec::new();

@@ -1082,9 +1082,8 @@ impl GpuBackend {
                 self.dispatch(&mut pass, &self.kernels.sgd, &self.bind.sgd, BLOCK_KERNEL + w, width(count) as u64);
             }
             if split < n_waves {
-                pass.set_pipeline(&self.kernels.sgd_tail.pipeline);
-                pass.set_bind_group(0, &self.bind.sgd, &[((BLOCK_KERNEL + split) as u64 * PARAMS_STRIDE) as u32]);
-                pass.dispatch_workgroups(1, 1, 1);
+                // One workgroup (one invocation's worth of groups).
+                self.dispatch(&mut pass, &self.kernels.sgd_tail, &self.bind.sgd, BLOCK_KERNEL + split, 1);
             }
             if n_release > 0 {
                 self.dispatch(

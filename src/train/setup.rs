@@ -28,6 +28,14 @@ pub struct BackendSpec {
     pub hogwild_width: HogwildWidth,
 }
 
+impl BackendSpec {
+    /// Whether finding no GPU adapter falls back to the CPU backend (with a
+    /// notice) rather than failing: `--backend auto` with no adapter filter.
+    fn falls_back_to_cpu(&self) -> bool {
+        self.backend == BackendChoice::Auto && self.adapter.is_none()
+    }
+}
+
 /// The share of the tables `--device-memory auto` starts from, in percent.
 pub const AUTO_SHARE: f64 = 25.0;
 
@@ -199,7 +207,7 @@ pub fn open_backend_fitting(
                 Some(&opened_here)
             }
             // `auto` without an adapter: open_backend_on falls back to the CPU.
-            Err(Error::NoAdapter { .. }) if spec.backend == BackendChoice::Auto && spec.adapter.is_none() => None,
+            Err(Error::NoAdapter { .. }) if spec.falls_back_to_cpu() => None,
             Err(e) => return Err(e),
         },
     };
@@ -245,7 +253,7 @@ pub fn open_backend_on(
     };
     let ctx = match opened {
         Ok(ctx) => ctx,
-        Err(Error::NoAdapter { hint, .. }) if spec.backend == BackendChoice::Auto && spec.adapter.is_none() => {
+        Err(Error::NoAdapter { hint, .. }) if spec.falls_back_to_cpu() => {
             return Ok(Opened {
                 backend: cpu_backend(),
                 layout: None,
