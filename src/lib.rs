@@ -12,8 +12,11 @@
 //! * [`data`]: loaders, the synthetic generator, splits, id maps.
 //! * [`model`]: the model, the reference SGD step, metrics, safetensors I/O.
 //! * [`stage`]: slot map, staging policies, ledger, budgets.
-//! * [`gpu`]: wgpu context, kernels, and the GPU backend.
-//! * [`train`]: the epoch loop and the CPU backends.
+//! * [`engine`]: the contract below training and backends: the run's layout
+//!   and epoch plans, the backend trait, the per-run listings, the staging
+//!   walk and its simulator.
+//! * [`gpu`]: the GPU engine: device, kernels, resources, step driver.
+//! * [`train`]: the epoch loop, the CPU backends, opening a backend.
 //! * [`report`]: the JSON report and the text lines.
 //! * [`bench`]: `rowstage bench`'s sweep, its exports and its charts (a
 //!   folder of its own rather than part of `report`: it drives training runs,
@@ -38,6 +41,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod model;

@@ -629,7 +629,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         _ => None,
     };
-    settings.order = settings.order.resolve(backend.as_ref(), settings.co_partition.is_some())?;
+    settings.order = settings.order.resolve(&backend.kind(), backend.parallelism(), settings.co_partition.is_some())?;
     if let train::Order::Blocked { bins } = settings.order {
         out.line(&format!(
             "order: blocked, {bins} user bins × {bins} item bins; each round trains {bins} blocks that share no row in parallel"
@@ -993,7 +993,7 @@ fn policy_list(text: &str) -> Result<Vec<PolicyKind>> {
 }
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
-    use rowstage::stage::simulate::SimSetup;
+    use rowstage::engine::simulate::SimSetup;
     if a.batch == 0 || a.rank == 0 || a.epochs == 0 {
         return Err(Error::arg("--batch/--rank/--epochs", "0", "must be at least 1"));
     }
@@ -1044,11 +1044,25 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         "lookups/s"
     ));
     let mut results = Vec::new();
+    // Without co-partitioning the layout and its parts' rows serve every
+    // budget and policy.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let prepared = match setup.co_partition {
+        Some(_) => None,
+        None => {
+            let layout = setup.layout(None)?;
+            let rows = rowstage::engine::rows::PartRows::new(&layout, threads, true);
+            Some((layout, rows))
+        }
+    };
     for (label, budget) in &budgets {
         let bytes = budget.resolve(tables);
         for &kind in &policies {
-            let Some(r) = setup.run(kind, bytes) else {
-                let need = setup.needed_slots() as u64 * row_bytes;
+            let Some(r) = setup.run(kind, bytes, prepared.as_ref())? else {
+                let need = match &prepared {
+                    Some((_, rows)) => rows.max().max(2) as u64 * row_bytes,
+                    None => setup.needed_slots()? as u64 * row_bytes,
+                };
                 out.line(&format!(
                     "{label:<8} {bytes:>10} {:<10} budget too small: a batch of {} needs --device-memory {need} ({})",
                     kind.name(),

@@ -4,13 +4,7 @@
 
 use std::sync::atomic::AtomicU32;
 
-/// A hint to bring `x`'s cache line in; never faults, no effect on results.
-#[inline(always)]
-pub(crate) fn prefetch<T>(x: &T) {
-    prefetch_ptr(x as *const T);
-}
-
-/// [`prefetch`] of any address, valid or not: a prefetch reads nothing
+/// A hint to bring the cache line at `x` in, for any address, valid or not: a prefetch reads nothing
 /// architecturally and cannot fault.
 #[inline(always)]
 pub(crate) fn prefetch_ptr<T>(x: *const T) {

@@ -10,9 +10,9 @@ use std::sync::atomic::AtomicBool;
 use common::StopAfter;
 use rowstage::data::{Dataset, SyntheticSpec, generate};
 use rowstage::model::{HyperParams, Model};
-use rowstage::train::blocked::BlockedRatings;
+use rowstage::engine::{Backend, EpochInput, RunLayout};
 use rowstage::train::cpu::{HogwildCpu, ReferenceCpu};
-use rowstage::train::{Backend, Order, RunControl, TrainSettings, train};
+use rowstage::train::{Order, RunControl, TrainSettings, train};
 
 fn dataset() -> Dataset {
     // Skewed, and not a multiple of anything: 7 bins of uneven blocks.
@@ -84,7 +84,7 @@ fn auto_picks_the_blocked_order_on_the_cpu_and_it_costs_little_accuracy() {
     let s = TrainSettings { epochs: 8, ..settings(Order::Auto) };
     let mut cpu = HogwildCpu::new(s.hp.bias_reg, 2);
     let blocked = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
-    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::train::blocked::default_bins(2) });
+    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::engine::blocked::default_bins(2) });
     let s = TrainSettings { order: Order::Shuffled, ..s };
     let shuffled = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
     assert_eq!(shuffled.order, Order::Shuffled);
@@ -99,13 +99,14 @@ fn a_blocked_run_stopped_mid_epoch_resumes_to_the_uninterrupted_model() {
     let s = settings(BLOCKED);
     let whole = train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, 2), RunControl::default(), &mut |_| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Stop in the second epoch in the middle of a block part.
-    let cut = 12_345;
-    let mut stopping = StopAfter::new(HogwildCpu::new(s.hp.bias_reg, 3), 2, cut);
+    // Stop in the second epoch at the part boundary after 12,345 ratings.
+    let mut stopping = StopAfter::new(HogwildCpu::new(s.hp.bias_reg, 3), 2, 12_345);
     let control = RunControl { checkpoint: Some(dir.path()), ..Default::default() };
     let first = train(&data, &s, &mut stopping, control, &mut |_| {}).unwrap();
     assert!(!first.complete);
     let saved = rowstage::train::checkpoint::load_checkpoint(dir.path()).unwrap();
+    let cut = stopping.stopped_at.unwrap();
+    assert!(cut >= 12_345 && cut < data.train.len());
     assert_eq!((saved.state.epoch, saved.state.position), (1, cut));
     let control = RunControl { resume: Some(saved), ..Default::default() };
     let second = train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, 2), control, &mut |_| {}).unwrap();
@@ -122,55 +123,42 @@ fn a_blocked_run_stopped_mid_epoch_resumes_to_the_uninterrupted_model() {
     assert!(e.to_string().contains("--order") && e.to_string().contains("blocked:7"), "{e}");
 }
 
-/// `data` in 7 × 7 blocks, and the first epoch's order and part ends.
-fn first_epoch(data: &Dataset) -> (BlockedRatings, Vec<u32>, Vec<u32>) {
-    let grid = BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 1, 2);
-    let (mut order, mut parts) = (Vec::new(), Vec::new());
-    grid.arrange(1, 0, &mut order, &mut parts);
-    (grid, order, parts)
+/// `data` in 7 × 7 blocks.
+fn blocked_layout(data: &Dataset) -> RunLayout {
+    TrainSettings { order: BLOCKED, ..settings(BLOCKED) }.layout(data, 2).unwrap()
 }
 
 #[test]
 fn a_raised_stop_flag_ends_the_pass_before_any_part() {
     let data = dataset();
-    let (grid, order, parts) = first_epoch(&data);
+    let layout = blocked_layout(&data);
+    let plan = layout.epoch(0);
     let mut model = Model::init(&data, &HyperParams { rank: 8, ..Default::default() }, 1);
     let before = model.clone();
     let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
-    let out = HogwildCpu::new(0.01, 2)
-        .train_epoch(&mut model, grid.ratings(), &order, &parts, Some(&grid), &[], &rates, &AtomicBool::new(true))
-        .unwrap();
+    let stop = AtomicBool::new(true);
+    let input = EpochInput { epoch: 0, layout: &layout, plan: &plan, from: 0, following: None, rates: &rates, stop: &stop };
+    let out = HogwildCpu::new(0.01, 2).train_epoch(&mut model, &input).unwrap();
     assert_eq!(out.done, 0);
     assert_eq!(model, before);
 }
 
+/// Row exclusivity between threads rests on every rating of a blocked part
+/// lying in the part's bins: checked on the real layout of the tests.
 #[test]
-fn orders_that_would_share_rows_between_threads_are_refused() {
+fn every_blocked_part_lies_in_its_bins_and_no_round_shares_one() {
     let data = dataset();
-    let (grid, order, parts) = first_epoch(&data);
-    let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
-    let never = AtomicBool::new(false);
-    let fresh = || Model::init(&data, &HyperParams { rank: 8, ..Default::default() }, 1);
-    let mut cpu = HogwildCpu::new(0.01, 3);
-
-    // One span over the whole order: it crosses blocks. Nothing is trained.
-    let mut model = fresh();
-    let whole = [order.len() as u32];
-    let e =
-        cpu.train_epoch(&mut model, grid.ratings(), &order, &whole, Some(&grid), &[], &rates, &never).err().unwrap();
-    assert!(e.to_string().contains("not inside one block"), "{e}");
-    assert_eq!(model, fresh());
-
-    // Ratings other than the blocked copy.
-    let e = cpu.train_epoch(&mut model, &data.train, &order, &parts, Some(&grid), &[], &rates, &never).err().unwrap();
-    assert!(e.to_string().contains("not the blocked copy"), "{e}");
-
-    // A part whose indices stop running consecutively (its second and third
-    // swapped).
-    let (k, _) = parts.iter().enumerate().find(|&(k, &e)| e - if k == 0 { 0 } else { parts[k - 1] } >= 3).unwrap();
-    let at = if k == 0 { 0 } else { parts[k - 1] as usize };
-    let mut bad = order.clone();
-    bad.swap(at + 1, at + 2);
-    let e = cpu.train_epoch(&mut model, grid.ratings(), &bad, &parts, Some(&grid), &[], &rates, &never).err().unwrap();
-    assert!(e.to_string().contains("consecutive"), "{e}");
+    let layout = blocked_layout(&data);
+    let grid = rowstage::engine::blocked::BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 11, 1);
+    for (id, part) in layout.parts().iter().enumerate() {
+        let pair = layout.bins_of_part(id as u32).unwrap();
+        assert!(layout.ratings()[part.range()].iter().all(|r| grid.bins_of(r) == pair), "part {id}");
+    }
+    let plan = layout.epoch(1);
+    for (range, _) in plan.groups_from(0) {
+        let pairs: Vec<_> = plan.parts[range].iter().map(|&p| layout.bins_of_part(p).unwrap()).collect();
+        for (k, a) in pairs.iter().enumerate() {
+            assert!(pairs[..k].iter().all(|b| a.0 != b.0 && a.1 != b.1), "a round shares a bin: {pairs:?}");
+        }
+    }
 }

@@ -4,10 +4,13 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use rowstage::data::{Dataset, IdMap, Rating, SyntheticSpec, generate};
+use rowstage::engine::rows::PartRows;
 use rowstage::gpu::{GpuBackend, GpuSetup, HogwildWidth};
 use rowstage::model::{HyperParams, Model};
-use rowstage::train::{RunControl, TrainSettings, cpu::ReferenceCpu, epoch_order, table_bytes, train};
+use rowstage::train::{RunControl, TrainSettings, cpu::ReferenceCpu, table_bytes, train};
 
 /// Largest |a − b| over both tables allowed after 3 epochs: the two sides sum
 /// the same floats in the same order, but the GPU may fuse multiply-adds.
@@ -48,8 +51,8 @@ fn sim_setup<'a>(
     data: &'a Dataset,
     s: &TrainSettings,
     co_partition: Option<rowstage::stage::copartition::Side>,
-) -> rowstage::stage::simulate::SimSetup<'a> {
-    rowstage::stage::simulate::SimSetup {
+) -> rowstage::engine::simulate::SimSetup<'a> {
+    rowstage::engine::simulate::SimSetup {
         train: &data.train,
         n_users: data.users.len(),
         n_items: data.items.len(),
@@ -80,33 +83,32 @@ fn gpu_backend_with(
     wave_tail: Option<bool>,
     hogwild_width: HogwildWidth,
 ) -> GpuBackend {
-    let blocks = s.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
-    let mut orders = rowstage::train::EpochOrders::blocked(data.train.len(), s.seed, 1, blocks);
-    orders.start(0);
-    let order = orders.order;
+    let layout = Arc::new(s.layout(data, 2).unwrap());
     GpuBackend::new(
         ctx,
         &GpuSetup {
             rank: s.hp.rank,
             copies: s.copies(),
             bias_reg: s.hp.bias_reg,
-            batch: s.batch,
             deterministic: s.deterministic,
             slab_bytes,
             policy,
             lookahead: 4,
             mean: data.mean(),
             range: data.range(),
-            n_users: data.users.len(),
-            n_items: data.items.len(),
-            train: &data.train,
-            first_order: &order,
-            co_partition: s.co_partition,
+            layout,
             wave_tail,
             hogwild_width,
+            threads: 2,
+            data_window: None,
         },
     )
     .unwrap()
+}
+
+/// The most distinct rows of any part of `s`'s layout: the smallest slab.
+fn min_slots(data: &Dataset, s: &TrainSettings) -> u32 {
+    PartRows::new(&s.layout(data, 2).unwrap(), 2, false).max()
 }
 
 #[test]
@@ -123,13 +125,8 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
         };
         let probe = gpu_backend(ctx, &data, &s, all);
         let row_bytes = probe.layout().row_bytes;
-        let min_slots = {
-            let mut order = Vec::new();
-            epoch_order(data.train.len(), s.seed, 0, &mut order);
-            rowstage::stage::max_distinct_rows(&data.train, &order, s.batch, data.users.len())
-        };
         drop(probe);
-        let budgets = [("all resident", all), ("staged every batch", min_slots as u64 * row_bytes + 12)];
+        let budgets = [("all resident", all), ("staged every batch", min_slots(&data, &s) as u64 * row_bytes + 12)];
         // Each budget with the small waves as dispatches and in `sgd_tail`.
         for ((label, bytes), tail) in budgets.into_iter().flat_map(|b| [(b, false), (b, true)]) {
             let ctx = common::gpu(backend, label).unwrap();
@@ -142,7 +139,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
                 "{backend:?} {label}, wave tail {tail}: slots {} resident {} window {}; max |Δ| = {d:.2e}; test RMSE gpu {:.6} cpu {:.6}; rows in {} out {}",
                 layout.slots,
                 layout.areas.resident,
-                layout.window,
+                layout.upload_rows,
                 out.final_metrics.rmse,
                 want_rmse,
                 out.epochs.iter().map(|e| e.ledger.rows_in()).sum::<u64>(),
@@ -190,13 +187,11 @@ fn deterministic_waves_dispatched_and_in_one_workgroup_match_the_reference() {
     let data = Dataset::split("waves", generate(&spec, 4), 0.1, 4);
     let s = TrainSettings { epochs: 2, batch: 2000, ..settings() };
     let (want, want_rmse) = reference(&data, &s);
-    // The first epoch's first batch has waves on both sides of 256.
-    let mut order = Vec::new();
-    epoch_order(data.train.len(), s.seed, 0, &mut order);
+    // The first epoch's first part has waves on both sides of 256.
+    let layout = s.layout(&data, 2).unwrap();
     let mut wave = vec![0u32; data.users.len() + data.items.len()];
     let mut sizes: Vec<u32> = Vec::new();
-    for &j in &order[..s.batch] {
-        let r = data.train[j as usize];
+    for &r in layout.part(layout.epoch(0).parts[0]) {
         let rows = [r.user as usize, data.users.len() + r.item as usize];
         let w = rows.iter().map(|&x| wave[x]).max().unwrap() as usize;
         rows.iter().for_each(|&x| wave[x] = w as u32 + 1);
@@ -271,7 +266,7 @@ fn every_policy_gives_the_same_model_and_matches_the_simulator() {
         drop(ctx);
         let row_bytes = (rowstage::model::row_stride(s.hp.rank) * 4) as u64;
         let sim = sim_setup(&data, &s, None);
-        let small = (tables / 20).max(sim.needed_slots() as u64 * row_bytes);
+        let small = (tables / 20).max(sim.needed_slots().unwrap() as u64 * row_bytes);
         for kind in PolicyKind::ALL {
             for bytes in [small, tables] {
                 let ctx = common::gpu(backend, kind.name()).unwrap();
@@ -281,7 +276,7 @@ fn every_policy_gives_the_same_model_and_matches_the_simulator() {
                 let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
                 let rows_out: u64 = out.epochs.iter().map(|e| e.ledger.rows_out()).sum();
                 let hits: u64 = out.epochs.iter().map(|e| e.ledger.hits()).sum();
-                let simulated = sim.run(kind, bytes).unwrap();
+                let simulated = sim.run(kind, bytes, None).unwrap().unwrap();
                 eprintln!(
                     "{backend:?} {:<9} {bytes:>6} B: max |Δ| {d:.1e}, RMSE {:.6}; rows in {rows_in} (simulated {}), out {rows_out} ({}), hits {hits} ({})",
                     kind.name(),
@@ -332,7 +327,7 @@ fn gpu_resume_and_hogwild_conflicts() {
         let first = train(&data, &s, &mut stopping, control, &mut |_| {}).unwrap();
         assert!(!first.complete);
         let saved = load_checkpoint(dir.path()).unwrap();
-        assert_eq!((saved.state.epoch, saved.state.position), (1, 4 * s.batch));
+        assert_eq!((saved.state.epoch, saved.state.position), (1, stopping.stopped_at.unwrap()));
 
         let ctx = common::gpu(backend, "resumed run").unwrap();
         let mut fresh = gpu_backend(ctx, &data, &s, bytes);
@@ -462,7 +457,7 @@ fn co_partitioned_training_matches_the_reference_and_the_simulator() {
         let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
         assert!(blocks.n_blocks > 1, "the test needs several blocks");
         let (want, want_rmse) = reference(&data, &s);
-        let sim = rowstage::stage::simulate::SimSetup {
+        let sim = rowstage::engine::simulate::SimSetup {
             co_partition_visits: visits,
             ..sim_setup(&data, &s, Some(Side::Users))
         };
@@ -477,7 +472,7 @@ fn co_partitioned_training_matches_the_reference_and_the_simulator() {
                 let d = max_diff(&out.model, &want);
                 let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
                 let user_in = out.epochs[1].ledger.user_rows_in;
-                let simulated = sim.run(kind, bytes).unwrap();
+                let simulated = sim.run(kind, bytes, None).unwrap().unwrap();
                 eprintln!(
                     "{backend:?} {} co-partitioned, {visits} visit(s): {} blocks, max |Δ| {d:.1e}; rows in {rows_in} (simulated {}); user rows in, epoch 2: {user_in} (estimate {:.0})",
                     kind.name(),
@@ -547,7 +542,7 @@ fn grid_search_in_one_run_equals_separate_runs() {
         let Some(ctx) = common::gpu(backend, "grid_search_in_one_run") else {
             continue;
         };
-        let bytes = (g.table_bytes(&data) / 10).max(sim_setup(&data, &g, None).needed_slots() as u64 * g.row_bytes());
+        let bytes = (g.table_bytes(&data) / 10).max(min_slots(&data, &g) as u64 * g.row_bytes());
         let mut gpu =
             gpu_backend_with(ctx, &data, &g, bytes, rowstage::stage::PolicyKind::Sca, None, HogwildWidth::Auto);
         let layout = gpu.layout().clone();

@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::BackendChoice;
-use crate::stage::simulate::SimSetup;
+use crate::engine::simulate::SimSetup;
 use crate::stage::{Budget, PolicyKind};
 use crate::train::{self, BackendSpec, EpochReport, RunControl, TrainSettings};
 
@@ -195,7 +195,7 @@ pub fn belady_floor(
     warmup: usize,
     lookahead: usize,
     bytes: u64,
-) -> Option<f64> {
+) -> Result<Option<f64>> {
     let sim = SimSetup {
         train: &data.train,
         n_users: data.users.len(),
@@ -208,9 +208,9 @@ pub fn belady_floor(
         co_partition: settings.co_partition.map(|c| c.side),
         co_partition_visits: settings.co_partition.map_or(1, |c| c.visits),
     };
-    let r = sim.run(PolicyKind::Belady, bytes)?;
+    let Some(r) = sim.run(PolicyKind::Belady, bytes, None)? else { return Ok(None) };
     let timed: Vec<f64> = r.epoch_rows_in.iter().skip(warmup).map(|&x| x as f64).collect();
-    Some(median(&timed))
+    Ok(Some(median(&timed)))
 }
 
 /// Runs the sweep of `plan` on `data`. `stop` ends it at the next batch
@@ -322,7 +322,7 @@ pub fn run(
                 (Some(b), Some(bytes)) => match floors.iter().find(|f| f.0 == b && f.1 == settings.batch) {
                     Some(f) => f.2,
                     None => {
-                        let f = belady_floor(data, &settings, plan.warmup, plan.lookahead, bytes);
+                        let f = belady_floor(data, &settings, plan.warmup, plan.lookahead, bytes)?;
                         floors.push((b, settings.batch, f));
                         f
                     }

@@ -16,8 +16,10 @@ use rand::seq::SliceRandom;
 /// Marks a test rating whose user or item never appears in training.
 pub const UNKNOWN: u32 = u32::MAX;
 
-/// One explicit rating with dense ids.
-#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Zeroable)]
+/// One explicit rating with dense ids: 12 bytes, the layout the GPU reads
+/// (user, item, rating bits), so the training ratings upload as they are.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Zeroable, bytemuck::Pod)]
 pub struct Rating {
     pub user: u32,
     pub item: u32,

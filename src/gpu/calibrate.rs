@@ -10,12 +10,15 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use super::{GpuBackend, GpuContext, GpuSetup};
 use crate::data::{Dataset, SyntheticSpec, generate};
+use crate::engine::{Backend, EpochInput, EpochPlan, Group, LayoutSpec, NO_GROUP, Order, RunLayout};
 use crate::error::{Error, Result};
 use crate::model::{HyperParams, Model};
 use crate::stage::PolicyKind;
-use crate::train::{Backend, epoch_order};
 
 /// What the planner needs to know about an adapter.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -127,51 +130,62 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
     drop(buf);
     let h2d_bytes_per_sec = size as f64 / best.max(1e-9);
 
-    // SGD: all rows resident, large steps, then tiny steps for the overhead.
+    // SGD: every row resident, so that a dispatch spans many parts; then
+    // the fixed cost of a staged step: tiny parts through a slab that holds
+    // one of them (`none`: every row staged in and written back each step).
     let spec = SyntheticSpec { users: 2000, items: 2000, ratings: 65_536, zipf: 0.0 };
     let data = Dataset::split("calibration", generate(&spec, 1), 0.0, 1);
     let hp = HyperParams { rank, ..Default::default() };
-    let mut order = Vec::new();
-    epoch_order(data.train.len(), 1, 0, &mut order);
     let tables = crate::train::table_bytes(&data, rank);
-    let step_big = 16_384usize;
-    let mut gpu = GpuBackend::new(
-        ctx,
-        &GpuSetup {
-            rank,
-            copies: 1,
-            bias_reg: hp.bias_reg,
-            batch: step_big,
-            deterministic: false,
-            slab_bytes: tables.next_multiple_of(16),
-            mean: data.mean(),
-            range: data.range(),
-            n_users: data.users.len(),
-            n_items: data.items.len(),
-            train: &data.train,
-            first_order: &order,
-            policy: PolicyKind::Static,
-            lookahead: 1,
-            co_partition: None,
-            wave_tail: None,
-            hogwild_width: crate::gpu::HogwildWidth::Auto,
-        },
-    )?;
-    let mut model = Model::init(&data, &hp, 1);
-    let never = std::sync::atomic::AtomicBool::new(false);
+    let row_bytes = tables / (data.users.len() + data.items.len()) as u64;
+    let backend = |ctx: GpuContext, batch: usize, slab_bytes: u64, policy: PolicyKind| -> Result<GpuBackend> {
+        let spec = LayoutSpec { seed: 1, batch, order: Order::Shuffled, co_partition: None };
+        let layout = Arc::new(RunLayout::new(&data.train, data.users.len(), data.items.len(), spec, 1)?);
+        GpuBackend::new(
+            ctx,
+            &GpuSetup {
+                rank,
+                copies: 1,
+                bias_reg: hp.bias_reg,
+                deterministic: false,
+                slab_bytes,
+                policy,
+                lookahead: 1,
+                mean: data.mean(),
+                range: data.range(),
+                layout,
+                wave_tail: None,
+                hogwild_width: crate::gpu::HogwildWidth::Auto,
+                threads: 1,
+                data_window: None,
+            },
+        )
+    };
+    let never = AtomicBool::new(false);
     let rate = [crate::model::Rate { lr: 0.001, reg: hp.reg }];
-    gpu.train_epoch(&mut model, &data.train, &order[..step_big], &[], None, &[], &rate, &never)?; // warm-up
-    let t = Instant::now();
-    gpu.train_epoch(&mut model, &data.train, &order, &[], None, &[], &rate, &never)?;
-    let big = t.elapsed().as_secs_f64();
-    let mut small = f64::INFINITY;
-    for k in 0..5 {
+    let mut model = Model::init(&data, &hp, 1);
+    // One epoch over the first `parts` parts of the layout's epoch 0.
+    let run = |gpu: &mut GpuBackend, model: &mut Model, parts: Option<usize>| -> Result<f64> {
+        let layout = gpu.run_layout().expect("a GPU backend holds its layout");
+        let mut plan = layout.epoch(0);
+        if let Some(n) = parts {
+            plan = EpochPlan { parts: plan.parts[..n].to_vec(), groups: vec![Group { end: n as u32, id: NO_GROUP }] };
+        }
+        let input =
+            EpochInput { epoch: 0, layout: &layout, plan: &plan, from: 0, following: None, rates: &rate, stop: &never };
         let t = Instant::now();
-        gpu.train_epoch(&mut model, &data.train, &order[k * 64..(k + 1) * 64], &[], None, &[], &rate, &never)?;
-        small = small.min(t.elapsed().as_secs_f64());
-    }
-    let steps = order.len().div_ceil(step_big) as f64;
-    let sgd_ratings_per_sec = order.len() as f64 / (big - steps * small).max(big * 0.1);
+        gpu.train_epoch(model, &input)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut gpu = backend(ctx, 16_384, tables.next_multiple_of(16), PolicyKind::Static)?;
+    run(&mut gpu, &mut model, None)?; // warm-up
+    let big = run(&mut gpu, &mut model, None)?;
+    let sgd_ratings_per_sec = data.train.len() as f64 / big.max(1e-9);
+    let ctx = gpu.into_context();
+    let mut gpu = backend(ctx, 64, 128 * row_bytes, PolicyKind::None)?;
+    run(&mut gpu, &mut model, Some(2))?; // warm-up
+    let steps = 8;
+    let small = run(&mut gpu, &mut model, Some(steps))? / steps as f64;
     Ok((
         gpu.into_context(),
         Calibration { adapter, rank, h2d_bytes_per_sec, step_seconds: small, sgd_ratings_per_sec, cached: false },

@@ -19,6 +19,10 @@ pub enum BackendChoice {
     Gl,
     /// The multi-threaded Hogwild CPU backend (no GPU).
     Cpu,
+    /// wgpu's noop backend: the whole GPU path on the host with no kernel
+    /// run (buffers, writes, copies and maps are real). It measures what
+    /// the host can feed an infinitely fast GPU: a ceiling, not a model.
+    Noop,
 }
 
 impl BackendChoice {
@@ -30,6 +34,7 @@ impl BackendChoice {
             BackendChoice::Dx12 => wgpu::Backends::DX12,
             BackendChoice::Gl => wgpu::Backends::GL,
             BackendChoice::Cpu => wgpu::Backends::empty(),
+            BackendChoice::Noop => wgpu::Backends::NOOP,
         }
     }
 
@@ -41,6 +46,7 @@ impl BackendChoice {
             BackendChoice::Dx12 => "dx12",
             BackendChoice::Gl => "gl",
             BackendChoice::Cpu => "cpu",
+            BackendChoice::Noop => "noop",
         }
     }
 }
@@ -64,6 +70,11 @@ pub struct AdapterSummary {
     /// wgpu a 3.3 context on an H100, on which opening the device failed
     /// with "Parent device is lost". Such adapters are listed, never chosen.
     pub compute_shaders: bool,
+    /// Whether the adapter has timestamp queries (each epoch's device time).
+    pub timestamps: bool,
+    /// Offsets of uniform and storage bindings must be multiples of these.
+    pub min_uniform_buffer_offset_alignment: u32,
+    pub min_storage_buffer_offset_alignment: u32,
 }
 
 impl AdapterSummary {
@@ -83,7 +94,15 @@ impl AdapterSummary {
             max_compute_workgroup_size_x: l.max_compute_workgroup_size_x,
             max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
             compute_shaders: has_compute_shaders(adapter),
+            timestamps: adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+            min_uniform_buffer_offset_alignment: l.min_uniform_buffer_offset_alignment,
+            min_storage_buffer_offset_alignment: l.min_storage_buffer_offset_alignment,
         }
+    }
+
+    /// Whether this is wgpu's noop backend, which runs no kernels.
+    pub fn is_noop(&self) -> bool {
+        self.backend == "noop"
     }
 
     /// Whether the adapter runs shaders on the CPU (lavapipe, llvmpipe: wgpu's
@@ -102,6 +121,8 @@ impl AdapterSummary {
 fn instance(choice: BackendChoice) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = choice.backends();
+    // The noop backend only where asked for by name: it runs no kernels.
+    desc.backend_options.noop.enable = choice == BackendChoice::Noop;
     wgpu::Instance::new(desc)
 }
 
@@ -218,9 +239,12 @@ impl GpuContext {
         let summary = AdapterSummary::of(&adapter);
         // Ask for the adapter's own limits: the slab may need its largest
         // storage binding, and lavapipe's is 128 MiB, far above the default.
+        // Timestamp queries where the adapter has them: each epoch's device
+        // time (lavapipe has them, so CI measures it too).
+        let features = if summary.timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("rowstage device"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: adapter.limits(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,

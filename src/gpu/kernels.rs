@@ -1,83 +1,119 @@
-//! The four WGSL kernels of DESIGN.md §5, embedded with `include_str!`, each
-//! with an explicit bind group layout:
+//! The WGSL kernels, embedded with `include_str!`, their shared constants and
+//! their explicit bind group layouts; compiled once per backend, never per
+//! step.
 //!
-//! | binding | scatter_rows | gather_rows | sgd | predict |
-//! |---|---|---|---|---|
-//! | 0 | slab (rw) | slab (r) | slab (rw) | slab (r) |
-//! | 1 | upload window (r) | download window (rw) | samples (r) | samples (r) |
-//! | 2 | slots (r) | slots (r) | loss (rw) | error sums (rw) |
-//! | 3 | params (uniform, dynamic offset) | same | same | same |
-//! | 4 | | | rates (r): (η_t, λ) per model | upload window (r): rows staged read-only for evaluation |
+//! | kernel family | bindings |
+//! |---|---|
+//! | `map_rows` | 0 slot map (rw), 1 moves (r, dynamic), 2 params |
+//! | `scatter_rows` | 0 slab (rw), 1 upload window (r, dynamic), 2 moves (r, dynamic), 3 params |
+//! | `gather_rows` | 0 slab (r), 1 download window (rw), 2 moves (r, dynamic), 3 params |
+//! | `sgd`, `sgd_tail` | 0 slab (rw), 1 ratings (r), 2 loss (rw), 3 params, 4 rates (r), 5 slot map (r), 6 parts (r) |
+//! | `predict` | 0 slab (r), 1 test ratings (r), 2 error sums (rw), 3 params, 4 upload window (r, dynamic), 5 slot map (r) |
 //!
-//! `sgd.wgsl` has a second entry point, `sgd_tail`, on `sgd`'s layout: it
-//! runs deterministic mode's tail of small waves in one workgroup.
+//! Params are one uniform block of [`PARAMS_SIZE`] bytes at a dynamic
+//! offset, and the moves (slots, slot-map entries) and the upload window are
+//! regions of one step-input buffer at dynamic offsets, so that a step's
+//! inputs are one write ([`super::resources`]).
 //!
-//! `sgd` and `predict` serve `models` models side by side (a grid search):
-//! one slot holds every model's copy of a row, `row_vec4` vec4s each.
-//!
-//! `sgd` and `predict` are specialised per run: [`specialize`] prepends the
-//! rank, the row width and the number of models as WGSL constants, so that
-//! the row loops have fixed trip counts. The compiler then unrolls them and
-//! keeps both rows of a sample in registers (each row is read once and
-//! written once per model), and the factor/bias lane masks fold away. The
-//! kernels are compiled once per backend, never per batch.
+//! Constants shared with the host are written once, here, and prepended to
+//! every kernel ([`prelude`]): workgroup sizes and the slot map's encoding
+//! ([`crate::stage::entry`]). `sgd` and `predict` are also specialised per
+//! run ([`specialize`]): the rank, the row width and the number of models as
+//! WGSL constants, so that the row loops have fixed trip counts, the compiler
+//! unrolls them and keeps both rows of a rating in registers, and the
+//! factor/bias lane masks fold away.
 
-/// WGSL source of every kernel, by name: what the shader test validates
-/// (`sgd` and `predict` after [`specialize`]).
-pub const SHADERS: [(&str, &str); 4] = [
+use crate::data::UNKNOWN;
+use crate::stage::entry;
+
+/// WGSL source of every kernel file, by name (what the shader test
+/// validates, after [`source`]).
+pub const SHADERS: [(&str, &str); 5] = [
+    ("map_rows", include_str!("../../shaders/map_rows.wgsl")),
     ("scatter_rows", include_str!("../../shaders/scatter_rows.wgsl")),
     ("gather_rows", include_str!("../../shaders/gather_rows.wgsl")),
     ("sgd", include_str!("../../shaders/sgd.wgsl")),
     ("predict", include_str!("../../shaders/predict.wgsl")),
 ];
 
-/// Invocations per workgroup of every kernel (`@workgroup_size(64)`).
+/// Invocations per workgroup of every kernel but `sgd_tail`.
 pub const WORKGROUP: u32 = 64;
 
-/// Size of one parameter block; blocks sit at multiples of [`PARAMS_STRIDE`]
-/// in one uniform buffer and are chosen with a dynamic offset per dispatch.
+/// Invocations of `sgd_tail`'s one workgroup. Deterministic mode hands it
+/// the waves after the first wave smaller than this.
+pub const TAIL_GROUP: u32 = 256;
+
+/// Size of one parameter block (every kernel's `Params`: 8 words).
 pub const PARAMS_SIZE: u64 = 32;
-/// Every adapter's `min_uniform_buffer_offset_alignment` is at most 256.
-pub const PARAMS_STRIDE: u64 = 256;
+
+/// The constants every kernel shares with the host.
+pub fn prelude() -> String {
+    format!(
+        "// Shared with the host (kernels::prelude).\n\
+         const WORKGROUP: u32 = {WORKGROUP}u;\n\
+         const TAIL_GROUP: u32 = {TAIL_GROUP}u;\n\
+         const ABSENT: u32 = {}u;\n\
+         const IN_WINDOW: u32 = {:#x}u;\n\
+         const UNKNOWN: u32 = {UNKNOWN:#x}u;\n\n",
+        entry::ABSENT,
+        entry::IN_WINDOW,
+    )
+}
+
+/// Parameters of `map_rows`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MapParams {
+    /// Word of the moves region where the (row, entry) pairs start.
+    pub first: u32,
+    pub count: u32,
+    pub _pad: [u32; 6],
+}
 
 /// Parameters of `scatter_rows` and `gather_rows`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct MoveParams {
+    /// First window row (upload for scatter, download for gather).
     pub first: u32,
     pub count: u32,
     pub row_vec4: u32,
-    pub _pad: u32,
+    /// Word of the moves region holding the first row's slot.
+    pub slots_at: u32,
+    pub _pad: [u32; 4],
 }
 
-/// Parameters of `sgd`; the learning rate and regularisation of each model
-/// are in the `rates` binding, the shapes in the specialisation constants.
+/// Parameters of `sgd` and `sgd_tail`; the learning rate and regularisation
+/// of each model are in the `rates` binding, the shapes in the
+/// specialisation constants.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgdParams {
-    pub first: u32,
-    /// Samples (`sgd`), or waves (`sgd_tail`).
-    pub count: u32,
+    pub first_part: u32,
+    pub parts: u32,
+    /// `sgd`: invocations, each running every `width`-th rating of a part.
+    pub width: u32,
+    pub n_users: u32,
     pub bias_reg: f32,
     pub mean: f32,
-    /// `sgd_tail`: the word of `samples` where the waves' ends start.
-    pub ends: u32,
-    /// `sgd`: invocations, each running every `width`-th sample in order
-    /// (`count` runs every sample at once).
-    pub width: u32,
-    pub _pad: [u32; 2],
+    /// Layout index of the first rating on the device (a streamed window).
+    pub base: u32,
+    pub _pad: u32,
 }
 
 /// Parameters of `predict`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PredictParams {
     pub first: u32,
     pub count: u32,
+    /// First workgroup sum (in (squared, absolute) pairs) of this dispatch.
+    pub sums_at: u32,
+    pub n_users: u32,
     pub mean: f32,
     pub min_rating: f32,
     pub max_rating: f32,
-    pub _pad: [u32; 3],
+    pub _pad: u32,
 }
 
 /// The shape `sgd` and `predict` are compiled for.
@@ -117,16 +153,56 @@ pub fn specialize(src: &str, spec: Spec) -> String {
     )
 }
 
+/// The WGSL source of kernel file `name`: the prelude, then (for `sgd` and
+/// `predict`) the specialisation for `spec`, then the file.
+pub fn source(name: &str, spec: Spec) -> String {
+    let src = SHADERS.iter().find(|(k, _)| *k == name).expect("known kernel").1;
+    match name {
+        "sgd" | "predict" => prelude() + &specialize(src, spec),
+        _ => prelude() + src,
+    }
+}
+
+/// How a kernel sees one binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Storage, read and written.
+    Rw,
+    /// Storage, read only.
+    Read,
+    /// Storage, read only, at a dynamic offset (a region of the step input).
+    ReadAt,
+    /// The parameter block: uniform, at a dynamic offset.
+    Params,
+}
+
+fn layout_entry(binding: u32, u: Use) -> wgpu::BindGroupLayoutEntry {
+    let ty = match u {
+        Use::Params => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(PARAMS_SIZE),
+        },
+        _ => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only: u != Use::Rw },
+            has_dynamic_offset: u == Use::ReadAt,
+            min_binding_size: None,
+        },
+    };
+    wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None }
+}
+
 /// A compiled kernel and its bind group layout.
 pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// All four kernels, compiled once per device. `sgd_tail` is the second
-/// entry point of `sgd.wgsl`, on `sgd`'s bind group layout (one bind group
-/// serves both).
+/// Every kernel, compiled once per device. `sgd_tail` is the second entry
+/// point of `sgd.wgsl`, on `sgd`'s bind group layout (one bind group serves
+/// both).
 pub struct Kernels {
+    pub map_rows: Kernel,
     pub scatter: Kernel,
     pub gather: Kernel,
     pub sgd: Kernel,
@@ -134,58 +210,26 @@ pub struct Kernels {
     pub predict: Kernel,
 }
 
-/// Invocations of `sgd_tail`'s one workgroup (`TAIL_GROUP` in `sgd.wgsl`).
-/// Deterministic mode hands it the waves after the first wave smaller than
-/// this.
-pub const TAIL_GROUP: u32 = 256;
-
-fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
-}
-
-fn params_entry() -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding: 3,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: true,
-            min_binding_size: wgpu::BufferSize::new(PARAMS_SIZE),
-        },
-        count: None,
-    }
-}
-
-/// The kernels of `entries`, entry points of one module (the first named as
-/// its file, compiled for `spec`), on one bind group layout.
-fn kernels<const N: usize>(
+/// The kernels of `entries`, entry points of the file `file` (compiled for
+/// `spec`), on one bind group layout of `uses`.
+fn family<const N: usize>(
     device: &wgpu::Device,
     spec: Spec,
-    rw: [bool; 3],
-    extra_read: bool,
+    file: &str,
+    uses: &[Use],
     entries: [&str; N],
 ) -> [Kernel; N] {
-    let name = entries[0];
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(name),
-        source: wgpu::ShaderSource::Wgsl(source(name, spec).into()),
+        label: Some(file),
+        source: wgpu::ShaderSource::Wgsl(source(file, spec).into()),
     });
+    let entries_layout: Vec<_> = uses.iter().enumerate().map(|(b, &u)| layout_entry(b as u32, u)).collect();
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some(&format!("{name} bind group layout")),
-        entries: &[storage(0, !rw[0]), storage(1, !rw[1]), storage(2, !rw[2]), params_entry(), storage(4, true)]
-            [..if extra_read { 5 } else { 4 }],
+        label: Some(&format!("{file} bind group layout")),
+        entries: &entries_layout,
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(&format!("{name} pipeline layout")),
+        label: Some(&format!("{file} pipeline layout")),
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
@@ -202,32 +246,25 @@ fn kernels<const N: usize>(
     })
 }
 
-/// The WGSL source of kernel `name`, specialised for `spec` where it takes
-/// constants.
-pub fn source(name: &str, spec: Spec) -> String {
-    let src = SHADERS.iter().find(|(k, _)| *k == name).expect("known kernel").1;
-    match name {
-        "sgd" | "predict" => specialize(src, spec),
-        _ => src.to_string(),
-    }
-}
-
 impl Kernels {
-    /// Compiles the four kernels, `sgd` and `predict` for `spec`.
+    /// Compiles every kernel, `sgd` and `predict` for `spec`.
     pub fn new(device: &wgpu::Device, spec: Spec) -> Self {
-        let [scatter] = kernels(device, spec, [true, false, false], false, ["scatter_rows"]);
-        let [gather] = kernels(device, spec, [false, true, false], false, ["gather_rows"]);
-        let [sgd, sgd_tail] = kernels(device, spec, [true, false, true], true, ["sgd", "sgd_tail"]);
-        let [predict] = kernels(device, spec, [false, false, true], true, ["predict"]);
-        Kernels { scatter, gather, sgd, sgd_tail, predict }
+        use Use::*;
+        let [map_rows] = family(device, spec, "map_rows", &[Rw, ReadAt, Params], ["map_rows"]);
+        let [scatter] = family(device, spec, "scatter_rows", &[Rw, ReadAt, ReadAt, Params], ["scatter_rows"]);
+        let [gather] = family(device, spec, "gather_rows", &[Read, Rw, ReadAt, Params], ["gather_rows"]);
+        let [sgd, sgd_tail] =
+            family(device, spec, "sgd", &[Rw, Read, Rw, Params, Read, Read, Read], ["sgd", "sgd_tail"]);
+        let [predict] = family(device, spec, "predict", &[Read, Read, Rw, Params, ReadAt, Read], ["predict"]);
+        Kernels { map_rows, scatter, gather, sgd, sgd_tail, predict }
     }
 }
 
-/// Workgroup counts for `invocations` threads: 1-D while it fits in
-/// `max_per_dim` workgroups, 2-D past that (the kernels linearise
+/// Workgroup counts for `invocations` threads in groups of `group`: 1-D while
+/// it fits in `max_per_dim` workgroups, 2-D past that (the kernels linearise
 /// `workgroup_id.x + workgroup_id.y * num_workgroups.x`).
-pub fn dispatch_size(invocations: u64, max_per_dim: u32) -> (u32, u32) {
-    let groups = invocations.div_ceil(WORKGROUP as u64).max(1);
+pub fn dispatch_size(invocations: u64, group: u32, max_per_dim: u32) -> (u32, u32) {
+    let groups = invocations.div_ceil(group as u64).max(1);
     if groups <= max_per_dim as u64 {
         (groups as u32, 1)
     } else {
@@ -243,9 +280,9 @@ mod tests {
 
     #[test]
     fn dispatch_goes_2d_past_the_limit() {
-        assert_eq!(dispatch_size(1, 65535), (1, 1));
-        assert_eq!(dispatch_size(64 * 65535, 65535), (65535, 1));
-        let (x, y) = dispatch_size(64 * 65536, 65535);
+        assert_eq!(dispatch_size(1, 64, 65535), (1, 1));
+        assert_eq!(dispatch_size(64 * 65535, 64, 65535), (65535, 1));
+        let (x, y) = dispatch_size(64 * 65536, 64, 65535);
         assert_eq!(y, 2);
         assert!(x as u64 * y as u64 * 64 >= 64 * 65536 && x <= 65535);
     }
@@ -271,6 +308,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn params_are_one_block_and_the_prelude_carries_the_host_constants() {
+        for size in [
+            size_of::<MapParams>(),
+            size_of::<MoveParams>(),
+            size_of::<SgdParams>(),
+            size_of::<PredictParams>(),
+        ] {
+            assert_eq!(size as u64, PARAMS_SIZE);
+        }
+        let p = prelude();
+        assert!(p.contains(&format!("const WORKGROUP: u32 = {WORKGROUP}u;")), "{p}");
+        assert!(p.contains("const IN_WINDOW: u32 = 0x80000000u;") && p.contains("const ABSENT: u32 = 0u;"), "{p}");
+        assert!(p.contains("const UNKNOWN: u32 = 0xffffffffu;"), "{p}");
     }
 
     #[test]

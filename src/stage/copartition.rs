@@ -3,10 +3,10 @@
 //!
 //! The rows of the chosen side are dealt into blocks: rows sorted by training
 //! count, dealt round-robin, so that every block holds about the same number
-//! of rows and of ratings. An epoch visits the blocks in a seeded random order
-//! and each block's ratings in a seeded random order (a stable sort of the
-//! epoch's shuffled order by block rank). Batches never cross a block
-//! boundary. While a block trains, its rows of the chosen side sit in a block
+//! of rows and of ratings. The run's layout ([`crate::engine::order`]) holds
+//! each block's ratings together, shuffled once; an epoch visits the blocks
+//! in a seeded random order and a block's parts (batches) in a seeded random
+//! order. Batches never cross a block boundary. While a block trains, its rows of the chosen side sit in a block
 //! area of the slab: staged in once when the block starts, written back once
 //! when it ends. The other side goes through the staging policy in the rest
 //! of the slab.
@@ -18,9 +18,6 @@
 //! in one long stretch, which is what costs accuracy with V = 1
 //! (BENCHMARKS.md), at the price of staging a block's rows up to V times.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Rating;
@@ -102,8 +99,8 @@ pub fn block_capacity(slots: u32, other_per_batch: u32) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Blocks {
     pub side: Side,
-    /// Block of every training rating (by its row on `side`).
-    block_of: Vec<u32>,
+    /// Block of every row of `side` (by its index in the side's table).
+    block_of_row: Vec<u32>,
     pub n_blocks: u32,
     /// Most rows of `side` in one block.
     pub rows_per_block: u32,
@@ -139,7 +136,6 @@ impl Blocks {
         for (k, &row) in active.iter().enumerate() {
             block_of_row[row as usize] = (k % n_blocks) as u32;
         }
-        let block_of = train.iter().map(|r| block_of_row[(side.row(r, n_users as u32) - base) as usize]).collect();
         // A row with c ratings appears in a given visit's part of its block
         // with probability about 1 − (1 − 1/V)^c.
         let v = visits as f64;
@@ -147,7 +143,7 @@ impl Blocks {
             counts.iter().filter(|&&c| c > 0).map(|&c| v * (1.0 - (1.0 - 1.0 / v).powi(c as i32))).sum::<f64>();
         Blocks {
             side,
-            block_of,
+            block_of_row,
             n_blocks: n_blocks as u32,
             rows_per_block: active.len().div_ceil(n_blocks) as u32,
             visits,
@@ -170,56 +166,14 @@ impl Blocks {
         self.active
     }
 
-    /// Reorders `order` (the epoch's shuffled order) block by block, blocks
-    /// in a random order seeded by `(seed, epoch)`, keeping the shuffled order
-    /// inside each block; with several visits, part by part (module docs).
-    /// `ends` receives each block visit's end in `order`.
-    pub fn arrange(&self, order: &mut Vec<u32>, seed: u64, epoch: usize, ends: &mut Vec<u32>, scratch: &mut Vec<u32>) {
-        let n = self.n_blocks as usize;
-        let mut rank: Vec<u32> = (0..n as u32).collect();
-        let mut rng =
-            StdRng::seed_from_u64(seed ^ 0xB10C_0000_0000_0000 ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407));
-        rank.shuffle(&mut rng);
-        // rank[b] = position of block b in this epoch.
-        let mut start = vec![0u32; n + 1];
-        for &j in order.iter() {
-            start[rank[self.block_of[j as usize] as usize] as usize + 1] += 1;
-        }
-        for k in 0..n {
-            start[k + 1] += start[k];
-        }
-        ends.clear();
-        ends.extend(start[1..].iter().copied().filter(|&e| e > 0));
-        ends.dedup();
-        scratch.clear();
-        scratch.resize(order.len(), 0);
-        for &j in order.iter() {
-            let at = &mut start[rank[self.block_of[j as usize] as usize] as usize];
-            scratch[*at as usize] = j;
-            *at += 1;
-        }
-        std::mem::swap(order, scratch);
-        let visits = self.visits as usize;
-        if visits > 1 {
-            // Block k spans order[ends[k-1]..ends[k]]; visit v takes its v-th
-            // part, the blocks in a fresh order per visit.
-            let block_ends = std::mem::take(ends);
-            let mut seq: Vec<usize> = (0..block_ends.len()).collect();
-            scratch.clear();
-            for v in 0..visits {
-                seq.shuffle(&mut rng);
-                for &k in &seq {
-                    let b0 = if k == 0 { 0 } else { block_ends[k - 1] as usize };
-                    let len = block_ends[k] as usize - b0;
-                    let (p0, p1) = (b0 + len * v / visits, b0 + len * (v + 1) / visits);
-                    if p1 > p0 {
-                        scratch.extend_from_slice(&order[p0..p1]);
-                        ends.push(scratch.len() as u32);
-                    }
-                }
-            }
-            std::mem::swap(order, scratch);
-        }
+    /// The block of rating `r` (by its row on the side).
+    pub fn block_of(&self, r: &Rating, n_users: u32) -> u32 {
+        let row = self.side.row(r, n_users);
+        let base = match self.side {
+            Side::Users => 0,
+            Side::Items => n_users,
+        };
+        self.block_of_row[(row - base) as usize]
     }
 }
 
@@ -256,7 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocks_are_balanced_and_the_order_is_a_permutation_grouped_by_block() {
+    fn blocks_are_balanced_and_hold_rows_whole() {
         let mut train = Vec::new();
         for k in 0..1000u32 {
             // Skewed users: user u gets about 1000/(u+1) ratings.
@@ -268,47 +222,17 @@ mod tests {
         assert_eq!(b.active_rows(), active);
         assert_eq!(b.n_blocks as u64, active.div_ceil(5), "{active} users in blocks of at most 5");
         assert!(b.rows_per_block <= 5);
-        let mut order: Vec<u32> = (0..1000).rev().collect();
-        let (mut ends, mut scratch) = (Vec::new(), Vec::new());
-        b.arrange(&mut order, 1, 0, &mut ends, &mut scratch);
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
-        assert_eq!(*ends.last().unwrap(), 1000);
-        let mut start = 0;
-        let mut blocks_seen = Vec::new();
-        for &e in &ends {
-            let block = b.block_of[order[start] as usize];
-            assert!(order[start..e as usize].iter().all(|&j| b.block_of[j as usize] == block));
-            assert!(!blocks_seen.contains(&block), "a block appears once per epoch");
-            blocks_seen.push(block);
-            start = e as usize;
+        let mut rows_of = vec![std::collections::BTreeSet::new(); b.n_blocks as usize];
+        for r in &train {
+            rows_of[b.block_of(r, 23) as usize].insert(r.user);
         }
-        // Another epoch visits the blocks in another order.
-        let mut order2: Vec<u32> = (0..1000).rev().collect();
-        let mut ends2 = Vec::new();
-        b.arrange(&mut order2, 1, 1, &mut ends2, &mut scratch);
-        assert_ne!(order, order2);
-
-        // Three visits: every block appears three times, each time with the
-        // next third of its ratings, and the order is still a permutation.
+        assert!(rows_of.iter().all(|s| s.len() <= 5), "{rows_of:?}");
+        let mut per_block = vec![0u32; b.n_blocks as usize];
+        for r in &train {
+            per_block[b.block_of(r, 23) as usize] += 1;
+        }
+        assert!(per_block.iter().all(|&c| c > 0));
         let b3 = Blocks::new(&train, 23, 11, Side::Users, 5, 3);
-        let mut order3: Vec<u32> = (0..1000).rev().collect();
-        let mut ends3 = Vec::new();
-        b3.arrange(&mut order3, 1, 0, &mut ends3, &mut scratch);
-        let mut sorted = order3.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
-        assert_eq!(*ends3.last().unwrap(), 1000);
-        let mut visits = vec![0; b3.n_blocks as usize];
-        let mut start = 0;
-        for &e in &ends3 {
-            let block = b3.block_of[order3[start] as usize];
-            assert!(order3[start..e as usize].iter().all(|&j| b3.block_of[j as usize] == block));
-            visits[block as usize] += 1;
-            start = e as usize;
-        }
-        assert!(visits.iter().all(|&v| v == 3), "{visits:?}");
         assert!(b3.expected_rows_per_epoch() > b.expected_rows_per_epoch());
         assert_eq!(b.expected_rows_per_epoch(), b.active_rows() as f64);
     }

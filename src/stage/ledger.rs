@@ -27,9 +27,11 @@ pub struct Ledger {
     pub data_bytes_d2h: u64,
     /// Rows staged in to evaluate (read-only, never written back).
     pub eval_rows_in: u64,
-    /// Device steps and batches that had to be split to fit the slab.
+    /// Device steps, and resident slots lent to a step's misses (their rows
+    /// left and came back: see [`super::Stager::stage`]).
     pub steps: u64,
-    pub splits: u64,
+    #[serde(default)]
+    pub lent: u64,
 }
 
 impl Ledger {
@@ -102,7 +104,7 @@ impl Ledger {
             data_bytes_d2h,
             eval_rows_in,
             steps,
-            splits,
+            lent,
         } = *o;
         self.user_rows_in += user_rows_in;
         self.item_rows_in += item_rows_in;
@@ -118,6 +120,6 @@ impl Ledger {
         self.data_bytes_d2h += data_bytes_d2h;
         self.eval_rows_in += eval_rows_in;
         self.steps += steps;
-        self.splits += splits;
+        self.lent += lent;
     }
 }

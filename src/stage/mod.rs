@@ -1,5 +1,5 @@
 //! The host scheduler of DESIGN.md §2: which rows live in which slot of the
-//! device slab, what must be staged in or written back for each batch, and the
+//! device slab, what must be staged in or written back for each step, and the
 //! ledger that counts every row and byte that crosses host↔device.
 //!
 //! Rows of both tables share one id space here: users are `0..U`, items are
@@ -8,26 +8,55 @@
 //! The [`Stager`] owns the slot map and is the same for every policy; a
 //! [`Policy`] only answers the questions a cache policy answers (what to keep
 //! resident, what to evict). New policies plug in without touching the trainer.
+//!
+//! A step is given as its distinct rows (in the order of their first use,
+//! [`crate::engine::rows`]), never as its ratings: the scheduler's work is
+//! proportional to a step's rows, and a part's rows are listed once per run.
+//! Every decision is also written as slot-map entries ([`Moves::map`]) for
+//! the device's copy of the slot map ([`entry`]), through which the kernels
+//! turn (user, item) into slots.
 
 mod budget;
 pub mod copartition;
 mod ledger;
 pub mod policy;
 pub mod sca;
-pub mod simulate;
+
 
 pub use budget::{Budget, human_bytes};
 pub use ledger::Ledger;
 pub use policy::{NEVER, Policy, PolicyKind, next_uses};
 
-use crate::data::{Rating, UNKNOWN};
+use crate::data::Rating;
 use crate::prefetch::prefetch_ptr;
 
-/// No slot / no row. Equal to [`UNKNOWN`], so that an unseen id's slot is the
-/// kernels' "unknown" marker.
+/// No slot / no row.
 pub const NONE: u32 = u32::MAX;
 
-/// How many ratings ahead [`Stager::stage`] prefetches the row states.
+/// The device slot map's entries (one u32 per global row): 0 for a row not on
+/// the device, `1 + slot` for a row in a slab slot, [`entry::IN_WINDOW`]`|
+/// index` for a row read from the upload window (evaluation only). Zero for
+/// absent lets the map be cleared by a buffer clear.
+pub mod entry {
+    /// The row is not on the device.
+    pub const ABSENT: u32 = 0;
+    /// Marks an index into the upload window rather than a slot.
+    pub const IN_WINDOW: u32 = 1 << 31;
+    /// The most slots a slab may have (the entry keeps the top bit clear).
+    pub const MAX_SLOTS: u32 = IN_WINDOW - 2;
+
+    /// The entry of a row in `slot`.
+    pub fn slot(slot: u32) -> u32 {
+        slot + 1
+    }
+
+    /// The entry of a row at `index` in the upload window.
+    pub fn window(index: u32) -> u32 {
+        IN_WINDOW | index
+    }
+}
+
+/// How many rows ahead [`Stager::stage`] prefetches the row states.
 const STAGE_AHEAD: usize = 16;
 
 /// The `n` rows with the most accesses (ties by lower id), most frequent first.
@@ -55,25 +84,34 @@ pub struct Placed {
     pub slot: u32,
 }
 
-/// What one (sub-)batch needs done on the device, in this order: write back
-/// `evict`, stage in `load`, compute with `slot_u`/`slot_i`, write back
-/// `release` (when training). Buffers are reused across batches.
+/// What one step needs done on the device, in this order: set the slot-map
+/// entries of `map`, write back `evict`, stage in `load`, compute (training)
+/// or predict (evaluation, with `window` rows read from the upload window),
+/// write back `release`. Buffers are reused across steps.
 #[derive(Debug, Default)]
 pub struct Moves {
+    /// Trained rows leaving their slots before the loads: gathered, then
+    /// written back.
     pub evict: Vec<Placed>,
+    /// Rows staged into slots: resident rows coming back from lending their
+    /// slot, then the step's misses.
     pub load: Vec<Placed>,
+    /// Evaluation: rows read from the upload window after `load`, `slot`
+    /// being the window index.
+    pub window: Vec<Placed>,
+    /// Rows staged for this step only, written back after it.
     pub release: Vec<Placed>,
-    pub slot_u: Vec<u32>,
-    pub slot_i: Vec<u32>,
+    /// Slot-map entries `(row, entry)` to set before the step; no row twice.
+    pub map: Vec<[u32; 2]>,
 }
 
 impl Moves {
-    fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.evict.clear();
         self.load.clear();
+        self.window.clear();
         self.release.clear();
-        self.slot_u.clear();
-        self.slot_i.clear();
+        self.map.clear();
     }
 }
 
@@ -109,16 +147,11 @@ pub struct Stager {
     /// Rows staged for the current step only.
     staged: Vec<Placed>,
     stamp: u32,
-    /// Most rows one step may stage in (the transfer window).
-    window: u32,
     /// Trace position of the next access in the epoch.
     pos: u32,
-    /// Evaluation: window index of a row staged read-only in this step.
-    win: Vec<u32>,
     /// The epoch's access trace and next uses (look-ahead policies only).
     trace: Vec<u32>,
-    /// The last epoch's `following` order and its part of the trace.
-    follow_order: Vec<u32>,
+    /// The following epoch's part of the last trace.
     follow_trace: Vec<u32>,
     /// Accesses of the last epoch begun (its part of the trace).
     epoch_accesses: u32,
@@ -129,38 +162,46 @@ pub struct Stager {
     block_start: u32,
     free_block: Vec<u32>,
     block_rows: Vec<Placed>,
-    /// Every row has a resident slot: nothing is ever staged, so no step
-    /// needs the fit scan or the pins that guard evictions.
+    /// Every row has a resident slot: nothing is ever staged.
     all_resident: bool,
+    /// Resident rows that lent their slot to a step's misses, with that slot;
+    /// they come back when their slot is free again.
+    lent: Vec<Placed>,
+    /// Where the search for a resident slot to lend starts (the least likely
+    /// resident rows sit in the highest resident slots).
+    lend_from: u32,
+    /// Rows whose slot-map entry is cleared by the next step (released,
+    /// shown to an evaluation through the window, or ending a block).
+    pending_unmap: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct RowState {
     /// The row's slot, or [`NONE`].
     slot: u32,
-    /// The stamp of the last step scan that saw it.
+    /// The stamp of the last step that saw it.
     seen: u32,
     /// The stamp of the last training step that needs it (rows of the
     /// current step are never evicted).
     pin: u32,
+    /// The stamp of the last step that gave it a slot-map entry.
+    mapped: u32,
     /// Trained since it was staged in or last written back: only such rows
     /// are written back (a clean row's host copy is current, so it leaves
     /// the slab without a transfer).
     dirty: bool,
+    /// A resident row out of its slot, which a step borrowed.
+    lent: bool,
 }
 
-/// Marks a location in the upload window rather than a slot (evaluation).
-pub const IN_WINDOW: u32 = 1 << 31;
-
 impl Stager {
-    /// A stager for `n_users + n_items` rows over `areas`; `window` bounds the
-    /// rows staged in per step.
+    /// A stager for `n_users + n_items` rows over `areas`; `lookahead_accesses`
+    /// is `lookahead`'s horizon in trace positions.
     pub fn new(
         kind: PolicyKind,
         areas: Areas,
         n_users: u32,
         n_items: u32,
-        window: u32,
         counts: &[u32],
         lookahead_accesses: u32,
     ) -> Self {
@@ -179,22 +220,20 @@ impl Stager {
         let slots = areas.slots();
         let r = areas.resident;
         let c = r + areas.cache;
+        let fresh = RowState { slot: NONE, seen: 0, pin: 0, mapped: 0, dirty: false, lent: false };
         let mut me = Stager {
             policy,
             areas,
             n_users,
-            rows: vec![RowState { slot: NONE, seen: 0, pin: 0, dirty: false }; n],
+            rows: vec![fresh; n],
             row_of: vec![NONE; slots as usize],
             free_cache: (r..c).rev().collect(),
             free_staging: (c..slots).rev().collect(),
             cached: 0,
             staged: Vec::new(),
             stamp: 0,
-            window: window.max(2),
             pos: 0,
-            win: vec![0; n],
             trace: Vec::new(),
-            follow_order: Vec::new(),
             follow_trace: Vec::new(),
             epoch_accesses: 0,
             next: Vec::new(),
@@ -203,6 +242,9 @@ impl Stager {
             free_block: Vec::new(),
             block_rows: Vec::new(),
             all_resident: false,
+            lent: Vec::new(),
+            lend_from: 0,
+            pending_unmap: Vec::new(),
         };
         let resident = me.policy.resident(counts, areas.resident as usize);
         for (slot, &row) in resident.iter().enumerate() {
@@ -226,6 +268,13 @@ impl Stager {
         self
     }
 
+    /// Whether every row training touches is resident: then no step stages
+    /// anything, and a backend may skip the stager altogether (every row of
+    /// every step is a hit).
+    pub fn all_resident(&self) -> bool {
+        self.all_resident
+    }
+
     /// Slots of the block area.
     pub fn block_slots(&self) -> u32 {
         self.row_of.len() as u32 - self.block_start
@@ -233,30 +282,36 @@ impl Stager {
 
     /// Starts a block: places `rows` (the block's rows of the co-partitioned
     /// side, none of them in the slab) in the block area, counting them as
-    /// rows in. They stay, as if resident, until [`Stager::end_block`]. Returns
-    /// the placements, to be staged in.
-    pub fn begin_block(&mut self, rows: &[u32], ledger: &mut Ledger) -> &[Placed] {
+    /// rows in, their slot-map entries in `moves.map`. They stay, as if
+    /// resident, until [`Stager::end_block`]. `moves.load` receives the
+    /// placements, to be staged in.
+    pub fn begin_block(&mut self, rows: &[u32], moves: &mut Moves, ledger: &mut Ledger) {
+        moves.clear();
+        let stamp = self.next_stamp();
+        let pending = std::mem::take(&mut self.pending_unmap);
         self.block_rows.clear();
         for &row in rows {
             debug_assert_eq!(self.rows[row as usize].slot, NONE, "a block row is already in the slab");
             let slot = self.free_block.pop().expect("the block area holds a block's rows");
-            self.rows[row as usize].slot = slot;
-            self.row_of[slot as usize] = row;
+            self.place(row, slot, stamp, moves);
             ledger.row_in(self.is_user(row), true);
             self.block_rows.push(Placed { row, slot });
+            moves.load.push(Placed { row, slot });
         }
-        &self.block_rows
+        self.unmap_pending(pending, stamp, moves);
     }
 
-    /// Ends the block: its rows leave the block area. Returns those that
-    /// were trained (all of them unless the epoch stopped inside the block),
-    /// counted as rows out, to be written back.
+    /// Ends the block: its rows leave the block area (their slot-map entries
+    /// are cleared by the next step). Returns those that were trained (all of
+    /// them unless the epoch stopped inside the block), counted as rows out,
+    /// to be written back.
     pub fn end_block(&mut self, ledger: &mut Ledger) -> &[Placed] {
         let mut dirty = 0;
         for k in 0..self.block_rows.len() {
             let p = self.block_rows[k];
             self.row_of[p.slot as usize] = NONE;
             self.free_block.push(p.slot);
+            self.pending_unmap.push(p.row);
             let row = &mut self.rows[p.row as usize];
             row.slot = NONE;
             if std::mem::take(&mut row.dirty) {
@@ -286,24 +341,6 @@ impl Stager {
         (0..self.areas.resident).map(|slot| Placed { row: self.row_of[slot as usize], slot }).collect()
     }
 
-    /// Global row of a user.
-    pub fn user_row(&self, u: u32) -> u32 {
-        u
-    }
-
-    /// Global row of an item.
-    pub fn item_row(&self, i: u32) -> u32 {
-        self.n_users + i
-    }
-
-    /// The global rows of a rating's user and item; [`NONE`] for a side unseen
-    /// in training (evaluation only).
-    fn rows_of(&self, r: &Rating) -> [u32; 2] {
-        let u = if r.user == UNKNOWN { NONE } else { self.user_row(r.user) };
-        let i = if r.item == UNKNOWN { NONE } else { self.item_row(r.item) };
-        [u, i]
-    }
-
     /// Whether a global row belongs to the user table.
     pub fn is_user(&self, row: u32) -> bool {
         row < self.n_users
@@ -321,63 +358,64 @@ impl Stager {
     fn next_stamp(&mut self) -> u32 {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
-            self.rows.iter_mut().for_each(|r| (r.seen, r.pin) = (0, 0));
+            self.rows.iter_mut().for_each(|r| (r.seen, r.pin, r.mapped) = (0, 0, 0));
             self.stamp = 1;
         }
         self.stamp
     }
 
-    /// Starts an epoch that will stage `train[order[..]]` in that order:
-    /// resets the trace position and, for policies that look ahead, computes
-    /// every access's next use in one backward pass.
-    /// `following` is the next epoch's order (empty after the last epoch):
-    /// next uses reach into it, so that the end of one epoch is not planned as
-    /// if training stopped there.
-    pub fn begin_epoch(&mut self, train: &[Rating], order: &[u32], following: &[u32]) {
-        self.pos = 0;
-        if self.future {
-            // The last epoch's `following` is usually this `order`: reuse its
-            // trace instead of gathering the ratings again.
-            let reuse = self.follow_order.as_slice() == order;
-            let this = order.iter().map(|&j| &train[j as usize]);
-            self.load_trace((!reuse).then_some(this), following.iter().map(|&j| &train[j as usize]), order.len());
-            self.follow_order.clear();
-            self.follow_order.extend_from_slice(following);
+    /// Puts `row` in `slot` and gives it that slot-map entry.
+    fn place(&mut self, row: u32, slot: u32, stamp: u32, moves: &mut Moves) {
+        let r = &mut self.rows[row as usize];
+        r.slot = slot;
+        r.mapped = stamp;
+        self.row_of[slot as usize] = row;
+        moves.map.push([row, entry::slot(slot)]);
+    }
+
+    /// Clears the slot-map entries of the rows left pending by earlier steps,
+    /// except those this step gave an entry of their own.
+    fn unmap_pending(&mut self, mut pending: Vec<u32>, stamp: u32, moves: &mut Moves) {
+        for &row in &pending {
+            let r = &mut self.rows[row as usize];
+            if r.mapped != stamp {
+                r.mapped = stamp;
+                moves.map.push([row, entry::ABSENT]);
+            }
+        }
+        // Keep the buffer for reuse, unless rows were left pending since.
+        pending.clear();
+        if self.pending_unmap.is_empty() {
+            self.pending_unmap = pending;
         }
     }
 
-    /// [`Stager::begin_epoch`] for ratings already in epoch order: `this`
-    /// epoch's and the `following` one's. `continues`: `this` is the
+    /// Starts an epoch whose steps will stage `this` (each step's distinct
+    /// rows, in order) with `following` the next epoch's steps (nothing after
+    /// the last epoch): resets the trace position and, for policies that look
+    /// ahead, computes every access's next use in one backward pass. Next
+    /// uses reach into the following epoch, so that the end of one epoch is
+    /// not planned as if training stopped there. `continues`: `this` is the
     /// `following` of the previous call (its trace is reused).
-    pub fn begin_epoch_ordered(&mut self, this: &[Rating], following: &[Rating], continues: bool) {
-        self.pos = 0;
-        if self.future {
-            self.follow_order.clear();
-            self.load_trace((!continues).then_some(this.iter()), following.iter(), this.len());
-        }
-    }
-
-    /// Builds the trace of this epoch (`this`, or the kept `following` part
-    /// of the last one when `None`) and the following one, and hands it with
-    /// its next uses to the policy.
-    fn load_trace<'r>(
+    pub fn begin_epoch<'r>(
         &mut self,
-        this: Option<impl Iterator<Item = &'r Rating>>,
-        following: impl Iterator<Item = &'r Rating>,
-        this_len: usize,
+        this: impl Iterator<Item = &'r [u32]>,
+        following: impl Iterator<Item = &'r [u32]>,
+        continues: bool,
     ) {
-        let reuse = this.is_none();
+        self.pos = 0;
+        if !self.future {
+            return;
+        }
         self.trace.clear();
-        if reuse {
+        if continues {
             self.trace.extend_from_slice(&self.follow_trace);
+        } else {
+            this.for_each(|rows| self.trace.extend_from_slice(rows));
         }
-        let n_users = self.n_users;
-        for r in this.into_iter().flatten().chain(following) {
-            self.trace.push(r.user);
-            self.trace.push(n_users + r.item);
-        }
-        let shift = reuse.then_some(self.epoch_accesses);
-        let split = 2 * this_len;
+        let split = self.trace.len();
+        following.for_each(|rows| self.trace.extend_from_slice(rows));
+        let shift = continues.then_some(self.epoch_accesses);
         self.epoch_accesses = split as u32;
         self.follow_trace.clear();
         self.follow_trace.extend_from_slice(&self.trace[split..]);
@@ -385,110 +423,89 @@ impl Stager {
         self.policy.begin_epoch(&mut self.trace, &mut self.next, shift);
     }
 
-    /// How many leading ratings of `ratings` fit in one training step: their
-    /// distinct missing rows must fit in the free and evictable slots and in
-    /// the window. At least 1 (the budget check guarantees a rating fits).
-    pub fn prefix_that_fits(&mut self, ratings: &[Rating]) -> usize {
-        let free = (self.free_cache.len() + self.free_staging.len()) as u32;
-        // A batch touches at most two rows per rating; its misses plus its
-        // pinned cached rows are at most that, so if free and cached slots and
-        // the window all cover it, the whole batch fits without a scan.
-        let bound = 2 * ratings.len() as u64;
-        if self.all_resident || (bound <= (free + self.cached) as u64 && bound <= self.window as u64) {
-            return ratings.len();
-        }
-        let stamp = self.next_stamp();
-        let mut evictable = self.cached;
-        let mut misses = 0u32;
-        for (n, r) in ratings.iter().enumerate() {
-            let rows = self.rows_of(r);
-            let mut need = 0;
-            let mut pin = 0;
-            for row in rows.into_iter().filter(|&row| row != NONE && self.rows[row as usize].seen != stamp) {
-                let slot = self.rows[row as usize].slot;
-                if slot == NONE {
-                    need += 1;
-                } else if self.is_cache_slot(slot) {
-                    pin += 1;
-                }
-            }
-            let cap = (free + evictable - pin).min(self.window);
-            if misses + need > cap {
-                return n.max(1);
-            }
-            misses += need;
-            evictable -= pin;
-            for row in rows.into_iter().filter(|&row| row != NONE) {
-                self.rows[row as usize].seen = stamp;
-            }
-        }
-        ratings.len()
-    }
-
-    /// Maps one training step onto slots. Fills `moves` (evictions, loads,
-    /// releases, slot pairs) and counts hits, misses, rows in and out on
-    /// `ledger`. `ratings` must fit (see [`Stager::prefix_that_fits`]) and come
-    /// in epoch order after [`Stager::begin_epoch`].
-    pub fn stage(&mut self, ratings: &[Rating], moves: &mut Moves, ledger: &mut Ledger) {
+    /// Maps one training step onto slots. `rows` are the step's distinct
+    /// global rows, in the order of their first use, and must come in epoch
+    /// order after [`Stager::begin_epoch`]. Fills `moves` and counts hits,
+    /// misses, rows in and out on `ledger`. Always fits when the slab holds
+    /// a step's rows: where the free and evictable slots run out, resident
+    /// rows not needed by the step lend their slots (written back if
+    /// trained) and come back when their slot is free again.
+    pub fn stage(&mut self, rows: &[u32], moves: &mut Moves, ledger: &mut Ledger) {
         moves.clear();
         self.staged.clear();
         let stamp = self.next_stamp();
-        self.policy.begin_step(self.pos, 2 * ratings.len() as u32);
+        let pending = std::mem::take(&mut self.pending_unmap);
+        self.policy.begin_step(self.pos, rows.len() as u32);
+        self.lend_from = self.areas.resident;
         // Pin every row of the step before any eviction: a row needed later
         // in this step must not be evicted for an earlier miss.
         if !self.all_resident {
-            for r in ratings {
-                for row in self.rows_of(r) {
-                    self.rows[row as usize].pin = stamp;
-                }
+            for &row in rows {
+                self.rows[row as usize].pin = stamp;
             }
         }
-        for (n, r) in ratings.iter().enumerate() {
+        for (n, &row) in rows.iter().enumerate() {
             // A row's state is a cache miss on large tables (the walk is in
-            // random order): ask for it `STAGE_AHEAD` ratings early.
-            if let Some(ahead) = ratings.get(n + STAGE_AHEAD) {
-                for row in self.rows_of(ahead) {
-                    prefetch_ptr(self.rows.as_ptr().wrapping_add(row as usize));
-                }
+            // random order): ask for it `STAGE_AHEAD` rows early.
+            if let Some(&ahead) = rows.get(n + STAGE_AHEAD) {
+                prefetch_ptr(self.rows.as_ptr().wrapping_add(ahead as usize));
             }
-            let rows = self.rows_of(r);
-            let mut slots = [0u32; 2];
-            for (k, row) in rows.into_iter().enumerate() {
-                let pos = self.pos;
-                self.pos += 1;
-                let first = self.rows[row as usize].seen != stamp;
-                self.rows[row as usize].seen = stamp;
-                let slot = self.rows[row as usize].slot;
-                // Placed below if missing; trained by this step either way.
-                self.rows[row as usize].dirty = true;
-                let resident = slot != NONE && (slot < self.areas.resident || slot >= self.block_start);
-                if !resident {
-                    self.policy.touch(row, pos);
-                }
-                slots[k] = if slot != NONE {
-                    if first {
-                        ledger.hit(self.is_user(row));
-                    }
-                    slot
-                } else {
-                    ledger.miss(self.is_user(row));
-                    ledger.row_in(self.is_user(row), true);
-                    let p = self.place_miss(row, stamp, moves, ledger);
-                    moves.load.push(p);
-                    p.slot
-                };
+            let pos = self.pos;
+            self.pos += 1;
+            let user = self.is_user(row);
+            let state = self.rows[row as usize];
+            self.rows[row as usize].dirty = true;
+            let resident = state.slot != NONE && (state.slot < self.areas.resident || state.slot >= self.block_start);
+            if !resident && !state.lent {
+                self.policy.touch(row, pos);
             }
-            moves.slot_u.push(slots[0]);
-            moves.slot_i.push(slots[1]);
+            if state.slot != NONE {
+                ledger.hit(user);
+                continue;
+            }
+            ledger.miss(user);
+            ledger.row_in(user, true);
+            if state.lent {
+                // A resident row whose slot an earlier step borrowed: back
+                // into it (no step of this one took it: see `lend`).
+                let k = self.lent.iter().position(|p| p.row == row).expect("a lent row is listed");
+                let p = self.lent.swap_remove(k);
+                debug_assert_eq!(self.row_of[p.slot as usize], NONE);
+                self.rows[row as usize].lent = false;
+                self.place(row, p.slot, stamp, moves);
+                moves.load.push(p);
+                continue;
+            }
+            let p = self.place_miss(row, stamp, moves, ledger);
+            moves.load.push(p);
         }
         self.policy.end_step();
+        // Lent slots this step left free get their rows back now.
+        let mut k = 0;
+        while k < self.lent.len() {
+            let p = self.lent[k];
+            if self.row_of[p.slot as usize] == NONE {
+                self.lent.swap_remove(k);
+                self.rows[p.row as usize].lent = false;
+                self.place(p.row, p.slot, stamp, moves);
+                moves.load.push(p);
+                ledger.row_in(self.is_user(p.row), true);
+            } else {
+                k += 1;
+            }
+        }
+        self.unmap_pending(pending, stamp, moves);
         let staged = std::mem::take(&mut self.staged);
         for &p in &staged {
             // Staged for this step, so trained: always written back.
-            self.rows[p.row as usize].slot = NONE;
-            self.rows[p.row as usize].dirty = false;
+            let r = &mut self.rows[p.row as usize];
+            r.slot = NONE;
+            r.dirty = false;
             self.row_of[p.slot as usize] = NONE;
-            self.free_staging.push(p.slot);
+            if p.slot >= self.areas.resident {
+                self.free_staging.push(p.slot);
+            }
+            self.pending_unmap.push(p.row);
             moves.release.push(p);
             ledger.row_out(self.is_user(p.row));
         }
@@ -496,8 +513,8 @@ impl Stager {
     }
 
     /// A slot for a missed row: a cache slot (free, or a victim's) if the
-    /// policy admits it, else a staging slot for this step; a victim's slot as
-    /// the last resort.
+    /// policy admits it, else a staging slot for this step; a victim's slot,
+    /// then a lent resident slot, as the last resorts.
     fn place_miss(&mut self, row: u32, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Placed {
         let admit = self.areas.cache > 0 && self.policy.admit(row, !self.free_cache.is_empty());
         let slot = if admit || self.free_staging.is_empty() {
@@ -508,31 +525,62 @@ impl Stager {
         } else {
             None
         };
-        match slot {
-            Some(slot) => {
-                self.cached += 1;
-                self.policy.cached(row);
-                self.rows[row as usize].slot = slot;
-                self.row_of[slot as usize] = row;
-                Placed { row, slot }
-            }
-            None => {
-                let slot = match self.free_staging.pop() {
-                    Some(s) => s,
-                    None => self.evict(stamp, moves, ledger).expect("prefix_that_fits guarantees a slot"),
-                };
-                let p = Placed { row, slot };
-                self.rows[row as usize].slot = slot;
-                self.row_of[slot as usize] = row;
-                if self.is_cache_slot(slot) {
-                    self.cached += 1;
-                    self.policy.cached(row);
-                } else {
-                    self.staged.push(p);
-                }
-                p
-            }
+        if let Some(slot) = slot {
+            self.cached += 1;
+            self.policy.cached(row);
+            self.place(row, slot, stamp, moves);
+            return Placed { row, slot };
         }
+        let slot = match self.free_staging.pop() {
+            Some(s) => s,
+            None => match self.evict(stamp, moves, ledger) {
+                Some(s) => s,
+                None => self.lend(stamp, moves, ledger),
+            },
+        };
+        let p = Placed { row, slot };
+        self.place(row, slot, stamp, moves);
+        if self.is_cache_slot(slot) {
+            self.cached += 1;
+            self.policy.cached(row);
+        } else {
+            self.staged.push(p);
+        }
+        p
+    }
+
+    /// A resident slot for this step's staging: one a resident row lent
+    /// earlier and that is free (unless that row is needed by this step,
+    /// which then finds its slot free), else the slot of the least likely
+    /// resident row this step does not need, which leaves (written back if
+    /// trained) and comes back when the slot is free again.
+    fn lend(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> u32 {
+        let free = |p: &&Placed| self.row_of[p.slot as usize] == NONE && self.rows[p.row as usize].pin != stamp;
+        if let Some(p) = self.lent.iter().find(free) {
+            return p.slot;
+        }
+        while self.lend_from > 0 {
+            self.lend_from -= 1;
+            let slot = self.lend_from;
+            let row = self.row_of[slot as usize];
+            if row == NONE || self.rows[row as usize].pin == stamp {
+                continue;
+            }
+            let r = &mut self.rows[row as usize];
+            r.slot = NONE;
+            r.lent = true;
+            r.mapped = stamp;
+            self.row_of[slot as usize] = NONE;
+            moves.map.push([row, entry::ABSENT]);
+            if std::mem::take(&mut self.rows[row as usize].dirty) {
+                moves.evict.push(Placed { row, slot });
+                ledger.row_out(self.is_user(row));
+            }
+            self.lent.push(Placed { row, slot });
+            ledger.lent += 1;
+            return slot;
+        }
+        unreachable!("the slab holds every step's rows (checked when the backend is made), so a slot is free")
     }
 
     /// Evicts the policy's victim (never a row of the current step) and
@@ -544,8 +592,11 @@ impl Stager {
         let slot = self.rows[victim as usize].slot;
         self.policy.evicted(victim);
         self.cached -= 1;
-        self.rows[victim as usize].slot = NONE;
+        let r = &mut self.rows[victim as usize];
+        r.slot = NONE;
+        r.mapped = stamp;
         self.row_of[slot as usize] = NONE;
+        moves.map.push([victim, entry::ABSENT]);
         if std::mem::take(&mut self.rows[victim as usize].dirty) {
             moves.evict.push(Placed { row: victim, slot });
             ledger.row_out(self.is_user(victim));
@@ -553,59 +604,60 @@ impl Stager {
         Some(slot)
     }
 
-    /// How many leading ratings of an evaluation step fit: their distinct
-    /// rows not in the slab must fit in the window.
-    pub fn eval_prefix(&mut self, ratings: &[Rating]) -> usize {
-        let stamp = self.next_stamp();
-        let mut misses = 0;
-        for (n, r) in ratings.iter().enumerate() {
-            let rows = self.rows_of(r);
-            let need = rows
-                .iter()
-                .filter(|&&row| {
-                    row != NONE && self.rows[row as usize].slot == NONE && self.rows[row as usize].seen != stamp
-                })
-                .count() as u32;
-            if misses + need > self.window {
-                return n.max(1);
-            }
-            misses += need;
-            for row in rows.into_iter().filter(|&row| row != NONE) {
-                self.rows[row as usize].seen = stamp;
-            }
-        }
-        ratings.len()
-    }
-
-    /// Maps an evaluation step: rows in the slab by slot, other rows staged
-    /// read-only into the upload window (`IN_WINDOW | index`, listed in
-    /// `moves.load` with the index as slot). Policy state and the slot map do
-    /// not change, so evaluation never perturbs training.
-    pub fn stage_eval(&mut self, ratings: &[Rating], moves: &mut Moves, ledger: &mut Ledger) {
+    /// Brings every lent resident row back into its slot (all free between
+    /// steps): `moves.load` and their slot-map entries, counted as rows in.
+    /// Before an evaluation, so that it finds the resident set whole.
+    pub fn restore_lent(&mut self, moves: &mut Moves, ledger: &mut Ledger) {
         moves.clear();
         let stamp = self.next_stamp();
-        for r in ratings {
-            let mut locs = [NONE; 2];
-            for (k, row) in self.rows_of(r).into_iter().enumerate() {
-                if row == NONE {
-                    continue;
-                }
-                let slot = self.rows[row as usize].slot;
-                locs[k] = if slot != NONE {
-                    slot
-                } else if self.rows[row as usize].seen == stamp {
-                    IN_WINDOW | self.win[row as usize]
-                } else {
-                    self.rows[row as usize].seen = stamp;
-                    let idx = moves.load.len() as u32;
-                    self.win[row as usize] = idx;
-                    moves.load.push(Placed { row, slot: idx });
-                    ledger.row_in(self.is_user(row), false);
-                    IN_WINDOW | idx
-                };
+        let pending = std::mem::take(&mut self.pending_unmap);
+        for p in std::mem::take(&mut self.lent) {
+            debug_assert_eq!(self.row_of[p.slot as usize], NONE, "a lent slot is free between steps");
+            self.rows[p.row as usize].lent = false;
+            self.place(p.row, p.slot, stamp, moves);
+            moves.load.push(p);
+            ledger.row_in(self.is_user(p.row), true);
+        }
+        self.unmap_pending(pending, stamp, moves);
+    }
+
+    /// Whether a resident row is out, lending its slot.
+    pub fn has_lent(&self) -> bool {
+        !self.lent.is_empty()
+    }
+
+    /// Maps an evaluation step over `rows` (its distinct rows) after
+    /// [`Stager::restore_lent`]: rows in the slab are read there, the others
+    /// staged read-only into the upload window (`moves.window`, the index as
+    /// slot) and counted as evaluation rows in. Policy state does not
+    /// change, so evaluation never perturbs training.
+    pub fn stage_eval(&mut self, rows: &[u32], moves: &mut Moves, ledger: &mut Ledger) {
+        moves.clear();
+        debug_assert!(self.lent.is_empty(), "lent rows come back before an evaluation");
+        let stamp = self.next_stamp();
+        let pending = std::mem::take(&mut self.pending_unmap);
+        for &row in rows {
+            if self.rows[row as usize].slot != NONE {
+                continue;
             }
-            moves.slot_u.push(locs[0]);
-            moves.slot_i.push(locs[1]);
+            let index = moves.window.len() as u32;
+            self.rows[row as usize].mapped = stamp;
+            moves.map.push([row, entry::window(index)]);
+            moves.window.push(Placed { row, slot: index });
+            self.pending_unmap.push(row);
+            ledger.row_in(self.is_user(row), false);
+        }
+        self.unmap_pending(pending, stamp, moves);
+    }
+
+    /// Marks every resident row trained: what a pass that stages nothing
+    /// (every row resident) does to them, without visiting its steps' rows.
+    pub fn mark_resident_dirty(&mut self) {
+        for slot in 0..self.areas.resident as usize {
+            let row = self.row_of[slot];
+            if row != NONE {
+                self.rows[row as usize].dirty = true;
+            }
         }
     }
 
@@ -625,12 +677,6 @@ impl Stager {
     }
 }
 
-/// Rows one step may stage in (the transfer windows' size): a batch's worst
-/// case, two rows per rating, bounded by the slots that are not resident.
-pub fn window_rows(batch: usize, areas: Areas) -> u32 {
-    (2 * batch as u64).min((areas.cache + areas.staging) as u64).max(2) as u32
-}
-
 /// Training accesses per global row (users then items).
 pub fn access_counts(train: &[Rating], n_users: usize, n_items: usize) -> Vec<u32> {
     let mut c = vec![0u32; n_users + n_items];
@@ -641,62 +687,25 @@ pub fn access_counts(train: &[Rating], n_users: usize, n_items: usize) -> Vec<u3
     c
 }
 
-/// The largest number of distinct rows any batch of `batch` consecutive
-/// ratings of `order` touches.
-pub fn max_distinct_rows(train: &[Rating], order: &[u32], batch: usize, n_users: usize) -> u32 {
-    let mut seen = vec![u32::MAX; n_users + train.iter().map(|r| r.item as usize + 1).max().unwrap_or(0)];
-    let mut best = 0;
-    for (b, chunk) in order.chunks(batch).enumerate() {
-        let mut d = 0;
-        for &i in chunk {
-            let r = &train[i as usize];
-            for row in [r.user as usize, n_users + r.item as usize] {
-                if seen[row] != b as u32 {
-                    seen[row] = b as u32;
-                    d += 1;
-                }
-            }
-        }
-        best = best.max(d);
-    }
-    best
-}
-
-/// The split of `slots` into resident rows and staging slots for `static`: the
-/// most resident rows such that every batch of `order` stages at most the
-/// remaining slots. Iterates resident = slots − max misses to a fixed point
-/// (more resident rows never add misses).
-pub fn static_resident(
-    train: &[Rating],
-    order: &[u32],
-    batch: usize,
-    counts: &[u32],
-    n_users: usize,
-    slots: u32,
-) -> usize {
+/// The split of `slots` into resident rows and staging slots for `static`:
+/// the most resident rows such that every step (`steps`: each step's
+/// distinct rows) stages at most the remaining slots. Iterates resident =
+/// slots − max misses to a fixed point (more resident rows never add misses).
+pub fn static_resident<'r>(steps: impl Fn() -> Box<dyn Iterator<Item = &'r [u32]> + 'r>, counts: &[u32], slots: u32) -> usize {
     let mut rank = vec![u32::MAX; counts.len()];
     let by_freq = top_rows(counts, counts.len());
     for (k, &r) in by_freq.iter().enumerate() {
         rank[r as usize] = k as u32;
     }
     let max_misses = |resident: usize| -> u32 {
-        let mut seen = vec![u32::MAX; counts.len()];
-        let mut worst = 0;
-        for (b, chunk) in order.chunks(batch).enumerate() {
-            let mut m = 0;
-            for &i in chunk {
-                let r = &train[i as usize];
-                for row in [r.user as usize, n_users + r.item as usize] {
-                    // Rows counted 0 are not the policy's (co-partitioning's block area).
-                    if (rank[row] as usize) >= resident && counts[row] > 0 && seen[row] != b as u32 {
-                        seen[row] = b as u32;
-                        m += 1;
-                    }
-                }
-            }
-            worst = worst.max(m);
-        }
-        worst
+        steps()
+            .map(|rows| {
+                // Rows counted 0 are not the policy's (co-partitioning's block area).
+                rows.iter().filter(|&&row| (rank[row as usize] as usize) >= resident && counts[row as usize] > 0).count()
+                    as u32
+            })
+            .max()
+            .unwrap_or(0)
     };
     let mut resident = 0usize;
     for _ in 0..6 {
@@ -710,22 +719,20 @@ pub fn static_resident(
     resident
 }
 
-/// Splits `slots` into areas for `kind`, given the training data and the
-/// first epoch's order (for `static`, which sizes staging to that order's
-/// worst batch).
-pub fn plan_areas(
+/// Splits `slots` into areas for `kind`, given every step's distinct rows
+/// (for `static`, which sizes staging to the worst step) and the batch (for
+/// SCA's model).
+pub fn plan_areas<'r>(
     kind: PolicyKind,
     slots: u32,
-    train: &[Rating],
-    first_order: &[u32],
+    steps: impl Fn() -> Box<dyn Iterator<Item = &'r [u32]> + 'r>,
     batch: usize,
     counts: &[u32],
-    n_users: usize,
+    ratings: usize,
 ) -> Areas {
-    let sca = || sca::CostModel::new(counts, train.len(), batch).split(slots, 1).0;
     // A slab that holds every row training touches keeps them all resident:
     // nothing is ever staged (the all-resident peer of a sweep), and the
-    // stager then skips its per-step fit scan and pins.
+    // stager is then skipped altogether.
     let touched = counts.iter().filter(|&&c| c > 0).count() as u32;
     if matches!(kind, PolicyKind::Sca | PolicyKind::Static) && slots >= touched {
         return Areas { resident: touched, cache: 0, staging: slots - touched };
@@ -733,11 +740,11 @@ pub fn plan_areas(
     match kind {
         PolicyKind::None => Areas { resident: 0, cache: 0, staging: slots },
         PolicyKind::Static => {
-            let r = static_resident(train, first_order, batch, counts, n_users, slots) as u32;
+            let r = static_resident(steps, counts, slots) as u32;
             Areas { resident: r, cache: 0, staging: slots - r }
         }
         PolicyKind::Sca => {
-            let r = sca();
+            let r = sca::CostModel::new(counts, ratings, batch).split(slots, 1).0;
             Areas { resident: r, cache: 0, staging: slots - r }
         }
         // Lookahead keeps SCA's order as a prior inside its keys rather than
@@ -766,7 +773,38 @@ mod tests {
     }
 
     fn stager(kind: PolicyKind, areas: Areas, users: u32, items: u32, counts: &[u32]) -> Stager {
-        Stager::new(kind, areas, users, items, 64, counts, 8)
+        Stager::new(kind, areas, users, items, counts, 8)
+    }
+
+    /// The distinct global rows of `ratings` in first-use order.
+    fn rows(ratings: &[Rating], users: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for x in ratings {
+            for row in [x.user, users + x.item] {
+                if !out.contains(&row) {
+                    out.push(row);
+                }
+            }
+        }
+        out
+    }
+
+    /// The slot map a device would hold after applying every step's entries.
+    fn apply(map: &mut [u32], moves: &Moves) {
+        let mut seen = std::collections::HashSet::new();
+        for &[row, e] in &moves.map {
+            assert!(seen.insert(row), "row {row} twice in one step's slot-map entries");
+            map[row as usize] = e;
+        }
+    }
+
+    /// Checks the device's slot map against the stager's for every row.
+    fn check_map(st: &Stager, map: &[u32]) {
+        for (row, &e) in map.iter().enumerate() {
+            let slot = st.slot_of(row as u32);
+            let want = if slot == NONE { entry::ABSENT } else { entry::slot(slot) };
+            assert_eq!(e, want, "row {row}: device entry {e:#x}, stager slot {slot}");
+        }
     }
 
     #[test]
@@ -777,19 +815,27 @@ mod tests {
         let mut st = stager(PolicyKind::Static, Areas { resident: 2, cache: 0, staging: 3 }, 2, 3, &counts);
         // User 0 (3 uses) and item 0 (2 uses) are resident.
         assert_eq!(st.resident().iter().map(|p| p.row).collect::<Vec<_>>(), vec![0, 2]);
+        let mut map = vec![entry::ABSENT; 5];
+        for p in st.resident() {
+            map[p.row as usize] = entry::slot(p.slot);
+        }
         let mut ledger = Ledger::default();
         let mut moves = Moves::default();
-        assert_eq!(st.prefix_that_fits(&ratings), 4);
-        st.begin_epoch(&ratings, &[0, 1, 2, 3], &[]);
-        st.stage(&ratings, &mut moves, &mut ledger);
+        let step = rows(&ratings, 2);
+        st.begin_epoch([&step[..]].into_iter(), std::iter::empty(), false);
+        st.stage(&step, &mut moves, &mut ledger);
+        apply(&mut map, &moves);
         // Misses: item 1 (row 3), user 1 (row 1), item 2 (row 4).
         assert_eq!(moves.load.len(), 3);
         assert_eq!((ledger.misses(), ledger.hits()), (3, 2));
         assert_eq!(moves.release.len(), 3);
-        assert_eq!(moves.slot_u[0], moves.slot_u[3]);
-        assert_eq!(moves.slot_i[0], st.slot_of(2));
-        // Released slots are free again: the whole batch fits again.
-        assert_eq!(st.prefix_that_fits(&ratings), 4);
+        for p in &moves.load {
+            assert_eq!(map[p.row as usize], entry::slot(p.slot), "a loaded row is mapped to its slot");
+        }
+        // The next step clears the released rows' entries.
+        st.stage(&step[..2], &mut moves, &mut ledger);
+        apply(&mut map, &moves);
+        check_map(&st, &map);
     }
 
     #[test]
@@ -797,25 +843,23 @@ mod tests {
         // 3 users, 3 items; user 2 and item 2 are never trained.
         let ratings = [r(0, 0), r(1, 1), r(0, 1), r(1, 0)];
         let counts = access_counts(&ratings, 3, 3);
-        let order = [0, 1, 2, 3];
+        let step = rows(&ratings, 3);
+        let steps = || Box::new([&step[..]].into_iter()) as Box<dyn Iterator<Item = &[u32]>>;
         for kind in [PolicyKind::Sca, PolicyKind::Static] {
             // 4 trained rows in 5 slots: all resident, none staged.
-            let areas = plan_areas(kind, 5, &ratings, &order, 4, &counts, 3);
+            let areas = plan_areas(kind, 5, steps, 4, &counts, 4);
             assert_eq!(areas, Areas { resident: 4, cache: 0, staging: 1 }, "{kind:?}");
             let mut st = stager(kind, areas, 3, 3, &counts);
-            assert!(st.all_resident);
-            assert_eq!(st.prefix_that_fits(&ratings), 4);
+            assert!(st.all_resident());
             let (mut ledger, mut moves) = (Ledger::default(), Moves::default());
-            st.begin_epoch(&ratings, &order, &[]);
-            st.stage(&ratings, &mut moves, &mut ledger);
+            st.stage(&step, &mut moves, &mut ledger);
             assert_eq!((ledger.misses(), ledger.hits(), moves.load.len(), moves.release.len()), (0, 4, 0, 0));
-            assert_eq!(moves.slot_u[0], moves.slot_u[2], "user 0 keeps its slot");
             // A block area moves rows in and out: the general path again.
-            assert!(!stager(kind, areas, 3, 3, &counts).with_block_area(2).all_resident);
+            assert!(!stager(kind, areas, 3, 3, &counts).with_block_area(2).all_resident());
         }
         // One slot short of the trained rows: SCA plans staging as before.
-        let areas = plan_areas(PolicyKind::Sca, 3, &ratings, &order, 4, &counts, 3);
-        assert!(areas.resident < 3 && !stager(PolicyKind::Sca, areas, 3, 3, &counts).all_resident, "{areas:?}");
+        let areas = plan_areas(PolicyKind::Sca, 3, steps, 4, &counts, 4);
+        assert!(areas.resident < 3 && !stager(PolicyKind::Sca, areas, 3, 3, &counts).all_resident(), "{areas:?}");
     }
 
     #[test]
@@ -824,9 +868,8 @@ mod tests {
         let ratings = [r(0, 0), r(0, 1), r(0, 2), r(0, 0)];
         let counts = access_counts(&ratings, 1, 3);
         let mut st = stager(PolicyKind::Lru, Areas { resident: 0, cache: 3, staging: 0 }, 1, 3, &counts);
-        st.begin_epoch(&ratings, &[0, 1, 2, 3], &[]);
         let (mut moves, mut ledger) = (Moves::default(), Ledger::default());
-        st.stage(&ratings[..2], &mut moves, &mut ledger);
+        st.stage(&rows(&ratings[..2], 1), &mut moves, &mut ledger);
         // The sync before a checkpoint writes back u, a, b and marks them clean.
         let synced: Vec<u32> = st.take_dirty(&mut ledger).iter().map(|p| p.row).collect();
         assert_eq!(synced, vec![0, 1, 2]);
@@ -834,12 +877,13 @@ mod tests {
         assert!(st.take_dirty(&mut ledger).is_empty(), "nothing trained since the sync");
         // c evicts a (least recently used), clean since the sync: it leaves
         // the slab without a transfer.
-        st.stage(&ratings[2..3], &mut moves, &mut ledger);
+        st.stage(&rows(&ratings[2..3], 1), &mut moves, &mut ledger);
         assert_eq!(moves.load.len(), 1);
         assert!(moves.evict.is_empty(), "a clean row was written back: {:?}", moves.evict);
+        assert_eq!(moves.map.iter().filter(|e| e[1] == entry::ABSENT).count(), 1, "the victim leaves the map");
         assert_eq!(ledger.rows_out(), 3);
         // a comes back and evicts b, also clean; then u, c and a are dirty.
-        st.stage(&ratings[3..], &mut moves, &mut ledger);
+        st.stage(&rows(&ratings[3..], 1), &mut moves, &mut ledger);
         assert!(moves.evict.is_empty());
         let mut dirty: Vec<u32> = st.take_dirty(&mut ledger).iter().map(|p| p.row).collect();
         dirty.sort();
@@ -848,67 +892,85 @@ mod tests {
     }
 
     #[test]
-    fn prefix_stops_when_slots_or_window_run_out() {
-        let ratings = [r(0, 0), r(1, 1), r(2, 2)];
-        let counts = access_counts(&ratings, 3, 3);
-        let mut st = stager(PolicyKind::None, Areas { resident: 0, cache: 0, staging: 4 }, 3, 3, &counts);
-        assert_eq!(st.prefix_that_fits(&ratings), 2);
-        let mut st = Stager::new(PolicyKind::None, Areas { resident: 0, cache: 0, staging: 6 }, 3, 3, 3, &counts, 8);
-        assert_eq!(st.prefix_that_fits(&ratings), 1, "window of 3 rows");
-    }
-
-    /// Runs `batches` (each a list of (user, item)) through `kind` with `slots`
-    /// cache slots; returns (misses, rows out) over the trace.
-    fn run(kind: PolicyKind, areas: Areas, users: u32, items: u32, batches: &[&[(u32, u32)]]) -> (u64, u64) {
-        let all: Vec<Rating> = batches.iter().flat_map(|b| b.iter().map(|&(u, i)| r(u, i))).collect();
-        let counts = access_counts(&all, users as usize, items as usize);
-        let mut st = stager(kind, areas, users, items, &counts);
-        let order: Vec<u32> = (0..all.len() as u32).collect();
-        st.begin_epoch(&all, &order, &[]);
-        let (mut moves, mut ledger) = (Moves::default(), Ledger::default());
-        let mut at = 0;
-        for b in batches {
-            let step = &all[at..at + b.len()];
-            assert_eq!(st.prefix_that_fits(step), step.len());
-            st.stage(step, &mut moves, &mut ledger);
-            at += b.len();
+    fn resident_rows_lend_their_slots_when_staging_runs_out_and_come_back() {
+        // 4 users and 4 items, every row trained; 2 resident slots (users 0
+        // and 1, the most frequent) and 2 staging slots.
+        let ratings = [r(0, 0), r(0, 1), r(1, 0), r(0, 2), r(1, 3), r(2, 1), r(3, 2), r(0, 3)];
+        let counts = access_counts(&ratings, 4, 4);
+        let areas = Areas { resident: 2, cache: 0, staging: 2 };
+        let mut st = stager(PolicyKind::Sca, areas, 4, 4, &counts);
+        let resident: Vec<u32> = st.resident().iter().map(|p| p.row).collect();
+        let mut map = vec![entry::ABSENT; 8];
+        for p in st.resident() {
+            map[p.row as usize] = entry::slot(p.slot);
         }
-        (ledger.misses(), ledger.rows_out())
+        let (mut moves, mut ledger) = (Moves::default(), Ledger::default());
+        // A step of three rows none of which is resident: two staging slots
+        // and one resident slot, lent.
+        let step: Vec<u32> = (0..8).filter(|r| !resident.contains(r)).take(3).collect();
+        st.stage(&step, &mut moves, &mut ledger);
+        apply(&mut map, &moves);
+        assert_eq!(ledger.lent, 1);
+        assert_eq!(moves.load.len(), 3);
+        let mut slots: Vec<u32> = moves.load.iter().map(|p| p.slot).collect();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots.len(), 3, "three rows, three slots");
+        let out = resident.iter().filter(|&&r| st.slot_of(r) == NONE).count();
+        assert_eq!(out, 1, "one resident row out while its slot serves the step");
+        // The lent row was never trained: it left without a write-back.
+        assert!(moves.evict.is_empty());
+        // The next step, on a resident row alone, brings the lent row back.
+        st.stage(&[resident[0]], &mut moves, &mut ledger);
+        apply(&mut map, &moves);
+        assert!(resident.iter().all(|&r| st.slot_of(r) < 2), "the resident rows are home");
+        assert_eq!(moves.load.len(), 1, "the lent row came back");
+        check_map(&st, &map);
+        // A step needing the lent row itself puts it back into its own slot.
+        st.stage(&step, &mut moves, &mut ledger);
+        apply(&mut map, &moves);
+        let lent: Vec<Placed> = st.lent.clone();
+        assert_eq!(lent.len(), 1);
+        let mut with_owner = step.clone();
+        with_owner.push(lent[0].row);
+        st.stage(&with_owner, &mut moves, &mut ledger);
+        apply(&mut map, &moves);
+        assert_eq!(st.slot_of(lent[0].row), lent[0].slot, "the owner is back in its slot");
     }
 
     #[test]
-    fn policies_on_a_hand_made_trace() {
-        // 1 user (row 0, in every batch) and items 0..4 (rows 1..5); 3 slots.
-        // Batches: {a}, {b}, {a}, {c}, {a}, {b} with a, b, c items 0, 1, 2.
-        let t: [&[(u32, u32)]; 6] = [&[(0, 0)], &[(0, 1)], &[(0, 0)], &[(0, 2)], &[(0, 0)], &[(0, 1)]];
-        let cache3 = Areas { resident: 0, cache: 3, staging: 0 };
-        // none: every row of every batch is staged in: 2 per batch.
-        assert_eq!(run(PolicyKind::None, Areas { resident: 0, cache: 0, staging: 3 }, 1, 3, &t).0, 12);
-        // LRU, 3 slots: u,a | b | hit | c evicts b (LRU) | hit | b evicts c → misses u,a,b,c,b = 5.
-        assert_eq!(run(PolicyKind::Lru, cache3, 1, 3, &t).0, 5);
-        // Belady: at c, evict the one used furthest (b at 6 vs a at 5): b; then b again: 5 as well;
-        // with 3 slots nothing better exists (u, a, b, c are 4 rows).
-        assert_eq!(run(PolicyKind::Belady, cache3, 1, 3, &t).0, 5);
-        // With 2 slots one slot is left for items, and consecutive items
-        // differ: u plus all 6 items miss under any policy.
-        let cache2 = Areas { resident: 0, cache: 2, staging: 0 };
-        let (belady2, _) = run(PolicyKind::Belady, cache2, 1, 3, &t);
-        let (lru2, _) = run(PolicyKind::Lru, cache2, 1, 3, &t);
-        assert_eq!((belady2, lru2), (7, 7));
-        // static with user 0 and item 0 resident and 1 staging slot: misses b, c, b.
-        let st = Areas { resident: 2, cache: 0, staging: 1 };
-        assert_eq!(run(PolicyKind::Static, st, 1, 3, &t).0, 3);
+    fn evaluation_reads_missing_rows_through_the_window_and_leaves_the_map_as_it_was() {
+        let ratings = [r(0, 0), r(1, 1), r(2, 2)];
+        let counts = access_counts(&ratings, 3, 3);
+        let mut st = stager(PolicyKind::Static, Areas { resident: 2, cache: 0, staging: 2 }, 3, 3, &counts);
+        let mut map = vec![entry::ABSENT; 6];
+        for p in st.resident() {
+            map[p.row as usize] = entry::slot(p.slot);
+        }
+        let (mut moves, mut ledger) = (Moves::default(), Ledger::default());
+        let all: Vec<u32> = (0..6).collect();
+        st.stage_eval(&all, &mut moves, &mut ledger);
+        apply(&mut map, &moves);
+        assert_eq!(moves.window.len(), 4);
+        assert_eq!(ledger.eval_rows_in, 4);
+        for p in &moves.window {
+            assert_eq!(map[p.row as usize], entry::window(p.slot));
+        }
+        // The next step clears the window entries.
+        st.stage(&[], &mut moves, &mut ledger);
+        apply(&mut map, &moves);
+        check_map(&st, &map);
     }
 
     #[test]
     fn static_split_fixed_point() {
-        // Batches of 2 ratings; user 0 in every rating.
+        // Steps of two ratings; user 0 in every rating.
         let ratings: Vec<Rating> = (0..8).map(|i| r(0, i)).collect();
-        let order: Vec<u32> = (0..8).collect();
+        let steps: Vec<Vec<u32>> = ratings.chunks(2).map(|c| rows(c, 1)).collect();
         let counts = access_counts(&ratings, 1, 8);
-        assert_eq!(max_distinct_rows(&ratings, &order, 2, 1), 3);
-        // 4 slots: resident user 0 (+1 item), staging 2 items per batch.
-        let res = static_resident(&ratings, &order, 2, &counts, 1, 4);
+        let iter = || Box::new(steps.iter().map(|s| &s[..])) as Box<dyn Iterator<Item = &[u32]>>;
+        // 4 slots: resident user 0 (+1 item), staging 2 items per step.
+        let res = static_resident(iter, &counts, 4);
         assert!((1..=2).contains(&res), "{res}");
     }
 }

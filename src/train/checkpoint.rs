@@ -8,7 +8,7 @@
 //! the position inside it, the epoch reports so far (each with its ledger),
 //! and a fingerprint of the data and the settings that decide the mathematics.
 //! The random streams need no saved state: the initial factors come from the
-//! seed and each epoch's order from `(seed, epoch)` alone ([`super::epoch_order`]),
+//! seed and each epoch's plan from `(seed, epoch)` alone ([`crate::engine::order`]),
 //! so `(seed, epoch, position)` is the whole RNG state, and the learning rate
 //! is a function of the epoch.
 

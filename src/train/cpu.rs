@@ -2,16 +2,17 @@
 //! every test) and the multi-threaded Hogwild trainer (`--backend cpu`).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Instant;
 
-use super::blocked::BlockedRatings;
-use super::{Backend, EpochTrain};
 use crate::data::Rating;
+use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, MetricsAcc, Model, Rate, Step, row_stride};
-use crate::prefetch::{prefetch, prefetch_row, prefetch_span};
+use crate::prefetch::{prefetch_row, prefetch_span};
 use crate::stage::Ledger;
 
-/// Ratings between two looks at the stop flag (sequential reference).
+/// Ratings between two looks at the stop flag (sequential reference), at
+/// part boundaries.
 const STOP_CHECK: usize = 4096;
 
 /// Ratings of one Hogwild round: the round's share of the epoch order is split
@@ -59,34 +60,30 @@ impl Backend for ReferenceCpu {
         "CPU reference (1 thread, sequential)".into()
     }
 
-    fn train_epoch(
-        &mut self,
-        model: &mut Model,
-        train: &[Rating],
-        order: &[u32],
-        _spans: &[u32],
-        _blocked: Option<&BlockedRatings>,
-        _following: &[u32],
-        rates: &[Rate],
-        stop: &AtomicBool,
-    ) -> Result<EpochTrain> {
-        let steps = steps_of(model, rates, self.bias_reg);
+    fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
+        let t0 = Instant::now();
+        let steps = steps_of(model, input.rates, self.bias_reg);
         let (s, sub) = (model.stride, row_stride(model.rank));
         let mut sse = vec![0.0f64; steps.len()];
-        let mut done = 0;
-        for part in order.chunks(STOP_CHECK) {
-            if stop.load(Ordering::Relaxed) {
-                break;
+        let (mut done, mut since_check) = (0, 0);
+        for &part in &input.plan.parts[input.from..] {
+            if since_check >= STOP_CHECK {
+                since_check = 0;
+                if input.stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
-            for &idx in part {
-                let r = train[idx as usize];
+            let ratings = input.layout.part(part);
+            for r in ratings {
                 let p = &mut model.users[r.user as usize * s..][..s];
                 let q = &mut model.items[r.item as usize * s..][..s];
                 apply_all(&steps, sub, p, q, r.value, &mut sse);
             }
-            done += part.len();
+            done += ratings.len();
+            since_check += ratings.len();
         }
-        Ok(EpochTrain { sse, count: done as u64, done, conflicts: 0, ledger: Ledger::default() })
+        let host_seconds = t0.elapsed().as_secs_f64();
+        Ok(EpochTrain { sse, count: done as u64, done, host_seconds, ..Default::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
@@ -100,14 +97,15 @@ impl Backend for ReferenceCpu {
 
 /// The multi-threaded CPU backend (`--backend cpu`), for either order.
 ///
-/// In the blocked order ([`super::blocked`], its default) the threads train
-/// block parts whose rows no other thread touches meanwhile, in place and
-/// without races; see `train_blocked`.
+/// In the blocked order ([`crate::engine::blocked`], its default) the threads
+/// train block parts whose rows no other thread touches meanwhile, in place
+/// and without races; see `train_blocked`.
 ///
-/// In the shuffled order it is Hogwild SGD: the epoch order is taken in
-/// rounds of 2^18 ratings (`ROUND`). The round's ratings are first gathered in order (in
-/// parallel, prefetching far ahead), so that the updates read them
-/// sequentially; then each thread takes a contiguous share of the round and
+/// In the shuffled order it is Hogwild SGD: the epoch's parts are taken in
+/// rounds of about 2^18 ratings (`ROUND`). The round's ratings are first
+/// copied in order (each part is a contiguous run of the layout), so that
+/// the updates read them sequentially; then each thread takes a contiguous
+/// share of the round and
 /// updates the shared tables without locks, prefetching the rows of the
 /// rating `AHEAD` (8) on. Rows are read and written with relaxed atomic loads
 /// and stores of the f32 bits (plain moves on every mainstream CPU), so
@@ -127,10 +125,6 @@ impl HogwildCpu {
 /// How many ratings ahead the Hogwild loop asks for rows: an update takes
 /// long enough that this covers a memory access's latency.
 const AHEAD: usize = 8;
-
-/// How many ratings ahead the gather asks for them: a copy is short, so the
-/// requests must go out much further ahead.
-const GATHER_AHEAD: usize = 96;
 
 /// Views an exclusively borrowed f32 table as atomics for the scope of one
 /// epoch.
@@ -243,14 +237,10 @@ impl ExclusiveTables {
     }
 }
 
-/// One part of the blocked order, ready to be scheduled: where it lies in
-/// the order, where its ratings lie, its bins, and how many earlier parts
-/// share each bin.
-struct Part {
-    begin: usize,
-    /// Its ratings are `train[first..first + (end - begin)]`.
-    first: usize,
-    end: usize,
+/// One part of the blocked order, ready to be scheduled: its ratings, its
+/// bins, and how many earlier parts share each bin.
+struct Scheduled<'a> {
+    ratings: &'a [Rating],
     bins: (u32, u32),
     /// Parts of the same user bin, and of the same item bin, before this one.
     after: (u32, u32),
@@ -276,60 +266,40 @@ fn wait_for(ready: impl Fn() -> bool, abort: &AtomicBool) -> bool {
 }
 
 impl HogwildCpu {
-    /// The blocked order ([`super::blocked`]) in parallel, with the result of
-    /// walking it sequentially. The threads take the parts (ends in `spans`)
-    /// in order; a part starts once every earlier part of its user bin and
-    /// of its item bin is done, and then its thread is the only one touching
-    /// those bins' rows, so it updates them in place and no update races.
-    /// The stop flag is read before taking a part. Returns the squared
-    /// errors and the ratings done (a prefix of the order).
+    /// The blocked order ([`crate::engine::blocked`]) in parallel, with the
+    /// result of walking it sequentially. The threads take the parts of
+    /// `parts` in order; a part starts once every earlier part of its user
+    /// bin and of its item bin is done, and then its thread is the only one
+    /// touching those bins' rows, so it updates them in place and no update
+    /// races. The stop flag is read before taking a part. Returns the
+    /// squared errors and the ratings done (the parts of a prefix).
     ///
-    /// Row exclusivity is checked, not assumed: `train` must be `grid`'s
-    /// ratings and every part a run of consecutive indices inside one block
-    /// (as [`BlockedRatings::arrange`] makes them), whose ratings lie in the
-    /// block's bins by construction; anything else is refused with an error
-    /// before the rows it would touch are.
-    #[allow(clippy::too_many_arguments)]
+    /// Row exclusivity rests on the layout: every rating of a blocked part
+    /// lies in the part's bins ([`RunLayout::bins_of_part`]).
     fn train_blocked(
         &self,
         model: &mut Model,
         steps: &[Step],
         sub: usize,
-        train: &[Rating],
-        order: &[u32],
-        spans: &[u32],
-        grid: &BlockedRatings,
+        layout: &RunLayout,
+        parts: &[u32],
+        bins: u32,
         stop: &AtomicBool,
     ) -> Result<(Vec<f64>, usize)> {
-        let refuse = |why: String| Error::arg("--order", "blocked", why);
-        if !std::ptr::eq(train, grid.ratings()) {
-            return Err(refuse("the ratings passed are not the blocked copy the order indexes".into()));
-        }
         let tables = &ExclusiveTables::new(model);
-        let mut parts = Vec::with_capacity(spans.len());
-        let mut seen = (vec![0u32; grid.bins as usize], vec![0u32; grid.bins as usize]);
-        let mut begin = 0;
-        for &end in spans {
-            let end = (end as usize).min(order.len());
-            if end > begin {
-                let first = order[begin] as usize;
-                let bins = grid.bins_of_range(first..first + (end - begin)).ok_or_else(|| {
-                    refuse(format!("order[{begin}..{end}] (from rating {first}) is not inside one block"))
-                })?;
-                let (u, i) = (&mut seen.0[bins.0 as usize], &mut seen.1[bins.1 as usize]);
-                parts.push(Part { begin, first, end, bins, after: (*u, *i) });
-                (*u, *i) = (*u + 1, *i + 1);
-            }
-            begin = end;
+        let mut scheduled = Vec::with_capacity(parts.len());
+        let mut seen = (vec![0u32; bins as usize], vec![0u32; bins as usize]);
+        for &p in parts {
+            let pair = layout.bins_of_part(p).ok_or_else(|| {
+                Error::arg("--order", layout.spec().order.name(), format!("part {p} is not a block part"))
+            })?;
+            let (u, i) = (&mut seen.0[pair.0 as usize], &mut seen.1[pair.1 as usize]);
+            scheduled.push(Scheduled { ratings: layout.part(p), bins: pair, after: (*u, *i) });
+            (*u, *i) = (*u + 1, *i + 1);
         }
-        // Walks one part; Err(position in the order) where its indices stop
-        // running consecutively.
-        let walk = |part: &Part, sse: &mut [f64]| -> std::result::Result<(), usize> {
-            let ratings = &train[part.first..part.first + (part.end - part.begin)];
-            for (j, (r, &k)) in ratings.iter().zip(&order[part.begin..part.end]).enumerate() {
-                if k as usize != part.first + j {
-                    return Err(part.begin + j);
-                }
+        let walk = |part: &Scheduled, sse: &mut [f64]| {
+            let ratings = part.ratings;
+            for (j, r) in ratings.iter().enumerate() {
                 if let Some(n) = ratings.get(j + AHEAD) {
                     tables.prefetch(n);
                 }
@@ -340,24 +310,22 @@ impl HogwildCpu {
                 let (p, q) = unsafe { tables.rows(r) };
                 apply_all(steps, sub, p, q, r.value, sse);
             }
-            Ok(())
         };
-        let out_of_order =
-            |at: usize| refuse(format!("order[{at}] = {} breaks its part's run of consecutive ratings", order[at]));
         // One thread never waits (it takes the parts in order): the same
         // loop serves it.
-        let threads = self.threads.min(parts.len()).max(1);
+        let threads = self.threads.min(scheduled.len()).max(1);
         let done_in = |bins: &[u32]| -> Vec<AtomicU32> { bins.iter().map(|_| AtomicU32::new(0)).collect() };
         let (user_done, item_done) = (done_in(&seen.0), done_in(&seen.1));
         let (next, abort) = (AtomicUsize::new(0), AtomicBool::new(false));
-        let (parts, user_done, item_done, next, abort, walk) = (&parts, &user_done, &item_done, &next, &abort, &walk);
-        let results: Vec<(Vec<f64>, Option<usize>)> = std::thread::scope(|scope| {
+        let (scheduled, user_done, item_done, next, abort, walk) =
+            (&scheduled, &user_done, &item_done, &next, &abort, &walk);
+        let results: Vec<Vec<f64>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(move || {
                         let mut sse = vec![0.0f64; steps.len()];
                         while !stop.load(Ordering::Relaxed) && !abort.load(Ordering::Relaxed) {
-                            let Some(part) = parts.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                            let Some(part) = scheduled.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
                             let (u, i) = (&user_done[part.bins.0 as usize], &item_done[part.bins.1 as usize]);
                             let ready = || {
                                 u.load(Ordering::Acquire) == part.after.0 && i.load(Ordering::Acquire) == part.after.1
@@ -365,29 +333,23 @@ impl HogwildCpu {
                             if !wait_for(ready, abort) {
                                 break;
                             }
-                            if let Err(at) = walk(part, &mut sse) {
-                                abort.store(true, Ordering::Relaxed);
-                                return (sse, Some(at));
-                            }
+                            walk(part, &mut sse);
                             u.store(part.after.0 + 1, Ordering::Release);
                             i.store(part.after.1 + 1, Ordering::Release);
                         }
-                        (sse, None)
+                        sse
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("Hogwild worker panicked")).collect()
         });
-        if let Some(at) = results.iter().find_map(|r| r.1) {
-            return Err(out_of_order(at));
-        }
         let mut sse = vec![0.0f64; steps.len()];
-        for (part, _) in &results {
+        for part in &results {
             sse.iter_mut().zip(part).for_each(|(a, c)| *a += c);
         }
         // Every part taken was finished, and parts are taken in order.
-        let taken = next.load(Ordering::Relaxed).min(parts.len());
-        Ok((sse, if taken == 0 { 0 } else { parts[taken - 1].end }))
+        let taken = next.load(Ordering::Relaxed).min(scheduled.len());
+        Ok((sse, scheduled[..taken].iter().map(|p| p.ratings.len()).sum()))
     }
 }
 
@@ -400,51 +362,45 @@ impl Backend for HogwildCpu {
         format!("CPU Hogwild ({} threads)", self.threads)
     }
 
-    fn train_epoch(
-        &mut self,
-        model: &mut Model,
-        train: &[Rating],
-        order: &[u32],
-        spans: &[u32],
-        blocked: Option<&BlockedRatings>,
-        _following: &[u32],
-        rates: &[Rate],
-        stop: &AtomicBool,
-    ) -> Result<EpochTrain> {
-        let steps = steps_of(model, rates, self.bias_reg);
+    fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
+        let t0 = Instant::now();
+        let steps = steps_of(model, input.rates, self.bias_reg);
         let steps = &steps[..];
         let (s, sub) = (model.stride, row_stride(model.rank));
-        if let Some(grid) = blocked {
-            let (sse, done) = self.train_blocked(model, steps, sub, train, order, spans, grid, stop)?;
+        let parts = &input.plan.parts[input.from..];
+        let layout = input.layout;
+        if let Some(bins) = layout.bins() {
+            let (sse, done) = self.train_blocked(model, steps, sub, layout, parts, bins, input.stop)?;
             // No two threads ever train rows of one bin at once: nothing races.
-            return Ok(EpochTrain { sse, count: done as u64, done, conflicts: 0, ledger: Ledger::default() });
+            let host_seconds = t0.elapsed().as_secs_f64();
+            return Ok(EpochTrain { sse, count: done as u64, done, host_seconds, ..Default::default() });
         }
         let tables = Tables { users: as_atomic(&mut model.users), items: as_atomic(&mut model.items), stride: s };
         let tables = &tables;
         let threads = self.threads;
         let (mut sse, mut conflicts, mut done) = (vec![0.0f64; steps.len()], 0u64, 0usize);
-        // The round's ratings in order, gathered once (in parallel) so that
-        // the update loop and the conflict count read them sequentially.
-        let mut gathered = vec![Rating { user: 0, item: 0, value: 0.0 }; order.len().min(ROUND)];
-        for round in order.chunks(ROUND) {
-            if stop.load(Ordering::Relaxed) {
+        // A round's ratings in order, gathered once (in parallel, each part a
+        // contiguous copy) so that the update loop and the conflict count read
+        // them sequentially.
+        let mut gathered: Vec<Rating> = Vec::with_capacity(ROUND + layout.max_part_len());
+        let mut k = 0;
+        while k < parts.len() {
+            if input.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let chunk = round.len().div_ceil(threads).max(1);
-            let wave = &mut gathered[..round.len()];
-            std::thread::scope(|scope| {
-                for (out, part) in wave.chunks_mut(chunk).zip(round.chunks(chunk)) {
-                    scope.spawn(move || {
-                        for (j, (o, &idx)) in out.iter_mut().zip(part).enumerate() {
-                            if let Some(&far) = part.get(j + GATHER_AHEAD) {
-                                prefetch(&train[far as usize]);
-                            }
-                            *o = train[idx as usize];
-                        }
-                    });
-                }
-            });
-            let wave = &gathered[..round.len()];
+            // Whole parts up to about ROUND ratings.
+            let first = k;
+            let mut n = 0;
+            while k < parts.len() && (n == 0 || n + layout.parts()[parts[k] as usize].len as usize <= ROUND) {
+                n += layout.parts()[parts[k] as usize].len as usize;
+                k += 1;
+            }
+            gathered.clear();
+            for &p in &parts[first..k] {
+                gathered.extend_from_slice(layout.part(p));
+            }
+            let chunk = n.div_ceil(threads).max(1);
+            let wave = &gathered[..];
             let (round_sse, round_conflicts) = std::thread::scope(|scope| {
                 let handles: Vec<_> = wave
                     .chunks(chunk)
@@ -461,7 +417,7 @@ impl Backend for HogwildCpu {
                                 if let Some(n) = part.get(j + AHEAD) {
                                     tables.prefetch(n);
                                 }
-                                // The j-th rating of every thread's part forms one
+                                // The j-th rating of every thread's share forms one
                                 // parallel wave: count a conflict when an earlier
                                 // thread's j-th rating shares the user or the item.
                                 conflicts += (0..t).any(|e| {
@@ -484,9 +440,10 @@ impl Backend for HogwildCpu {
             });
             sse.iter_mut().zip(&round_sse).for_each(|(a, c)| *a += c);
             conflicts += round_conflicts;
-            done += round.len();
+            done += n;
         }
-        Ok(EpochTrain { sse, count: done as u64, done, conflicts, ledger: Ledger::default() })
+        let host_seconds = t0.elapsed().as_secs_f64();
+        Ok(EpochTrain { sse, count: done as u64, done, conflicts, host_seconds, ..Default::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {

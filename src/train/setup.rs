@@ -3,8 +3,12 @@
 
 use serde::Serialize;
 
-use super::{Backend, TrainSettings, cpu, epoch_order};
+use std::sync::Arc;
+
+use super::{Backend, TrainSettings, cpu};
 use crate::data::Dataset;
+use crate::engine::rows::max_step_rows;
+use crate::engine::Order;
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterSummary, BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup, HogwildWidth};
 use crate::model::row_stride;
@@ -124,10 +128,13 @@ pub fn auto_batch(
         plan_budget(ctx, data, settings.hp.rank, settings.copies(), spec.device_memory, use_calibration_cache)?;
     notes.push(calibration.summary());
     let mut batch = plan.as_ref().map_or(64, |p| p.batch);
-    let mut order = Vec::new();
-    epoch_order(data.train.len(), settings.seed, 0, &mut order);
+    // The shuffled layout's ratings do not depend on the batch, only its
+    // cut into parts does.
+    let shuffled = TrainSettings { order: Order::Shuffled, co_partition: None, ..settings.clone() };
+    let layout = shuffled.layout(data, spec.threads)?;
+    let n_rows = data.users.len() + data.items.len();
     loop {
-        let needed = crate::stage::max_distinct_rows(&data.train, &order, batch, data.users.len()).max(2);
+        let needed = max_step_rows(layout.ratings(), data.users.len() as u32, n_rows, batch).max(2);
         if needed <= slots {
             break;
         }
@@ -263,17 +270,21 @@ pub fn open_backend_on(
         }
         Err(e) => return Err(e),
     };
-    let blocks = settings.co_partition.map(|c| c.blocks(&data.train, data.users.len(), data.items.len()));
-    let mut orders = super::EpochOrders::blocked(data.train.len(), settings.seed, 1, blocks);
-    orders.start(0);
-    let first_order = orders.order;
+    let order = settings.order.resolve(&ctx.summary.backend, 1, settings.co_partition.is_some())?;
+    let settings = TrainSettings { order, ..settings.clone() };
+    let layout = Arc::new(settings.layout(data, spec.threads)?);
     let row_bytes = settings.row_bytes();
     let tables = settings.table_bytes(data);
     let slab_bytes = match spec.device_memory {
         Some(b) => b.resolve(tables),
         None => {
-            let needed =
-                crate::stage::max_distinct_rows(&data.train, &first_order, settings.batch, data.users.len()) as u64;
+            let needed = match order {
+                Order::Shuffled if settings.co_partition.is_none() => {
+                    let n_rows = data.users.len() + data.items.len();
+                    max_step_rows(layout.ratings(), data.users.len() as u32, n_rows, settings.batch) as u64
+                }
+                _ => crate::engine::rows::PartRows::new(&layout, spec.threads, false).max() as u64,
+            };
             Budget::Percent(AUTO_SHARE).resolve(tables).max(needed * row_bytes).min(ctx.summary.max_slab_bytes() & !3)
         }
     };
@@ -281,20 +292,17 @@ pub fn open_backend_on(
         rank: hp.rank,
         copies: settings.copies(),
         bias_reg: hp.bias_reg,
-        batch: settings.batch,
         deterministic: settings.deterministic,
         slab_bytes,
         policy: spec.policy,
         lookahead: spec.lookahead,
         mean: data.mean(),
         range: data.range(),
-        n_users: data.users.len(),
-        n_items: data.items.len(),
-        train: &data.train,
-        first_order: &first_order,
-        co_partition: settings.co_partition,
+        layout,
         wave_tail: None,
         hogwild_width: spec.hogwild_width,
+        threads: spec.threads,
+        data_window: None,
     };
     let gpu = GpuBackend::new(ctx, &setup)?;
     let layout = gpu.layout().clone();

@@ -62,50 +62,55 @@ pub fn gpu(backend: BackendChoice, test: &str) -> Option<GpuContext> {
     }
 }
 
-/// A backend that trains only the first `after` ratings of its `at_call`-th
-/// epoch pass and reports that it stopped there, as a raised stop flag would:
-/// an interruption at a chosen batch boundary.
+/// A backend that trains only the first `after` ratings (rounded up to
+/// whole parts) of its `at_call`-th epoch pass and reports that it stopped
+/// there, as a raised stop flag would: an interruption at a chosen part
+/// boundary. `stopped_at` records the ratings of that pass it let through.
 pub struct StopAfter<B> {
     pub inner: B,
     pub at_call: usize,
     pub after: usize,
     pub calls: usize,
+    pub stopped_at: Option<usize>,
 }
 
 impl<B> StopAfter<B> {
     pub fn new(inner: B, at_call: usize, after: usize) -> Self {
-        StopAfter { inner, at_call, after, calls: 0 }
+        StopAfter { inner, at_call, after, calls: 0, stopped_at: None }
     }
 }
 
-impl<B: rowstage::train::Backend> rowstage::train::Backend for StopAfter<B> {
+impl<B: rowstage::engine::Backend> rowstage::engine::Backend for StopAfter<B> {
     fn kind(&self) -> String {
         self.inner.kind()
     }
     fn adapter(&self) -> String {
         self.inner.adapter()
     }
-    #[allow(clippy::too_many_arguments)]
     fn train_epoch(
         &mut self,
         model: &mut rowstage::model::Model,
-        train: &[rowstage::data::Rating],
-        order: &[u32],
-        spans: &[u32],
-        blocked: Option<&rowstage::train::blocked::BlockedRatings>,
-        following: &[u32],
-        rates: &[rowstage::model::Rate],
-        stop: &std::sync::atomic::AtomicBool,
-    ) -> rowstage::Result<rowstage::train::EpochTrain> {
+        input: &rowstage::engine::EpochInput,
+    ) -> rowstage::Result<rowstage::engine::EpochTrain> {
         self.calls += 1;
         if self.calls != self.at_call {
-            return self.inner.train_epoch(model, train, order, spans, blocked, following, rates, stop);
+            return self.inner.train_epoch(model, input);
         }
-        // The order cut after `after` ratings, its spans with it.
-        let order = &order[..self.after.min(order.len())];
-        let mut spans: Vec<u32> = spans.iter().copied().filter(|&e| (e as usize) < order.len()).collect();
-        spans.push(order.len() as u32);
-        self.inner.train_epoch(model, train, order, &spans, blocked, following, rates, stop)
+        // The plan cut after the part that reaches `after` ratings, its
+        // groups with it.
+        let plan = input.plan;
+        let (mut end, mut n) = (input.from, 0);
+        while end < plan.parts.len() && n < self.after {
+            n += input.layout.parts()[plan.parts[end] as usize].len as usize;
+            end += 1;
+        }
+        let mut groups: Vec<_> = plan.groups.iter().copied().filter(|g| (g.end as usize) < end).collect();
+        if let Some(g) = plan.groups.iter().find(|g| g.end as usize >= end) {
+            groups.push(rowstage::engine::Group { end: end as u32, id: g.id });
+        }
+        let cut = rowstage::engine::EpochPlan { parts: plan.parts[..end].to_vec(), groups };
+        self.stopped_at = Some(n);
+        self.inner.train_epoch(model, &rowstage::engine::EpochInput { plan: &cut, following: None, ..*input })
     }
     fn parallelism(&self) -> usize {
         self.inner.parallelism()
@@ -120,7 +125,10 @@ impl<B: rowstage::train::Backend> rowstage::train::Backend for StopAfter<B> {
     fn finish(&mut self, model: &mut rowstage::model::Model) -> rowstage::Result<rowstage::stage::Ledger> {
         self.inner.finish(model)
     }
-    fn prediction(&self) -> Option<rowstage::train::Prediction> {
+    fn prediction(&self) -> Option<rowstage::engine::Prediction> {
         self.inner.prediction()
+    }
+    fn run_layout(&self) -> Option<std::sync::Arc<rowstage::engine::RunLayout>> {
+        self.inner.run_layout()
     }
 }

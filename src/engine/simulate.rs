@@ -1,16 +1,21 @@
-//! The simulator: replays exactly the batch sequence `train` would run (same
-//! seed, batch size and epoch orders) through a policy with the same
-//! [`Stager`] the GPU backend uses, without running kernels. Its counts are
-//! what a training run's ledger shows for training traffic.
+//! The simulator: replays exactly the steps `train` would run (same seed,
+//! batch, layout and epoch plans) through a policy with the same
+//! [`Stager`] and the same walk ([`super::walk`]) a GPU backend carries out,
+//! without running kernels. Its counts are what a training run's ledger
+//! shows for training traffic.
 
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::copartition::{CoPartition, Side, block_capacity, distinct_side_rows};
-use super::{Ledger, Moves, PolicyKind, Stager, access_counts, max_distinct_rows, plan_areas, sca::CostModel};
+use super::order::{LayoutSpec, Order, RunLayout};
+use super::rows::{GroupRows, PartRows, lookahead_accesses};
+use super::walk::Walker;
 use crate::data::Rating;
-use crate::train::{EpochOrders, epoch_order};
+use crate::error::Result;
+use crate::stage::copartition::{CoPartition, Side, block_capacity};
+use crate::stage::{Ledger, Moves, PolicyKind, Stager, access_counts, plan_areas, sca::CostModel};
 
 /// What the simulator needs.
 #[derive(Debug, Clone)]
@@ -45,17 +50,29 @@ pub struct SimResult {
     pub predicted_rows_in: Option<f64>,
     /// Rows in per epoch (the first also loads the resident rows).
     pub epoch_rows_in: Vec<u64>,
+    /// Resident slots lent to steps' misses over the run.
+    pub lent: u64,
     #[serde(skip)]
     pub lookups_per_sec: f64,
 }
 
+/// Host threads the simulator lays runs out with.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl SimSetup<'_> {
-    /// Slots a batch may need at most (the smallest workable slab), from the
-    /// first epoch's order.
-    pub fn needed_slots(&self) -> u32 {
-        let mut order = Vec::new();
-        epoch_order(self.train.len(), self.seed, 0, &mut order);
-        max_distinct_rows(self.train, &order, self.batch, self.n_users).max(2)
+    /// The layout `train` would use with co-partitioning `co`.
+    pub fn layout(&self, co: Option<CoPartition>) -> Result<RunLayout> {
+        let spec = LayoutSpec { seed: self.seed, batch: self.batch, order: Order::Shuffled, co_partition: co };
+        RunLayout::new(self.train, self.n_users, self.n_items, spec, threads())
+    }
+
+    /// Slots a step may need at most (the smallest workable slab) without
+    /// co-partitioning.
+    pub fn needed_slots(&self) -> Result<u32> {
+        let layout = self.layout(None)?;
+        Ok(PartRows::new(&layout, threads(), false).max().max(2))
     }
 
     /// The co-partitioning `train` would use with `slots` slots.
@@ -69,10 +86,25 @@ impl SimSetup<'_> {
         (block_rows > 0).then_some(CoPartition { side, block_rows, visits: self.co_partition_visits.max(1) })
     }
 
-    /// Runs `kind` with a slab of `bytes`; `None` if it cannot hold a batch.
-    pub fn run(&self, kind: PolicyKind, bytes: u64) -> Option<SimResult> {
-        let slots = (bytes / self.row_bytes).min(u32::MAX as u64 - 1) as u32;
+    /// Runs `kind` with a slab of `bytes`; `None` if it cannot hold a step.
+    /// `prepared` may hold the layout and rows of a run without
+    /// co-partitioning (they do not depend on the budget), to reuse.
+    pub fn run(&self, kind: PolicyKind, bytes: u64, prepared: Option<&(RunLayout, PartRows)>) -> Result<Option<SimResult>> {
+        let slots = (bytes / self.row_bytes).min(crate::stage::entry::MAX_SLOTS as u64) as u32;
         let co = self.co_partition(slots);
+        if self.co_partition.is_some() && co.is_none() {
+            return Ok(None);
+        }
+        let owned;
+        let (layout, rows) = match prepared {
+            Some(p) if co.is_none() => (&p.0, &p.1),
+            _ => {
+                let layout = self.layout(co)?;
+                let rows = PartRows::new(&layout, threads(), true);
+                owned = (layout, rows);
+                (&owned.0, &owned.1)
+            }
+        };
         let block_slots = co.map_or(0, |c| c.block_rows);
         let needed = match co {
             Some(c) => {
@@ -82,29 +114,26 @@ impl SimSetup<'_> {
                 };
                 c.block_rows + self.batch.min(other).max(1) as u32
             }
-            None => self.needed_slots(),
+            None => rows.max().max(2),
         };
-        if slots < needed || (self.co_partition.is_some() && co.is_none()) {
-            return None;
+        if slots < needed {
+            return Ok(None);
         }
         let mut counts = access_counts(self.train, self.n_users, self.n_items);
         if let Some(c) = co {
             counts = c.other_side_counts(&counts, self.n_users);
         }
         let blocks = co.map(|c| c.blocks(self.train, self.n_users, self.n_items));
-        let block_traffic = blocks.as_ref().map_or(0, |b| b.active_rows());
-        let mut orders = EpochOrders::blocked(self.train.len(), self.seed, self.epochs, blocks);
-        orders.start(0);
-        let areas = plan_areas(kind, slots - block_slots, self.train, &orders.order, self.batch, &counts, self.n_users);
-        let horizon = (self.lookahead * self.batch * 2).min(u32::MAX as usize) as u32;
+        let block_traffic = blocks.as_ref().map_or(0.0, |b| b.expected_rows_per_epoch());
+        let steps = || Box::new(rows.iter()) as Box<dyn Iterator<Item = &[u32]>>;
+        let areas = plan_areas(kind, slots - block_slots, steps, self.batch, &counts, self.train.len());
         let mut st = Stager::new(
             kind,
             areas,
             self.n_users as u32,
             self.n_items as u32,
-            super::window_rows(self.batch, areas),
             &counts,
-            horizon,
+            lookahead_accesses(self.lookahead, rows),
         )
         .with_block_area(block_slots);
         let mut ledger = Ledger::default();
@@ -112,63 +141,29 @@ impl SimSetup<'_> {
         for p in st.resident() {
             ledger.row_in(st.is_user(p.row), true);
         }
+        let groups = co.map(|c| GroupRows::new(layout, c.side));
         let t0 = Instant::now();
         let mut moves = Moves::default();
-        // The epoch's ratings in order, and the next epoch's: each gathered
-        // once, for the trace and then for the batches.
-        let (mut ordered, mut ordered_next) = (Vec::new(), Vec::new());
-        let gather = |order: &[u32], out: &mut Vec<Rating>| {
-            out.clear();
-            out.extend(order.iter().map(|&j| self.train[j as usize]));
-        };
-        let (mut seen, mut stamp, mut rows) = (Vec::new(), 0, Vec::new());
+        let never = AtomicBool::new(false);
         let mut epoch_rows_in = Vec::with_capacity(self.epochs);
+        let mut plan = layout.epoch(0);
         for epoch in 0..self.epochs {
-            if epoch > 0 {
-                orders.start(epoch);
-            }
-            if epoch == 0 {
-                gather(&orders.order, &mut ordered);
-            } else {
-                std::mem::swap(&mut ordered, &mut ordered_next);
-            }
-            gather(&orders.following, &mut ordered_next);
-            st.begin_epoch_ordered(&ordered, &ordered_next, epoch > 0);
-            let mut start = 0;
-            for end in crate::train::spans_from(&orders.ends, 0, ordered.len()) {
-                let span = &ordered[start..end as usize];
-                start = end as usize;
-                if let Some(c) = co {
-                    distinct_side_rows(span.iter(), c.side, self.n_users as u32, &mut seen, &mut stamp, &mut rows);
-                    st.begin_block(&rows, &mut ledger);
-                }
-                for chunk in span.chunks(self.batch.max(1)) {
-                    let mut rest = chunk;
-                    while !rest.is_empty() {
-                        let n = st.prefix_that_fits(rest);
-                        if n < rest.len() {
-                            ledger.splits += 1;
-                        }
-                        st.stage(&rest[..n], &mut moves, &mut ledger);
-                        ledger.steps += 1;
-                        rest = &rest[n..];
-                    }
-                }
-                if co.is_some() {
-                    st.end_block(&mut ledger);
-                }
-            }
+            let following = (epoch + 1 < self.epochs).then(|| layout.epoch(epoch + 1));
+            let mut walk = Walker { stager: &mut st, rows, groups: groups.as_ref(), moves: &mut moves };
+            walk.epoch(&plan, 0, following.as_ref(), epoch > 0, &never, &mut ledger, |_, _| Ok(()))?;
             epoch_rows_in.push(ledger.rows_in() - epoch_rows_in.iter().sum::<u64>());
+            if let Some(f) = following {
+                plan = f;
+            }
         }
         let seconds = t0.elapsed().as_secs_f64();
         st.take_dirty(&mut ledger);
         let predicted_rows_in = (kind == PolicyKind::Sca).then(|| {
             let model = CostModel::new(&counts, self.train.len(), self.batch);
             areas.resident as f64
-                + self.epochs as f64
-                    * (model.rows_in_per_epoch(areas.resident as usize, self.train.len()) + block_traffic as f64)
+                + self.epochs as f64 * (model.rows_in_per_epoch(areas.resident as usize, self.train.len()) + block_traffic)
         });
-        Some(SimResult {
+        Ok(Some(SimResult {
             policy: kind.name(),
             device_memory_bytes: bytes,
             slots: slots as u64,
@@ -180,8 +175,9 @@ impl SimSetup<'_> {
             bytes_d2h: ledger.rows_out() * self.row_bytes,
             predicted_rows_in,
             epoch_rows_in,
+            lent: ledger.lent,
             lookups_per_sec: (2 * self.train.len() * self.epochs) as f64 / seconds.max(1e-9),
-        })
+        }))
     }
 }
 
@@ -245,15 +241,22 @@ mod tests {
                     co_partition: None,
                     co_partition_visits: 1,
                 };
-                let belady = setup.run(PolicyKind::Belady, slots as u64 * 16).unwrap();
-                let mut order = Vec::new();
-                epoch_order(train.len(), 1, 0, &mut order);
-                let steps: Vec<Vec<u32>> = order.iter().map(|&j| vec![0, 1 + train[j as usize].item]).collect();
+                let belady = setup.run(PolicyKind::Belady, slots as u64 * 16, None).unwrap().unwrap();
+                let layout = setup.layout(None).unwrap();
+                let steps: Vec<Vec<u32>> = layout
+                    .epoch(0)
+                    .parts
+                    .iter()
+                    .map(|&p| {
+                        let r = layout.part(p)[0];
+                        vec![0, 1 + r.item]
+                    })
+                    .collect();
                 let opt = best(&steps, slots as usize, BTreeSet::new());
                 assert_eq!(belady.rows_in as u32, opt, "trace {items:?}, {slots} slots");
                 for kind in PolicyKind::ALL {
                     // Rows in count resident preloads too, so policies compare fairly.
-                    let r = setup.run(kind, slots as u64 * 16).unwrap();
+                    let r = setup.run(kind, slots as u64 * 16, None).unwrap().unwrap();
                     assert!(r.rows_in >= belady.rows_in, "{} beat belady on {items:?} with {slots} slots", kind.name());
                 }
             }
@@ -277,9 +280,9 @@ mod tests {
             co_partition_visits: 1,
         };
         let bytes = (d.users.len() + d.items.len()) as u64 * 144 / 4;
-        let belady = setup.run(PolicyKind::Belady, bytes).unwrap();
+        let belady = setup.run(PolicyKind::Belady, bytes, None).unwrap().unwrap();
         for kind in PolicyKind::ALL {
-            let r = setup.run(kind, bytes).unwrap();
+            let r = setup.run(kind, bytes, None).unwrap().unwrap();
             assert!(r.rows_in >= belady.rows_in, "{}: {} < belady {}", kind.name(), r.rows_in, belady.rows_in);
             assert!(r.misses <= r.rows_in, "every miss stages one row in, besides the resident preload");
             if kind == PolicyKind::Sca {

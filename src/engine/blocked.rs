@@ -1,14 +1,13 @@
 //! The blocked epoch order of FPSGD (Zhuang et al., RecSys 2013; LIBMF) and
-//! DSGD (Gemulla et al., KDD 2011), for the CPU backend: `--order blocked`.
+//! DSGD (Gemulla et al., KDD 2011): `--order blocked`, and the parallel
+//! shuffle every layout of [`super::order`] is built with.
 //!
 //! Users are dealt into `bins` bins and items into `bins` bins, each bin with
 //! about the same number of training ratings (heaviest rows first, each to
 //! the lightest bin so far). A block is one user bin × one item bin. The
 //! ratings are copied once per run into block-major order, shuffled inside
-//! each block with the seed, so that a thread reads a block's ratings
-//! sequentially and works on one user bin and one item bin at a time: at the
-//! sizes of BENCHMARKS.md both fit in a core's L2 cache, where the shuffled
-//! order reaches all over both tables.
+//! each block with the seed, so that a worker reads a block's ratings
+//! sequentially and works on one user bin and one item bin at a time.
 //!
 //! An epoch is V sweeps (`visits`) of `bins` rounds each. Round r of a sweep
 //! holds the blocks (α(i), β((i + r) mod bins)) for i in 0..bins, with α and
@@ -17,13 +16,8 @@
 //! cover every block exactly once (a Latin square). Sweep v takes the v-th
 //! of V consecutive parts of every block: V is one per [`SWEEP_RATINGS`]
 //! training ratings, and [`MIN_VISITS`] at least. Inside a round the parts
-//! are listed largest first.
-//!
-//! The Hogwild CPU backend trains this order in parallel without changing
-//! its result: a thread takes the next part of the order and starts it once
-//! every earlier part of its user bin and of its item bin is done (see
-//! [`super::cpu`]). Consecutive parts of a round share no bin, so the threads
-//! rarely wait, and no row is ever updated by two threads at once.
+//! are listed largest first. [`super::order::RunLayout`] makes the parts and
+//! the epochs' plans.
 //!
 //! Why sweeps: a block trained in one stretch gives each row all of its
 //! updates against one bin of the other side in a row. With one sweep that
@@ -32,10 +26,6 @@
 //! the shuffled order), 0.014 on 10M, and 0.018 on 36k ratings in 20 × 20
 //! blocks of 90; with one sweep per 64k ratings the gap is 0.001–0.003
 //! (BENCHMARKS.md, "Side by side with LIBMF").
-//!
-//! The shuffled order of DESIGN.md §4 remains what GPU backends train with:
-//! their batches are the unit of staging, and a block-ordered batch would
-//! stage one bin pair per batch instead of the hot rows.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -103,7 +93,7 @@ fn mix64(x: u64) -> u64 {
 /// Runs `f(c, first, chunk)` on `items` cut into up to `threads` contiguous
 /// chunks, one thread each (`c`: the chunk's number, `first`: its offset in
 /// `items`); the results come in chunk order.
-fn par_chunks<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(usize, usize, &[T]) -> R + Sync) -> Vec<R> {
+pub(crate) fn par_chunks<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(usize, usize, &[T]) -> R + Sync) -> Vec<R> {
     let size = items.len().div_ceil(threads.max(1)).max(1);
     if items.len() <= size {
         return vec![f(0, 0, items)];
@@ -190,138 +180,134 @@ fn balanced_bins(counts: &[u32], bins: u32) -> Vec<u32> {
     bin_of
 }
 
+/// Deals `train` into `groups` groups by `group_of` and shuffles every group
+/// (module docs: the ratings are dealt at random into buckets of about
+/// [`SHUFFLE_BUCKET`], in the same counting-sort pass that sorts them into
+/// groups, and each bucket is then shuffled on its own: a uniformly random
+/// permutation of each group, with every bucket's swaps inside a core's
+/// cache). Returns the ratings group by group and each group's start (and
+/// the end). Counting, dealing and shuffling run on `threads` threads; the
+/// result does not depend on how many.
+pub fn deal_and_shuffle(
+    train: &[Rating],
+    groups: usize,
+    group_of: impl Fn(&Rating) -> u32 + Sync,
+    seed: u64,
+    threads: usize,
+) -> (Vec<Rating>, Vec<u32>) {
+    let threads = threads.max(1);
+    let groups = groups.max(1);
+    // Every group gets the same number of buckets, so a bucket holds about
+    // SHUFFLE_BUCKET ratings where the groups are of similar sizes, more in
+    // a heavier one.
+    let per_group = train.len().div_ceil(groups * SHUFFLE_BUCKET as usize).max(1) as u64;
+    let deal = seed ^ 0xB10C_5EED_0000_0001;
+    let key = |j: usize, r: &Rating| {
+        let g = group_of(r) as u64;
+        (g * per_group + (((mix64(deal ^ j as u64) >> 32) * per_group) >> 32)) as usize
+    };
+    let keys = groups * per_group as usize;
+    // A stable counting sort by bucket, chunk by chunk: chunk c writes
+    // bucket k's ratings after those of bucket k in chunks before c.
+    let mut offsets = par_chunks(train, threads, |_, first, chunk| {
+        let mut count = vec![0u32; keys];
+        for (j, r) in chunk.iter().enumerate() {
+            count[key(first + j, r)] += 1;
+        }
+        count
+    });
+    let mut bucket_starts = vec![0u32; keys + 1];
+    let mut next = 0u32;
+    for k in 0..keys {
+        bucket_starts[k] = next;
+        for chunk in &mut offsets {
+            (chunk[k], next) = (next, next + chunk[k]);
+        }
+    }
+    bucket_starts[keys] = next;
+    let mut ratings: Vec<Rating> = bytemuck::zeroed_vec(train.len());
+    let out = Scatter(ratings.as_mut_ptr(), ratings.len());
+    let offsets = &offsets;
+    par_chunks(train, threads, |c, first, chunk| {
+        let mut at = offsets[c].clone();
+        for (j, r) in chunk.iter().enumerate() {
+            let slot = &mut at[key(first + j, r)];
+            // SAFETY: the chunks' offsets partition 0..len (each bucket's
+            // range split among the chunks by their counts), so every slot
+            // is written once, by one thread, and lies in bounds.
+            unsafe { out.write(*slot as usize, *r) };
+            *slot += 1;
+        }
+    });
+    shuffle_buckets(&mut ratings, &bucket_starts, seed ^ 0xB10C_5EED_0000_0002, threads);
+    let starts = (0..=groups).map(|g| bucket_starts[g * per_group as usize]).collect();
+    (ratings, starts)
+}
+
+/// Every training rating once, in a uniformly random order seeded by `seed`
+/// (the same on any number of threads): the shuffled layout's ratings.
+pub fn shuffled_copy(train: &[Rating], seed: u64, threads: usize) -> Vec<Rating> {
+    deal_and_shuffle(train, 1, |_| 0, seed ^ 0x5_4FF1_ED00, threads).0
+}
+
+/// Row counts of one table side, counted on `threads` threads.
+fn side_counts(train: &[Rating], n_users: usize, n_items: usize, threads: usize) -> (Vec<u32>, Vec<u32>) {
+    let counts = par_chunks(train, threads, |_, _, chunk| {
+        let (mut cu, mut ci) = (vec![0u32; n_users], vec![0u32; n_items]);
+        for r in chunk {
+            cu[r.user as usize] += 1;
+            ci[r.item as usize] += 1;
+        }
+        (cu, ci)
+    });
+    let (mut cu, mut ci) = (vec![0u32; n_users], vec![0u32; n_items]);
+    for (u, i) in &counts {
+        cu.iter_mut().zip(u).for_each(|(a, b)| *a += b);
+        ci.iter_mut().zip(i).for_each(|(a, b)| *a += b);
+    }
+    (cu, ci)
+}
+
 impl BlockedRatings {
     /// Builds the blocks of `train` over `n_users` × `n_items` rows on up to
-    /// `threads` threads (the result does not depend on how many).
-    ///
-    /// Each block is shuffled as Rao and Sandelius do: its ratings are
-    /// dealt at random into buckets of about [`SHUFFLE_BUCKET`], in the same
-    /// counting-sort pass that sorts them into blocks, and each bucket is
-    /// then shuffled on its own. That is a uniformly random permutation of
-    /// the block, as one Fisher–Yates pass over it would be, but each
-    /// bucket's swaps stay in a core's cache, where a whole block's reach
-    /// all over a block larger than the cache. Counting, dealing and
-    /// shuffling run on `threads` threads. At 9M ratings on 2 threads this
-    /// takes about 0.28 s, against 0.57 s for one thread and one Fisher–Yates
-    /// pass per block (BENCHMARKS.md).
+    /// `threads` threads (the result does not depend on how many), each
+    /// block shuffled by [`deal_and_shuffle`]. At 9M ratings on 2 threads
+    /// this takes about 0.28 s, against 0.57 s for one thread and one
+    /// Fisher–Yates pass per block (BENCHMARKS.md).
     pub fn new(train: &[Rating], n_users: usize, n_items: usize, bins: u32, seed: u64, threads: usize) -> Self {
         let bins = bins.max(1);
-        let threads = threads.max(1);
-        let counts = par_chunks(train, threads, |_, _, chunk| {
-            let (mut cu, mut ci) = (vec![0u32; n_users], vec![0u32; n_items]);
-            for r in chunk {
-                cu[r.user as usize] += 1;
-                ci[r.item as usize] += 1;
-            }
-            (cu, ci)
-        });
-        let (mut cu, mut ci) = (vec![0u32; n_users], vec![0u32; n_items]);
-        for (u, i) in &counts {
-            cu.iter_mut().zip(u).for_each(|(a, b)| *a += b);
-            ci.iter_mut().zip(i).for_each(|(a, b)| *a += b);
-        }
-        drop(counts);
+        let (cu, ci) = side_counts(train, n_users, n_items, threads.max(1));
         let (user_bin, item_bin) = (balanced_bins(&cu, bins), balanced_bins(&ci, bins));
         let nb = (bins * bins) as usize;
-        // Every block gets the same number of buckets, so a bucket holds
-        // about SHUFFLE_BUCKET ratings where the blocks are of similar
-        // sizes (the bins carry equal rating counts), more in a heavier one.
-        let per_block = train.len().div_ceil(nb * SHUFFLE_BUCKET as usize).max(1) as u64;
-        let deal = seed ^ 0xB10C_5EED_0000_0001;
-        let key = |j: usize, r: &Rating| {
-            let b = (user_bin[r.user as usize] * bins + item_bin[r.item as usize]) as u64;
-            (b * per_block + (((mix64(deal ^ j as u64) >> 32) * per_block) >> 32)) as usize
-        };
-        let keys = nb * per_block as usize;
-        // A stable counting sort by bucket, chunk by chunk: chunk c writes
-        // bucket k's ratings after those of bucket k in chunks before c.
-        let mut offsets = par_chunks(train, threads, |_, first, chunk| {
-            let mut count = vec![0u32; keys];
-            for (j, r) in chunk.iter().enumerate() {
-                count[key(first + j, r)] += 1;
-            }
-            count
-        });
-        let mut bucket_starts = vec![0u32; keys + 1];
-        let mut next = 0u32;
-        for k in 0..keys {
-            bucket_starts[k] = next;
-            for chunk in &mut offsets {
-                (chunk[k], next) = (next, next + chunk[k]);
-            }
-        }
-        bucket_starts[keys] = next;
-        let mut ratings: Vec<Rating> = bytemuck::zeroed_vec(train.len());
-        let out = Scatter(ratings.as_mut_ptr(), ratings.len());
-        let offsets = &offsets;
-        par_chunks(train, threads, |c, first, chunk| {
-            let mut at = offsets[c].clone();
-            for (j, r) in chunk.iter().enumerate() {
-                let slot = &mut at[key(first + j, r)];
-                // SAFETY: the chunks' offsets partition 0..len (each bucket's
-                // range split among the chunks by their counts), so every
-                // slot is written once, by one thread, and lies in bounds.
-                unsafe { out.write(*slot as usize, *r) };
-                *slot += 1;
-            }
-        });
-        shuffle_buckets(&mut ratings, &bucket_starts, seed ^ 0xB10C_5EED_0000_0002, threads);
-        let starts = (0..=nb).map(|b| bucket_starts[b * per_block as usize]).collect();
+        let (ratings, starts) = deal_and_shuffle(
+            train,
+            nb,
+            |r| user_bin[r.user as usize] * bins + item_bin[r.item as usize],
+            seed,
+            threads,
+        );
         let visits = (train.len() / SWEEP_RATINGS).max(MIN_VISITS);
         BlockedRatings { ratings, starts, bins, visits, user_bin, item_bin }
     }
 
-    fn len_of(&self, b: usize) -> u32 {
+    /// Ratings of block `b` (user bin `b / bins`, item bin `b % bins`).
+    pub fn len_of(&self, b: usize) -> u32 {
         self.starts[b + 1] - self.starts[b]
     }
 
-    /// Every training rating once, block by block: what the blocked
-    /// order's indices point into.
+    /// Where block `b`'s ratings start in [`BlockedRatings::ratings`].
+    pub fn start_of(&self, b: usize) -> u32 {
+        self.starts[b]
+    }
+
+    /// Every training rating once, block by block.
     pub fn ratings(&self) -> &[Rating] {
         &self.ratings
     }
 
-    /// The (user bin, item bin) of the block holding all of
-    /// `ratings()[range]`, if one block holds it all and it is not empty.
-    pub fn bins_of_range(&self, range: std::ops::Range<usize>) -> Option<(u32, u32)> {
-        if range.is_empty() || range.end > self.ratings.len() {
-            return None;
-        }
-        // The last block starting at or before range.start.
-        let b = self.starts.partition_point(|&s| s as usize <= range.start) - 1;
-        (range.end <= self.starts[b + 1] as usize).then_some((b as u32 / self.bins, b as u32 % self.bins))
-    }
-
-    /// Epoch `epoch`'s order: indices into [`BlockedRatings::ratings`],
-    /// sweep by sweep and round by round (module docs). `parts` receives the
-    /// end in `order` of every non-empty block part.
-    pub fn arrange(&self, seed: u64, epoch: usize, order: &mut Vec<u32>, parts: &mut Vec<u32>) {
-        let (n, visits) = (self.bins as usize, self.visits);
-        let mut rng =
-            StdRng::seed_from_u64(seed ^ 0xF95C_0000_0000_0000 ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        order.clear();
-        parts.clear();
-        let (mut alpha, mut beta, mut rounds): (Vec<usize>, Vec<usize>, Vec<usize>) =
-            ((0..n).collect(), (0..n).collect(), (0..n).collect());
-        let mut round = Vec::with_capacity(n);
-        for v in 0..visits {
-            alpha.shuffle(&mut rng);
-            beta.shuffle(&mut rng);
-            rounds.shuffle(&mut rng);
-            for &r in &rounds {
-                round.clear();
-                round.extend((0..n).map(|i| alpha[i] * n + beta[(i + r) % n]));
-                round.sort_by_key(|&b| Reverse(self.len_of(b)));
-                for &b in &round {
-                    let (s0, len) = (self.starts[b] as usize, self.len_of(b) as usize);
-                    let (p0, p1) = (s0 + len * v / visits, s0 + len * (v + 1) / visits);
-                    if p1 > p0 {
-                        order.extend(p0 as u32..p1 as u32);
-                        parts.push(order.len() as u32);
-                    }
-                }
-            }
-        }
+    /// The blocked copy, given up to the layout that owns it.
+    pub fn into_ratings(self) -> Vec<Rating> {
+        self.ratings
     }
 
     /// The user bin and the item bin of `r`.
@@ -334,7 +320,7 @@ impl BlockedRatings {
 mod tests {
     use super::*;
 
-    fn skewed(n: usize, users: u32, items: u32) -> Vec<Rating> {
+    pub(crate) fn skewed(n: usize, users: u32, items: u32) -> Vec<Rating> {
         (0..n as u32)
             .map(|k| Rating {
                 user: (k.wrapping_mul(2_654_435_761) >> 7) % (1 + k % users),
@@ -345,50 +331,22 @@ mod tests {
     }
 
     #[test]
-    fn every_rating_once_in_parts_of_one_bin_pair_every_block_visited_v_times() {
+    fn blocks_hold_every_rating_once_in_balanced_bins() {
         let train = skewed(5_003, 97, 41);
         let bins = 6;
         let b = BlockedRatings::new(&train, 97, 41, bins, 3, 2);
         assert_eq!(b.visits, MIN_VISITS, "5k ratings: the fewest sweeps");
-        let (mut order, mut parts) = (Vec::new(), Vec::new());
-        b.arrange(7, 0, &mut order, &mut parts);
-        let mut seen = order.clone();
-        seen.sort();
-        assert_eq!(seen, (0..train.len() as u32).collect::<Vec<_>>(), "a permutation of the ratings");
         let mut a: Vec<_> = train.iter().map(|r| (r.user, r.item, r.value.to_bits())).collect();
         let mut c: Vec<_> = b.ratings().iter().map(|r| (r.user, r.item, r.value.to_bits())).collect();
         a.sort();
         c.sort();
         assert_eq!(a, c, "the blocked copy holds exactly the training ratings");
-        assert_eq!(parts.last().copied(), Some(train.len() as u32));
-        assert!(parts.windows(2).all(|w| w[0] < w[1]), "no empty part");
-        let mut visits = std::collections::HashMap::new();
-        let mut pairs = Vec::new();
-        let mut start = 0usize;
-        for &end in &parts {
-            let part = &order[start..end as usize];
-            let pair = b.bins_of(&b.ratings()[part[0] as usize]);
-            assert!(part.iter().all(|&j| b.bins_of(&b.ratings()[j as usize]) == pair), "one part, one bin pair");
-            assert!(part.windows(2).all(|w| w[1] == w[0] + 1), "a part is read sequentially");
-            let range = part[0] as usize..part[0] as usize + part.len();
-            assert_eq!(b.bins_of_range(range.clone()), Some(pair));
-            assert_eq!(b.bins_of_range(range.start..range.start), None, "an empty range has no block");
-            *visits.entry(pair).or_insert(0) += 1;
-            pairs.push(pair);
-            start = end as usize;
+        for blk in 0..(bins * bins) as usize {
+            let s = b.start_of(blk) as usize;
+            let pair = (blk as u32 / bins, blk as u32 % bins);
+            let ratings = &b.ratings()[s..s + b.len_of(blk) as usize];
+            assert!(ratings.iter().all(|r| b.bins_of(r) == pair), "block {blk} holds only its bins' ratings");
         }
-        for (ub, ib) in (0..bins).flat_map(|u| (0..bins).map(move |i| (u, i))) {
-            let len = b.len_of((ub * bins + ib) as usize) as usize;
-            assert_eq!(visits.get(&(ub, ib)).copied().unwrap_or(0), len.min(b.visits), "block ({ub}, {ib}) of {len}");
-        }
-        // The first `bins` parts form a round (no block is empty here): they
-        // share no bin.
-        assert!((0..36).all(|k| b.len_of(k) > 0));
-        let mut firsts = pairs[..bins as usize].to_vec();
-        firsts.sort_by_key(|p| p.0);
-        assert!(firsts.windows(2).all(|w| w[0].0 != w[1].0));
-        firsts.sort_by_key(|p| p.1);
-        assert!(firsts.windows(2).all(|w| w[0].1 != w[1].1));
         // Bins carry about equal rating counts.
         let mut per_bin = vec![0u32; bins as usize];
         for r in &train {
@@ -396,39 +354,21 @@ mod tests {
         }
         let (lo, hi) = (per_bin.iter().min().unwrap(), per_bin.iter().max().unwrap());
         assert!(*hi as f64 <= *lo as f64 * 1.2 + 100.0, "{per_bin:?}");
-        // A range across two blocks, or past the end, lies in no block.
-        assert_eq!(b.bins_of_range(b.starts[1] as usize - 1..b.starts[1] as usize + 1), None);
-        assert_eq!(b.bins_of_range(train.len() - 1..train.len() + 1), None);
-        // Another epoch, another arrangement; the same epoch, the same one.
-        let (mut o2, mut o3) = (Vec::new(), Vec::new());
-        b.arrange(7, 1, &mut o2, &mut parts);
-        b.arrange(7, 0, &mut o3, &mut parts);
-        assert_ne!(order, o2);
-        assert_eq!(order, o3);
+        let large = BlockedRatings::new(&skewed(9 * SWEEP_RATINGS + 17, 300, 200), 300, 200, 2, 1, 1);
+        assert_eq!(large.visits, 9.max(MIN_VISITS), "one sweep per SWEEP_RATINGS");
     }
 
     #[test]
-    fn large_data_makes_one_sweep_per_sweep_ratings() {
-        let train = skewed(9 * SWEEP_RATINGS + 17, 300, 200);
-        let b = BlockedRatings::new(&train, 300, 200, 2, 1, 1);
-        assert_eq!(b.visits, 9.max(MIN_VISITS));
-        let (mut order, mut parts) = (Vec::new(), Vec::new());
-        b.arrange(1, 0, &mut order, &mut parts);
-        assert!(parts.len() >= 4 * b.visits * 9 / 10, "{} parts", parts.len());
-    }
-
-    #[test]
-    fn the_blocked_copy_is_shuffled_across_buckets_alike_on_any_number_of_threads() {
-        // One bin per side: one block of 100k ratings, 4 shuffle buckets.
+    fn the_shuffle_is_uniform_and_alike_on_any_number_of_threads() {
+        // One group of 100k ratings, 4 shuffle buckets.
         let n = 100_003u32;
         let train: Vec<Rating> = (0..n).map(|k| Rating { user: k % 1000, item: k % 997, value: k as f32 }).collect();
-        let one = BlockedRatings::new(&train, 1000, 997, 1, 5, 1);
+        let one = shuffled_copy(&train, 5, 1);
         assert!(n as usize > 3 * SHUFFLE_BUCKET as usize, "more than one bucket");
         for threads in [2, 3, 7] {
-            let other = BlockedRatings::new(&train, 1000, 997, 1, 5, threads);
-            assert_eq!(one.ratings(), other.ratings(), "{threads} threads");
+            assert_eq!(one, shuffled_copy(&train, 5, threads), "{threads} threads");
         }
-        let mut seen: Vec<u32> = one.ratings().iter().map(|r| r.value as u32).collect();
+        let mut seen: Vec<u32> = one.iter().map(|r| r.value as u32).collect();
         // The first 4000 places draw from every quarter of the input about
         // equally (a uniform shuffle: 1000 from each, sigma 27; the bounds
         // are 3.6 sigma, and the seed is fixed).
@@ -439,7 +379,14 @@ mod tests {
         assert!(quarters.iter().all(|&q| (900..1100).contains(&q)), "{quarters:?}");
         seen.sort();
         assert_eq!(seen, (0..n).collect::<Vec<_>>(), "a permutation");
-        assert_ne!(one.ratings(), BlockedRatings::new(&train, 1000, 997, 1, 6, 2).ratings(), "the seed matters");
+        assert_ne!(one, shuffled_copy(&train, 6, 2), "the seed matters");
+        // Groups keep their ratings together, each shuffled.
+        let (grouped, starts) = deal_and_shuffle(&train, 3, |r| r.user % 3, 9, 2);
+        for g in 0..3 {
+            let part = &grouped[starts[g] as usize..starts[g + 1] as usize];
+            assert!(part.iter().all(|r| r.user % 3 == g as u32));
+        }
+        assert_eq!(starts[3] as usize, train.len());
     }
 
     #[test]

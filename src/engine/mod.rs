@@ -1,0 +1,111 @@
+//! The engine contract, below both the training loop ([`crate::train`]) and
+//! the backends that implement it ([`crate::gpu`], the CPU backends of
+//! [`crate::train::cpu`]): the epoch order ([`order`]), what a backend is
+//! given per epoch ([`EpochInput`]) and returns ([`EpochTrain`]), and the
+//! per-run listings a staging backend needs ([`rows`], [`walk`]).
+//! docs/ARCHITECTURE.md describes how the parts fit.
+
+pub mod blocked;
+pub mod order;
+pub mod rows;
+pub mod simulate;
+pub mod walk;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+pub use order::{EpochPlan, Group, LayoutSpec, NO_GROUP, Order, Part, RunLayout};
+
+use crate::data::Rating;
+use crate::error::Result;
+use crate::model::{Metrics, Model, Rate};
+use crate::stage::Ledger;
+
+/// One epoch's work for a backend.
+pub struct EpochInput<'a> {
+    /// The epoch's index (0-based).
+    pub epoch: usize,
+    pub layout: &'a RunLayout,
+    pub plan: &'a EpochPlan,
+    /// The first part of `plan` to train: past 0 when a run resumes inside
+    /// the epoch.
+    pub from: usize,
+    /// The next epoch's plan (`None` after the last), for policies that plan
+    /// ahead.
+    pub following: Option<&'a EpochPlan>,
+    /// Model `g` of those side by side is updated with `rates[g]` (one rate
+    /// outside a grid search).
+    pub rates: &'a [Rate],
+    /// When raised, the pass ends at the next part boundary, leaving the
+    /// model consistent; [`EpochTrain::done`] says how far it got.
+    pub stop: &'a AtomicBool,
+}
+
+/// What one epoch of training returned, before evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct EpochTrain {
+    /// Sum of squared errors seen by SGD before each update, per model side
+    /// by side (one outside a grid search).
+    pub sse: Vec<f64>,
+    pub count: u64,
+    /// Ratings of the plan trained: all of them, or fewer when the stop flag
+    /// was raised (then a whole number of parts from `from`).
+    pub done: usize,
+    /// Ratings whose user or item an earlier rating of the same parallel
+    /// round also updates: the Hogwild updates that may race. 0 in
+    /// deterministic mode and in the blocked order on the CPU (no two
+    /// threads share a row).
+    pub conflicts: u64,
+    pub ledger: Ledger,
+    /// The host's own work in the epoch: its wall time less the time it
+    /// waited for the device.
+    pub host_seconds: f64,
+    /// Device time of the epoch's passes, from timestamp queries where the
+    /// adapter has them (`None` elsewhere and on CPU backends).
+    pub device_seconds: Option<f64>,
+    /// Device dispatches (compute passes' kernel launches) in the epoch.
+    pub dispatches: u64,
+}
+
+/// The cost model's traffic, for policies that have one.
+#[derive(Debug, Clone, Copy)]
+pub struct Prediction {
+    /// Rows staged in (and written back) per epoch.
+    pub rows_per_epoch: f64,
+    /// Rows loaded before the first epoch and written back after the last.
+    pub resident: u64,
+    pub row_bytes: u64,
+}
+
+/// A training engine: CPU reference, CPU Hogwild, or a GPU adapter.
+pub trait Backend {
+    /// `cpu` or the wgpu backend name (`vulkan`, `gl`, `noop`, ...).
+    fn kind(&self) -> String;
+    /// The adapter's name (or the CPU's description).
+    fn adapter(&self) -> String;
+    /// One pass over `input.plan` from `input.from`.
+    fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain>;
+    /// Test metrics of each model side by side, and the traffic they took.
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)>;
+    /// Makes the host tables authoritative again (writes back every row the
+    /// device still holds); returns that traffic.
+    fn finish(&mut self, model: &mut Model) -> Result<Ledger>;
+    /// The cost model's prediction of training traffic, if the policy has one.
+    fn prediction(&self) -> Option<Prediction> {
+        None
+    }
+    /// Parts that train at once (sizes the blocked order's bins).
+    fn parallelism(&self) -> usize {
+        1
+    }
+    /// The layout this backend was built for, if it was (a GPU backend holds
+    /// it on the device): the run must train that one.
+    fn run_layout(&self) -> Option<Arc<RunLayout>> {
+        None
+    }
+    /// Whether the backend runs no kernels (wgpu's noop backend): its speed
+    /// is the host's ceiling, and its model is not a model.
+    fn is_ceiling(&self) -> bool {
+        false
+    }
+}

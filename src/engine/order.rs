@@ -1,0 +1,582 @@
+//! The epoch order: the contract between the training loop and every backend
+//! (docs/ARCHITECTURE.md, "The order").
+//!
+//! A run's training ratings are laid out once ([`RunLayout`]) and cut into
+//! fixed *parts*: contiguous runs of the layout, each trained in order. An
+//! epoch ([`EpochPlan`]) is a sequence of part ids drawn from `(seed, epoch)`
+//! alone, and its sequential order is the concatenation of those parts'
+//! ratings. Making an epoch's order therefore costs O(parts), not O(ratings),
+//! and a part's contents are the same every epoch: what a backend needs per
+//! part (its distinct rows, its conflict-free waves, its conflicts) is
+//! computed once per run, and a GPU holds the layout in its own memory and
+//! is told only which parts come next.
+//!
+//! Three arrangements, all built with the parallel shuffle of
+//! [`super::blocked::deal_and_shuffle`] (the same on any number of threads):
+//!
+//! * **shuffled**: every rating once in a seeded random order, cut into parts
+//!   of `batch` ratings (the last may be shorter); an epoch visits the parts
+//!   in a seeded random order. A part is a GPU step: its rows are staged
+//!   together.
+//! * **co-partitioned** (DESIGN.md §4, [`crate::stage::copartition`]): the
+//!   ratings grouped by the block of their co-partitioned row, shuffled
+//!   within a block, each block cut into V visit parts and those into parts
+//!   of `batch`. An epoch goes visit by visit, the blocks of a visit in a
+//!   seeded order and a block visit's parts in a seeded order; a *group* of
+//!   the plan is one block visit, whose rows of the side are staged once.
+//! * **blocked** ([`super::blocked`]): the FPSGD blocks, a part per block and
+//!   sweep; an epoch goes sweep by sweep and round by round, a group per
+//!   round, whose parts share no row.
+
+use std::ops::Range;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::blocked::{self, BlockedRatings};
+use crate::data::Rating;
+use crate::error::{Error, Result};
+use crate::stage::copartition::{Blocks, CoPartition};
+
+/// The id of a plan group that is not a co-partitioning block visit.
+pub const NO_GROUP: u32 = u32::MAX;
+
+/// How an epoch's ratings are ordered (`--order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// `Blocked` on the CPU backend without co-partitioning, `Shuffled`
+    /// otherwise (resolved by [`Order::resolve`] when a run starts).
+    Auto,
+    /// The shuffled arrangement (module docs); arranged block by block under
+    /// co-partitioning.
+    Shuffled,
+    /// FPSGD's blocked order over `bins` × `bins` blocks ([`super::blocked`]).
+    Blocked { bins: u32 },
+}
+
+impl Order {
+    /// The order a run takes on a backend of `kind` (`cpu` or a GPU's) that
+    /// trains `parallelism` parts at once, with or without co-partitioning:
+    /// `Auto` resolved, and `Blocked` refused where it cannot work.
+    pub fn resolve(self, kind: &str, parallelism: usize, co_partition: bool) -> Result<Order> {
+        self.check_co_partition(co_partition)?;
+        let cpu = kind == "cpu";
+        match self {
+            Order::Auto if cpu && !co_partition => Ok(Order::Blocked { bins: blocked::default_bins(parallelism) }),
+            Order::Auto => Ok(Order::Shuffled),
+            Order::Blocked { .. } if !cpu => Err(Error::arg(
+                "--order",
+                self.name(),
+                format!("is for the CPU backend; the {kind} backend trains in the shuffled order"),
+            )),
+            Order::Blocked { bins: 0 } => Err(Error::arg("--order", "blocked:0", "needs at least 1 bin")),
+            o => Ok(o),
+        }
+    }
+
+    /// Refuses the blocked order beside co-partitioning: both arrange the
+    /// epoch. Checked before a backend is opened and again by
+    /// [`Order::resolve`].
+    pub fn check_co_partition(self, co_partition: bool) -> Result<()> {
+        match self {
+            Order::Blocked { .. } if co_partition => {
+                Err(Error::arg("--order", self.name(), "and --co-partition both arrange the epoch; choose one"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Parses `--order`: `auto`, `shuffled`, `blocked` (with
+    /// [`blocked::default_bins`] for `threads`) or `blocked:BINS` (BINS ≥ 1).
+    pub fn parse(s: &str, threads: usize) -> Result<Order> {
+        let bad = |why: &str| Error::arg("--order", s, why);
+        match s.trim() {
+            "auto" => Ok(Order::Auto),
+            "shuffled" => Ok(Order::Shuffled),
+            "blocked" => Ok(Order::Blocked { bins: blocked::default_bins(threads) }),
+            t => match t.strip_prefix("blocked:").map(|b| b.trim().parse::<u32>()) {
+                Some(Ok(bins)) if bins >= 1 => Ok(Order::Blocked { bins }),
+                Some(_) => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
+                None => Err(bad("must be auto, shuffled, blocked or blocked:BINS")),
+            },
+        }
+    }
+
+    /// `shuffled`, `blocked:BINS` (or `auto`).
+    pub fn name(&self) -> String {
+        match self {
+            Order::Auto => "auto".into(),
+            Order::Shuffled => "shuffled".into(),
+            Order::Blocked { bins } => format!("blocked:{bins}"),
+        }
+    }
+}
+
+/// A contiguous run of the layout's ratings, trained in order: 8 bytes, as
+/// the GPU reads an epoch's part table.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Part {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Part {
+    pub fn range(&self) -> Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
+/// What a layout is made from, besides the ratings: everything that decides
+/// the epochs' orders.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayoutSpec {
+    pub seed: u64,
+    /// Ratings per part in the shuffled and co-partitioned arrangements.
+    pub batch: usize,
+    /// Resolved: `Shuffled` or `Blocked`.
+    pub order: Order,
+    pub co_partition: Option<CoPartition>,
+}
+
+/// How the parts of a layout are arranged into epochs.
+#[derive(Debug, Clone)]
+enum Arrangement {
+    Shuffled,
+    CoPartitioned {
+        n_blocks: u32,
+        visits: u32,
+        /// Part ids of block visit `v * n_blocks + b` (contiguous ids).
+        groups: Vec<Range<u32>>,
+    },
+    Blocked {
+        bins: u32,
+        visits: u32,
+        /// Part id of block `b`'s visit `v` at `b * visits + v` ([`NO_GROUP`]
+        /// where that part is empty).
+        block_parts: Vec<u32>,
+        block_len: Vec<u32>,
+        /// (user bin, item bin) of every part.
+        part_bins: Vec<(u32, u32)>,
+    },
+}
+
+/// A run's training ratings in the engine's layout and its fixed parts
+/// (module docs), built once per run.
+#[derive(Debug, Clone)]
+pub struct RunLayout {
+    spec: LayoutSpec,
+    ratings: Vec<Rating>,
+    parts: Vec<Part>,
+    n_users: usize,
+    n_items: usize,
+    arrangement: Arrangement,
+}
+
+/// One epoch's order: part ids in sequence, and the groups they form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochPlan {
+    pub parts: Vec<u32>,
+    /// Consecutive runs of `parts`, in order, covering it: co-partitioning's
+    /// block visits, the blocked order's rounds, or one group.
+    pub groups: Vec<Group>,
+}
+
+/// A run of an [`EpochPlan`]'s parts: `end` is its end in the plan, `id` the
+/// layout's group (a co-partitioning block visit, see
+/// [`RunLayout::group_parts`]) or [`NO_GROUP`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    pub end: u32,
+    pub id: u32,
+}
+
+/// Cuts `range` into consecutive parts of at most `batch`.
+fn cut(range: Range<usize>, batch: usize, parts: &mut Vec<Part>) {
+    let mut s = range.start;
+    while s < range.end {
+        let len = batch.min(range.end - s);
+        parts.push(Part { start: s as u32, len: len as u32 });
+        s += len;
+    }
+}
+
+fn epoch_rng(seed: u64, salt: u64, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ salt ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+impl RunLayout {
+    /// Lays out `train` (over `n_users` × `n_items` rows) for `spec`, on up
+    /// to `threads` threads; the result does not depend on how many.
+    pub fn new(train: &[Rating], n_users: usize, n_items: usize, spec: LayoutSpec, threads: usize) -> Result<Self> {
+        if train.len() >= u32::MAX as usize {
+            return Err(Error::arg("--data", train.len().to_string(), "at most 2^32 − 1 training ratings"));
+        }
+        let batch = spec.batch.max(1);
+        let mut parts = Vec::new();
+        let (ratings, arrangement) = match (spec.order, spec.co_partition) {
+            (Order::Blocked { .. }, Some(_)) => return Err(spec.order.check_co_partition(true).unwrap_err()),
+            (Order::Auto, _) => {
+                return Err(Error::arg("--order", "auto", "must be resolved for a backend before laying out a run"));
+            }
+            (Order::Shuffled, None) => {
+                let ratings = blocked::shuffled_copy(train, spec.seed, threads);
+                cut(0..ratings.len(), batch, &mut parts);
+                (ratings, Arrangement::Shuffled)
+            }
+            (Order::Shuffled, Some(c)) => {
+                let blocks: Blocks = c.blocks(train, n_users, n_items);
+                let nb = blocks.n_blocks as usize;
+                let (ratings, starts) = blocked::deal_and_shuffle(
+                    train,
+                    nb,
+                    |r| blocks.block_of(r, n_users as u32),
+                    spec.seed ^ 0xC0_9A27,
+                    threads,
+                );
+                let visits = c.visits.max(1) as usize;
+                let mut groups = vec![0..0; visits * nb];
+                for b in 0..nb {
+                    let (s, len) = (starts[b] as usize, (starts[b + 1] - starts[b]) as usize);
+                    for v in 0..visits {
+                        let first = parts.len() as u32;
+                        cut(s + len * v / visits..s + len * (v + 1) / visits, batch, &mut parts);
+                        groups[v * nb + b] = first..parts.len() as u32;
+                    }
+                }
+                (ratings, Arrangement::CoPartitioned { n_blocks: nb as u32, visits: visits as u32, groups })
+            }
+            (Order::Blocked { bins }, None) => {
+                let grid = BlockedRatings::new(train, n_users, n_items, bins, spec.seed, threads);
+                let (bins, visits) = (grid.bins, grid.visits);
+                let nb = (bins * bins) as usize;
+                let mut block_parts = vec![NO_GROUP; nb * visits];
+                let mut part_bins = Vec::new();
+                for b in 0..nb {
+                    let (s0, len) = (grid.start_of(b) as usize, grid.len_of(b) as usize);
+                    for v in 0..visits {
+                        let (p0, p1) = (s0 + len * v / visits, s0 + len * (v + 1) / visits);
+                        if p1 > p0 {
+                            block_parts[b * visits + v] = parts.len() as u32;
+                            parts.push(Part { start: p0 as u32, len: (p1 - p0) as u32 });
+                            part_bins.push((b as u32 / bins, b as u32 % bins));
+                        }
+                    }
+                }
+                let block_len = (0..nb).map(|b| grid.len_of(b)).collect();
+                let arrangement =
+                    Arrangement::Blocked { bins, visits: visits as u32, block_parts, block_len, part_bins };
+                (grid.into_ratings(), arrangement)
+            }
+        };
+        Ok(RunLayout { spec, ratings, parts, n_users, n_items, arrangement })
+    }
+
+    pub fn spec(&self) -> &LayoutSpec {
+        &self.spec
+    }
+
+    /// Every training rating once, in the layout's order.
+    pub fn ratings(&self) -> &[Rating] {
+        &self.ratings
+    }
+
+    /// The fixed parts; ids index this.
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    /// The ratings of part `id`, in training order.
+    pub fn part(&self, id: u32) -> &[Rating] {
+        &self.ratings[self.parts[id as usize].range()]
+    }
+
+    pub fn n_users(&self) -> usize {
+        self.n_users
+    }
+
+    pub fn n_items(&self) -> usize {
+        self.n_items
+    }
+
+    /// The longest part.
+    pub fn max_part_len(&self) -> usize {
+        self.parts.iter().map(|p| p.len as usize).max().unwrap_or(0)
+    }
+
+    /// The blocked order's bins per side, if it is the order.
+    pub fn bins(&self) -> Option<u32> {
+        match &self.arrangement {
+            Arrangement::Blocked { bins, .. } => Some(*bins),
+            _ => None,
+        }
+    }
+
+    /// The blocked order's sweeps per epoch, if it is the order.
+    pub fn sweeps(&self) -> Option<u32> {
+        match &self.arrangement {
+            Arrangement::Blocked { visits, .. } => Some(*visits),
+            _ => None,
+        }
+    }
+
+    /// The (user bin, item bin) of blocked part `id`: every rating of the
+    /// part lies in those bins.
+    pub fn bins_of_part(&self, id: u32) -> Option<(u32, u32)> {
+        match &self.arrangement {
+            Arrangement::Blocked { part_bins, .. } => part_bins.get(id as usize).copied(),
+            _ => None,
+        }
+    }
+
+    /// Layout groups (co-partitioning's block visits; none otherwise).
+    pub fn groups(&self) -> usize {
+        match &self.arrangement {
+            Arrangement::CoPartitioned { groups, .. } => groups.len(),
+            _ => 0,
+        }
+    }
+
+    /// The part ids of layout group `id` (a block visit).
+    pub fn group_parts(&self, id: u32) -> Range<u32> {
+        match &self.arrangement {
+            Arrangement::CoPartitioned { groups, .. } => groups.get(id as usize).cloned().unwrap_or(0..0),
+            _ => 0..0,
+        }
+    }
+
+    /// Epoch `epoch`'s plan, from `(seed, epoch)` alone.
+    pub fn epoch(&self, epoch: usize) -> EpochPlan {
+        let seed = self.spec.seed;
+        let mut plan = EpochPlan::default();
+        match &self.arrangement {
+            Arrangement::Shuffled => {
+                let mut rng = epoch_rng(seed, 0x0DE7_0000_0000_0000, epoch);
+                plan.parts.extend(0..self.parts.len() as u32);
+                plan.parts.shuffle(&mut rng);
+                plan.groups.push(Group { end: plan.parts.len() as u32, id: NO_GROUP });
+            }
+            Arrangement::CoPartitioned { n_blocks, visits, groups } => {
+                let mut rng = epoch_rng(seed, 0xB10C_0000_0000_0000, epoch);
+                let mut blocks: Vec<u32> = (0..*n_blocks).collect();
+                for v in 0..*visits {
+                    blocks.shuffle(&mut rng);
+                    for &b in &blocks {
+                        let id = v * n_blocks + b;
+                        let range = groups[id as usize].clone();
+                        if range.is_empty() {
+                            continue;
+                        }
+                        let first = plan.parts.len();
+                        plan.parts.extend(range);
+                        plan.parts[first..].shuffle(&mut rng);
+                        plan.groups.push(Group { end: plan.parts.len() as u32, id });
+                    }
+                }
+            }
+            Arrangement::Blocked { bins, visits, block_parts, block_len, .. } => {
+                let mut rng = epoch_rng(seed, 0xF95C_0000_0000_0000, epoch);
+                let (n, visits) = (*bins as usize, *visits as usize);
+                let (mut alpha, mut beta, mut rounds): (Vec<usize>, Vec<usize>, Vec<usize>) =
+                    ((0..n).collect(), (0..n).collect(), (0..n).collect());
+                let mut round = Vec::with_capacity(n);
+                for v in 0..visits {
+                    alpha.shuffle(&mut rng);
+                    beta.shuffle(&mut rng);
+                    rounds.shuffle(&mut rng);
+                    for &r in &rounds {
+                        round.clear();
+                        round.extend((0..n).map(|i| alpha[i] * n + beta[(i + r) % n]));
+                        round.sort_by_key(|&b| std::cmp::Reverse(block_len[b]));
+                        let first = plan.parts.len();
+                        plan.parts.extend(round.iter().map(|&b| block_parts[b * visits + v]).filter(|&p| p != NO_GROUP));
+                        if plan.parts.len() > first {
+                            plan.groups.push(Group { end: plan.parts.len() as u32, id: NO_GROUP });
+                        }
+                    }
+                }
+            }
+        }
+        plan
+    }
+}
+
+impl EpochPlan {
+    /// Ratings the plan trains from its `from`-th part on.
+    pub fn ratings_from(&self, layout: &RunLayout, from: usize) -> usize {
+        self.parts[from.min(self.parts.len())..].iter().map(|&p| layout.parts[p as usize].len as usize).sum()
+    }
+
+    /// The index of the part that starts `position` ratings into the epoch:
+    /// where a run stopped after `position` ratings resumes. An error when
+    /// `position` falls inside a part (a checkpoint of another layout).
+    pub fn part_at(&self, layout: &RunLayout, position: usize) -> Result<usize> {
+        let mut done = 0;
+        for (k, &p) in self.parts.iter().enumerate() {
+            if done == position {
+                return Ok(k);
+            }
+            done += layout.parts[p as usize].len as usize;
+        }
+        if done == position {
+            return Ok(self.parts.len());
+        }
+        Err(Error::arg(
+            "--resume",
+            position.to_string(),
+            "the checkpoint's position is not a part boundary of this run's order",
+        ))
+    }
+
+    /// The groups from plan index `from` on, each as its plan range and id
+    /// (the first possibly cut by `from`).
+    pub fn groups_from(&self, from: usize) -> impl Iterator<Item = (Range<usize>, u32)> + '_ {
+        let mut start = 0usize;
+        self.groups.iter().filter_map(move |g| {
+            let range = start.max(from)..g.end as usize;
+            start = g.end as usize;
+            (!range.is_empty()).then_some((range, g.id))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::copartition::Side;
+
+    fn skewed(n: usize, users: u32, items: u32) -> Vec<Rating> {
+        (0..n as u32)
+            .map(|k| Rating {
+                user: (k.wrapping_mul(2_654_435_761) >> 7) % (1 + k % users),
+                item: (k * 7 + k / 3) % (1 + (k * 13) % items),
+                value: (k % 5) as f32 + 1.0,
+            })
+            .collect()
+    }
+
+    fn key(r: &Rating) -> (u32, u32, u32) {
+        (r.user, r.item, r.value.to_bits())
+    }
+
+    /// Every plan visits every part exactly once, and the parts cover every
+    /// rating exactly once: the sequential order is a permutation.
+    fn assert_covers(layout: &RunLayout, plan: &EpochPlan, train: &[Rating]) {
+        let mut ids = plan.parts.clone();
+        ids.sort();
+        assert_eq!(ids, (0..layout.parts().len() as u32).collect::<Vec<_>>(), "every part once");
+        let mut a: Vec<_> = plan.parts.iter().flat_map(|&p| layout.part(p)).map(key).collect();
+        let mut b: Vec<_> = train.iter().map(key).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "the epoch's order is a permutation of the training ratings");
+        assert_eq!(plan.groups.last().map(|g| g.end as usize), Some(plan.parts.len()));
+        assert!(plan.groups.windows(2).all(|w| w[0].end < w[1].end), "no empty group");
+    }
+
+    fn spec(order: Order, batch: usize, co_partition: Option<CoPartition>) -> LayoutSpec {
+        LayoutSpec { seed: 7, batch, order, co_partition }
+    }
+
+    #[test]
+    fn shuffled_parts_are_batches_in_a_seeded_order_on_any_number_of_threads() {
+        let train = skewed(5_003, 97, 41);
+        let layout = RunLayout::new(&train, 97, 41, spec(Order::Shuffled, 333, None), 2).unwrap();
+        assert_eq!(layout.parts().len(), 5_003usize.div_ceil(333));
+        assert!(layout.parts()[..15].iter().all(|p| p.len == 333));
+        assert_eq!(layout.max_part_len(), 333);
+        let (e0, e1) = (layout.epoch(0), layout.epoch(1));
+        assert_covers(&layout, &e0, &train);
+        assert_ne!(e0, e1, "another epoch, another order");
+        assert_eq!(e0, layout.epoch(0), "the same epoch, the same order");
+        let again = RunLayout::new(&train, 97, 41, spec(Order::Shuffled, 333, None), 5).unwrap();
+        assert_eq!(layout.ratings(), again.ratings(), "independent of the thread count");
+        // Resuming: positions at part boundaries map to plan indices.
+        assert_eq!(e0.part_at(&layout, 0).unwrap(), 0);
+        let two = layout.parts()[e0.parts[0] as usize].len + layout.parts()[e0.parts[1] as usize].len;
+        assert_eq!(e0.part_at(&layout, two as usize).unwrap(), 2);
+        assert_eq!(e0.part_at(&layout, train.len()).unwrap(), e0.parts.len());
+        assert!(e0.part_at(&layout, 5).is_err(), "inside a part");
+        assert_eq!(e0.ratings_from(&layout, 2), train.len() - two as usize);
+    }
+
+    #[test]
+    fn co_partitioned_groups_hold_one_block_each_visit_part_once() {
+        let train = skewed(5_003, 97, 41);
+        for visits in [1, 3] {
+            let c = CoPartition { side: Side::Users, block_rows: 20, visits };
+            let layout = RunLayout::new(&train, 97, 41, spec(Order::Shuffled, 100, Some(c)), 2).unwrap();
+            let blocks = c.blocks(&train, 97, 41);
+            let plan = layout.epoch(0);
+            assert_covers(&layout, &plan, &train);
+            let mut seen = std::collections::HashSet::new();
+            for (range, id) in plan.groups_from(0) {
+                assert!(seen.insert(id), "a block visit appears once per epoch");
+                let block = id % blocks.n_blocks;
+                assert_eq!(id / blocks.n_blocks < visits, true);
+                for &p in &plan.parts[range.clone()] {
+                    assert!(layout.group_parts(id).contains(&p));
+                    assert!(layout.part(p).iter().all(|r| blocks.block_of(r, 97) == block), "one block per group");
+                    assert!(layout.parts()[p as usize].len <= 100);
+                }
+            }
+            assert_eq!(seen.len(), layout.groups().min(seen.len()));
+            assert_ne!(plan, layout.epoch(1));
+        }
+    }
+
+    #[test]
+    fn blocked_rounds_share_no_bin_and_every_block_is_visited_each_sweep() {
+        let train = skewed(5_003, 97, 41);
+        let bins = 6;
+        let layout = RunLayout::new(&train, 97, 41, spec(Order::Blocked { bins }, 1, None), 2).unwrap();
+        assert_eq!(layout.bins(), Some(bins));
+        let plan = layout.epoch(0);
+        assert_covers(&layout, &plan, &train);
+        let grid = BlockedRatings::new(&train, 97, 41, bins, 7, 1);
+        for (range, _) in plan.groups_from(0) {
+            let pairs: Vec<(u32, u32)> = plan.parts[range].iter().map(|&p| layout.bins_of_part(p).unwrap()).collect();
+            let (mut us, mut is): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
+            us.sort();
+            us.dedup();
+            is.sort();
+            is.dedup();
+            assert_eq!((us.len(), is.len()), (pairs.len(), pairs.len()), "a round's blocks share no bin: {pairs:?}");
+        }
+        for (id, part) in layout.parts().iter().enumerate() {
+            let pair = layout.bins_of_part(id as u32).unwrap();
+            assert!(layout.ratings()[part.range()].iter().all(|r| grid.bins_of(r) == pair), "part {id} in its block");
+        }
+        assert_eq!(plan.parts.len(), layout.parts().len());
+        assert_ne!(plan, layout.epoch(1));
+    }
+
+    #[test]
+    fn layouts_refuse_what_cannot_be_arranged() {
+        let train = skewed(100, 9, 9);
+        let c = CoPartition { side: Side::Items, block_rows: 3, visits: 1 };
+        let e = RunLayout::new(&train, 9, 9, spec(Order::Blocked { bins: 2 }, 10, Some(c)), 1).unwrap_err();
+        assert!(e.to_string().contains("--co-partition"), "{e}");
+        assert!(RunLayout::new(&train, 9, 9, spec(Order::Auto, 10, None), 1).is_err());
+    }
+
+    #[test]
+    fn orders_resolve_by_backend_and_refuse_what_cannot_work() {
+        assert_eq!(Order::Auto.resolve("cpu", 2, false).unwrap(), Order::Blocked { bins: 4 });
+        assert_eq!(Order::Auto.resolve("cpu", 16, false).unwrap(), Order::Blocked { bins: 32 });
+        assert_eq!(Order::Auto.resolve("cpu", 2, true).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
+        assert_eq!(Order::Auto.resolve("vulkan", 1, false).unwrap(), Order::Shuffled);
+        assert_eq!(Order::Shuffled.resolve("cpu", 2, false).unwrap(), Order::Shuffled);
+        let blocked = Order::Blocked { bins: 5 };
+        assert_eq!(blocked.resolve("cpu", 2, false).unwrap(), blocked);
+        let e = blocked.resolve("vulkan", 1, false).unwrap_err().to_string();
+        assert!(e.contains("--order") && e.contains("CPU backend") && e.contains("vulkan"), "{e}");
+        let e = blocked.resolve("cpu", 2, true).unwrap_err().to_string();
+        assert!(e.contains("--co-partition"), "{e}");
+        assert!(Order::Blocked { bins: 0 }.resolve("cpu", 2, false).is_err());
+        assert_eq!(blocked.name(), "blocked:5");
+    }
+}

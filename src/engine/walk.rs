@@ -1,0 +1,84 @@
+//! The staging walk of an epoch: the one sequence of scheduler decisions
+//! that a GPU backend carries out on the device and that the simulator
+//! ([`super::simulate`]) only counts, so that a run's ledger and the
+//! simulator's agree by construction.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::order::{EpochPlan, NO_GROUP};
+use super::rows::{GroupRows, PartRows};
+use crate::error::Result;
+use crate::stage::{Ledger, Moves, Placed, Stager};
+
+/// One decision of the walk, to be carried out in this order.
+pub enum Event<'a> {
+    /// A co-partitioning block visit starts: its rows of the side go into
+    /// the block area (`moves.load`, with their slot-map entries).
+    BeginBlock(&'a Moves),
+    /// Part `part` trains on the slab after `moves`.
+    Train { part: u32, moves: &'a Moves },
+    /// The block visit ends: these trained rows are written back.
+    EndBlock(&'a [Placed]),
+}
+
+/// What the walk needs beyond the plan.
+pub struct Walker<'a> {
+    pub stager: &'a mut Stager,
+    pub rows: &'a PartRows,
+    /// Co-partitioning's rows of the side per layout group.
+    pub groups: Option<&'a GroupRows>,
+    pub moves: &'a mut Moves,
+}
+
+impl Walker<'_> {
+    /// Walks `plan` from its `from`-th part, `following` being the next
+    /// epoch's plan (for policies that look ahead; `continues` when this
+    /// plan is the following one of the last call and `from` is 0). Stops
+    /// before a part when `stop` is raised, ending an open block first.
+    /// Calls `each` with every event; returns the parts trained.
+    pub fn epoch(
+        &mut self,
+        plan: &EpochPlan,
+        from: usize,
+        following: Option<&EpochPlan>,
+        continues: bool,
+        stop: &AtomicBool,
+        ledger: &mut Ledger,
+        mut each: impl FnMut(Event, &mut Ledger) -> Result<()>,
+    ) -> Result<usize> {
+        let rows = self.rows;
+        let this = plan.parts[from.min(plan.parts.len())..].iter().map(|&p| rows.of(p));
+        let next = following.map_or(&[][..], |f| &f.parts[..]).iter().map(|&p| rows.of(p));
+        self.stager.begin_epoch(this, next, continues);
+        let mut done = 0;
+        'groups: for (range, id) in plan.groups_from(from) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let block = self.groups.filter(|_| id != NO_GROUP);
+            if let Some(g) = block {
+                self.stager.begin_block(g.of(id), self.moves, ledger);
+                each(Event::BeginBlock(self.moves), ledger)?;
+            }
+            let mut stopped = false;
+            for &part in &plan.parts[range] {
+                if stop.load(Ordering::Relaxed) {
+                    stopped = true;
+                    break;
+                }
+                self.stager.stage(rows.of(part), self.moves, ledger);
+                ledger.steps += 1;
+                each(Event::Train { part, moves: self.moves }, ledger)?;
+                done += 1;
+            }
+            if block.is_some() {
+                let out = self.stager.end_block(ledger).to_vec();
+                each(Event::EndBlock(&out), ledger)?;
+            }
+            if stopped {
+                break 'groups;
+            }
+        }
+        Ok(done)
+    }
+}

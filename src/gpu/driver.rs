@@ -1,0 +1,940 @@
+//! The step driver: [`GpuBackend`], the engine on a device
+//! (docs/ARCHITECTURE.md, "The GPU engine").
+//!
+//! The device holds the training ratings and the slot map; the host only
+//! decides and moves rows. An epoch is told to the device as part ids. With
+//! a slab that holds every trained row nothing is staged: a dispatch trains
+//! up to [`DISPATCH_RATINGS`] ratings of many parts, so the number of
+//! dispatches is set by the data and the schedule, not by the batch.
+//! Otherwise the scheduler's walk ([`crate::engine::walk`]) decides each
+//! part's moves from its distinct rows, listed once per run, and each step
+//! is one write (its parameters, moves and staged rows), one compute pass
+//! (slot-map entries, write-backs of victims, loads, SGD, write-backs of the
+//! staged rows) and one copy into the readback ring, whose rows reach the
+//! host tables while later steps run.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::device::{Device, MapSignal, Wire};
+use super::kernels::{self, Kernels, MapParams, MoveParams, PredictParams, SgdParams, TAIL_GROUP, WORKGROUP};
+use super::launch::{Launch, Offsets, StepInput};
+use super::layout::{GpuLayout, LayoutInput, holds_every_row, plan_layout};
+use super::prepare::{self, DeviceRatings};
+use super::readback::Readback;
+use super::resources::{BindGroups, Buffers, Sizes, StepRegions, TestBuffers};
+use super::timing::Timer;
+use super::{GpuContext, GpuSetup};
+use crate::data::Rating;
+use crate::engine::rows::{GroupRows, PartRows, cut_by_rows, lookahead_accesses};
+use crate::engine::walk::{Event, Walker};
+use crate::engine::{Backend, EpochInput, EpochTrain, Part, Prediction, RunLayout};
+use crate::error::Result;
+use crate::model::{Metrics, MetricsAcc, Model, Rate};
+use crate::stage::{Ledger, Moves, Placed, Stager, access_counts, entry};
+
+/// Ratings one dispatch trains at most where nothing is staged: enough to
+/// keep a large GPU busy for milliseconds, few enough that a dispatch stays
+/// far below any driver's watchdog and Ctrl-C is answered quickly.
+pub const DISPATCH_RATINGS: usize = 1 << 20;
+
+/// Test ratings one evaluation dispatch predicts at most where nothing is
+/// staged.
+const EVAL_RATINGS: usize = 1 << 20;
+
+/// The device side of the engine: everything a step touches but the
+/// scheduler.
+struct Exec {
+    dev: Device,
+    kernels: Kernels,
+    buffers: Buffers,
+    bind: BindGroups,
+    regions: StepRegions,
+    layout: GpuLayout,
+    readback: Readback,
+    timer: Timer,
+    input: StepInput,
+    wire: Wire,
+    /// Layout parts (the first half of the `parts` buffer).
+    n_parts: u32,
+    row_vec4: u32,
+    n_users: u32,
+    bias_reg: f32,
+    mean: f32,
+    range: (f32, f32),
+    /// Hogwild: ratings of a part updated at once (`None`: all).
+    width: Option<u32>,
+    /// Deterministic mode: every part's waves (on the device too).
+    waves: Option<(Vec<Part>, Vec<u32>)>,
+    /// Run the tail of small waves in one workgroup (`sgd_tail`).
+    wave_tail: bool,
+    /// Where the training ratings exceed what the device binds: the host's
+    /// copy, streamed a part at a time into the ratings window.
+    streamed: Option<Vec<Rating>>,
+    /// Bytes of ratings one buffer may hold on this device.
+    capacity: u64,
+    /// Seconds the host waited for the device, and dispatches, this epoch.
+    waited: f64,
+    dispatches: u64,
+}
+
+/// The test set on the device.
+struct TestSet {
+    /// The slice it was made from (pointer and length): a different slice
+    /// is uploaded afresh.
+    key: (usize, usize),
+    buffers: TestBuffers,
+    /// Ends of the evaluation steps and their distinct rows (cut so that a
+    /// step's rows outside the resident area fit the upload window).
+    ends: Vec<u32>,
+    rows: PartRows,
+    /// First error sum of every step, and the total.
+    sums_at: Vec<u32>,
+    pairs: u64,
+    /// Where the test ratings exceed what the device binds: the host's copy.
+    streamed: Option<Vec<Rating>>,
+}
+
+/// The GPU training backend over a [`GpuContext`].
+pub struct GpuBackend {
+    exec: Exec,
+    run: Arc<RunLayout>,
+    rows: PartRows,
+    groups: Option<GroupRows>,
+    conflicts: Vec<u32>,
+    stager: Stager,
+    moves: Moves,
+    test: Option<TestSet>,
+    copies: u32,
+    deterministic: bool,
+    resident_loaded: bool,
+    /// Data uploaded when the backend was made, counted in the first epoch.
+    made_ledger: Ledger,
+    /// The epoch whose plan the last epoch passed as its following one.
+    following_of: Option<usize>,
+    prediction: Option<Prediction>,
+}
+
+/// Chunks of `len` items in pieces of at most `size` (at least one chunk).
+fn chunks(len: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let size = size.max(1);
+    (0..len.div_ceil(size).max(1)).map(move |k| k * size..((k + 1) * size).min(len))
+}
+
+impl Exec {
+    fn sgd_params(&self, first_part: u32, parts: u32, width: u32, base: u32) -> SgdParams {
+        SgdParams {
+            first_part,
+            parts,
+            width,
+            n_users: self.n_users,
+            bias_reg: self.bias_reg,
+            mean: self.mean,
+            base,
+            _pad: 0,
+        }
+    }
+
+    fn moves_params(&self, first: u32, count: u32, slots_at: u32) -> MoveParams {
+        MoveParams { first, count, row_vec4: self.row_vec4, slots_at, _pad: [0; 4] }
+    }
+
+    /// Writes the step input, encodes one pass with `f`'s launches (timed),
+    /// then `after` (copies) and submits. Returns the submission.
+    fn submit(
+        &mut self,
+        model: &Model,
+        label: &str,
+        ledger: &mut Ledger,
+        f: impl FnOnce(&mut Launch),
+        after: impl FnOnce(&mut wgpu::CommandEncoder, &Buffers),
+    ) -> wgpu::SubmissionIndex {
+        let offsets = self.input.write(
+            &self.dev,
+            &self.buffers.step,
+            &self.regions,
+            model,
+            self.n_users,
+            &mut self.wire,
+            ledger,
+        );
+        self.encode(offsets, label, f, after)
+    }
+
+    fn encode(
+        &mut self,
+        offsets: Offsets,
+        label: &str,
+        f: impl FnOnce(&mut Launch),
+        after: impl FnOnce(&mut wgpu::CommandEncoder, &Buffers),
+    ) -> wgpu::SubmissionIndex {
+        let mut enc = self.dev.encoder(label);
+        {
+            let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: self.timer.writes(),
+            });
+            let mut pass = pass.forget_lifetime();
+            let mut launch = Launch {
+                pass: &mut pass,
+                kernels: &self.kernels,
+                bind: &self.bind,
+                offsets,
+                max_per_dim: self.dev.ctx.summary.max_compute_workgroups_per_dimension,
+                dispatches: 0,
+            };
+            f(&mut launch);
+            self.dispatches += launch.dispatches;
+        }
+        self.timer.after_pass(&self.dev, &mut enc);
+        after(&mut enc, &self.buffers);
+        self.dev.queue().submit([enc.finish()])
+    }
+
+    /// Stages `moves.load` into their slots and sets `moves.map`, outside a
+    /// training step (the resident set, a block's rows, lent rows coming
+    /// back), in as many steps as the upload window and the moves need. The
+    /// caller counts the rows on the ledger.
+    /// Rows still on their way back must have reached `model` (see
+    /// [`Readback::complete_holding`]).
+    fn load(&mut self, model: &Model, moves: &Moves, ledger: &mut Ledger) -> Result<()> {
+        let per_map = ((self.regions.max_words - self.layout.upload_rows as u64) / 2).max(1) as usize;
+        let map_chunks: Vec<_> = chunks(moves.map.len(), per_map).collect();
+        let load_chunks: Vec<_> = chunks(moves.load.len(), self.layout.upload_rows as usize).collect();
+        for k in 0..map_chunks.len().max(load_chunks.len()) {
+            let map = map_chunks.get(k).map_or(&[][..], |r| &moves.map[r.clone()]);
+            let load = load_chunks.get(k).map_or(&[][..], |r| &moves.load[r.clone()]);
+            if map.is_empty() && load.is_empty() {
+                continue;
+            }
+            self.input.clear();
+            let map_at = self.input.map(map);
+            let slots_at = self.input.slots(load);
+            self.input.rows(load.iter().map(|p| p.row));
+            let b_map = self.input.block(MapParams { first: map_at, count: map.len() as u32, _pad: [0; 6] });
+            let b_scatter = self.input.block(self.moves_params(0, load.len() as u32, slots_at));
+            let (n_map, n_load, rv) = (map.len() as u32, load.len() as u32, self.row_vec4);
+            self.submit(
+                model,
+                "stage rows in",
+                ledger,
+                |l| {
+                    l.map_rows(b_map, n_map);
+                    l.scatter(b_scatter, n_load, rv);
+                },
+                |_, _| {},
+            );
+        }
+        self.dev.check()
+    }
+
+    /// Writes `placed` rows back to the host tables (through the readback
+    /// ring, in as many steps as the download window needs); they reach
+    /// the tables as the ring completes. The caller counts them.
+    fn write_back(&mut self, model: &mut Model, placed: &[Placed], ledger: &mut Ledger) -> Result<()> {
+        if placed.is_empty() {
+            return Ok(());
+        }
+        for r in chunks(placed.len(), self.layout.download_rows as usize) {
+            let chunk = &placed[r];
+            self.input.clear();
+            let slots_at = self.input.slots(chunk);
+            let b = self.input.block(self.moves_params(0, chunk.len() as u32, slots_at));
+            let (n, rv) = (chunk.len() as u32, self.row_vec4);
+            let bytes = n as u64 * self.layout.row_bytes;
+            let (readback, waited) = self.readback.reserve(&self.dev, model)?;
+            let readback = readback.clone();
+            self.waited += waited;
+            let submission = self.submit(
+                model,
+                "write rows back",
+                ledger,
+                |l| l.gather(b, n, rv),
+                |enc, buffers| enc.copy_buffer_to_buffer(&buffers.download, 0, &readback, 0, bytes),
+            );
+            self.count_d2h(bytes, ledger);
+            self.readback.push(bytes, chunk.iter().map(|p| p.row), submission);
+        }
+        self.dev.check()
+    }
+
+    fn count_d2h(&mut self, bytes: u64, ledger: &mut Ledger) {
+        self.wire.d2h += bytes;
+        ledger.row_bytes_d2h += bytes;
+    }
+
+    /// Streams `part`'s training ratings into the ratings window (where the
+    /// device cannot hold them all); returns the layout index the window
+    /// starts at.
+    fn stream(&mut self, part: Part, ledger: &mut Ledger) -> u32 {
+        let Some(host) = &self.streamed else { return 0 };
+        let bytes = bytemuck::cast_slice(&host[part.range()]);
+        ledger.data_bytes_h2d += self.dev.put(&mut self.wire, &self.buffers.ratings, 0, bytes);
+        part.start
+    }
+
+    /// The SGD blocks of part `part` (deterministic: its waves, the tail of
+    /// small ones in one block), in launch order, as (block, width, tail).
+    fn sgd_blocks(&mut self, part: u32, len: u32, base: u32) -> Vec<(u32, u32, bool)> {
+        let mut out = Vec::new();
+        match &self.waves {
+            None => {
+                let width = self.width.map_or(len, |w| w.min(len)).max(1);
+                let params = self.sgd_params(part, 1, width, base);
+                out.push((self.input.block(params), width, false));
+            }
+            Some((waves, part_waves)) => {
+                let (w0, w1) = (part_waves[part as usize], part_waves[part as usize + 1]);
+                let lens: Vec<u32> = waves[w0 as usize..w1 as usize].iter().map(|w| w.len).collect();
+                // The waves from the first one smaller than `sgd_tail`'s
+                // workgroup on run in one `sgd_tail` block.
+                let n = lens.len();
+                let split = if self.wave_tail { lens.iter().position(|&c| c < TAIL_GROUP).unwrap_or(n) } else { n };
+                let split = if n - split < 2 { n } else { split };
+                for (k, &width) in lens[..split].iter().enumerate() {
+                    let params = self.sgd_params(w0 + k as u32, 1, width, base);
+                    out.push((self.input.block(params), width, false));
+                }
+                if split < n {
+                    let params = self.sgd_params(w0 + split as u32, (n - split) as u32, TAIL_GROUP, base);
+                    out.push((self.input.block(params), TAIL_GROUP, true));
+                }
+            }
+        }
+        out
+    }
+
+    /// One staged training step: part `part` after `moves`.
+    fn train_step(&mut self, model: &mut Model, part: u32, moves: &Moves, layout: &RunLayout, ledger: &mut Ledger) -> Result<()> {
+        // A row staged in now may still be on its way back from an earlier
+        // step: the write-backs up to that step reach the host first.
+        self.waited += self.readback.complete_holding(&self.dev, model, moves.load.iter().map(|p| p.row))?;
+        let p = layout.parts()[part as usize];
+        let base = self.stream(p, ledger);
+        self.input.clear();
+        let map_at = self.input.map(&moves.map);
+        let out_at = self.input.slots(&moves.evict);
+        self.input.slots(&moves.release);
+        let load_at = self.input.slots(&moves.load);
+        self.input.rows(moves.load.iter().map(|p| p.row));
+        let (n_map, n_evict, n_load, n_release) =
+            (moves.map.len() as u32, moves.evict.len() as u32, moves.load.len() as u32, moves.release.len() as u32);
+        let b_map = self.input.block(MapParams { first: map_at, count: n_map, _pad: [0; 6] });
+        let b_evict = self.input.block(self.moves_params(0, n_evict, out_at));
+        let b_load = self.input.block(self.moves_params(0, n_load, load_at));
+        let b_release = self.input.block(self.moves_params(n_evict, n_release, out_at + n_evict));
+        let sgd = self.sgd_blocks(part, p.len, base);
+        let waves = self.waves.is_some();
+        let rv = self.row_vec4;
+        let out = n_evict + n_release;
+        let bytes = out as u64 * self.layout.row_bytes;
+        let readback = if out > 0 {
+            let (buf, waited) = self.readback.reserve(&self.dev, model)?;
+            self.waited += waited;
+            Some(buf.clone())
+        } else {
+            None
+        };
+        let submission = self.submit(
+            model,
+            "train step",
+            ledger,
+            |l| {
+                l.map_rows(b_map, n_map);
+                l.gather(b_evict, n_evict, rv);
+                l.scatter(b_load, n_load, rv);
+                for &(block, width, tail) in &sgd {
+                    if tail { l.sgd_tail(block) } else { l.sgd(block, width, waves) }
+                }
+                l.gather(b_release, n_release, rv);
+            },
+            |enc, buffers| {
+                if let Some(rb) = &readback {
+                    enc.copy_buffer_to_buffer(&buffers.download, 0, rb, 0, bytes);
+                }
+            },
+        );
+        if out > 0 {
+            self.count_d2h(bytes, ledger);
+            self.readback.push(bytes, moves.evict.iter().chain(&moves.release).map(|p| p.row), submission);
+        }
+        self.dev.check()
+    }
+
+    /// Trains `parts` (plan indices `first..`, every row resident): Hogwild
+    /// in dispatches of up to [`DISPATCH_RATINGS`] ratings over the epoch's
+    /// part table, deterministic mode a part at a time. Stops before a
+    /// dispatch when `stop` is raised; returns the parts trained.
+    fn train_resident(
+        &mut self,
+        model: &Model,
+        layout: &RunLayout,
+        plan_parts: &[u32],
+        first: usize,
+        stop: &std::sync::atomic::AtomicBool,
+        ledger: &mut Ledger,
+    ) -> Result<usize> {
+        let parts = &plan_parts[first..];
+        if self.waves.is_some() || self.streamed.is_some() {
+            for (k, &part) in parts.iter().enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(k);
+                }
+                let p = layout.parts()[part as usize];
+                let base = self.stream(p, ledger);
+                self.input.clear();
+                let sgd = self.sgd_blocks(part, p.len, base);
+                let waves = self.waves.is_some();
+                self.submit(
+                    model,
+                    "train",
+                    ledger,
+                    |l| {
+                        for &(block, width, tail) in &sgd {
+                            if tail { l.sgd_tail(block) } else { l.sgd(block, width, waves) }
+                        }
+                    },
+                    |_, _| {},
+                );
+                self.dev.check()?;
+            }
+            return Ok(parts.len());
+        }
+        // The epoch's plan as parts, after the layout's in the parts buffer.
+        let table: Vec<Part> = plan_parts.iter().map(|&p| layout.parts()[p as usize]).collect();
+        ledger.data_bytes_h2d +=
+            self.dev.put(&mut self.wire, &self.buffers.parts, self.n_parts as u64 * 8, bytemuck::cast_slice(&table));
+        let widest = layout.max_part_len() as u32;
+        let width = self.width.map_or(widest, |w| w.min(widest)).max(1);
+        let mut k = 0;
+        while k < parts.len() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let start = k;
+            let mut n = 0usize;
+            while k < parts.len() && (n == 0 || n + table[first + k].len as usize <= DISPATCH_RATINGS) {
+                n += table[first + k].len as usize;
+                k += 1;
+            }
+            self.input.clear();
+            let params = self.sgd_params(self.n_parts + (first + start) as u32, (k - start) as u32, width, 0);
+            let b = self.input.block(params);
+            self.submit(model, "train", ledger, |l| l.sgd(b, width, false), |_, _| {});
+            self.dev.check()?;
+        }
+        Ok(k)
+    }
+
+    /// Reads back the epoch's squared-error accumulators, per model.
+    fn read_loss(&mut self, copies: usize, words: u64, ledger: &mut Ledger) -> Result<Vec<f64>> {
+        let mut enc = self.dev.encoder("read loss");
+        let bytes = words * 4;
+        enc.copy_buffer_to_buffer(&self.buffers.loss, 0, &self.buffers.small_readback, 0, bytes);
+        self.dev.queue().submit([enc.finish()]);
+        self.wire.d2h += bytes;
+        ledger.data_bytes_d2h += bytes;
+        let mut sse = vec![0.0; copies];
+        let signal = MapSignal::new();
+        self.waited += self.dev.read(&signal, &self.buffers.small_readback, bytes, |b| {
+            for (j, &x) in bytemuck::cast_slice::<u8, f32>(b).iter().enumerate() {
+                sse[j % copies] += x as f64;
+            }
+        })?;
+        Ok(sse)
+    }
+}
+
+/// The training ratings' bytes a device can hold at once: what one storage
+/// binding takes, or less for a test.
+fn ratings_capacity(setup: &GpuSetup, adapter: &super::AdapterSummary) -> u64 {
+    let bind = adapter.max_storage_buffer_binding_size.min(adapter.max_buffer_size);
+    setup.data_window.map_or(bind, |w| w.min(bind)) / 12 * 12
+}
+
+impl GpuBackend {
+    /// Lays the slab and the device's copy of the ratings out for `setup` on
+    /// `ctx`, and compiles the kernels.
+    pub fn new(ctx: GpuContext, setup: &GpuSetup) -> Result<Self> {
+        let run = setup.layout.clone();
+        let (n_users, n_items) = (run.n_users(), run.n_items());
+        let n_rows = n_users + n_items;
+        let copies = setup.copies.max(1);
+        let row_bytes = (crate::model::row_stride(setup.rank) * 4 * copies) as u64;
+        let threads = setup.threads.max(1);
+        let co = run.spec().co_partition;
+        let mut counts = access_counts(run.ratings(), n_users, n_items);
+        if let Some(c) = co {
+            counts = c.other_side_counts(&counts, n_users);
+        }
+        let block_slots = co.map_or(0, |c| c.block_rows);
+        let slots = (setup.slab_bytes / row_bytes).min(entry::MAX_SLOTS as u64) as u32;
+        let every_row = holds_every_row(setup.policy, slots.saturating_sub(block_slots), &counts, co.is_some());
+        let rows = PartRows::new(&run, threads, !every_row);
+        let blocks = co.map(|c| c.blocks(run.ratings(), n_users, n_items));
+        let layout = plan_layout(
+            &LayoutInput {
+                slab_bytes: setup.slab_bytes,
+                row_bytes,
+                policy: setup.policy,
+                batch: run.spec().batch,
+                ratings: run.ratings().len(),
+                n_users,
+                n_items,
+                co_partition: co,
+                counts: &counts,
+                rows: &rows,
+                block_traffic: blocks.as_ref().map_or(0.0, |b| b.expected_rows_per_epoch()),
+            },
+            &ctx.summary,
+        )?;
+        let dev = Device::new(ctx);
+        let summary = dev.ctx.summary.clone();
+        let width = setup.hogwild_width.resolve(&summary);
+        // The device's copy of the ratings: waves in deterministic mode.
+        let DeviceRatings { ratings: device_ratings, waves, part_waves } = if setup.deterministic {
+            prepare::waves(&run, threads)
+        } else {
+            DeviceRatings { ratings: Vec::new(), waves: Vec::new(), part_waves: Vec::new() }
+        };
+        let conflicts = if setup.deterministic { Vec::new() } else { prepare::conflicts(&run, width, threads) };
+        let source: &[Rating] = if setup.deterministic { &device_ratings } else { run.ratings() };
+        let capacity = ratings_capacity(setup, &summary);
+        let all_bytes = source.len() as u64 * 12;
+        let streamed = all_bytes > capacity;
+        if streamed && (run.max_part_len() as u64 * 12) > capacity {
+            return Err(dev.err(format!(
+                "a part of {} ratings does not fit the {capacity} bytes of ratings the device can bind; use a smaller --batch",
+                run.max_part_len()
+            )));
+        }
+        let max_wave = waves.iter().map(|w| w.len).max().unwrap_or(0);
+        let batch = run.max_part_len() as u32;
+        let invocations = width.map_or(batch, |w| w.min(batch)).max(max_wave).max(TAIL_GROUP).max(1);
+        let loss_words = invocations as u64 * copies as u64;
+        let uniform_align = summary.min_uniform_buffer_offset_alignment.max(kernels::PARAMS_SIZE as u32) as u64;
+        let max_waves = part_waves.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        let regions = StepRegions {
+            block_stride: kernels::PARAMS_SIZE.next_multiple_of(uniform_align),
+            max_blocks: max_waves + 8,
+            // Slot-map entries (two words each) for the loads, the victims,
+            // the lent rows and the rows left by the last step, and one
+            // slot per load, victim and staged row.
+            max_words: 12 * layout.upload_rows.max(layout.download_rows) as u64 + 64,
+            window_bytes: layout.upload_rows as u64 * row_bytes,
+            align: (summary.min_storage_buffer_offset_alignment as u64).max(16),
+        };
+        let sizes = Sizes {
+            ratings_bytes: all_bytes.min(capacity),
+            part_entries: 2 * run.parts().len() as u64,
+            wave_entries: waves.len() as u64,
+            n_rows: n_rows as u64,
+            loss_words,
+            copies: copies as u64,
+        };
+        let buffers = Buffers::new(&dev, &layout, &regions, &sizes);
+        let kernels = Kernels::new(dev.device(), kernels::Spec { rank: setup.rank as u32, models: copies as u32 });
+        let bind = buffers.bind_groups(&dev, &kernels, &regions);
+        let mut wire = Wire::default();
+        let mut made_ledger = Ledger::default();
+        // Uploaded once: the ratings (unless streamed), the layout's parts,
+        // the waves. The slot map starts cleared: no row on the device.
+        if !streamed {
+            made_ledger.data_bytes_h2d += dev.put(&mut wire, &buffers.ratings, 0, bytemuck::cast_slice(source));
+        }
+        made_ledger.data_bytes_h2d += dev.put(&mut wire, &buffers.parts, 0, bytemuck::cast_slice(run.parts()));
+        made_ledger.data_bytes_h2d += dev.put(&mut wire, &buffers.waves, 0, bytemuck::cast_slice(&waves));
+        let mut enc = dev.encoder("clear slot map");
+        enc.clear_buffer(&buffers.slot_map, 0, None);
+        dev.queue().submit([enc.finish()]);
+        let horizon = lookahead_accesses(setup.lookahead, &rows);
+        let stager = Stager::new(setup.policy, layout.areas, n_users as u32, n_items as u32, &counts, horizon)
+            .with_block_area(layout.block_slots);
+        let readback = Readback::new(&dev, layout.download_rows as u64 * row_bytes, n_users, n_rows);
+        let timer = Timer::new(&dev, !summary.is_noop());
+        let groups = co.map(|c| GroupRows::new(&run, c.side));
+        let exec = Exec {
+            kernels,
+            buffers,
+            bind,
+            regions,
+            readback,
+            timer,
+            input: StepInput::default(),
+            wire,
+            n_parts: run.parts().len() as u32,
+            row_vec4: (row_bytes / 16) as u32,
+            n_users: n_users as u32,
+            bias_reg: setup.bias_reg,
+            mean: setup.mean,
+            range: setup.range,
+            width: if setup.deterministic { None } else { width },
+            waves: setup.deterministic.then_some((waves, part_waves)),
+            wave_tail: setup.wave_tail.unwrap_or(!summary.is_software()),
+            streamed: streamed.then(|| if setup.deterministic { device_ratings } else { run.ratings().to_vec() }),
+            capacity,
+            waited: 0.0,
+            dispatches: 0,
+            layout,
+            dev,
+        };
+        exec.dev.check()?;
+        let prediction = exec.layout.prediction;
+        Ok(GpuBackend {
+            exec,
+            run,
+            rows,
+            groups,
+            conflicts,
+            stager,
+            moves: Moves::default(),
+            test: None,
+            copies: copies as u32,
+            deterministic: setup.deterministic,
+            resident_loaded: false,
+            made_ledger,
+            following_of: None,
+            prediction,
+        })
+    }
+
+    /// Gives the device back, e.g. to build another backend on it.
+    pub fn into_context(self) -> GpuContext {
+        self.exec.dev.ctx
+    }
+
+    pub fn layout(&self) -> &GpuLayout {
+        &self.exec.layout
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.exec.dev.ctx
+    }
+
+    /// Bytes handed to wgpu so far.
+    pub fn wire(&self) -> Wire {
+        self.exec.wire
+    }
+
+    /// Hogwild: how many ratings of a part update at once (`None`: every
+    /// rating of a part, or deterministic mode's waves).
+    pub fn hogwild_width(&self) -> Option<u32> {
+        self.exec.width
+    }
+
+    /// Reads back the whole slab (tests and diagnostics); not counted.
+    pub fn debug_read_slab(&mut self) -> Result<Vec<f32>> {
+        let size = self.exec.layout.slab_bytes & !3;
+        Ok(bytemuck::cast_slice(&self.debug_read(|b| &b.slab, size)?).to_vec())
+    }
+
+    /// Reads back the slot map (tests and diagnostics); not counted.
+    pub fn debug_read_slot_map(&mut self) -> Result<Vec<u32>> {
+        let size = (self.run.n_users() + self.run.n_items()) as u64 * 4;
+        Ok(bytemuck::cast_slice(&self.debug_read(|b| &b.slot_map, size)?).to_vec())
+    }
+
+    /// The stager's slot of every global row ([`crate::stage::NONE`] when
+    /// not in the slab), to compare with the device's slot map.
+    pub fn debug_slots(&self) -> Vec<u32> {
+        (0..(self.run.n_users() + self.run.n_items()) as u32).map(|r| self.stager.slot_of(r)).collect()
+    }
+
+    fn debug_read(&mut self, which: impl Fn(&Buffers) -> &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        use wgpu::BufferUsages as U;
+        let dev = &self.exec.dev;
+        let tmp = dev.buffer("debug readback", size, U::MAP_READ | U::COPY_DST);
+        let mut enc = dev.encoder("debug copy");
+        enc.copy_buffer_to_buffer(which(&self.exec.buffers), 0, &tmp, 0, size);
+        dev.queue().submit([enc.finish()]);
+        let mut out = Vec::new();
+        dev.read(&MapSignal::new(), &tmp, size, |b| out.extend_from_slice(b))?;
+        Ok(out)
+    }
+
+    /// Stages the resident set in before the first step.
+    fn load_resident(&mut self, model: &Model, ledger: &mut Ledger) -> Result<()> {
+        let placed = self.stager.resident();
+        let mut moves = Moves::default();
+        for p in &placed {
+            ledger.row_in(self.stager.is_user(p.row), true);
+            moves.map.push([p.row, entry::slot(p.slot)]);
+        }
+        moves.load = placed;
+        self.exec.load(model, &moves, ledger)?;
+        self.resident_loaded = true;
+        Ok(())
+    }
+
+    /// Uploads `test` and cuts it into evaluation steps, unless it is the
+    /// test set already on the device.
+    fn prepare_test(&mut self, test: &[Rating], ledger: &mut Ledger) -> Result<()> {
+        let key = (test.as_ptr() as usize, test.len());
+        if self.test.as_ref().is_some_and(|t| t.key == key) {
+            return Ok(());
+        }
+        let n_users = self.run.n_users() as u32;
+        let n_rows = self.run.n_users() + self.run.n_items();
+        let resident = self.exec.layout.areas.resident;
+        let (ends, rows) = if self.exec.layout.all_resident {
+            let ends = chunks(test.len(), EVAL_RATINGS).map(|r| r.end as u32).collect();
+            (ends, PartRows::default())
+        } else {
+            // A step's rows outside the resident area must fit the window.
+            let st = &self.stager;
+            let outside = |g: u32| st.slot_of(g) == crate::stage::NONE || st.slot_of(g) >= resident;
+            let limit = self.exec.layout.upload_rows as usize;
+            cut_by_rows(test, n_users, n_rows, limit, EVAL_RATINGS, outside)
+        };
+        let bytes = test.len() as u64 * 12;
+        let streamed = bytes > self.exec.capacity;
+        let mut sums_at = Vec::with_capacity(ends.len());
+        let mut pairs = 0u64;
+        let mut start = 0u32;
+        for &end in &ends {
+            sums_at.push(pairs as u32);
+            pairs += ((end - start) as u64).div_ceil(WORKGROUP as u64) * self.copies as u64;
+            start = end;
+        }
+        let device_bytes = if streamed {
+            let mut widest = 0u32;
+            let mut s = 0u32;
+            for &e in &ends {
+                widest = widest.max(e - s);
+                s = e;
+            }
+            widest as u64 * 12
+        } else {
+            bytes
+        };
+        let buffers =
+            self.exec.buffers.test_buffers(&self.exec.dev, &self.exec.kernels, &self.exec.regions, device_bytes, pairs.max(1));
+        if !streamed {
+            ledger.data_bytes_h2d += self.exec.dev.put(&mut self.exec.wire, &buffers.test, 0, bytemuck::cast_slice(test));
+        }
+        self.test = Some(TestSet {
+            key,
+            buffers,
+            ends,
+            rows,
+            sums_at,
+            pairs,
+            streamed: streamed.then(|| test.to_vec()),
+        });
+        Ok(())
+    }
+}
+
+impl Backend for GpuBackend {
+    fn kind(&self) -> String {
+        self.exec.dev.ctx.summary.backend.clone()
+    }
+
+    fn adapter(&self) -> String {
+        self.exec.dev.ctx.summary.name.clone()
+    }
+
+    fn prediction(&self) -> Option<Prediction> {
+        self.prediction
+    }
+
+    fn run_layout(&self) -> Option<Arc<RunLayout>> {
+        Some(self.run.clone())
+    }
+
+    fn is_ceiling(&self) -> bool {
+        self.exec.dev.ctx.summary.is_noop()
+    }
+
+    fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
+        let t0 = Instant::now();
+        let copies = self.copies as usize;
+        if input.rates.len() != copies || model.copies != copies {
+            return Err(self.exec.dev.err(format!(
+                "{} rates and a model of {} copies for a slab of {copies} copies",
+                input.rates.len(),
+                model.copies
+            )));
+        }
+        if !std::ptr::eq(input.layout, &*self.run) {
+            return Err(self.exec.dev.err("the epoch's layout is not the one this backend holds"));
+        }
+        let mut ledger = std::mem::take(&mut self.made_ledger);
+        {
+            let exec = &mut self.exec;
+            exec.waited = 0.0;
+            exec.dispatches = 0;
+            let rates: Vec<[f32; 2]> = input.rates.iter().map(|r: &Rate| [r.lr, r.reg]).collect();
+            ledger.data_bytes_h2d += exec.dev.put(&mut exec.wire, &exec.buffers.rates, 0, bytemuck::cast_slice(&rates));
+            let mut enc = exec.dev.encoder("clear loss");
+            enc.clear_buffer(&exec.buffers.loss, 0, None);
+            exec.dev.queue().submit([enc.finish()]);
+        }
+        if !self.resident_loaded {
+            self.load_resident(model, &mut ledger)?;
+        }
+        let plan = input.plan;
+        let parts = if self.exec.layout.all_resident {
+            let n = self.exec.train_resident(model, &self.run, &plan.parts, input.from, input.stop, &mut ledger)?;
+            // Every step's rows are hits, and every resident row is trained.
+            for &p in &plan.parts[input.from..input.from + n] {
+                let (u, i) = self.rows.counts(p);
+                ledger.user_hits += u as u64;
+                ledger.item_hits += i as u64;
+            }
+            ledger.steps += n as u64;
+            self.stager.mark_resident_dirty();
+            n
+        } else {
+            let continues = input.from == 0 && self.following_of == Some(input.epoch);
+            let mut walker =
+                Walker { stager: &mut self.stager, rows: &self.rows, groups: self.groups.as_ref(), moves: &mut self.moves };
+            let exec = &mut self.exec;
+            let run = &*self.run;
+            let model_ref = &mut *model;
+            walker.epoch(plan, input.from, input.following, continues, input.stop, &mut ledger, |event, ledger| {
+                match event {
+                    Event::BeginBlock(moves) => {
+                        let rows = moves.load.iter().map(|p| p.row);
+                        exec.waited += exec.readback.complete_holding(&exec.dev, model_ref, rows)?;
+                        exec.load(model_ref, moves, ledger)
+                    }
+                    Event::Train { part, moves } => exec.train_step(model_ref, part, moves, run, ledger),
+                    Event::EndBlock(placed) => exec.write_back(model_ref, placed, ledger),
+                }
+            })?
+        };
+        self.following_of = input.following.map(|_| input.epoch + 1);
+        let exec = &mut self.exec;
+        exec.waited += exec.readback.complete_all(&exec.dev, model)?;
+        let loss_words = (exec.buffers.loss.size() / 4).min(exec.buffers.small_readback.size() / 4);
+        let sse = exec.read_loss(copies, loss_words, &mut ledger)?;
+        let (device_seconds, waited) = exec.timer.take_seconds(&exec.dev, &mut exec.wire, &mut ledger)?;
+        exec.waited += waited;
+        let trained = &plan.parts[input.from..input.from + parts];
+        let done: usize = trained.iter().map(|&p| self.run.parts()[p as usize].len as usize).sum();
+        let conflicts = if self.deterministic {
+            0
+        } else {
+            trained.iter().map(|&p| self.conflicts[p as usize] as u64).sum()
+        };
+        let total = t0.elapsed().as_secs_f64();
+        log::debug!(
+            "{}: epoch of {done} ratings in {} steps and {} dispatches, {total:.4} s, of which {:.4} s waiting for the device",
+            exec.dev.ctx.summary.name,
+            ledger.steps,
+            exec.dispatches,
+            exec.waited,
+        );
+        Ok(EpochTrain {
+            sse,
+            count: done as u64,
+            done,
+            conflicts,
+            ledger,
+            host_seconds: (total - exec.waited).max(0.0),
+            device_seconds,
+            dispatches: exec.dispatches,
+        })
+    }
+
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
+        let mut ledger = Ledger::default();
+        // Every epoch completes its write-backs: the host tables are what
+        // the device's rows were last staged from.
+        if !self.exec.readback.is_idle() {
+            return Err(self.exec.dev.err("evaluation with write-backs in flight"));
+        }
+        let host = model;
+        if !self.resident_loaded {
+            self.load_resident(host, &mut ledger)?;
+        }
+        self.prepare_test(test, &mut ledger)?;
+        if self.stager.has_lent() {
+            let mut moves = Moves::default();
+            self.stager.restore_lent(&mut moves, &mut ledger);
+            self.exec.load(host, &moves, &mut ledger)?;
+        }
+        let t = self.test.as_ref().expect("prepared");
+        let (n_users, copies) = (self.exec.n_users, self.copies as usize);
+        let mut start = 0u32;
+        for (k, &end) in t.ends.iter().enumerate() {
+            let exec = &mut self.exec;
+            exec.input.clear();
+            let (mut n_map, mut b_map) = (0, 0);
+            if !exec.layout.all_resident {
+                self.stager.stage_eval(t.rows.of(k as u32), &mut self.moves, &mut ledger);
+                let map_at = exec.input.map(&self.moves.map);
+                exec.input.rows(self.moves.window.iter().map(|p| p.row));
+                n_map = self.moves.map.len() as u32;
+                b_map = exec.input.block(MapParams { first: map_at, count: n_map, _pad: [0; 6] });
+            }
+            let first = match &t.streamed {
+                Some(host_test) => {
+                    let bytes = bytemuck::cast_slice(&host_test[start as usize..end as usize]);
+                    ledger.data_bytes_h2d += exec.dev.put(&mut exec.wire, &t.buffers.test, 0, bytes);
+                    0
+                }
+                None => start,
+            };
+            let count = end - start;
+            let b_predict = exec.input.block(PredictParams {
+                first,
+                count,
+                sums_at: t.sums_at[k],
+                n_users,
+                mean: exec.mean,
+                min_rating: exec.range.0,
+                max_rating: exec.range.1,
+                _pad: 0,
+            });
+            let group = t.buffers.predict.clone();
+            exec.submit(
+                host,
+                "evaluate",
+                &mut ledger,
+                |l| {
+                    l.map_rows(b_map, n_map);
+                    l.predict(&group, b_predict, count);
+                },
+                |_, _| {},
+            );
+            exec.dev.check()?;
+            start = end;
+        }
+        // (squared, absolute) error sums per workgroup and model, read once.
+        let exec = &mut self.exec;
+        let bytes = t.pairs * 8;
+        let mut enc = exec.dev.encoder("read error sums");
+        enc.copy_buffer_to_buffer(&t.buffers.sums, 0, &t.buffers.readback, 0, bytes);
+        exec.dev.queue().submit([enc.finish()]);
+        exec.wire.d2h += bytes;
+        ledger.data_bytes_d2h += bytes;
+        let mut acc = vec![MetricsAcc::default(); copies];
+        exec.dev.read(&MapSignal::new(), &t.buffers.readback, bytes, |b| {
+            for (j, pair) in bytemuck::cast_slice::<u8, [f32; 2]>(b).iter().enumerate() {
+                let a = &mut acc[j % copies];
+                a.sq += pair[0] as f64;
+                a.abs += pair[1] as f64;
+            }
+        })?;
+        for a in acc.iter_mut() {
+            a.count += test.len() as u64;
+        }
+        Ok((acc.iter().map(MetricsAcc::finish).collect(), ledger))
+    }
+
+    fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
+        let mut ledger = Ledger::default();
+        if !self.resident_loaded {
+            return Ok(ledger);
+        }
+        let exec = &mut self.exec;
+        exec.waited += exec.readback.complete_all(&exec.dev, model)?;
+        let dirty = self.stager.take_dirty(&mut ledger);
+        exec.write_back(model, &dirty, &mut ledger)?;
+        exec.readback.complete_all(&exec.dev, model)?;
+        Ok(ledger)
+    }
+}
