@@ -39,14 +39,16 @@ fn a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_model() {
     let whole = train(&data, &s, &mut cpu(&s), RunControl::default(), &mut |_| {}).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    // Stop in the second epoch after 3 batches.
+    // Stop in the second epoch after 3 parts (batches).
     let mut stopping = StopAfter::new(cpu(&s), 2, 3 * s.batch);
     let control = RunControl { checkpoint: Some(dir.path()), ..Default::default() };
     let first = train(&data, &s, &mut stopping, control, &mut |_| {}).unwrap();
     assert!(!first.complete);
     assert_eq!(first.epochs.len(), 1);
     let saved = load_checkpoint(dir.path()).unwrap();
-    assert_eq!((saved.state.epoch, saved.state.position), (1, 3 * s.batch));
+    let cut = stopping.stopped_at.unwrap();
+    assert!(cut >= 3 * s.batch && cut < data.train.len(), "{cut}");
+    assert_eq!((saved.state.epoch, saved.state.position), (1, cut));
 
     let control = RunControl { checkpoint: Some(dir.path()), resume: Some(saved), ..Default::default() };
     let mut epochs_seen = Vec::new();
@@ -54,7 +56,7 @@ fn a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_model() {
     assert!(second.complete);
     assert_eq!(epochs_seen, vec![2, 3, 4]);
     assert_eq!(second.epochs.len(), 4, "the resumed report keeps the epochs before the stop");
-    assert_eq!(second.epochs[1].ratings, data.train.len() - 3 * s.batch);
+    assert_eq!(second.epochs[1].ratings, data.train.len() - cut);
     assert_eq!(second.model, whole.model, "resumed model differs from the uninterrupted one");
     assert_eq!(second.final_metrics.rmse, whole.final_metrics.rmse);
 
