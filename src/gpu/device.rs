@@ -42,10 +42,24 @@ impl MapSignal {
     /// Asks for `slice` to be mapped for reading; [`MapSignal::take`] tells
     /// how it went once the device has been polled past it.
     pub fn request(&self, slice: wgpu::BufferSlice) {
+        self.request_mode(slice, wgpu::MapMode::Read)
+    }
+
+    /// [`MapSignal::request`] in `mode`.
+    pub fn request_mode(&self, slice: wgpu::BufferSlice, mode: wgpu::MapMode) {
         let tx = self.tx.clone();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
+        slice.map_async(mode, move |r| {
             let _ = tx.send(r);
         });
+    }
+
+    /// Whether the mapping asked for has completed (after a poll), and how.
+    pub fn try_take(&self) -> Option<std::result::Result<(), String>> {
+        match self.rx.try_recv() {
+            Ok(Ok(())) => Some(Ok(())),
+            Ok(Err(e)) => Some(Err(format!("mapping a buffer: {e}"))),
+            Err(_) => None,
+        }
     }
 
     pub fn take(&self) -> std::result::Result<(), String> {

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::device::{Device, MapSignal, Wire};
 use super::kernels::{self, Kernels, MapParams, MoveParams, PredictParams, SgdParams, TAIL_GROUP, WORKGROUP};
-use super::launch::{Launch, Offsets, StepInput};
+use super::launch::{Launch, StepInput, UploadRing, Written};
 use super::layout::{GpuLayout, LayoutInput, holds_every_row, plan_layout};
 use super::prepare::{self, DeviceRatings};
 use super::readback::Readback;
@@ -55,6 +55,7 @@ struct Exec {
     readback: Readback,
     timer: Timer,
     input: StepInput,
+    upload: UploadRing,
     wire: Wire,
     /// Layout parts (the first half of the `parts` buffer).
     n_parts: u32,
@@ -77,6 +78,21 @@ struct Exec {
     /// Seconds the host waited for the device, and dispatches, this epoch.
     waited: f64,
     dispatches: u64,
+    /// Where the epoch's host time went (logged at debug level).
+    times: HostTimes,
+}
+
+/// Seconds of an epoch's host work by part: on a fast GPU the host's work
+/// per step, not the kernel, bounds the throughput, and
+/// `RUST_LOG=rowstage=debug` shows which part.
+#[derive(Debug, Default, Clone, Copy)]
+struct HostTimes {
+    /// Writing steps' inputs (rows copied from the host tables included).
+    write: f64,
+    /// Encoding and submitting passes.
+    encode: f64,
+    /// Completing write-backs (waits and copies into the host tables).
+    readback: f64,
 }
 
 /// The test set on the device.
@@ -149,27 +165,27 @@ impl Exec {
         ledger: &mut Ledger,
         f: impl FnOnce(&mut Launch),
         after: impl FnOnce(&mut wgpu::CommandEncoder, &Buffers),
-    ) -> wgpu::SubmissionIndex {
-        let offsets = self.input.write(
-            &self.dev,
-            &self.buffers.step,
-            &self.regions,
-            model,
-            self.n_users,
-            &mut self.wire,
-            ledger,
-        );
-        self.encode(offsets, label, f, after)
+    ) -> Result<wgpu::SubmissionIndex> {
+        let t = Instant::now();
+        let (written, waited) =
+            self.input.write(&self.dev, &mut self.upload, &self.regions, model, self.n_users, &mut self.wire, ledger)?;
+        self.waited += waited;
+        let t1 = Instant::now();
+        self.times.write += (t1 - t).as_secs_f64();
+        let submission = self.encode(written, label, f, after);
+        self.times.encode += t1.elapsed().as_secs_f64();
+        Ok(submission)
     }
 
     fn encode(
         &mut self,
-        offsets: Offsets,
+        written: Written,
         label: &str,
         f: impl FnOnce(&mut Launch),
         after: impl FnOnce(&mut wgpu::CommandEncoder, &Buffers),
     ) -> wgpu::SubmissionIndex {
         let mut enc = self.dev.encoder(label);
+        written.copy(&self.upload, &mut enc, &self.buffers.step);
         {
             let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(label),
@@ -180,7 +196,7 @@ impl Exec {
                 pass: &mut pass,
                 kernels: &self.kernels,
                 bind: &self.bind,
-                offsets,
+                offsets: written.offsets,
                 max_per_dim: self.dev.ctx.summary.max_compute_workgroups_per_dimension,
                 dispatches: 0,
             };
@@ -189,7 +205,9 @@ impl Exec {
         }
         self.timer.after_pass(&self.dev, &mut enc);
         after(&mut enc, &self.buffers);
-        self.dev.queue().submit([enc.finish()])
+        let submission = self.dev.queue().submit([enc.finish()]);
+        written.release(&mut self.upload, submission.clone());
+        submission
     }
 
     /// Stages `moves.load` into their slots and sets `moves.map`, outside a
@@ -224,7 +242,7 @@ impl Exec {
                     l.scatter(b_scatter, n_load, rv);
                 },
                 |_, _| {},
-            );
+            )?;
         }
         self.dev.check()
     }
@@ -252,7 +270,7 @@ impl Exec {
                 ledger,
                 |l| l.gather(b, n, rv),
                 |enc, buffers| enc.copy_buffer_to_buffer(&buffers.download, 0, &readback, 0, bytes),
-            );
+            )?;
             self.count_d2h(bytes, ledger);
             self.readback.push(bytes, chunk.iter().map(|p| p.row), submission);
         }
@@ -309,7 +327,9 @@ impl Exec {
     fn train_step(&mut self, model: &mut Model, part: u32, moves: &Moves, layout: &RunLayout, ledger: &mut Ledger) -> Result<()> {
         // A row staged in now may still be on its way back from an earlier
         // step: the write-backs up to that step reach the host first.
+        let t = Instant::now();
         self.waited += self.readback.complete_holding(&self.dev, model, moves.load.iter().map(|p| p.row))?;
+        self.times.readback += t.elapsed().as_secs_f64();
         let p = layout.parts()[part as usize];
         let base = self.stream(p, ledger);
         self.input.clear();
@@ -330,8 +350,10 @@ impl Exec {
         let out = n_evict + n_release;
         let bytes = out as u64 * self.layout.row_bytes;
         let readback = if out > 0 {
+            let t = Instant::now();
             let (buf, waited) = self.readback.reserve(&self.dev, model)?;
             self.waited += waited;
+            self.times.readback += t.elapsed().as_secs_f64();
             Some(buf.clone())
         } else {
             None
@@ -354,7 +376,7 @@ impl Exec {
                     enc.copy_buffer_to_buffer(&buffers.download, 0, rb, 0, bytes);
                 }
             },
-        );
+        )?;
         if out > 0 {
             self.count_d2h(bytes, ledger);
             self.readback.push(bytes, moves.evict.iter().chain(&moves.release).map(|p| p.row), submission);
@@ -396,7 +418,7 @@ impl Exec {
                         }
                     },
                     |_, _| {},
-                );
+                )?;
                 self.dev.check()?;
             }
             return Ok(parts.len());
@@ -421,7 +443,7 @@ impl Exec {
             self.input.clear();
             let params = self.sgd_params(self.n_parts + (first + start) as u32, (k - start) as u32, width, 0);
             let b = self.input.block(params);
-            self.submit(model, "train", ledger, |l| l.sgd(b, width, false), |_, _| {});
+            self.submit(model, "train", ledger, |l| l.sgd(b, width, false), |_, _| {})?;
             self.dev.check()?;
         }
         Ok(k)
@@ -534,6 +556,7 @@ impl GpuBackend {
             copies: copies as u64,
         };
         let buffers = Buffers::new(&dev, &layout, &regions, &sizes);
+        let regions_bytes = regions.buffer_bytes();
         let kernels = Kernels::new(dev.device(), kernels::Spec { rank: setup.rank as u32, models: copies as u32 });
         let bind = buffers.bind_groups(&dev, &kernels, &regions);
         let mut wire = Wire::default();
@@ -562,6 +585,7 @@ impl GpuBackend {
             readback,
             timer,
             input: StepInput::default(),
+            upload: UploadRing::new(&dev, regions_bytes),
             wire,
             n_parts: run.parts().len() as u32,
             row_vec4: (row_bytes / 16) as u32,
@@ -576,6 +600,7 @@ impl GpuBackend {
             capacity,
             waited: 0.0,
             dispatches: 0,
+            times: HostTimes::default(),
             layout,
             dev,
         };
@@ -765,6 +790,7 @@ impl Backend for GpuBackend {
             let exec = &mut self.exec;
             exec.waited = 0.0;
             exec.dispatches = 0;
+            exec.times = HostTimes::default();
             let rates: Vec<[f32; 2]> = input.rates.iter().map(|r: &Rate| [r.lr, r.reg]).collect();
             ledger.data_bytes_h2d += exec.dev.put(&mut exec.wire, &exec.buffers.rates, 0, bytemuck::cast_slice(&rates));
             let mut enc = exec.dev.encoder("clear loss");
@@ -820,12 +846,18 @@ impl Backend for GpuBackend {
             trained.iter().map(|&p| self.conflicts[p as usize] as u64).sum()
         };
         let total = t0.elapsed().as_secs_f64();
+        let t = exec.times;
         log::debug!(
-            "{}: epoch of {done} ratings in {} steps and {} dispatches, {total:.4} s, of which {:.4} s waiting for the device",
+            "{}: epoch of {done} ratings in {} steps and {} dispatches, {total:.4} s: waiting for the device {:.4}, \
+             writing steps {:.4}, encoding {:.4}, write-backs {:.4}, scheduling and the rest {:.4} s",
             exec.dev.ctx.summary.name,
             ledger.steps,
             exec.dispatches,
             exec.waited,
+            t.write,
+            t.encode,
+            t.readback,
+            total - t.write - t.encode - t.readback,
         );
         Ok(EpochTrain {
             sse,
@@ -899,7 +931,7 @@ impl Backend for GpuBackend {
                     l.predict(&group, b_predict, count);
                 },
                 |_, _| {},
-            );
+            )?;
             exec.dev.check()?;
             start = end;
         }

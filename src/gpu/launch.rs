@@ -3,7 +3,13 @@
 //! looks up its pipeline, binds its group at the step's offsets, points at
 //! its parameter block and dispatches.
 
-use super::device::{Device, Wire};
+use super::device::{Device, MapSignal, Wire};
+use crate::error::Result;
+use crate::prefetch::prefetch_span;
+
+/// How many rows ahead a copy between the host tables and a transfer buffer
+/// asks for its source: a row's copy is short, its cache misses are not.
+pub const ROW_AHEAD: usize = 8;
 use super::kernels::{Kernels, TAIL_GROUP, WORKGROUP, dispatch_size};
 use super::resources::{BindGroups, StepRegions};
 use crate::model::Model;
@@ -71,51 +77,151 @@ impl StepInput {
         at
     }
 
-    /// Writes the step into the step buffer in one write: the parameter
-    /// blocks, the moves, and the rows copied from `model`'s host tables
-    /// straight into the staging memory. Counts the rows' bytes as row
-    /// traffic and the rest (blocks, moves, alignment) as data.
+    /// Writes the step into the upload ring's next buffer, mapped: the
+    /// parameter blocks, the moves, and the rows copied from `model`'s host
+    /// tables straight into it. [`Written::copy`] then copies it into the
+    /// step buffer ahead of the step's pass. Counts the rows' bytes as row
+    /// traffic and the rest (blocks, moves, alignment) as data. Returns the
+    /// step's offsets and the seconds waited for a ring buffer.
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
         dev: &Device,
-        step: &wgpu::Buffer,
+        ring: &mut UploadRing,
         regions: &StepRegions,
         model: &Model,
         n_users: u32,
         wire: &mut Wire,
         ledger: &mut Ledger,
-    ) -> Offsets {
+    ) -> Result<(Written, f64)> {
         debug_assert!(self.blocks.len() as u32 <= regions.max_blocks, "{} parameter blocks", self.blocks.len());
         debug_assert!(self.words.len() as u64 <= regions.max_words, "{} words of moves", self.words.len());
         let row_bytes = model.stride * 4;
         debug_assert!((self.rows.len() * row_bytes) as u64 <= regions.window_bytes, "{} rows", self.rows.len());
         let (moves, rows) = regions.offsets(self.blocks.len() as u32, self.words.len() as u64);
         let offsets = Offsets { block_stride: regions.block_stride as u32, moves: moves as u32, rows: rows as u32 };
-        let total = rows + (self.rows.len() * row_bytes) as u64;
-        let Some(size) = wgpu::BufferSize::new(total) else { return offsets };
-        let Some(mut view) = dev.queue().write_buffer_with(step, 0, size) else { return offsets };
-        let mut out = view.slice(..);
-        for (b, block) in self.blocks.iter().enumerate() {
-            let at = b as u64 * regions.block_stride;
-            out.slice(at as usize..at as usize + 32).copy_from_slice(block);
+        let total = (rows + (self.rows.len() * row_bytes) as u64).next_multiple_of(4);
+        let (k, waited) = ring.take(dev)?;
+        {
+            let buf = &ring.buffers[k];
+            let mut view =
+                buf.get_mapped_range_mut(..total).map_err(|e| dev.err(format!("writing a mapped buffer: {e}")))?;
+            let mut out = view.slice(..);
+            for (b, block) in self.blocks.iter().enumerate() {
+                let at = b as u64 * regions.block_stride;
+                out.slice(at as usize..at as usize + 32).copy_from_slice(block);
+            }
+            if !self.words.is_empty() {
+                out.slice(moves as usize..moves as usize + 4 * self.words.len())
+                    .copy_from_slice(bytemuck::cast_slice(&self.words));
+            }
+            let mut at = rows as usize;
+            let src_of = |row: u32| if row < n_users { model.user_row(row) } else { model.item_row(row - n_users) };
+            for (j, &row) in self.rows.iter().enumerate() {
+                // Rows come from all over the tables: ask for one a few
+                // copies ahead, so that its cache misses overlap these.
+                if let Some(&ahead) = self.rows.get(j + ROW_AHEAD) {
+                    let a = src_of(ahead);
+                    prefetch_span(a.as_ptr(), a.len());
+                }
+                out.slice(at..at + row_bytes).copy_from_slice(bytemuck::cast_slice(src_of(row)));
+                at += row_bytes;
+            }
         }
-        if !self.words.is_empty() {
-            out.slice(moves as usize..moves as usize + 4 * self.words.len())
-                .copy_from_slice(bytemuck::cast_slice(&self.words));
-        }
-        let mut at = rows as usize;
-        for &row in &self.rows {
-            let src = if row < n_users { model.user_row(row) } else { model.item_row(row - n_users) };
-            out.slice(at..at + row_bytes).copy_from_slice(bytemuck::cast_slice(src));
-            at += row_bytes;
-        }
-        drop(view);
+        ring.buffers[k].unmap();
         let row_part = (self.rows.len() * row_bytes) as u64;
         wire.h2d += total;
         ledger.row_bytes_h2d += row_part;
         ledger.data_bytes_h2d += total - row_part;
-        offsets
+        Ok((Written { offsets, buffer: k, bytes: total }, waited))
+    }
+}
+
+/// A step written into the upload ring.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub offsets: Offsets,
+    buffer: usize,
+    bytes: u64,
+}
+
+impl Written {
+    /// Copies the step's inputs into the step buffer (before its pass).
+    pub fn copy(&self, ring: &UploadRing, enc: &mut wgpu::CommandEncoder, step: &wgpu::Buffer) {
+        enc.copy_buffer_to_buffer(&ring.buffers[self.buffer], 0, step, 0, self.bytes);
+    }
+
+    /// After `submission`, which copies it: its ring buffer is mapped again
+    /// for a later step as soon as the device is done with it.
+    pub fn release(&self, ring: &mut UploadRing, submission: wgpu::SubmissionIndex) {
+        ring.remap(self.buffer, submission);
+    }
+}
+
+/// Mapped buffers the steps' inputs are written into and copied from, used
+/// in turn: no allocation per step, and a buffer is written while the
+/// device still copies from the others.
+pub struct UploadRing {
+    buffers: Vec<wgpu::Buffer>,
+    /// Mapped and ready to be written.
+    ready: Vec<bool>,
+    signals: Vec<MapSignal>,
+    /// The submission that last copied from each buffer.
+    copied_by: Vec<Option<wgpu::SubmissionIndex>>,
+    next: usize,
+}
+
+/// Buffers of the upload ring.
+pub const UPLOAD_RING: usize = 4;
+
+impl UploadRing {
+    pub fn new(dev: &Device, bytes: u64) -> Self {
+        let buffers = (0..UPLOAD_RING)
+            .map(|k| {
+                dev.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("step upload {k}")),
+                    size: bytes.max(16).next_multiple_of(4),
+                    usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: true,
+                })
+            })
+            .collect();
+        UploadRing {
+            buffers,
+            ready: vec![true; UPLOAD_RING],
+            signals: (0..UPLOAD_RING).map(|_| MapSignal::new()).collect(),
+            copied_by: vec![None; UPLOAD_RING],
+            next: 0,
+        }
+    }
+
+    /// The next buffer, mapped: waits for the device to finish copying from
+    /// it where it has not. Returns it and the seconds waited.
+    fn take(&mut self, dev: &Device) -> Result<(usize, f64)> {
+        let k = self.next;
+        self.next = (k + 1) % UPLOAD_RING;
+        let mut waited = 0.0;
+        if !self.ready[k] {
+            let mut done = self.signals[k].try_take();
+            if done.is_none() {
+                // The copy from it may be long done: collect the callback.
+                let _ = dev.device().poll(wgpu::PollType::Poll);
+                done = self.signals[k].try_take();
+            }
+            if done.is_none() {
+                waited = dev.wait(self.copied_by[k].clone())?;
+                done = self.signals[k].try_take();
+            }
+            done.unwrap_or_else(|| Err("an upload buffer was not mapped".into())).map_err(|e| dev.err(e))?;
+        }
+        self.ready[k] = false;
+        Ok((k, waited))
+    }
+
+    fn remap(&mut self, k: usize, submission: wgpu::SubmissionIndex) {
+        let buf = &self.buffers[k];
+        self.signals[k].request_mode(buf.slice(..), wgpu::MapMode::Write);
+        self.copied_by[k] = Some(submission);
     }
 }
 

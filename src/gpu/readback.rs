@@ -123,7 +123,17 @@ impl Readback {
                 buf.slice(..p.bytes).get_mapped_range().map_err(|e| dev.err(format!("reading a mapped buffer: {e}")))?;
             let s = model.stride;
             let src: &[f32] = bytemuck::cast_slice(&view);
-            for (&row, src) in p.rows.iter().zip(src.chunks_exact(s)) {
+            let n_users = self.n_users;
+            let at = |row: u32| {
+                if row < n_users { row as usize * s } else { (row - n_users) as usize * s }
+            };
+            for (j, (&row, src)) in p.rows.iter().zip(src.chunks_exact(s)).enumerate() {
+                // The rows land all over the tables: ask for one a few
+                // copies ahead.
+                if let Some(&ahead) = p.rows.get(j + super::launch::ROW_AHEAD) {
+                    let table = if ahead < n_users { &model.users } else { &model.items };
+                    crate::prefetch::prefetch_span(table.as_ptr().wrapping_add(at(ahead)), s);
+                }
                 let dst = if row < self.n_users {
                     &mut model.users[row as usize * s..][..s]
                 } else {

@@ -179,13 +179,11 @@ pub struct Stager {
 struct RowState {
     /// The row's slot, or [`NONE`].
     slot: u32,
-    /// The stamp of the last step that saw it.
-    seen: u32,
-    /// The stamp of the last training step that needs it (rows of the
-    /// current step are never evicted).
-    pin: u32,
-    /// The stamp of the last step that gave it a slot-map entry.
-    mapped: u32,
+    /// The stamp of the last step that needs the row or gave it a slot-map
+    /// entry: rows marked by the current step are never evicted or lent,
+    /// and their entries are not cleared (12 bytes a row, so that a step's
+    /// scattered lookups stay in the cache).
+    mark: u32,
     /// Trained since it was staged in or last written back: only such rows
     /// are written back (a clean row's host copy is current, so it leaves
     /// the slab without a transfer).
@@ -220,7 +218,7 @@ impl Stager {
         let slots = areas.slots();
         let r = areas.resident;
         let c = r + areas.cache;
-        let fresh = RowState { slot: NONE, seen: 0, pin: 0, mapped: 0, dirty: false, lent: false };
+        let fresh = RowState { slot: NONE, mark: 0, dirty: false, lent: false };
         let mut me = Stager {
             policy,
             areas,
@@ -358,7 +356,7 @@ impl Stager {
     fn next_stamp(&mut self) -> u32 {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
-            self.rows.iter_mut().for_each(|r| (r.seen, r.pin, r.mapped) = (0, 0, 0));
+            self.rows.iter_mut().for_each(|r| r.mark = 0);
             self.stamp = 1;
         }
         self.stamp
@@ -368,7 +366,7 @@ impl Stager {
     fn place(&mut self, row: u32, slot: u32, stamp: u32, moves: &mut Moves) {
         let r = &mut self.rows[row as usize];
         r.slot = slot;
-        r.mapped = stamp;
+        r.mark = stamp;
         self.row_of[slot as usize] = row;
         moves.map.push([row, entry::slot(slot)]);
     }
@@ -378,8 +376,8 @@ impl Stager {
     fn unmap_pending(&mut self, mut pending: Vec<u32>, stamp: u32, moves: &mut Moves) {
         for &row in &pending {
             let r = &mut self.rows[row as usize];
-            if r.mapped != stamp {
-                r.mapped = stamp;
+            if r.mark != stamp {
+                r.mark = stamp;
                 moves.map.push([row, entry::ABSENT]);
             }
         }
@@ -439,17 +437,18 @@ impl Stager {
         self.lend_from = self.areas.resident;
         // Pin every row of the step before any eviction: a row needed later
         // in this step must not be evicted for an earlier miss.
+        // A row's state is a cache miss on large tables (a step's rows are
+        // all over them): the pin pass asks for it `STAGE_AHEAD` rows early,
+        // and the pass after finds it in the cache.
         if !self.all_resident {
-            for &row in rows {
-                self.rows[row as usize].pin = stamp;
+            for (n, &row) in rows.iter().enumerate() {
+                if let Some(&ahead) = rows.get(n + STAGE_AHEAD) {
+                    prefetch_ptr(self.rows.as_ptr().wrapping_add(ahead as usize));
+                }
+                self.rows[row as usize].mark = stamp;
             }
         }
-        for (n, &row) in rows.iter().enumerate() {
-            // A row's state is a cache miss on large tables (the walk is in
-            // random order): ask for it `STAGE_AHEAD` rows early.
-            if let Some(&ahead) = rows.get(n + STAGE_AHEAD) {
-                prefetch_ptr(self.rows.as_ptr().wrapping_add(ahead as usize));
-            }
+        for &row in rows {
             let pos = self.pos;
             self.pos += 1;
             let user = self.is_user(row);
@@ -555,7 +554,7 @@ impl Stager {
     /// resident row this step does not need, which leaves (written back if
     /// trained) and comes back when the slot is free again.
     fn lend(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> u32 {
-        let free = |p: &&Placed| self.row_of[p.slot as usize] == NONE && self.rows[p.row as usize].pin != stamp;
+        let free = |p: &&Placed| self.row_of[p.slot as usize] == NONE && self.rows[p.row as usize].mark != stamp;
         if let Some(p) = self.lent.iter().find(free) {
             return p.slot;
         }
@@ -563,13 +562,13 @@ impl Stager {
             self.lend_from -= 1;
             let slot = self.lend_from;
             let row = self.row_of[slot as usize];
-            if row == NONE || self.rows[row as usize].pin == stamp {
+            if row == NONE || self.rows[row as usize].mark == stamp {
                 continue;
             }
             let r = &mut self.rows[row as usize];
             r.slot = NONE;
             r.lent = true;
-            r.mapped = stamp;
+            r.mark = stamp;
             self.row_of[slot as usize] = NONE;
             moves.map.push([row, entry::ABSENT]);
             if std::mem::take(&mut self.rows[row as usize].dirty) {
@@ -588,13 +587,13 @@ impl Stager {
     /// only if it was trained since it was last staged in or written back.
     fn evict(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Option<u32> {
         let rows = &self.rows;
-        let victim = self.policy.victim(&|r| rows[r as usize].pin == stamp)?;
+        let victim = self.policy.victim(&|r| rows[r as usize].mark == stamp)?;
         let slot = self.rows[victim as usize].slot;
         self.policy.evicted(victim);
         self.cached -= 1;
         let r = &mut self.rows[victim as usize];
         r.slot = NONE;
-        r.mapped = stamp;
+        r.mark = stamp;
         self.row_of[slot as usize] = NONE;
         moves.map.push([victim, entry::ABSENT]);
         if std::mem::take(&mut self.rows[victim as usize].dirty) {
@@ -641,7 +640,7 @@ impl Stager {
                 continue;
             }
             let index = moves.window.len() as u32;
-            self.rows[row as usize].mapped = stamp;
+            self.rows[row as usize].mark = stamp;
             moves.map.push([row, entry::window(index)]);
             moves.window.push(Placed { row, slot: index });
             self.pending_unmap.push(row);
