@@ -20,6 +20,8 @@ pub struct PartRows {
     /// Distinct user rows and item rows of every part.
     users: Vec<u32>,
     items: Vec<u32>,
+    /// Global rows below this are users.
+    n_users: u32,
 }
 
 /// The distinct rows of `ratings` in first-use order (user, then item, of
@@ -71,7 +73,7 @@ impl PartRows {
             }
             (rows, lens, users)
         });
-        let mut me = PartRows::default();
+        let mut me = PartRows { n_users, ..Default::default() };
         me.offsets.push(0);
         for (rows, lens, users) in chunks {
             for (&len, &u) in lens.iter().zip(&users) {
@@ -83,6 +85,37 @@ impl PartRows {
             me.rows.extend_from_slice(&rows);
         }
         me
+    }
+
+    /// The rows of every part that `keep` keeps, in the same order, listed
+    /// on up to `threads` threads: e.g. a part's rows outside a fixed
+    /// resident set, all a step of a policy without a cache must stage.
+    pub fn filtered(&self, keep: impl Fn(u32) -> bool + Sync, threads: usize) -> PartRows {
+        let parts: Vec<u32> = (0..self.users.len() as u32).collect();
+        let keep = &keep;
+        let chunks = par_chunks(&parts, threads, |_, _, ids| {
+            let (mut rows, mut users, mut items) = (Vec::new(), Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
+            for &k in ids {
+                let before = rows.len();
+                rows.extend(self.of(k).iter().copied().filter(|&r| keep(r)));
+                let u = self.of(k).iter().filter(|&&r| keep(r) && r < self.n_users).count() as u32;
+                users.push(u);
+                items.push((rows.len() - before) as u32 - u);
+            }
+            (rows, users, items)
+        });
+        let mut out = PartRows { offsets: vec![0], n_users: self.n_users, ..Default::default() };
+        for (rows, users, items) in chunks {
+            let mut at = *out.offsets.last().unwrap_or(&0);
+            for (&u, &i) in users.iter().zip(&items) {
+                at += (u + i) as u64;
+                out.offsets.push(at);
+            }
+            out.rows.extend_from_slice(&rows);
+            out.users.extend_from_slice(&users);
+            out.items.extend_from_slice(&items);
+        }
+        out
     }
 
     /// Part `k`'s distinct rows in first-use order (empty when only counts
@@ -184,7 +217,7 @@ pub fn cut_by_rows(
     counts: impl Fn(u32) -> bool,
 ) -> (Vec<u32>, PartRows) {
     let mut seen = vec![0u32; n_rows];
-    let mut out = PartRows { offsets: vec![0], ..Default::default() };
+    let mut out = PartRows { offsets: vec![0], n_users, ..Default::default() };
     let mut ends = Vec::new();
     let (mut stamp, mut start, mut counted, mut users) = (1u32, 0usize, 0usize, 0u32);
     let mut listed: Vec<u32> = Vec::new();

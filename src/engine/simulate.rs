@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::order::{LayoutSpec, Order, RunLayout};
 use super::rows::{GroupRows, PartRows, lookahead_accesses};
-use super::walk::Walker;
+use super::walk::{Walker, outside_rows};
 use crate::data::Rating;
 use crate::error::Result;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
@@ -142,6 +142,7 @@ impl SimSetup<'_> {
             ledger.row_in(st.is_user(p.row), true);
         }
         let groups = co.map(|c| GroupRows::new(layout, c.side));
+        let outside = outside_rows(&st, rows, threads());
         let t0 = Instant::now();
         let mut moves = Moves::default();
         let never = AtomicBool::new(false);
@@ -149,7 +150,8 @@ impl SimSetup<'_> {
         let mut plan = layout.epoch(0);
         for epoch in 0..self.epochs {
             let following = (epoch + 1 < self.epochs).then(|| layout.epoch(epoch + 1));
-            let mut walk = Walker { stager: &mut st, rows, groups: groups.as_ref(), moves: &mut moves };
+            let mut walk =
+                Walker { stager: &mut st, rows, outside: outside.as_ref(), groups: groups.as_ref(), moves: &mut moves };
             walk.epoch(&plan, 0, following.as_ref(), epoch > 0, &never, &mut ledger, |_, _| Ok(()))?;
             epoch_rows_in.push(ledger.rows_in() - epoch_rows_in.iter().sum::<u64>());
             if let Some(f) = following {

@@ -21,10 +21,28 @@ pub enum Event<'a> {
     EndBlock(&'a [Placed]),
 }
 
+/// Every part's rows outside `stager`'s resident set, where its policy has no
+/// cache (the walk then stages such steps from those alone): listed once
+/// per run on `threads` threads. `None` for other policies, a block area,
+/// or no resident set.
+pub fn outside_rows(stager: &Stager, rows: &PartRows, threads: usize) -> Option<PartRows> {
+    let areas = stager.areas();
+    if areas.cache > 0 || areas.resident == 0 || stager.block_slots() > 0 {
+        return None;
+    }
+    let n = stager.n_rows();
+    let resident: Vec<bool> = (0..n as u32).map(|r| stager.slot_of(r) < areas.resident).collect();
+    Some(rows.filtered(|r| !resident[r as usize], threads))
+}
+
 /// What the walk needs beyond the plan.
 pub struct Walker<'a> {
     pub stager: &'a mut Stager,
     pub rows: &'a PartRows,
+    /// Every part's rows outside the resident set, for a policy without a
+    /// cache: such a step is staged from those alone
+    /// ([`Stager::stage_outside`]).
+    pub outside: Option<&'a PartRows>,
     /// Co-partitioning's rows of the side per layout group.
     pub groups: Option<&'a GroupRows>,
     pub moves: &'a mut Moves,
@@ -66,7 +84,13 @@ impl Walker<'_> {
                     stopped = true;
                     break;
                 }
-                self.stager.stage(rows.of(part), self.moves, ledger);
+                match self.outside {
+                    Some(out) if self.stager.stages_outside_only(out.of(part).len()) => {
+                        let (all, off) = (rows.counts(part), out.counts(part));
+                        self.stager.stage_outside(out.of(part), (all.0 - off.0, all.1 - off.1), self.moves, ledger);
+                    }
+                    _ => self.stager.stage(rows.of(part), self.moves, ledger),
+                }
                 ledger.steps += 1;
                 each(Event::Train { part, moves: self.moves }, ledger)?;
                 done += 1;
@@ -77,6 +101,16 @@ impl Walker<'_> {
             }
             if stopped {
                 break 'groups;
+            }
+        }
+        // Steps staged from their rows outside the resident set left the
+        // resident rows' dirty bits: a whole epoch trains every resident row.
+        if self.outside.is_some() {
+            let trained = &plan.parts[from.min(plan.parts.len())..][..done];
+            if from == 0 && done == plan.parts.len() {
+                self.stager.mark_resident_dirty();
+            } else {
+                trained.iter().for_each(|&p| self.stager.mark_trained(rows.of(p)));
             }
         }
         Ok(done)

@@ -72,6 +72,12 @@ pub struct AdapterSummary {
     pub compute_shaders: bool,
     /// Whether the adapter has timestamp queries (each epoch's device time).
     pub timestamps: bool,
+    /// Whether the kernels read the steps' inputs from, and write rows
+    /// back into, the very buffers the host maps (no copy between them and
+    /// device buffers): where host and device share memory (integrated and
+    /// software adapters, and the noop backend, whose copies the host would
+    /// otherwise run) and wgpu allows it (`MAPPABLE_PRIMARY_BUFFERS`).
+    pub zero_copy: bool,
     /// Offsets of uniform and storage bindings must be multiples of these.
     pub min_uniform_buffer_offset_alignment: u32,
     pub min_storage_buffer_offset_alignment: u32,
@@ -95,6 +101,8 @@ impl AdapterSummary {
             max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
             compute_shaders: has_compute_shaders(adapter),
             timestamps: adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+            zero_copy: adapter.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
+                && !matches!(info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::VirtualGpu),
             min_uniform_buffer_offset_alignment: l.min_uniform_buffer_offset_alignment,
             min_storage_buffer_offset_alignment: l.min_storage_buffer_offset_alignment,
         }
@@ -241,7 +249,13 @@ impl GpuContext {
         // storage binding, and lavapipe's is 128 MiB, far above the default.
         // Timestamp queries where the adapter has them: each epoch's device
         // time (lavapipe has them, so CI measures it too).
-        let features = if summary.timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let mut features = wgpu::Features::empty();
+        if summary.timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if summary.zero_copy {
+            features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("rowstage device"),
             required_features: features,

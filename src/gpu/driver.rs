@@ -28,7 +28,7 @@ use super::timing::Timer;
 use super::{GpuContext, GpuSetup};
 use crate::data::Rating;
 use crate::engine::rows::{GroupRows, PartRows, cut_by_rows, lookahead_accesses};
-use crate::engine::walk::{Event, Walker};
+use crate::engine::walk::{Event, Walker, outside_rows};
 use crate::engine::{Backend, EpochInput, EpochTrain, Part, Prediction, RunLayout};
 use crate::error::Result;
 use crate::model::{Metrics, MetricsAcc, Model, Rate};
@@ -49,7 +49,11 @@ struct Exec {
     dev: Device,
     kernels: Kernels,
     buffers: Buffers,
-    bind: BindGroups,
+    /// Per source of step inputs (see [`Written::source`]).
+    bind: Vec<BindGroups>,
+    /// The kernels read the upload ring and write into the readback ring
+    /// themselves ([`super::AdapterSummary::zero_copy`]).
+    zero_copy: bool,
     regions: StepRegions,
     layout: GpuLayout,
     readback: Readback,
@@ -117,6 +121,8 @@ pub struct GpuBackend {
     exec: Exec,
     run: Arc<RunLayout>,
     rows: PartRows,
+    /// Every part's rows outside the resident set (a policy without a cache).
+    outside: Option<PartRows>,
     groups: Option<GroupRows>,
     conflicts: Vec<u32>,
     stager: Stager,
@@ -186,6 +192,7 @@ impl Exec {
     ) -> wgpu::SubmissionIndex {
         let mut enc = self.dev.encoder(label);
         written.copy(&self.upload, &mut enc, &self.buffers.step);
+        let source = written.source(&self.upload);
         {
             let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(label),
@@ -195,10 +202,11 @@ impl Exec {
             let mut launch = Launch {
                 pass: &mut pass,
                 kernels: &self.kernels,
-                bind: &self.bind,
+                bind: &self.bind[source],
                 offsets: written.offsets,
                 max_per_dim: self.dev.ctx.summary.max_compute_workgroups_per_dimension,
                 dispatches: 0,
+                source,
             };
             f(&mut launch);
             self.dispatches += launch.dispatches;
@@ -261,20 +269,32 @@ impl Exec {
             let b = self.input.block(self.moves_params(0, chunk.len() as u32, slots_at));
             let (n, rv) = (chunk.len() as u32, self.row_vec4);
             let bytes = n as u64 * self.layout.row_bytes;
-            let (readback, waited) = self.readback.reserve(&self.dev, model)?;
-            let readback = readback.clone();
+            let (target, waited) = self.readback.reserve(&self.dev, model)?;
             self.waited += waited;
+            let (gather_to, copy_to) = self.write_back_target(target);
             let submission = self.submit(
                 model,
                 "write rows back",
                 ledger,
-                |l| l.gather(b, n, rv),
-                |enc, buffers| enc.copy_buffer_to_buffer(&buffers.download, 0, &readback, 0, bytes),
+                |l| l.gather(b, n, rv, gather_to),
+                |enc, buffers| {
+                    if let Some(rb) = &copy_to {
+                        enc.copy_buffer_to_buffer(&buffers.download, 0, rb, 0, bytes);
+                    }
+                },
             )?;
             self.count_d2h(bytes, ledger);
             self.readback.push(bytes, chunk.iter().map(|p| p.row), submission);
         }
         self.dev.check()
+    }
+
+    /// Where a write-back into readback buffer `target` is gathered to (a
+    /// gather target of the bind groups), and the readback buffer the
+    /// download window is then copied to (none in zero-copy mode, where the
+    /// gather writes into it).
+    fn write_back_target(&self, target: usize) -> (usize, Option<wgpu::Buffer>) {
+        if self.zero_copy { (target, None) } else { (0, Some(self.readback.buffers()[target].clone())) }
     }
 
     fn count_d2h(&mut self, bytes: u64, ledger: &mut Ledger) {
@@ -349,14 +369,14 @@ impl Exec {
         let rv = self.row_vec4;
         let out = n_evict + n_release;
         let bytes = out as u64 * self.layout.row_bytes;
-        let readback = if out > 0 {
+        let (gather_to, copy_to) = if out > 0 {
             let t = Instant::now();
-            let (buf, waited) = self.readback.reserve(&self.dev, model)?;
+            let (target, waited) = self.readback.reserve(&self.dev, model)?;
             self.waited += waited;
             self.times.readback += t.elapsed().as_secs_f64();
-            Some(buf.clone())
+            self.write_back_target(target)
         } else {
-            None
+            (0, None)
         };
         let submission = self.submit(
             model,
@@ -364,15 +384,15 @@ impl Exec {
             ledger,
             |l| {
                 l.map_rows(b_map, n_map);
-                l.gather(b_evict, n_evict, rv);
+                l.gather(b_evict, n_evict, rv, gather_to);
                 l.scatter(b_load, n_load, rv);
                 for &(block, width, tail) in &sgd {
                     if tail { l.sgd_tail(block) } else { l.sgd(block, width, waves) }
                 }
-                l.gather(b_release, n_release, rv);
+                l.gather(b_release, n_release, rv, gather_to);
             },
             |enc, buffers| {
-                if let Some(rb) = &readback {
+                if let Some(rb) = &copy_to {
                     enc.copy_buffer_to_buffer(&buffers.download, 0, rb, 0, bytes);
                 }
             },
@@ -556,9 +576,17 @@ impl GpuBackend {
             copies: copies as u64,
         };
         let buffers = Buffers::new(&dev, &layout, &regions, &sizes);
-        let regions_bytes = regions.buffer_bytes();
         let kernels = Kernels::new(dev.device(), kernels::Spec { rank: setup.rank as u32, models: copies as u32 });
-        let bind = buffers.bind_groups(&dev, &kernels, &regions);
+        let zero_copy = summary.zero_copy;
+        let upload = UploadRing::new(&dev, regions.buffer_bytes(), zero_copy);
+        let readback = Readback::new(&dev, layout.download_rows as u64 * row_bytes, n_users, n_rows, zero_copy);
+        let bind = {
+            let inputs: Vec<&wgpu::Buffer> =
+                if zero_copy { upload.buffers().iter().collect() } else { vec![&buffers.step] };
+            let targets: Vec<&wgpu::Buffer> =
+                if zero_copy { readback.buffers().iter().collect() } else { vec![&buffers.download] };
+            buffers.bind_groups(&dev, &kernels, &regions, &inputs, &targets)
+        };
         let mut wire = Wire::default();
         let mut made_ledger = Ledger::default();
         // Uploaded once: the ratings (unless streamed), the layout's parts,
@@ -574,9 +602,9 @@ impl GpuBackend {
         let horizon = lookahead_accesses(setup.lookahead, &rows);
         let stager = Stager::new(setup.policy, layout.areas, n_users as u32, n_items as u32, &counts, horizon)
             .with_block_area(layout.block_slots);
-        let readback = Readback::new(&dev, layout.download_rows as u64 * row_bytes, n_users, n_rows);
         let timer = Timer::new(&dev, !summary.is_noop());
         let groups = co.map(|c| GroupRows::new(&run, c.side));
+        let outside = if layout.all_resident { None } else { outside_rows(&stager, &rows, threads) };
         let exec = Exec {
             kernels,
             buffers,
@@ -585,7 +613,8 @@ impl GpuBackend {
             readback,
             timer,
             input: StepInput::default(),
-            upload: UploadRing::new(&dev, regions_bytes),
+            upload,
+            zero_copy,
             wire,
             n_parts: run.parts().len() as u32,
             row_vec4: (row_bytes / 16) as u32,
@@ -610,6 +639,7 @@ impl GpuBackend {
             exec,
             run,
             rows,
+            outside,
             groups,
             conflicts,
             stager,
@@ -733,8 +763,11 @@ impl GpuBackend {
         } else {
             bytes
         };
+        let exec = &self.exec;
+        let inputs: Vec<&wgpu::Buffer> =
+            if exec.zero_copy { exec.upload.buffers().iter().collect() } else { vec![&exec.buffers.step] };
         let buffers =
-            self.exec.buffers.test_buffers(&self.exec.dev, &self.exec.kernels, &self.exec.regions, device_bytes, pairs.max(1));
+            exec.buffers.test_buffers(&exec.dev, &exec.kernels, &exec.regions, &inputs, device_bytes, pairs.max(1));
         if !streamed {
             ledger.data_bytes_h2d += self.exec.dev.put(&mut self.exec.wire, &buffers.test, 0, bytemuck::cast_slice(test));
         }
@@ -749,6 +782,91 @@ impl GpuBackend {
         });
         Ok(())
     }
+}
+
+/// Steps the scheduler may run ahead of the device work.
+const PIPELINE_DEPTH: usize = 4;
+
+/// One of the scheduler's decisions, handed to the device side.
+enum Job {
+    Begin(Moves),
+    Train(u32, Moves),
+    End(Vec<Placed>),
+}
+
+/// `m` copied into a buffer the device side gave back (or a new one).
+fn copy_moves(m: &Moves, recycled: &std::sync::mpsc::Receiver<Moves>) -> Moves {
+    let mut out = recycled.try_recv().unwrap_or_default();
+    out.evict.clone_from(&m.evict);
+    out.load.clone_from(&m.load);
+    out.window.clone_from(&m.window);
+    out.release.clone_from(&m.release);
+    out.map.clone_from(&m.map);
+    out
+}
+
+/// The staged epoch on two threads: the scheduler's walk (decisions, from
+/// each part's rows) runs on its own thread up to [`PIPELINE_DEPTH`] steps
+/// ahead, and this one carries them out (rows copied to and from the host
+/// tables, steps written, encoded and submitted). The decisions never wait
+/// for the device, so the two only meet at the channel. Returns the parts
+/// trained.
+fn pipelined(
+    mut walker: Walker,
+    exec: &mut Exec,
+    model: &mut Model,
+    run: &RunLayout,
+    input: &EpochInput,
+    continues: bool,
+    ledger: &mut Ledger,
+) -> Result<usize> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Moves>();
+    let (plan, from, following, stop) = (input.plan, input.from, input.following, input.stop);
+    std::thread::scope(|scope| {
+        let scheduler = scope.spawn(move || {
+            let mut staged = Ledger::default();
+            let done = walker.epoch(plan, from, following, continues, stop, &mut staged, |event, _| {
+                let job = match event {
+                    Event::BeginBlock(moves) => Job::Begin(copy_moves(moves, &recycle_rx)),
+                    Event::Train { part, moves } => Job::Train(part, copy_moves(moves, &recycle_rx)),
+                    Event::EndBlock(placed) => Job::End(placed.to_vec()),
+                };
+                // The device side stopped (an error it reports itself).
+                tx.send(job).map_err(|_| crate::error::Error::Interrupted)
+            });
+            (done, staged)
+        });
+        let mut failed = None;
+        for job in rx.iter() {
+            let result = match &job {
+                Job::Begin(moves) => {
+                    let rows = moves.load.iter().map(|p| p.row);
+                    exec.readback.complete_holding(&exec.dev, model, rows).and_then(|w| {
+                        exec.waited += w;
+                        exec.load(model, moves, ledger)
+                    })
+                }
+                Job::Train(part, moves) => exec.train_step(model, *part, moves, run, ledger),
+                Job::End(placed) => exec.write_back(model, placed, ledger),
+            };
+            if let Err(e) = result {
+                failed = Some(e);
+                break;
+            }
+            if let Job::Begin(m) | Job::Train(_, m) = job {
+                let _ = recycle_tx.send(m);
+            }
+        }
+        // Dropping the receiver ends the scheduler at its next step.
+        drop(rx);
+        let (done, staged) = scheduler.join().expect("the scheduler thread panicked");
+        ledger.merge(&staged);
+        match failed {
+            Some(e) => Err(e),
+            None => done,
+        }
+    })
 }
 
 impl Backend for GpuBackend {
@@ -814,22 +932,14 @@ impl Backend for GpuBackend {
             n
         } else {
             let continues = input.from == 0 && self.following_of == Some(input.epoch);
-            let mut walker =
-                Walker { stager: &mut self.stager, rows: &self.rows, groups: self.groups.as_ref(), moves: &mut self.moves };
-            let exec = &mut self.exec;
-            let run = &*self.run;
-            let model_ref = &mut *model;
-            walker.epoch(plan, input.from, input.following, continues, input.stop, &mut ledger, |event, ledger| {
-                match event {
-                    Event::BeginBlock(moves) => {
-                        let rows = moves.load.iter().map(|p| p.row);
-                        exec.waited += exec.readback.complete_holding(&exec.dev, model_ref, rows)?;
-                        exec.load(model_ref, moves, ledger)
-                    }
-                    Event::Train { part, moves } => exec.train_step(model_ref, part, moves, run, ledger),
-                    Event::EndBlock(placed) => exec.write_back(model_ref, placed, ledger),
-                }
-            })?
+            let walker = Walker {
+                stager: &mut self.stager,
+                rows: &self.rows,
+                outside: self.outside.as_ref(),
+                groups: self.groups.as_ref(),
+                moves: &mut self.moves,
+            };
+            pipelined(walker, &mut self.exec, model, &self.run, input, continues, &mut ledger)?
         };
         self.following_of = input.following.map(|_| input.epoch + 1);
         let exec = &mut self.exec;
@@ -921,14 +1031,14 @@ impl Backend for GpuBackend {
                 max_rating: exec.range.1,
                 _pad: 0,
             });
-            let group = t.buffers.predict.clone();
+            let groups = &t.buffers.predict;
             exec.submit(
                 host,
                 "evaluate",
                 &mut ledger,
                 |l| {
                     l.map_rows(b_map, n_map);
-                    l.predict(&group, b_predict, count);
+                    l.predict(&groups[l.source], b_predict, count);
                 },
                 |_, _| {},
             )?;

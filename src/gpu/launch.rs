@@ -146,9 +146,18 @@ pub struct Written {
 }
 
 impl Written {
-    /// Copies the step's inputs into the step buffer (before its pass).
+    /// Copies the step's inputs into the step buffer (before its pass),
+    /// unless the kernels read the ring buffer itself (zero-copy).
     pub fn copy(&self, ring: &UploadRing, enc: &mut wgpu::CommandEncoder, step: &wgpu::Buffer) {
-        enc.copy_buffer_to_buffer(&ring.buffers[self.buffer], 0, step, 0, self.bytes);
+        if !ring.zero_copy {
+            enc.copy_buffer_to_buffer(&ring.buffers[self.buffer], 0, step, 0, self.bytes);
+        }
+    }
+
+    /// The source of this step's inputs: its ring buffer in zero-copy mode,
+    /// else the step buffer (0).
+    pub fn source(&self, ring: &UploadRing) -> usize {
+        if ring.zero_copy { self.buffer } else { 0 }
     }
 
     /// After `submission`, which copies it: its ring buffer is mapped again
@@ -169,19 +178,24 @@ pub struct UploadRing {
     /// The submission that last copied from each buffer.
     copied_by: Vec<Option<wgpu::SubmissionIndex>>,
     next: usize,
+    /// The kernels read these buffers themselves.
+    zero_copy: bool,
 }
 
 /// Buffers of the upload ring.
 pub const UPLOAD_RING: usize = 4;
 
 impl UploadRing {
-    pub fn new(dev: &Device, bytes: u64) -> Self {
+    /// A ring of buffers of `bytes`; with `zero_copy` the kernels bind them.
+    pub fn new(dev: &Device, bytes: u64, zero_copy: bool) -> Self {
+        use wgpu::BufferUsages as U;
+        let usage = if zero_copy { U::MAP_WRITE | U::STORAGE | U::UNIFORM } else { U::MAP_WRITE | U::COPY_SRC };
         let buffers = (0..UPLOAD_RING)
             .map(|k| {
                 dev.device().create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("step upload {k}")),
                     size: bytes.max(16).next_multiple_of(4),
-                    usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                    usage,
                     mapped_at_creation: true,
                 })
             })
@@ -192,7 +206,12 @@ impl UploadRing {
             signals: (0..UPLOAD_RING).map(|_| MapSignal::new()).collect(),
             copied_by: vec![None; UPLOAD_RING],
             next: 0,
+            zero_copy,
         }
+    }
+
+    pub fn buffers(&self) -> &[wgpu::Buffer] {
+        &self.buffers
     }
 
     /// The next buffer, mapped: waits for the device to finish copying from
@@ -234,6 +253,9 @@ pub struct Launch<'p, 'k> {
     pub max_per_dim: u32,
     /// Dispatches so far.
     pub dispatches: u64,
+    /// The source of this step's inputs ([`Written::source`]): which of a
+    /// set of per-source bind groups to use.
+    pub source: usize,
 }
 
 impl Launch<'_, '_> {
@@ -265,15 +287,16 @@ impl Launch<'_, '_> {
         self.dispatch(&self.kernels.scatter.pipeline, &self.bind.scatter, &[o.rows, o.moves, o.block(block)], groups);
     }
 
-    /// Gathers `count` slots into the download window
+    /// Gathers `count` slots into write-back target `target` (the download
+    /// window, or a readback buffer in zero-copy mode)
     /// ([`super::kernels::MoveParams`]).
-    pub fn gather(&mut self, block: u32, count: u32, row_vec4: u32) {
+    pub fn gather(&mut self, block: u32, count: u32, row_vec4: u32, target: usize) {
         if count == 0 {
             return;
         }
         let o = self.offsets;
         let groups = dispatch_size(count as u64 * row_vec4 as u64, WORKGROUP, self.max_per_dim);
-        self.dispatch(&self.kernels.gather.pipeline, &self.bind.gather, &[o.moves, o.block(block)], groups);
+        self.dispatch(&self.kernels.gather.pipeline, &self.bind.gather[target], &[o.moves, o.block(block)], groups);
     }
 
     /// `width` SGD invocations over block `block`'s parts

@@ -37,11 +37,13 @@ pub struct Readback {
 }
 
 impl Readback {
-    /// A ring of buffers of `bytes` each for `n_rows` global rows.
-    pub fn new(dev: &Device, bytes: u64, n_users: usize, n_rows: usize) -> Self {
+    /// A ring of buffers of `bytes` each for `n_rows` global rows; with
+    /// `zero_copy` the gathers write into them themselves.
+    pub fn new(dev: &Device, bytes: u64, n_users: usize, n_rows: usize, zero_copy: bool) -> Self {
         use wgpu::BufferUsages as U;
+        let usage = if zero_copy { U::MAP_READ | U::STORAGE } else { U::MAP_READ | U::COPY_DST };
         Readback {
-            buffers: (0..RING).map(|k| dev.buffer(&format!("row readback {k}"), bytes, U::MAP_READ | U::COPY_DST)).collect(),
+            buffers: (0..RING).map(|k| dev.buffer(&format!("row readback {k}"), bytes, usage)).collect(),
             signals: (0..RING).map(|_| MapSignal::new()).collect(),
             pending: VecDeque::with_capacity(RING),
             next: 0,
@@ -52,11 +54,15 @@ impl Readback {
         }
     }
 
-    /// The buffer the next write-back is copied to, completing the oldest
-    /// when all are in flight. Returns it and the seconds waited.
-    pub fn reserve(&mut self, dev: &Device, model: &mut Model) -> Result<(&wgpu::Buffer, f64)> {
+    /// The buffer the next write-back goes to (its index), completing the
+    /// oldest when all are in flight. Returns it and the seconds waited.
+    pub fn reserve(&mut self, dev: &Device, model: &mut Model) -> Result<(usize, f64)> {
         let waited = if self.pending.len() == RING { self.complete_oldest(dev, model)? } else { 0.0 };
-        Ok((&self.buffers[self.next], waited))
+        Ok((self.next, waited))
+    }
+
+    pub fn buffers(&self) -> &[wgpu::Buffer] {
+        &self.buffers
     }
 
     /// Records the write-back just submitted into the reserved buffer: `rows`

@@ -10,11 +10,15 @@
 //! * `parts`: the layout's parts, then the epoch's plan as parts (for a slab
 //!   that holds every row, whose dispatches span many parts); `waves`: the
 //!   deterministic mode's waves.
-//! * `step`: one step's inputs in one write: parameter blocks, then the
-//!   moves (slot-map entries and slots), then the rows staged in (the upload
-//!   window). Kernels see its regions at dynamic offsets.
+//! * `step`: one step's inputs: parameter blocks, then the moves (slot-map
+//!   entries and slots), then the rows staged in (the upload window),
+//!   copied from a mapped upload buffer ([`super::launch::UploadRing`]).
+//!   Kernels see its regions at dynamic offsets. In zero-copy mode
+//!   ([`super::AdapterSummary::zero_copy`]) the kernels read the upload
+//!   buffers themselves and there is no copy.
 //! * `download` (the download window) and the readback ring
-//!   ([`super::readback`]) for rows leaving the slab.
+//!   ([`super::readback`]) for rows leaving the slab; in zero-copy mode
+//!   the gathers write into the readback buffers themselves.
 //! * `loss`, `sums`, `rates`: squared-error accumulators, evaluation's error
 //!   sums, the epoch's rates.
 
@@ -67,10 +71,14 @@ pub struct Buffers {
     pub small_readback: wgpu::Buffer,
 }
 
+/// The bind groups of one source of step inputs (the step buffer, or in
+/// zero-copy mode each upload ring buffer).
 pub struct BindGroups {
     pub map_rows: wgpu::BindGroup,
     pub scatter: wgpu::BindGroup,
-    pub gather: wgpu::BindGroup,
+    /// One per target of write-backs: the download window, or in zero-copy
+    /// mode each readback buffer.
+    pub gather: Vec<wgpu::BindGroup>,
     /// `sgd` over `parts`, and over `waves` (deterministic mode).
     pub sgd: wgpu::BindGroup,
     pub sgd_waves: wgpu::BindGroup,
@@ -81,7 +89,8 @@ pub struct TestBuffers {
     pub test: wgpu::Buffer,
     pub sums: wgpu::Buffer,
     pub readback: wgpu::Buffer,
-    pub predict: wgpu::BindGroup,
+    /// One per source of step inputs.
+    pub predict: Vec<wgpu::BindGroup>,
 }
 
 /// Sizes the resources are made for.
@@ -139,52 +148,73 @@ impl Buffers {
         }
     }
 
-    pub fn bind_groups(&self, dev: &Device, kernels: &Kernels, regions: &StepRegions) -> BindGroups {
+    /// The bind groups of every source of step inputs (`inputs`: the step
+    /// buffer, or the upload ring's buffers), each with a gather per target
+    /// of write-backs (`targets`: the download window, or the readback
+    /// ring's buffers).
+    pub fn bind_groups(
+        &self,
+        dev: &Device,
+        kernels: &Kernels,
+        regions: &StepRegions,
+        inputs: &[&wgpu::Buffer],
+        targets: &[&wgpu::Buffer],
+    ) -> Vec<BindGroups> {
         let device = dev.device();
         let moves_bytes = regions.max_words * 4;
         let group = |label: &str, k: &super::kernels::Kernel, entries: &[wgpu::BindGroupEntry]| {
             device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(label), layout: &k.layout, entries })
         };
-        let params = |b| region(b, &self.step, PARAMS_SIZE);
-        let sgd = |label, parts| {
-            group(
-                label,
-                &kernels.sgd,
-                &[
-                    entire(0, &self.slab),
-                    entire(1, &self.ratings),
-                    entire(2, &self.loss),
-                    params(3),
-                    entire(4, &self.rates),
-                    entire(5, &self.slot_map),
-                    entire(6, parts),
-                ],
-            )
-        };
-        BindGroups {
-            map_rows: group(
-                "map_rows bind group",
-                &kernels.map_rows,
-                &[entire(0, &self.slot_map), region(1, &self.step, moves_bytes), params(2)],
-            ),
-            scatter: group(
-                "scatter_rows bind group",
-                &kernels.scatter,
-                &[
-                    entire(0, &self.slab),
-                    region(1, &self.step, regions.window_bytes),
-                    region(2, &self.step, moves_bytes),
-                    params(3),
-                ],
-            ),
-            gather: group(
-                "gather_rows bind group",
-                &kernels.gather,
-                &[entire(0, &self.slab), entire(1, &self.download), region(2, &self.step, moves_bytes), params(3)],
-            ),
-            sgd: sgd("sgd bind group (parts)", &self.parts),
-            sgd_waves: sgd("sgd bind group (waves)", &self.waves),
-        }
+        inputs
+            .iter()
+            .map(|&step| {
+                let params = |b| region(b, step, PARAMS_SIZE);
+                let sgd = |label, parts| {
+                    group(
+                        label,
+                        &kernels.sgd,
+                        &[
+                            entire(0, &self.slab),
+                            entire(1, &self.ratings),
+                            entire(2, &self.loss),
+                            params(3),
+                            entire(4, &self.rates),
+                            entire(5, &self.slot_map),
+                            entire(6, parts),
+                        ],
+                    )
+                };
+                BindGroups {
+                    map_rows: group(
+                        "map_rows bind group",
+                        &kernels.map_rows,
+                        &[entire(0, &self.slot_map), region(1, step, moves_bytes), params(2)],
+                    ),
+                    scatter: group(
+                        "scatter_rows bind group",
+                        &kernels.scatter,
+                        &[
+                            entire(0, &self.slab),
+                            region(1, step, regions.window_bytes),
+                            region(2, step, moves_bytes),
+                            params(3),
+                        ],
+                    ),
+                    gather: targets
+                        .iter()
+                        .map(|&target| {
+                            group(
+                                "gather_rows bind group",
+                                &kernels.gather,
+                                &[entire(0, &self.slab), entire(1, target), region(2, step, moves_bytes), params(3)],
+                            )
+                        })
+                        .collect(),
+                    sgd: sgd("sgd bind group (parts)", &self.parts),
+                    sgd_waves: sgd("sgd bind group (waves)", &self.waves),
+                }
+            })
+            .collect()
     }
 
     /// The test set's buffers for `test_bytes` of test ratings and
@@ -194,6 +224,7 @@ impl Buffers {
         dev: &Device,
         kernels: &Kernels,
         regions: &StepRegions,
+        inputs: &[&wgpu::Buffer],
         test_bytes: u64,
         sum_pairs: u64,
     ) -> TestBuffers {
@@ -201,18 +232,23 @@ impl Buffers {
         let test = dev.buffer("test ratings", test_bytes, U::STORAGE | U::COPY_DST);
         let sums = dev.buffer("error sums", sum_pairs * 8, U::STORAGE | U::COPY_SRC);
         let readback = dev.buffer("error sums readback", sum_pairs * 8, U::MAP_READ | U::COPY_DST);
-        let predict = dev.device().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("predict bind group"),
-            layout: &kernels.predict.layout,
-            entries: &[
-                entire(0, &self.slab),
-                entire(1, &test),
-                entire(2, &sums),
-                region(3, &self.step, PARAMS_SIZE),
-                region(4, &self.step, regions.window_bytes),
-                entire(5, &self.slot_map),
-            ],
-        });
+        let predict = inputs
+            .iter()
+            .map(|&step| {
+                dev.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("predict bind group"),
+                    layout: &kernels.predict.layout,
+                    entries: &[
+                        entire(0, &self.slab),
+                        entire(1, &test),
+                        entire(2, &sums),
+                        region(3, step, PARAMS_SIZE),
+                        region(4, step, regions.window_bytes),
+                        entire(5, &self.slot_map),
+                    ],
+                })
+            })
+            .collect();
         TestBuffers { test, sums, readback, predict }
     }
 }

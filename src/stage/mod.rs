@@ -334,6 +334,11 @@ impl Stager {
         self.row_of.len() as u32
     }
 
+    /// Global rows (users and items).
+    pub fn n_rows(&self) -> usize {
+        self.rows.len()
+    }
+
     /// The resident rows and their slots: to be staged in before training.
     pub fn resident(&self) -> Vec<Placed> {
         (0..self.areas.resident).map(|slot| Placed { row: self.row_of[slot as usize], slot }).collect()
@@ -494,9 +499,14 @@ impl Stager {
             }
         }
         self.unmap_pending(pending, stamp, moves);
+        self.release_staged(moves, ledger);
+    }
+
+    /// Rows staged for this step only leave after it: written back (they
+    /// were trained), their slot-map entries cleared by the next step.
+    fn release_staged(&mut self, moves: &mut Moves, ledger: &mut Ledger) {
         let staged = std::mem::take(&mut self.staged);
         for &p in &staged {
-            // Staged for this step, so trained: always written back.
             let r = &mut self.rows[p.row as usize];
             r.slot = NONE;
             r.dirty = false;
@@ -509,6 +519,66 @@ impl Stager {
             ledger.row_out(self.is_user(p.row));
         }
         self.staged = staged;
+    }
+
+    /// Whether a step whose rows outside the resident area are `outside`
+    /// rows may be staged from those alone ([`Stager::stage_outside`]): a
+    /// policy without a cache (every row outside the resident set is staged
+    /// for its step and released after it), no resident row lent out, no
+    /// block area, and room for all of them in the staging area.
+    pub fn stages_outside_only(&self, outside: usize) -> bool {
+        self.areas.cache == 0
+            && self.areas.resident > 0
+            && self.lent.is_empty()
+            && self.block_slots() == 0
+            && outside <= self.free_staging.len()
+    }
+
+    /// [`Stager::stage`] of a step for which [`Stager::stages_outside_only`]
+    /// holds, given its rows outside the resident set (in first-use order)
+    /// and the (users, items) it has in it: the same moves and counts, with
+    /// no work for its resident rows, which are all hits. Their dirty bits
+    /// are left to [`Stager::mark_resident_dirty`] (or
+    /// [`Stager::mark_trained`]) when the pass ends.
+    pub fn stage_outside(&mut self, outside: &[u32], resident_hits: (u32, u32), moves: &mut Moves, ledger: &mut Ledger) {
+        moves.clear();
+        self.staged.clear();
+        let stamp = self.next_stamp();
+        let pending = std::mem::take(&mut self.pending_unmap);
+        let all = outside.len() as u32 + resident_hits.0 + resident_hits.1;
+        self.policy.begin_step(self.pos, all);
+        self.pos += all;
+        ledger.user_hits += resident_hits.0 as u64;
+        ledger.item_hits += resident_hits.1 as u64;
+        for (n, &row) in outside.iter().enumerate() {
+            if let Some(&ahead) = outside.get(n + STAGE_AHEAD) {
+                prefetch_ptr(self.rows.as_ptr().wrapping_add(ahead as usize));
+            }
+            debug_assert_eq!(self.rows[row as usize].slot, NONE, "a row outside the resident set stayed");
+            let user = self.is_user(row);
+            self.rows[row as usize].dirty = true;
+            ledger.miss(user);
+            ledger.row_in(user, true);
+            let slot = self.free_staging.pop().expect("stages_outside_only checked the room");
+            self.place(row, slot, stamp, moves);
+            let p = Placed { row, slot };
+            self.staged.push(p);
+            moves.load.push(p);
+        }
+        self.policy.end_step();
+        self.unmap_pending(pending, stamp, moves);
+        self.release_staged(moves, ledger);
+    }
+
+    /// Marks the resident rows among `rows` trained (see
+    /// [`Stager::stage_outside`]).
+    pub fn mark_trained(&mut self, rows: &[u32]) {
+        for &row in rows {
+            let r = &mut self.rows[row as usize];
+            if r.slot != NONE && r.slot < self.areas.resident {
+                r.dirty = true;
+            }
+        }
     }
 
     /// A slot for a missed row: a cache slot (free, or a victim's) if the
