@@ -19,11 +19,12 @@ use std::time::Instant;
 
 use super::device::{Device, MapSignal, Wire};
 use super::kernels::{self, Kernels, MapParams, MoveParams, PredictParams, SgdParams, TAIL_GROUP, WORKGROUP};
-use super::launch::{Launch, StepInput, UploadRing, Written};
+use super::launch::{Gathered, Launch, StepInput, UploadRing, Written};
 use super::layout::{GpuLayout, LayoutInput, holds_every_row, plan_layout};
 use super::prepare::{self, DeviceRatings};
 use super::readback::Readback;
 use super::resources::{BindGroups, Buffers, Sizes, StepRegions, TestBuffers};
+use super::tables::HostTables;
 use super::timing::Timer;
 use super::{GpuContext, GpuSetup};
 use crate::data::Rating;
@@ -166,7 +167,7 @@ impl Exec {
     /// then `after` (copies) and submits. Returns the submission.
     fn submit(
         &mut self,
-        model: &Model,
+        tables: &HostTables,
         label: &str,
         ledger: &mut Ledger,
         f: impl FnOnce(&mut Launch),
@@ -174,7 +175,7 @@ impl Exec {
     ) -> Result<wgpu::SubmissionIndex> {
         let t = Instant::now();
         let (written, waited) =
-            self.input.write(&self.dev, &mut self.upload, &self.regions, model, self.n_users, &mut self.wire, ledger)?;
+            self.input.write(&self.dev, &mut self.upload, &self.regions, tables, &mut self.wire, ledger)?;
         self.waited += waited;
         let t1 = Instant::now();
         self.times.write += (t1 - t).as_secs_f64();
@@ -224,7 +225,7 @@ impl Exec {
     /// caller counts the rows on the ledger.
     /// Rows still on their way back must have reached `model` (see
     /// [`Readback::complete_holding`]).
-    fn load(&mut self, model: &Model, moves: &Moves, ledger: &mut Ledger) -> Result<()> {
+    fn load(&mut self, tables: &HostTables, moves: &Moves, ledger: &mut Ledger) -> Result<()> {
         let per_map = ((self.regions.max_words - self.layout.upload_rows as u64) / 2).max(1) as usize;
         let map_chunks: Vec<_> = chunks(moves.map.len(), per_map).collect();
         let load_chunks: Vec<_> = chunks(moves.load.len(), self.layout.upload_rows as usize).collect();
@@ -242,7 +243,7 @@ impl Exec {
             let b_scatter = self.input.block(self.moves_params(0, load.len() as u32, slots_at));
             let (n_map, n_load, rv) = (map.len() as u32, load.len() as u32, self.row_vec4);
             self.submit(
-                model,
+                tables,
                 "stage rows in",
                 ledger,
                 |l| {
@@ -258,7 +259,7 @@ impl Exec {
     /// Writes `placed` rows back to the host tables (through the readback
     /// ring, in as many steps as the download window needs); they reach
     /// the tables as the ring completes. The caller counts them.
-    fn write_back(&mut self, model: &mut Model, placed: &[Placed], ledger: &mut Ledger) -> Result<()> {
+    fn write_back(&mut self, tables: &HostTables, placed: &[Placed], ledger: &mut Ledger) -> Result<()> {
         if placed.is_empty() {
             return Ok(());
         }
@@ -269,11 +270,11 @@ impl Exec {
             let b = self.input.block(self.moves_params(0, chunk.len() as u32, slots_at));
             let (n, rv) = (chunk.len() as u32, self.row_vec4);
             let bytes = n as u64 * self.layout.row_bytes;
-            let (target, waited) = self.readback.reserve(&self.dev, model)?;
+            let (target, waited) = self.readback.reserve(&self.dev, tables)?;
             self.waited += waited;
             let (gather_to, copy_to) = self.write_back_target(target);
             let submission = self.submit(
-                model,
+                tables,
                 "write rows back",
                 ledger,
                 |l| l.gather(b, n, rv, gather_to),
@@ -343,12 +344,28 @@ impl Exec {
         out
     }
 
-    /// One staged training step: part `part` after `moves`.
-    fn train_step(&mut self, model: &mut Model, part: u32, moves: &Moves, layout: &RunLayout, ledger: &mut Ledger) -> Result<()> {
+    /// One staged training step: part `part` after `moves`, its loads'
+    /// rows copied out already where `gathered` says so.
+    fn train_step(
+        &mut self,
+        tables: &HostTables,
+        part: u32,
+        moves: &Moves,
+        gathered: Option<Gathered>,
+        layout: &RunLayout,
+        ledger: &mut Ledger,
+    ) -> Result<Option<Gathered>> {
         // A row staged in now may still be on its way back from an earlier
         // step: the write-backs up to that step reach the host first.
         let t = Instant::now();
-        self.waited += self.readback.complete_holding(&self.dev, model, moves.load.iter().map(|p| p.row))?;
+        let waited = match &gathered {
+            Some(g) => {
+                let rows = g.fetch.iter().map(|&j| moves.load[j as usize].row);
+                self.readback.complete_holding(&self.dev, tables, rows)?
+            }
+            None => self.readback.complete_holding(&self.dev, tables, moves.load.iter().map(|p| p.row))?,
+        };
+        self.waited += waited;
         self.times.readback += t.elapsed().as_secs_f64();
         let p = layout.parts()[part as usize];
         let base = self.stream(p, ledger);
@@ -358,6 +375,9 @@ impl Exec {
         self.input.slots(&moves.release);
         let load_at = self.input.slots(&moves.load);
         self.input.rows(moves.load.iter().map(|p| p.row));
+        if let Some(g) = gathered {
+            self.input.set_gathered(g);
+        }
         let (n_map, n_evict, n_load, n_release) =
             (moves.map.len() as u32, moves.evict.len() as u32, moves.load.len() as u32, moves.release.len() as u32);
         let b_map = self.input.block(MapParams { first: map_at, count: n_map, _pad: [0; 6] });
@@ -371,7 +391,7 @@ impl Exec {
         let bytes = out as u64 * self.layout.row_bytes;
         let (gather_to, copy_to) = if out > 0 {
             let t = Instant::now();
-            let (target, waited) = self.readback.reserve(&self.dev, model)?;
+            let (target, waited) = self.readback.reserve(&self.dev, tables)?;
             self.waited += waited;
             self.times.readback += t.elapsed().as_secs_f64();
             self.write_back_target(target)
@@ -379,7 +399,7 @@ impl Exec {
             (0, None)
         };
         let submission = self.submit(
-            model,
+            tables,
             "train step",
             ledger,
             |l| {
@@ -401,7 +421,8 @@ impl Exec {
             self.count_d2h(bytes, ledger);
             self.readback.push(bytes, moves.evict.iter().chain(&moves.release).map(|p| p.row), submission);
         }
-        self.dev.check()
+        self.dev.check()?;
+        Ok(self.input.take_gathered())
     }
 
     /// Trains `parts` (plan indices `first..`, every row resident): Hogwild
@@ -410,7 +431,7 @@ impl Exec {
     /// dispatch when `stop` is raised; returns the parts trained.
     fn train_resident(
         &mut self,
-        model: &Model,
+        tables: &HostTables,
         layout: &RunLayout,
         plan_parts: &[u32],
         first: usize,
@@ -429,7 +450,7 @@ impl Exec {
                 let sgd = self.sgd_blocks(part, p.len, base);
                 let waves = self.waves.is_some();
                 self.submit(
-                    model,
+                    tables,
                     "train",
                     ledger,
                     |l| {
@@ -463,7 +484,7 @@ impl Exec {
             self.input.clear();
             let params = self.sgd_params(self.n_parts + (first + start) as u32, (k - start) as u32, width, 0);
             let b = self.input.block(params);
-            self.submit(model, "train", ledger, |l| l.sgd(b, width, false), |_, _| {})?;
+            self.submit(tables, "train", ledger, |l| l.sgd(b, width, false), |_, _| {})?;
             self.dev.check()?;
         }
         Ok(k)
@@ -579,7 +600,7 @@ impl GpuBackend {
         let kernels = Kernels::new(dev.device(), kernels::Spec { rank: setup.rank as u32, models: copies as u32 });
         let zero_copy = summary.zero_copy;
         let upload = UploadRing::new(&dev, regions.buffer_bytes(), zero_copy);
-        let readback = Readback::new(&dev, layout.download_rows as u64 * row_bytes, n_users, n_rows, zero_copy);
+        let readback = Readback::new(&dev, layout.download_rows as u64 * row_bytes, n_rows, zero_copy);
         let bind = {
             let inputs: Vec<&wgpu::Buffer> =
                 if zero_copy { upload.buffers().iter().collect() } else { vec![&buffers.step] };
@@ -709,7 +730,7 @@ impl GpuBackend {
     }
 
     /// Stages the resident set in before the first step.
-    fn load_resident(&mut self, model: &Model, ledger: &mut Ledger) -> Result<()> {
+    fn load_resident(&mut self, tables: &HostTables, ledger: &mut Ledger) -> Result<()> {
         let placed = self.stager.resident();
         let mut moves = Moves::default();
         for p in &placed {
@@ -717,7 +738,9 @@ impl GpuBackend {
             moves.map.push([p.row, entry::slot(p.slot)]);
         }
         moves.load = placed;
-        self.exec.load(model, &moves, ledger)?;
+        self.exec.readback.next_job();
+        self.exec.load(tables, &moves, ledger)?;
+        self.exec.readback.end_job();
         self.resident_loaded = true;
         Ok(())
     }
@@ -787,16 +810,24 @@ impl GpuBackend {
 /// Steps the scheduler may run ahead of the device work.
 const PIPELINE_DEPTH: usize = 4;
 
-/// One of the scheduler's decisions, handed to the device side.
+/// One of the scheduler's decisions, handed to the device side with its
+/// job number.
 enum Job {
-    Begin(Moves),
-    Train(u32, Moves),
-    End(Vec<Placed>),
+    Begin(u64, Moves),
+    Train(u64, u32, Moves, Gathered),
+    End(u64, Vec<Placed>),
 }
 
-/// `m` copied into a buffer the device side gave back (or a new one).
-fn copy_moves(m: &Moves, recycled: &std::sync::mpsc::Receiver<Moves>) -> Moves {
-    let mut out = recycled.try_recv().unwrap_or_default();
+/// Buffers the device side hands back to the scheduler for reuse.
+#[derive(Default)]
+struct Spent {
+    moves: Option<Moves>,
+    gathered: Option<Gathered>,
+}
+
+/// `m` copied into a buffer given back (or a new one).
+fn copy_moves(m: &Moves, into: Option<Moves>) -> Moves {
+    let mut out = into.unwrap_or_default();
     out.evict.clone_from(&m.evict);
     out.load.clone_from(&m.load);
     out.window.clone_from(&m.window);
@@ -805,58 +836,116 @@ fn copy_moves(m: &Moves, recycled: &std::sync::mpsc::Receiver<Moves>) -> Moves {
     out
 }
 
-/// The staged epoch on two threads: the scheduler's walk (decisions, from
+/// The staged epoch on two threads. The scheduler's walk (decisions, from
 /// each part's rows) runs on its own thread up to [`PIPELINE_DEPTH`] steps
-/// ahead, and this one carries them out (rows copied to and from the host
-/// tables, steps written, encoded and submitted). The decisions never wait
-/// for the device, so the two only meet at the channel. Returns the parts
-/// trained.
+/// ahead, and copies each step's loads out of the host tables into a buffer
+/// of its own; this thread writes the steps, encodes and submits them, and
+/// lands the write-backs in the host tables. The decisions never wait for
+/// the device.
+///
+/// The tables are shared by this protocol: the scheduler copies a row out
+/// only once every write-back carrying it has landed (it knows which job
+/// last wrote each row back, having decided it, and this thread publishes
+/// the last job all of whose write-backs have landed); other rows it leaves
+/// to this thread, which lands their write-backs first. This thread writes a
+/// row only while landing a write-back that carries it, which the scheduler
+/// then waits for. Returns the parts trained.
+#[allow(clippy::too_many_arguments)]
 fn pipelined(
     mut walker: Walker,
     exec: &mut Exec,
-    model: &mut Model,
+    tables: &HostTables,
     run: &RunLayout,
     input: &EpochInput,
     continues: bool,
+    n_rows: usize,
     ledger: &mut Ledger,
 ) -> Result<usize> {
+    use std::sync::atomic::Ordering as O;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
-    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Moves>();
+    let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Spent>();
     let (plan, from, following, stop) = (input.plan, input.from, input.following, input.stop);
+    let landed = exec.readback.landed();
+    let first_job = exec.readback.jobs() + 1;
+    let stride = tables.stride();
     std::thread::scope(|scope| {
         let scheduler = scope.spawn(move || {
             let mut staged = Ledger::default();
+            // The job that last wrote each row back (0: none this epoch).
+            let mut written_at = vec![0u64; n_rows];
+            let mut job = first_job - 1;
             let done = walker.epoch(plan, from, following, continues, stop, &mut staged, |event, _| {
-                let job = match event {
-                    Event::BeginBlock(moves) => Job::Begin(copy_moves(moves, &recycle_rx)),
-                    Event::Train { part, moves } => Job::Train(part, copy_moves(moves, &recycle_rx)),
-                    Event::EndBlock(placed) => Job::End(placed.to_vec()),
+                job += 1;
+                let spent = spent_rx.try_recv().unwrap_or_default();
+                let out = match event {
+                    Event::BeginBlock(moves) => Job::Begin(job, copy_moves(moves, spent.moves)),
+                    Event::Train { part, moves } => {
+                        let mut g = spent.gathered.unwrap_or_default();
+                        g.data.clear();
+                        g.fetch.clear();
+                        let landed = landed.load(O::Acquire);
+                        for (j, p) in moves.load.iter().enumerate() {
+                            if let Some(ahead) = moves.load.get(j + super::launch::ROW_AHEAD) {
+                                tables.prefetch(ahead.row);
+                            }
+                            if written_at[p.row as usize] <= landed {
+                                // SAFETY: every write-back carrying the row
+                                // has landed, and none is issued before this
+                                // step is (the protocol above).
+                                g.data.extend_from_slice(unsafe { tables.row(p.row) });
+                            } else {
+                                g.fetch.push(j as u32);
+                                g.data.resize(g.data.len() + stride, 0.0);
+                            }
+                        }
+                        for p in moves.evict.iter().chain(&moves.release) {
+                            written_at[p.row as usize] = job;
+                        }
+                        Job::Train(job, part, copy_moves(moves, spent.moves), g)
+                    }
+                    Event::EndBlock(placed) => {
+                        for p in placed {
+                            written_at[p.row as usize] = job;
+                        }
+                        Job::End(job, placed.to_vec())
+                    }
                 };
                 // The device side stopped (an error it reports itself).
-                tx.send(job).map_err(|_| crate::error::Error::Interrupted)
+                tx.send(out).map_err(|_| crate::error::Error::Interrupted)
             });
             (done, staged)
         });
         let mut failed = None;
         for job in rx.iter() {
-            let result = match &job {
-                Job::Begin(moves) => {
+            let mut spent = Spent::default();
+            let result = match job {
+                Job::Begin(n, moves) => {
+                    exec.readback.begin_job(n);
                     let rows = moves.load.iter().map(|p| p.row);
-                    exec.readback.complete_holding(&exec.dev, model, rows).and_then(|w| {
+                    let r = exec.readback.complete_holding(&exec.dev, tables, rows).and_then(|w| {
                         exec.waited += w;
-                        exec.load(model, moves, ledger)
-                    })
+                        exec.load(tables, &moves, ledger)
+                    });
+                    spent.moves = Some(moves);
+                    r
                 }
-                Job::Train(part, moves) => exec.train_step(model, *part, moves, run, ledger),
-                Job::End(placed) => exec.write_back(model, placed, ledger),
+                Job::Train(n, part, moves, gathered) => {
+                    exec.readback.begin_job(n);
+                    let r = exec.train_step(tables, part, &moves, Some(gathered), run, ledger);
+                    spent.moves = Some(moves);
+                    r.map(|g| spent.gathered = g)
+                }
+                Job::End(n, placed) => {
+                    exec.readback.begin_job(n);
+                    exec.write_back(tables, &placed, ledger)
+                }
             };
+            exec.readback.end_job();
             if let Err(e) = result {
                 failed = Some(e);
                 break;
             }
-            if let Job::Begin(m) | Job::Train(_, m) = job {
-                let _ = recycle_tx.send(m);
-            }
+            let _ = spent_tx.send(spent);
         }
         // Dropping the receiver ends the scheduler at its next step.
         drop(rx);
@@ -915,12 +1004,14 @@ impl Backend for GpuBackend {
             enc.clear_buffer(&exec.buffers.loss, 0, None);
             exec.dev.queue().submit([enc.finish()]);
         }
+        let n_rows = self.run.n_users() + self.run.n_items();
+        let tables = HostTables::new(model);
         if !self.resident_loaded {
-            self.load_resident(model, &mut ledger)?;
+            self.load_resident(&tables, &mut ledger)?;
         }
         let plan = input.plan;
         let parts = if self.exec.layout.all_resident {
-            let n = self.exec.train_resident(model, &self.run, &plan.parts, input.from, input.stop, &mut ledger)?;
+            let n = self.exec.train_resident(&tables, &self.run, &plan.parts, input.from, input.stop, &mut ledger)?;
             // Every step's rows are hits, and every resident row is trained.
             for &p in &plan.parts[input.from..input.from + n] {
                 let (u, i) = self.rows.counts(p);
@@ -939,11 +1030,11 @@ impl Backend for GpuBackend {
                 groups: self.groups.as_ref(),
                 moves: &mut self.moves,
             };
-            pipelined(walker, &mut self.exec, model, &self.run, input, continues, &mut ledger)?
+            pipelined(walker, &mut self.exec, &tables, &self.run, input, continues, n_rows, &mut ledger)?
         };
         self.following_of = input.following.map(|_| input.epoch + 1);
         let exec = &mut self.exec;
-        exec.waited += exec.readback.complete_all(&exec.dev, model)?;
+        exec.waited += exec.readback.complete_all(&exec.dev, &tables)?;
         let loss_words = (exec.buffers.loss.size() / 4).min(exec.buffers.small_readback.size() / 4);
         let sse = exec.read_loss(copies, loss_words, &mut ledger)?;
         let (device_seconds, waited) = exec.timer.take_seconds(&exec.dev, &mut exec.wire, &mut ledger)?;
@@ -988,7 +1079,8 @@ impl Backend for GpuBackend {
         if !self.exec.readback.is_idle() {
             return Err(self.exec.dev.err("evaluation with write-backs in flight"));
         }
-        let host = model;
+        let tables = HostTables::read_only(model);
+        let host = &tables;
         if !self.resident_loaded {
             self.load_resident(host, &mut ledger)?;
         }
@@ -1073,10 +1165,13 @@ impl Backend for GpuBackend {
             return Ok(ledger);
         }
         let exec = &mut self.exec;
-        exec.waited += exec.readback.complete_all(&exec.dev, model)?;
+        let tables = HostTables::new(model);
+        exec.waited += exec.readback.complete_all(&exec.dev, &tables)?;
         let dirty = self.stager.take_dirty(&mut ledger);
-        exec.write_back(model, &dirty, &mut ledger)?;
-        exec.readback.complete_all(&exec.dev, model)?;
+        exec.readback.next_job();
+        exec.write_back(&tables, &dirty, &mut ledger)?;
+        exec.readback.end_job();
+        exec.readback.complete_all(&exec.dev, &tables)?;
         Ok(ledger)
     }
 }

@@ -5,14 +5,13 @@
 
 use super::device::{Device, MapSignal, Wire};
 use crate::error::Result;
-use crate::prefetch::prefetch_span;
 
 /// How many rows ahead a copy between the host tables and a transfer buffer
 /// asks for its source: a row's copy is short, its cache misses are not.
 pub const ROW_AHEAD: usize = 8;
 use super::kernels::{Kernels, TAIL_GROUP, WORKGROUP, dispatch_size};
 use super::resources::{BindGroups, StepRegions};
-use crate::model::Model;
+use super::tables::HostTables;
 use crate::stage::{Ledger, Placed};
 
 /// Where a written step's regions are (dynamic offsets).
@@ -29,12 +28,23 @@ impl Offsets {
     }
 }
 
+/// Rows of a step already copied out of the host tables (by the scheduler
+/// thread), in upload-window order, but for those at `fetch`, which are
+/// still to be copied (their write-backs had not landed).
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub data: Vec<f32>,
+    pub fetch: Vec<u32>,
+}
+
 /// One step's parameter blocks, moves and rows to stage in.
 #[derive(Default)]
 pub struct StepInput {
     blocks: Vec<[u8; 32]>,
     words: Vec<u32>,
     rows: Vec<u32>,
+    /// The rows' data where the scheduler copied it out already.
+    gathered: Option<Gathered>,
 }
 
 impl StepInput {
@@ -42,6 +52,17 @@ impl StepInput {
         self.blocks.clear();
         self.words.clear();
         self.rows.clear();
+        self.gathered = None;
+    }
+
+    /// The rows' data, copied out already but for `g.fetch`.
+    pub fn set_gathered(&mut self, g: Gathered) {
+        self.gathered = Some(g);
+    }
+
+    /// Gives the pre-gathered buffers back, for reuse.
+    pub fn take_gathered(&mut self) -> Option<Gathered> {
+        self.gathered.take()
     }
 
     /// Adds a parameter block; returns its index.
@@ -78,8 +99,8 @@ impl StepInput {
     }
 
     /// Writes the step into the upload ring's next buffer, mapped: the
-    /// parameter blocks, the moves, and the rows copied from `model`'s host
-    /// tables straight into it. [`Written::copy`] then copies it into the
+    /// parameter blocks, the moves, and the rows (pre-gathered, or copied
+    /// from the host tables straight into it). [`Written::copy`] then copies it into the
     /// step buffer ahead of the step's pass. Counts the rows' bytes as row
     /// traffic and the rest (blocks, moves, alignment) as data. Returns the
     /// step's offsets and the seconds waited for a ring buffer.
@@ -89,14 +110,13 @@ impl StepInput {
         dev: &Device,
         ring: &mut UploadRing,
         regions: &StepRegions,
-        model: &Model,
-        n_users: u32,
+        tables: &HostTables,
         wire: &mut Wire,
         ledger: &mut Ledger,
     ) -> Result<(Written, f64)> {
         debug_assert!(self.blocks.len() as u32 <= regions.max_blocks, "{} parameter blocks", self.blocks.len());
         debug_assert!(self.words.len() as u64 <= regions.max_words, "{} words of moves", self.words.len());
-        let row_bytes = model.stride * 4;
+        let row_bytes = tables.stride() * 4;
         debug_assert!((self.rows.len() * row_bytes) as u64 <= regions.window_bytes, "{} rows", self.rows.len());
         let (moves, rows) = regions.offsets(self.blocks.len() as u32, self.words.len() as u64);
         let offsets = Offsets { block_stride: regions.block_stride as u32, moves: moves as u32, rows: rows as u32 };
@@ -115,17 +135,30 @@ impl StepInput {
                 out.slice(moves as usize..moves as usize + 4 * self.words.len())
                     .copy_from_slice(bytemuck::cast_slice(&self.words));
             }
-            let mut at = rows as usize;
-            let src_of = |row: u32| if row < n_users { model.user_row(row) } else { model.item_row(row - n_users) };
-            for (j, &row) in self.rows.iter().enumerate() {
-                // Rows come from all over the tables: ask for one a few
-                // copies ahead, so that its cache misses overlap these.
-                if let Some(&ahead) = self.rows.get(j + ROW_AHEAD) {
-                    let a = src_of(ahead);
-                    prefetch_span(a.as_ptr(), a.len());
+            let at = rows as usize;
+            // SAFETY (both copies below): the engine's protocol keeps writers
+            // away from the rows of a step being staged in (`tables`).
+            let copy = |j: usize, out: &mut wgpu::WriteOnly<[u8]>| {
+                let src = unsafe { tables.row(self.rows[j]) };
+                out.slice(at + j * row_bytes..at + (j + 1) * row_bytes).copy_from_slice(bytemuck::cast_slice(src));
+            };
+            match &self.gathered {
+                Some(g) => {
+                    out.slice(at..at + g.data.len() * 4).copy_from_slice(bytemuck::cast_slice(&g.data));
+                    for &j in &g.fetch {
+                        copy(j as usize, &mut out);
+                    }
                 }
-                out.slice(at..at + row_bytes).copy_from_slice(bytemuck::cast_slice(src_of(row)));
-                at += row_bytes;
+                None => {
+                    for j in 0..self.rows.len() {
+                        // Rows come from all over the tables: ask for one a
+                        // few copies ahead, so that its cache misses overlap.
+                        if let Some(&ahead) = self.rows.get(j + ROW_AHEAD) {
+                            tables.prefetch(ahead);
+                        }
+                        copy(j, &mut out);
+                    }
+                }
             }
         }
         ring.buffers[k].unmap();

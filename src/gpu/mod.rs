@@ -15,6 +15,7 @@
 //! * [`layout`]: the slab's plan (budget, areas, windows).
 //! * [`prepare`]: what is computed once per run (waves, conflicts).
 //! * [`readback`]: write-backs in flight.
+//! * [`tables`]: the host tables as the engine's two threads share them.
 //! * [`timing`]: device time from timestamp queries.
 //! * [`driver`]: the backend, stepping the scheduler's walk on the device.
 //! * [`calibrate`]: the adapter's rates for the planner.
@@ -29,6 +30,7 @@ pub mod layout;
 pub mod prepare;
 pub mod readback;
 pub mod resources;
+pub mod tables;
 pub mod timing;
 
 use std::sync::Arc;
