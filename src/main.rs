@@ -615,7 +615,20 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         data.test.len(),
         data.cold_test()
     ));
+    if let (true, Some(path)) = (backend.is_ceiling(), &a.save) {
+        return Err(Error::arg(
+            "--save",
+            path.display().to_string(),
+            "the noop backend runs no kernel, so it trains no model to save",
+        ));
+    }
     out.line(&format!("backend: {} on {}", backend.kind(), backend.adapter()));
+    if backend.is_ceiling() {
+        out.line(
+            "noop: the whole GPU path on the host with no kernel run: its speed is what the host can feed an \
+             infinitely fast GPU (a ceiling), and its tables are no model (no RMSE is shown)",
+        );
+    }
     // Hogwild on a GPU: how many ratings update at once (the whole batch
     // where the width resolves to none).
     let at_once = match &opened.adapter {
@@ -695,8 +708,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let races = opened.adapter.as_ref().is_some_and(|a| !a.is_software())
         && at_once.is_some_and(|w| w > HARDWARE_HOGWILD_WIDTH as usize);
     let mut warned = false;
+    let ceiling = backend.is_ceiling();
     let outcome = train::train(&data, &settings, backend.as_mut(), control, &mut |e| {
-        bar.suspend(|| out.line(&report::epoch_line(e, staged)));
+        bar.suspend(|| out.line(&report::epoch_line(e, staged, ceiling)));
         if races && !warned && e.conflicts as f64 >= CONFLICT_NOTE_SHARE * e.ratings.max(1) as f64 {
             warned = true;
             bar.suspend(|| eprintln!("note: {}", report::conflict_note(e, at_once.unwrap_or(settings.batch))));
@@ -732,10 +746,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if outcome.settings.len() > 1 {
         out.line(&format!("best setting: lr {} reg {}", kept.lr, kept.reg));
     }
-    out.line(&format!(
-        "final: test RMSE {:.4}  MAE {:.4}  {:.3e} ratings/s",
-        outcome.final_metrics.rmse, outcome.final_metrics.mae, outcome.ratings_per_sec
-    ));
+    if ceiling {
+        out.line(&format!(
+            "final: {:.3e} ratings/s, the host's ceiling (noop: no kernel ran, so there is no model to score)",
+            outcome.ratings_per_sec
+        ));
+    } else {
+        out.line(&format!(
+            "final: test RMSE {:.4}  MAE {:.4}  {:.3e} ratings/s",
+            outcome.final_metrics.rmse, outcome.final_metrics.mae, outcome.ratings_per_sec
+        ));
+    }
 
     let layout = opened.layout.as_ref();
     let config = serde_json::json!({
@@ -754,6 +775,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "deterministic": a.deterministic,
         "order": outcome.order.name(),
         "backend": backend.kind(),
+        "ceiling": ceiling,
         "backend_requested": a.backend.name(),
         "adapter": backend.adapter(),
         "wgpu_version": WGPU_VERSION,
@@ -793,10 +815,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         let report = Report {
             dataset: DatasetInfo::of(&data, skipped),
             config,
-            epochs: outcome.epochs.iter().map(EpochJson::from).collect(),
+            epochs: outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
             final_: FinalJson {
-                test_rmse: outcome.final_metrics.rmse,
-                test_mae: outcome.final_metrics.mae,
+                test_rmse: (!ceiling).then_some(outcome.final_metrics.rmse),
+                test_mae: (!ceiling).then_some(outcome.final_metrics.mae),
                 ratings_per_sec: outcome.ratings_per_sec,
             },
             complete: outcome.complete,
@@ -1242,7 +1264,7 @@ impl bench::Progress for BenchProgress<'_> {
         let r = report.rows.last().expect("a row was added");
         let vs_resident = vs_resident_cell(r);
         let line = format!(
-            "{:<7} {:<8} {:<10} {:>6} {:>11.3e} {:>8} {:>11.0} {:>11} {:>7} {:>8.4} {:>7}",
+            "{:<7} {:<8} {:<10} {:>6} {:>11.3e} {:>8} {:>11.0} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8}",
             r.backend,
             r.budget,
             r.policy,
@@ -1252,8 +1274,10 @@ impl bench::Progress for BenchProgress<'_> {
             r.rows_in_per_epoch,
             r.belady_rows_in_per_epoch.map_or("-".into(), |v| format!("{v:.0}")),
             r.hit_rate.map_or("-".into(), |h| format!("{:.1}%", 100.0 * h)),
-            r.test_rmse,
+            r.test_rmse.map_or("ceiling".into(), |v| format!("{v:.4}")),
             r.bandwidth_share.map_or("-".into(), |b| format!("{:.1}%", 100.0 * b)),
+            r.bound.as_deref().unwrap_or("-"),
+            r.kernel_bytes_per_sec.map_or("-".into(), |b| format!("{:.2}", b / 1e9)),
         );
         self.printed.push(vs_resident);
         self.bar.suspend(|| self.out.line(&line));
@@ -1358,8 +1382,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         a.epochs
     ));
     out.line(&format!(
-        "{:<7} {:<8} {:<10} {:>6} {:>11} {:>8} {:>11} {:>11} {:>7} {:>8} {:>7}",
-        "backend", "budget", "policy", "batch", "ratings/s", "vs 100%", "rows in/ep", "Belady", "hits", "RMSE", "bw"
+        "{:<7} {:<8} {:<10} {:>6} {:>11} {:>8} {:>11} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8}",
+        "backend", "budget", "policy", "batch", "ratings/s", "vs 100%", "rows in/ep", "Belady", "hits", "RMSE", "bw",
+        "bound", "dev GB/s"
     ));
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(plan.configurations() as u64 * per_config);

@@ -9,7 +9,7 @@ pub fn json(report: &BenchReport) -> String {
     serde_json::to_string_pretty(report).expect("the bench report serialises")
 }
 
-const CSV_HEADER: [&str; 22] = [
+const CSV_HEADER: [&str; 28] = [
     "backend",
     "adapter",
     "budget",
@@ -26,6 +26,12 @@ const CSV_HEADER: [&str; 22] = [
     "bytes_d2h_per_epoch",
     "hit_rate",
     "test_rmse",
+    "ceiling",
+    "median_host_seconds",
+    "median_device_seconds",
+    "bound",
+    "kernel_bytes_per_sec",
+    "kernel_bandwidth_share",
     "predicted_rows_in_per_epoch",
     "belady_rows_in_per_epoch",
     "sgd_bytes_per_sec",
@@ -38,7 +44,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
-fn csv_record(r: &BenchRow) -> [String; 22] {
+fn csv_record(r: &BenchRow) -> [String; 28] {
     [
         r.backend.clone(),
         r.adapter.clone(),
@@ -55,7 +61,13 @@ fn csv_record(r: &BenchRow) -> [String; 22] {
         r.bytes_h2d_per_epoch.to_string(),
         r.bytes_d2h_per_epoch.to_string(),
         opt(r.hit_rate),
-        r.test_rmse.to_string(),
+        opt(r.test_rmse),
+        r.ceiling.to_string(),
+        r.median_host_seconds.to_string(),
+        opt(r.median_device_seconds),
+        opt(r.bound.clone()),
+        opt(r.kernel_bytes_per_sec),
+        opt(r.kernel_bandwidth_share),
         opt(r.predicted_rows_in_per_epoch),
         opt(r.belady_rows_in_per_epoch),
         r.sgd_bytes_per_sec.to_string(),
@@ -100,13 +112,16 @@ pub fn markdown(report: &BenchReport) -> String {
         if report.complete { "" } else { " — INCOMPLETE (interrupted or still running)" },
     );
     s.push_str(
-        "| backend | adapter | budget | policy | batch | ratings/s (median) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | SGD bandwidth share |\n",
+        "| backend | adapter | budget | policy | batch | ratings/s (median) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | host s | device s | bound | kernel GB/s | SGD bandwidth share |\n",
     );
-    s.push_str("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str(
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
+    );
     for r in &report.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.3e} | {} | {:.0} | {} | {} | {} | {} | {:.4} | {} |\n",
+            "| {}{} | {} | {} | {} | {} | {:.3e} | {} | {:.0} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
             r.backend,
+            if r.ceiling { " (host ceiling)" } else { "" },
             r.adapter.replace('|', "/"),
             r.budget,
             r.policy,
@@ -118,7 +133,11 @@ pub fn markdown(report: &BenchReport) -> String {
             human_bytes(r.bytes_h2d_per_epoch as u64),
             human_bytes(r.bytes_d2h_per_epoch as u64),
             md_opt(r.hit_rate, |v| format!("{:.1}%", 100.0 * v)),
-            r.test_rmse,
+            md_opt(r.test_rmse, |v| format!("{v:.4}")),
+            r.median_host_seconds,
+            md_opt(r.median_device_seconds, |v| format!("{v:.3}")),
+            r.bound.as_deref().unwrap_or("-"),
+            md_opt(r.kernel_bytes_per_sec, |v| format!("{:.2}", v / 1e9)),
             md_opt(r.bandwidth_share, |v| format!("{:.1}%", 100.0 * v)),
         ));
     }

@@ -8,12 +8,20 @@
 //!
 //! * median ratings/s and seconds over the timed epochs (evaluation excluded);
 //! * rows and bytes each way per timed epoch (medians), and the hit rate;
-//! * test RMSE after the last epoch;
+//! * test RMSE after the last epoch (none on the noop backend, whose speed
+//!   is the host's ceiling and whose tables are no model);
+//! * the host's and the device's seconds per epoch (medians; the device's
+//!   from timestamp queries where the adapter has them) and which bounded
+//!   the epoch;
 //! * the training step's achieved bandwidth: the bytes SGD must touch per
-//!   rating (both rows read and written, [`sgd_bytes_per_rating`]) times the
-//!   ratings/s, as a share of the adapter's measured device copy bandwidth
+//!   rating (both rows read and written, the rating and its two slot-map
+//!   entries, [`sgd_bytes_per_rating`]) times the ratings/s, as a share of
+//!   the adapter's measured device copy bandwidth
 //!   ([`crate::gpu::calibrate::copy_bandwidth`]). Epoch time includes
-//!   staging, so this is a lower bound of the kernel's own bandwidth;
+//!   staging, so this is a lower bound of the kernel's own bandwidth; and
+//!   the kernels' bandwidth from the device time: the bytes every pass
+//!   touched (SGD's, and the staged rows' through the windows) over the
+//!   device seconds;
 //! * the ratio to the same backend's all-resident throughput (the fastest
 //!   row whose budget holds both tables), the cost of staging;
 //! * the Belady floor: rows the offline optimum moves per epoch at that
@@ -98,7 +106,22 @@ pub struct BenchRow {
     pub bytes_d2h_per_epoch: f64,
     /// Hits / lookups over the timed epochs (`None` without staging).
     pub hit_rate: Option<f64>,
-    pub test_rmse: f64,
+    /// After the last epoch (`None` on the noop backend: no model).
+    pub test_rmse: Option<f64>,
+    /// The noop backend: the figures are the host's ceiling.
+    pub ceiling: bool,
+    /// Medians over the timed epochs of the host's own seconds and the
+    /// device's (timestamp queries; `None` without them), and which was
+    /// larger (`host` or `device`).
+    pub median_host_seconds: f64,
+    pub median_device_seconds: Option<f64>,
+    pub bound: Option<String>,
+    /// Bytes the device's passes touched per second of device time: SGD's
+    /// per rating, and each staged row read and written once by a scatter
+    /// and once by a gather.
+    pub kernel_bytes_per_sec: Option<f64>,
+    /// `kernel_bytes_per_sec / copy_bytes_per_sec`.
+    pub kernel_bandwidth_share: Option<f64>,
     /// The cost model's rows in per epoch, where the policy has one.
     pub predicted_rows_in_per_epoch: Option<f64>,
     /// Rows in per epoch of the offline optimum at this budget (simulated).
@@ -138,9 +161,9 @@ pub struct BenchReport {
 }
 
 /// Bytes SGD touches per rating: both rows of every model read and written,
-/// and the 12-byte sample (slot pair and rating).
+/// the 12-byte rating and its two 4-byte slot-map entries.
 pub fn sgd_bytes_per_rating(row_bytes: u64) -> u64 {
-    4 * row_bytes + 12
+    4 * row_bytes + 20
 }
 
 /// The median of `v` (0 when empty).
@@ -266,7 +289,12 @@ pub fn run(
                 Err(e) => return Err(e),
             }
         };
-        let copy = ctx.as_ref().map(crate::gpu::calibrate::copy_bandwidth).transpose()?;
+        // The noop backend's copies are the host's memcpy: no device peer.
+        let copy = ctx
+            .as_ref()
+            .filter(|c| !c.summary.is_noop())
+            .map(crate::gpu::calibrate::copy_bandwidth)
+            .transpose()?;
         for (b, policy) in configs {
             let budget_text = b.map_or("-".to_string(), |b| plan.budgets[b].0.clone());
             let policy_text = policy.map_or("-", |p| p.name()).to_string();
@@ -330,6 +358,14 @@ pub fn run(
                 _ => None,
             };
             let sgd_bytes_per_sec = sgd_bytes_per_rating(settings.row_bytes()) as f64 * median_rps;
+            let ceiling = be.is_ceiling();
+            let device = timed.iter().map(|e| e.device_seconds).collect::<Option<Vec<f64>>>().map(|d| median(&d));
+            let host = med(&|e| e.host_seconds);
+            let kernel_bytes = med(&|e| {
+                sgd_bytes_per_rating(settings.row_bytes()) as f64 * e.ratings as f64
+                    + 2.0 * (e.ledger.rows_in() + e.ledger.rows_out()) as f64 * settings.row_bytes() as f64
+            });
+            let kernel_bytes_per_sec = device.filter(|&d| d > 0.0).map(|d| kernel_bytes / d);
             report.rows.push(BenchRow {
                 backend: be.kind(),
                 adapter: be.adapter(),
@@ -347,7 +383,13 @@ pub fn run(
                 bytes_h2d_per_epoch: med(&|e| e.ledger.bytes_h2d() as f64),
                 bytes_d2h_per_epoch: med(&|e| e.ledger.bytes_d2h() as f64),
                 hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
-                test_rmse: out.final_metrics.rmse,
+                test_rmse: (!ceiling).then_some(out.final_metrics.rmse),
+                ceiling,
+                median_host_seconds: host,
+                median_device_seconds: device,
+                bound: device.map(|d| if d > host { "device" } else { "host" }.to_string()),
+                kernel_bytes_per_sec,
+                kernel_bandwidth_share: kernel_bytes_per_sec.zip(copy.filter(|&c| c > 0.0)).map(|(k, c)| k / c),
                 // Every epoch's but the run's first, which also loads the resident rows.
                 predicted_rows_in_per_epoch: timed.iter().find(|e| e.epoch > 1).and_then(|e| e.predicted_rows_in),
                 belady_rows_in_per_epoch: floor,
@@ -393,7 +435,13 @@ mod tests {
             bytes_h2d_per_epoch: 0.0,
             bytes_d2h_per_epoch: 0.0,
             hit_rate: None,
-            test_rmse: 1.0,
+            test_rmse: Some(1.0),
+            ceiling: false,
+            median_host_seconds: 1.0,
+            median_device_seconds: None,
+            bound: None,
+            kernel_bytes_per_sec: None,
+            kernel_bandwidth_share: None,
             predicted_rows_in_per_epoch: None,
             belady_rows_in_per_epoch: None,
             sgd_bytes_per_sec: 0.0,

@@ -39,17 +39,27 @@ impl DatasetInfo {
     }
 }
 
-/// One entry of `epochs`.
+/// One entry of `epochs`. The accuracy figures are null on the noop backend,
+/// which runs no kernel: its speed is the host's ceiling, its tables no model.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochJson {
     pub epoch: usize,
     pub lr: f32,
     pub ratings: usize,
     pub conflicts: u64,
-    pub train_rmse: f64,
-    pub test_rmse: f64,
-    pub test_mae: f64,
+    pub train_rmse: Option<f64>,
+    pub test_rmse: Option<f64>,
+    pub test_mae: Option<f64>,
     pub seconds: f64,
+    /// The host's own work in the epoch (its time less its waits for the
+    /// device), and the device's time in the epoch's passes from timestamp
+    /// queries (null without them).
+    pub host_seconds: f64,
+    pub device_seconds: Option<f64>,
+    /// `host` or `device`: which of the two took longer (null without
+    /// device time).
+    pub bound: Option<&'static str>,
+    pub dispatches: u64,
     pub ratings_per_sec: f64,
     pub rows_in: u64,
     pub rows_out: u64,
@@ -65,18 +75,24 @@ pub struct EpochJson {
     pub ledger: Ledger,
 }
 
-impl From<&EpochReport> for EpochJson {
-    fn from(e: &EpochReport) -> Self {
+impl EpochJson {
+    /// `e` as reported; `ceiling`: a run on the noop backend.
+    pub fn of(e: &EpochReport, ceiling: bool) -> Self {
         let l = &e.ledger;
+        let model = |x: f64| (!ceiling).then_some(x);
         EpochJson {
             epoch: e.epoch,
             lr: e.lr,
             ratings: e.ratings,
             conflicts: e.conflicts,
-            train_rmse: e.train_rmse,
-            test_rmse: e.test_rmse,
-            test_mae: e.test_mae,
+            train_rmse: model(e.train_rmse),
+            test_rmse: model(e.test_rmse),
+            test_mae: model(e.test_mae),
             seconds: e.seconds,
+            host_seconds: e.host_seconds,
+            device_seconds: e.device_seconds,
+            bound: e.bound(),
+            dispatches: e.dispatches,
             ratings_per_sec: e.ratings_per_sec,
             rows_in: l.rows_in(),
             rows_out: l.rows_out(),
@@ -93,11 +109,11 @@ impl From<&EpochReport> for EpochJson {
     }
 }
 
-/// `final` of the report.
+/// `final` of the report (accuracy null on the noop backend).
 #[derive(Debug, Clone, Serialize)]
 pub struct FinalJson {
-    pub test_rmse: f64,
-    pub test_mae: f64,
+    pub test_rmse: Option<f64>,
+    pub test_mae: Option<f64>,
     pub ratings_per_sec: f64,
 }
 
@@ -229,13 +245,21 @@ pub fn conflict_note(e: &EpochReport, at_once: usize) -> String {
     )
 }
 
-/// The text line printed after an epoch.
-pub fn epoch_line(e: &EpochReport, staged: bool) -> String {
+/// The text line printed after an epoch; `ceiling`: a run on the noop
+/// backend, whose RMSE is no model's and is not shown.
+pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool) -> String {
     let l = &e.ledger;
-    let mut s = format!(
-        "epoch {:>3}  train {:.4}  test {:.4}  {:>9.3e} ratings/s  conflicts {:>7}",
-        e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec, e.conflicts
-    );
+    let mut s = if ceiling {
+        format!(
+            "epoch {:>3}  host ceiling (noop: no kernel ran)  {:>9.3e} ratings/s  conflicts {:>7}",
+            e.epoch, e.ratings_per_sec, e.conflicts
+        )
+    } else {
+        format!(
+            "epoch {:>3}  train {:.4}  test {:.4}  {:>9.3e} ratings/s  conflicts {:>7}",
+            e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec, e.conflicts
+        )
+    };
     if staged {
         let predicted = |p: Option<f64>| p.map_or(String::new(), |p| format!(" (model {p:.0})"));
         s += &format!(
@@ -248,6 +272,11 @@ pub fn epoch_line(e: &EpochReport, staged: bool) -> String {
             human_bytes(l.bytes_d2h()),
             l.hit_rate().map_or("  n/a".into(), |h| format!("{:5.1}%", h * 100.0)),
         );
+    }
+    if let (Some(bound), Some(device)) = (e.bound(), e.device_seconds) {
+        s += &format!("  {bound}-bound (host {:.3} s, device {device:.3} s)", e.host_seconds);
+    } else if staged {
+        s += &format!("  host {:.3} s", e.host_seconds);
     }
     s
 }

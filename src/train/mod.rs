@@ -152,6 +152,16 @@ pub struct EpochReport {
     pub grid: Vec<SettingEpoch>,
 }
 
+impl EpochReport {
+    /// What bounded the epoch: `device` when the device's passes took longer
+    /// than the host's own work (so the host waited for the device), `host`
+    /// otherwise; `None` where there is no device time (CPU backends, and
+    /// adapters without timestamp queries).
+    pub fn bound(&self) -> Option<&'static str> {
+        self.device_seconds.map(|d| if d > self.host_seconds { "device" } else { "host" })
+    }
+}
+
 /// How a run is steered beyond its settings: interruption, checkpoints,
 /// resuming, early stopping.
 #[derive(Default)]
