@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::device::{Device, MapSignal, Wire};
 use super::kernels::{self, Kernels, MapParams, MoveParams, PredictParams, SgdParams, TAIL_GROUP, WORKGROUP};
-use super::launch::{Gathered, Launch, StepInput, UploadRing, Written};
+use super::launch::{Launch, StepInput, UploadRing, Written};
 use super::layout::{GpuLayout, LayoutInput, holds_every_row, plan_layout};
 use super::prepare::{self, DeviceRatings};
 use super::readback::Readback;
@@ -259,7 +259,7 @@ impl Exec {
     /// Writes `placed` rows back to the host tables (through the readback
     /// ring, in as many steps as the download window needs); they reach
     /// the tables as the ring completes. The caller counts them.
-    fn write_back(&mut self, tables: &HostTables, placed: &[Placed], ledger: &mut Ledger) -> Result<()> {
+    fn write_back(&mut self, tables: &mut HostTables, placed: &[Placed], ledger: &mut Ledger) -> Result<()> {
         if placed.is_empty() {
             return Ok(());
         }
@@ -344,28 +344,19 @@ impl Exec {
         out
     }
 
-    /// One staged training step: part `part` after `moves`, its loads'
-    /// rows copied out already where `gathered` says so.
+    /// One staged training step: part `part` after `moves`.
     fn train_step(
         &mut self,
-        tables: &HostTables,
+        tables: &mut HostTables,
         part: u32,
         moves: &Moves,
-        gathered: Option<Gathered>,
         layout: &RunLayout,
         ledger: &mut Ledger,
-    ) -> Result<Option<Gathered>> {
+    ) -> Result<()> {
         // A row staged in now may still be on its way back from an earlier
         // step: the write-backs up to that step reach the host first.
         let t = Instant::now();
-        let waited = match &gathered {
-            Some(g) => {
-                let rows = g.fetch.iter().map(|&j| moves.load[j as usize].row);
-                self.readback.complete_holding(&self.dev, tables, rows)?
-            }
-            None => self.readback.complete_holding(&self.dev, tables, moves.load.iter().map(|p| p.row))?,
-        };
-        self.waited += waited;
+        self.waited += self.readback.complete_holding(&self.dev, tables, moves.load.iter().map(|p| p.row))?;
         self.times.readback += t.elapsed().as_secs_f64();
         let p = layout.parts()[part as usize];
         let base = self.stream(p, ledger);
@@ -375,9 +366,6 @@ impl Exec {
         self.input.slots(&moves.release);
         let load_at = self.input.slots(&moves.load);
         self.input.rows(moves.load.iter().map(|p| p.row));
-        if let Some(g) = gathered {
-            self.input.set_gathered(g);
-        }
         let (n_map, n_evict, n_load, n_release) =
             (moves.map.len() as u32, moves.evict.len() as u32, moves.load.len() as u32, moves.release.len() as u32);
         let b_map = self.input.block(MapParams { first: map_at, count: n_map, _pad: [0; 6] });
@@ -421,8 +409,7 @@ impl Exec {
             self.count_d2h(bytes, ledger);
             self.readback.push(bytes, moves.evict.iter().chain(&moves.release).map(|p| p.row), submission);
         }
-        self.dev.check()?;
-        Ok(self.input.take_gathered())
+        self.dev.check()
     }
 
     /// Trains `parts` (plan indices `first..`, every row resident): Hogwild
@@ -738,9 +725,7 @@ impl GpuBackend {
             moves.map.push([p.row, entry::slot(p.slot)]);
         }
         moves.load = placed;
-        self.exec.readback.next_job();
         self.exec.load(tables, &moves, ledger)?;
-        self.exec.readback.end_job();
         self.resident_loaded = true;
         Ok(())
     }
@@ -810,19 +795,11 @@ impl GpuBackend {
 /// Steps the scheduler may run ahead of the device work.
 const PIPELINE_DEPTH: usize = 4;
 
-/// One of the scheduler's decisions, handed to the device side with its
-/// job number.
+/// One of the scheduler's decisions, handed to the device side.
 enum Job {
-    Begin(u64, Moves),
-    Train(u64, u32, Moves, Gathered),
-    End(u64, Vec<Placed>),
-}
-
-/// Buffers the device side hands back to the scheduler for reuse.
-#[derive(Default)]
-struct Spent {
-    moves: Option<Moves>,
-    gathered: Option<Gathered>,
+    Begin(Moves),
+    Train(u32, Moves),
+    End(Vec<Placed>),
 }
 
 /// `m` copied into a buffer given back (or a new one).
@@ -836,116 +813,71 @@ fn copy_moves(m: &Moves, into: Option<Moves>) -> Moves {
     out
 }
 
-/// The staged epoch on two threads. The scheduler's walk (decisions, from
+/// The staged epoch on two threads: the scheduler's walk (decisions, from
 /// each part's rows) runs on its own thread up to [`PIPELINE_DEPTH`] steps
-/// ahead, and copies each step's loads out of the host tables into a buffer
-/// of its own; this thread writes the steps, encodes and submits them, and
-/// lands the write-backs in the host tables. The decisions never wait for
-/// the device.
-///
-/// The tables are shared by this protocol: the scheduler copies a row out
-/// only once every write-back carrying it has landed (it knows which job
-/// last wrote each row back, having decided it, and this thread publishes
-/// the last job all of whose write-backs have landed); other rows it leaves
-/// to this thread, which lands their write-backs first. This thread writes a
-/// row only while landing a write-back that carries it, which the scheduler
-/// then waits for. Returns the parts trained.
-#[allow(clippy::too_many_arguments)]
+/// ahead, and this one carries the decisions out: rows copied between the
+/// host tables and the transfer buffers, steps written, encoded and
+/// submitted, write-backs landed. The decisions never wait for the device,
+/// and only this thread touches the host tables. (The scheduler copying
+/// the loads out itself, once their write-backs had landed, measured
+/// slower on a 2-core VM: the rows this thread had just landed then crossed
+/// between the cores' caches.) Returns the parts trained.
 fn pipelined(
     mut walker: Walker,
     exec: &mut Exec,
-    tables: &HostTables,
+    tables: &mut HostTables,
     run: &RunLayout,
     input: &EpochInput,
     continues: bool,
-    n_rows: usize,
     ledger: &mut Ledger,
 ) -> Result<usize> {
-    use std::sync::atomic::Ordering as O;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
-    let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Spent>();
+    let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Moves>();
     let (plan, from, following, stop) = (input.plan, input.from, input.following, input.stop);
-    let landed = exec.readback.landed();
-    let first_job = exec.readback.jobs() + 1;
-    let stride = tables.stride();
     std::thread::scope(|scope| {
         let scheduler = scope.spawn(move || {
             let mut staged = Ledger::default();
-            // The job that last wrote each row back (0: none this epoch).
-            let mut written_at = vec![0u64; n_rows];
-            let mut job = first_job - 1;
+            let (t0, mut sending) = (Instant::now(), 0.0);
             let done = walker.epoch(plan, from, following, continues, stop, &mut staged, |event, _| {
-                job += 1;
-                let spent = spent_rx.try_recv().unwrap_or_default();
-                let out = match event {
-                    Event::BeginBlock(moves) => Job::Begin(job, copy_moves(moves, spent.moves)),
-                    Event::Train { part, moves } => {
-                        let mut g = spent.gathered.unwrap_or_default();
-                        g.data.clear();
-                        g.fetch.clear();
-                        let landed = landed.load(O::Acquire);
-                        for (j, p) in moves.load.iter().enumerate() {
-                            if let Some(ahead) = moves.load.get(j + super::launch::ROW_AHEAD) {
-                                tables.prefetch(ahead.row);
-                            }
-                            if written_at[p.row as usize] <= landed {
-                                // SAFETY: every write-back carrying the row
-                                // has landed, and none is issued before this
-                                // step is (the protocol above).
-                                g.data.extend_from_slice(unsafe { tables.row(p.row) });
-                            } else {
-                                g.fetch.push(j as u32);
-                                g.data.resize(g.data.len() + stride, 0.0);
-                            }
-                        }
-                        for p in moves.evict.iter().chain(&moves.release) {
-                            written_at[p.row as usize] = job;
-                        }
-                        Job::Train(job, part, copy_moves(moves, spent.moves), g)
-                    }
-                    Event::EndBlock(placed) => {
-                        for p in placed {
-                            written_at[p.row as usize] = job;
-                        }
-                        Job::End(job, placed.to_vec())
-                    }
+                let spent = spent_rx.try_recv().ok();
+                let job = match event {
+                    Event::BeginBlock(moves) => Job::Begin(copy_moves(moves, spent)),
+                    Event::Train { part, moves } => Job::Train(part, copy_moves(moves, spent)),
+                    Event::EndBlock(placed) => Job::End(placed.to_vec()),
                 };
+                let t = Instant::now();
                 // The device side stopped (an error it reports itself).
-                tx.send(out).map_err(|_| crate::error::Error::Interrupted)
+                let sent = tx.send(job).map_err(|_| crate::error::Error::Interrupted);
+                sending += t.elapsed().as_secs_f64();
+                sent
             });
+            let total = t0.elapsed().as_secs_f64();
+            log::debug!(
+                "scheduler thread: {total:.4} s: deciding {:.4}, waiting for the device side {sending:.4} s",
+                total - sending
+            );
             (done, staged)
         });
         let mut failed = None;
         for job in rx.iter() {
-            let mut spent = Spent::default();
-            let result = match job {
-                Job::Begin(n, moves) => {
-                    exec.readback.begin_job(n);
+            let result = match &job {
+                Job::Begin(moves) => {
                     let rows = moves.load.iter().map(|p| p.row);
-                    let r = exec.readback.complete_holding(&exec.dev, tables, rows).and_then(|w| {
+                    exec.readback.complete_holding(&exec.dev, tables, rows).and_then(|w| {
                         exec.waited += w;
-                        exec.load(tables, &moves, ledger)
-                    });
-                    spent.moves = Some(moves);
-                    r
+                        exec.load(tables, moves, ledger)
+                    })
                 }
-                Job::Train(n, part, moves, gathered) => {
-                    exec.readback.begin_job(n);
-                    let r = exec.train_step(tables, part, &moves, Some(gathered), run, ledger);
-                    spent.moves = Some(moves);
-                    r.map(|g| spent.gathered = g)
-                }
-                Job::End(n, placed) => {
-                    exec.readback.begin_job(n);
-                    exec.write_back(tables, &placed, ledger)
-                }
+                Job::Train(part, moves) => exec.train_step(tables, *part, moves, run, ledger),
+                Job::End(placed) => exec.write_back(tables, placed, ledger),
             };
-            exec.readback.end_job();
             if let Err(e) = result {
                 failed = Some(e);
                 break;
             }
-            let _ = spent_tx.send(spent);
+            if let Job::Begin(m) | Job::Train(_, m) = job {
+                let _ = spent_tx.send(m);
+            }
         }
         // Dropping the receiver ends the scheduler at its next step.
         drop(rx);
@@ -1004,8 +936,7 @@ impl Backend for GpuBackend {
             enc.clear_buffer(&exec.buffers.loss, 0, None);
             exec.dev.queue().submit([enc.finish()]);
         }
-        let n_rows = self.run.n_users() + self.run.n_items();
-        let tables = HostTables::new(model);
+        let mut tables = HostTables::Mut(model);
         if !self.resident_loaded {
             self.load_resident(&tables, &mut ledger)?;
         }
@@ -1030,11 +961,11 @@ impl Backend for GpuBackend {
                 groups: self.groups.as_ref(),
                 moves: &mut self.moves,
             };
-            pipelined(walker, &mut self.exec, &tables, &self.run, input, continues, n_rows, &mut ledger)?
+            pipelined(walker, &mut self.exec, &mut tables, &self.run, input, continues, &mut ledger)?
         };
         self.following_of = input.following.map(|_| input.epoch + 1);
         let exec = &mut self.exec;
-        exec.waited += exec.readback.complete_all(&exec.dev, &tables)?;
+        exec.waited += exec.readback.complete_all(&exec.dev, &mut tables)?;
         let loss_words = (exec.buffers.loss.size() / 4).min(exec.buffers.small_readback.size() / 4);
         let sse = exec.read_loss(copies, loss_words, &mut ledger)?;
         let (device_seconds, waited) = exec.timer.take_seconds(&exec.dev, &mut exec.wire, &mut ledger)?;
@@ -1079,7 +1010,7 @@ impl Backend for GpuBackend {
         if !self.exec.readback.is_idle() {
             return Err(self.exec.dev.err("evaluation with write-backs in flight"));
         }
-        let tables = HostTables::read_only(model);
+        let tables = HostTables::Read(model);
         let host = &tables;
         if !self.resident_loaded {
             self.load_resident(host, &mut ledger)?;
@@ -1165,13 +1096,11 @@ impl Backend for GpuBackend {
             return Ok(ledger);
         }
         let exec = &mut self.exec;
-        let tables = HostTables::new(model);
-        exec.waited += exec.readback.complete_all(&exec.dev, &tables)?;
+        let mut tables = HostTables::Mut(model);
+        exec.waited += exec.readback.complete_all(&exec.dev, &mut tables)?;
         let dirty = self.stager.take_dirty(&mut ledger);
-        exec.readback.next_job();
-        exec.write_back(&tables, &dirty, &mut ledger)?;
-        exec.readback.end_job();
-        exec.readback.complete_all(&exec.dev, &tables)?;
+        exec.write_back(&mut tables, &dirty, &mut ledger)?;
+        exec.readback.complete_all(&exec.dev, &mut tables)?;
         Ok(ledger)
     }
 }

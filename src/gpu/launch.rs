@@ -28,23 +28,12 @@ impl Offsets {
     }
 }
 
-/// Rows of a step already copied out of the host tables (by the scheduler
-/// thread), in upload-window order, but for those at `fetch`, which are
-/// still to be copied (their write-backs had not landed).
-#[derive(Debug, Default)]
-pub struct Gathered {
-    pub data: Vec<f32>,
-    pub fetch: Vec<u32>,
-}
-
 /// One step's parameter blocks, moves and rows to stage in.
 #[derive(Default)]
 pub struct StepInput {
     blocks: Vec<[u8; 32]>,
     words: Vec<u32>,
     rows: Vec<u32>,
-    /// The rows' data where the scheduler copied it out already.
-    gathered: Option<Gathered>,
 }
 
 impl StepInput {
@@ -52,17 +41,6 @@ impl StepInput {
         self.blocks.clear();
         self.words.clear();
         self.rows.clear();
-        self.gathered = None;
-    }
-
-    /// The rows' data, copied out already but for `g.fetch`.
-    pub fn set_gathered(&mut self, g: Gathered) {
-        self.gathered = Some(g);
-    }
-
-    /// Gives the pre-gathered buffers back, for reuse.
-    pub fn take_gathered(&mut self) -> Option<Gathered> {
-        self.gathered.take()
     }
 
     /// Adds a parameter block; returns its index.
@@ -99,8 +77,8 @@ impl StepInput {
     }
 
     /// Writes the step into the upload ring's next buffer, mapped: the
-    /// parameter blocks, the moves, and the rows (pre-gathered, or copied
-    /// from the host tables straight into it). [`Written::copy`] then copies it into the
+    /// parameter blocks, the moves, and the rows copied from the host
+    /// tables straight into it. [`Written::copy`] then copies it into the
     /// step buffer ahead of the step's pass. Counts the rows' bytes as row
     /// traffic and the rest (blocks, moves, alignment) as data. Returns the
     /// step's offsets and the seconds waited for a ring buffer.
@@ -136,29 +114,14 @@ impl StepInput {
                     .copy_from_slice(bytemuck::cast_slice(&self.words));
             }
             let at = rows as usize;
-            // SAFETY (both copies below): the engine's protocol keeps writers
-            // away from the rows of a step being staged in (`tables`).
-            let copy = |j: usize, out: &mut wgpu::WriteOnly<[u8]>| {
-                let src = unsafe { tables.row(self.rows[j]) };
+            for (j, &row) in self.rows.iter().enumerate() {
+                // Rows come from all over the tables: ask for one a few
+                // copies ahead, so that its cache misses overlap.
+                if let Some(&ahead) = self.rows.get(j + ROW_AHEAD) {
+                    tables.prefetch(ahead);
+                }
+                let src = tables.row(row);
                 out.slice(at + j * row_bytes..at + (j + 1) * row_bytes).copy_from_slice(bytemuck::cast_slice(src));
-            };
-            match &self.gathered {
-                Some(g) => {
-                    out.slice(at..at + g.data.len() * 4).copy_from_slice(bytemuck::cast_slice(&g.data));
-                    for &j in &g.fetch {
-                        copy(j as usize, &mut out);
-                    }
-                }
-                None => {
-                    for j in 0..self.rows.len() {
-                        // Rows come from all over the tables: ask for one a
-                        // few copies ahead, so that its cache misses overlap.
-                        if let Some(&ahead) = self.rows.get(j + ROW_AHEAD) {
-                            tables.prefetch(ahead);
-                        }
-                        copy(j, &mut out);
-                    }
-                }
             }
         }
         ring.buffers[k].unmap();

@@ -5,8 +5,6 @@
 //! step's rows back.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::device::{Device, MapSignal};
 use super::tables::HostTables;
@@ -20,8 +18,6 @@ struct Pending {
     bytes: u64,
     rows: Vec<u32>,
     serial: u32,
-    /// The job (step) that issued it.
-    job: u64,
     submission: wgpu::SubmissionIndex,
 }
 
@@ -37,14 +33,6 @@ pub struct Readback {
     serial: u32,
     /// Row lists of completed write-backs, reused by later ones.
     free_rows: Vec<Vec<u32>>,
-    /// Jobs (steps and other uploads) are numbered; the current one, and
-    /// the last whose write-backs, and every earlier one's, have landed in
-    /// the host tables (shared with the scheduler thread, which copies a
-    /// row out itself only when the write-backs carrying it have landed).
-    job: u64,
-    /// The current job is still issuing its write-backs.
-    open: bool,
-    landed: Arc<AtomicU64>,
 }
 
 impl Readback {
@@ -61,58 +49,12 @@ impl Readback {
             mark: vec![0; n_rows],
             serial: 0,
             free_rows: Vec::new(),
-            job: 0,
-            open: false,
-            landed: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// The last job issued.
-    pub fn jobs(&self) -> u64 {
-        self.job
-    }
-
-    /// Starts job `job` (later than every earlier one): write-backs pushed
-    /// now belong to it.
-    pub fn begin_job(&mut self, job: u64) {
-        debug_assert!(job > self.job || job == 0);
-        self.job = job;
-        self.open = true;
-    }
-
-    /// Starts the next job.
-    pub fn next_job(&mut self) {
-        self.begin_job(self.job + 1);
-    }
-
-    /// The number of the last job whose write-backs, and every earlier
-    /// job's, have landed in the host tables.
-    pub fn landed(&self) -> Arc<AtomicU64> {
-        self.landed.clone()
-    }
-
-    /// Publishes what has landed: every job before the oldest write-back in
-    /// flight, or else every job before the one still issuing its own, or
-    /// else every job so far.
-    fn publish(&self) {
-        let landed = match self.pending.front() {
-            Some(p) => p.job - 1,
-            None if self.open => self.job - 1,
-            None => self.job,
-        };
-        self.landed.store(landed, Ordering::Release);
-    }
-
-    /// The current job has issued all its write-backs (they may be in
-    /// flight still).
-    pub fn end_job(&mut self) {
-        self.open = false;
-        self.publish();
     }
 
     /// The buffer the next write-back goes to (its index), completing the
     /// oldest when all are in flight. Returns it and the seconds waited.
-    pub fn reserve(&mut self, dev: &Device, tables: &HostTables) -> Result<(usize, f64)> {
+    pub fn reserve(&mut self, dev: &Device, tables: &mut HostTables) -> Result<(usize, f64)> {
         let waited = if self.pending.len() == RING { self.complete_oldest(dev, tables)? } else { 0.0 };
         Ok((self.next, waited))
     }
@@ -133,7 +75,7 @@ impl Readback {
         }
         let buffer = self.next;
         self.signals[buffer].request(self.buffers[buffer].slice(..bytes));
-        self.pending.push_back(Pending { buffer, bytes, rows: list, serial: self.serial, job: self.job, submission });
+        self.pending.push_back(Pending { buffer, bytes, rows: list, serial: self.serial, submission });
         self.next = (self.next + 1) % RING;
     }
 
@@ -143,7 +85,7 @@ impl Readback {
     pub fn complete_holding(
         &mut self,
         dev: &Device,
-        tables: &HostTables,
+        tables: &mut HostTables,
         rows: impl Iterator<Item = u32>,
     ) -> Result<f64> {
         if self.pending.is_empty() {
@@ -163,18 +105,17 @@ impl Readback {
     }
 
     /// Completes every write-back in flight.
-    pub fn complete_all(&mut self, dev: &Device, tables: &HostTables) -> Result<f64> {
+    pub fn complete_all(&mut self, dev: &Device, tables: &mut HostTables) -> Result<f64> {
         let mut waited = 0.0;
         while !self.pending.is_empty() {
             waited += self.complete_oldest(dev, tables)?;
         }
-        self.publish();
         Ok(waited)
     }
 
     /// Waits for the oldest write-back in flight and writes its rows to the
     /// host tables.
-    fn complete_oldest(&mut self, dev: &Device, tables: &HostTables) -> Result<f64> {
+    fn complete_oldest(&mut self, dev: &Device, tables: &mut HostTables) -> Result<f64> {
         let Some(p) = self.pending.pop_front() else {
             return Ok(0.0);
         };
@@ -191,9 +132,10 @@ impl Readback {
                 if let Some(&ahead) = p.rows.get(j + super::launch::ROW_AHEAD) {
                     tables.prefetch(ahead);
                 }
-                // SAFETY: this write-back carries the row, so no other
-                // thread reads it until it has landed (published below).
-                unsafe { tables.row_mut(row) }.copy_from_slice(src);
+                let Some(dst) = tables.row_mut(row) else {
+                    return Err(dev.err("a write-back landed on tables lent read-only"));
+                };
+                dst.copy_from_slice(src);
                 if self.mark[row as usize] == p.serial {
                     self.mark[row as usize] = 0;
                 }
@@ -201,7 +143,6 @@ impl Readback {
         }
         buf.unmap();
         self.free_rows.push(p.rows);
-        self.publish();
         Ok(waited)
     }
 }

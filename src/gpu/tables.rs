@@ -1,101 +1,53 @@
 //! The host tables as the GPU engine reads and writes them: rows by global
-//! id (users, then items), through raw pointers, so that during a staged
-//! epoch the scheduler thread can copy rows out for the steps it decides
-//! while the device thread writes back the rows that return.
-//!
-//! Which thread may touch which row when is the engine's protocol, not the
-//! type's (see `driver::pipelined`): a row is read by the scheduler only
-//! once every write-back that carries it has landed, and the device thread
-//! writes a row only while completing such a write-back.
-
-use std::marker::PhantomData;
+//! id (users `0..U`, then items), from a model lent mutably (training, where
+//! write-backs land) or read-only (evaluation, which only stages rows in).
 
 use crate::model::Model;
 use crate::prefetch::prefetch_span;
 
 /// A model's tables, borrowed for the engine.
-pub struct HostTables<'m> {
-    users: *mut f32,
-    items: *mut f32,
-    n_users: u32,
-    n_items: u32,
-    stride: usize,
-    writable: bool,
-    _borrow: PhantomData<&'m mut Model>,
+pub enum HostTables<'m> {
+    Mut(&'m mut Model),
+    Read(&'m Model),
 }
 
-// SAFETY: the tables are plain floats; which rows each thread touches is the
-// engine's protocol (module docs), and the borrow keeps the model alive and
-// otherwise untouched.
-unsafe impl Send for HostTables<'_> {}
-unsafe impl Sync for HostTables<'_> {}
-
-impl<'m> HostTables<'m> {
-    /// Rows of `model` to read and write.
-    pub fn new(model: &'m mut Model) -> Self {
-        HostTables {
-            users: model.users.as_mut_ptr(),
-            items: model.items.as_mut_ptr(),
-            n_users: model.n_users() as u32,
-            n_items: model.n_items() as u32,
-            stride: model.stride,
-            writable: true,
-            _borrow: PhantomData,
-        }
-    }
-
-    /// Rows of `model` to read only.
-    pub fn read_only(model: &'m Model) -> Self {
-        HostTables {
-            users: model.users.as_ptr() as *mut f32,
-            items: model.items.as_ptr() as *mut f32,
-            n_users: model.n_users() as u32,
-            n_items: model.n_items() as u32,
-            stride: model.stride,
-            writable: false,
-            _borrow: PhantomData,
+impl HostTables<'_> {
+    fn model(&self) -> &Model {
+        match self {
+            HostTables::Mut(m) => m,
+            HostTables::Read(m) => m,
         }
     }
 
     /// Floats per row.
     pub fn stride(&self) -> usize {
-        self.stride
+        self.model().stride
     }
 
-    fn at(&self, g: u32) -> *mut f32 {
-        if g < self.n_users {
-            self.users.wrapping_add(g as usize * self.stride)
+    /// Global row `g`.
+    pub fn row(&self, g: u32) -> &[f32] {
+        let m = self.model();
+        let n_users = m.n_users() as u32;
+        if g < n_users { m.user_row(g) } else { m.item_row(g - n_users) }
+    }
+
+    /// Global row `g`, to write; `None` on tables lent read-only.
+    pub fn row_mut(&mut self, g: u32) -> Option<&mut [f32]> {
+        let HostTables::Mut(m) = self else { return None };
+        let (s, n_users) = (m.stride, m.n_users() as u32);
+        Some(if g < n_users {
+            &mut m.users[g as usize * s..][..s]
         } else {
-            assert!(g - self.n_users < self.n_items, "row {g} outside the tables");
-            self.items.wrapping_add((g - self.n_users) as usize * self.stride)
-        }
-    }
-
-    /// Global row `g`, to read.
-    ///
-    /// # Safety
-    /// No thread may write the row while the slice lives.
-    pub unsafe fn row(&self, g: u32) -> &[f32] {
-        // SAFETY: in bounds (`at` checks items; users are below n_users by
-        // the branch), and the caller keeps writers away.
-        unsafe { std::slice::from_raw_parts(self.at(g), self.stride) }
-    }
-
-    /// Global row `g`, to write.
-    ///
-    /// # Safety
-    /// No other thread may read or write the row while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn row_mut(&self, g: u32) -> &mut [f32] {
-        assert!(self.writable, "the tables were lent read-only");
-        // SAFETY: as in `row`, and the caller keeps every other access away.
-        unsafe { std::slice::from_raw_parts_mut(self.at(g), self.stride) }
+            &mut m.items[(g - n_users) as usize * s..][..s]
+        })
     }
 
     /// Asks for row `g` ahead of its copy (a hint: reads nothing).
     pub fn prefetch(&self, g: u32) {
-        if g < self.n_users + self.n_items {
-            prefetch_span(self.at(g) as *const f32, self.stride);
-        }
+        let m = self.model();
+        let (s, n_users) = (m.stride, m.n_users() as u32);
+        let table = if g < n_users { &m.users } else { &m.items };
+        let at = if g < n_users { g } else { g - n_users } as usize * s;
+        prefetch_span(table.as_ptr().wrapping_add(at), s);
     }
 }
