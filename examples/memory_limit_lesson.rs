@@ -53,7 +53,7 @@ impl Progress for Lesson {
             100.0 * r.hit_rate.unwrap_or(0.0),
             r.median_ratings_per_sec,
             r.vs_resident.map_or("-".into(), |v| format!("{v:.2}×")),
-            r.test_rmse
+            r.test_rmse.unwrap_or(f64::NAN)
         );
         if report.rows.len().is_multiple_of(self.per_budget) {
             let floor = r.belady_rows_in_per_epoch.unwrap_or(0.0);
@@ -169,8 +169,8 @@ fn main() -> rowstage::Result<()> {
                 "* What it cost at {b}: {:.2}× the all-resident speed (batch {}), test RMSE {:.4} against {:.4} with everything resident.",
                 x.vs_resident.unwrap_or(f64::NAN),
                 x.batch,
-                x.test_rmse,
-                find(r, "100%", "sca").map_or(f64::NAN, |f| f.test_rmse)
+                x.test_rmse.unwrap_or(f64::NAN),
+                find(r, "100%", "sca").and_then(|f| f.test_rmse).unwrap_or(f64::NAN)
             );
         }
     }

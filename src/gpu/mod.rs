@@ -19,6 +19,7 @@
 //! * [`timing`]: device time from timestamp queries.
 //! * [`driver`]: the backend, stepping the scheduler's walk on the device.
 //! * [`calibrate`]: the adapter's rates for the planner.
+//! * [`probe`]: one kernel at a time, for the kernel tests.
 
 pub mod calibrate;
 pub mod context;
@@ -28,6 +29,7 @@ pub mod kernels;
 pub mod launch;
 pub mod layout;
 pub mod prepare;
+pub mod probe;
 pub mod readback;
 pub mod resources;
 pub mod tables;
