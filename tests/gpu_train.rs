@@ -83,6 +83,20 @@ fn gpu_backend_with(
     wave_tail: Option<bool>,
     hogwild_width: HogwildWidth,
 ) -> GpuBackend {
+    gpu_backend_streaming(ctx, data, s, slab_bytes, policy, wave_tail, hogwild_width, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpu_backend_streaming(
+    ctx: rowstage::gpu::GpuContext,
+    data: &Dataset,
+    s: &TrainSettings,
+    slab_bytes: u64,
+    policy: rowstage::stage::PolicyKind,
+    wave_tail: Option<bool>,
+    hogwild_width: HogwildWidth,
+    data_window: Option<u64>,
+) -> GpuBackend {
     let layout = Arc::new(s.layout(data, 2).unwrap());
     GpuBackend::new(
         ctx,
@@ -100,7 +114,7 @@ fn gpu_backend_with(
             wave_tail,
             hogwild_width,
             threads: 2,
-            data_window: None,
+            data_window,
         },
     )
     .unwrap()
@@ -554,5 +568,51 @@ fn grid_search_in_one_run_equals_separate_runs() {
         let h2d: u64 = out.epochs.iter().map(|e| e.ledger.bytes_h2d()).sum();
         let d2h: u64 = out.epochs.iter().map(|e| e.ledger.bytes_d2h()).sum();
         assert_eq!((h2d, d2h), (wire.h2d, wire.d2h), "ledger vs wire");
+    }
+}
+
+/// Training and test ratings past what the device may hold at once (here
+/// forced down to 5,000 bytes: 416 ratings, more than a part of 333) are
+/// streamed a part at a time through the ratings window, each part's
+/// ratings counted as data: the same model as the CPU reference, all
+/// resident and staged, Hogwild one at a time and in deterministic waves.
+#[test]
+fn ratings_past_what_the_device_holds_are_streamed_a_part_at_a_time() {
+    let data = dataset();
+    let det = TrainSettings { epochs: 2, ..settings() };
+    let one = TrainSettings { deterministic: false, ..det.clone() };
+    let all = table_bytes(&data, det.hp.rank) + 1024;
+    for backend in common::test_backends() {
+        for (s, width) in [(&det, HogwildWidth::Auto), (&one, HogwildWidth::Ratings(1))] {
+            let (want, want_rmse) = reference(&data, s);
+            let Some(ctx) = common::gpu(backend, "streamed ratings") else { break };
+            let row_bytes = (rowstage::model::row_stride(s.hp.rank) * 4) as u64;
+            let staged = min_slots(&data, s) as u64 * row_bytes + 12;
+            for bytes in [all, staged] {
+                let ctx = ctx.clone();
+                let static_ = rowstage::stage::PolicyKind::Static;
+                let mut whole = gpu_backend_with(ctx.clone(), &data, s, bytes, static_, None, width);
+                let kept = train(&data, s, &mut whole, RunControl::default(), &mut |_| {}).unwrap();
+                let mut gpu = gpu_backend_streaming(ctx, &data, s, bytes, static_, None, width, Some(5000));
+                let out = train(&data, s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
+                let d = max_diff(&out.model, &want);
+                let data_in = |o: &rowstage::train::TrainOutcome| -> u64 { o.epochs.iter().map(|e| e.ledger.data_bytes_h2d).sum() };
+                eprintln!(
+                    "{backend:?} deterministic={} {bytes} B streamed: max |Δ| {d:.2e}; data h2d {} streamed, {} held",
+                    s.deterministic,
+                    data_in(&out),
+                    data_in(&kept)
+                );
+                assert!(d < TABLE_TOL, "{backend:?}: tables differ by {d}");
+                assert!((out.final_metrics.rmse - want_rmse).abs() < RMSE_TOL);
+                let last = out.epochs.last().unwrap();
+                assert!((last.test_rmse - out.final_metrics.rmse).abs() < 1e-5, "streamed test ratings");
+                // Every epoch sends the training ratings again, part by part.
+                assert!(data_in(&out) > data_in(&kept) + data.train.len() as u64 * 12, "streaming is counted");
+                let wire = gpu.wire();
+                let h2d: u64 = out.epochs.iter().map(|e| e.ledger.bytes_h2d()).sum();
+                assert_eq!(h2d, wire.h2d, "ledger vs wire");
+            }
+        }
     }
 }

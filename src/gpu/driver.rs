@@ -740,18 +740,20 @@ impl GpuBackend {
         let n_users = self.run.n_users() as u32;
         let n_rows = self.run.n_users() + self.run.n_items();
         let resident = self.exec.layout.areas.resident;
+        let bytes = test.len() as u64 * 12;
+        let streamed = bytes > self.exec.capacity;
+        // A step's test ratings fit the device's ratings window when streamed.
+        let longest = EVAL_RATINGS.min((self.exec.capacity / 12).max(1) as usize);
         let (ends, rows) = if self.exec.layout.all_resident {
-            let ends = chunks(test.len(), EVAL_RATINGS).map(|r| r.end as u32).collect();
+            let ends = chunks(test.len(), longest).map(|r| r.end as u32).collect();
             (ends, PartRows::default())
         } else {
             // A step's rows outside the resident area must fit the window.
             let st = &self.stager;
             let outside = |g: u32| st.slot_of(g) == crate::stage::NONE || st.slot_of(g) >= resident;
             let limit = self.exec.layout.upload_rows as usize;
-            cut_by_rows(test, n_users, n_rows, limit, EVAL_RATINGS, outside)
+            cut_by_rows(test, n_users, n_rows, limit, longest, outside)
         };
-        let bytes = test.len() as u64 * 12;
-        let streamed = bytes > self.exec.capacity;
         let mut sums_at = Vec::with_capacity(ends.len());
         let mut pairs = 0u64;
         let mut start = 0u32;
