@@ -7,7 +7,7 @@
 //! rows the coming batches need. Every byte that crosses host↔device is counted
 //! in a [`stage::Ledger`].
 //!
-//! Layout, one folder per concern (DESIGN.md §7):
+//! Layout, one folder per concern (docs/ARCHITECTURE.md, "Layers"):
 //!
 //! * [`data`]: loaders, the synthetic generator, splits, id maps.
 //! * [`model`]: the model, the reference SGD step, metrics, safetensors I/O.

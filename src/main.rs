@@ -1383,8 +1383,19 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     ));
     out.line(&format!(
         "{:<7} {:<8} {:<10} {:>6} {:>11} {:>8} {:>11} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8}",
-        "backend", "budget", "policy", "batch", "ratings/s", "vs 100%", "rows in/ep", "Belady", "hits", "RMSE", "bw",
-        "bound", "dev GB/s"
+        "backend",
+        "budget",
+        "policy",
+        "batch",
+        "ratings/s",
+        "vs 100%",
+        "rows in/ep",
+        "Belady",
+        "hits",
+        "RMSE",
+        "bw",
+        "bound",
+        "dev GB/s"
     ));
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(plan.configurations() as u64 * per_config);

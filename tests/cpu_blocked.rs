@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 
 use common::StopAfter;
 use rowstage::data::{Dataset, SyntheticSpec, generate};
-use rowstage::model::{HyperParams, Model};
 use rowstage::engine::{Backend, EpochInput, RunLayout};
+use rowstage::model::{HyperParams, Model};
 use rowstage::train::cpu::{HogwildCpu, ReferenceCpu};
 use rowstage::train::{Order, RunControl, TrainSettings, train};
 
@@ -137,7 +137,8 @@ fn a_raised_stop_flag_ends_the_pass_before_any_part() {
     let before = model.clone();
     let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
     let stop = AtomicBool::new(true);
-    let input = EpochInput { epoch: 0, layout: &layout, plan: &plan, from: 0, following: None, rates: &rates, stop: &stop };
+    let input =
+        EpochInput { epoch: 0, layout: &layout, plan: &plan, from: 0, following: None, rates: &rates, stop: &stop };
     let out = HogwildCpu::new(0.01, 2).train_epoch(&mut model, &input).unwrap();
     assert_eq!(out.done, 0);
     assert_eq!(model, before);
@@ -149,7 +150,8 @@ fn a_raised_stop_flag_ends_the_pass_before_any_part() {
 fn every_blocked_part_lies_in_its_bins_and_no_round_shares_one() {
     let data = dataset();
     let layout = blocked_layout(&data);
-    let grid = rowstage::engine::blocked::BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 11, 1);
+    let grid =
+        rowstage::engine::blocked::BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 11, 1);
     for (id, part) in layout.parts().iter().enumerate() {
         let pair = layout.bins_of_part(id as u32).unwrap();
         assert!(layout.ratings()[part.range()].iter().all(|r| grid.bins_of(r) == pair), "part {id}");

@@ -596,7 +596,9 @@ fn ratings_past_what_the_device_holds_are_streamed_a_part_at_a_time() {
                 let mut gpu = gpu_backend_streaming(ctx, &data, s, bytes, static_, None, width, Some(5000));
                 let out = train(&data, s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
                 let d = max_diff(&out.model, &want);
-                let data_in = |o: &rowstage::train::TrainOutcome| -> u64 { o.epochs.iter().map(|e| e.ledger.data_bytes_h2d).sum() };
+                let data_in = |o: &rowstage::train::TrainOutcome| -> u64 {
+                    o.epochs.iter().map(|e| e.ledger.data_bytes_h2d).sum()
+                };
                 eprintln!(
                     "{backend:?} deterministic={} {bytes} B streamed: max |Δ| {d:.2e}; data h2d {} streamed, {} held",
                     s.deterministic,

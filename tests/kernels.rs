@@ -84,6 +84,7 @@ fn scatter_and_gather_move_rows_between_slots_and_windows() {
 
 /// The CPU's SGD of `ratings` in order on a slab (slots through `map`), for
 /// `models` models with `rates`; returns the slab and the squared errors.
+#[allow(clippy::too_many_arguments)]
 fn cpu_sgd(
     slab: &[f32],
     map: &[u32],
@@ -198,8 +199,11 @@ fn predict_sums_the_clamped_errors_from_the_slab_and_the_window() {
         let sums = probe.predict(&slab, &map, &window, &test, params, groups * models).unwrap();
         let row = |g: u32, model: usize| -> &[f32] {
             let e = map[g as usize];
-            let (buf, at) =
-                if e & entry::IN_WINDOW != 0 { (&window, (e & !entry::IN_WINDOW) as usize) } else { (&slab, (e - 1) as usize) };
+            let (buf, at) = if e & entry::IN_WINDOW != 0 {
+                (&window, (e & !entry::IN_WINDOW) as usize)
+            } else {
+                (&slab, (e - 1) as usize)
+            };
             &buf[at * sub * models + model * sub..][..sub]
         };
         for (w, chunk) in test.chunks(WORKGROUP as usize).enumerate() {
@@ -218,7 +222,10 @@ fn predict_sums_the_clamped_errors_from_the_slab_and_the_window() {
                     abs += e.abs() as f64;
                 }
                 let got = sums[w * models + g];
-                assert!(close(got[0], sq as f32) && close(got[1], abs as f32), "workgroup {w} model {g}: {got:?} vs ({sq}, {abs})");
+                assert!(
+                    close(got[0], sq as f32) && close(got[1], abs as f32),
+                    "workgroup {w} model {g}: {got:?} vs ({sq}, {abs})"
+                );
             }
         }
     }

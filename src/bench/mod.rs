@@ -38,9 +38,9 @@ use std::sync::atomic::AtomicBool;
 use serde::Serialize;
 
 use crate::data::Dataset;
+use crate::engine::simulate::SimSetup;
 use crate::error::{Error, Result};
 use crate::gpu::BackendChoice;
-use crate::engine::simulate::SimSetup;
 use crate::stage::{Budget, PolicyKind};
 use crate::train::{self, BackendSpec, EpochReport, RunControl, TrainSettings};
 
@@ -290,11 +290,8 @@ pub fn run(
             }
         };
         // The noop backend's copies are the host's memcpy: no device peer.
-        let copy = ctx
-            .as_ref()
-            .filter(|c| !c.summary.is_noop())
-            .map(crate::gpu::calibrate::copy_bandwidth)
-            .transpose()?;
+        let copy =
+            ctx.as_ref().filter(|c| !c.summary.is_noop()).map(crate::gpu::calibrate::copy_bandwidth).transpose()?;
         for (b, policy) in configs {
             let budget_text = b.map_or("-".to_string(), |b| plan.budgets[b].0.clone());
             let policy_text = policy.map_or("-", |p| p.name()).to_string();

@@ -93,7 +93,11 @@ fn mix64(x: u64) -> u64 {
 /// Runs `f(c, first, chunk)` on `items` cut into up to `threads` contiguous
 /// chunks, one thread each (`c`: the chunk's number, `first`: its offset in
 /// `items`); the results come in chunk order.
-pub(crate) fn par_chunks<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(usize, usize, &[T]) -> R + Sync) -> Vec<R> {
+pub(crate) fn par_chunks<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(usize, usize, &[T]) -> R + Sync,
+) -> Vec<R> {
     let size = items.len().div_ceil(threads.max(1)).max(1);
     if items.len() <= size {
         return vec![f(0, 0, items)];

@@ -18,7 +18,7 @@
 //!   of `batch` ratings (the last may be shorter); an epoch visits the parts
 //!   in a seeded random order. A part is a GPU step: its rows are staged
 //!   together.
-//! * **co-partitioned** (DESIGN.md §4, [`crate::stage::copartition`]): the
+//! * **co-partitioned** ([`crate::stage::copartition`]): the
 //!   ratings grouped by the block of their co-partitioned row, shuffled
 //!   within a block, each block cut into V visit parts and those into parts
 //!   of `batch`. An epoch goes visit by visit, the blocks of a visit in a
@@ -392,7 +392,8 @@ impl RunLayout {
                         round.extend((0..n).map(|i| alpha[i] * n + beta[(i + r) % n]));
                         round.sort_by_key(|&b| std::cmp::Reverse(block_len[b]));
                         let first = plan.parts.len();
-                        plan.parts.extend(round.iter().map(|&b| block_parts[b * visits + v]).filter(|&p| p != NO_GROUP));
+                        plan.parts
+                            .extend(round.iter().map(|&b| block_parts[b * visits + v]).filter(|&p| p != NO_GROUP));
                         if plan.parts.len() > first {
                             plan.groups.push(Group { end: plan.parts.len() as u32, id: NO_GROUP });
                         }
@@ -516,7 +517,7 @@ mod tests {
             for (range, id) in plan.groups_from(0) {
                 assert!(seen.insert(id), "a block visit appears once per epoch");
                 let block = id % blocks.n_blocks;
-                assert_eq!(id / blocks.n_blocks < visits, true);
+                assert!(id / blocks.n_blocks < visits);
                 for &p in &plan.parts[range.clone()] {
                     assert!(layout.group_parts(id).contains(&p));
                     assert!(layout.part(p).iter().all(|r| blocks.block_of(r, 97) == block), "one block per group");

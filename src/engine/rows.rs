@@ -94,7 +94,8 @@ impl PartRows {
         let parts: Vec<u32> = (0..self.users.len() as u32).collect();
         let keep = &keep;
         let chunks = par_chunks(&parts, threads, |_, _, ids| {
-            let (mut rows, mut users, mut items) = (Vec::new(), Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
+            let (mut rows, mut users, mut items) =
+                (Vec::new(), Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
             for &k in ids {
                 let before = rows.len();
                 rows.extend(self.of(k).iter().copied().filter(|&r| keep(r)));
@@ -229,9 +230,7 @@ pub fn cut_by_rows(
         out.items.push(rows.len() as u32 - users);
     };
     // A rating's global rows (user, item), unknown ids left out.
-    let rows_of = |r: &Rating| {
-        [(r.user != UNKNOWN).then_some(r.user), (r.item != UNKNOWN).then(|| n_users + r.item)]
-    };
+    let rows_of = |r: &Rating| [(r.user != UNKNOWN).then_some(r.user), (r.item != UNKNOWN).then(|| n_users + r.item)];
     for (j, r) in ratings.iter().enumerate() {
         let fresh = |seen: &[u32], stamp: u32| rows_of(r).map(|g| g.filter(|&g| seen[g as usize] != stamp));
         let mut new = fresh(&seen, stamp);

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::order::{LayoutSpec, Order, RunLayout};
 use super::rows::{GroupRows, PartRows, lookahead_accesses};
-use super::walk::{Walker, outside_rows};
+use super::walk::{Pass, Walker, outside_rows};
 use crate::data::Rating;
 use crate::error::Result;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
@@ -89,7 +89,12 @@ impl SimSetup<'_> {
     /// Runs `kind` with a slab of `bytes`; `None` if it cannot hold a step.
     /// `prepared` may hold the layout and rows of a run without
     /// co-partitioning (they do not depend on the budget), to reuse.
-    pub fn run(&self, kind: PolicyKind, bytes: u64, prepared: Option<&(RunLayout, PartRows)>) -> Result<Option<SimResult>> {
+    pub fn run(
+        &self,
+        kind: PolicyKind,
+        bytes: u64,
+        prepared: Option<&(RunLayout, PartRows)>,
+    ) -> Result<Option<SimResult>> {
         let slots = (bytes / self.row_bytes).min(crate::stage::entry::MAX_SLOTS as u64) as u32;
         let co = self.co_partition(slots);
         if self.co_partition.is_some() && co.is_none() {
@@ -152,7 +157,8 @@ impl SimSetup<'_> {
             let following = (epoch + 1 < self.epochs).then(|| layout.epoch(epoch + 1));
             let mut walk =
                 Walker { stager: &mut st, rows, outside: outside.as_ref(), groups: groups.as_ref(), moves: &mut moves };
-            walk.epoch(&plan, 0, following.as_ref(), epoch > 0, &never, &mut ledger, |_, _| Ok(()))?;
+            let pass = Pass { plan: &plan, from: 0, following: following.as_ref(), continues: epoch > 0, stop: &never };
+            walk.epoch(pass, &mut ledger, |_, _| Ok(()))?;
             epoch_rows_in.push(ledger.rows_in() - epoch_rows_in.iter().sum::<u64>());
             if let Some(f) = following {
                 plan = f;
@@ -163,7 +169,8 @@ impl SimSetup<'_> {
         let predicted_rows_in = (kind == PolicyKind::Sca).then(|| {
             let model = CostModel::new(&counts, self.train.len(), self.batch);
             areas.resident as f64
-                + self.epochs as f64 * (model.rows_in_per_epoch(areas.resident as usize, self.train.len()) + block_traffic)
+                + self.epochs as f64
+                    * (model.rows_in_per_epoch(areas.resident as usize, self.train.len()) + block_traffic)
         });
         Ok(Some(SimResult {
             policy: kind.name(),

@@ -35,6 +35,19 @@ pub fn outside_rows(stager: &Stager, rows: &PartRows, threads: usize) -> Option<
     Some(rows.filtered(|r| !resident[r as usize], threads))
 }
 
+/// One pass of the walk: `plan` from its `from`-th part, `following` the
+/// next epoch's plan (for policies that look ahead; `continues` when `plan`
+/// is the following one of the last pass and `from` is 0), stopping before
+/// a part when `stop` is raised.
+#[derive(Clone, Copy)]
+pub struct Pass<'a> {
+    pub plan: &'a EpochPlan,
+    pub from: usize,
+    pub following: Option<&'a EpochPlan>,
+    pub continues: bool,
+    pub stop: &'a AtomicBool,
+}
+
 /// What the walk needs beyond the plan.
 pub struct Walker<'a> {
     pub stager: &'a mut Stager,
@@ -49,21 +62,15 @@ pub struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    /// Walks `plan` from its `from`-th part, `following` being the next
-    /// epoch's plan (for policies that look ahead; `continues` when this
-    /// plan is the following one of the last call and `from` is 0). Stops
-    /// before a part when `stop` is raised, ending an open block first.
-    /// Calls `each` with every event; returns the parts trained.
+    /// Walks `pass`, ending an open block first when it stops. Calls `each`
+    /// with every event; returns the parts trained.
     pub fn epoch(
         &mut self,
-        plan: &EpochPlan,
-        from: usize,
-        following: Option<&EpochPlan>,
-        continues: bool,
-        stop: &AtomicBool,
+        pass: Pass,
         ledger: &mut Ledger,
         mut each: impl FnMut(Event, &mut Ledger) -> Result<()>,
     ) -> Result<usize> {
+        let Pass { plan, from, following, continues, stop } = pass;
         let rows = self.rows;
         let this = plan.parts[from.min(plan.parts.len())..].iter().map(|&p| rows.of(p));
         let next = following.map_or(&[][..], |f| &f.parts[..]).iter().map(|&p| rows.of(p));

@@ -29,7 +29,7 @@ use super::timing::Timer;
 use super::{GpuContext, GpuSetup};
 use crate::data::Rating;
 use crate::engine::rows::{GroupRows, PartRows, cut_by_rows, lookahead_accesses};
-use crate::engine::walk::{Event, Walker, outside_rows};
+use crate::engine::walk::{Event, Pass, Walker, outside_rows};
 use crate::engine::{Backend, EpochInput, EpochTrain, Part, Prediction, RunLayout};
 use crate::error::Result;
 use crate::model::{Metrics, MetricsAcc, Model, Rate};
@@ -779,17 +779,11 @@ impl GpuBackend {
         let buffers =
             exec.buffers.test_buffers(&exec.dev, &exec.kernels, &exec.regions, &inputs, device_bytes, pairs.max(1));
         if !streamed {
-            ledger.data_bytes_h2d += self.exec.dev.put(&mut self.exec.wire, &buffers.test, 0, bytemuck::cast_slice(test));
+            ledger.data_bytes_h2d +=
+                self.exec.dev.put(&mut self.exec.wire, &buffers.test, 0, bytemuck::cast_slice(test));
         }
-        self.test = Some(TestSet {
-            key,
-            buffers,
-            ends,
-            rows,
-            sums_at,
-            pairs,
-            streamed: streamed.then(|| test.to_vec()),
-        });
+        self.test =
+            Some(TestSet { key, buffers, ends, rows, sums_at, pairs, streamed: streamed.then(|| test.to_vec()) });
         Ok(())
     }
 }
@@ -835,12 +829,12 @@ fn pipelined(
 ) -> Result<usize> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
     let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Moves>();
-    let (plan, from, following, stop) = (input.plan, input.from, input.following, input.stop);
+    let pass = Pass { plan: input.plan, from: input.from, following: input.following, continues, stop: input.stop };
     std::thread::scope(|scope| {
         let scheduler = scope.spawn(move || {
             let mut staged = Ledger::default();
             let (t0, mut sending) = (Instant::now(), 0.0);
-            let done = walker.epoch(plan, from, following, continues, stop, &mut staged, |event, _| {
+            let done = walker.epoch(pass, &mut staged, |event, _| {
                 let spent = spent_rx.try_recv().ok();
                 let job = match event {
                     Event::BeginBlock(moves) => Job::Begin(copy_moves(moves, spent)),
@@ -974,11 +968,8 @@ impl Backend for GpuBackend {
         exec.waited += waited;
         let trained = &plan.parts[input.from..input.from + parts];
         let done: usize = trained.iter().map(|&p| self.run.parts()[p as usize].len as usize).sum();
-        let conflicts = if self.deterministic {
-            0
-        } else {
-            trained.iter().map(|&p| self.conflicts[p as usize] as u64).sum()
-        };
+        let conflicts =
+            if self.deterministic { 0 } else { trained.iter().map(|&p| self.conflicts[p as usize] as u64).sum() };
         let total = t0.elapsed().as_secs_f64();
         let t = exec.times;
         log::debug!(

@@ -312,12 +312,9 @@ mod tests {
 
     #[test]
     fn params_are_one_block_and_the_prelude_carries_the_host_constants() {
-        for size in [
-            size_of::<MapParams>(),
-            size_of::<MoveParams>(),
-            size_of::<SgdParams>(),
-            size_of::<PredictParams>(),
-        ] {
+        for size in
+            [size_of::<MapParams>(), size_of::<MoveParams>(), size_of::<SgdParams>(), size_of::<PredictParams>()]
+        {
             assert_eq!(size as u64, PARAMS_SIZE);
         }
         let p = prelude();

@@ -255,7 +255,13 @@ pub struct Launch<'p, 'k> {
 }
 
 impl Launch<'_, '_> {
-    fn dispatch(&mut self, pipeline: &wgpu::ComputePipeline, group: &wgpu::BindGroup, dynamic: &[u32], groups: (u32, u32)) {
+    fn dispatch(
+        &mut self,
+        pipeline: &wgpu::ComputePipeline,
+        group: &wgpu::BindGroup,
+        dynamic: &[u32],
+        groups: (u32, u32),
+    ) {
         self.pass.set_pipeline(pipeline);
         self.pass.set_bind_group(0, group, dynamic);
         self.pass.dispatch_workgroups(groups.0, groups.1, 1);

@@ -68,7 +68,8 @@ pub fn waves(layout: &RunLayout, threads: usize) -> DeviceRatings {
         }
         (sorted, waves, counts_per_part)
     });
-    let mut out = DeviceRatings { ratings: Vec::with_capacity(layout.ratings().len()), waves: Vec::new(), part_waves: vec![0] };
+    let mut out =
+        DeviceRatings { ratings: Vec::with_capacity(layout.ratings().len()), waves: Vec::new(), part_waves: vec![0] };
     for (sorted, waves, counts) in chunks {
         out.ratings.extend_from_slice(&sorted);
         out.waves.extend_from_slice(&waves);

@@ -184,7 +184,8 @@ impl Probe {
         let (step, window_at) = self.step(bytemuck::bytes_of(&params), slots, window);
         let slab_buf = self.storage("probe slab", bytemuck::cast_slice(slab), true);
         let s = self.stand_in();
-        let bind = self.bind(&slab_buf, &s, &step, 4 * window.len() as u64, 4 * slots.len() as u64, &s, [&s, &s, &s, &s]);
+        let bind =
+            self.bind(&slab_buf, &s, &step, 4 * window.len() as u64, 4 * slots.len() as u64, &s, [&s, &s, &s, &s]);
         let offsets = Offsets { block_stride: 0, moves: MOVES_AT as u32, rows: window_at as u32 };
         self.run(&bind, offsets, |l| l.scatter(0, slots.len() as u32, row_vec4))?;
         Ok(bytemuck::cast_slice(&self.read(&slab_buf)?)[..slab.len()].to_vec())

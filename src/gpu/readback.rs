@@ -123,8 +123,10 @@ impl Readback {
         self.signals[p.buffer].take().map_err(|e| dev.err(e))?;
         let buf = &self.buffers[p.buffer];
         {
-            let view =
-                buf.slice(..p.bytes).get_mapped_range().map_err(|e| dev.err(format!("reading a mapped buffer: {e}")))?;
+            let view = buf
+                .slice(..p.bytes)
+                .get_mapped_range()
+                .map_err(|e| dev.err(format!("reading a mapped buffer: {e}")))?;
             let src: &[f32] = bytemuck::cast_slice(&view);
             for (j, (&row, src)) in p.rows.iter().zip(src.chunks_exact(tables.stride())).enumerate() {
                 // The rows land all over the tables: ask for one a few

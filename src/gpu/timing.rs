@@ -83,7 +83,10 @@ impl Timer {
             return;
         }
         use wgpu::BufferUsages as U;
-        let out = self.free.pop().unwrap_or_else(|| dev.buffer("timestamp readback", 16 * CHUNK as u64, U::MAP_READ | U::COPY_DST));
+        let out = self
+            .free
+            .pop()
+            .unwrap_or_else(|| dev.buffer("timestamp readback", 16 * CHUNK as u64, U::MAP_READ | U::COPY_DST));
         enc.resolve_query_set(set, 0..self.used, resolve, 0);
         enc.copy_buffer_to_buffer(resolve, 0, &out, 0, self.used as u64 * 8);
         self.pending.push((out, self.used));

@@ -1,4 +1,4 @@
-//! Biased matrix factorization (DESIGN.md §1): the host tables, the SGD step
+//! Biased matrix factorization (docs/ARCHITECTURE.md, "The model"): the host tables, the SGD step
 //! every CPU path shares, predictions and metrics.
 //!
 //! Row layout: `k` factors, then the bias, padded with zeros to a multiple of
@@ -260,7 +260,7 @@ pub struct Step {
 }
 
 impl Step {
-    /// One per-sample SGD update of DESIGN.md §1 on rows `p` (user) and `q`
+    /// One per-sample SGD update (docs/ARCHITECTURE.md, "The model") on rows `p` (user) and `q`
     /// (item), both from the old values. Returns the error before the update.
     ///
     /// The common ranks run a copy compiled for that rank ([`Step::apply_fixed`]):

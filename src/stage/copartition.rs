@@ -1,4 +1,4 @@
-//! Co-partitioning (Factorbird, DESIGN.md §4): one factor table travels with
+//! Co-partitioning (Factorbird; docs/ARCHITECTURE.md, "Co-partitioning and grid search"): one factor table travels with
 //! the data partition, the other comes from the parameter server.
 //!
 //! The rows of the chosen side are dealt into blocks: rows sorted by training

@@ -1,4 +1,4 @@
-//! The host scheduler of DESIGN.md §2: which rows live in which slot of the
+//! The host scheduler (docs/ARCHITECTURE.md, "The scheduler"): which rows live in which slot of the
 //! device slab, what must be staged in or written back for each step, and the
 //! ledger that counts every row and byte that crosses host↔device.
 //!
@@ -21,7 +21,6 @@ pub mod copartition;
 mod ledger;
 pub mod policy;
 pub mod sca;
-
 
 pub use budget::{Budget, human_bytes};
 pub use ledger::Ledger;
@@ -540,7 +539,13 @@ impl Stager {
     /// no work for its resident rows, which are all hits. Their dirty bits
     /// are left to [`Stager::mark_resident_dirty`] (or
     /// [`Stager::mark_trained`]) when the pass ends.
-    pub fn stage_outside(&mut self, outside: &[u32], resident_hits: (u32, u32), moves: &mut Moves, ledger: &mut Ledger) {
+    pub fn stage_outside(
+        &mut self,
+        outside: &[u32],
+        resident_hits: (u32, u32),
+        moves: &mut Moves,
+        ledger: &mut Ledger,
+    ) {
         moves.clear();
         self.staged.clear();
         let stamp = self.next_stamp();
@@ -760,7 +765,11 @@ pub fn access_counts(train: &[Rating], n_users: usize, n_items: usize) -> Vec<u3
 /// the most resident rows such that every step (`steps`: each step's
 /// distinct rows) stages at most the remaining slots. Iterates resident =
 /// slots − max misses to a fixed point (more resident rows never add misses).
-pub fn static_resident<'r>(steps: impl Fn() -> Box<dyn Iterator<Item = &'r [u32]> + 'r>, counts: &[u32], slots: u32) -> usize {
+pub fn static_resident<'r>(
+    steps: impl Fn() -> Box<dyn Iterator<Item = &'r [u32]> + 'r>,
+    counts: &[u32],
+    slots: u32,
+) -> usize {
     let mut rank = vec![u32::MAX; counts.len()];
     let by_freq = top_rows(counts, counts.len());
     for (k, &r) in by_freq.iter().enumerate() {
@@ -770,8 +779,9 @@ pub fn static_resident<'r>(steps: impl Fn() -> Box<dyn Iterator<Item = &'r [u32]
         steps()
             .map(|rows| {
                 // Rows counted 0 are not the policy's (co-partitioning's block area).
-                rows.iter().filter(|&&row| (rank[row as usize] as usize) >= resident && counts[row as usize] > 0).count()
-                    as u32
+                rows.iter()
+                    .filter(|&&row| (rank[row as usize] as usize) >= resident && counts[row as usize] > 0)
+                    .count() as u32
             })
             .max()
             .unwrap_or(0)

@@ -1,5 +1,5 @@
 //! The expected-communication model of Stochastic Communication Avoidance
-//! (DESIGN.md §3). Every lookup is a random draw: row r of a table is drawn
+//! (docs/ARCHITECTURE.md, "SCA and the planner"). Every lookup is a random draw: row r of a table is drawn
 //! with probability p_r (its share of that table's training lookups). A batch
 //! of B ratings makes B draws from each table, so
 //!
@@ -134,7 +134,7 @@ mod tests {
         let var_h1 = var_acc - e_miss_h1 * e_miss_h1;
         assert!((model.expected_distinct() - e_rows).abs() < 1e-12);
         assert!((model.expected_misses(1) - e_miss_h1).abs() < 1e-12);
-        // DESIGN.md §3 models rows as independent Bernoulli(q_r): enumerate
+        // The model treats rows as independent Bernoulli(q_r): enumerate
         // that model exactly over the 5 non-resident rows.
         let q: Vec<f64> = [p[1], p[2], p[0], p[1], p[2]].iter().map(|p| 1.0 - (1.0f64 - p).powi(2)).collect();
         let (mut m1, mut m2) = (0.0, 0.0);

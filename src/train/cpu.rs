@@ -283,9 +283,9 @@ impl HogwildCpu {
         sub: usize,
         layout: &RunLayout,
         parts: &[u32],
-        bins: u32,
         stop: &AtomicBool,
     ) -> Result<(Vec<f64>, usize)> {
+        let bins = layout.bins().unwrap_or(1);
         let tables = &ExclusiveTables::new(model);
         let mut scheduled = Vec::with_capacity(parts.len());
         let mut seen = (vec![0u32; bins as usize], vec![0u32; bins as usize]);
@@ -369,8 +369,8 @@ impl Backend for HogwildCpu {
         let (s, sub) = (model.stride, row_stride(model.rank));
         let parts = &input.plan.parts[input.from..];
         let layout = input.layout;
-        if let Some(bins) = layout.bins() {
-            let (sse, done) = self.train_blocked(model, steps, sub, layout, parts, bins, input.stop)?;
+        if layout.bins().is_some() {
+            let (sse, done) = self.train_blocked(model, steps, sub, layout, parts, input.stop)?;
             // No two threads ever train rows of one bin at once: nothing races.
             let host_seconds = t0.elapsed().as_secs_f64();
             return Ok(EpochTrain { sse, count: done as u64, done, host_seconds, ..Default::default() });

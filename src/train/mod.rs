@@ -5,7 +5,7 @@
 //! Every epoch's order comes from `(seed, epoch)` alone, so every backend
 //! sees the same order and a run can resume at any part boundary.
 //!
-//! Deterministic mode (DESIGN.md §4) applies the updates in exactly that
+//! Deterministic mode (docs/ARCHITECTURE.md, "Schedules") applies the updates in exactly that
 //! sequential order: the CPU reference walks it one rating at a time; the GPU
 //! splits each part into conflict-free waves that preserve the order of any
 //! two ratings sharing a row, so both end with the same model up to f32

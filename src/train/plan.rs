@@ -1,4 +1,4 @@
-//! The planner of DESIGN.md §3: searches the batch size B and the split of the
+//! The planner (docs/ARCHITECTURE.md, "SCA and the planner"): searches the batch size B and the split of the
 //! slab into a resident set H and two staging areas of capacity C
 //! (|H| + 2C ≤ S, double buffering) that maximise the modelled ratings/s,
 //! with the device's rates from [`crate::gpu::calibrate`].

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{Backend, TrainSettings, cpu};
 use crate::data::Dataset;
-use crate::engine::rows::max_step_rows;
 use crate::engine::Order;
+use crate::engine::rows::max_step_rows;
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterSummary, BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup, HogwildWidth};
 use crate::model::row_stride;
