@@ -113,6 +113,15 @@ impl Device {
         }
     }
 
+    /// Submits `enc`; returns the submission and the seconds the call took.
+    /// Those count as waiting for the device: a driver may run earlier work
+    /// before it returns (lavapipe does), and on other drivers it is short.
+    pub fn submit(&self, enc: wgpu::CommandEncoder) -> (wgpu::SubmissionIndex, f64) {
+        let t = Instant::now();
+        let submission = self.ctx.queue.submit([enc.finish()]);
+        (submission, t.elapsed().as_secs_f64())
+    }
+
     pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
         self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }

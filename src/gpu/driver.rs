@@ -214,7 +214,8 @@ impl Exec {
         }
         self.timer.after_pass(&self.dev, &mut enc);
         after(&mut enc, &self.buffers);
-        let submission = self.dev.queue().submit([enc.finish()]);
+        let (submission, blocked) = self.dev.submit(enc);
+        self.waited += blocked;
         written.release(&mut self.upload, submission.clone());
         submission
     }
@@ -482,7 +483,7 @@ impl Exec {
         let mut enc = self.dev.encoder("read loss");
         let bytes = words * 4;
         enc.copy_buffer_to_buffer(&self.buffers.loss, 0, &self.buffers.small_readback, 0, bytes);
-        self.dev.queue().submit([enc.finish()]);
+        self.waited += self.dev.submit(enc).1;
         self.wire.d2h += bytes;
         ledger.data_bytes_d2h += bytes;
         let mut sse = vec![0.0; copies];
@@ -606,7 +607,7 @@ impl GpuBackend {
         made_ledger.data_bytes_h2d += dev.put(&mut wire, &buffers.waves, 0, bytemuck::cast_slice(&waves));
         let mut enc = dev.encoder("clear slot map");
         enc.clear_buffer(&buffers.slot_map, 0, None);
-        dev.queue().submit([enc.finish()]);
+        dev.submit(enc);
         let horizon = lookahead_accesses(setup.lookahead, &rows);
         let stager = Stager::new(setup.policy, layout.areas, n_users as u32, n_items as u32, &counts, horizon)
             .with_block_area(layout.block_slots);
@@ -930,7 +931,7 @@ impl Backend for GpuBackend {
             ledger.data_bytes_h2d += exec.dev.put(&mut exec.wire, &exec.buffers.rates, 0, bytemuck::cast_slice(&rates));
             let mut enc = exec.dev.encoder("clear loss");
             enc.clear_buffer(&exec.buffers.loss, 0, None);
-            exec.dev.queue().submit([enc.finish()]);
+            exec.waited += exec.dev.submit(enc).1;
         }
         let mut tables = HostTables::Mut(model);
         if !self.resident_loaded {
@@ -1066,7 +1067,7 @@ impl Backend for GpuBackend {
         let bytes = t.pairs * 8;
         let mut enc = exec.dev.encoder("read error sums");
         enc.copy_buffer_to_buffer(&t.buffers.sums, 0, &t.buffers.readback, 0, bytes);
-        exec.dev.queue().submit([enc.finish()]);
+        exec.dev.submit(enc);
         exec.wire.d2h += bytes;
         ledger.data_bytes_d2h += bytes;
         let mut acc = vec![MetricsAcc::default(); copies];

@@ -102,8 +102,7 @@ impl Timer {
         }
         let mut enc = dev.encoder("resolve timestamps");
         self.flush(dev, &mut enc);
-        dev.queue().submit([enc.finish()]);
-        let (mut ticks, mut waited) = (0u64, 0.0);
+        let (mut ticks, mut waited) = (0u64, dev.submit(enc).1);
         for (buf, n) in std::mem::take(&mut self.pending) {
             let bytes = n as u64 * 8;
             wire.d2h += bytes;
