@@ -136,8 +136,8 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
     let spec = SyntheticSpec { users: 2000, items: 2000, ratings: 65_536, zipf: 0.0 };
     let data = Dataset::split("calibration", generate(&spec, 1), 0.0, 1);
     let hp = HyperParams { rank, ..Default::default() };
-    let tables = crate::train::table_bytes(&data, rank);
-    let row_bytes = tables / (data.users.len() + data.items.len()) as u64;
+    let row_bytes = (crate::model::row_stride(rank) * 4) as u64;
+    let tables = (data.users.len() + data.items.len()) as u64 * row_bytes;
     let backend = |ctx: GpuContext, batch: usize, slab_bytes: u64, policy: PolicyKind| -> Result<GpuBackend> {
         let spec = LayoutSpec { seed: 1, batch, order: Order::Shuffled, co_partition: None };
         let layout = Arc::new(RunLayout::new(&data.train, data.users.len(), data.items.len(), spec, 1)?);
