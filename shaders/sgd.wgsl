@@ -155,3 +155,102 @@ fn sgd_tail(@builtin(local_invocation_index) lid: u32) {
         storageBarrier();
     }
 }
+
+// The blocked order's round: the parts `first_part ..< first_part + parts`
+// share no row (their blocks share no user bin and no item bin), so each is
+// walked in order by a worker of its own and nothing races. One invocation
+// per part here; `sgd_blocked_lanes` gives a part a workgroup instead.
+@compute @workgroup_size(WORKGROUP)
+fn sgd_blocked(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n = (wg.x + wg.y * nwg.x) * WORKGROUP + lid;
+    if (n >= params.parts) {
+        return;
+    }
+    let part = parts[params.first_part + n];
+    for (var j = 0u; j < part.y; j++) {
+        update(rating(part.x + j), n);
+    }
+}
+
+// A blocked part per workgroup of LANES lanes (the first power of two at
+// least ROW_VEC4), as cuMF_SGD gives a warp to a sample: lane c holds vec4 c
+// of both rows (lane BV the last factors and the biases), the dot product is
+// a tree reduction in workgroup memory, and each lane updates its own vec4s.
+// A lane reads back only what it wrote, so workgroup barriers suffice.
+var<workgroup> lane_dot: array<f32, LANES>;
+var<workgroup> lane_bias: vec2<f32>;
+var<workgroup> lane_len: u32;
+
+@compute @workgroup_size(LANES)
+fn sgd_blocked_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let w = wg.x + wg.y * nwg.x;
+    if (w >= params.parts) {
+        return;
+    }
+    let part = parts[params.first_part + w];
+    if (lane == 0u) {
+        lane_len = part.y;
+    }
+    let len = workgroupUniformLoad(&lane_len);
+    let mine = lane <= BV;
+    for (var j = 0u; j < len; j++) {
+        let x = rating(part.x + j);
+        let eu = slot_map[x.x];
+        let ei = slot_map[params.n_users + x.y];
+        let ok = mine && eu != ABSENT && ei != ABSENT && ((eu | ei) & IN_WINDOW) == 0u;
+        let su = (max(eu, 1u) - 1u) * SLOT_VEC4;
+        let si = (max(ei, 1u) - 1u) * SLOT_VEC4;
+        let r = bitcast<f32>(x.z);
+        for (var g = 0u; g < MODELS; g++) {
+            let pu = su + g * ROW_VEC4 + lane;
+            let qi = si + g * ROW_VEC4 + lane;
+            var p = vec4<f32>(0.0);
+            var q = vec4<f32>(0.0);
+            if (ok) {
+                p = slab[pu];
+                q = slab[qi];
+            }
+            var d = p * q;
+            if (lane == BV) {
+                d = d * TAIL_F;
+                lane_bias = vec2<f32>(p[BL], q[BL]);
+            }
+            lane_dot[lane] = d.x + d.y + d.z + d.w;
+            workgroupBarrier();
+            for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
+                if (lane < stride) {
+                    lane_dot[lane] += lane_dot[lane + stride];
+                }
+                workgroupBarrier();
+            }
+            let e = r - (params.mean + lane_bias.x + lane_bias.y + lane_dot[0]);
+            if (lane == 0u && ok) {
+                loss[w * MODELS + g] += e * e;
+            }
+            let lr = rates[g].x;
+            let reg = rates[g].y;
+            if (ok && lane < BV) {
+                slab[pu] = p + lr * (e * q - reg * p);
+                slab[qi] = q + lr * (e * p - reg * q);
+            }
+            if (ok && lane == BV) {
+                let pn = p + lr * (TAIL_F * (e * q - reg * p) + TAIL_B * (e - params.bias_reg * p));
+                let qn = q + lr * (TAIL_F * (e * p - reg * q) + TAIL_B * (e - params.bias_reg * q));
+                for (var l = 0u; l <= BL; l++) {
+                    slab[pu][l] = pn[l];
+                    slab[qi][l] = qn[l];
+                }
+            }
+            // lane_dot and lane_bias are reused by the next update.
+            workgroupBarrier();
+        }
+    }
+}

@@ -643,7 +643,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         _ => None,
     };
     settings.order = settings.order.resolve(&backend.kind(), backend.parallelism(), settings.co_partition.is_some())?;
-    if let train::Order::Blocked { bins } = settings.order {
+    if let train::Order::Blocked { bins, .. } = settings.order {
         out.line(&format!(
             "order: blocked, {bins} user bins × {bins} item bins; each round trains {bins} blocks that share no row in parallel"
         ));
@@ -1036,6 +1036,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         lookahead: a.lookahead,
         co_partition: a.co.side(&data)?,
         co_partition_visits: a.co.co_partition_visits,
+        order: rowstage::engine::Order::Shuffled,
     };
     out.line(&format!(
         "data: {} — {} users, {} items, {} training ratings; batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",

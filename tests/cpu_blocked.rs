@@ -33,7 +33,7 @@ fn settings(order: Order) -> TrainSettings {
     }
 }
 
-const BLOCKED: Order = Order::Blocked { bins: 7 };
+const BLOCKED: Order = Order::Blocked { bins: 7, sweeps: 0 };
 
 #[test]
 fn threads_give_the_model_of_the_sequential_walk_and_no_conflicts() {
@@ -84,7 +84,7 @@ fn auto_picks_the_blocked_order_on_the_cpu_and_it_costs_little_accuracy() {
     let s = TrainSettings { epochs: 8, ..settings(Order::Auto) };
     let mut cpu = HogwildCpu::new(s.hp.bias_reg, 2);
     let blocked = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
-    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::engine::blocked::default_bins(2) });
+    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::engine::blocked::default_bins(2), sweeps: 0 });
     let s = TrainSettings { order: Order::Shuffled, ..s };
     let shuffled = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
     assert_eq!(shuffled.order, Order::Shuffled);
@@ -151,7 +151,7 @@ fn every_blocked_part_lies_in_its_bins_and_no_round_shares_one() {
     let data = dataset();
     let layout = blocked_layout(&data);
     let grid =
-        rowstage::engine::blocked::BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, 11, 1);
+        rowstage::engine::blocked::BlockedRatings::new(&data.train, data.users.len(), data.items.len(), 7, None, 11, 1);
     for (id, part) in layout.parts().iter().enumerate() {
         let pair = layout.bins_of_part(id as u32).unwrap();
         assert!(layout.ratings()[part.range()].iter().all(|r| grid.bins_of(r) == pair), "part {id}");

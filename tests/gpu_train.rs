@@ -63,6 +63,7 @@ fn sim_setup<'a>(
         lookahead: 4,
         co_partition,
         co_partition_visits: s.co_partition.map_or(1, |c| c.visits),
+        order: s.order,
     }
 }
 
@@ -115,6 +116,7 @@ fn gpu_backend_streaming(
             hogwild_width,
             threads: 2,
             data_window,
+            blocked_lanes: None,
         },
     )
     .unwrap()
@@ -614,6 +616,79 @@ fn ratings_past_what_the_device_holds_are_streamed_a_part_at_a_time() {
                 let wire = gpu.wire();
                 let h2d: u64 = out.epochs.iter().map(|e| e.ledger.bytes_h2d()).sum();
                 assert_eq!(h2d, wire.h2d, "ledger vs wire");
+            }
+        }
+    }
+}
+
+/// The blocked order on the device: each round's parts walked in order by a
+/// worker each (an invocation, or a workgroup of lanes sharing the rank),
+/// nothing racing, gives the CPU's blocked-order model (the sequential walk
+/// of the same order) within f32 tolerance: all resident (a dispatch per
+/// round), and staged for every policy (a step per round, or per as many of
+/// a round's parts as the slab holds the rows of), the ledger equal to the
+/// simulator's, at several ranks and with a grid of models.
+#[test]
+fn the_blocked_order_on_the_device_equals_the_cpu_blocked_order() {
+    use rowstage::stage::PolicyKind;
+    let data = dataset();
+    let order = rowstage::train::Order::Blocked { bins: 5, sweeps: 3 };
+    let base = TrainSettings { epochs: 2, deterministic: false, order, ..settings() };
+    let grid = vec![rowstage::model::Setting { lr: 0.01, reg: 0.05 }, rowstage::model::Setting { lr: 0.03, reg: 0.02 }];
+    let cases = [(base.clone(), "rank 7"), (TrainSettings { grid, ..base.clone() }, "rank 7, 2 models")];
+    for backend in common::test_backends() {
+        for (s, label) in &cases {
+            let (want, want_rmse) = reference(&data, s);
+            let tables = s.table_bytes(&data);
+            let sim = sim_setup(&data, s, None);
+            for lanes in [false, true] {
+                for (kind, bytes) in [(PolicyKind::Static, tables + 1024), (PolicyKind::Static, tables / 4)]
+                    .into_iter()
+                    .chain(PolicyKind::ALL.map(|k| (k, tables / 3)))
+                {
+                    if lanes && bytes != tables + 1024 && kind != PolicyKind::Lru {
+                        continue;
+                    }
+                    let Some(ctx) = common::gpu(backend, "blocked order") else { return };
+                    let layout = Arc::new(s.layout(&data, 2).unwrap());
+                    let mut gpu = GpuBackend::new(
+                        ctx,
+                        &GpuSetup {
+                            rank: s.hp.rank,
+                            copies: s.copies(),
+                            bias_reg: s.hp.bias_reg,
+                            deterministic: false,
+                            slab_bytes: bytes.next_multiple_of(16),
+                            policy: kind,
+                            lookahead: 4,
+                            mean: data.mean(),
+                            range: data.range(),
+                            layout,
+                            wave_tail: None,
+                            hogwild_width: HogwildWidth::Auto,
+                            threads: 2,
+                            data_window: None,
+                            blocked_lanes: Some(lanes),
+                        },
+                    )
+                    .unwrap();
+                    let out = train(&data, s, &mut gpu, RunControl::default(), &mut |_| {}).unwrap();
+                    let d = max_diff(&out.model, &want);
+                    let rows_in: u64 = out.epochs.iter().map(|e| e.ledger.rows_in()).sum();
+                    let steps: u64 = out.epochs.iter().map(|e| e.ledger.steps).sum();
+                    let conflicts: u64 = out.epochs.iter().map(|e| e.conflicts).sum();
+                    let simulated = sim.run(kind, bytes.next_multiple_of(16), None).unwrap().unwrap();
+                    eprintln!(
+                        "{backend:?} {label} lanes {lanes} {} {bytes} B: max |Δ| {d:.1e}; rows in {rows_in} (simulated {}), {steps} steps",
+                        kind.name(),
+                        simulated.rows_in
+                    );
+                    assert_eq!(out.order, order);
+                    assert!(d < TABLE_TOL, "{label} {}: tables differ by {d}", kind.name());
+                    assert!((out.final_metrics.rmse - want_rmse).abs() < RMSE_TOL);
+                    assert_eq!(conflicts, 0, "the blocked order never races");
+                    assert_eq!(rows_in, simulated.rows_in, "{}: ledger vs simulator", kind.name());
+                }
             }
         }
     }

@@ -230,6 +230,7 @@ pub fn belady_floor(
         lookahead,
         co_partition: settings.co_partition.map(|c| c.side),
         co_partition_visits: settings.co_partition.map_or(1, |c| c.visits),
+        order: settings.order,
     };
     let Some(r) = sim.run(PolicyKind::Belady, bytes, None)? else { return Ok(None) };
     let timed: Vec<f64> = r.epoch_rows_in.iter().skip(warmup).map(|&x| x as f64).collect();
@@ -264,8 +265,8 @@ pub fn run(
     let settings = TrainSettings { epochs: plan.warmup + plan.epochs, ..plan.settings.clone() };
     let total = plan.configurations();
     let mut index = 0;
-    // Belady floors by (budget, batch).
-    let mut floors: Vec<(usize, usize, Option<f64>)> = Vec::new();
+    // Belady floors by (budget, batch, order).
+    let mut floors: Vec<(usize, usize, crate::engine::Order, Option<f64>)> = Vec::new();
     for (backend, adapter) in &plan.backends {
         let cpu = *backend == BackendChoice::Cpu;
         let configs: Vec<(Option<usize>, Option<PolicyKind>)> = if cpu {
@@ -344,14 +345,17 @@ pub fn run(
             let (hits, misses) = timed.iter().fold((0, 0), |(h, m), e| (h + e.ledger.hits(), m + e.ledger.misses()));
             let bytes = opened.layout.as_ref().map(|l| l.slab_bytes);
             let floor = match (b, bytes) {
-                (Some(b), Some(bytes)) => match floors.iter().find(|f| f.0 == b && f.1 == settings.batch) {
-                    Some(f) => f.2,
-                    None => {
-                        let f = belady_floor(data, &settings, plan.warmup, plan.lookahead, bytes)?;
-                        floors.push((b, settings.batch, f));
-                        f
+                (Some(b), Some(bytes)) => {
+                    match floors.iter().find(|f| f.0 == b && f.1 == settings.batch && f.2 == out.order) {
+                        Some(f) => f.3,
+                        None => {
+                            let run = TrainSettings { order: out.order, ..settings.clone() };
+                            let f = belady_floor(data, &run, plan.warmup, plan.lookahead, bytes)?;
+                            floors.push((b, settings.batch, out.order, f));
+                            f
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             let sgd_bytes_per_sec = sgd_bytes_per_rating(settings.row_bytes()) as f64 * median_rps;

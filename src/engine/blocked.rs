@@ -278,7 +278,17 @@ impl BlockedRatings {
     /// block shuffled by [`deal_and_shuffle`]. At 9M ratings on 2 threads
     /// this takes about 0.28 s, against 0.57 s for one thread and one
     /// Fisher–Yates pass per block (BENCHMARKS.md).
-    pub fn new(train: &[Rating], n_users: usize, n_items: usize, bins: u32, seed: u64, threads: usize) -> Self {
+    /// `sweeps`: per epoch, or `None` for one per [`SWEEP_RATINGS`] training
+    /// ratings ([`MIN_VISITS`] at least).
+    pub fn new(
+        train: &[Rating],
+        n_users: usize,
+        n_items: usize,
+        bins: u32,
+        sweeps: Option<usize>,
+        seed: u64,
+        threads: usize,
+    ) -> Self {
         let bins = bins.max(1);
         let (cu, ci) = side_counts(train, n_users, n_items, threads.max(1));
         let (user_bin, item_bin) = (balanced_bins(&cu, bins), balanced_bins(&ci, bins));
@@ -290,7 +300,7 @@ impl BlockedRatings {
             seed,
             threads,
         );
-        let visits = (train.len() / SWEEP_RATINGS).max(MIN_VISITS);
+        let visits = sweeps.unwrap_or((train.len() / SWEEP_RATINGS).max(MIN_VISITS)).max(1);
         BlockedRatings { ratings, starts, bins, visits, user_bin, item_bin }
     }
 
@@ -338,7 +348,7 @@ mod tests {
     fn blocks_hold_every_rating_once_in_balanced_bins() {
         let train = skewed(5_003, 97, 41);
         let bins = 6;
-        let b = BlockedRatings::new(&train, 97, 41, bins, 3, 2);
+        let b = BlockedRatings::new(&train, 97, 41, bins, None, 3, 2);
         assert_eq!(b.visits, MIN_VISITS, "5k ratings: the fewest sweeps");
         let mut a: Vec<_> = train.iter().map(|r| (r.user, r.item, r.value.to_bits())).collect();
         let mut c: Vec<_> = b.ratings().iter().map(|r| (r.user, r.item, r.value.to_bits())).collect();
@@ -358,7 +368,7 @@ mod tests {
         }
         let (lo, hi) = (per_bin.iter().min().unwrap(), per_bin.iter().max().unwrap());
         assert!(*hi as f64 <= *lo as f64 * 1.2 + 100.0, "{per_bin:?}");
-        let large = BlockedRatings::new(&skewed(9 * SWEEP_RATINGS + 17, 300, 200), 300, 200, 2, 1, 1);
+        let large = BlockedRatings::new(&skewed(9 * SWEEP_RATINGS + 17, 300, 200), 300, 200, 2, None, 1, 1);
         assert_eq!(large.visits, 9.max(MIN_VISITS), "one sweep per SWEEP_RATINGS");
     }
 

@@ -53,8 +53,10 @@ pub enum Order {
     /// The shuffled arrangement (module docs); arranged block by block under
     /// co-partitioning.
     Shuffled,
-    /// FPSGD's blocked order over `bins` × `bins` blocks ([`super::blocked`]).
-    Blocked { bins: u32 },
+    /// FPSGD's blocked order over `bins` × `bins` blocks ([`super::blocked`]),
+    /// in `sweeps` sweeps per epoch (0: one per [`super::blocked::SWEEP_RATINGS`]
+    /// training ratings, [`super::blocked::MIN_VISITS`] at least).
+    Blocked { bins: u32, sweeps: u32 },
 }
 
 impl Order {
@@ -65,14 +67,11 @@ impl Order {
         self.check_co_partition(co_partition)?;
         let cpu = kind == "cpu";
         match self {
-            Order::Auto if cpu && !co_partition => Ok(Order::Blocked { bins: blocked::default_bins(parallelism) }),
+            Order::Auto if cpu && !co_partition => {
+                Ok(Order::Blocked { bins: blocked::default_bins(parallelism), sweeps: 0 })
+            }
             Order::Auto => Ok(Order::Shuffled),
-            Order::Blocked { .. } if !cpu => Err(Error::arg(
-                "--order",
-                self.name(),
-                format!("is for the CPU backend; the {kind} backend trains in the shuffled order"),
-            )),
-            Order::Blocked { bins: 0 } => Err(Error::arg("--order", "blocked:0", "needs at least 1 bin")),
+            Order::Blocked { bins: 0, .. } => Err(Error::arg("--order", self.name(), "needs at least 1 bin")),
             o => Ok(o),
         }
     }
@@ -90,27 +89,36 @@ impl Order {
     }
 
     /// Parses `--order`: `auto`, `shuffled`, `blocked` (with
-    /// [`blocked::default_bins`] for `threads`) or `blocked:BINS` (BINS ≥ 1).
+    /// [`blocked::default_bins`] for `threads`), `blocked:BINS` (BINS ≥ 1) or
+    /// `blocked:BINS:SWEEPS` (SWEEPS ≥ 1 per epoch).
     pub fn parse(s: &str, threads: usize) -> Result<Order> {
         let bad = |why: &str| Error::arg("--order", s, why);
+        let number = |t: &str| t.trim().parse::<u32>().ok().filter(|&n| n >= 1);
         match s.trim() {
             "auto" => Ok(Order::Auto),
             "shuffled" => Ok(Order::Shuffled),
-            "blocked" => Ok(Order::Blocked { bins: blocked::default_bins(threads) }),
-            t => match t.strip_prefix("blocked:").map(|b| b.trim().parse::<u32>()) {
-                Some(Ok(bins)) if bins >= 1 => Ok(Order::Blocked { bins }),
-                Some(_) => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
-                None => Err(bad("must be auto, shuffled, blocked or blocked:BINS")),
+            "blocked" => Ok(Order::Blocked { bins: blocked::default_bins(threads), sweeps: 0 }),
+            t => match t.strip_prefix("blocked:").map(|b| b.split(':').collect::<Vec<_>>()).as_deref() {
+                Some([bins]) => match number(bins) {
+                    Some(bins) => Ok(Order::Blocked { bins, sweeps: 0 }),
+                    None => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
+                },
+                Some([bins, sweeps]) => match (number(bins), number(sweeps)) {
+                    (Some(bins), Some(sweeps)) => Ok(Order::Blocked { bins, sweeps }),
+                    _ => Err(bad("BINS and SWEEPS must be whole numbers ≥ 1, as in blocked:64:4")),
+                },
+                _ => Err(bad("must be auto, shuffled, blocked, blocked:BINS or blocked:BINS:SWEEPS")),
             },
         }
     }
 
-    /// `shuffled`, `blocked:BINS` (or `auto`).
+    /// `shuffled`, `blocked:BINS`, `blocked:BINS:SWEEPS` (or `auto`).
     pub fn name(&self) -> String {
         match self {
             Order::Auto => "auto".into(),
             Order::Shuffled => "shuffled".into(),
-            Order::Blocked { bins } => format!("blocked:{bins}"),
+            Order::Blocked { bins, sweeps: 0 } => format!("blocked:{bins}"),
+            Order::Blocked { bins, sweeps } => format!("blocked:{bins}:{sweeps}"),
         }
     }
 }
@@ -249,8 +257,9 @@ impl RunLayout {
                 }
                 (ratings, Arrangement::CoPartitioned { n_blocks: nb as u32, visits: visits as u32, groups })
             }
-            (Order::Blocked { bins }, None) => {
-                let grid = BlockedRatings::new(train, n_users, n_items, bins, spec.seed, threads);
+            (Order::Blocked { bins, sweeps }, None) => {
+                let sweeps = (sweeps > 0).then_some(sweeps as usize);
+                let grid = BlockedRatings::new(train, n_users, n_items, bins, sweeps, spec.seed, threads);
                 let (bins, visits) = (grid.bins, grid.visits);
                 let nb = (bins * bins) as usize;
                 let mut block_parts = vec![NO_GROUP; nb * visits];
@@ -533,11 +542,11 @@ mod tests {
     fn blocked_rounds_share_no_bin_and_every_block_is_visited_each_sweep() {
         let train = skewed(5_003, 97, 41);
         let bins = 6;
-        let layout = RunLayout::new(&train, 97, 41, spec(Order::Blocked { bins }, 1, None), 2).unwrap();
+        let layout = RunLayout::new(&train, 97, 41, spec(Order::Blocked { bins, sweeps: 0 }, 1, None), 2).unwrap();
         assert_eq!(layout.bins(), Some(bins));
         let plan = layout.epoch(0);
         assert_covers(&layout, &plan, &train);
-        let grid = BlockedRatings::new(&train, 97, 41, bins, 7, 1);
+        let grid = BlockedRatings::new(&train, 97, 41, bins, None, 7, 1);
         for (range, _) in plan.groups_from(0) {
             let pairs: Vec<(u32, u32)> = plan.parts[range].iter().map(|&p| layout.bins_of_part(p).unwrap()).collect();
             let (mut us, mut is): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
@@ -559,25 +568,30 @@ mod tests {
     fn layouts_refuse_what_cannot_be_arranged() {
         let train = skewed(100, 9, 9);
         let c = CoPartition { side: Side::Items, block_rows: 3, visits: 1 };
-        let e = RunLayout::new(&train, 9, 9, spec(Order::Blocked { bins: 2 }, 10, Some(c)), 1).unwrap_err();
+        let e = RunLayout::new(&train, 9, 9, spec(Order::Blocked { bins: 2, sweeps: 0 }, 10, Some(c)), 1).unwrap_err();
         assert!(e.to_string().contains("--co-partition"), "{e}");
         assert!(RunLayout::new(&train, 9, 9, spec(Order::Auto, 10, None), 1).is_err());
     }
 
     #[test]
     fn orders_resolve_by_backend_and_refuse_what_cannot_work() {
-        assert_eq!(Order::Auto.resolve("cpu", 2, false).unwrap(), Order::Blocked { bins: 4 });
-        assert_eq!(Order::Auto.resolve("cpu", 16, false).unwrap(), Order::Blocked { bins: 32 });
+        assert_eq!(Order::Auto.resolve("cpu", 2, false).unwrap(), Order::Blocked { bins: 4, sweeps: 0 });
+        assert_eq!(Order::Auto.resolve("cpu", 16, false).unwrap(), Order::Blocked { bins: 32, sweeps: 0 });
         assert_eq!(Order::Auto.resolve("cpu", 2, true).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
         assert_eq!(Order::Auto.resolve("vulkan", 1, false).unwrap(), Order::Shuffled);
         assert_eq!(Order::Shuffled.resolve("cpu", 2, false).unwrap(), Order::Shuffled);
-        let blocked = Order::Blocked { bins: 5 };
+        let blocked = Order::Blocked { bins: 5, sweeps: 0 };
         assert_eq!(blocked.resolve("cpu", 2, false).unwrap(), blocked);
-        let e = blocked.resolve("vulkan", 1, false).unwrap_err().to_string();
-        assert!(e.contains("--order") && e.contains("CPU backend") && e.contains("vulkan"), "{e}");
+        assert_eq!(blocked.resolve("vulkan", 1, false).unwrap(), blocked, "GPU backends train it too");
         let e = blocked.resolve("cpu", 2, true).unwrap_err().to_string();
         assert!(e.contains("--co-partition"), "{e}");
-        assert!(Order::Blocked { bins: 0 }.resolve("cpu", 2, false).is_err());
+        assert!(Order::Blocked { bins: 0, sweeps: 0 }.resolve("cpu", 2, false).is_err());
         assert_eq!(blocked.name(), "blocked:5");
+        assert_eq!(Order::parse("blocked:64:4", 2).unwrap(), Order::Blocked { bins: 64, sweeps: 4 });
+        assert_eq!(Order::parse("blocked:64:4", 2).unwrap().name(), "blocked:64:4");
+        assert_eq!(Order::parse("blocked:9", 2).unwrap(), Order::Blocked { bins: 9, sweeps: 0 });
+        for bad in ["blocked:0", "blocked:4:0", "blocked:x", "blocked:4:2:1", "random"] {
+            assert!(Order::parse(bad, 2).is_err(), "{bad}");
+        }
     }
 }

@@ -33,6 +33,8 @@ pub struct SimSetup<'a> {
     pub co_partition: Option<Side>,
     /// Visits of every co-partitioning block per epoch.
     pub co_partition_visits: u32,
+    /// The epoch order (resolved: `Shuffled` or `Blocked`).
+    pub order: Order,
 }
 
 /// One policy at one budget: the JSON row of `rowstage simulate`.
@@ -64,7 +66,7 @@ fn threads() -> usize {
 impl SimSetup<'_> {
     /// The layout `train` would use with co-partitioning `co`.
     pub fn layout(&self, co: Option<CoPartition>) -> Result<RunLayout> {
-        let spec = LayoutSpec { seed: self.seed, batch: self.batch, order: Order::Shuffled, co_partition: co };
+        let spec = LayoutSpec { seed: self.seed, batch: self.batch, order: self.order, co_partition: co };
         RunLayout::new(self.train, self.n_users, self.n_items, spec, threads())
     }
 
@@ -155,8 +157,15 @@ impl SimSetup<'_> {
         let mut plan = layout.epoch(0);
         for epoch in 0..self.epochs {
             let following = (epoch + 1 < self.epochs).then(|| layout.epoch(epoch + 1));
-            let mut walk =
-                Walker { stager: &mut st, rows, outside: outside.as_ref(), groups: groups.as_ref(), moves: &mut moves };
+            let mut walk = Walker {
+                stager: &mut st,
+                rows,
+                outside: outside.as_ref(),
+                groups: groups.as_ref(),
+                moves: &mut moves,
+                step_rows: layout.bins().map(|_| slots - block_slots),
+                scratch: Vec::new(),
+            };
             let pass = Pass { plan: &plan, from: 0, following: following.as_ref(), continues: epoch > 0, stop: &never };
             walk.epoch(pass, &mut ledger, |_, _| Ok(()))?;
             epoch_rows_in.push(ledger.rows_in() - epoch_rows_in.iter().sum::<u64>());
@@ -249,6 +258,7 @@ mod tests {
                     lookahead: 4,
                     co_partition: None,
                     co_partition_visits: 1,
+                    order: Order::Shuffled,
                 };
                 let belady = setup.run(PolicyKind::Belady, slots as u64 * 16, None).unwrap().unwrap();
                 let layout = setup.layout(None).unwrap();
@@ -287,6 +297,7 @@ mod tests {
             lookahead: 32,
             co_partition: None,
             co_partition_visits: 1,
+            order: Order::Shuffled,
         };
         let bytes = (d.users.len() + d.items.len()) as u64 * 144 / 4;
         let belady = setup.run(PolicyKind::Belady, bytes, None).unwrap().unwrap();

@@ -3,6 +3,7 @@
 //! ([`super::simulate`]) only counts, so that a run's ledger and the
 //! simulator's agree by construction.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::order::{EpochPlan, NO_GROUP};
@@ -15,8 +16,10 @@ pub enum Event<'a> {
     /// A co-partitioning block visit starts: its rows of the side go into
     /// the block area (`moves.load`, with their slot-map entries).
     BeginBlock(&'a Moves),
-    /// Part `part` trains on the slab after `moves`.
-    Train { part: u32, moves: &'a Moves },
+    /// The plan's parts at `parts` (indices into the plan) train on the slab
+    /// after `moves`: one part, or in the blocked order parts of one round,
+    /// which share no row and train at once.
+    Train { parts: Range<usize>, moves: &'a Moves },
     /// The block visit ends: these trained rows are written back.
     EndBlock(&'a [Placed]),
 }
@@ -59,6 +62,12 @@ pub struct Walker<'a> {
     /// Co-partitioning's rows of the side per layout group.
     pub groups: Option<&'a GroupRows>,
     pub moves: &'a mut Moves,
+    /// The blocked order: a step takes as many parts of a round (which
+    /// share no row) as fit this many rows, at least one. `None`: a step is
+    /// one part.
+    pub step_rows: Option<u32>,
+    /// A step's rows (several parts' concatenated), reused.
+    pub scratch: Vec<u32>,
 }
 
 impl Walker<'_> {
@@ -86,21 +95,18 @@ impl Walker<'_> {
                 each(Event::BeginBlock(self.moves), ledger)?;
             }
             let mut stopped = false;
-            for &part in &plan.parts[range] {
+            let mut k = range.start;
+            while k < range.end {
                 if stop.load(Ordering::Relaxed) {
                     stopped = true;
                     break;
                 }
-                match self.outside {
-                    Some(out) if self.stager.stages_outside_only(out.of(part).len()) => {
-                        let (all, off) = (rows.counts(part), out.counts(part));
-                        self.stager.stage_outside(out.of(part), (all.0 - off.0, all.1 - off.1), self.moves, ledger);
-                    }
-                    _ => self.stager.stage(rows.of(part), self.moves, ledger),
-                }
+                let step = self.step_at(plan, k, range.end);
+                self.stage(&plan.parts[step.clone()], ledger);
                 ledger.steps += 1;
-                each(Event::Train { part, moves: self.moves }, ledger)?;
-                done += 1;
+                k = step.end;
+                done += step.len();
+                each(Event::Train { parts: step, moves: self.moves }, ledger)?;
             }
             if block.is_some() {
                 let out = self.stager.end_block(ledger).to_vec();
@@ -121,5 +127,57 @@ impl Walker<'_> {
             }
         }
         Ok(done)
+    }
+
+    /// The step starting at plan index `k` of a group ending at `end`: one
+    /// part, or as many as fit [`Walker::step_rows`].
+    fn step_at(&self, plan: &EpochPlan, k: usize, end: usize) -> Range<usize> {
+        let Some(cap) = self.step_rows else { return k..k + 1 };
+        let count = |p: u32| {
+            let (u, i) = self.rows.counts(p);
+            u + i
+        };
+        let mut rows = count(plan.parts[k]);
+        let mut j = k + 1;
+        while j < end && rows + count(plan.parts[j]) <= cap {
+            rows += count(plan.parts[j]);
+            j += 1;
+        }
+        k..j
+    }
+
+    /// Stages the step of `parts` (rows disjoint between parts).
+    fn stage(&mut self, parts: &[u32], ledger: &mut Ledger) {
+        let rows = self.rows;
+        if let Some(out) = self.outside {
+            let outside: usize = parts.iter().map(|&p| out.of(p).len()).sum();
+            if self.stager.stages_outside_only(outside) {
+                let (mut u, mut i) = (0, 0);
+                for &p in parts {
+                    let (all, off) = (rows.counts(p), out.counts(p));
+                    (u, i) = (u + all.0 - off.0, i + all.1 - off.1);
+                }
+                let step_rows = gather(&mut self.scratch, parts.iter().map(|&p| out.of(p)));
+                self.stager.stage_outside(step_rows, (u, i), self.moves, ledger);
+                return;
+            }
+        }
+        let step_rows = gather(&mut self.scratch, parts.iter().map(|&p| rows.of(p)));
+        self.stager.stage(step_rows, self.moves, ledger);
+    }
+}
+
+/// `lists` concatenated into `scratch` (a single list as it is).
+fn gather<'r>(scratch: &'r mut Vec<u32>, mut lists: impl Iterator<Item = &'r [u32]>) -> &'r [u32] {
+    let first = lists.next().unwrap_or(&[]);
+    match lists.next() {
+        None => first,
+        Some(second) => {
+            scratch.clear();
+            scratch.extend_from_slice(first);
+            scratch.extend_from_slice(second);
+            lists.for_each(|l| scratch.extend_from_slice(l));
+            scratch
+        }
     }
 }

@@ -158,6 +158,7 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
                 hogwild_width: crate::gpu::HogwildWidth::Auto,
                 threads: 1,
                 data_window: None,
+                blocked_lanes: None,
             },
         )
     };

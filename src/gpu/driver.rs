@@ -13,6 +13,7 @@
 //! staged rows) and one copy into the readback ring, whose rows reach the
 //! host tables while later steps run.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -30,7 +31,7 @@ use super::{GpuContext, GpuSetup};
 use crate::data::Rating;
 use crate::engine::rows::{GroupRows, PartRows, cut_by_rows, lookahead_accesses};
 use crate::engine::walk::{Event, Pass, Walker, outside_rows};
-use crate::engine::{Backend, EpochInput, EpochTrain, Part, Prediction, RunLayout};
+use crate::engine::{Backend, EpochInput, EpochPlan, EpochTrain, Part, Prediction, RunLayout};
 use crate::error::Result;
 use crate::model::{Metrics, MetricsAcc, Model, Rate};
 use crate::stage::{Ledger, Moves, Placed, Stager, access_counts, entry};
@@ -43,6 +44,34 @@ pub const DISPATCH_RATINGS: usize = 1 << 20;
 /// Test ratings one evaluation dispatch predicts at most where nothing is
 /// staged.
 const EVAL_RATINGS: usize = 1 << 20;
+
+/// Rounds of the blocked order one submission carries where nothing is
+/// staged (a parameter block each).
+const ROUNDS_PER_SUBMIT: usize = 64;
+
+/// Which SGD kernel a block launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sgd {
+    /// `sgd` over the parts table.
+    Parts,
+    /// `sgd` over the waves table.
+    Waves,
+    /// `sgd_tail` over the waves table.
+    Tail,
+    /// `sgd_blocked` (or `sgd_blocked_lanes`) over the epoch's parts.
+    Blocked,
+}
+
+impl Sgd {
+    fn launch(self, l: &mut Launch, block: u32, n: u32, lanes: bool) {
+        match self {
+            Sgd::Parts => l.sgd(block, n, false),
+            Sgd::Waves => l.sgd(block, n, true),
+            Sgd::Tail => l.sgd_tail(block),
+            Sgd::Blocked => l.sgd_blocked(block, n, lanes),
+        }
+    }
+}
 
 /// The device side of the engine: everything a step touches but the
 /// scheduler.
@@ -75,6 +104,12 @@ struct Exec {
     waves: Option<(Vec<Part>, Vec<u32>)>,
     /// Run the tail of small waves in one workgroup (`sgd_tail`).
     wave_tail: bool,
+    /// The layout is the blocked order: a step's parts share no row, each
+    /// walked by a worker of its own.
+    blocked: bool,
+    /// A blocked part's worker is a workgroup of lanes (`sgd_blocked_lanes`)
+    /// rather than one invocation (`sgd_blocked`).
+    lanes: bool,
     /// Where the training ratings exceed what the device binds: the host's
     /// copy, streamed a part at a time into the ratings window.
     streamed: Option<Vec<Rating>>,
@@ -314,15 +349,27 @@ impl Exec {
         part.start
     }
 
-    /// The SGD blocks of part `part` (deterministic: its waves, the tail of
-    /// small ones in one block), in launch order, as (block, width, tail).
-    fn sgd_blocks(&mut self, part: u32, len: u32, base: u32) -> Vec<(u32, u32, bool)> {
+    /// The SGD blocks of the step of plan indices `parts`, in launch order,
+    /// as (block, invocations, kernel): in the blocked order one
+    /// `sgd_blocked` over the step's parts (a worker each, over the epoch's
+    /// part table); otherwise the step's one part, in Hogwild one `sgd` of
+    /// the width, in deterministic mode its waves (the tail of small ones in
+    /// one `sgd_tail` block).
+    fn sgd_blocks(&mut self, plan: &EpochPlan, parts: Range<usize>, layout: &RunLayout, base: u32) -> Vec<(u32, u32, Sgd)> {
         let mut out = Vec::new();
+        if self.blocked {
+            let n = parts.len() as u32;
+            let params = self.sgd_params(self.n_parts + parts.start as u32, n, n, base);
+            out.push((self.input.block(params), n, Sgd::Blocked));
+            return out;
+        }
+        let part = plan.parts[parts.start];
+        let len = layout.parts()[part as usize].len;
         match &self.waves {
             None => {
                 let width = self.width.map_or(len, |w| w.min(len)).max(1);
                 let params = self.sgd_params(part, 1, width, base);
-                out.push((self.input.block(params), width, false));
+                out.push((self.input.block(params), width, Sgd::Parts));
             }
             Some((waves, part_waves)) => {
                 let (w0, w1) = (part_waves[part as usize], part_waves[part as usize + 1]);
@@ -334,22 +381,24 @@ impl Exec {
                 let split = if n - split < 2 { n } else { split };
                 for (k, &width) in lens[..split].iter().enumerate() {
                     let params = self.sgd_params(w0 + k as u32, 1, width, base);
-                    out.push((self.input.block(params), width, false));
+                    out.push((self.input.block(params), width, Sgd::Waves));
                 }
                 if split < n {
                     let params = self.sgd_params(w0 + split as u32, (n - split) as u32, TAIL_GROUP, base);
-                    out.push((self.input.block(params), TAIL_GROUP, true));
+                    out.push((self.input.block(params), TAIL_GROUP, Sgd::Tail));
                 }
             }
         }
         out
     }
 
-    /// One staged training step: part `part` after `moves`.
+    /// One staged training step: the plan's parts at `parts` after `moves`.
+    #[allow(clippy::too_many_arguments)]
     fn train_step(
         &mut self,
         tables: &mut HostTables,
-        part: u32,
+        plan: &EpochPlan,
+        parts: Range<usize>,
         moves: &Moves,
         layout: &RunLayout,
         ledger: &mut Ledger,
@@ -359,8 +408,8 @@ impl Exec {
         let t = Instant::now();
         self.waited += self.readback.complete_holding(&self.dev, tables, moves.load.iter().map(|p| p.row))?;
         self.times.readback += t.elapsed().as_secs_f64();
-        let p = layout.parts()[part as usize];
-        let base = self.stream(p, ledger);
+        // Streamed ratings come a part a step (the walk then makes steps of one).
+        let base = self.stream(layout.parts()[plan.parts[parts.start] as usize], ledger);
         self.input.clear();
         let map_at = self.input.map(&moves.map);
         let out_at = self.input.slots(&moves.evict);
@@ -373,9 +422,8 @@ impl Exec {
         let b_evict = self.input.block(self.moves_params(0, n_evict, out_at));
         let b_load = self.input.block(self.moves_params(0, n_load, load_at));
         let b_release = self.input.block(self.moves_params(n_evict, n_release, out_at + n_evict));
-        let sgd = self.sgd_blocks(part, p.len, base);
-        let waves = self.waves.is_some();
-        let rv = self.row_vec4;
+        let sgd = self.sgd_blocks(plan, parts, layout, base);
+        let (rv, lanes) = (self.row_vec4, self.lanes);
         let out = n_evict + n_release;
         let bytes = out as u64 * self.layout.row_bytes;
         let (gather_to, copy_to) = if out > 0 {
@@ -395,8 +443,8 @@ impl Exec {
                 l.map_rows(b_map, n_map);
                 l.gather(b_evict, n_evict, rv, gather_to);
                 l.scatter(b_load, n_load, rv);
-                for &(block, width, tail) in &sgd {
-                    if tail { l.sgd_tail(block) } else { l.sgd(block, width, waves) }
+                for &(block, n, kind) in &sgd {
+                    kind.launch(l, block, n, lanes);
                 }
                 l.gather(b_release, n_release, rv, gather_to);
             },
@@ -413,49 +461,81 @@ impl Exec {
         self.dev.check()
     }
 
-    /// Trains `parts` (plan indices `first..`, every row resident): Hogwild
-    /// in dispatches of up to [`DISPATCH_RATINGS`] ratings over the epoch's
-    /// part table, deterministic mode a part at a time. Stops before a
-    /// dispatch when `stop` is raised; returns the parts trained.
+    /// Writes the epoch's plan as parts after the layout's in the parts
+    /// buffer: what a dispatch over several of the plan's parts reads.
+    fn put_plan(&mut self, plan: &EpochPlan, layout: &RunLayout, ledger: &mut Ledger) {
+        let table: Vec<Part> = plan.parts.iter().map(|&p| layout.parts()[p as usize]).collect();
+        ledger.data_bytes_h2d +=
+            self.dev.put(&mut self.wire, &self.buffers.parts, self.n_parts as u64 * 8, bytemuck::cast_slice(&table));
+    }
+
+    /// Trains the plan from index `first` on, every row resident: in the
+    /// blocked order a dispatch per round (up to [`ROUNDS_PER_SUBMIT`] in a
+    /// pass: the dispatches of a pass run in order); in Hogwild dispatches
+    /// of up to [`DISPATCH_RATINGS`] ratings over the epoch's part table;
+    /// deterministic waves and streamed ratings a part at a time. Stops
+    /// between submissions when `stop` is raised; returns the parts trained.
     fn train_resident(
         &mut self,
         tables: &HostTables,
         layout: &RunLayout,
-        plan_parts: &[u32],
+        plan: &EpochPlan,
         first: usize,
         stop: &std::sync::atomic::AtomicBool,
         ledger: &mut Ledger,
     ) -> Result<usize> {
-        let parts = &plan_parts[first..];
+        let lanes = self.lanes;
         if self.waves.is_some() || self.streamed.is_some() {
-            for (k, &part) in parts.iter().enumerate() {
+            for k in first..plan.parts.len() {
                 if stop.load(Ordering::Relaxed) {
-                    return Ok(k);
+                    return Ok(k - first);
                 }
-                let p = layout.parts()[part as usize];
-                let base = self.stream(p, ledger);
+                let base = self.stream(layout.parts()[plan.parts[k] as usize], ledger);
                 self.input.clear();
-                let sgd = self.sgd_blocks(part, p.len, base);
-                let waves = self.waves.is_some();
+                let sgd = self.sgd_blocks(plan, k..k + 1, layout, base);
                 self.submit(
                     tables,
                     "train",
                     ledger,
                     |l| {
-                        for &(block, width, tail) in &sgd {
-                            if tail { l.sgd_tail(block) } else { l.sgd(block, width, waves) }
+                        for &(block, n, kind) in &sgd {
+                            kind.launch(l, block, n, lanes);
                         }
                     },
                     |_, _| {},
                 )?;
                 self.dev.check()?;
             }
-            return Ok(parts.len());
+            return Ok(plan.parts.len() - first);
         }
-        // The epoch's plan as parts, after the layout's in the parts buffer.
-        let table: Vec<Part> = plan_parts.iter().map(|&p| layout.parts()[p as usize]).collect();
-        ledger.data_bytes_h2d +=
-            self.dev.put(&mut self.wire, &self.buffers.parts, self.n_parts as u64 * 8, bytemuck::cast_slice(&table));
+        if self.blocked {
+            let rounds: Vec<Range<usize>> = plan.groups_from(first).map(|(r, _)| r).collect();
+            let mut done = first;
+            for chunk in rounds.chunks(ROUNDS_PER_SUBMIT) {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                self.input.clear();
+                let sgd: Vec<(u32, u32, Sgd)> =
+                    chunk.iter().flat_map(|r| self.sgd_blocks(plan, r.clone(), layout, 0)).collect();
+                self.submit(
+                    tables,
+                    "train rounds",
+                    ledger,
+                    |l| {
+                        for &(block, n, kind) in &sgd {
+                            kind.launch(l, block, n, lanes);
+                        }
+                    },
+                    |_, _| {},
+                )?;
+                self.dev.check()?;
+                done = chunk.last().map_or(done, |r| r.end);
+            }
+            return Ok(done - first);
+        }
+        let parts = &plan.parts[first..];
+        let len = |k: usize| layout.parts()[parts[k] as usize].len as usize;
         let widest = layout.max_part_len() as u32;
         let width = self.width.map_or(widest, |w| w.min(widest)).max(1);
         let mut k = 0;
@@ -465,8 +545,8 @@ impl Exec {
             }
             let start = k;
             let mut n = 0usize;
-            while k < parts.len() && (n == 0 || n + table[first + k].len as usize <= DISPATCH_RATINGS) {
-                n += table[first + k].len as usize;
+            while k < parts.len() && (n == 0 || n + len(k) <= DISPATCH_RATINGS) {
+                n += len(k);
                 k += 1;
             }
             self.input.clear();
@@ -544,13 +624,20 @@ impl GpuBackend {
         let summary = dev.ctx.summary.clone();
         let width = setup.hogwild_width.resolve(&summary);
         // The device's copy of the ratings: waves in deterministic mode.
-        let DeviceRatings { ratings: device_ratings, waves, part_waves } = if setup.deterministic {
+        // The blocked order is exact by itself: no waves, no conflicts.
+        let blocked = run.bins().is_some();
+        let waved = setup.deterministic && !blocked;
+        let DeviceRatings { ratings: device_ratings, waves, part_waves } = if waved {
             prepare::waves(&run, threads)
         } else {
             DeviceRatings { ratings: Vec::new(), waves: Vec::new(), part_waves: Vec::new() }
         };
-        let conflicts = if setup.deterministic { Vec::new() } else { prepare::conflicts(&run, width, threads) };
-        let source: &[Rating] = if setup.deterministic { &device_ratings } else { run.ratings() };
+        let conflicts = if setup.deterministic || blocked {
+            vec![0; run.parts().len()]
+        } else {
+            prepare::conflicts(&run, width, threads)
+        };
+        let source: &[Rating] = if waved { &device_ratings } else { run.ratings() };
         let capacity = ratings_capacity(setup, &summary);
         let all_bytes = source.len() as u64 * 12;
         let streamed = all_bytes > capacity;
@@ -562,13 +649,14 @@ impl GpuBackend {
         }
         let max_wave = waves.iter().map(|w| w.len).max().unwrap_or(0);
         let batch = run.max_part_len() as u32;
-        let invocations = width.map_or(batch, |w| w.min(batch)).max(max_wave).max(TAIL_GROUP).max(1);
+        let workers = run.bins().unwrap_or(0);
+        let invocations = width.map_or(batch, |w| w.min(batch)).max(max_wave).max(TAIL_GROUP).max(workers).max(1);
         let loss_words = invocations as u64 * copies as u64;
         let uniform_align = summary.min_uniform_buffer_offset_alignment.max(kernels::PARAMS_SIZE as u32) as u64;
         let max_waves = part_waves.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         let regions = StepRegions {
             block_stride: kernels::PARAMS_SIZE.next_multiple_of(uniform_align),
-            max_blocks: max_waves + 8,
+            max_blocks: max_waves.max(ROUNDS_PER_SUBMIT as u32) + 8,
             // Slot-map entries (two words each) for the loads, the victims,
             // the lent rows and the rows left by the last step, and one
             // slot per load, victim and staged row.
@@ -632,9 +720,12 @@ impl GpuBackend {
             mean: setup.mean,
             range: setup.range,
             width: if setup.deterministic { None } else { width },
-            waves: setup.deterministic.then_some((waves, part_waves)),
+            waves: waved.then_some((waves, part_waves)),
             wave_tail: setup.wave_tail.unwrap_or(!summary.is_software()),
-            streamed: streamed.then(|| if setup.deterministic { device_ratings } else { run.ratings().to_vec() }),
+            blocked,
+            lanes: setup.blocked_lanes.unwrap_or(!summary.is_software())
+                && kernels::lanes(setup.rank as u32) <= kernels::MAX_LANES.min(summary.max_compute_invocations_per_workgroup),
+            streamed: streamed.then(|| if waved { device_ratings } else { run.ratings().to_vec() }),
             capacity,
             waited: 0.0,
             dispatches: 0,
@@ -795,7 +886,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// One of the scheduler's decisions, handed to the device side.
 enum Job {
     Begin(Moves),
-    Train(u32, Moves),
+    Train(Range<usize>, Moves),
     End(Vec<Placed>),
 }
 
@@ -839,7 +930,7 @@ fn pipelined(
                 let spent = spent_rx.try_recv().ok();
                 let job = match event {
                     Event::BeginBlock(moves) => Job::Begin(copy_moves(moves, spent)),
-                    Event::Train { part, moves } => Job::Train(part, copy_moves(moves, spent)),
+                    Event::Train { parts, moves } => Job::Train(parts, copy_moves(moves, spent)),
                     Event::EndBlock(placed) => Job::End(placed.to_vec()),
                 };
                 let t = Instant::now();
@@ -865,7 +956,7 @@ fn pipelined(
                         exec.load(tables, moves, ledger)
                     })
                 }
-                Job::Train(part, moves) => exec.train_step(tables, *part, moves, run, ledger),
+                Job::Train(parts, moves) => exec.train_step(tables, input.plan, parts.clone(), moves, run, ledger),
                 Job::End(placed) => exec.write_back(tables, placed, ledger),
             };
             if let Err(e) = result {
@@ -938,8 +1029,9 @@ impl Backend for GpuBackend {
             self.load_resident(&tables, &mut ledger)?;
         }
         let plan = input.plan;
+        self.exec.put_plan(plan, &self.run, &mut ledger);
         let parts = if self.exec.layout.all_resident {
-            let n = self.exec.train_resident(&tables, &self.run, &plan.parts, input.from, input.stop, &mut ledger)?;
+            let n = self.exec.train_resident(&tables, &self.run, plan, input.from, input.stop, &mut ledger)?;
             // Every step's rows are hits, and every resident row is trained.
             for &p in &plan.parts[input.from..input.from + n] {
                 let (u, i) = self.rows.counts(p);
@@ -951,12 +1043,17 @@ impl Backend for GpuBackend {
             n
         } else {
             let continues = input.from == 0 && self.following_of == Some(input.epoch);
+            // A blocked round's parts go into a step as long as the policy's
+            // slots hold their rows (streamed ratings: a part a step).
+            let blocked_steps = self.exec.blocked && self.exec.streamed.is_none();
             let walker = Walker {
                 stager: &mut self.stager,
                 rows: &self.rows,
                 outside: self.outside.as_ref(),
                 groups: self.groups.as_ref(),
                 moves: &mut self.moves,
+                step_rows: blocked_steps.then(|| self.exec.layout.slots - self.exec.layout.block_slots),
+                scratch: Vec::new(),
             };
             pipelined(walker, &mut self.exec, &mut tables, &self.run, input, continues, &mut ledger)?
         };

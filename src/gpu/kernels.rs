@@ -128,7 +128,8 @@ pub struct Spec {
 /// `src` with the WGSL constants of `spec` in front: `RANK`, `ROW_VEC4`
 /// (vec4s of one model's copy of a row), `MODELS`, `BV` and `BL` (the vec4
 /// and lane of the bias, at float index `RANK`), and `TAIL_F` / `TAIL_B`
-/// (1.0 on the factor / bias lanes of vec4 `BV`; its other lanes are padding).
+/// (1.0 on the factor / bias lanes of vec4 `BV`; its other lanes are padding),
+/// and `LANES` (`sgd_blocked_lanes`' workgroup: [`lanes`]).
 pub fn specialize(src: &str, spec: Spec) -> String {
     let k = spec.rank;
     let lane = |f: &dyn Fn(u32) -> bool| {
@@ -143,15 +144,28 @@ pub fn specialize(src: &str, spec: Spec) -> String {
          const BV: u32 = {}u;\n\
          const BL: u32 = {}u;\n\
          const TAIL_F: vec4<f32> = {};\n\
-         const TAIL_B: vec4<f32> = {};\n\n{src}",
+         const TAIL_B: vec4<f32> = {};\n\
+         const LANES: u32 = {}u;\n\n{src}",
         crate::model::row_stride(k as usize) / 4,
         spec.models.max(1),
         k / 4,
         k % 4,
         lane(&|l| l < k % 4),
         lane(&|l| l == k % 4),
+        lanes(spec.rank).min(MAX_LANES),
     )
 }
+
+/// Lanes of `sgd_blocked_lanes`' workgroup for `rank`: the first power of
+/// two at least the vec4s of a row (`ROW_VEC4`), so that the dot product's
+/// tree reduction is whole.
+pub fn lanes(rank: u32) -> u32 {
+    (crate::model::row_stride(rank as usize) as u32 / 4).next_power_of_two()
+}
+
+/// The most lanes `sgd_blocked_lanes` takes (every adapter runs workgroups
+/// of 256); above it (ranks past 1020) a part gets one invocation.
+pub const MAX_LANES: u32 = 256;
 
 /// The WGSL source of kernel file `name`: the prelude, then (for `sgd` and
 /// `predict`) the specialisation for `spec`, then the file.
@@ -198,15 +212,17 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Every kernel, compiled once per device. `sgd_tail` is the second entry
-/// point of `sgd.wgsl`, on `sgd`'s bind group layout (one bind group serves
-/// both).
+/// Every kernel, compiled once per device. `sgd_tail`, `sgd_blocked` and
+/// `sgd_blocked_lanes` are further entry points of `sgd.wgsl`, on `sgd`'s
+/// bind group layout (one bind group serves them all).
 pub struct Kernels {
     pub map_rows: Kernel,
     pub scatter: Kernel,
     pub gather: Kernel,
     pub sgd: Kernel,
     pub sgd_tail: Kernel,
+    pub sgd_blocked: Kernel,
+    pub sgd_blocked_lanes: Kernel,
     pub predict: Kernel,
 }
 
@@ -253,10 +269,15 @@ impl Kernels {
         let [map_rows] = family(device, spec, "map_rows", &[Rw, ReadAt, Params], ["map_rows"]);
         let [scatter] = family(device, spec, "scatter_rows", &[Rw, ReadAt, ReadAt, Params], ["scatter_rows"]);
         let [gather] = family(device, spec, "gather_rows", &[Read, Rw, ReadAt, Params], ["gather_rows"]);
-        let [sgd, sgd_tail] =
-            family(device, spec, "sgd", &[Rw, Read, Rw, Params, Read, Read, Read], ["sgd", "sgd_tail"]);
+        let [sgd, sgd_tail, sgd_blocked, sgd_blocked_lanes] = family(
+            device,
+            spec,
+            "sgd",
+            &[Rw, Read, Rw, Params, Read, Read, Read],
+            ["sgd", "sgd_tail", "sgd_blocked", "sgd_blocked_lanes"],
+        );
         let [predict] = family(device, spec, "predict", &[Read, Read, Rw, Params, ReadAt, Read], ["predict"]);
-        Kernels { map_rows, scatter, gather, sgd, sgd_tail, predict }
+        Kernels { map_rows, scatter, gather, sgd, sgd_tail, sgd_blocked, sgd_blocked_lanes, predict }
     }
 }
 
@@ -304,7 +325,9 @@ mod tests {
                     "{name}.wgsl has no entry point named {name}"
                 );
                 if name == "sgd" {
-                    assert!(module.entry_points.iter().any(|ep| ep.name == "sgd_tail"), "sgd.wgsl lacks sgd_tail");
+                    for entry in ["sgd_tail", "sgd_blocked", "sgd_blocked_lanes"] {
+                        assert!(module.entry_points.iter().any(|ep| ep.name == entry), "sgd.wgsl lacks {entry}");
+                    }
                 }
             }
         }
@@ -334,5 +357,7 @@ mod tests {
         let src = specialize("", Spec { rank: 32, models: 1 });
         assert!(src.contains("const TAIL_F: vec4<f32> = vec4<f32>(0.0, 0.0, 0.0, 0.0);"), "{src}");
         assert!(src.contains("const TAIL_B: vec4<f32> = vec4<f32>(1.0, 0.0, 0.0, 0.0);"), "{src}");
+        assert!(src.contains("const LANES: u32 = 16u;"), "rank 32: 9 vec4s, 16 lanes: {src}");
+        assert_eq!((lanes(1), lanes(3), lanes(4), lanes(128)), (1, 1, 2, 64));
     }
 }

@@ -318,6 +318,18 @@ impl Launch<'_, '_> {
         self.dispatch(&self.kernels.sgd_tail.pipeline, &self.bind.sgd_waves, &[o.block(block)], groups);
     }
 
+    /// `sgd_blocked` over block `block`'s `parts` parts, a worker each: an
+    /// invocation, or with `lanes` a workgroup (`sgd_blocked_lanes`).
+    pub fn sgd_blocked(&mut self, block: u32, parts: u32, lanes: bool) {
+        let o = self.offsets;
+        let (kernel, groups) = if lanes {
+            (&self.kernels.sgd_blocked_lanes, dispatch_size(parts as u64, 1, self.max_per_dim))
+        } else {
+            (&self.kernels.sgd_blocked, dispatch_size(parts as u64, WORKGROUP, self.max_per_dim))
+        };
+        self.dispatch(&kernel.pipeline, &self.bind.sgd, &[o.block(block)], groups);
+    }
+
     /// Predicts `count` test ratings ([`super::kernels::PredictParams`]) with
     /// `group` (the
     /// test set's bind group).

@@ -70,6 +70,11 @@ pub struct GpuSetup {
     pub wave_tail: Option<bool>,
     /// Hogwild: how many ratings of a part update at once.
     pub hogwild_width: HogwildWidth,
+    /// The blocked order: walk a part with a workgroup of lanes sharing the
+    /// rank (`sgd_blocked_lanes`) rather than one invocation. `None`: lanes
+    /// on hardware GPUs, one invocation on software adapters (which run a
+    /// workgroup's lanes one after another, and pay for its barriers).
+    pub blocked_lanes: Option<bool>,
     /// Host threads for the per-run preparation.
     pub threads: usize,
     /// The most bytes of training ratings the device holds at once (`None`:

@@ -303,6 +303,7 @@ pub fn open_backend_on(
         hogwild_width: spec.hogwild_width,
         threads: spec.threads,
         data_window: None,
+        blocked_lanes: None,
     };
     let gpu = GpuBackend::new(ctx, &setup)?;
     let layout = gpu.layout().clone();
