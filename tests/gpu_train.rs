@@ -59,7 +59,7 @@ fn sim_setup<'a>(
         batch: s.batch,
         seed: s.seed,
         epochs: s.epochs,
-        row_bytes: (rowstage::model::row_stride(s.hp.rank) * 4) as u64,
+        row_bytes: s.row_bytes(),
         lookahead: 4,
         co_partition,
         co_partition_visits: s.co_partition.map_or(1, |c| c.visits),

@@ -9,7 +9,7 @@ mod common;
 use rowstage::data::{Rating, UNKNOWN};
 use rowstage::engine::Part;
 use rowstage::gpu::kernels::{PredictParams, Spec, WORKGROUP};
-use rowstage::gpu::probe::{Probe, SgdRun};
+use rowstage::gpu::probe::{Probe, SgdKernel, SgdRun};
 use rowstage::model::{Step, row_stride};
 use rowstage::stage::entry;
 
@@ -141,7 +141,15 @@ fn sgd_one_at_a_time_and_on_disjoint_rows_equals_the_sequential_cpu_update() {
                 .map(|k| Rating { user: (k * 7) % n_users, item: (k * 11) % 37, value: 1.0 + (k % 5) as f32 })
                 .collect();
             let parts = [Part { start: 0, len: 70 }, Part { start: 70, len: 61 }];
-            let run = SgdRun { first_part: 0, parts: 2, width: 1, n_users, bias_reg: 0.01, mean: 3.2, tail: false };
+            let run = SgdRun {
+                first_part: 0,
+                parts: 2,
+                width: 1,
+                n_users,
+                bias_reg: 0.01,
+                mean: 3.2,
+                kernel: SgdKernel::Sgd,
+            };
             let (gpu, loss) = probe.sgd(&slab, &map, &ratings, &parts, &rates, run, models).unwrap();
             let (cpu, sse) = cpu_sgd(&slab, &map, &ratings, rank, models, &rates, n_users, 3.2, 0.01);
             for (k, (a, b)) in gpu.iter().zip(&cpu).enumerate() {
@@ -165,10 +173,38 @@ fn sgd_one_at_a_time_and_on_disjoint_rows_equals_the_sequential_cpu_update() {
             let waves: Vec<Part> = (0..5u32).map(|w| Part { start: w * 7, len: 7 }).collect();
             let tail_ratings: Vec<Rating> =
                 (0..35u32).map(|k| Rating { user: k % 7, item: (k % 7 + k / 7) % 37, value: 3.0 }).collect();
-            let run = SgdRun { first_part: 0, parts: 5, width: 256, tail: true, ..run };
+            let run = SgdRun { first_part: 0, parts: 5, width: 256, kernel: SgdKernel::Tail, ..run };
             let (gpu, _) = probe.sgd(&slab, &map, &tail_ratings, &waves, &rates, run, 256 * models).unwrap();
             let (cpu, _) = cpu_sgd(&slab, &map, &tail_ratings, rank, models, &rates, n_users, 3.2, 0.01);
             assert!(gpu.iter().zip(&cpu).all(|(a, b)| close(*a, *b)), "rank {rank} × {models}: sgd_tail");
+
+            // `sgd_blocked` and `sgd_blocked_lanes`: 37 parts (not a multiple
+            // of 64) after two of padding, rows shared within a part (user p,
+            // user p + 37 where there is one, item p, each twice) and never
+            // between parts: each part walked in order by its own worker
+            // equals the parts one after another.
+            let mut blocked = Vec::new();
+            let mut parts = vec![Part { start: 0, len: 0 }, Part { start: 0, len: 0 }];
+            for p in 0..37u32 {
+                let start = blocked.len() as u32;
+                for round in 0..2u32 {
+                    for u in [p, p + 37].into_iter().filter(|&u| u < n_users) {
+                        blocked.push(Rating { user: u, item: p, value: 1.0 + ((u + round) % 5) as f32 });
+                    }
+                }
+                parts.push(Part { start, len: blocked.len() as u32 - start });
+            }
+            let (cpu, sse) = cpu_sgd(&slab, &map, &blocked, rank, models, &rates, n_users, 3.2, 0.01);
+            for kernel in [SgdKernel::Blocked, SgdKernel::BlockedLanes] {
+                let run = SgdRun { first_part: 2, parts: 37, width: 37, kernel, ..run };
+                let words = 37usize.max(run.width as usize) * models;
+                let (gpu, loss) = probe.sgd(&slab, &map, &blocked, &parts, &rates, run, words).unwrap();
+                for (k, (a, b)) in gpu.iter().zip(&cpu).enumerate() {
+                    assert!(close(*a, *b), "rank {rank} × {models}, {kernel:?}: float {k}: {a} vs {b}");
+                }
+                let gpu_sse: f64 = loss.iter().map(|&x| x as f64).sum();
+                assert!((gpu_sse - sse).abs() <= 1e-4 * sse, "{kernel:?}: loss {gpu_sse} vs {sse}");
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::order::{LayoutSpec, Order, RunLayout};
 use super::rows::{GroupRows, PartRows, lookahead_accesses};
-use super::walk::{Pass, Walker, outside_rows};
+use super::walk::{Pass, Walker, blocked_step_rows, outside_rows};
 use crate::data::Rating;
 use crate::error::Result;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
@@ -163,11 +163,16 @@ impl SimSetup<'_> {
                 outside: outside.as_ref(),
                 groups: groups.as_ref(),
                 moves: &mut moves,
-                step_rows: layout.bins().map(|_| slots - block_slots),
+                step_rows: layout.bins().map(|bins| blocked_step_rows(rows, bins, slots - block_slots)),
                 scratch: Vec::new(),
             };
             let pass = Pass { plan: &plan, from: 0, following: following.as_ref(), continues: epoch > 0, stop: &never };
             walk.epoch(pass, &mut ledger, |_, _| Ok(()))?;
+            // Training evaluates after every epoch, which first brings the
+            // lent resident rows back (as a GPU run does).
+            if st.has_lent() {
+                st.restore_lent(&mut moves, &mut ledger);
+            }
             epoch_rows_in.push(ledger.rows_in() - epoch_rows_in.iter().sum::<u64>());
             if let Some(f) = following {
                 plan = f;

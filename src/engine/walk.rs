@@ -38,6 +38,17 @@ pub fn outside_rows(stager: &Stager, rows: &PartRows, threads: usize) -> Option<
     Some(rows.filtered(|r| !resident[r as usize], threads))
 }
 
+/// The rows a step of the blocked order may hold ([`Walker::step_rows`]): a
+/// whole round (at most `bins` parts of at most `rows.max()` rows, disjoint)
+/// where half the policy's `slots` hold it, else as many parts as they do,
+/// at least one. Half: a step's transfer windows (twice its rows) then stay
+/// within the slab's size. The same rule for a run and its simulation keeps
+/// their ledgers equal.
+pub fn blocked_step_rows(rows: &PartRows, bins: u32, slots: u32) -> u32 {
+    let part = rows.max().max(2);
+    part.saturating_mul(bins.max(1)).min(slots / 2).max(part)
+}
+
 /// One pass of the walk: `plan` from its `from`-th part, `following` the
 /// next epoch's plan (for policies that look ahead; `continues` when `plan`
 /// is the following one of the last pass and `from` is 0), stopping before
@@ -85,6 +96,9 @@ impl Walker<'_> {
         let next = following.map_or(&[][..], |f| &f.parts[..]).iter().map(|&p| rows.of(p));
         self.stager.begin_epoch(this, next, continues);
         let mut done = 0;
+        // Parts staged from their rows outside the resident set whose
+        // resident rows are not yet marked trained.
+        let mut unmarked = Vec::new();
         'groups: for (range, id) in plan.groups_from(from) {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -102,7 +116,7 @@ impl Walker<'_> {
                     break;
                 }
                 let step = self.step_at(plan, k, range.end);
-                self.stage(&plan.parts[step.clone()], ledger);
+                self.stage(&plan.parts[step.clone()], &mut unmarked, ledger);
                 ledger.steps += 1;
                 k = step.end;
                 done += step.len();
@@ -118,13 +132,10 @@ impl Walker<'_> {
         }
         // Steps staged from their rows outside the resident set left the
         // resident rows' dirty bits: a whole epoch trains every resident row.
-        if self.outside.is_some() {
-            let trained = &plan.parts[from.min(plan.parts.len())..][..done];
-            if from == 0 && done == plan.parts.len() {
-                self.stager.mark_resident_dirty();
-            } else {
-                trained.iter().for_each(|&p| self.stager.mark_trained(rows.of(p)));
-            }
+        if from == 0 && done == plan.parts.len() && !unmarked.is_empty() {
+            self.stager.mark_resident_dirty();
+        } else {
+            self.mark(&mut unmarked);
         }
         Ok(done)
     }
@@ -146,12 +157,23 @@ impl Walker<'_> {
         k..j
     }
 
-    /// Stages the step of `parts` (rows disjoint between parts).
-    fn stage(&mut self, parts: &[u32], ledger: &mut Ledger) {
+    /// Marks the resident rows of the `unmarked` parts trained.
+    fn mark(&mut self, unmarked: &mut Vec<u32>) {
+        for p in unmarked.drain(..) {
+            self.stager.mark_trained(self.rows.of(p));
+        }
+    }
+
+    /// Stages the step of `parts` (rows disjoint between parts). A step
+    /// staged from its rows outside the resident set joins `unmarked`; any
+    /// other step first marks those trained, since it may lend a resident
+    /// slot, whose row is written back only if marked.
+    fn stage(&mut self, parts: &[u32], unmarked: &mut Vec<u32>, ledger: &mut Ledger) {
         let rows = self.rows;
         if let Some(out) = self.outside {
             let outside: usize = parts.iter().map(|&p| out.of(p).len()).sum();
             if self.stager.stages_outside_only(outside) {
+                unmarked.extend_from_slice(parts);
                 let (mut u, mut i) = (0, 0);
                 for &p in parts {
                     let (all, off) = (rows.counts(p), out.counts(p));
@@ -162,6 +184,7 @@ impl Walker<'_> {
                 return;
             }
         }
+        self.mark(unmarked);
         let step_rows = gather(&mut self.scratch, parts.iter().map(|&p| rows.of(p)));
         self.stager.stage(step_rows, self.moves, ledger);
     }

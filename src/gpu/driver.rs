@@ -355,7 +355,13 @@ impl Exec {
     /// part table); otherwise the step's one part, in Hogwild one `sgd` of
     /// the width, in deterministic mode its waves (the tail of small ones in
     /// one `sgd_tail` block).
-    fn sgd_blocks(&mut self, plan: &EpochPlan, parts: Range<usize>, layout: &RunLayout, base: u32) -> Vec<(u32, u32, Sgd)> {
+    fn sgd_blocks(
+        &mut self,
+        plan: &EpochPlan,
+        parts: Range<usize>,
+        layout: &RunLayout,
+        base: u32,
+    ) -> Vec<(u32, u32, Sgd)> {
         let mut out = Vec::new();
         if self.blocked {
             let n = parts.len() as u32;
@@ -604,6 +610,10 @@ impl GpuBackend {
         let every_row = holds_every_row(setup.policy, slots.saturating_sub(block_slots), &counts, co.is_some());
         let rows = PartRows::new(&run, threads, !every_row);
         let blocks = co.map(|c| c.blocks(run.ratings(), n_users, n_items));
+        // Streamed ratings come a part a step; otherwise a blocked step may
+        // hold several parts of a round.
+        let capacity = ratings_capacity(setup, &ctx.summary);
+        let multi_part_bins = run.bins().filter(|_| run.ratings().len() as u64 * 12 <= capacity);
         let layout = plan_layout(
             &LayoutInput {
                 slab_bytes: setup.slab_bytes,
@@ -617,6 +627,7 @@ impl GpuBackend {
                 counts: &counts,
                 rows: &rows,
                 block_traffic: blocks.as_ref().map_or(0.0, |b| b.expected_rows_per_epoch()),
+                multi_part_bins,
             },
             &ctx.summary,
         )?;
@@ -638,7 +649,6 @@ impl GpuBackend {
             prepare::conflicts(&run, width, threads)
         };
         let source: &[Rating] = if waved { &device_ratings } else { run.ratings() };
-        let capacity = ratings_capacity(setup, &summary);
         let all_bytes = source.len() as u64 * 12;
         let streamed = all_bytes > capacity;
         if streamed && (run.max_part_len() as u64 * 12) > capacity {
@@ -724,7 +734,8 @@ impl GpuBackend {
             wave_tail: setup.wave_tail.unwrap_or(!summary.is_software()),
             blocked,
             lanes: setup.blocked_lanes.unwrap_or(!summary.is_software())
-                && kernels::lanes(setup.rank as u32) <= kernels::MAX_LANES.min(summary.max_compute_invocations_per_workgroup),
+                && kernels::lanes(setup.rank as u32)
+                    <= kernels::MAX_LANES.min(summary.max_compute_invocations_per_workgroup),
             streamed: streamed.then(|| if waved { device_ratings } else { run.ratings().to_vec() }),
             capacity,
             waited: 0.0,
@@ -1043,16 +1054,13 @@ impl Backend for GpuBackend {
             n
         } else {
             let continues = input.from == 0 && self.following_of == Some(input.epoch);
-            // A blocked round's parts go into a step as long as the policy's
-            // slots hold their rows (streamed ratings: a part a step).
-            let blocked_steps = self.exec.blocked && self.exec.streamed.is_none();
             let walker = Walker {
                 stager: &mut self.stager,
                 rows: &self.rows,
                 outside: self.outside.as_ref(),
                 groups: self.groups.as_ref(),
                 moves: &mut self.moves,
-                step_rows: blocked_steps.then(|| self.exec.layout.slots - self.exec.layout.block_slots),
+                step_rows: self.exec.layout.multi_part_rows,
                 scratch: Vec::new(),
             };
             pipelined(walker, &mut self.exec, &mut tables, &self.run, input, continues, &mut ledger)?

@@ -5,6 +5,7 @@
 use super::AdapterSummary;
 use crate::engine::Prediction;
 use crate::engine::rows::PartRows;
+use crate::engine::walk::blocked_step_rows;
 use crate::error::{Error, Result};
 use crate::stage::copartition::{CoPartition, Side};
 use crate::stage::{Areas, PolicyKind, entry, human_bytes, plan_areas};
@@ -21,6 +22,9 @@ pub struct GpuLayout {
     pub block_slots: u32,
     /// The most distinct rows of any step.
     pub step_rows: u32,
+    /// The walk's cap on a step's rows when a step holds several parts of
+    /// a blocked round ([`crate::engine::walk::blocked_step_rows`]).
+    pub multi_part_rows: Option<u32>,
     /// Rows the upload window holds (a step's loads) and the download window
     /// (a step's write-backs).
     pub upload_rows: u32,
@@ -75,6 +79,9 @@ pub struct LayoutInput<'a> {
     pub rows: &'a PartRows,
     /// The co-partitioning blocks' expected rows per epoch.
     pub block_traffic: f64,
+    /// The blocked order's bins when a step may hold several parts of a
+    /// round (ratings not streamed).
+    pub multi_part_bins: Option<u32>,
 }
 
 /// Whether a slab of `slots` keeps every trained row resident for `policy`
@@ -116,6 +123,8 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
         });
     }
     let policy_slots = slots - block_slots;
+    let multi_part_rows = input.multi_part_bins.map(|bins| blocked_step_rows(input.rows, bins, policy_slots));
+    let step_rows = multi_part_rows.map_or(step_rows, |cap| cap.max(step_rows));
     let steps = || Box::new(input.rows.iter()) as Box<dyn Iterator<Item = &[u32]>>;
     let areas = plan_areas(input.policy, policy_slots, steps, input.batch, input.counts, input.ratings);
     let all_resident = holds_every_row(input.policy, policy_slots, input.counts, input.co_partition.is_some());
@@ -130,6 +139,7 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
         areas,
         block_slots,
         step_rows,
+        multi_part_rows,
         upload_rows,
         download_rows,
         all_resident,

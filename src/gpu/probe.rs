@@ -46,8 +46,20 @@ pub struct SgdRun {
     pub n_users: u32,
     pub bias_reg: f32,
     pub mean: f32,
-    /// `sgd_tail` (one workgroup, parts in order) rather than `sgd`.
-    pub tail: bool,
+    pub kernel: SgdKernel,
+}
+
+/// Which SGD kernel a probe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SgdKernel {
+    /// `sgd`: `width` invocations over the parts' ratings.
+    Sgd,
+    /// `sgd_tail`: one workgroup walking the parts in order.
+    Tail,
+    /// `sgd_blocked`: an invocation per part (rows disjoint between parts).
+    Blocked,
+    /// `sgd_blocked_lanes`: a workgroup per part.
+    BlockedLanes,
 }
 
 impl Probe {
@@ -206,7 +218,7 @@ impl Probe {
         Ok(bytemuck::cast_slice(&self.read(&download)?)[..n].to_vec())
     }
 
-    /// `sgd` (or `sgd_tail`): the slab and the loss accumulators after the
+    /// An SGD kernel ([`SgdKernel`]): the slab and the loss accumulators after the
     /// run. `rates` are (η, λ) per model; `loss_words` accumulators.
     #[allow(clippy::too_many_arguments)]
     pub fn sgd(
@@ -238,7 +250,12 @@ impl Probe {
         let parts = self.storage("probe parts", bytemuck::cast_slice(parts), false);
         let s = self.stand_in();
         let bind = self.bind(&slab_buf, &map, &step, 16, 16, &s, [&ratings, &loss, &rates, &parts]);
-        self.run(&bind, Offsets::default(), |l| if run.tail { l.sgd_tail(0) } else { l.sgd(0, run.width, false) })?;
+        self.run(&bind, Offsets::default(), |l| match run.kernel {
+            SgdKernel::Sgd => l.sgd(0, run.width, false),
+            SgdKernel::Tail => l.sgd_tail(0),
+            SgdKernel::Blocked => l.sgd_blocked(0, run.parts, false),
+            SgdKernel::BlockedLanes => l.sgd_blocked(0, run.parts, true),
+        })?;
         let slab_after = bytemuck::cast_slice(&self.read(&slab_buf)?)[..slab.len()].to_vec();
         let loss_after = bytemuck::cast_slice(&self.read(&loss)?)[..loss_words].to_vec();
         Ok((slab_after, loss_after))
