@@ -37,15 +37,18 @@ pub enum Error {
     )]
     BudgetTooLarge { budget: u64, adapter: String, limit_name: &'static str, limit: u64 },
 
-    /// The device-memory budget cannot hold the rows one batch may touch.
+    /// The device-memory budget cannot hold the rows one step may touch.
+    /// `step` names the step ("a batch of 256 ratings"), `fix` the other way
+    /// out ("use a smaller --batch").
     #[error(
-        "device memory budget {budget} bytes holds {slots} row slots of {row_bytes} bytes, but a batch of {batch} ratings needs up to {needed} slots; the smallest budget that works is --device-memory {min_bytes} ({min_human}), or use a smaller --batch"
+        "device memory budget {budget} bytes holds {slots} row slots of {row_bytes} bytes, but {step} needs up to {needed} slots; the smallest budget that works is --device-memory {min_bytes} ({min_human}), or {fix}"
     )]
     BudgetTooSmall {
         budget: u64,
         slots: u64,
         row_bytes: u64,
-        batch: usize,
+        step: String,
+        fix: &'static str,
         needed: u64,
         min_bytes: u64,
         min_human: String,

@@ -629,10 +629,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
              infinitely fast GPU (a ceiling), and its tables are no model (no RMSE is shown)",
         );
     }
-    // Hogwild on a GPU: how many ratings update at once (the whole batch
-    // where the width resolves to none).
-    let at_once = match &opened.adapter {
-        Some(adapter) if !settings.deterministic => {
+    settings.order = train::resolve_order(&data, &settings, backend.as_ref())?;
+    // Hogwild on a GPU (the shuffled order): how many ratings update at
+    // once (the whole batch where the width resolves to none).
+    let at_once = match (&opened.adapter, settings.order) {
+        (Some(adapter), train::Order::Shuffled) if !settings.deterministic => {
             let w = spec.hogwild_width.resolve(adapter).map_or(settings.batch, |w| (w as usize).min(settings.batch));
             out.line(&format!(
                 "hogwild: {w} of a batch's {} ratings update at once, each of {w} invocations running its share in order",
@@ -642,10 +643,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         _ => None,
     };
-    settings.order = settings.order.resolve(&backend.kind(), backend.parallelism(), settings.co_partition.is_some())?;
     if let train::Order::Blocked { bins, .. } = settings.order {
         out.line(&format!(
-            "order: blocked, {bins} user bins × {bins} item bins; each round trains {bins} blocks that share no row in parallel"
+            "order: blocked, {bins} user bins × {bins} item bins; each round trains up to {bins} blocks that share \
+             no row at once, a worker each (exact: nothing races)"
         ));
     }
     if !settings.grid.is_empty() {
@@ -962,7 +963,8 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
             budget: bytes,
             slots: slots as u64,
             row_bytes,
-            batch: 64,
+            step: "a batch of 64 ratings".into(),
+            fix: "use a smaller --batch",
             needed,
             min_bytes,
             min_human: human_bytes(min_bytes),

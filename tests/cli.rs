@@ -348,7 +348,7 @@ fn budgets_too_small_or_too_large_name_the_fix() {
         ];
         rowstage()
             .args(base)
-            .args(["--device-memory", "1KiB"])
+            .args(["--device-memory", "40"])
             .assert()
             .code(2)
             .stderr(predicate::str::contains("the smallest budget that works is --device-memory"));
@@ -360,7 +360,7 @@ fn budgets_too_small_or_too_large_name_the_fix() {
             .code(2)
             .stderr(predicate::str::contains(name.as_str()).and(predicate::str::contains(limit.to_string())));
         // The smallest working budget that the error names does work.
-        let out = rowstage().args(base).args(["--device-memory", "1KiB"]).output().unwrap();
+        let out = rowstage().args(base).args(["--device-memory", "40"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         let min = err.split("--device-memory ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
         rowstage().args(base).args(["--device-memory", &min]).assert().success();

@@ -57,6 +57,41 @@ pub fn default_bins(threads: usize) -> u32 {
     (2 * threads.max(1)) as u32
 }
 
+/// Sweeps per epoch when not given: one per [`SWEEP_RATINGS`] ratings, at
+/// least [`MIN_VISITS`].
+pub fn default_sweeps(ratings: usize) -> usize {
+    (ratings / SWEEP_RATINGS).max(MIN_VISITS)
+}
+
+/// Ratings a part (a block's share of a sweep) holds at least on average
+/// when a GPU's bins are chosen: each round is one dispatch, so parts much
+/// smaller leave the round's time to the dispatch.
+pub const DEVICE_PART_RATINGS: usize = 4;
+
+/// The most bins chosen for a GPU: each round then has this many workers.
+pub const MAX_DEVICE_BINS: u32 = 1024;
+
+/// Bins per side when the blocked order is chosen for a GPU, for
+/// `ratings` training ratings of `n_users` × `n_items`, with `slots` slots
+/// for the policy where the slab cannot hold every row.
+///
+/// An epoch is `bins × sweeps` rounds of `bins` workers, a dispatch each,
+/// and the sweeps are fixed by accuracy ([`default_sweeps`]), so more bins
+/// mean more workers at once and more, shorter rounds: the most bins whose
+/// parts keep [`DEVICE_PART_RATINGS`] ratings, at most 256 (about
+/// √(65536 × rating latency / dispatch cost) for a latency near a
+/// dispatch's, the most ratings per second). Under a budget, enough bins
+/// that a round's rows (about two per rating) fit half the slots: then a
+/// step trains the whole round at once. Never more bins than rows of the
+/// smaller side, nor more than [`MAX_DEVICE_BINS`].
+pub fn device_bins(ratings: usize, n_users: usize, n_items: usize, slots: Option<u64>) -> u32 {
+    let sweeps = default_sweeps(ratings) as f64;
+    let by_data = ((ratings as f64 / (DEVICE_PART_RATINGS as f64 * sweeps)).sqrt() as u32).clamp(4, 256);
+    let by_budget = slots.map_or(0, |s| (4.0 * ratings as f64 / (sweeps * s.max(1) as f64)).ceil() as u32);
+    let side = n_users.min(n_items).max(1) as u32;
+    by_data.max(by_budget).min(MAX_DEVICE_BINS).min(side).max(1)
+}
+
 /// The training ratings in block-major order (module docs).
 #[derive(Debug, Clone)]
 pub struct BlockedRatings {
@@ -300,7 +335,7 @@ impl BlockedRatings {
             seed,
             threads,
         );
-        let visits = sweeps.unwrap_or((train.len() / SWEEP_RATINGS).max(MIN_VISITS)).max(1);
+        let visits = sweeps.unwrap_or(default_sweeps(train.len())).max(1);
         BlockedRatings { ratings, starts, bins, visits, user_bin, item_bin }
     }
 

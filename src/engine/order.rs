@@ -47,8 +47,8 @@ pub const NO_GROUP: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
-    /// `Blocked` on the CPU backend without co-partitioning, `Shuffled`
-    /// otherwise (resolved by [`Order::resolve`] when a run starts).
+    /// `Blocked` without co-partitioning, `Shuffled` with it (resolved by
+    /// [`Order::resolve`] when a run starts).
     Auto,
     /// The shuffled arrangement (module docs); arranged block by block under
     /// co-partitioning.
@@ -59,18 +59,39 @@ pub enum Order {
     Blocked { bins: u32, sweeps: u32 },
 }
 
+/// What [`Order::resolve`] chooses for.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// `cpu` or a GPU backend's kind.
+    pub kind: &'a str,
+    /// Parts the backend trains at once (the CPU's threads).
+    pub parallelism: usize,
+    pub co_partition: bool,
+    /// The training ratings and the tables' sides.
+    pub ratings: usize,
+    pub n_users: usize,
+    pub n_items: usize,
+    /// The policy's slots where the slab cannot hold every row (a GPU).
+    pub slots: Option<u64>,
+}
+
 impl Order {
-    /// The order a run takes on a backend of `kind` (`cpu` or a GPU's) that
-    /// trains `parallelism` parts at once, with or without co-partitioning:
-    /// `Auto` resolved, and `Blocked` refused where it cannot work.
-    pub fn resolve(self, kind: &str, parallelism: usize, co_partition: bool) -> Result<Order> {
-        self.check_co_partition(co_partition)?;
-        let cpu = kind == "cpu";
+    /// The order a run takes on `target`: `Auto` resolved, and `Blocked`
+    /// refused where it cannot work. `Auto` is the blocked order without
+    /// co-partitioning, which trains exactly (no two workers touch a row
+    /// at once): on the CPU two bins per thread, on a GPU
+    /// [`blocked::device_bins`]; with co-partitioning the shuffled order.
+    pub fn resolve(self, target: &Target) -> Result<Order> {
+        self.check_co_partition(target.co_partition)?;
         match self {
-            Order::Auto if cpu && !co_partition => {
-                Ok(Order::Blocked { bins: blocked::default_bins(parallelism), sweeps: 0 })
+            Order::Auto if target.co_partition => Ok(Order::Shuffled),
+            Order::Auto if target.kind == "cpu" => {
+                Ok(Order::Blocked { bins: blocked::default_bins(target.parallelism), sweeps: 0 })
             }
-            Order::Auto => Ok(Order::Shuffled),
+            Order::Auto => Ok(Order::Blocked {
+                bins: blocked::device_bins(target.ratings, target.n_users, target.n_items, target.slots),
+                sweeps: 0,
+            }),
             Order::Blocked { bins: 0, .. } => Err(Error::arg("--order", self.name(), "needs at least 1 bin")),
             o => Ok(o),
         }
@@ -575,17 +596,38 @@ mod tests {
 
     #[test]
     fn orders_resolve_by_backend_and_refuse_what_cannot_work() {
-        assert_eq!(Order::Auto.resolve("cpu", 2, false).unwrap(), Order::Blocked { bins: 4, sweeps: 0 });
-        assert_eq!(Order::Auto.resolve("cpu", 16, false).unwrap(), Order::Blocked { bins: 32, sweeps: 0 });
-        assert_eq!(Order::Auto.resolve("cpu", 2, true).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
-        assert_eq!(Order::Auto.resolve("vulkan", 1, false).unwrap(), Order::Shuffled);
-        assert_eq!(Order::Shuffled.resolve("cpu", 2, false).unwrap(), Order::Shuffled);
+        let on = |kind, parallelism, co_partition| Target {
+            kind,
+            parallelism,
+            co_partition,
+            ratings: 270_000,
+            n_users: 6000,
+            n_items: 3000,
+            slots: None,
+        };
+        assert_eq!(Order::Auto.resolve(&on("cpu", 2, false)).unwrap(), Order::Blocked { bins: 4, sweeps: 0 });
+        assert_eq!(Order::Auto.resolve(&on("cpu", 16, false)).unwrap(), Order::Blocked { bins: 32, sweeps: 0 });
+        let co = on("cpu", 2, true);
+        assert_eq!(Order::Auto.resolve(&co).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
+        assert_eq!(Order::Auto.resolve(&on("vulkan", 1, true)).unwrap(), Order::Shuffled);
+        // A GPU: parts of at least 4 ratings in 8 sweeps: √(270000 / 32).
+        let gpu = on("vulkan", 1, false);
+        assert_eq!(Order::Auto.resolve(&gpu).unwrap(), Order::Blocked { bins: 91, sweeps: 0 });
+        // Under a budget of 2000 slots a round (about 2 rows a rating, 1/bins
+        // of a sweep's ratings) fits half of them: 4 × 270000 / (8 × 2000).
+        let small = Target { slots: Some(2000), ..gpu };
+        assert_eq!(Order::Auto.resolve(&small).unwrap(), Order::Blocked { bins: 91, sweeps: 0 });
+        let tiny = Target { slots: Some(500), ..gpu };
+        assert_eq!(Order::Auto.resolve(&tiny).unwrap(), Order::Blocked { bins: 270, sweeps: 0 });
+        let few_items = Target { n_items: 30, slots: Some(10), ..gpu };
+        assert_eq!(Order::Auto.resolve(&few_items).unwrap(), Order::Blocked { bins: 30, sweeps: 0 });
+        assert_eq!(Order::Shuffled.resolve(&on("cpu", 2, false)).unwrap(), Order::Shuffled);
         let blocked = Order::Blocked { bins: 5, sweeps: 0 };
-        assert_eq!(blocked.resolve("cpu", 2, false).unwrap(), blocked);
-        assert_eq!(blocked.resolve("vulkan", 1, false).unwrap(), blocked, "GPU backends train it too");
-        let e = blocked.resolve("cpu", 2, true).unwrap_err().to_string();
+        assert_eq!(blocked.resolve(&on("cpu", 2, false)).unwrap(), blocked);
+        assert_eq!(blocked.resolve(&gpu).unwrap(), blocked, "GPU backends train it too");
+        let e = blocked.resolve(&co).unwrap_err().to_string();
         assert!(e.contains("--co-partition"), "{e}");
-        assert!(Order::Blocked { bins: 0, sweeps: 0 }.resolve("cpu", 2, false).is_err());
+        assert!(Order::Blocked { bins: 0, sweeps: 0 }.resolve(&on("cpu", 2, false)).is_err());
         assert_eq!(blocked.name(), "blocked:5");
         assert_eq!(Order::parse("blocked:64:4", 2).unwrap(), Order::Blocked { bins: 64, sweeps: 4 });
         assert_eq!(Order::parse("blocked:64:4", 2).unwrap().name(), "blocked:64:4");

@@ -628,6 +628,7 @@ impl GpuBackend {
                 rows: &rows,
                 block_traffic: blocks.as_ref().map_or(0.0, |b| b.expected_rows_per_epoch()),
                 multi_part_bins,
+                largest_part: run.bins().map(|_| run.max_part_len() as u32),
             },
             &ctx.summary,
         )?;

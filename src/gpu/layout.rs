@@ -82,6 +82,8 @@ pub struct LayoutInput<'a> {
     /// The blocked order's bins when a step may hold several parts of a
     /// round (ratings not streamed).
     pub multi_part_bins: Option<u32>,
+    /// The blocked order's largest part (ratings), to name in errors.
+    pub largest_part: Option<u32>,
 }
 
 /// Whether a slab of `slots` keeps every trained row resident for `policy`
@@ -116,7 +118,15 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
             budget: input.slab_bytes,
             slots: slots as u64,
             row_bytes,
-            batch: input.batch,
+            step: match input.largest_part {
+                Some(len) => format!("a block's part of up to {len} ratings (the blocked order)"),
+                None => format!("a batch of {} ratings", input.batch),
+            },
+            fix: if input.largest_part.is_some() {
+                "use more bins (--order blocked:BINS)"
+            } else {
+                "use a smaller --batch"
+            },
             needed: needed as u64,
             min_bytes,
             min_human: human_bytes(min_bytes),

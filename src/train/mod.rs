@@ -31,7 +31,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::engine::{LayoutSpec, RunLayout};
+use crate::engine::{LayoutSpec, RunLayout, Target};
 use crate::error::{Error, Result};
 use crate::model::{HyperParams, Metrics, Model, Setting, row_stride};
 use crate::stage::Ledger;
@@ -205,6 +205,26 @@ pub struct TrainOutcome {
     pub checkpoint: Option<std::path::PathBuf>,
 }
 
+/// The order a run of `settings` takes on `backend`: the one its layout was
+/// built with where the backend holds one (a GPU's, resolved when it was
+/// opened, [`setup::open_backend`]), else `settings.order` resolved.
+pub fn resolve_order(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -> Result<Order> {
+    if let Some(l) = backend.run_layout() {
+        if settings.order == Order::Auto {
+            return Ok(l.spec().order);
+        }
+    }
+    settings.order.resolve(&Target {
+        kind: &backend.kind(),
+        parallelism: backend.parallelism(),
+        co_partition: settings.co_partition.is_some(),
+        ratings: data.train.len(),
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        slots: None,
+    })
+}
+
 /// The layout a run of `settings` (order resolved) trains on with
 /// `backend`: the one it was built for, or a new one.
 fn run_layout(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -> Result<Arc<RunLayout>> {
@@ -232,7 +252,7 @@ pub fn train(
     control: RunControl,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainOutcome> {
-    let order = settings.order.resolve(&backend.kind(), backend.parallelism(), settings.co_partition.is_some())?;
+    let order = resolve_order(data, settings, backend)?;
     let settings = &TrainSettings { order, ..settings.clone() };
     let fingerprint = checkpoint::Fingerprint::of(data, settings);
     let (mut model, mut state, mut best_model) = match control.resume {

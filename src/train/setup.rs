@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{Backend, TrainSettings, cpu};
 use crate::data::Dataset;
-use crate::engine::Order;
 use crate::engine::rows::max_step_rows;
+use crate::engine::{Order, Target};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterSummary, BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup, HogwildWidth};
 use crate::model::row_stride;
@@ -144,7 +144,8 @@ pub fn auto_batch(
                 budget: bytes,
                 slots: slots as u64,
                 row_bytes,
-                batch,
+                step: format!("a batch of {batch} ratings"),
+                fix: "use a smaller --batch",
                 needed: needed as u64,
                 min_bytes,
                 min_human: crate::stage::human_bytes(min_bytes),
@@ -270,11 +271,23 @@ pub fn open_backend_on(
         }
         Err(e) => return Err(e),
     };
-    let order = settings.order.resolve(&ctx.summary.backend, 1, settings.co_partition.is_some())?;
-    let settings = TrainSettings { order, ..settings.clone() };
-    let layout = Arc::new(settings.layout(data, spec.threads)?);
     let row_bytes = settings.row_bytes();
     let tables = settings.table_bytes(data);
+    // The slots a blocked order's bins are chosen for, where the budget
+    // (or the automatic share) cannot hold every row.
+    let n_rows = (data.users.len() + data.items.len()) as u64;
+    let budget_slots = spec.device_memory.map_or(Budget::Percent(AUTO_SHARE), |b| b).resolve(tables) / row_bytes;
+    let order = settings.order.resolve(&Target {
+        kind: &ctx.summary.backend,
+        parallelism: 1,
+        co_partition: settings.co_partition.is_some(),
+        ratings: data.train.len(),
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        slots: (budget_slots < n_rows).then_some(budget_slots),
+    })?;
+    let settings = TrainSettings { order, ..settings.clone() };
+    let layout = Arc::new(settings.layout(data, spec.threads)?);
     let slab_bytes = match spec.device_memory {
         Some(b) => b.resolve(tables),
         None => {
