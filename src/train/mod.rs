@@ -209,10 +209,10 @@ pub struct TrainOutcome {
 /// built with where the backend holds one (a GPU's, resolved when it was
 /// opened, [`setup::open_backend`]), else `settings.order` resolved.
 pub fn resolve_order(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -> Result<Order> {
-    if let Some(l) = backend.run_layout() {
-        if settings.order == Order::Auto {
-            return Ok(l.spec().order);
-        }
+    if let Some(l) = backend.run_layout()
+        && settings.order == Order::Auto
+    {
+        return Ok(l.spec().order);
     }
     settings.order.resolve(&Target {
         kind: &backend.kind(),
