@@ -36,8 +36,8 @@ impl Progress for Lesson {
             let budget = label.split_whitespace().nth(1).unwrap_or("?");
             println!("\n— the slab at {budget} of the tables —");
             println!(
-                "  {:<10} {:>6} {:>13} {:>11} {:>9} {:>12} {:>9} {:>9}",
-                "policy", "batch", "rows in/epoch", "h2d/epoch", "hit rate", "ratings/s", "vs 100%", "test RMSE"
+                "  {:<10} {:>7} {:>13} {:>11} {:>9} {:>12} {:>9} {:>9}",
+                "policy", "workers", "rows in/epoch", "h2d/epoch", "hit rate", "ratings/s", "vs 100%", "test RMSE"
             );
         }
     }
@@ -45,9 +45,9 @@ impl Progress for Lesson {
     fn row(&mut self, report: &BenchReport) -> rowstage::Result<()> {
         let r = report.rows.last().expect("a row");
         println!(
-            "  {:<10} {:>6} {:>13.0} {:>11} {:>8.1}% {:>12.3e} {:>9} {:>9.4}",
+            "  {:<10} {:>7.0} {:>13.0} {:>11} {:>8.1}% {:>12.3e} {:>9} {:>9.4}",
             r.policy,
-            r.batch,
+            r.workers,
             r.rows_in_per_epoch,
             human_bytes(r.bytes_h2d_per_epoch as u64),
             100.0 * r.hit_rate.unwrap_or(0.0),
@@ -58,7 +58,7 @@ impl Progress for Lesson {
         if report.rows.len().is_multiple_of(self.per_budget) {
             let floor = r.belady_rows_in_per_epoch.unwrap_or(0.0);
             println!(
-                "  {:<10} {:>6} {:>13.0}   (the offline optimum, simulated: no policy moves fewer)",
+                "  {:<10} {:>7} {:>13.0}   (the offline optimum, simulated: no policy moves fewer)",
                 "Belady", "", floor
             );
         }
@@ -97,7 +97,7 @@ fn main() -> rowstage::Result<()> {
         "{} of embedding tables, kept whole in host memory. The GPU gets one fixed buffer, the slab, standing in for an",
         human_bytes(tables)
     );
-    println!("accelerator's small on-chip memory; a scheduler stages into it the rows each batch of ratings needs.");
+    println!("accelerator's small on-chip memory; a scheduler stages into it the rows each step of training needs.");
     println!(
         "Every one of the {} training ratings reads and updates one user row and one item row: {} row lookups per epoch.",
         data.train.len(),
@@ -140,7 +140,7 @@ fn main() -> rowstage::Result<()> {
         hogwild_width: Default::default(),
     };
     println!(
-        "\nEach run: {} policies × {} budgets, 1 warm-up epoch then 2 timed epochs (medians); the batch halves where the slab cannot hold one.",
+        "\nEach run: {} policies × {} budgets, 1 warm-up epoch then 2 timed epochs (medians); every budget trains the same blocked order, so the models can be compared.",
         POLICIES.len(),
         BUDGETS.len()
     );
@@ -166,15 +166,26 @@ fn main() -> rowstage::Result<()> {
     for b in ["25%", "5%", "1%"] {
         if let Some(x) = find(r, b, "sca") {
             println!(
-                "* What it cost at {b}: {:.2}× the all-resident speed (batch {}), test RMSE {:.4} against {:.4} with everything resident.",
+                "* What it cost at {b}: {:.2}× the all-resident speed ({}), test RMSE {:.4} against {:.4} with everything resident.",
                 x.vs_resident.unwrap_or(f64::NAN),
-                x.batch,
+                x.order,
                 x.test_rmse.unwrap_or(f64::NAN),
                 find(r, "100%", "sca").and_then(|f| f.test_rmse).unwrap_or(f64::NAN)
             );
         }
     }
     println!("  Staging changes where a row lives, never the arithmetic: the limit costs time, not accuracy.");
+    if let (Some(full), Some(small)) = (find(r, "100%", "sca"), find(r, "1%", "sca")) {
+        println!(
+            "* What it does to parallelism: the blocked order ({}) trains the blocks of a round at once, a worker each, as long",
+            full.order
+        );
+        println!(
+            "  as the slab holds their rows. All resident, {:.0} workers ran at once; at 1% ({}), {:.0}: a smaller on-chip memory",
+            full.workers, small.order, small.workers
+        );
+        println!("  limits the working set that can train in parallel, not just the bytes that move.");
+    }
     if let (Some(sca), Some(lru)) = (find(r, "5%", "sca"), find(r, "5%", "lru")) {
         println!(
             "* Why SCA keeps the hot rows: it pins the rows with the largest access probability and sizes the staging area for a",

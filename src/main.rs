@@ -144,10 +144,11 @@ struct TrainArgs {
     lookahead: usize,
     #[command(flatten)]
     co: CoPartitionArgs,
-    /// Epoch order: shuffled (a seeded permutation, what GPU backends
-    /// train with), blocked[:BINS] (FPSGD's user-bin × item-bin blocks,
-    /// trained in parallel without races: CPU backend only), or auto
-    /// (blocked on the CPU backend without --co-partition, else shuffled).
+    /// Epoch order: blocked[:BINS[:SWEEPS]] (FPSGD's user-bin × item-bin
+    /// blocks, a round's blocks trained at once without races, exact on
+    /// every backend), shuffled (a seeded permutation, Hogwild on a GPU), or
+    /// auto (blocked without --co-partition, with bins for the backend and
+    /// the budget; else shuffled).
     #[arg(long, default_value = "auto", value_name = "ORDER")]
     order: String,
     #[command(flatten)]
@@ -313,6 +314,11 @@ struct SimulateArgs {
     lookahead: usize,
     #[command(flatten)]
     co: CoPartitionArgs,
+    /// Epoch order replayed: auto (what a GPU run takes on each budget:
+    /// blocked without --co-partition, else shuffled), shuffled,
+    /// blocked[:BINS[:SWEEPS]].
+    #[arg(long, default_value = "auto", value_name = "ORDER")]
+    order: String,
     /// Write the results as JSON to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -1038,14 +1044,29 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         lookahead: a.lookahead,
         co_partition: a.co.side(&data)?,
         co_partition_visits: a.co.co_partition_visits,
-        order: rowstage::engine::Order::Shuffled,
+        order: rowstage::engine::Order::parse(&a.order, 1)?,
+    };
+    setup.order.check_co_partition(setup.co_partition.is_some())?;
+    // The order each budget replays: `auto` as a GPU run would resolve it.
+    let n_rows = (data.users.len() + data.items.len()) as u64;
+    let order_for = |bytes: u64| {
+        setup.order.resolve(&rowstage::engine::Target {
+            kind: "gpu",
+            parallelism: 1,
+            co_partition: setup.co_partition.is_some(),
+            ratings: data.train.len(),
+            n_users: data.users.len(),
+            n_items: data.items.len(),
+            slots: (bytes / row_bytes < n_rows).then_some(bytes / row_bytes),
+        })
     };
     out.line(&format!(
-        "data: {} — {} users, {} items, {} training ratings; batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",
+        "data: {} — {} users, {} items, {} training ratings; order {}, batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",
         data.name,
         data.users.len(),
         data.items.len(),
         data.train.len(),
+        a.order,
         a.batch,
         a.epochs,
         row_bytes,
@@ -1053,9 +1074,10 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         setup.co_partition.map_or("none", |s| s.name())
     ));
     out.line(&format!(
-        "{:<8} {:>10} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>11} {:>11} {:>13} {:>10}",
+        "{:<8} {:>10} {:<13} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>11} {:>11} {:>13} {:>10}",
         "budget",
         "bytes",
+        "order",
         "policy",
         "slots",
         "rows in",
@@ -1072,33 +1094,36 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     // Without co-partitioning the layout and its parts' rows serve every
     // budget and policy.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let prepared = match setup.co_partition {
-        Some(_) => None,
-        None => {
-            let layout = setup.layout(None)?;
-            let rows = rowstage::engine::rows::PartRows::new(&layout, threads, true);
-            Some((layout, rows))
-        }
-    };
+    let mut prepared: Option<(rowstage::engine::RunLayout, rowstage::engine::rows::PartRows)> = None;
     for (label, budget) in &budgets {
         let bytes = budget.resolve(tables);
+        let run = SimSetup { order: order_for(bytes)?, ..setup.clone() };
+        let name = run.order.name();
+        if setup.co_partition.is_none() && prepared.as_ref().is_none_or(|p| p.0.spec().order != run.order) {
+            let layout = run.layout(None)?;
+            let rows = rowstage::engine::rows::PartRows::new(&layout, threads, true);
+            prepared = Some((layout, rows));
+        }
+        let step = match run.order {
+            rowstage::engine::Order::Blocked { .. } => "a block's part".to_string(),
+            _ => format!("a batch of {}", a.batch),
+        };
         for &kind in &policies {
-            let Some(r) = setup.run(kind, bytes, prepared.as_ref())? else {
+            let Some(r) = run.run(kind, bytes, prepared.as_ref())? else {
                 let need = match &prepared {
                     Some((_, rows)) => rows.max().max(2) as u64 * row_bytes,
-                    None => setup.needed_slots()? as u64 * row_bytes,
+                    None => run.needed_slots()? as u64 * row_bytes,
                 };
                 out.line(&format!(
-                    "{label:<8} {bytes:>10} {:<10} budget too small: a batch of {} needs --device-memory {need} ({})",
+                    "{label:<8} {bytes:>10} {name:<13} {:<10} budget too small: {step} needs --device-memory {need} ({})",
                     kind.name(),
-                    a.batch,
                     human_bytes(need)
                 ));
                 continue;
             };
             let hit = 100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64;
             out.line(&format!(
-                "{label:<8} {bytes:>10} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>6.1}% {:>11} {:>11} {:>13} {:>10.2e}",
+                "{label:<8} {bytes:>10} {name:<13} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>6.1}% {:>11} {:>11} {:>13} {:>10.2e}",
                 r.policy,
                 r.slots,
                 r.rows_in,

@@ -9,7 +9,7 @@ pub fn json(report: &BenchReport) -> String {
     serde_json::to_string_pretty(report).expect("the bench report serialises")
 }
 
-const CSV_HEADER: [&str; 28] = [
+const CSV_HEADER: [&str; 30] = [
     "backend",
     "adapter",
     "budget",
@@ -17,6 +17,8 @@ const CSV_HEADER: [&str; 28] = [
     "budget_percent",
     "policy",
     "batch",
+    "order",
+    "workers",
     "timed_epochs",
     "median_ratings_per_sec",
     "median_epoch_seconds",
@@ -44,7 +46,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
-fn csv_record(r: &BenchRow) -> [String; 28] {
+fn csv_record(r: &BenchRow) -> [String; 30] {
     [
         r.backend.clone(),
         r.adapter.clone(),
@@ -53,6 +55,8 @@ fn csv_record(r: &BenchRow) -> [String; 28] {
         opt(r.budget_percent),
         r.policy.clone(),
         r.batch.to_string(),
+        r.order.clone(),
+        r.workers.to_string(),
         r.timed_epochs.to_string(),
         r.median_ratings_per_sec.to_string(),
         r.median_epoch_seconds.to_string(),
@@ -112,19 +116,21 @@ pub fn markdown(report: &BenchReport) -> String {
         if report.complete { "" } else { " — INCOMPLETE (interrupted or still running)" },
     );
     s.push_str(
-        "| backend | adapter | budget | policy | batch | ratings/s (median) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | host s | device s | bound | kernel GB/s | SGD bandwidth share |\n",
+        "| backend | adapter | budget | policy | order | workers | batch | ratings/s (median) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | host s | device s | bound | kernel GB/s | SGD bandwidth share |\n",
     );
     s.push_str(
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
     );
     for r in &report.rows {
         s.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {:.3e} | {} | {:.0} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
+            "| {}{} | {} | {} | {} | {} | {:.0} | {} | {:.3e} | {} | {:.0} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
             r.backend,
             if r.ceiling { " (host ceiling)" } else { "" },
             r.adapter.replace('|', "/"),
             r.budget,
             r.policy,
+            r.order,
+            r.workers,
             r.batch,
             r.median_ratings_per_sec,
             md_opt(r.vs_resident, |v| format!("{v:.2}×")),

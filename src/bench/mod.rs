@@ -94,6 +94,10 @@ pub struct BenchRow {
     /// The batch used: the plan's, or smaller where the budget holds no
     /// batch of that size.
     pub batch: usize,
+    /// The epoch order trained (`blocked:B`, `shuffled`).
+    pub order: String,
+    /// Workers that trained at once (median over the timed epochs).
+    pub workers: f64,
     pub timed_epochs: usize,
     pub median_ratings_per_sec: f64,
     pub median_epoch_seconds: f64,
@@ -375,6 +379,8 @@ pub fn run(
                 budget_percent: bytes.map(|x| 100.0 * x as f64 / settings.table_bytes(data).max(1) as f64),
                 policy: policy_text,
                 batch: settings.batch,
+                order: out.order.name(),
+                workers: med(&|e| e.workers),
                 timed_epochs: timed.len(),
                 median_ratings_per_sec: median_rps,
                 median_epoch_seconds: med(&|e| e.seconds),
@@ -427,6 +433,8 @@ mod tests {
             budget_percent: percent,
             policy: "sca".into(),
             batch: 1,
+            order: "shuffled".into(),
+            workers: 1.0,
             timed_epochs: 1,
             median_ratings_per_sec: rps,
             median_epoch_seconds: 1.0,

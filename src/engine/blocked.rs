@@ -75,19 +75,19 @@ pub const MAX_DEVICE_BINS: u32 = 1024;
 /// `ratings` training ratings of `n_users` × `n_items`, with `slots` slots
 /// for the policy where the slab cannot hold every row.
 ///
-/// An epoch is `bins × sweeps` rounds of `bins` workers, a dispatch each,
-/// and the sweeps are fixed by accuracy ([`default_sweeps`]), so more bins
-/// mean more workers at once and more, shorter rounds: the most bins whose
-/// parts keep [`DEVICE_PART_RATINGS`] ratings, at most 256 (about
-/// √(65536 × rating latency / dispatch cost) for a latency near a
+/// An epoch is `bins × sweeps` rounds of up to `bins` workers, a dispatch
+/// each, and the sweeps are fixed by accuracy ([`default_sweeps`]), so more
+/// bins mean more workers at once and more, shorter rounds: the most bins
+/// whose parts keep [`DEVICE_PART_RATINGS`] ratings on average, at most 256
+/// (about √(65536 × rating latency / dispatch cost) for a latency near a
 /// dispatch's, the most ratings per second). Under a budget, enough bins
-/// that a round's rows (about two per rating) fit half the slots: then a
-/// step trains the whole round at once. Never more bins than rows of the
+/// that a part's rows (about two per rating) take at most a quarter of the
+/// slots, so that a step holds several. Never more bins than rows of the
 /// smaller side, nor more than [`MAX_DEVICE_BINS`].
 pub fn device_bins(ratings: usize, n_users: usize, n_items: usize, slots: Option<u64>) -> u32 {
     let sweeps = default_sweeps(ratings) as f64;
     let by_data = ((ratings as f64 / (DEVICE_PART_RATINGS as f64 * sweeps)).sqrt() as u32).clamp(4, 256);
-    let by_budget = slots.map_or(0, |s| (4.0 * ratings as f64 / (sweeps * s.max(1) as f64)).ceil() as u32);
+    let by_budget = slots.map_or(0, |s| (8.0 * ratings as f64 / (sweeps * s.max(1) as f64)).sqrt().ceil() as u32);
     let side = n_users.min(n_items).max(1) as u32;
     by_data.max(by_budget).min(MAX_DEVICE_BINS).min(side).max(1)
 }

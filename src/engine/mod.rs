@@ -65,6 +65,10 @@ pub struct EpochTrain {
     pub device_seconds: Option<f64>,
     /// Device dispatches (compute passes' kernel launches) in the epoch.
     pub dispatches: u64,
+    /// Workers that trained at once, on average over the epoch's SGD
+    /// launches: blocks of a blocked round (one worker each), a Hogwild
+    /// launch's invocations, a wave's ratings, a CPU's threads.
+    pub workers: f64,
 }
 
 /// The cost model's traffic, for policies that have one.

@@ -613,12 +613,12 @@ mod tests {
         // A GPU: parts of at least 4 ratings in 8 sweeps: √(270000 / 32).
         let gpu = on("vulkan", 1, false);
         assert_eq!(Order::Auto.resolve(&gpu).unwrap(), Order::Blocked { bins: 91, sweeps: 0 });
-        // Under a budget of 2000 slots a round (about 2 rows a rating, 1/bins
-        // of a sweep's ratings) fits half of them: 4 × 270000 / (8 × 2000).
+        // Under a budget a part's rows (about 2 a rating) take at most a
+        // quarter of the slots: √(8 × 270000 / (8 × slots)) bins at least.
         let small = Target { slots: Some(2000), ..gpu };
         assert_eq!(Order::Auto.resolve(&small).unwrap(), Order::Blocked { bins: 91, sweeps: 0 });
-        let tiny = Target { slots: Some(500), ..gpu };
-        assert_eq!(Order::Auto.resolve(&tiny).unwrap(), Order::Blocked { bins: 270, sweeps: 0 });
+        let tiny = Target { slots: Some(20), ..gpu };
+        assert_eq!(Order::Auto.resolve(&tiny).unwrap(), Order::Blocked { bins: 117, sweeps: 0 });
         let few_items = Target { n_items: 30, slots: Some(10), ..gpu };
         assert_eq!(Order::Auto.resolve(&few_items).unwrap(), Order::Blocked { bins: 30, sweeps: 0 });
         assert_eq!(Order::Shuffled.resolve(&on("cpu", 2, false)).unwrap(), Order::Shuffled);

@@ -40,6 +40,8 @@ pub struct SimSetup<'a> {
 /// One policy at one budget: the JSON row of `rowstage simulate`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimResult {
+    /// The epoch order replayed.
+    pub order: String,
     pub policy: &'static str,
     pub device_memory_bytes: u64,
     pub slots: u64,
@@ -187,6 +189,7 @@ impl SimSetup<'_> {
                     * (model.rows_in_per_epoch(areas.resident as usize, self.train.len()) + block_traffic)
         });
         Ok(Some(SimResult {
+            order: self.order.name(),
             policy: kind.name(),
             device_memory_bytes: bytes,
             slots: slots as u64,

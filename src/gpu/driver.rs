@@ -118,6 +118,9 @@ struct Exec {
     /// Seconds the host waited for the device, and dispatches, this epoch.
     waited: f64,
     dispatches: u64,
+    /// SGD launches this epoch and the workers they ran, summed.
+    sgd_launches: u64,
+    sgd_workers: f64,
     /// Where the epoch's host time went (logged at debug level).
     times: HostTimes,
 }
@@ -367,6 +370,8 @@ impl Exec {
             let n = parts.len() as u32;
             let params = self.sgd_params(self.n_parts + parts.start as u32, n, n, base);
             out.push((self.input.block(params), n, Sgd::Blocked));
+            self.sgd_launches += 1;
+            self.sgd_workers += n as f64;
             return out;
         }
         let part = plan.parts[parts.start];
@@ -376,6 +381,8 @@ impl Exec {
                 let width = self.width.map_or(len, |w| w.min(len)).max(1);
                 let params = self.sgd_params(part, 1, width, base);
                 out.push((self.input.block(params), width, Sgd::Parts));
+                self.sgd_launches += 1;
+                self.sgd_workers += width as f64;
             }
             Some((waves, part_waves)) => {
                 let (w0, w1) = (part_waves[part as usize], part_waves[part as usize + 1]);
@@ -389,6 +396,9 @@ impl Exec {
                     let params = self.sgd_params(w0 + k as u32, 1, width, base);
                     out.push((self.input.block(params), width, Sgd::Waves));
                 }
+                // A wave's ratings train at once, the tail's waves in turn.
+                self.sgd_launches += n as u64;
+                self.sgd_workers += lens.iter().map(|&w| w as f64).sum::<f64>();
                 if split < n {
                     let params = self.sgd_params(w0 + split as u32, (n - split) as u32, TAIL_GROUP, base);
                     out.push((self.input.block(params), TAIL_GROUP, Sgd::Tail));
@@ -741,6 +751,8 @@ impl GpuBackend {
             capacity,
             waited: 0.0,
             dispatches: 0,
+            sgd_launches: 0,
+            sgd_workers: 0.0,
             times: HostTimes::default(),
             layout,
             dev,
@@ -1029,6 +1041,8 @@ impl Backend for GpuBackend {
             let exec = &mut self.exec;
             exec.waited = 0.0;
             exec.dispatches = 0;
+            exec.sgd_launches = 0;
+            exec.sgd_workers = 0.0;
             exec.times = HostTimes::default();
             let rates: Vec<[f32; 2]> = input.rates.iter().map(|r: &Rate| [r.lr, r.reg]).collect();
             ledger.data_bytes_h2d += exec.dev.put(&mut exec.wire, &exec.buffers.rates, 0, bytemuck::cast_slice(&rates));
@@ -1100,6 +1114,7 @@ impl Backend for GpuBackend {
             host_seconds: (total - exec.waited).max(0.0),
             device_seconds,
             dispatches: exec.dispatches,
+            workers: exec.sgd_workers / exec.sgd_launches.max(1) as f64,
         })
     }
 

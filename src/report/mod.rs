@@ -251,13 +251,13 @@ pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool) -> String {
     let l = &e.ledger;
     let mut s = if ceiling {
         format!(
-            "epoch {:>3}  host ceiling (noop: no kernel ran)  {:>9.3e} ratings/s  conflicts {:>7}",
-            e.epoch, e.ratings_per_sec, e.conflicts
+            "epoch {:>3}  host ceiling (noop: no kernel ran)  {:>9.3e} ratings/s  {:>5.0} workers  conflicts {:>7}",
+            e.epoch, e.ratings_per_sec, e.workers, e.conflicts
         )
     } else {
         format!(
-            "epoch {:>3}  train {:.4}  test {:.4}  {:>9.3e} ratings/s  conflicts {:>7}",
-            e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec, e.conflicts
+            "epoch {:>3}  train {:.4}  test {:.4}  {:>9.3e} ratings/s  {:>5.0} workers  conflicts {:>7}",
+            e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec, e.workers, e.conflicts
         )
     };
     if staged {

@@ -83,7 +83,7 @@ impl Backend for ReferenceCpu {
             since_check += ratings.len();
         }
         let host_seconds = t0.elapsed().as_secs_f64();
-        Ok(EpochTrain { sse, count: done as u64, done, host_seconds, ..Default::default() })
+        Ok(EpochTrain { sse, count: done as u64, done, host_seconds, workers: 1.0, ..Default::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
@@ -373,7 +373,8 @@ impl Backend for HogwildCpu {
             let (sse, done) = self.train_blocked(model, steps, sub, layout, parts, input.stop)?;
             // No two threads ever train rows of one bin at once: nothing races.
             let host_seconds = t0.elapsed().as_secs_f64();
-            return Ok(EpochTrain { sse, count: done as u64, done, host_seconds, ..Default::default() });
+            let workers = self.threads.min(layout.bins().unwrap_or(1) as usize) as f64;
+            return Ok(EpochTrain { sse, count: done as u64, done, host_seconds, workers, ..Default::default() });
         }
         let tables = Tables { users: as_atomic(&mut model.users), items: as_atomic(&mut model.items), stride: s };
         let tables = &tables;
@@ -443,7 +444,8 @@ impl Backend for HogwildCpu {
             done += n;
         }
         let host_seconds = t0.elapsed().as_secs_f64();
-        Ok(EpochTrain { sse, count: done as u64, done, conflicts, host_seconds, ..Default::default() })
+        let workers = threads as f64;
+        Ok(EpochTrain { sse, count: done as u64, done, conflicts, host_seconds, workers, ..Default::default() })
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {

@@ -139,6 +139,9 @@ pub struct EpochReport {
     /// Device dispatches of the epoch's training (0 on the CPU).
     #[serde(default)]
     pub dispatches: u64,
+    /// Workers that trained at once on average ([`EpochTrain::workers`]).
+    #[serde(default)]
+    pub workers: f64,
     pub ratings_per_sec: f64,
     pub ledger: Ledger,
     /// The cost model's training traffic for this epoch, where the policy has
@@ -344,6 +347,7 @@ pub fn train(
             host_seconds: out.host_seconds,
             device_seconds: out.device_seconds,
             dispatches: out.dispatches,
+            workers: out.workers,
             ratings_per_sec: out.done as f64 / seconds.max(1e-9),
             ledger,
             predicted_rows_in: None,

@@ -277,6 +277,7 @@ pub fn open_backend_on(
     // (or the automatic share) cannot hold every row.
     let n_rows = (data.users.len() + data.items.len()) as u64;
     let budget_slots = spec.device_memory.map_or(Budget::Percent(AUTO_SHARE), |b| b).resolve(tables) / row_bytes;
+    let settings_order = settings.order;
     let order = settings.order.resolve(&Target {
         kind: &ctx.summary.backend,
         parallelism: 1,
@@ -286,8 +287,24 @@ pub fn open_backend_on(
         n_items: data.items.len(),
         slots: (budget_slots < n_rows).then_some(budget_slots),
     })?;
-    let settings = TrainSettings { order, ..settings.clone() };
-    let layout = Arc::new(settings.layout(data, spec.threads)?);
+    let mut settings = TrainSettings { order, ..settings.clone() };
+    let mut layout = settings.layout(data, spec.threads)?;
+    // A blocked order chosen here takes more bins (smaller parts) until a
+    // part's rows fit the budget's slots, as far as the smaller side allows.
+    if let (Order::Auto, Some(b), Order::Blocked { .. }) = (settings_order, spec.device_memory, order) {
+        let slots = (b.resolve(tables) / row_bytes).min(u32::MAX as u64) as u32;
+        let side = data.users.len().min(data.items.len()).max(1) as u32;
+        while let Order::Blocked { bins, sweeps } = settings.order {
+            let largest = crate::engine::rows::PartRows::new(&layout, spec.threads, false).max().max(2);
+            if largest <= slots || bins >= side {
+                break;
+            }
+            settings.order = Order::Blocked { bins: (bins * 2).min(side), sweeps };
+            layout = settings.layout(data, spec.threads)?;
+        }
+    }
+    let order = settings.order;
+    let layout = Arc::new(layout);
     let slab_bytes = match spec.device_memory {
         Some(b) => b.resolve(tables),
         None => {
