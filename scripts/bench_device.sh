@@ -5,7 +5,8 @@
 #   ROWSTAGE_BIN=path/to/rowstage [RACE_BIN=path/to/rowstage-race] \
 #       scripts/bench_device.sh OUTDIR [STAGE...]
 #
-# Default stages, in this order (about 3 minutes on an H100 machine):
+# Default stages, in this order (not yet run on a lent machine as a whole;
+# estimated at 5-6 minutes on an H100 or H200 machine, each command capped):
 #   devices  the machine, the driver and what wgpu finds
 #   engine   10M synthetic ratings (50k x 20k, rank 32): the GPU backend
 #            ($GPU_BACKEND, default vulkan) all-resident and at 10%, the noop
@@ -13,8 +14,16 @@
 #            cores, in one sweep: ratings/s, host and device seconds, the
 #            bound, the kernels' bandwidth against the device's copy
 #            bandwidth
-#   accuracy the default dataset, 25 epochs: the GPU's default schedule,
-#            deterministic waves, and the sequential CPU reference (test RMSE)
+#   accuracy the default dataset, 25 epochs: the GPU's default schedule
+#            (the blocked order), deterministic, Hogwild (--order shuffled),
+#            and the sequential CPU reference (test RMSE)
+#   schedules 10M ratings all-resident, 3 epochs each: the default (blocked,
+#            its bins), blocked at 64/256/1024 bins, Hogwild at the auto
+#            width and the whole batch (the fastest racing schedule), and
+#            deterministic waves of the shuffled order: the deterministic
+#            cost against the fastest racing schedule
+#   torch    the PyTorch peer (scripts/torch_mf.py: biased MF, sparse
+#            embeddings, SGD) on the same 10M split, 10 epochs, on the GPU
 # Optional stages (name them): sweep (budgets 100%..1% x sca,lookahead on the
 # default dataset), race (LIBMF against rowstage at 10M ratings; needs
 # RACE_BIN).
@@ -28,7 +37,7 @@ set -uo pipefail
 out=${1:?usage: ROWSTAGE_BIN=... bench_device.sh OUTDIR [STAGE...]}
 shift
 stages=("$@")
-[[ ${#stages[@]} -eq 0 ]] && stages=(devices engine accuracy)
+[[ ${#stages[@]} -eq 0 ]] && stages=(devices engine schedules accuracy torch)
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z ${ROWSTAGE_BIN:-} || ! -x ${ROWSTAGE_BIN} ]]; then
     echo "bench_device.sh: set ROWSTAGE_BIN to a built rowstage (this script builds nothing)" >&2
@@ -39,6 +48,9 @@ if compgen -G "$root/.gl/*.deb" >/dev/null && ! ldconfig -p | grep -q libvulkan;
     ldconfig
 fi
 gpu=${GPU_BACKEND:-vulkan}
+# The large synthetic set of the engine, schedules and torch stages (smaller
+# only to try the script out on a machine without a GPU).
+big_data=${BENCH_DATA:-50000,20000,10000000}
 cores=$(nproc)
 mkdir -p "$out"
 bin=$(realpath "$ROWSTAGE_BIN")
@@ -72,7 +84,7 @@ for stage in "${stages[@]}"; do
         step devices 60 "$bin" devices
         ;;
     engine)
-        step engine 300 "$bin" bench --synthetic 50000,20000,10000000 --backend "$gpu,noop,cpu" \
+        step engine 300 "$bin" bench --synthetic "$big_data" --backend "$gpu,noop,cpu" \
             --device-memory 100%,10% --policy sca --warmup 1 --epochs 3 --threads "$cores" \
             --export-json "$out/engine.json" --export-markdown "$out/engine.md"
         ;;
@@ -82,6 +94,27 @@ for stage in "${stages[@]}"; do
         step accuracy-gpu-default 120 "$bin" train --backend "$gpu" --json "$out/accuracy-gpu-default.json"
         step accuracy-gpu-deterministic 150 "$bin" train --backend "$gpu" --deterministic \
             --json "$out/accuracy-gpu-deterministic.json"
+        step accuracy-gpu-hogwild 120 "$bin" train --backend "$gpu" --order shuffled \
+            --json "$out/accuracy-gpu-hogwild.json"
+        ;;
+    schedules)
+        big=(--synthetic "$big_data" --backend "$gpu" --device-memory 100% --epochs 3)
+        for s in default blocked:64 blocked:256 blocked:1024 shuffled shuffled-step shuffled-deterministic; do
+            case $s in
+            default) flags=() ;;
+            shuffled-step) flags=(--order shuffled --hogwild-width step) ;;
+            shuffled-deterministic) flags=(--order shuffled --deterministic) ;;
+            *) flags=(--order "$s") ;;
+            esac
+            name=schedule-${s//:/-}
+            step "$name" 90 "$bin" train "${big[@]}" "${flags[@]}" --json "$out/$name.json"
+        done
+        ;;
+    torch)
+        step torch-split 120 "$bin" split --synthetic "$big_data" --out "$out/split10m"
+        step torch 240 python3 "$root/scripts/torch_mf.py" --train "$out/split10m/train.tsv" \
+            --test "$out/split10m/test.tsv" --epochs 10 --device "${TORCH_DEVICE:-cuda}" --json "$out/torch.json"
+        rm -rf "$out/split10m"
         ;;
     sweep)
         step sweep 300 "$bin" bench --backend "$gpu,cpu" --device-memory 100%,25%,10%,5%,1% \
@@ -97,7 +130,7 @@ for stage in "${stages[@]}"; do
             --gpu-epochs 10 --gpu-modes hogwild,deterministic --json "$out/race.json"
         ;;
     *)
-        echo "unknown stage: $stage (devices, engine, accuracy, sweep, race)" >&2
+        echo "unknown stage: $stage (devices, engine, schedules, accuracy, torch, sweep, race)" >&2
         exit 2
         ;;
     esac

@@ -50,6 +50,9 @@ enum Command {
     Simulate(SimulateArgs),
     /// List every GPU adapter wgpu finds, with the limits that matter here.
     Devices(DevicesArgs),
+    /// Write the train/test split a run of the same data flags trains on, as
+    /// tab-separated `user item rating` files, for a peer to train on.
+    Split(SplitArgs),
     /// Sweep budgets × policies (× backends) with warm-up and timed epochs;
     /// export the medians as JSON, CSV or Markdown and draw SVG charts.
     Bench(Box<BenchArgs>),
@@ -382,6 +385,29 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct SplitArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Directory to write train.tsv and test.tsv into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+fn cmd_split(a: SplitArgs) -> Result<()> {
+    let out = Out { to_stderr: false };
+    let (data, _) = load_dataset(&a.data, a.seed, &out)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    for (name, ratings) in [("train.tsv", &data.train), ("test.tsv", &data.test)] {
+        let path = a.out.join(name);
+        model::write_atomically(&path, data.to_tsv(ratings).as_bytes())?;
+        out.line(&format!("wrote {} ({} ratings)", path.display(), ratings.len()));
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 struct DevicesArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -398,6 +424,7 @@ fn main() {
         Command::Plan(a) => cmd_plan(a),
         Command::Simulate(a) => cmd_simulate(a),
         Command::Devices(a) => cmd_devices(a),
+        Command::Split(a) => cmd_split(a),
         Command::Bench(a) => cmd_bench(*a),
     };
     if let Err(e) = result {

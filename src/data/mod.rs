@@ -164,6 +164,22 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// `ratings` (this dataset's train or test set) as tab-separated
+    /// `user item rating` lines with the original ids: what a peer (LIBMF,
+    /// PyTorch) reads to train on the same split. A side unseen in
+    /// training ([`UNKNOWN`]) is written as `-`, an id no peer trained.
+    pub fn to_tsv(&self, ratings: &[Rating]) -> String {
+        use std::fmt::Write;
+        let name = |map: &IdMap, id: u32| if id == UNKNOWN { "-".to_string() } else { map.name(id).to_string() };
+        let mut s = String::with_capacity(ratings.len() * 16);
+        for r in ratings {
+            let _ = writeln!(s, "{}\t{}\t{}", name(&self.users, r.user), name(&self.items, r.item), r.value);
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
