@@ -570,6 +570,8 @@ impl Exec {
             let b = self.input.block(params);
             self.submit(tables, "train", ledger, |l| l.sgd(b, width, false), |_, _| {})?;
             self.dev.check()?;
+            self.sgd_launches += 1;
+            self.sgd_workers += width.min(n as u32) as f64;
         }
         Ok(k)
     }

@@ -60,6 +60,8 @@ pub struct EpochJson {
     /// device time).
     pub bound: Option<&'static str>,
     pub dispatches: u64,
+    /// Workers that trained at once, on average.
+    pub workers: f64,
     pub ratings_per_sec: f64,
     pub rows_in: u64,
     pub rows_out: u64,
@@ -93,6 +95,7 @@ impl EpochJson {
             device_seconds: e.device_seconds,
             bound: e.bound(),
             dispatches: e.dispatches,
+            workers: e.workers,
             ratings_per_sec: e.ratings_per_sec,
             rows_in: l.rows_in(),
             rows_out: l.rows_out(),
