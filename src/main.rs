@@ -80,12 +80,14 @@ struct DataArgs {
     #[arg(long, default_value_t = 0.1, value_name = "F")]
     test_fraction: f64,
     /// Generate USERS,ITEMS,RATINGS synthetic ratings instead of reading --data
-    /// (default when no --data: 6000,3000,300000).
+    /// (default when no --data: 4000,2000,200000, popularity shaped like
+    /// MovieLens 100K's).
     #[arg(long, value_name = "USERS,ITEMS,RATINGS", conflicts_with = "data")]
     synthetic: Option<String>,
-    /// Zipf exponent of the synthetic user and item popularity (0 = uniform).
-    #[arg(long, default_value_t = 1.05)]
-    zipf: f64,
+    /// Draw the synthetic users and items from a pure Zipf law of this
+    /// exponent instead (0 = uniform; 1.05 was the earlier default).
+    #[arg(long, value_name = "S")]
+    zipf: Option<f64>,
 }
 
 #[derive(Args)]
@@ -97,23 +99,23 @@ struct TrainArgs {
     rank: usize,
     /// Initial learning rate η₀; a comma-separated list (with --reg) trains
     /// every (lr, reg) pair side by side in one run: a grid search.
-    #[arg(long, default_value = "0.01", value_name = "LR[,LR...]")]
+    #[arg(long, default_value_t = HyperParams::DEFAULT.lr.to_string(), value_name = "LR[,LR...]")]
     lr: String,
     /// L2 regularisation of the factors; a comma-separated list makes a grid
     /// search with --lr.
-    #[arg(long, default_value = "0.05", value_name = "REG[,REG...]")]
+    #[arg(long, default_value_t = HyperParams::DEFAULT.reg.to_string(), value_name = "REG[,REG...]")]
     reg: String,
     /// L2 regularisation of the biases.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = HyperParams::DEFAULT.bias_reg)]
     bias_reg: f32,
     /// Learning-rate decay β: η_t = η₀ / (1 + β t^1.5).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = HyperParams::DEFAULT.decay)]
     decay: f32,
     /// Standard deviation of the initial factors.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = HyperParams::DEFAULT.init_std)]
     init_std: f32,
     /// Passes over the training ratings.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = model::DEFAULT_EPOCHS)]
     epochs: usize,
     /// Ratings per batch (one GPU step, unless the budget forces a split), or
     /// auto: the planner's choice for this adapter and budget.
@@ -347,9 +349,9 @@ struct BenchArgs {
     policy: String,
     #[arg(long, default_value_t = 32)]
     rank: usize,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = HyperParams::DEFAULT.lr)]
     lr: f32,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = HyperParams::DEFAULT.reg)]
     reg: f32,
     #[arg(long, default_value_t = 2048)]
     batch: usize,

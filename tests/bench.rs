@@ -16,7 +16,7 @@ use rowstage::train::TrainSettings;
 
 fn dataset() -> (Dataset, DatasetInfo) {
     // Sizes that are not multiples of the workgroup size (64).
-    let spec = SyntheticSpec::parse("301,157,5003", 1.05).unwrap();
+    let spec = SyntheticSpec::parse("301,157,5003", Some(1.05)).unwrap();
     let data = Dataset::split("tiny", generate(&spec, 11), 0.1, 11);
     let info = DatasetInfo::of(&data, 0);
     (data, info)

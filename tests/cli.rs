@@ -372,7 +372,7 @@ fn default_run_uses_the_builtin_dataset() {
     // The README's first command, shortened to 1 epoch on the CPU backend to
     // keep the test quick; the GPU path of the same run is covered above.
     rowstage().args(["train", "--epochs", "1", "--backend", "cpu"]).assert().success().stdout(
-        predicate::str::contains("synthetic-6000x3000-300000").and(predicate::str::contains("final: test RMSE")),
+        predicate::str::contains("synthetic-4000x2000-200000").and(predicate::str::contains("final: test RMSE")),
     );
 }
 
@@ -456,6 +456,8 @@ fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
                     "plan",
                     "--synthetic",
                     "2000,1000,40000",
+                    "--zipf",
+                    "1.05",
                     "--rank",
                     "8",
                     "--device-memory",

@@ -16,7 +16,7 @@ use rowstage::train::{Order, RunControl, TrainSettings, train};
 
 fn dataset() -> Dataset {
     // Skewed, and not a multiple of anything: 7 bins of uneven blocks.
-    let spec = SyntheticSpec::parse("613,389,40009", 1.05).unwrap();
+    let spec = SyntheticSpec::parse("613,389,40009", Some(1.05)).unwrap();
     Dataset::split("blocked", generate(&spec, 5), 0.1, 5)
 }
 

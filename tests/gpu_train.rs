@@ -20,7 +20,7 @@ const RMSE_TOL: f64 = 1e-4;
 
 fn dataset() -> Dataset {
     // 301 users, 157 items, 5003 ratings: none a multiple of 64.
-    let spec = SyntheticSpec::parse("301,157,5003", 1.05).unwrap();
+    let spec = SyntheticSpec::parse("301,157,5003", Some(1.05)).unwrap();
     Dataset::split("tiny", generate(&spec, 11), 0.1, 11)
 }
 
@@ -199,7 +199,7 @@ fn deterministic_gpu_matches_cpu_reference_all_resident_and_staged() {
 fn deterministic_waves_dispatched_and_in_one_workgroup_match_the_reference() {
     // Milder skew than the other tests' 1.05, so that the first wave holds
     // over 256 ratings before the hot rows' tail begins.
-    let spec = SyntheticSpec::parse("3001,1499,20011", 0.6).unwrap();
+    let spec = SyntheticSpec::parse("3001,1499,20011", Some(0.6)).unwrap();
     let data = Dataset::split("waves", generate(&spec, 4), 0.1, 4);
     let s = TrainSettings { epochs: 2, batch: 2000, ..settings() };
     let (want, want_rmse) = reference(&data, &s);
@@ -364,7 +364,7 @@ fn gpu_resume_and_hogwild_conflicts() {
 /// with another).
 #[test]
 fn gpu_hogwild_reports_conflicts_and_matches_deterministic_accuracy() {
-    let spec = SyntheticSpec::parse("3001,1499,30011", 1.05).unwrap();
+    let spec = SyntheticSpec::parse("3001,1499,30011", Some(1.05)).unwrap();
     let data = Dataset::split("hogwild", generate(&spec, 4), 0.1, 4);
     let det = TrainSettings { epochs: 5, batch: 250, ..settings() };
     let hog = TrainSettings { deterministic: false, ..det.clone() };

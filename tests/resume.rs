@@ -11,7 +11,7 @@ use rowstage::train::checkpoint::{CHECKPOINT_FILE, load_checkpoint};
 use rowstage::train::{RunControl, TrainSettings, cpu::ReferenceCpu, train};
 
 fn dataset() -> Dataset {
-    let spec = SyntheticSpec::parse("211,97,3001", 1.05).unwrap();
+    let spec = SyntheticSpec::parse("211,97,3001", Some(1.05)).unwrap();
     Dataset::split("resume", generate(&spec, 3), 0.1, 3)
 }
 
@@ -64,7 +64,7 @@ fn a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_model() {
     let other = TrainSettings { hp: HyperParams { lr: 0.02, ..s.hp }, ..s.clone() };
     let control = RunControl { resume: Some(load_checkpoint(dir.path()).unwrap()), ..Default::default() };
     let e = train(&data, &other, &mut cpu(&other), control, &mut |_| {}).err().unwrap().to_string();
-    assert!(e.contains("--lr") && e.contains("0.01") && e.contains("0.02"), "{e}");
+    assert!(e.contains("--lr") && e.contains(&s.hp.lr.to_string()) && e.contains("0.02"), "{e}");
 }
 
 #[test]

@@ -37,8 +37,10 @@ struct Args {
     items: usize,
     #[arg(long, default_value_t = 1_000_000)]
     ratings: usize,
-    #[arg(long, default_value_t = 1.05)]
-    zipf: f64,
+    /// A pure Zipf law of this exponent; without it the MovieLens-shaped
+    /// default law.
+    #[arg(long)]
+    zipf: Option<f64>,
     #[arg(long, default_value_t = 32)]
     rank: usize,
     /// Epochs of LIBMF and the CPU backend.

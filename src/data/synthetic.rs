@@ -1,6 +1,15 @@
-//! The built-in synthetic dataset: Zipf-skewed user and item popularity, a
+//! The built-in synthetic dataset: skewed user and item popularity, a
 //! low-rank ground truth plus noise, ratings on the 1..5 scale, fully
 //! determined by the seed.
+//!
+//! The default popularity is shaped like MovieLens 100K's: rank k of n rows
+//! is drawn with weight (k + k₀)^(−s) (Zipf–Mandelbrot), users with s = 0.44,
+//! k₀ = 0 and items with s = 0.8, k₀ = 27, fitted so that at the default size
+//! (4000 users, 2000 items) the shares of ratings held by the top row, the
+//! top 1% and the top 10% of each side are within 1.4× of MovieLens 100K's
+//! (users 0.74%, 5.1%, 31.9%; items 0.58%, 7.6%, 42.7%). `--zipf S` gives the
+//! earlier law instead: pure Zipf(S) on both sides (S = 1.05 put 13% of all
+//! ratings on one item; 0 is uniform).
 
 use rand::prelude::*;
 use rand::rngs::StdRng;
@@ -15,9 +24,14 @@ pub struct SyntheticSpec {
     pub users: usize,
     pub items: usize,
     pub ratings: usize,
-    /// Zipf exponent of both popularity laws; 0 gives uniform (i.i.d.) draws.
-    pub zipf: f64,
+    /// The exponent of a pure Zipf law on both sides (0: uniform, i.i.d.
+    /// draws); `None`: the MovieLens-shaped law (module docs).
+    pub zipf: Option<f64>,
 }
+
+/// The MovieLens-shaped law's (s, k₀) for users and for items (module docs).
+const USER_LAW: (f64, f64) = (0.44, 0.0);
+const ITEM_LAW: (f64, f64) = (0.8, 27.0);
 
 /// Rank of the hidden ground-truth model.
 const TRUE_RANK: usize = 8;
@@ -25,10 +39,10 @@ const TRUE_RANK: usize = 8;
 impl SyntheticSpec {
     /// The default dataset of `rowstage train`: small enough for a run on a
     /// software rasteriser to finish in seconds, skewed like real data.
-    pub const DEFAULT: SyntheticSpec = SyntheticSpec { users: 6_000, items: 3_000, ratings: 300_000, zipf: 1.05 };
+    pub const DEFAULT: SyntheticSpec = SyntheticSpec { users: 4_000, items: 2_000, ratings: 200_000, zipf: None };
 
     /// Parses `USERS,ITEMS,RATINGS` (underscores and k/M suffixes allowed).
-    pub fn parse(s: &str, zipf: f64) -> Result<Self> {
+    pub fn parse(s: &str, zipf: Option<f64>) -> Result<Self> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
         let bad = |why: &str| Error::arg("--synthetic", s, why);
         if parts.len() != 3 {
@@ -52,38 +66,65 @@ impl SyntheticSpec {
         if spec.users > u32::MAX as usize / 2 || spec.items > u32::MAX as usize / 2 {
             return Err(bad("too many users or items for 32-bit ids"));
         }
-        if !(zipf.is_finite() && zipf >= 0.0) {
-            return Err(Error::arg("--zipf", zipf.to_string(), "must be a finite number ≥ 0"));
+        if let Some(z) = zipf.filter(|z| !(z.is_finite() && *z >= 0.0)) {
+            return Err(Error::arg("--zipf", z.to_string(), "must be a finite number ≥ 0"));
         }
         Ok(spec)
     }
 
-    /// A short name for reports, e.g. `synthetic-6000x3000-300000-zipf1.05`.
+    /// A short name for reports: `synthetic-4000x2000-200000`, with
+    /// `-zipf1.05` under the pure Zipf law.
     pub fn name(&self) -> String {
-        format!("synthetic-{}x{}-{}-zipf{}", self.users, self.items, self.ratings, self.zipf)
+        let law = self.zipf.map_or(String::new(), |z| format!("-zipf{z}"));
+        format!("synthetic-{}x{}-{}{law}", self.users, self.items, self.ratings)
     }
 }
 
-/// Draws ids 0..n with Zipf(s) popularity; the popularity rank is a seeded
-/// permutation so that popular rows are spread over the id range.
+/// Draws ids 0..n by popularity rank; the rank is a seeded permutation so
+/// that popular rows are spread over the id range.
 struct Popularity {
-    zipf: Option<Zipf<f64>>,
+    law: Law,
     n: usize,
     perm: Vec<u32>,
 }
 
+enum Law {
+    Uniform,
+    Zipf(Zipf<f64>),
+    /// The cumulative weights of ranks 1..=n, (k + k₀)^(−s).
+    Mandelbrot(Vec<f64>),
+}
+
 impl Popularity {
-    fn new(n: usize, s: f64, rng: &mut StdRng) -> Self {
+    fn new(n: usize, zipf: Option<f64>, (s, k0): (f64, f64), rng: &mut StdRng) -> Self {
         let mut perm: Vec<u32> = (0..n as u32).collect();
         perm.shuffle(rng);
-        let zipf = (s > 0.0).then(|| Zipf::new(n as f64, s).expect("n ≥ 1 and s > 0"));
-        Popularity { zipf, n, perm }
+        let law = match zipf {
+            Some(z) if z > 0.0 => Law::Zipf(Zipf::new(n as f64, z).expect("n ≥ 1 and s > 0")),
+            Some(_) => Law::Uniform,
+            None => {
+                let mut total = 0.0;
+                Law::Mandelbrot(
+                    (1..=n)
+                        .map(|k| {
+                            total += (k as f64 + k0).powf(-s);
+                            total
+                        })
+                        .collect(),
+                )
+            }
+        };
+        Popularity { law, n, perm }
     }
 
     fn draw(&self, rng: &mut StdRng) -> u32 {
-        let rank = match &self.zipf {
-            Some(z) => (z.sample(rng) as usize - 1).min(self.n - 1),
-            None => rng.random_range(0..self.n),
+        let rank = match &self.law {
+            Law::Zipf(z) => (z.sample(rng) as usize - 1).min(self.n - 1),
+            Law::Uniform => rng.random_range(0..self.n),
+            Law::Mandelbrot(cdf) => {
+                let x = rng.random::<f64>() * cdf[self.n - 1];
+                cdf.partition_point(|&c| c <= x).min(self.n - 1)
+            }
         };
         self.perm[rank]
     }
@@ -92,8 +133,8 @@ impl Popularity {
 /// Generates the ratings of `spec`, fully determined by `seed`.
 pub fn generate(spec: &SyntheticSpec, seed: u64) -> RatingSet {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5157_4E7E_71C0_0000);
-    let users_pop = Popularity::new(spec.users, spec.zipf, &mut rng);
-    let items_pop = Popularity::new(spec.items, spec.zipf, &mut rng);
+    let users_pop = Popularity::new(spec.users, spec.zipf, USER_LAW, &mut rng);
+    let items_pop = Popularity::new(spec.items, spec.zipf, ITEM_LAW, &mut rng);
     let factor = Normal::new(0.0f32, (0.6 / (TRUE_RANK as f32).sqrt()).sqrt()).unwrap();
     let user_bias = Normal::new(0.0f32, 0.35).unwrap();
     let item_bias = Normal::new(0.0f32, 0.5).unwrap();
@@ -129,7 +170,7 @@ mod tests {
 
     #[test]
     fn deterministic_and_skewed() {
-        let spec = SyntheticSpec::parse("500,300,20k", 1.05).unwrap();
+        let spec = SyntheticSpec::parse("500,300,20k", Some(1.05)).unwrap();
         assert_eq!(spec.ratings, 20_000);
         let a = generate(&spec, 3);
         let b = generate(&spec, 3);
@@ -144,7 +185,7 @@ mod tests {
         let top = *counts.iter().max().unwrap();
         assert!(top > 20 * spec.ratings / spec.items, "top item has {top} ratings");
         // Uniform draws are not skewed.
-        let u = generate(&SyntheticSpec { zipf: 0.0, ..spec }, 3);
+        let u = generate(&SyntheticSpec { zipf: Some(0.0), ..spec }, 3);
         let mut counts = vec![0usize; spec.items];
         for r in &u.ratings {
             counts[r.item as usize] += 1;
@@ -155,9 +196,39 @@ mod tests {
     #[test]
     fn parse_errors_name_the_value() {
         for bad in ["10,20", "a,b,c", "0,5,5", "1,2,3,4", "-1,2,3"] {
-            let e = SyntheticSpec::parse(bad, 1.0).unwrap_err().to_string();
+            let e = SyntheticSpec::parse(bad, None).unwrap_err().to_string();
             assert!(e.contains("--synthetic") && e.contains(bad), "{e}");
         }
-        assert!(SyntheticSpec::parse("1,2,3", f64::NAN).is_err());
+        assert!(SyntheticSpec::parse("1,2,3", Some(f64::NAN)).is_err());
+    }
+
+    /// Shares of all ratings held by the top row, the top 1% and the top
+    /// 10% of `counts`' rows.
+    fn shares(mut counts: Vec<usize>) -> [f64; 3] {
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let n = counts.len() as f64;
+        let total: usize = counts.iter().sum();
+        let top = |f: f64| counts[..((n * f).round() as usize).max(1)].iter().sum::<usize>() as f64 / total as f64;
+        [counts[0] as f64 / total as f64, top(0.01), top(0.1)]
+    }
+
+    #[test]
+    fn the_default_popularity_is_shaped_like_movielens_100k() {
+        let spec = SyntheticSpec::DEFAULT;
+        let set = generate(&spec, 42);
+        let (mut users, mut items) = (vec![0; spec.users], vec![0; spec.items]);
+        for r in &set.ratings {
+            users[r.user as usize] += 1;
+            items[r.item as usize] += 1;
+        }
+        // MovieLens 100K's shares (README): top row, top 1%, top 10%.
+        for (side, got, want) in
+            [("users", shares(users), [0.0074, 0.051, 0.319]), ("items", shares(items), [0.0058, 0.076, 0.427])]
+        {
+            for (g, w) in got.iter().zip(want) {
+                let ratio = g / w;
+                assert!((1.0 / 1.5..=1.5).contains(&ratio), "{side}: {got:?} against MovieLens 100K's {want:?}");
+            }
+        }
     }
 }

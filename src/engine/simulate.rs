@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn no_policy_beats_belady_and_sca_prediction_is_close_on_iid_data() {
-        let spec = SyntheticSpec { users: 3000, items: 1500, ratings: 60_000, zipf: 0.0 };
+        let spec = SyntheticSpec { users: 3000, items: 1500, ratings: 60_000, zipf: Some(0.0) };
         let d = Dataset::split("iid", generate(&spec, 3), 0.0, 3);
         let setup = SimSetup {
             train: &d.train,

@@ -133,7 +133,7 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
     // SGD: every row resident, so that a dispatch spans many parts; then
     // the fixed cost of a staged step: tiny parts through a slab that holds
     // one of them (`none`: every row staged in and written back each step).
-    let spec = SyntheticSpec { users: 2000, items: 2000, ratings: 65_536, zipf: 0.0 };
+    let spec = SyntheticSpec { users: 2000, items: 2000, ratings: 65_536, zipf: Some(0.0) };
     let data = Dataset::split("calibration", generate(&spec, 1), 0.0, 1);
     let hp = HyperParams { rank, ..Default::default() };
     let row_bytes = (crate::model::row_stride(rank) * 4) as u64;

@@ -268,7 +268,7 @@ mod tests {
     use crate::model::HyperParams;
 
     fn model() -> Model {
-        let spec = SyntheticSpec::parse("30,20,300", 1.0).unwrap();
+        let spec = SyntheticSpec::parse("30,20,300", Some(1.0)).unwrap();
         let d = Dataset::split("s", generate(&spec, 1), 0.1, 1);
         Model::init(&d, &HyperParams { rank: 5, ..Default::default() }, 1)
     }

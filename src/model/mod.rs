@@ -33,10 +33,21 @@ pub struct HyperParams {
     pub init_std: f32,
 }
 
+impl HyperParams {
+    /// Defaults for explicit 0.5–5 star ratings at rank 32, tuned on
+    /// MovieLens 100K with [`DEFAULT_EPOCHS`] epochs (docs/ARCHITECTURE.md,
+    /// "The model"; BENCHMARKS.md): η₀ 0.05 decaying as 1 / (1 + 0.05 t^1.5),
+    /// λ 0.08 on the factors.
+    pub const DEFAULT: HyperParams =
+        HyperParams { rank: 32, lr: 0.05, reg: 0.08, bias_reg: 0.01, decay: 0.05, init_std: 0.05 };
+}
+
+/// Epochs of a run when not given.
+pub const DEFAULT_EPOCHS: usize = 30;
+
 impl Default for HyperParams {
-    /// Defaults chosen for explicit 0.5–5 star ratings at rank 32.
     fn default() -> Self {
-        HyperParams { rank: 32, lr: 0.01, reg: 0.05, bias_reg: 0.01, decay: 0.05, init_std: 0.05 }
+        HyperParams::DEFAULT
     }
 }
 
@@ -441,7 +452,7 @@ mod tests {
     #[test]
     fn copies_widen_and_split_back() {
         use crate::data::{Dataset, SyntheticSpec, generate};
-        let spec = SyntheticSpec::parse("30,20,300", 1.0).unwrap();
+        let spec = SyntheticSpec::parse("30,20,300", Some(1.0)).unwrap();
         let data = Dataset::split("s", generate(&spec, 1), 0.1, 1);
         let hp = HyperParams { rank: 5, ..Default::default() };
         let one = Model::init(&data, &hp, 3);
