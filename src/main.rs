@@ -117,10 +117,12 @@ struct TrainArgs {
     /// Passes over the training ratings.
     #[arg(long, default_value_t = model::DEFAULT_EPOCHS)]
     epochs: usize,
-    /// Ratings per batch (one GPU step, unless the budget forces a split), or
-    /// auto: the planner's choice for this adapter and budget.
-    #[arg(long, default_value = "2048", value_name = "N|auto")]
-    batch: String,
+    /// Ratings per part of the shuffled order (one GPU step), or auto: the
+    /// planner's choice for this adapter and budget. Without it, 2048, or the
+    /// largest that the budget holds (said in a notice). The blocked order's
+    /// parts are its blocks' shares of a sweep, whatever the batch.
+    #[arg(long, value_name = "N|auto")]
+    batch: Option<String>,
     /// Measure the adapter again instead of using the cached calibration.
     #[arg(long)]
     no_calibration_cache: bool,
@@ -308,8 +310,10 @@ struct SimulateArgs {
     policy: String,
     #[arg(long, default_value_t = 32)]
     rank: usize,
-    #[arg(long, default_value_t = 2048)]
-    batch: usize,
+    /// Ratings per part of the shuffled order; without it 2048, or the
+    /// largest each budget holds.
+    #[arg(long)]
+    batch: Option<usize>,
     #[arg(long, default_value_t = 1)]
     epochs: usize,
     #[arg(long, default_value_t = 42)]
@@ -550,10 +554,10 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     if a.rank == 0 || a.rank > 1024 {
         return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
     }
-    if a.batch != "auto" {
-        match a.batch.parse::<usize>() {
-            Ok(b) if (1..=1 << 20).contains(&b) => {}
-            _ => return Err(Error::arg("--batch", &a.batch, "must be auto or a whole number between 1 and 1048576")),
+    if let Some(b) = a.batch.as_deref().filter(|&b| b != "auto") {
+        match b.parse::<usize>() {
+            Ok(n) if (1..=1 << 20).contains(&n) => {}
+            _ => return Err(Error::arg("--batch", b, "must be auto or a whole number between 1 and 1048576")),
         }
     }
     if a.threads == Some(0) {
@@ -582,7 +586,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         hp,
         grid,
         epochs: a.epochs,
-        batch: a.batch.parse().unwrap_or(2048),
+        batch: a.batch.as_deref().and_then(|b| b.parse().ok()).unwrap_or(train::DEFAULT_BATCH),
         seed: a.seed,
         deterministic: a.deterministic,
         co_partition: None,
@@ -600,7 +604,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         hogwild_width: hogwild,
     };
     let mut plan = None;
-    if a.batch == "auto" {
+    if a.batch.as_deref() == Some("auto") {
         let (batch, p, notes) = train::auto_batch(&data, &settings, &spec, !a.no_calibration_cache, settings.batch)?;
         for n in notes {
             out.line(&n);
@@ -615,15 +619,34 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         settings.batch = batch;
         plan = p;
     }
-    settings.co_partition = train::co_partition_for(
-        &data,
-        hp.rank,
-        settings.copies(),
-        settings.batch,
-        budget,
-        side,
-        a.co.co_partition_visits,
-    );
+    // Co-partitioning needs a block beside a batch's rows of the other side:
+    // without --batch the batch halves until one fits.
+    loop {
+        settings.co_partition = train::co_partition_for(
+            &data,
+            hp.rank,
+            settings.copies(),
+            settings.batch,
+            budget,
+            side,
+            a.co.co_partition_visits,
+        );
+        match (side, settings.co_partition) {
+            (Some(_), None) if a.batch.is_none() && settings.batch > 1 => settings.batch /= 2,
+            (Some(s), None) => {
+                return Err(Error::arg(
+                    "--co-partition",
+                    s.name(),
+                    format!(
+                        "the budget leaves no room for a block beside a batch of {} ratings; use a larger --device-memory{}",
+                        settings.batch,
+                        if settings.batch > 1 { " or a smaller --batch" } else { "" }
+                    ),
+                ));
+            }
+            _ => break,
+        }
+    }
     if let Some(c) = settings.co_partition {
         let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
         out.line(&format!(
@@ -634,7 +657,20 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             c.visits
         ));
     }
-    let opened = train::open_backend(&data, &settings, &spec)?;
+    // Without --batch, the largest batch the budget holds, up to the default.
+    let opened = if a.batch.is_none() {
+        let opened = train::open_backend_fitting(&data, &mut settings, &spec, 1, None)?;
+        if settings.batch < train::DEFAULT_BATCH {
+            out.line(&format!(
+                "batch: {} ratings, the largest whose rows the budget holds (the default {} does not fit; --batch N asks for one)",
+                settings.batch,
+                train::DEFAULT_BATCH
+            ));
+        }
+        opened
+    } else {
+        train::open_backend(&data, &settings, &spec)?
+    };
 
     if let Some(n) = &opened.notice {
         eprintln!("notice: {n}");
@@ -1053,7 +1089,7 @@ fn policy_list(text: &str) -> Result<Vec<PolicyKind>> {
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     use rowstage::engine::simulate::SimSetup;
-    if a.batch == 0 || a.rank == 0 || a.epochs == 0 {
+    if a.batch == Some(0) || a.rank == 0 || a.epochs == 0 {
         return Err(Error::arg("--batch/--rank/--epochs", "0", "must be at least 1"));
     }
     let budgets = budget_list(&a.device_memory)?;
@@ -1066,7 +1102,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         train: &data.train,
         n_users: data.users.len(),
         n_items: data.items.len(),
-        batch: a.batch,
+        batch: a.batch.unwrap_or(train::DEFAULT_BATCH),
         seed: a.seed,
         epochs: a.epochs,
         row_bytes,
@@ -1096,7 +1132,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         data.items.len(),
         data.train.len(),
         a.order,
-        a.batch,
+        a.batch.map_or("the largest each budget holds, up to 2048".into(), |b| b.to_string()),
         a.epochs,
         row_bytes,
         human_bytes(tables),
@@ -1126,16 +1162,38 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     let mut prepared: Option<(rowstage::engine::RunLayout, rowstage::engine::rows::PartRows)> = None;
     for (label, budget) in &budgets {
         let bytes = budget.resolve(tables);
-        let run = SimSetup { order: order_for(bytes)?, ..setup.clone() };
-        let name = run.order.name();
-        if setup.co_partition.is_none() && prepared.as_ref().is_none_or(|p| p.0.spec().order != run.order) {
+        let mut run = SimSetup { order: order_for(bytes)?, ..setup.clone() };
+        // Without --batch, the largest batch of the shuffled order the budget
+        // holds, as `train` takes it.
+        if a.batch.is_none() && run.order == rowstage::engine::Order::Shuffled && run.co_partition.is_none() {
+            let s = TrainSettings {
+                hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
+                grid: Vec::new(),
+                epochs: a.epochs,
+                batch: train::DEFAULT_BATCH,
+                seed: a.seed,
+                deterministic: false,
+                co_partition: None,
+                order: run.order,
+            };
+            if let Some(b) = train::fit_batch(&data, &s, bytes / row_bytes, threads)? {
+                run.batch = b;
+            }
+        }
+        let name = match run.order {
+            rowstage::engine::Order::Shuffled => format!("shuffled/{}", run.batch),
+            o => o.name(),
+        };
+        if setup.co_partition.is_none()
+            && prepared.as_ref().is_none_or(|p| p.0.spec().order != run.order || p.0.spec().batch != run.batch)
+        {
             let layout = run.layout(None)?;
             let rows = rowstage::engine::rows::PartRows::new(&layout, threads, true);
             prepared = Some((layout, rows));
         }
         let step = match run.order {
             rowstage::engine::Order::Blocked { .. } => "a block's part".to_string(),
-            _ => format!("a batch of {}", a.batch),
+            _ => format!("a batch of {}", run.batch),
         };
         for &kind in &policies {
             let Some(r) = run.run(kind, bytes, prepared.as_ref())? else {

@@ -495,7 +495,7 @@ fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
             .assert()
             .success()
             .stdout(predicate::str::contains("--batch auto: batch").and(predicate::str::contains("(model ")));
-        // A budget that holds no batch of 64: --batch auto halves it and says so.
+        // A budget that holds no batch of 64: --batch auto takes the largest that fits and says so.
         rowstage()
             .env("XDG_CACHE_HOME", cache.path())
             .args(["train", "--synthetic", "2000,1000,40000", "--rank", "8", "--epochs", "1", "--backend", &be])
@@ -503,7 +503,7 @@ fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
             .assert()
             .success()
             .stdout(
-                predicate::str::contains("shrinking the batch to 32").and(predicate::str::contains("final: test RMSE")),
+                predicate::str::contains("the largest that fits is").and(predicate::str::contains("final: test RMSE")),
             );
         rowstage()
             .env("XDG_CACHE_HOME", cache.path())

@@ -17,8 +17,8 @@ pub mod plan;
 mod setup;
 
 pub use setup::{
-    BackendSpec, Opened, Planned, auto_batch, co_partition_for, open_backend, open_backend_fitting, open_backend_on,
-    plan_budget, table_bytes,
+    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, open_backend, open_backend_fitting,
+    open_backend_on, plan_budget, table_bytes,
 };
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
@@ -210,6 +210,9 @@ pub struct TrainOutcome {
 
 /// The order a run of `settings` takes on `backend`: the one its layout was
 /// built with where the backend holds one (a GPU's, resolved when it was
+/// Ratings per part of the shuffled order when `--batch` is not given.
+pub const DEFAULT_BATCH: usize = 2048;
+
 /// opened, [`setup::open_backend`]), else `settings.order` resolved.
 pub fn resolve_order(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -> Result<Order> {
     if let Some(l) = backend.run_layout()

@@ -127,35 +127,26 @@ pub fn auto_batch(
     let Planned { bytes, slots, row_bytes, calibration, plan, .. } =
         plan_budget(ctx, data, settings.hp.rank, settings.copies(), spec.device_memory, use_calibration_cache)?;
     notes.push(calibration.summary());
-    let mut batch = plan.as_ref().map_or(64, |p| p.batch);
-    // The shuffled layout's ratings do not depend on the batch, only its
-    // cut into parts does.
-    let shuffled = TrainSettings { order: Order::Shuffled, co_partition: None, ..settings.clone() };
-    let layout = shuffled.layout(data, spec.threads)?;
-    let n_rows = data.users.len() + data.items.len();
-    loop {
-        let needed = max_step_rows(layout.ratings(), data.users.len() as u32, n_rows, batch).max(2);
-        if needed <= slots {
-            break;
-        }
-        if batch == 1 {
-            let min_bytes = needed as u64 * row_bytes;
-            return Err(Error::BudgetTooSmall {
-                budget: bytes,
-                slots: slots as u64,
-                row_bytes,
-                step: format!("a batch of {batch} ratings"),
-                fix: "use a smaller --batch",
-                needed: needed as u64,
-                min_bytes,
-                min_human: crate::stage::human_bytes(min_bytes),
-            });
-        }
-        let next = (batch / 2).max(1);
+    let planned = plan.as_ref().map_or(64, |p| p.batch);
+    let Some(batch) =
+        fit_batch(data, &TrainSettings { batch: planned, ..settings.clone() }, slots as u64, spec.threads)?
+    else {
+        let min_bytes = 2 * row_bytes;
+        return Err(Error::BudgetTooSmall {
+            budget: bytes,
+            slots: slots as u64,
+            row_bytes,
+            step: "a single rating".into(),
+            fix: "use a larger --device-memory",
+            needed: 2,
+            min_bytes,
+            min_human: crate::stage::human_bytes(min_bytes),
+        });
+    };
+    if batch < planned {
         notes.push(format!(
-            "--batch auto: a batch of {batch} needs up to {needed} slots and the slab has {slots}; shrinking the batch to {next}"
+            "--batch auto: the plan's batch of {planned} needs more than the slab's {slots} slots; the largest that fits is {batch}"
         ));
-        batch = next;
     }
     Ok((batch, plan, notes))
 }
@@ -194,10 +185,39 @@ pub fn table_bytes(data: &Dataset, rank: usize) -> u64 {
     ((data.users.len() + data.items.len()) * row_stride(rank) * 4) as u64
 }
 
-/// [`open_backend_on`], halving `settings.batch` (down to `min_batch`)
-/// while the slab cannot hold one batch: a small device memory means small
-/// batches. The error of the smallest batch tried when none fits. Every try
-/// runs on one device: `ctx`, or one opened here for a GPU `spec`.
+/// The largest batch up to `batch` whose parts of the shuffled order (no
+/// co-partitioning) have at most `slots` distinct rows: what a budget of
+/// `slots` slots can train. `None` when not even one rating's two rows fit.
+pub fn fit_batch(data: &Dataset, settings: &TrainSettings, slots: u64, threads: usize) -> Result<Option<usize>> {
+    // The shuffled layout's ratings do not depend on the batch, only its
+    // cut into parts does.
+    let shuffled = TrainSettings { order: Order::Shuffled, co_partition: None, ..settings.clone() };
+    let layout = shuffled.layout(data, threads)?;
+    let n_rows = data.users.len() + data.items.len();
+    let fits =
+        |batch: usize| max_step_rows(layout.ratings(), data.users.len() as u32, n_rows, batch).max(2) as u64 <= slots;
+    if fits(settings.batch) {
+        return Ok(Some(settings.batch));
+    }
+    if !fits(1) {
+        return Ok(None);
+    }
+    // The rows of a batch grow with it: the largest that fits lies in
+    // [lo, hi).
+    let (mut lo, mut hi) = (1, settings.batch);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { lo = mid } else { hi = mid }
+    }
+    Ok(Some(lo))
+}
+
+/// [`open_backend_on`] with the largest batch up to `settings.batch` that
+/// the budget can train (down to `min_batch`): a small device memory means
+/// small batches. In the shuffled order the batch comes from [`fit_batch`];
+/// otherwise (co-partitioning) it halves while the slab cannot hold a step.
+/// The error of the smallest batch tried when none fits. Every try runs on
+/// one device: `ctx`, or one opened here for a GPU `spec`.
 pub fn open_backend_fitting(
     data: &Dataset,
     settings: &mut TrainSettings,
@@ -219,9 +239,21 @@ pub fn open_backend_fitting(
             Err(e) => return Err(e),
         },
     };
+    if let (Order::Shuffled, None, Some(b), Some(_)) = (settings.order, settings.co_partition, spec.device_memory, ctx)
+    {
+        let slots = b.resolve(settings.table_bytes(data)) / settings.row_bytes();
+        if let Some(batch) = fit_batch(data, settings, slots, spec.threads)? {
+            settings.batch = batch.max(min_batch);
+        }
+    }
     loop {
         match open_backend_on(data, settings, spec, ctx.cloned()) {
-            Err(Error::BudgetTooSmall { .. }) if settings.batch > min_batch => {
+            // The batch cuts the shuffled order (also co-partitioning's),
+            // not the blocked one.
+            Err(Error::BudgetTooSmall { .. })
+                if settings.batch > min_batch
+                    && (settings.order == Order::Shuffled || settings.co_partition.is_some()) =>
+            {
                 settings.batch = (settings.batch / 2).max(min_batch);
             }
             other => return other,
