@@ -143,10 +143,11 @@ struct TrainArgs {
     /// or auto (25% of the tables, raised to the smallest budget that holds a batch).
     #[arg(long, default_value = "auto", value_name = "SIZE")]
     device_memory: String,
-    /// Which rows stay on the device.
-    #[arg(long, value_enum, default_value = "static")]
+    /// Which rows stay on the device (sca: the split its replay of this
+    /// run's steps finds moves fewest rows, never more than static, lru or lfu).
+    #[arg(long, value_enum, default_value = "sca")]
     policy: PolicyKind,
-    /// Horizon of --policy lookahead, in batches.
+    /// Horizon of --policy lookahead, in units of 2048 ratings (the default batch's size, whatever --batch is)
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
     #[command(flatten)]
@@ -290,6 +291,13 @@ struct PlanArgs {
     backend: BackendChoice,
     #[arg(long, value_name = "SUBSTRING")]
     adapter: Option<String>,
+    /// Ratings per batch of the shuffled order: "auto" (the planner's, as
+    /// `train --batch auto` takes it) or a number.
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    batch: String,
+    /// The epoch order, as `train --order` takes it.
+    #[arg(long, default_value = "auto", value_name = "ORDER")]
+    order: String,
     /// Measure the adapter again instead of using the cached calibration.
     #[arg(long)]
     no_calibration_cache: bool,
@@ -318,7 +326,7 @@ struct SimulateArgs {
     epochs: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Horizon of the lookahead policy, in batches.
+    /// Horizon of the lookahead policy, in units of 2048 ratings (the default batch's size, whatever --batch is)
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
     #[command(flatten)]
@@ -367,7 +375,7 @@ struct BenchArgs {
     epochs: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Horizon of the lookahead policy, in batches.
+    /// Horizon of the lookahead policy, in units of 2048 ratings (the default batch's size, whatever --batch is)
     #[arg(long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
     #[command(flatten)]
@@ -421,6 +429,15 @@ struct DevicesArgs {
 }
 
 fn main() {
+    // Mesa's EGL probes Wayland, whose client library prints "error:
+    // XDG_RUNTIME_DIR is invalid or not set" where it is unset (containers,
+    // CI, ssh): a line that looks like a failure on a run that succeeds.
+    // Point it at the temporary directory before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: the process has one thread here; nothing reads the
+        // environment concurrently.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -577,7 +594,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         s => Some(Budget::parse("--device-memory", s)?),
     };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let order = train::Order::parse(&a.order, threads)?;
+    let order = train::Order::parse(&a.order)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
     let (lr, reg, grid) = grid_of(&a)?;
@@ -729,18 +746,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
     if let Some(l) = &opened.layout {
-        out.line(&format!(
-            "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} cache/staging, {} block; transfer windows {}",
-            human_bytes(l.slab_bytes),
-            l.slots,
-            l.row_bytes,
-            100.0 * l.slab_bytes as f64 / tables.max(1) as f64,
-            human_bytes(tables),
-            l.areas.resident,
-            l.slots - l.areas.resident - l.block_slots,
-            l.block_slots,
-            human_bytes(l.window_bytes()),
-        ));
+        out.line(&layout_line(l, tables));
     }
 
     let bar = if std::io::stderr().is_terminal() && a.epochs > 1 {
@@ -1017,55 +1023,135 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     if a.rank == 0 || a.rank > 1024 {
         return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
     }
+    let fixed = match a.batch.trim() {
+        "auto" => None,
+        b => Some(
+            b.parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| Error::arg("--batch", b, "must be auto or a whole number of ratings ≥ 1"))?,
+        ),
+    };
     let budget = Budget::parse("--device-memory", &a.device_memory)?;
+    let order = train::Order::parse(&a.order)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&a.data, a.seed, &out)?;
-    let ctx = rowstage::gpu::GpuContext::new(a.backend, a.adapter.as_deref())?;
-    let tables = train::table_bytes(&data, a.rank);
-    let train::Planned { adapter, bytes, slots, row_bytes, calibration: cal, plan } =
-        train::plan_budget(ctx, &data, a.rank, 1, Some(budget), !a.no_calibration_cache)?;
-    out.line(&format!("adapter: {adapter}; {}", cal.summary()));
-    let Some(p) = plan else {
-        let counts = rowstage::stage::access_counts(&data.train, data.users.len(), data.items.len());
-        let model = rowstage::stage::sca::CostModel::new(&counts, data.train.len(), 64);
-        let needed = 2 * model.capacity(0) as u64;
-        let min_bytes = needed * row_bytes;
-        return Err(Error::BudgetTooSmall {
-            budget: bytes,
-            slots: slots as u64,
-            row_bytes,
-            step: "a batch of 64 ratings".into(),
-            fix: "use a smaller --batch",
-            needed,
-            min_bytes,
-            min_human: human_bytes(min_bytes),
-        });
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // What `train` runs with these flags and its defaults otherwise.
+    let mut settings = TrainSettings {
+        hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
+        grid: Vec::new(),
+        epochs: rowstage::model::DEFAULT_EPOCHS,
+        batch: fixed.unwrap_or(train::DEFAULT_BATCH),
+        seed: a.seed,
+        deterministic: false,
+        co_partition: None,
+        order,
     };
+    let spec = BackendSpec {
+        backend: a.backend,
+        adapter: a.adapter.clone(),
+        device_memory: Some(budget),
+        policy: PolicyKind::Sca,
+        lookahead: 32,
+        threads,
+        hogwild_width: Default::default(),
+    };
+    let ctx = rowstage::gpu::GpuContext::new(a.backend, a.adapter.as_deref())?;
+    let adapter = ctx.summary.clone();
+    let ctx_name = ctx.describe();
+    let tables = train::table_bytes(&data, a.rank);
+    let cache = !a.no_calibration_cache;
+    let (calibration, planned) = match fixed {
+        // The batch `train --batch auto` takes, and the planner's figures.
+        None => {
+            let (batch, p, notes) = train::auto_batch(&data, &settings, &spec, cache, train::DEFAULT_BATCH)?;
+            settings.batch = batch;
+            (notes, p)
+        }
+        Some(b) => {
+            let p = train::plan_budget(ctx, &data, a.rank, 1, Some(budget), cache, Some(b))?;
+            (vec![p.calibration.summary()], p.plan)
+        }
+    };
+    out.line(&format!("adapter: {}", ctx_name));
+    for n in &calibration {
+        out.line(n);
+    }
+    let setup = train::gpu_setup(&data, &settings, &spec, &adapter)?;
+    let layout = rowstage::gpu::GpuBackend::plan(&setup, &adapter)?;
+    let order = setup.layout.spec().order;
     out.line(&format!(
-        "{}: {} training ratings; slab {} = {} slots ({:.1}% of the {} tables)",
+        "{}: {} training ratings; order {}{}",
         data.name,
         data.train.len(),
-        human_bytes(bytes),
-        slots,
-        100.0 * bytes as f64 / tables.max(1) as f64,
-        human_bytes(tables)
+        order.name(),
+        match order {
+            train::Order::Shuffled => format!(", batch {}", settings.batch),
+            _ => String::new(),
+        }
     ));
+    out.line(&layout_line(&layout, tables));
+    if let Some(p) = &planned {
+        out.line(&format!(
+            "planner (i.i.d. model): batch {} at a modelled {:.3e} ratings/s{}",
+            p.batch,
+            p.predicted_ratings_per_sec,
+            if fixed.is_none() && p.batch != settings.batch {
+                format!("; {} is the largest the slab holds", settings.batch)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if let Some(pr) = layout.prediction {
+        out.line(&format!(
+            "sca: predicted per epoch {:.0} rows in ({} host→device), from a replay of this run's own steps; the first epoch also loads {} resident rows{}",
+            pr.rows_per_epoch,
+            human_bytes((pr.rows_per_epoch * pr.row_bytes as f64) as u64),
+            pr.resident,
+            if pr.cold >= 0.5 { format!(" and fills the cache ({:.0} rows)", pr.cold) } else { String::new() }
+        ));
+    }
     out.line(&format!(
-        "plan: batch {}, {} resident rows + 2 staging areas of {} slots; expected {:.1} misses per batch",
-        p.batch, p.resident, p.staging_capacity, p.expected_misses_per_batch
-    ));
-    out.line(&format!(
-        "predicted per epoch: {:.0} rows in, {:.0} rows out, {} host→device in rows; {:.3e} ratings/s",
-        p.predicted_rows_in_per_epoch,
-        p.predicted_rows_out_per_epoch,
-        human_bytes(p.predicted_bytes_h2d_per_epoch as u64),
-        p.predicted_ratings_per_sec
+        "rowstage train with the same data, --device-memory {}, --seed {} and --batch {} applies this plan",
+        a.device_memory, a.seed, a.batch
     ));
     if let Some(path) = &a.json {
-        let j = serde_json::json!({"adapter": adapter, "calibration": cal, "plan": p, "device_memory_bytes": bytes});
+        let j = serde_json::json!({
+            "adapter": adapter.name,
+            "calibration": calibration,
+            "planner": planned,
+            "order": order.name(),
+            "batch": settings.batch,
+            "device_memory_bytes": layout.slab_bytes,
+            "slots": layout.slots,
+            "resident_slots": layout.areas.resident,
+            "cache_slots": layout.areas.cache,
+            "staging_slots": layout.areas.staging,
+            "cache_policy": layout.sca_cache,
+            "predicted_rows_in_per_epoch": layout.prediction.map(|p| p.rows_per_epoch),
+        });
         write_output(path, &serde_json::to_string_pretty(&j).expect("json"))?;
     }
     Ok(())
+}
+
+/// The slab's layout in one line, as `train` and `plan` print it.
+fn layout_line(l: &rowstage::gpu::layout::GpuLayout, tables: u64) -> String {
+    format!(
+        "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} cache, {} staging, {} block; transfer windows {}",
+        human_bytes(l.slab_bytes),
+        l.slots,
+        l.row_bytes,
+        100.0 * l.slab_bytes as f64 / tables.max(1) as f64,
+        human_bytes(tables),
+        l.areas.resident,
+        l.areas.cache,
+        l.areas.staging,
+        l.block_slots,
+        human_bytes(l.window_bytes()),
+    )
 }
 
 /// `--device-memory`'s comma-separated budgets, each with its text.
@@ -1109,7 +1195,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         lookahead: a.lookahead,
         co_partition: a.co.side(&data)?,
         co_partition_visits: a.co.co_partition_visits,
-        order: rowstage::engine::Order::parse(&a.order, 1)?,
+        order: rowstage::engine::Order::parse(&a.order)?,
     };
     setup.order.check_co_partition(setup.co_partition.is_some())?;
     // The order each budget replays: `auto` as a GPU run would resolve it.

@@ -477,16 +477,47 @@ fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
         };
         let (j, err) = plan(&[]);
         assert!(!err.contains("(cached)"), "the first run measures: {err}");
-        let p = &j["plan"];
+        let p = &j["planner"];
         let (h, c, s) =
             (p["resident"].as_u64().unwrap(), p["staging_capacity"].as_u64().unwrap(), p["slots"].as_u64().unwrap());
-        assert!(h + 2 * c <= s, "double-buffered split {h} + 2·{c} ≤ {s}");
-        assert!(p["predicted_rows_in_per_epoch"].as_f64().unwrap() > 0.0);
+        assert!(h + 2 * c <= s, "the i.i.d. model's double-buffered split {h} + 2·{c} ≤ {s}");
+        assert!(j["predicted_rows_in_per_epoch"].as_f64().unwrap() > 0.0);
+        let slots = ["resident_slots", "cache_slots", "staging_slots"].map(|k| j[k].as_u64().unwrap());
+        assert_eq!(slots.iter().sum::<u64>(), j["slots"].as_u64().unwrap(), "{j}");
         assert!(cache.path().join("rowstage/calibration.json").exists());
         let (_, err) = plan(&[]);
         assert!(err.contains("(cached)"), "the second run reads the cache: {err}");
         let (_, err) = plan(&["--no-calibration-cache"]);
         assert!(!err.contains("(cached)"), "{err}");
+        // `train --batch auto` applies exactly the plan `plan` prints: the
+        // same batch and split, in each order.
+        for order in ["auto", "shuffled"] {
+            let (j, _) = plan(&["--order", order]);
+            let out = rowstage()
+                .env("XDG_CACHE_HOME", cache.path())
+                .args(["train", "--synthetic", "2000,1000,40000", "--zipf", "1.05", "--rank", "8", "--epochs", "2"])
+                .args(["--backend", &be, "--batch", "auto", "--device-memory", "10%", "--order", order, "--json", "-"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            for (pk, tk) in [
+                ("batch", "batch"),
+                ("order", "order"),
+                ("resident_slots", "resident_slots"),
+                ("cache_slots", "cache_slots"),
+                ("staging_slots", "staging_slots"),
+            ] {
+                assert_eq!(j[pk], t["config"][tk], "--order {order}: plan's {pk} against train's");
+            }
+            // The second epoch: the resident rows and the cache are loaded.
+            let predicted = j["predicted_rows_in_per_epoch"].as_f64().unwrap();
+            let measured = t["epochs"][1]["rows_in"].as_f64().unwrap();
+            assert!(
+                (measured - predicted).abs() <= 0.05 * measured,
+                "--order {order}: {measured} rows in, plan {predicted}"
+            );
+        }
 
         rowstage()
             .env("XDG_CACHE_HOME", cache.path())
@@ -505,19 +536,24 @@ fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
             .stdout(
                 predicate::str::contains("the largest that fits is").and(predicate::str::contains("final: test RMSE")),
             );
+        // A budget that holds no batch of 64: `plan` takes the batch `train`
+        // would (the largest that fits), and an explicit batch that does not
+        // fit names the smallest budget.
+        let tiny =
+            ["plan", "--synthetic", "2000,1000,40000", "--rank", "8", "--device-memory", "1KiB", "--backend", &be];
         rowstage()
             .env("XDG_CACHE_HOME", cache.path())
-            .args([
-                "plan",
-                "--synthetic",
-                "2000,1000,40000",
-                "--rank",
-                "8",
-                "--device-memory",
-                "1KiB",
-                "--backend",
-                &be,
-            ])
+            .args(tiny)
+            .args(["--order", "shuffled"])
+            .assert()
+            .success()
+            .stdout(
+                predicate::str::contains("the largest that fits is").and(predicate::str::contains("sca: predicted")),
+            );
+        rowstage()
+            .env("XDG_CACHE_HOME", cache.path())
+            .args(tiny)
+            .args(["--order", "shuffled", "--batch", "2048"])
             .assert()
             .code(2)
             .stderr(predicate::str::contains("smallest budget that works"));

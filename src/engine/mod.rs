@@ -8,6 +8,7 @@
 pub mod blocked;
 pub mod order;
 pub mod rows;
+pub mod sca;
 pub mod simulate;
 pub mod walk;
 
@@ -78,6 +79,8 @@ pub struct Prediction {
     pub rows_per_epoch: f64,
     /// Rows loaded before the first epoch and written back after the last.
     pub resident: u64,
+    /// The first epoch's rows in beyond `rows_per_epoch` (a cache filling).
+    pub cold: f64,
     pub row_bytes: u64,
 }
 

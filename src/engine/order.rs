@@ -53,7 +53,8 @@ pub enum Order {
     /// The shuffled arrangement (module docs); arranged block by block under
     /// co-partitioning.
     Shuffled,
-    /// FPSGD's blocked order over `bins` × `bins` blocks ([`super::blocked`]),
+    /// FPSGD's blocked order over `bins` × `bins` blocks ([`super::blocked`];
+    /// 0: as many as [`Order::resolve`] chooses for the target),
     /// in `sweeps` sweeps per epoch (0: one per [`super::blocked::SWEEP_RATINGS`]
     /// training ratings, [`super::blocked::MIN_VISITS`] at least).
     Blocked { bins: u32, sweeps: u32 },
@@ -85,15 +86,20 @@ impl Order {
         self.check_co_partition(target.co_partition)?;
         match self {
             Order::Auto if target.co_partition => Ok(Order::Shuffled),
-            Order::Auto if target.kind == "cpu" => {
-                Ok(Order::Blocked { bins: blocked::default_bins(target.parallelism), sweeps: 0 })
-            }
-            Order::Auto => Ok(Order::Blocked {
-                bins: blocked::device_bins(target.ratings, target.n_users, target.n_items, target.slots),
-                sweeps: 0,
-            }),
-            Order::Blocked { bins: 0, .. } => Err(Error::arg("--order", self.name(), "needs at least 1 bin")),
+            Order::Auto => Ok(Order::Blocked { bins: Self::bins_for(target), sweeps: 0 }),
+            // Plain `blocked`: the bins `auto` would choose.
+            Order::Blocked { bins: 0, sweeps } => Ok(Order::Blocked { bins: Self::bins_for(target), sweeps }),
             o => Ok(o),
+        }
+    }
+
+    /// The blocked order's bins on `target`: two per thread on the CPU,
+    /// [`blocked::device_bins`] on a GPU.
+    fn bins_for(target: &Target) -> u32 {
+        if target.kind == "cpu" {
+            blocked::default_bins(target.parallelism)
+        } else {
+            blocked::device_bins(target.ratings, target.n_users, target.n_items, target.slots)
         }
     }
 
@@ -109,16 +115,16 @@ impl Order {
         }
     }
 
-    /// Parses `--order`: `auto`, `shuffled`, `blocked` (with
-    /// [`blocked::default_bins`] for `threads`), `blocked:BINS` (BINS ≥ 1) or
-    /// `blocked:BINS:SWEEPS` (SWEEPS ≥ 1 per epoch).
-    pub fn parse(s: &str, threads: usize) -> Result<Order> {
+    /// Parses `--order`: `auto`, `shuffled`, `blocked` (the bins `auto`
+    /// chooses for the run's target, [`Order::resolve`]), `blocked:BINS`
+    /// (BINS ≥ 1) or `blocked:BINS:SWEEPS` (SWEEPS ≥ 1 per epoch).
+    pub fn parse(s: &str) -> Result<Order> {
         let bad = |why: &str| Error::arg("--order", s, why);
         let number = |t: &str| t.trim().parse::<u32>().ok().filter(|&n| n >= 1);
         match s.trim() {
             "auto" => Ok(Order::Auto),
             "shuffled" => Ok(Order::Shuffled),
-            "blocked" => Ok(Order::Blocked { bins: blocked::default_bins(threads), sweeps: 0 }),
+            "blocked" => Ok(Order::Blocked { bins: 0, sweeps: 0 }),
             t => match t.strip_prefix("blocked:").map(|b| b.split(':').collect::<Vec<_>>()).as_deref() {
                 Some([bins]) => match number(bins) {
                     Some(bins) => Ok(Order::Blocked { bins, sweeps: 0 }),
@@ -138,6 +144,7 @@ impl Order {
         match self {
             Order::Auto => "auto".into(),
             Order::Shuffled => "shuffled".into(),
+            Order::Blocked { bins: 0, sweeps: 0 } => "blocked".into(),
             Order::Blocked { bins, sweeps: 0 } => format!("blocked:{bins}"),
             Order::Blocked { bins, sweeps } => format!("blocked:{bins}:{sweeps}"),
         }
@@ -627,13 +634,21 @@ mod tests {
         assert_eq!(blocked.resolve(&gpu).unwrap(), blocked, "GPU backends train it too");
         let e = blocked.resolve(&co).unwrap_err().to_string();
         assert!(e.contains("--co-partition"), "{e}");
-        assert!(Order::Blocked { bins: 0, sweeps: 0 }.resolve(&on("cpu", 2, false)).is_err());
+        // Plain `blocked` takes the bins `auto` would, keeping its sweeps.
+        let plain = Order::parse("blocked").unwrap();
+        assert_eq!(plain.name(), "blocked");
+        assert_eq!(plain.resolve(&on("cpu", 2, false)).unwrap(), Order::Auto.resolve(&on("cpu", 2, false)).unwrap());
+        assert_eq!(plain.resolve(&gpu).unwrap(), Order::Auto.resolve(&gpu).unwrap());
+        assert_eq!(
+            Order::Blocked { bins: 0, sweeps: 3 }.resolve(&gpu).unwrap(),
+            Order::Blocked { bins: 91, sweeps: 3 }
+        );
         assert_eq!(blocked.name(), "blocked:5");
-        assert_eq!(Order::parse("blocked:64:4", 2).unwrap(), Order::Blocked { bins: 64, sweeps: 4 });
-        assert_eq!(Order::parse("blocked:64:4", 2).unwrap().name(), "blocked:64:4");
-        assert_eq!(Order::parse("blocked:9", 2).unwrap(), Order::Blocked { bins: 9, sweeps: 0 });
+        assert_eq!(Order::parse("blocked:64:4").unwrap(), Order::Blocked { bins: 64, sweeps: 4 });
+        assert_eq!(Order::parse("blocked:64:4").unwrap().name(), "blocked:64:4");
+        assert_eq!(Order::parse("blocked:9").unwrap(), Order::Blocked { bins: 9, sweeps: 0 });
         for bad in ["blocked:0", "blocked:4:0", "blocked:x", "blocked:4:2:1", "random"] {
-            assert!(Order::parse(bad, 2).is_err(), "{bad}");
+            assert!(Order::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -163,11 +163,17 @@ pub fn max_step_rows(ratings: &[Rating], n_users: u32, n_rows: usize, batch: usi
     best
 }
 
-/// `lookahead`'s horizon of `steps` steps, in trace positions: that many
-/// parts' rows on average.
-pub fn lookahead_accesses(steps: usize, rows: &PartRows) -> u32 {
-    let parts = rows.users.len().max(1) as u64;
-    (steps as u64 * rows.total().div_ceil(parts)).min(u32::MAX as u64) as u32
+/// Ratings in one unit of `lookahead`'s horizon (`--lookahead L`): the
+/// default batch, whatever the run's batch or part size, so that a horizon
+/// sees as far into the epoch under every order.
+pub const LOOKAHEAD_UNIT: usize = 2048;
+
+/// `lookahead`'s horizon of `units` × [`LOOKAHEAD_UNIT`] ratings, in trace
+/// positions (the parts' distinct rows, as many as that many ratings take
+/// on average).
+pub fn lookahead_accesses(units: usize, ratings: usize, rows: &PartRows) -> u32 {
+    let per_rating = rows.total() as f64 / ratings.max(1) as f64;
+    (units as f64 * LOOKAHEAD_UNIT as f64 * per_rating).ceil().min(u32::MAX as f64) as u32
 }
 
 /// The distinct rows of the co-partitioned side of every layout group (a

@@ -11,11 +11,12 @@ use serde::Serialize;
 
 use super::order::{LayoutSpec, Order, RunLayout};
 use super::rows::{GroupRows, PartRows, lookahead_accesses};
+use super::sca::{Trace, plan_sca};
 use super::walk::{Pass, Walker, blocked_step_rows, outside_rows};
 use crate::data::Rating;
 use crate::error::Result;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
-use crate::stage::{Ledger, Moves, PolicyKind, Stager, access_counts, plan_areas, sca::CostModel};
+use crate::stage::{CacheKind, Ledger, Moves, PolicyKind, Stager, access_counts, plan_areas};
 
 /// What the simulator needs.
 #[derive(Debug, Clone)]
@@ -132,25 +133,42 @@ impl SimSetup<'_> {
         if let Some(c) = co {
             counts = c.other_side_counts(&counts, self.n_users);
         }
-        let blocks = co.map(|c| c.blocks(self.train, self.n_users, self.n_items));
-        let block_traffic = blocks.as_ref().map_or(0.0, |b| b.expected_rows_per_epoch());
         let steps = || Box::new(rows.iter()) as Box<dyn Iterator<Item = &[u32]>>;
-        let areas = plan_areas(kind, slots - block_slots, steps, self.batch, &counts, self.train.len());
+        let groups = co.map(|c| GroupRows::new(layout, c.side));
+        let step_rows = layout.bins().map(|bins| blocked_step_rows(rows, bins, slots - block_slots));
+        let sca = (kind == PolicyKind::Sca).then(|| {
+            plan_sca(&Trace {
+                layout,
+                rows,
+                groups: groups.as_ref(),
+                counts: &counts,
+                n_users: self.n_users as u32,
+                n_items: self.n_items as u32,
+                slots: slots - block_slots,
+                block_slots,
+                step_rows,
+                threads: threads(),
+            })
+        });
+        let areas = match sca {
+            Some(p) => p.areas,
+            None => plan_areas(kind, slots - block_slots, steps, self.batch, &counts, self.train.len()),
+        };
         let mut st = Stager::new(
             kind,
             areas,
             self.n_users as u32,
             self.n_items as u32,
             &counts,
-            lookahead_accesses(self.lookahead, rows),
+            lookahead_accesses(self.lookahead, self.train.len(), rows),
         )
+        .with_sca_cache(sca.map_or(CacheKind::Lru, |p| p.cache))
         .with_block_area(block_slots);
         let mut ledger = Ledger::default();
         let areas = st.areas();
         for p in st.resident() {
             ledger.row_in(st.is_user(p.row), true);
         }
-        let groups = co.map(|c| GroupRows::new(layout, c.side));
         let outside = outside_rows(&st, rows, threads());
         let t0 = Instant::now();
         let mut moves = Moves::default();
@@ -165,7 +183,7 @@ impl SimSetup<'_> {
                 outside: outside.as_ref(),
                 groups: groups.as_ref(),
                 moves: &mut moves,
-                step_rows: layout.bins().map(|bins| blocked_step_rows(rows, bins, slots - block_slots)),
+                step_rows,
                 scratch: Vec::new(),
             };
             let pass = Pass { plan: &plan, from: 0, following: following.as_ref(), continues: epoch > 0, stop: &never };
@@ -182,12 +200,8 @@ impl SimSetup<'_> {
         }
         let seconds = t0.elapsed().as_secs_f64();
         st.take_dirty(&mut ledger);
-        let predicted_rows_in = (kind == PolicyKind::Sca).then(|| {
-            let model = CostModel::new(&counts, self.train.len(), self.batch);
-            areas.resident as f64
-                + self.epochs as f64
-                    * (model.rows_in_per_epoch(areas.resident as usize, self.train.len()) + block_traffic)
-        });
+        let predicted_rows_in =
+            sca.map(|p| areas.resident as f64 + p.cold_rows_in + self.epochs as f64 * p.rows_in_per_epoch);
         Ok(Some(SimResult {
             order: self.order.name(),
             policy: kind.name(),

@@ -602,13 +602,27 @@ fn ratings_capacity(setup: &GpuSetup, adapter: &super::AdapterSummary) -> u64 {
     setup.data_window.map_or(bind, |w| w.min(bind)) / 12 * 12
 }
 
+/// [`GpuBackend::plan`]'s layout and the listings it was made from.
+struct Planned {
+    layout: GpuLayout,
+    counts: Vec<u32>,
+    rows: PartRows,
+    groups: Option<GroupRows>,
+}
+
 impl GpuBackend {
     /// Lays the slab and the device's copy of the ratings out for `setup` on
     /// `ctx`, and compiles the kernels.
-    pub fn new(ctx: GpuContext, setup: &GpuSetup) -> Result<Self> {
+    /// The slab's plan for `setup` on `adapter`, with the per-run listings
+    /// it came from: host work only, what [`GpuBackend::new`] starts with
+    /// (and `rowstage plan` prints, so that it shows what a run will do).
+    pub fn plan(setup: &GpuSetup, adapter: &super::AdapterSummary) -> Result<GpuLayout> {
+        Ok(Self::planned(setup, adapter)?.layout)
+    }
+
+    fn planned(setup: &GpuSetup, adapter: &super::AdapterSummary) -> Result<Planned> {
         let run = setup.layout.clone();
         let (n_users, n_items) = (run.n_users(), run.n_items());
-        let n_rows = n_users + n_items;
         let copies = setup.copies.max(1);
         let row_bytes = (crate::model::row_stride(setup.rank) * 4 * copies) as u64;
         let threads = setup.threads.max(1);
@@ -621,10 +635,10 @@ impl GpuBackend {
         let slots = (setup.slab_bytes / row_bytes).min(entry::MAX_SLOTS as u64) as u32;
         let every_row = holds_every_row(setup.policy, slots.saturating_sub(block_slots), &counts, co.is_some());
         let rows = PartRows::new(&run, threads, !every_row);
-        let blocks = co.map(|c| c.blocks(run.ratings(), n_users, n_items));
+        let groups = co.map(|c| GroupRows::new(&run, c.side));
         // Streamed ratings come a part a step; otherwise a blocked step may
         // hold several parts of a round.
-        let capacity = ratings_capacity(setup, &ctx.summary);
+        let capacity = ratings_capacity(setup, adapter);
         let multi_part_bins = run.bins().filter(|_| run.ratings().len() as u64 * 12 <= capacity);
         let layout = plan_layout(
             &LayoutInput {
@@ -638,12 +652,28 @@ impl GpuBackend {
                 co_partition: co,
                 counts: &counts,
                 rows: &rows,
-                block_traffic: blocks.as_ref().map_or(0.0, |b| b.expected_rows_per_epoch()),
+                layout: &run,
+                groups: groups.as_ref(),
+                threads,
                 multi_part_bins,
                 largest_part: run.bins().map(|_| run.max_part_len() as u32),
             },
-            &ctx.summary,
+            adapter,
         )?;
+        Ok(Planned { layout, counts, rows, groups })
+    }
+
+    /// Lays the slab and the device's copy of the ratings out for `setup` on
+    /// `ctx`, and compiles the kernels.
+    pub fn new(ctx: GpuContext, setup: &GpuSetup) -> Result<Self> {
+        let run = setup.layout.clone();
+        let (n_users, n_items) = (run.n_users(), run.n_items());
+        let n_rows = n_users + n_items;
+        let copies = setup.copies.max(1);
+        let row_bytes = (crate::model::row_stride(setup.rank) * 4 * copies) as u64;
+        let threads = setup.threads.max(1);
+        let Planned { layout, counts, rows, groups } = Self::planned(setup, &ctx.summary)?;
+        let capacity = ratings_capacity(setup, &ctx.summary);
         let dev = Device::new(ctx);
         let summary = dev.ctx.summary.clone();
         let width = setup.hogwild_width.resolve(&summary);
@@ -719,11 +749,11 @@ impl GpuBackend {
         let mut enc = dev.encoder("clear slot map");
         enc.clear_buffer(&buffers.slot_map, 0, None);
         dev.submit(enc);
-        let horizon = lookahead_accesses(setup.lookahead, &rows);
+        let horizon = lookahead_accesses(setup.lookahead, run.ratings().len(), &rows);
         let stager = Stager::new(setup.policy, layout.areas, n_users as u32, n_items as u32, &counts, horizon)
+            .with_sca_cache(layout.sca_cache)
             .with_block_area(layout.block_slots);
         let timer = Timer::new(&dev, !summary.is_noop());
-        let groups = co.map(|c| GroupRows::new(&run, c.side));
         let outside = if layout.all_resident { None } else { outside_rows(&stager, &rows, threads) };
         let exec = Exec {
             kernels,

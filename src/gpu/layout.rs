@@ -4,11 +4,13 @@
 
 use super::AdapterSummary;
 use crate::engine::Prediction;
-use crate::engine::rows::PartRows;
+use crate::engine::RunLayout;
+use crate::engine::rows::{GroupRows, PartRows};
+use crate::engine::sca::{Trace, plan_sca};
 use crate::engine::walk::blocked_step_rows;
 use crate::error::{Error, Result};
 use crate::stage::copartition::{CoPartition, Side};
-use crate::stage::{Areas, PolicyKind, entry, human_bytes, plan_areas};
+use crate::stage::{Areas, CacheKind, PolicyKind, entry, human_bytes, plan_areas};
 
 /// Sizes of the GPU backend, fixed at creation.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct GpuLayout {
     pub all_resident: bool,
     /// The cost model's traffic (`sca` only).
     pub prediction: Option<Prediction>,
+    /// How SCA's cache area is kept.
+    pub sca_cache: CacheKind,
 }
 
 impl GpuLayout {
@@ -77,8 +81,11 @@ pub struct LayoutInput<'a> {
     /// Every part's distinct rows (counts alone where every row will be
     /// resident).
     pub rows: &'a PartRows,
-    /// The co-partitioning blocks' expected rows per epoch.
-    pub block_traffic: f64,
+    /// The run's layout and co-partitioning's groups, which SCA's plan
+    /// replays.
+    pub layout: &'a RunLayout,
+    pub groups: Option<&'a GroupRows>,
+    pub threads: usize,
     /// The blocked order's bins when a step may hold several parts of a
     /// round (ratings not streamed).
     pub multi_part_bins: Option<u32>,
@@ -136,7 +143,24 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
     let multi_part_rows = input.multi_part_bins.map(|bins| blocked_step_rows(input.rows, bins, policy_slots));
     let step_rows = multi_part_rows.map_or(step_rows, |cap| cap.max(step_rows));
     let steps = || Box::new(input.rows.iter()) as Box<dyn Iterator<Item = &[u32]>>;
-    let areas = plan_areas(input.policy, policy_slots, steps, input.batch, input.counts, input.ratings);
+    let sca = (input.policy == PolicyKind::Sca).then(|| {
+        plan_sca(&Trace {
+            layout: input.layout,
+            rows: input.rows,
+            groups: input.groups,
+            counts: input.counts,
+            n_users: input.n_users as u32,
+            n_items: input.n_items as u32,
+            slots: policy_slots,
+            block_slots,
+            step_rows: multi_part_rows,
+            threads: input.threads,
+        })
+    });
+    let areas = match sca {
+        Some(p) => p.areas,
+        None => plan_areas(input.policy, policy_slots, steps, input.batch, input.counts, input.ratings),
+    };
     let all_resident = holds_every_row(input.policy, policy_slots, input.counts, input.co_partition.is_some());
     // A step loads its misses and the lent rows coming back (each at most a
     // step's rows) and writes back its victims and its staged rows.
@@ -153,13 +177,12 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
         upload_rows,
         download_rows,
         all_resident,
-        prediction: (input.policy == PolicyKind::Sca).then(|| {
-            let model = crate::stage::sca::CostModel::new(input.counts, input.ratings, input.batch);
-            Prediction {
-                rows_per_epoch: model.rows_in_per_epoch(areas.resident as usize, input.ratings) + input.block_traffic,
-                resident: areas.resident as u64,
-                row_bytes,
-            }
+        sca_cache: sca.map_or(CacheKind::Lru, |p| p.cache),
+        prediction: sca.map(|p| Prediction {
+            rows_per_epoch: p.rows_in_per_epoch,
+            resident: areas.resident as u64,
+            cold: p.cold_rows_in,
+            row_bytes,
         }),
     })
 }

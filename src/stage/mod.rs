@@ -24,7 +24,7 @@ pub mod sca;
 
 pub use budget::{Budget, human_bytes};
 pub use ledger::Ledger;
-pub use policy::{NEVER, Policy, PolicyKind, next_uses};
+pub use policy::{CacheKind, NEVER, Policy, PolicyKind, next_uses};
 
 use crate::data::Rating;
 use crate::prefetch::prefetch_ptr;
@@ -206,6 +206,10 @@ impl Stager {
         let policy: Box<dyn Policy> = match kind {
             PolicyKind::None => Box::new(policy::NoCache("none")),
             PolicyKind::Static => Box::new(policy::NoCache("static")),
+            // SCA's cache area, where its plan has one, is kept least
+            // recently used out first unless its plan says otherwise
+            // ([`Stager::with_sca_cache`]; docs/ARCHITECTURE.md, "SCA").
+            PolicyKind::Sca if areas.cache > 0 => Box::new(policy::Lru::named(n, "sca")),
             PolicyKind::Sca => Box::new(policy::NoCache("sca")),
             PolicyKind::Lru => Box::new(policy::Lru::new(n)),
             PolicyKind::Lfu => Box::new(policy::Lfu::new(n)),
@@ -252,6 +256,19 @@ impl Stager {
         // Steps touch only rows that training accesses (`counts` > 0).
         me.all_resident = counts.iter().enumerate().all(|(row, &c)| c == 0 || me.rows[row].slot != NONE);
         me
+    }
+
+    /// SCA's cache area kept as `cache` says (before any step). Other
+    /// policies, and SCA without a cache area, are left as they are.
+    pub fn with_sca_cache(mut self, cache: policy::CacheKind) -> Self {
+        if self.policy.name() == "sca" && self.areas.cache > 0 {
+            let n = self.rows.len();
+            self.policy = match cache {
+                policy::CacheKind::Lru => Box::new(policy::Lru::named(n, "sca")),
+                policy::CacheKind::Lfu => Box::new(policy::Lfu::named(n, "sca")),
+            };
+        }
+        self
     }
 
     /// Adds a block area of `slots` slots after the policy's areas, for the

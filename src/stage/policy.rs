@@ -69,6 +69,18 @@ impl PolicyKind {
     }
 }
 
+/// How SCA keeps its cache area ([`crate::stage::Stager::with_sca_cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    /// Least recently used out first.
+    #[default]
+    Lru,
+    /// Least frequently used out first, admitted only if used as often as
+    /// the row it would evict.
+    Lfu,
+}
+
 /// What a cache policy decides.
 pub trait Policy: Send {
     fn name(&self) -> &'static str;
@@ -288,6 +300,7 @@ impl KeyedHeap {
 /// A step's rows are all touched before any eviction, so they sit at the head
 /// and the tail is never pinned unless every cached row is.
 pub struct Lru {
+    name: &'static str,
     prev: Vec<u32>,
     next: Vec<u32>,
     in_list: Vec<bool>,
@@ -297,7 +310,19 @@ pub struct Lru {
 
 impl Lru {
     pub fn new(rows: usize) -> Self {
-        Lru { prev: vec![NEVER; rows], next: vec![NEVER; rows], in_list: vec![false; rows], head: NEVER, tail: NEVER }
+        Self::named(rows, "lru")
+    }
+
+    /// LRU under another policy's name (`sca` keeps its cache area so).
+    pub fn named(rows: usize, name: &'static str) -> Self {
+        Lru {
+            name,
+            prev: vec![NEVER; rows],
+            next: vec![NEVER; rows],
+            in_list: vec![false; rows],
+            head: NEVER,
+            tail: NEVER,
+        }
     }
 
     fn unlink(&mut self, row: u32) {
@@ -324,7 +349,7 @@ impl Lru {
 
 impl Policy for Lru {
     fn name(&self) -> &'static str {
-        "lru"
+        self.name
     }
     fn touch(&mut self, row: u32, _pos: u32) {
         if self.in_list[row as usize] && self.head != row {
@@ -353,13 +378,19 @@ impl Policy for Lru {
 /// admission only if the row's count is at least the
 /// victim's.
 pub struct Lfu {
+    name: &'static str,
     heap: KeyedHeap,
     count: Vec<u32>,
 }
 
 impl Lfu {
     pub fn new(rows: usize) -> Self {
-        Lfu { heap: KeyedHeap::new(rows), count: vec![0; rows] }
+        Self::named(rows, "lfu")
+    }
+
+    /// LFU under another policy's name (`sca`'s cache area may be kept so).
+    pub fn named(rows: usize, name: &'static str) -> Self {
+        Lfu { name, heap: KeyedHeap::new(rows), count: vec![0; rows] }
     }
 
     /// Larger key = evicted first: the smallest count.
@@ -370,7 +401,7 @@ impl Lfu {
 
 impl Policy for Lfu {
     fn name(&self) -> &'static str {
-        "lfu"
+        self.name
     }
     fn touch(&mut self, row: u32, _pos: u32) {
         let c = &mut self.count[row as usize];

@@ -17,8 +17,8 @@ pub mod plan;
 mod setup;
 
 pub use setup::{
-    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, open_backend, open_backend_fitting,
-    open_backend_on, plan_budget, table_bytes,
+    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
+    open_backend_fitting, open_backend_on, plan_budget, table_bytes,
 };
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
@@ -371,7 +371,7 @@ pub fn train(
             },
         };
         if let Some(p) = backend.prediction() {
-            let first = if epoch == 0 { p.resident as f64 } else { 0.0 };
+            let first = if epoch == 0 { p.resident as f64 + p.cold } else { 0.0 };
             let last = if last { p.resident as f64 } else { 0.0 };
             report.predicted_rows_in = Some(p.rows_per_epoch + first);
             report.predicted_rows_out = Some(p.rows_per_epoch + last);

@@ -43,33 +43,47 @@ pub fn plan(
     let mut best: Option<Plan> = None;
     let mut b = 64usize;
     while b <= max_batch.max(64) {
-        let model = CostModel::new(counts, ratings, b);
-        let (h, c) = model.split(slots, 2);
-        // The split is feasible only if its staging areas hold the misses.
-        if h as u64 + 2 * model.capacity(h as usize) as u64 <= slots as u64 && c >= 1 {
-            let e = model.expected_misses(h as usize);
-            let bytes = 2.0 * e * row_bytes as f64 + SAMPLE_BYTES * b as f64;
-            let t = cal.step_seconds + b as f64 / cal.sgd_ratings_per_sec + bytes / cal.h2d_bytes_per_sec;
-            let rate = b as f64 / t;
-            let batches = ratings as f64 / b as f64;
-            let p = Plan {
-                batch: b,
-                slots,
-                resident: h,
-                staging_capacity: c,
-                expected_misses_per_batch: e,
-                predicted_rows_in_per_epoch: e * batches,
-                predicted_rows_out_per_epoch: e * batches,
-                predicted_bytes_h2d_per_epoch: e * batches * row_bytes as f64,
-                predicted_ratings_per_sec: rate,
-            };
-            if best.as_ref().is_none_or(|q| p.predicted_ratings_per_sec > q.predicted_ratings_per_sec) {
-                best = Some(p);
-            }
+        if let Some(p) = plan_at(counts, ratings, slots, row_bytes, cal, b)
+            && best.as_ref().is_none_or(|q| p.predicted_ratings_per_sec > q.predicted_ratings_per_sec)
+        {
+            best = Some(p);
         }
         b *= 2;
     }
     best
+}
+
+/// The plan for batch size `b`, or `None` when its staging areas cannot
+/// hold the expected misses in `slots`.
+pub fn plan_at(
+    counts: &[u32],
+    ratings: usize,
+    slots: u32,
+    row_bytes: u64,
+    cal: &Calibration,
+    b: usize,
+) -> Option<Plan> {
+    let model = CostModel::new(counts, ratings, b);
+    let (h, c) = model.split(slots, 2);
+    // The split is feasible only if its staging areas hold the misses.
+    if h as u64 + 2 * model.capacity(h as usize) as u64 > slots as u64 || c < 1 {
+        return None;
+    }
+    let e = model.expected_misses(h as usize);
+    let bytes = 2.0 * e * row_bytes as f64 + SAMPLE_BYTES * b as f64;
+    let t = cal.step_seconds + b as f64 / cal.sgd_ratings_per_sec + bytes / cal.h2d_bytes_per_sec;
+    let batches = ratings as f64 / b as f64;
+    Some(Plan {
+        batch: b,
+        slots,
+        resident: h,
+        staging_capacity: c,
+        expected_misses_per_batch: e,
+        predicted_rows_in_per_epoch: e * batches,
+        predicted_rows_out_per_epoch: e * batches,
+        predicted_bytes_h2d_per_epoch: e * batches * row_bytes as f64,
+        predicted_ratings_per_sec: b as f64 / t,
+    })
 }
 
 #[cfg(test)]

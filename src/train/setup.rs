@@ -71,7 +71,8 @@ pub struct Planned {
 /// holds every model's copy of a row, so a budget holds `copies` times fewer
 /// rows and the kernel does `copies` updates per rating); `None` is
 /// [`AUTO_SHARE`] of the tables, capped at what the adapter can bind. An
-/// explicit budget above that limit is an error.
+/// explicit budget above that limit is an error. The planner searches the
+/// batch, or models `batch` when given.
 pub fn plan_budget(
     ctx: GpuContext,
     data: &Dataset,
@@ -79,6 +80,7 @@ pub fn plan_budget(
     copies: usize,
     budget: Option<Budget>,
     use_calibration_cache: bool,
+    batch: Option<usize>,
 ) -> Result<Planned> {
     let row_bytes = (row_stride(rank) * 4 * copies) as u64;
     let tables = table_bytes(data, rank) * copies as u64;
@@ -99,8 +101,12 @@ pub fn plan_budget(
         sgd_ratings_per_sec: calibration.sgd_ratings_per_sec / copies as f64,
         ..calibration.clone()
     };
-    let plan =
-        super::plan::plan(&counts, data.train.len(), slots, row_bytes, &per_model, data.train.len().min(1 << 16));
+    let plan = match batch {
+        Some(b) => super::plan::plan_at(&counts, data.train.len(), slots, row_bytes, &per_model, b),
+        None => {
+            super::plan::plan(&counts, data.train.len(), slots, row_bytes, &per_model, data.train.len().min(1 << 16))
+        }
+    };
     Ok(Planned { adapter, bytes, slots, row_bytes, calibration, plan })
 }
 
@@ -125,7 +131,7 @@ pub fn auto_batch(
         Err(e) => return Err(e),
     };
     let Planned { bytes, slots, row_bytes, calibration, plan, .. } =
-        plan_budget(ctx, data, settings.hp.rank, settings.copies(), spec.device_memory, use_calibration_cache)?;
+        plan_budget(ctx, data, settings.hp.rank, settings.copies(), spec.device_memory, use_calibration_cache, None)?;
     notes.push(calibration.summary());
     let planned = plan.as_ref().map_or(64, |p| p.batch);
     let Some(batch) =
@@ -303,6 +309,25 @@ pub fn open_backend_on(
         }
         Err(e) => return Err(e),
     };
+    let setup = gpu_setup(data, settings, spec, &ctx.summary)?;
+    let gpu = GpuBackend::new(ctx, &setup)?;
+    let layout = gpu.layout().clone();
+    let adapter = gpu.context().summary.clone();
+    Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
+}
+
+/// What a GPU run of `settings` on `adapter` is set up with: the order
+/// resolved for the adapter (a blocked order's bins raised until a part fits
+/// the budget), the run's layout, the slab's size. `train` opens its backend
+/// with it and `plan` prints its plan ([`GpuBackend::plan`]), so that the two
+/// agree.
+pub fn gpu_setup(
+    data: &Dataset,
+    settings: &TrainSettings,
+    spec: &BackendSpec,
+    adapter: &crate::gpu::AdapterSummary,
+) -> Result<GpuSetup> {
+    let hp = &settings.hp;
     let row_bytes = settings.row_bytes();
     let tables = settings.table_bytes(data);
     // The slots a blocked order's bins are chosen for, where the budget
@@ -311,7 +336,7 @@ pub fn open_backend_on(
     let budget_slots = spec.device_memory.map_or(Budget::Percent(AUTO_SHARE), |b| b).resolve(tables) / row_bytes;
     let settings_order = settings.order;
     let order = settings.order.resolve(&Target {
-        kind: &ctx.summary.backend,
+        kind: &adapter.backend,
         parallelism: 1,
         co_partition: settings.co_partition.is_some(),
         ratings: data.train.len(),
@@ -323,7 +348,8 @@ pub fn open_backend_on(
     let mut layout = settings.layout(data, spec.threads)?;
     // A blocked order chosen here takes more bins (smaller parts) until a
     // part's rows fit the budget's slots, as far as the smaller side allows.
-    if let (Order::Auto, Some(b), Order::Blocked { .. }) = (settings_order, spec.device_memory, order) {
+    let chosen = matches!(settings_order, Order::Auto | Order::Blocked { bins: 0, .. });
+    if let (true, Some(b), Order::Blocked { .. }) = (chosen, spec.device_memory, order) {
         let slots = (b.resolve(tables) / row_bytes).min(u32::MAX as u64) as u32;
         let side = data.users.len().min(data.items.len()).max(1) as u32;
         while let Order::Blocked { bins, sweeps } = settings.order {
@@ -347,10 +373,10 @@ pub fn open_backend_on(
                 }
                 _ => crate::engine::rows::PartRows::new(&layout, spec.threads, false).max() as u64,
             };
-            Budget::Percent(AUTO_SHARE).resolve(tables).max(needed * row_bytes).min(ctx.summary.max_slab_bytes() & !3)
+            Budget::Percent(AUTO_SHARE).resolve(tables).max(needed * row_bytes).min(adapter.max_slab_bytes() & !3)
         }
     };
-    let setup = GpuSetup {
+    Ok(GpuSetup {
         rank: hp.rank,
         copies: settings.copies(),
         bias_reg: hp.bias_reg,
@@ -366,9 +392,5 @@ pub fn open_backend_on(
         threads: spec.threads,
         data_window: None,
         blocked_lanes: None,
-    };
-    let gpu = GpuBackend::new(ctx, &setup)?;
-    let layout = gpu.layout().clone();
-    let adapter = gpu.context().summary.clone();
-    Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
+    })
 }
