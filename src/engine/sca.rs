@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::order::RunLayout;
+use super::order::{EpochPlan, RunLayout};
 use super::rows::{GroupRows, PartRows};
 use super::walk::{Event, Pass, Walker, outside_rows};
 use crate::stage::{Areas, CacheKind, Ledger, Moves, PolicyKind, Stager, plan_areas, static_resident};
@@ -26,6 +26,9 @@ pub const REPLAY_ROWS: u64 = 1 << 21;
 /// Resident sizes first tried besides `static`'s split: `max × k / COARSE`,
 /// k = 0..=COARSE, with the rest cache; a search by halving steps follows.
 const COARSE: u32 = 8;
+
+/// Halving rounds after the coarse sizes (two replays each).
+const REFINE: u32 = 3;
 
 /// The run SCA plans for: what a simulation or a GPU run walks.
 pub struct Trace<'a> {
@@ -63,68 +66,99 @@ pub struct ScaPlan {
 pub fn plan_sca(trace: &Trace) -> ScaPlan {
     let slots = trace.slots;
     let steps = || Box::new(trace.rows.iter()) as Box<dyn Iterator<Item = &[u32]>>;
+    // The two epochs every candidate replays, made once.
+    let plans = [trace.layout.epoch(0), trace.layout.epoch(1)];
     let touched = trace.counts.iter().filter(|&&c| c > 0).count() as u32;
     if slots >= touched {
         // Every trained row resident: nothing to choose.
         let areas = plan_areas(PolicyKind::Static, slots, steps, 0, trace.counts, 0);
         return match trace.groups {
             None => ScaPlan { areas, cache: CacheKind::Lru, rows_in_per_epoch: 0.0, cold_rows_in: 0.0 },
-            Some(_) => replay(trace, areas, CacheKind::Lru),
+            Some(_) => replay(trace, &plans, areas, CacheKind::Lru),
         };
     }
     let max = (static_resident(steps, trace.counts, slots) as u32).min(slots);
-    let cached = |h: u32| Areas { resident: h, cache: slots - h, staging: 0 };
-    // `static`'s split, then resident sizes over 0..=max, then halving
-    // steps around the best so far (the traffic is close to unimodal in
-    // the resident size: too few resident rows churn the cache, too many
-    // leave it too small for the steps' working set).
-    let mut best = replay(trace, Areas { resident: max, cache: 0, staging: slots - max }, CacheKind::Lru);
-    let mut tried = std::collections::HashMap::new();
-    let mut visit = |h: u32, best: &mut ScaPlan| {
-        let plan = *tried.entry(h).or_insert_with(|| replay(trace, cached(h), CacheKind::Lru));
-        if plan.rows_in_per_epoch < best.rows_in_per_epoch
-            || (plan.rows_in_per_epoch == best.rows_in_per_epoch && plan.areas.resident > best.areas.resident)
-        {
-            *best = plan;
-        }
-    };
-    for k in (0..=COARSE).rev() {
-        visit((max as u64 * k as u64 / COARSE as u64) as u32, &mut best);
-    }
-    let mut step = max / COARSE;
-    while step > 0 {
-        step /= 2;
-        let h = best.areas.resident;
-        if best.areas.cache == 0 {
-            break;
-        }
-        visit(h.saturating_sub(step.max(1)), &mut best);
-        visit((h + step.max(1)).min(max), &mut best);
-        if step <= 1 {
-            break;
-        }
-    }
-    // The best resident size with its cache kept by use counts, and `lfu`'s
-    // own split (no resident set, an eighth staged).
+    let cached = |h: u32| (Areas { resident: h, cache: slots - h, staging: 0 }, CacheKind::Lru);
     let reserve = (slots / 8).max(1).min(slots);
-    for (areas, cache) in [
-        (best.areas, CacheKind::Lfu),
-        (Areas { resident: 0, cache: slots - reserve, staging: reserve }, CacheKind::Lfu),
-    ] {
-        if areas.cache > 0 {
-            let plan = replay(trace, areas, cache);
-            if plan.rows_in_per_epoch < best.rows_in_per_epoch {
-                best = plan;
+    // First `static`'s split, resident sizes over 0..=max with the rest an
+    // LRU cache, and `lfu`'s own split (no resident set, an eighth staged);
+    // then halving steps around the best (the traffic is close to unimodal
+    // in the resident size: too few resident rows churn the cache, too many
+    // leave it too small for the steps' working set); last the best size
+    // with its cache kept by use counts. Each round's candidates are
+    // replayed at once, a thread each.
+    let mut first = vec![(Areas { resident: max, cache: 0, staging: slots - max }, CacheKind::Lru)];
+    first.extend((0..=COARSE).rev().map(|k| cached((max as u64 * k as u64 / COARSE as u64) as u32)));
+    first.push((Areas { resident: 0, cache: slots - reserve, staging: reserve }, CacheKind::Lfu));
+    let mut tried = Vec::new();
+    let mut best = None;
+    let mut round = |candidates: Vec<(Areas, CacheKind)>, best: &mut Option<ScaPlan>| {
+        let fresh: Vec<_> = candidates.into_iter().filter(|c| c.0.slots() == slots && !tried.contains(c)).collect();
+        tried.extend_from_slice(&fresh);
+        for plan in replay_all(trace, &plans, &fresh) {
+            if best.is_none_or(|b: ScaPlan| better(&plan, &b)) {
+                *best = Some(plan);
             }
         }
+    };
+    round(first, &mut best);
+    let mut step = max / COARSE;
+    for _ in 0..REFINE {
+        step /= 2;
+        let h = best.expect("a first round").areas;
+        if step == 0 || h.staging > 0 {
+            break;
+        }
+        round(vec![cached(h.resident.saturating_sub(step)), cached((h.resident + step).min(max))], &mut best);
     }
-    best
+    let b = best.expect("a first round");
+    if b.cache == CacheKind::Lru && b.areas.cache > 0 {
+        round(vec![(b.areas, CacheKind::Lfu)], &mut best);
+    }
+    best.expect("a first round")
+}
+
+/// Fewer rows in per epoch, ties to the larger resident set (fewer rows to
+/// track).
+fn better(a: &ScaPlan, b: &ScaPlan) -> bool {
+    a.rows_in_per_epoch < b.rows_in_per_epoch
+        || (a.rows_in_per_epoch == b.rows_in_per_epoch && a.areas.resident > b.areas.resident)
+}
+
+/// [`replay`] of every candidate, on up to `trace.threads` threads; the
+/// plans in the candidates' order.
+fn replay_all(trace: &Trace, plans: &[EpochPlan; 2], candidates: &[(Areas, CacheKind)]) -> Vec<ScaPlan> {
+    use std::sync::atomic::AtomicUsize;
+    let next = AtomicUsize::new(0);
+    let workers = trace.threads.clamp(1, candidates.len().max(1));
+    let mut out: Vec<Option<ScaPlan>> = vec![None; candidates.len()];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(areas, cache)) = candidates.get(k) else { break };
+                        done.push((k, replay(trace, plans, areas, cache)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for h in handles {
+            for (k, plan) in h.join().expect("a replay thread panicked") {
+                out[k] = Some(plan);
+            }
+        }
+    });
+    out.into_iter().map(|p| p.expect("every candidate replayed")).collect()
 }
 
 /// Two epochs of the walk over `areas` (each a prefix of at most
 /// [`REPLAY_ROWS`] step rows): the second's rows in scaled to an epoch, and
 /// the first's excess.
-fn replay(trace: &Trace, areas: Areas, cache: CacheKind) -> ScaPlan {
+fn replay(trace: &Trace, plans: &[EpochPlan; 2], areas: Areas, cache: CacheKind) -> ScaPlan {
     let mut st = Stager::new(PolicyKind::Sca, areas, trace.n_users, trace.n_items, trace.counts, 0)
         .with_sca_cache(cache)
         .with_block_area(trace.block_slots);
@@ -134,7 +168,7 @@ fn replay(trace: &Trace, areas: Areas, cache: CacheKind) -> ScaPlan {
     let total = trace.rows.total().max(1) as f64;
     let mut epochs = [(0u64, 0u64); 2];
     for (epoch, out) in epochs.iter_mut().enumerate() {
-        let plan = trace.layout.epoch(epoch);
+        let plan = &plans[epoch];
         let stop = AtomicBool::new(false);
         let before = ledger.rows_in();
         let mut read = 0u64;
@@ -147,7 +181,7 @@ fn replay(trace: &Trace, areas: Areas, cache: CacheKind) -> ScaPlan {
             step_rows: trace.step_rows,
             scratch: Vec::new(),
         };
-        let pass = Pass { plan: &plan, from: 0, following: None, continues: epoch > 0, stop: &stop };
+        let pass = Pass { plan, from: 0, following: None, continues: epoch > 0, stop: &stop };
         let rows = trace.rows;
         walk.epoch(pass, &mut ledger, |event, _| {
             if let Event::Train { parts, .. } = event {

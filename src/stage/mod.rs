@@ -169,6 +169,12 @@ pub struct Stager {
     /// Where the search for a resident slot to lend starts (the least likely
     /// resident rows sit in the highest resident slots).
     lend_from: u32,
+    /// The stamp of a step in which the policy had no victim, or no lent
+    /// slot was free: neither can change until the step ends (every row
+    /// cached or staged from then on is the step's own), so the searches,
+    /// each linear, are not repeated for the step's later misses.
+    no_victim: u32,
+    no_free_lent: u32,
     /// Rows whose slot-map entry is cleared by the next step (released,
     /// shown to an evaluation through the window, or ending a block).
     pending_unmap: Vec<u32>,
@@ -245,6 +251,8 @@ impl Stager {
             all_resident: false,
             lent: Vec::new(),
             lend_from: 0,
+            no_victim: 0,
+            no_free_lent: 0,
             pending_unmap: Vec::new(),
         };
         let resident = me.policy.resident(counts, areas.resident as usize);
@@ -378,6 +386,7 @@ impl Stager {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.rows.iter_mut().for_each(|r| r.mark = 0);
+            (self.no_victim, self.no_free_lent) = (0, 0);
             self.stamp = 1;
         }
         self.stamp
@@ -646,9 +655,12 @@ impl Stager {
     /// resident row this step does not need, which leaves (written back if
     /// trained) and comes back when the slot is free again.
     fn lend(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> u32 {
-        let free = |p: &&Placed| self.row_of[p.slot as usize] == NONE && self.rows[p.row as usize].mark != stamp;
-        if let Some(p) = self.lent.iter().find(free) {
-            return p.slot;
+        if self.no_free_lent != stamp {
+            let free = |p: &&Placed| self.row_of[p.slot as usize] == NONE && self.rows[p.row as usize].mark != stamp;
+            if let Some(p) = self.lent.iter().find(free) {
+                return p.slot;
+            }
+            self.no_free_lent = stamp;
         }
         while self.lend_from > 0 {
             self.lend_from -= 1;
@@ -678,8 +690,14 @@ impl Stager {
     /// returns its slot, now taken by the caller. The victim is written back
     /// only if it was trained since it was last staged in or written back.
     fn evict(&mut self, stamp: u32, moves: &mut Moves, ledger: &mut Ledger) -> Option<u32> {
+        if self.no_victim == stamp {
+            return None;
+        }
         let rows = &self.rows;
-        let victim = self.policy.victim(&|r| rows[r as usize].mark == stamp)?;
+        let Some(victim) = self.policy.victim(&|r| rows[r as usize].mark == stamp) else {
+            self.no_victim = stamp;
+            return None;
+        };
         let slot = self.rows[victim as usize].slot;
         self.policy.evicted(victim);
         self.cached -= 1;
