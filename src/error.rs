@@ -70,6 +70,10 @@ pub enum Error {
     /// The run was stopped by Ctrl-C (SIGINT) after writing what it had.
     #[error("interrupted (the report says \"complete\": false)")]
     Interrupted,
+    #[error(
+        "training diverged at epoch {epoch}: train RMSE {train_rmse}, test RMSE {test_rmse}; lower --lr (or --init-std), or check the ratings' scale (the report says \"complete\": false; no model saved)"
+    )]
+    Diverged { epoch: usize, train_rmse: f64, test_rmse: f64 },
 
     /// A lookup by external id failed.
     #[error("unknown {kind} id {id:?} (not in the model's training data)")]
@@ -91,7 +95,7 @@ impl Error {
     /// budgets, ids), 1 for failures at run time (GPU, I/O while writing).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Gpu { .. } | Error::NoAdapter { .. } => 1,
+            Error::Gpu { .. } | Error::NoAdapter { .. } | Error::Diverged { .. } => 1,
             // 128 + SIGINT, as shells report a process ended by Ctrl-C.
             Error::Interrupted => 130,
             Error::Io { .. } => 2,

@@ -433,6 +433,14 @@ fn main() {
     // XDG_RUNTIME_DIR is invalid or not set" where it is unset (containers,
     // CI, ssh): a line that looks like a failure on a run that succeeds.
     // Point it at the temporary directory before any thread starts.
+    // Rust ignores SIGPIPE, so that a closed pipe (`| head`) becomes a write
+    // error and, in `println!`, a panic; the default action ends the process
+    // quietly as other command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         // SAFETY: the process has one thread here; nothing reads the
         // environment concurrently.
@@ -456,6 +464,21 @@ fn main() {
     }
 }
 
+/// `println!` that neither panics nor hides a failed write: a closed pipe
+/// ends the process by SIGPIPE (restored in `main`), the conventional quiet
+/// exit; any other failure (a full disk) is an error naming stdout, exit 2.
+macro_rules! say {
+    ($($t:tt)*) => { say_line(&format!($($t)*)) };
+}
+
+fn say_line(s: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{s}").and_then(|_| out.flush()) {
+        eprintln!("error: writing to <stdout>: {e}");
+        std::process::exit(2);
+    }
+}
+
 /// Where human-readable output goes: stderr when stdout carries JSON.
 struct Out {
     to_stderr: bool,
@@ -466,7 +489,7 @@ impl Out {
         if self.to_stderr {
             eprintln!("{s}");
         } else {
-            println!("{s}");
+            say_line(s);
         }
     }
 }
@@ -519,6 +542,10 @@ fn write_output(path: &Path, text: &str) -> Result<()> {
         model::write_atomically(path, format!("{text}\n").as_bytes())
     }
 }
+
+/// Threads a run may ask for per core: beyond a few, threads only cost
+/// memory (each holds its own buffers).
+const MAX_THREADS_PER_CORE: usize = 4;
 
 /// Largest grid of `--lr × --reg` settings trained in one run.
 const MAX_GRID: usize = 64;
@@ -580,6 +607,17 @@ fn validate_train(a: &TrainArgs) -> Result<()> {
     if a.threads == Some(0) {
         return Err(Error::arg("--threads", "0", "must be at least 1"));
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(t) = a.threads.filter(|&t| t > MAX_THREADS_PER_CORE * cores) {
+        return Err(Error::arg(
+            "--threads",
+            t.to_string(),
+            format!(
+                "must be at most {} ({MAX_THREADS_PER_CORE} per core on this machine's {cores})",
+                MAX_THREADS_PER_CORE * cores
+            ),
+        ));
+    }
     if a.patience == Some(0) {
         return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
     }
@@ -595,6 +633,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let order = train::Order::parse(&a.order)?;
+    // Output paths are checked before the data is read or a step trained.
+    for (flag, path) in [("--json", &a.json), ("--save", &a.save)] {
+        if let Some(p) = path {
+            model::check_output(flag, p)?;
+        }
+    }
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
     let (lr, reg, grid) = grid_of(&a)?;
@@ -796,7 +840,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         bar.inc(1);
     })?;
     bar.finish_and_clear();
-    if !outcome.complete {
+    if outcome.diverged.is_some() {
+        out.line(&format!("stopped: the loss of epoch {} is not finite", outcome.epochs.len()));
+    } else if !outcome.complete {
         out.line(&format!("interrupted after {} complete epoch(s)", outcome.epochs.len()));
     }
     if let Some(b) = outcome.best_epoch
@@ -824,7 +870,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if outcome.settings.len() > 1 {
         out.line(&format!("best setting: lr {} reg {}", kept.lr, kept.reg));
     }
-    if ceiling {
+    if outcome.diverged.is_some() {
+        // No final score: the error below says why.
+    } else if ceiling {
         out.line(&format!(
             "final: {:.3e} ratings/s, the host's ceiling (noop: no kernel ran, so there is no model to score)",
             outcome.ratings_per_sec
@@ -882,6 +930,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             model::save_model(&outcome.model, &config, path)?;
             out.line(&format!("saved model to {}", path.display()));
         }
+        Some(path) if outcome.diverged.is_some() => {
+            out.line(&format!("not saving {}: training diverged", path.display()))
+        }
         Some(path) => out.line(&format!(
             "not saving {}: the run was interrupted{}",
             path.display(),
@@ -907,6 +958,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         };
         let text = serde_json::to_string_pretty(&report).expect("report serialises");
         write_output(path, &text)?;
+    }
+    if let Some(e) = outcome.diverged {
+        return Err(e);
     }
     if !outcome.complete {
         return Err(Error::Interrupted);
@@ -950,6 +1004,9 @@ fn onto_model(set: &data::RatingSet, m: &Model) -> Vec<Rating> {
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
+    if let Some(p) = &a.json {
+        model::check_output("--json", p)?;
+    }
     let (m, _) = model::load_model(&a.model)?;
     let (set, rep) = data::load_ratings(&a.data, load_opts(a.format, a.header, a.skip_bad_lines))?;
     let ratings = onto_model(&set, &m);
@@ -1006,14 +1063,11 @@ fn cmd_recommend(a: RecommendArgs) -> Result<()> {
     if a.json {
         let items: Vec<_> =
             scored.iter().map(|&(i, s)| serde_json::json!({"item": m.item_ids.name(i), "score": s})).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"user": a.user, "items": items})).expect("json")
-        );
+        say!("{}", serde_json::to_string_pretty(&serde_json::json!({"user": a.user, "items": items})).expect("json"));
     } else {
-        println!("{:>4}  {:<24} {:>6}", "rank", "item", "score");
+        say!("{:>4}  {:<24} {:>6}", "rank", "item", "score");
         for (k, (i, s)) in scored.iter().enumerate() {
-            println!("{:>4}  {:<24} {:>6.3}", k + 1, m.item_ids.name(*i), s);
+            say!("{:>4}  {:<24} {:>6.3}", k + 1, m.item_ids.name(*i), s);
         }
     }
     Ok(())
@@ -1321,30 +1375,30 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
 fn cmd_devices(a: DevicesArgs) -> Result<()> {
     let adapters = list_adapters(BackendChoice::Auto);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&adapters).expect("json"));
+        say!("{}", serde_json::to_string_pretty(&adapters).expect("json"));
         return Ok(());
     }
     if adapters.is_empty() {
-        println!(
+        say!(
             "no GPU adapter found; `rowstage train` will use the CPU backend (install GPU drivers, or Mesa's software drivers: apt-get install mesa-vulkan-drivers)"
         );
         return Ok(());
     }
     for (k, d) in adapters.iter().enumerate() {
-        println!("[{k}] {} — {} / {}", d.name, d.backend, d.device_type);
-        println!("    driver: {} {}", d.driver, d.driver_info);
+        say!("[{k}] {} — {} / {}", d.name, d.backend, d.device_type);
+        say!("    driver: {} {}", d.driver, d.driver_info);
         if !d.compute_shaders {
-            println!(
+            say!(
                 "    no compute shaders (OpenGL before 4.3 or GLES before 3.1): rowstage cannot train on this adapter"
             );
         }
-        println!(
+        say!(
             "    max storage binding {}  max buffer {}  (largest --device-memory: {})",
             human_bytes(d.max_storage_buffer_binding_size),
             human_bytes(d.max_buffer_size),
             human_bytes(d.max_slab_bytes())
         );
-        println!(
+        say!(
             "    workgroups per dimension {}  invocations per workgroup {}  workgroup size x {}  storage buffers per stage {}",
             d.max_compute_workgroups_per_dimension,
             d.max_compute_invocations_per_workgroup,

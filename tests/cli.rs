@@ -718,3 +718,117 @@ fn bench_skips_a_backend_without_a_usable_adapter_and_measures_the_others() {
     assert!(err.contains("no GPU adapter found") && err.contains("no-adapter-is-called-this"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_diverging_run_stops_with_an_error_and_saves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, model) = (dir.path().join("r.json"), dir.path().join("m.safetensors"));
+    rowstage()
+        .args(["train", "--backend", "cpu", "--synthetic", "300,200,6000", "--epochs", "4", "--lr", "100"])
+        .args(["--json".as_ref(), json.as_os_str(), "--save".as_ref(), model.as_os_str()])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("diverged at epoch 1").and(predicate::str::contains("panicked").not()))
+        .stdout(predicate::str::contains("not saving").and(predicate::str::contains("final:").not()));
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["complete"], false);
+    assert_eq!(j["epochs"].as_array().unwrap().len(), 1, "stopped at the epoch that diverged");
+    assert!(!model.exists(), "no model of a diverged run");
+}
+
+#[test]
+fn output_paths_are_checked_first_and_special_files_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    // A missing folder is reported before any training.
+    let missing = dir.path().join("no/such/m.safetensors");
+    rowstage()
+        .args(["train", "--backend", "cpu", "--synthetic", "300,200,6000", "--epochs", "1", "--save"])
+        .arg(&missing)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--save").and(predicate::str::contains("does not exist")))
+        .stdout(predicate::str::contains("epoch").not());
+    // A read-only file is refused, even for root.
+    let ro = dir.path().join("ro.json");
+    std::fs::write(&ro, "keep").unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    rowstage()
+        .args(["train", "--backend", "cpu", "--synthetic", "300,200,6000", "--epochs", "1", "--json"])
+        .arg(&ro)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("read-only"));
+    assert_eq!(std::fs::read_to_string(&ro).unwrap(), "keep");
+    // A symlink is written through: it stays a link, its target gets the report.
+    #[cfg(unix)]
+    {
+        let target = dir.path().join("target.json");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        rowstage()
+            .args(["train", "--backend", "cpu", "--synthetic", "300,200,6000", "--epochs", "1", "--json"])
+            .arg(&link)
+            .assert()
+            .success();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(&target).unwrap().contains("\"complete\": true"));
+    }
+    // Stale temporary files of a killed run are removed by the next write.
+    let stale = dir.path().join(".r.json.tmp-4000000");
+    std::fs::write(&stale, "x").unwrap();
+    rowstage()
+        .args(["train", "--backend", "cpu", "--synthetic", "300,200,6000", "--epochs", "1", "--json"])
+        .arg(dir.path().join("r.json"))
+        .assert()
+        .success();
+    if std::path::Path::new("/proc/self").exists() {
+        assert!(!stale.exists(), "the stale temporary file is cleaned up");
+    }
+    rowstage()
+        .args(["train", "--backend", "cpu", "--threads", "100000"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--threads").and(predicate::str::contains("per core")));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let bin = assert_cmd::cargo::cargo_bin("rowstage");
+    let mut child = std::process::Command::new(&bin)
+        .args(["train", "--backend", "cpu", "--synthetic", "300,200,6000", "--epochs", "200"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 20];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is closed here: the next line written meets a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc_sigpipe()), "{:?} {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::File::create("/dev/full").unwrap();
+        let out = std::process::Command::new(&bin)
+            .args(["train", "--backend", "cpu", "--synthetic", "300,200,6000", "--epochs", "1"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("<stdout>") && !stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// SIGPIPE's number (13 on every Unix rowstage runs on).
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13
+}

@@ -132,7 +132,7 @@ fn main() {
     };
     let mut contenders = Vec::new();
     for o in a.cpu_orders.split(',').filter(|o| !o.trim().is_empty()) {
-        let order = Order::parse(o, a.threads).unwrap_or_else(|e| panic!("--cpu-orders: {e}"));
+        let order = Order::parse(o).unwrap_or_else(|e| panic!("--cpu-orders: {e}"));
         contenders.push((BackendChoice::Cpu, a.epochs, order, false, HogwildWidth::Auto));
     }
     let mut gpu_modes = Vec::new();

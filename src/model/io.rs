@@ -134,8 +134,28 @@ pub fn save_tables(
 /// it over `path`: readers see the old file or the whole new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    // A device, FIFO or symlink is written through (an atomic replace would
+    // put a regular file in its place); a read-only file is refused.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => {
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+                f.write_all(bytes)?;
+                f.flush()
+            };
+            return write().map_err(|e| Error::io(path, e));
+        }
+        Ok(m) if m.permissions().readonly() => {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::PermissionDenied, "the file is read-only"),
+            ));
+        }
+        _ => {}
+    }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    remove_stale_temporaries(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -147,6 +167,48 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Checks, before any work, that `path` (a file to be written; `-` is
+/// stdout) can be written: its folder exists, it is not a folder itself,
+/// and it is not a read-only file. Names `what` (the flag) in the error.
+pub fn check_output(what: &str, path: &Path) -> Result<()> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    let bad = |why: &str| Error::io(path, std::io::Error::other(format!("{what}: {why}")));
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Err(bad("is a folder, not a file")),
+        Ok(m) if m.is_file() && m.permissions().readonly() => return Err(bad("the file is read-only")),
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(bad(&format!("{} is not a folder", dir.display()))),
+        Err(_) => Err(bad(&format!("the folder {} does not exist", dir.display()))),
+    }
+}
+
+/// Removes `dir/.{name}.tmp-PID` files that a killed rowstage left behind:
+/// those whose process no longer runs (known where `/proc` lists processes;
+/// elsewhere none is removed).
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Reads a file written by [`save_tables`] as `kind`: the model, the second

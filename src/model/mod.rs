@@ -7,7 +7,7 @@
 
 mod io;
 
-pub use io::{FileKind, load_model, load_tables, save_model, save_tables, write_atomically};
+pub use io::{FileKind, check_output, load_model, load_tables, save_model, save_tables, write_atomically};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -206,6 +206,9 @@ pub struct TrainOutcome {
     pub stopped_early: bool,
     /// The last checkpoint written, if any.
     pub checkpoint: Option<std::path::PathBuf>,
+    /// The error of an epoch whose loss came out non-finite: the run stopped
+    /// there (`complete` false) and its model is not worth keeping.
+    pub diverged: Option<Error>,
 }
 
 /// The order a run of `settings` takes on `backend`: the one its layout was
@@ -282,6 +285,7 @@ pub fn train(
     let mut setup_seconds = setup.elapsed().as_secs_f64();
     let mut complete = true;
     let mut stopped_early = false;
+    let mut diverged_at = None;
     let mut written = None;
     let mut save = |state: &checkpoint::RunState, model: &Model, best: Option<&Model>| -> Result<()> {
         if let Some(dir) = control.checkpoint {
@@ -387,6 +391,17 @@ pub fn train(
             }
             stopped_early = state.since_best >= patience && !last;
         }
+        // A non-finite loss (a learning rate too large for the ratings'
+        // scale) only gets worse: stop here, keep no model of it.
+        let diverged = !backend.is_ceiling() && !(report.train_rmse.is_finite() && report.test_rmse.is_finite());
+        if diverged {
+            diverged_at =
+                Some(Error::Diverged { epoch: epoch + 1, train_rmse: report.train_rmse, test_rmse: report.test_rmse });
+            complete = false;
+            on_epoch(&report);
+            state.epochs.push(report);
+            break;
+        }
         on_epoch(&report);
         state.epochs.push(report);
         state.epoch += 1;
@@ -429,5 +444,6 @@ pub fn train(
         best_epoch,
         stopped_early,
         checkpoint: written,
+        diverged: diverged_at,
     })
 }
