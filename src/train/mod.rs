@@ -393,7 +393,8 @@ pub fn train(
         }
         // A non-finite loss (a learning rate too large for the ratings'
         // scale) only gets worse: stop here, keep no model of it.
-        let diverged = !backend.is_ceiling() && !(report.train_rmse.is_finite() && report.test_rmse.is_finite());
+        let finite = report.train_rmse.is_finite() && report.test_rmse.is_finite();
+        let diverged = !finite && !backend.is_ceiling();
         if diverged {
             diverged_at =
                 Some(Error::Diverged { epoch: epoch + 1, train_rmse: report.train_rmse, test_rmse: report.test_rmse });
