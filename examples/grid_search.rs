@@ -17,13 +17,14 @@ use rowstage::train::{BackendSpec, RunControl, TrainSettings, open_backend, trai
 fn main() -> rowstage::Result<()> {
     let spec = SyntheticSpec::DEFAULT;
     let data = Dataset::split(&spec.name(), generate(&spec, 42), 0.1, 42);
+    // Halves and doubles of the defaults (lr 0.05, reg 0.08).
     let grid: Vec<Setting> =
-        [0.005f32, 0.01, 0.02].iter().flat_map(|&lr| [0.02f32, 0.05, 0.1].map(|reg| Setting { lr, reg })).collect();
+        [0.025f32, 0.05, 0.1].iter().flat_map(|&lr| [0.04f32, 0.08, 0.16].map(|reg| Setting { lr, reg })).collect();
     let settings = TrainSettings {
         hp: HyperParams::default(),
         grid,
-        epochs: 10,
-        batch: 1024,
+        epochs: rowstage::model::DEFAULT_EPOCHS,
+        batch: rowstage::train::DEFAULT_BATCH,
         seed: 42,
         deterministic: false,
         co_partition: None,

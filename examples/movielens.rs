@@ -37,10 +37,11 @@ fn run(path: PathBuf) -> rowstage::Result<()> {
     );
     let data = Dataset::split(&path.display().to_string(), set, 0.1, 42);
     let mut settings = TrainSettings {
-        hp: HyperParams { rank: 32, lr: 0.01, reg: 0.05, ..HyperParams::default() },
+        // rowstage's defaults (tuned on MovieLens 100K).
+        hp: HyperParams::DEFAULT,
         grid: Vec::new(),
-        epochs: 20,
-        batch: 1024,
+        epochs: rowstage::model::DEFAULT_EPOCHS,
+        batch: rowstage::train::DEFAULT_BATCH,
         seed: 42,
         deterministic: false,
         co_partition: None,

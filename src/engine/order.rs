@@ -89,6 +89,20 @@ impl Order {
             Order::Auto => Ok(Order::Blocked { bins: Self::bins_for(target), sweeps: 0 }),
             // Plain `blocked`: the bins `auto` would choose.
             Order::Blocked { bins: 0, sweeps } => Ok(Order::Blocked { bins: Self::bins_for(target), sweeps }),
+            // BINS² blocks are laid out: more bins than a side has rows only
+            // adds empty blocks (and, unbounded, exhausts memory).
+            Order::Blocked { bins, .. } if bins as usize > target.n_users.min(target.n_items).max(1) => {
+                Err(Error::arg(
+                    "--order",
+                    self.name(),
+                    format!(
+                        "BINS must be at most the smaller side's {} rows ({} users, {} items)",
+                        target.n_users.min(target.n_items).max(1),
+                        target.n_users,
+                        target.n_items
+                    ),
+                ))
+            }
             o => Ok(o),
         }
     }
@@ -634,6 +648,13 @@ mod tests {
         assert_eq!(blocked.resolve(&gpu).unwrap(), blocked, "GPU backends train it too");
         let e = blocked.resolve(&co).unwrap_err().to_string();
         assert!(e.contains("--co-partition"), "{e}");
+        // Bins are bounded by the smaller side's rows.
+        assert_eq!(
+            Order::Blocked { bins: 3000, sweeps: 0 }.resolve(&gpu).unwrap(),
+            Order::Blocked { bins: 3000, sweeps: 0 }
+        );
+        let e = Order::Blocked { bins: 100_000, sweeps: 0 }.resolve(&gpu).unwrap_err().to_string();
+        assert!(e.contains("at most the smaller side's 3000 rows"), "{e}");
         // Plain `blocked` takes the bins `auto` would, keeping its sweeps.
         let plain = Order::parse("blocked").unwrap();
         assert_eq!(plain.name(), "blocked");

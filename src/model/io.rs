@@ -307,6 +307,18 @@ pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>,
         user_ids: ids(&uids, n_users, "user")?,
         item_ids: ids(&iids, n_items, "item")?,
     };
+    // A checksum guards the bytes, not their sense: a rating range that is
+    // not finite or inverted, or a mean outside it, is a corrupt model.
+    let (lo, hi, mean) = (model.min_rating, model.max_rating, model.mean);
+    if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+        return Err(bad(format!("its rating range {lo}..{hi} is not a finite, ordered range")));
+    }
+    if !(lo..=hi).contains(&mean) {
+        return Err(bad(format!("its mean rating {mean} lies outside its range {lo}..{hi}")));
+    }
+    if let Some(x) = model.users.iter().chain(&model.items).find(|x| !x.is_finite()) {
+        return Err(bad(format!("its tables hold a non-finite value ({x})")));
+    }
     let second = second.map(|(bu, bi)| Model {
         users: floats(&bu),
         items: floats(&bi),
@@ -375,5 +387,27 @@ mod tests {
         std::fs::write(&p, &other).unwrap();
         let e = load_model(&p).unwrap_err().to_string();
         assert!(e.contains("format version 9"), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_model_whose_metadata_makes_no_sense() {
+        // Saved with a valid checksum over nonsense: the checksum does not
+        // make it a model.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        let good = model();
+        let cases: [(&str, fn(&mut Model)); 4] = [
+            ("not a finite, ordered range", |m| (m.min_rating, m.max_rating) = (5.0, 1.0)),
+            ("not a finite, ordered range", |m| m.max_rating = f32::NAN),
+            ("outside its range", |m| m.mean = 99.0),
+            ("non-finite value", |m| m.items[3] = f32::INFINITY),
+        ];
+        for (needle, spoil) in cases {
+            let mut m = good.clone();
+            spoil(&mut m);
+            save_model(&m, &serde_json::json!({}), &p).unwrap();
+            let e = load_model(&p).unwrap_err().to_string();
+            assert!(e.contains("not a valid rowstage model") && e.contains(needle), "{needle}: {e}");
+        }
     }
 }
