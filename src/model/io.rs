@@ -396,7 +396,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.safetensors");
         let good = model();
-        let cases: [(&str, fn(&mut Model)); 4] = [
+        type Spoil = fn(&mut Model);
+        let cases: [(&str, Spoil); 4] = [
             ("not a finite, ordered range", |m| (m.min_rating, m.max_rating) = (5.0, 1.0)),
             ("not a finite, ordered range", |m| m.max_rating = f32::NAN),
             ("outside its range", |m| m.mean = 99.0),
