@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure at run time (GPU, device), 2 bad input
 //! (files, flags, budgets, ids).
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use rowstage::bench::{self, BenchReport};
 use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, HARDWARE_HOGWILD_WIDTH, HogwildWidth, list_adapters};
-use rowstage::model::{self, HyperParams, Model, Setting};
+use rowstage::model::{self, HyperParams, Model, Setting, serve};
 use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report, WGPU_VERSION};
 use rowstage::stage::copartition::Side;
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
@@ -254,26 +255,41 @@ struct EvalArgs {
     /// Write the scores as JSON to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the model's prediction for every rating read, one per line in
+    /// the file's order (LIBMF's mf-predict convention), to FILE ("-" for
+    /// stdout). With --skip-bad-lines, skipped lines have no prediction.
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct RecommendArgs {
+    /// A model saved by `rowstage train --save`.
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
     /// The user's id as it appears in the training data.
-    #[arg(long, value_name = "ID")]
-    user: String,
-    /// How many items.
-    #[arg(short = 'n', long, default_value_t = 10)]
-    n: usize,
-    /// Leave out the items this user rated in FILE (e.g. the training ratings).
+    #[arg(long, value_name = "ID", required_unless_present = "all_users", conflicts_with = "all_users")]
+    user: Option<String>,
+    /// Every user of the model: top items for each, as tab-separated
+    /// `user rank item score` lines.
+    #[arg(long)]
+    all_users: bool,
+    /// How many items per user.
+    #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    n: u32,
+    /// Leave out the items each user rated in FILE (e.g. the training ratings).
     #[arg(long, value_name = "FILE")]
     exclude_rated: Option<PathBuf>,
+    /// Layout of the --exclude-rated file.
     #[arg(long, value_enum, default_value = "auto")]
     format: Format,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    /// Write the table (one user) or the lines (--all-users) to FILE instead
+    /// of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Write the recommendations as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -1004,15 +1020,18 @@ fn onto_model(set: &data::RatingSet, m: &Model) -> Vec<Rating> {
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
-    if let Some(p) = &a.json {
-        model::check_output("--json", p)?;
+    for (flag, p) in [("--json", &a.json), ("--predictions", &a.predictions)] {
+        if let Some(p) = p {
+            model::check_output(flag, p)?;
+        }
     }
     let (m, _) = model::load_model(&a.model)?;
     let (set, rep) = data::load_ratings(&a.data, load_opts(a.format, a.header, a.skip_bad_lines))?;
     let ratings = onto_model(&set, &m);
     let cold = ratings.iter().filter(|r| r.user == UNKNOWN || r.item == UNKNOWN).count();
     let metrics = m.evaluate(&ratings);
-    let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
+    let to_stdout = |p: &Option<PathBuf>| p.as_deref() == Some(Path::new("-"));
+    let out = Out { to_stderr: to_stdout(&a.json) || to_stdout(&a.predictions) };
     out.line(&format!(
         "{}: {} ratings ({} with a user or item unknown to the model{}): RMSE {:.4}  MAE {:.4}",
         a.data.display(),
@@ -1022,6 +1041,13 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         metrics.rmse,
         metrics.mae
     ));
+    if let Some(path) = &a.predictions {
+        let mut text = String::with_capacity(ratings.len() * 8);
+        for p in serve::predictions(&m, &set) {
+            let _ = writeln!(text, "{p}");
+        }
+        write_output(path, text.trim_end())?;
+    }
     if let Some(path) = &a.json {
         let j = serde_json::json!({
             "model": a.model.display().to_string(),
@@ -1038,39 +1064,60 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 }
 
 fn cmd_recommend(a: RecommendArgs) -> Result<()> {
+    for (flag, p) in [("--json", &a.json), ("--output", &a.output)] {
+        if let Some(p) = p {
+            model::check_output(flag, p)?;
+        }
+    }
     let (m, _) = model::load_model(&a.model)?;
-    let u = m.user_ids.get(&a.user).ok_or_else(|| Error::UnknownId { kind: "user", id: a.user.clone() })?;
-    let mut excluded = vec![false; m.n_items()];
-    if let Some(p) = &a.exclude_rated {
-        let (set, _) = data::load_ratings(p, load_opts(a.format, HeaderMode::Auto, false))?;
-        for r in &set.ratings {
-            if set.users.name(r.user) == a.user
-                && let Some(i) = m.item_ids.get(set.items.name(r.item))
-            {
-                excluded[i as usize] = true;
+    let users: Vec<u32> = match &a.user {
+        Some(id) => vec![m.user_ids.get(id).ok_or_else(|| Error::UnknownId { kind: "user", id: id.clone() })?],
+        None => (0..m.n_users() as u32).collect(),
+    };
+    let rated = match &a.exclude_rated {
+        Some(p) => {
+            Some(serve::rated_items(&m, &data::load_ratings(p, load_opts(a.format, HeaderMode::Auto, false))?.0))
+        }
+        None => None,
+    };
+    let n = a.n as usize;
+    let tops = match a.user {
+        Some(_) => vec![serve::top_items(&m, users[0], n, rated.as_ref().map_or(&[][..], |r| &r[users[0] as usize]))],
+        None => serve::top_items_all(&m, n, rated.as_deref()),
+    };
+    if let Some(path) = &a.json {
+        let users_json: Vec<_> = users
+            .iter()
+            .zip(&tops)
+            .map(|(&u, top)| {
+                let items: Vec<_> =
+                    top.iter().map(|&(i, s)| serde_json::json!({"item": m.item_ids.name(i), "score": s})).collect();
+                serde_json::json!({"user": m.user_ids.name(u), "items": items})
+            })
+            .collect();
+        let j = match a.user {
+            Some(_) => users_json.into_iter().next().expect("one user"),
+            None => serde_json::json!({ "users": users_json }),
+        };
+        write_output(path, &serde_json::to_string_pretty(&j).expect("json"))?;
+        if a.output.is_none() {
+            return Ok(());
+        }
+    }
+    let mut text = String::new();
+    if a.user.is_some() {
+        let _ = writeln!(text, "{:>4}  {:<24} {:>6}", "rank", "item", "score");
+        for (k, (i, s)) in tops[0].iter().enumerate() {
+            let _ = writeln!(text, "{:>4}  {:<24} {:>6.3}", k + 1, m.item_ids.name(*i), s);
+        }
+    } else {
+        for (&u, top) in users.iter().zip(&tops) {
+            for (k, (i, s)) in top.iter().enumerate() {
+                let _ = writeln!(text, "{}\t{}\t{}\t{:.4}", m.user_ids.name(u), k + 1, m.item_ids.name(*i), s);
             }
         }
     }
-    let mut scored: Vec<(u32, f32)> =
-        (0..m.n_items() as u32).filter(|&i| !excluded[i as usize]).map(|i| (i, m.predict(u, i))).collect();
-    let n = a.n.min(scored.len());
-    if n > 0 && n < scored.len() {
-        scored.select_nth_unstable_by(n - 1, |x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-        scored.truncate(n);
-    }
-    scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-    scored.truncate(n);
-    if a.json {
-        let items: Vec<_> =
-            scored.iter().map(|&(i, s)| serde_json::json!({"item": m.item_ids.name(i), "score": s})).collect();
-        say!("{}", serde_json::to_string_pretty(&serde_json::json!({"user": a.user, "items": items})).expect("json"));
-    } else {
-        say!("{:>4}  {:<24} {:>6}", "rank", "item", "score");
-        for (k, (i, s)) in scored.iter().enumerate() {
-            say!("{:>4}  {:<24} {:>6.3}", k + 1, m.item_ids.name(*i), s);
-        }
-    }
-    Ok(())
+    write_output(a.output.as_deref().unwrap_or(Path::new("-")), text.trim_end())
 }
 
 fn cmd_plan(a: PlanArgs) -> Result<()> {

@@ -91,7 +91,7 @@ fn save_eval_recommend_round_trip() {
     let out = rowstage()
         .args(["recommend", "--model"])
         .arg(&model)
-        .args(["--user", "3", "-n", "5", "--json", "--exclude-rated"])
+        .args(["--user", "3", "-n", "5", "--json", "-", "--exclude-rated"])
         .arg(&data)
         .assert()
         .success()
@@ -116,6 +116,72 @@ fn save_eval_recommend_round_trip() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown user id \"nobody\""));
+    // Every user at once: `user rank item score` lines, each user's own
+    // top items (the one-user JSON above is user 3's), none they rated.
+    let all = dir.path().join("all.tsv");
+    rowstage()
+        .args(["recommend", "--model"])
+        .arg(&model)
+        .args(["--all-users", "-n", "5", "--exclude-rated"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&all)
+        .assert()
+        .success()
+        .stdout("");
+    let lines: Vec<Vec<String>> =
+        std::fs::read_to_string(&all).unwrap().lines().map(|l| l.split('\t').map(String::from).collect()).collect();
+    let (m, _) = rowstage::model::load_model(&model).unwrap();
+    assert_eq!(lines.len(), 5 * m.n_users());
+    let user3: Vec<&str> = lines.iter().filter(|l| l[0] == "3").map(|l| l[2].as_str()).collect();
+    let json3: Vec<&str> = items.iter().map(|i| i["item"].as_str().unwrap()).collect();
+    assert_eq!(user3, json3);
+    for l in &lines {
+        assert_eq!(l.len(), 4, "{l:?}");
+        assert!(!text.lines().any(|r| r.starts_with(&format!("{},{},", l[0], l[2]))), "{l:?} was rated");
+    }
+    // eval --predictions: one per rating, in the file's order, that score
+    // to the RMSE eval reports.
+    let preds = dir.path().join("p.txt");
+    rowstage()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--predictions")
+        .arg(&preds)
+        .assert()
+        .success();
+    let p: Vec<f64> = std::fs::read_to_string(&preds).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let truth: Vec<f64> = text.lines().filter_map(|l| l.split(',').nth(2)?.parse().ok()).collect();
+    assert_eq!(p.len(), 900);
+    assert_eq!(truth.len(), 900);
+    let rmse = (p.iter().zip(&truth).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / 900.0).sqrt();
+    let out = rowstage()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .args(["--json", "-"])
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!((j["rmse"].as_f64().unwrap() - rmse).abs() < 1e-5, "{} against {rmse}", j["rmse"]);
+    // Bad serving flags: a clear error, exit 2, nothing written.
+    for (args, needle) in [
+        (vec!["--all-users", "--user", "3"], "cannot be used with"),
+        (vec![], "--user"),
+        (vec!["--user", "3", "-n", "0"], "0 is not in 1..=100000"),
+        (vec!["--all-users", "--output", "/nonexistent-dir/x.tsv"], "does not exist"),
+    ] {
+        rowstage()
+            .args(["recommend", "--model"])
+            .arg(&model)
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(needle));
+    }
     // A corrupted model is refused.
     let mut bytes = std::fs::read(&model).unwrap();
     let n = bytes.len();

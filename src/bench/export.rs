@@ -1,7 +1,7 @@
 //! The bench report as JSON, CSV and a Markdown table (hyperfine's
 //! `--export-*` convention; the CLI maps `-` to stdout).
 
-use super::{BenchReport, BenchRow};
+use super::{BenchReport, BenchRow, Stats};
 use crate::stage::human_bytes;
 
 /// The whole report, pretty-printed.
@@ -9,7 +9,7 @@ pub fn json(report: &BenchReport) -> String {
     serde_json::to_string_pretty(report).expect("the bench report serialises")
 }
 
-const CSV_HEADER: [&str; 30] = [
+const CSV_HEADER: [&str; 38] = [
     "backend",
     "adapter",
     "budget",
@@ -21,7 +21,15 @@ const CSV_HEADER: [&str; 30] = [
     "workers",
     "timed_epochs",
     "median_ratings_per_sec",
+    "mean_ratings_per_sec",
+    "stddev_ratings_per_sec",
+    "min_ratings_per_sec",
+    "max_ratings_per_sec",
     "median_epoch_seconds",
+    "mean_epoch_seconds",
+    "stddev_epoch_seconds",
+    "min_epoch_seconds",
+    "max_epoch_seconds",
     "rows_in_per_epoch",
     "rows_out_per_epoch",
     "bytes_h2d_per_epoch",
@@ -46,7 +54,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
-fn csv_record(r: &BenchRow) -> [String; 30] {
+fn csv_record(r: &BenchRow) -> [String; 38] {
     [
         r.backend.clone(),
         r.adapter.clone(),
@@ -59,7 +67,15 @@ fn csv_record(r: &BenchRow) -> [String; 30] {
         r.workers.to_string(),
         r.timed_epochs.to_string(),
         r.median_ratings_per_sec.to_string(),
+        r.ratings_per_sec_stats.mean.to_string(),
+        r.ratings_per_sec_stats.stddev.to_string(),
+        r.ratings_per_sec_stats.min.to_string(),
+        r.ratings_per_sec_stats.max.to_string(),
         r.median_epoch_seconds.to_string(),
+        r.epoch_seconds_stats.mean.to_string(),
+        r.epoch_seconds_stats.stddev.to_string(),
+        r.epoch_seconds_stats.min.to_string(),
+        r.epoch_seconds_stats.max.to_string(),
         r.rows_in_per_epoch.to_string(),
         r.rows_out_per_epoch.to_string(),
         r.bytes_h2d_per_epoch.to_string(),
@@ -96,6 +112,11 @@ fn md_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or("-".into(), f)
 }
 
+/// `mean ± σ (min … max)` of a ratings/s figure.
+fn spread(s: &Stats) -> String {
+    format!("{:.3e} ± {:.1e} ({:.3e} … {:.3e})", s.mean, s.stddev, s.min, s.max)
+}
+
 /// A Markdown table of the rows, with the dataset and the sweep above it.
 pub fn markdown(report: &BenchReport) -> String {
     let d = &report.dataset;
@@ -115,15 +136,35 @@ pub fn markdown(report: &BenchReport) -> String {
         report.wgpu_version,
         if report.complete { "" } else { " — INCOMPLETE (interrupted or still running)" },
     );
+    let e = &report.environment;
+    s.push_str(&format!(
+        "Machine: {} ({} threads, {} {}); rowstage {}{}; {}\n\n",
+        e.cpu.as_deref().unwrap_or("unknown processor"),
+        e.cpu_threads,
+        e.os,
+        e.arch,
+        e.rowstage_version,
+        e.git_revision.map_or(String::new(), |g| format!(" ({g})")),
+        e.date_utc,
+    ));
+    for a in &e.adapters {
+        s.push_str(&format!(
+            "Adapter: {} ({}, {}; driver {} {})\n",
+            a.name, a.backend, a.device_type, a.driver, a.driver_info
+        ));
+    }
+    if !e.adapters.is_empty() {
+        s.push('\n');
+    }
     s.push_str(
-        "| backend | adapter | budget | policy | order | workers | batch | ratings/s (median) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | host s | device s | bound | kernel GB/s | SGD bandwidth share |\n",
+        "| backend | adapter | budget | policy | order | workers | batch | ratings/s (median) | mean ± σ (min … max) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | host s | device s | bound | kernel GB/s | SGD bandwidth share |\n",
     );
     s.push_str(
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
     );
     for r in &report.rows {
         s.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {:.0} | {} | {:.3e} | {} | {:.0} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
+            "| {}{} | {} | {} | {} | {} | {:.0} | {} | {:.3e} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
             r.backend,
             if r.ceiling { " (host ceiling)" } else { "" },
             r.adapter.replace('|', "/"),
@@ -133,6 +174,7 @@ pub fn markdown(report: &BenchReport) -> String {
             r.workers,
             r.batch,
             r.median_ratings_per_sec,
+            spread(&r.ratings_per_sec_stats),
             md_opt(r.vs_resident, |v| format!("{v:.2}×")),
             r.rows_in_per_epoch,
             md_opt(r.belady_rows_in_per_epoch, |v| format!("{v:.0}")),

@@ -30,6 +30,7 @@
 //! The CPU backend has no device memory: it runs once, with budget and policy
 //! `-`.
 
+pub mod environment;
 pub mod export;
 pub mod plot;
 
@@ -43,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::gpu::BackendChoice;
 use crate::stage::{Budget, PolicyKind};
 use crate::train::{self, BackendSpec, EpochReport, RunControl, TrainSettings};
+pub use environment::Environment;
 
 /// The smallest batch the sweep shrinks to before it skips a budget.
 pub const MIN_BATCH: usize = 16;
@@ -103,6 +105,14 @@ pub struct BenchRow {
     pub median_epoch_seconds: f64,
     /// Every timed epoch's ratings/s, in order.
     pub ratings_per_sec: Vec<f64>,
+    /// Ratings/s over the timed epochs: mean, σ, min, max, median.
+    pub ratings_per_sec_stats: Stats,
+    /// Seconds per timed epoch (evaluation excluded).
+    pub epoch_seconds_stats: Stats,
+    /// The host's seconds per timed epoch.
+    pub host_seconds_stats: Stats,
+    /// The device's seconds per timed epoch, where timestamps were measured.
+    pub device_seconds_stats: Option<Stats>,
     /// Medians over the timed epochs.
     pub rows_in_per_epoch: f64,
     pub rows_out_per_epoch: f64,
@@ -156,6 +166,8 @@ pub struct BenchReport {
     pub dataset: crate::report::DatasetInfo,
     pub plan: BenchPlan,
     pub wgpu_version: &'static str,
+    /// The machine, adapters, drivers, build and date of the sweep.
+    pub environment: Environment,
     /// Bytes of both tables (one model).
     pub table_bytes: u64,
     pub rows: Vec<BenchRow>,
@@ -178,6 +190,36 @@ pub fn median(v: &[f64]) -> f64 {
         0 => 0.0,
         n if n % 2 == 1 => s[n / 2],
         n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// A figure over the timed epochs: what hyperfine reports of its runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub mean: f64,
+    /// Sample standard deviation (0 with fewer than two epochs).
+    pub stddev: f64,
+    pub min: f64,
+    pub max: f64,
+    pub median: f64,
+}
+
+impl Stats {
+    /// The statistics of `v` (all zero when empty).
+    pub fn of(v: &[f64]) -> Stats {
+        if v.is_empty() {
+            return Stats::default();
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Stats {
+            mean,
+            stddev: var.sqrt(),
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            median: median(v),
+        }
     }
 }
 
@@ -257,10 +299,12 @@ pub fn run(
         return Err(Error::arg("--epochs", "0", "must be at least 1 timed epoch"));
     }
     let table_bytes = train::table_bytes(data, plan.settings.hp.rank);
+    let environment = Environment::capture(&crate::gpu::list_adapters(BackendChoice::Auto));
     let mut report = BenchReport {
         dataset,
         plan: plan.clone(),
         wgpu_version: crate::report::WGPU_VERSION,
+        environment,
         table_bytes,
         rows: Vec::new(),
         skipped: Vec::new(),
@@ -364,7 +408,8 @@ pub fn run(
             };
             let sgd_bytes_per_sec = sgd_bytes_per_rating(settings.row_bytes()) as f64 * median_rps;
             let ceiling = be.is_ceiling();
-            let device = timed.iter().map(|e| e.device_seconds).collect::<Option<Vec<f64>>>().map(|d| median(&d));
+            let device_seconds = timed.iter().map(|e| e.device_seconds).collect::<Option<Vec<f64>>>();
+            let device = device_seconds.as_deref().map(median);
             let host = med(&|e| e.host_seconds);
             let kernel_bytes = med(&|e| {
                 sgd_bytes_per_rating(settings.row_bytes()) as f64 * e.ratings as f64
@@ -384,6 +429,10 @@ pub fn run(
                 timed_epochs: timed.len(),
                 median_ratings_per_sec: median_rps,
                 median_epoch_seconds: med(&|e| e.seconds),
+                ratings_per_sec_stats: Stats::of(&rps),
+                epoch_seconds_stats: Stats::of(&timed.iter().map(|e| e.seconds).collect::<Vec<_>>()),
+                host_seconds_stats: Stats::of(&timed.iter().map(|e| e.host_seconds).collect::<Vec<_>>()),
+                device_seconds_stats: device_seconds.as_deref().map(Stats::of),
                 ratings_per_sec: rps,
                 rows_in_per_epoch: med(&|e| e.ledger.rows_in() as f64),
                 rows_out_per_epoch: med(&|e| e.ledger.rows_out() as f64),
@@ -418,6 +467,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stats_are_hyperfines_mean_sample_sigma_min_max_median() {
+        let s = Stats::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!((s.mean, s.min, s.max, s.median), (5.0, 2.0, 9.0, 4.5));
+        // Sample σ: the squared deviations sum to 32, over n - 1 = 7.
+        assert!((s.stddev - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+        assert_eq!(Stats::of(&[3.0]), Stats { mean: 3.0, stddev: 0.0, min: 3.0, max: 3.0, median: 3.0 });
+        assert_eq!(Stats::of(&[]), Stats::default());
+    }
+
+    #[test]
     fn median_of_odd_even_and_empty() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
@@ -439,6 +498,10 @@ mod tests {
             median_ratings_per_sec: rps,
             median_epoch_seconds: 1.0,
             ratings_per_sec: vec![rps],
+            ratings_per_sec_stats: Stats::of(&[rps]),
+            epoch_seconds_stats: Stats::default(),
+            host_seconds_stats: Stats::default(),
+            device_seconds_stats: None,
             rows_in_per_epoch: 0.0,
             rows_out_per_epoch: 0.0,
             bytes_h2d_per_epoch: 0.0,

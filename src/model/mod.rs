@@ -6,6 +6,7 @@
 //! same layout, so one slot of the device slab fits a row of either table.
 
 mod io;
+pub mod serve;
 
 pub use io::{FileKind, check_output, load_model, load_tables, save_model, save_tables, write_atomically};
 
