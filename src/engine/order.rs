@@ -33,6 +33,7 @@ use std::ops::Range;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::blocked::{self, BlockedRatings};
@@ -401,8 +402,18 @@ impl RunLayout {
 
     /// Epoch `epoch`'s plan, from `(seed, epoch)` alone.
     pub fn epoch(&self, epoch: usize) -> EpochPlan {
-        let seed = self.spec.seed;
         let mut plan = EpochPlan::default();
+        self.epoch_into(epoch, &mut plan);
+        plan
+    }
+
+    /// [`RunLayout::epoch`] into `plan`, reusing its buffers: a plan holds a
+    /// part id per part, megabytes on large runs, and fresh pages every
+    /// epoch cost more than filling them.
+    pub fn epoch_into(&self, epoch: usize, plan: &mut EpochPlan) {
+        let seed = self.spec.seed;
+        plan.parts.clear();
+        plan.groups.clear();
         match &self.arrangement {
             Arrangement::Shuffled => {
                 let mut rng = epoch_rng(seed, 0x0DE7_0000_0000_0000, epoch);
@@ -433,32 +444,58 @@ impl RunLayout {
                 let (n, visits) = (*bins as usize, *visits as usize);
                 let (mut alpha, mut beta, mut rounds): (Vec<usize>, Vec<usize>, Vec<usize>) =
                     ((0..n).collect(), (0..n).collect(), (0..n).collect());
-                let mut round = Vec::with_capacity(n);
-                for v in 0..visits {
-                    alpha.shuffle(&mut rng);
-                    beta.shuffle(&mut rng);
-                    rounds.shuffle(&mut rng);
-                    for &r in &rounds {
-                        round.clear();
-                        round.extend((0..n).map(|i| alpha[i] * n + beta[(i + r) % n]));
-                        round.sort_by_key(|&b| std::cmp::Reverse(block_len[b]));
-                        let first = plan.parts.len();
-                        plan.parts
-                            .extend(round.iter().map(|&b| block_parts[b * visits + v]).filter(|&p| p != NO_GROUP));
-                        if plan.parts.len() > first {
-                            plan.groups.push(Group { end: plan.parts.len() as u32, id: NO_GROUP });
-                        }
-                    }
+                // The permutations in the seed's sequence, then every visit's
+                // rounds at once (one per core): the same plan as one pass.
+                let perms: Vec<[Vec<usize>; 3]> = (0..visits)
+                    .map(|_| {
+                        alpha.shuffle(&mut rng);
+                        beta.shuffle(&mut rng);
+                        rounds.shuffle(&mut rng);
+                        [alpha.clone(), beta.clone(), rounds.clone()]
+                    })
+                    .collect();
+                let per_visit: Vec<(Vec<u32>, Vec<u32>)> = perms
+                    .par_iter()
+                    .enumerate()
+                    .map_init(
+                        || Vec::with_capacity(n),
+                        |round, (v, [alpha, beta, rounds])| {
+                            let (mut parts, mut ends) = (Vec::with_capacity(n * n), Vec::with_capacity(n));
+                            for &r in rounds {
+                                round.clear();
+                                round.extend((0..n).map(|i| alpha[i] * n + beta[(i + r) % n]));
+                                // Longest first, so that neighbouring workers
+                                // get similar lengths (ties by block: one order).
+                                round.sort_unstable_by_key(|&b| (std::cmp::Reverse(block_len[b]), b));
+                                let first = parts.len();
+                                parts.extend(
+                                    round.iter().map(|&b| block_parts[b * visits + v]).filter(|&p| p != NO_GROUP),
+                                );
+                                if parts.len() > first {
+                                    ends.push(parts.len() as u32);
+                                }
+                            }
+                            (parts, ends)
+                        },
+                    )
+                    .collect();
+                for (parts, ends) in per_visit {
+                    let base = plan.parts.len() as u32;
+                    plan.parts.extend_from_slice(&parts);
+                    plan.groups.extend(ends.iter().map(|&e| Group { end: base + e, id: NO_GROUP }));
                 }
             }
         }
-        plan
     }
 }
 
 impl EpochPlan {
     /// Ratings the plan trains from its `from`-th part on.
     pub fn ratings_from(&self, layout: &RunLayout, from: usize) -> usize {
+        if from == 0 && self.parts.len() == layout.parts.len() {
+            // A plan holds a part at most once: this one holds them all.
+            return layout.ratings.len();
+        }
         self.parts[from.min(self.parts.len())..].iter().map(|&p| layout.parts[p as usize].len as usize).sum()
     }
 
@@ -466,6 +503,9 @@ impl EpochPlan {
     /// where a run stopped after `position` ratings resumes. An error when
     /// `position` falls inside a part (a checkpoint of another layout).
     pub fn part_at(&self, layout: &RunLayout, position: usize) -> Result<usize> {
+        if position == 0 {
+            return Ok(0);
+        }
         let mut done = 0;
         for (k, &p) in self.parts.iter().enumerate() {
             if done == position {

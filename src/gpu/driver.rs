@@ -93,6 +93,8 @@ struct Exec {
     wire: Wire,
     /// Layout parts (the first half of the `parts` buffer).
     n_parts: u32,
+    /// The epoch plan's parts, kept across epochs (no allocation per epoch).
+    plan_table: Vec<Part>,
     row_vec4: u32,
     n_users: u32,
     bias_reg: f32,
@@ -164,6 +166,9 @@ pub struct GpuBackend {
     outside: Option<PartRows>,
     groups: Option<GroupRows>,
     conflicts: Vec<u32>,
+    /// Sums over every part of the layout: what an epoch that trains its
+    /// whole plan adds up, counted once per run instead of per part.
+    whole: WholeEpoch,
     stager: Stager,
     moves: Moves,
     test: Option<TestSet>,
@@ -175,6 +180,47 @@ pub struct GpuBackend {
     /// The epoch whose plan the last epoch passed as its following one.
     following_of: Option<usize>,
     prediction: Option<Prediction>,
+}
+
+/// What an epoch adds up over every part it trains, summed once per run:
+/// a plan holds every part of the layout once, so a whole epoch's sums are
+/// the layout's.
+#[derive(Debug, Clone, Copy, Default)]
+struct WholeEpoch {
+    ratings: usize,
+    user_rows: u64,
+    item_rows: u64,
+    conflicts: u64,
+}
+
+impl WholeEpoch {
+    fn of(run: &RunLayout, rows: &PartRows, conflicts: &[u32]) -> Self {
+        let mut w = WholeEpoch { ratings: run.ratings().len(), ..Default::default() };
+        for p in 0..run.parts().len() as u32 {
+            let (u, i) = rows.counts(p);
+            w.user_rows += u as u64;
+            w.item_rows += i as u64;
+        }
+        w.conflicts = conflicts.iter().map(|&c| c as u64).sum();
+        w
+    }
+
+    /// `trained`'s sums: these where it holds every part of the layout (a
+    /// plan holds a part at most once), else summed part by part.
+    fn of_trained(&self, trained: &[u32], run: &RunLayout, rows: &PartRows, conflicts: &[u32]) -> WholeEpoch {
+        if trained.len() == run.parts().len() {
+            return *self;
+        }
+        let mut w = WholeEpoch::default();
+        for &p in trained {
+            let (u, i) = rows.counts(p);
+            w.ratings += run.parts()[p as usize].len as usize;
+            w.user_rows += u as u64;
+            w.item_rows += i as u64;
+            w.conflicts += conflicts.get(p as usize).map_or(0, |&c| c as u64);
+        }
+        w
+    }
 }
 
 /// Chunks of `len` items in pieces of at most `size` (at least one chunk).
@@ -480,9 +526,12 @@ impl Exec {
     /// Writes the epoch's plan as parts after the layout's in the parts
     /// buffer: what a dispatch over several of the plan's parts reads.
     fn put_plan(&mut self, plan: &EpochPlan, layout: &RunLayout, ledger: &mut Ledger) {
-        let table: Vec<Part> = plan.parts.iter().map(|&p| layout.parts()[p as usize]).collect();
+        let mut table = std::mem::take(&mut self.plan_table);
+        table.clear();
+        table.extend(plan.parts.iter().map(|&p| layout.parts()[p as usize]));
         ledger.data_bytes_h2d +=
             self.dev.put(&mut self.wire, &self.buffers.parts, self.n_parts as u64 * 8, bytemuck::cast_slice(&table));
+        self.plan_table = table;
     }
 
     /// Trains the plan from index `first` on, every row resident: in the
@@ -767,6 +816,7 @@ impl GpuBackend {
             zero_copy,
             wire,
             n_parts: run.parts().len() as u32,
+            plan_table: Vec::new(),
             row_vec4: (row_bytes / 16) as u32,
             n_users: n_users as u32,
             bias_reg: setup.bias_reg,
@@ -791,6 +841,7 @@ impl GpuBackend {
         };
         exec.dev.check()?;
         let prediction = exec.layout.prediction;
+        let whole = WholeEpoch::of(&run, &rows, &conflicts);
         Ok(GpuBackend {
             exec,
             run,
@@ -798,6 +849,7 @@ impl GpuBackend {
             outside,
             groups,
             conflicts,
+            whole,
             stager,
             moves: Moves::default(),
             test: None,
@@ -1091,11 +1143,10 @@ impl Backend for GpuBackend {
         let parts = if self.exec.layout.all_resident {
             let n = self.exec.train_resident(&tables, &self.run, plan, input.from, input.stop, &mut ledger)?;
             // Every step's rows are hits, and every resident row is trained.
-            for &p in &plan.parts[input.from..input.from + n] {
-                let (u, i) = self.rows.counts(p);
-                ledger.user_hits += u as u64;
-                ledger.item_hits += i as u64;
-            }
+            let trained = &plan.parts[input.from..input.from + n];
+            let sums = self.whole.of_trained(trained, &self.run, &self.rows, &self.conflicts);
+            ledger.user_hits += sums.user_rows;
+            ledger.item_hits += sums.item_rows;
             ledger.steps += n as u64;
             self.stager.mark_resident_dirty();
             n
@@ -1120,9 +1171,9 @@ impl Backend for GpuBackend {
         let (device_seconds, waited) = exec.timer.take_seconds(&exec.dev, &mut exec.wire, &mut ledger)?;
         exec.waited += waited;
         let trained = &plan.parts[input.from..input.from + parts];
-        let done: usize = trained.iter().map(|&p| self.run.parts()[p as usize].len as usize).sum();
-        let conflicts =
-            if self.deterministic { 0 } else { trained.iter().map(|&p| self.conflicts[p as usize] as u64).sum() };
+        let sums = self.whole.of_trained(trained, &self.run, &self.rows, &self.conflicts);
+        let done = sums.ratings;
+        let conflicts = if self.deterministic { 0 } else { sums.conflicts };
         let total = t0.elapsed().as_secs_f64();
         let t = exec.times;
         log::debug!(

@@ -31,7 +31,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::engine::{LayoutSpec, RunLayout, Target};
+use crate::engine::{EpochPlan, LayoutSpec, RunLayout, Target};
 use crate::error::{Error, Result};
 use crate::model::{HyperParams, Metrics, Model, Setting, row_stride};
 use crate::stage::Ledger;
@@ -297,6 +297,7 @@ pub fn train(
     // copied (checkpoint, best epoch), and at the end.
     let sync_every_epoch = control.checkpoint.is_some() || control.patience.is_some();
     let mut plan = None;
+    let mut spare: Option<EpochPlan> = None;
     while state.epoch < settings.epochs {
         let epoch = state.epoch;
         let rates = settings.hp.rates_at(&grid, epoch);
@@ -306,7 +307,12 @@ pub fn train(
             Some(p) => p,
             None => layout.epoch(epoch),
         };
-        let following = (epoch + 1 < settings.epochs).then(|| layout.epoch(epoch + 1));
+        // The plan two epochs back lends its buffers to the next one.
+        let following = (epoch + 1 < settings.epochs).then(|| {
+            let mut next = spare.take().unwrap_or_default();
+            layout.epoch_into(epoch + 1, &mut next);
+            next
+        });
         let from = this.part_at(&layout, state.position)?;
         let input = EpochInput {
             epoch,
@@ -322,6 +328,7 @@ pub fn train(
         state.train_seconds += seconds;
         let left = this.ratings_from(&layout, from);
         plan = following;
+        spare = Some(this);
         if out.done < left {
             // Stopped mid-epoch: make the host authoritative, remember where.
             out.ledger.merge(&backend.finish(&mut model)?);
