@@ -60,6 +60,7 @@ enum Command {
 }
 
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Data")]
 struct DataArgs {
     /// Ratings file (MovieLens u.data / ratings.dat / ratings.csv, or user,item,rating[,timestamp] CSV/TSV).
     /// Without it, the built-in synthetic dataset is used.
@@ -92,64 +93,71 @@ struct DataArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  rowstage train                                     the built-in dataset, best adapter, 25% slab
+  rowstage train --data u.data --device-memory 10%   MovieLens 100K through a 10% slab
+  rowstage train --data u.data --backend cpu --save model.safetensors
+  rowstage train --lr 0.02,0.05 --reg 0.05,0.08      a grid search in one run
+  rowstage train --data ratings.csv --json - | jq .final")]
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Latent factors per row.
-    #[arg(long, default_value_t = 32)]
+    #[arg(help_heading = "Model", long, default_value_t = 32)]
     rank: usize,
     /// Initial learning rate η₀; a comma-separated list (with --reg) trains
     /// every (lr, reg) pair side by side in one run: a grid search.
-    #[arg(long, default_value_t = HyperParams::DEFAULT.lr.to_string(), value_name = "LR[,LR...]")]
+    #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.lr.to_string(), value_name = "LR[,LR...]")]
     lr: String,
     /// L2 regularisation of the factors; a comma-separated list makes a grid
     /// search with --lr.
-    #[arg(long, default_value_t = HyperParams::DEFAULT.reg.to_string(), value_name = "REG[,REG...]")]
+    #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.reg.to_string(), value_name = "REG[,REG...]")]
     reg: String,
     /// L2 regularisation of the biases.
-    #[arg(long, default_value_t = HyperParams::DEFAULT.bias_reg)]
+    #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.bias_reg)]
     bias_reg: f32,
     /// Learning-rate decay β: η_t = η₀ / (1 + β t^1.5).
-    #[arg(long, default_value_t = HyperParams::DEFAULT.decay)]
+    #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.decay)]
     decay: f32,
     /// Standard deviation of the initial factors.
-    #[arg(long, default_value_t = HyperParams::DEFAULT.init_std)]
+    #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.init_std)]
     init_std: f32,
     /// Passes over the training ratings.
-    #[arg(long, default_value_t = model::DEFAULT_EPOCHS)]
+    #[arg(help_heading = "Model", long, default_value_t = model::DEFAULT_EPOCHS)]
     epochs: usize,
     /// Ratings per part of the shuffled order (one GPU step), or auto: the
     /// planner's choice for this adapter and budget. Without it, 2048, or the
     /// largest that the budget holds (said in a notice). The blocked order's
     /// parts are its blocks' shares of a sweep, whatever the batch.
-    #[arg(long, value_name = "N|auto")]
+    #[arg(help_heading = "Schedule", long, value_name = "N|auto")]
     batch: Option<String>,
     /// Measure the adapter again instead of using the cached calibration.
-    #[arg(long)]
+    #[arg(help_heading = "Device", long)]
     no_calibration_cache: bool,
     /// Seed of the split, the initial factors, the epoch orders and the synthetic data.
-    #[arg(long, default_value_t = 42)]
+    #[arg(help_heading = "Model", long, default_value_t = 42)]
     seed: u64,
-    /// Apply updates in the sequential order (conflict-free waves on the GPU):
-    /// every backend and budget then gives the same model.
-    #[arg(long)]
+    /// Train every backend and budget to the same model: the blocked order
+    /// is exact already; with --order shuffled, the sequential order (as
+    /// conflict-free waves on a GPU).
+    #[arg(help_heading = "Schedule", long)]
     deterministic: bool,
     /// Where to train: the best GPU adapter (falling back to the CPU), a wgpu backend, or the CPU.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(help_heading = "Device", long, value_enum, default_value = "auto")]
     backend: BackendChoice,
     /// Use the adapter whose name contains this text (case-insensitive).
-    #[arg(long, value_name = "SUBSTRING")]
+    #[arg(help_heading = "Device", long, value_name = "SUBSTRING")]
     adapter: Option<String>,
     /// Size of the device slab: 64MiB, 512KiB, 1GB, bytes, a share of the two tables such as 10%,
     /// or auto (25% of the tables, raised to the smallest budget that holds a batch).
-    #[arg(long, default_value = "auto", value_name = "SIZE")]
+    #[arg(help_heading = "Staging", long, default_value = "auto", value_name = "SIZE")]
     device_memory: String,
     /// Which rows stay on the device (sca: the split its replay of this
     /// run's steps finds moves fewest rows, never more than static, lru or lfu).
-    #[arg(long, value_enum, default_value = "sca")]
+    #[arg(help_heading = "Staging", long, value_enum, default_value = "sca")]
     policy: PolicyKind,
     /// Horizon of --policy lookahead, in units of 2048 ratings (the default batch's size, whatever --batch is)
-    #[arg(long, default_value_t = 32, value_name = "L")]
+    #[arg(help_heading = "Staging", long, default_value_t = 32, value_name = "L")]
     lookahead: usize,
     #[command(flatten)]
     co: CoPartitionArgs,
@@ -158,36 +166,37 @@ struct TrainArgs {
     /// every backend), shuffled (a seeded permutation, Hogwild on a GPU), or
     /// auto (blocked without --co-partition, with bins for the backend and
     /// the budget; else shuffled).
-    #[arg(long, default_value = "auto", value_name = "ORDER")]
+    #[arg(help_heading = "Schedule", long, default_value = "auto", value_name = "ORDER")]
     order: String,
     #[command(flatten)]
     hogwild: HogwildArgs,
     /// Threads of the CPU backend (default: all cores).
-    #[arg(long)]
+    #[arg(help_heading = "Device", long)]
     threads: Option<usize>,
     /// Write the JSON report to FILE ("-" for stdout; the text output then goes to stderr).
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Output", long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Save the trained model (safetensors) to FILE.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Output", long, value_name = "FILE")]
     save: Option<PathBuf>,
     /// Write a checkpoint (model, run state, ledger) into DIR after every
     /// epoch and on Ctrl-C, replacing the previous one atomically.
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Output", long, value_name = "DIR")]
     checkpoint: Option<PathBuf>,
     /// Continue the run checkpointed in DIR (the data and the settings that
     /// shape the model must match); later checkpoints go to DIR too unless
     /// --checkpoint names another.
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Output", long, value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Stop when test RMSE has not improved for N epochs, and keep the best
     /// epoch's model.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Output", long, value_name = "N")]
     patience: Option<usize>,
 }
 
 /// `--hogwild-width`, shared by train and bench.
 #[derive(Args)]
+#[command(next_help_heading = "Schedule")]
 struct HogwildArgs {
     /// Hogwild on a GPU: how many ratings of a batch update at once (and may
     /// race), each of that many invocations running its share in order; auto
@@ -206,6 +215,7 @@ impl HogwildArgs {
 
 /// `--co-partition` and `--co-partition-visits`, shared by train and simulate.
 #[derive(Args)]
+#[command(next_help_heading = "Schedule")]
 struct CoPartitionArgs {
     /// Order each epoch by blocks of this side's rows, staged once per block:
     /// users, items, larger (the side with more rows) or none (default: the
@@ -246,10 +256,13 @@ struct EvalArgs {
     /// Ratings to score.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
+    /// Layout of the ratings file.
     #[arg(long, value_enum, default_value = "auto")]
     format: Format,
+    /// Whether the first line of a CSV/TSV file is a header.
     #[arg(long, value_enum, default_value = "auto")]
     header: HeaderMode,
+    /// Skip malformed lines (and report how many) instead of stopping at the first.
     #[arg(long)]
     skip_bad_lines: bool,
     /// Write the scores as JSON to FILE ("-" for stdout).
@@ -299,12 +312,16 @@ struct PlanArgs {
     /// The slab: a size or a share of the tables.
     #[arg(long, default_value = "25%", value_name = "SIZE")]
     device_memory: String,
+    /// Latent factors per row (sets the row size).
     #[arg(long, default_value_t = 32)]
     rank: usize,
+    /// Seed of the split and the orders planned.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The adapter to plan for (its calibration and limits).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    /// Use the adapter whose name contains this text (case-insensitive).
     #[arg(long, value_name = "SUBSTRING")]
     adapter: Option<String>,
     /// Ratings per batch of the shuffled order: "auto" (the planner's, as
@@ -332,14 +349,17 @@ struct SimulateArgs {
     /// Policies to compare, comma-separated, or "all".
     #[arg(long, default_value = "all", value_name = "LIST")]
     policy: String,
+    /// Latent factors per row (sets the row size, hence the slots a budget holds).
     #[arg(long, default_value_t = 32)]
     rank: usize,
     /// Ratings per part of the shuffled order; without it 2048, or the
     /// largest each budget holds.
     #[arg(long)]
     batch: Option<usize>,
+    /// Epochs replayed.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
+    /// Seed of the split and the epoch orders.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Horizon of the lookahead policy, in units of 2048 ratings (the default batch's size, whatever --batch is)
@@ -375,12 +395,16 @@ struct BenchArgs {
     /// Policies to sweep, comma-separated, or "all".
     #[arg(long, default_value = "static,lru,sca,lookahead", value_name = "LIST")]
     policy: String,
+    /// Latent factors per row.
     #[arg(long, default_value_t = 32)]
     rank: usize,
+    /// Initial learning rate.
     #[arg(long, default_value_t = HyperParams::DEFAULT.lr)]
     lr: f32,
+    /// L2 regularisation of the factors.
     #[arg(long, default_value_t = HyperParams::DEFAULT.reg)]
     reg: f32,
+    /// Ratings per part of the shuffled order (one GPU step), halved where a budget cannot hold it.
     #[arg(long, default_value_t = 2048)]
     batch: usize,
     /// Untimed epochs before the timed ones (they also load the resident rows).
@@ -389,6 +413,7 @@ struct BenchArgs {
     /// Timed epochs per configuration; figures are their medians.
     #[arg(long, default_value_t = 3, value_name = "N")]
     epochs: usize,
+    /// Seed of the split, the initial factors and the epoch orders.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Horizon of the lookahead policy, in units of 2048 ratings (the default batch's size, whatever --batch is)
@@ -418,6 +443,7 @@ struct BenchArgs {
 struct SplitArgs {
     #[command(flatten)]
     data: DataArgs,
+    /// Seed of the split (the same as train's for the same flags).
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Directory to write train.tsv and test.tsv into (created if missing).
@@ -1733,6 +1759,27 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every flag of every command says what it does, and `train`'s sit
+    /// under headings.
+    #[test]
+    fn every_flag_is_described_and_trains_flags_are_grouped() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut bare = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    bare.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(bare.is_empty(), "flags without a description: {bare:?}");
+        let train = cli.find_subcommand("train").expect("train");
+        for arg in train.get_arguments().filter(|a| a.get_id() != "help") {
+            assert!(arg.get_help_heading().is_some(), "train --{} has no heading", arg.get_id());
+        }
+    }
 
     #[test]
     fn a_ratio_changed_by_a_later_faster_row_is_reported() {
