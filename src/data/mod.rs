@@ -4,7 +4,7 @@
 mod load;
 mod synthetic;
 
-pub use load::{Format, HeaderMode, LoadOptions, LoadReport, load_ratings};
+pub use load::{Format, HeaderMode, LoadOptions, LoadReport, load_ratings, parse_ratings};
 pub use synthetic::{SyntheticSpec, generate};
 
 use std::collections::HashMap;

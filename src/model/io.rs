@@ -215,9 +215,15 @@ fn remove_stale_temporaries(dir: &Path, name: &str) {
 /// tables if the file has them, and the config.
 pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>, serde_json::Value)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_tables(path, &bytes, kind)
+}
+
+/// [`load_tables`] of bytes already in memory; `path` only names the source
+/// in errors.
+pub fn parse_tables(path: &Path, bytes: &[u8], kind: FileKind) -> Result<(Model, Option<Model>, serde_json::Value)> {
     let bad = |reason: String| Error::BadModel { path: path.to_path_buf(), what: kind.what(), reason };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file or truncated ({e})")))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file or truncated ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let meta = header.metadata().clone().ok_or_else(|| bad("no metadata".into()))?;
     let get = |k: &str| meta.get(k).map(String::as_str).ok_or_else(|| bad(format!("metadata has no {k:?}")));
     if get("format")? != kind.tag() {
@@ -409,6 +415,92 @@ mod tests {
             save_model(&m, &serde_json::json!({}), &p).unwrap();
             let e = load_model(&p).unwrap_err().to_string();
             assert!(e.contains("not a valid rowstage model") && e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    /// A file whose checksum is right over tensors and metadata of any
+    /// shape, dtype and text: the reader refuses or loads it, never panics
+    /// (the fuzz test in tests/fuzz.rs damages valid files; this one signs
+    /// nonsense, which only this module can).
+    mod signed_nonsense {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn dtype() -> impl Strategy<Value = Dtype> {
+            prop_oneof![6 => Just(Dtype::F32), 1 => Just(Dtype::U8), 1 => Just(Dtype::I32), 1 => Just(Dtype::F64)]
+        }
+
+        /// A tensor: dtype, shape (0 to 3 dimensions of up to 6) and bytes.
+        fn tensor() -> impl Strategy<Value = (Dtype, Vec<usize>, Vec<u8>)> {
+            (dtype(), prop::collection::vec(0usize..6, 0..3)).prop_flat_map(|(d, shape)| {
+                let n = shape.iter().product::<usize>() * d.bitsize() / 8;
+                (Just(d), Just(shape), prop::collection::vec(any::<u8>(), n))
+            })
+        }
+
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => (0u32..12).prop_map(|x| x.to_string()),
+                1 => any::<u32>().prop_map(|x| x.to_string()),
+                1 => any::<u64>().prop_map(|x| x.to_string()),
+                1 => Just("-1".to_string()),
+                1 => "[a-z0-9.]{0,4}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2500),
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn signed_nonsense_is_refused_or_loaded_never_a_panic(
+                tables in prop::collection::vec(tensor(), 4),
+                best in prop::option::of(prop::collection::vec(tensor(), 2)),
+                ids in prop::collection::vec(prop::collection::vec(prop_oneof![Just(b'\n'), any::<u8>()], 0..12), 2),
+                rank in number(),
+                bits in prop::collection::vec(prop_oneof![any::<u32>().prop_map(|x| x.to_string()), number()], 3),
+                kind in prop_oneof![Just(FileKind::Model), Just(FileKind::Checkpoint)],
+            ) {
+                // The id blobs as U8 tensors in place of two of the four.
+                let mut tables = tables;
+                for (t, blob) in tables[2..].iter_mut().zip(&ids) {
+                    *t = (Dtype::U8, vec![blob.len()], blob.clone());
+                }
+                let names = ["users", "items", "user_ids", "item_ids", "best_users", "best_items"];
+                let all: Vec<&(Dtype, Vec<usize>, Vec<u8>)> = tables.iter().chain(best.iter().flatten()).collect();
+                let parts: Vec<&[u8]> = all.iter().map(|t| t.2.as_slice()).collect();
+                let meta_fields: [(&str, &str); 7] = [
+                    ("format", kind.tag()),
+                    ("version", FORMAT_VERSION),
+                    ("rank", &rank),
+                    ("mean_bits", &bits[0]),
+                    ("min_rating_bits", &bits[1]),
+                    ("max_rating_bits", &bits[2]),
+                    ("config", "{}"),
+                ];
+                let mut meta: HashMap<String, String> =
+                    meta_fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                meta.insert("crc32".into(), format!("{:08x}", checksum(&parts, &meta_fields)));
+                let views: Vec<(&str, TensorView<'_>)> = all
+                    .iter()
+                    .zip(names)
+                    .map(|(t, name)| (name, TensorView::new(t.0, t.1.clone(), &t.2).expect("sized to its shape")))
+                    .collect();
+                let bytes = safetensors::serialize(views, Some(meta)).expect("serialises");
+                if let Ok((m, second, _)) = parse_tables(Path::new("nonsense"), &bytes, kind) {
+                    // What loads is a usable model.
+                    prop_assert!(m.min_rating <= m.max_rating && m.mean.is_finite());
+                    prop_assert_eq!(m.users.len(), m.n_users() * m.stride);
+                    prop_assert_eq!(m.user_ids.len(), m.n_users());
+                    prop_assert_eq!(m.item_ids.len(), m.n_items());
+                    if let Some(b) = second {
+                        prop_assert_eq!(b.users.len(), m.users.len());
+                    }
+                }
+            }
         }
     }
 }

@@ -8,7 +8,9 @@
 mod io;
 pub mod serve;
 
-pub use io::{FileKind, check_output, load_model, load_tables, save_model, save_tables, write_atomically};
+pub use io::{
+    FileKind, check_output, load_model, load_tables, parse_tables, save_model, save_tables, write_atomically,
+};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
