@@ -104,7 +104,9 @@ pub trait Policy: Send {
     fn admit(&mut self, _row: u32, _free: bool) -> bool {
         true
     }
-    /// A cached row to evict, never one for which `pinned` is true.
+    /// A cached row to evict, never one for which `pinned` is true. Within
+    /// a step (from `begin_step` to `end_step`) `pinned` never unpins a
+    /// row, and policies may remember the rows it pinned until the step ends.
     fn victim(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u32>;
     /// A row entered the cache.
     fn cached(&mut self, row: u32);
@@ -146,7 +148,10 @@ struct KeyedHeap {
     rows: Vec<HeapRow>,
     heap: BinaryHeap<u64>,
     cached: usize,
-    aside: Vec<u64>,
+    /// Entries of rows found pinned in this step, out of the way of the
+    /// step's later victim searches (pinned only grows within a step) and
+    /// back in the heap when it ends.
+    parked: BinaryHeap<u64>,
     /// Rows touched or inserted in this step, pushed at its end.
     pending: Vec<u32>,
 }
@@ -182,7 +187,7 @@ impl KeyedHeap {
             rows: vec![HeapRow { key: 0, live: GONE }; rows],
             heap: BinaryHeap::new(),
             cached: 0,
-            aside: Vec::new(),
+            parked: BinaryHeap::new(),
             pending: Vec::new(),
         }
     }
@@ -223,8 +228,10 @@ impl KeyedHeap {
         self.set(row, key);
     }
 
-    /// Pushes the rows touched or inserted in the step with their new keys.
+    /// Pushes the rows touched or inserted in the step with their new keys,
+    /// and the parked entries that are still live.
     fn flush(&mut self) {
+        self.unpark();
         for &row in &self.pending {
             let r = &mut self.rows[row as usize];
             r.key &= !PENDING;
@@ -253,30 +260,41 @@ impl KeyedHeap {
         self.cached -= 1;
     }
 
+    fn unpark(&mut self) {
+        let rows = &self.rows;
+        self.heap.extend(self.parked.drain().filter(|&e| {
+            let (k, r) = unpack(e);
+            rows[r as usize].live == k
+        }));
+    }
+
     /// The unpinned cached row with the largest key. With `take` its entry
-    /// leaves the heap (the caller evicts the row).
+    /// leaves the heap (the caller evicts the row). Pinned rows met on the
+    /// way are parked until the step ends: the stager pins a step's rows
+    /// when it starts and unpins none before it ends, so a later search of
+    /// the same step would only meet them again (a step whose rows fill the
+    /// cache made that quadratic).
     fn max(&mut self, pinned: &dyn Fn(u32) -> bool, take: bool) -> Option<u32> {
-        let mut found = None;
         while let Some(e) = self.heap.pop() {
             let (k, row) = unpack(e);
             if self.rows[row as usize].live != k {
                 continue;
             }
-            if !pinned(row) {
-                found = Some(row);
-                if !take {
-                    self.aside.push(e);
-                }
-                break;
+            if pinned(row) {
+                self.parked.push(e);
+                continue;
             }
-            self.aside.push(e);
+            if !take {
+                self.heap.push(e);
+            }
+            return Some(row);
         }
-        self.heap.extend(self.aside.drain(..));
-        found
+        None
     }
 
     /// Maps every cached row's key through `f` and rebuilds the heap.
     fn rekey(&mut self, f: impl Fn(u32, u64) -> u64) {
+        self.parked.clear();
         let mut entries = std::mem::take(&mut self.heap).into_vec();
         entries.clear();
         for (row, r) in self.rows.iter_mut().enumerate() {
@@ -290,15 +308,29 @@ impl KeyedHeap {
         self.heap = entries.into();
     }
 
+    /// The largest key of any cached row, pinned (parked) or not.
     fn peek_key(&mut self) -> Option<u64> {
-        self.max(&|_| false, false).map(|r| self.key(r))
+        let rows = &self.rows;
+        let live = |e: &u64| {
+            let (k, r) = unpack(*e);
+            rows[r as usize].live == k
+        };
+        for heap in [&mut self.heap, &mut self.parked] {
+            while heap.peek().is_some_and(|e| !live(e)) {
+                heap.pop();
+            }
+        }
+        let top = self.heap.peek().max(self.parked.peek()).copied();
+        top.map(|e| self.key(unpack(e).1))
     }
 }
 
 /// Least recently used, as an intrusive doubly linked list over rows: the
 /// most recent at the head, the victim taken from the tail (O(1) per access).
-/// A step's rows are all touched before any eviction, so they sit at the head
-/// and the tail is never pinned unless every cached row is.
+/// A step's rows are touched one by one as the stager reaches them, so rows
+/// of the step not reached yet may sit near the tail, pinned: the victim
+/// search skips them, and remembers how far (`skip`) for the rest of the
+/// step, since they stay pinned until it ends.
 pub struct Lru {
     name: &'static str,
     prev: Vec<u32>,
@@ -306,6 +338,9 @@ pub struct Lru {
     in_list: Vec<bool>,
     head: u32,
     tail: u32,
+    /// The row nearest the head of a run from the tail of rows found pinned
+    /// in this step ([`NEVER`]: none yet).
+    skip: u32,
 }
 
 impl Lru {
@@ -322,10 +357,16 @@ impl Lru {
             in_list: vec![false; rows],
             head: NEVER,
             tail: NEVER,
+            skip: NEVER,
         }
     }
 
     fn unlink(&mut self, row: u32) {
+        if row == self.skip {
+            // The run of pinned rows loses its end: it now ends one nearer
+            // the tail (or is empty).
+            self.skip = self.next[row as usize];
+        }
         let (p, n) = (self.prev[row as usize], self.next[row as usize]);
         if p == NEVER {
             self.head = n
@@ -358,8 +399,9 @@ impl Policy for Lru {
         }
     }
     fn victim(&mut self, pinned: &dyn Fn(u32) -> bool) -> Option<u32> {
-        let mut r = self.tail;
+        let mut r = if self.skip == NEVER { self.tail } else { self.prev[self.skip as usize] };
         while r != NEVER && pinned(r) {
+            self.skip = r;
             r = self.prev[r as usize];
         }
         (r != NEVER).then_some(r)
@@ -371,6 +413,12 @@ impl Policy for Lru {
     fn evicted(&mut self, row: u32) {
         self.in_list[row as usize] = false;
         self.unlink(row);
+    }
+    fn begin_step(&mut self, _pos: u32, _accesses: u32) {
+        self.skip = NEVER;
+    }
+    fn end_step(&mut self) {
+        self.skip = NEVER;
     }
 }
 
