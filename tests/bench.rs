@@ -152,6 +152,21 @@ fn a_sweep_is_bounded_by_belady_exports_and_plots_and_survives_interruption() {
             for m in must.iter().chain(&["device memory budget (% of both tables, log scale)", "static"]) {
                 assert!(svg.contains(m), "{} lacks {m:?}", f.display());
             }
+            // The legend stands in its own column right of the plot (which
+            // ends at x = 800), never over the data.
+            let legend_x = svg
+                .split("<text")
+                .filter_map(|t| t.split_once("</text>").map(|(t, _)| t))
+                .filter(|t| t.split_once('>').is_some_and(|(_, name)| ["static", "sca"].contains(&name.trim())))
+                .filter_map(|t| t.split("x=\"").nth(1)?.split('"').next()?.parse::<f64>().ok())
+                .collect::<Vec<_>>();
+            assert!(
+                !legend_x.is_empty() && legend_x.iter().all(|&x| x > 800.0),
+                "{}: legend at {legend_x:?}",
+                f.display()
+            );
+            // Ticks carry units: percent budgets on x.
+            assert!(svg.contains("100%\n</text>"), "{}: no percent ticks", f.display());
         }
 
         // Interrupted while the third configuration runs: the first two stay.

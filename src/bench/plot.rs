@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 use super::{BenchReport, BenchRow};
@@ -14,46 +15,168 @@ struct Series {
     name: String,
     points: Vec<(f64, f64)>,
     style: ShapeStyle,
+    /// Its marker (by policy) and whether its line is dashed (by backend),
+    /// so that lines which coincide (one policy on two adapters, two
+    /// policies at one budget) stay told apart.
+    marker: usize,
+    dashed: bool,
 }
 
-/// Draws `series` into an SVG string.
-fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> std::result::Result<String, String> {
+/// How a chart's y values read.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// Counts and rates with SI prefixes (1.2M, 300k).
+    Si,
+    /// Percentages.
+    Percent,
+}
+
+/// `v` with an SI prefix and three significant digits at most: 1.23M, 45k, 7.
+pub fn si(v: f64) -> String {
+    let (scaled, prefix) = match v.abs() {
+        a if a >= 1e12 => (v / 1e12, "T"),
+        a if a >= 1e9 => (v / 1e9, "G"),
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e3 => (v / 1e3, "k"),
+        _ => (v, ""),
+    };
+    format!("{}{prefix}", significant(scaled))
+}
+
+/// `v` to three significant digits, without trailing zeros.
+fn significant(v: f64) -> String {
+    let digits = if v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{v:.digits$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+}
+
+/// A percentage for an axis: 1%, 2.5%, 100%.
+pub fn percent(v: f64) -> String {
+    format!("{}%", significant(v))
+}
+
+const FONT: &str = "sans-serif";
+
+/// Draws marker `kind` at `at`.
+fn marker<'a, DB: DrawingBackend + 'a>(
+    kind: usize,
+    at: (i32, i32),
+    style: ShapeStyle,
+) -> DynElement<'a, DB, (i32, i32)> {
+    let filled = style.filled();
+    match kind % 4 {
+        0 => (EmptyElement::at(at) + Circle::new((0, 0), 4, filled)).into_dyn(),
+        1 => (EmptyElement::at(at) + TriangleMarker::new((0, 0), 5, filled)).into_dyn(),
+        2 => (EmptyElement::at(at) + Rectangle::new([(-4, -4), (4, 4)], filled)).into_dyn(),
+        _ => (EmptyElement::at(at) + Cross::new((0, 0), 4, style.stroke_width(2))).into_dyn(),
+    }
+}
+
+/// Draws `series` into an SVG string: the plot on the left, its legend in a
+/// column of its own on the right (never over the data), x on a log scale,
+/// y on a log scale where `log_y`.
+fn chart(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    unit: Unit,
+    series: &[Series],
+) -> std::result::Result<String, String> {
     let xs = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
     let (x0, x1) = xs().fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
-    let y1 = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0f64, f64::max);
     let (x0, x1) = if x0.is_finite() { (x0 / 1.5, x1 * 1.5) } else { (0.5, 200.0) };
-    let y1 = if y1 > 0.0 { y1 * 1.1 } else { 1.0 };
+    // Ticks at the budgets measured, not a log scale's crowded defaults.
+    let mut budgets: Vec<f64> = xs().collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    let y1 = ys().fold(0.0f64, f64::max);
+    let y0 = ys().filter(|&y| y > 0.0).fold(f64::INFINITY, f64::min);
+    // One series 20 times another's scale flattens it against the axis: a
+    // log scale keeps both readable.
+    let log_y = matches!(unit, Unit::Si) && y0.is_finite() && y1 / y0 > 20.0;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1080, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut c = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(84)
-            .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1)
-            .map_err(|e| e.to_string())?;
-        c.configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&|x| format!("{x}%"))
-            .y_label_formatter(&|y| if y1 >= 1e4 { format!("{y:.1e}") } else { format!("{y:.2}") })
-            .draw()
-            .map_err(|e| e.to_string())?;
-        for s in series {
-            let style = s.style;
-            c.draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(3))
-                .map_err(|e| e.to_string())?
-                .label(s.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
+        let (plot, legend) = root.split_horizontally(800);
+        let y_label = move |y: &f64| match unit {
+            Unit::Si => si(*y),
+            Unit::Percent => percent(*y),
+        };
+        let x_label = |x: &f64| percent(*x);
+        let mut builder = ChartBuilder::on(&plot);
+        builder.caption(title, (FONT, 24)).margin(16).x_label_area_size(56).y_label_area_size(80);
+        macro_rules! draw {
+            ($c:expr) => {{
+                let mut c = $c;
+                c.configure_mesh()
+                    .x_desc(x_desc)
+                    .y_desc(y_desc)
+                    .axis_desc_style((FONT, 19))
+                    .label_style((FONT, 17))
+                    .light_line_style(WHITE)
+                    .x_label_formatter(&x_label)
+                    .y_label_formatter(&y_label)
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+                for s in series {
+                    let style = s.style;
+                    if s.dashed {
+                        c.draw_series(DashedLineSeries::new(s.points.iter().copied(), 10, 6, style))
+                            .map_err(|e| e.to_string())?;
+                    } else {
+                        c.draw_series(LineSeries::new(s.points.iter().copied(), style)).map_err(|e| e.to_string())?;
+                    }
+                    let pts: Vec<(i32, i32)> = s.points.iter().map(|&p| c.backend_coord(&p)).collect();
+                    let kind = s.marker;
+                    for at in pts {
+                        plot.draw(&marker(kind, at, style)).map_err(|e| e.to_string())?;
+                    }
+                }
+            }};
         }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        if log_y {
+            draw!(
+                builder
+                    .build_cartesian_2d(
+                        (x0..x1).log_scale().with_key_points(budgets.clone()),
+                        (y0 / 1.3..y1 * 1.3).log_scale()
+                    )
+                    .map_err(|e| e.to_string())?
+            );
+        } else {
+            let top = if y1 > 0.0 { y1 * 1.1 } else { 1.0 };
+            draw!(
+                builder
+                    .build_cartesian_2d((x0..x1).log_scale().with_key_points(budgets.clone()), 0.0..top)
+                    .map_err(|e| e.to_string())?
+            );
+        }
+        // The legend: a sample of each line (dash, marker) and its name.
+        let mut y = 70;
+        for s in series {
+            let sample = [(12, y), (60, y)];
+            if s.dashed {
+                legend.draw(&DashedPathElement::new(sample, 10, 6, s.style)).map_err(|e| e.to_string())?;
+            } else {
+                legend.draw(&PathElement::new(sample, s.style)).map_err(|e| e.to_string())?;
+            }
+            legend.draw(&marker(s.marker, (36, y), s.style)).map_err(|e| e.to_string())?;
+            legend.draw(&Text::new(s.name.clone(), (70, y - 9), (FONT, 18))).map_err(|e| e.to_string())?;
+            y += 30;
+        }
+        if log_y {
+            legend
+                .draw(&Text::new("y on a log scale", (12, y + 12), (FONT, 16).into_font().color(&RGBColor(90, 90, 90))))
+                .map_err(|e| e.to_string())?;
+        }
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
@@ -98,6 +221,14 @@ fn color(k: usize) -> RGBColor {
 }
 
 fn series_of(groups: &[(String, Vec<&BenchRow>)], y: impl Fn(&BenchRow) -> Option<f64>) -> Vec<Series> {
+    let index = |list: &mut Vec<String>, v: &str| match list.iter().position(|x| x == v) {
+        Some(k) => k,
+        None => {
+            list.push(v.to_string());
+            list.len() - 1
+        }
+    };
+    let (mut backends, mut policies) = (Vec::new(), Vec::new());
     groups
         .iter()
         .enumerate()
@@ -105,6 +236,8 @@ fn series_of(groups: &[(String, Vec<&BenchRow>)], y: impl Fn(&BenchRow) -> Optio
             name: name.clone(),
             points: rows.iter().filter_map(|r| Some((r.budget_percent?, y(r)?))).collect(),
             style: color(k).stroke_width(2),
+            marker: index(&mut policies, &rows[0].policy),
+            dashed: index(&mut backends, &format!("{}/{}", rows[0].backend, rows[0].adapter)) % 2 == 1,
         })
         .filter(|s| !s.points.is_empty())
         .collect()
@@ -135,6 +268,8 @@ pub fn plot(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>> {
             name: "Belady (offline optimum)".into(),
             points: floor,
             style: RGBColor(150, 150, 150).stroke_width(7),
+            marker: 0,
+            dashed: false,
         });
     }
     moved.extend(series_of(&groups, |r| Some(r.rows_in_per_epoch)));
@@ -143,29 +278,53 @@ pub fn plot(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>> {
     // Backends without staging (the CPU) as flat lines across the budgets.
     let xs: Vec<f64> = groups.iter().flat_map(|(_, v)| v.iter().filter_map(|r| r.budget_percent)).collect();
     let (lo, hi) = xs.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
-    for r in report.rows.iter().filter(|r| r.budget_percent.is_none()) {
+    for (k, r) in report.rows.iter().filter(|r| r.budget_percent.is_none()).enumerate() {
         if lo.is_finite() {
             speed.push(Series {
-                name: format!("{} (no staging)", r.adapter),
+                name: format!("{} (no staging)", r.backend),
                 points: vec![(lo, r.median_ratings_per_sec), (hi, r.median_ratings_per_sec)],
                 style: RGBColor(90, 90, 90).stroke_width(2),
+                marker: 3,
+                dashed: k % 2 == 0,
             });
         }
     }
     let hits = series_of(&groups, |r| r.hit_rate.map(|h| 100.0 * h));
 
     let charts = [
-        ("rows_moved.svg", format!("Rows staged in per epoch — {name}"), "rows host→device per epoch", moved),
-        ("throughput.svg", format!("Training throughput — {name}"), "ratings/s (median of timed epochs)", speed),
-        ("hit_rate.svg", format!("Slab hit rate — {name}"), "hit rate (% of row lookups)", hits),
+        ("rows_moved.svg", format!("Rows staged in per epoch — {name}"), "rows host→device per epoch", Unit::Si, moved),
+        (
+            "throughput.svg",
+            format!("Training throughput — {name}"),
+            "ratings/s (median of timed epochs)",
+            Unit::Si,
+            speed,
+        ),
+        ("hit_rate.svg", format!("Slab hit rate — {name}"), "hit rate (% of row lookups)", Unit::Percent, hits),
     ];
     let mut written = Vec::new();
-    for (file, title, y_desc, series) in charts {
+    for (file, title, y_desc, unit, series) in charts {
         let path = dir.join(file);
-        let svg = chart(&title, x_desc, y_desc, &series)
+        let svg = chart(&title, x_desc, y_desc, unit, &series)
             .map_err(|e| Error::io(&path, std::io::Error::other(format!("drawing the chart: {e}"))))?;
         crate::model::write_atomically(&path, svg.as_bytes())?;
         written.push(path);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_carry_si_prefixes_and_percent_signs() {
+        assert_eq!((si(0.0), si(7.0), si(12.5), si(999.0)), ("0".into(), "7".into(), "12.5".into(), "999".into()));
+        assert_eq!((si(1000.0), si(45_000.0), si(300_000.0)), ("1k".into(), "45k".into(), "300k".into()));
+        assert_eq!((si(1.234e6), si(2.5e9), si(4e12)), ("1.23M".into(), "2.5G".into(), "4T".into()));
+        assert_eq!(
+            (percent(1.0), percent(2.5), percent(100.0), percent(0.25)),
+            ("1%".into(), "2.5%".into(), "100%".into(), "0.25%".into())
+        );
+    }
 }

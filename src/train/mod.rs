@@ -131,7 +131,8 @@ pub struct EpochReport {
     /// first epoch also carries laying the run out, unless the backend was
     /// built with its layout); evaluation excluded.
     pub seconds: f64,
-    /// See [`EpochTrain::host_seconds`], [`EpochTrain::device_seconds`].
+    /// See [`EpochTrain::host_seconds`], [`EpochTrain::device_seconds`];
+    /// the host's seconds also count making the next epoch's plan.
     #[serde(default)]
     pub host_seconds: f64,
     #[serde(default)]
@@ -307,12 +308,15 @@ pub fn train(
             Some(p) => p,
             None => layout.epoch(epoch),
         };
-        // The plan two epochs back lends its buffers to the next one.
+        // The plan two epochs back lends its buffers to the next one. Making
+        // it is the host's work too (see `host_seconds`).
+        let t_plan = Instant::now();
         let following = (epoch + 1 < settings.epochs).then(|| {
             let mut next = spare.take().unwrap_or_default();
             layout.epoch_into(epoch + 1, &mut next);
             next
         });
+        let plan_seconds = t_plan.elapsed().as_secs_f64();
         let from = this.part_at(&layout, state.position)?;
         let input = EpochInput {
             epoch,
@@ -358,7 +362,7 @@ pub fn train(
             test_rmse: test.rmse,
             test_mae: test.mae,
             seconds,
-            host_seconds: out.host_seconds,
+            host_seconds: out.host_seconds + plan_seconds,
             device_seconds: out.device_seconds,
             dispatches: out.dispatches,
             workers: out.workers,
