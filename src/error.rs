@@ -31,6 +31,11 @@ pub enum Error {
     #[error("no GPU adapter found for {requested}: {hint}")]
     NoAdapter { requested: String, hint: String },
 
+    /// The backend asked for has no adapter on this machine, while others
+    /// do: a choice to change, not a driver to install.
+    #[error("--backend {backend} has no adapter on this machine{platform}; it has {available}")]
+    BackendMissing { backend: String, platform: String, available: String },
+
     /// The device-memory budget is larger than the adapter allows.
     #[error(
         "device memory budget {budget} bytes is larger than adapter {adapter:?} allows: {limit_name} = {limit} bytes; use --device-memory {limit} or less"

@@ -898,3 +898,26 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+/// A backend this platform lacks, where others have adapters, is a flag to
+/// change: exit 2, naming the backends that exist.
+#[cfg(all(unix, not(target_os = "macos")))]
+#[test]
+fn a_backend_the_platform_lacks_names_the_ones_it_has() {
+    let found = rowstage::gpu::list_adapters(rowstage::gpu::BackendChoice::Auto);
+    if found.is_empty() {
+        eprintln!("skipped: no GPU adapter on this machine, so no backend to name (install mesa-vulkan-drivers)");
+        return;
+    }
+    for backend in ["metal", "dx12"] {
+        rowstage()
+            .args(["train", "--backend", backend, "--synthetic", "300,200,6000", "--epochs", "1"])
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains(format!("--backend {backend} has no adapter on this machine"))
+                    .and(predicate::str::contains("use --backend"))
+                    .and(predicate::str::contains(found[0].backend.to_lowercase())),
+            );
+    }
+}

@@ -331,7 +331,7 @@ pub fn run(
         } else {
             match crate::gpu::GpuContext::new(*backend, adapter.as_deref()) {
                 Ok(c) => Some(c),
-                Err(e @ Error::NoAdapter { .. }) if plan.backends.len() > 1 => {
+                Err(e @ (Error::NoAdapter { .. } | Error::BackendMissing { .. })) if plan.backends.len() > 1 => {
                     unusable = Some(e.to_string());
                     None
                 }

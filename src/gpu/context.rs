@@ -184,6 +184,34 @@ fn gl_version_runs_compute(version: &str) -> Option<bool> {
     Some((major, minor) >= if es { (3, 1) } else { (4, 3) })
 }
 
+/// The error for a backend that found no adapter where other backends did
+/// (`--backend metal` on Linux): which ones there are, as `--backend`
+/// values. `Ok` where no backend has an adapter (a driver problem, said by
+/// the caller).
+fn missing_backend(choice: BackendChoice) -> Result<()> {
+    let others: Vec<wgpu::Adapter> = sorted_adapters(&instance(BackendChoice::Auto), BackendChoice::Auto)
+        .into_iter()
+        .filter(has_compute_shaders)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = others.iter().map(|a| format!("{:?}", a.get_info().backend).to_lowercase()).collect();
+    names.dedup();
+    let described: Vec<String> =
+        others.iter().map(|a| format!("{} ({})", a.get_info().name, format!("{:?}", a.get_info().backend).to_lowercase())).collect();
+    let platform = match choice {
+        BackendChoice::Metal if !cfg!(any(target_os = "macos", target_os = "ios")) => " (Metal exists on macOS and iOS only)",
+        BackendChoice::Dx12 if !cfg!(windows) => " (DX12 exists on Windows only)",
+        _ => "",
+    };
+    Err(Error::BackendMissing {
+        backend: choice.name().into(),
+        platform: platform.into(),
+        available: format!("{}: use --backend {}, auto or cpu", described.join(", "), names.join(", ")),
+    })
+}
+
 /// Why no adapter was chosen: none at all, none matching the filter, or
 /// only adapters without compute shaders.
 fn no_adapter_hint(all: &[wgpu::Adapter], matching: &[wgpu::Adapter]) -> String {
@@ -240,6 +268,9 @@ impl GpuContext {
             .filter(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
             .cloned()
             .collect();
+        if adapters.is_empty() && !matches!(choice, BackendChoice::Auto | BackendChoice::Noop) {
+            missing_backend(choice)?;
+        }
         let adapter = matching.iter().find(|a| has_compute_shaders(a)).cloned().ok_or_else(|| Error::NoAdapter {
             requested: requested.clone(),
             hint: no_adapter_hint(&adapters, &matching),
