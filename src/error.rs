@@ -33,12 +33,12 @@ pub enum Error {
 
     /// The backend asked for has no adapter on this machine, while others
     /// do: a choice to change, not a driver to install.
-    #[error("--backend {backend} has no adapter on this machine{platform}; it has {available}")]
+    #[error("`backend` {backend} has no adapter on this machine{platform}; it has {available}")]
     BackendMissing { backend: String, platform: String, available: String },
 
     /// The device-memory budget is larger than the adapter allows.
     #[error(
-        "device memory budget {budget} bytes is larger than adapter {adapter:?} allows: {limit_name} = {limit} bytes; use --device-memory {limit} or less"
+        "device memory budget {budget} bytes is larger than adapter {adapter:?} allows: {limit_name} = {limit} bytes; use `device_memory` {limit} or less"
     )]
     BudgetTooLarge { budget: u64, adapter: String, limit_name: &'static str, limit: u64 },
 
@@ -46,7 +46,7 @@ pub enum Error {
     /// `step` names the step ("a batch of 256 ratings"), `fix` the other way
     /// out ("use a smaller --batch").
     #[error(
-        "device memory budget {budget} bytes holds {slots} row slots of {row_bytes} bytes, but {step} needs up to {needed} slots; the smallest budget that works is --device-memory {min_bytes} ({min_human}), or {fix}"
+        "device memory budget {budget} bytes holds {slots} row slots of {row_bytes} bytes, but {step} needs up to {needed} slots; the smallest budget that works is `device_memory` {min_bytes} ({min_human}), or {fix}"
     )]
     BudgetTooSmall {
         budget: u64,
@@ -76,7 +76,7 @@ pub enum Error {
     #[error("interrupted (the report says \"complete\": false)")]
     Interrupted,
     #[error(
-        "training diverged at epoch {epoch}: train RMSE {train_rmse}, test RMSE {test_rmse}; lower --lr (or --init-std), or check the ratings' scale (the report says \"complete\": false; no model saved)"
+        "training diverged at epoch {epoch}: train RMSE {train_rmse}, test RMSE {test_rmse}; lower `lr` (or `init_std`), or check the ratings' scale (the report says \"complete\": false; no model saved)"
     )]
     Diverged { epoch: usize, train_rmse: f64, test_rmse: f64 },
 
@@ -91,7 +91,9 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 
-    /// Shorthand for an [`Error::InvalidArg`].
+    /// Shorthand for an [`Error::InvalidArg`]. The library names a
+    /// parameter in backticks (`` "`device_memory`" ``), as its messages do
+    /// everywhere; the command line shows it as its flag (`--device-memory`).
     pub fn arg(flag: &str, value: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArg { flag: flag.to_string(), value: value.into(), reason: reason.into() }
     }

@@ -501,7 +501,7 @@ fn main() {
         Command::Bench(a) => cmd_bench(*a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", flags(&e.to_string()));
         std::process::exit(e.exit_code());
     }
 }
@@ -522,12 +522,37 @@ fn say_line(s: &str) {
 }
 
 /// Where human-readable output goes: stderr when stdout carries JSON.
+/// The library names its parameters in backticks (`` `device_memory` ``);
+/// the command line says them as its flags (`--device-memory`). Backticked
+/// text that is not a parameter name (`` `rowstage devices` ``) stays.
+fn flags(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('`') {
+        let Some(len) = rest[open + 1..].find('`') else { break };
+        let name = &rest[open + 1..open + 1 + len];
+        out.push_str(&rest[..open]);
+        if name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            out.push_str("--");
+            out.push_str(&name.replace('_', "-"));
+        } else {
+            out.push_str(&rest[open..open + len + 2]);
+        }
+        rest = &rest[open + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 struct Out {
     to_stderr: bool,
 }
 
 impl Out {
     fn line(&self, s: &str) {
+        let s = &flags(s);
         if self.to_stderr {
             eprintln!("{s}");
         } else {
@@ -541,39 +566,27 @@ fn load_opts(format: Format, header: HeaderMode, skip_bad_lines: bool) -> LoadOp
 }
 
 /// Loads or generates the dataset; returns it and the lines skipped.
+impl DataArgs {
+    /// The data flags as the library's description of a run's data.
+    fn source(&self) -> Result<data::DataSource> {
+        Ok(data::DataSource {
+            path: self.data.clone(),
+            options: load_opts(self.format, self.header, self.skip_bad_lines),
+            test: self.test.clone(),
+            test_fraction: self.test_fraction,
+            synthetic: self.synthetic.as_deref().map(|s| SyntheticSpec::parse(s, self.zipf)).transpose()?,
+            zipf: self.zipf,
+        })
+    }
+}
+
+/// Loads the data the flags describe, telling `out` what was skipped.
 fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> {
-    if !(0.0..1.0).contains(&a.test_fraction) {
-        return Err(Error::arg("--test-fraction", a.test_fraction.to_string(), "must be at least 0 and below 1"));
+    let loaded = a.source()?.load(seed)?;
+    for n in &loaded.notes {
+        out.line(n);
     }
-    let opts = load_opts(a.format, a.header, a.skip_bad_lines);
-    let mut skipped = 0;
-    let mut load = |p: &Path| -> Result<data::RatingSet> {
-        let (set, rep) = data::load_ratings(p, opts)?;
-        if rep.skipped > 0 {
-            out.line(&format!("skipped {} bad lines in {}; first: {}", rep.skipped, p.display(), rep.first_skipped[0]));
-        }
-        skipped += rep.skipped;
-        Ok(set)
-    };
-    let (name, set) = match (&a.data, &a.synthetic) {
-        (Some(p), _) => (p.display().to_string(), load(p)?),
-        (None, spec) => {
-            let spec = match spec {
-                Some(s) => SyntheticSpec::parse(s, a.zipf)?,
-                None => SyntheticSpec { zipf: a.zipf, ..SyntheticSpec::DEFAULT },
-            };
-            SyntheticSpec::parse(&format!("{},{},{}", spec.users, spec.items, spec.ratings), a.zipf)?;
-            (spec.name(), data::generate(&spec, seed))
-        }
-    };
-    let ds = match &a.test {
-        Some(t) => Dataset::from_sets(&name, set, load(t)?),
-        None => Dataset::split(&name, set, a.test_fraction, seed),
-    };
-    if ds.train.is_empty() {
-        return Err(Error::arg("--test-fraction", a.test_fraction.to_string(), "leaves no training rating"));
-    }
-    Ok((ds, skipped))
+    Ok((loaded.dataset, loaded.skipped))
 }
 
 fn write_output(path: &Path, text: &str) -> Result<()> {
@@ -776,7 +789,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
 
     if let Some(n) = &opened.notice {
-        eprintln!("notice: {n}");
+        eprintln!("notice: {}", flags(n));
     }
     let mut backend = opened.backend;
     let tables = settings.table_bytes(&data);
@@ -877,7 +890,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         bar.suspend(|| out.line(&report::epoch_line(e, staged, ceiling)));
         if races && !warned && e.conflicts as f64 >= CONFLICT_NOTE_SHARE * e.ratings.max(1) as f64 {
             warned = true;
-            bar.suspend(|| eprintln!("note: {}", report::conflict_note(e, at_once.unwrap_or(settings.batch))));
+            bar.suspend(|| eprintln!("note: {}", flags(&report::conflict_note(e, at_once.unwrap_or(settings.batch)))));
         }
         bar.inc(1);
     })?;
@@ -1661,7 +1674,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     <BackendChoice as clap::ValueEnum>::from_str(&backend, true).unwrap_or(BackendChoice::Auto)
                 }
                 Err(Error::NoAdapter { hint, .. }) if a.adapter.is_none() => {
-                    eprintln!("notice: no GPU adapter found ({hint}); benchmarking the CPU backend instead");
+                    eprintln!("notice: no GPU adapter found ({}); benchmarking the CPU backend instead", flags(&hint));
                     BackendChoice::Cpu
                 }
                 Err(e) => return Err(e),
@@ -1759,6 +1772,20 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_librarys_parameter_names_become_flags() {
+        assert_eq!(
+            flags("use a larger `device_memory` or `order` blocked:BINS"),
+            "use a larger --device-memory or --order blocked:BINS"
+        );
+        assert_eq!(flags("invalid value \"x\" for `lr`: no"), "invalid value \"x\" for --lr: no");
+        assert_eq!(
+            flags("run `rowstage devices`, `Foo` stays, an odd ` quote"),
+            "run `rowstage devices`, `Foo` stays, an odd ` quote"
+        );
+        assert_eq!(flags("no backticks"), "no backticks");
+    }
 
     /// Every flag of every command says what it does, and `train`'s sit
     /// under headings.

@@ -120,7 +120,7 @@ fn a_blocked_run_stopped_mid_epoch_resumes_to_the_uninterrupted_model() {
         ..Default::default()
     };
     let e = train(&data, &other, &mut HogwildCpu::new(s.hp.bias_reg, 2), control, &mut |_| {}).err().unwrap();
-    assert!(e.to_string().contains("--order") && e.to_string().contains("blocked:7"), "{e}");
+    assert!(e.to_string().contains("`order`") && e.to_string().contains("blocked:7"), "{e}");
 }
 
 /// `data` in 7 × 7 blocks.

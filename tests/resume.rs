@@ -64,7 +64,7 @@ fn a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_model() {
     let other = TrainSettings { hp: HyperParams { lr: 0.02, ..s.hp }, ..s.clone() };
     let control = RunControl { resume: Some(load_checkpoint(dir.path()).unwrap()), ..Default::default() };
     let e = train(&data, &other, &mut cpu(&other), control, &mut |_| {}).err().unwrap().to_string();
-    assert!(e.contains("--lr") && e.contains(&s.hp.lr.to_string()) && e.contains("0.02"), "{e}");
+    assert!(e.contains("`lr`") && e.contains(&s.hp.lr.to_string()) && e.contains("0.02"), "{e}");
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn a_grid_search_resumes_to_the_uninterrupted_models() {
     let other = TrainSettings { grid: grid[..2].to_vec(), ..settings() };
     let control = RunControl { resume: Some(saved.clone()), ..Default::default() };
     let e = train(&data, &other, &mut cpu(&other), control, &mut |_| {}).err().unwrap().to_string();
-    assert!(e.contains("--lr × --reg grid"), "{e}");
+    assert!(e.contains("`lr` × `reg` grid"), "{e}");
 
     let control = RunControl { resume: Some(saved), ..Default::default() };
     let resumed = train(&data, &s, &mut cpu(&s), control, &mut |_| {}).unwrap();

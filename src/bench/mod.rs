@@ -296,7 +296,7 @@ pub fn run(
     progress: &mut dyn Progress,
 ) -> Result<BenchReport> {
     if plan.epochs == 0 {
-        return Err(Error::arg("--epochs", "0", "must be at least 1 timed epoch"));
+        return Err(Error::arg("`epochs`", "0", "must be at least 1 timed epoch"));
     }
     let table_bytes = train::table_bytes(data, plan.settings.hp.rank);
     let environment = Environment::capture(&crate::gpu::list_adapters(BackendChoice::Auto));

@@ -43,13 +43,13 @@ impl FromStr for Format {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         <Self as clap::ValueEnum>::from_str(s, true).map_err(|_| {
-            Error::arg("--format", s, "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv")
+            Error::arg("`format`", s, "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv")
         })
     }
 }
 
 /// How to read a ratings file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadOptions {
     pub format: Format,
     pub header: HeaderMode,

@@ -2,9 +2,11 @@
 //! generator, train/test splits and the string-id ↔ dense-id maps.
 
 mod load;
+mod source;
 mod synthetic;
 
 pub use load::{Format, HeaderMode, LoadOptions, LoadReport, load_ratings, parse_ratings};
+pub use source::{DataSource, Loaded, SourceJson};
 pub use synthetic::{SyntheticSpec, generate};
 
 use std::collections::HashMap;

@@ -44,7 +44,7 @@ impl SyntheticSpec {
     /// Parses `USERS,ITEMS,RATINGS` (underscores and k/M suffixes allowed).
     pub fn parse(s: &str, zipf: Option<f64>) -> Result<Self> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        let bad = |why: &str| Error::arg("--synthetic", s, why);
+        let bad = |why: &str| Error::arg("`synthetic`", s, why);
         if parts.len() != 3 {
             return Err(bad("expected USERS,ITEMS,RATINGS, e.g. 6000,3000,300000"));
         }
@@ -67,7 +67,7 @@ impl SyntheticSpec {
             return Err(bad("too many users or items for 32-bit ids"));
         }
         if let Some(z) = zipf.filter(|z| !(z.is_finite() && *z >= 0.0)) {
-            return Err(Error::arg("--zipf", z.to_string(), "must be a finite number ≥ 0"));
+            return Err(Error::arg("`zipf`", z.to_string(), "must be a finite number ≥ 0"));
         }
         Ok(spec)
     }
@@ -197,7 +197,7 @@ mod tests {
     fn parse_errors_name_the_value() {
         for bad in ["10,20", "a,b,c", "0,5,5", "1,2,3,4", "-1,2,3"] {
             let e = SyntheticSpec::parse(bad, None).unwrap_err().to_string();
-            assert!(e.contains("--synthetic") && e.contains(bad), "{e}");
+            assert!(e.contains("`synthetic`") && e.contains(bad), "{e}");
         }
         assert!(SyntheticSpec::parse("1,2,3", Some(f64::NAN)).is_err());
     }

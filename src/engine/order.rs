@@ -94,7 +94,7 @@ impl Order {
             // adds empty blocks (and, unbounded, exhausts memory).
             Order::Blocked { bins, .. } if bins as usize > target.n_users.min(target.n_items).max(1) => {
                 Err(Error::arg(
-                    "--order",
+                    "`order`",
                     self.name(),
                     format!(
                         "BINS must be at most the smaller side's {} rows ({} users, {} items)",
@@ -124,7 +124,7 @@ impl Order {
     pub fn check_co_partition(self, co_partition: bool) -> Result<()> {
         match self {
             Order::Blocked { .. } if co_partition => {
-                Err(Error::arg("--order", self.name(), "and --co-partition both arrange the epoch; choose one"))
+                Err(Error::arg("`order`", self.name(), "and `co_partition` both arrange the epoch; choose one"))
             }
             _ => Ok(()),
         }
@@ -134,7 +134,7 @@ impl Order {
     /// chooses for the run's target, [`Order::resolve`]), `blocked:BINS`
     /// (BINS ≥ 1) or `blocked:BINS:SWEEPS` (SWEEPS ≥ 1 per epoch).
     pub fn parse(s: &str) -> Result<Order> {
-        let bad = |why: &str| Error::arg("--order", s, why);
+        let bad = |why: &str| Error::arg("`order`", s, why);
         let number = |t: &str| t.trim().parse::<u32>().ok().filter(|&n| n >= 1);
         match s.trim() {
             "auto" => Ok(Order::Auto),
@@ -264,14 +264,14 @@ impl RunLayout {
     /// to `threads` threads; the result does not depend on how many.
     pub fn new(train: &[Rating], n_users: usize, n_items: usize, spec: LayoutSpec, threads: usize) -> Result<Self> {
         if train.len() >= u32::MAX as usize {
-            return Err(Error::arg("--data", train.len().to_string(), "at most 2^32 − 1 training ratings"));
+            return Err(Error::arg("`data`", train.len().to_string(), "at most 2^32 − 1 training ratings"));
         }
         let batch = spec.batch.max(1);
         let mut parts = Vec::new();
         let (ratings, arrangement) = match (spec.order, spec.co_partition) {
             (Order::Blocked { .. }, Some(_)) => return Err(spec.order.check_co_partition(true).unwrap_err()),
             (Order::Auto, _) => {
-                return Err(Error::arg("--order", "auto", "must be resolved for a backend before laying out a run"));
+                return Err(Error::arg("`order`", "auto", "must be resolved for a backend before laying out a run"));
             }
             (Order::Shuffled, None) => {
                 let ratings = blocked::shuffled_copy(train, spec.seed, threads);
@@ -517,7 +517,7 @@ impl EpochPlan {
             return Ok(self.parts.len());
         }
         Err(Error::arg(
-            "--resume",
+            "`resume`",
             position.to_string(),
             "the checkpoint's position is not a part boundary of this run's order",
         ))
@@ -651,7 +651,7 @@ mod tests {
         let train = skewed(100, 9, 9);
         let c = CoPartition { side: Side::Items, block_rows: 3, visits: 1 };
         let e = RunLayout::new(&train, 9, 9, spec(Order::Blocked { bins: 2, sweeps: 0 }, 10, Some(c)), 1).unwrap_err();
-        assert!(e.to_string().contains("--co-partition"), "{e}");
+        assert!(e.to_string().contains("`co_partition`"), "{e}");
         assert!(RunLayout::new(&train, 9, 9, spec(Order::Auto, 10, None), 1).is_err());
     }
 
@@ -687,7 +687,7 @@ mod tests {
         assert_eq!(blocked.resolve(&on("cpu", 2, false)).unwrap(), blocked);
         assert_eq!(blocked.resolve(&gpu).unwrap(), blocked, "GPU backends train it too");
         let e = blocked.resolve(&co).unwrap_err().to_string();
-        assert!(e.contains("--co-partition"), "{e}");
+        assert!(e.contains("`co_partition`"), "{e}");
         // Bins are bounded by the smaller side's rows.
         assert_eq!(
             Order::Blocked { bins: 3000, sweeps: 0 }.resolve(&gpu).unwrap(),

@@ -198,17 +198,21 @@ fn missing_backend(choice: BackendChoice) -> Result<()> {
     }
     let mut names: Vec<String> = others.iter().map(|a| format!("{:?}", a.get_info().backend).to_lowercase()).collect();
     names.dedup();
-    let described: Vec<String> =
-        others.iter().map(|a| format!("{} ({})", a.get_info().name, format!("{:?}", a.get_info().backend).to_lowercase())).collect();
+    let described: Vec<String> = others
+        .iter()
+        .map(|a| format!("{} ({})", a.get_info().name, format!("{:?}", a.get_info().backend).to_lowercase()))
+        .collect();
     let platform = match choice {
-        BackendChoice::Metal if !cfg!(any(target_os = "macos", target_os = "ios")) => " (Metal exists on macOS and iOS only)",
+        BackendChoice::Metal if !cfg!(any(target_os = "macos", target_os = "ios")) => {
+            " (Metal exists on macOS and iOS only)"
+        }
         BackendChoice::Dx12 if !cfg!(windows) => " (DX12 exists on Windows only)",
         _ => "",
     };
     Err(Error::BackendMissing {
         backend: choice.name().into(),
         platform: platform.into(),
-        available: format!("{}: use --backend {}, auto or cpu", described.join(", "), names.join(", ")),
+        available: format!("{}: use `backend` {}, auto or cpu", described.join(", "), names.join(", ")),
     })
 }
 
@@ -221,12 +225,12 @@ fn no_adapter_hint(all: &[wgpu::Adapter], matching: &[wgpu::Adapter]) -> String 
     };
     if all.is_empty() {
         "wgpu found no adapter at all; install a GPU driver or Mesa's software drivers \
-         (Debian: apt-get install mesa-vulkan-drivers), or use --backend cpu"
+         (Debian: apt-get install mesa-vulkan-drivers), or use `backend` cpu"
             .into()
     } else if !matching.is_empty() {
         format!(
             "no compute shaders on {}: rowstage needs Vulkan, Metal, DX12, OpenGL 4.3 or GLES 3.1; \
-             run `rowstage devices`, or use --backend cpu",
+             run `rowstage devices`, or use `backend` cpu",
             matching.iter().map(describe).collect::<Vec<_>>().join(", ")
         )
     } else {
@@ -253,8 +257,8 @@ impl GpuContext {
     /// (case-insensitive; `WGPU_ADAPTER_NAME` is used when no filter is given).
     pub fn new(choice: BackendChoice, name_filter: Option<&str>) -> Result<Self> {
         let requested = match name_filter {
-            Some(f) => format!("--backend {} --adapter {f:?}", choice.name()),
-            None => format!("--backend {}", choice.name()),
+            Some(f) => format!("`backend` {} `adapter` {f:?}", choice.name()),
+            None => format!("`backend` {}", choice.name()),
         };
         if choice == BackendChoice::Cpu {
             return Err(Error::NoAdapter { requested, hint: "the CPU backend uses no adapter".into() });

@@ -745,7 +745,7 @@ impl GpuBackend {
         let streamed = all_bytes > capacity;
         if streamed && (run.max_part_len() as u64 * 12) > capacity {
             return Err(dev.err(format!(
-                "a part of {} ratings does not fit the {capacity} bytes of ratings the device can bind; use a smaller --batch",
+                "a part of {} ratings does not fit the {capacity} bytes of ratings the device can bind; use a smaller `batch`",
                 run.max_part_len()
             )));
         }

@@ -130,9 +130,9 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
                 None => format!("a batch of {} ratings", input.batch),
             },
             fix: if input.largest_part.is_some() {
-                "use more bins (--order blocked:BINS)"
+                "use more bins (`order` blocked:BINS)"
             } else {
-                "use a smaller --batch"
+                "use a smaller `batch`"
             },
             needed: needed as u64,
             min_bytes,

@@ -229,7 +229,7 @@ pub fn parse_tables(path: &Path, bytes: &[u8], kind: FileKind) -> Result<(Model,
     if get("format")? != kind.tag() {
         let hint = match get("format")? {
             FORMAT_NAME => " (a saved model: give it to eval or recommend)",
-            CHECKPOINT_NAME => " (a training checkpoint: give its directory to train --resume)",
+            CHECKPOINT_NAME => " (a training checkpoint: give its directory to train `resume`)",
             _ => "",
         };
         return Err(bad(format!("format is {:?}, expected {:?}{hint}", get("format")?, kind.tag())));

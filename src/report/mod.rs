@@ -239,8 +239,8 @@ pub fn grid_table(grid: &[GridJson]) -> Vec<String> {
 pub fn conflict_note(e: &EpochReport, at_once: usize) -> String {
     format!(
         "{:.0}% of epoch {}'s ratings share a user or item with an earlier rating of the {at_once} that update at \
-         once: their updates race and some are lost, which costs test RMSE on skewed data. --hogwild-width auto \
-         ({} at once on a GPU) races less at nearly sequential accuracy; --deterministic applies them in order \
+         once: their updates race and some are lost, which costs test RMSE on skewed data. `hogwild_width` auto \
+         ({} at once on a GPU) races less at nearly sequential accuracy; `deterministic` applies them in order \
          (conflict-free waves: the sequential model, slower).",
         100.0 * e.conflicts as f64 / e.ratings.max(1) as f64,
         e.epoch,

@@ -291,7 +291,7 @@ impl HogwildCpu {
         let mut seen = (vec![0u32; bins as usize], vec![0u32; bins as usize]);
         for &p in parts {
             let pair = layout.bins_of_part(p).ok_or_else(|| {
-                Error::arg("--order", layout.spec().order.name(), format!("part {p} is not a block part"))
+                Error::arg("`order`", layout.spec().order.name(), format!("part {p} is not a block part"))
             })?;
             let (u, i) = (&mut seen.0[pair.0 as usize], &mut seen.1[pair.1 as usize]);
             scheduled.push(Scheduled { ratings: layout.part(p), bins: pair, after: (*u, *i) });

@@ -241,7 +241,7 @@ fn run_layout(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -
     match backend.run_layout() {
         Some(l) if *l.spec() == settings.layout_spec() => Ok(l),
         Some(l) => Err(Error::arg(
-            "--order",
+            "`order`",
             settings.order.name(),
             format!(
                 "the backend was built for another layout of the ratings ({:?}, this run {:?})",

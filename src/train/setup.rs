@@ -143,7 +143,7 @@ pub fn auto_batch(
             slots: slots as u64,
             row_bytes,
             step: "a single rating".into(),
-            fix: "use a larger --device-memory",
+            fix: "use a larger `device_memory`",
             needed: 2,
             min_bytes,
             min_human: crate::stage::human_bytes(min_bytes),
@@ -151,7 +151,7 @@ pub fn auto_batch(
     };
     if batch < planned {
         notes.push(format!(
-            "--batch auto: the plan's batch of {planned} needs more than the slab's {slots} slots; the largest that fits is {batch}"
+            "`batch` auto: the plan's batch of {planned} needs more than the slab's {slots} slots; the largest that fits is {batch}"
         ));
     }
     Ok((batch, plan, notes))

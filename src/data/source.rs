@@ -1,0 +1,132 @@
+//! Where a run's ratings come from: a file (and a held-out file or a seeded
+//! split), or the synthetic generator. The one description every command
+//! that trains or replays a run loads its data from.
+
+use std::path::{Path, PathBuf};
+
+use super::{Dataset, Format, LoadOptions, RatingSet, SyntheticSpec, generate, load_ratings};
+use crate::error::{Error, Result};
+
+/// A run's data as asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSource {
+    /// The ratings file; `None`: the synthetic generator.
+    pub path: Option<PathBuf>,
+    pub options: LoadOptions,
+    /// A held-out ratings file; `None`: a seeded split of `test_fraction`.
+    pub test: Option<PathBuf>,
+    pub test_fraction: f64,
+    /// The generator's sizes where there is no file ([`SyntheticSpec::DEFAULT`]
+    /// when `None`); its law is `zipf` (`None`: MovieLens-shaped).
+    pub synthetic: Option<SyntheticSpec>,
+    pub zipf: Option<f64>,
+}
+
+impl Default for DataSource {
+    fn default() -> Self {
+        DataSource {
+            path: None,
+            options: LoadOptions::default(),
+            test: None,
+            test_fraction: 0.1,
+            synthetic: None,
+            zipf: None,
+        }
+    }
+}
+
+/// A loaded dataset and what loading it skipped.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub dataset: Dataset,
+    /// Malformed lines skipped (with `skip_bad_lines`), over both files.
+    pub skipped: usize,
+    /// One line per file that had lines skipped: where, and the first.
+    pub notes: Vec<String>,
+}
+
+impl DataSource {
+    /// Reads or generates the ratings and splits them, seeded by `seed`.
+    pub fn load(&self, seed: u64) -> Result<Loaded> {
+        if !(0.0..1.0).contains(&self.test_fraction) {
+            return Err(Error::arg("`test_fraction`", self.test_fraction.to_string(), "must be at least 0 and below 1"));
+        }
+        let (mut skipped, mut notes) = (0, Vec::new());
+        let mut load = |p: &Path| -> Result<RatingSet> {
+            let (set, rep) = load_ratings(p, self.options)?;
+            if rep.skipped > 0 {
+                notes.push(format!(
+                    "skipped {} bad lines in {}; first: {}",
+                    rep.skipped,
+                    p.display(),
+                    rep.first_skipped[0]
+                ));
+            }
+            skipped += rep.skipped;
+            Ok(set)
+        };
+        let (name, set) = match &self.path {
+            Some(p) => (p.display().to_string(), load(p)?),
+            None => {
+                let base = self.synthetic.unwrap_or(SyntheticSpec::DEFAULT);
+                // Parsed again for its checks of the sizes and the law.
+                let spec = SyntheticSpec::parse(&format!("{},{},{}", base.users, base.items, base.ratings), self.zipf)?;
+                (spec.name(), generate(&spec, seed))
+            }
+        };
+        let dataset = match &self.test {
+            Some(t) => Dataset::from_sets(&name, set, load(t)?),
+            None => Dataset::split(&name, set, self.test_fraction, seed),
+        };
+        if dataset.train.is_empty() {
+            return Err(Error::arg("`test_fraction`", self.test_fraction.to_string(), "leaves no training rating"));
+        }
+        Ok(Loaded { dataset, skipped, notes })
+    }
+
+    /// The source as the JSON report's config records it.
+    pub fn describe(&self) -> SourceJson {
+        SourceJson {
+            data: self.path.as_ref().map(|p| p.display().to_string()),
+            test: self.test.as_ref().map(|p| p.display().to_string()),
+            test_fraction: self.test.is_none().then_some(self.test_fraction),
+            format: self.options.format,
+            zipf: self.zipf,
+        }
+    }
+}
+
+/// [`DataSource::describe`]: what a report says of where its data came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceJson {
+    pub data: Option<String>,
+    pub test: Option<String>,
+    pub test_fraction: Option<f64>,
+    pub format: Format,
+    pub zipf: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_source_is_the_built_in_dataset_split_by_the_seed() {
+        let a = DataSource::default().load(7).unwrap();
+        let b = DataSource::default().load(7).unwrap();
+        assert_eq!(a.dataset.train, b.dataset.train);
+        assert_eq!(a.dataset.train.len() + a.dataset.test.len(), SyntheticSpec::DEFAULT.ratings);
+        assert_eq!((a.skipped, a.notes.len()), (0, 0));
+    }
+
+    #[test]
+    fn bad_fractions_and_laws_name_the_parameter() {
+        for f in [-0.1, 1.0, f64::NAN] {
+            let e = DataSource { test_fraction: f, ..Default::default() }.load(1).unwrap_err().to_string();
+            assert!(e.contains("test_fraction"), "{e}");
+        }
+        let small = Some(SyntheticSpec { users: 3, items: 3, ratings: 5, zipf: None });
+        let e = DataSource { zipf: Some(-1.0), synthetic: small, ..Default::default() }.load(1).unwrap_err();
+        assert!(e.to_string().contains("zipf"), "{e}");
+    }
+}
