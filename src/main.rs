@@ -15,7 +15,7 @@ use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, Rating, Syn
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, HARDWARE_HOGWILD_WIDTH, HogwildWidth, list_adapters};
 use rowstage::model::{self, HyperParams, Model, Setting, serve};
-use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report, WGPU_VERSION};
+use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report};
 use rowstage::stage::copartition::Side;
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
 use rowstage::train::{self, BackendSpec, TrainSettings};
@@ -235,14 +235,19 @@ impl CoPartitionArgs {
     /// `none`, the default for now: the blocked order still costs test RMSE
     /// (BENCHMARKS.md, "Co-partitioning").
     fn side(&self, data: &Dataset) -> Result<Option<Side>> {
+        Ok(self.request()?.map(|r| r.resolve(data)))
+    }
+
+    /// The side as the library's run specification asks for it.
+    fn request(&self) -> Result<Option<train::SideRequest>> {
         if self.co_partition_visits == 0 {
             return Err(Error::arg("--co-partition-visits", "0", "must be at least 1"));
         }
         match self.co_partition.as_deref().map(str::trim) {
             None | Some("none") => Ok(None),
-            Some("larger") => Ok(Some(Side::larger(data.users.len(), data.items.len()))),
-            Some("users") => Ok(Some(Side::Users)),
-            Some("items") => Ok(Some(Side::Items)),
+            Some("larger") => Ok(Some(train::SideRequest::Larger)),
+            Some("users") => Ok(Some(train::SideRequest::Users)),
+            Some("items") => Ok(Some(train::SideRequest::Items)),
             Some(other) => Err(Error::arg("--co-partition", other, "must be users, items, larger or none")),
         }
     }
@@ -598,13 +603,6 @@ fn write_output(path: &Path, text: &str) -> Result<()> {
     }
 }
 
-/// Threads a run may ask for per core: beyond a few, threads only cost
-/// memory (each holds its own buffers).
-const MAX_THREADS_PER_CORE: usize = 4;
-
-/// Largest grid of `--lr × --reg` settings trained in one run.
-const MAX_GRID: usize = 64;
-
 /// The share of an epoch's ratings in Hogwild conflict above which `train`
 /// on a GPU says what it costs and how to avoid it.
 const CONFLICT_NOTE_SHARE: f64 = 0.1;
@@ -624,70 +622,61 @@ fn number_list(flag: &str, text: &str, ok: impl Fn(f32) -> bool, rule: &str) -> 
 
 /// The `--lr × --reg` grid: the Cartesian product, lr-major; empty for one
 /// setting (the usual run).
-fn grid_of(a: &TrainArgs) -> Result<(f32, f32, Vec<Setting>)> {
-    let lrs = number_list("--lr", &a.lr, |v| v.is_finite() && v > 0.0, "must be a finite number above 0")?;
-    let regs = number_list("--reg", &a.reg, |v| v.is_finite() && v >= 0.0, "must be a finite number ≥ 0")?;
-    let grid: Vec<Setting> = lrs.iter().flat_map(|&lr| regs.iter().map(move |&reg| Setting { lr, reg })).collect();
-    if grid.len() > MAX_GRID {
-        return Err(Error::arg(
-            "--lr/--reg",
-            format!("{} × {}", lrs.len(), regs.len()),
-            format!("a grid search trains at most {MAX_GRID} settings in one run"),
-        ));
-    }
-    Ok((lrs[0], regs[0], if grid.len() > 1 { grid } else { Vec::new() }))
-}
 
-fn validate_train(a: &TrainArgs) -> Result<()> {
-    let non_neg = |flag: &str, v: f32| -> Result<()> {
-        if v.is_finite() && v >= 0.0 {
-            Ok(())
-        } else {
-            Err(Error::arg(flag, v.to_string(), "must be a finite number ≥ 0"))
-        }
-    };
-    grid_of(a)?;
-    non_neg("--bias-reg", a.bias_reg)?;
-    non_neg("--decay", a.decay)?;
-    non_neg("--init-std", a.init_std)?;
-    if a.rank == 0 || a.rank > 1024 {
-        return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
-    }
-    if let Some(b) = a.batch.as_deref().filter(|&b| b != "auto") {
-        match b.parse::<usize>() {
-            Ok(n) if (1..=1 << 20).contains(&n) => {}
-            _ => return Err(Error::arg("--batch", b, "must be auto or a whole number between 1 and 1048576")),
-        }
-    }
-    if a.threads == Some(0) {
-        return Err(Error::arg("--threads", "0", "must be at least 1"));
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Some(t) = a.threads.filter(|&t| t > MAX_THREADS_PER_CORE * cores) {
-        return Err(Error::arg(
-            "--threads",
-            t.to_string(),
-            format!(
-                "must be at most {} ({MAX_THREADS_PER_CORE} per core on this machine's {cores})",
-                MAX_THREADS_PER_CORE * cores
+impl TrainArgs {
+    /// The flags as the library's run specification.
+    fn spec(&self) -> Result<train::RunSpec> {
+        let lrs = number_list("--lr", &self.lr, |v| v.is_finite() && v > 0.0, "must be a finite number above 0")?;
+        let regs = number_list("--reg", &self.reg, |v| v.is_finite() && v >= 0.0, "must be a finite number ≥ 0")?;
+        let grid: Vec<Setting> = lrs.iter().flat_map(|&lr| regs.iter().map(move |&reg| Setting { lr, reg })).collect();
+        let batch = match self.batch.as_deref().map(str::trim) {
+            None => train::BatchRequest::Default,
+            Some("auto") => train::BatchRequest::Auto,
+            Some(b) => train::BatchRequest::Fixed(
+                b.parse()
+                    .map_err(|_| Error::arg("--batch", b, "must be auto or a whole number between 1 and 1048576"))?,
             ),
-        ));
+        };
+        Ok(train::RunSpec {
+            hp: HyperParams {
+                rank: self.rank,
+                lr: lrs[0],
+                reg: regs[0],
+                bias_reg: self.bias_reg,
+                decay: self.decay,
+                init_std: self.init_std,
+            },
+            grid: if grid.len() > 1 { grid } else { Vec::new() },
+            epochs: self.epochs,
+            batch,
+            seed: self.seed,
+            deterministic: self.deterministic,
+            order: train::Order::parse(&self.order)?,
+            co_partition: self.co.request()?,
+            co_partition_visits: self.co.co_partition_visits,
+            backend: BackendSpec {
+                backend: self.backend,
+                adapter: self.adapter.clone(),
+                device_memory: match self.device_memory.trim() {
+                    "auto" => None,
+                    s => Some(Budget::parse("--device-memory", s)?),
+                },
+                policy: self.policy,
+                lookahead: self.lookahead,
+                threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                hogwild_width: self.hogwild.width()?,
+            },
+            calibration_cache: !self.no_calibration_cache,
+        })
     }
-    if a.patience == Some(0) {
-        return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
-    }
-    Ok(())
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
-    validate_train(&a)?;
-    let hogwild = a.hogwild.width()?;
-    let budget = match a.device_memory.trim() {
-        "auto" => None,
-        s => Some(Budget::parse("--device-memory", s)?),
-    };
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let order = train::Order::parse(&a.order)?;
+    let spec = a.spec()?;
+    spec.validate()?;
+    if a.patience == Some(0) {
+        return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
+    }
     // Output paths are checked before the data is read or a step trained.
     for (flag, path) in [("--json", &a.json), ("--save", &a.save)] {
         if let Some(p) = path {
@@ -695,103 +684,21 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
     }
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
-    let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
-    let (lr, reg, grid) = grid_of(&a)?;
-    let hp = HyperParams { rank: a.rank, lr, reg, bias_reg: a.bias_reg, decay: a.decay, init_std: a.init_std };
-    let mut settings = TrainSettings {
-        hp,
-        grid,
-        epochs: a.epochs,
-        batch: a.batch.as_deref().and_then(|b| b.parse().ok()).unwrap_or(train::DEFAULT_BATCH),
-        seed: a.seed,
-        deterministic: a.deterministic,
-        co_partition: None,
-        order,
-    };
-    let side = a.co.side(&data)?;
-    order.check_co_partition(side.is_some())?;
-    let spec = BackendSpec {
-        backend: a.backend,
-        adapter: a.adapter.clone(),
-        device_memory: budget,
-        policy: a.policy,
-        lookahead: a.lookahead,
-        threads,
-        hogwild_width: hogwild,
-    };
-    let mut plan = None;
-    if a.batch.as_deref() == Some("auto") {
-        let (batch, p, notes) = train::auto_batch(&data, &settings, &spec, !a.no_calibration_cache, settings.batch)?;
-        for n in notes {
-            out.line(&n);
-        }
-        if let Some(p) = &p {
-            out.line(&format!(
-                "plan: batch {} ({} resident + 2 × {} staging slots), predicted {:.0} rows in per epoch, {:.3e} ratings/s",
-                p.batch, p.resident, p.staging_capacity, p.predicted_rows_in_per_epoch, p.predicted_ratings_per_sec
-            ));
-        }
-        out.line(&format!("--batch auto: batch {batch}"));
-        settings.batch = batch;
-        plan = p;
+    let source = a.data.source()?;
+    let loaded = source.load(a.seed)?;
+    for n in &loaded.notes {
+        out.line(n);
     }
-    // Co-partitioning needs a block beside a batch's rows of the other side:
-    // without --batch the batch halves until one fits.
-    loop {
-        settings.co_partition = train::co_partition_for(
-            &data,
-            hp.rank,
-            settings.copies(),
-            settings.batch,
-            budget,
-            side,
-            a.co.co_partition_visits,
-        );
-        match (side, settings.co_partition) {
-            (Some(_), None) if a.batch.is_none() && settings.batch > 1 => settings.batch /= 2,
-            (Some(s), None) => {
-                return Err(Error::arg(
-                    "--co-partition",
-                    s.name(),
-                    format!(
-                        "the budget leaves no room for a block beside a batch of {} ratings; use a larger --device-memory{}",
-                        settings.batch,
-                        if settings.batch > 1 { " or a smaller --batch" } else { "" }
-                    ),
-                ));
-            }
-            _ => break,
-        }
+    let (data, skipped) = (loaded.dataset, loaded.skipped);
+    let mut run = train::resolve(&data, &spec)?;
+    for n in &run.notes {
+        out.line(n);
     }
-    if let Some(c) = settings.co_partition {
-        let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
-        out.line(&format!(
-            "co-partitioning by {}: {} blocks of at most {} rows, each visited {} time(s) per epoch and staged once per visit",
-            c.side.name(),
-            blocks.n_blocks,
-            blocks.rows_per_block,
-            c.visits
-        ));
-    }
-    // Without --batch, the largest batch the budget holds, up to the default.
-    let opened = if a.batch.is_none() {
-        let opened = train::open_backend_fitting(&data, &mut settings, &spec, 1, None)?;
-        if settings.batch < train::DEFAULT_BATCH {
-            out.line(&format!(
-                "batch: {} ratings, the largest whose rows the budget holds (the default {} does not fit; --batch N asks for one)",
-                settings.batch,
-                train::DEFAULT_BATCH
-            ));
-        }
-        opened
-    } else {
-        train::open_backend(&data, &settings, &spec)?
-    };
-
-    if let Some(n) = &opened.notice {
+    if let Some(n) = &run.opened.notice {
         eprintln!("notice: {}", flags(n));
     }
-    let mut backend = opened.backend;
+    let (settings, at_once) = (run.settings.clone(), run.at_once);
+    let backend = run.opened.backend.as_ref();
     let tables = settings.table_bytes(&data);
     out.line(&format!(
         "data: {} — {} users, {} items, {} train / {} test ratings ({} test ratings with a user or item unseen in training)",
@@ -816,20 +723,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
              infinitely fast GPU (a ceiling), and its tables are no model (no RMSE is shown)",
         );
     }
-    settings.order = train::resolve_order(&data, &settings, backend.as_ref())?;
     // Hogwild on a GPU (the shuffled order): how many ratings update at
     // once (the whole batch where the width resolves to none).
-    let at_once = match (&opened.adapter, settings.order) {
-        (Some(adapter), train::Order::Shuffled) if !settings.deterministic => {
-            let w = spec.hogwild_width.resolve(adapter).map_or(settings.batch, |w| (w as usize).min(settings.batch));
-            out.line(&format!(
-                "hogwild: {w} of a batch's {} ratings update at once, each of {w} invocations running its share in order",
-                settings.batch
-            ));
-            Some(w)
-        }
-        _ => None,
-    };
+    if let Some(w) = at_once {
+        out.line(&format!(
+            "hogwild: {w} of a batch's {} ratings update at once, each of {w} invocations running its share in order",
+            settings.batch
+        ));
+    }
     if let train::Order::Blocked { bins, .. } = settings.order {
         out.line(&format!(
             "order: blocked, {bins} user bins × {bins} item bins; each round trains up to {bins} blocks that share \
@@ -844,7 +745,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             a.reg
         ));
     }
-    if let Some(l) = &opened.layout {
+    if let Some(l) = &run.opened.layout {
         out.line(&layout_line(l, tables));
     }
 
@@ -858,7 +759,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     } else {
         ProgressBar::hidden()
     };
-    let staged = opened.layout.is_some();
+    let staged = run.opened.layout.is_some();
     let resume = match &a.resume {
         Some(dir) => {
             let c = train::checkpoint::load_checkpoint(dir)?;
@@ -882,11 +783,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     // A GPU (not a software adapter) runs the updates it is given at once;
     // more than the default width of them lose updates to hot rows.
-    let races = opened.adapter.as_ref().is_some_and(|a| !a.is_software())
+    let races = run.opened.adapter.as_ref().is_some_and(|a| !a.is_software())
         && at_once.is_some_and(|w| w > HARDWARE_HOGWILD_WIDTH as usize);
     let mut warned = false;
     let ceiling = backend.is_ceiling();
-    let outcome = train::train(&data, &settings, backend.as_mut(), control, &mut |e| {
+    let outcome = train::train(&data, &settings, run.opened.backend.as_mut(), control, &mut |e| {
         bar.suspend(|| out.line(&report::epoch_line(e, staged, ceiling)));
         if races && !warned && e.conflicts as f64 >= CONFLICT_NOTE_SHARE * e.ratings.max(1) as f64 {
             warned = true;
@@ -939,47 +840,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
 
-    let layout = opened.layout.as_ref();
-    let config = serde_json::json!({
-        "rank": hp.rank,
-        "lr": kept.lr,
-        "reg": kept.reg,
-        "grid": settings.grid,
-        "bias_reg": hp.bias_reg,
-        "decay": hp.decay,
-        "init_std": hp.init_std,
-        "epochs": a.epochs,
-        "batch": settings.batch,
-        "batch_requested": a.batch,
-        "plan": plan,
-        "seed": a.seed,
-        "deterministic": a.deterministic,
-        "order": outcome.order.name(),
-        "backend": backend.kind(),
-        "ceiling": ceiling,
-        "backend_requested": a.backend.name(),
-        "adapter": backend.adapter(),
-        "wgpu_version": WGPU_VERSION,
-        "device_memory": a.device_memory,
-        "device_memory_bytes": layout.map(|l| l.slab_bytes),
-        "slots": layout.map(|l| l.slots),
-        "resident_slots": layout.map(|l| l.areas.resident),
-        "cache_slots": layout.map(|l| l.areas.cache),
-        "staging_slots": layout.map(|l| l.areas.staging),
-        "lookahead": a.lookahead,
-        "co_partition": settings.co_partition,
-        "block_slots": layout.map(|l| l.block_slots),
-        "row_bytes": layout.map(|l| l.row_bytes),
-        "policy": a.policy.name(),
-        "threads": threads,
-        "hogwild_width": at_once,
-        "hogwild_width_requested": a.hogwild.hogwild_width,
-        "test_fraction": if a.data.test.is_some() { None } else { Some(a.data.test_fraction) },
-        "test": a.data.test.as_ref().map(|p| p.display().to_string()),
-        "data": a.data.data.as_ref().map(|p| p.display().to_string()),
-        "format": a.data.format,
-        "zipf": a.data.zipf,
-    });
+    let config = serde_json::to_value(train::RunConfig::of(&spec, &run, &outcome, source.describe()))
+        .expect("the run's configuration serialises");
     match &a.save {
         Some(path) if outcome.complete => {
             model::save_model(&outcome.model, &config, path)?;

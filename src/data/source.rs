@@ -49,7 +49,11 @@ impl DataSource {
     /// Reads or generates the ratings and splits them, seeded by `seed`.
     pub fn load(&self, seed: u64) -> Result<Loaded> {
         if !(0.0..1.0).contains(&self.test_fraction) {
-            return Err(Error::arg("`test_fraction`", self.test_fraction.to_string(), "must be at least 0 and below 1"));
+            return Err(Error::arg(
+                "`test_fraction`",
+                self.test_fraction.to_string(),
+                "must be at least 0 and below 1",
+            ));
         }
         let (mut skipped, mut notes) = (0, Vec::new());
         let mut load = |p: &Path| -> Result<RatingSet> {

@@ -128,6 +128,15 @@ impl HogwildWidth {
         }
     }
 
+    /// As asked for: `auto`, `step` or the number.
+    pub fn name(self) -> String {
+        match self {
+            HogwildWidth::Auto => "auto".into(),
+            HogwildWidth::Step => "step".into(),
+            HogwildWidth::Ratings(n) => n.to_string(),
+        }
+    }
+
     /// The width on `adapter`: `None` runs every rating of a step at once.
     pub fn resolve(self, adapter: &AdapterSummary) -> Option<u32> {
         match self {

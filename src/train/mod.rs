@@ -14,12 +14,15 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod plan;
+pub mod run;
 mod setup;
 
 pub use setup::{
     BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
     open_backend_fitting, open_backend_on, plan_budget, table_bytes,
 };
+
+pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 

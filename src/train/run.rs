@@ -1,0 +1,423 @@
+//! A training run as asked for ([`RunSpec`]), resolved against its data and
+//! adapter ([`resolve`]): the batch a budget holds, the co-partitioning that
+//! fits, the backend opened, the order chosen for it, and what the user is
+//! told about each choice. `rowstage train` parses its flags into a
+//! [`RunSpec`], resolves it, trains, and records [`RunConfig`].
+
+use serde::Serialize;
+
+use super::plan::Plan;
+use super::setup::{BackendSpec, Opened, auto_batch, co_partition_for, open_backend, open_backend_fitting};
+use super::{DEFAULT_BATCH, Order, TrainOutcome, TrainSettings, resolve_order};
+use crate::data::{Dataset, SourceJson};
+use crate::error::{Error, Result};
+use crate::model::{HyperParams, Setting};
+use crate::stage::copartition::{CoPartition, Side};
+
+/// Settings trained side by side in one run at most (a grid search).
+pub const MAX_GRID: usize = 64;
+
+/// Threads a run may ask for per core: beyond a few, threads only cost
+/// memory (each holds its own buffers).
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+/// How a run's batch is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchRequest {
+    /// [`DEFAULT_BATCH`], or the largest the budget holds (said in a note).
+    Default,
+    /// Exactly this many ratings per part (an error where the budget cannot
+    /// hold one, naming the smallest that can).
+    Fixed(usize),
+    /// The planner's batch for the adapter and budget.
+    Auto,
+}
+
+impl BatchRequest {
+    /// As the report records what was asked for.
+    pub fn requested(self) -> Option<String> {
+        match self {
+            BatchRequest::Default => None,
+            BatchRequest::Fixed(n) => Some(n.to_string()),
+            BatchRequest::Auto => Some("auto".into()),
+        }
+    }
+}
+
+/// The co-partitioning side as asked for: [`SideRequest::Larger`] resolves
+/// against the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideRequest {
+    Users,
+    Items,
+    /// The side with more rows.
+    Larger,
+}
+
+impl SideRequest {
+    /// The side for `data`.
+    pub fn resolve(self, data: &Dataset) -> Side {
+        match self {
+            SideRequest::Users => Side::Users,
+            SideRequest::Items => Side::Items,
+            SideRequest::Larger => Side::larger(data.users.len(), data.items.len()),
+        }
+    }
+}
+
+/// A training run as asked for, before its data and adapter resolve it.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The model's settings; `lr` and `reg` are the grid's first where there
+    /// is a grid.
+    pub hp: HyperParams,
+    /// (lr, reg) settings trained side by side; empty: `hp`'s alone.
+    pub grid: Vec<Setting>,
+    pub epochs: usize,
+    pub batch: BatchRequest,
+    pub seed: u64,
+    pub deterministic: bool,
+    pub order: Order,
+    pub co_partition: Option<SideRequest>,
+    pub co_partition_visits: u32,
+    pub backend: BackendSpec,
+    /// Reuse the adapter's cached calibration (for [`BatchRequest::Auto`]).
+    pub calibration_cache: bool,
+}
+
+impl RunSpec {
+    /// Refuses settings no run can use, naming the parameter.
+    pub fn validate(&self) -> Result<()> {
+        let hp = &self.hp;
+        let non_neg = |name: &str, v: f32| -> Result<()> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::arg(name, v.to_string(), "must be a finite number ≥ 0"))
+            }
+        };
+        for s in self.grid.iter().copied().chain([Setting { lr: hp.lr, reg: hp.reg }]) {
+            if !(s.lr.is_finite() && s.lr > 0.0) {
+                return Err(Error::arg("`lr`", s.lr.to_string(), "must be a finite number above 0"));
+            }
+            non_neg("`reg`", s.reg)?;
+        }
+        if self.grid.len() > MAX_GRID {
+            return Err(Error::arg(
+                "`lr` × `reg`",
+                self.grid.len().to_string(),
+                format!("a grid search trains at most {MAX_GRID} settings in one run"),
+            ));
+        }
+        non_neg("`bias_reg`", hp.bias_reg)?;
+        non_neg("`decay`", hp.decay)?;
+        non_neg("`init_std`", hp.init_std)?;
+        if hp.rank == 0 || hp.rank > 1024 {
+            return Err(Error::arg("`rank`", hp.rank.to_string(), "must be between 1 and 1024"));
+        }
+        if let BatchRequest::Fixed(n) = self.batch
+            && !(1..=1 << 20).contains(&n)
+        {
+            return Err(Error::arg("`batch`", n.to_string(), "must be auto or a whole number between 1 and 1048576"));
+        }
+        let threads = self.backend.threads;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads == 0 {
+            return Err(Error::arg("`threads`", "0", "must be at least 1"));
+        }
+        if threads > MAX_THREADS_PER_CORE * cores {
+            return Err(Error::arg(
+                "`threads`",
+                threads.to_string(),
+                format!(
+                    "must be at most {} ({MAX_THREADS_PER_CORE} per core on this machine's {cores})",
+                    MAX_THREADS_PER_CORE * cores
+                ),
+            ));
+        }
+        if self.co_partition_visits == 0 {
+            return Err(Error::arg("`co_partition_visits`", "0", "must be at least 1"));
+        }
+        self.order.check_co_partition(self.co_partition.is_some())
+    }
+}
+
+/// A run resolved against its data and adapter: ready to train.
+pub struct ResolvedRun {
+    pub settings: TrainSettings,
+    pub opened: Opened,
+    /// The planner's plan, for [`BatchRequest::Auto`] on a GPU.
+    pub plan: Option<Plan>,
+    /// Hogwild on a GPU (the shuffled order, not deterministic): how many
+    /// ratings update at once.
+    pub at_once: Option<usize>,
+    /// What to tell the user about the choices made, in order.
+    pub notes: Vec<String>,
+}
+
+/// Resolves `spec` for `data`: chooses the batch (the planner's, or the
+/// largest the budget holds), the co-partitioning (halving the batch until a
+/// block fits where the batch was not fixed), opens the backend and chooses
+/// the order for it.
+pub fn resolve(data: &Dataset, spec: &RunSpec) -> Result<ResolvedRun> {
+    spec.validate()?;
+    let side = spec.co_partition.map(|s| s.resolve(data));
+    let mut settings = TrainSettings {
+        hp: spec.hp,
+        grid: spec.grid.clone(),
+        epochs: spec.epochs,
+        batch: match spec.batch {
+            BatchRequest::Fixed(n) => n,
+            _ => DEFAULT_BATCH,
+        },
+        seed: spec.seed,
+        deterministic: spec.deterministic,
+        co_partition: None,
+        order: spec.order,
+    };
+    let (mut notes, mut plan) = (Vec::new(), None);
+    if spec.batch == BatchRequest::Auto {
+        let (batch, p, planned) = auto_batch(data, &settings, &spec.backend, spec.calibration_cache, settings.batch)?;
+        notes.extend(planned);
+        if let Some(p) = &p {
+            notes.push(format!(
+                "plan: batch {} ({} resident + 2 × {} staging slots), predicted {:.0} rows in per epoch, {:.3e} ratings/s",
+                p.batch, p.resident, p.staging_capacity, p.predicted_rows_in_per_epoch, p.predicted_ratings_per_sec
+            ));
+        }
+        notes.push(format!("`batch` auto: batch {batch}"));
+        settings.batch = batch;
+        plan = p;
+    }
+    settings.co_partition = fit_co_partition(data, &mut settings, spec, side)?;
+    if let Some(c) = settings.co_partition {
+        let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
+        notes.push(format!(
+            "co-partitioning by {}: {} blocks of at most {} rows, each visited {} time(s) per epoch and staged once per visit",
+            c.side.name(),
+            blocks.n_blocks,
+            blocks.rows_per_block,
+            c.visits
+        ));
+    }
+    let opened = if spec.batch == BatchRequest::Default {
+        let opened = open_backend_fitting(data, &mut settings, &spec.backend, 1, None)?;
+        if settings.batch < DEFAULT_BATCH {
+            notes.push(format!(
+                "batch: {} ratings, the largest whose rows the budget holds (the default {DEFAULT_BATCH} does not fit; \
+                 `batch` N asks for one)",
+                settings.batch
+            ));
+        }
+        opened
+    } else {
+        open_backend(data, &settings, &spec.backend)?
+    };
+    settings.order = resolve_order(data, &settings, opened.backend.as_ref())?;
+    let at_once = match (&opened.adapter, settings.order) {
+        (Some(adapter), Order::Shuffled) if !settings.deterministic => Some(
+            spec.backend.hogwild_width.resolve(adapter).map_or(settings.batch, |w| (w as usize).min(settings.batch)),
+        ),
+        _ => None,
+    };
+    Ok(ResolvedRun { settings, opened, plan, at_once, notes })
+}
+
+/// The co-partitioning of `side` for the budget: without a fixed batch the
+/// batch halves until a block fits beside one.
+fn fit_co_partition(
+    data: &Dataset,
+    settings: &mut TrainSettings,
+    spec: &RunSpec,
+    side: Option<Side>,
+) -> Result<Option<CoPartition>> {
+    loop {
+        let c = co_partition_for(
+            data,
+            settings.hp.rank,
+            settings.copies(),
+            settings.batch,
+            spec.backend.device_memory,
+            side,
+            spec.co_partition_visits,
+        );
+        match (side, c) {
+            (Some(_), None) if spec.batch == BatchRequest::Default && settings.batch > 1 => settings.batch /= 2,
+            (Some(s), None) => {
+                return Err(Error::arg(
+                    "`co_partition`",
+                    s.name(),
+                    format!(
+                        "the budget leaves no room for a block beside a batch of {} ratings; use a larger `device_memory`{}",
+                        settings.batch,
+                        if settings.batch > 1 { " or a smaller `batch`" } else { "" }
+                    ),
+                ));
+            }
+            (_, c) => return Ok(c),
+        }
+    }
+}
+
+/// A run's configuration as its report and saved model record it: what was
+/// asked for, what it resolved to, and where the data came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub rank: usize,
+    /// The setting kept (a grid search's best).
+    pub lr: f32,
+    pub reg: f32,
+    pub grid: Vec<Setting>,
+    pub bias_reg: f32,
+    pub decay: f32,
+    pub init_std: f32,
+    pub epochs: usize,
+    pub batch: usize,
+    pub batch_requested: Option<String>,
+    pub plan: Option<Plan>,
+    pub seed: u64,
+    pub deterministic: bool,
+    pub order: String,
+    pub backend: String,
+    /// The noop backend: a host ceiling, no model.
+    pub ceiling: bool,
+    pub backend_requested: &'static str,
+    pub adapter: String,
+    pub wgpu_version: &'static str,
+    pub device_memory: String,
+    pub device_memory_bytes: Option<u64>,
+    pub slots: Option<u32>,
+    pub resident_slots: Option<u32>,
+    pub cache_slots: Option<u32>,
+    pub staging_slots: Option<u32>,
+    pub lookahead: usize,
+    pub co_partition: Option<CoPartition>,
+    pub block_slots: Option<u32>,
+    pub row_bytes: Option<u64>,
+    pub policy: &'static str,
+    pub threads: usize,
+    pub hogwild_width: Option<usize>,
+    pub hogwild_width_requested: String,
+    #[serde(flatten)]
+    pub source: SourceJson,
+}
+
+impl RunConfig {
+    /// The configuration of `run`, asked for as `spec`, from data `source`,
+    /// as it ended (`outcome`).
+    pub fn of(spec: &RunSpec, run: &ResolvedRun, outcome: &TrainOutcome, source: SourceJson) -> Self {
+        let (s, layout, backend) = (&run.settings, run.opened.layout.as_ref(), run.opened.backend.as_ref());
+        let kept = outcome.settings[outcome.best_setting];
+        let b = &spec.backend;
+        RunConfig {
+            rank: s.hp.rank,
+            lr: kept.lr,
+            reg: kept.reg,
+            grid: s.grid.clone(),
+            bias_reg: s.hp.bias_reg,
+            decay: s.hp.decay,
+            init_std: s.hp.init_std,
+            epochs: spec.epochs,
+            batch: s.batch,
+            batch_requested: spec.batch.requested(),
+            plan: run.plan.clone(),
+            seed: spec.seed,
+            deterministic: spec.deterministic,
+            order: outcome.order.name(),
+            backend: backend.kind(),
+            ceiling: backend.is_ceiling(),
+            backend_requested: b.backend.name(),
+            adapter: backend.adapter(),
+            wgpu_version: crate::report::WGPU_VERSION,
+            device_memory: b.device_memory.map_or("auto".into(), |m| m.to_string()),
+            device_memory_bytes: layout.map(|l| l.slab_bytes),
+            slots: layout.map(|l| l.slots),
+            resident_slots: layout.map(|l| l.areas.resident),
+            cache_slots: layout.map(|l| l.areas.cache),
+            staging_slots: layout.map(|l| l.areas.staging),
+            lookahead: b.lookahead,
+            co_partition: s.co_partition,
+            block_slots: layout.map(|l| l.block_slots),
+            row_bytes: layout.map(|l| l.row_bytes),
+            policy: b.policy.name(),
+            threads: b.threads,
+            hogwild_width: run.at_once,
+            hogwild_width_requested: b.hogwild_width.name(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{BackendChoice, HogwildWidth};
+    use crate::stage::PolicyKind;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            hp: HyperParams { rank: 4, ..HyperParams::default() },
+            grid: Vec::new(),
+            epochs: 1,
+            batch: BatchRequest::Default,
+            seed: 1,
+            deterministic: false,
+            order: Order::Auto,
+            co_partition: None,
+            co_partition_visits: 1,
+            backend: BackendSpec {
+                backend: BackendChoice::Cpu,
+                adapter: None,
+                device_memory: None,
+                policy: PolicyKind::Sca,
+                lookahead: 32,
+                threads: 1,
+                hogwild_width: HogwildWidth::Auto,
+            },
+            calibration_cache: true,
+        }
+    }
+
+    #[test]
+    fn bad_settings_name_their_parameter() {
+        type Spoil = fn(&mut RunSpec);
+        let cases: [(&str, Spoil); 9] = [
+            ("`rank`", |s| s.hp.rank = 0),
+            ("`lr`", |s| s.hp.lr = 0.0),
+            ("`reg`", |s| s.grid = vec![Setting { lr: 0.1, reg: -1.0 }]),
+            ("`bias_reg`", |s| s.hp.bias_reg = f32::NAN),
+            ("`decay`", |s| s.hp.decay = -1.0),
+            ("`init_std`", |s| s.hp.init_std = f32::INFINITY),
+            ("`batch`", |s| s.batch = BatchRequest::Fixed(0)),
+            ("`threads`", |s| s.backend.threads = 0),
+            ("`co_partition_visits`", |s| s.co_partition_visits = 0),
+        ];
+        for (name, spoil) in cases {
+            let mut s = spec();
+            spoil(&mut s);
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(name), "{name}: {e}");
+        }
+        spec().validate().unwrap();
+    }
+
+    #[test]
+    fn a_cpu_run_resolves_to_the_default_batch_and_the_blocked_order() {
+        let data = crate::data::DataSource {
+            synthetic: Some(crate::data::SyntheticSpec { users: 60, items: 40, ratings: 2000, zipf: None }),
+            ..Default::default()
+        }
+        .load(1)
+        .unwrap()
+        .dataset;
+        let run = resolve(&data, &spec()).unwrap();
+        assert_eq!(run.settings.batch, DEFAULT_BATCH);
+        assert!(matches!(run.settings.order, Order::Blocked { .. }), "{:?}", run.settings.order);
+        assert!(run.at_once.is_none() && run.plan.is_none() && run.notes.is_empty());
+        let mut co = spec();
+        co.co_partition = Some(SideRequest::Larger);
+        co.order = Order::Blocked { bins: 0, sweeps: 0 };
+        let e = resolve(&data, &co).err().expect("blocked with co-partitioning is refused");
+        assert!(e.to_string().contains("`co_partition`"), "{e}");
+    }
+}
