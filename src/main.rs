@@ -620,11 +620,9 @@ fn number_list(flag: &str, text: &str, ok: impl Fn(f32) -> bool, rule: &str) -> 
     Ok(out)
 }
 
-/// The `--lr × --reg` grid: the Cartesian product, lr-major; empty for one
-/// setting (the usual run).
-
 impl TrainArgs {
-    /// The flags as the library's run specification.
+    /// The flags as the library's run specification. The `--lr × --reg`
+    /// grid is the Cartesian product, lr-major; empty for one setting.
     fn spec(&self) -> Result<train::RunSpec> {
         let lrs = number_list("--lr", &self.lr, |v| v.is_finite() && v > 0.0, "must be a finite number above 0")?;
         let regs = number_list("--reg", &self.reg, |v| v.is_finite() && v >= 0.0, "must be a finite number ≥ 0")?;
