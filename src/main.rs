@@ -16,7 +16,6 @@ use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, HARDWARE_HOGWILD_WIDTH, HogwildWidth, list_adapters};
 use rowstage::model::{self, HyperParams, Model, Setting, serve};
 use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report};
-use rowstage::stage::copartition::Side;
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
 use rowstage::train::{self, BackendSpec, TrainSettings};
 
@@ -230,15 +229,8 @@ struct CoPartitionArgs {
 }
 
 impl CoPartitionArgs {
-    /// The side to co-partition (`None`: none), once `--co-partition-visits`
-    /// is checked: `users`, `items`, `larger` (the side with more rows) or
-    /// `none`, the default for now: the blocked order still costs test RMSE
-    /// (BENCHMARKS.md, "Co-partitioning").
-    fn side(&self, data: &Dataset) -> Result<Option<Side>> {
-        Ok(self.request()?.map(|r| r.resolve(data)))
-    }
-
-    /// The side as the library's run specification asks for it.
+    /// The side to co-partition as the library's run specification asks
+    /// for it (`None`: none), once `--co-partition-visits` is checked.
     fn request(&self) -> Result<Option<train::SideRequest>> {
         if self.co_partition_visits == 0 {
             return Err(Error::arg("--co-partition-visits", "0", "must be at least 1"));
@@ -1020,43 +1012,34 @@ fn cmd_recommend(a: RecommendArgs) -> Result<()> {
 }
 
 fn cmd_plan(a: PlanArgs) -> Result<()> {
-    if a.rank == 0 || a.rank > 1024 {
-        return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
-    }
+    let budget = Budget::parse("--device-memory", &a.device_memory)?;
     let fixed = match a.batch.trim() {
         "auto" => None,
         b => Some(
             b.parse::<usize>()
-                .ok()
-                .filter(|&n| n >= 1)
-                .ok_or_else(|| Error::arg("--batch", b, "must be auto or a whole number of ratings ≥ 1"))?,
+                .map_err(|_| Error::arg("--batch", b, "must be auto or a whole number of ratings ≥ 1"))?,
         ),
     };
-    let budget = Budget::parse("--device-memory", &a.device_memory)?;
-    let order = train::Order::parse(&a.order)?;
+    // What `train` runs with these flags, and its defaults otherwise.
+    let spec = train::RunSpec {
+        hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
+        batch: fixed.map_or(train::BatchRequest::Auto, train::BatchRequest::Fixed),
+        seed: a.seed,
+        order: train::Order::parse(&a.order)?,
+        backend: BackendSpec {
+            backend: a.backend,
+            adapter: a.adapter.clone(),
+            device_memory: Some(budget),
+            ..BackendSpec::default()
+        },
+        calibration_cache: !a.no_calibration_cache,
+        ..train::RunSpec::default()
+    };
+    spec.validate()?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&a.data, a.seed, &out)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // What `train` runs with these flags and its defaults otherwise.
-    let mut settings = TrainSettings {
-        hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
-        grid: Vec::new(),
-        epochs: rowstage::model::DEFAULT_EPOCHS,
-        batch: fixed.unwrap_or(train::DEFAULT_BATCH),
-        seed: a.seed,
-        deterministic: false,
-        co_partition: None,
-        order,
-    };
-    let spec = BackendSpec {
-        backend: a.backend,
-        adapter: a.adapter.clone(),
-        device_memory: Some(budget),
-        policy: PolicyKind::Sca,
-        lookahead: 32,
-        threads,
-        hogwild_width: Default::default(),
-    };
+    let mut settings = spec.settings();
+    let spec = spec.backend;
     let ctx = rowstage::gpu::GpuContext::new(a.backend, a.adapter.as_deref())?;
     let adapter = ctx.summary.clone();
     let ctx_name = ctx.describe();
@@ -1175,8 +1158,20 @@ fn policy_list(text: &str) -> Result<Vec<PolicyKind>> {
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     use rowstage::engine::simulate::SimSetup;
-    if a.batch == Some(0) || a.rank == 0 || a.epochs == 0 {
-        return Err(Error::arg("--batch/--rank/--epochs", "0", "must be at least 1"));
+    // The run replayed, as `train` would take these flags.
+    let spec = train::RunSpec {
+        hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
+        epochs: a.epochs,
+        batch: a.batch.map_or(train::BatchRequest::Default, train::BatchRequest::Fixed),
+        seed: a.seed,
+        order: rowstage::engine::Order::parse(&a.order)?,
+        co_partition: a.co.request()?,
+        co_partition_visits: a.co.co_partition_visits,
+        ..train::RunSpec::default()
+    };
+    spec.validate()?;
+    if a.epochs == 0 {
+        return Err(Error::arg("--epochs", "0", "must be at least 1"));
     }
     let budgets = budget_list(&a.device_memory)?;
     let policies = policy_list(&a.policy)?;
@@ -1188,16 +1183,15 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         train: &data.train,
         n_users: data.users.len(),
         n_items: data.items.len(),
-        batch: a.batch.unwrap_or(train::DEFAULT_BATCH),
-        seed: a.seed,
-        epochs: a.epochs,
+        batch: spec.settings().batch,
+        seed: spec.seed,
+        epochs: spec.epochs,
         row_bytes,
         lookahead: a.lookahead,
-        co_partition: a.co.side(&data)?,
-        co_partition_visits: a.co.co_partition_visits,
-        order: rowstage::engine::Order::parse(&a.order)?,
+        co_partition: spec.co_partition.map(|r| r.resolve(&data)),
+        co_partition_visits: spec.co_partition_visits,
+        order: spec.order,
     };
-    setup.order.check_co_partition(setup.co_partition.is_some())?;
     // The order each budget replays: `auto` as a GPU run would resolve it.
     let n_rows = (data.users.len() + data.items.len()) as u64;
     let order_for = |bytes: u64| {
@@ -1493,25 +1487,24 @@ impl bench::Progress for BenchProgress<'_> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
-    if a.rank == 0 || a.rank > 1024 {
-        return Err(Error::arg("--rank", a.rank.to_string(), "must be between 1 and 1024"));
-    }
-    if !(1..=1 << 20).contains(&a.batch) {
-        return Err(Error::arg("--batch", a.batch.to_string(), "must be between 1 and 1048576"));
-    }
+    // Every configuration is a `train` run of these settings.
+    let spec = train::RunSpec {
+        hp: HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, ..HyperParams::default() },
+        epochs: a.warmup + a.epochs,
+        batch: train::BatchRequest::Fixed(a.batch),
+        seed: a.seed,
+        backend: BackendSpec {
+            threads: a.threads.unwrap_or(BackendSpec::default().threads),
+            lookahead: a.lookahead,
+            hogwild_width: a.hogwild.width()?,
+            ..BackendSpec::default()
+        },
+        ..train::RunSpec::default()
+    };
+    spec.validate()?;
     if a.epochs == 0 {
         return Err(Error::arg("--epochs", "0", "must be at least 1 timed epoch"));
     }
-    if a.threads == Some(0) {
-        return Err(Error::arg("--threads", "0", "must be at least 1"));
-    }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
-        return Err(Error::arg("--lr", a.lr.to_string(), "must be a finite number above 0"));
-    }
-    if !(a.reg.is_finite() && a.reg >= 0.0) {
-        return Err(Error::arg("--reg", a.reg.to_string(), "must be a finite number ≥ 0"));
-    }
-    let hogwild = a.hogwild.width()?;
     let budgets = budget_list(&a.device_memory)?;
     let policies = policy_list(&a.policy)?;
     let mut backends = Vec::new();
@@ -1548,27 +1541,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
     }
     let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let hp = HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, ..HyperParams::default() };
     let plan = bench::BenchPlan {
         backends: resolved,
         budgets,
         policies,
         warmup: a.warmup,
         epochs: a.epochs,
-        settings: TrainSettings {
-            hp,
-            grid: Vec::new(),
-            epochs: a.warmup + a.epochs,
-            batch: a.batch,
-            seed: a.seed,
-            deterministic: false,
-            co_partition: None,
-            order: train::Order::Auto,
-        },
-        lookahead: a.lookahead,
-        threads,
-        hogwild_width: hogwild,
+        settings: spec.settings(),
+        lookahead: spec.backend.lookahead,
+        threads: spec.backend.threads,
+        hogwild_width: spec.backend.hogwild_width,
     };
     let per_config = (a.warmup + a.epochs) as u64;
     out.line(&format!(

@@ -85,7 +85,59 @@ pub struct RunSpec {
     pub calibration_cache: bool,
 }
 
+impl Default for BackendSpec {
+    /// The best adapter, a slab of `auto` size, `sca`, every core.
+    fn default() -> Self {
+        BackendSpec {
+            backend: crate::gpu::BackendChoice::Auto,
+            adapter: None,
+            device_memory: None,
+            policy: crate::stage::PolicyKind::Sca,
+            lookahead: 32,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            hogwild_width: crate::gpu::HogwildWidth::Auto,
+        }
+    }
+}
+
+impl Default for RunSpec {
+    /// `rowstage train`'s defaults.
+    fn default() -> Self {
+        RunSpec {
+            hp: HyperParams::DEFAULT,
+            grid: Vec::new(),
+            epochs: crate::model::DEFAULT_EPOCHS,
+            batch: BatchRequest::Default,
+            seed: 42,
+            deterministic: false,
+            order: Order::Auto,
+            co_partition: None,
+            co_partition_visits: 1,
+            backend: BackendSpec::default(),
+            calibration_cache: true,
+        }
+    }
+}
+
 impl RunSpec {
+    /// The training settings as asked for, before [`resolve`] fits the batch
+    /// and co-partitioning to the budget and the order to the backend.
+    pub fn settings(&self) -> TrainSettings {
+        TrainSettings {
+            hp: self.hp,
+            grid: self.grid.clone(),
+            epochs: self.epochs,
+            batch: match self.batch {
+                BatchRequest::Fixed(n) => n,
+                _ => DEFAULT_BATCH,
+            },
+            seed: self.seed,
+            deterministic: self.deterministic,
+            co_partition: None,
+            order: self.order,
+        }
+    }
+
     /// Refuses settings no run can use, naming the parameter.
     pub fn validate(&self) -> Result<()> {
         let hp = &self.hp;
@@ -118,7 +170,7 @@ impl RunSpec {
         if let BatchRequest::Fixed(n) = self.batch
             && !(1..=1 << 20).contains(&n)
         {
-            return Err(Error::arg("`batch`", n.to_string(), "must be auto or a whole number between 1 and 1048576"));
+            return Err(Error::arg("`batch`", n.to_string(), "must be a whole number between 1 and 1048576"));
         }
         let threads = self.backend.threads;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -162,19 +214,7 @@ pub struct ResolvedRun {
 pub fn resolve(data: &Dataset, spec: &RunSpec) -> Result<ResolvedRun> {
     spec.validate()?;
     let side = spec.co_partition.map(|s| s.resolve(data));
-    let mut settings = TrainSettings {
-        hp: spec.hp,
-        grid: spec.grid.clone(),
-        epochs: spec.epochs,
-        batch: match spec.batch {
-            BatchRequest::Fixed(n) => n,
-            _ => DEFAULT_BATCH,
-        },
-        seed: spec.seed,
-        deterministic: spec.deterministic,
-        co_partition: None,
-        order: spec.order,
-    };
+    let mut settings = spec.settings();
     let (mut notes, mut plan) = (Vec::new(), None);
     if spec.batch == BatchRequest::Auto {
         let (batch, p, planned) = auto_batch(data, &settings, &spec.backend, spec.calibration_cache, settings.batch)?;
@@ -351,30 +391,15 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{BackendChoice, HogwildWidth};
-    use crate::stage::PolicyKind;
+    use crate::gpu::BackendChoice;
 
     fn spec() -> RunSpec {
         RunSpec {
             hp: HyperParams { rank: 4, ..HyperParams::default() },
-            grid: Vec::new(),
             epochs: 1,
-            batch: BatchRequest::Default,
             seed: 1,
-            deterministic: false,
-            order: Order::Auto,
-            co_partition: None,
-            co_partition_visits: 1,
-            backend: BackendSpec {
-                backend: BackendChoice::Cpu,
-                adapter: None,
-                device_memory: None,
-                policy: PolicyKind::Sca,
-                lookahead: 32,
-                threads: 1,
-                hogwild_width: HogwildWidth::Auto,
-            },
-            calibration_cache: true,
+            backend: BackendSpec { backend: BackendChoice::Cpu, threads: 1, ..BackendSpec::default() },
+            ..RunSpec::default()
         }
     }
 
