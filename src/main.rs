@@ -17,7 +17,7 @@ use rowstage::gpu::{BackendChoice, HARDWARE_HOGWILD_WIDTH, HogwildWidth, list_ad
 use rowstage::model::{self, HyperParams, Model, Setting, serve};
 use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report};
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
-use rowstage::train::{self, BackendSpec, TrainSettings};
+use rowstage::train::{self, BackendSpec};
 
 #[derive(Parser)]
 #[command(
@@ -1157,7 +1157,7 @@ fn policy_list(text: &str) -> Result<Vec<PolicyKind>> {
 }
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
-    use rowstage::engine::simulate::SimSetup;
+    use bench::simulate::{SweepOutcome, sweep};
     // The run replayed, as `train` would take these flags.
     let spec = train::RunSpec {
         hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
@@ -1178,33 +1178,6 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&a.data, a.seed, &out)?;
     let row_bytes = (model::row_stride(a.rank) * 4) as u64;
-    let tables = train::table_bytes(&data, a.rank);
-    let setup = SimSetup {
-        train: &data.train,
-        n_users: data.users.len(),
-        n_items: data.items.len(),
-        batch: spec.settings().batch,
-        seed: spec.seed,
-        epochs: spec.epochs,
-        row_bytes,
-        lookahead: a.lookahead,
-        co_partition: spec.co_partition.map(|r| r.resolve(&data)),
-        co_partition_visits: spec.co_partition_visits,
-        order: spec.order,
-    };
-    // The order each budget replays: `auto` as a GPU run would resolve it.
-    let n_rows = (data.users.len() + data.items.len()) as u64;
-    let order_for = |bytes: u64| {
-        setup.order.resolve(&rowstage::engine::Target {
-            kind: "gpu",
-            parallelism: 1,
-            co_partition: setup.co_partition.is_some(),
-            ratings: data.train.len(),
-            n_users: data.users.len(),
-            n_items: data.items.len(),
-            slots: (bytes / row_bytes < n_rows).then_some(bytes / row_bytes),
-        })
-    };
     out.line(&format!(
         "data: {} — {} users, {} items, {} training ratings; order {}, batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",
         data.name,
@@ -1215,8 +1188,8 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         a.batch.map_or("the largest each budget holds, up to 2048".into(), |b| b.to_string()),
         a.epochs,
         row_bytes,
-        human_bytes(tables),
-        setup.co_partition.map_or("none", |s| s.name())
+        human_bytes(train::table_bytes(&data, a.rank)),
+        spec.co_partition.map_or("none", |s| s.resolve(&data).name())
     ));
     out.line(&format!(
         "{:<8} {:>10} {:<13} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>11} {:>11} {:>13} {:>10}",
@@ -1235,78 +1208,36 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         "predicted in",
         "lookups/s"
     ));
-    let mut results = Vec::new();
-    // Without co-partitioning the layout and its parts' rows serve every
-    // budget and policy.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut prepared: Option<(rowstage::engine::RunLayout, rowstage::engine::rows::PartRows)> = None;
-    for (label, budget) in &budgets {
-        let bytes = budget.resolve(tables);
-        let mut run = SimSetup { order: order_for(bytes)?, ..setup.clone() };
-        // Without --batch, the largest batch of the shuffled order the budget
-        // holds, as `train` takes it.
-        if a.batch.is_none() && run.order == rowstage::engine::Order::Shuffled && run.co_partition.is_none() {
-            let s = TrainSettings {
-                hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
-                grid: Vec::new(),
-                epochs: a.epochs,
-                batch: train::DEFAULT_BATCH,
-                seed: a.seed,
-                deterministic: false,
-                co_partition: None,
-                order: run.order,
-            };
-            if let Some(b) = train::fit_batch(&data, &s, bytes / row_bytes, threads)? {
-                run.batch = b;
-            }
-        }
-        let name = match run.order {
-            rowstage::engine::Order::Shuffled => format!("shuffled/{}", run.batch),
-            o => o.name(),
-        };
-        if setup.co_partition.is_none()
-            && prepared.as_ref().is_none_or(|p| p.0.spec().order != run.order || p.0.spec().batch != run.batch)
-        {
-            let layout = run.layout(None)?;
-            let rows = rowstage::engine::rows::PartRows::new(&layout, threads, true);
-            prepared = Some((layout, rows));
-        }
-        let step = match run.order {
-            rowstage::engine::Order::Blocked { .. } => "a block's part".to_string(),
-            _ => format!("a batch of {}", run.batch),
-        };
-        for &kind in &policies {
-            let Some(r) = run.run(kind, bytes, prepared.as_ref())? else {
-                let need = match &prepared {
-                    Some((_, rows)) => rows.max().max(2) as u64 * row_bytes,
-                    None => run.needed_slots()? as u64 * row_bytes,
-                };
-                out.line(&format!(
-                    "{label:<8} {bytes:>10} {name:<13} {:<10} budget too small: {step} needs --device-memory {need} ({})",
-                    kind.name(),
-                    human_bytes(need)
-                ));
-                continue;
-            };
-            let hit = 100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64;
-            out.line(&format!(
-                "{label:<8} {bytes:>10} {name:<13} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>6.1}% {:>11} {:>11} {:>13} {:>10.2e}",
-                r.policy,
+    let rows = sweep(&data, &spec, a.lookahead, &budgets, &policies, &mut |row| {
+        let (label, bytes, name, policy) = (&row.label, row.bytes, &row.order, row.policy);
+        match &row.outcome {
+            SweepOutcome::TooSmall { step, needed } => out.line(&format!(
+                "{label:<8} {bytes:>10} {name:<13} {policy:<10} budget too small: {step} needs --device-memory {needed} ({})",
+                human_bytes(*needed)
+            )),
+            SweepOutcome::Replayed(r) => out.line(&format!(
+                "{label:<8} {bytes:>10} {name:<13} {policy:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>6.1}% {:>11} {:>11} {:>13} {:>10.2e}",
                 r.slots,
                 r.rows_in,
                 r.rows_out,
                 r.hits,
                 r.misses,
-                hit,
+                100.0 * r.hits as f64 / (r.hits + r.misses).max(1) as f64,
                 human_bytes(r.bytes_h2d),
                 human_bytes(r.bytes_d2h),
                 r.predicted_rows_in.map_or("-".to_string(), |p| format!("{p:.0}")),
                 r.lookups_per_sec,
-            ));
-            results.push(r);
+            )),
         }
-    }
+    })?;
     if let Some(path) = &a.json {
+        let results: Vec<_> = rows
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                SweepOutcome::Replayed(r) => Some(r),
+                SweepOutcome::TooSmall { .. } => None,
+            })
+            .collect();
         write_output(path, &serde_json::to_string_pretty(&results).expect("json"))?;
     }
     Ok(())

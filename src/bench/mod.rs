@@ -33,6 +33,7 @@
 pub mod environment;
 pub mod export;
 pub mod plot;
+pub mod simulate;
 
 use std::sync::atomic::AtomicBool;
 
