@@ -27,7 +27,17 @@ use rowstage::train::{self, BackendSpec};
     long_about = "Train recommendation embeddings (biased matrix factorization, SGD) with WGSL compute \
 shaders on any device wgpu reaches. The full tables stay in host memory; the GPU holds one \
 --device-memory buffer of row slots, and a host scheduler stages into it the rows each batch \
-needs, counting every byte that crosses host<->device."
+needs, counting every byte that crosses host<->device.",
+    after_help = "Examples:
+  rowstage train                                          the built-in dataset on the best adapter
+  rowstage train --data u.data --device-memory 10% --save model.safetensors
+  rowstage recommend --model model.safetensors --user 42 --exclude-rated u.data
+  rowstage eval --model model.safetensors --data test.tsv --predictions preds.txt
+  rowstage simulate --data u.data --device-memory 1%,5%,10%,25% --policy all
+  rowstage bench --backend vulkan,cpu --device-memory 100%,10% --plot charts/
+  rowstage devices
+
+`rowstage COMMAND --help` lists a command's flags."
 )]
 struct Cli {
     #[command(subcommand)]
