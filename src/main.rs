@@ -472,9 +472,9 @@ fn cmd_split(a: SplitArgs) -> Result<()> {
 
 #[derive(Args)]
 struct DevicesArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    /// Write the adapters as JSON to FILE ("-" for stdout) instead of the list.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 fn main() {
@@ -1254,10 +1254,12 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
 }
 
 fn cmd_devices(a: DevicesArgs) -> Result<()> {
+    if let Some(p) = &a.json {
+        model::check_output("--json", p)?;
+    }
     let adapters = list_adapters(BackendChoice::Auto);
-    if a.json {
-        say!("{}", serde_json::to_string_pretty(&adapters).expect("json"));
-        return Ok(());
+    if let Some(p) = &a.json {
+        return write_output(p, &serde_json::to_string_pretty(&adapters).expect("json"));
     }
     if adapters.is_empty() {
         say!(

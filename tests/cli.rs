@@ -921,3 +921,17 @@ fn a_backend_the_platform_lacks_names_the_ones_it_has() {
             );
     }
 }
+
+/// `devices --json` takes a path or `-`, as every other command's does.
+#[test]
+fn devices_json_goes_to_a_path_or_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devices.json");
+    rowstage().args(["devices", "--json"]).arg(&path).assert().success().stdout("");
+    let from_file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let out = rowstage().args(["devices", "--json", "-"]).output().unwrap();
+    let from_stdout: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_file, from_stdout);
+    assert!(from_file.is_array());
+    rowstage().args(["devices", "--json", "/nonexistent-dir/d.json"]).assert().code(2);
+}
