@@ -6,7 +6,8 @@
 #       scripts/bench_device.sh OUTDIR [STAGE...]
 #
 # Default stages, in this order (not yet run on a lent machine as a whole;
-# estimated at 5-6 minutes on an H100 or H200 machine, each command capped):
+# estimated at 5-6 minutes on an H100 or H200 machine, each command capped,
+# the whole run by BENCH_SECONDS):
 #   devices  the machine, the driver and what wgpu finds
 #   engine   10M synthetic ratings (50k x 20k, rank 32): the GPU backend
 #            ($GPU_BACKEND, default vulkan) all-resident and at 10%, the noop
@@ -28,9 +29,12 @@
 # default dataset), race (LIBMF against rowstage at 10M ratings; needs
 # RACE_BIN).
 #
-# Each stage writes its exports and its terminal output (NAME.log) into
-# OUTDIR as it goes, so a stage cut short keeps what it measured; a failing
-# stage is reported and the next one runs. Where OUTDIR/../.gl holds the
+# Each stage writes its exports and its terminal output (NAME.log) into a
+# work folder, and after every stage the whole folder is packed into
+# OUTDIR/bench.tgz (the device tool brings back at most 8 files from $OUT),
+# beside OUTDIR/machine.txt and OUTDIR/engine.md for a first look; a stage
+# cut short keeps what the stages before it measured, and a failing stage is
+# reported and the next one runs. Where OUTDIR/../.gl holds the
 # Vulkan/EGL loader packages (see the device tool's README), they are
 # unpacked first.
 set -uo pipefail
@@ -53,15 +57,39 @@ gpu=${GPU_BACKEND:-vulkan}
 big_data=${BENCH_DATA:-50000,20000,10000000}
 cores=$(nproc)
 mkdir -p "$out"
+out=$(realpath "$out")
+dest=$out
+# Everything is written here and packed into $dest after each stage.
+out=${BENCH_WORK:-$(mktemp -d)}
+mkdir -p "$out"
+pack() {
+    tar czf "$dest/bench.tgz.part" -C "$out" . && mv "$dest/bench.tgz.part" "$dest/bench.tgz"
+    for f in machine.txt engine.md; do
+        [[ -f $out/$f ]] && cp "$out/$f" "$dest/$f"
+    done
+}
 bin=$(realpath "$ROWSTAGE_BIN")
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 failed=()
+
+# The whole run ends within BENCH_SECONDS (default 450: a device call is
+# capped at 600 s, machine start and transfers apart); a step gets the
+# smaller of its own limit and what is left, and is skipped, said so in its
+# log, when under 10 s are left.
+deadline=$((SECONDS + ${BENCH_SECONDS:-450}))
 
 # Runs one stage's command under a time limit, its output to the terminal
 # and to OUTDIR/NAME.log.
 step() {
     local name=$1 limit=$2
     shift 2
+    local left=$((deadline - SECONDS))
+    if ((left < 10)); then
+        echo "== $name: skipped, ${left} s left of BENCH_SECONDS" | tee -a "$out/$name.log"
+        failed+=("$name")
+        return
+    fi
+    ((limit > left)) && limit=$left
     echo "== $name: $*" | tee -a "$out/$name.log"
     local t0=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$out/$name.log"
@@ -134,6 +162,7 @@ for stage in "${stages[@]}"; do
         exit 2
         ;;
     esac
+    pack
 done
 if [[ ${#failed[@]} -gt 0 ]]; then
     echo "failed stages: ${failed[*]}" >&2
