@@ -411,7 +411,8 @@ struct BenchArgs {
     /// L2 regularisation of the factors.
     #[arg(long, default_value_t = HyperParams::DEFAULT.reg)]
     reg: f32,
-    /// Ratings per part of the shuffled order (one GPU step), halved where a budget cannot hold it.
+    /// Ratings per part of the shuffled order (one GPU step); a budget that
+    /// cannot hold it trains the largest batch it holds.
     #[arg(long, default_value_t = 2048)]
     batch: usize,
     /// Untimed epochs before the timed ones (they also load the resident rows).
