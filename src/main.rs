@@ -307,7 +307,8 @@ struct RecommendArgs {
     /// of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Write the recommendations as JSON to FILE ("-" for stdout).
+    /// Write the recommendations as JSON to FILE ("-" for stdout, in place
+    /// of the table).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -1002,7 +1003,8 @@ fn cmd_recommend(a: RecommendArgs) -> Result<()> {
             None => serde_json::json!({ "users": users_json }),
         };
         write_output(path, &serde_json::to_string_pretty(&j).expect("json"))?;
-        if a.output.is_none() {
+        // JSON on stdout takes the place of the table there.
+        if a.output.is_none() && path == Path::new("-") {
             return Ok(());
         }
     }
