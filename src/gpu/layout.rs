@@ -97,7 +97,7 @@ pub struct LayoutInput<'a> {
 /// (then nothing is ever staged, and the parts' rows need not be listed).
 pub fn holds_every_row(policy: PolicyKind, slots: u32, counts: &[u32], co_partition: bool) -> bool {
     let touched = counts.iter().filter(|&&c| c > 0).count() as u64;
-    !co_partition && matches!(policy, PolicyKind::Sca | PolicyKind::Static) && slots as u64 >= touched
+    !co_partition && policy != PolicyKind::None && slots as u64 >= touched
 }
 
 /// Checks the budget against the adapter and the largest step, and splits

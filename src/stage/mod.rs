@@ -844,11 +844,12 @@ pub fn plan_areas<'r>(
     counts: &[u32],
     ratings: usize,
 ) -> Areas {
-    // A slab that holds every row training touches keeps them all resident:
-    // nothing is ever staged (the all-resident peer of a sweep), and the
-    // stager is then skipped altogether.
+    // A slab that holds every row training touches keeps them all resident
+    // under every policy but `none` (the no-reuse baseline): a cache that
+    // never evicts decides nothing, and nothing is ever staged, so the
+    // stager is skipped altogether.
     let touched = counts.iter().filter(|&&c| c > 0).count() as u32;
-    if matches!(kind, PolicyKind::Sca | PolicyKind::Static) && slots >= touched {
+    if kind != PolicyKind::None && slots >= touched {
         return Areas { resident: touched, cache: 0, staging: slots - touched };
     }
     match kind {
@@ -953,13 +954,14 @@ mod tests {
     }
 
     #[test]
-    fn a_slab_holding_every_trained_row_keeps_them_all_resident() {
+    fn a_slab_holding_every_trained_row_keeps_them_all_resident_under_every_policy_but_none() {
         // 3 users, 3 items; user 2 and item 2 are never trained.
         let ratings = [r(0, 0), r(1, 1), r(0, 1), r(1, 0)];
         let counts = access_counts(&ratings, 3, 3);
         let step = rows(&ratings, 3);
         let steps = || Box::new([&step[..]].into_iter()) as Box<dyn Iterator<Item = &[u32]>>;
-        for kind in [PolicyKind::Sca, PolicyKind::Static] {
+        let caching = [PolicyKind::Sca, PolicyKind::Static, PolicyKind::Lru, PolicyKind::Lfu];
+        for kind in caching.into_iter().chain([PolicyKind::Lookahead, PolicyKind::Belady]) {
             // 4 trained rows in 5 slots: all resident, none staged.
             let areas = plan_areas(kind, 5, steps, 4, &counts, 4);
             assert_eq!(areas, Areas { resident: 4, cache: 0, staging: 1 }, "{kind:?}");
@@ -971,6 +973,9 @@ mod tests {
             // A block area moves rows in and out: the general path again.
             assert!(!stager(kind, areas, 3, 3, &counts).with_block_area(2).all_resident());
         }
+        // `none`, the no-reuse baseline, stages every row whatever the slab.
+        let areas = plan_areas(PolicyKind::None, 5, steps, 4, &counts, 4);
+        assert!(areas.resident == 0 && !stager(PolicyKind::None, areas, 3, 3, &counts).all_resident());
         // One slot short of the trained rows: SCA plans staging as before.
         let areas = plan_areas(PolicyKind::Sca, 3, steps, 4, &counts, 4);
         assert!(areas.resident < 3 && !stager(PolicyKind::Sca, areas, 3, 3, &counts).all_resident(), "{areas:?}");
