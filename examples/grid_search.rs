@@ -15,6 +15,8 @@ use rowstage::stage::{Budget, PolicyKind, human_bytes};
 use rowstage::train::{BackendSpec, RunControl, TrainSettings, open_backend, train};
 
 fn main() -> rowstage::Result<()> {
+    // SAFETY: first thing in main, before any other thread.
+    unsafe { rowstage::gpu::context::quiet_gl_probe() };
     let spec = SyntheticSpec::DEFAULT;
     let data = Dataset::split(&spec.name(), generate(&spec, 42), 0.1, 42);
     // Halves and doubles of the defaults (lr 0.05, reg 0.08).

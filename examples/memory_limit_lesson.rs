@@ -75,6 +75,8 @@ fn find<'a>(rows: &'a [BenchRow], budget: &str, policy: &str) -> Option<&'a Benc
 }
 
 fn main() -> rowstage::Result<()> {
+    // SAFETY: first thing in main, before any other thread.
+    unsafe { rowstage::gpu::context::quiet_gl_probe() };
     let charts = std::env::args().nth(1).unwrap_or_else(|| "lesson-charts".into());
     let ctx = GpuContext::new(BackendChoice::Auto, None)?;
     let adapter = ctx.describe();

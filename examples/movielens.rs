@@ -17,6 +17,8 @@ use rowstage::stage::{Budget, PolicyKind, human_bytes};
 use rowstage::train::{BackendSpec, RunControl, TrainSettings, open_backend_fitting, train};
 
 fn main() {
+    // SAFETY: first thing in main, before any other thread.
+    unsafe { rowstage::gpu::context::quiet_gl_probe() };
     let Some(path) = std::env::args().nth(1).map(PathBuf::from) else {
         eprintln!("usage: movielens PATH   (u.data, ratings.dat or ratings.csv of a MovieLens release)");
         std::process::exit(2);

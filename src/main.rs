@@ -480,10 +480,6 @@ struct DevicesArgs {
 }
 
 fn main() {
-    // Mesa's EGL probes Wayland, whose client library prints "error:
-    // XDG_RUNTIME_DIR is invalid or not set" where it is unset (containers,
-    // CI, ssh): a line that looks like a failure on a run that succeeds.
-    // Point it at the temporary directory before any thread starts.
     // Rust ignores SIGPIPE, so that a closed pipe (`| head`) becomes a write
     // error and, in `println!`, a panic; the default action ends the process
     // quietly as other command-line tools do.
@@ -492,11 +488,9 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        // SAFETY: the process has one thread here; nothing reads the
-        // environment concurrently.
-        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
-    }
+    // SAFETY: the process has one thread here; nothing reads the
+    // environment concurrently.
+    unsafe { rowstage::gpu::context::quiet_gl_probe() };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {

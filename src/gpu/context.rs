@@ -126,6 +126,23 @@ impl AdapterSummary {
     }
 }
 
+/// Keeps adapter enumeration quiet where `XDG_RUNTIME_DIR` is unset
+/// (containers, CI, ssh): Mesa's EGL probes Wayland, whose client library
+/// then prints "error: XDG_RUNTIME_DIR is invalid or not set", a line that
+/// looks like a failure on a run that succeeds. Points it at the temporary
+/// directory where it is unset; does nothing otherwise.
+///
+/// # Safety
+///
+/// It sets an environment variable: call it at the start of `main`, before
+/// any other thread starts (no thread may read the environment meanwhile).
+pub unsafe fn quiet_gl_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: the caller guarantees no other thread runs.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+}
+
 fn instance(choice: BackendChoice) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = choice.backends();
