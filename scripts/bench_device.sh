@@ -19,7 +19,9 @@
 #            (the blocked order), deterministic, Hogwild (--order shuffled),
 #            and the sequential CPU reference (test RMSE)
 #   schedules 10M ratings all-resident, 3 epochs each: the default (blocked,
-#            its bins), blocked at 64/256/1024 bins, Hogwild at the auto
+#            its bins), blocked at 64/256/1024 bins, at 256 bins with 16 and
+#            8 sweeps (what fewer sweeps buy: BENCHMARKS.md, "Sweeps and
+#            accuracy at 10M"), Hogwild at the auto
 #            width and the whole batch (the fastest racing schedule), and
 #            deterministic waves of the shuffled order: the deterministic
 #            cost against the fastest racing schedule
@@ -127,7 +129,8 @@ for stage in "${stages[@]}"; do
         ;;
     schedules)
         big=(--synthetic "$big_data" --backend "$gpu" --device-memory 100% --epochs 3)
-        for s in default blocked:64 blocked:256 blocked:1024 shuffled shuffled-step shuffled-deterministic; do
+        for s in default blocked:64 blocked:256 blocked:1024 blocked:256:16 blocked:256:8 shuffled shuffled-step \
+            shuffled-deterministic; do
             case $s in
             default) flags=() ;;
             shuffled-step) flags=(--order shuffled --hogwild-width step) ;;
