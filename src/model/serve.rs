@@ -33,18 +33,40 @@ pub fn rated_items(model: &Model, set: &RatingSet) -> Vec<Vec<u32>> {
 /// User `user`'s `n` highest-scored items, best first (ties by item index),
 /// leaving out the items in `excluded` (sorted).
 pub fn top_items(model: &Model, user: u32, n: usize, excluded: &[u32]) -> Vec<(u32, f32)> {
-    let mut scored: Vec<(u32, f32)> = (0..model.n_items() as u32)
-        .filter(|i| excluded.binary_search(i).is_err())
-        .map(|i| (i, model.predict(user, i)))
-        .collect();
+    top_items_in(model, user, n, excluded, &mut Vec::new())
+}
+
+/// [`top_items`] scoring into `scored`, a buffer kept across users (a
+/// catalogue's scores are too large to allocate per user).
+fn top_items_in(model: &Model, user: u32, n: usize, excluded: &[u32], scored: &mut Vec<(u32, f32)>) -> Vec<(u32, f32)> {
+    scored.clear();
+    // `Model::predict` of model copy 0 for a known user and item, summed in
+    // its order (the same scores to the bit), without its per-call checks.
+    let (k, sub) = (model.rank, super::row_stride(model.rank));
+    let p = &model.user_row(user)[..sub];
+    let score = |i: u32| {
+        let q = &model.item_row(i)[..sub];
+        let mut r = model.mean;
+        r += p[k];
+        r += q[k];
+        r += super::dot(&p[..k], &q[..k]);
+        r.clamp(model.min_rating, model.max_rating)
+    };
+    let mut skip = excluded.iter().copied().peekable();
+    for i in 0..model.n_items() as u32 {
+        while skip.next_if(|&x| x < i).is_some() {}
+        if skip.next_if_eq(&i).is_none() {
+            scored.push((i, score(i)));
+        }
+    }
     let better = |x: &(u32, f32), y: &(u32, f32)| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0));
     let n = n.min(scored.len());
     if n > 0 && n < scored.len() {
         scored.select_nth_unstable_by(n - 1, better);
     }
-    scored.truncate(n);
-    scored.sort_by(better);
-    scored
+    let mut top = scored[..n].to_vec();
+    top.sort_by(better);
+    top
 }
 
 /// [`top_items`] for every user of the model, in user index order, on all
@@ -52,7 +74,7 @@ pub fn top_items(model: &Model, user: u32, n: usize, excluded: &[u32]) -> Vec<(u
 pub fn top_items_all(model: &Model, n: usize, rated: Option<&[Vec<u32>]>) -> Vec<Vec<(u32, f32)>> {
     (0..model.n_users() as u32)
         .into_par_iter()
-        .map(|u| top_items(model, u, n, rated.map_or(&[][..], |r| &r[u as usize])))
+        .map_init(Vec::new, |scored, u| top_items_in(model, u, n, rated.map_or(&[][..], |r| &r[u as usize]), scored))
         .collect()
 }
 
