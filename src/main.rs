@@ -11,10 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use rowstage::bench::{self, BenchReport};
-use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, Rating, SyntheticSpec, UNKNOWN};
+use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, SyntheticSpec, UNKNOWN};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, HARDWARE_HOGWILD_WIDTH, HogwildWidth, list_adapters};
-use rowstage::model::{self, HyperParams, Model, Setting, serve};
+use rowstage::model::{self, HyperParams, Setting, serve};
 use rowstage::report::{self, DatasetInfo, EpochJson, FinalJson, Report};
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
 use rowstage::train::{self, BackendSpec};
@@ -462,7 +462,7 @@ struct SplitArgs {
 
 fn cmd_split(a: SplitArgs) -> Result<()> {
     let out = Out { to_stderr: false };
-    let (data, _) = load_dataset(&a.data, a.seed, &out)?;
+    let (data, _) = load_dataset(&a.data.source()?, a.seed, &out)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     for (name, ratings) in [("train.tsv", &data.train), ("test.tsv", &data.test)] {
         let path = a.out.join(name);
@@ -524,7 +524,6 @@ fn say_line(s: &str) {
     }
 }
 
-/// Where human-readable output goes: stderr when stdout carries JSON.
 /// The library names its parameters in backticks (`` `device_memory` ``);
 /// the command line says them as its flags (`--device-memory`). Backticked
 /// text that is not a parameter name (`` `rowstage devices` ``) stays.
@@ -549,6 +548,7 @@ fn flags(text: &str) -> String {
     out
 }
 
+/// Where human-readable output goes: stderr when stdout carries JSON.
 struct Out {
     to_stderr: bool,
 }
@@ -568,7 +568,6 @@ fn load_opts(format: Format, header: HeaderMode, skip_bad_lines: bool) -> LoadOp
     LoadOptions { format, header, skip_bad_lines }
 }
 
-/// Loads or generates the dataset; returns it and the lines skipped.
 impl DataArgs {
     /// The data flags as the library's description of a run's data.
     fn source(&self) -> Result<data::DataSource> {
@@ -577,15 +576,18 @@ impl DataArgs {
             options: load_opts(self.format, self.header, self.skip_bad_lines),
             test: self.test.clone(),
             test_fraction: self.test_fraction,
-            synthetic: self.synthetic.as_deref().map(|s| SyntheticSpec::parse(s, self.zipf)).transpose()?,
-            zipf: self.zipf,
+            synthetic: match self.synthetic.as_deref() {
+                Some(s) => SyntheticSpec::parse(s, self.zipf)?,
+                None => SyntheticSpec { zipf: self.zipf, ..SyntheticSpec::DEFAULT },
+            },
         })
     }
 }
 
-/// Loads the data the flags describe, telling `out` what was skipped.
-fn load_dataset(a: &DataArgs, seed: u64, out: &Out) -> Result<(Dataset, usize)> {
-    let loaded = a.source()?.load(seed)?;
+/// Loads or generates the dataset `source` describes, telling `out` what was
+/// skipped; returns it and the lines skipped.
+fn load_dataset(source: &data::DataSource, seed: u64, out: &Out) -> Result<(Dataset, usize)> {
+    let loaded = source.load(seed)?;
     for n in &loaded.notes {
         out.line(n);
     }
@@ -681,11 +683,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let source = a.data.source()?;
-    let loaded = source.load(a.seed)?;
-    for n in &loaded.notes {
-        out.line(n);
-    }
-    let (data, skipped) = (loaded.dataset, loaded.skipped);
+    let (data, skipped) = load_dataset(&source, a.seed, &out)?;
     let mut run = train::resolve(&data, &spec)?;
     for n in &run.notes {
         out.line(n);
@@ -904,18 +902,6 @@ fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
     &STOP
 }
 
-/// Maps ratings read from a file onto a model's dense ids.
-fn onto_model(set: &data::RatingSet, m: &Model) -> Vec<Rating> {
-    set.ratings
-        .iter()
-        .map(|r| Rating {
-            user: m.user_ids.get(set.users.name(r.user)).unwrap_or(UNKNOWN),
-            item: m.item_ids.get(set.items.name(r.item)).unwrap_or(UNKNOWN),
-            value: r.value,
-        })
-        .collect()
-}
-
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     for (flag, p) in [("--json", &a.json), ("--predictions", &a.predictions)] {
         if let Some(p) = p {
@@ -924,7 +910,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     let (m, _) = model::load_model(&a.model)?;
     let (set, rep) = data::load_ratings(&a.data, load_opts(a.format, a.header, a.skip_bad_lines))?;
-    let ratings = onto_model(&set, &m);
+    let ratings = serve::onto_model(&m, &set);
     let cold = ratings.iter().filter(|r| r.user == UNKNOWN || r.item == UNKNOWN).count();
     let metrics = m.evaluate(&ratings);
     let to_stdout = |p: &Option<PathBuf>| p.as_deref() == Some(Path::new("-"));
@@ -940,7 +926,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     ));
     if let Some(path) = &a.predictions {
         let mut text = String::with_capacity(ratings.len() * 8);
-        for p in serve::predictions(&m, &set) {
+        for p in serve::predictions(&m, &ratings) {
             let _ = writeln!(text, "{p}");
         }
         write_output(path, text.trim_end())?;
@@ -1044,7 +1030,7 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     };
     spec.validate()?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
-    let (data, _) = load_dataset(&a.data, a.seed, &out)?;
+    let (data, _) = load_dataset(&a.data.source()?, a.seed, &out)?;
     let mut settings = spec.settings();
     let spec = spec.backend;
     let ctx = rowstage::gpu::GpuContext::new(a.backend, a.adapter.as_deref())?;
@@ -1183,7 +1169,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     let budgets = budget_list(&a.device_memory)?;
     let policies = policy_list(&a.policy)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
-    let (data, _) = load_dataset(&a.data, a.seed, &out)?;
+    let (data, _) = load_dataset(&a.data.source()?, a.seed, &out)?;
     let row_bytes = (model::row_stride(a.rank) * 4) as u64;
     out.line(&format!(
         "data: {} — {} users, {} items, {} training ratings; order {}, batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",
@@ -1480,7 +1466,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             resolved.push((choice, adapter));
         }
     }
-    let (data, skipped) = load_dataset(&a.data, a.seed, &out)?;
+    let (data, skipped) = load_dataset(&a.data.source()?, a.seed, &out)?;
     let plan = bench::BenchPlan {
         backends: resolved,
         budgets,

@@ -90,12 +90,14 @@ fn chart(
 ) -> std::result::Result<String, String> {
     let xs = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-    let (x0, x1) = xs().fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
-    let (x0, x1) = if x0.is_finite() { (x0 / 1.5, x1 * 1.5) } else { (0.5, 200.0) };
     // Ticks at the budgets measured, not a log scale's crowded defaults.
     let mut budgets: Vec<f64> = xs().collect();
     budgets.sort_by(f64::total_cmp);
     budgets.dedup();
+    let (x0, x1) = match (budgets.first(), budgets.last()) {
+        (Some(&lo), Some(&hi)) => (lo / 1.5, hi * 1.5),
+        _ => (0.5, 200.0),
+    };
     let y1 = ys().fold(0.0f64, f64::max);
     let y0 = ys().filter(|&y| y > 0.0).fold(f64::INFINITY, f64::min);
     // One series 20 times another's scale flattens it against the axis: a

@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn a_budget_too_small_says_what_it_needs_and_the_rest_replay() {
         let data = DataSource {
-            synthetic: Some(SyntheticSpec { users: 80, items: 50, ratings: 3000, zipf: None }),
+            synthetic: SyntheticSpec { users: 80, items: 50, ratings: 3000, zipf: None },
             ..Default::default()
         }
         .load(3)

@@ -16,10 +16,9 @@ pub struct DataSource {
     /// A held-out ratings file; `None`: a seeded split of `test_fraction`.
     pub test: Option<PathBuf>,
     pub test_fraction: f64,
-    /// The generator's sizes where there is no file ([`SyntheticSpec::DEFAULT`]
-    /// when `None`); its law is `zipf` (`None`: MovieLens-shaped).
-    pub synthetic: Option<SyntheticSpec>,
-    pub zipf: Option<f64>,
+    /// What the generator draws where there is no file: its sizes and its
+    /// law (`zipf`: `None` is MovieLens-shaped).
+    pub synthetic: SyntheticSpec,
 }
 
 impl Default for DataSource {
@@ -29,8 +28,7 @@ impl Default for DataSource {
             options: LoadOptions::default(),
             test: None,
             test_fraction: 0.1,
-            synthetic: None,
-            zipf: None,
+            synthetic: SyntheticSpec::DEFAULT,
         }
     }
 }
@@ -72,10 +70,8 @@ impl DataSource {
         let (name, set) = match &self.path {
             Some(p) => (p.display().to_string(), load(p)?),
             None => {
-                let base = self.synthetic.unwrap_or(SyntheticSpec::DEFAULT);
-                // Parsed again for its checks of the sizes and the law.
-                let spec = SyntheticSpec::parse(&format!("{},{},{}", base.users, base.items, base.ratings), self.zipf)?;
-                (spec.name(), generate(&spec, seed))
+                self.synthetic.check()?;
+                (self.synthetic.name(), generate(&self.synthetic, seed))
             }
         };
         let dataset = match &self.test {
@@ -95,7 +91,7 @@ impl DataSource {
             test: self.test.as_ref().map(|p| p.display().to_string()),
             test_fraction: self.test.is_none().then_some(self.test_fraction),
             format: self.options.format,
-            zipf: self.zipf,
+            zipf: self.synthetic.zipf,
         }
     }
 }
@@ -129,8 +125,8 @@ mod tests {
             let e = DataSource { test_fraction: f, ..Default::default() }.load(1).unwrap_err().to_string();
             assert!(e.contains("test_fraction"), "{e}");
         }
-        let small = Some(SyntheticSpec { users: 3, items: 3, ratings: 5, zipf: None });
-        let e = DataSource { zipf: Some(-1.0), synthetic: small, ..Default::default() }.load(1).unwrap_err();
+        let small = SyntheticSpec { users: 3, items: 3, ratings: 5, zipf: Some(-1.0) };
+        let e = DataSource { synthetic: small, ..Default::default() }.load(1).unwrap_err();
         assert!(e.to_string().contains("zipf"), "{e}");
     }
 }

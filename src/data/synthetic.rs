@@ -63,13 +63,25 @@ impl SyntheticSpec {
                 .ok_or_else(|| bad(&format!("{p:?} is not a positive whole number")))
         };
         let spec = SyntheticSpec { users: num(parts[0])?, items: num(parts[1])?, ratings: num(parts[2])?, zipf };
-        if spec.users > u32::MAX as usize / 2 || spec.items > u32::MAX as usize / 2 {
-            return Err(bad("too many users or items for 32-bit ids"));
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Refuses sizes and laws the generator cannot draw: no side empty or
+    /// past 32-bit ids, no ratings, a Zipf exponent that is not a finite
+    /// number ≥ 0.
+    pub fn check(&self) -> Result<()> {
+        let sizes = || format!("{},{},{}", self.users, self.items, self.ratings);
+        if self.users == 0 || self.items == 0 || self.ratings == 0 {
+            return Err(Error::arg("`synthetic`", sizes(), "every size must be a positive whole number"));
         }
-        if let Some(z) = zipf.filter(|z| !(z.is_finite() && *z >= 0.0)) {
+        if self.users > u32::MAX as usize / 2 || self.items > u32::MAX as usize / 2 {
+            return Err(Error::arg("`synthetic`", sizes(), "too many users or items for 32-bit ids"));
+        }
+        if let Some(z) = self.zipf.filter(|z| !(z.is_finite() && *z >= 0.0)) {
             return Err(Error::arg("`zipf`", z.to_string(), "must be a finite number ≥ 0"));
         }
-        Ok(spec)
+        Ok(())
     }
 
     /// A short name for reports: `synthetic-4000x2000-200000`, with

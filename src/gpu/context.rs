@@ -213,12 +213,15 @@ fn missing_backend(choice: BackendChoice) -> Result<()> {
     if others.is_empty() {
         return Ok(());
     }
-    let mut names: Vec<String> = others.iter().map(|a| format!("{:?}", a.get_info().backend).to_lowercase()).collect();
-    names.dedup();
-    let described: Vec<String> = others
-        .iter()
-        .map(|a| format!("{} ({})", a.get_info().name, format!("{:?}", a.get_info().backend).to_lowercase()))
-        .collect();
+    let (mut names, mut described) = (Vec::new(), Vec::new());
+    for a in &others {
+        let (name, backend) = (a.get_info().name, format!("{:?}", a.get_info().backend).to_lowercase());
+        described.push(format!("{name} ({backend})"));
+        // Each backend once, in the adapters' order (best first).
+        if !names.contains(&backend) {
+            names.push(backend);
+        }
+    }
     let platform = match choice {
         BackendChoice::Metal if !cfg!(any(target_os = "macos", target_os = "ios")) => {
             " (Metal exists on macOS and iOS only)"

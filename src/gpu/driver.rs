@@ -195,13 +195,19 @@ struct WholeEpoch {
 
 impl WholeEpoch {
     fn of(run: &RunLayout, rows: &PartRows, conflicts: &[u32]) -> Self {
-        let mut w = WholeEpoch { ratings: run.ratings().len(), ..Default::default() };
-        for p in 0..run.parts().len() as u32 {
+        Self::sum(0..run.parts().len() as u32, run, rows, conflicts)
+    }
+
+    /// The sums over `parts`, part by part.
+    fn sum(parts: impl IntoIterator<Item = u32>, run: &RunLayout, rows: &PartRows, conflicts: &[u32]) -> Self {
+        let mut w = WholeEpoch::default();
+        for p in parts {
             let (u, i) = rows.counts(p);
+            w.ratings += run.parts()[p as usize].len as usize;
             w.user_rows += u as u64;
             w.item_rows += i as u64;
+            w.conflicts += conflicts.get(p as usize).map_or(0, |&c| c as u64);
         }
-        w.conflicts = conflicts.iter().map(|&c| c as u64).sum();
         w
     }
 
@@ -211,15 +217,7 @@ impl WholeEpoch {
         if trained.len() == run.parts().len() {
             return *self;
         }
-        let mut w = WholeEpoch::default();
-        for &p in trained {
-            let (u, i) = rows.counts(p);
-            w.ratings += run.parts()[p as usize].len as usize;
-            w.user_rows += u as u64;
-            w.item_rows += i as u64;
-            w.conflicts += conflicts.get(p as usize).map_or(0, |&c| c as u64);
-        }
-        w
+        Self::sum(trained.iter().copied(), run, rows, conflicts)
     }
 }
 

@@ -1,26 +1,20 @@
-//! Serving a trained model: top-k items for one user or for every user, and
-//! a prediction per rating (what `rowstage recommend` and `rowstage eval`
-//! print).
+//! Serving a trained model: a file's ratings on the model's ids, top-k items
+//! for one user or for every user, and a prediction per rating (what
+//! `rowstage recommend` and `rowstage eval` print).
 
 use rayon::prelude::*;
 
 use super::Model;
-use crate::data::{RatingSet, UNKNOWN};
+use crate::data::{Rating, RatingSet, UNKNOWN};
 
 /// The items each of the model's users rated in `set` (model item indices,
 /// sorted, no repeats): what top-k leaves out. Users and items of `set`
 /// that the model does not know are ignored.
 pub fn rated_items(model: &Model, set: &RatingSet) -> Vec<Vec<u32>> {
-    // The set's ids are resolved to the model's once per id, not per rating.
-    let users: Vec<u32> =
-        (0..set.users.len() as u32).map(|u| model.user_ids.get(set.users.name(u)).unwrap_or(UNKNOWN)).collect();
-    let items: Vec<u32> =
-        (0..set.items.len() as u32).map(|i| model.item_ids.get(set.items.name(i)).unwrap_or(UNKNOWN)).collect();
     let mut rated = vec![Vec::new(); model.n_users()];
-    for r in &set.ratings {
-        let (u, i) = (users[r.user as usize], items[r.item as usize]);
-        if u != UNKNOWN && i != UNKNOWN {
-            rated[u as usize].push(i);
+    for r in onto_model(model, set) {
+        if r.user != UNKNOWN && r.item != UNKNOWN {
+            rated[r.user as usize].push(r.item);
         }
     }
     rated.par_iter_mut().for_each(|v| {
@@ -78,18 +72,25 @@ pub fn top_items_all(model: &Model, n: usize, rated: Option<&[Vec<u32>]>) -> Vec
         .collect()
 }
 
-/// The model's prediction for every rating of `set`, in the set's order
-/// (LIBMF's `mf-predict` writes the same: one per input rating). A user or
-/// item the model does not know contributes neither bias nor factors.
-pub fn predictions(model: &Model, set: &RatingSet) -> Vec<f32> {
+/// `set`'s ratings on the model's ids, in the set's order ([`UNKNOWN`]
+/// where the model does not know the user or the item). The set's ids are
+/// resolved once per id, not per rating.
+pub fn onto_model(model: &Model, set: &RatingSet) -> Vec<Rating> {
+    let users: Vec<u32> =
+        (0..set.users.len() as u32).map(|u| model.user_ids.get(set.users.name(u)).unwrap_or(UNKNOWN)).collect();
+    let items: Vec<u32> =
+        (0..set.items.len() as u32).map(|i| model.item_ids.get(set.items.name(i)).unwrap_or(UNKNOWN)).collect();
     set.ratings
         .iter()
-        .map(|r| {
-            let u = model.user_ids.get(set.users.name(r.user)).unwrap_or(UNKNOWN);
-            let i = model.item_ids.get(set.items.name(r.item)).unwrap_or(UNKNOWN);
-            model.predict(u, i)
-        })
+        .map(|r| Rating { user: users[r.user as usize], item: items[r.item as usize], value: r.value })
         .collect()
+}
+
+/// The model's prediction for every rating (on its ids: [`onto_model`]), in
+/// order (LIBMF's `mf-predict` writes the same: one per input rating). A user
+/// or item the model does not know contributes neither bias nor factors.
+pub fn predictions(model: &Model, ratings: &[Rating]) -> Vec<f32> {
+    ratings.iter().map(|r| model.predict(r.user, r.item)).collect()
 }
 
 #[cfg(test)]
@@ -139,7 +140,7 @@ mod tests {
     #[test]
     fn predictions_follow_the_input_order() {
         let (m, set) = model();
-        let p = predictions(&m, &set);
+        let p = predictions(&m, &onto_model(&m, &set));
         assert_eq!(p.len(), set.ratings.len());
         for (r, &x) in set.ratings.iter().zip(&p) {
             let u = m.user_ids.get(set.users.name(r.user)).unwrap_or(UNKNOWN);

@@ -429,7 +429,7 @@ mod tests {
     #[test]
     fn a_cpu_run_resolves_to_the_default_batch_and_the_blocked_order() {
         let data = crate::data::DataSource {
-            synthetic: Some(crate::data::SyntheticSpec { users: 60, items: 40, ratings: 2000, zipf: None }),
+            synthetic: crate::data::SyntheticSpec { users: 60, items: 40, ratings: 2000, zipf: None },
             ..Default::default()
         }
         .load(1)
