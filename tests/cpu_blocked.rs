@@ -33,7 +33,7 @@ fn settings(order: Order) -> TrainSettings {
     }
 }
 
-const BLOCKED: Order = Order::Blocked { bins: 7, sweeps: 0 };
+const BLOCKED: Order = Order::Blocked { bins: 7, sweeps: 0, tile: 0 };
 
 #[test]
 fn threads_give_the_model_of_the_sequential_walk_and_no_conflicts() {
@@ -84,7 +84,7 @@ fn auto_picks_the_blocked_order_on_the_cpu_and_it_costs_little_accuracy() {
     let s = TrainSettings { epochs: 8, ..settings(Order::Auto) };
     let mut cpu = HogwildCpu::new(s.hp.bias_reg, 2);
     let blocked = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
-    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::engine::blocked::default_bins(2), sweeps: 0 });
+    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::engine::blocked::default_bins(2), sweeps: 0, tile: 0 });
     let s = TrainSettings { order: Order::Shuffled, ..s };
     let shuffled = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
     assert_eq!(shuffled.order, Order::Shuffled);

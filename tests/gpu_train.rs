@@ -632,7 +632,7 @@ fn ratings_past_what_the_device_holds_are_streamed_a_part_at_a_time() {
 fn the_blocked_order_on_the_device_equals_the_cpu_blocked_order() {
     use rowstage::stage::PolicyKind;
     let data = dataset();
-    let order = rowstage::train::Order::Blocked { bins: 5, sweeps: 3 };
+    let order = rowstage::train::Order::Blocked { bins: 5, sweeps: 3, tile: 0 };
     let base = TrainSettings { epochs: 2, deterministic: false, order, ..settings() };
     let grid = vec![rowstage::model::Setting { lr: 0.01, reg: 0.05 }, rowstage::model::Setting { lr: 0.03, reg: 0.02 }];
     let cases = [(base.clone(), "rank 7"), (TrainSettings { grid, ..base.clone() }, "rank 7, 2 models")];

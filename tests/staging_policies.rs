@@ -72,7 +72,7 @@ fn check(data: &Dataset, order: Order, batch: usize) {
 #[test]
 fn sca_never_loses_to_a_simpler_policy_on_movielens_100k() {
     let Some(data) = movielens_100k() else { return };
-    check(&data, Order::Blocked { bins: 53, sweeps: 0 }, 2048);
+    check(&data, Order::Blocked { bins: 53, sweeps: 0, tile: 0 }, 2048);
     check(&data, Order::Shuffled, 64);
     check(&data, Order::Shuffled, 256);
 }
@@ -84,7 +84,7 @@ fn sca_never_loses_to_a_simpler_policy_on_synthetic_data() {
     for (name, zipf) in [("default", None), ("zipf-1.05", Some(1.05))] {
         let spec = SyntheticSpec { ratings: 40_000, users: 1200, items: 700, zipf };
         let data = Dataset::split(name, generate(&spec, 7), 0.1, 7);
-        check(&data, Order::Blocked { bins: 31, sweeps: 0 }, 2048);
+        check(&data, Order::Blocked { bins: 31, sweeps: 0, tile: 0 }, 2048);
         check(&data, Order::Shuffled, 128);
     }
 }

@@ -19,6 +19,16 @@
 //! are listed largest first. [`super::order::RunLayout`] makes the parts and
 //! the epochs' plans.
 //!
+//! **Tiles.** With a tile T dividing the bins (G = bins / T tiles a side),
+//! worker i = k·T + j (tile k, place j) and round (c, r) hold block
+//! (α(i), β(((k + c) mod G)·T + (j + r) mod T)): for each of G shifts c
+//! (drawn in a seeded order) the T rounds r (in a seeded order) stay inside
+//! the tiles (k, k + c), so a GPU trains T rounds of a tile in one workgroup
+//! with barriers between, and a dispatch per shift rather than per round.
+//! Still a Latin square: a round's blocks share no bin, a sweep covers every
+//! block once. T = 1 and T = bins are the plain rounds above, the same plan
+//! from the same seed ([`super::order::BlockedEpoch`]).
+//!
 //! Why sweeps: a block trained in one stretch gives each row all of its
 //! updates against one bin of the other side in a row. With one sweep that
 //! cost 0.025 test RMSE after 10 epochs on 1M synthetic ratings (0.7935 with
@@ -90,6 +100,27 @@ pub fn device_bins(ratings: usize, n_users: usize, n_items: usize, slots: Option
     let by_budget = slots.map_or(0, |s| (8.0 * ratings as f64 / (sweeps * s.max(1) as f64)).sqrt().ceil() as u32);
     let side = n_users.min(n_items).max(1) as u32;
     by_data.max(by_budget).min(MAX_DEVICE_BINS).min(side).max(1)
+}
+
+/// Tile rounds a sweep keeps at least (workgroups of a GPU dispatch, which
+/// spread over its cores): tiles of at most a quarter of the bins.
+pub const MIN_TILE_ROUNDS: u32 = 4;
+
+/// The tile for `bins` chosen bins under `cap` ([`crate::engine::Target::tile_cap`]): the
+/// largest power of two at most `cap` and `bins / MIN_TILE_ROUNDS` (the
+/// bins are then rounded down to a multiple of it). A GPU that holds every
+/// row trains a tile round in one dispatch, so a larger tile means fewer
+/// dispatches per epoch (`bins / tile × sweeps`) for the same workers.
+pub fn power_tile(bins: u32, cap: u32) -> u32 {
+    let most = cap.min(bins / MIN_TILE_ROUNDS).max(1);
+    1 << most.ilog2()
+}
+
+/// The tile for `bins` bins given by the user: the largest divisor of `bins`
+/// within the limits of [`power_tile`] (1 where none is, as for a prime).
+pub fn divisor_tile(bins: u32, cap: u32) -> u32 {
+    let most = cap.min(bins / MIN_TILE_ROUNDS).max(1);
+    (1..=most).rev().find(|t| bins % t == 0).unwrap_or(1)
 }
 
 /// The training ratings in block-major order (module docs).

@@ -15,7 +15,7 @@ pub mod walk;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-pub use order::{EpochPlan, Group, LayoutSpec, NO_GROUP, Order, Part, RunLayout, Target};
+pub use order::{BlockedEpoch, EpochPlan, Group, LayoutSpec, NO_GROUP, Order, Part, RunLayout, Target};
 
 use crate::data::Rating;
 use crate::error::Result;

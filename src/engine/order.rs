@@ -57,8 +57,21 @@ pub enum Order {
     /// FPSGD's blocked order over `bins` × `bins` blocks ([`super::blocked`];
     /// 0: as many as [`Order::resolve`] chooses for the target),
     /// in `sweeps` sweeps per epoch (0: one per [`super::blocked::SWEEP_RATINGS`]
-    /// training ratings, [`super::blocked::MIN_VISITS`] at least).
-    Blocked { bins: u32, sweeps: u32 },
+    /// training ratings, [`super::blocked::MIN_VISITS`] at least), its rounds
+    /// taken `tile` at a time within tiles of `tile` × `tile` blocks
+    /// ([`BlockedEpoch`]; 0 or 1: no tiles, the plain diagonal rounds; 0 lets
+    /// [`Order::resolve`] choose).
+    Blocked {
+        bins: u32,
+        sweeps: u32,
+        #[serde(default)]
+        tile: u32,
+    },
+}
+
+/// A resolved tile: 0 for none (a tile of 1 is none).
+fn no_tile(tile: u32) -> u32 {
+    if tile > 1 { tile } else { 0 }
 }
 
 /// What [`Order::resolve`] chooses for.
@@ -75,6 +88,10 @@ pub struct Target<'a> {
     pub n_items: usize,
     /// The policy's slots where the slab cannot hold every row (a GPU).
     pub slots: Option<u64>,
+    /// The most bins a GPU that holds every row trains in one workgroup
+    /// (the tile, [`BlockedEpoch`]); 1 where tiles buy nothing (the CPU, a
+    /// staged slab).
+    pub tile_cap: u32,
 }
 
 impl Order {
@@ -87,9 +104,12 @@ impl Order {
         self.check_co_partition(target.co_partition)?;
         match self {
             Order::Auto if target.co_partition => Ok(Order::Shuffled),
-            Order::Auto => Ok(Order::Blocked { bins: Self::bins_for(target), sweeps: 0 }),
+            Order::Auto => Ok(Self::tiled(Self::bins_for(target), 0, target)),
             // Plain `blocked`: the bins `auto` would choose.
-            Order::Blocked { bins: 0, sweeps } => Ok(Order::Blocked { bins: Self::bins_for(target), sweeps }),
+            Order::Blocked { bins: 0, sweeps, tile: 0 } => Ok(Self::tiled(Self::bins_for(target), sweeps, target)),
+            Order::Blocked { bins: 0, sweeps, tile } => {
+                Ok(Order::Blocked { bins: (Self::bins_for(target) / tile).max(1) * tile, sweeps, tile })
+            }
             // BINS² blocks are laid out: more bins than a side has rows only
             // adds empty blocks (and, unbounded, exhausts memory).
             Order::Blocked { bins, .. } if bins as usize > target.n_users.min(target.n_items).max(1) => {
@@ -104,8 +124,21 @@ impl Order {
                     ),
                 ))
             }
+            Order::Blocked { bins, tile, .. } if tile > 1 && bins % tile != 0 => {
+                Err(Error::arg("`order`", self.name(), format!("TILE must divide BINS ({bins} bins, tile {tile})")))
+            }
+            Order::Blocked { bins, sweeps, tile: 0 } => {
+                Ok(Order::Blocked { bins, sweeps, tile: no_tile(blocked::divisor_tile(bins, target.tile_cap)) })
+            }
             o => Ok(o),
         }
+    }
+
+    /// Bins chosen for the target (`bins`), with a tile where it has a cap
+    /// above 1: the bins rounded down to a multiple of the tile.
+    fn tiled(bins: u32, sweeps: u32, target: &Target) -> Order {
+        let tile = blocked::power_tile(bins, target.tile_cap);
+        Order::Blocked { bins: bins / tile * tile, sweeps, tile: no_tile(tile) }
     }
 
     /// The blocked order's bins on `target`: two per thread on the CPU,
@@ -132,36 +165,56 @@ impl Order {
 
     /// Parses `--order`: `auto`, `shuffled`, `blocked` (the bins `auto`
     /// chooses for the run's target, [`Order::resolve`]), `blocked:BINS`
-    /// (BINS ≥ 1) or `blocked:BINS:SWEEPS` (SWEEPS ≥ 1 per epoch).
+    /// (BINS ≥ 1), `blocked:BINS:SWEEPS` (SWEEPS ≥ 1 per epoch, or `auto`)
+    /// or `blocked:BINS:SWEEPS:TILE` (TILE ≥ 1 dividing BINS).
     pub fn parse(s: &str) -> Result<Order> {
         let bad = |why: &str| Error::arg("`order`", s, why);
         let number = |t: &str| t.trim().parse::<u32>().ok().filter(|&n| n >= 1);
-        match s.trim() {
-            "auto" => Ok(Order::Auto),
-            "shuffled" => Ok(Order::Shuffled),
-            "blocked" => Ok(Order::Blocked { bins: 0, sweeps: 0 }),
+        let sweeps = |t: &str| if t.trim() == "auto" { Some(0) } else { number(t) };
+        let order = match s.trim() {
+            "auto" => Order::Auto,
+            "shuffled" => Order::Shuffled,
+            "blocked" => Order::Blocked { bins: 0, sweeps: 0, tile: 0 },
             t => match t.strip_prefix("blocked:").map(|b| b.split(':').collect::<Vec<_>>()).as_deref() {
                 Some([bins]) => match number(bins) {
-                    Some(bins) => Ok(Order::Blocked { bins, sweeps: 0 }),
-                    None => Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
+                    Some(bins) => Order::Blocked { bins, sweeps: 0, tile: 0 },
+                    None => return Err(bad("BINS must be a whole number ≥ 1, as in blocked:20")),
                 },
-                Some([bins, sweeps]) => match (number(bins), number(sweeps)) {
-                    (Some(bins), Some(sweeps)) => Ok(Order::Blocked { bins, sweeps }),
-                    _ => Err(bad("BINS and SWEEPS must be whole numbers ≥ 1, as in blocked:64:4")),
+                Some([bins, s]) => match (number(bins), sweeps(s)) {
+                    (Some(bins), Some(sweeps)) => Order::Blocked { bins, sweeps, tile: 0 },
+                    _ => return Err(bad("BINS and SWEEPS must be whole numbers ≥ 1, as in blocked:64:4")),
                 },
-                _ => Err(bad("must be auto, shuffled, blocked, blocked:BINS or blocked:BINS:SWEEPS")),
+                Some([bins, s, tile]) => match (number(bins), sweeps(s), number(tile)) {
+                    (Some(bins), Some(sweeps), Some(tile)) if bins % tile == 0 => Order::Blocked { bins, sweeps, tile },
+                    _ => {
+                        return Err(bad(
+                            "BINS, SWEEPS and TILE must be whole numbers ≥ 1, TILE dividing BINS, as in blocked:64:4:8",
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(bad(
+                        "must be auto, shuffled, blocked, blocked:BINS, blocked:BINS:SWEEPS or blocked:BINS:SWEEPS:TILE",
+                    ));
+                }
             },
-        }
+        };
+        Ok(order)
     }
 
-    /// `shuffled`, `blocked:BINS`, `blocked:BINS:SWEEPS` (or `auto`).
+    /// `shuffled`, `blocked:BINS`, `blocked:BINS:SWEEPS`,
+    /// `blocked:BINS:SWEEPS:TILE` (SWEEPS `auto` where not set; or `auto`).
     pub fn name(&self) -> String {
-        match self {
+        match *self {
             Order::Auto => "auto".into(),
             Order::Shuffled => "shuffled".into(),
-            Order::Blocked { bins: 0, sweeps: 0 } => "blocked".into(),
-            Order::Blocked { bins, sweeps: 0 } => format!("blocked:{bins}"),
-            Order::Blocked { bins, sweeps } => format!("blocked:{bins}:{sweeps}"),
+            Order::Blocked { bins: 0, sweeps: 0, tile: 0 } => "blocked".into(),
+            Order::Blocked { bins, sweeps, tile } if tile > 1 => {
+                let sweeps = if sweeps == 0 { "auto".to_string() } else { sweeps.to_string() };
+                format!("blocked:{bins}:{sweeps}:{tile}")
+            }
+            Order::Blocked { bins, sweeps: 0, .. } => format!("blocked:{bins}"),
+            Order::Blocked { bins, sweeps, .. } => format!("blocked:{bins}:{sweeps}"),
         }
     }
 }
@@ -206,6 +259,8 @@ enum Arrangement {
     Blocked {
         bins: u32,
         visits: u32,
+        /// Bins per tile ([`BlockedEpoch`]), 1 for none.
+        tile: u32,
         /// Part id of block `b`'s visit `v` at `b * visits + v` ([`NO_GROUP`]
         /// where that part is empty).
         block_parts: Vec<u32>,
@@ -300,7 +355,7 @@ impl RunLayout {
                 }
                 (ratings, Arrangement::CoPartitioned { n_blocks: nb as u32, visits: visits as u32, groups })
             }
-            (Order::Blocked { bins, sweeps }, None) => {
+            (Order::Blocked { bins, sweeps, tile }, None) => {
                 let sweeps = (sweeps > 0).then_some(sweeps as usize);
                 let grid = BlockedRatings::new(train, n_users, n_items, bins, sweeps, spec.seed, threads);
                 let (bins, visits) = (grid.bins, grid.visits);
@@ -319,8 +374,12 @@ impl RunLayout {
                     }
                 }
                 let block_len = (0..nb).map(|b| grid.len_of(b)).collect();
+                let tile = tile.max(1);
+                if bins % tile != 0 {
+                    return Err(Error::arg("`order`", spec.order.name(), "TILE must divide BINS"));
+                }
                 let arrangement =
-                    Arrangement::Blocked { bins, visits: visits as u32, block_parts, block_len, part_bins };
+                    Arrangement::Blocked { bins, visits: visits as u32, tile, block_parts, block_len, part_bins };
                 (grid.into_ratings(), arrangement)
             }
         };
@@ -373,6 +432,56 @@ impl RunLayout {
             Arrangement::Blocked { visits, .. } => Some(*visits),
             _ => None,
         }
+    }
+
+    /// The blocked order's bins per tile (1: none), if it is the order.
+    pub fn tile(&self) -> Option<u32> {
+        match &self.arrangement {
+            Arrangement::Blocked { tile, .. } => Some(*tile),
+            _ => None,
+        }
+    }
+
+    /// Where each block's ratings start in the layout, and the end (bins² +
+    /// 1 entries): block `b`'s sweep `v` is the `v`-th of `sweeps` equal
+    /// cuts of its ratings (what a GPU derives a part from).
+    pub fn block_starts(&self) -> Option<Vec<u32>> {
+        match &self.arrangement {
+            Arrangement::Blocked { block_len, .. } => {
+                let mut starts = Vec::with_capacity(block_len.len() + 1);
+                let mut at = 0u32;
+                starts.push(at);
+                for &len in block_len {
+                    at += len;
+                    starts.push(at);
+                }
+                Some(starts)
+            }
+            _ => None,
+        }
+    }
+
+    /// Epoch `epoch`'s blocked order as permutations ([`BlockedEpoch`]), if
+    /// it is the order: O(sweeps × bins), from `(seed, epoch)` alone.
+    pub fn blocked_epoch(&self, epoch: usize) -> Option<BlockedEpoch> {
+        let Arrangement::Blocked { bins, visits, tile, .. } = &self.arrangement else { return None };
+        let mut rng = epoch_rng(self.spec.seed, 0xF95C_0000_0000_0000, epoch);
+        let (n, t) = (*bins as usize, *tile as usize);
+        let mut perms = Vec::with_capacity(*visits as usize * (2 * n + n / t + t));
+        let (mut alpha, mut beta, mut shifts, mut rounds): (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) =
+            ((0..n as u32).collect(), (0..n as u32).collect(), (0..(n / t) as u32).collect(), (0..t as u32).collect());
+        for _ in 0..*visits {
+            // In this sequence, so that tiles of 1 and of every bin draw the
+            // plain rounds' permutations (a shuffle of one draws nothing).
+            alpha.shuffle(&mut rng);
+            beta.shuffle(&mut rng);
+            shifts.shuffle(&mut rng);
+            rounds.shuffle(&mut rng);
+            for p in [&alpha, &beta, &shifts, &rounds] {
+                perms.extend_from_slice(p);
+            }
+        }
+        Some(BlockedEpoch { bins: *bins, tile: *tile, sweeps: *visits, perms })
     }
 
     /// The (user bin, item bin) of blocked part `id`: every rating of the
@@ -440,30 +549,19 @@ impl RunLayout {
                 }
             }
             Arrangement::Blocked { bins, visits, block_parts, block_len, .. } => {
-                let mut rng = epoch_rng(seed, 0xF95C_0000_0000_0000, epoch);
+                let order = self.blocked_epoch(epoch).expect("the blocked order");
                 let (n, visits) = (*bins as usize, *visits as usize);
-                let (mut alpha, mut beta, mut rounds): (Vec<usize>, Vec<usize>, Vec<usize>) =
-                    ((0..n).collect(), (0..n).collect(), (0..n).collect());
-                // The permutations in the seed's sequence, then every visit's
-                // rounds at once (one per core): the same plan as one pass.
-                let perms: Vec<[Vec<usize>; 3]> = (0..visits)
-                    .map(|_| {
-                        alpha.shuffle(&mut rng);
-                        beta.shuffle(&mut rng);
-                        rounds.shuffle(&mut rng);
-                        [alpha.clone(), beta.clone(), rounds.clone()]
-                    })
-                    .collect();
-                let per_visit: Vec<(Vec<u32>, Vec<u32>)> = perms
-                    .par_iter()
-                    .enumerate()
+                // Every sweep's rounds at once (one per core): the same plan
+                // as one pass.
+                let per_visit: Vec<(Vec<u32>, Vec<u32>)> = (0..visits)
+                    .into_par_iter()
                     .map_init(
                         || Vec::with_capacity(n),
-                        |round, (v, [alpha, beta, rounds])| {
+                        |round, v| {
                             let (mut parts, mut ends) = (Vec::with_capacity(n * n), Vec::with_capacity(n));
-                            for &r in rounds {
+                            for (shift, r) in order.rounds(v) {
                                 round.clear();
-                                round.extend((0..n).map(|i| alpha[i] * n + beta[(i + r) % n]));
+                                round.extend((0..n).map(|i| order.block(v, i, shift, r)));
                                 // Longest first, so that neighbouring workers
                                 // get similar lengths (ties by block: one order).
                                 round.sort_unstable_by_key(|&b| (std::cmp::Reverse(block_len[b]), b));
@@ -486,6 +584,61 @@ impl RunLayout {
                 }
             }
         }
+    }
+}
+
+/// One epoch of the blocked order as permutations (module docs of
+/// [`super::blocked`], "Tiles"): per sweep the workers' user bins α and item
+/// bins β (`bins` each), the tile shifts in their order (`bins / tile`) and
+/// the rounds inside a tile in their order (`tile`), `stride` words a sweep.
+/// O(sweeps × bins) words: what a GPU holding every row is given per epoch,
+/// deriving each round's blocks itself; [`RunLayout::epoch_into`] expands the
+/// same permutations into part ids, so both train one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedEpoch {
+    pub bins: u32,
+    pub tile: u32,
+    pub sweeps: u32,
+    pub perms: Vec<u32>,
+}
+
+impl BlockedEpoch {
+    /// Words of one sweep's permutations.
+    pub fn stride(&self) -> usize {
+        let (n, t) = (self.bins as usize, self.tile as usize);
+        2 * n + n / t + t
+    }
+
+    /// Tile rounds (shifts) per sweep: a GPU's dispatches per sweep.
+    pub fn shifts(&self) -> usize {
+        (self.bins / self.tile) as usize
+    }
+
+    fn sweep(&self, v: usize) -> &[u32] {
+        &self.perms[v * self.stride()..(v + 1) * self.stride()]
+    }
+
+    /// Sweep `v`'s tile shifts in order.
+    pub fn shift_order(&self, v: usize) -> &[u32] {
+        let n = self.bins as usize;
+        &self.sweep(v)[2 * n..2 * n + self.shifts()]
+    }
+
+    /// Sweep `v`'s rounds in order, as (shift, round in the tile).
+    pub fn rounds(&self, v: usize) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let n = self.bins as usize;
+        let inner = &self.sweep(v)[2 * n + self.shifts()..];
+        self.shift_order(v).iter().flat_map(move |&c| inner.iter().map(move |&r| (c, r)))
+    }
+
+    /// The block (`user bin × bins + item bin`) worker `i` trains in sweep
+    /// `v`'s round (`shift`, `r`).
+    pub fn block(&self, v: usize, i: usize, shift: u32, r: u32) -> usize {
+        let (n, t) = (self.bins as usize, self.tile as usize);
+        let s = self.sweep(v);
+        let (k, j) = (i / t, i % t);
+        let g = n / t;
+        s[i] as usize * n + s[n + ((k + shift as usize) % g) * t + (j + r as usize) % t] as usize
     }
 }
 
@@ -624,33 +777,72 @@ mod tests {
     fn blocked_rounds_share_no_bin_and_every_block_is_visited_each_sweep() {
         let train = skewed(5_003, 97, 41);
         let bins = 6;
-        let layout = RunLayout::new(&train, 97, 41, spec(Order::Blocked { bins, sweeps: 0 }, 1, None), 2).unwrap();
-        assert_eq!(layout.bins(), Some(bins));
-        let plan = layout.epoch(0);
-        assert_covers(&layout, &plan, &train);
         let grid = BlockedRatings::new(&train, 97, 41, bins, None, 7, 1);
-        for (range, _) in plan.groups_from(0) {
-            let pairs: Vec<(u32, u32)> = plan.parts[range].iter().map(|&p| layout.bins_of_part(p).unwrap()).collect();
-            let (mut us, mut is): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
-            us.sort();
-            us.dedup();
-            is.sort();
-            is.dedup();
-            assert_eq!((us.len(), is.len()), (pairs.len(), pairs.len()), "a round's blocks share no bin: {pairs:?}");
+        let mut plans = Vec::new();
+        for tile in [0, 1, 2, 3, 6] {
+            let order = Order::Blocked { bins, sweeps: 0, tile };
+            let layout = RunLayout::new(&train, 97, 41, spec(order, 1, None), 2).unwrap();
+            assert_eq!((layout.bins(), layout.tile()), (Some(bins), Some(tile.max(1))));
+            let plan = layout.epoch(0);
+            assert_covers(&layout, &plan, &train);
+            for (range, _) in plan.groups_from(0) {
+                let pairs: Vec<(u32, u32)> =
+                    plan.parts[range].iter().map(|&p| layout.bins_of_part(p).unwrap()).collect();
+                let (mut us, mut is): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
+                us.sort();
+                us.dedup();
+                is.sort();
+                is.dedup();
+                assert_eq!(
+                    (us.len(), is.len()),
+                    (pairs.len(), pairs.len()),
+                    "a round's blocks share no bin: {pairs:?}"
+                );
+            }
+            for (id, part) in layout.parts().iter().enumerate() {
+                let pair = layout.bins_of_part(id as u32).unwrap();
+                assert!(
+                    layout.ratings()[part.range()].iter().all(|r| grid.bins_of(r) == pair),
+                    "part {id} in its block"
+                );
+            }
+            assert_eq!(plan.parts.len(), layout.parts().len());
+            assert_ne!(plan, layout.epoch(1));
+            // The permutations: every sweep a Latin square of rounds, a
+            // tile's rounds staying in the tiles of their shift.
+            let e = layout.blocked_epoch(0).unwrap();
+            let (n, t) = (bins as usize, tile.max(1) as usize);
+            for v in 0..e.sweeps as usize {
+                let mut seen = vec![0u32; n * n];
+                let rounds: Vec<(u32, u32)> = e.rounds(v).collect();
+                assert_eq!(rounds.len(), n);
+                for &(c, r) in &rounds {
+                    let blocks: Vec<usize> = (0..n).map(|i| e.block(v, i, c, r)).collect();
+                    let beta = &e.perms[v * e.stride() + n..v * e.stride() + 2 * n];
+                    for (i, &b) in blocks.iter().enumerate() {
+                        seen[b] += 1;
+                        let place = beta.iter().position(|&x| x as usize == b % n).unwrap();
+                        assert_eq!(place / t, (i / t + c as usize) % (n / t), "worker {i}'s item bin in its tile");
+                    }
+                }
+                assert!(seen.iter().all(|&k| k == 1), "sweep {v} visits every block once");
+            }
+            plans.push(plan);
         }
-        for (id, part) in layout.parts().iter().enumerate() {
-            let pair = layout.bins_of_part(id as u32).unwrap();
-            assert!(layout.ratings()[part.range()].iter().all(|r| grid.bins_of(r) == pair), "part {id} in its block");
-        }
-        assert_eq!(plan.parts.len(), layout.parts().len());
-        assert_ne!(plan, layout.epoch(1));
+        // No tile, a tile of 1 and a tile of every bin are the plain rounds.
+        assert_eq!(plans[0], plans[1]);
+        assert_eq!(plans[1], plans[4]);
+        assert_ne!(plans[1], plans[2]);
+        let e = RunLayout::new(&train, 97, 41, spec(Order::Blocked { bins, sweeps: 0, tile: 4 }, 1, None), 2);
+        assert!(e.unwrap_err().to_string().contains("TILE must divide BINS"));
     }
 
     #[test]
     fn layouts_refuse_what_cannot_be_arranged() {
         let train = skewed(100, 9, 9);
         let c = CoPartition { side: Side::Items, block_rows: 3, visits: 1 };
-        let e = RunLayout::new(&train, 9, 9, spec(Order::Blocked { bins: 2, sweeps: 0 }, 10, Some(c)), 1).unwrap_err();
+        let e = RunLayout::new(&train, 9, 9, spec(Order::Blocked { bins: 2, sweeps: 0, tile: 0 }, 10, Some(c)), 1)
+            .unwrap_err();
         assert!(e.to_string().contains("`co_partition`"), "{e}");
         assert!(RunLayout::new(&train, 9, 9, spec(Order::Auto, 10, None), 1).is_err());
     }
@@ -665,35 +857,39 @@ mod tests {
             n_users: 6000,
             n_items: 3000,
             slots: None,
+            tile_cap: 1,
         };
-        assert_eq!(Order::Auto.resolve(&on("cpu", 2, false)).unwrap(), Order::Blocked { bins: 4, sweeps: 0 });
-        assert_eq!(Order::Auto.resolve(&on("cpu", 16, false)).unwrap(), Order::Blocked { bins: 32, sweeps: 0 });
+        assert_eq!(Order::Auto.resolve(&on("cpu", 2, false)).unwrap(), Order::Blocked { bins: 4, sweeps: 0, tile: 0 });
+        assert_eq!(
+            Order::Auto.resolve(&on("cpu", 16, false)).unwrap(),
+            Order::Blocked { bins: 32, sweeps: 0, tile: 0 }
+        );
         let co = on("cpu", 2, true);
         assert_eq!(Order::Auto.resolve(&co).unwrap(), Order::Shuffled, "co-partitioning keeps its order");
         assert_eq!(Order::Auto.resolve(&on("vulkan", 1, true)).unwrap(), Order::Shuffled);
         // A GPU: parts of at least 4 ratings in 8 sweeps: √(270000 / 32).
         let gpu = on("vulkan", 1, false);
-        assert_eq!(Order::Auto.resolve(&gpu).unwrap(), Order::Blocked { bins: 91, sweeps: 0 });
+        assert_eq!(Order::Auto.resolve(&gpu).unwrap(), Order::Blocked { bins: 91, sweeps: 0, tile: 0 });
         // Under a budget a part's rows (about 2 a rating) take at most a
         // quarter of the slots: √(8 × 270000 / (8 × slots)) bins at least.
         let small = Target { slots: Some(2000), ..gpu };
-        assert_eq!(Order::Auto.resolve(&small).unwrap(), Order::Blocked { bins: 91, sweeps: 0 });
+        assert_eq!(Order::Auto.resolve(&small).unwrap(), Order::Blocked { bins: 91, sweeps: 0, tile: 0 });
         let tiny = Target { slots: Some(20), ..gpu };
-        assert_eq!(Order::Auto.resolve(&tiny).unwrap(), Order::Blocked { bins: 117, sweeps: 0 });
+        assert_eq!(Order::Auto.resolve(&tiny).unwrap(), Order::Blocked { bins: 117, sweeps: 0, tile: 0 });
         let few_items = Target { n_items: 30, slots: Some(10), ..gpu };
-        assert_eq!(Order::Auto.resolve(&few_items).unwrap(), Order::Blocked { bins: 30, sweeps: 0 });
+        assert_eq!(Order::Auto.resolve(&few_items).unwrap(), Order::Blocked { bins: 30, sweeps: 0, tile: 0 });
         assert_eq!(Order::Shuffled.resolve(&on("cpu", 2, false)).unwrap(), Order::Shuffled);
-        let blocked = Order::Blocked { bins: 5, sweeps: 0 };
+        let blocked = Order::Blocked { bins: 5, sweeps: 0, tile: 0 };
         assert_eq!(blocked.resolve(&on("cpu", 2, false)).unwrap(), blocked);
         assert_eq!(blocked.resolve(&gpu).unwrap(), blocked, "GPU backends train it too");
         let e = blocked.resolve(&co).unwrap_err().to_string();
         assert!(e.contains("`co_partition`"), "{e}");
         // Bins are bounded by the smaller side's rows.
         assert_eq!(
-            Order::Blocked { bins: 3000, sweeps: 0 }.resolve(&gpu).unwrap(),
-            Order::Blocked { bins: 3000, sweeps: 0 }
+            Order::Blocked { bins: 3000, sweeps: 0, tile: 0 }.resolve(&gpu).unwrap(),
+            Order::Blocked { bins: 3000, sweeps: 0, tile: 0 }
         );
-        let e = Order::Blocked { bins: 100_000, sweeps: 0 }.resolve(&gpu).unwrap_err().to_string();
+        let e = Order::Blocked { bins: 100_000, sweeps: 0, tile: 0 }.resolve(&gpu).unwrap_err().to_string();
         assert!(e.contains("at most the smaller side's 3000 rows"), "{e}");
         // Plain `blocked` takes the bins `auto` would, keeping its sweeps.
         let plain = Order::parse("blocked").unwrap();
@@ -701,15 +897,32 @@ mod tests {
         assert_eq!(plain.resolve(&on("cpu", 2, false)).unwrap(), Order::Auto.resolve(&on("cpu", 2, false)).unwrap());
         assert_eq!(plain.resolve(&gpu).unwrap(), Order::Auto.resolve(&gpu).unwrap());
         assert_eq!(
-            Order::Blocked { bins: 0, sweeps: 3 }.resolve(&gpu).unwrap(),
-            Order::Blocked { bins: 91, sweeps: 3 }
+            Order::Blocked { bins: 0, sweeps: 3, tile: 0 }.resolve(&gpu).unwrap(),
+            Order::Blocked { bins: 91, sweeps: 3, tile: 0 }
         );
         assert_eq!(blocked.name(), "blocked:5");
-        assert_eq!(Order::parse("blocked:64:4").unwrap(), Order::Blocked { bins: 64, sweeps: 4 });
+        assert_eq!(Order::parse("blocked:64:4").unwrap(), Order::Blocked { bins: 64, sweeps: 4, tile: 0 });
         assert_eq!(Order::parse("blocked:64:4").unwrap().name(), "blocked:64:4");
-        assert_eq!(Order::parse("blocked:9").unwrap(), Order::Blocked { bins: 9, sweeps: 0 });
-        for bad in ["blocked:0", "blocked:4:0", "blocked:x", "blocked:4:2:1", "random"] {
+        assert_eq!(Order::parse("blocked:9").unwrap(), Order::Blocked { bins: 9, sweeps: 0, tile: 0 });
+        for bad in
+            ["blocked:0", "blocked:4:0", "blocked:x", "blocked:4:2:3", "blocked:4:2:0", "blocked:4:2:2:2", "random"]
+        {
             assert!(Order::parse(bad).is_err(), "{bad}");
         }
+        // A GPU that holds every row takes tiles: a power of two within its
+        // cap and a quarter of the bins, the bins rounded down to a multiple.
+        let tiled = Target { tile_cap: 16, ..gpu };
+        let auto = Order::Auto.resolve(&tiled).unwrap();
+        assert_eq!(auto, Order::Blocked { bins: 80, sweeps: 0, tile: 16 });
+        assert_eq!(auto.name(), "blocked:80:auto:16");
+        assert_eq!(Order::parse(&auto.name()).unwrap(), auto, "the name parses back");
+        assert_eq!(Order::parse("blocked:64:4").unwrap().resolve(&tiled).unwrap().name(), "blocked:64:4:16");
+        // Given bins keep them: the largest divisor within the limits.
+        assert_eq!(blocked.resolve(&tiled).unwrap(), blocked, "5 bins: no tile");
+        let twelve = Order::Blocked { bins: 12, sweeps: 0, tile: 0 };
+        assert_eq!(twelve.resolve(&tiled).unwrap(), Order::Blocked { bins: 12, sweeps: 0, tile: 3 });
+        let given = Order::parse("blocked:12:auto:4").unwrap();
+        assert_eq!(given.resolve(&tiled).unwrap(), given, "a given tile is kept");
+        assert_eq!((blocked::power_tile(7, 16), blocked::power_tile(300, 16), blocked::power_tile(40, 1)), (1, 16, 1));
     }
 }

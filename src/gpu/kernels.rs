@@ -163,6 +163,14 @@ pub fn lanes(rank: u32) -> u32 {
     (crate::model::row_stride(rank as usize) as u32 / 4).next_power_of_two()
 }
 
+/// The most bins of the blocked order one workgroup trains at once for
+/// `rank` (a tile, [`crate::engine::BlockedEpoch`]): `sgd_tiles_lanes` gives
+/// each a workgroup's [`lanes`], and a workgroup holds [`MAX_LANES`]
+/// invocations on every adapter.
+pub fn tile_cap(rank: u32) -> u32 {
+    (MAX_LANES / lanes(rank).min(MAX_LANES)).max(1)
+}
+
 /// The most lanes `sgd_blocked_lanes` takes (every adapter runs workgroups
 /// of 256); above it (ranks past 1020) a part gets one invocation.
 pub const MAX_LANES: u32 = 256;

@@ -235,6 +235,8 @@ pub fn resolve_order(data: &Dataset, settings: &TrainSettings, backend: &dyn Bac
         n_users: data.users.len(),
         n_items: data.items.len(),
         slots: None,
+        // A backend that holds a layout resolved its own (above).
+        tile_cap: 1,
     })
 }
 

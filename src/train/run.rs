@@ -441,7 +441,7 @@ mod tests {
         assert!(run.at_once.is_none() && run.plan.is_none() && run.notes.is_empty());
         let mut co = spec();
         co.co_partition = Some(SideRequest::Larger);
-        co.order = Order::Blocked { bins: 0, sweeps: 0 };
+        co.order = Order::Blocked { bins: 0, sweeps: 0, tile: 0 };
         let e = resolve(&data, &co).err().expect("blocked with co-partitioning is refused");
         assert!(e.to_string().contains("`co_partition`"), "{e}");
     }

@@ -343,6 +343,8 @@ pub fn gpu_setup(
         n_users: data.users.len(),
         n_items: data.items.len(),
         slots: (budget_slots < n_rows).then_some(budget_slots),
+        // Tiles where the slab holds every row: a tile round a dispatch.
+        tile_cap: if budget_slots < n_rows { 1 } else { crate::gpu::kernels::tile_cap(hp.rank as u32) },
     })?;
     let mut settings = TrainSettings { order, ..settings.clone() };
     let mut layout = settings.layout(data, spec.threads)?;
@@ -352,12 +354,13 @@ pub fn gpu_setup(
     if let (true, Some(b), Order::Blocked { .. }) = (chosen, spec.device_memory, order) {
         let slots = (b.resolve(tables) / row_bytes).min(u32::MAX as u64) as u32;
         let side = data.users.len().min(data.items.len()).max(1) as u32;
-        while let Order::Blocked { bins, sweeps } = settings.order {
+        while let Order::Blocked { bins, sweeps, .. } = settings.order {
             let largest = crate::engine::rows::PartRows::new(&layout, spec.threads, false).max().max(2);
             if largest <= slots || bins >= side {
                 break;
             }
-            settings.order = Order::Blocked { bins: (bins * 2).min(side), sweeps };
+            // A staged slab: no tiles (each step is dispatched on its own).
+            settings.order = Order::Blocked { bins: (bins * 2).min(side), sweeps, tile: 0 };
             layout = settings.layout(data, spec.threads)?;
         }
     }
