@@ -254,3 +254,163 @@ fn sgd_blocked_lanes(
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The blocked order in tiles, for a slab that holds every row (see
+// docs/ARCHITECTURE.md, "Schedules"): one dispatch per tile shift c of sweep
+// v, one workgroup per tile k (G = num_workgroups tiles a side, bins = G ·
+// TILE), worker j of the tile being global worker i = k · TILE + j. Round r
+// of the tile gives worker i block (α(i), β(((k + c) mod G) · TILE + (j + r)
+// mod TILE)): the TILE rounds run in the tiles' order with a storage barrier
+// between, so no dispatch per round. The blocks of a round share no row, the
+// tiles of a dispatch share none either: nothing races.
+//
+// `parts`, read as words from word `first_part` on: the block starts (bins²
+// + 1 words: block b is ratings starts[b] ..< starts[b + 1]), then per sweep
+// α (bins), β (bins), the shifts (G, used by the host), the rounds (TILE).
+// Params: `parts` = sweep v, `width` = shift c, `_pad` = sweeps; `base` is 0
+// (ratings resident). Sweep v of a block is the v-th of `sweeps` equal cuts
+// of its ratings, as the host's layout cuts it.
+
+fn word(w: u32) -> u32 {
+    return parts[w >> 1u][w & 1u];
+}
+
+// Block `b`'s part in sweep `v`: [start, end) of the layout. len·v/sweeps as
+// q·v + rem·v/sweeps (q = len / sweeps), so nothing overflows for up to 2^16
+// sweeps.
+fn sweep_part(b: u32, v: u32) -> vec2<u32> {
+    let sweeps = params._pad;
+    let s = word(params.first_part + b);
+    let len = word(params.first_part + b + 1u) - s;
+    let q = len / sweeps;
+    let rem = len % sweeps;
+    return vec2<u32>(s + q * v + (rem * v) / sweeps, s + q * (v + 1u) + (rem * (v + 1u)) / sweeps);
+}
+
+// Where worker (k, j)'s blocks come from in this dispatch: the word of its
+// user bin α(i), of the first item bin of its tile shifted by c, and of the
+// rounds' order.
+fn tile_words(k: u32, j: u32, g: u32) -> vec3<u32> {
+    let bins = g * TILE;
+    let sweep = params.first_part + bins * bins + 1u + params.parts * (2u * bins + g + TILE);
+    return vec3<u32>(sweep + k * TILE + j, sweep + bins + ((k + params.width) % g) * TILE, sweep + 2u * bins + g);
+}
+
+// Worker j's block in round f of the tile.
+fn tile_block(w: vec3<u32>, j: u32, f: u32, bins: u32) -> vec2<u32> {
+    let r = word(w.z + f);
+    return sweep_part(word(w.x) * bins + word(w.y + (j + r) % TILE), params.parts);
+}
+
+@compute @workgroup_size(TILE)
+fn sgd_tiles(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) j: u32,
+) {
+    let w = tile_words(wg.x, j, nwg.x);
+    let i = wg.x * TILE + j;
+    for (var f = 0u; f < TILE; f++) {
+        let span = tile_block(w, j, f, nwg.x * TILE);
+        for (var x = span.x; x < span.y; x++) {
+            update(rating(x), i);
+        }
+        storageBarrier();
+    }
+}
+
+// `sgd_tiles` with a worker of LANES lanes (as `sgd_blocked_lanes`): the
+// tile's TILE workers side by side in one workgroup, each reducing its own
+// LANES lanes; all of them step through the longest block of the round so
+// that the barriers stay in uniform control flow.
+var<workgroup> tile_dot: array<f32, TILE_LANES>;
+var<workgroup> tile_bias: array<vec2<f32>, TILE>;
+var<workgroup> tile_len: array<u32, TILE>;
+var<workgroup> tile_longest: u32;
+
+@compute @workgroup_size(TILE_LANES)
+fn sgd_tiles_lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let j = lid / LANES;
+    let lane = lid % LANES;
+    let at = j * LANES;
+    let w = tile_words(wg.x, j, nwg.x);
+    let i = wg.x * TILE + j;
+    for (var f = 0u; f < TILE; f++) {
+        let span = tile_block(w, j, f, nwg.x * TILE);
+        let len = span.y - span.x;
+        if (lane == 0u) {
+            tile_len[j] = len;
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var m = 0u;
+            for (var u = 0u; u < TILE; u++) {
+                m = max(m, tile_len[u]);
+            }
+            tile_longest = m;
+        }
+        let longest = workgroupUniformLoad(&tile_longest);
+        for (var n = 0u; n < longest; n++) {
+            let live = n < len;
+            var x = vec3<u32>(0u);
+            if (live) {
+                x = rating(span.x + n);
+            }
+            let eu = slot_map[x.x];
+            let ei = slot_map[params.n_users + x.y];
+            let ok = live && lane <= BV && eu != ABSENT && ei != ABSENT && ((eu | ei) & IN_WINDOW) == 0u;
+            let su = (max(eu, 1u) - 1u) * SLOT_VEC4;
+            let si = (max(ei, 1u) - 1u) * SLOT_VEC4;
+            let r = bitcast<f32>(x.z);
+            for (var g = 0u; g < MODELS; g++) {
+                let pu = su + g * ROW_VEC4 + lane;
+                let qi = si + g * ROW_VEC4 + lane;
+                var p = vec4<f32>(0.0);
+                var q = vec4<f32>(0.0);
+                if (ok) {
+                    p = slab[pu];
+                    q = slab[qi];
+                }
+                var d = p * q;
+                if (lane == BV) {
+                    d = d * TAIL_F;
+                    tile_bias[j] = vec2<f32>(p[BL], q[BL]);
+                }
+                tile_dot[at + lane] = d.x + d.y + d.z + d.w;
+                workgroupBarrier();
+                for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
+                    if (lane < stride) {
+                        tile_dot[at + lane] += tile_dot[at + lane + stride];
+                    }
+                    workgroupBarrier();
+                }
+                let e = r - (params.mean + tile_bias[j].x + tile_bias[j].y + tile_dot[at]);
+                if (lane == 0u && ok) {
+                    loss[i * MODELS + g] += e * e;
+                }
+                let lr = rates[g].x;
+                let reg = rates[g].y;
+                if (ok && lane < BV) {
+                    slab[pu] = p + lr * (e * q - reg * p);
+                    slab[qi] = q + lr * (e * p - reg * q);
+                }
+                if (ok && lane == BV) {
+                    let pn = p + lr * (TAIL_F * (e * q - reg * p) + TAIL_B * (e - params.bias_reg * p));
+                    let qn = q + lr * (TAIL_F * (e * p - reg * q) + TAIL_B * (e - params.bias_reg * q));
+                    for (var l = 0u; l <= BL; l++) {
+                        slab[pu][l] = pn[l];
+                        slab[qi][l] = qn[l];
+                    }
+                }
+                // tile_dot and tile_bias are reused by the next update.
+                workgroupBarrier();
+            }
+        }
+        storageBarrier();
+    }
+}

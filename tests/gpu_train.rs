@@ -627,17 +627,28 @@ fn ratings_past_what_the_device_holds_are_streamed_a_part_at_a_time() {
 /// of the same order) within f32 tolerance: all resident (a dispatch per
 /// round), and staged for every policy (a step per round, or per as many of
 /// a round's parts as the slab holds the rows of), the ledger equal to the
-/// simulator's, at several ranks and with a grid of models.
+/// simulator's, at several ranks and with a grid of models. In tiles
+/// (`blocked:8:3:4`) all resident, the device derives every round itself
+/// (`sgd_tiles`, `sgd_tiles_lanes`: no plan, a dispatch per tile shift).
 #[test]
 fn the_blocked_order_on_the_device_equals_the_cpu_blocked_order() {
     use rowstage::stage::PolicyKind;
+    use rowstage::train::Order;
     let data = dataset();
-    let order = rowstage::train::Order::Blocked { bins: 5, sweeps: 3, tile: 0 };
-    let base = TrainSettings { epochs: 2, deterministic: false, order, ..settings() };
+    let plain = Order::Blocked { bins: 5, sweeps: 3, tile: 0 };
+    let base = TrainSettings { epochs: 2, deterministic: false, order: plain, ..settings() };
     let grid = vec![rowstage::model::Setting { lr: 0.01, reg: 0.05 }, rowstage::model::Setting { lr: 0.03, reg: 0.02 }];
-    let cases = [(base.clone(), "rank 7"), (TrainSettings { grid, ..base.clone() }, "rank 7, 2 models")];
+    let tiled = TrainSettings { order: Order::Blocked { bins: 8, sweeps: 3, tile: 4 }, ..base.clone() };
+    let cases = [
+        (base.clone(), "rank 7"),
+        (TrainSettings { grid: grid.clone(), ..base.clone() }, "rank 7, 2 models"),
+        (tiled.clone(), "rank 7, tiles"),
+        (TrainSettings { grid, ..tiled }, "rank 7, 2 models, tiles"),
+    ];
     for backend in common::test_backends() {
         for (s, label) in &cases {
+            let order = s.order;
+            let tiles = label.ends_with("tiles");
             let (want, want_rmse) = reference(&data, s);
             let tables = s.table_bytes(&data);
             let sim = sim_setup(&data, s, None);
@@ -646,7 +657,7 @@ fn the_blocked_order_on_the_device_equals_the_cpu_blocked_order() {
                     .into_iter()
                     .chain(PolicyKind::ALL.map(|k| (k, tables / 3)))
                 {
-                    if lanes && bytes != tables + 1024 && kind != PolicyKind::Lru {
+                    if (lanes || tiles) && bytes != tables + 1024 && kind != PolicyKind::Lru {
                         continue;
                     }
                     let Some(ctx) = common::gpu(backend, "blocked order") else { return };
@@ -687,6 +698,12 @@ fn the_blocked_order_on_the_device_equals_the_cpu_blocked_order() {
                     assert!(d < TABLE_TOL, "{label} {}: tables differ by {d}", kind.name());
                     assert!((out.final_metrics.rmse - want_rmse).abs() < RMSE_TOL);
                     assert_eq!(conflicts, 0, "the blocked order never races");
+                    if bytes == tables + 1024 {
+                        // All resident: a dispatch per round, or per tile
+                        // shift (3 sweeps of 8 / 4 shifts).
+                        let rounds = if tiles { 3 * 2 } else { 3 * 5 };
+                        assert_eq!(out.epochs[1].dispatches, rounds, "{label}: dispatches of an epoch");
+                    }
                     assert_eq!(rows_in, simulated.rows_in, "{}: ledger vs simulator", kind.name());
                 }
             }

@@ -39,7 +39,7 @@ fn probes(spec: Spec, test: &str) -> Vec<Probe> {
 
 #[test]
 fn map_rows_sets_exactly_the_given_entries() {
-    for probe in probes(Spec { rank: 4, models: 1 }, "map_rows") {
+    for probe in probes(Spec::new(4, 1), "map_rows") {
         let map: Vec<u32> = (0..301).map(|r| if r % 3 == 0 { entry::slot(r) } else { entry::ABSENT }).collect();
         // 131 entries (not a multiple of 64): slots, clears and window rows.
         let entries: Vec<[u32; 2]> = (0..131u32)
@@ -64,7 +64,7 @@ fn map_rows_sets_exactly_the_given_entries() {
 
 #[test]
 fn scatter_and_gather_move_rows_between_slots_and_windows() {
-    for probe in probes(Spec { rank: 7, models: 1 }, "scatter_and_gather") {
+    for probe in probes(Spec::new(7, 1), "scatter_and_gather") {
         // Rows of 3 vec4s (rank 7 with one model... or any width), 97 slots.
         let row_vec4 = 3u32;
         let width = 4 * row_vec4 as usize;
@@ -133,7 +133,7 @@ fn sgd_one_at_a_time_and_on_disjoint_rows_equals_the_sequential_cpu_update() {
     let n_users = 61u32;
     for (rank, models) in [(7usize, 1usize), (32, 1), (5, 3)] {
         let rates: Vec<[f32; 2]> = (0..models).map(|g| [0.02 + 0.01 * g as f32, 0.05]).collect();
-        for probe in probes(Spec { rank: rank as u32, models: models as u32 }, "sgd") {
+        for probe in probes(Spec::new(rank as u32, models as u32), "sgd") {
             let (slab, map) = sgd_setup(rank, models);
             // 131 ratings in two parts of 70 and 61, rows shared freely:
             // width 1 walks them in order.
@@ -213,7 +213,7 @@ fn sgd_one_at_a_time_and_on_disjoint_rows_equals_the_sequential_cpu_update() {
 fn predict_sums_the_clamped_errors_from_the_slab_and_the_window() {
     let (rank, models, n_users) = (6usize, 2usize, 61u32);
     let sub = row_stride(rank);
-    for probe in probes(Spec { rank: rank as u32, models: models as u32 }, "predict") {
+    for probe in probes(Spec::new(rank as u32, models as u32), "predict") {
         let (slab, mut map) = sgd_setup(rank, models);
         // Rows 90.. are in the upload window instead of the slab.
         let window = noise(8 * sub * models, 4);

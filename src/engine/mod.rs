@@ -27,6 +27,8 @@ pub struct EpochInput<'a> {
     /// The epoch's index (0-based).
     pub epoch: usize,
     pub layout: &'a RunLayout,
+    /// The epoch's plan; empty where the backend needs none
+    /// ([`Backend::needs_plan`]) and the epoch starts at its beginning.
     pub plan: &'a EpochPlan,
     /// The first part of `plan` to train: past 0 when a run resumes inside
     /// the epoch.
@@ -100,6 +102,14 @@ pub trait Backend {
     /// The cost model's prediction of training traffic, if the policy has one.
     fn prediction(&self) -> Option<Prediction> {
         None
+    }
+    /// Whether [`Backend::train_epoch`] reads [`EpochInput::plan`] (and
+    /// `following`) for an epoch trained from its beginning. A GPU holding
+    /// every row in a tiled blocked order derives the order on the device
+    /// from [`RunLayout::blocked_epoch`], and the loop then makes no plan:
+    /// on 10M ratings a plan is 2M part ids per epoch.
+    fn needs_plan(&self) -> bool {
+        true
     }
     /// Parts that train at once (sizes the blocked order's bins).
     fn parallelism(&self) -> usize {

@@ -484,6 +484,26 @@ impl RunLayout {
         Some(BlockedEpoch { bins: *bins, tile: *tile, sweeps: *visits, perms })
     }
 
+    /// The parts of epoch `order`'s plan in its first `shifts` tile shifts
+    /// (a GPU's dispatches, [`BlockedEpoch`]): where a tiled epoch that
+    /// stopped there resumes, as an index of the plan. O(parts), for a stop.
+    pub fn blocked_parts_before(&self, order: &BlockedEpoch, shifts: usize) -> usize {
+        let Arrangement::Blocked { visits, block_parts, .. } = &self.arrangement else { return 0 };
+        let (g, n, visits) = (order.shifts(), order.bins as usize, *visits as usize);
+        if shifts >= visits * g {
+            return self.parts.len();
+        }
+        (0..shifts)
+            .map(|s| {
+                let (v, c) = (s / g, order.shift_order(s / g)[s % g]);
+                (0..order.tile)
+                    .flat_map(|r| (0..n).map(move |i| order.block(v, i, c, r)))
+                    .filter(|&b| block_parts[b * visits + v] != NO_GROUP)
+                    .count()
+            })
+            .sum()
+    }
+
     /// The (user bin, item bin) of blocked part `id`: every rating of the
     /// part lies in those bins.
     pub fn bins_of_part(&self, id: u32) -> Option<(u32, u32)> {

@@ -63,7 +63,7 @@ fn cache_key(ctx: &GpuContext, rank: usize) -> String {
     let s = &ctx.summary;
     let mut kernels = crc32fast::Hasher::new();
     for (name, _) in super::kernels::SHADERS {
-        kernels.update(super::kernels::source(name, super::kernels::Spec { rank: rank as u32, models: 1 }).as_bytes());
+        kernels.update(super::kernels::source(name, super::kernels::Spec::new(rank as u32, 1)).as_bytes());
     }
     format!(
         "{} | {} | {} {} | rank {rank} | kernels {:08x}",

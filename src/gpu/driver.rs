@@ -31,7 +31,7 @@ use super::{GpuContext, GpuSetup};
 use crate::data::Rating;
 use crate::engine::rows::{GroupRows, PartRows, cut_by_rows, lookahead_accesses};
 use crate::engine::walk::{Event, Pass, Walker, outside_rows};
-use crate::engine::{Backend, EpochInput, EpochPlan, EpochTrain, Part, Prediction, RunLayout};
+use crate::engine::{Backend, BlockedEpoch, EpochInput, EpochPlan, EpochTrain, Part, Prediction, RunLayout};
 use crate::error::Result;
 use crate::model::{Metrics, MetricsAcc, Model, Rate};
 use crate::stage::{Ledger, Moves, Placed, Stager, access_counts, entry};
@@ -112,6 +112,9 @@ struct Exec {
     /// A blocked part's worker is a workgroup of lanes (`sgd_blocked_lanes`)
     /// rather than one invocation (`sgd_blocked`).
     lanes: bool,
+    /// A slab that holds every row in a tiled blocked order: the device
+    /// derives the rounds (`sgd_tiles`).
+    tiles: Option<Tiles>,
     /// Where the training ratings exceed what the device binds: the host's
     /// copy, streamed a part at a time into the ratings window.
     streamed: Option<Vec<Rating>>,
@@ -125,6 +128,52 @@ struct Exec {
     sgd_workers: f64,
     /// Where the epoch's host time went (logged at debug level).
     times: HostTimes,
+}
+
+/// Where a tiled blocked order (a slab that holds every row) lives in the
+/// `parts` buffer, read as words: after the layout's parts and room for a
+/// plan, the block starts (uploaded once), then the epoch's permutations.
+/// Per epoch the host writes only those (O(sweeps × bins) words) and a
+/// dispatch per tile shift ([`Exec::train_tiles`]).
+#[derive(Debug, Clone, Copy)]
+struct Tiles {
+    /// Word of the first block start.
+    starts_at: u32,
+    bins: u32,
+    /// A tile's workers are workgroups of lanes (`sgd_tiles_lanes`).
+    lanes: bool,
+}
+
+impl Tiles {
+    /// The tiles of `run` on this device, where its slab holds every row
+    /// and the ratings are resident: `None` where the order has no tiles or
+    /// the device's limits refuse them (a dispatch per round then).
+    fn of(
+        run: &RunLayout,
+        resident: bool,
+        summary: &super::AdapterSummary,
+        lanes: bool,
+        spec: kernels::Spec,
+    ) -> Option<Self> {
+        let (bins, tile, sweeps) = (run.bins()?, run.tile()?, run.sweeps()?);
+        let fits = tile > 1
+            && resident
+            && tile <= kernels::MAX_LANES.min(summary.max_compute_invocations_per_workgroup)
+            && sweeps <= 1 << 16
+            && bins / tile <= summary.max_compute_workgroups_per_dimension
+            && (bins as u64).pow(2) < u32::MAX as u64 / 2;
+        fits.then_some(Tiles {
+            starts_at: 4 * run.parts().len() as u32,
+            bins,
+            lanes: lanes && spec.tile_lanes_fit(summary.max_compute_invocations_per_workgroup),
+        })
+    }
+
+    /// Words after `starts_at`: the block starts and an epoch's permutations.
+    fn words(&self, run: &RunLayout) -> u64 {
+        let (n, t, v) = (self.bins as u64, run.tile().unwrap_or(1) as u64, run.sweeps().unwrap_or(0) as u64);
+        n * n + 1 + v * (2 * n + n / t + t)
+    }
 }
 
 /// Seconds of an epoch's host work by part: on a fast GPU the host's work
@@ -623,6 +672,57 @@ impl Exec {
         Ok(k)
     }
 
+    /// Trains epoch `order` of a tiled blocked order, every row resident:
+    /// its permutations written once, then a dispatch per tile shift (up to
+    /// [`ROUNDS_PER_SUBMIT`] in a pass), each workgroup running its tile's
+    /// rounds. Stops between submissions when `stop` is raised; returns the
+    /// tile shifts trained.
+    fn train_tiles(
+        &mut self,
+        tables: &HostTables,
+        order: &BlockedEpoch,
+        stop: &std::sync::atomic::AtomicBool,
+        ledger: &mut Ledger,
+    ) -> Result<usize> {
+        let t = self.tiles.expect("a tiled layout");
+        let perms_at = (t.starts_at as u64 + (t.bins as u64).pow(2) + 1) * 4;
+        ledger.data_bytes_h2d +=
+            self.dev.put(&mut self.wire, &self.buffers.parts, perms_at, bytemuck::cast_slice(&order.perms));
+        let g = order.shifts();
+        let total = order.sweeps as usize * g;
+        let mut done = 0;
+        while done < total && !stop.load(Ordering::Relaxed) {
+            let end = (done + ROUNDS_PER_SUBMIT).min(total);
+            self.input.clear();
+            let blocks: Vec<u32> = (done..end)
+                .map(|d| {
+                    let v = d / g;
+                    // Read as the kernel's: the block starts, the sweep, the
+                    // shift and the sweeps (sgd.wgsl, "in tiles").
+                    let mut params = self.sgd_params(t.starts_at, v as u32, order.shift_order(v)[d % g], 0);
+                    params._pad = order.sweeps;
+                    self.input.block(params)
+                })
+                .collect();
+            self.submit(
+                tables,
+                "train tiles",
+                ledger,
+                |l| {
+                    for &b in &blocks {
+                        l.sgd_tiles(b, g as u32, t.lanes);
+                    }
+                },
+                |_, _| {},
+            )?;
+            self.dev.check()?;
+            self.sgd_launches += blocks.len() as u64;
+            self.sgd_workers += blocks.len() as f64 * t.bins as f64;
+            done = end;
+        }
+        Ok(done)
+    }
+
     /// Reads back the epoch's squared-error accumulators, per model.
     fn read_loss(&mut self, copies: usize, words: u64, ledger: &mut Ledger) -> Result<Vec<f64>> {
         let mut enc = self.dev.encoder("read loss");
@@ -764,16 +864,25 @@ impl GpuBackend {
             window_bytes: layout.upload_rows as u64 * row_bytes,
             align: (summary.min_storage_buffer_offset_alignment as u64).max(16),
         };
+        let spec = kernels::Spec {
+            rank: setup.rank as u32,
+            models: copies as u32,
+            tile: run.tile().unwrap_or(1).clamp(1, kernels::MAX_LANES),
+        };
+        let lanes = setup.blocked_lanes.unwrap_or(!summary.is_software())
+            && kernels::lanes(setup.rank as u32)
+                <= kernels::MAX_LANES.min(summary.max_compute_invocations_per_workgroup);
+        let tiles = Tiles::of(&run, layout.all_resident && !streamed, &summary, lanes, spec);
         let sizes = Sizes {
             ratings_bytes: all_bytes.min(capacity),
-            part_entries: 2 * run.parts().len() as u64,
+            part_entries: 2 * run.parts().len() as u64 + tiles.map_or(0, |t| t.words(&run).div_ceil(2)),
             wave_entries: waves.len() as u64,
             n_rows: n_rows as u64,
             loss_words,
             copies: copies as u64,
         };
         let buffers = Buffers::new(&dev, &layout, &regions, &sizes);
-        let kernels = Kernels::new(dev.device(), kernels::Spec { rank: setup.rank as u32, models: copies as u32 });
+        let kernels = Kernels::new(dev.device(), spec);
         let zero_copy = summary.zero_copy;
         let upload = UploadRing::new(&dev, regions.buffer_bytes(), zero_copy);
         let readback = Readback::new(&dev, layout.download_rows as u64 * row_bytes, n_rows, zero_copy);
@@ -793,6 +902,10 @@ impl GpuBackend {
         }
         made_ledger.data_bytes_h2d += dev.put(&mut wire, &buffers.parts, 0, bytemuck::cast_slice(run.parts()));
         made_ledger.data_bytes_h2d += dev.put(&mut wire, &buffers.waves, 0, bytemuck::cast_slice(&waves));
+        if let (Some(t), Some(starts)) = (tiles, run.block_starts()) {
+            made_ledger.data_bytes_h2d +=
+                dev.put(&mut wire, &buffers.parts, t.starts_at as u64 * 4, bytemuck::cast_slice(&starts));
+        }
         let mut enc = dev.encoder("clear slot map");
         enc.clear_buffer(&buffers.slot_map, 0, None);
         dev.submit(enc);
@@ -824,9 +937,8 @@ impl GpuBackend {
             waves: waved.then_some((waves, part_waves)),
             wave_tail: setup.wave_tail.unwrap_or(!summary.is_software()),
             blocked,
-            lanes: setup.blocked_lanes.unwrap_or(!summary.is_software())
-                && kernels::lanes(setup.rank as u32)
-                    <= kernels::MAX_LANES.min(summary.max_compute_invocations_per_workgroup),
+            lanes,
+            tiles,
             streamed: streamed.then(|| if waved { device_ratings } else { run.ratings().to_vec() }),
             capacity,
             waited: 0.0,
@@ -1097,6 +1209,10 @@ impl Backend for GpuBackend {
         self.prediction
     }
 
+    fn needs_plan(&self) -> bool {
+        self.exec.tiles.is_none()
+    }
+
     fn run_layout(&self) -> Option<Arc<RunLayout>> {
         Some(self.run.clone())
     }
@@ -1137,17 +1253,16 @@ impl Backend for GpuBackend {
             self.load_resident(&tables, &mut ledger)?;
         }
         let plan = input.plan;
-        self.exec.put_plan(plan, &self.run, &mut ledger);
-        let parts = if self.exec.layout.all_resident {
-            let n = self.exec.train_resident(&tables, &self.run, plan, input.from, input.stop, &mut ledger)?;
-            // Every step's rows are hits, and every resident row is trained.
-            let trained = &plan.parts[input.from..input.from + n];
-            let sums = self.whole.of_trained(trained, &self.run, &self.rows, &self.conflicts);
-            ledger.user_hits += sums.user_rows;
-            ledger.item_hits += sums.item_rows;
-            ledger.steps += n as u64;
-            self.stager.mark_resident_dirty();
-            n
+        let tiled = self.exec.tiles.is_some() && input.from == 0;
+        if !tiled {
+            self.exec.put_plan(plan, &self.run, &mut ledger);
+        }
+        let parts = if tiled {
+            let order = self.run.blocked_epoch(input.epoch).expect("tiles are the blocked order's");
+            let shifts = self.exec.train_tiles(&tables, &order, input.stop, &mut ledger)?;
+            self.run.blocked_parts_before(&order, shifts)
+        } else if self.exec.layout.all_resident {
+            self.exec.train_resident(&tables, &self.run, plan, input.from, input.stop, &mut ledger)?
         } else {
             let continues = input.from == 0 && self.following_of == Some(input.epoch);
             let walker = Walker {
@@ -1161,6 +1276,23 @@ impl Backend for GpuBackend {
             };
             pipelined(walker, &mut self.exec, &mut tables, &self.run, input, continues, &mut ledger)?
         };
+        let sums = if tiled && parts == self.run.parts().len() {
+            self.whole
+        } else if tiled {
+            // Stopped inside a tiled epoch, which had no plan: its first
+            // `parts` parts are the ones trained.
+            let full = self.run.epoch(input.epoch);
+            self.whole.of_trained(&full.parts[..parts], &self.run, &self.rows, &self.conflicts)
+        } else {
+            self.whole.of_trained(&plan.parts[input.from..input.from + parts], &self.run, &self.rows, &self.conflicts)
+        };
+        if self.exec.layout.all_resident {
+            // Every step's rows are hits, and every resident row is trained.
+            ledger.user_hits += sums.user_rows;
+            ledger.item_hits += sums.item_rows;
+            ledger.steps += parts as u64;
+            self.stager.mark_resident_dirty();
+        }
         self.following_of = input.following.map(|_| input.epoch + 1);
         let exec = &mut self.exec;
         exec.waited += exec.readback.complete_all(&exec.dev, &mut tables)?;
@@ -1168,8 +1300,6 @@ impl Backend for GpuBackend {
         let sse = exec.read_loss(copies, loss_words, &mut ledger)?;
         let (device_seconds, waited) = exec.timer.take_seconds(&exec.dev, &mut exec.wire, &mut ledger)?;
         exec.waited += waited;
-        let trained = &plan.parts[input.from..input.from + parts];
-        let sums = self.whole.of_trained(trained, &self.run, &self.rows, &self.conflicts);
         let done = sums.ratings;
         let conflicts = if self.deterministic { 0 } else { sums.conflicts };
         let total = t0.elapsed().as_secs_f64();

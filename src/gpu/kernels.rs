@@ -123,13 +123,38 @@ pub struct Spec {
     pub rank: u32,
     /// Models side by side in a slot (a grid search; 1 otherwise).
     pub models: u32,
+    /// Bins per tile of the blocked order (`sgd_tiles`' workgroup; 1
+    /// without tiles), at most [`MAX_LANES`].
+    pub tile: u32,
+}
+
+impl Spec {
+    /// `rank` and `models` without tiles.
+    pub fn new(rank: u32, models: u32) -> Self {
+        Spec { rank, models, tile: 1 }
+    }
+
+    /// Workers of `sgd_tiles_lanes`' workgroup: the tile, or fewer where
+    /// the tile's lanes would pass [`MAX_LANES`] (the host then runs
+    /// `sgd_tiles`, [`Spec::tile_lanes_fit`]).
+    fn lane_tile(&self) -> u32 {
+        self.tile.clamp(1, (MAX_LANES / lanes(self.rank).min(MAX_LANES)).max(1))
+    }
+
+    /// Whether `sgd_tiles_lanes` holds the whole tile (its workgroup of
+    /// tile × lanes invocations within `max_invocations`).
+    pub fn tile_lanes_fit(&self, max_invocations: u32) -> bool {
+        self.lane_tile() == self.tile && self.tile * lanes(self.rank) <= max_invocations.min(MAX_LANES)
+    }
 }
 
 /// `src` with the WGSL constants of `spec` in front: `RANK`, `ROW_VEC4`
 /// (vec4s of one model's copy of a row), `MODELS`, `BV` and `BL` (the vec4
 /// and lane of the bias, at float index `RANK`), and `TAIL_F` / `TAIL_B`
 /// (1.0 on the factor / bias lanes of vec4 `BV`; its other lanes are padding),
-/// and `LANES` (`sgd_blocked_lanes`' workgroup: [`lanes`]).
+/// `LANES` (`sgd_blocked_lanes`' workgroup: [`lanes`]), `TILE` (`sgd_tiles`'
+/// workgroup) and `TILE_LANES` (`sgd_tiles_lanes`' workgroup: a tile's lanes,
+/// [`Spec::lane_tile`]).
 pub fn specialize(src: &str, spec: Spec) -> String {
     let k = spec.rank;
     let lane = |f: &dyn Fn(u32) -> bool| {
@@ -145,7 +170,9 @@ pub fn specialize(src: &str, spec: Spec) -> String {
          const BL: u32 = {}u;\n\
          const TAIL_F: vec4<f32> = {};\n\
          const TAIL_B: vec4<f32> = {};\n\
-         const LANES: u32 = {}u;\n\n{src}",
+         const LANES: u32 = {}u;\n\
+         const TILE: u32 = {}u;\n\
+         const TILE_LANES: u32 = {}u;\n\n{src}",
         crate::model::row_stride(k as usize) / 4,
         spec.models.max(1),
         k / 4,
@@ -153,6 +180,8 @@ pub fn specialize(src: &str, spec: Spec) -> String {
         lane(&|l| l < k % 4),
         lane(&|l| l == k % 4),
         lanes(spec.rank).min(MAX_LANES),
+        spec.tile.clamp(1, MAX_LANES),
+        spec.lane_tile() * lanes(spec.rank).min(MAX_LANES),
     )
 }
 
@@ -220,9 +249,10 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Every kernel, compiled once per device. `sgd_tail`, `sgd_blocked` and
-/// `sgd_blocked_lanes` are further entry points of `sgd.wgsl`, on `sgd`'s
-/// bind group layout (one bind group serves them all).
+/// Every kernel, compiled once per device. `sgd_tail`, `sgd_blocked`,
+/// `sgd_blocked_lanes`, `sgd_tiles` and `sgd_tiles_lanes` are further entry
+/// points of `sgd.wgsl`, on `sgd`'s bind group layout (one bind group serves
+/// them all).
 pub struct Kernels {
     pub map_rows: Kernel,
     pub scatter: Kernel,
@@ -231,6 +261,8 @@ pub struct Kernels {
     pub sgd_tail: Kernel,
     pub sgd_blocked: Kernel,
     pub sgd_blocked_lanes: Kernel,
+    pub sgd_tiles: Kernel,
+    pub sgd_tiles_lanes: Kernel,
     pub predict: Kernel,
 }
 
@@ -277,15 +309,26 @@ impl Kernels {
         let [map_rows] = family(device, spec, "map_rows", &[Rw, ReadAt, Params], ["map_rows"]);
         let [scatter] = family(device, spec, "scatter_rows", &[Rw, ReadAt, ReadAt, Params], ["scatter_rows"]);
         let [gather] = family(device, spec, "gather_rows", &[Read, Rw, ReadAt, Params], ["gather_rows"]);
-        let [sgd, sgd_tail, sgd_blocked, sgd_blocked_lanes] = family(
+        let [sgd, sgd_tail, sgd_blocked, sgd_blocked_lanes, sgd_tiles, sgd_tiles_lanes] = family(
             device,
             spec,
             "sgd",
             &[Rw, Read, Rw, Params, Read, Read, Read],
-            ["sgd", "sgd_tail", "sgd_blocked", "sgd_blocked_lanes"],
+            ["sgd", "sgd_tail", "sgd_blocked", "sgd_blocked_lanes", "sgd_tiles", "sgd_tiles_lanes"],
         );
         let [predict] = family(device, spec, "predict", &[Read, Read, Rw, Params, ReadAt, Read], ["predict"]);
-        Kernels { map_rows, scatter, gather, sgd, sgd_tail, sgd_blocked, sgd_blocked_lanes, predict }
+        Kernels {
+            map_rows,
+            scatter,
+            gather,
+            sgd,
+            sgd_tail,
+            sgd_blocked,
+            sgd_blocked_lanes,
+            sgd_tiles,
+            sgd_tiles_lanes,
+            predict,
+        }
     }
 }
 
@@ -319,10 +362,10 @@ mod tests {
     #[test]
     fn every_shader_parses_and_validates_with_naga() {
         // Every bias lane, the smallest and largest ranks, one and 8 models.
-        let specs = [(1, 1), (2, 1), (3, 8), (4, 1), (32, 1), (32, 8), (1024, 1)];
+        let specs = [(1, 1, 1), (2, 1, 4), (3, 8, 1), (4, 1, 256), (32, 1, 16), (32, 8, 3), (1024, 1, 2)];
         for (name, _) in SHADERS {
-            for (rank, models) in specs {
-                let src = source(name, Spec { rank, models });
+            for (rank, models, tile) in specs {
+                let src = source(name, Spec { rank, models, tile });
                 let module = naga::front::wgsl::parse_str(&src)
                     .unwrap_or_else(|e| panic!("{name} rank {rank}: {}", e.emit_to_string(&src)));
                 naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
@@ -333,7 +376,7 @@ mod tests {
                     "{name}.wgsl has no entry point named {name}"
                 );
                 if name == "sgd" {
-                    for entry in ["sgd_tail", "sgd_blocked", "sgd_blocked_lanes"] {
+                    for entry in ["sgd_tail", "sgd_blocked", "sgd_blocked_lanes", "sgd_tiles", "sgd_tiles_lanes"] {
                         assert!(module.entry_points.iter().any(|ep| ep.name == entry), "sgd.wgsl lacks {entry}");
                     }
                 }
@@ -356,16 +399,23 @@ mod tests {
 
     #[test]
     fn specialisation_places_the_bias_lane() {
-        let src = specialize("", Spec { rank: 33, models: 2 });
+        let src = specialize("", Spec::new(33, 2));
         assert!(src.contains("const ROW_VEC4: u32 = 9u;"), "{src}");
         assert!(src.contains("const BV: u32 = 8u;") && src.contains("const BL: u32 = 1u;"), "{src}");
         assert!(src.contains("const TAIL_F: vec4<f32> = vec4<f32>(1.0, 0.0, 0.0, 0.0);"), "{src}");
         assert!(src.contains("const TAIL_B: vec4<f32> = vec4<f32>(0.0, 1.0, 0.0, 0.0);"), "{src}");
         assert!(src.contains("const MODELS: u32 = 2u;"), "{src}");
-        let src = specialize("", Spec { rank: 32, models: 1 });
+        let src = specialize("", Spec { rank: 32, models: 1, tile: 16 });
         assert!(src.contains("const TAIL_F: vec4<f32> = vec4<f32>(0.0, 0.0, 0.0, 0.0);"), "{src}");
         assert!(src.contains("const TAIL_B: vec4<f32> = vec4<f32>(1.0, 0.0, 0.0, 0.0);"), "{src}");
         assert!(src.contains("const LANES: u32 = 16u;"), "rank 32: 9 vec4s, 16 lanes: {src}");
+        assert!(src.contains("const TILE: u32 = 16u;") && src.contains("const TILE_LANES: u32 = 256u;"), "{src}");
         assert_eq!((lanes(1), lanes(3), lanes(4), lanes(128)), (1, 1, 2, 64));
+        // A tile whose lanes pass a workgroup: the lanes kernel is compiled
+        // smaller and not used.
+        let wide = Spec { rank: 128, models: 1, tile: 8 };
+        assert!(specialize("", wide).contains("const TILE_LANES: u32 = 256u;"));
+        assert!(!wide.tile_lanes_fit(256) && Spec { tile: 4, ..wide }.tile_lanes_fit(256));
+        assert_eq!((tile_cap(32), tile_cap(128), tile_cap(2000)), (16, 4, 1));
     }
 }

@@ -330,6 +330,15 @@ impl Launch<'_, '_> {
         self.dispatch(&kernel.pipeline, &self.bind.sgd, &[o.block(block)], groups);
     }
 
+    /// `sgd_tiles` (or with `lanes` `sgd_tiles_lanes`) over one tile shift
+    /// of a sweep, block `block`'s [`super::kernels::SgdParams`] read as the
+    /// kernel's: a workgroup for each of `tiles` tiles a side.
+    pub fn sgd_tiles(&mut self, block: u32, tiles: u32, lanes: bool) {
+        let o = self.offsets;
+        let kernel = if lanes { &self.kernels.sgd_tiles_lanes } else { &self.kernels.sgd_tiles };
+        self.dispatch(&kernel.pipeline, &self.bind.sgd, &[o.block(block)], (tiles, 1));
+    }
+
     /// Predicts `count` test ratings ([`super::kernels::PredictParams`]) with
     /// `group` (the
     /// test set's bind group).

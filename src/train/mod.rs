@@ -309,20 +309,24 @@ pub fn train(
         let rates = settings.hp.rates_at(&grid, epoch);
         state.lr = rates[0].lr;
         let t0 = Instant::now();
+        // A backend that derives the order itself gets no plan, unless the
+        // epoch resumes inside (its position is found in the plan).
+        let needs_plan = backend.needs_plan();
         let this = match plan.take() {
             Some(p) => p,
-            None => layout.epoch(epoch),
+            None if needs_plan || state.position > 0 => layout.epoch(epoch),
+            None => EpochPlan::default(),
         };
         // The plan two epochs back lends its buffers to the next one. Making
         // it is the host's work too (see `host_seconds`).
         let t_plan = Instant::now();
-        let following = (epoch + 1 < settings.epochs).then(|| {
+        let following = (needs_plan && epoch + 1 < settings.epochs).then(|| {
             let mut next = spare.take().unwrap_or_default();
             layout.epoch_into(epoch + 1, &mut next);
             next
         });
         let plan_seconds = t_plan.elapsed().as_secs_f64();
-        let from = this.part_at(&layout, state.position)?;
+        let from = if this.parts.is_empty() { 0 } else { this.part_at(&layout, state.position)? };
         let input = EpochInput {
             epoch,
             layout: &layout,
@@ -335,7 +339,7 @@ pub fn train(
         let mut out = backend.train_epoch(&mut model, &input)?;
         let seconds = t0.elapsed().as_secs_f64() + std::mem::take(&mut setup_seconds);
         state.train_seconds += seconds;
-        let left = this.ratings_from(&layout, from);
+        let left = if this.parts.is_empty() { layout.ratings().len() } else { this.ratings_from(&layout, from) };
         plan = following;
         spare = Some(this);
         if out.done < left {
