@@ -120,7 +120,7 @@ pub fn power_tile(bins: u32, cap: u32) -> u32 {
 /// within the limits of [`power_tile`] (1 where none is, as for a prime).
 pub fn divisor_tile(bins: u32, cap: u32) -> u32 {
     let most = cap.min(bins / MIN_TILE_ROUNDS).max(1);
-    (1..=most).rev().find(|t| bins % t == 0).unwrap_or(1)
+    (1..=most).rev().find(|&t| bins.is_multiple_of(t)).unwrap_or(1)
 }
 
 /// The training ratings in block-major order (module docs).
