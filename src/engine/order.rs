@@ -849,6 +849,30 @@ mod tests {
             }
             plans.push(plan);
         }
+        // A tiled epoch stopped after s shifts trained the plan's first
+        // `blocked_parts_before(s)` parts: those of the first s shifts.
+        let order = Order::Blocked { bins, sweeps: 3, tile: 3 };
+        let layout = RunLayout::new(&train, 97, 41, spec(order, 1, None), 2).unwrap();
+        let (plan, e) = (layout.epoch(2), layout.blocked_epoch(2).unwrap());
+        let Arrangement::Blocked { block_parts, visits, .. } = &layout.arrangement else { unreachable!() };
+        let mut want = std::collections::HashSet::new();
+        for s in 0..=3 * e.shifts() {
+            let k = layout.blocked_parts_before(&e, s);
+            let got: std::collections::HashSet<u32> = plan.parts[..k].iter().copied().collect();
+            assert_eq!(got, want, "the parts of the first {s} shifts");
+            if s < 3 * e.shifts() {
+                let (v, c) = (s / e.shifts(), e.shift_order(s / e.shifts())[s % e.shifts()]);
+                for r in 0..e.tile {
+                    for i in 0..bins as usize {
+                        let p = block_parts[e.block(v, i, c, r) * *visits as usize + v];
+                        if p != NO_GROUP {
+                            want.insert(p);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(layout.blocked_parts_before(&e, 3 * e.shifts()), layout.parts().len());
         // No tile, a tile of 1 and a tile of every bin are the plain rounds.
         assert_eq!(plans[0], plans[1]);
         assert_eq!(plans[1], plans[4]);

@@ -1253,7 +1253,10 @@ impl Backend for GpuBackend {
             self.load_resident(&tables, &mut ledger)?;
         }
         let plan = input.plan;
-        let tiled = self.exec.tiles.is_some() && input.from == 0;
+        // The device derives a whole epoch's rounds; a plan that is not the
+        // whole epoch (a resumed epoch, a caller's cut) goes round by round.
+        let whole_plan = plan.parts.is_empty() || plan.parts.len() == self.run.parts().len();
+        let tiled = self.exec.tiles.is_some() && input.from == 0 && whole_plan;
         if !tiled {
             self.exec.put_plan(plan, &self.run, &mut ledger);
         }
