@@ -209,6 +209,63 @@ fn sgd_one_at_a_time_and_on_disjoint_rows_equals_the_sequential_cpu_update() {
     }
 }
 
+/// `sgd_tiles` and `sgd_tiles_lanes`: a tiled blocked epoch (6 bins in 2
+/// tiles of 3, 2 sweeps: workgroups of 3 workers, not a multiple of
+/// anything), a dispatch per tile shift with the rounds derived on the
+/// device from the block starts and the sweeps' permutations, equals the
+/// sequential walk of the host's plan of the same epoch.
+#[test]
+fn sgd_tiles_derive_the_rounds_and_equal_the_plans_sequential_walk() {
+    use rowstage::engine::{LayoutSpec, Order, RunLayout};
+    let n_users = 61u32;
+    let ratings: Vec<Rating> = (0..500u32)
+        .map(|k| Rating { user: (k * 7 + k / 3) % n_users, item: (k * 11 + k / 5) % 37, value: 1.0 + (k % 5) as f32 })
+        .collect();
+    let order = Order::Blocked { bins: 6, sweeps: 2, tile: 3 };
+    let spec = LayoutSpec { seed: 3, batch: 1, order, co_partition: None };
+    let layout = RunLayout::new(&ratings, n_users as usize, 37, spec, 1).unwrap();
+    let (epoch, plan) = (layout.blocked_epoch(1).unwrap(), layout.epoch(1));
+    // The kernel reads words from `first_part` on: 4 words of padding here.
+    let mut words = vec![u32::MAX; 4];
+    words.extend(layout.block_starts().unwrap());
+    words.extend(&epoch.perms);
+    words.resize(words.len().next_multiple_of(2), 0);
+    let table: Vec<Part> = words.chunks(2).map(|w| Part { start: w[0], len: w[1] }).collect();
+    let walked: Vec<Rating> = plan.parts.iter().flat_map(|&p| layout.part(p).iter().copied()).collect();
+    for (rank, models) in [(7usize, 1usize), (32, 2)] {
+        let rates: Vec<[f32; 2]> = (0..models).map(|g| [0.02 + 0.01 * g as f32, 0.05]).collect();
+        for probe in probes(Spec { rank: rank as u32, models: models as u32, tile: 3 }, "sgd_tiles") {
+            let (slab0, map) = sgd_setup(rank, models);
+            let (cpu, sse) = cpu_sgd(&slab0, &map, &walked, rank, models, &rates, n_users, 3.2, 0.01);
+            for lanes in [false, true] {
+                let mut slab = slab0.clone();
+                let mut gpu_sse = 0.0;
+                for v in 0..2 {
+                    for &shift in epoch.shift_order(v) {
+                        let run = SgdRun {
+                            first_part: 4,
+                            parts: v as u32,
+                            width: shift,
+                            n_users,
+                            bias_reg: 0.01,
+                            mean: 3.2,
+                            kernel: SgdKernel::Tiles { tiles: 2, sweeps: 2, lanes },
+                        };
+                        let (after, loss) =
+                            probe.sgd(&slab, &map, layout.ratings(), &table, &rates, run, 6 * models).unwrap();
+                        slab = after;
+                        gpu_sse += loss.iter().map(|&x| x as f64).sum::<f64>();
+                    }
+                }
+                for (k, (a, b)) in slab.iter().zip(&cpu).enumerate() {
+                    assert!(close(*a, *b), "rank {rank} × {models}, lanes {lanes}: float {k}: {a} vs {b}");
+                }
+                assert!((gpu_sse - sse).abs() <= 1e-4 * sse, "lanes {lanes}: loss {gpu_sse} vs {sse}");
+            }
+        }
+    }
+}
+
 #[test]
 fn predict_sums_the_clamped_errors_from_the_slab_and_the_window() {
     let (rank, models, n_users) = (6usize, 2usize, 61u32);

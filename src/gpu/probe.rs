@@ -60,6 +60,11 @@ pub enum SgdKernel {
     Blocked,
     /// `sgd_blocked_lanes`: a workgroup per part.
     BlockedLanes,
+    /// `sgd_tiles` (or with `lanes` `sgd_tiles_lanes`) over `tiles`
+    /// workgroups: `first_part` is the word of the block starts in the
+    /// parts (read as words), `parts` the sweep, `width` the shift, of
+    /// `sweeps` sweeps.
+    Tiles { tiles: u32, sweeps: u32, lanes: bool },
 }
 
 impl Probe {
@@ -239,7 +244,7 @@ impl Probe {
             bias_reg: run.bias_reg,
             mean: run.mean,
             base: 0,
-            _pad: 0,
+            _pad: if let SgdKernel::Tiles { sweeps, .. } = run.kernel { sweeps } else { 0 },
         };
         let (step, _) = self.step(bytemuck::bytes_of(&params), &[0], &[]);
         let slab_buf = self.storage("probe slab", bytemuck::cast_slice(slab), true);
@@ -255,6 +260,7 @@ impl Probe {
             SgdKernel::Tail => l.sgd_tail(0),
             SgdKernel::Blocked => l.sgd_blocked(0, run.parts, false),
             SgdKernel::BlockedLanes => l.sgd_blocked(0, run.parts, true),
+            SgdKernel::Tiles { tiles, lanes, .. } => l.sgd_tiles(0, tiles, lanes),
         })?;
         let slab_after = bytemuck::cast_slice(&self.read(&slab_buf)?)[..slab.len()].to_vec();
         let loss_after = bytemuck::cast_slice(&self.read(&loss)?)[..loss_words].to_vec();
