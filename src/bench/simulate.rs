@@ -72,7 +72,7 @@ pub fn sweep(
             n_users: data.users.len(),
             n_items: data.items.len(),
             slots: (bytes / row_bytes < n_rows).then_some(bytes / row_bytes),
-            tile_cap: if bytes / row_bytes < n_rows { 1 } else { crate::gpu::kernels::tile_cap(spec.hp.rank as u32) },
+            tile_cap: crate::gpu::kernels::tile_cap(spec.hp.rank as u32),
         })
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -88,9 +88,9 @@ pub struct Target<'a> {
     pub n_items: usize,
     /// The policy's slots where the slab cannot hold every row (a GPU).
     pub slots: Option<u64>,
-    /// The most bins a GPU that holds every row trains in one workgroup
-    /// (the tile, [`BlockedEpoch`]); 1 where tiles buy nothing (the CPU, a
-    /// staged slab).
+    /// The most bins a GPU trains in one workgroup where its slab holds
+    /// every row (the tile, [`BlockedEpoch`]; a staged slab walks the same
+    /// order step by step); 1 where tiles buy nothing (the CPU).
     pub tile_cap: u32,
 }
 

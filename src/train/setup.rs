@@ -343,8 +343,9 @@ pub fn gpu_setup(
         n_users: data.users.len(),
         n_items: data.items.len(),
         slots: (budget_slots < n_rows).then_some(budget_slots),
-        // Tiles where the slab holds every row: a tile round a dispatch.
-        tile_cap: if budget_slots < n_rows { 1 } else { crate::gpu::kernels::tile_cap(hp.rank as u32) },
+        // Where the slab holds every row a tile shift is a dispatch; a
+        // staged slab walks the same order (every budget trains one order).
+        tile_cap: crate::gpu::kernels::tile_cap(hp.rank as u32),
     })?;
     let mut settings = TrainSettings { order, ..settings.clone() };
     let mut layout = settings.layout(data, spec.threads)?;
@@ -359,8 +360,9 @@ pub fn gpu_setup(
             if largest <= slots || bins >= side {
                 break;
             }
-            // A staged slab: no tiles (each step is dispatched on its own).
-            settings.order = Order::Blocked { bins: (bins * 2).min(side), sweeps, tile: 0 };
+            let bins = (bins * 2).min(side);
+            let tile = crate::engine::blocked::divisor_tile(bins, crate::gpu::kernels::tile_cap(hp.rank as u32));
+            settings.order = Order::Blocked { bins, sweeps, tile: if tile > 1 { tile } else { 0 } };
             layout = settings.layout(data, spec.threads)?;
         }
     }
