@@ -170,11 +170,13 @@ struct TrainArgs {
     lookahead: usize,
     #[command(flatten)]
     co: CoPartitionArgs,
-    /// Epoch order: blocked[:BINS[:SWEEPS]] (FPSGD's user-bin × item-bin
-    /// blocks, a round's blocks trained at once without races, exact on
-    /// every backend), shuffled (a seeded permutation, Hogwild on a GPU), or
-    /// auto (blocked without --co-partition, with bins for the backend and
-    /// the budget; else shuffled).
+    /// Epoch order: blocked[:BINS[:SWEEPS[:TILE]]] (FPSGD's user-bin ×
+    /// item-bin blocks, a round's blocks trained at once without races, exact
+    /// on every backend; SWEEPS a number or auto; TILE bins per tile, whose
+    /// rounds a GPU holding every row runs in one dispatch), shuffled (a
+    /// seeded permutation, Hogwild on a GPU), or auto (blocked without
+    /// --co-partition, with bins and tiles for the backend and the budget;
+    /// else shuffled).
     #[arg(help_heading = "Schedule", long, default_value = "auto", value_name = "ORDER")]
     order: String,
     #[command(flatten)]
@@ -377,7 +379,7 @@ struct SimulateArgs {
     co: CoPartitionArgs,
     /// Epoch order replayed: auto (what a GPU run takes on each budget:
     /// blocked without --co-partition, else shuffled), shuffled,
-    /// blocked[:BINS[:SWEEPS]].
+    /// blocked[:BINS[:SWEEPS[:TILE]]].
     #[arg(long, default_value = "auto", value_name = "ORDER")]
     order: String,
     /// Write the results as JSON to FILE ("-" for stdout).

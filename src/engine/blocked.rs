@@ -85,12 +85,14 @@ pub const MAX_DEVICE_BINS: u32 = 1024;
 /// `ratings` training ratings of `n_users` × `n_items`, with `slots` slots
 /// for the policy where the slab cannot hold every row.
 ///
-/// An epoch is `bins × sweeps` rounds of up to `bins` workers, a dispatch
-/// each, and the sweeps are fixed by accuracy ([`default_sweeps`]), so more
-/// bins mean more workers at once and more, shorter rounds: the most bins
-/// whose parts keep [`DEVICE_PART_RATINGS`] ratings on average, at most 256
-/// (about √(65536 × rating latency / dispatch cost) for a latency near a
-/// dispatch's, the most ratings per second). Under a budget, enough bins
+/// An epoch is `bins × sweeps` rounds of up to `bins` workers (a dispatch
+/// per round staged, per tile shift all resident), and the sweeps are fixed
+/// by accuracy ([`default_sweeps`]), so more bins mean more workers at once
+/// and more, shorter rounds: the most bins whose parts keep
+/// [`DEVICE_PART_RATINGS`] ratings on average, at most 256 (chosen when a
+/// round was a dispatch: about √(65536 × rating latency / dispatch cost) for
+/// a latency near a dispatch's, the most ratings per second; with tiles a
+/// real GPU may want more, unmeasured). Under a budget, enough bins
 /// that a part's rows (about two per rating) take at most a quarter of the
 /// slots, so that a step holds several. Never more bins than rows of the
 /// smaller side, nor more than [`MAX_DEVICE_BINS`].
