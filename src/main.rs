@@ -727,10 +727,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             settings.batch
         ));
     }
-    if let train::Order::Blocked { bins, .. } = settings.order {
+    if let train::Order::Blocked { bins, tile, .. } = settings.order {
+        let tiles = if tile > 1 {
+            format!(" in tiles of {tile} × {tile} blocks (a tile's {tile} rounds one after another)")
+        } else {
+            String::new()
+        };
         out.line(&format!(
-            "order: blocked, {bins} user bins × {bins} item bins; each round trains up to {bins} blocks that share \
-             no row at once, a worker each (exact: nothing races)"
+            "order: blocked, {bins} user bins × {bins} item bins{tiles}; each round trains up to {bins} blocks that \
+             share no row at once, a worker each (exact: nothing races)"
         ));
     }
     if !settings.grid.is_empty() {
