@@ -19,7 +19,9 @@
 #            (the blocked order), deterministic, Hogwild (--order shuffled),
 #            and the sequential CPU reference (test RMSE)
 #   schedules 10M ratings all-resident, 3 epochs each: the default (blocked,
-#            its bins), blocked at 64/256/1024 bins, at 256 bins with 16 and
+#            its bins, in tiles: a dispatch per tile shift), the plain rounds
+#            (blocked:128:auto:1, a dispatch per round, what tiles replaced),
+#            blocked at 64/256/1024 bins, at 256 bins with 16 and
 #            8 sweeps (what fewer sweeps buy: BENCHMARKS.md, "Sweeps and
 #            accuracy at 10M"), Hogwild at the auto
 #            width and the whole batch (the fastest racing schedule), and
@@ -129,7 +131,8 @@ for stage in "${stages[@]}"; do
         ;;
     schedules)
         big=(--synthetic "$big_data" --backend "$gpu" --device-memory 100% --epochs 3)
-        for s in default blocked:64 blocked:256 blocked:1024 blocked:256:16 blocked:256:8 shuffled shuffled-step \
+        for s in default blocked:128:auto:1 blocked:64 blocked:256 blocked:1024 blocked:256:16 blocked:256:8 shuffled \
+            shuffled-step \
             shuffled-deterministic; do
             case $s in
             default) flags=() ;;
