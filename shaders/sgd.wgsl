@@ -181,9 +181,69 @@ fn sgd_blocked(
 // of both rows (lane BV the last factors and the biases), the dot product is
 // a tree reduction in workgroup memory, and each lane updates its own vec4s.
 // A lane reads back only what it wrote, so workgroup barriers suffice.
-var<workgroup> lane_dot: array<f32, LANES>;
-var<workgroup> lane_bias: vec2<f32>;
+// `sgd_tiles_lanes` puts TILE such workers side by side in one workgroup:
+// worker `member`'s lanes use `lane_dot[member · LANES ..]` and
+// `lane_bias[member]`.
+var<workgroup> lane_dot: array<f32, TILE_LANES>;
+var<workgroup> lane_bias: array<vec2<f32>, TILE>;
 var<workgroup> lane_len: u32;
+
+// Rating `x`'s update by lane `lane` of worker `member` (its squared error
+// into accumulator `n`); `live`: the worker has a rating at this step. Every
+// lane of the workgroup calls it at every step, live or not, so that the
+// barriers stay in uniform control flow.
+fn lanes_update(x: vec3<u32>, live: bool, lane: u32, member: u32, n: u32) {
+    let at = member * LANES;
+    let eu = slot_map[x.x];
+    let ei = slot_map[params.n_users + x.y];
+    let ok = live && lane <= BV && eu != ABSENT && ei != ABSENT && ((eu | ei) & IN_WINDOW) == 0u;
+    let su = (max(eu, 1u) - 1u) * SLOT_VEC4;
+    let si = (max(ei, 1u) - 1u) * SLOT_VEC4;
+    let r = bitcast<f32>(x.z);
+    for (var g = 0u; g < MODELS; g++) {
+        let pu = su + g * ROW_VEC4 + lane;
+        let qi = si + g * ROW_VEC4 + lane;
+        var p = vec4<f32>(0.0);
+        var q = vec4<f32>(0.0);
+        if (ok) {
+            p = slab[pu];
+            q = slab[qi];
+        }
+        var d = p * q;
+        if (lane == BV) {
+            d = d * TAIL_F;
+            lane_bias[member] = vec2<f32>(p[BL], q[BL]);
+        }
+        lane_dot[at + lane] = d.x + d.y + d.z + d.w;
+        workgroupBarrier();
+        for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
+            if (lane < stride) {
+                lane_dot[at + lane] += lane_dot[at + lane + stride];
+            }
+            workgroupBarrier();
+        }
+        let e = r - (params.mean + lane_bias[member].x + lane_bias[member].y + lane_dot[at]);
+        if (lane == 0u && ok) {
+            loss[n * MODELS + g] += e * e;
+        }
+        let lr = rates[g].x;
+        let reg = rates[g].y;
+        if (ok && lane < BV) {
+            slab[pu] = p + lr * (e * q - reg * p);
+            slab[qi] = q + lr * (e * p - reg * q);
+        }
+        if (ok && lane == BV) {
+            let pn = p + lr * (TAIL_F * (e * q - reg * p) + TAIL_B * (e - params.bias_reg * p));
+            let qn = q + lr * (TAIL_F * (e * p - reg * q) + TAIL_B * (e - params.bias_reg * q));
+            for (var l = 0u; l <= BL; l++) {
+                slab[pu][l] = pn[l];
+                slab[qi][l] = qn[l];
+            }
+        }
+        // lane_dot and lane_bias are reused by the next update.
+        workgroupBarrier();
+    }
+}
 
 @compute @workgroup_size(LANES)
 fn sgd_blocked_lanes(
@@ -200,58 +260,8 @@ fn sgd_blocked_lanes(
         lane_len = part.y;
     }
     let len = workgroupUniformLoad(&lane_len);
-    let mine = lane <= BV;
     for (var j = 0u; j < len; j++) {
-        let x = rating(part.x + j);
-        let eu = slot_map[x.x];
-        let ei = slot_map[params.n_users + x.y];
-        let ok = mine && eu != ABSENT && ei != ABSENT && ((eu | ei) & IN_WINDOW) == 0u;
-        let su = (max(eu, 1u) - 1u) * SLOT_VEC4;
-        let si = (max(ei, 1u) - 1u) * SLOT_VEC4;
-        let r = bitcast<f32>(x.z);
-        for (var g = 0u; g < MODELS; g++) {
-            let pu = su + g * ROW_VEC4 + lane;
-            let qi = si + g * ROW_VEC4 + lane;
-            var p = vec4<f32>(0.0);
-            var q = vec4<f32>(0.0);
-            if (ok) {
-                p = slab[pu];
-                q = slab[qi];
-            }
-            var d = p * q;
-            if (lane == BV) {
-                d = d * TAIL_F;
-                lane_bias = vec2<f32>(p[BL], q[BL]);
-            }
-            lane_dot[lane] = d.x + d.y + d.z + d.w;
-            workgroupBarrier();
-            for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
-                if (lane < stride) {
-                    lane_dot[lane] += lane_dot[lane + stride];
-                }
-                workgroupBarrier();
-            }
-            let e = r - (params.mean + lane_bias.x + lane_bias.y + lane_dot[0]);
-            if (lane == 0u && ok) {
-                loss[w * MODELS + g] += e * e;
-            }
-            let lr = rates[g].x;
-            let reg = rates[g].y;
-            if (ok && lane < BV) {
-                slab[pu] = p + lr * (e * q - reg * p);
-                slab[qi] = q + lr * (e * p - reg * q);
-            }
-            if (ok && lane == BV) {
-                let pn = p + lr * (TAIL_F * (e * q - reg * p) + TAIL_B * (e - params.bias_reg * p));
-                let qn = q + lr * (TAIL_F * (e * p - reg * q) + TAIL_B * (e - params.bias_reg * q));
-                for (var l = 0u; l <= BL; l++) {
-                    slab[pu][l] = pn[l];
-                    slab[qi][l] = qn[l];
-                }
-            }
-            // lane_dot and lane_bias are reused by the next update.
-            workgroupBarrier();
-        }
+        lanes_update(rating(part.x + j), true, lane, 0u, w);
     }
 }
 
@@ -320,12 +330,10 @@ fn sgd_tiles(
     }
 }
 
-// `sgd_tiles` with a worker of LANES lanes (as `sgd_blocked_lanes`): the
-// tile's TILE workers side by side in one workgroup, each reducing its own
-// LANES lanes; all of them step through the longest block of the round so
-// that the barriers stay in uniform control flow.
-var<workgroup> tile_dot: array<f32, TILE_LANES>;
-var<workgroup> tile_bias: array<vec2<f32>, TILE>;
+// `sgd_tiles` with a worker of LANES lanes (`lanes_update`): the tile's
+// TILE workers side by side in one workgroup, all of them stepping through
+// the round's longest block so that the barriers stay in uniform control
+// flow.
 var<workgroup> tile_len: array<u32, TILE>;
 var<workgroup> tile_longest: u32;
 
@@ -337,7 +345,6 @@ fn sgd_tiles_lanes(
 ) {
     let j = lid / LANES;
     let lane = lid % LANES;
-    let at = j * LANES;
     let w = tile_words(wg.x, j, nwg.x);
     let i = wg.x * TILE + j;
     for (var f = 0u; f < TILE; f++) {
@@ -361,55 +368,7 @@ fn sgd_tiles_lanes(
             if (live) {
                 x = rating(span.x + n);
             }
-            let eu = slot_map[x.x];
-            let ei = slot_map[params.n_users + x.y];
-            let ok = live && lane <= BV && eu != ABSENT && ei != ABSENT && ((eu | ei) & IN_WINDOW) == 0u;
-            let su = (max(eu, 1u) - 1u) * SLOT_VEC4;
-            let si = (max(ei, 1u) - 1u) * SLOT_VEC4;
-            let r = bitcast<f32>(x.z);
-            for (var g = 0u; g < MODELS; g++) {
-                let pu = su + g * ROW_VEC4 + lane;
-                let qi = si + g * ROW_VEC4 + lane;
-                var p = vec4<f32>(0.0);
-                var q = vec4<f32>(0.0);
-                if (ok) {
-                    p = slab[pu];
-                    q = slab[qi];
-                }
-                var d = p * q;
-                if (lane == BV) {
-                    d = d * TAIL_F;
-                    tile_bias[j] = vec2<f32>(p[BL], q[BL]);
-                }
-                tile_dot[at + lane] = d.x + d.y + d.z + d.w;
-                workgroupBarrier();
-                for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
-                    if (lane < stride) {
-                        tile_dot[at + lane] += tile_dot[at + lane + stride];
-                    }
-                    workgroupBarrier();
-                }
-                let e = r - (params.mean + tile_bias[j].x + tile_bias[j].y + tile_dot[at]);
-                if (lane == 0u && ok) {
-                    loss[i * MODELS + g] += e * e;
-                }
-                let lr = rates[g].x;
-                let reg = rates[g].y;
-                if (ok && lane < BV) {
-                    slab[pu] = p + lr * (e * q - reg * p);
-                    slab[qi] = q + lr * (e * p - reg * q);
-                }
-                if (ok && lane == BV) {
-                    let pn = p + lr * (TAIL_F * (e * q - reg * p) + TAIL_B * (e - params.bias_reg * p));
-                    let qn = q + lr * (TAIL_F * (e * p - reg * q) + TAIL_B * (e - params.bias_reg * q));
-                    for (var l = 0u; l <= BL; l++) {
-                        slab[pu][l] = pn[l];
-                        slab[qi][l] = qn[l];
-                    }
-                }
-                // tile_dot and tile_bias are reused by the next update.
-                workgroupBarrier();
-            }
+            lanes_update(x, live, lane, j, i);
         }
         storageBarrier();
     }
