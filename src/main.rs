@@ -1192,7 +1192,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         spec.co_partition.map_or("none", |s| s.resolve(&data).name())
     ));
     out.line(&format!(
-        "{:<8} {:>10} {:<13} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>11} {:>11} {:>13} {:>10}",
+        "{:<8} {:>10} {:<20} {:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>11} {:>11} {:>13} {:>10}",
         "budget",
         "bytes",
         "order",
@@ -1212,11 +1212,11 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         let (label, bytes, name, policy) = (&row.label, row.bytes, &row.order, row.policy);
         match &row.outcome {
             SweepOutcome::TooSmall { step, needed } => out.line(&format!(
-                "{label:<8} {bytes:>10} {name:<13} {policy:<10} budget too small: {step} needs --device-memory {needed} ({})",
+                "{label:<8} {bytes:>10} {name:<20} {policy:<10} budget too small: {step} needs --device-memory {needed} ({})",
                 human_bytes(*needed)
             )),
             SweepOutcome::Replayed(r) => out.line(&format!(
-                "{label:<8} {bytes:>10} {name:<13} {policy:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>6.1}% {:>11} {:>11} {:>13} {:>10.2e}",
+                "{label:<8} {bytes:>10} {name:<20} {policy:<10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>6.1}% {:>11} {:>11} {:>13} {:>10.2e}",
                 r.slots,
                 r.rows_in,
                 r.rows_out,
