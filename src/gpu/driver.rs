@@ -161,7 +161,9 @@ impl Tiles {
             && tile <= kernels::MAX_LANES.min(summary.max_compute_invocations_per_workgroup)
             && sweeps <= 1 << 16
             && bins / tile <= summary.max_compute_workgroups_per_dimension
-            && (bins as u64).pow(2) < u32::MAX as u64 / 2;
+            && (bins as u64).pow(2) < u32::MAX as u64 / 2
+            // Word offsets into the parts buffer stay within a u32.
+            && (run.parts().len() as u64) < u32::MAX as u64 / 8;
         fits.then_some(Tiles {
             starts_at: 4 * run.parts().len() as u32,
             bins,
