@@ -114,15 +114,19 @@ pub const MIN_TILE_ROUNDS: u32 = 4;
 /// row trains a tile round in one dispatch, so a larger tile means fewer
 /// dispatches per epoch (`bins / tile × sweeps`) for the same workers.
 pub fn power_tile(bins: u32, cap: u32) -> u32 {
-    let most = cap.min(bins / MIN_TILE_ROUNDS).max(1);
-    1 << most.ilog2()
+    1 << largest_tile(bins, cap).ilog2()
+}
+
+/// The largest tile `cap` and [`MIN_TILE_ROUNDS`] allow for `bins` (1 at
+/// least).
+fn largest_tile(bins: u32, cap: u32) -> u32 {
+    cap.min(bins / MIN_TILE_ROUNDS).max(1)
 }
 
 /// The tile for `bins` bins given by the user: the largest divisor of `bins`
 /// within the limits of [`power_tile`] (1 where none is, as for a prime).
 pub fn divisor_tile(bins: u32, cap: u32) -> u32 {
-    let most = cap.min(bins / MIN_TILE_ROUNDS).max(1);
-    (1..=most).rev().find(|&t| bins.is_multiple_of(t)).unwrap_or(1)
+    (1..=largest_tile(bins, cap)).rev().find(|&t| bins.is_multiple_of(t)).unwrap_or(1)
 }
 
 /// The training ratings in block-major order (module docs).

@@ -1284,9 +1284,15 @@ impl Backend for GpuBackend {
         let sums = if tiled && parts == self.run.parts().len() {
             self.whole
         } else if tiled {
-            // Stopped inside a tiled epoch, which had no plan: its first
-            // `parts` parts are the ones trained.
-            let full = self.run.epoch(input.epoch);
+            // Stopped inside a tiled epoch: the first `parts` parts of its
+            // plan (made here if the loop made none) are the ones trained.
+            let made;
+            let full = if plan.parts.is_empty() {
+                made = self.run.epoch(input.epoch);
+                &made
+            } else {
+                plan
+            };
             self.whole.of_trained(&full.parts[..parts], &self.run, &self.rows, &self.conflicts)
         } else {
             self.whole.of_trained(&plan.parts[input.from..input.from + parts], &self.run, &self.rows, &self.conflicts)

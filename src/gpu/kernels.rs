@@ -138,7 +138,7 @@ impl Spec {
     /// the tile's lanes would pass [`MAX_LANES`] (the host then runs
     /// `sgd_tiles`, [`Spec::tile_lanes_fit`]).
     fn lane_tile(&self) -> u32 {
-        self.tile.clamp(1, (MAX_LANES / lanes(self.rank).min(MAX_LANES)).max(1))
+        self.tile.clamp(1, tile_cap(self.rank))
     }
 
     /// Whether `sgd_tiles_lanes` holds the whole tile (its workgroup of

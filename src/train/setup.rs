@@ -335,7 +335,7 @@ pub fn gpu_setup(
     let n_rows = (data.users.len() + data.items.len()) as u64;
     let budget_slots = spec.device_memory.map_or(Budget::Percent(AUTO_SHARE), |b| b).resolve(tables) / row_bytes;
     let settings_order = settings.order;
-    let order = settings.order.resolve(&Target {
+    let target = Target {
         kind: &adapter.backend,
         parallelism: 1,
         co_partition: settings.co_partition.is_some(),
@@ -346,7 +346,8 @@ pub fn gpu_setup(
         // Where the slab holds every row a tile shift is a dispatch; a
         // staged slab walks the same order (every budget trains one order).
         tile_cap: crate::gpu::kernels::tile_cap(hp.rank as u32),
-    })?;
+    };
+    let order = settings.order.resolve(&target)?;
     let mut settings = TrainSettings { order, ..settings.clone() };
     let mut layout = settings.layout(data, spec.threads)?;
     // A blocked order chosen here takes more bins (smaller parts) until a
@@ -360,9 +361,8 @@ pub fn gpu_setup(
             if largest <= slots || bins >= side {
                 break;
             }
-            let bins = (bins * 2).min(side);
-            let tile = crate::engine::blocked::divisor_tile(bins, crate::gpu::kernels::tile_cap(hp.rank as u32));
-            settings.order = Order::Blocked { bins, sweeps, tile: if tile > 1 { tile } else { 0 } };
+            // The tile resolved again for the new bins.
+            settings.order = Order::Blocked { bins: (bins * 2).min(side), sweeps, tile: 0 }.resolve(&target)?;
             layout = settings.layout(data, spec.threads)?;
         }
     }
