@@ -481,6 +481,14 @@ struct DevicesArgs {
     json: Option<PathBuf>,
 }
 
+/// The command line, where `--lr -0.1` or `--zipf -2` is a value that
+/// validation then refuses by name, not an unknown flag `-0`.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().mut_subcommands(|sub| sub.allow_negative_numbers(true)).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
     // Rust ignores SIGPIPE, so that a closed pipe (`| head`) becomes a write
     // error and, in `println!`, a panic; the default action ends the process
@@ -494,7 +502,7 @@ fn main() {
     // environment concurrently.
     unsafe { rowstage::gpu::context::quiet_gl_probe() };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Train(a) => cmd_train(*a),
         Command::Eval(a) => cmd_eval(a),

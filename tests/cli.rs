@@ -321,6 +321,15 @@ fn unreadable_file_and_bad_flags_exit_2() {
             .code(2)
             .stderr(predicate::str::contains(needle).and(predicate::str::contains("panicked").not()));
     }
+    // A negative number after a space is the flag's value, refused by name,
+    // not an unknown flag `-0`.
+    for (flag, value) in [("--lr", "-0.1"), ("--zipf", "-2"), ("--reg", "-1")] {
+        rowstage()
+            .args(["train", flag, value])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!("invalid value \"{value}\" for {flag}")));
+    }
 }
 
 #[test]
