@@ -202,6 +202,19 @@ impl Order {
         Ok(order)
     }
 
+    /// Whether `resolved` is a resolution of this order on some target:
+    /// `auto` admits any order; `blocked` with fields left unset (bins or
+    /// tile 0) any blocked order that agrees on the fields it sets.
+    pub fn admits(self, resolved: Order) -> bool {
+        match (self, resolved) {
+            (Order::Auto, _) => true,
+            (Order::Blocked { bins, sweeps, tile }, Order::Blocked { bins: b, sweeps: s, tile: t }) => {
+                (bins == 0 || bins == b) && sweeps == s && (tile == 0 || tile == t)
+            }
+            (a, b) => a == b,
+        }
+    }
+
     /// `shuffled`, `blocked:BINS`, `blocked:BINS:SWEEPS`,
     /// `blocked:BINS:SWEEPS:TILE` (SWEEPS `auto` where not set; or `auto`).
     pub fn name(&self) -> String {
@@ -968,5 +981,20 @@ mod tests {
         let given = Order::parse("blocked:12:auto:4").unwrap();
         assert_eq!(given.resolve(&tiled).unwrap(), given, "a given tile is kept");
         assert_eq!((blocked::power_tile(7, 16), blocked::power_tile(300, 16), blocked::power_tile(40, 1)), (1, 16, 1));
+        // What an order resolves to on any target, it admits (a run takes
+        // the order its GPU backend resolved); nothing that disagrees.
+        for order in ["auto", "blocked", "blocked:12", "blocked:64:4", "blocked:12:auto:4", "shuffled"] {
+            let o = Order::parse(order).unwrap();
+            for t in [on("cpu", 2, false), gpu, tiled] {
+                assert!(o.admits(o.resolve(&t).unwrap()), "{order}");
+            }
+        }
+        let sixty_four = Order::parse("blocked:64:4").unwrap();
+        for other in ["blocked:32:4", "blocked:64:8", "shuffled"] {
+            assert!(!sixty_four.admits(Order::parse(other).unwrap()), "{other}");
+        }
+        assert!(sixty_four.admits(Order::parse("blocked:64:4:8").unwrap()), "no tile given: any");
+        assert!(!given.admits(Order::parse("blocked:12:auto:3").unwrap()), "a given tile is kept");
+        assert!(!Order::Shuffled.admits(auto));
     }
 }

@@ -215,15 +215,17 @@ pub struct TrainOutcome {
     pub diverged: Option<Error>,
 }
 
-/// The order a run of `settings` takes on `backend`: the one its layout was
-/// built with where the backend holds one (a GPU's, resolved when it was
 /// Ratings per part of the shuffled order when `--batch` is not given.
 pub const DEFAULT_BATCH: usize = 2048;
 
+/// The order a run of `settings` takes on `backend`: the one its layout was
+/// built with where the backend holds one (a GPU's, resolved when it was
 /// opened, [`setup::open_backend`]), else `settings.order` resolved.
 pub fn resolve_order(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -> Result<Order> {
+    // The backend resolved the same settings' order for its device (a GPU
+    // takes tiles where the CPU takes none): a run takes that order.
     if let Some(l) = backend.run_layout()
-        && settings.order == Order::Auto
+        && settings.order.admits(l.spec().order)
     {
         return Ok(l.spec().order);
     }
@@ -249,9 +251,14 @@ fn run_layout(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -
             "`order`",
             settings.order.name(),
             format!(
-                "the backend was built for another layout of the ratings ({:?}, this run {:?})",
-                l.spec(),
-                settings.layout_spec()
+                "the backend was opened for another layout of the ratings (order `{}`, batch {}, seed {}), \
+                 this run asks for order `{}`, batch {}, seed {}",
+                l.spec().order.name(),
+                l.spec().batch,
+                l.spec().seed,
+                settings.order.name(),
+                settings.batch,
+                settings.seed
             ),
         )),
         None => Ok(Arc::new(settings.layout(data, backend.parallelism())?)),
