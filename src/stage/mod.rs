@@ -474,6 +474,7 @@ impl Stager {
             for (n, &row) in rows.iter().enumerate() {
                 if let Some(&ahead) = rows.get(n + STAGE_AHEAD) {
                     prefetch_ptr(self.rows.as_ptr().wrapping_add(ahead as usize));
+                    self.policy.prefetch(ahead);
                 }
                 self.rows[row as usize].mark = stamp;
             }

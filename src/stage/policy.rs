@@ -99,6 +99,9 @@ pub trait Policy: Send {
     fn begin_step(&mut self, _pos: u32, _accesses: u32) {}
     /// An access of a non-resident row at trace position `pos`.
     fn touch(&mut self, _row: u32, _pos: u32) {}
+    /// A hint that `row` is touched soon: its per-row state is a cache
+    /// miss on large tables, asked for ahead as the stager's own is.
+    fn prefetch(&self, _row: u32) {}
     /// Whether a missed row should be cached (kept after its step) rather than
     /// staged for its step only. `free` says whether a cache slot is free.
     fn admit(&mut self, _row: u32, _free: bool) -> bool {
@@ -182,9 +185,14 @@ fn unpack(e: u64) -> (u64, u32) {
 
 impl KeyedHeap {
     fn new(rows: usize) -> Self {
+        Self::with_key(rows, 0)
+    }
+
+    /// Every row's key `key` until it is set.
+    fn with_key(rows: usize, key: u64) -> Self {
         assert!(rows as u64 <= ROW_MASK, "at most 2^31 rows");
         KeyedHeap {
-            rows: vec![HeapRow { key: 0, live: GONE }; rows],
+            rows: vec![HeapRow { key, live: GONE }; rows],
             heap: BinaryHeap::new(),
             cached: 0,
             parked: BinaryHeap::new(),
@@ -194,6 +202,10 @@ impl KeyedHeap {
 
     fn key(&self, row: u32) -> u64 {
         self.rows[row as usize].key & KEY_MASK
+    }
+
+    fn prefetch(&self, row: u32) {
+        crate::prefetch::prefetch_ptr(self.rows.as_ptr().wrapping_add(row as usize));
     }
 
     /// Sets the key of a row touched in this step; its entry goes in when
@@ -427,8 +439,9 @@ impl Policy for Lru {
 /// victim's.
 pub struct Lfu {
     name: &'static str,
+    /// Keyed by the access count (the key is `u32::MAX - count`), which is
+    /// all the per-row state there is: one record a lookup.
     heap: KeyedHeap,
-    count: Vec<u32>,
 }
 
 impl Lfu {
@@ -438,12 +451,16 @@ impl Lfu {
 
     /// LFU under another policy's name (`sca`'s cache area may be kept so).
     pub fn named(rows: usize, name: &'static str) -> Self {
-        Lfu { name, heap: KeyedHeap::new(rows), count: vec![0; rows] }
+        Lfu { name, heap: KeyedHeap::with_key(rows, Self::key(0)) }
     }
 
     /// Larger key = evicted first: the smallest count.
     fn key(count: u32) -> u64 {
         (u32::MAX - count) as u64
+    }
+
+    fn count(&self, row: u32) -> u32 {
+        u32::MAX - self.heap.key(row) as u32
     }
 }
 
@@ -452,16 +469,17 @@ impl Policy for Lfu {
         self.name
     }
     fn touch(&mut self, row: u32, _pos: u32) {
-        let c = &mut self.count[row as usize];
-        *c = c.saturating_add(1);
-        let key = Self::key(*c);
+        let key = Self::key(self.count(row).saturating_add(1));
         self.heap.set(row, key);
+    }
+    fn prefetch(&self, row: u32) {
+        self.heap.prefetch(row)
     }
     fn admit(&mut self, row: u32, free: bool) -> bool {
         if free {
             return true;
         }
-        let mine = self.count[row as usize];
+        let mine = self.count(row);
         // The victim is the smallest count: the largest (u32::MAX - count).
         match self.heap.peek_key() {
             Some(k) => mine >= u32::MAX - k as u32,
