@@ -244,14 +244,33 @@ impl KeyedHeap {
     /// and the parked entries that are still live.
     fn flush(&mut self) {
         self.unpark();
+        // A step that brought many rows in (an eighth of the heap or more)
+        // goes in by one rebuild, O(heap), rather than a sift per row: the
+        // heap holds the same live entries either way (entries are unique
+        // values), so it yields the same victims in the same order.
+        let bulk = self.pending.len() * 8 >= self.heap.len();
+        let mut entries = if bulk { std::mem::take(&mut self.heap).into_vec() } else { Vec::new() };
         for &row in &self.pending {
             let r = &mut self.rows[row as usize];
             r.key &= !PENDING;
             if r.key & IN_CACHE != 0 {
                 let key = r.key & KEY_MASK;
                 r.live = key;
-                self.heap.push(pack(key, row));
+                if bulk {
+                    entries.push(pack(key, row));
+                } else {
+                    self.heap.push(pack(key, row));
+                }
             }
+        }
+        if bulk {
+            // Stale entries go too, while the rebuild visits every entry.
+            let rows = &self.rows;
+            entries.retain(|&e| {
+                let (k, r) = unpack(e);
+                rows[r as usize].live == k
+            });
+            self.heap = entries.into();
         }
         self.pending.clear();
         if self.heap.len() > 4 * self.cached + 64 {
@@ -664,6 +683,64 @@ mod tests {
         p.end_step();
         assert!(p.admit(2, false), "count 2 ties the victim's");
         assert_eq!(p.victim(&|_| false), Some(0));
+    }
+
+    /// LFU's victims, step after step, are the least frequent unpinned
+    /// cached rows (ties: the larger row), whether a step's rows went into
+    /// the heap one by one (small steps) or by a rebuild (large ones).
+    #[test]
+    fn lfu_victims_match_a_brute_force_count_over_small_and_large_steps() {
+        const ROWS: u32 = 300;
+        const CAP: usize = 60;
+        let mut p = Lfu::new(ROWS as usize);
+        let mut count = vec![0u32; ROWS as usize];
+        let mut cached = vec![false; ROWS as usize];
+        let mut in_cache = 0;
+        let mut seed = 7u64;
+        let mut rand = |n: u32| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) % n as u64) as u32
+        };
+        let mut pos = 0;
+        for step in 0..400 {
+            // Small steps sift each row in; every fifth is large enough to
+            // make the flush rebuild the heap.
+            let len = if step % 5 == 0 { 40 + rand(30) } else { 1 + rand(6) };
+            let mut rows: Vec<u32> = (0..len)
+                .map(|_| {
+                    // Skewed: small rows far more often.
+                    let bound = rand(ROWS) + 1;
+                    rand(bound)
+                })
+                .collect();
+            rows.sort_unstable();
+            rows.dedup();
+            let pinned = |r: u32| rows.binary_search(&r).is_ok();
+            p.begin_step(pos, rows.len() as u32);
+            for &r in &rows {
+                p.touch(r, pos);
+                pos += 1;
+                count[r as usize] += 1;
+                if cached[r as usize] {
+                    continue;
+                }
+                if in_cache == CAP {
+                    let expect = (0..ROWS)
+                        .filter(|&c| cached[c as usize] && !pinned(c))
+                        .max_by_key(|&c| (u32::MAX - count[c as usize], c));
+                    let got = p.victim(&pinned);
+                    assert_eq!(got, expect, "step {step}");
+                    let Some(v) = got else { continue };
+                    p.evicted(v);
+                    cached[v as usize] = false;
+                    in_cache -= 1;
+                }
+                p.cached(r);
+                cached[r as usize] = true;
+                in_cache += 1;
+            }
+            p.end_step();
+        }
     }
 
     #[test]
