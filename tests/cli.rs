@@ -29,6 +29,12 @@ fn ratings_csv(dir: &Path) -> PathBuf {
     p
 }
 
+/// The JSON a successful command writes to stdout.
+fn success_json(c: &mut Command) -> serde_json::Value {
+    let out = c.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).expect("stdout is the JSON asked for")
+}
+
 fn quick(c: &mut Command) -> &mut Command {
     c.args(["--rank", "4", "--epochs", "2", "--batch", "64", "--backend", "cpu"])
 }
@@ -88,17 +94,13 @@ fn save_eval_recommend_round_trip() {
         .assert()
         .success()
         .stdout(predicate::str::contains("RMSE").and(predicate::str::contains("900 ratings")));
-    let out = rowstage()
-        .args(["recommend", "--model"])
-        .arg(&model)
-        .args(["--user", "3", "-n", "5", "--json", "-", "--exclude-rated"])
-        .arg(&data)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let j = success_json(
+        rowstage()
+            .args(["recommend", "--model"])
+            .arg(&model)
+            .args(["--user", "3", "-n", "5", "--json", "-", "--exclude-rated"])
+            .arg(&data),
+    );
     let items = j["items"].as_array().unwrap();
     assert_eq!(items.len(), 5);
     let scores: Vec<f64> = items.iter().map(|i| i["score"].as_f64().unwrap()).collect();
@@ -349,15 +351,8 @@ fn the_blocked_order_is_refused_with_co_partitioning_and_runs_on_the_device() {
         // Bins and sweeps given without a tile: the device takes its tile
         // (here 2, a quarter of the bins) and the run trains that order.
         for (order, trained) in [("blocked:4", "blocked:4"), ("blocked:8:2", "blocked:8:2:2")] {
-            let out = rowstage()
-                .args(&small[..small.len() - 1])
-                .args([order, "--backend", &be, "--json", "-"])
-                .assert()
-                .success()
-                .get_output()
-                .stdout
-                .clone();
-            let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let j =
+                success_json(rowstage().args(&small[..small.len() - 1]).args([order, "--backend", &be, "--json", "-"]));
             assert_eq!(j["config"]["order"], trained, "{be}");
             assert_eq!(j["epochs"][0]["conflicts"], 0, "{be}: the blocked order never races");
         }
@@ -391,13 +386,8 @@ fn separate_test_file_reports_cold_ratings() {
     let data = ratings_csv(dir.path());
     let test = dir.path().join("test.tsv");
     std::fs::write(&test, "3\t4\t5\nnewuser\t4\t3\n3\tnewitem\t2\n").unwrap();
-    let out = quick(rowstage().args(["train", "--json", "-", "--data"]).arg(&data).arg("--test").arg(&test))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let j =
+        success_json(quick(rowstage().args(["train", "--json", "-", "--data"]).arg(&data).arg("--test").arg(&test)));
     assert_eq!(j["dataset"]["test"], 3);
     assert_eq!(j["dataset"]["test_cold"], 2);
 }
