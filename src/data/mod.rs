@@ -136,15 +136,37 @@ impl Dataset {
         test_items: &IdMap,
         mut test: Vec<Rating>,
     ) -> Self {
-        let mut users = IdMap::new();
-        let mut items = IdMap::new();
-        for r in &mut train {
-            r.user = users.intern(train_users.name(r.user));
-            r.item = items.intern(train_items.name(r.item));
-        }
+        // New ids in first-use order over the training ratings, found
+        // through the source maps' dense ids: a name is hashed once per
+        // distinct id, not once per rating.
+        let renumber = |source: &IdMap, ids: &mut dyn Iterator<Item = &mut u32>| {
+            let mut map = IdMap::new();
+            let mut new_of = vec![UNKNOWN; source.len()];
+            for id in ids {
+                let n = &mut new_of[*id as usize];
+                if *n == UNKNOWN {
+                    *n = map.intern(source.name(*id));
+                }
+                *id = *n;
+            }
+            (map, new_of)
+        };
+        let (users, user_of) = renumber(train_users, &mut train.iter_mut().map(|r| &mut r.user));
+        let (items, item_of) = renumber(train_items, &mut train.iter_mut().map(|r| &mut r.item));
+        // The test side's ids: through the same table where it shares the
+        // training's source map, else by name, once per distinct id.
+        let onto = |new: &IdMap, of_train: Vec<u32>, test_source: &IdMap, train_source: &IdMap| {
+            if std::ptr::eq(test_source, train_source) {
+                of_train
+            } else {
+                test_source.names().iter().map(|n| new.get(n).unwrap_or(UNKNOWN)).collect()
+            }
+        };
+        let test_user_of = onto(&users, user_of, test_users, train_users);
+        let test_item_of = onto(&items, item_of, test_items, train_items);
         for r in &mut test {
-            r.user = users.get(test_users.name(r.user)).unwrap_or(UNKNOWN);
-            r.item = items.get(test_items.name(r.item)).unwrap_or(UNKNOWN);
+            r.user = test_user_of[r.user as usize];
+            r.item = test_item_of[r.item as usize];
         }
         Dataset { name: name.to_string(), users, items, train, test }
     }
@@ -211,6 +233,44 @@ mod tests {
                 assert!((r.user as usize) < d1.users.len());
             }
         }
+    }
+
+    /// Renumbering keeps every rating's names, numbers ids in first use
+    /// over the training ratings, and marks exactly the test ids no
+    /// training rating has.
+    #[test]
+    fn a_split_keeps_names_and_numbers_ids_in_first_use() {
+        let names = ["a", "b", "c", "d", "e", "f", "g"];
+        let raw: Vec<(&str, &str, f32)> =
+            (0..40u32).map(|k| (names[(k * 5 % 7) as usize], names[(k * k % 6) as usize], k as f32)).collect();
+        let d = Dataset::split("t", set(&raw), 0.3, 11);
+        let mut seen: Vec<(String, String, f32)> = Vec::new();
+        for r in &d.train {
+            seen.push((d.users.name(r.user).into(), d.items.name(r.item).into(), r.value));
+        }
+        let mut first_users: Vec<&str> = Vec::new();
+        for r in &d.train {
+            let n = d.users.name(r.user);
+            if !first_users.contains(&n) {
+                first_users.push(n);
+            }
+        }
+        assert_eq!(d.users.names(), first_users.as_slice(), "ids in first-use order");
+        for r in &d.test {
+            let &(u, i, v) = raw.iter().find(|x| x.2 == r.value).unwrap();
+            assert_eq!(r.user == UNKNOWN, d.users.get(u).is_none(), "{u}");
+            assert_eq!(r.item == UNKNOWN, d.items.get(i).is_none(), "{i}");
+            if r.user != UNKNOWN {
+                assert_eq!(d.users.name(r.user), u);
+            }
+            if r.item != UNKNOWN {
+                assert_eq!(d.items.name(r.item), i);
+            }
+            seen.push((u.into(), i.into(), v));
+        }
+        seen.sort_by(|a, b| a.2.total_cmp(&b.2));
+        let want: Vec<(String, String, f32)> = raw.iter().map(|&(u, i, v)| (u.into(), i.into(), v)).collect();
+        assert_eq!(seen, want);
     }
 
     #[test]
