@@ -159,7 +159,7 @@ struct TrainArgs {
     adapter: Option<String>,
     /// Size of the device slab: 64MiB, 512KiB, 1GB, bytes, a share of the two tables such as 10%,
     /// or auto (25% of the tables, raised to the smallest budget that holds a batch).
-    #[arg(help_heading = "Staging", long, default_value = "auto", value_name = "SIZE")]
+    #[arg(help_heading = "Staging", long, default_value = "auto", value_name = "SIZE", allow_hyphen_values = true)]
     device_memory: String,
     /// Which rows stay on the device (sca: the split its replay of this
     /// run's steps finds moves fewest rows, never more than static, lru or lfu).
@@ -320,7 +320,7 @@ struct PlanArgs {
     #[command(flatten)]
     data: DataArgs,
     /// The slab: a size or a share of the tables.
-    #[arg(long, default_value = "25%", value_name = "SIZE")]
+    #[arg(long, default_value = "25%", value_name = "SIZE", allow_hyphen_values = true)]
     device_memory: String,
     /// Latent factors per row (sets the row size).
     #[arg(long, default_value_t = 32)]
@@ -354,7 +354,7 @@ struct SimulateArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Budgets to compare, comma-separated (sizes or shares of the tables).
-    #[arg(long, default_value = "1%,5%,10%,25%", value_name = "LIST")]
+    #[arg(long, default_value = "1%,5%,10%,25%", value_name = "LIST", allow_hyphen_values = true)]
     device_memory: String,
     /// Policies to compare, comma-separated, or "all".
     #[arg(long, default_value = "all", value_name = "LIST")]
@@ -400,7 +400,7 @@ struct BenchArgs {
     adapter: Option<String>,
     /// Budgets to sweep, comma-separated (sizes or shares of the tables);
     /// 100% is the all-resident peer the other budgets are compared with.
-    #[arg(long, default_value = "100%,25%,10%,5%,1%", value_name = "LIST")]
+    #[arg(long, default_value = "100%,25%,10%,5%,1%", value_name = "LIST", allow_hyphen_values = true)]
     device_memory: String,
     /// Policies to sweep, comma-separated, or "all".
     #[arg(long, default_value = "static,lru,sca,lookahead", value_name = "LIST")]

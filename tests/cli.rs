@@ -325,7 +325,7 @@ fn unreadable_file_and_bad_flags_exit_2() {
     }
     // A negative number after a space is the flag's value, refused by name,
     // not an unknown flag `-0`.
-    for (flag, value) in [("--lr", "-0.1"), ("--zipf", "-2"), ("--reg", "-1")] {
+    for (flag, value) in [("--lr", "-0.1"), ("--zipf", "-2"), ("--reg", "-1"), ("--device-memory", "-5%")] {
         rowstage()
             .args(["train", flag, value])
             .assert()
