@@ -157,6 +157,11 @@ struct KeyedHeap {
     parked: BinaryHeap<u64>,
     /// Rows touched or inserted in this step, pushed at its end.
     pending: Vec<u32>,
+    /// In a step that may evict much of the cache, the heap's entries
+    /// sorted ascending instead, victims taken from the end: a victim costs
+    /// no sift ([`KeyedHeap::sort_for_step`]). Back to a heap when an entry
+    /// goes in (the step's end, or [`KeyedHeap::set_now`]).
+    sorted: Option<Vec<u64>>,
 }
 
 #[derive(Clone, Copy)]
@@ -197,6 +202,7 @@ impl KeyedHeap {
             cached: 0,
             parked: BinaryHeap::new(),
             pending: Vec::new(),
+            sorted: None,
         }
     }
 
@@ -224,6 +230,7 @@ impl KeyedHeap {
     /// cached row's new entry goes in at once so that it stays a victim
     /// candidate; a pending row gets it at the step's end.
     fn set_now(&mut self, row: u32, key: u64) {
+        self.unsort();
         let r = &mut self.rows[row as usize];
         let flags = r.key & (IN_CACHE | PENDING);
         r.key = key | flags;
@@ -243,6 +250,7 @@ impl KeyedHeap {
     /// Pushes the rows touched or inserted in the step with their new keys,
     /// and the parked entries that are still live.
     fn flush(&mut self) {
+        self.unsort();
         self.unpark();
         // A step that brought many rows in (an eighth of the heap or more)
         // goes in by one rebuild, O(heap), rather than a sift per row: the
@@ -306,6 +314,26 @@ impl KeyedHeap {
     /// the same step would only meet them again (a step whose rows fill the
     /// cache made that quadratic).
     fn max(&mut self, pinned: &dyn Fn(u32) -> bool, take: bool) -> Option<u32> {
+        if let Some(sorted) = &mut self.sorted {
+            // The same entries in the same order as the heap would pop them.
+            while let Some(&e) = sorted.last() {
+                let (k, row) = unpack(e);
+                if self.rows[row as usize].live != k {
+                    sorted.pop();
+                    continue;
+                }
+                if pinned(row) {
+                    sorted.pop();
+                    self.parked.push(e);
+                    continue;
+                }
+                if take {
+                    sorted.pop();
+                }
+                return Some(row);
+            }
+            return None;
+        }
         while let Some(e) = self.heap.pop() {
             let (k, row) = unpack(e);
             if self.rows[row as usize].live != k {
@@ -325,6 +353,7 @@ impl KeyedHeap {
 
     /// Maps every cached row's key through `f` and rebuilds the heap.
     fn rekey(&mut self, f: impl Fn(u32, u64) -> u64) {
+        self.sorted = None;
         self.parked.clear();
         let mut entries = std::mem::take(&mut self.heap).into_vec();
         entries.clear();
@@ -351,8 +380,31 @@ impl KeyedHeap {
                 heap.pop();
             }
         }
-        let top = self.heap.peek().max(self.parked.peek()).copied();
+        if let Some(sorted) = &mut self.sorted {
+            while sorted.last().is_some_and(|e| !live(e)) {
+                sorted.pop();
+            }
+        }
+        let sorted_top = self.sorted.as_ref().and_then(|v| v.last());
+        let top = self.heap.peek().max(self.parked.peek()).max(sorted_top).copied();
         top.map(|e| self.key(unpack(e).1))
+    }
+
+    /// Sorts the entries for a step that may take many victims: sorting
+    /// once costs less than a sift per victim when the step evicts a good
+    /// share of the cache.
+    fn sort_for_step(&mut self) {
+        if self.sorted.is_none() {
+            let mut entries = std::mem::take(&mut self.heap).into_vec();
+            entries.sort_unstable();
+            self.sorted = Some(entries);
+        }
+    }
+
+    fn unsort(&mut self) {
+        if let Some(entries) = self.sorted.take() {
+            self.heap = entries.into();
+        }
     }
 }
 
@@ -486,6 +538,12 @@ impl Lfu {
 impl Policy for Lfu {
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn begin_step(&mut self, _pos: u32, accesses: u32) {
+        // A step of half the cache's entries or more may evict much of it.
+        if accesses as usize * 2 >= self.heap.heap.len() {
+            self.heap.sort_for_step();
+        }
     }
     fn touch(&mut self, row: u32, _pos: u32) {
         let key = Self::key(self.count(row).saturating_add(1));
@@ -687,7 +745,9 @@ mod tests {
 
     /// LFU's victims, step after step, are the least frequent unpinned
     /// cached rows (ties: the larger row), whether a step's rows went into
-    /// the heap one by one (small steps) or by a rebuild (large ones).
+    /// the heap one by one (small steps) or by a rebuild (large ones), and
+    /// whether the victims came from the heap or, in a large step, from its
+    /// entries sorted.
     #[test]
     fn lfu_victims_match_a_brute_force_count_over_small_and_large_steps() {
         const ROWS: u32 = 300;
