@@ -77,6 +77,12 @@ fn trains_on_a_csv_and_reports_json_with_the_documented_keys() {
     for k in ["test_rmse", "test_mae", "ratings_per_sec"] {
         assert!(j["final"][k].as_f64().unwrap() > 0.0, "final.{k}");
     }
+    // Where the epoch's time went, evaluation apart from training.
+    for e in j["epochs"].as_array().unwrap() {
+        let (train, eval) = (e["seconds"].as_f64().unwrap(), e["eval_seconds"].as_f64().unwrap());
+        assert!(train > 0.0 && eval > 0.0, "seconds {train}, eval_seconds {eval}");
+        assert!(e["host_seconds"].as_f64().is_some(), "host_seconds");
+    }
     assert_eq!(j["dataset"]["train"].as_u64().unwrap() + j["dataset"]["test"].as_u64().unwrap(), 900);
 }
 

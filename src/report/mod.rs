@@ -56,6 +56,8 @@ pub struct EpochJson {
     /// queries (null without them).
     pub host_seconds: f64,
     pub device_seconds: Option<f64>,
+    /// The evaluation after the epoch, wall time (not in `seconds`).
+    pub eval_seconds: f64,
     /// `host` or `device`: which of the two took longer (null without
     /// device time).
     pub bound: Option<&'static str>,
@@ -93,6 +95,7 @@ impl EpochJson {
             seconds: e.seconds,
             host_seconds: e.host_seconds,
             device_seconds: e.device_seconds,
+            eval_seconds: e.eval_seconds,
             bound: e.bound(),
             dispatches: e.dispatches,
             workers: e.workers,

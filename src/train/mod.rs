@@ -140,6 +140,11 @@ pub struct EpochReport {
     pub host_seconds: f64,
     #[serde(default)]
     pub device_seconds: Option<f64>,
+    /// The evaluation after the epoch (wall time, not in `seconds`): under a
+    /// budget it stages the test ratings' rows, and may cost more than the
+    /// training.
+    #[serde(default)]
+    pub eval_seconds: f64,
     /// Device dispatches of the epoch's training (0 on the CPU).
     #[serde(default)]
     pub dispatches: u64,
@@ -358,7 +363,9 @@ pub fn train(
             save(&state, &model, best_model.as_ref())?;
             break;
         }
+        let t_eval = Instant::now();
         let (tests, eval_ledger) = backend.evaluate(&model, &data.test)?;
+        let eval_seconds = t_eval.elapsed().as_secs_f64();
         out.ledger.merge(&eval_ledger);
         let g = lowest(tests.iter().map(|t| t.rmse));
         let test = tests[g];
@@ -380,6 +387,7 @@ pub fn train(
             seconds,
             host_seconds: out.host_seconds + plan_seconds,
             device_seconds: out.device_seconds,
+            eval_seconds,
             dispatches: out.dispatches,
             workers: out.workers,
             ratings_per_sec: out.done as f64 / seconds.max(1e-9),
