@@ -14,7 +14,8 @@
 #            backend (the host's ceiling) at both, and the CPU backend on all
 #            cores, in one sweep: ratings/s, host and device seconds, the
 #            bound, the kernels' bandwidth against the device's copy
-#            bandwidth
+#            bandwidth; then the order chosen for 10% (blocked:12:1:3) on
+#            the GPU and the noop backend, 2 epochs each
 #   accuracy the default dataset, 25 epochs: the GPU's default schedule
 #            (the blocked order), deterministic, Hogwild (--order shuffled),
 #            and the sequential CPU reference (test RMSE)
@@ -119,6 +120,13 @@ for stage in "${stages[@]}"; do
         step engine 300 "$bin" bench --synthetic "$big_data" --backend "$gpu,noop,cpu" \
             --device-memory 100%,10% --policy sca --warmup 1 --epochs 3 --threads "$cores" \
             --export-json "$out/engine.json" --export-markdown "$out/engine.md"
+        # An order chosen for the 10% budget (few large blocks, one sweep:
+        # BENCHMARKS.md, "What a 10% budget can reach"): the host's ceiling
+        # beside what the device makes of one worker a step.
+        for b in "$gpu" noop; do
+            step "engine-budget-order-$b" 60 "$bin" train --synthetic "$big_data" --backend "$b" \
+                --device-memory 10% --order blocked:12:1:3 --epochs 2 --json "$out/engine-budget-order-$b.json"
+        done
         ;;
     accuracy)
         step accuracy-cpu-sequential 120 "$bin" train --backend cpu --deterministic --order shuffled \
