@@ -188,6 +188,12 @@ fn unpack(e: u64) -> (u64, u32) {
     (e >> ROW_BITS, (e & ROW_MASK) as u32)
 }
 
+/// Whether entry `e` is its row's valid one (the others are stale).
+fn is_live(rows: &[HeapRow], e: u64) -> bool {
+    let (k, r) = unpack(e);
+    rows[r as usize].live == k
+}
+
 impl KeyedHeap {
     fn new(rows: usize) -> Self {
         Self::with_key(rows, 0)
@@ -250,14 +256,21 @@ impl KeyedHeap {
     /// Pushes the rows touched or inserted in the step with their new keys,
     /// and the parked entries that are still live.
     fn flush(&mut self) {
-        self.unsort();
-        self.unpark();
-        // A step that brought many rows in (an eighth of the heap or more)
-        // goes in by one rebuild, O(heap), rather than a sift per row: the
-        // heap holds the same live entries either way (entries are unique
-        // values), so it yields the same victims in the same order.
-        let bulk = self.pending.len() * 8 >= self.heap.len();
-        let mut entries = if bulk { std::mem::take(&mut self.heap).into_vec() } else { Vec::new() };
+        // A step that brought many rows in (an eighth of the heap or more),
+        // or whose entries were sorted, goes in by one rebuild, O(heap),
+        // rather than a sift per row; entries are unique values, so the
+        // heap yields the same victims in the same order either way.
+        let bulk = self.sorted.is_some() || self.pending.len() * 8 >= self.heap.len();
+        let mut entries = match self.sorted.take() {
+            Some(sorted) => sorted,
+            None if bulk => std::mem::take(&mut self.heap).into_vec(),
+            None => Vec::new(),
+        };
+        if bulk {
+            entries.extend(self.parked.drain());
+        } else {
+            self.unpark();
+        }
         for &row in &self.pending {
             let r = &mut self.rows[row as usize];
             r.key &= !PENDING;
@@ -271,23 +284,15 @@ impl KeyedHeap {
                 }
             }
         }
-        if bulk {
-            // Stale entries go too, while the rebuild visits every entry.
-            let rows = &self.rows;
-            entries.retain(|&e| {
-                let (k, r) = unpack(e);
-                rows[r as usize].live == k
-            });
-            self.heap = entries.into();
-        }
         self.pending.clear();
-        if self.heap.len() > 4 * self.cached + 64 {
+        // A rebuild drops the stale entries, as does a heap grown past four
+        // entries a cached row.
+        if bulk || self.heap.len() > 4 * self.cached + 64 {
+            if !bulk {
+                entries = std::mem::take(&mut self.heap).into_vec();
+            }
             let rows = &self.rows;
-            let mut entries = std::mem::take(&mut self.heap).into_vec();
-            entries.retain(|&e| {
-                let (k, r) = unpack(e);
-                rows[r as usize].live == k
-            });
+            entries.retain(|&e| is_live(rows, e));
             self.heap = entries.into();
         }
     }
@@ -301,10 +306,7 @@ impl KeyedHeap {
 
     fn unpark(&mut self) {
         let rows = &self.rows;
-        self.heap.extend(self.parked.drain().filter(|&e| {
-            let (k, r) = unpack(e);
-            rows[r as usize].live == k
-        }));
+        self.heap.extend(self.parked.drain().filter(|&e| is_live(rows, e)));
     }
 
     /// The unpinned cached row with the largest key. With `take` its entry
@@ -317,8 +319,8 @@ impl KeyedHeap {
         if let Some(sorted) = &mut self.sorted {
             // The same entries in the same order as the heap would pop them.
             while let Some(&e) = sorted.last() {
-                let (k, row) = unpack(e);
-                if self.rows[row as usize].live != k {
+                let row = unpack(e).1;
+                if !is_live(&self.rows, e) {
                     sorted.pop();
                     continue;
                 }
@@ -335,8 +337,8 @@ impl KeyedHeap {
             return None;
         }
         while let Some(e) = self.heap.pop() {
-            let (k, row) = unpack(e);
-            if self.rows[row as usize].live != k {
+            let row = unpack(e).1;
+            if !is_live(&self.rows, e) {
                 continue;
             }
             if pinned(row) {
@@ -371,10 +373,7 @@ impl KeyedHeap {
     /// The largest key of any cached row, pinned (parked) or not.
     fn peek_key(&mut self) -> Option<u64> {
         let rows = &self.rows;
-        let live = |e: &u64| {
-            let (k, r) = unpack(*e);
-            rows[r as usize].live == k
-        };
+        let live = |e: &u64| is_live(rows, *e);
         for heap in [&mut self.heap, &mut self.parked] {
             while heap.peek().is_some_and(|e| !live(e)) {
                 heap.pop();
