@@ -480,7 +480,7 @@ impl RunLayout {
         let Arrangement::Blocked { bins, visits, tile, .. } = &self.arrangement else { return None };
         let mut rng = epoch_rng(self.spec.seed, 0xF95C_0000_0000_0000, epoch);
         let (n, t) = (*bins as usize, *tile as usize);
-        let mut perms = Vec::with_capacity(*visits as usize * (2 * n + n / t + t));
+        let mut perms = Vec::with_capacity(*visits as usize * BlockedEpoch::stride_of(*bins, *tile));
         let (mut alpha, mut beta, mut shifts, mut rounds): (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) =
             ((0..n as u32).collect(), (0..n as u32).collect(), (0..(n / t) as u32).collect(), (0..t as u32).collect());
         for _ in 0..*visits {
@@ -638,7 +638,13 @@ pub struct BlockedEpoch {
 impl BlockedEpoch {
     /// Words of one sweep's permutations.
     pub fn stride(&self) -> usize {
-        let (n, t) = (self.bins as usize, self.tile as usize);
+        Self::stride_of(self.bins, self.tile)
+    }
+
+    /// Words of one sweep's permutations for `bins` bins in tiles of
+    /// `tile`: α and β (`bins` each), the shifts, the rounds.
+    pub fn stride_of(bins: u32, tile: u32) -> usize {
+        let (n, t) = (bins as usize, tile as usize);
         2 * n + n / t + t
     }
 

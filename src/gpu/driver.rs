@@ -173,8 +173,8 @@ impl Tiles {
 
     /// Words after `starts_at`: the block starts and an epoch's permutations.
     fn words(&self, run: &RunLayout) -> u64 {
-        let (n, t, v) = (self.bins as u64, run.tile().unwrap_or(1) as u64, run.sweeps().unwrap_or(0) as u64);
-        n * n + 1 + v * (2 * n + n / t + t)
+        let (n, v) = (self.bins as u64, run.sweeps().unwrap_or(0) as u64);
+        n * n + 1 + v * BlockedEpoch::stride_of(self.bins, run.tile().unwrap_or(1)) as u64
     }
 }
 
