@@ -5,11 +5,11 @@
 use crate::data::Dataset;
 use crate::engine::rows::PartRows;
 use crate::engine::simulate::{SimResult, SimSetup};
-use crate::engine::{Order, RunLayout, Target};
+use crate::engine::{Order, RunLayout};
 use crate::error::Result;
 use crate::model::row_stride;
 use crate::stage::{Budget, PolicyKind};
-use crate::train::{BatchRequest, RunSpec, fit_batch, table_bytes};
+use crate::train::{BatchRequest, RunSpec, fit_batch, gpu_target, table_bytes};
 
 /// One budget and policy of the sweep.
 #[derive(Debug, Clone)]
@@ -64,16 +64,8 @@ pub fn sweep(
     // The order each budget replays: `auto` as a GPU run would resolve it.
     let n_rows = (data.users.len() + data.items.len()) as u64;
     let order_for = |bytes: u64| {
-        setup.order.resolve(&Target {
-            kind: "gpu",
-            parallelism: 1,
-            co_partition: setup.co_partition.is_some(),
-            ratings: data.train.len(),
-            n_users: data.users.len(),
-            n_items: data.items.len(),
-            slots: (bytes / row_bytes < n_rows).then_some(bytes / row_bytes),
-            tile_cap: crate::gpu::kernels::tile_cap(spec.hp.rank as u32),
-        })
+        let slots = (bytes / row_bytes < n_rows).then_some(bytes / row_bytes);
+        setup.order.resolve(&gpu_target("gpu", data, spec.hp.rank, setup.co_partition.is_some(), slots))
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();

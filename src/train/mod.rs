@@ -18,7 +18,7 @@ pub mod run;
 mod setup;
 
 pub use setup::{
-    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
+    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, gpu_target, open_backend,
     open_backend_fitting, open_backend_on, plan_budget, table_bytes,
 };
 

@@ -15,6 +15,30 @@ use crate::model::row_stride;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
 use crate::stage::{Budget, PolicyKind};
 
+/// What a GPU run's order resolves for ([`Order::resolve`]): `kind` the
+/// adapter's backend, `slots` the policy's where the budget cannot hold
+/// every row. Shared by `train` and `simulate`, so that both take one order.
+pub fn gpu_target<'a>(
+    kind: &'a str,
+    data: &Dataset,
+    rank: usize,
+    co_partition: bool,
+    slots: Option<u64>,
+) -> Target<'a> {
+    Target {
+        kind,
+        parallelism: 1,
+        co_partition,
+        ratings: data.train.len(),
+        n_users: data.users.len(),
+        n_items: data.items.len(),
+        slots,
+        // Where the slab holds every row a tile shift is a dispatch; a
+        // staged slab walks the same order (every budget trains one order).
+        tile_cap: crate::gpu::kernels::tile_cap(rank as u32),
+    }
+}
+
 /// Where and how to train.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendSpec {
@@ -335,18 +359,13 @@ pub fn gpu_setup(
     let n_rows = (data.users.len() + data.items.len()) as u64;
     let budget_slots = spec.device_memory.map_or(Budget::Percent(AUTO_SHARE), |b| b).resolve(tables) / row_bytes;
     let settings_order = settings.order;
-    let target = Target {
-        kind: &adapter.backend,
-        parallelism: 1,
-        co_partition: settings.co_partition.is_some(),
-        ratings: data.train.len(),
-        n_users: data.users.len(),
-        n_items: data.items.len(),
-        slots: (budget_slots < n_rows).then_some(budget_slots),
-        // Where the slab holds every row a tile shift is a dispatch; a
-        // staged slab walks the same order (every budget trains one order).
-        tile_cap: crate::gpu::kernels::tile_cap(hp.rank as u32),
-    };
+    let target = gpu_target(
+        &adapter.backend,
+        data,
+        hp.rank,
+        settings.co_partition.is_some(),
+        (budget_slots < n_rows).then_some(budget_slots),
+    );
     let order = settings.order.resolve(&target)?;
     let mut settings = TrainSettings { order, ..settings.clone() };
     let mut layout = settings.layout(data, spec.threads)?;
