@@ -206,11 +206,17 @@ impl Model {
 
     /// [`Model::predict`] of model `g` of the ones side by side.
     pub fn predict_with(&self, g: usize, user: u32, item: u32) -> f32 {
-        let mut r = self.mean;
-        let k = self.rank;
-        let sub = row_stride(k);
+        let sub = row_stride(self.rank);
         let pu = (user != UNKNOWN).then(|| &self.user_row(user)[g * sub..][..sub]);
         let qi = (item != UNKNOWN).then(|| &self.item_row(item)[g * sub..][..sub]);
+        self.score(pu, qi)
+    }
+
+    /// The clamped prediction from one model copy's user row and item row
+    /// (`None`: an unknown side, which contributes neither bias nor factors).
+    fn score(&self, pu: Option<&[f32]>, qi: Option<&[f32]>) -> f32 {
+        let mut r = self.mean;
+        let k = self.rank;
         if let Some(p) = pu {
             r += p[k];
         }

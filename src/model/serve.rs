@@ -34,18 +34,10 @@ pub fn top_items(model: &Model, user: u32, n: usize, excluded: &[u32]) -> Vec<(u
 /// catalogue's scores are too large to allocate per user).
 fn top_items_in(model: &Model, user: u32, n: usize, excluded: &[u32], scored: &mut Vec<(u32, f32)>) -> Vec<(u32, f32)> {
     scored.clear();
-    // `Model::predict` of model copy 0 for a known user and item, summed in
-    // its order (the same scores to the bit), without its per-call checks.
-    let (k, sub) = (model.rank, super::row_stride(model.rank));
+    // `Model::predict` of model copy 0, the user's row sliced once.
+    let sub = super::row_stride(model.rank);
     let p = &model.user_row(user)[..sub];
-    let score = |i: u32| {
-        let q = &model.item_row(i)[..sub];
-        let mut r = model.mean;
-        r += p[k];
-        r += q[k];
-        r += super::dot(&p[..k], &q[..k]);
-        r.clamp(model.min_rating, model.max_rating)
-    };
+    let score = |i: u32| model.score(Some(p), Some(&model.item_row(i)[..sub]));
     let mut skip = excluded.iter().copied().peekable();
     for i in 0..model.n_items() as u32 {
         while skip.next_if(|&x| x < i).is_some() {}
