@@ -66,6 +66,9 @@ enum Command {
     /// Sweep budgets × policies (× backends) with warm-up and timed epochs;
     /// export the medians as JSON, CSV or Markdown and draw SVG charts.
     Bench(Box<BenchArgs>),
+    /// Compare two saved models' tables: the largest |difference| of their
+    /// factors and biases, row by row (the same model on two devices?).
+    Compare(CompareArgs),
 }
 
 #[derive(Args, Clone)]
@@ -481,6 +484,39 @@ struct DevicesArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct CompareArgs {
+    /// Two model files written by `train --save`, trained on the same data.
+    #[arg(value_name = "MODEL", num_args = 2, required = true)]
+    models: Vec<PathBuf>,
+    /// Write the differences as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+fn cmd_compare(a: CompareArgs) -> Result<()> {
+    if let Some(p) = &a.json {
+        model::check_output("--json", p)?;
+    }
+    let (x, _) = model::load_model(&a.models[0])?;
+    let (y, _) = model::load_model(&a.models[1])?;
+    let d = model::compare(&x, &y)?;
+    let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
+    out.line(&format!(
+        "{} users, {} items: largest |difference| {:.3e} (users {:.3e}, items {:.3e}){}",
+        d.users,
+        d.items,
+        d.max_abs,
+        d.max_abs_users,
+        d.max_abs_items,
+        if d.identical { "; bit-identical" } else { "" }
+    ));
+    if let Some(path) = &a.json {
+        write_output(path, &serde_json::to_string_pretty(&d).expect("json"))?;
+    }
+    Ok(())
+}
+
 /// The command line, where `--lr -0.1` or `--zipf -2` is a value that
 /// validation then refuses by name, not an unknown flag `-0`.
 fn parse_cli() -> Cli {
@@ -512,6 +548,7 @@ fn main() {
         Command::Devices(a) => cmd_devices(a),
         Command::Split(a) => cmd_split(a),
         Command::Bench(a) => cmd_bench(*a),
+        Command::Compare(a) => cmd_compare(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", flags(&e.to_string()));

@@ -3,13 +3,14 @@
 //! and batch a GPU run of the same settings would take.
 
 use crate::data::Dataset;
+use crate::engine::Target;
 use crate::engine::rows::PartRows;
 use crate::engine::simulate::{SimResult, SimSetup};
 use crate::engine::{Order, RunLayout};
 use crate::error::Result;
 use crate::model::row_stride;
 use crate::stage::{Budget, PolicyKind};
-use crate::train::{BatchRequest, RunSpec, fit_batch, gpu_target, table_bytes};
+use crate::train::{BatchRequest, RunSpec, fit_batch, table_bytes};
 
 /// One budget and policy of the sweep.
 #[derive(Debug, Clone)]
@@ -61,12 +62,8 @@ pub fn sweep(
         co_partition_visits: spec.co_partition_visits,
         order: spec.order,
     };
-    // The order each budget replays: `auto` as a GPU run would resolve it.
-    let n_rows = (data.users.len() + data.items.len()) as u64;
-    let order_for = |bytes: u64| {
-        let slots = (bytes / row_bytes < n_rows).then_some(bytes / row_bytes);
-        setup.order.resolve(&gpu_target("gpu", data, spec.hp.rank, setup.co_partition.is_some(), slots))
-    };
+    // The order every budget replays, as every run resolves it.
+    let order = setup.order.resolve(&Target::of(data, spec.hp.rank, setup.co_partition.is_some()))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     // Without co-partitioning the layout and its parts' rows serve every
@@ -74,7 +71,7 @@ pub fn sweep(
     let mut prepared: Option<(RunLayout, PartRows)> = None;
     for (label, budget) in budgets {
         let bytes = budget.resolve(tables);
-        let mut run = SimSetup { order: order_for(bytes)?, ..setup.clone() };
+        let mut run = SimSetup { order, ..setup.clone() };
         if spec.batch == BatchRequest::Default && run.order == Order::Shuffled && run.co_partition.is_none() {
             let s = crate::train::TrainSettings { order: run.order, ..spec.settings() };
             if let Some(b) = fit_batch(data, &s, bytes / row_bytes, threads)? {

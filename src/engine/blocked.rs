@@ -57,16 +57,6 @@ pub const SWEEP_RATINGS: usize = 1 << 16;
 /// costs accuracy even with small blocks (module docs).
 pub const MIN_VISITS: usize = 8;
 
-/// Bins per side when the order is chosen for the user: two per thread, the
-/// fewest that keep every thread busy. Fewer bins mean larger parts for the
-/// same number of sweeps, so less scheduling per rating; more bins mean
-/// smaller bin pairs for the caches. At equal sweeps 4 bins ran 1.2× faster
-/// than 8 and 20 on 2 threads (BENCHMARKS.md); LIBMF takes 2 × threads or
-/// 20, whichever is more, but visits each block once per epoch.
-pub fn default_bins(threads: usize) -> u32 {
-    (2 * threads.max(1)) as u32
-}
-
 /// Sweeps per epoch when not given: one per [`SWEEP_RATINGS`] ratings, at
 /// least [`MIN_VISITS`].
 pub fn default_sweeps(ratings: usize) -> usize {
@@ -74,41 +64,59 @@ pub fn default_sweeps(ratings: usize) -> usize {
 }
 
 /// Ratings a part (a block's share of a sweep) holds at least on average
-/// when a GPU's bins are chosen: each round is one dispatch, so parts much
-/// smaller leave the round's time to the dispatch.
-pub const DEVICE_PART_RATINGS: usize = 4;
+/// when the bins are chosen: a GPU runs a round's parts at once, and parts
+/// much smaller leave a round's time to its dispatch.
+pub const PART_RATINGS: usize = 4;
 
-/// The most bins chosen for a GPU: each round then has this many workers.
-pub const MAX_DEVICE_BINS: u32 = 1024;
+/// The most bins chosen: each round then has this many workers.
+pub const MAX_BINS: u32 = 1024;
 
-/// Bins per side when the blocked order is chosen for a GPU, for
-/// `ratings` training ratings of `n_users` × `n_items`, with `slots` slots
-/// for the policy where the slab cannot hold every row.
+/// Bins per side of the default order for `ratings` training ratings of
+/// `n_users` × `n_items`: a function of the data alone, so that every
+/// backend, thread count and budget trains the same order and the same
+/// model (docs/ARCHITECTURE.md, "The order").
 ///
-/// An epoch is `bins × sweeps` rounds of up to `bins` workers (a dispatch
-/// per round staged, per tile shift all resident), and the sweeps are fixed
-/// by accuracy ([`default_sweeps`]), so more bins mean more workers at once
-/// and more, shorter rounds: the most bins whose parts keep
-/// [`DEVICE_PART_RATINGS`] ratings on average, at most 256 (chosen when a
-/// round was a dispatch: about √(65536 × rating latency / dispatch cost) for
-/// a latency near a dispatch's, the most ratings per second; with tiles a
-/// real GPU may want more, unmeasured). Under a budget, enough bins
-/// that a part's rows (about two per rating) take at most a quarter of the
-/// slots, so that a step holds several. Never more bins than rows of the
-/// smaller side, nor more than [`MAX_DEVICE_BINS`].
-pub fn device_bins(ratings: usize, n_users: usize, n_items: usize, slots: Option<u64>) -> u32 {
+/// An epoch is `bins × sweeps` rounds of up to `bins` workers, and the
+/// sweeps are fixed by accuracy ([`default_sweeps`]), so more bins mean
+/// more workers at once and more, shorter rounds: the most bins whose parts
+/// keep [`PART_RATINGS`] ratings on average, at most 256 (128 at 10M
+/// ratings, the parallelism a large GPU needs; chosen when a round was a
+/// dispatch, about √(65536 × rating latency / dispatch cost) for a latency
+/// near a dispatch's). The CPU trains the same order a tile chain at a time
+/// (`train::cpu`), so many bins cost it little. Never more bins than rows
+/// of the smaller side.
+pub fn default_bins(ratings: usize, n_users: usize, n_items: usize) -> u32 {
     let sweeps = default_sweeps(ratings) as f64;
-    let by_data = ((ratings as f64 / (DEVICE_PART_RATINGS as f64 * sweeps)).sqrt() as u32).clamp(4, 256);
-    let by_budget = slots.map_or(0, |s| (8.0 * ratings as f64 / (sweeps * s.max(1) as f64)).sqrt().ceil() as u32);
+    let by_data = ((ratings as f64 / (PART_RATINGS as f64 * sweeps)).sqrt() as u32).clamp(4, 256);
     let side = n_users.min(n_items).max(1) as u32;
-    by_data.max(by_budget).min(MAX_DEVICE_BINS).min(side).max(1)
+    by_data.min(MAX_BINS).min(side).max(1)
+}
+
+/// Invocations of a workgroup that every adapter runs (WebGPU's and
+/// wgpu's downlevel limit), which bounds a tile ([`tile_cap`]).
+pub const WORKGROUP_INVOCATIONS: u32 = 256;
+
+/// Lanes a worker of rank `rank` takes on a GPU: the first power of two at
+/// least its row's vec4s (one lane a vec4, a tree reduction for the dot
+/// product).
+pub fn lanes(rank: usize) -> u32 {
+    (crate::model::row_stride(rank) as u32 / 4).next_power_of_two()
+}
+
+/// The largest tile the default order takes at `rank`: as many workers as
+/// one workgroup of [`WORKGROUP_INVOCATIONS`] holds with their [`lanes`]
+/// (16 at rank 32, 4 at rank 128). A property of the order, not of a
+/// device: every adapter can run such a workgroup, and the CPU ignores
+/// tiles' shapes except to group work.
+pub fn tile_cap(rank: usize) -> u32 {
+    (WORKGROUP_INVOCATIONS / lanes(rank).min(WORKGROUP_INVOCATIONS)).max(1)
 }
 
 /// Tile rounds a sweep keeps at least (workgroups of a GPU dispatch, which
 /// spread over its cores): tiles of at most a quarter of the bins.
 pub const MIN_TILE_ROUNDS: u32 = 4;
 
-/// The tile for `bins` chosen bins under `cap` ([`crate::engine::Target::tile_cap`]): the
+/// The tile for `bins` chosen bins under `cap` ([`tile_cap`]): the
 /// largest power of two at most `cap` and `bins / MIN_TILE_ROUNDS` (the
 /// bins are then rounded down to a multiple of it). A GPU that holds every
 /// row trains a tile round in one dispatch, so a larger tile means fewer
@@ -473,12 +481,5 @@ mod tests {
             assert!(part.iter().all(|r| r.user % 3 == g as u32));
         }
         assert_eq!(starts[3] as usize, train.len());
-    }
-
-    #[test]
-    fn default_bins_are_two_per_thread() {
-        assert_eq!(default_bins(2), 4);
-        assert_eq!(default_bins(16), 32);
-        assert_eq!(default_bins(0), 2);
     }
 }

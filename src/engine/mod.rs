@@ -104,14 +104,15 @@ pub trait Backend {
         None
     }
     /// Whether [`Backend::train_epoch`] reads [`EpochInput::plan`] (and
-    /// `following`) for an epoch trained from its beginning. A GPU holding
+    /// `following`) for an epoch of `layout` trained from its beginning. A GPU holding
     /// every row in a tiled blocked order derives the order on the device
     /// from [`RunLayout::blocked_epoch`], and the loop then makes no plan:
     /// on 10M ratings a plan is 2M part ids per epoch.
-    fn needs_plan(&self) -> bool {
+    fn needs_plan(&self, _layout: &RunLayout) -> bool {
         true
     }
-    /// Parts that train at once (sizes the blocked order's bins).
+    /// Threads the backend lays the run out with (the layout does not
+    /// depend on how many).
     fn parallelism(&self) -> usize {
         1
     }

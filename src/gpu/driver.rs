@@ -1211,7 +1211,7 @@ impl Backend for GpuBackend {
         self.prediction
     }
 
-    fn needs_plan(&self) -> bool {
+    fn needs_plan(&self, _layout: &RunLayout) -> bool {
         self.exec.tiles.is_none()
     }
 

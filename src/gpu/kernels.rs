@@ -187,22 +187,23 @@ pub fn specialize(src: &str, spec: Spec) -> String {
 
 /// Lanes of `sgd_blocked_lanes`' workgroup for `rank`: the first power of
 /// two at least the vec4s of a row (`ROW_VEC4`), so that the dot product's
-/// tree reduction is whole.
+/// tree reduction is whole ([`crate::engine::blocked::lanes`]).
 pub fn lanes(rank: u32) -> u32 {
-    (crate::model::row_stride(rank as usize) as u32 / 4).next_power_of_two()
+    crate::engine::blocked::lanes(rank as usize)
 }
 
 /// The most bins of the blocked order one workgroup trains at once for
 /// `rank` (a tile, [`crate::engine::BlockedEpoch`]): `sgd_tiles_lanes` gives
 /// each a workgroup's [`lanes`], and a workgroup holds [`MAX_LANES`]
-/// invocations on every adapter.
+/// invocations on every adapter. The default order's tile is at most this
+/// ([`crate::engine::blocked::tile_cap`]).
 pub fn tile_cap(rank: u32) -> u32 {
-    (MAX_LANES / lanes(rank).min(MAX_LANES)).max(1)
+    crate::engine::blocked::tile_cap(rank as usize)
 }
 
 /// The most lanes `sgd_blocked_lanes` takes (every adapter runs workgroups
 /// of 256); above it (ranks past 1020) a part gets one invocation.
-pub const MAX_LANES: u32 = 256;
+pub const MAX_LANES: u32 = crate::engine::blocked::WORKGROUP_INVOCATIONS;
 
 /// The WGSL source of kernel file `name`: the prelude, then (for `sgd` and
 /// `predict`) the specialisation for `spec`, then the file.

@@ -5,9 +5,11 @@
 //! four floats so that the GPU reads a row as `vec4`s. Users and items use the
 //! same layout, so one slot of the device slab fits a row of either table.
 
+mod compare;
 mod io;
 pub mod serve;
 
+pub use compare::{TableDiff, compare};
 pub use io::{
     FileKind, check_output, load_model, load_tables, parse_tables, save_model, save_tables, write_atomically,
 };

@@ -1,7 +1,9 @@
 //! The CPU backends: the sequential reference trainer (the ground truth of
 //! every test) and the multi-threaded Hogwild trainer (`--backend cpu`).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use crate::data::Rating;
@@ -237,16 +239,108 @@ impl ExclusiveTables {
     }
 }
 
-/// One part of the blocked order, ready to be scheduled: its ratings, its
-/// bins, and how many earlier parts share each bin.
-struct Scheduled<'a> {
-    ratings: &'a [Rating],
-    bins: (u32, u32),
-    /// Parts of the same user bin, and of the same item bin, before this one.
-    after: (u32, u32),
+/// A unit of the blocked order one thread trains in one go, ready to be
+/// scheduled: a run of parts whose rows no other unit touches until it is
+/// done. It may start once each of its bins has seen `after` earlier units.
+struct Unit {
+    /// Its parts in order, as a range of [`Schedule::parts`].
+    parts: Range<u32>,
+    /// Its bins (user bins as they are, item bins after `bins`), as a range
+    /// of [`Schedule::bins`].
+    bins: Range<u32>,
 }
 
-/// Spins on `ready` (a short wait: the part it waits on is being trained),
+/// The units of an epoch pass in the order they are handed out, their
+/// parts and bins flat.
+#[derive(Default)]
+struct Schedule<'a> {
+    units: Vec<Unit>,
+    parts: Vec<&'a [Rating]>,
+    /// (bin, units of that bin before this one).
+    bins: Vec<(u32, u32)>,
+    /// Units between two places where the pass may stop: a stop raised
+    /// mid-way ends the pass at the next such place, so that the parts done
+    /// are a prefix of the epoch's plan (where a resume starts).
+    stop_every: usize,
+}
+
+impl<'a> Schedule<'a> {
+    /// One unit per part of `parts` (the plan from a position on): any
+    /// blocked order, stoppable at any part.
+    fn per_part(layout: &'a RunLayout, parts: &[u32]) -> Result<Self> {
+        let bins = layout.bins().unwrap_or(1);
+        let mut seen = vec![0u32; 2 * bins as usize];
+        let mut s = Schedule { stop_every: 1, ..Default::default() };
+        for &p in parts {
+            let (u, i) = layout.bins_of_part(p).ok_or_else(|| {
+                Error::arg("`order`", layout.spec().order.name(), format!("part {p} is not a block part"))
+            })?;
+            let first = s.bins.len() as u32;
+            for b in [u, bins + i] {
+                s.bins.push((b, seen[b as usize]));
+                seen[b as usize] += 1;
+            }
+            s.parts.push(layout.part(p));
+            s.units.push(Unit { parts: s.parts.len() as u32 - 1..s.parts.len() as u32, bins: first..first + 2 });
+        }
+        Ok(s)
+    }
+
+    /// The tiled order's epoch as tile chains (docs/ARCHITECTURE.md, "The
+    /// CPU backend"): in each tile shift, the TILE rounds of one worker tile
+    /// meet one item tile and no other tile's bins, so one thread walks the
+    /// chain (its rounds in order) while others walk the shift's other
+    /// chains: the sequential order's result, with a unit per chain rather
+    /// than per part. Stoppable at shift ends, as a GPU stops
+    /// ([`RunLayout::blocked_parts_before`]). `None` where the order has
+    /// fewer than two tiles a side.
+    fn tile_chains(layout: &'a RunLayout, epoch: usize) -> Option<Self> {
+        let order = layout.blocked_epoch(epoch)?;
+        let (n, t, g) = (order.bins as usize, order.tile as usize, order.shifts());
+        if g < 2 || t < 2 {
+            return None;
+        }
+        let mut s = Schedule { stop_every: g, ..Default::default() };
+        for v in 0..order.sweeps as usize {
+            for (si, &c) in order.shift_order(v).iter().enumerate() {
+                let shift = (v * g + si) as u32;
+                let rounds: Vec<u32> = order.rounds(v).filter(|&(sc, _)| sc == c).map(|(_, r)| r).collect();
+                for k in 0..g {
+                    let (first_part, first_bin) = (s.parts.len() as u32, s.bins.len() as u32);
+                    for &r in &rounds {
+                        for j in 0..t {
+                            let b = order.block(v, k * t + j, c, r);
+                            if let Some(p) = layout.block_part(b, v) {
+                                s.parts.push(layout.part(p));
+                            }
+                        }
+                    }
+                    // Every bin meets one unit per shift: `shift` units of
+                    // it came before.
+                    let r0 = rounds[0];
+                    for j in 0..t {
+                        let b = order.block(v, k * t + j, c, r0);
+                        s.bins.push(((b / n) as u32, shift));
+                        s.bins.push(((n + b % n) as u32, shift));
+                    }
+                    s.units
+                        .push(Unit { parts: first_part..s.parts.len() as u32, bins: first_bin..s.bins.len() as u32 });
+                }
+            }
+        }
+        Some(s)
+    }
+}
+
+/// Hands out a schedule's units in order, and decides at each place where
+/// the pass may stop whether it does: under one lock, so that no unit past
+/// a stop is ever handed out.
+struct Dispenser {
+    next: usize,
+    stopped: bool,
+}
+
+/// Spins on `ready` (a short wait: the unit it waits on is being trained),
 /// yielding the core after a while in case the threads outnumber the cores.
 /// False when `abort` was raised instead.
 fn wait_for(ready: impl Fn() -> bool, abort: &AtomicBool) -> bool {
@@ -267,12 +361,12 @@ fn wait_for(ready: impl Fn() -> bool, abort: &AtomicBool) -> bool {
 
 impl HogwildCpu {
     /// The blocked order ([`crate::engine::blocked`]) in parallel, with the
-    /// result of walking it sequentially. The threads take the parts of
-    /// `parts` in order; a part starts once every earlier part of its user
-    /// bin and of its item bin is done, and then its thread is the only one
-    /// touching those bins' rows, so it updates them in place and no update
-    /// races. The stop flag is read before taking a part. Returns the
-    /// squared errors and the ratings done (the parts of a prefix).
+    /// result of walking it sequentially. The threads take the units of
+    /// `schedule` in order; a unit starts once every earlier unit of its
+    /// bins is done, and then its thread is the only one touching those
+    /// bins' rows, so it updates them in place and no update races. Returns
+    /// the squared errors and the ratings done (the units of a prefix, which
+    /// ends where the schedule may stop).
     ///
     /// Row exclusivity rests on the layout: every rating of a blocked part
     /// lies in the part's bins ([`RunLayout::bins_of_part`]).
@@ -282,74 +376,81 @@ impl HogwildCpu {
         steps: &[Step],
         sub: usize,
         layout: &RunLayout,
-        parts: &[u32],
+        schedule: &Schedule,
         stop: &AtomicBool,
     ) -> Result<(Vec<f64>, usize)> {
-        let bins = layout.bins().unwrap_or(1);
+        let bins = layout.bins().unwrap_or(1) as usize;
         let tables = &ExclusiveTables::new(model);
-        let mut scheduled = Vec::with_capacity(parts.len());
-        let mut seen = (vec![0u32; bins as usize], vec![0u32; bins as usize]);
-        for &p in parts {
-            let pair = layout.bins_of_part(p).ok_or_else(|| {
-                Error::arg("`order`", layout.spec().order.name(), format!("part {p} is not a block part"))
-            })?;
-            let (u, i) = (&mut seen.0[pair.0 as usize], &mut seen.1[pair.1 as usize]);
-            scheduled.push(Scheduled { ratings: layout.part(p), bins: pair, after: (*u, *i) });
-            (*u, *i) = (*u + 1, *i + 1);
-        }
-        let walk = |part: &Scheduled, sse: &mut [f64]| {
-            let ratings = part.ratings;
-            for (j, r) in ratings.iter().enumerate() {
-                if let Some(n) = ratings.get(j + AHEAD) {
+        // A unit's ratings in order, gathered so that prefetching reaches
+        // across its (often tiny) parts.
+        let walk = |unit: &Unit, gathered: &mut Vec<Rating>, sse: &mut [f64]| {
+            gathered.clear();
+            for part in &schedule.parts[unit.parts.start as usize..unit.parts.end as usize] {
+                gathered.extend_from_slice(part);
+            }
+            for (j, r) in gathered.iter().enumerate() {
+                if let Some(n) = gathered.get(j + AHEAD) {
                     tables.prefetch(n);
                 }
-                // SAFETY: the rating lies in this part's block, so its rows
-                // are in the block's user bin and item bin, whose earlier
-                // parts are done and whose later parts wait for this one (or
-                // this thread runs alone).
+                // SAFETY: the rating lies in one of this unit's blocks, so
+                // its rows are in the unit's bins, whose earlier units are
+                // done and whose later units wait for this one (or this
+                // thread runs alone).
                 let (p, q) = unsafe { tables.rows(r) };
                 apply_all(steps, sub, p, q, r.value, sse);
             }
+            gathered.len()
         };
-        // One thread never waits (it takes the parts in order): the same
+        // One thread never waits (it takes the units in order): the same
         // loop serves it.
-        let threads = self.threads.min(scheduled.len()).max(1);
-        let done_in = |bins: &[u32]| -> Vec<AtomicU32> { bins.iter().map(|_| AtomicU32::new(0)).collect() };
-        let (user_done, item_done) = (done_in(&seen.0), done_in(&seen.1));
-        let (next, abort) = (AtomicUsize::new(0), AtomicBool::new(false));
-        let (scheduled, user_done, item_done, next, abort, walk) =
-            (&scheduled, &user_done, &item_done, &next, &abort, &walk);
-        let results: Vec<Vec<f64>> = std::thread::scope(|scope| {
+        let threads = self.threads.min(schedule.units.len()).max(1);
+        let done: Vec<AtomicU32> = (0..2 * bins).map(|_| AtomicU32::new(0)).collect();
+        let dispenser = Mutex::new(Dispenser { next: 0, stopped: false });
+        let take = || -> Option<&Unit> {
+            let mut d = dispenser.lock().unwrap_or_else(|e| e.into_inner());
+            if d.stopped || d.next >= schedule.units.len() {
+                return None;
+            }
+            if d.next % schedule.stop_every == 0 && stop.load(Ordering::Relaxed) {
+                d.stopped = true;
+                return None;
+            }
+            d.next += 1;
+            Some(&schedule.units[d.next - 1])
+        };
+        let abort = AtomicBool::new(false);
+        let (done, abort, walk, take) = (&done, &abort, &walk, &take);
+        let results: Vec<(Vec<f64>, usize)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(move || {
-                        let mut sse = vec![0.0f64; steps.len()];
-                        while !stop.load(Ordering::Relaxed) && !abort.load(Ordering::Relaxed) {
-                            let Some(part) = scheduled.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                            let (u, i) = (&user_done[part.bins.0 as usize], &item_done[part.bins.1 as usize]);
-                            let ready = || {
-                                u.load(Ordering::Acquire) == part.after.0 && i.load(Ordering::Acquire) == part.after.1
-                            };
+                        let (mut sse, mut ratings) = (vec![0.0f64; steps.len()], 0usize);
+                        let mut gathered = Vec::new();
+                        while let Some(unit) = take() {
+                            let deps = &schedule.bins[unit.bins.start as usize..unit.bins.end as usize];
+                            let ready =
+                                || deps.iter().all(|&(b, after)| done[b as usize].load(Ordering::Acquire) == after);
                             if !wait_for(ready, abort) {
                                 break;
                             }
-                            walk(part, &mut sse);
-                            u.store(part.after.0 + 1, Ordering::Release);
-                            i.store(part.after.1 + 1, Ordering::Release);
+                            ratings += walk(unit, &mut gathered, &mut sse);
+                            for &(b, after) in deps {
+                                done[b as usize].store(after + 1, Ordering::Release);
+                            }
                         }
-                        sse
+                        (sse, ratings)
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("Hogwild worker panicked")).collect()
+            handles.into_iter().map(|h| h.join().expect("blocked-order worker panicked")).collect()
         });
         let mut sse = vec![0.0f64; steps.len()];
-        for part in &results {
+        let mut ratings = 0;
+        for (part, n) in &results {
             sse.iter_mut().zip(part).for_each(|(a, c)| *a += c);
+            ratings += n;
         }
-        // Every part taken was finished, and parts are taken in order.
-        let taken = next.load(Ordering::Relaxed).min(scheduled.len());
-        Ok((sse, scheduled[..taken].iter().map(|p| p.ratings.len()).sum()))
+        Ok((sse, ratings))
     }
 }
 
@@ -370,7 +471,14 @@ impl Backend for HogwildCpu {
         let parts = &input.plan.parts[input.from..];
         let layout = input.layout;
         if layout.bins().is_some() {
-            let (sse, done) = self.train_blocked(model, steps, sub, layout, parts, input.stop)?;
+            // Tile chains for an epoch from its start, a unit per part
+            // otherwise (a resumed epoch, an order of few tiles).
+            let chains = if input.from == 0 { Schedule::tile_chains(layout, input.epoch) } else { None };
+            let schedule = match chains {
+                Some(s) => s,
+                None => Schedule::per_part(layout, parts)?,
+            };
+            let (sse, done) = self.train_blocked(model, steps, sub, layout, &schedule, input.stop)?;
             // No two threads ever train rows of one bin at once: nothing races.
             let host_seconds = t0.elapsed().as_secs_f64();
             let workers = self.threads.min(layout.bins().unwrap_or(1) as usize) as f64;
@@ -482,5 +590,11 @@ impl Backend for HogwildCpu {
 
     fn parallelism(&self) -> usize {
         self.threads
+    }
+
+    /// A tiled blocked epoch from its start is walked in tile chains made
+    /// from the order's permutations, not from a plan.
+    fn needs_plan(&self, layout: &RunLayout) -> bool {
+        layout.tile().is_none_or(|t| t < 2 || layout.bins().is_none_or(|b| b / t < 2))
     }
 }

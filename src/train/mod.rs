@@ -18,7 +18,7 @@ pub mod run;
 mod setup;
 
 pub use setup::{
-    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, gpu_target, open_backend,
+    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
     open_backend_fitting, open_backend_on, plan_budget, table_bytes,
 };
 
@@ -223,28 +223,11 @@ pub struct TrainOutcome {
 /// Ratings per part of the shuffled order when `--batch` is not given.
 pub const DEFAULT_BATCH: usize = 2048;
 
-/// The order a run of `settings` takes on `backend`: the one its layout was
-/// built with where the backend holds one (a GPU's, resolved when it was
-/// opened, [`setup::open_backend`]), else `settings.order` resolved.
-pub fn resolve_order(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -> Result<Order> {
-    // The backend resolved the same settings' order for its device (a GPU
-    // takes tiles where the CPU takes none): a run takes that order.
-    if let Some(l) = backend.run_layout()
-        && settings.order.admits(l.spec().order)
-    {
-        return Ok(l.spec().order);
-    }
-    settings.order.resolve(&Target {
-        kind: &backend.kind(),
-        parallelism: backend.parallelism(),
-        co_partition: settings.co_partition.is_some(),
-        ratings: data.train.len(),
-        n_users: data.users.len(),
-        n_items: data.items.len(),
-        slots: None,
-        // A backend that holds a layout resolved its own (above).
-        tile_cap: 1,
-    })
+/// The order a run of `settings` takes: `settings.order` resolved from the
+/// data and the settings alone ([`Order::resolve`]), the same on every
+/// backend, thread count and budget.
+pub fn resolve_order(data: &Dataset, settings: &TrainSettings) -> Result<Order> {
+    settings.order.resolve(&Target::of(data, settings.hp.rank, settings.co_partition.is_some()))
 }
 
 /// The layout a run of `settings` (order resolved) trains on with
@@ -279,7 +262,7 @@ pub fn train(
     control: RunControl,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainOutcome> {
-    let order = resolve_order(data, settings, backend)?;
+    let order = resolve_order(data, settings)?;
     let settings = &TrainSettings { order, ..settings.clone() };
     let fingerprint = checkpoint::Fingerprint::of(data, settings);
     let (mut model, mut state, mut best_model) = match control.resume {
@@ -323,7 +306,7 @@ pub fn train(
         let t0 = Instant::now();
         // A backend that derives the order itself gets no plan, unless the
         // epoch resumes inside (its position is found in the plan).
-        let needs_plan = backend.needs_plan();
+        let needs_plan = backend.needs_plan(&layout);
         let this = match plan.take() {
             Some(p) => p,
             None if needs_plan || state.position > 0 => layout.epoch(epoch),

@@ -230,6 +230,9 @@ pub fn resolve(data: &Dataset, spec: &RunSpec) -> Result<ResolvedRun> {
         plan = p;
     }
     settings.co_partition = fit_co_partition(data, &mut settings, spec, side)?;
+    // From the data and the settings alone, before any backend is opened:
+    // every backend trains this order.
+    settings.order = resolve_order(data, &settings)?;
     if let Some(c) = settings.co_partition {
         let blocks = c.blocks(&data.train, data.users.len(), data.items.len());
         notes.push(format!(
@@ -253,7 +256,6 @@ pub fn resolve(data: &Dataset, spec: &RunSpec) -> Result<ResolvedRun> {
     } else {
         open_backend(data, &settings, &spec.backend)?
     };
-    settings.order = resolve_order(data, &settings, opened.backend.as_ref())?;
     let at_once = match (&opened.adapter, settings.order) {
         (Some(adapter), Order::Shuffled) if !settings.deterministic => Some(
             spec.backend.hogwild_width.resolve(adapter).map_or(settings.batch, |w| (w as usize).min(settings.batch)),

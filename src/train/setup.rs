@@ -7,37 +7,13 @@ use std::sync::Arc;
 
 use super::{Backend, TrainSettings, cpu};
 use crate::data::Dataset;
+use crate::engine::Order;
 use crate::engine::rows::max_step_rows;
-use crate::engine::{Order, Target};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterSummary, BackendChoice, GpuBackend, GpuContext, GpuLayout, GpuSetup, HogwildWidth};
 use crate::model::row_stride;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
 use crate::stage::{Budget, PolicyKind};
-
-/// What a GPU run's order resolves for ([`Order::resolve`]): `kind` the
-/// adapter's backend, `slots` the policy's where the budget cannot hold
-/// every row. Shared by `train` and `simulate`, so that both take one order.
-pub fn gpu_target<'a>(
-    kind: &'a str,
-    data: &Dataset,
-    rank: usize,
-    co_partition: bool,
-    slots: Option<u64>,
-) -> Target<'a> {
-    Target {
-        kind,
-        parallelism: 1,
-        co_partition,
-        ratings: data.train.len(),
-        n_users: data.users.len(),
-        n_items: data.items.len(),
-        slots,
-        // Where the slab holds every row a tile shift is a dispatch; a
-        // staged slab walks the same order (every budget trains one order).
-        tile_cap: crate::gpu::kernels::tile_cap(rank as u32),
-    }
-}
 
 /// Where and how to train.
 #[derive(Debug, Clone, Serialize)]
@@ -341,8 +317,8 @@ pub fn open_backend_on(
 }
 
 /// What a GPU run of `settings` on `adapter` is set up with: the order
-/// resolved for the adapter (a blocked order's bins raised until a part fits
-/// the budget), the run's layout, the slab's size. `train` opens its backend
+/// (resolved from the data and settings alone), the run's layout, the
+/// slab's size. `train` opens its backend
 /// with it and `plan` prints its plan ([`GpuBackend::plan`]), so that the two
 /// agree.
 pub fn gpu_setup(
@@ -352,39 +328,12 @@ pub fn gpu_setup(
     adapter: &crate::gpu::AdapterSummary,
 ) -> Result<GpuSetup> {
     let hp = &settings.hp;
-    let row_bytes = settings.row_bytes();
-    let tables = settings.table_bytes(data);
-    // The slots a blocked order's bins are chosen for, where the budget
-    // (or the automatic share) cannot hold every row.
-    let n_rows = (data.users.len() + data.items.len()) as u64;
-    let budget_slots = spec.device_memory.map_or(Budget::Percent(AUTO_SHARE), |b| b).resolve(tables) / row_bytes;
-    let settings_order = settings.order;
-    let target = gpu_target(
-        &adapter.backend,
-        data,
-        hp.rank,
-        settings.co_partition.is_some(),
-        (budget_slots < n_rows).then_some(budget_slots),
-    );
-    let order = settings.order.resolve(&target)?;
-    let mut settings = TrainSettings { order, ..settings.clone() };
-    let mut layout = settings.layout(data, spec.threads)?;
-    // A blocked order chosen here takes more bins (smaller parts) until a
-    // part's rows fit the budget's slots, as far as the smaller side allows.
-    let chosen = matches!(settings_order, Order::Auto | Order::Blocked { bins: 0, .. });
-    if let (true, Some(b), Order::Blocked { .. }) = (chosen, spec.device_memory, order) {
-        let slots = (b.resolve(tables) / row_bytes).min(u32::MAX as u64) as u32;
-        let side = data.users.len().min(data.items.len()).max(1) as u32;
-        while let Order::Blocked { bins, sweeps, .. } = settings.order {
-            let largest = crate::engine::rows::PartRows::new(&layout, spec.threads, false).max().max(2);
-            if largest <= slots || bins >= side {
-                break;
-            }
-            // The tile resolved again for the new bins.
-            settings.order = Order::Blocked { bins: (bins * 2).min(side), sweeps, tile: 0 }.resolve(&target)?;
-            layout = settings.layout(data, spec.threads)?;
-        }
-    }
+    let (row_bytes, tables) = (settings.row_bytes(), settings.table_bytes(data));
+    // The order is the data's and the settings' (every budget and device
+    // trains it): a budget that cannot hold a step is refused by the slab's
+    // plan, naming the smallest that works.
+    let settings = TrainSettings { order: super::resolve_order(data, settings)?, ..settings.clone() };
+    let layout = settings.layout(data, spec.threads)?;
     let order = settings.order;
     let layout = Arc::new(layout);
     let slab_bytes = match spec.device_memory {
