@@ -41,7 +41,7 @@ fn threads_give_the_model_of_the_sequential_walk_and_no_conflicts() {
     let s = settings(BLOCKED);
     let reference =
         train(&data, &s, &mut ReferenceCpu { bias_reg: s.hp.bias_reg }, RunControl::default(), &mut |_| {}).unwrap();
-    assert_eq!(reference.order, BLOCKED);
+    assert_eq!(reference.order.name(), "blocked:7:8:1");
     for threads in [1, 2, 3, 5] {
         let mut cpu = HogwildCpu::new(s.hp.bias_reg, threads);
         let out = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
@@ -79,18 +79,82 @@ fn any_rank_and_a_grid_give_the_bits_of_the_sequential_walk() {
 }
 
 #[test]
-fn auto_picks_the_blocked_order_on_the_cpu_and_it_costs_little_accuracy() {
+fn auto_picks_the_blocked_order_of_the_data_and_it_costs_little_accuracy() {
     let data = dataset();
     let s = TrainSettings { epochs: 8, ..settings(Order::Auto) };
     let mut cpu = HogwildCpu::new(s.hp.bias_reg, 2);
     let blocked = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
-    assert_eq!(blocked.order, Order::Blocked { bins: rowstage::engine::blocked::default_bins(2), sweeps: 0, tile: 0 });
+    // The data's bins (√(36k / (4 × 8 sweeps)) = 33, in tiles of 8 at rank
+    // 8, rounded down to 32), whatever the thread count.
+    let bins = rowstage::engine::blocked::default_bins(data.train.len(), data.users.len(), data.items.len());
+    assert_eq!(bins, 33);
+    assert_eq!(blocked.order, Order::Blocked { bins: 32, sweeps: 8, tile: 8 });
     let s = TrainSettings { order: Order::Shuffled, ..s };
     let shuffled = train(&data, &s, &mut cpu, RunControl::default(), &mut |_| {}).unwrap();
     assert_eq!(shuffled.order, Order::Shuffled);
     let (b, sh) = (blocked.final_metrics.rmse, shuffled.final_metrics.rmse);
     // Stated margin: 1% of the shuffled order's test RMSE.
     assert!(b <= sh * 1.01, "blocked {b:.4} vs shuffled {sh:.4}");
+}
+
+/// The default order (tiled): every thread count walks it a tile chain per
+/// unit and ends with the sequential walk's bits, as does an order of two
+/// tiles a side and one of a single tile (trained a part per unit).
+#[test]
+fn tiled_orders_in_tile_chains_give_the_bits_of_the_sequential_walk() {
+    let data = dataset();
+    for order in [Order::Auto, Order::parse("blocked:6:3:3").unwrap(), Order::parse("blocked:4:2:4").unwrap()] {
+        let s = settings(order);
+        let reference =
+            train(&data, &s, &mut ReferenceCpu { bias_reg: s.hp.bias_reg }, RunControl::default(), &mut |_| {})
+                .unwrap();
+        for threads in [1, 2, 3, 5] {
+            let out =
+                train(&data, &s, &mut HogwildCpu::new(s.hp.bias_reg, threads), RunControl::default(), &mut |_| {})
+                    .unwrap();
+            assert_eq!(out.order, reference.order);
+            assert_eq!(out.model, reference.model, "{}: {threads} threads", reference.order.name());
+            assert!(out.epochs.iter().all(|e| e.conflicts == 0 && e.ratings == data.train.len()));
+        }
+    }
+}
+
+/// A stop raised while tile chains run ends the pass where a shift ends,
+/// so that what was trained is a prefix of the epoch's plan (where a
+/// resume starts), whenever the stop comes.
+#[test]
+fn tile_chains_stop_where_a_shift_ends() {
+    let data = dataset();
+    let s = settings(Order::parse("blocked:12:8:3").unwrap());
+    let layout = s.layout(&data, 2).unwrap();
+    let order = layout.blocked_epoch(0).unwrap();
+    let plan = layout.epoch(0);
+    let shift_ends: Vec<usize> = (0..=order.sweeps as usize * order.shifts())
+        .map(|k| plan.ratings_from(&layout, 0) - plan.ratings_from(&layout, layout.blocked_parts_before(&order, k)))
+        .collect();
+    let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
+    let empty = rowstage::engine::EpochPlan::default();
+    for delay_us in [0, 50, 200, 1000, 5000] {
+        let mut model = Model::init(&data, &s.hp, 1);
+        let stop = AtomicBool::new(false);
+        let input = EpochInput {
+            epoch: 0,
+            layout: &layout,
+            plan: &empty,
+            from: 0,
+            following: None,
+            rates: &rates,
+            stop: &stop,
+        };
+        let out = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_micros(delay_us));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            HogwildCpu::new(0.01, 3).train_epoch(&mut model, &input).unwrap()
+        });
+        assert!(shift_ends.contains(&out.done), "stopped after {delay_us} µs at {} ratings", out.done);
+    }
 }
 
 #[test]
@@ -120,7 +184,7 @@ fn a_blocked_run_stopped_mid_epoch_resumes_to_the_uninterrupted_model() {
         ..Default::default()
     };
     let e = train(&data, &other, &mut HogwildCpu::new(s.hp.bias_reg, 2), control, &mut |_| {}).err().unwrap();
-    assert!(e.to_string().contains("`order`") && e.to_string().contains("blocked:7"), "{e}");
+    assert!(e.to_string().contains("`order`") && e.to_string().contains("blocked:7:8:1"), "{e}");
 }
 
 /// `data` in 7 × 7 blocks.

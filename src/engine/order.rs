@@ -35,6 +35,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use strength_reduce::StrengthReducedU64;
 
 use super::blocked::{self, BlockedRatings};
 use crate::data::Rating;
@@ -279,6 +280,10 @@ enum Arrangement {
         /// where that part is empty).
         block_parts: Vec<u32>,
         block_len: Vec<u32>,
+        /// Where each block's ratings start in the layout.
+        block_start: Vec<u32>,
+        /// `visits`, ready to divide by ([`sweep_cut`]).
+        by_visits: StrengthReducedU64,
         /// (user bin, item bin) of every part.
         part_bins: Vec<(u32, u32)>,
     },
@@ -312,6 +317,16 @@ pub struct EpochPlan {
 pub struct Group {
     pub end: u32,
     pub id: u32,
+}
+
+/// Sweep `v`'s share of a block of `len` ratings from `start`, of `visits`
+/// sweeps: the `v`-th of `visits` equal cuts (what a GPU derives too). The
+/// division is exact, by multiplication: a CPU epoch makes one cut per
+/// block and sweep, millions, and a divide instruction each cost it a
+/// tenth of its time.
+fn sweep_cut(start: usize, len: usize, v: usize, visits: StrengthReducedU64) -> (usize, usize) {
+    let cut = |k: usize| start + ((len as u64 * k as u64) / visits) as usize;
+    (cut(v), cut(v + 1))
 }
 
 /// Cuts `range` into consecutive parts of at most `batch`.
@@ -374,12 +389,13 @@ impl RunLayout {
                 let grid = BlockedRatings::new(train, n_users, n_items, bins, sweeps, spec.seed, threads);
                 let (bins, visits) = (grid.bins, grid.visits);
                 let nb = (bins * bins) as usize;
+                let by_visits = StrengthReducedU64::new(visits as u64);
                 let mut block_parts = vec![NO_GROUP; nb * visits];
                 let mut part_bins = Vec::new();
                 for b in 0..nb {
                     let (s0, len) = (grid.start_of(b) as usize, grid.len_of(b) as usize);
                     for v in 0..visits {
-                        let (p0, p1) = (s0 + len * v / visits, s0 + len * (v + 1) / visits);
+                        let (p0, p1) = sweep_cut(s0, len, v, by_visits);
                         if p1 > p0 {
                             block_parts[b * visits + v] = parts.len() as u32;
                             parts.push(Part { start: p0 as u32, len: (p1 - p0) as u32 });
@@ -388,12 +404,21 @@ impl RunLayout {
                     }
                 }
                 let block_len = (0..nb).map(|b| grid.len_of(b)).collect();
+                let block_start = (0..nb).map(|b| grid.start_of(b)).collect();
                 let tile = tile.max(1);
                 if bins % tile != 0 {
                     return Err(Error::arg("`order`", spec.order.name(), "TILE must divide BINS"));
                 }
-                let arrangement =
-                    Arrangement::Blocked { bins, visits: visits as u32, tile, block_parts, block_len, part_bins };
+                let arrangement = Arrangement::Blocked {
+                    bins,
+                    visits: visits as u32,
+                    tile,
+                    block_parts,
+                    block_len,
+                    block_start,
+                    by_visits,
+                    part_bins,
+                };
                 (grid.into_ratings(), arrangement)
             }
         };
@@ -518,14 +543,17 @@ impl RunLayout {
             .sum()
     }
 
-    /// The part of block `block` (`user bin × bins + item bin`) in sweep
-    /// `sweep`, if the order is blocked and the block has ratings there.
-    pub fn block_part(&self, block: usize, sweep: usize) -> Option<u32> {
+    /// The ratings of block `block`'s part in sweep `sweep` (empty where it
+    /// has none, or the order is not blocked), found from the block's start
+    /// and length alone: no part table is read, so a walk over scattered
+    /// blocks stays in cache.
+    pub fn block_sweep(&self, block: usize, sweep: usize) -> &[Rating] {
         match &self.arrangement {
-            Arrangement::Blocked { visits, block_parts, .. } => {
-                block_parts.get(block * *visits as usize + sweep).copied().filter(|&p| p != NO_GROUP)
+            Arrangement::Blocked { block_len, block_start, by_visits, .. } => {
+                let (p0, p1) = sweep_cut(block_start[block] as usize, block_len[block] as usize, sweep, *by_visits);
+                &self.ratings[p0..p1]
             }
-            _ => None,
+            _ => &[],
         }
     }
 
@@ -675,10 +703,25 @@ impl BlockedEpoch {
         &self.sweep(v)[2 * n..2 * n + self.shifts()]
     }
 
+    /// Sweep `v`'s workers' user bins α and item bins β (`bins` each):
+    /// worker `k·tile + j` of round (`shift`, `r`) trains block
+    /// (α[k·tile + j], β[((k + shift) mod shifts)·tile + (j + r) mod tile]),
+    /// as [`BlockedEpoch::block`] computes it.
+    pub fn sweep_bins(&self, v: usize) -> (&[u32], &[u32]) {
+        let n = self.bins as usize;
+        self.sweep(v)[..2 * n].split_at(n)
+    }
+
+    /// Sweep `v`'s rounds inside a tile, in order (the same in every
+    /// shift of the sweep).
+    pub fn tile_rounds(&self, v: usize) -> &[u32] {
+        let n = self.bins as usize;
+        &self.sweep(v)[2 * n + self.shifts()..]
+    }
+
     /// Sweep `v`'s rounds in order, as (shift, round in the tile).
     pub fn rounds(&self, v: usize) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let n = self.bins as usize;
-        let inner = &self.sweep(v)[2 * n + self.shifts()..];
+        let inner = self.tile_rounds(v);
         self.shift_order(v).iter().flat_map(move |&c| inner.iter().map(move |&r| (c, r)))
     }
 

@@ -130,7 +130,7 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
                 None => format!("a batch of {} ratings", input.batch),
             },
             fix: if input.largest_part.is_some() {
-                "use more bins (`order` blocked:BINS)"
+                "an `order` of more bins (blocked:BINS), which trains another model"
             } else {
                 "use a smaller `batch`"
             },

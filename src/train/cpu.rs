@@ -1,16 +1,15 @@
 //! The CPU backends: the sequential reference trainer (the ground truth of
 //! every test) and the multi-threaded Hogwild trainer (`--backend cpu`).
 
-use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use crate::data::Rating;
-use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout};
+use crate::engine::{Backend, BlockedEpoch, EpochInput, EpochTrain, RunLayout};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, MetricsAcc, Model, Rate, Step, row_stride};
-use crate::prefetch::{prefetch_row, prefetch_span};
+use crate::prefetch::{prefetch_ptr, prefetch_row, prefetch_span};
 use crate::stage::Ledger;
 
 /// Ratings between two looks at the stop flag (sequential reference), at
@@ -239,96 +238,136 @@ impl ExclusiveTables {
     }
 }
 
-/// A unit of the blocked order one thread trains in one go, ready to be
-/// scheduled: a run of parts whose rows no other unit touches until it is
-/// done. It may start once each of its bins has seen `after` earlier units.
-struct Unit {
-    /// Its parts in order, as a range of [`Schedule::parts`].
-    parts: Range<u32>,
-    /// Its bins (user bins as they are, item bins after `bins`), as a range
-    /// of [`Schedule::bins`].
-    bins: Range<u32>,
-}
-
-/// The units of an epoch pass in the order they are handed out, their
-/// parts and bins flat.
-#[derive(Default)]
-struct Schedule<'a> {
-    units: Vec<Unit>,
-    parts: Vec<&'a [Rating]>,
-    /// (bin, units of that bin before this one).
-    bins: Vec<(u32, u32)>,
-    /// Units between two places where the pass may stop: a stop raised
-    /// mid-way ends the pass at the next such place, so that the parts done
-    /// are a prefix of the epoch's plan (where a resume starts).
-    stop_every: usize,
-}
-
-impl<'a> Schedule<'a> {
-    /// One unit per part of `parts` (the plan from a position on): any
-    /// blocked order, stoppable at any part.
-    fn per_part(layout: &'a RunLayout, parts: &[u32]) -> Result<Self> {
-        let bins = layout.bins().unwrap_or(1);
-        let mut seen = vec![0u32; 2 * bins as usize];
-        let mut s = Schedule { stop_every: 1, ..Default::default() };
-        for &p in parts {
-            let (u, i) = layout.bins_of_part(p).ok_or_else(|| {
-                Error::arg("`order`", layout.spec().order.name(), format!("part {p} is not a block part"))
-            })?;
-            let first = s.bins.len() as u32;
-            for b in [u, bins + i] {
-                s.bins.push((b, seen[b as usize]));
-                seen[b as usize] += 1;
-            }
-            s.parts.push(layout.part(p));
-            s.units.push(Unit { parts: s.parts.len() as u32 - 1..s.parts.len() as u32, bins: first..first + 2 });
-        }
-        Ok(s)
-    }
-
+/// The units of an epoch pass of the blocked order, handed out in order:
+/// runs of parts that one thread trains in one go, whose rows no other unit
+/// touches until they are done. A unit may start once each of its bins has
+/// seen as many units as came before it (its `after`).
+enum Schedule<'a> {
+    /// A unit per part of the plan given (from a position on): any blocked
+    /// order, stoppable at any part.
+    PerPart {
+        parts: Vec<&'a [Rating]>,
+        /// Per part: (user bin, after), (bins + item bin, after).
+        deps: Vec<[(u32, u32); 2]>,
+    },
     /// The tiled order's epoch as tile chains (docs/ARCHITECTURE.md, "The
     /// CPU backend"): in each tile shift, the TILE rounds of one worker tile
     /// meet one item tile and no other tile's bins, so one thread walks the
     /// chain (its rounds in order) while others walk the shift's other
     /// chains: the sequential order's result, with a unit per chain rather
-    /// than per part. Stoppable at shift ends, as a GPU stops
-    /// ([`RunLayout::blocked_parts_before`]). `None` where the order has
-    /// fewer than two tiles a side.
+    /// than per part. A chain is derived from the epoch's permutations by
+    /// the thread that trains it. Stoppable where a shift ends, as a GPU
+    /// stops ([`RunLayout::blocked_parts_before`]).
+    ///
+    /// Inside a shift the chains may go in any order; `tiles[u]` is unit
+    /// `u`'s worker tile, each shift's ordered by when its two chains of the
+    /// shift before (the same worker tile, and the one that last held its
+    /// item tile) were handed out, so that a thread rarely waits for one
+    /// still being trained.
+    Chains { order: BlockedEpoch, layout: &'a RunLayout, tiles: Vec<u32> },
+}
+
+impl<'a> Schedule<'a> {
+    fn per_part(layout: &'a RunLayout, plan: &[u32]) -> Result<Self> {
+        let bins = layout.bins().unwrap_or(1);
+        let mut seen = vec![0u32; 2 * bins as usize];
+        let (mut parts, mut deps) = (Vec::with_capacity(plan.len()), Vec::with_capacity(plan.len()));
+        for &p in plan {
+            let (u, i) = layout.bins_of_part(p).ok_or_else(|| {
+                Error::arg("`order`", layout.spec().order.name(), format!("part {p} is not a block part"))
+            })?;
+            let (u, i) = (u as usize, (bins + i) as usize);
+            deps.push([(u as u32, seen[u]), (i as u32, seen[i])]);
+            (seen[u], seen[i]) = (seen[u] + 1, seen[i] + 1);
+            parts.push(layout.part(p));
+        }
+        Ok(Schedule::PerPart { parts, deps })
+    }
+
+    /// `None` where the order has fewer than two tiles a side, or tiles of
+    /// one bin.
     fn tile_chains(layout: &'a RunLayout, epoch: usize) -> Option<Self> {
         let order = layout.blocked_epoch(epoch)?;
-        let (n, t, g) = (order.bins as usize, order.tile as usize, order.shifts());
-        if g < 2 || t < 2 {
+        let g = order.shifts();
+        if g < 2 || order.tile < 2 {
             return None;
         }
-        let mut s = Schedule { stop_every: g, ..Default::default() };
+        let mut tiles = Vec::with_capacity(order.sweeps as usize * g * g);
+        // Where each worker tile's chain was handed out in the shift before.
+        let mut at = vec![0usize; g];
+        let mut keyed: Vec<(usize, usize)> = Vec::with_capacity(g);
         for v in 0..order.sweeps as usize {
-            for (si, &c) in order.shift_order(v).iter().enumerate() {
-                let shift = (v * g + si) as u32;
-                let rounds: Vec<u32> = order.rounds(v).filter(|&(sc, _)| sc == c).map(|(_, r)| r).collect();
-                for k in 0..g {
-                    let (first_part, first_bin) = (s.parts.len() as u32, s.bins.len() as u32);
-                    for &r in &rounds {
-                        for j in 0..t {
-                            let b = order.block(v, k * t + j, c, r);
-                            if let Some(p) = layout.block_part(b, v) {
-                                s.parts.push(layout.part(p));
-                            }
-                        }
-                    }
-                    // Every bin meets one unit per shift: `shift` units of
-                    // it came before.
-                    let r0 = rounds[0];
-                    for j in 0..t {
-                        let b = order.block(v, k * t + j, c, r0);
-                        s.bins.push(((b / n) as u32, shift));
-                        s.bins.push(((n + b % n) as u32, shift));
-                    }
-                    s.units
-                        .push(Unit { parts: first_part..s.parts.len() as u32, bins: first_bin..s.bins.len() as u32 });
+            let shifts = order.shift_order(v);
+            for (si, &c) in shifts.iter().enumerate() {
+                keyed.clear();
+                keyed.extend((0..g).map(|k| {
+                    // A new sweep deals new tiles: no chain of the shift
+                    // before is a better start than another.
+                    let key = if si == 0 {
+                        k
+                    } else {
+                        let before = (k + c as usize + g - shifts[si - 1] as usize) % g;
+                        at[k].max(at[before])
+                    };
+                    (key, k)
+                }));
+                keyed.sort_unstable();
+                for (place, &(_, k)) in keyed.iter().enumerate() {
+                    at[k] = place;
+                    tiles.push(k as u32);
                 }
             }
         }
-        Some(s)
+        Some(Schedule::Chains { order, layout, tiles })
+    }
+
+    fn units(&self) -> usize {
+        match self {
+            Schedule::PerPart { parts, .. } => parts.len(),
+            Schedule::Chains { order, .. } => order.sweeps as usize * order.shifts() * order.shifts(),
+        }
+    }
+
+    /// Units between two places where the pass may stop: a stop raised
+    /// mid-way ends the pass at the next such place, so that the parts done
+    /// are a prefix of the epoch's plan (where a resume starts).
+    fn stop_every(&self) -> usize {
+        match self {
+            Schedule::PerPart { .. } => 1,
+            Schedule::Chains { order, .. } => order.shifts(),
+        }
+    }
+
+    /// Unit `u`'s bins and their `after` into `deps`, its ratings in order
+    /// into `ratings` (by reference: a part is often a few ratings, and a
+    /// copy per part cost more than the walk).
+    fn unit<'s>(&'s self, u: usize, deps: &mut Vec<(u32, u32)>, ratings: &mut Vec<&'s Rating>) {
+        deps.clear();
+        ratings.clear();
+        match self {
+            Schedule::PerPart { parts, deps: d } => {
+                deps.extend_from_slice(&d[u]);
+                ratings.extend(parts[u].iter());
+            }
+            Schedule::Chains { order, layout, tiles } => {
+                let (n, t, g) = (order.bins as usize, order.tile as usize, order.shifts());
+                let (v, shift, k) = (u / (g * g), u / g, tiles[u] as usize);
+                let c = order.shift_order(v)[shift % g] as usize;
+                // BlockedEpoch::block, its divisions taken out of the loop.
+                let (alpha, beta) = order.sweep_bins(v);
+                let (users, items) = (&alpha[k * t..][..t], &beta[(k + c) % g * t..][..t]);
+                for &r in order.tile_rounds(v) {
+                    let r = r as usize;
+                    for (j, &u) in users.iter().enumerate() {
+                        let i = items[if j + r < t { j + r } else { j + r - t }];
+                        ratings.extend(layout.block_sweep(u as usize * n + i as usize, v));
+                    }
+                }
+                // Every bin meets one chain a shift: `shift` came before.
+                deps.extend(users.iter().map(|&u| (u, shift as u32)));
+                deps.extend(items.iter().map(|&i| (n as u32 + i, shift as u32)));
+            }
+        }
     }
 }
 
@@ -381,15 +420,16 @@ impl HogwildCpu {
     ) -> Result<(Vec<f64>, usize)> {
         let bins = layout.bins().unwrap_or(1) as usize;
         let tables = &ExclusiveTables::new(model);
-        // A unit's ratings in order, gathered so that prefetching reaches
+        // A unit's ratings gathered in order, so that prefetching reaches
         // across its (often tiny) parts.
-        let walk = |unit: &Unit, gathered: &mut Vec<Rating>, sse: &mut [f64]| {
-            gathered.clear();
-            for part in &schedule.parts[unit.parts.start as usize..unit.parts.end as usize] {
-                gathered.extend_from_slice(part);
-            }
-            for (j, r) in gathered.iter().enumerate() {
-                if let Some(n) = gathered.get(j + AHEAD) {
+        let walk = |ratings: &[&Rating], sse: &mut [f64]| {
+            for (j, r) in ratings.iter().enumerate() {
+                // A unit's parts lie all over the layout: ask for a rating
+                // twice as far ahead as for its rows, which need it read.
+                if let Some(&n) = ratings.get(j + 4 * AHEAD) {
+                    prefetch_ptr(n);
+                }
+                if let Some(n) = ratings.get(j + AHEAD) {
                     tables.prefetch(n);
                 }
                 // SAFETY: the rating lies in one of this unit's blocks, so
@@ -399,24 +439,24 @@ impl HogwildCpu {
                 let (p, q) = unsafe { tables.rows(r) };
                 apply_all(steps, sub, p, q, r.value, sse);
             }
-            gathered.len()
         };
+        let (units, stop_every) = (schedule.units(), schedule.stop_every());
         // One thread never waits (it takes the units in order): the same
         // loop serves it.
-        let threads = self.threads.min(schedule.units.len()).max(1);
+        let threads = self.threads.min(units).max(1);
         let done: Vec<AtomicU32> = (0..2 * bins).map(|_| AtomicU32::new(0)).collect();
         let dispenser = Mutex::new(Dispenser { next: 0, stopped: false });
-        let take = || -> Option<&Unit> {
+        let take = || -> Option<usize> {
             let mut d = dispenser.lock().unwrap_or_else(|e| e.into_inner());
-            if d.stopped || d.next >= schedule.units.len() {
+            if d.stopped || d.next >= units {
                 return None;
             }
-            if d.next % schedule.stop_every == 0 && stop.load(Ordering::Relaxed) {
+            if d.next % stop_every == 0 && stop.load(Ordering::Relaxed) {
                 d.stopped = true;
                 return None;
             }
             d.next += 1;
-            Some(&schedule.units[d.next - 1])
+            Some(d.next - 1)
         };
         let abort = AtomicBool::new(false);
         let (done, abort, walk, take) = (&done, &abort, &walk, &take);
@@ -424,21 +464,22 @@ impl HogwildCpu {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(move || {
-                        let (mut sse, mut ratings) = (vec![0.0f64; steps.len()], 0usize);
-                        let mut gathered = Vec::new();
-                        while let Some(unit) = take() {
-                            let deps = &schedule.bins[unit.bins.start as usize..unit.bins.end as usize];
+                        let (mut sse, mut trained) = (vec![0.0f64; steps.len()], 0usize);
+                        let (mut deps, mut ratings) = (Vec::new(), Vec::<&Rating>::new());
+                        while let Some(u) = take() {
+                            schedule.unit(u, &mut deps, &mut ratings);
                             let ready =
                                 || deps.iter().all(|&(b, after)| done[b as usize].load(Ordering::Acquire) == after);
                             if !wait_for(ready, abort) {
                                 break;
                             }
-                            ratings += walk(unit, &mut gathered, &mut sse);
-                            for &(b, after) in deps {
+                            walk(&ratings, &mut sse);
+                            trained += ratings.len();
+                            for &(b, after) in &deps {
                                 done[b as usize].store(after + 1, Ordering::Release);
                             }
                         }
-                        (sse, ratings)
+                        (sse, trained)
                     })
                 })
                 .collect();
@@ -471,9 +512,9 @@ impl Backend for HogwildCpu {
         let parts = &input.plan.parts[input.from..];
         let layout = input.layout;
         if layout.bins().is_some() {
-            // Tile chains for an epoch from its start, a unit per part
-            // otherwise (a resumed epoch, an order of few tiles).
-            let chains = if input.from == 0 { Schedule::tile_chains(layout, input.epoch) } else { None };
+            // Tile chains where the loop made no plan (a tiled epoch from
+            // its start, `needs_plan`), a unit per part of the plan given.
+            let chains = if input.plan.parts.is_empty() { Schedule::tile_chains(layout, input.epoch) } else { None };
             let schedule = match chains {
                 Some(s) => s,
                 None => Schedule::per_part(layout, parts)?,

@@ -283,8 +283,11 @@ pub fn open_backend_on(
     ctx: Option<GpuContext>,
 ) -> Result<Opened> {
     let hp = &settings.hp;
+    // The blocked order is exact on any number of threads; only the
+    // shuffled order needs one thread to be deterministic on the CPU.
+    let sequential = settings.deterministic && !super::resolve_order(data, settings)?.is_exact();
     let cpu_backend = || -> Box<dyn Backend> {
-        if settings.deterministic {
+        if sequential {
             Box::new(cpu::ReferenceCpu { bias_reg: hp.bias_reg })
         } else {
             Box::new(cpu::HogwildCpu::new(hp.bias_reg, spec.threads))
