@@ -149,9 +149,11 @@ struct TrainArgs {
     /// Seed of the split, the initial factors, the epoch orders and the synthetic data.
     #[arg(help_heading = "Model", long, default_value_t = 42)]
     seed: u64,
-    /// Train every backend and budget to the same model: the blocked order
-    /// is exact already; with --order shuffled, the sequential order (as
-    /// conflict-free waves on a GPU).
+    /// With --order shuffled (or --co-partition): train the sequential
+    /// model (conflict-free waves on a GPU, one thread on the CPU) instead
+    /// of Hogwild, so that every backend and budget trains the same model.
+    /// With the default order an alias that changes nothing: it is exact
+    /// everywhere already.
     #[arg(help_heading = "Schedule", long)]
     deterministic: bool,
     /// Where to train: the best GPU adapter (falling back to the CPU), a wgpu backend, or the CPU.
@@ -177,9 +179,10 @@ struct TrainArgs {
     /// item-bin blocks, a round's blocks trained at once without races, exact
     /// on every backend; SWEEPS a number or auto; TILE bins per tile, whose
     /// rounds a GPU holding every row runs in one dispatch), shuffled (a
-    /// seeded permutation, Hogwild on a GPU), or auto (blocked without
-    /// --co-partition, with bins and tiles for the backend and the budget;
-    /// else shuffled).
+    /// seeded permutation, Hogwild: the model then depends on the device),
+    /// or auto (blocked without --co-partition, its bins, sweeps and tile
+    /// chosen from the data and --rank alone, the same on every backend;
+    /// else shuffled). Fields left out are chosen the same way.
     #[arg(help_heading = "Schedule", long, default_value = "auto", value_name = "ORDER")]
     order: String,
     #[command(flatten)]
@@ -772,17 +775,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             settings.batch
         ));
     }
-    if let train::Order::Blocked { bins, tile, .. } = settings.order {
-        let tiles = if tile > 1 {
-            format!(" in tiles of {tile} × {tile} blocks (a tile's {tile} rounds one after another)")
-        } else {
-            String::new()
-        };
-        out.line(&format!(
-            "order: blocked, {bins} user bins × {bins} item bins{tiles}; each round trains up to {bins} blocks that \
-             share no row at once, a worker each (exact: nothing races)"
-        ));
-    }
+    out.line(&settings.order.describe(settings.deterministic));
     if !settings.grid.is_empty() {
         out.line(&format!(
             "grid search: {} settings (--lr {} × --reg {}) trained side by side, every row holding each setting's copy",

@@ -354,13 +354,21 @@ fn the_blocked_order_is_refused_with_co_partitioning_and_runs_on_the_device() {
             continue;
         }
         let be = format!("{backend:?}").to_lowercase();
-        // Bins and sweeps given without a tile: the device takes its tile
-        // (here 2, a quarter of the bins) and the run trains that order.
-        for (order, trained) in [("blocked:4", "blocked:4"), ("blocked:8:2", "blocked:8:2:2")] {
-            let j =
-                success_json(rowstage().args(&small[..small.len() - 1]).args([order, "--backend", &be, "--json", "-"]));
-            assert_eq!(j["config"]["order"], trained, "{be}");
-            assert_eq!(j["epochs"][0]["conflicts"], 0, "{be}: the blocked order never races");
+        // Fields not given are chosen from the data, the same on every
+        // backend: the sweeps (8 at least), and the tile (a quarter of the
+        // bins at most, dividing them: none for 4 bins, 2 for 8).
+        for (order, trained) in [("blocked:4", "blocked:4:8:1"), ("blocked:8:2", "blocked:8:2:2")] {
+            for b in ["cpu", &be] {
+                let j = success_json(rowstage().args(&small[..small.len() - 1]).args([
+                    order,
+                    "--backend",
+                    b,
+                    "--json",
+                    "-",
+                ]));
+                assert_eq!(j["config"]["order"], trained, "{b}");
+                assert_eq!(j["epochs"][0]["conflicts"], 0, "{b}: the blocked order never races");
+            }
         }
     }
 }
@@ -503,8 +511,9 @@ fn hogwild_cpu_reaches_the_accuracy_of_sequential_sgd() {
         } else {
             assert!(conflicts.iter().all(|&c| c == 0), "{conflicts:?}");
         }
-        // 36k training ratings on 2 threads: 4 bins (default_bins).
-        let order = if extra.is_empty() { "blocked:4" } else { extra.last().unwrap() };
+        // 36k training ratings: √(36000 / (4 × 8 sweeps)) = 33 bins, in
+        // tiles of 8, whatever the thread count (default_bins).
+        let order = if extra.is_empty() { "blocked:32:8:8" } else { extra.last().unwrap() };
         assert_eq!(j["config"]["order"], order);
         j["final"]["test_rmse"].as_f64().unwrap()
     };

@@ -217,6 +217,43 @@ impl Order {
         Ok(order)
     }
 
+    /// Whether a run of this order trains one model on every backend,
+    /// thread count and budget: an exact order, or the shuffled one trained
+    /// in its conflict-free waves (`deterministic`).
+    pub fn is_device_independent(self, deterministic: bool) -> bool {
+        self.is_exact() || deterministic
+    }
+
+    /// A line for the user: what the order is, and whether the model depends
+    /// on the device (`deterministic`: the shuffled order trained exactly).
+    pub fn describe(self, deterministic: bool) -> String {
+        let everywhere = "chosen from the data and the settings alone, so every backend, thread count and budget \
+                          trains this order and the same model";
+        match self {
+            Order::Blocked { bins, sweeps, tile } => {
+                let tiles = if tile > 1 {
+                    format!(", in tiles of {tile} × {tile} blocks (a tile's {tile} rounds one after another)")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "order: {} — {bins} user bins × {bins} item bins, {sweeps} sweeps an epoch{tiles}; each round \
+                     trains up to {bins} blocks that share no row at once (exact: nothing races); {everywhere}",
+                    self.name()
+                )
+            }
+            Order::Shuffled if deterministic => format!(
+                "order: shuffled — every part's conflict-free waves in sequence (`deterministic`): the sequential \
+                 model; {everywhere}"
+            ),
+            Order::Shuffled => "order: shuffled — Hogwild: racing updates may be lost, so the model depends on the \
+                                backend, the thread count and, on a GPU, the Hogwild width and the batch a budget \
+                                holds (`deterministic` trains the sequential model instead)"
+                .into(),
+            Order::Auto => "order: auto (not yet resolved)".into(),
+        }
+    }
+
     /// `auto`, `shuffled`, `blocked`, or `blocked:BINS:SWEEPS:TILE` with
     /// the fields not set shortened as `--order` takes them (`blocked:BINS`,
     /// `blocked:BINS:SWEEPS`, SWEEPS `auto`): a resolved order names every

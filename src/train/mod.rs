@@ -98,10 +98,11 @@ impl TrainSettings {
         LayoutSpec { seed: self.seed, batch: self.batch, order: self.order, co_partition: self.co_partition }
     }
 
-    /// The run's layout of `data` (built on `threads` threads; the layout
-    /// does not depend on how many). `order` must be resolved.
+    /// The run's layout of `data` in its order resolved ([`resolve_order`]),
+    /// built on `threads` threads (the layout does not depend on how many).
     pub fn layout(&self, data: &Dataset, threads: usize) -> Result<RunLayout> {
-        RunLayout::new(&data.train, data.users.len(), data.items.len(), self.layout_spec(), threads)
+        let spec = LayoutSpec { order: resolve_order(data, self)?, ..self.layout_spec() };
+        RunLayout::new(&data.train, data.users.len(), data.items.len(), spec, threads)
     }
 }
 

@@ -320,6 +320,9 @@ pub struct RunConfig {
     pub seed: u64,
     pub deterministic: bool,
     pub order: String,
+    /// Whether the order trains the same model on every backend, thread
+    /// count and budget ([`Order::is_device_independent`]).
+    pub order_device_independent: bool,
     pub backend: String,
     /// The noop backend: a host ceiling, no model.
     pub ceiling: bool,
@@ -366,6 +369,7 @@ impl RunConfig {
             seed: spec.seed,
             deterministic: spec.deterministic,
             order: outcome.order.name(),
+            order_device_independent: outcome.order.is_device_independent(spec.deterministic),
             backend: backend.kind(),
             ceiling: backend.is_ceiling(),
             backend_requested: b.backend.name(),
