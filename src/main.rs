@@ -734,16 +734,25 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let source = a.data.source()?;
     let (data, skipped) = load_dataset(&source, a.seed, &out)?;
-    let mut run = train::resolve(&data, &spec)?;
-    for n in &run.notes {
+    let resume = match &a.resume {
+        Some(dir) => Some(train::checkpoint::load_checkpoint(dir)?),
+        None => None,
+    };
+    let resumed = resume.as_ref().map(|c| (c.path.clone(), c.state.epoch, c.state.position));
+    let options =
+        train::RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()), resume, patience: a.patience };
+    let mut run = train::Run::new(data, source.describe(), spec, options)?;
+    let resolved = run.resolved();
+    for n in &resolved.notes {
         out.line(n);
     }
-    if let Some(n) = &run.opened.notice {
+    if let Some(n) = &resolved.opened.notice {
         eprintln!("notice: {}", flags(n));
     }
-    let (settings, at_once) = (run.settings.clone(), run.at_once);
-    let backend = run.opened.backend.as_ref();
-    let tables = settings.table_bytes(&data);
+    let (settings, at_once) = (resolved.settings.clone(), resolved.at_once);
+    let backend = resolved.opened.backend.as_ref();
+    let data = run.data();
+    let tables = settings.table_bytes(data);
     out.line(&format!(
         "data: {} — {} users, {} items, {} train / {} test ratings ({} test ratings with a user or item unseen in training)",
         data.name,
@@ -784,7 +793,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             a.reg
         ));
     }
-    if let Some(l) = &run.opened.layout {
+    if let Some(l) = &resolved.opened.layout {
         out.line(&layout_line(l, tables));
     }
 
@@ -798,42 +807,28 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     } else {
         ProgressBar::hidden()
     };
-    let staged = run.opened.layout.is_some();
-    let resume = match &a.resume {
-        Some(dir) => {
-            let c = train::checkpoint::load_checkpoint(dir)?;
-            out.line(&format!(
-                "resuming {} at epoch {} ({} of its ratings done)",
-                c.path.display(),
-                c.state.epoch + 1,
-                c.state.position
-            ));
-            bar.inc(c.state.epoch as u64);
-            Some(c)
-        }
-        None => None,
-    };
-    let stop = interrupt_flag();
-    let control = train::RunControl {
-        stop: Some(stop),
-        checkpoint: a.checkpoint.as_deref().or(a.resume.as_deref()),
-        resume,
-        patience: a.patience,
-    };
+    let staged = resolved.opened.layout.is_some();
+    if let Some((path, epoch, position)) = resumed {
+        out.line(&format!("resuming {} at epoch {} ({position} of its ratings done)", path.display(), epoch + 1));
+        bar.inc(epoch as u64);
+    }
+    interrupt_on_signal(run.cancel_token());
     // A GPU (not a software adapter) runs the updates it is given at once;
     // more than the default width of them lose updates to hot rows.
-    let races = run.opened.adapter.as_ref().is_some_and(|a| !a.is_software())
+    let races = resolved.opened.adapter.as_ref().is_some_and(|a| !a.is_software())
         && at_once.is_some_and(|w| w > HARDWARE_HOGWILD_WIDTH as usize);
     let mut warned = false;
     let ceiling = backend.is_ceiling();
-    let outcome = train::train(&data, &settings, run.opened.backend.as_mut(), control, &mut |e| {
-        bar.suspend(|| out.line(&report::epoch_line(e, staged, ceiling)));
+    let info = DatasetInfo::of(data, skipped);
+    while let Some(e) = run.step()? {
+        bar.suspend(|| out.line(&report::epoch_line(&e, staged, ceiling)));
         if races && !warned && e.conflicts as f64 >= CONFLICT_NOTE_SHARE * e.ratings.max(1) as f64 {
             warned = true;
-            bar.suspend(|| eprintln!("note: {}", flags(&report::conflict_note(e, at_once.unwrap_or(settings.batch)))));
+            bar.suspend(|| eprintln!("note: {}", flags(&report::conflict_note(&e, at_once.unwrap_or(settings.batch)))));
         }
         bar.inc(1);
-    })?;
+    }
+    let train::Finished { outcome, config } = run.finish()?;
     bar.finish_and_clear();
     if outcome.diverged.is_some() {
         out.line(&format!("stopped: the loss of epoch {} is not finite", outcome.epochs.len()));
@@ -879,8 +874,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
 
-    let config = serde_json::to_value(train::RunConfig::of(&spec, &run, &outcome, source.describe()))
-        .expect("the run's configuration serialises");
+    let config = serde_json::to_value(config).expect("the run's configuration serialises");
     match &a.save {
         Some(path) if outcome.complete => {
             model::save_model(&outcome.model, &config, path)?;
@@ -898,7 +892,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     if let Some(path) = &a.json {
         let report = Report {
-            dataset: DatasetInfo::of(&data, skipped),
+            dataset: info,
             config,
             epochs: outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
             final_: FinalJson {
@@ -924,27 +918,20 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A flag raised by the first Ctrl-C (SIGINT): training stops at the next
+/// Cancels `token` on the first Ctrl-C (SIGINT): training stops at the next
 /// batch boundary and writes what it has. A second Ctrl-C exits at once.
-fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static STOP: AtomicBool = AtomicBool::new(false);
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let handler = || {
-            if STOP.swap(true, Ordering::SeqCst) {
-                eprintln!("\ninterrupted again: exiting now");
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupt: finishing the current batch, then writing what the run has (Ctrl-C again to exit now)"
-            );
-        };
-        if let Err(e) = ctrlc::set_handler(handler) {
-            log::warn!("cannot install the Ctrl-C handler ({e}); Ctrl-C will end the run without a report");
+fn interrupt_on_signal(token: train::CancelToken) {
+    let handler = move || {
+        if token.is_cancelled() {
+            eprintln!("\ninterrupted again: exiting now");
+            std::process::exit(130);
         }
-    });
-    &STOP
+        token.cancel();
+        eprintln!("\ninterrupt: finishing the current batch, then writing what the run has (Ctrl-C again to exit now)");
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        log::warn!("cannot install the Ctrl-C handler ({e}); Ctrl-C will end the run without a report");
+    }
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
@@ -1562,7 +1549,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     let mut progress = BenchProgress { bar, out: &out, exports: &exports, epochs: per_config, printed: Vec::new() };
-    let report = bench::run(&data, DatasetInfo::of(&data, skipped), &plan, interrupt_flag(), &mut progress)?;
+    let cancel = train::CancelToken::new();
+    interrupt_on_signal(cancel.clone());
+    let report = bench::run(&data, DatasetInfo::of(&data, skipped), &plan, cancel.flag(), &mut progress)?;
     progress.bar.finish_and_clear();
     for line in changed_ratios(&report.rows, &progress.printed) {
         out.line(&line);

@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod plan;
 pub mod run;
+pub mod session;
 mod setup;
 
 pub use setup::{
@@ -23,10 +24,11 @@ pub use setup::{
 };
 
 pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
+pub use session::{CancelToken, Finished, Run, RunOptions};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -255,7 +257,8 @@ fn run_layout(data: &Dataset, settings: &TrainSettings, backend: &dyn Backend) -
 }
 
 /// Trains `data` with `backend`, calling `on_epoch` after each epoch: a
-/// fresh model, or the one in `control.resume` from where it stopped.
+/// fresh model, or the one in `control.resume` from where it stopped. The
+/// loop of [`Training`], which a caller may also drive an epoch at a time.
 pub fn train(
     data: &Dataset,
     settings: &TrainSettings,
@@ -263,66 +266,147 @@ pub fn train(
     control: RunControl,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainOutcome> {
-    let order = resolve_order(data, settings)?;
-    let settings = &TrainSettings { order, ..settings.clone() };
-    let fingerprint = checkpoint::Fingerprint::of(data, settings);
-    let (mut model, mut state, mut best_model) = match control.resume {
-        Some(c) => {
-            c.state.fingerprint.check(&fingerprint, &c.path)?;
-            (c.model, c.state, c.best_model)
-        }
-        None => (
-            Model::init_copies(data, &settings.hp, settings.seed, settings.copies()),
-            checkpoint::RunState::new(fingerprint, 0.0),
-            None,
-        ),
-    };
-    let grid = settings.settings();
     let never = AtomicBool::new(false);
     let stop = control.stop.unwrap_or(&never);
-    // Laying the run out is part of training: its time counts into the
-    // first epoch's seconds.
-    let setup = Instant::now();
-    let layout = run_layout(data, settings, backend)?;
-    let mut setup_seconds = setup.elapsed().as_secs_f64();
-    let mut complete = true;
-    let mut stopped_early = false;
-    let mut diverged_at = None;
-    let mut written = None;
-    let mut save = |state: &checkpoint::RunState, model: &Model, best: Option<&Model>| -> Result<()> {
-        if let Some(dir) = control.checkpoint {
-            written = Some(checkpoint::save_checkpoint(dir, state, model, best)?);
+    let mut training = Training::start(data, settings, backend, control)?;
+    while let Some(report) = training.step(data, backend, stop)? {
+        on_epoch(&report);
+    }
+    training.finish(data, backend)
+}
+
+/// A run's training between epochs: [`Training::step`] trains the next
+/// epoch, [`Training::finish`] makes the outcome. It holds no borrow of the
+/// data or the backend, so that whoever owns them (a command line, a
+/// browser's event loop) can drive it an epoch at a time.
+pub struct Training {
+    /// The settings with their order resolved.
+    settings: TrainSettings,
+    grid: Vec<Setting>,
+    model: Model,
+    state: checkpoint::RunState,
+    best_model: Option<Model>,
+    layout: Arc<RunLayout>,
+    /// Laying the run out, counted into the first epoch's seconds.
+    setup_seconds: f64,
+    checkpoint: Option<PathBuf>,
+    patience: Option<usize>,
+    /// The plan of the epoch after the one trained last, and a spare plan
+    /// whose buffers the next one reuses.
+    plan: Option<EpochPlan>,
+    spare: Option<EpochPlan>,
+    complete: bool,
+    stopped_early: bool,
+    diverged: Option<Error>,
+    written: Option<PathBuf>,
+    /// No epoch is left to train (the last done, a stop, early stopping, a
+    /// divergence).
+    ended: bool,
+}
+
+impl Training {
+    /// Starts (or resumes, `control.resume`) training `settings` on `data`
+    /// with `backend`: the model, the layout, the state. `control.stop` is
+    /// not kept: each [`Training::step`] is given its own.
+    pub fn start(
+        data: &Dataset,
+        settings: &TrainSettings,
+        backend: &mut dyn Backend,
+        control: RunControl,
+    ) -> Result<Self> {
+        let order = resolve_order(data, settings)?;
+        let settings = TrainSettings { order, ..settings.clone() };
+        let fingerprint = checkpoint::Fingerprint::of(data, &settings);
+        let (model, state, best_model) = match control.resume {
+            Some(c) => {
+                c.state.fingerprint.check(&fingerprint, &c.path)?;
+                (c.model, c.state, c.best_model)
+            }
+            None => (
+                Model::init_copies(data, &settings.hp, settings.seed, settings.copies()),
+                checkpoint::RunState::new(fingerprint, 0.0),
+                None,
+            ),
+        };
+        let setup = Instant::now();
+        let layout = run_layout(data, &settings, backend)?;
+        Ok(Training {
+            grid: settings.settings(),
+            ended: state.epoch >= settings.epochs,
+            settings,
+            model,
+            state,
+            best_model,
+            layout,
+            setup_seconds: setup.elapsed().as_secs_f64(),
+            checkpoint: control.checkpoint.map(Path::to_path_buf),
+            patience: control.patience,
+            plan: None,
+            spare: None,
+            complete: true,
+            stopped_early: false,
+            diverged: None,
+            written: None,
+        })
+    }
+
+    /// The settings trained, their order resolved.
+    pub fn settings(&self) -> &TrainSettings {
+        &self.settings
+    }
+
+    /// Epochs complete so far (resumed ones included).
+    pub fn epochs_done(&self) -> usize {
+        self.state.epoch
+    }
+
+    fn save(&mut self) -> Result<()> {
+        if let Some(dir) = &self.checkpoint {
+            self.written = Some(checkpoint::save_checkpoint(dir, &self.state, &self.model, self.best_model.as_ref())?);
         }
         Ok(())
-    };
-    // The host tables must be authoritative after an epoch whose model is
-    // copied (checkpoint, best epoch), and at the end.
-    let sync_every_epoch = control.checkpoint.is_some() || control.patience.is_some();
-    let mut plan = None;
-    let mut spare: Option<EpochPlan> = None;
-    while state.epoch < settings.epochs {
-        let epoch = state.epoch;
-        let rates = settings.hp.rates_at(&grid, epoch);
-        state.lr = rates[0].lr;
+    }
+
+    /// Trains the next epoch and evaluates it: its report, or `None` when
+    /// no epoch is left or `stop` ended this one part-way (the host tables
+    /// made whole and the checkpoint written; the outcome then says
+    /// `complete: false`).
+    pub fn step(
+        &mut self,
+        data: &Dataset,
+        backend: &mut dyn Backend,
+        stop: &AtomicBool,
+    ) -> Result<Option<EpochReport>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let settings = &self.settings;
+        let (layout, grid) = (self.layout.clone(), &self.grid);
+        // The host tables must be authoritative after an epoch whose model
+        // is copied (checkpoint, best epoch), and at the end.
+        let sync_every_epoch = self.checkpoint.is_some() || self.patience.is_some();
+        let epoch = self.state.epoch;
+        let rates = settings.hp.rates_at(grid, epoch);
+        self.state.lr = rates[0].lr;
         let t0 = Instant::now();
         // A backend that derives the order itself gets no plan, unless the
         // epoch resumes inside (its position is found in the plan).
         let needs_plan = backend.needs_plan(&layout);
-        let this = match plan.take() {
+        let this = match self.plan.take() {
             Some(p) => p,
-            None if needs_plan || state.position > 0 => layout.epoch(epoch),
+            None if needs_plan || self.state.position > 0 => layout.epoch(epoch),
             None => EpochPlan::default(),
         };
         // The plan two epochs back lends its buffers to the next one. Making
         // it is the host's work too (see `host_seconds`).
         let t_plan = Instant::now();
         let following = (needs_plan && epoch + 1 < settings.epochs).then(|| {
-            let mut next = spare.take().unwrap_or_default();
+            let mut next = self.spare.take().unwrap_or_default();
             layout.epoch_into(epoch + 1, &mut next);
             next
         });
         let plan_seconds = t_plan.elapsed().as_secs_f64();
-        let from = if this.parts.is_empty() { 0 } else { this.part_at(&layout, state.position)? };
+        let from = if this.parts.is_empty() { 0 } else { this.part_at(&layout, self.state.position)? };
         let input = EpochInput {
             epoch,
             layout: &layout,
@@ -332,23 +416,24 @@ pub fn train(
             rates: &rates,
             stop,
         };
-        let mut out = backend.train_epoch(&mut model, &input)?;
-        let seconds = t0.elapsed().as_secs_f64() + std::mem::take(&mut setup_seconds);
-        state.train_seconds += seconds;
+        let mut out = backend.train_epoch(&mut self.model, &input)?;
+        let seconds = t0.elapsed().as_secs_f64() + std::mem::take(&mut self.setup_seconds);
+        self.state.train_seconds += seconds;
         let left = if this.parts.is_empty() { layout.ratings().len() } else { this.ratings_from(&layout, from) };
-        plan = following;
-        spare = Some(this);
+        self.plan = following;
+        self.spare = Some(this);
         if out.done < left {
             // Stopped mid-epoch: make the host authoritative, remember where.
-            out.ledger.merge(&backend.finish(&mut model)?);
-            state.partial_ledger.merge(&out.ledger);
-            state.position += out.done;
-            complete = false;
-            save(&state, &model, best_model.as_ref())?;
-            break;
+            out.ledger.merge(&backend.finish(&mut self.model)?);
+            self.state.partial_ledger.merge(&out.ledger);
+            self.state.position += out.done;
+            self.complete = false;
+            self.ended = true;
+            self.save()?;
+            return Ok(None);
         }
         let t_eval = Instant::now();
-        let (tests, eval_ledger) = backend.evaluate(&model, &data.test)?;
+        let (tests, eval_ledger) = backend.evaluate(&self.model, &data.test)?;
         let eval_seconds = t_eval.elapsed().as_secs_f64();
         out.ledger.merge(&eval_ledger);
         let g = lowest(tests.iter().map(|t| t.rmse));
@@ -356,9 +441,9 @@ pub fn train(
         let train_rmse = |g: usize| (out.sse.get(g).copied().unwrap_or(0.0) / out.count.max(1) as f64).sqrt();
         let last = epoch + 1 == settings.epochs;
         if last || sync_every_epoch {
-            out.ledger.merge(&backend.finish(&mut model)?);
+            out.ledger.merge(&backend.finish(&mut self.model)?);
         }
-        let mut ledger = std::mem::take(&mut state.partial_ledger);
+        let mut ledger = std::mem::take(&mut self.state.partial_ledger);
         ledger.merge(&out.ledger);
         let mut report = EpochReport {
             epoch: epoch + 1,
@@ -400,70 +485,75 @@ pub fn train(
             report.predicted_rows_out = Some(p.rows_per_epoch + last);
             report.predicted_bytes_h2d = Some((p.rows_per_epoch + first) * p.row_bytes as f64);
         }
-        if let Some(patience) = control.patience {
-            if state.best.is_none_or(|b| test.rmse < b.test_rmse) {
-                state.best = Some(checkpoint::Best { epoch: epoch + 1, test_rmse: test.rmse, setting: g });
-                state.since_best = 0;
-                best_model = Some(model.clone());
+        if let Some(patience) = self.patience {
+            if self.state.best.is_none_or(|b| test.rmse < b.test_rmse) {
+                self.state.best = Some(checkpoint::Best { epoch: epoch + 1, test_rmse: test.rmse, setting: g });
+                self.state.since_best = 0;
+                self.best_model = Some(self.model.clone());
             } else {
-                state.since_best += 1;
+                self.state.since_best += 1;
             }
-            stopped_early = state.since_best >= patience && !last;
+            self.stopped_early = self.state.since_best >= patience && !last;
         }
         // A non-finite loss (a learning rate too large for the ratings'
         // scale) only gets worse: stop here, keep no model of it.
         let finite = report.train_rmse.is_finite() && report.test_rmse.is_finite();
-        let diverged = !finite && !backend.is_ceiling();
-        if diverged {
-            diverged_at =
+        if !finite && !backend.is_ceiling() {
+            self.diverged =
                 Some(Error::Diverged { epoch: epoch + 1, train_rmse: report.train_rmse, test_rmse: report.test_rmse });
-            complete = false;
-            on_epoch(&report);
-            state.epochs.push(report);
-            break;
+            self.complete = false;
+            self.ended = true;
+            self.state.epochs.push(report.clone());
+            return Ok(Some(report));
         }
-        on_epoch(&report);
-        state.epochs.push(report);
-        state.epoch += 1;
-        state.position = 0;
-        state.lr = settings.hp.rates_at(&grid, state.epoch)[0].lr;
-        save(&state, &model, best_model.as_ref())?;
-        if stopped_early {
-            break;
+        self.state.epochs.push(report.clone());
+        self.state.epoch += 1;
+        self.state.position = 0;
+        self.state.lr = settings.hp.rates_at(grid, self.state.epoch)[0].lr;
+        self.ended = self.stopped_early || self.state.epoch >= settings.epochs;
+        self.save()?;
+        Ok(Some(report))
+    }
+
+    /// The outcome: the model kept (the best epoch's under patience, the
+    /// best setting's in a grid), scored on the test ratings.
+    pub fn finish(self, data: &Dataset, backend: &mut dyn Backend) -> Result<TrainOutcome> {
+        let Training {
+            settings, grid, mut model, state, best_model, complete, stopped_early, written, diverged, ..
+        } = self;
+        if state.epochs.is_empty() && complete {
+            backend.finish(&mut model)?;
         }
+        let best_epoch = state.best.map(|b| b.epoch);
+        // The setting kept: the best epoch's best, or the last epoch's best.
+        let mut best_setting = match state.epochs.last() {
+            Some(e) if !e.grid.is_empty() => lowest(e.grid.iter().map(|x| x.test_rmse)),
+            _ => 0,
+        };
+        if let Some(best) = best_model
+            && complete
+        {
+            model = best;
+            best_setting = state.best.map_or(0, |b| b.setting);
+        }
+        if model.copies > 1 {
+            model = model.copy(best_setting.min(model.copies - 1));
+        }
+        let final_metrics = model.evaluate(&data.test);
+        let trained: usize = state.epochs.iter().map(|e| e.ratings).sum();
+        Ok(TrainOutcome {
+            order: settings.order,
+            settings: grid,
+            best_setting,
+            ratings_per_sec: trained as f64 / state.train_seconds.max(1e-9),
+            model,
+            epochs: state.epochs,
+            final_metrics,
+            complete,
+            best_epoch,
+            stopped_early,
+            checkpoint: written,
+            diverged,
+        })
     }
-    if state.epochs.is_empty() && complete {
-        backend.finish(&mut model)?;
-    }
-    let best_epoch = state.best.map(|b| b.epoch);
-    // The setting kept: the best epoch's best, or the last epoch's best.
-    let mut best_setting = match state.epochs.last() {
-        Some(e) if !e.grid.is_empty() => lowest(e.grid.iter().map(|x| x.test_rmse)),
-        _ => 0,
-    };
-    if let Some(best) = best_model
-        && complete
-    {
-        model = best;
-        best_setting = state.best.map_or(0, |b| b.setting);
-    }
-    if model.copies > 1 {
-        model = model.copy(best_setting.min(model.copies - 1));
-    }
-    let final_metrics = model.evaluate(&data.test);
-    let trained: usize = state.epochs.iter().map(|e| e.ratings).sum();
-    Ok(TrainOutcome {
-        order,
-        settings: grid,
-        best_setting,
-        ratings_per_sec: trained as f64 / state.train_seconds.max(1e-9),
-        model,
-        epochs: state.epochs,
-        final_metrics,
-        complete,
-        best_epoch,
-        stopped_early,
-        checkpoint: written,
-        diverged: diverged_at,
-    })
 }
