@@ -112,6 +112,13 @@ struct DataArgs {
   rowstage train --lr 0.02,0.05 --reg 0.05,0.08      a grid search in one run
   rowstage train --data ratings.csv --json - | jq .final")]
 struct TrainArgs {
+    /// Reproduce a run: read its data and settings from FILE, a report
+    /// written by `train --json` (or a run request alone). Device flags
+    /// (--backend, --adapter, --device-memory, --policy, --threads, ...) and
+    /// output flags may be given beside it; they change speed and traffic,
+    /// not the model. Model and data flags may not.
+    #[arg(help_heading = "Data", long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     /// Latent factors per row.
@@ -520,12 +527,27 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// The command line as parsed, kept so that a command can tell the flags
+/// given from their defaults.
+static MATCHES: std::sync::OnceLock<clap::ArgMatches> = std::sync::OnceLock::new();
+
+/// The ids of subcommand `sub`'s flags given on the command line.
+fn given_flags(sub: &str) -> Vec<String> {
+    let Some(m) = MATCHES.get().and_then(|m| m.subcommand_matches(sub)) else { return Vec::new() };
+    m.ids()
+        .map(|id| id.as_str().to_string())
+        .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .collect()
+}
+
 /// The command line, where `--lr -0.1` or `--zipf -2` is a value that
 /// validation then refuses by name, not an unknown flag `-0`.
 fn parse_cli() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().mut_subcommands(|sub| sub.allow_negative_numbers(true)).get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let _ = MATCHES.set(matches);
+    cli
 }
 
 fn main() {
@@ -719,8 +741,69 @@ impl TrainArgs {
     }
 }
 
+/// `train` flags that may stand beside `--config`: where to train and what
+/// to write, which change no model (the rest are the request's to set).
+const BESIDE_CONFIG: [&str; 14] = [
+    "config",
+    "backend",
+    "adapter",
+    "device_memory",
+    "policy",
+    "lookahead",
+    "threads",
+    "hogwild_width",
+    "no_calibration_cache",
+    "json",
+    "save",
+    "checkpoint",
+    "resume",
+    "patience",
+];
+
+/// The request `train` runs: `--config`'s, its device flags replaced by
+/// those given beside it, or the flags'.
+fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
+    let Some(path) = &a.config else {
+        return Ok(train::RunRequest { source: a.data.source()?, spec: a.spec()? });
+    };
+    if let Some(flag) = given_flags("train").into_iter().find(|id| !BESIDE_CONFIG.contains(&id.as_str())) {
+        let value = MATCHES
+            .get()
+            .and_then(|m| m.subcommand_matches("train"))
+            .and_then(|m| m.get_raw(&flag))
+            .map_or(String::new(), |v| v.map(|x| x.to_string_lossy()).collect::<Vec<_>>().join(" "));
+        return Err(Error::arg(
+            &format!("--{}", flag.replace('_', "-")),
+            value,
+            "cannot be given with --config, whose request sets the data and the model's settings \
+             (edit the file to change them)",
+        ));
+    }
+    let mut request = train::RunRequest::read(path)?;
+    let from_flags = a.spec()?.backend;
+    let b = &mut request.spec.backend;
+    for id in given_flags("train") {
+        match id.as_str() {
+            "backend" => b.backend = from_flags.backend,
+            "adapter" => b.adapter = from_flags.adapter.clone(),
+            "device_memory" => b.device_memory = from_flags.device_memory,
+            "policy" => b.policy = from_flags.policy,
+            "lookahead" => b.lookahead = from_flags.lookahead,
+            "threads" => b.threads = from_flags.threads,
+            "hogwild_width" => b.hogwild_width = from_flags.hogwild_width,
+            "no_calibration_cache" => request.spec.calibration_cache = false,
+            _ => {}
+        }
+    }
+    // A report from another machine may name more threads than this one has.
+    if a.threads.is_none() {
+        b.threads = b.threads.min(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    Ok(request)
+}
+
 fn cmd_train(a: TrainArgs) -> Result<()> {
-    let spec = a.spec()?;
+    let train::RunRequest { source, spec } = train_request(&a)?;
     spec.validate()?;
     if a.patience == Some(0) {
         return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
@@ -732,8 +815,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
     }
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
-    let source = a.data.source()?;
-    let (data, skipped) = load_dataset(&source, a.seed, &out)?;
+    let (data, skipped) = load_dataset(&source, spec.seed, &out)?;
+    let request = train::RunRequest { source: source.clone(), spec: spec.clone() };
     let resume = match &a.resume {
         Some(dir) => Some(train::checkpoint::load_checkpoint(dir)?),
         None => None,
@@ -874,10 +957,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
 
-    let config = serde_json::to_value(config).expect("the run's configuration serialises");
+    let config_json = serde_json::to_value(&config).expect("the run's configuration serialises");
     match &a.save {
         Some(path) if outcome.complete => {
-            model::save_model(&outcome.model, &config, path)?;
+            model::save_model(&outcome.model, &config_json, path)?;
             out.line(&format!("saved model to {}", path.display()));
         }
         Some(path) if outcome.diverged.is_some() => {
@@ -894,6 +977,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         let report = Report {
             dataset: info,
             config,
+            request,
             epochs: outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
             final_: FinalJson {
                 test_rmse: (!ceiling).then_some(outcome.final_metrics.rmse),

@@ -108,3 +108,40 @@ fn movielens_100k_trains_one_model_on_every_backend() {
     let path = path.to_str().unwrap();
     one_model_everywhere(&["--data", path, "--epochs", "2"], "5%");
 }
+
+/// `train --config report.json` trains the report's model again, on any
+/// device flags given beside it; model and data flags are refused beside it.
+#[test]
+fn a_report_reproduces_its_run_with_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ["--synthetic", "401,277,9013", "--epochs", "2", "--rank", "6", "--seed", "9", "--lr", "0.03"];
+    let (first, report) = train(dir.path(), "first", &data, &["--backend", "cpu", "--threads", "2"]);
+    let path = dir.path().join("report.json");
+    std::fs::write(&path, serde_json::to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["request"]["spec"]["epochs"], 2);
+    let config = ["--config", path.to_str().unwrap()];
+    let (again, j) = train(dir.path(), "again", &config, &["--backend", "cpu", "--threads", "3"]);
+    assert_eq!(j["config"]["order"], report["config"]["order"]);
+    assert_eq!(j["config"]["lr"], report["config"]["lr"]);
+    assert!(diff(&first, &again).identical, "the same request on 3 threads");
+    for backend in common::test_backends().into_iter().take(1) {
+        if common::gpu(backend, "a_report_reproduces_its_run_with_config").is_none() {
+            continue;
+        }
+        let be = format!("{backend:?}").to_lowercase();
+        let (m, _) = train(dir.path(), "gpu", &config, &["--backend", &be, "--device-memory", "10%"]);
+        let d = diff(&first, &m);
+        assert!(d.max_abs <= DEVICE_TOL, "{be}: {d:?}");
+    }
+    for (flag, value) in [("--rank", "8"), ("--epochs", "5"), ("--synthetic", "10,10,50"), ("--order", "shuffled")] {
+        let out = rowstage().args(["train", "--config", path.to_str().unwrap(), flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("--config") && !stderr.contains("panicked"), "{stderr}");
+    }
+    std::fs::write(dir.path().join("bad.json"), "{\"spec\": 3}").unwrap();
+    let out = rowstage().args(["train", "--config"]).arg(dir.path().join("bad.json")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.json") && !stderr.contains("panicked"), "{stderr}");
+}

@@ -12,7 +12,7 @@ use super::{IdMap, Rating, RatingSet};
 use crate::error::{Error, Result};
 
 /// The layout of a ratings file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// Detect from the file name and first line.
@@ -30,7 +30,7 @@ pub enum Format {
 }
 
 /// Whether the first line is a header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HeaderMode {
     /// A header if its rating column holds no digit (e.g. `rating`).
@@ -49,7 +49,8 @@ impl FromStr for Format {
 }
 
 /// How to read a ratings file.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LoadOptions {
     pub format: Format,
     pub header: HeaderMode,

@@ -8,7 +8,8 @@ use super::{Dataset, Format, LoadOptions, RatingSet, SyntheticSpec, generate, lo
 use crate::error::{Error, Result};
 
 /// A run's data as asked for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DataSource {
     /// The ratings file; `None`: the synthetic generator.
     pub path: Option<PathBuf>,

@@ -19,7 +19,7 @@ use super::{IdMap, Rating, RatingSet};
 use crate::error::{Error, Result};
 
 /// What to generate: `--synthetic USERS,ITEMS,RATINGS` with `--zipf`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SyntheticSpec {
     pub users: usize,
     pub items: usize,

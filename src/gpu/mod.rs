@@ -97,7 +97,7 @@ pub struct GpuSetup {
 /// 64 at once then ended within 0.004 of deterministic training, as fast as
 /// the whole batch at batch 2048 and at 0.63× of it at batch 8192
 /// (BENCHMARKS.md, "Hogwild at a bounded width").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HogwildWidth {
     /// [`HARDWARE_HOGWILD_WIDTH`] on a hardware GPU; the whole step on a

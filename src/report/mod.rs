@@ -127,7 +127,10 @@ pub struct FinalJson {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub dataset: DatasetInfo,
-    pub config: serde_json::Value,
+    /// What the run resolved to.
+    pub config: crate::train::RunConfig,
+    /// The run as asked for: `train --config` reads it back.
+    pub request: crate::train::RunRequest,
     pub epochs: Vec<EpochJson>,
     #[serde(rename = "final")]
     pub final_: FinalJson,

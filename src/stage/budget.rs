@@ -78,9 +78,21 @@ pub fn human_bytes(b: u64) -> String {
     if u == 0 { format!("{b} B") } else { format!("{v:.2} {}", UNITS[u]) }
 }
 
+/// As `--device-memory` takes it, exactly: bytes as a whole number
+/// (`"1048576"`), a share with its sign (`"10%"`).
 impl serde::Serialize for Budget {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self {
+            Budget::Bytes(b) => s.collect_str(b),
+            Budget::Percent(p) => s.collect_str(&format_args!("{p}%")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Budget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Budget::parse("`device_memory`", &text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -24,7 +24,7 @@ pub use setup::{
 };
 
 pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
-pub use session::{CancelToken, Finished, Run, RunOptions};
+pub use session::{CancelToken, Finished, Run, RunOptions, RunRequest};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 

@@ -4,7 +4,7 @@
 //! told about each choice. `rowstage train` parses its flags into a
 //! [`RunSpec`], resolves it, trains, and records [`RunConfig`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
 use super::setup::{BackendSpec, Opened, auto_batch, co_partition_for, open_backend, open_backend_fitting};
@@ -22,7 +22,8 @@ pub const MAX_GRID: usize = 64;
 pub const MAX_THREADS_PER_CORE: usize = 4;
 
 /// How a run's batch is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BatchRequest {
     /// [`DEFAULT_BATCH`], or the largest the budget holds (said in a note).
     Default,
@@ -46,7 +47,8 @@ impl BatchRequest {
 
 /// The co-partitioning side as asked for: [`SideRequest::Larger`] resolves
 /// against the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SideRequest {
     Users,
     Items,
@@ -65,8 +67,11 @@ impl SideRequest {
     }
 }
 
-/// A training run as asked for, before its data and adapter resolve it.
-#[derive(Debug, Clone)]
+/// A training run as asked for, before its data and adapter resolve it:
+/// what a report records (`request`) and `train --config` reads back.
+/// Fields left out take [`RunSpec::default`]'s values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunSpec {
     /// The model's settings; `lr` and `reg` are the grid's first where there
     /// is a grid.

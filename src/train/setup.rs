@@ -16,7 +16,8 @@ use crate::stage::copartition::{CoPartition, Side, block_capacity};
 use crate::stage::{Budget, PolicyKind};
 
 /// Where and how to train.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BackendSpec {
     pub backend: BackendChoice,
     pub adapter: Option<String>,
