@@ -591,6 +591,8 @@ fn plan_and_batch_auto_use_a_calibration_cached_per_adapter() {
                 ("resident_slots", "resident_slots"),
                 ("cache_slots", "cache_slots"),
                 ("staging_slots", "staging_slots"),
+                ("slots", "slots"),
+                ("device_memory_bytes", "device_memory_bytes"),
             ] {
                 assert_eq!(j[pk], t["config"][tk], "--order {order}: plan's {pk} against train's");
             }

@@ -74,7 +74,7 @@ pub fn sweep(
         let mut run = SimSetup { order, ..setup.clone() };
         if spec.batch == BatchRequest::Default && run.order == Order::Shuffled && run.co_partition.is_none() {
             let s = crate::train::TrainSettings { order: run.order, ..spec.settings() };
-            if let Some(b) = fit_batch(data, &s, bytes / row_bytes, threads)? {
+            if let Some(b) = fit_batch(data, &s, crate::stage::slots_in(bytes, row_bytes) as u64, threads)? {
                 run.batch = b;
             }
         }

@@ -10,6 +10,7 @@ pub mod order;
 pub mod rows;
 pub mod sca;
 pub mod simulate;
+pub mod slab;
 pub mod walk;
 
 use std::sync::Arc;

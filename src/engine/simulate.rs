@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use super::order::{LayoutSpec, Order, RunLayout};
 use super::rows::{GroupRows, PartRows, lookahead_accesses};
-use super::sca::{Trace, plan_sca};
-use super::walk::{Pass, Walker, blocked_step_rows, outside_rows};
+use super::slab::{SlabInput, plan_slab};
+use super::walk::{Pass, Walker, outside_rows};
 use crate::data::Rating;
 use crate::error::Result;
 use crate::stage::copartition::{CoPartition, Side, block_capacity};
-use crate::stage::{CacheKind, Ledger, Moves, PolicyKind, Stager, access_counts, plan_areas};
+use crate::stage::{CacheKind, Ledger, Moves, PolicyKind, Stager, access_counts};
 
 /// What the simulator needs.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ impl SimSetup<'_> {
         bytes: u64,
         prepared: Option<&(RunLayout, PartRows)>,
     ) -> Result<Option<SimResult>> {
-        let slots = (bytes / self.row_bytes).min(crate::stage::entry::MAX_SLOTS as u64) as u32;
+        let slots = crate::stage::slots_in(bytes, self.row_bytes);
         let co = self.co_partition(slots);
         if self.co_partition.is_some() && co.is_none() {
             return Ok(None);
@@ -115,45 +115,28 @@ impl SimSetup<'_> {
                 (&owned.0, &owned.1)
             }
         };
-        let block_slots = co.map_or(0, |c| c.block_rows);
-        let needed = match co {
-            Some(c) => {
-                let other = match c.side {
-                    Side::Users => self.n_items,
-                    Side::Items => self.n_users,
-                };
-                c.block_rows + self.batch.min(other).max(1) as u32
-            }
-            None => rows.max().max(2),
-        };
-        if slots < needed {
-            return Ok(None);
-        }
         let mut counts = access_counts(self.train, self.n_users, self.n_items);
         if let Some(c) = co {
             counts = c.other_side_counts(&counts, self.n_users);
         }
-        let steps = || Box::new(rows.iter()) as Box<dyn Iterator<Item = &[u32]>>;
         let groups = co.map(|c| GroupRows::new(layout, c.side));
-        let step_rows = layout.bins().map(|bins| blocked_step_rows(rows, bins, slots - block_slots));
-        let sca = (kind == PolicyKind::Sca).then(|| {
-            plan_sca(&Trace {
-                layout,
-                rows,
-                groups: groups.as_ref(),
-                counts: &counts,
-                n_users: self.n_users as u32,
-                n_items: self.n_items as u32,
-                slots: slots - block_slots,
-                block_slots,
-                step_rows,
-                threads: threads(),
-            })
-        });
-        let areas = match sca {
-            Some(p) => p.areas,
-            None => plan_areas(kind, slots - block_slots, steps, self.batch, &counts, self.train.len()),
+        let slab = SlabInput {
+            slots,
+            policy: kind,
+            batch: self.batch,
+            ratings: self.train.len(),
+            n_users: self.n_users,
+            n_items: self.n_items,
+            co_partition: co,
+            counts: &counts,
+            rows,
+            layout,
+            groups: groups.as_ref(),
+            threads: threads(),
+            multi_part_bins: layout.bins(),
         };
+        let Ok(slab) = plan_slab(&slab) else { return Ok(None) };
+        let (areas, block_slots, sca, step_rows) = (slab.areas, slab.block_slots, slab.sca, slab.multi_part_rows);
         let mut st = Stager::new(
             kind,
             areas,

@@ -30,6 +30,7 @@ use super::timing::Timer;
 use super::{GpuContext, GpuSetup};
 use crate::data::Rating;
 use crate::engine::rows::{GroupRows, PartRows, cut_by_rows, lookahead_accesses};
+use crate::engine::slab::SlabInput;
 use crate::engine::walk::{Event, Pass, Walker, outside_rows};
 use crate::engine::{Backend, BlockedEpoch, EpochInput, EpochPlan, EpochTrain, Part, Prediction, RunLayout};
 use crate::error::Result;
@@ -781,7 +782,7 @@ impl GpuBackend {
             counts = c.other_side_counts(&counts, n_users);
         }
         let block_slots = co.map_or(0, |c| c.block_rows);
-        let slots = (setup.slab_bytes / row_bytes).min(entry::MAX_SLOTS as u64) as u32;
+        let slots = crate::stage::slots_in(setup.slab_bytes, row_bytes);
         let every_row = holds_every_row(setup.policy, slots.saturating_sub(block_slots), &counts, co.is_some());
         let rows = PartRows::new(&run, threads, !every_row);
         let groups = co.map(|c| GroupRows::new(&run, c.side));
@@ -793,18 +794,21 @@ impl GpuBackend {
             &LayoutInput {
                 slab_bytes: setup.slab_bytes,
                 row_bytes,
-                policy: setup.policy,
-                batch: run.spec().batch,
-                ratings: run.ratings().len(),
-                n_users,
-                n_items,
-                co_partition: co,
-                counts: &counts,
-                rows: &rows,
-                layout: &run,
-                groups: groups.as_ref(),
-                threads,
-                multi_part_bins,
+                slab: SlabInput {
+                    slots,
+                    policy: setup.policy,
+                    batch: run.spec().batch,
+                    ratings: run.ratings().len(),
+                    n_users,
+                    n_items,
+                    co_partition: co,
+                    counts: &counts,
+                    rows: &rows,
+                    layout: &run,
+                    groups: groups.as_ref(),
+                    threads,
+                    multi_part_bins,
+                },
                 largest_part: run.bins().map(|_| run.max_part_len() as u32),
             },
             adapter,

@@ -66,6 +66,13 @@ impl std::fmt::Display for Budget {
     }
 }
 
+/// The slots a slab of `bytes` holds for rows of `row_bytes`: the one place
+/// a budget becomes slots (train, plan, simulate, bench and the lesson all
+/// come here), at most the slot map's [`crate::stage::entry::MAX_SLOTS`].
+pub fn slots_in(bytes: u64, row_bytes: u64) -> u32 {
+    (bytes / row_bytes.max(1)).min(crate::stage::entry::MAX_SLOTS as u64) as u32
+}
+
 /// `1536` → `1.50 KiB`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

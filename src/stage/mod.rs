@@ -22,7 +22,7 @@ mod ledger;
 pub mod policy;
 pub mod sca;
 
-pub use budget::{Budget, human_bytes};
+pub use budget::{Budget, human_bytes, slots_in};
 pub use ledger::Ledger;
 pub use policy::{CacheKind, NEVER, Policy, PolicyKind, next_uses};
 

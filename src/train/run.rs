@@ -224,10 +224,12 @@ pub fn resolve(data: &Dataset, spec: &RunSpec) -> Result<ResolvedRun> {
     if spec.batch == BatchRequest::Auto {
         let (batch, p, planned) = auto_batch(data, &settings, &spec.backend, spec.calibration_cache, settings.batch)?;
         notes.extend(planned);
+        // The planner chooses the batch only: the slab's split and its
+        // traffic are the layout's (SCA's replay of this run), shown after.
         if let Some(p) = &p {
             notes.push(format!(
-                "plan: batch {} ({} resident + 2 × {} staging slots), predicted {:.0} rows in per epoch, {:.3e} ratings/s",
-                p.batch, p.resident, p.staging_capacity, p.predicted_rows_in_per_epoch, p.predicted_ratings_per_sec
+                "plan: batch {}, the throughput model's choice for this adapter's rates ({:.3e} ratings/s predicted)",
+                p.batch, p.predicted_ratings_per_sec
             ));
         }
         notes.push(format!("`batch` auto: batch {batch}"));

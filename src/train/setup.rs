@@ -93,7 +93,7 @@ pub fn plan_budget(
         }
         None => Budget::Percent(AUTO_SHARE).resolve(tables).min(ctx.summary.max_slab_bytes() & !3),
     };
-    let slots = (bytes / row_bytes).min(u32::MAX as u64) as u32;
+    let slots = crate::stage::slots_in(bytes, row_bytes);
     let adapter = ctx.describe();
     let (_ctx, calibration) = crate::gpu::calibrate::calibration(ctx, rank, use_calibration_cache)?;
     let counts = crate::stage::access_counts(&data.train, data.users.len(), data.items.len());
@@ -177,7 +177,7 @@ pub fn co_partition_for(
     let side = side?;
     let row_bytes = (row_stride(rank) * 4 * copies) as u64;
     let bytes = budget.unwrap_or(Budget::Percent(AUTO_SHARE)).resolve(table_bytes(data, rank) * copies as u64);
-    let slots = (bytes / row_bytes).min(u32::MAX as u64) as u32;
+    let slots = crate::stage::slots_in(bytes, row_bytes);
     let other = match side {
         Side::Users => data.items.len(),
         Side::Items => data.users.len(),
@@ -248,7 +248,7 @@ pub fn open_backend_fitting(
     };
     if let (Order::Shuffled, None, Some(b), Some(_)) = (settings.order, settings.co_partition, spec.device_memory, ctx)
     {
-        let slots = b.resolve(settings.table_bytes(data)) / settings.row_bytes();
+        let slots = crate::stage::slots_in(b.resolve(settings.table_bytes(data)), settings.row_bytes()) as u64;
         if let Some(batch) = fit_batch(data, settings, slots, spec.threads)? {
             settings.batch = batch.max(min_batch);
         }
