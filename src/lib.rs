@@ -45,9 +45,11 @@ pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod model;
+pub mod named;
 mod prefetch;
 pub mod report;
 pub mod stage;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use named::Named;

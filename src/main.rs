@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use rowstage::Named;
 use rowstage::bench::{self, BenchReport};
 use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, SyntheticSpec, UNKNOWN};
 use rowstage::error::{Error, Result};
@@ -79,10 +80,10 @@ struct DataArgs {
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
     /// Layout of the ratings files.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = Choice::<Format>::new(), default_value = "auto")]
     format: Format,
     /// Whether the first line of a CSV/TSV file is a header.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = Choice::<HeaderMode>::new(), default_value = "auto")]
     header: HeaderMode,
     /// Skip malformed lines (and report how many) instead of stopping at the first.
     #[arg(long)]
@@ -164,7 +165,7 @@ struct TrainArgs {
     #[arg(help_heading = "Schedule", long)]
     deterministic: bool,
     /// Where to train: the best GPU adapter (falling back to the CPU), a wgpu backend, or the CPU.
-    #[arg(help_heading = "Device", long, value_enum, default_value = "auto")]
+    #[arg(help_heading = "Device", long, value_parser = Choice::<BackendChoice>::new(), default_value = "auto")]
     backend: BackendChoice,
     /// Use the adapter whose name contains this text (case-insensitive).
     #[arg(help_heading = "Device", long, value_name = "SUBSTRING")]
@@ -175,7 +176,7 @@ struct TrainArgs {
     device_memory: String,
     /// Which rows stay on the device (sca: the split its replay of this
     /// run's steps finds moves fewest rows, never more than static, lru or lfu).
-    #[arg(help_heading = "Staging", long, value_enum, default_value = "sca")]
+    #[arg(help_heading = "Staging", long, value_parser = Choice::<PolicyKind>::new(), default_value = "sca")]
     policy: PolicyKind,
     /// Horizon of --policy lookahead, in units of 2048 ratings (the default batch's size, whatever --batch is)
     #[arg(help_heading = "Staging", long, default_value_t = 32, value_name = "L")]
@@ -279,10 +280,10 @@ struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
     /// Layout of the ratings file.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = Choice::<Format>::new(), default_value = "auto")]
     format: Format,
     /// Whether the first line of a CSV/TSV file is a header.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = Choice::<HeaderMode>::new(), default_value = "auto")]
     header: HeaderMode,
     /// Skip malformed lines (and report how many) instead of stopping at the first.
     #[arg(long)]
@@ -316,7 +317,7 @@ struct RecommendArgs {
     #[arg(long, value_name = "FILE")]
     exclude_rated: Option<PathBuf>,
     /// Layout of the --exclude-rated file.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = Choice::<Format>::new(), default_value = "auto")]
     format: Format,
     /// Write the table (one user) or the lines (--all-users) to FILE instead
     /// of stdout.
@@ -342,7 +343,7 @@ struct PlanArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// The adapter to plan for (its calibration and limits).
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = Choice::<BackendChoice>::new(), default_value = "auto")]
     backend: BackendChoice,
     /// Use the adapter whose name contains this text (case-insensitive).
     #[arg(long, value_name = "SUBSTRING")]
@@ -525,6 +526,45 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         write_output(path, &serde_json::to_string_pretty(&d).expect("json"))?;
     }
     Ok(())
+}
+
+/// A flag's value parser for a library setting with named values: the
+/// values and their help come from [`Named`], so the library needs no
+/// command-line crate.
+struct Choice<T>(std::marker::PhantomData<T>);
+
+impl<T> Clone for Choice<T> {
+    fn clone(&self) -> Self {
+        Choice(std::marker::PhantomData)
+    }
+}
+
+impl<T: Named> Choice<T> {
+    fn new() -> Self {
+        Choice(std::marker::PhantomData)
+    }
+
+    fn values() -> impl Iterator<Item = clap::builder::PossibleValue> {
+        T::ALL.iter().map(|v| clap::builder::PossibleValue::new(v.name()).help(v.about()))
+    }
+}
+
+impl<T: Named> clap::builder::TypedValueParser for Choice<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<T, clap::Error> {
+        let name = clap::builder::PossibleValuesParser::new(Self::values()).parse_ref(cmd, arg, value)?;
+        Ok(T::from_name(&name).expect("a value clap found among the names"))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(Self::values()))
+    }
 }
 
 /// The command line as parsed, kept so that a command can tell the flags
@@ -1258,9 +1298,8 @@ fn policy_list(text: &str) -> Result<Vec<PolicyKind>> {
     }
     text.split(',')
         .map(|p| {
-            <PolicyKind as clap::ValueEnum>::from_str(p.trim(), true).map_err(|_| {
-                Error::arg("--policy", p, "expected all, or a list of none, static, lru, lfu, sca, lookahead, belady")
-            })
+            <PolicyKind as Named>::from_name(p)
+                .ok_or_else(|| Error::arg("--policy", p, format!("expected all, or a list of {}", PolicyKind::names())))
         })
         .collect()
 }
@@ -1551,8 +1590,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let policies = policy_list(&a.policy)?;
     let mut backends = Vec::new();
     for b in a.backend.split(',') {
-        let choice = <BackendChoice as clap::ValueEnum>::from_str(b.trim(), true)
-            .map_err(|_| Error::arg("--backend", b, "expected a list of auto, vulkan, metal, dx12, gl, cpu"))?;
+        let choice = <BackendChoice as Named>::from_name(b)
+            .ok_or_else(|| Error::arg("--backend", b, format!("expected a list of {}", BackendChoice::names())))?;
         backends.push(choice);
     }
     let exports =
@@ -1566,7 +1605,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             match rowstage::gpu::GpuContext::new(b, a.adapter.as_deref()) {
                 Ok(ctx) => {
                     let backend = ctx.summary.backend.to_lowercase();
-                    <BackendChoice as clap::ValueEnum>::from_str(&backend, true).unwrap_or(BackendChoice::Auto)
+                    <BackendChoice as Named>::from_name(&backend).unwrap_or(BackendChoice::Auto)
                 }
                 Err(Error::NoAdapter { hint, .. }) if a.adapter.is_none() => {
                     eprintln!("notice: no GPU adapter found ({}); benchmarking the CPU backend instead", flags(&hint));

@@ -147,8 +147,8 @@ fn main() {
         });
     }
     for g in a.gpu.split(',').filter(|g| !g.trim().is_empty()) {
-        let b = <BackendChoice as clap::ValueEnum>::from_str(g.trim(), true)
-            .unwrap_or_else(|e| panic!("--gpu: unknown backend {g:?}: {e}"));
+        let b = <BackendChoice as rowstage::Named>::from_name(g)
+            .unwrap_or_else(|| panic!("--gpu: unknown backend {g:?}: one of {}", <BackendChoice as rowstage::Named>::names()));
         if let Err(e) = GpuContext::new(b, None) {
             println!("{:<80} skipped: {e}", b.name());
             continue;

@@ -12,39 +12,74 @@ use super::{IdMap, Rating, RatingSet};
 use crate::error::{Error, Result};
 
 /// The layout of a ratings file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
-    /// Detect from the file name and first line.
     Auto,
-    /// MovieLens 100K `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`, no header.
     Movielens100k,
-    /// MovieLens 1M/10M `ratings.dat`: `user::item::rating::timestamp`.
     MovielensDat,
-    /// MovieLens latest `ratings.csv`: header `userId,movieId,rating,timestamp`.
     MovielensCsv,
-    /// Comma-separated `user,item,rating[,timestamp]`.
     Csv,
-    /// Tab-separated `user<TAB>item<TAB>rating[<TAB>timestamp]`.
     Tsv,
 }
 
+impl crate::Named for Format {
+    const ALL: &'static [Self] =
+        &[Format::Auto, Format::Movielens100k, Format::MovielensDat, Format::MovielensCsv, Format::Csv, Format::Tsv];
+    fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Movielens100k => "movielens100k",
+            Format::MovielensDat => "movielens-dat",
+            Format::MovielensCsv => "movielens-csv",
+            Format::Csv => "csv",
+            Format::Tsv => "tsv",
+        }
+    }
+    fn about(self) -> &'static str {
+        match self {
+            Format::Auto => "Detect from the file name and first line",
+            Format::Movielens100k => "MovieLens 100K `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`, no header",
+            Format::MovielensDat => "MovieLens 1M/10M `ratings.dat`: `user::item::rating::timestamp`",
+            Format::MovielensCsv => "MovieLens latest `ratings.csv`: header `userId,movieId,rating,timestamp`",
+            Format::Csv => "Comma-separated `user,item,rating[,timestamp]`",
+            Format::Tsv => "Tab-separated `user<TAB>item<TAB>rating[<TAB>timestamp]`",
+        }
+    }
+}
+
 /// Whether the first line is a header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HeaderMode {
-    /// A header if its rating column holds no digit (e.g. `rating`).
     Auto,
     Yes,
     No,
 }
 
+impl crate::Named for HeaderMode {
+    const ALL: &'static [Self] = &[HeaderMode::Auto, HeaderMode::Yes, HeaderMode::No];
+    fn name(self) -> &'static str {
+        match self {
+            HeaderMode::Auto => "auto",
+            HeaderMode::Yes => "yes",
+            HeaderMode::No => "no",
+        }
+    }
+    fn about(self) -> &'static str {
+        match self {
+            HeaderMode::Auto => "A header if its rating column holds no digit (e.g. `rating`)",
+            HeaderMode::Yes => "The first line is a header",
+            HeaderMode::No => "The first line is a rating",
+        }
+    }
+}
+
 impl FromStr for Format {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        <Self as clap::ValueEnum>::from_str(s, true).map_err(|_| {
-            Error::arg("`format`", s, "expected auto, movielens100k, movielens-dat, movielens-csv, csv or tsv")
-        })
+        <Self as crate::Named>::from_name(s)
+            .ok_or_else(|| Error::arg("`format`", s, format!("expected one of {}", <Self as crate::Named>::names())))
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// Which backend `--backend` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
     /// The best GPU adapter; the CPU backend if there is none.
@@ -23,6 +23,32 @@ pub enum BackendChoice {
     /// run (buffers, writes, copies and maps are real). It measures what
     /// the host can feed an infinitely fast GPU: a ceiling, not a model.
     Noop,
+}
+
+impl crate::Named for BackendChoice {
+    const ALL: &'static [Self] = &[
+        BackendChoice::Auto,
+        BackendChoice::Vulkan,
+        BackendChoice::Metal,
+        BackendChoice::Dx12,
+        BackendChoice::Gl,
+        BackendChoice::Cpu,
+        BackendChoice::Noop,
+    ];
+    fn name(self) -> &'static str {
+        BackendChoice::name(self)
+    }
+    fn about(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "The best GPU adapter; the CPU backend if there is none",
+            BackendChoice::Vulkan => "Vulkan (Linux, Windows, Android; Mesa's lavapipe without a GPU)",
+            BackendChoice::Metal => "Metal (macOS, iOS)",
+            BackendChoice::Dx12 => "DirectX 12 (Windows)",
+            BackendChoice::Gl => "OpenGL / GLES (Mesa's llvmpipe without a GPU)",
+            BackendChoice::Cpu => "The multi-threaded CPU backend (no GPU)",
+            BackendChoice::Noop => "wgpu's noop backend: the whole GPU path with no kernel run, the host's ceiling",
+        }
+    }
 }
 
 impl BackendChoice {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Rating;
 
 /// Which table travels with the data partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     Users,

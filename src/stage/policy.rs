@@ -15,7 +15,7 @@ use super::top_rows;
 pub const NEVER: u32 = u32::MAX;
 
 /// The staging policies (`--policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     /// Every row a batch needs is staged in and written back every batch.
@@ -29,8 +29,8 @@ pub enum PolicyKind {
     /// row is evicted, and a row is admitted only if its count is at least the
     /// victim's (as FBGEMM does).
     Lfu,
-    /// SCA: the rows with the largest access probability stay resident; the
-    /// staging capacity holds a batch's misses with high probability.
+    /// SCA: the split its replay of this run's steps finds moves fewest rows
+    /// (docs/ARCHITECTURE.md, "SCA and the planner").
     Sca,
     /// SCA's resident set, and the staged row whose next use is furthest
     /// within the next `--lookahead` batches is evicted first.
@@ -38,6 +38,30 @@ pub enum PolicyKind {
     /// The offline optimum over the epoch: evict the row used furthest in the
     /// future (the floor no policy can beat).
     Belady,
+}
+
+impl crate::Named for PolicyKind {
+    const ALL: &'static [Self] = &PolicyKind::ALL;
+    fn name(self) -> &'static str {
+        PolicyKind::name(&self)
+    }
+    fn about(self) -> &'static str {
+        match self {
+            PolicyKind::None => "Every row a step needs is staged in and written back every step",
+            PolicyKind::Static => "The rows most frequent in training stay resident; the rest are staged per step",
+            PolicyKind::Lru => "All slots cache rows; the least recently used row is evicted",
+            PolicyKind::Lfu => {
+                "All slots cache rows; the least frequently used is evicted, a row admitted only if as frequent (FBGEMM)"
+            }
+            PolicyKind::Sca => {
+                "SCA: the split its replay of this run's steps finds moves fewest rows (never more than static, lru or lfu)"
+            }
+            PolicyKind::Lookahead => {
+                "SCA's resident set; the staged row used furthest in the next --lookahead is evicted"
+            }
+            PolicyKind::Belady => "The offline optimum: evict the row used furthest in the future (the floor)",
+        }
+    }
 }
 
 impl PolicyKind {
