@@ -6,16 +6,7 @@
 // ABSENT, IN_WINDOW, UNKNOWN and WORKGROUP are prepended by the host
 // (`kernels::prelude`).
 
-struct Params {
-    first: u32,     // word of `moves` where the pairs start
-    count: u32,     // pairs
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-    _p3: u32,
-    _p4: u32,
-    _p5: u32,
-}
+// `Params`: declared by the host (kernels::kernel_params), prepended.
 
 @group(0) @binding(0) var<storage, read_write> slot_map: array<u32>;
 @group(0) @binding(1) var<storage, read> moves: array<u32>;

@@ -9,16 +9,7 @@
 // marks a user or item unseen in training: that side adds neither bias nor
 // factors.
 
-struct Params {
-    first: u32,     // first test rating
-    count: u32,     // test ratings
-    sums_at: u32,   // first workgroup sum of this dispatch
-    n_users: u32,
-    mean: f32,
-    min_rating: f32,
-    max_rating: f32,
-    _pad: u32,
-}
+// `Params`: declared by the host (kernels::kernel_params), prepended.
 
 const SLOT_VEC4: u32 = ROW_VEC4 * MODELS;
 

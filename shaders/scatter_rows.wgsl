@@ -3,16 +3,7 @@
 // goes to slot `moves[slots_at + j]`. Dispatched 2-D past 65,535 workgroups
 // along x. WORKGROUP is prepended by the host (`kernels::prelude`).
 
-struct Params {
-    first: u32,     // first window row to move
-    count: u32,     // rows to move
-    row_vec4: u32,  // vec4s per slot
-    slots_at: u32,  // word of `moves` holding the first row's slot
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-    _p3: u32,
-}
+// `Params`: declared by the host (kernels::kernel_params), prepended.
 
 @group(0) @binding(0) var<storage, read_write> slab: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> window: array<vec4<f32>>;

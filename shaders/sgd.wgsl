@@ -34,16 +34,7 @@
 // so no reduction (and no barrier) is needed. The host reads them back once
 // per epoch and adds them in f64.
 
-struct Params {
-    first_part: u32,
-    parts: u32,
-    width: u32,     // `sgd`: invocations
-    n_users: u32,   // item i's global row is n_users + i
-    bias_reg: f32,
-    mean: f32,
-    base: u32,      // layout index of `ratings[0]` (a streamed data window)
-    _pad: u32,
-}
+// `Params`: declared by the host (kernels::kernel_params), prepended.
 
 const SLOT_VEC4: u32 = ROW_VEC4 * MODELS;
 
@@ -278,9 +269,9 @@ fn sgd_blocked_lanes(
 // `parts`, read as words from word `first_part` on: the block starts (bins²
 // + 1 words: block b is ratings starts[b] ..< starts[b + 1]), then per sweep
 // α (bins), β (bins), the shifts (G, used by the host), the rounds (TILE).
-// Params: `parts` = sweep v, `width` = shift c, `_pad` = sweeps; `base` is 0
-// (ratings resident). Sweep v of a block is the v-th of `sweeps` equal cuts
-// of its ratings, as the host's layout cuts it.
+// Params: `starts_at` (the block starts' first word), `sweep`, `shift` and
+// `sweeps`; `base` is 0 (ratings resident). Sweep v of a block is the v-th of
+// `sweeps` equal cuts of its ratings, as the host's layout cuts it.
 
 fn word(w: u32) -> u32 {
     return parts[w >> 1u][w & 1u];
@@ -290,9 +281,9 @@ fn word(w: u32) -> u32 {
 // q·v + rem·v/sweeps (q = len / sweeps), so nothing overflows for up to 2^16
 // sweeps.
 fn sweep_part(b: u32, v: u32) -> vec2<u32> {
-    let sweeps = params._pad;
-    let s = word(params.first_part + b);
-    let len = word(params.first_part + b + 1u) - s;
+    let sweeps = params.sweeps;
+    let s = word(params.starts_at + b);
+    let len = word(params.starts_at + b + 1u) - s;
     let q = len / sweeps;
     let rem = len % sweeps;
     return vec2<u32>(s + q * v + (rem * v) / sweeps, s + q * (v + 1u) + (rem * (v + 1u)) / sweeps);
@@ -303,14 +294,14 @@ fn sweep_part(b: u32, v: u32) -> vec2<u32> {
 // rounds' order.
 fn tile_words(k: u32, j: u32, g: u32) -> vec3<u32> {
     let bins = g * TILE;
-    let sweep = params.first_part + bins * bins + 1u + params.parts * (2u * bins + g + TILE);
-    return vec3<u32>(sweep + k * TILE + j, sweep + bins + ((k + params.width) % g) * TILE, sweep + 2u * bins + g);
+    let sweep = params.starts_at + bins * bins + 1u + params.sweep * (2u * bins + g + TILE);
+    return vec3<u32>(sweep + k * TILE + j, sweep + bins + ((k + params.shift) % g) * TILE, sweep + 2u * bins + g);
 }
 
 // Worker j's block in round f of the tile.
 fn tile_block(w: vec3<u32>, j: u32, f: u32, bins: u32) -> vec2<u32> {
     let r = word(w.z + f);
-    return sweep_part(word(w.x) * bins + word(w.y + (j + r) % TILE), params.parts);
+    return sweep_part(word(w.x) * bins + word(w.y + (j + r) % TILE), params.sweep);
 }
 
 @compute @workgroup_size(TILE)

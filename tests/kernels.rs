@@ -287,7 +287,7 @@ fn predict_sums_the_clamped_errors_from_the_slab_and_the_window() {
             .collect();
         let (mean, lo, hi) = (3.1f32, 1.0f32, 5.0f32);
         let params =
-            PredictParams { first: 0, count: 150, sums_at: 0, n_users, mean, min_rating: lo, max_rating: hi, _pad: 0 };
+            PredictParams { first: 0, count: 150, sums_at: 0, n_users, mean, min_rating: lo, max_rating: hi, pad0: 0 };
         let groups = 150usize.div_ceil(WORKGROUP as usize);
         let sums = probe.predict(&slab, &map, &window, &test, params, groups * models).unwrap();
         let row = |g: u32, model: usize| -> &[f32] {

@@ -289,12 +289,12 @@ impl Exec {
             bias_reg: self.bias_reg,
             mean: self.mean,
             base,
-            _pad: 0,
+            ..SgdParams::default()
         }
     }
 
     fn moves_params(&self, first: u32, count: u32, slots_at: u32) -> MoveParams {
-        MoveParams { first, count, row_vec4: self.row_vec4, slots_at, _pad: [0; 4] }
+        MoveParams { first, count, row_vec4: self.row_vec4, slots_at, ..MoveParams::default() }
     }
 
     /// Writes the step input, encodes one pass with `f`'s launches (timed),
@@ -374,7 +374,7 @@ impl Exec {
             let map_at = self.input.map(map);
             let slots_at = self.input.slots(load);
             self.input.rows(load.iter().map(|p| p.row));
-            let b_map = self.input.block(MapParams { first: map_at, count: map.len() as u32, _pad: [0; 6] });
+            let b_map = self.input.block(MapParams { first: map_at, count: map.len() as u32, ..MapParams::default() });
             let b_scatter = self.input.block(self.moves_params(0, load.len() as u32, slots_at));
             let (n_map, n_load, rv) = (map.len() as u32, load.len() as u32, self.row_vec4);
             self.submit(
@@ -530,7 +530,7 @@ impl Exec {
         self.input.rows(moves.load.iter().map(|p| p.row));
         let (n_map, n_evict, n_load, n_release) =
             (moves.map.len() as u32, moves.evict.len() as u32, moves.load.len() as u32, moves.release.len() as u32);
-        let b_map = self.input.block(MapParams { first: map_at, count: n_map, _pad: [0; 6] });
+        let b_map = self.input.block(MapParams { first: map_at, count: n_map, ..MapParams::default() });
         let b_evict = self.input.block(self.moves_params(0, n_evict, out_at));
         let b_load = self.input.block(self.moves_params(0, n_load, load_at));
         let b_release = self.input.block(self.moves_params(n_evict, n_release, out_at + n_evict));
@@ -702,9 +702,13 @@ impl Exec {
                     let v = d / g;
                     // Read as the kernel's: the block starts, the sweep, the
                     // shift and the sweeps (sgd.wgsl, "in tiles").
-                    let mut params = self.sgd_params(t.starts_at, v as u32, order.shift_order(v)[d % g], 0);
-                    params._pad = order.sweeps;
-                    self.input.block(params)
+                    self.input.block(SgdParams {
+                        starts_at: t.starts_at,
+                        sweep: v as u32,
+                        shift: order.shift_order(v)[d % g],
+                        sweeps: order.sweeps,
+                        ..self.sgd_params(0, 0, 0, 0)
+                    })
                 })
                 .collect();
             self.submit(
@@ -858,7 +862,9 @@ impl GpuBackend {
         let workers = run.bins().unwrap_or(0);
         let invocations = width.map_or(batch, |w| w.min(batch)).max(max_wave).max(TAIL_GROUP).max(workers).max(1);
         let loss_words = invocations as u64 * copies as u64;
-        let uniform_align = summary.min_uniform_buffer_offset_alignment.max(kernels::PARAMS_SIZE as u32) as u64;
+        // A block's dynamic offset must be a multiple of the adapter's
+        // alignment (a power of two), whatever the block's size.
+        let uniform_align = summary.min_uniform_buffer_offset_alignment.max(1) as u64;
         let max_waves = part_waves.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         let regions = StepRegions {
             block_stride: kernels::PARAMS_SIZE.next_multiple_of(uniform_align),
@@ -1374,7 +1380,7 @@ impl Backend for GpuBackend {
                 let map_at = exec.input.map(&self.moves.map);
                 exec.input.rows(self.moves.window.iter().map(|p| p.row));
                 n_map = self.moves.map.len() as u32;
-                b_map = exec.input.block(MapParams { first: map_at, count: n_map, _pad: [0; 6] });
+                b_map = exec.input.block(MapParams { first: map_at, count: n_map, ..MapParams::default() });
             }
             let first = match &t.streamed {
                 Some(host_test) => {
@@ -1393,7 +1399,7 @@ impl Backend for GpuBackend {
                 mean: exec.mean,
                 min_rating: exec.range.0,
                 max_rating: exec.range.1,
-                _pad: 0,
+                pad0: 0,
             });
             let groups = &t.buffers.predict;
             exec.submit(

@@ -43,8 +43,9 @@ pub const WORKGROUP: u32 = 64;
 /// the waves after the first wave smaller than this.
 pub const TAIL_GROUP: u32 = 256;
 
-/// Size of one parameter block (every kernel's `Params`: 8 words).
-pub const PARAMS_SIZE: u64 = 32;
+/// Size of one parameter block: the largest kernel's `Params` (`sgd`'s, 12
+/// words); the others are smaller.
+pub const PARAMS_SIZE: u64 = 48;
 
 /// The constants every kernel shares with the host.
 pub fn prelude() -> String {
@@ -60,60 +61,120 @@ pub fn prelude() -> String {
     )
 }
 
-/// Parameters of `map_rows`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct MapParams {
-    /// Word of the moves region where the (row, entry) pairs start.
-    pub first: u32,
-    pub count: u32,
-    pub _pad: [u32; 6],
+/// Declares a kernel parameter struct once: the Rust struct (`repr(C)`,
+/// plain words) and, as `WGSL`, the same struct in WGSL under the name
+/// `Params`, which [`source`] prepends to the kernel's file. Fields are
+/// `u32` or `f32` only, so that Rust and WGSL lay them out alike (4 bytes
+/// each, in order); a struct is a whole number of 16-byte rows, as a
+/// uniform block is.
+macro_rules! kernel_params {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ident,)* }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// This struct as WGSL declares it (`struct Params`).
+            pub const WGSL: &'static str =
+                concat!("struct Params {\n", $("    ", stringify!($field), ": ", stringify!($ty), ",\n",)* "}\n");
+            /// (name, WGSL type) of every field, in order.
+            pub const FIELDS: &'static [(&'static str, &'static str)] = &[$((stringify!($field), stringify!($ty)),)*];
+        }
+    };
 }
 
-/// Parameters of `scatter_rows` and `gather_rows`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct MoveParams {
-    /// First window row (upload for scatter, download for gather).
-    pub first: u32,
-    pub count: u32,
-    pub row_vec4: u32,
-    /// Word of the moves region holding the first row's slot.
-    pub slots_at: u32,
-    pub _pad: [u32; 4],
+kernel_params! {
+    /// Parameters of `map_rows`.
+    pub struct MapParams {
+        /// Word of the moves region where the (row, entry) pairs start.
+        first: u32,
+        count: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
+        pad3: u32,
+        pad4: u32,
+        pad5: u32,
+    }
 }
 
-/// Parameters of `sgd` and `sgd_tail`; the learning rate and regularisation
-/// of each model are in the `rates` binding, the shapes in the
-/// specialisation constants.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SgdParams {
-    pub first_part: u32,
-    pub parts: u32,
-    /// `sgd`: invocations, each running every `width`-th rating of a part.
-    pub width: u32,
-    pub n_users: u32,
-    pub bias_reg: f32,
-    pub mean: f32,
-    /// Layout index of the first rating on the device (a streamed window).
-    pub base: u32,
-    pub _pad: u32,
+kernel_params! {
+    /// Parameters of `scatter_rows` and `gather_rows`.
+    pub struct MoveParams {
+        /// First window row (upload for scatter, download for gather).
+        first: u32,
+        count: u32,
+        row_vec4: u32,
+        /// Word of the moves region holding the first row's slot.
+        slots_at: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
+        pad3: u32,
+    }
 }
 
-/// Parameters of `predict`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct PredictParams {
-    pub first: u32,
-    pub count: u32,
-    /// First workgroup sum (in (squared, absolute) pairs) of this dispatch.
-    pub sums_at: u32,
-    pub n_users: u32,
-    pub mean: f32,
-    pub min_rating: f32,
-    pub max_rating: f32,
-    pub _pad: u32,
+kernel_params! {
+    /// Parameters of the `sgd` family; the learning rate and regularisation
+    /// of each model are in the `rates` binding, the shapes in the
+    /// specialisation constants. Each field has one meaning; a kernel reads
+    /// those it needs.
+    pub struct SgdParams {
+        /// `sgd`, `sgd_tail`, `sgd_blocked`: the first part of the parts
+        /// table this dispatch trains.
+        first_part: u32,
+        /// ... and how many parts.
+        parts: u32,
+        /// `sgd`: invocations, each running every `width`-th rating of a part;
+        /// `sgd_tail`: its workgroup.
+        width: u32,
+        /// Item i's global row is `n_users + i`.
+        n_users: u32,
+        bias_reg: f32,
+        mean: f32,
+        /// Layout index of `ratings[0]` on the device (a streamed window).
+        base: u32,
+        /// `sgd_tiles`: the word of the parts buffer where the block starts
+        /// begin (read as words).
+        starts_at: u32,
+        /// `sgd_tiles`: the sweep this dispatch trains ...
+        sweep: u32,
+        /// ... the tile shift ...
+        shift: u32,
+        /// ... of how many sweeps an epoch (a block's sweep is the `sweep`-th
+        /// of `sweeps` equal cuts of its ratings).
+        sweeps: u32,
+        pad0: u32,
+    }
+}
+
+kernel_params! {
+    /// Parameters of `predict`.
+    pub struct PredictParams {
+        first: u32,
+        count: u32,
+        /// First workgroup sum (in (squared, absolute) pairs) of this dispatch.
+        sums_at: u32,
+        n_users: u32,
+        mean: f32,
+        min_rating: f32,
+        max_rating: f32,
+        pad0: u32,
+    }
+}
+
+/// The parameter struct of each kernel file, as [`source`] prepends it.
+fn params_wgsl(name: &str) -> &'static str {
+    match name {
+        "map_rows" => MapParams::WGSL,
+        "scatter_rows" | "gather_rows" => MoveParams::WGSL,
+        "sgd" => SgdParams::WGSL,
+        "predict" => PredictParams::WGSL,
+        _ => unreachable!("unknown kernel file {name}"),
+    }
 }
 
 /// The shape `sgd` and `predict` are compiled for.
@@ -205,13 +266,15 @@ pub fn tile_cap(rank: u32) -> u32 {
 /// of 256); above it (ranks past 1020) a part gets one invocation.
 pub const MAX_LANES: u32 = crate::engine::blocked::WORKGROUP_INVOCATIONS;
 
-/// The WGSL source of kernel file `name`: the prelude, then (for `sgd` and
-/// `predict`) the specialisation for `spec`, then the file.
+/// The WGSL source of kernel file `name`: the prelude, its `Params`
+/// ([`kernel_params`]), then (for `sgd` and `predict`) the specialisation
+/// for `spec`, then the file.
 pub fn source(name: &str, spec: Spec) -> String {
     let src = SHADERS.iter().find(|(k, _)| *k == name).expect("known kernel").1;
+    let head = prelude() + params_wgsl(name) + "\n";
     match name {
-        "sgd" | "predict" => prelude() + &specialize(src, spec),
-        _ => prelude() + src,
+        "sgd" | "predict" => head + &specialize(src, spec),
+        _ => head + src,
     }
 }
 
@@ -387,15 +450,55 @@ mod tests {
 
     #[test]
     fn params_are_one_block_and_the_prelude_carries_the_host_constants() {
-        for size in
-            [size_of::<MapParams>(), size_of::<MoveParams>(), size_of::<SgdParams>(), size_of::<PredictParams>()]
-        {
-            assert_eq!(size as u64, PARAMS_SIZE);
+        let structs = [
+            (size_of::<MapParams>(), MapParams::FIELDS),
+            (size_of::<MoveParams>(), MoveParams::FIELDS),
+            (size_of::<SgdParams>(), SgdParams::FIELDS),
+            (size_of::<PredictParams>(), PredictParams::FIELDS),
+        ];
+        for (size, fields) in structs {
+            assert_eq!(size, 4 * fields.len(), "plain words: {fields:?}");
+            assert!(size as u64 <= PARAMS_SIZE && size % 16 == 0, "{fields:?}");
         }
+        assert_eq!(structs.iter().map(|s| s.0 as u64).max(), Some(PARAMS_SIZE));
         let p = prelude();
         assert!(p.contains(&format!("const WORKGROUP: u32 = {WORKGROUP}u;")), "{p}");
         assert!(p.contains("const IN_WINDOW: u32 = 0x80000000u;") && p.contains("const ABSENT: u32 = 0u;"), "{p}");
         assert!(p.contains("const UNKNOWN: u32 = 0xffffffffu;"), "{p}");
+    }
+
+    /// The compiled `Params` of every kernel file is the Rust struct, field
+    /// by field: name, byte offset and type, in order.
+    #[test]
+    fn each_kernel_reads_its_params_as_the_host_writes_them() {
+        let files = [
+            ("map_rows", MapParams::FIELDS),
+            ("scatter_rows", MoveParams::FIELDS),
+            ("gather_rows", MoveParams::FIELDS),
+            ("sgd", SgdParams::FIELDS),
+            ("predict", PredictParams::FIELDS),
+        ];
+        for (name, fields) in files {
+            let module = naga::front::wgsl::parse_str(&source(name, Spec::new(7, 2))).unwrap();
+            let (_, params) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Params")).expect(name);
+            let naga::TypeInner::Struct { members, span } = &params.inner else { panic!("{name}: Params") };
+            assert_eq!(*span as usize, 4 * fields.len(), "{name}");
+            assert_eq!(members.len(), fields.len(), "{name}");
+            for (k, (m, (field, ty))) in members.iter().zip(fields).enumerate() {
+                assert_eq!(m.name.as_deref(), Some(*field), "{name}: field {k}");
+                assert_eq!(m.offset as usize, 4 * k, "{name}.{field}: offset");
+                let scalar = match module.types[m.ty].inner {
+                    naga::TypeInner::Scalar(s) => s,
+                    ref other => panic!("{name}.{field}: {other:?}"),
+                };
+                let want = match *ty {
+                    "u32" => naga::Scalar::U32,
+                    "f32" => naga::Scalar::F32,
+                    other => panic!("{name}.{field}: type {other}"),
+                };
+                assert_eq!(scalar, want, "{name}.{field}: type");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::error::Result;
 /// How many rows ahead a copy between the host tables and a transfer buffer
 /// asks for its source: a row's copy is short, its cache misses are not.
 pub const ROW_AHEAD: usize = 8;
-use super::kernels::{Kernels, TAIL_GROUP, WORKGROUP, dispatch_size};
+use super::kernels::{Kernels, PARAMS_SIZE, TAIL_GROUP, WORKGROUP, dispatch_size};
 use super::resources::{BindGroups, StepRegions};
 use super::tables::HostTables;
 use crate::stage::{Ledger, Placed};
@@ -31,7 +31,7 @@ impl Offsets {
 /// One step's parameter blocks, moves and rows to stage in.
 #[derive(Default)]
 pub struct StepInput {
-    blocks: Vec<[u8; 32]>,
+    blocks: Vec<[u8; PARAMS_SIZE as usize]>,
     words: Vec<u32>,
     rows: Vec<u32>,
 }
@@ -45,7 +45,7 @@ impl StepInput {
 
     /// Adds a parameter block; returns its index.
     pub fn block<T: bytemuck::Pod>(&mut self, params: T) -> u32 {
-        let mut b = [0u8; 32];
+        let mut b = [0u8; PARAMS_SIZE as usize];
         b[..size_of::<T>()].copy_from_slice(bytemuck::bytes_of(&params));
         self.blocks.push(b);
         self.blocks.len() as u32 - 1
@@ -107,7 +107,7 @@ impl StepInput {
             let mut out = view.slice(..);
             for (b, block) in self.blocks.iter().enumerate() {
                 let at = b as u64 * regions.block_stride;
-                out.slice(at as usize..at as usize + 32).copy_from_slice(block);
+                out.slice(at as usize..at as usize + block.len()).copy_from_slice(block);
             }
             if !self.words.is_empty() {
                 out.slice(moves as usize..moves as usize + 4 * self.words.len())

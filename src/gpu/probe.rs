@@ -184,7 +184,7 @@ impl Probe {
 
     /// `map_rows`: `map` after setting `entries`.
     pub fn map_rows(&self, map: &[u32], entries: &[[u32; 2]]) -> Result<Vec<u32>> {
-        let params = MapParams { first: 0, count: entries.len() as u32, _pad: [0; 6] };
+        let params = MapParams { first: 0, count: entries.len() as u32, ..MapParams::default() };
         let words: Vec<u32> = entries.iter().flatten().copied().collect();
         let (step, _) = self.step(bytemuck::bytes_of(&params), &words, &[]);
         let slot_map = self.storage("probe slot map", bytemuck::cast_slice(map), true);
@@ -197,7 +197,7 @@ impl Probe {
 
     /// `scatter_rows`: `slab` after window row j went to slot `slots[j]`.
     pub fn scatter_rows(&self, slab: &[f32], window: &[f32], slots: &[u32], row_vec4: u32) -> Result<Vec<f32>> {
-        let params = MoveParams { first: 0, count: slots.len() as u32, row_vec4, slots_at: 0, _pad: [0; 4] };
+        let params = MoveParams { first: 0, count: slots.len() as u32, row_vec4, slots_at: 0, ..MoveParams::default() };
         let (step, window_at) = self.step(bytemuck::bytes_of(&params), slots, window);
         let slab_buf = self.storage("probe slab", bytemuck::cast_slice(slab), true);
         let s = self.stand_in();
@@ -211,7 +211,7 @@ impl Probe {
     /// `gather_rows`: the download window after row j came from slot
     /// `slots[j]`.
     pub fn gather_rows(&self, slab: &[f32], slots: &[u32], row_vec4: u32) -> Result<Vec<f32>> {
-        let params = MoveParams { first: 0, count: slots.len() as u32, row_vec4, slots_at: 0, _pad: [0; 4] };
+        let params = MoveParams { first: 0, count: slots.len() as u32, row_vec4, slots_at: 0, ..MoveParams::default() };
         let (step, _) = self.step(bytemuck::bytes_of(&params), slots, &[]);
         let slab_buf = self.storage("probe slab", bytemuck::cast_slice(slab), false);
         let n = slots.len() * row_vec4 as usize * 4;
@@ -236,15 +236,14 @@ impl Probe {
         run: SgdRun,
         loss_words: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let params = SgdParams {
-            first_part: run.first_part,
-            parts: run.parts,
-            width: run.width,
-            n_users: run.n_users,
-            bias_reg: run.bias_reg,
-            mean: run.mean,
-            base: 0,
-            _pad: if let SgdKernel::Tiles { sweeps, .. } = run.kernel { sweeps } else { 0 },
+        let common = SgdParams { n_users: run.n_users, bias_reg: run.bias_reg, mean: run.mean, ..SgdParams::default() };
+        let params = match run.kernel {
+            // The tests' run of tiles: the block starts from `first_part`,
+            // sweep `parts`, shift `width` (SgdKernel::Tiles).
+            SgdKernel::Tiles { sweeps, .. } => {
+                SgdParams { starts_at: run.first_part, sweep: run.parts, shift: run.width, sweeps, ..common }
+            }
+            _ => SgdParams { first_part: run.first_part, parts: run.parts, width: run.width, ..common },
         };
         let (step, _) = self.step(bytemuck::bytes_of(&params), &[0], &[]);
         let slab_buf = self.storage("probe slab", bytemuck::cast_slice(slab), true);
