@@ -848,12 +848,27 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if a.patience == Some(0) {
         return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
     }
-    // Output paths are checked before the data is read or a step trained.
+    // Output paths are checked before the data is read or a step trained:
+    // writable, and none of them an input or another output.
     for (flag, path) in [("--json", &a.json), ("--save", &a.save)] {
         if let Some(p) = path {
             model::check_output(flag, p)?;
         }
     }
+    fn given<'p>(pairs: [(&'static str, Option<&'p Path>); 3]) -> Vec<(&'static str, &'p Path)> {
+        pairs.into_iter().filter_map(|(f, p)| Some((f, p?))).collect()
+    }
+    let outputs = given([
+        ("--json", a.json.as_deref()),
+        ("--save", a.save.as_deref()),
+        ("--checkpoint", a.checkpoint.as_deref()),
+    ]);
+    let inputs = given([
+        ("--config", a.config.as_deref()),
+        ("--data", source.path.as_deref()),
+        ("--test", source.test.as_deref()),
+    ]);
+    model::check_distinct(&outputs, &inputs)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, skipped) = load_dataset(&source, spec.seed, &out)?;
     let request = train::RunRequest { source: source.clone(), spec: spec.clone() };

@@ -955,3 +955,48 @@ fn devices_json_goes_to_a_path_or_stdout() {
     assert!(from_file.is_array());
     rowstage().args(["devices", "--json", "/nonexistent-dir/d.json"]).assert().code(2);
 }
+
+/// An output aimed at an input or at another output is refused before any
+/// work, by file identity (another spelling, a hard link, a file not
+/// written yet), and the input is left as it was; devices are written
+/// through.
+#[test]
+fn train_refuses_an_output_that_is_an_input_or_another_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ratings_csv(dir.path());
+    let before = std::fs::read(&data).unwrap();
+    let link = dir.path().join("link.csv");
+    std::fs::hard_link(&data, &link).unwrap();
+    let report = dir.path().join("report.json");
+    quick(rowstage().args(["train", "--data"]).arg(&data).arg("--json").arg(&report)).assert().success();
+    let report_before = std::fs::read(&report).unwrap();
+    let dotted = |p: &Path| p.parent().unwrap().join(".").join(p.file_name().unwrap());
+    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+        (vec!["--save".into(), data.clone().into()], "--save"),
+        (vec!["--json".into(), dotted(&data).into()], "--json"),
+        (vec!["--json".into(), link.clone().into()], "--json"),
+        (
+            vec![
+                "--json".into(),
+                dir.path().join("new.json").into(),
+                "--save".into(),
+                dotted(&dir.path().join("new.json")).into(),
+            ],
+            "--save",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = quick(rowstage().args(["train", "--data"]).arg(&data).args(&args)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("same file") && !stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!dir.path().join("new.json").exists(), "nothing written");
+    // A run reproduced from a report may not write over that report.
+    let out = rowstage().args(["train", "--config"]).arg(&report).arg("--json").arg(dotted(&report)).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&data).unwrap(), before, "the data is untouched");
+    assert_eq!(std::fs::read(&report).unwrap(), report_before, "the report is untouched");
+    // A device is written through.
+    quick(rowstage().args(["train", "--data"]).arg(&data).args(["--json", "/dev/null"])).assert().success();
+}

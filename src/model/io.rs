@@ -191,6 +191,57 @@ pub fn check_output(what: &str, path: &Path) -> Result<()> {
     }
 }
 
+/// Refuses, before any work, an output that is the same file as an input or
+/// as another output: by file identity (device and inode where the system
+/// has them), not by spelling, so `./x` and `x`, or a hard link, are caught.
+/// Each entry is (flag, path); `-` (stdout) and paths that do not exist yet
+/// never coincide, and devices and FIFOs are written through, never refused.
+pub fn check_distinct(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    /// A file as the system knows it: an existing file or folder by identity,
+    /// one not written yet by its folder's real path and its name.
+    #[derive(PartialEq)]
+    enum Key {
+        Existing(u64, u64, Option<std::path::PathBuf>),
+        New(std::path::PathBuf),
+    }
+    let file = |p: &Path| {
+        if p == Path::new("-") {
+            return None;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if !(m.is_file() || m.is_dir()) => None,
+            #[cfg(unix)]
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                Some(Key::Existing(m.dev(), m.ino(), None))
+            }
+            #[cfg(not(unix))]
+            Ok(_) => Some(Key::Existing(0, 0, std::fs::canonicalize(p).ok())),
+            Err(_) => {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                Some(Key::New(std::fs::canonicalize(dir).ok()?.join(p.file_name()?)))
+            }
+        }
+    };
+    for (k, (flag, out)) in outputs.iter().enumerate() {
+        let Some(id) = file(out) else { continue };
+        let others = outputs[..k].iter().map(|o| (o, "output")).chain(inputs.iter().map(|i| (i, "input")));
+        for ((other_flag, other), kind) in others {
+            if file(other).as_ref() == Some(&id) {
+                return Err(Error::arg(
+                    flag,
+                    out.display().to_string(),
+                    format!(
+                        "is the same file as the {kind} of {other_flag} ({}); writing it would destroy that",
+                        other.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes `dir/.{name}.tmp-PID` files that a killed rowstage left behind:
 /// those whose process no longer runs (known where `/proc` lists processes;
 /// elsewhere none is removed).
