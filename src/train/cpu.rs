@@ -451,7 +451,7 @@ impl HogwildCpu {
             if d.stopped || d.next >= units {
                 return None;
             }
-            if d.next % stop_every == 0 && stop.load(Ordering::Relaxed) {
+            if d.next.is_multiple_of(stop_every) && stop.load(Ordering::Relaxed) {
                 d.stopped = true;
                 return None;
             }
