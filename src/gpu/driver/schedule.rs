@@ -69,6 +69,30 @@ impl Exec {
     /// of up to [`DISPATCH_RATINGS`] ratings over the epoch's part table;
     /// deterministic waves and streamed ratings a part at a time. Stops
     /// between submissions when `stop` is raised; returns the parts trained.
+    /// One pass of `sgd`'s dispatches (block, count, kernel), submitted and
+    /// checked.
+    fn submit_sgd(
+        &mut self,
+        tables: &HostTables,
+        label: &str,
+        ledger: &mut Ledger,
+        sgd: &[(u32, u32, Sgd)],
+    ) -> Result<()> {
+        let lanes = self.lanes;
+        self.submit(
+            tables,
+            label,
+            ledger,
+            |l| {
+                for &(block, n, kind) in sgd {
+                    kind.launch(l, block, n, lanes);
+                }
+            },
+            |_, _| {},
+        )?;
+        self.dev.check()
+    }
+
     pub(super) fn train_resident(
         &mut self,
         tables: &HostTables,
@@ -78,7 +102,6 @@ impl Exec {
         stop: &std::sync::atomic::AtomicBool,
         ledger: &mut Ledger,
     ) -> Result<usize> {
-        let lanes = self.lanes;
         if self.waves.is_some() || self.streamed.is_some() {
             for k in first..plan.parts.len() {
                 if stop.load(Ordering::Relaxed) {
@@ -87,18 +110,7 @@ impl Exec {
                 let base = self.stream(layout.parts()[plan.parts[k] as usize], ledger);
                 self.input.clear();
                 let sgd = self.sgd_blocks(plan, k..k + 1, layout, base);
-                self.submit(
-                    tables,
-                    "train",
-                    ledger,
-                    |l| {
-                        for &(block, n, kind) in &sgd {
-                            kind.launch(l, block, n, lanes);
-                        }
-                    },
-                    |_, _| {},
-                )?;
-                self.dev.check()?;
+                self.submit_sgd(tables, "train", ledger, &sgd)?;
             }
             return Ok(plan.parts.len() - first);
         }
@@ -112,18 +124,7 @@ impl Exec {
                 self.input.clear();
                 let sgd: Vec<(u32, u32, Sgd)> =
                     chunk.iter().flat_map(|r| self.sgd_blocks(plan, r.clone(), layout, 0)).collect();
-                self.submit(
-                    tables,
-                    "train rounds",
-                    ledger,
-                    |l| {
-                        for &(block, n, kind) in &sgd {
-                            kind.launch(l, block, n, lanes);
-                        }
-                    },
-                    |_, _| {},
-                )?;
-                self.dev.check()?;
+                self.submit_sgd(tables, "train rounds", ledger, &sgd)?;
                 done = chunk.last().map_or(done, |r| r.end);
             }
             return Ok(done - first);
