@@ -142,7 +142,7 @@ fn tile_chains_stop_where_a_shift_ends() {
     let empty = rowstage::engine::EpochPlan::default();
     for delay_us in [0, 50, 200, 1000, 5000] {
         let mut model = Model::init(&data, &s.hp, 1);
-        let stop = AtomicBool::new(false);
+        let (stop, progress) = (AtomicBool::new(false), std::sync::atomic::AtomicUsize::new(0));
         let input = EpochInput {
             epoch: 0,
             layout: &layout,
@@ -151,6 +151,7 @@ fn tile_chains_stop_where_a_shift_ends() {
             following: None,
             rates: &rates,
             stop: &stop,
+            progress: &progress,
         };
         let out = std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -160,6 +161,8 @@ fn tile_chains_stop_where_a_shift_ends() {
             HogwildCpu::new(0.01, 3).train_epoch(&mut model, &input).unwrap()
         });
         assert!(shift_ends.contains(&out.done), "stopped after {delay_us} µs at {} ratings", out.done);
+        // The progress counter the threads added to as units finished.
+        assert_eq!(progress.load(std::sync::atomic::Ordering::Relaxed), out.done);
     }
 }
 
@@ -207,8 +210,16 @@ fn a_raised_stop_flag_ends_the_pass_before_any_part() {
     let before = model.clone();
     let rates = [rowstage::model::Rate { lr: 0.01, reg: 0.05 }];
     let stop = AtomicBool::new(true);
-    let input =
-        EpochInput { epoch: 0, layout: &layout, plan: &plan, from: 0, following: None, rates: &rates, stop: &stop };
+    let input = EpochInput {
+        epoch: 0,
+        layout: &layout,
+        plan: &plan,
+        from: 0,
+        following: None,
+        rates: &rates,
+        stop: &stop,
+        progress: &Default::default(),
+    };
     let out = HogwildCpu::new(0.01, 2).train_epoch(&mut model, &input).unwrap();
     assert_eq!(out.done, 0);
     assert_eq!(model, before);

@@ -14,7 +14,7 @@ pub mod slab;
 pub mod walk;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 pub use order::{BlockedEpoch, EpochPlan, Group, LayoutSpec, NO_GROUP, Order, Part, RunLayout, Target};
 
@@ -43,6 +43,10 @@ pub struct EpochInput<'a> {
     /// When raised, the pass ends at the next part boundary, leaving the
     /// model consistent; [`EpochTrain::done`] says how far it got.
     pub stop: &'a AtomicBool,
+    /// Ratings of this pass trained so far: the backend adds to it as its
+    /// units, rounds or submissions finish, so that a front end can show
+    /// progress inside an epoch ([`crate::train::Run::progress`]).
+    pub progress: &'a AtomicUsize,
 }
 
 /// What one epoch of training returned, before evaluation.

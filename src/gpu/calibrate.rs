@@ -172,8 +172,16 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
         if let Some(n) = parts {
             plan = EpochPlan { parts: plan.parts[..n].to_vec(), groups: vec![Group { end: n as u32, id: NO_GROUP }] };
         }
-        let input =
-            EpochInput { epoch: 0, layout: &layout, plan: &plan, from: 0, following: None, rates: &rate, stop: &never };
+        let input = EpochInput {
+            epoch: 0,
+            layout: &layout,
+            plan: &plan,
+            from: 0,
+            following: None,
+            rates: &rate,
+            stop: &never,
+            progress: &Default::default(),
+        };
         let t = Instant::now();
         gpu.train_epoch(model, &input)?;
         Ok(t.elapsed().as_secs_f64())

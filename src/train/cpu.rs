@@ -2,7 +2,7 @@
 //! every test) and the multi-threaded Hogwild trainer (`--backend cpu`).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::data::Rating;
@@ -82,6 +82,7 @@ impl Backend for ReferenceCpu {
             }
             done += ratings.len();
             since_check += ratings.len();
+            input.progress.fetch_add(ratings.len(), Ordering::Relaxed);
         }
         let host_seconds = t0.elapsed().as_secs_f64();
         Ok(EpochTrain { sse, count: done as u64, done, host_seconds, workers: 1.0, ..Default::default() })
@@ -417,6 +418,7 @@ impl HogwildCpu {
         layout: &RunLayout,
         schedule: &Schedule,
         stop: &AtomicBool,
+        progress: &AtomicUsize,
     ) -> Result<(Vec<f64>, usize)> {
         let bins = layout.bins().unwrap_or(1) as usize;
         let tables = &ExclusiveTables::new(model);
@@ -475,6 +477,7 @@ impl HogwildCpu {
                             }
                             walk(&ratings, &mut sse);
                             trained += ratings.len();
+                            progress.fetch_add(ratings.len(), Ordering::Relaxed);
                             for &(b, after) in &deps {
                                 done[b as usize].store(after + 1, Ordering::Release);
                             }
@@ -519,7 +522,7 @@ impl Backend for HogwildCpu {
                 Some(s) => s,
                 None => Schedule::per_part(layout, parts)?,
             };
-            let (sse, done) = self.train_blocked(model, steps, sub, layout, &schedule, input.stop)?;
+            let (sse, done) = self.train_blocked(model, steps, sub, layout, &schedule, input.stop, input.progress)?;
             // No two threads ever train rows of one bin at once: nothing races.
             let host_seconds = t0.elapsed().as_secs_f64();
             let workers = self.threads.min(layout.bins().unwrap_or(1) as usize) as f64;
@@ -591,6 +594,7 @@ impl Backend for HogwildCpu {
             sse.iter_mut().zip(&round_sse).for_each(|(a, c)| *a += c);
             conflicts += round_conflicts;
             done += n;
+            input.progress.fetch_add(n, Ordering::Relaxed);
         }
         let host_seconds = t0.elapsed().as_secs_f64();
         let workers = threads as f64;

@@ -24,13 +24,13 @@ pub use setup::{
 };
 
 pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
-pub use session::{CancelToken, Finished, Run, RunOptions, RunRequest};
+pub use session::{CancelToken, Finished, Progress, Run, RunOptions, RunRequest};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -302,6 +302,8 @@ pub struct Training {
     /// No epoch is left to train (the last done, a stop, early stopping, a
     /// divergence).
     ended: bool,
+    /// Ratings of the epoch in training done so far ([`EpochInput::progress`]).
+    progress: Arc<AtomicUsize>,
 }
 
 impl Training {
@@ -347,7 +349,14 @@ impl Training {
             stopped_early: false,
             diverged: None,
             written: None,
+            progress: Arc::default(),
         })
+    }
+
+    /// The count of ratings the epoch in training has done so far, to read
+    /// from another thread while [`Training::step`] runs.
+    pub fn progress(&self) -> Arc<AtomicUsize> {
+        self.progress.clone()
     }
 
     /// The settings trained, their order resolved.
@@ -407,6 +416,7 @@ impl Training {
         });
         let plan_seconds = t_plan.elapsed().as_secs_f64();
         let from = if this.parts.is_empty() { 0 } else { this.part_at(&layout, self.state.position)? };
+        self.progress.store(0, std::sync::atomic::Ordering::Relaxed);
         let input = EpochInput {
             epoch,
             layout: &layout,
@@ -415,6 +425,7 @@ impl Training {
             following: following.as_ref(),
             rates: &rates,
             stop,
+            progress: &self.progress,
         };
         let mut out = backend.train_epoch(&mut self.model, &input)?;
         let seconds = t0.elapsed().as_secs_f64() + std::mem::take(&mut self.setup_seconds);

@@ -90,6 +90,16 @@ pub struct RunOptions {
     pub patience: Option<usize>,
 }
 
+/// How far a run is inside an epoch ([`Run::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// The epoch in training, 1-based.
+    pub epoch: usize,
+    /// Its ratings trained so far.
+    pub ratings: usize,
+    pub ratings_per_epoch: usize,
+}
+
 /// A run's end: the trained model and figures, and the configuration that
 /// reports and model files record.
 pub struct Finished {
@@ -149,6 +159,24 @@ impl Run {
     /// Epochs complete so far (a resumed run's included).
     pub fn epochs_done(&self) -> usize {
         self.training.epochs_done()
+    }
+
+    /// How far the run is: the epoch in training (1-based) and its ratings
+    /// done so far, out of an epoch's. The count is shared with the backend
+    /// ([`Run::progress_counter`]), which adds to it as units, rounds or
+    /// passes finish (the CPU per unit of work, a GPU per pass).
+    pub fn progress(&self) -> Progress {
+        Progress {
+            epoch: self.epochs_done() + 1,
+            ratings: self.training.progress().load(Ordering::Relaxed),
+            ratings_per_epoch: self.data.train.len(),
+        }
+    }
+
+    /// The ratings-done counter itself, to poll from another thread while
+    /// [`Run::step`] runs.
+    pub fn progress_counter(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.training.progress()
     }
 
     /// Trains and evaluates the next epoch: its report, or `None` when the
@@ -215,6 +243,9 @@ mod tests {
             epochs.push(e.epoch);
         }
         assert_eq!(epochs, [1, 2, 3]);
+        // After an epoch, the counter holds the whole epoch's ratings.
+        let p = run.progress();
+        assert_eq!((p.epoch, p.ratings, p.ratings_per_epoch), (4, run.data().train.len(), run.data().train.len()));
         assert!(run.step().unwrap().is_none(), "an ended run trains nothing more");
         let done = run.finish().unwrap();
         assert!(done.outcome.complete);

@@ -313,6 +313,8 @@ impl Backend for GpuBackend {
         let (device_seconds, waited) = exec.timer.take_seconds(&exec.dev, &mut exec.wire, &mut ledger)?;
         exec.waited += waited;
         let done = sums.ratings;
+        // The device reports once a pass (a finer count is future work).
+        input.progress.fetch_add(done, Ordering::Relaxed);
         let conflicts = if self.deterministic { 0 } else { sums.conflicts };
         let total = t0.elapsed().as_secs_f64();
         let t = exec.times;
