@@ -2,7 +2,7 @@
 //! every test) and the multi-threaded Hogwild trainer (`--backend cpu`).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use crate::data::Rating;
@@ -415,12 +415,11 @@ impl HogwildCpu {
         model: &mut Model,
         steps: &[Step],
         sub: usize,
-        layout: &RunLayout,
         schedule: &Schedule,
-        stop: &AtomicBool,
-        progress: &AtomicUsize,
+        input: &EpochInput,
     ) -> Result<(Vec<f64>, usize)> {
-        let bins = layout.bins().unwrap_or(1) as usize;
+        let (stop, progress) = (input.stop, input.progress);
+        let bins = input.layout.bins().unwrap_or(1) as usize;
         let tables = &ExclusiveTables::new(model);
         // A unit's ratings gathered in order, so that prefetching reaches
         // across its (often tiny) parts.
@@ -522,7 +521,7 @@ impl Backend for HogwildCpu {
                 Some(s) => s,
                 None => Schedule::per_part(layout, parts)?,
             };
-            let (sse, done) = self.train_blocked(model, steps, sub, layout, &schedule, input.stop, input.progress)?;
+            let (sse, done) = self.train_blocked(model, steps, sub, &schedule, input)?;
             // No two threads ever train rows of one bin at once: nothing races.
             let host_seconds = t0.elapsed().as_secs_f64();
             let workers = self.threads.min(layout.bins().unwrap_or(1) as usize) as f64;
