@@ -18,6 +18,9 @@
 //! * [`gpu`]: the GPU engine: device, kernels, resources, step driver.
 //! * [`train`]: the epoch loop, the CPU backends, opening a backend.
 //! * [`report`]: the JSON report and the text lines.
+//! * [`session`]: the library's entry: a [`session::Run`] from a serialisable
+//!   request, stepped, cancelled, returning its report and model; and the
+//!   plan of a run before it trains. Every front end drives this.
 //! * [`bench`]: `rowstage bench`'s sweep, its exports and its charts (a
 //!   folder of its own rather than part of `report`: it drives training runs,
 //!   which a report only describes).
@@ -48,6 +51,7 @@ pub mod model;
 pub mod named;
 mod prefetch;
 pub mod report;
+pub mod session;
 pub mod stage;
 pub mod train;
 

@@ -752,3 +752,53 @@ fn a_tiled_epoch_stopped_and_resumed_ends_with_the_uninterrupted_model() {
         }
     }
 }
+
+/// A GPU reports progress as its passes are submitted, not only when an
+/// epoch ends: a watcher that cancels the run on the first count it sees
+/// stops the first epoch part-way, and the count then equals the ratings
+/// the stopped epoch trained.
+#[test]
+fn a_gpu_run_reports_progress_inside_an_epoch() {
+    use rowstage::session::{Run, RunOptions};
+    use rowstage::train::{BackendSpec, RunSpec};
+    use std::sync::atomic::Ordering;
+    for backend in common::test_backends() {
+        let Some(ctx) = common::gpu(backend, "a_gpu_run_reports_progress_inside_an_epoch") else {
+            continue;
+        };
+        drop(ctx);
+        let spec = RunSpec {
+            hp: HyperParams { rank: 7, ..Default::default() },
+            epochs: 2,
+            seed: 5,
+            backend: BackendSpec {
+                backend,
+                // Staged: an epoch is hundreds of submitted steps.
+                device_memory: Some(rowstage::stage::Budget::Percent(5.0)),
+                ..BackendSpec::default()
+            },
+            ..RunSpec::default()
+        };
+        let source = rowstage::data::DataSource::default();
+        let mut run = Run::new(dataset(), source, spec, RunOptions::default()).unwrap();
+        let (counter, token) = (run.progress_counter(), run.cancel_token());
+        let watcher = std::thread::spawn(move || {
+            while counter.load(Ordering::Relaxed) == 0 {
+                std::thread::yield_now();
+            }
+            token.cancel();
+        });
+        assert!(run.step().unwrap().is_none(), "{backend:?}: the cancelled epoch ends part-way");
+        watcher.join().unwrap();
+        let seen = run.progress();
+        assert_eq!(seen.epoch, 1);
+        assert!(
+            0 < seen.ratings && seen.ratings < seen.ratings_per_epoch,
+            "{backend:?}: {} of {} ratings counted when the watcher stopped the run",
+            seen.ratings,
+            seen.ratings_per_epoch
+        );
+        let done = run.finish().unwrap();
+        assert!(!done.outcome.complete);
+    }
+}

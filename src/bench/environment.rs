@@ -42,7 +42,7 @@ impl Environment {
         Environment {
             rowstage_version: env!("CARGO_PKG_VERSION"),
             git_revision: option_env!("ROWSTAGE_GIT_REVISION"),
-            wgpu_version: crate::report::WGPU_VERSION,
+            wgpu_version: crate::gpu::WGPU_VERSION,
             date_utc: rfc3339_utc(std::time::SystemTime::now()),
             os: std::env::consts::OS,
             arch: std::env::consts::ARCH,

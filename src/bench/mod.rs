@@ -50,11 +50,14 @@ pub use environment::Environment;
 /// The smallest batch the sweep shrinks to before it skips a budget.
 pub const MIN_BATCH: usize = 16;
 
+/// Backends of a sweep, each with an adapter name filter.
+pub type Backends = Vec<(BackendChoice, Option<String>)>;
+
 /// What to sweep.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchPlan {
     /// Backends (and an adapter name filter each), in order.
-    pub backends: Vec<(BackendChoice, Option<String>)>,
+    pub backends: Backends,
     /// Budgets with the text the user gave (`10%`, `64MiB`).
     pub budgets: Vec<(String, Budget)>,
     pub policies: Vec<PolicyKind>,
@@ -71,7 +74,74 @@ pub struct BenchPlan {
     pub hogwild_width: crate::gpu::HogwildWidth,
 }
 
+/// The backends of a sweep from a comma-separated list of names, `auto`
+/// resolved now to the best adapter's backend (or the CPU's where there is
+/// none and no `adapter` filter was asked for, with a notice), and each named
+/// once. Returns them with `adapter` (the CPU's `None`) and the notices.
+fn resolve_backends(
+    names: &str,
+    adapter: Option<&str>,
+) -> Result<(Backends, Vec<String>)> {
+    use crate::Named;
+    let (mut resolved, mut notices) = (Vec::new(), Vec::new());
+    for name in names.split(',') {
+        let b = <BackendChoice as Named>::from_name(name)
+            .ok_or_else(|| Error::arg("`backend`", name, format!("expected a list of {}", BackendChoice::names())))?;
+        let choice = if b == BackendChoice::Auto {
+            match crate::gpu::GpuContext::new(b, adapter) {
+                Ok(ctx) => {
+                    <BackendChoice as Named>::from_name(&ctx.summary.backend.to_lowercase()).unwrap_or(b)
+                }
+                Err(Error::NoAdapter { hint, .. }) if adapter.is_none() => {
+                    notices.push(format!("no GPU adapter found ({hint}); benchmarking the CPU backend instead"));
+                    BackendChoice::Cpu
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            b
+        };
+        let filter = if choice == BackendChoice::Cpu { None } else { adapter.map(str::to_string) };
+        if !resolved.contains(&(choice, filter.clone())) {
+            resolved.push((choice, filter));
+        }
+    }
+    Ok((resolved, notices))
+}
+
 impl BenchPlan {
+    /// The sweep of `spec`'s run (its `epochs` the timed ones) over the
+    /// comma-separated `backends` (on adapters matching `adapter`) ×
+    /// `budgets` × `policies`, after `warmup` untimed epochs; with notices
+    /// for the user (`auto` finding no adapter).
+    pub fn of(
+        spec: &crate::train::RunSpec,
+        (backends, adapter): (&str, Option<&str>),
+        budgets: Vec<(String, Budget)>,
+        policies: Vec<PolicyKind>,
+        warmup: usize,
+    ) -> Result<(Self, Vec<String>)> {
+        spec.validate()?;
+        if spec.epochs == 0 {
+            return Err(Error::arg("`epochs`", "0", "must be at least 1 timed epoch"));
+        }
+        let (backends, notices) = resolve_backends(backends, adapter)?;
+        let mut settings = spec.settings();
+        settings.epochs = warmup + spec.epochs;
+        let plan = BenchPlan {
+            backends,
+            budgets,
+            policies,
+            warmup,
+            epochs: spec.epochs,
+            settings,
+            lookahead: spec.backend.lookahead,
+            threads: spec.backend.threads,
+            hogwild_width: spec.backend.hogwild_width,
+        };
+        Ok((plan, notices))
+    }
+
     /// Configurations the sweep runs (the CPU backend counts once).
     pub fn configurations(&self) -> usize {
         self.backends
@@ -304,7 +374,7 @@ pub fn run(
     let mut report = BenchReport {
         dataset,
         plan: plan.clone(),
-        wgpu_version: crate::report::WGPU_VERSION,
+        wgpu_version: crate::gpu::WGPU_VERSION,
         environment,
         table_bytes,
         rows: Vec::new(),

@@ -45,7 +45,7 @@ pub struct EpochInput<'a> {
     pub stop: &'a AtomicBool,
     /// Ratings of this pass trained so far: the backend adds to it as its
     /// units, rounds or submissions finish, so that a front end can show
-    /// progress inside an epoch ([`crate::train::Run::progress`]).
+    /// progress inside an epoch ([`crate::session::Run::progress`]).
     pub progress: &'a AtomicUsize,
 }
 

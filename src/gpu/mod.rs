@@ -21,6 +21,9 @@
 //! * [`calibrate`]: the adapter's rates for the planner.
 //! * [`probe`]: one kernel at a time, for the kernel tests.
 
+/// The wgpu version rowstage was built with.
+pub const WGPU_VERSION: &str = env!("ROWSTAGE_WGPU_VERSION");
+
 pub mod calibrate;
 pub mod context;
 pub mod device;

@@ -7,8 +7,7 @@ use crate::model::Setting;
 use crate::stage::{Ledger, human_bytes};
 use crate::train::EpochReport;
 
-/// The wgpu version rowstage was built with.
-pub const WGPU_VERSION: &str = env!("ROWSTAGE_WGPU_VERSION");
+pub use crate::gpu::WGPU_VERSION;
 
 /// `dataset` of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -237,21 +236,31 @@ pub fn grid_table(grid: &[GridJson]) -> Vec<String> {
     lines
 }
 
-/// What Hogwild conflicts cost on a GPU, and the way out, for an epoch with
-/// many when `at_once` ratings update at once: a GPU runs them together, so
-/// ratings sharing a row race and all but one of their updates may be lost.
-/// On skewed data that costs accuracy (BENCHMARKS.md, "Hogwild on a real
-/// GPU").
-pub fn conflict_note(e: &EpochReport, at_once: usize) -> String {
-    format!(
-        "{:.0}% of epoch {}'s ratings share a user or item with an earlier rating of the {at_once} that update at \
-         once: their updates race and some are lost, which costs test RMSE on skewed data. `hogwild_width` auto \
-         ({} at once on a GPU) races less at nearly sequential accuracy; `deterministic` applies them in order \
-         (conflict-free waves: the sequential model, slower).",
-        100.0 * e.conflicts as f64 / e.ratings.max(1) as f64,
-        e.epoch,
-        crate::gpu::HARDWARE_HOGWILD_WIDTH
-    )
+/// The share of an epoch's ratings in Hogwild conflict above which a run on
+/// a hardware GPU says what it costs and how to avoid it.
+pub const CONFLICT_NOTE_SHARE: f64 = 0.1;
+
+/// A note on epoch `e`'s conflicts where they cost accuracy: `at_once`
+/// ratings update together on a hardware GPU (a software adapter runs its
+/// invocations one after another), more than [`crate::gpu::HARDWARE_HOGWILD_WIDTH`],
+/// and at least [`CONFLICT_NOTE_SHARE`] of the epoch's ratings share a row
+/// with an earlier one of theirs. Ratings sharing a row race and all but
+/// one of their updates may be lost; on skewed data that costs accuracy
+/// (BENCHMARKS.md, "Hogwild on a real GPU").
+pub fn conflict_note(e: &EpochReport, at_once: Option<usize>, hardware: bool) -> Option<String> {
+    let width = crate::gpu::HARDWARE_HOGWILD_WIDTH;
+    let at_once = at_once.filter(|&w| hardware && w > width as usize)?;
+    let share = e.conflicts as f64 / e.ratings.max(1) as f64;
+    (share >= CONFLICT_NOTE_SHARE).then(|| {
+        format!(
+            "{:.0}% of epoch {}'s ratings share a user or item with an earlier rating of the {at_once} that update \
+             at once: their updates race and some are lost, which costs test RMSE on skewed data. `hogwild_width` \
+             auto ({width} at once on a GPU) races less at nearly sequential accuracy; `deterministic` applies them \
+             in order (conflict-free waves: the sequential model, slower).",
+            100.0 * share,
+            e.epoch,
+        )
+    })
 }
 
 /// The text line printed after an epoch; `ceiling`: a run on the noop
@@ -288,4 +297,23 @@ pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool) -> String {
         s += &format!("  host {:.3} s", e.host_seconds);
     }
     s
+}
+
+/// The slab's layout in one line, as `train` and `plan` print it: its size
+/// and share of `tables` bytes, and its areas.
+pub fn layout_line(l: &crate::gpu::GpuLayout, tables: u64) -> String {
+    format!(
+        "device memory: {} slab = {} slots of {} B ({:.1}% of the {} tables): {} resident, {} cache, {} staging, \
+         {} block; transfer windows {}",
+        human_bytes(l.slab_bytes),
+        l.slots,
+        l.row_bytes,
+        100.0 * l.slab_bytes as f64 / tables.max(1) as f64,
+        human_bytes(tables),
+        l.areas.resident,
+        l.areas.cache,
+        l.areas.staging,
+        l.block_slots,
+        human_bytes(l.window_bytes()),
+    )
 }

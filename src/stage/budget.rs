@@ -12,6 +12,11 @@ pub enum Budget {
 }
 
 impl Budget {
+    /// Parses a comma-separated list of budgets, each with its text.
+    pub fn parse_list(flag: &str, text: &str) -> Result<Vec<(String, Budget)>> {
+        text.split(',').map(|b| Ok((b.trim().to_string(), Budget::parse(flag, b)?))).collect()
+    }
+
     /// Parses a budget; `flag` names the option in errors.
     pub fn parse(flag: &str, s: &str) -> Result<Budget> {
         let t = s.trim();

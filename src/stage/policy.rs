@@ -40,6 +40,24 @@ pub enum PolicyKind {
     Belady,
 }
 
+impl PolicyKind {
+    /// Parses a comma-separated list of policies, or `all`; `param` names
+    /// the option in errors.
+    pub fn parse_list(param: &str, text: &str) -> crate::Result<Vec<PolicyKind>> {
+        use crate::Named;
+        if text.trim() == "all" {
+            return Ok(PolicyKind::ALL.to_vec());
+        }
+        text.split(',')
+            .map(|p| {
+                <PolicyKind as Named>::from_name(p).ok_or_else(|| {
+                    crate::Error::arg(param, p, format!("expected all, or a list of {}", PolicyKind::names()))
+                })
+            })
+            .collect()
+    }
+}
+
 impl crate::Named for PolicyKind {
     const ALL: &'static [Self] = &PolicyKind::ALL;
     fn name(self) -> &'static str {

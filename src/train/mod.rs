@@ -15,7 +15,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod plan;
 pub mod run;
-pub mod session;
+pub mod request;
 mod setup;
 
 pub use setup::{
@@ -24,7 +24,7 @@ pub use setup::{
 };
 
 pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
-pub use session::{CancelToken, Finished, Progress, Run, RunOptions, RunRequest};
+pub use request::{CancelToken, RunRequest};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 

@@ -381,7 +381,7 @@ impl RunConfig {
             ceiling: backend.is_ceiling(),
             backend_requested: b.backend.name(),
             adapter: backend.adapter(),
-            wgpu_version: crate::report::WGPU_VERSION,
+            wgpu_version: crate::gpu::WGPU_VERSION,
             device_memory: b.device_memory.map_or("auto".into(), |m| m.to_string()),
             device_memory_bytes: layout.map(|l| l.slab_bytes),
             slots: layout.map(|l| l.slots),

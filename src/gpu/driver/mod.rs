@@ -238,6 +238,7 @@ impl Backend for GpuBackend {
             return Err(self.exec.dev.err("the epoch's layout is not the one this backend holds"));
         }
         let mut ledger = std::mem::take(&mut self.made_ledger);
+        let counted_before = input.progress.load(Ordering::Relaxed);
         {
             let exec = &mut self.exec;
             exec.waited = 0.0;
@@ -265,10 +266,11 @@ impl Backend for GpuBackend {
         }
         let parts = if tiled {
             let order = self.run.blocked_epoch(input.epoch).expect("tiles are the blocked order's");
-            let shifts = self.exec.train_tiles(&tables, &order, input.stop, &mut ledger)?;
+            let shifts =
+                self.exec.train_tiles(&tables, &order, input.stop, (input.progress, self.whole.ratings), &mut ledger)?;
             self.run.blocked_parts_before(&order, shifts)
         } else if self.exec.layout.all_resident {
-            self.exec.train_resident(&tables, &self.run, plan, input.from, input.stop, &mut ledger)?
+            self.exec.train_resident(&tables, &self.run, plan, input.from, (input.stop, input.progress), &mut ledger)?
         } else {
             let continues = input.from == 0 && self.following_of == Some(input.epoch);
             let walker = Walker {
@@ -313,8 +315,14 @@ impl Backend for GpuBackend {
         let (device_seconds, waited) = exec.timer.take_seconds(&exec.dev, &mut exec.wire, &mut ledger)?;
         exec.waited += waited;
         let done = sums.ratings;
-        // The device reports once a pass (a finer count is future work).
-        input.progress.fetch_add(done, Ordering::Relaxed);
+        // The passes counted as they were submitted; the count now ends at
+        // the ratings trained exactly (a tiled pass counts in proportion).
+        let counted = input.progress.load(Ordering::Relaxed).wrapping_sub(counted_before);
+        if counted <= done {
+            input.progress.fetch_add(done - counted, Ordering::Relaxed);
+        } else {
+            input.progress.fetch_sub(counted - done, Ordering::Relaxed);
+        }
         let conflicts = if self.deterministic { 0 } else { sums.conflicts };
         let total = t0.elapsed().as_secs_f64();
         let t = exec.times;

@@ -2,6 +2,7 @@
 //! or, in tiles, a dispatch per tile shift derived on the device.
 
 use super::*;
+use std::sync::atomic::AtomicUsize;
 
 /// Where a tiled blocked order (a slab that holds every row) lives in the
 /// `parts` buffer, read as words: after the layout's parts and room for a
@@ -63,12 +64,6 @@ impl Exec {
         self.plan_table = table;
     }
 
-    /// Trains the plan from index `first` on, every row resident: in the
-    /// blocked order a dispatch per round (up to [`ROUNDS_PER_SUBMIT`] in a
-    /// pass: the dispatches of a pass run in order); in Hogwild dispatches
-    /// of up to [`DISPATCH_RATINGS`] ratings over the epoch's part table;
-    /// deterministic waves and streamed ratings a part at a time. Stops
-    /// between submissions when `stop` is raised; returns the parts trained.
     /// One pass of `sgd`'s dispatches (block, count, kernel), submitted and
     /// checked.
     fn submit_sgd(
@@ -93,15 +88,23 @@ impl Exec {
         self.dev.check()
     }
 
+    /// Trains the plan from index `first` on, every row resident: in the
+    /// blocked order a dispatch per round (up to [`ROUNDS_PER_SUBMIT`] in a
+    /// pass: the dispatches of a pass run in order); in Hogwild dispatches
+    /// of up to [`DISPATCH_RATINGS`] ratings over the epoch's part table;
+    /// deterministic waves and streamed ratings a part at a time. Stops
+    /// between submissions when `stop` is raised, adding each submission's
+    /// ratings to `progress`; returns the parts trained.
     pub(super) fn train_resident(
         &mut self,
         tables: &HostTables,
         layout: &RunLayout,
         plan: &EpochPlan,
         first: usize,
-        stop: &std::sync::atomic::AtomicBool,
+        (stop, progress): (&std::sync::atomic::AtomicBool, &AtomicUsize),
         ledger: &mut Ledger,
     ) -> Result<usize> {
+        let ratings = |k: usize| layout.parts()[plan.parts[k] as usize].len as usize;
         if self.waves.is_some() || self.streamed.is_some() {
             for k in first..plan.parts.len() {
                 if stop.load(Ordering::Relaxed) {
@@ -111,6 +114,7 @@ impl Exec {
                 self.input.clear();
                 let sgd = self.sgd_blocks(plan, k..k + 1, layout, base);
                 self.submit_sgd(tables, "train", ledger, &sgd)?;
+                progress.fetch_add(ratings(k), Ordering::Relaxed);
             }
             return Ok(plan.parts.len() - first);
         }
@@ -125,12 +129,14 @@ impl Exec {
                 let sgd: Vec<(u32, u32, Sgd)> =
                     chunk.iter().flat_map(|r| self.sgd_blocks(plan, r.clone(), layout, 0)).collect();
                 self.submit_sgd(tables, "train rounds", ledger, &sgd)?;
-                done = chunk.last().map_or(done, |r| r.end);
+                let end = chunk.last().map_or(done, |r| r.end);
+                progress.fetch_add((done..end).map(ratings).sum(), Ordering::Relaxed);
+                done = end;
             }
             return Ok(done - first);
         }
         let parts = &plan.parts[first..];
-        let len = |k: usize| layout.parts()[parts[k] as usize].len as usize;
+        let len = |k: usize| ratings(first + k);
         let widest = layout.max_part_len() as u32;
         let width = self.width.map_or(widest, |w| w.min(widest)).max(1);
         let mut k = 0;
@@ -151,6 +157,7 @@ impl Exec {
             self.dev.check()?;
             self.sgd_launches += 1;
             self.sgd_workers += width.min(n as u32) as f64;
+            progress.fetch_add(n, Ordering::Relaxed);
         }
         Ok(k)
     }
@@ -159,12 +166,15 @@ impl Exec {
     /// its permutations written once, then a dispatch per tile shift (up to
     /// [`ROUNDS_PER_SUBMIT`] in a pass), each workgroup running its tile's
     /// rounds. Stops between submissions when `stop` is raised; returns the
-    /// tile shifts trained.
+    /// tile shifts trained. `progress` gains each pass's share of the
+    /// epoch's `ratings`, in proportion to its shifts (a shift's ratings are
+    /// only known on the device).
     pub(super) fn train_tiles(
         &mut self,
         tables: &HostTables,
         order: &BlockedEpoch,
         stop: &std::sync::atomic::AtomicBool,
+        (progress, ratings): (&AtomicUsize, usize),
         ledger: &mut Ledger,
     ) -> Result<usize> {
         let t = self.tiles.expect("a tiled layout");
@@ -205,6 +215,7 @@ impl Exec {
             self.dev.check()?;
             self.sgd_launches += blocks.len() as u64;
             self.sgd_workers += blocks.len() as f64 * t.bins as f64;
+            progress.fetch_add(ratings * end / total - ratings * done / total, Ordering::Relaxed);
             done = end;
         }
         Ok(done)

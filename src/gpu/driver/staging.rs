@@ -374,7 +374,12 @@ pub(super) fn pipelined(
                         exec.load(tables, moves, ledger)
                     })
                 }
-                Job::Train(parts, moves) => exec.train_step(tables, input.plan, parts.clone(), moves, run, ledger),
+                Job::Train(parts, moves) => {
+                    exec.train_step(tables, input.plan, parts.clone(), moves, run, ledger).map(|()| {
+                        let ratings = parts.clone().map(|k| run.parts()[input.plan.parts[k] as usize].len as usize);
+                        input.progress.fetch_add(ratings.sum(), Ordering::Relaxed);
+                    })
+                }
                 Job::End(placed) => exec.write_back(tables, placed, ledger),
             };
             if let Err(e) = result {

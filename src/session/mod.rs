@@ -1,82 +1,33 @@
 //! The library's entry for a training run: [`Run`], built from a
-//! [`RunSpec`] and a [`Dataset`] (read from a file or made in memory), driven
-//! an epoch at a time or to the end, stopped by its [`CancelToken`], and
-//! returning its outcome and configuration as values. It prints nothing and
-//! reads no flag: the command line (and any other front end) maps its own
-//! inputs to a [`RunSpec`] and shows what comes back (docs/ARCHITECTURE.md,
-//! "The library's entry").
+//! [`RunRequest`] (its data read from a file or generated) or from a
+//! [`Dataset`] already in memory, driven an epoch at a time or to the end,
+//! stopped by its [`CancelToken`], and returning its report and model as
+//! values ([`Finished`]). [`plan`] says what a run will do on a GPU before it
+//! trains. Nothing here prints or reads a flag: the command line (and any
+//! other front end) maps its own inputs to a [`RunRequest`] and shows what
+//! comes back (docs/ARCHITECTURE.md, "The library's entry").
+//!
+//! It sits above [`crate::train`] and [`crate::report`]: it resolves and
+//! trains through the first and describes the outcome with the second.
 
-use std::io::Read;
+mod plan;
+
+pub use plan::{RunPlan, plan};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
+use serde::Serialize;
 
-use super::checkpoint::Checkpoint;
-use super::run::{ResolvedRun, RunConfig, RunSpec, resolve};
-use super::{EpochReport, RunControl, TrainOutcome, Training};
-use crate::data::{DataSource, Dataset, SourceJson};
-use crate::error::{Error, Result};
-
-/// A run as asked for, whole: where its data comes from and its settings.
-/// Serialisable: every report records it (`request`), and a run built from
-/// it trains the same model (`rowstage train --config report.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRequest {
-    pub source: DataSource,
-    pub spec: RunSpec,
-}
-
-/// The most bytes read from a configuration file: a report of thousands of
-/// epochs is a few MiB.
-const MAX_CONFIG_BYTES: u64 = 64 << 20;
-
-impl RunRequest {
-    /// Reads the request from `path`: a report written by `train --json`
-    /// (its `request`) or a file holding a request alone. An error names the
-    /// file and what is wrong with it.
-    pub fn read(path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::arg("`config`", path.display().to_string(), reason);
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut text = String::new();
-        file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(|e| Error::io(path, e))?;
-        if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(bad(format!("larger than {} MiB: not a report or a run request", MAX_CONFIG_BYTES >> 20)));
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let request = value.get("request").cloned().unwrap_or(value);
-        serde_json::from_value(request).map_err(|e| {
-            bad(format!("not a report of `train --json` or a run request ({{\"source\", \"spec\"}}): {e}"))
-        })
-    }
-}
-
-/// Stops a [`Run`] at the next part boundary when cancelled, from any
-/// thread (a signal handler, a browser's Stop button); the run then ends
-/// with its host tables whole and `complete: false`.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// The flag itself, for the engine's loops.
-    pub fn flag(&self) -> &AtomicBool {
-        &self.0
-    }
-}
+use crate::data::{DataSource, Dataset};
+use crate::error::Result;
+use crate::report::{DatasetInfo, EpochJson, FinalJson, Report};
+use crate::train::checkpoint::Checkpoint;
+use crate::train::{
+    CancelToken, EpochReport, ResolvedRun, RunConfig, RunControl, RunRequest, RunSpec, TrainOutcome, Training,
+    resolve,
+};
 
 /// What a run does besides training: checkpoints, resuming, early stopping.
 #[derive(Default)]
@@ -100,29 +51,59 @@ pub struct Progress {
     pub ratings_per_epoch: usize,
 }
 
-/// A run's end: the trained model and figures, and the configuration that
-/// reports and model files record.
+/// A run's end: the trained model and its figures, and the report that
+/// `train --json` writes (its `config` is what model files record).
 pub struct Finished {
     pub outcome: TrainOutcome,
-    pub config: RunConfig,
+    pub report: Report,
+}
+
+impl Finished {
+    /// The run's configuration, as reports and model files record it.
+    pub fn config(&self) -> &RunConfig {
+        &self.report.config
+    }
+
+    /// Writes the kept model with its configuration (safetensors).
+    pub fn save_model(&self, path: &Path) -> Result<()> {
+        let config = serde_json::to_value(self.config()).expect("a run's configuration serialises");
+        crate::model::save_model(&self.outcome.model, &config, path)
+    }
 }
 
 /// A training run, resolved and ready: [`Run::step`] trains an epoch,
 /// [`Run::finish`] ends it.
 pub struct Run {
     data: Dataset,
-    source: SourceJson,
-    spec: RunSpec,
+    request: RunRequest,
+    /// Malformed lines the loader skipped.
+    skipped_lines: usize,
+    /// The loader's notes, then the resolver's.
+    notes: Vec<String>,
     resolved: ResolvedRun,
     training: Training,
     cancel: CancelToken,
 }
 
 impl Run {
+    /// Loads (or generates) the request's data, then builds the run as
+    /// [`Run::new`] does.
+    pub fn from_request(request: RunRequest, options: RunOptions) -> Result<Self> {
+        request.spec.validate()?;
+        let loaded = request.source.load(request.spec.seed)?;
+        let mut run = Run::new(loaded.dataset, request.source, request.spec, options)?;
+        run.skipped_lines = loaded.skipped;
+        run.notes.splice(0..0, loaded.notes);
+        Ok(run)
+    }
+
     /// Resolves `spec` against `data` (the batch, the co-partitioning, the
     /// backend opened, the order) and starts training: a fresh model, or
-    /// `options.resume`'s. `source` is what reports say of the data.
-    pub fn new(data: Dataset, source: SourceJson, spec: RunSpec, options: RunOptions) -> Result<Self> {
+    /// `options.resume`'s. `source` is what reports say of where the data
+    /// came from (a front end holding ratings in memory names them in its
+    /// `path`).
+    pub fn new(data: Dataset, source: DataSource, spec: RunSpec, options: RunOptions) -> Result<Self> {
+        spec.validate()?;
         let mut resolved = resolve(&data, &spec)?;
         let control = RunControl {
             stop: None,
@@ -131,7 +112,9 @@ impl Run {
             patience: options.patience,
         };
         let training = Training::start(&data, &resolved.settings, resolved.opened.backend.as_mut(), control)?;
-        Ok(Run { data, source, spec, resolved, training, cancel: CancelToken::new() })
+        let notes = resolved.notes.clone();
+        let request = RunRequest { source, spec };
+        Ok(Run { data, request, skipped_lines: 0, notes, resolved, training, cancel: CancelToken::new() })
     }
 
     /// The token that stops this run.
@@ -145,8 +128,14 @@ impl Run {
     }
 
     /// The run as asked for.
-    pub fn spec(&self) -> &RunSpec {
-        &self.spec
+    pub fn request(&self) -> &RunRequest {
+        &self.request
+    }
+
+    /// What a user should be told before the first epoch: lines the loader
+    /// skipped, and each choice the resolver made.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// What the specification resolved to: the settings (the order, the
@@ -195,12 +184,34 @@ impl Run {
         self.finish()
     }
 
-    /// Ends the run: the model kept and its figures, and the configuration.
+    /// Ends the run: the model kept, its figures and its report.
     pub fn finish(self) -> Result<Finished> {
-        let Run { data, source, spec, mut resolved, training, .. } = self;
+        let Run { data, request, skipped_lines, mut resolved, training, .. } = self;
         let outcome = training.finish(&data, resolved.opened.backend.as_mut())?;
-        let config = RunConfig::of(&spec, &resolved, &outcome, source);
-        Ok(Finished { outcome, config })
+        let config = RunConfig::of(&request.spec, &resolved, &outcome, request.source.describe());
+        let ceiling = config.ceiling;
+        let grid = crate::report::grid_results(
+            &outcome.settings,
+            &outcome.epochs,
+            outcome.best_epoch.filter(|_| outcome.complete),
+        );
+        let report = Report {
+            dataset: DatasetInfo::of(&data, skipped_lines),
+            config,
+            request,
+            epochs: outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
+            final_: FinalJson {
+                test_rmse: (!ceiling).then_some(outcome.final_metrics.rmse),
+                test_mae: (!ceiling).then_some(outcome.final_metrics.mae),
+                ratings_per_sec: outcome.ratings_per_sec,
+            },
+            complete: outcome.complete,
+            best_epoch: outcome.best_epoch,
+            stopped_early: outcome.stopped_early,
+            best: grid.first().cloned(),
+            grid: (!grid.is_empty()).then_some(grid),
+        };
+        Ok(Finished { outcome, report })
     }
 }
 
@@ -232,12 +243,12 @@ mod tests {
     #[test]
     fn stepping_an_epoch_at_a_time_trains_the_model_of_one_call() {
         let data = source().load(2).unwrap().dataset;
-        let whole = super::super::run::resolve(&data, &spec(3)).unwrap();
+        let whole = resolve(&data, &spec(3)).unwrap();
         let mut settings_backend = whole.opened.backend;
         let reference =
             crate::train::train(&data, &whole.settings, settings_backend.as_mut(), RunControl::default(), &mut |_| {})
                 .unwrap();
-        let mut run = Run::new(data, source().describe(), spec(3), RunOptions::default()).unwrap();
+        let mut run = Run::new(data, source(), spec(3), RunOptions::default()).unwrap();
         let mut epochs = Vec::new();
         while let Some(e) = run.step().unwrap() {
             epochs.push(e.epoch);
@@ -250,34 +261,13 @@ mod tests {
         let done = run.finish().unwrap();
         assert!(done.outcome.complete);
         assert_eq!(done.outcome.model, reference.model);
-        assert_eq!(done.config.order, reference.order.name());
-    }
-
-    #[test]
-    fn a_request_reads_back_from_a_report_or_alone_and_bad_files_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let request = RunRequest { source: source(), spec: spec(3) };
-        let report = serde_json::json!({"dataset": {}, "request": request});
-        let (a, b) = (dir.path().join("report.json"), dir.path().join("request.json"));
-        std::fs::write(&a, serde_json::to_string_pretty(&report).unwrap()).unwrap();
-        std::fs::write(&b, serde_json::to_string(&request).unwrap()).unwrap();
-        assert_eq!(RunRequest::read(&a).unwrap(), request);
-        assert_eq!(RunRequest::read(&b).unwrap(), request);
-        // Fields left out take the defaults.
-        std::fs::write(&b, r#"{"source": {}, "spec": {"epochs": 2}}"#).unwrap();
-        let partial = RunRequest::read(&b).unwrap();
-        assert_eq!((partial.spec.epochs, partial.spec.hp), (2, RunSpec::default().hp));
-        for bad in ["{", "[1, 2]", r#"{"spec": {"epochs": "many"}, "source": {}}"#] {
-            std::fs::write(&b, bad).unwrap();
-            let e = RunRequest::read(&b).unwrap_err().to_string();
-            assert!(e.contains("request.json") && e.contains("`config`"), "{bad}: {e}");
-        }
+        assert_eq!(done.config().order, reference.order.name());
     }
 
     #[test]
     fn a_cancelled_run_ends_incomplete_with_whole_tables() {
         let data = source().load(2).unwrap().dataset;
-        let mut run = Run::new(data, source().describe(), spec(4), RunOptions::default()).unwrap();
+        let mut run = Run::new(data, source(), spec(4), RunOptions::default()).unwrap();
         assert!(run.step().unwrap().is_some());
         run.cancel_token().cancel();
         assert!(run.step().unwrap().is_none(), "a cancelled epoch reports nothing");

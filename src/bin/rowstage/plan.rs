@@ -1,0 +1,91 @@
+//! `rowstage plan`: what `train` will do on an adapter, before it trains.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::Choice;
+use crate::data::{DataArgs, load_dataset};
+use crate::output::{Out, write_output};
+use rowstage::error::{Error, Result};
+use rowstage::gpu::BackendChoice;
+use rowstage::model::HyperParams;
+use rowstage::stage::Budget;
+use rowstage::train::{self, BackendSpec};
+
+#[derive(Args)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The slab: a size or a share of the tables.
+    #[arg(long, default_value = "25%", value_name = "SIZE", allow_hyphen_values = true)]
+    device_memory: String,
+    /// Latent factors per row (sets the row size).
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    /// Seed of the split and the orders planned.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The adapter to plan for (its calibration and limits).
+    #[arg(long, value_parser = Choice::<BackendChoice>::new(), default_value = "auto")]
+    backend: BackendChoice,
+    /// Use the adapter whose name contains this text (case-insensitive).
+    #[arg(long, value_name = "SUBSTRING")]
+    adapter: Option<String>,
+    /// Ratings per batch of the shuffled order: "auto" (the planner's, as
+    /// `train --batch auto` takes it) or a number.
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    batch: String,
+    /// The epoch order, as `train --order` takes it.
+    #[arg(long, default_value = "auto", value_name = "ORDER")]
+    order: String,
+    /// Measure the adapter again instead of using the cached calibration.
+    #[arg(long)]
+    no_calibration_cache: bool,
+    /// Write the plan as JSON to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
+    if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
+        rowstage::model::check_output("--json", p)?;
+    }
+    let batch = match a.batch.trim() {
+        "auto" => train::BatchRequest::Auto,
+        b => train::BatchRequest::Fixed(
+            b.parse::<usize>()
+                .map_err(|_| Error::arg("--batch", b, "must be auto or a whole number of ratings ≥ 1"))?,
+        ),
+    };
+    // What `train` runs with these flags, and its defaults otherwise.
+    let spec = train::RunSpec {
+        hp: HyperParams { rank: a.rank, ..HyperParams::DEFAULT },
+        batch,
+        seed: a.seed,
+        order: train::Order::parse(&a.order)?,
+        backend: BackendSpec {
+            backend: a.backend,
+            adapter: a.adapter.clone(),
+            device_memory: Some(Budget::parse("--device-memory", &a.device_memory)?),
+            ..BackendSpec::default()
+        },
+        calibration_cache: !a.no_calibration_cache,
+        ..train::RunSpec::default()
+    };
+    spec.validate()?;
+    let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
+    let (data, _) = load_dataset(&a.data.source()?, a.seed, &out)?;
+    let plan = rowstage::session::plan(&data, &spec)?;
+    for line in plan.lines() {
+        out.line(&line);
+    }
+    out.line(&format!(
+        "rowstage train with the same data, --device-memory {}, --seed {} and --batch {} applies this plan",
+        a.device_memory, a.seed, a.batch
+    ));
+    if let Some(path) = &a.json {
+        write_output(path, &serde_json::to_string_pretty(&plan).expect("a plan serialises"))?;
+    }
+    Ok(())
+}
