@@ -78,10 +78,7 @@ pub struct BenchPlan {
 /// resolved now to the best adapter's backend (or the CPU's where there is
 /// none and no `adapter` filter was asked for, with a notice), and each named
 /// once. Returns them with `adapter` (the CPU's `None`) and the notices.
-fn resolve_backends(
-    names: &str,
-    adapter: Option<&str>,
-) -> Result<(Backends, Vec<String>)> {
+fn resolve_backends(names: &str, adapter: Option<&str>) -> Result<(Backends, Vec<String>)> {
     use crate::Named;
     let (mut resolved, mut notices) = (Vec::new(), Vec::new());
     for name in names.split(',') {
@@ -89,9 +86,7 @@ fn resolve_backends(
             .ok_or_else(|| Error::arg("`backend`", name, format!("expected a list of {}", BackendChoice::names())))?;
         let choice = if b == BackendChoice::Auto {
             match crate::gpu::GpuContext::new(b, adapter) {
-                Ok(ctx) => {
-                    <BackendChoice as Named>::from_name(&ctx.summary.backend.to_lowercase()).unwrap_or(b)
-                }
+                Ok(ctx) => <BackendChoice as Named>::from_name(&ctx.summary.backend.to_lowercase()).unwrap_or(b),
                 Err(Error::NoAdapter { hint, .. }) if adapter.is_none() => {
                     notices.push(format!("no GPU adapter found ({hint}); benchmarking the CPU backend instead"));
                     BackendChoice::Cpu

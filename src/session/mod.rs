@@ -25,8 +25,7 @@ use crate::error::Result;
 use crate::report::{DatasetInfo, EpochJson, FinalJson, Report};
 use crate::train::checkpoint::Checkpoint;
 use crate::train::{
-    CancelToken, EpochReport, ResolvedRun, RunConfig, RunControl, RunRequest, RunSpec, TrainOutcome, Training,
-    resolve,
+    CancelToken, EpochReport, ResolvedRun, RunConfig, RunControl, RunRequest, RunSpec, TrainOutcome, Training, resolve,
 };
 
 /// What a run does besides training: checkpoints, resuming, early stopping.

@@ -56,8 +56,7 @@ pub fn plan(data: &Dataset, spec: &RunSpec) -> Result<RunPlan> {
     let (adapter, summary) = (ctx.describe(), ctx.summary.clone());
     let (calibration, planner) = if auto {
         drop(ctx);
-        let (batch, plan, notes) =
-            auto_batch(data, &settings, b, spec.calibration_cache, crate::train::DEFAULT_BATCH)?;
+        let (batch, plan, notes) = auto_batch(data, &settings, b, spec.calibration_cache, crate::train::DEFAULT_BATCH)?;
         settings.batch = batch;
         (notes, plan)
     } else {
@@ -134,5 +133,4 @@ impl RunPlan {
         }
         lines
     }
-
 }

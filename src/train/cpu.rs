@@ -503,7 +503,8 @@ impl Backend for HogwildCpu {
     }
 
     fn adapter(&self) -> String {
-        format!("CPU Hogwild ({} threads)", self.threads)
+        let plural = if self.threads == 1 { "" } else { "s" };
+        format!("CPU ({} thread{plural})", self.threads)
     }
 
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {

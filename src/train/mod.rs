@@ -14,8 +14,8 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod plan;
-pub mod run;
 pub mod request;
+pub mod run;
 mod setup;
 
 pub use setup::{
@@ -23,8 +23,8 @@ pub use setup::{
     open_backend_fitting, open_backend_on, plan_budget, table_bytes,
 };
 
-pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
 pub use request::{CancelToken, RunRequest};
+pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 

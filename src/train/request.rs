@@ -71,7 +71,6 @@ impl CancelToken {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -238,8 +238,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
     exports.check()?;
     let out = Out { to_stderr: exports.to_stdout() };
     // `auto` is resolved now: the best adapter, or the CPU when there is none.
-    let (plan, notices) =
-        bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;
+    let (plan, notices) = bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;
     for n in notices {
         eprintln!("notice: {}", flags(&n));
     }

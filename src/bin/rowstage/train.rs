@@ -340,8 +340,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         None => None,
     };
     let resumed = resume.as_ref().map(|c| (c.path.clone(), c.state.epoch, c.state.position));
-    let options =
-        RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()), resume, patience: a.patience };
+    let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()), resume, patience: a.patience };
     let mut run = Run::from_request(request, options)?;
     for n in run.notes() {
         out.line(n);

@@ -266,8 +266,13 @@ impl Backend for GpuBackend {
         }
         let parts = if tiled {
             let order = self.run.blocked_epoch(input.epoch).expect("tiles are the blocked order's");
-            let shifts =
-                self.exec.train_tiles(&tables, &order, input.stop, (input.progress, self.whole.ratings), &mut ledger)?;
+            let shifts = self.exec.train_tiles(
+                &tables,
+                &order,
+                input.stop,
+                (input.progress, self.whole.ratings),
+                &mut ledger,
+            )?;
             self.run.blocked_parts_before(&order, shifts)
         } else if self.exec.layout.all_resident {
             self.exec.train_resident(&tables, &self.run, plan, input.from, (input.stop, input.progress), &mut ledger)?
