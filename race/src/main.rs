@@ -147,8 +147,9 @@ fn main() {
         });
     }
     for g in a.gpu.split(',').filter(|g| !g.trim().is_empty()) {
-        let b = <BackendChoice as rowstage::Named>::from_name(g)
-            .unwrap_or_else(|| panic!("--gpu: unknown backend {g:?}: one of {}", <BackendChoice as rowstage::Named>::names()));
+        let b = <BackendChoice as rowstage::Named>::from_name(g).unwrap_or_else(|| {
+            panic!("--gpu: unknown backend {g:?}: one of {}", <BackendChoice as rowstage::Named>::names())
+        });
         if let Err(e) = GpuContext::new(b, None) {
             println!("{:<80} skipped: {e}", b.name());
             continue;

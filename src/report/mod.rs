@@ -126,6 +126,10 @@ pub struct FinalJson {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub dataset: DatasetInfo,
+    /// What was chosen on the data before the model trained, and how
+    /// (absent where the run fixed its settings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub choice: Option<ChoiceJson>,
     /// What the run resolved to.
     pub config: crate::train::RunConfig,
     /// The run as asked for: `train --config` reads it back.
@@ -145,6 +149,19 @@ pub struct Report {
     /// The setting kept (absent outside a grid search).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub best: Option<GridJson>,
+}
+
+/// The choosing part of a run: what it kept, what it cost, each
+/// candidate's figures and its epochs, whose "test" figures are the
+/// validation split's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChoiceJson {
+    #[serde(flatten)]
+    pub choice: crate::train::tune::Choice,
+    /// The candidates ranked by validation RMSE at the epoch kept, best
+    /// first.
+    pub candidates: Vec<GridJson>,
+    pub epochs: Vec<EpochJson>,
 }
 
 /// One setting of a grid search: its figures at the epoch kept (the last, or
@@ -222,14 +239,20 @@ pub fn grid_results(settings: &[Setting], epochs: &[EpochReport], kept_epoch: Op
 }
 
 /// The ranked table of a grid search, one line per setting.
-pub fn grid_table(grid: &[GridJson]) -> Vec<String> {
+/// `held`: what the figures score, `test` or `validation`.
+pub fn grid_table(grid: &[GridJson], held: &str) -> Vec<String> {
     let mut lines = vec![format!(
-        "{:>5}  {:>10}  {:>10}  {:>9}  {:>9}  {:>14}",
-        "place", "lr", "reg", "test RMSE", "test MAE", "lowest (epoch)"
+        "{:>5}  {:>10}  {:>10}  {:>15}  {:>15}  {:>14}",
+        "place",
+        "lr",
+        "reg",
+        format!("{held} RMSE"),
+        format!("{held} MAE"),
+        "lowest (epoch)"
     )];
     for g in grid {
         lines.push(format!(
-            "{:>5}  {:>10}  {:>10}  {:>9.4}  {:>9.4}  {:>7.4} ({:>3})",
+            "{:>5}  {:>10}  {:>10}  {:>15.4}  {:>15.4}  {:>7.4} ({:>3})",
             g.place, g.lr, g.reg, g.test_rmse, g.test_mae, g.lowest_test_rmse, g.lowest_epoch
         ));
     }
@@ -265,7 +288,8 @@ pub fn conflict_note(e: &EpochReport, at_once: Option<usize>, hardware: bool) ->
 
 /// The text line printed after an epoch; `ceiling`: a run on the noop
 /// backend, whose RMSE is no model's and is not shown.
-pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool) -> String {
+/// `choosing`: an epoch of the candidates, scored on the validation split.
+pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool, choosing: bool) -> String {
     let l = &e.ledger;
     let mut s = if ceiling {
         format!(
@@ -273,8 +297,9 @@ pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool) -> String {
             e.epoch, e.ratings_per_sec, e.workers, e.conflicts
         )
     } else {
+        let (stage, held) = if choosing { ("choosing ", "validation") } else { ("", "test") };
         format!(
-            "epoch {:>3}  train {:.4}  test {:.4}  {:>9.3e} ratings/s  {:>5.0} workers  conflicts {:>7}",
+            "{stage}epoch {:>3}  train {:.4}  {held} {:.4}  {:>9.3e} ratings/s  {:>5.0} workers  conflicts {:>7}",
             e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec, e.workers, e.conflicts
         )
     };

@@ -17,32 +17,47 @@ pub use plan::{RunPlan, plan};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::data::{DataSource, Dataset};
-use crate::error::Result;
-use crate::report::{DatasetInfo, EpochJson, FinalJson, Report};
+use crate::error::{Error, Result};
+use crate::model::{HyperParams, Setting};
+use crate::report::{ChoiceJson, DatasetInfo, EpochJson, FinalJson, Report};
 use crate::train::checkpoint::Checkpoint;
+use crate::train::tune::{Choice, DEFAULT_PATIENCE, Tuning, validation_split};
 use crate::train::{
     CancelToken, EpochReport, ResolvedRun, RunConfig, RunControl, RunRequest, RunSpec, TrainOutcome, Training, resolve,
 };
 
-/// What a run does besides training: checkpoints, resuming, early stopping.
+/// What a run does besides training: checkpoints and resuming (of the
+/// final model's training; a run that chooses its settings chooses again,
+/// the same way, when resumed).
 #[derive(Default)]
 pub struct RunOptions {
     /// Write a checkpoint here after every epoch and when stopped.
     pub checkpoint: Option<PathBuf>,
     /// Continue from this checkpoint.
     pub resume: Option<Checkpoint>,
-    /// Stop when test RMSE has not improved for this many epochs, keeping
-    /// the best epoch's model.
-    pub patience: Option<usize>,
+}
+
+/// Which part of a run an epoch belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The candidate settings side by side on the training ratings less the
+    /// validation split; the epoch's "test" figures are the validation
+    /// split's.
+    Choosing,
+    /// The model kept: the chosen setting on all the training ratings.
+    Training,
 }
 
 /// How far a run is inside an epoch ([`Run::progress`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Progress {
+    pub stage: Stage,
     /// The epoch in training, 1-based.
     pub epoch: usize,
     /// Its ratings trained so far.
@@ -70,7 +85,19 @@ impl Finished {
     }
 }
 
-/// A training run, resolved and ready: [`Run::step`] trains an epoch,
+/// The choosing part of a run, while it lasts.
+struct Choosing {
+    /// The training ratings less the validation split, and the split as
+    /// the test set.
+    data: Dataset,
+    started: Instant,
+    patience: usize,
+    /// The final training's options, used when choosing ends.
+    options: RunOptions,
+}
+
+/// A training run, resolved and ready: [`Run::step`] trains an epoch
+/// (choosing first, where the settings are chosen on the data),
 /// [`Run::finish`] ends it.
 pub struct Run {
     data: Dataset,
@@ -79,6 +106,13 @@ pub struct Run {
     skipped_lines: usize,
     /// The loader's notes, then the resolver's.
     notes: Vec<String>,
+    /// Some while the settings are being chosen.
+    choosing: Option<Choosing>,
+    /// What choosing kept, and its epochs (their figures the validation
+    /// split's).
+    choice: Option<(Choice, Vec<EpochReport>)>,
+    /// The specification the current stage trains.
+    spec: RunSpec,
     resolved: ResolvedRun,
     training: Training,
     cancel: CancelToken,
@@ -97,23 +131,103 @@ impl Run {
     }
 
     /// Resolves `spec` against `data` (the batch, the co-partitioning, the
-    /// backend opened, the order) and starts training: a fresh model, or
-    /// `options.resume`'s. `source` is what reports say of where the data
-    /// came from (a front end holding ratings in memory names them in its
-    /// `path`).
+    /// backend opened, the order) and starts training: choosing the
+    /// settings where `spec.tune` asks (docs/ARCHITECTURE.md, "Choosing on
+    /// the data"), else the model itself, fresh or `options.resume`'s.
+    /// `source` is what reports say of where the data came from (a front end
+    /// holding ratings in memory names them in its `path`).
     pub fn new(data: Dataset, source: DataSource, spec: RunSpec, options: RunOptions) -> Result<Self> {
         spec.validate()?;
-        let mut resolved = resolve(&data, &spec)?;
-        let control = RunControl {
-            stop: None,
-            checkpoint: options.checkpoint.as_deref(),
-            resume: options.resume,
-            patience: options.patience,
+        let request = RunRequest { source, spec: spec.clone() };
+        // A checkpoint of a run that chose resumes with what it chose.
+        let resumed = options.resume.as_ref().and_then(|c| {
+            let (hp, epochs) = (c.state.fingerprint.hp, c.state.chosen_epochs?);
+            Some(RunSpec {
+                hp: HyperParams { lr: hp.lr, reg: hp.reg, ..spec.hp },
+                grid: Vec::new(),
+                epochs,
+                ..spec.clone()
+            })
+        });
+        if resumed.is_some() || !spec.tune.chooses(&spec.hp, &spec.grid) {
+            let chosen = resumed.as_ref().map(|s| s.epochs);
+            let stage_spec = RunSpec { tune: Tuning::OFF, ..resumed.unwrap_or(spec) };
+            let (resolved, mut training) = start(&data, &stage_spec, options, None)?;
+            if let Some(epochs) = chosen {
+                training.record_choice(epochs);
+            }
+            let notes = resolved.notes.clone();
+            return Ok(Run {
+                data,
+                request,
+                skipped_lines: 0,
+                notes,
+                choosing: None,
+                choice: None,
+                spec: stage_spec,
+                resolved,
+                training,
+                cancel: CancelToken::new(),
+            });
+        }
+        let started = Instant::now();
+        let candidates = spec.tune.candidates(&spec.hp, &spec.grid);
+        let held = validation_split(&data, spec.tune.validation, spec.seed);
+        let patience = spec.tune.patience.unwrap_or(DEFAULT_PATIENCE);
+        let choose_spec = RunSpec {
+            hp: HyperParams { lr: candidates[0].lr, reg: candidates[0].reg, ..spec.hp },
+            grid: if candidates.len() > 1 { candidates.clone() } else { Vec::new() },
+            tune: Tuning::OFF,
+            ..spec
         };
-        let training = Training::start(&data, &resolved.settings, resolved.opened.backend.as_mut(), control)?;
-        let notes = resolved.notes.clone();
-        let request = RunRequest { source, spec };
-        Ok(Run { data, request, skipped_lines: 0, notes, resolved, training, cancel: CancelToken::new() })
+        let (resolved, training) =
+            start(&held, &choose_spec, RunOptions::default(), Some(patience)).map_err(|e| match e {
+                Error::BudgetTooSmall { budget, .. } if candidates.len() > 1 => Error::arg(
+                    "`device_memory`",
+                    crate::stage::human_bytes(budget),
+                    format!(
+                        "{e}. Choosing trains {} settings side by side, every row slot holding each one's copy: give \
+                         a larger budget, or `lr` and `reg` to train one setting",
+                        candidates.len()
+                    ),
+                ),
+                e => e,
+            })?;
+        let mut notes = resolved.notes.clone();
+        let list = |f: fn(&Setting) -> f32| {
+            let mut v: Vec<String> = Vec::new();
+            for c in &candidates {
+                let x = f(c).to_string();
+                if !v.contains(&x) {
+                    v.push(x);
+                }
+            }
+            v.join(",")
+        };
+        notes.push(format!(
+            "choosing: {} setting(s) (lr {} × reg {}) trained side by side on {} of the training ratings, scored on \
+             the {} held out (`validation` {}), up to {} epochs, stopping after {patience} without a better \
+             validation RMSE; the test ratings take no part",
+            candidates.len(),
+            list(|c| c.lr),
+            list(|c| c.reg),
+            held.train.len(),
+            held.test.len(),
+            request.spec.tune.validation,
+            choose_spec.epochs,
+        ));
+        Ok(Run {
+            data,
+            request,
+            skipped_lines: 0,
+            notes,
+            choosing: Some(Choosing { data: held, started, patience, options }),
+            choice: None,
+            spec: choose_spec,
+            resolved,
+            training,
+            cancel: CancelToken::new(),
+        })
     }
 
     /// The token that stops this run.
@@ -121,7 +235,8 @@ impl Run {
         self.cancel.clone()
     }
 
-    /// The data trained on.
+    /// The data trained on (all of it: choosing trains on a split of its
+    /// training ratings).
     pub fn data(&self) -> &Dataset {
         &self.data
     }
@@ -132,62 +247,137 @@ impl Run {
     }
 
     /// What a user should be told before the first epoch: lines the loader
-    /// skipped, and each choice the resolver made.
+    /// skipped, each choice the resolver made, and what will be chosen.
     pub fn notes(&self) -> &[String] {
         &self.notes
     }
 
-    /// What the specification resolved to: the settings (the order, the
-    /// batch), the backend opened, the slab's plan, and notes for the user
-    /// on each choice made.
+    /// What the current stage's specification resolved to: the settings
+    /// (the order, the batch, the candidates while choosing), the backend
+    /// opened, the slab's plan, and notes for the user on each choice made.
     pub fn resolved(&self) -> &ResolvedRun {
         &self.resolved
     }
 
-    /// Epochs complete so far (a resumed run's included).
+    /// The stage the next epoch belongs to.
+    pub fn stage(&self) -> Stage {
+        if self.choosing.is_some() { Stage::Choosing } else { Stage::Training }
+    }
+
+    /// What choosing kept, once it has ended.
+    pub fn choice(&self) -> Option<&Choice> {
+        self.choice.as_ref().map(|(c, _)| c)
+    }
+
+    /// Epochs of the current stage complete so far (a resumed run's
+    /// included).
     pub fn epochs_done(&self) -> usize {
         self.training.epochs_done()
     }
 
-    /// How far the run is: the epoch in training (1-based) and its ratings
-    /// done so far, out of an epoch's. The count is shared with the backend
-    /// ([`Run::progress_counter`]), which adds to it as units, rounds or
-    /// passes finish (the CPU per unit of work, a GPU per pass).
+    /// How far the run is: the stage, the epoch in training (1-based) and
+    /// its ratings done so far, out of an epoch's. The count is shared with
+    /// the backend ([`Run::progress_counter`]), which adds to it as units,
+    /// rounds or passes finish (the CPU per unit of work, a GPU per pass).
     pub fn progress(&self) -> Progress {
+        let data = self.choosing.as_ref().map_or(&self.data, |c| &c.data);
         Progress {
+            stage: self.stage(),
             epoch: self.epochs_done() + 1,
             ratings: self.training.progress().load(Ordering::Relaxed),
-            ratings_per_epoch: self.data.train.len(),
+            ratings_per_epoch: data.train.len(),
         }
     }
 
-    /// The ratings-done counter itself, to poll from another thread while
-    /// [`Run::step`] runs.
+    /// The current stage's ratings-done counter, to poll from another
+    /// thread while [`Run::step`] runs (a new counter when the stage
+    /// changes).
     pub fn progress_counter(&self) -> Arc<std::sync::atomic::AtomicUsize> {
         self.training.progress()
     }
 
-    /// Trains and evaluates the next epoch: its report, or `None` when the
-    /// run has ended (every epoch done, early stopping, or a cancel, which
-    /// ends an epoch part-way).
-    pub fn step(&mut self) -> Result<Option<EpochReport>> {
-        let backend = self.resolved.opened.backend.as_mut();
-        self.training.step(&self.data, backend, self.cancel.flag())
+    /// Trains and evaluates the next epoch: its stage and report, or `None`
+    /// when the run has ended (every epoch done, or a cancel, which ends an
+    /// epoch part-way). When choosing ends, the next call starts the final
+    /// training.
+    pub fn step(&mut self) -> Result<Option<(Stage, EpochReport)>> {
+        loop {
+            let Some(choosing) = &self.choosing else {
+                let backend = self.resolved.opened.backend.as_mut();
+                return Ok(self.training.step(&self.data, backend, self.cancel.flag())?.map(|e| (Stage::Training, e)));
+            };
+            let backend = self.resolved.opened.backend.as_mut();
+            if let Some(e) = self.training.step(&choosing.data, backend, self.cancel.flag())? {
+                return Ok(Some((Stage::Choosing, e)));
+            }
+            if !self.training.is_complete() {
+                // Cancelled or diverged while choosing: the run ends here.
+                return Ok(None);
+            }
+            self.end_choosing()?;
+        }
+    }
+
+    /// Keeps the setting and epoch of the lowest validation RMSE, and
+    /// starts the final training with them on all the training ratings.
+    fn end_choosing(&mut self) -> Result<()> {
+        let choosing = self.choosing.take().expect("choosing");
+        let settings = self.training.settings().settings();
+        let best = self.training.best().expect("a complete choosing run has a best epoch");
+        let kept = settings[best.setting];
+        let choice = Choice {
+            lr: kept.lr,
+            reg: kept.reg,
+            epochs: best.epoch,
+            validation_rmse: best.test_rmse,
+            candidates: settings,
+            validation_ratings: choosing.data.test.len(),
+            choosing_ratings: choosing.data.train.len(),
+            seconds: choosing.started.elapsed().as_secs_f64(),
+            stopped: if self.training.stopped_early() { "early" } else { "epochs" },
+            patience: choosing.patience,
+        };
+        let spec = RunSpec {
+            hp: HyperParams { lr: kept.lr, reg: kept.reg, ..self.request.spec.hp },
+            grid: Vec::new(),
+            epochs: best.epoch,
+            tune: Tuning::OFF,
+            ..self.request.spec.clone()
+        };
+        let epochs = self.training.epochs().to_vec();
+        // The chosen setting alone: the backend is opened again for it (a
+        // slab of one copy a row, the full training ratings' layout), after
+        // the candidates' is closed.
+        self.resolved.opened.backend = Box::new(crate::train::cpu::ReferenceCpu { bias_reg: 0.0 });
+        let (resolved, mut training) = start(&self.data, &spec, choosing.options, None)?;
+        training.record_choice(best.epoch);
+        self.resolved = resolved;
+        self.training = training;
+        self.spec = spec;
+        self.choice = Some((choice, epochs));
+        Ok(())
     }
 
     /// Steps to the end, calling `on_epoch` after each epoch, and finishes.
-    pub fn run_to_end(mut self, on_epoch: &mut dyn FnMut(&EpochReport)) -> Result<Finished> {
-        while let Some(report) = self.step()? {
-            on_epoch(&report);
+    pub fn run_to_end(mut self, on_epoch: &mut dyn FnMut(Stage, &EpochReport)) -> Result<Finished> {
+        while let Some((stage, report)) = self.step()? {
+            on_epoch(stage, &report);
         }
         self.finish()
     }
 
-    /// Ends the run: the model kept, its figures and its report.
+    /// Ends the run: the model kept, its figures and its report. A run
+    /// stopped while choosing keeps the best candidate so far (trained on
+    /// the training ratings less the validation split), marked incomplete.
     pub fn finish(self) -> Result<Finished> {
-        let Run { data, request, skipped_lines, mut resolved, training, .. } = self;
-        let outcome = training.finish(&data, resolved.opened.backend.as_mut())?;
-        let config = RunConfig::of(&request.spec, &resolved, &outcome, request.source.describe());
+        let Run { data, request, skipped_lines, mut resolved, training, choosing, choice, spec, .. } = self;
+        let scored = choosing.as_ref().map_or(&data, |c| &c.data);
+        let mut outcome = training.finish(scored, resolved.opened.backend.as_mut())?;
+        if choosing.is_some() {
+            // Scored on the test ratings, as every report's final figures are.
+            outcome.final_metrics = outcome.model.evaluate(&data.test);
+        }
+        let config = RunConfig::of(&spec, &resolved, &outcome, request.source.describe());
         let ceiling = config.ceiling;
         let grid = crate::report::grid_results(
             &outcome.settings,
@@ -198,20 +388,41 @@ impl Run {
             dataset: DatasetInfo::of(&data, skipped_lines),
             config,
             request,
+            choice: choice.map(|(c, epochs)| ChoiceJson {
+                epochs: epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
+                candidates: crate::report::grid_results(&c.candidates, &epochs, Some(c.epochs)),
+                choice: c,
+            }),
             epochs: outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
             final_: FinalJson {
                 test_rmse: (!ceiling).then_some(outcome.final_metrics.rmse),
                 test_mae: (!ceiling).then_some(outcome.final_metrics.mae),
                 ratings_per_sec: outcome.ratings_per_sec,
             },
-            complete: outcome.complete,
+            complete: outcome.complete && choosing.is_none(),
             best_epoch: outcome.best_epoch,
             stopped_early: outcome.stopped_early,
             best: grid.first().cloned(),
             grid: (!grid.is_empty()).then_some(grid),
         };
+        outcome.complete &= choosing.is_none();
         Ok(Finished { outcome, report })
     }
+}
+
+/// Resolves `spec` on `data` and starts its training (`patience`: early
+/// stopping on `data`'s test ratings, which are then a validation split).
+fn start(
+    data: &Dataset,
+    spec: &RunSpec,
+    options: RunOptions,
+    patience: Option<usize>,
+) -> Result<(ResolvedRun, Training)> {
+    let mut resolved = resolve(data, spec)?;
+    let control =
+        RunControl { stop: None, checkpoint: options.checkpoint.as_deref(), resume: options.resume, patience };
+    let training = Training::start(data, &resolved.settings, resolved.opened.backend.as_mut(), control)?;
+    Ok((resolved, training))
 }
 
 #[cfg(test)]
@@ -235,6 +446,7 @@ mod tests {
             epochs,
             seed: 2,
             backend: BackendSpec { backend: BackendChoice::Cpu, threads: 2, ..BackendSpec::default() },
+            tune: Tuning::OFF,
             ..RunSpec::default()
         }
     }
@@ -250,7 +462,7 @@ mod tests {
         let mut run = Run::new(data, source(), spec(3), RunOptions::default()).unwrap();
         let mut epochs = Vec::new();
         while let Some(e) = run.step().unwrap() {
-            epochs.push(e.epoch);
+            epochs.push(e.1.epoch);
         }
         assert_eq!(epochs, [1, 2, 3]);
         // After an epoch, the counter holds the whole epoch's ratings.
@@ -274,5 +486,81 @@ mod tests {
         assert!(!done.outcome.complete);
         assert_eq!(done.outcome.epochs.len(), 1);
         assert!(done.outcome.model.users.iter().all(|x| x.is_finite()));
+    }
+
+    /// The run as it chooses by default: its candidates on the validation
+    /// split, then the choice on all the training ratings.
+    fn choosing_run(data: Dataset, threads: usize) -> (Finished, Vec<Stage>) {
+        let spec = RunSpec {
+            tune: Tuning::default(),
+            backend: BackendSpec { backend: BackendChoice::Cpu, threads, ..BackendSpec::default() },
+            ..spec(6)
+        };
+        let mut run = Run::new(data, source(), spec, RunOptions::default()).unwrap();
+        assert_eq!(run.stage(), Stage::Choosing);
+        let mut stages = Vec::new();
+        while let Some((stage, _)) = run.step().unwrap() {
+            stages.push(stage);
+        }
+        (run.finish().unwrap(), stages)
+    }
+
+    #[test]
+    fn a_run_chooses_on_validation_then_trains_the_choice_on_every_training_rating() {
+        let data = source().load(2).unwrap().dataset;
+        let (done, stages) = choosing_run(data.clone(), 2);
+        let choice = done.report.choice.as_ref().expect("a choice").choice.clone();
+        assert_eq!(choice.candidates.len(), 8);
+        assert_eq!(choice.validation_ratings + choice.choosing_ratings, data.train.len());
+        let chosen = stages.iter().filter(|s| **s == Stage::Training).count();
+        assert_eq!(chosen, choice.epochs, "the final model trains the chosen epochs");
+        assert!(stages.iter().take_while(|s| **s == Stage::Choosing).count() >= choice.epochs);
+        // The final model is the chosen setting, trained on all the
+        // training ratings every epoch.
+        assert_eq!((done.config().lr, done.config().reg), (choice.lr, choice.reg));
+        assert!(done.outcome.epochs.iter().all(|e| e.ratings == data.train.len()));
+        assert!(done.outcome.complete && done.report.complete);
+        // The same on another thread count, bit for bit.
+        let (again, _) = choosing_run(data, 1);
+        assert_eq!(again.outcome.model, done.outcome.model);
+    }
+
+    #[test]
+    fn the_test_ratings_take_no_part_in_the_choice() {
+        let data = source().load(2).unwrap().dataset;
+        let (done, _) = choosing_run(data.clone(), 2);
+        // The test ratings turned upside down: the choice and the model
+        // stay; only the reported test figures change.
+        let mut flipped = data;
+        for r in &mut flipped.test {
+            r.value = 6.0 - r.value;
+        }
+        let (other, _) = choosing_run(flipped, 2);
+        let (a, b) = (&done.report.choice.as_ref().unwrap().choice, &other.report.choice.as_ref().unwrap().choice);
+        assert_eq!((a.lr, a.reg, a.epochs, a.validation_rmse), (b.lr, b.reg, b.epochs, b.validation_rmse));
+        assert_eq!(done.outcome.model, other.outcome.model);
+        assert_ne!(done.outcome.final_metrics.rmse, other.outcome.final_metrics.rmse);
+    }
+
+    #[test]
+    fn given_settings_are_not_chosen() {
+        let data = source().load(2).unwrap().dataset;
+        let fixed = RunSpec { hp: HyperParams { lr: 0.03, reg: 0.07, ..spec(3).hp }, ..spec(3) };
+        let mut run = Run::new(data.clone(), source(), fixed.clone(), RunOptions::default()).unwrap();
+        assert_eq!(run.stage(), Stage::Training);
+        while run.step().unwrap().is_some() {}
+        let done = run.finish().unwrap();
+        assert!(done.report.choice.is_none());
+        assert_eq!((done.config().lr, done.config().reg, done.outcome.epochs.len()), (0.03, 0.07, 3));
+        // `reg` given, `lr` chosen: every candidate has the given reg.
+        let lr_only = RunSpec { tune: Tuning { lr: true, ..Tuning::OFF }, ..fixed };
+        let (mut run, mut n) = (Run::new(data, source(), lr_only, RunOptions::default()).unwrap(), 0);
+        while run.step().unwrap().is_some() {
+            n += 1;
+        }
+        let done = run.finish().unwrap();
+        let choice = &done.report.choice.as_ref().unwrap().choice;
+        assert!(n > 0 && choice.candidates.iter().all(|c| c.reg == 0.07), "{:?}", choice.candidates);
+        assert_eq!(done.config().reg, 0.07);
     }
 }

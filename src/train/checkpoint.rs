@@ -150,10 +150,18 @@ pub struct RunState {
     /// Traffic of the epoch in progress up to `position`.
     pub partial_ledger: Ledger,
     pub best: Option<Best>,
-    /// Epochs since the best one.
+    /// Each setting's lowest test RMSE so far (a grid search's settings
+    /// each; one otherwise).
+    #[serde(default)]
+    pub best_each: Vec<f64>,
+    /// Epochs since any setting last lowered its own test RMSE.
     pub since_best: usize,
     /// Seconds spent in training passes (evaluation excluded).
     pub train_seconds: f64,
+    /// The epochs a run's choosing kept, when it chose: a resumed run
+    /// trains to them rather than choosing again.
+    #[serde(default)]
+    pub chosen_epochs: Option<usize>,
 }
 
 impl RunState {
@@ -166,8 +174,10 @@ impl RunState {
             epochs: Vec::new(),
             partial_ledger: Ledger::default(),
             best: None,
+            best_each: Vec::new(),
             since_best: 0,
             train_seconds: 0.0,
+            chosen_epochs: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod request;
 pub mod run;
 mod setup;
+pub mod tune;
 
 pub use setup::{
     BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
@@ -42,11 +43,23 @@ use crate::model::{HyperParams, Metrics, Model, Setting, row_stride};
 use crate::stage::Ledger;
 use crate::stage::copartition::CoPartition;
 
-/// The index of the lowest of `rmses` (the first of equals; 0 when empty).
+/// How much lower an RMSE must be to count as better when settings and
+/// epochs are compared. Two devices score the same model within f32
+/// rounding (about 1e-7 here); a margin well above that keeps a choice
+/// between near-equal candidates the same on every device.
+pub const BETTER_BY: f64 = 1e-6;
+
+/// Whether RMSE `a` is better than `b` by more than [`BETTER_BY`].
+fn better(a: f64, b: f64) -> bool {
+    a < b - BETTER_BY
+}
+
+/// The index of the lowest of `rmses` (the first of those within
+/// [`BETTER_BY`] of each other; 0 when empty).
 fn lowest(rmses: impl Iterator<Item = f64>) -> usize {
     let mut best = (0, f64::INFINITY);
     for (g, r) in rmses.enumerate() {
-        if r < best.1 {
+        if better(r, best.1) {
             best = (g, r);
         }
     }
@@ -369,6 +382,32 @@ impl Training {
         self.state.epoch
     }
 
+    /// Records that the run's settings and epochs were chosen on the data,
+    /// so that a checkpoint resumes them (`epochs`: the count kept).
+    pub fn record_choice(&mut self, epochs: usize) {
+        self.state.chosen_epochs = Some(epochs);
+    }
+
+    /// The reports of the epochs complete so far.
+    pub fn epochs(&self) -> &[EpochReport] {
+        &self.state.epochs
+    }
+
+    /// Under patience, the epoch and setting of the lowest test RMSE so far.
+    pub fn best(&self) -> Option<checkpoint::Best> {
+        self.state.best
+    }
+
+    /// Whether patience ended the run before its last epoch.
+    pub fn stopped_early(&self) -> bool {
+        self.stopped_early
+    }
+
+    /// False once a stop or a divergence has ended the run part-way.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
     fn save(&mut self) -> Result<()> {
         if let Some(dir) = &self.checkpoint {
             self.written = Some(checkpoint::save_checkpoint(dir, &self.state, &self.model, self.best_model.as_ref())?);
@@ -497,13 +536,23 @@ impl Training {
             report.predicted_bytes_h2d = Some((p.rows_per_epoch + first) * p.row_bytes as f64);
         }
         if let Some(patience) = self.patience {
-            if self.state.best.is_none_or(|b| test.rmse < b.test_rmse) {
-                self.state.best = Some(checkpoint::Best { epoch: epoch + 1, test_rmse: test.rmse, setting: g });
-                self.state.since_best = 0;
-                self.best_model = Some(self.model.clone());
-            } else {
-                self.state.since_best += 1;
+            // Patience runs out when no setting has lowered its own test
+            // RMSE for that many epochs: a slower setting that is still
+            // improving may yet overtake the best so far.
+            let each = &mut self.state.best_each;
+            each.resize(tests.len(), f64::INFINITY);
+            let mut improved = false;
+            for (b, t) in each.iter_mut().zip(&tests) {
+                if better(t.rmse, *b) {
+                    *b = t.rmse;
+                    improved = true;
+                }
             }
+            if self.state.best.is_none_or(|b| better(test.rmse, b.test_rmse)) {
+                self.state.best = Some(checkpoint::Best { epoch: epoch + 1, test_rmse: test.rmse, setting: g });
+                self.best_model = Some(self.model.clone());
+            }
+            self.state.since_best = if improved { 0 } else { self.state.since_best + 1 };
             self.stopped_early = self.state.since_best >= patience && !last;
         }
         // A non-finite loss (a learning rate too large for the ratings'

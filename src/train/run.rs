@@ -88,6 +88,11 @@ pub struct RunSpec {
     pub backend: BackendSpec,
     /// Reuse the adapter's cached calibration (for [`BatchRequest::Auto`]).
     pub calibration_cache: bool,
+    /// What is chosen on the data before the model trains: `lr` and `reg`
+    /// where not given, the epochs under `patience` (docs/ARCHITECTURE.md,
+    /// "Choosing on the data"). The library's entry does the choosing;
+    /// [`resolve`] trains the settings as they stand.
+    pub tune: super::tune::Tuning,
 }
 
 impl Default for BackendSpec {
@@ -120,6 +125,7 @@ impl Default for RunSpec {
             co_partition_visits: 1,
             backend: BackendSpec::default(),
             calibration_cache: true,
+            tune: super::tune::Tuning::default(),
         }
     }
 }
@@ -194,6 +200,15 @@ impl RunSpec {
         }
         if self.co_partition_visits == 0 {
             return Err(Error::arg("`co_partition_visits`", "0", "must be at least 1"));
+        }
+        self.tune.validate()?;
+        let candidates = self.tune.candidates(hp, &self.grid).len();
+        if candidates > MAX_GRID {
+            return Err(Error::arg(
+                "`lr` × `reg`",
+                candidates.to_string(),
+                format!("at most {MAX_GRID} settings are chosen among in one run"),
+            ));
         }
         self.order.check_co_partition(self.co_partition.is_some())
     }

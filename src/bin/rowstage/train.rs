@@ -14,8 +14,9 @@ use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, HogwildWidth};
 use rowstage::model::{self, HyperParams, Setting};
 use rowstage::report;
-use rowstage::session::{Finished, Run, RunOptions};
+use rowstage::session::{Finished, Run, RunOptions, Stage};
 use rowstage::stage::{Budget, PolicyKind};
+use rowstage::train::tune::Tuning;
 use rowstage::train::{self, BackendSpec};
 
 #[derive(Args)]
@@ -38,14 +39,21 @@ pub(crate) struct TrainArgs {
     /// Latent factors per row.
     #[arg(help_heading = "Model", long, default_value_t = 32)]
     rank: usize,
-    /// Initial learning rate η₀; a comma-separated list (with --reg) trains
-    /// every (lr, reg) pair side by side in one run: a grid search.
-    #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.lr.to_string(), value_name = "LR[,LR...]")]
-    lr: String,
-    /// L2 regularisation of the factors; a comma-separated list makes a grid
-    /// search with --lr.
-    #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.reg.to_string(), value_name = "REG[,REG...]")]
-    reg: String,
+    /// Initial learning rate η₀ of SGD (η_t = η₀ / (1 + β t^1.5)). Without
+    /// it, chosen on a validation split of the training ratings among 0.02
+    /// and 0.05; a comma-separated list is chosen among the same way.
+    #[arg(help_heading = "Model", long, value_name = "LR[,LR...]")]
+    lr: Option<String>,
+    /// L2 regularisation of the factors. Without it, chosen on the
+    /// validation split among 0.01, 0.02, 0.04 and 0.08; a list is chosen
+    /// among.
+    #[arg(help_heading = "Model", long, value_name = "REG[,REG...]")]
+    reg: Option<String>,
+    /// Share of the training ratings held out to choose --lr, --reg and the
+    /// epochs on (never the test ratings); the model then trains on all of
+    /// them.
+    #[arg(help_heading = "Model", long, default_value_t = rowstage::train::tune::DEFAULT_VALIDATION, value_name = "F")]
+    validation: f64,
     /// L2 regularisation of the biases.
     #[arg(help_heading = "Model", long, default_value_t = HyperParams::DEFAULT.bias_reg)]
     bias_reg: f32,
@@ -126,9 +134,11 @@ pub(crate) struct TrainArgs {
     /// --checkpoint names another.
     #[arg(help_heading = "Output", long, value_name = "DIR")]
     resume: Option<PathBuf>,
-    /// Stop when test RMSE has not improved for N epochs, and keep the best
-    /// epoch's model.
-    #[arg(help_heading = "Output", long, value_name = "N")]
+    /// Choose the epochs too: stop choosing when the validation RMSE has
+    /// not improved for N epochs, and train the model for the best epoch's
+    /// count (default while choosing --lr or --reg: 3; given with both
+    /// fixed, it makes the run choose its epochs).
+    #[arg(help_heading = "Model", long, value_name = "N")]
     patience: Option<usize>,
 }
 
@@ -201,8 +211,15 @@ impl TrainArgs {
     /// The flags as the library's run specification. The `--lr × --reg`
     /// grid is the Cartesian product, lr-major; empty for one setting.
     fn spec(&self) -> Result<train::RunSpec> {
-        let lrs = number_list("--lr", &self.lr, |v| v.is_finite() && v > 0.0, "must be a finite number above 0")?;
-        let regs = number_list("--reg", &self.reg, |v| v.is_finite() && v >= 0.0, "must be a finite number ≥ 0")?;
+        let default = HyperParams::DEFAULT;
+        let lrs = match &self.lr {
+            Some(l) => number_list("--lr", l, |v| v.is_finite() && v > 0.0, "must be a finite number above 0")?,
+            None => vec![default.lr],
+        };
+        let regs = match &self.reg {
+            Some(r) => number_list("--reg", r, |v| v.is_finite() && v >= 0.0, "must be a finite number ≥ 0")?,
+            None => vec![default.reg],
+        };
         let grid: Vec<Setting> = lrs.iter().flat_map(|&lr| regs.iter().map(move |&reg| Setting { lr, reg })).collect();
         let batch = match self.batch.as_deref().map(str::trim) {
             None => train::BatchRequest::Default,
@@ -242,13 +259,19 @@ impl TrainArgs {
                 hogwild_width: self.hogwild.width()?,
             },
             calibration_cache: !self.no_calibration_cache,
+            tune: Tuning {
+                lr: self.lr.is_none(),
+                reg: self.reg.is_none(),
+                validation: self.validation,
+                patience: self.patience,
+            },
         })
     }
 }
 
 /// `train` flags that may stand beside `--config`: where to train and what
 /// to write, which change no model (the rest are the request's to set).
-const BESIDE_CONFIG: [&str; 14] = [
+const BESIDE_CONFIG: [&str; 13] = [
     "config",
     "backend",
     "adapter",
@@ -262,7 +285,6 @@ const BESIDE_CONFIG: [&str; 14] = [
     "save",
     "checkpoint",
     "resume",
-    "patience",
 ];
 
 /// The request `train` runs: `--config`'s, its device flags replaced by
@@ -310,9 +332,6 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
 pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     let request = train_request(&a)?;
     request.spec.validate()?;
-    if a.patience == Some(0) {
-        return Err(Error::arg("--patience", "0", "must be at least 1 epoch"));
-    }
     // Output paths are checked before the data is read or a step trained:
     // writable, and none of them an input or another output.
     for (flag, path) in [("--json", &a.json), ("--save", &a.save)] {
@@ -340,7 +359,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         None => None,
     };
     let resumed = resume.as_ref().map(|c| (c.path.clone(), c.state.epoch, c.state.position));
-    let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()), resume, patience: a.patience };
+    let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()), resume };
     let mut run = Run::from_request(request, options)?;
     for n in run.notes() {
         out.line(n);
@@ -385,14 +404,6 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
     out.line(&settings.order.describe(settings.deterministic));
-    if !settings.grid.is_empty() {
-        out.line(&format!(
-            "grid search: {} settings (--lr {} × --reg {}) trained side by side, every row holding each setting's copy",
-            settings.grid.len(),
-            a.lr,
-            a.reg
-        ));
-    }
     if let Some(l) = &resolved.opened.layout {
         out.line(&report::layout_line(l, settings.table_bytes(data)));
     }
@@ -415,8 +426,22 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     interrupt_on_signal(run.cancel_token());
     let mut warned = false;
-    while let Some(e) = run.step()? {
-        bar.suspend(|| out.line(&report::epoch_line(&e, staged, ceiling)));
+    let mut stage = run.stage();
+    while let Some((now, e)) = run.step()? {
+        if now != stage {
+            // Choosing ended: what it kept, and the final training's slab.
+            stage = now;
+            bar.set_position(0);
+            if let Some(c) = run.choice() {
+                bar.set_length(c.epochs as u64);
+                bar.suspend(|| out.line(&c.line()));
+            }
+            if let Some(l) = &run.resolved().opened.layout {
+                bar.suspend(|| out.line(&report::layout_line(l, run.resolved().settings.table_bytes(run.data()))));
+            }
+        }
+        let choosing = now == Stage::Choosing;
+        bar.suspend(|| out.line(&report::epoch_line(&e, staged, ceiling, choosing)));
         if let Some(note) = report::conflict_note(&e, at_once, hardware).filter(|_| !warned) {
             warned = true;
             bar.suspend(|| eprintln!("note: {}", flags(&note)));
@@ -431,25 +456,14 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     } else if !outcome.complete {
         out.line(&format!("interrupted after {} complete epoch(s)", outcome.epochs.len()));
     }
-    if let Some(b) = outcome.best_epoch
-        && outcome.complete
-    {
-        let why = if outcome.stopped_early {
-            format!("stopped early: no better test RMSE for {} epoch(s); ", a.patience.unwrap_or(0))
-        } else {
-            String::new()
-        };
-        out.line(&format!("{why}keeping the model of epoch {b}"));
-    }
     if let Some(p) = &outcome.checkpoint {
         out.line(&format!("checkpoint: {}", p.display()));
     }
-    if let Some(grid) = &report.grid {
-        out.line("grid search, best first (test figures at the epoch kept):");
-        for l in report::grid_table(grid) {
+    if let Some(c) = report.choice.as_ref().filter(|c| c.candidates.len() > 1) {
+        out.line("the candidates, best first (validation figures at the epoch kept):");
+        for l in report::grid_table(&c.candidates, "validation") {
             out.line(&l);
         }
-        out.line(&format!("best setting: lr {} reg {}", report.config.lr, report.config.reg));
     }
     if outcome.diverged.is_some() {
         // No final score: the error below says why.
