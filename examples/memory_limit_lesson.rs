@@ -137,6 +137,7 @@ fn main() -> rowstage::Result<()> {
             co_partition: None,
             order: rowstage::train::Order::Auto,
         },
+        target_rmse: None,
         lookahead: 32,
         threads: 2,
         hogwild_width: Default::default(),

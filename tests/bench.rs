@@ -46,6 +46,9 @@ fn plan(backend: BackendChoice) -> BenchPlan {
         lookahead: 8,
         threads: 2,
         hogwild_width: Default::default(),
+        // Above any first epoch's test RMSE on these ratings (1–5 stars):
+        // every row reaches it in its first epoch.
+        target_rmse: Some(1.5),
     }
 }
 
@@ -115,6 +118,8 @@ fn a_sweep_is_bounded_by_belady_exports_and_plots_and_survives_interruption() {
             assert!(r.bandwidth_share.is_some_and(|b| b > 0.0), "{what}");
             assert!(r.vs_resident.is_some(), "{what}: the 100% rows are the peer");
             assert_eq!(r.timed_epochs, 2);
+            assert_eq!(r.epochs_to_target, Some(1), "{what}");
+            assert!(r.seconds_to_target.is_some_and(|t| t > 0.0), "{what}");
         }
         let best_resident =
             report.rows.iter().filter(|r| r.budget == "100%").map(|r| r.vs_resident.unwrap()).fold(0.0f64, f64::max);

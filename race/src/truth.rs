@@ -46,7 +46,7 @@ impl Truth {
             items: 5_000,
             ratings: 1_000_000,
             rank: 10,
-            signal: 0.1,
+            signal: 0.08,
             noise: 0.5,
             user_skew: 0.3,
             item_skew: 0.9,

@@ -9,7 +9,7 @@ pub fn json(report: &BenchReport) -> String {
     serde_json::to_string_pretty(report).expect("the bench report serialises")
 }
 
-const CSV_HEADER: [&str; 38] = [
+const CSV_HEADER: [&str; 40] = [
     "backend",
     "adapter",
     "budget",
@@ -36,6 +36,8 @@ const CSV_HEADER: [&str; 38] = [
     "bytes_d2h_per_epoch",
     "hit_rate",
     "test_rmse",
+    "seconds_to_target",
+    "epochs_to_target",
     "ceiling",
     "median_host_seconds",
     "median_device_seconds",
@@ -54,7 +56,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
-fn csv_record(r: &BenchRow) -> [String; 38] {
+fn csv_record(r: &BenchRow) -> [String; 40] {
     [
         r.backend.clone(),
         r.adapter.clone(),
@@ -82,6 +84,8 @@ fn csv_record(r: &BenchRow) -> [String; 38] {
         r.bytes_d2h_per_epoch.to_string(),
         opt(r.hit_rate),
         opt(r.test_rmse),
+        opt(r.seconds_to_target),
+        opt(r.epochs_to_target),
         r.ceiling.to_string(),
         r.median_host_seconds.to_string(),
         opt(r.median_device_seconds),
@@ -157,14 +161,14 @@ pub fn markdown(report: &BenchReport) -> String {
         s.push('\n');
     }
     s.push_str(
-        "| backend | adapter | budget | policy | order | workers | batch | ratings/s (median) | mean ± σ (min … max) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | host s | device s | bound | kernel GB/s | SGD bandwidth share |\n",
+        "| backend | adapter | budget | policy | order | workers | batch | ratings/s (median) | mean ± σ (min … max) | vs all-resident | rows in/epoch | Belady floor | h2d/epoch | d2h/epoch | hit rate | test RMSE | s to target | host s | device s | bound | kernel GB/s | SGD bandwidth share |\n",
     );
     s.push_str(
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n",
     );
     for r in &report.rows {
         s.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {:.0} | {} | {:.3e} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
+            "| {}{} | {} | {} | {} | {} | {:.0} | {} | {:.3e} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
             r.backend,
             if r.ceiling { " (host ceiling)" } else { "" },
             r.adapter.replace('|', "/"),
@@ -182,6 +186,7 @@ pub fn markdown(report: &BenchReport) -> String {
             human_bytes(r.bytes_d2h_per_epoch as u64),
             md_opt(r.hit_rate, |v| format!("{:.1}%", 100.0 * v)),
             md_opt(r.test_rmse, |v| format!("{v:.4}")),
+            md_opt(r.seconds_to_target, |v| format!("{v:.2}")),
             r.median_host_seconds,
             md_opt(r.median_device_seconds, |v| format!("{v:.3}")),
             r.bound.as_deref().unwrap_or("-"),

@@ -72,6 +72,8 @@ pub struct BenchPlan {
     pub lookahead: usize,
     pub threads: usize,
     pub hogwild_width: crate::gpu::HogwildWidth,
+    /// A test RMSE to time each configuration to (`seconds_to_target`).
+    pub target_rmse: Option<f64>,
 }
 
 /// The backends of a sweep from a comma-separated list of names, `auto`
@@ -133,6 +135,7 @@ impl BenchPlan {
             lookahead: spec.backend.lookahead,
             threads: spec.backend.threads,
             hogwild_width: spec.backend.hogwild_width,
+            target_rmse: None,
         };
         Ok((plan, notices))
     }
@@ -215,6 +218,11 @@ pub struct BenchRow {
     /// Median ratings/s over the same backend's all-resident median (filled
     /// in by [`fill_ratios`]).
     pub vs_resident: Option<f64>,
+    /// Training seconds from the first epoch (warm-up included, evaluation
+    /// excluded) to the end of the first epoch whose test RMSE reached the
+    /// plan's `target_rmse`, and that epoch; `None` when none did.
+    pub seconds_to_target: Option<f64>,
+    pub epochs_to_target: Option<usize>,
 }
 
 /// A configuration that could not run (e.g. a budget below one batch).
@@ -482,6 +490,10 @@ pub fn run(
                     + 2.0 * (e.ledger.rows_in() + e.ledger.rows_out()) as f64 * settings.row_bytes() as f64
             });
             let kernel_bytes_per_sec = device.filter(|&d| d > 0.0).map(|d| kernel_bytes / d);
+            let reached = plan.target_rmse.filter(|_| !be.is_ceiling()).and_then(|target| {
+                let k = out.epochs.iter().position(|e| e.test_rmse <= target)?;
+                Some((out.epochs[..=k].iter().map(|e| e.seconds).sum::<f64>(), k + 1))
+            });
             report.rows.push(BenchRow {
                 backend: be.kind(),
                 adapter: be.adapter(),
@@ -519,6 +531,8 @@ pub fn run(
                 copy_bytes_per_sec: copy,
                 bandwidth_share: copy.filter(|&c| c > 0.0).map(|c| sgd_bytes_per_sec / c),
                 vs_resident: None,
+                seconds_to_target: reached.map(|r| r.0),
+                epochs_to_target: reached.map(|r| r.1),
             });
             fill_ratios(&mut report.rows);
             progress.row(&report)?;
@@ -586,6 +600,7 @@ mod tests {
             copy_bytes_per_sec: None,
             bandwidth_share: None,
             vs_resident: None,
+            ..BenchRow::default()
         }
     }
 

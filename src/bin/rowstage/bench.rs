@@ -74,6 +74,10 @@ pub(crate) struct BenchArgs {
     /// Write the results as a Markdown table to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     export_markdown: Option<PathBuf>,
+    /// Time every configuration to this test RMSE: seconds of training
+    /// (warm-up included, evaluation excluded) until an epoch reaches it.
+    #[arg(long, value_name = "RMSE")]
+    target_rmse: Option<f64>,
     /// Draw SVG charts into DIR: rows moved, ratings/s and hit rate against the budget.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
@@ -189,7 +193,7 @@ impl bench::Progress for BenchProgress<'_> {
         let r = report.rows.last().expect("a row was added");
         let vs_resident = vs_resident_cell(r);
         let line = format!(
-            "{:<7} {:<8} {:<10} {:>6} {:>11.3e} {:>8} {:>11.0} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8}",
+            "{:<7} {:<8} {:<10} {:>6} {:>11.3e} {:>8} {:>11.0} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8} {:>9}",
             r.backend,
             r.budget,
             r.policy,
@@ -203,6 +207,7 @@ impl bench::Progress for BenchProgress<'_> {
             r.bandwidth_share.map_or("-".into(), |b| format!("{:.1}%", 100.0 * b)),
             r.bound.as_deref().unwrap_or("-"),
             r.kernel_bytes_per_sec.map_or("-".into(), |b| format!("{:.2}", b / 1e9)),
+            r.seconds_to_target.map_or("-".into(), |t| format!("{t:.2} s")),
         );
         self.printed.push(vs_resident);
         self.bar.suspend(|| self.out.line(&line));
@@ -256,7 +261,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
         a.epochs
     ));
     out.line(&format!(
-        "{:<7} {:<8} {:<10} {:>6} {:>11} {:>8} {:>11} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8}",
+        "{:<7} {:<8} {:<10} {:>6} {:>11} {:>8} {:>11} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8} {:>9}",
         "backend",
         "budget",
         "policy",
@@ -269,7 +274,8 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
         "RMSE",
         "bw",
         "bound",
-        "dev GB/s"
+        "dev GB/s",
+        "to target"
     ));
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(plan.configurations() as u64 * per_config);
