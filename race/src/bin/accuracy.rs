@@ -167,8 +167,12 @@ fn main() {
             let mut runs = (Vec::new(), Vec::new());
             for r in 0..repeat {
                 let (a, b) = (libmf(r), ours(r));
+                // Time to a model: rowstage's choosing and training seconds
+                // (evaluations included) until its test RMSE reached LIBMF's.
+                let to_libmf =
+                    b.3.iter().find(|(_, rmse)| *rmse <= a.1).map_or("never".to_string(), |(t, _)| format!("{t:.2} s"));
                 println!(
-                    "run {}: LIBMF {:.2} s test RMSE {:.4}   rowstage {:.2} s test RMSE {:.4}{}",
+                    "run {}: LIBMF {:.2} s test RMSE {:.4}   rowstage {:.2} s test RMSE {:.4}{}; reached LIBMF's RMSE after {to_libmf}",
                     r + 1,
                     a.0,
                     a.1,
@@ -179,8 +183,8 @@ fn main() {
                 runs.0.push(a);
                 runs.1.push(b);
             }
-            let med =
-                |v: &[(f64, f64, String)], k: usize| median(v.iter().map(|x| if k == 0 { x.0 } else { x.1 }).collect());
+            type Run = (f64, f64, String, Vec<(f64, f64)>);
+            let med = |v: &[Run], k: usize| median(v.iter().map(|x| if k == 0 { x.0 } else { x.1 }).collect());
             println!(
                 "median of {repeat}: LIBMF {:.2} s test RMSE {:.4}; rowstage {:.2} s test RMSE {:.4} ({:.2}× LIBMF's time)",
                 med(&runs.0, 0),
@@ -194,9 +198,10 @@ fn main() {
 }
 
 /// Runs `c` to the end; its wall seconds, the test RMSE its JSON reports
-/// (`final.test_rmse` for rowstage, `test_rmse` for LIBMF), and what
-/// rowstage chose.
-fn timed(mut c: Command) -> (f64, f64, String) {
+/// (`final.test_rmse` for rowstage, `test_rmse` for LIBMF), what rowstage
+/// chose, and rowstage's (seconds since its choosing began, test RMSE) after
+/// each epoch of the model kept.
+fn timed(mut c: Command) -> (f64, f64, String, Vec<(f64, f64)>) {
     let t = Instant::now();
     let out = c.output().expect("the contender starts");
     let seconds = t.elapsed().as_secs_f64();
@@ -211,7 +216,13 @@ fn timed(mut c: Command) -> (f64, f64, String) {
         ),
         None => String::new(),
     };
-    (seconds, rmse, chose)
+    let mut t = j["choice"]["seconds"].as_f64().unwrap_or(0.0);
+    let mut curve = Vec::new();
+    for e in j["epochs"].as_array().into_iter().flatten() {
+        t += e["seconds"].as_f64().unwrap_or(0.0) + e["eval_seconds"].as_f64().unwrap_or(0.0);
+        curve.push((t, e["test_rmse"].as_f64().unwrap_or(f64::INFINITY)));
+    }
+    (seconds, rmse, chose, curve)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
