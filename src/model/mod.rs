@@ -402,8 +402,13 @@ impl MetricsAcc {
         self.count += o.count;
     }
 
+    /// The RMSE and MAE; NaN for both when nothing was added (no ratings to
+    /// score: reports show that as null or "no test ratings", never 0).
     pub fn finish(&self) -> Metrics {
-        let n = self.count.max(1) as f64;
+        if self.count == 0 {
+            return Metrics { rmse: f64::NAN, mae: f64::NAN, count: 0 };
+        }
+        let n = self.count as f64;
         Metrics { rmse: (self.sq / n).sqrt(), mae: self.abs / n, count: self.count }
     }
 }

@@ -82,7 +82,8 @@ impl EpochJson {
     /// `e` as reported; `ceiling`: a run on the noop backend.
     pub fn of(e: &EpochReport, ceiling: bool) -> Self {
         let l = &e.ledger;
-        let model = |x: f64| (!ceiling).then_some(x);
+        // No figure where no kernel ran (noop) or nothing was scored (NaN).
+        let model = |x: f64| (!ceiling).then_some(x).filter(|x| !x.is_nan());
         EpochJson {
             epoch: e.epoch,
             lr: e.lr,
@@ -298,9 +299,11 @@ pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool, choosing: bool) 
         )
     } else {
         let (stage, held) = if choosing { ("choosing ", "validation") } else { ("", "test") };
+        let scored =
+            if e.test_rmse.is_nan() { format!("no {held} ratings") } else { format!("{held} {:.4}", e.test_rmse) };
         format!(
-            "{stage}epoch {:>3}  train {:.4}  {held} {:.4}  {:>9.3e} ratings/s  {:>5.0} workers  conflicts {:>7}",
-            e.epoch, e.train_rmse, e.test_rmse, e.ratings_per_sec, e.workers, e.conflicts
+            "{stage}epoch {:>3}  train {:.4}  {scored}  {:>9.3e} ratings/s  {:>5.0} workers  conflicts {:>7}",
+            e.epoch, e.train_rmse, e.ratings_per_sec, e.workers, e.conflicts
         )
     };
     if staged {

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::model::{HyperParams, Setting};
 use crate::report::{ChoiceJson, DatasetInfo, EpochJson, FinalJson, Report};
 use crate::train::checkpoint::Checkpoint;
-use crate::train::tune::{Choice, DEFAULT_PATIENCE, Tuning, validation_split};
+use crate::train::tune::{Choice, DEFAULT_PATIENCE, Tuning, refine_reg, validation_split};
 use crate::train::{
     CancelToken, EpochReport, ResolvedRun, RunConfig, RunControl, RunRequest, RunSpec, TrainOutcome, Training, resolve,
 };
@@ -173,6 +173,32 @@ impl Run {
         let started = Instant::now();
         let candidates = spec.tune.candidates(&spec.hp, &spec.grid);
         let held = validation_split(&data, spec.tune.validation, spec.seed);
+        if held.test.is_empty() {
+            // Nothing to choose on: patience asked for is refused; otherwise
+            // the run trains the settings as they stand, and says so.
+            if let Some(p) = spec.tune.patience {
+                return Err(Error::arg(
+                    "`patience`",
+                    p.to_string(),
+                    format!(
+                        "needs held-out ratings to judge by, and the `validation` share of the {} training \
+                         ratings holds none",
+                        data.train.len()
+                    ),
+                ));
+            }
+            let fixed = RunSpec { tune: Tuning::OFF, grid: Vec::new(), ..spec };
+            let mut run = Run::new(data, request.source.clone(), fixed, options)?;
+            run.request = request;
+            run.notes.push(format!(
+                "not choosing `lr` and `reg`: the `validation` share of the {} training ratings holds none; \
+                 training lr {} reg {}",
+                run.data.train.len(),
+                run.spec.hp.lr,
+                run.spec.hp.reg
+            ));
+            return Ok(run);
+        }
         let patience = spec.tune.patience.unwrap_or(DEFAULT_PATIENCE);
         let choose_spec = RunSpec {
             hp: HyperParams { lr: candidates[0].lr, reg: candidates[0].reg, ..spec.hp },
@@ -324,10 +350,22 @@ impl Run {
         let choosing = self.choosing.take().expect("choosing");
         let settings = self.training.settings().settings();
         let best = self.training.best().expect("a complete choosing run has a best epoch");
-        let kept = settings[best.setting];
+        let mut kept = settings[best.setting];
+        // Each candidate's lowest validation RMSE over the epochs.
+        let epochs = self.training.epochs();
+        let lowest: Vec<f64> = (0..settings.len())
+            .map(|g| {
+                epochs.iter().map(|e| e.grid.get(g).map_or(e.test_rmse, |x| x.test_rmse)).fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        // λ chosen from the built-in candidates is refined between them; a
+        // λ the user listed is kept as listed.
+        let refined = self.request.spec.tune.reg.then(|| refine_reg(&settings, &lowest, best.setting)).flatten();
+        let refined_from = refined.filter(|&r| r != kept.reg).map(|r| std::mem::replace(&mut kept.reg, r));
         let choice = Choice {
             lr: kept.lr,
             reg: kept.reg,
+            refined_from,
             epochs: best.epoch,
             validation_rmse: best.test_rmse,
             candidates: settings,
@@ -395,8 +433,8 @@ impl Run {
             }),
             epochs: outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
             final_: FinalJson {
-                test_rmse: (!ceiling).then_some(outcome.final_metrics.rmse),
-                test_mae: (!ceiling).then_some(outcome.final_metrics.mae),
+                test_rmse: (!ceiling).then_some(outcome.final_metrics.rmse).filter(|x| !x.is_nan()),
+                test_mae: (!ceiling).then_some(outcome.final_metrics.mae).filter(|x| !x.is_nan()),
                 ratings_per_sec: outcome.ratings_per_sec,
             },
             complete: outcome.complete && choosing.is_none(),

@@ -557,7 +557,9 @@ impl Training {
         }
         // A non-finite loss (a learning rate too large for the ratings'
         // scale) only gets worse: stop here, keep no model of it.
-        let finite = report.train_rmse.is_finite() && report.test_rmse.is_finite();
+        // NaN test figures with no test ratings are "nothing scored", not a
+        // divergence.
+        let finite = report.train_rmse.is_finite() && (data.test.is_empty() || report.test_rmse.is_finite());
         if !finite && !backend.is_ceiling() {
             self.diverged =
                 Some(Error::Diverged { epoch: epoch + 1, train_rmse: report.train_rmse, test_rmse: report.test_rmse });

@@ -124,12 +124,54 @@ pub fn validation_split(data: &Dataset, fraction: f64, seed: u64) -> Dataset {
     }
 }
 
+/// λ between the candidates: where a parabola through the lowest validation
+/// RMSEs of three neighbouring candidates in λ (same η₀: the kept one and
+/// one on each side, or its two inner neighbours where it is the first or
+/// last), against log λ, is lowest, kept within the candidates' range. `None`
+/// with fewer than three λ or where the points do not curve upwards.
+/// `lowest[k]` is candidate `k`'s lowest validation RMSE over the epochs.
+pub fn refine_reg(candidates: &[Setting], lowest: &[f64], kept: usize) -> Option<f32> {
+    let lr = candidates[kept].lr;
+    let mut side: Vec<(f64, f64)> = candidates
+        .iter()
+        .zip(lowest)
+        .filter(|(c, _)| c.lr == lr && c.reg > 0.0)
+        .map(|(c, &v)| ((c.reg as f64).ln(), v))
+        .collect();
+    side.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let at = side.iter().position(|p| p.0 == (candidates[kept].reg as f64).ln())?;
+    if side.len() < 3 {
+        return None;
+    }
+    let first = at.saturating_sub(1).min(side.len() - 3);
+    let ((x0, y0), (x1, y1), (x2, y2)) = (side[first], side[first + 1], side[first + 2]);
+    if !(y0.is_finite() && y1.is_finite() && y2.is_finite()) {
+        return None;
+    }
+    // The vertex of the parabola through the three points.
+    let d = (x0 - x1) * (x0 - x2) * (x1 - x2);
+    let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d;
+    let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / d;
+    if !(a > 0.0) {
+        return None;
+    }
+    let x = (-b / (2.0 * a)).clamp(x0, x2);
+    // Three significant digits: a value a user can type back.
+    let reg = x.exp();
+    let scale = 10f64.powi(2 - reg.log10().floor() as i32);
+    Some(((reg * scale).round() / scale) as f32)
+}
+
 /// What choosing kept, and what it cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct Choice {
     /// The setting kept.
     pub lr: f32,
     pub reg: f32,
+    /// Where `reg` lies between the candidates ([`refine_reg`]): the
+    /// candidate it was refined from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refined_from: Option<f32>,
     /// Epochs the final model trains: the choosing run's best epoch.
     pub epochs: usize,
     /// The kept setting's validation RMSE at that epoch.
@@ -151,11 +193,15 @@ impl Choice {
     /// One line for the user: what was chosen, how, at what cost.
     pub fn line(&self) -> String {
         format!(
-            "chose lr {} reg {} and {} epoch(s): the lowest validation RMSE ({:.4}) of {} setting(s) trained side by \
-             side on {} of the training ratings, {} held out (stopped: {}), in {:.2} s; the model now trains them on \
-             all the training ratings",
+            "chose lr {} reg {}{} and {} epoch(s): the lowest validation RMSE ({:.4}) of {} setting(s) trained side \
+             by side on {} of the training ratings, {} held out (stopped: {}), in {:.2} s; the model now trains them \
+             on all the training ratings",
             self.lr,
             self.reg,
+            self.refined_from.map_or(String::new(), |r| format!(
+                " (refined from the candidate {r}: where a parabola through its and its neighbours' validation \
+                 RMSEs is lowest)"
+            )),
             self.epochs,
             self.validation_rmse,
             self.candidates.len(),
@@ -190,6 +236,20 @@ mod tests {
         assert!(!Tuning::OFF.chooses(&hp, &[]));
         assert!(Tuning { patience: Some(2), ..Tuning::OFF }.chooses(&hp, &[]));
         assert!(Tuning { validation: 0.0, ..Tuning::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn reg_is_refined_between_candidates_only_inside_them() {
+        let c: Vec<Setting> = [0.0125f32, 0.025, 0.05, 0.1].iter().map(|&reg| Setting { lr: 0.05, reg }).collect();
+        // Lowest between 0.05 and 0.1, nearer 0.1.
+        let r = refine_reg(&c, &[0.90, 0.8183, 0.7981, 0.7975], 3).unwrap();
+        assert!(r > 0.05 && r < 0.1, "the last candidate, refined inwards: {r}");
+        // Still falling at the last candidate: no extrapolation past it.
+        assert_eq!(refine_reg(&c, &[0.90, 0.85, 0.82, 0.80], 3), Some(0.1));
+        // Symmetric about the kept one: the kept one.
+        assert_eq!(refine_reg(&c, &[0.9, 0.81, 0.80, 0.81], 2), Some(0.05));
+        // A straight line has no vertex.
+        assert_eq!(refine_reg(&c, &[0.9, 0.82, 0.81, 0.80], 2), None);
     }
 
     #[test]

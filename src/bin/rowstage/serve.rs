@@ -117,13 +117,16 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
     let to_stdout = |p: &Option<PathBuf>| p.as_deref() == Some(Path::new("-"));
     let out = Out { to_stderr: to_stdout(&a.json) || to_stdout(&a.predictions) };
     out.line(&format!(
-        "{}: {} ratings ({} with a user or item unknown to the model{}): RMSE {:.4}  MAE {:.4}",
+        "{}: {} ratings ({} with a user or item unknown to the model{}): {}",
         a.data.display(),
         ratings.len(),
         cold,
         if rep.skipped > 0 { format!(", {} bad lines skipped", rep.skipped) } else { String::new() },
-        metrics.rmse,
-        metrics.mae
+        if metrics.count == 0 {
+            "no ratings to score".to_string()
+        } else {
+            format!("RMSE {:.4}  MAE {:.4}", metrics.rmse, metrics.mae)
+        }
     ));
     if let Some(path) = &a.predictions {
         let mut text = String::with_capacity(ratings.len() * 8);

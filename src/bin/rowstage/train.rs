@@ -472,6 +472,8 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             "final: {:.3e} ratings/s, the host's ceiling (noop: no kernel ran, so there is no model to score)",
             outcome.ratings_per_sec
         ));
+    } else if outcome.final_metrics.count == 0 {
+        out.line(&format!("final: no test ratings to score  {:.3e} ratings/s", outcome.ratings_per_sec));
     } else {
         out.line(&format!(
             "final: test RMSE {:.4}  MAE {:.4}  {:.3e} ratings/s",

@@ -363,6 +363,10 @@ impl Backend for GpuBackend {
         if !self.exec.readback.is_idle() {
             return Err(self.exec.dev.err("evaluation with write-backs in flight"));
         }
+        if test.is_empty() {
+            // Nothing to score (NaN figures, shown as "no test ratings").
+            return Ok((vec![crate::model::MetricsAcc::default().finish(); self.copies as usize], ledger));
+        }
         let tables = HostTables::Read(model);
         let host = &tables;
         if !self.resident_loaded {
