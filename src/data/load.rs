@@ -117,13 +117,74 @@ enum Sep {
 
 /// Reads `path` into a [`RatingSet`].
 pub fn load_ratings(path: &Path, opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_bounded(path, MAX_LINE_BYTES)?;
     parse_ratings(path, &bytes, opts)
+}
+
+/// The longest line a ratings file may have: a rating is a few dozen bytes.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Reads `path` whole, refusing (exit 2, naming the file) a line longer than
+/// `max_line` bytes or more bytes than half the memory available: a device
+/// such as `/dev/zero`, or a file of another kind, is stopped early rather
+/// than read until memory runs out.
+pub fn read_bounded(path: &Path, max_line: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::io(path, std::io::Error::other("a directory, not a file")));
+    }
+    let limit = available_memory().map_or(u64::MAX, |m| m / 2);
+    let too_long = |line: usize| Error::Parse {
+        path: path.to_path_buf(),
+        line,
+        reason: format!("longer than {} KiB: not a ratings file", max_line >> 10),
+        text: String::new(),
+    };
+    let (mut bytes, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
+    let (mut lines, mut line_start) = (1usize, 0usize);
+    loop {
+        let n = file.read(&mut chunk).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let at = bytes.len();
+        bytes.extend_from_slice(&chunk[..n]);
+        for (k, &b) in chunk[..n].iter().enumerate() {
+            if b == b'\n' {
+                lines += 1;
+                line_start = at + k + 1;
+            }
+        }
+        if bytes.len() - line_start > max_line {
+            return Err(too_long(lines));
+        }
+        if bytes.len() as u64 > limit {
+            return Err(Error::io(
+                path,
+                std::io::Error::other(format!(
+                    "larger than half the memory available ({} MiB read)",
+                    bytes.len() >> 20
+                )),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Bytes of memory available (Linux: `MemAvailable`), where known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Parses ratings already in memory; `path` only names the source in errors.
 pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
     let path_buf = path.to_path_buf();
+    // A UTF-8 byte-order mark (spreadsheets write one) is no part of an id.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let first_line = bytes
         .split(|&b| b == b'\n')
         .map(trim_cr)
@@ -163,11 +224,12 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
         let parsed = std::str::from_utf8(raw).map_err(|e| bad(format!("not valid UTF-8 ({e})"))).and_then(|line| {
             let is_first = !seen_first;
             seen_first = true;
-            let fields = split_fields(line, sep);
+            let fields = split_fields(line, sep).map_err(bad)?;
+            let fields: Vec<&str> = fields.iter().map(|f| f.as_ref()).collect();
             if is_first && is_header(header, &fields) {
                 return Ok(None);
             }
-            parse_fields(&fields, format).map(Some).map_err(bad)
+            parse_fields(&fields, format).map(|(u, i, v)| Some((u.to_string(), i.to_string(), v))).map_err(bad)
         });
         match parsed {
             Ok(Some((u, i, v))) => {
@@ -216,10 +278,23 @@ fn detect(path: &Path, first_line: &str) -> Format {
     }
 }
 
-fn split_fields(line: &str, sep: Sep) -> Vec<&str> {
+/// A line's fields. A comma-separated line with a quote is read as RFC 4180
+/// says (the `csv` crate: `"Smith, John"` is one field, `""` a quote); tabs
+/// and `::` are taken literally.
+fn split_fields(line: &str, sep: Sep) -> std::result::Result<Vec<std::borrow::Cow<'_, str>>, String> {
+    use std::borrow::Cow;
     match sep {
-        Sep::Char(c) => line.split(c as char).collect(),
-        Sep::DoubleColon => line.split("::").collect(),
+        Sep::Char(b',') if line.contains('"') => {
+            let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(line.as_bytes());
+            let mut record = csv::StringRecord::new();
+            match reader.read_record(&mut record) {
+                Ok(true) => Ok(record.iter().map(|f| Cow::Owned(f.to_string())).collect()),
+                Ok(false) => Ok(Vec::new()),
+                Err(e) => Err(format!("not a CSV record ({e})")),
+            }
+        }
+        Sep::Char(c) => Ok(line.split(c as char).map(Cow::Borrowed).collect()),
+        Sep::DoubleColon => Ok(line.split("::").map(Cow::Borrowed).collect()),
     }
 }
 

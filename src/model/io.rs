@@ -180,14 +180,25 @@ pub fn check_output(what: &str, path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => return Err(bad("is a folder, not a file")),
         Ok(m) if m.is_file() && m.permissions().readonly() => return Err(bad("the file is read-only")),
-        Ok(_) => return Ok(()),
-        Err(_) => {}
+        Ok(m) if !m.is_file() => return Ok(()),
+        _ => {}
     }
+    // Files are replaced by a rename in their folder (`write_atomically`):
+    // the folder must take a new file. Tried by making one, since permission
+    // bits do not tell (root ignores them; a read-only mount does not).
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(bad(&format!("{} is not a folder", dir.display()))),
-        Err(_) => Err(bad(&format!("the folder {} does not exist", dir.display()))),
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad(&format!("{} is not a folder", dir.display()))),
+        Err(_) => return Err(bad(&format!("the folder {} does not exist", dir.display()))),
+    }
+    let probe = dir.join(format!(".rowstage-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(bad(&format!("the folder {} cannot be written ({e})", dir.display()))),
     }
 }
 
@@ -265,6 +276,11 @@ fn remove_stale_temporaries(dir: &Path, name: &str) {
 /// Reads a file written by [`save_tables`] as `kind`: the model, the second
 /// tables if the file has them, and the config.
 pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>, serde_json::Value)> {
+    // A model is a file: a device such as /dev/zero would be read forever.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(path, std::io::Error::other("not a regular file (a model is a file `train --save` wrote)")));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_tables(path, &bytes, kind)
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::{DataArgs, load_dataset};
-use crate::output::{Out, flags, write_output};
+use crate::output::{Out, check_paths, flags, write_output};
 use crate::train::{HogwildArgs, interrupt_on_signal};
 use rowstage::bench::{self, BenchReport};
 use rowstage::error::{Error, Result};
@@ -241,13 +241,30 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
     let exports =
         Exports { json: a.export_json.clone(), csv: a.export_csv.clone(), markdown: a.export_markdown.clone() };
     exports.check()?;
+    let source = a.data.source()?;
+    let inputs = [("--data", source.path.as_deref()), ("--test", source.test.as_deref())];
+    check_paths(
+        &[
+            ("--export-json", a.export_json.as_deref()),
+            ("--export-csv", a.export_csv.as_deref()),
+            ("--export-markdown", a.export_markdown.as_deref()),
+        ],
+        &inputs,
+    )?;
+    if let Some(dir) = &a.plot {
+        // The charts go into the folder, created if missing; an input there
+        // is not replaced (the charts' names are the bench's own).
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::arg("--plot", dir.display().to_string(), "is a file, not a folder"));
+        }
+    }
     let out = Out { to_stderr: exports.to_stdout() };
     // `auto` is resolved now: the best adapter, or the CPU when there is none.
     let (plan, notices) = bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;
     for n in notices {
         eprintln!("notice: {}", flags(&n));
     }
-    let (data, skipped) = load_dataset(&a.data.source()?, a.seed, &out)?;
+    let (data, skipped) = load_dataset(&source, a.seed, &out)?;
     let per_config = (a.warmup + a.epochs) as u64;
     out.line(&format!(
         "bench: {} — {} train / {} test ratings, tables {} at rank {}; {} configuration(s), {} warm-up + {} timed epoch(s) each",

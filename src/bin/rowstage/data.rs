@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::Choice;
-use crate::output::Out;
+use crate::output::{Out, check_paths};
 use rowstage::data::{self, Dataset, Format, HeaderMode, LoadOptions, SyntheticSpec};
 use rowstage::error::{Error, Result};
 use rowstage::model;
@@ -87,8 +87,17 @@ pub(crate) struct SplitArgs {
 
 pub(crate) fn cmd_split(a: SplitArgs) -> Result<()> {
     let out = Out { to_stderr: false };
-    let (data, _) = load_dataset(&a.data.source()?, a.seed, &out)?;
+    let source = a.data.source()?;
+    if a.out.exists() && !a.out.is_dir() {
+        return Err(Error::arg("--out", a.out.display().to_string(), "is a file, not a folder"));
+    }
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let files = [a.out.join("train.tsv"), a.out.join("test.tsv")];
+    check_paths(
+        &[("--out", Some(&files[0])), ("--out", Some(&files[1]))],
+        &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())],
+    )?;
+    let (data, _) = load_dataset(&source, a.seed, &out)?;
     for (name, ratings) in [("train.tsv", &data.train), ("test.tsv", &data.test)] {
         let path = a.out.join(name);
         model::write_atomically(&path, data.to_tsv(ratings).as_bytes())?;

@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::output::write_output;
+use crate::output::{check_paths, write_output};
 use rowstage::error::Result;
 use rowstage::gpu::{BackendChoice, list_adapters};
-use rowstage::model;
 use rowstage::stage::human_bytes;
 
 #[derive(Args)]
@@ -18,9 +17,7 @@ pub(crate) struct DevicesArgs {
 }
 
 pub(crate) fn cmd_devices(a: DevicesArgs) -> Result<()> {
-    if let Some(p) = &a.json {
-        model::check_output("--json", p)?;
-    }
+    check_paths(&[("--json", a.json.as_deref())], &[])?;
     let adapters = list_adapters(BackendChoice::Auto);
     if let Some(p) = &a.json {
         return write_output(p, &serde_json::to_string_pretty(&adapters).expect("json"));

@@ -63,6 +63,27 @@ impl Out {
     }
 }
 
+/// Refuses, before any work, an output that cannot be written (a missing or
+/// read-only folder, a read-only file, a folder where a file goes) or that
+/// is an input or another output (by file identity). `None` entries are
+/// flags not given; `-` is stdout.
+pub(crate) fn check_paths<'p>(
+    outputs: &[(&'static str, Option<&'p Path>)],
+    inputs: &[(&'static str, Option<&'p Path>)],
+) -> Result<()> {
+    fn given<'p>(pairs: &[(&'static str, Option<&'p Path>)]) -> Vec<(&'static str, &'p Path)> {
+        pairs.iter().filter_map(|&(f, p)| Some((f, p?))).collect()
+    }
+    let (outs, ins) = (given(outputs), given(inputs));
+    for &(flag, path) in &outs {
+        model::check_output(flag, path)?;
+    }
+    if outs.iter().filter(|(_, p)| *p == Path::new("-")).count() > 1 {
+        return Err(Error::arg(outs.iter().rfind(|(_, p)| *p == Path::new("-")).map_or("", |o| o.0), "-", "only one output can go to stdout"));
+    }
+    model::check_distinct(&outs, &ins)
+}
+
 pub(crate) fn write_output(path: &Path, text: &str) -> Result<()> {
     if path == Path::new("-") {
         let mut stdout = std::io::stdout().lock();

@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::Choice;
 use crate::data::{DataArgs, load_dataset};
-use crate::output::{Out, write_output};
+use crate::output::{Out, check_paths, write_output};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::BackendChoice;
 use rowstage::model::HyperParams;
@@ -48,9 +48,8 @@ pub(crate) struct PlanArgs {
 }
 
 pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
-    if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
-        rowstage::model::check_output("--json", p)?;
-    }
+    let source = a.data.source()?;
+    check_paths(&[("--json", a.json.as_deref())], &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())])?;
     let batch = match a.batch.trim() {
         "auto" => train::BatchRequest::Auto,
         b => train::BatchRequest::Fixed(
@@ -75,7 +74,7 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
     };
     spec.validate()?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
-    let (data, _) = load_dataset(&a.data.source()?, a.seed, &out)?;
+    let (data, _) = load_dataset(&source, a.seed, &out)?;
     let plan = rowstage::session::plan(&data, &spec)?;
     for line in plan.lines() {
         out.line(&line);

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::Choice;
 use crate::data::load_opts;
-use crate::output::{Out, write_output};
+use crate::output::{Out, check_paths, write_output};
 use rowstage::data::{self, Format, HeaderMode, UNKNOWN};
 use rowstage::error::{Error, Result};
 use rowstage::model::{self, serve};
@@ -81,9 +81,7 @@ pub(crate) struct CompareArgs {
 }
 
 pub(crate) fn cmd_compare(a: CompareArgs) -> Result<()> {
-    if let Some(p) = &a.json {
-        model::check_output("--json", p)?;
-    }
+    check_paths(&[("--json", a.json.as_deref())], &[("MODEL", Some(&a.models[0])), ("MODEL", Some(&a.models[1]))])?;
     let (x, _) = model::load_model(&a.models[0])?;
     let (y, _) = model::load_model(&a.models[1])?;
     let d = model::compare(&x, &y)?;
@@ -104,11 +102,10 @@ pub(crate) fn cmd_compare(a: CompareArgs) -> Result<()> {
 }
 
 pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
-    for (flag, p) in [("--json", &a.json), ("--predictions", &a.predictions)] {
-        if let Some(p) = p {
-            model::check_output(flag, p)?;
-        }
-    }
+    check_paths(
+        &[("--json", a.json.as_deref()), ("--predictions", a.predictions.as_deref())],
+        &[("--model", Some(&a.model)), ("--data", Some(&a.data))],
+    )?;
     let (m, _) = model::load_model(&a.model)?;
     let (set, rep) = data::load_ratings(&a.data, load_opts(a.format, a.header, a.skip_bad_lines))?;
     let ratings = serve::onto_model(&m, &set);
@@ -151,11 +148,10 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
 }
 
 pub(crate) fn cmd_recommend(a: RecommendArgs) -> Result<()> {
-    for (flag, p) in [("--json", &a.json), ("--output", &a.output)] {
-        if let Some(p) = p {
-            model::check_output(flag, p)?;
-        }
-    }
+    check_paths(
+        &[("--json", a.json.as_deref()), ("--output", a.output.as_deref())],
+        &[("--model", Some(&a.model)), ("--exclude-rated", a.exclude_rated.as_deref())],
+    )?;
     let (m, _) = model::load_model(&a.model)?;
     let users: Vec<u32> = match &a.user {
         Some(id) => vec![m.user_ids.get(id).ok_or_else(|| Error::UnknownId { kind: "user", id: id.clone() })?],

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::data::{DataArgs, load_dataset};
-use crate::output::{Out, write_output};
+use crate::output::{Out, check_paths, write_output};
 use crate::train::CoPartitionArgs;
 use rowstage::bench;
 use rowstage::error::{Error, Result};
@@ -69,10 +69,12 @@ pub(crate) fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     if a.epochs == 0 {
         return Err(Error::arg("--epochs", "0", "must be at least 1"));
     }
+    let source = a.data.source()?;
+    check_paths(&[("--json", a.json.as_deref())], &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())])?;
     let budgets = Budget::parse_list("--device-memory", &a.device_memory)?;
     let policies = PolicyKind::parse_list("--policy", &a.policy)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
-    let (data, _) = load_dataset(&a.data.source()?, a.seed, &out)?;
+    let (data, _) = load_dataset(&source, a.seed, &out)?;
     let row_bytes = (model::row_stride(a.rank) * 4) as u64;
     out.line(&format!(
         "data: {} — {} users, {} items, {} training ratings; order {}, batch {}, {} epoch(s), rows of {} B, tables {}; co-partitioning: {}",
