@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Dataset, Format, LoadOptions, RatingSet, SyntheticSpec, generate, load_ratings};
+use super::{Dataset, Format, LoadOptions, Rating, RatingSet, SyntheticSpec, generate, load_ratings};
 use crate::error::{Error, Result};
 
 /// A run's data as asked for.
@@ -72,6 +72,24 @@ impl DataSource {
             Some(p) => (p.display().to_string(), load(p)?),
             None => {
                 self.synthetic.check()?;
+                // The ratings, their split and the tables take several times
+                // the ratings' own bytes: asked of the allocator first, so
+                // that a size past the machine is an error, not an abort.
+                let need = self.synthetic.ratings.saturating_mul(4);
+                let mut probe: Vec<Rating> = Vec::new();
+                if probe.try_reserve_exact(need).is_err() {
+                    let bytes = need.saturating_mul(std::mem::size_of::<Rating>());
+                    return Err(Error::arg(
+                        "`synthetic`",
+                        format!("{},{},{}", self.synthetic.users, self.synthetic.items, self.synthetic.ratings),
+                        format!(
+                            "{} ratings need about {} of memory, more than this machine gives",
+                            self.synthetic.ratings,
+                            crate::stage::human_bytes(bytes as u64)
+                        ),
+                    ));
+                }
+                drop(probe);
                 (self.synthetic.name(), generate(&self.synthetic, seed))
             }
         };

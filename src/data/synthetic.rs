@@ -78,6 +78,9 @@ impl SyntheticSpec {
         if self.users > u32::MAX as usize / 2 || self.items > u32::MAX as usize / 2 {
             return Err(Error::arg("`synthetic`", sizes(), "too many users or items for 32-bit ids"));
         }
+        if self.ratings > u32::MAX as usize {
+            return Err(Error::arg("`synthetic`", sizes(), format!("at most {} ratings (32-bit positions)", u32::MAX)));
+        }
         if let Some(z) = self.zipf.filter(|z| !(z.is_finite() && *z >= 0.0)) {
             return Err(Error::arg("`zipf`", z.to_string(), "must be a finite number ≥ 0"));
         }

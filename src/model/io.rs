@@ -279,7 +279,10 @@ pub fn load_tables(path: &Path, kind: FileKind) -> Result<(Model, Option<Model>,
     // A model is a file: a device such as /dev/zero would be read forever.
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::io(path, std::io::Error::other("not a regular file (a model is a file `train --save` wrote)")));
+        return Err(Error::io(
+            path,
+            std::io::Error::other("not a regular file (a model is a file `train --save` wrote)"),
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_tables(path, &bytes, kind)

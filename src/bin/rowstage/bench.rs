@@ -262,7 +262,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
     // `auto` is resolved now: the best adapter, or the CPU when there is none.
     let (plan, notices) = bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;
     for n in notices {
-        eprintln!("notice: {}", flags(&n));
+        warn!("notice: {}", flags(&n));
     }
     let (data, skipped) = load_dataset(&source, a.seed, &out)?;
     let per_config = (a.warmup + a.epochs) as u64;

@@ -144,6 +144,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    output::guard_closed_stdio();
     // SAFETY: the process has one thread here; nothing reads the
     // environment concurrently.
     unsafe { rowstage::gpu::context::quiet_gl_probe() };
@@ -161,8 +162,12 @@ fn main() {
         Command::Compare(a) => serve::cmd_compare(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {}", flags(&e.to_string()));
-        std::process::exit(e.exit_code());
+        warn!("error: {}", flags(&e.to_string()));
+        let signal = train::STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst);
+        std::process::exit(match e {
+            rowstage::Error::Interrupted if signal > 0 => 128 + signal,
+            e => e.exit_code(),
+        });
     }
 }
 

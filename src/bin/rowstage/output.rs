@@ -15,10 +15,66 @@ macro_rules! say {
     ($($t:tt)*) => { $crate::output::say_line(&format!($($t)*)) };
 }
 
+/// Whether stdout (fd 1) and stderr (fd 2) were closed when the process
+/// started ([`guard_closed_stdio`]).
+static CLOSED: [std::sync::atomic::AtomicBool; 2] =
+    [std::sync::atomic::AtomicBool::new(false), std::sync::atomic::AtomicBool::new(false)];
+
+fn closed(fd: usize) -> bool {
+    CLOSED[fd - 1].load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Finds stdout or stderr closed at start (`>&-`). Rust's runtime puts
+/// /dev/null, opened read-write, in the place of a standard descriptor
+/// closed at start, and its streams then take every write silently; a
+/// shell's `>/dev/null` opens it write-only. So /dev/null held read-write
+/// on fd 1 or 2 is taken as a stream closed at start, and a write there is
+/// refused ([`say_line`], [`write_output`], [`err_line`]): a report asked of
+/// a closed stdout is an error, not a success.
+pub(crate) fn guard_closed_stdio() {
+    #[cfg(unix)]
+    for fd in [1, 2] {
+        // SAFETY: fstat, stat and fcntl on a descriptor and a path this
+        // process owns; the structs are plain data.
+        unsafe {
+            let (mut st, mut null) = (std::mem::zeroed::<libc::stat>(), std::mem::zeroed::<libc::stat>());
+            let is_null = libc::fstat(fd, &mut st) == 0
+                && libc::stat(c"/dev/null".as_ptr(), &mut null) == 0
+                && (st.st_mode & libc::S_IFMT) == libc::S_IFCHR
+                && st.st_rdev == null.st_rdev;
+            let read_write = libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE == libc::O_RDWR;
+            if is_null && read_write {
+                CLOSED[fd as usize - 1].store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 pub(crate) fn say_line(s: &str) {
+    if closed(1) {
+        err_line("error: writing to <stdout>: it is closed");
+        std::process::exit(2);
+    }
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{s}").and_then(|_| out.flush()) {
-        eprintln!("error: writing to <stdout>: {e}");
+        err_line(&format!("error: writing to <stdout>: {e}"));
+        std::process::exit(2);
+    }
+}
+
+/// `eprintln!` that does not panic: a stderr that cannot be written (closed,
+/// or a full disk) ends the run with exit 2, as a failed stdout does; a
+/// closed pipe ends it by SIGPIPE.
+macro_rules! warn {
+    ($($t:tt)*) => { $crate::output::err_line(&format!($($t)*)) };
+}
+
+pub(crate) fn err_line(s: &str) {
+    if closed(2) {
+        std::process::exit(2);
+    }
+    let mut err = std::io::stderr().lock();
+    if writeln!(err, "{s}").and_then(|_| err.flush()).is_err() {
         std::process::exit(2);
     }
 }
@@ -56,7 +112,7 @@ impl Out {
     pub(crate) fn line(&self, s: &str) {
         let s = &flags(s);
         if self.to_stderr {
-            eprintln!("{s}");
+            err_line(s);
         } else {
             say_line(s);
         }
@@ -75,17 +131,27 @@ pub(crate) fn check_paths<'p>(
         pairs.iter().filter_map(|&(f, p)| Some((f, p?))).collect()
     }
     let (outs, ins) = (given(outputs), given(inputs));
+    if let Some((flag, _)) = outs.iter().find(|(_, p)| *p == Path::new("-")).filter(|_| closed(1)) {
+        return Err(Error::arg(flag, "-", "stdout is closed"));
+    }
     for &(flag, path) in &outs {
         model::check_output(flag, path)?;
     }
     if outs.iter().filter(|(_, p)| *p == Path::new("-")).count() > 1 {
-        return Err(Error::arg(outs.iter().rfind(|(_, p)| *p == Path::new("-")).map_or("", |o| o.0), "-", "only one output can go to stdout"));
+        return Err(Error::arg(
+            outs.iter().rfind(|(_, p)| *p == Path::new("-")).map_or("", |o| o.0),
+            "-",
+            "only one output can go to stdout",
+        ));
     }
     model::check_distinct(&outs, &ins)
 }
 
 pub(crate) fn write_output(path: &Path, text: &str) -> Result<()> {
     if path == Path::new("-") {
+        if closed(1) {
+            return Err(Error::io("<stdout>", std::io::Error::other("it is closed")));
+        }
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(text.as_bytes()).and_then(|_| stdout.write_all(b"\n")).map_err(|e| Error::io("<stdout>", e))
     } else {

@@ -49,7 +49,10 @@ pub(crate) struct PlanArgs {
 
 pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
     let source = a.data.source()?;
-    check_paths(&[("--json", a.json.as_deref())], &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())])?;
+    check_paths(
+        &[("--json", a.json.as_deref())],
+        &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())],
+    )?;
     let batch = match a.batch.trim() {
         "auto" => train::BatchRequest::Auto,
         b => train::BatchRequest::Fixed(

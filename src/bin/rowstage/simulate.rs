@@ -70,7 +70,10 @@ pub(crate) fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         return Err(Error::arg("--epochs", "0", "must be at least 1"));
     }
     let source = a.data.source()?;
-    check_paths(&[("--json", a.json.as_deref())], &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())])?;
+    check_paths(
+        &[("--json", a.json.as_deref())],
+        &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())],
+    )?;
     let budgets = Budget::parse_list("--device-memory", &a.device_memory)?;
     let policies = PolicyKind::parse_list("--policy", &a.policy)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };

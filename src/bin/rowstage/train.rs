@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::DataArgs;
-use crate::output::{Out, flags, write_output};
+use crate::output::{Out, check_paths, flags, write_output};
 use crate::{Choice, MATCHES, given_flags};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, HogwildWidth};
@@ -334,24 +334,19 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     request.spec.validate()?;
     // Output paths are checked before the data is read or a step trained:
     // writable, and none of them an input or another output.
-    for (flag, path) in [("--json", &a.json), ("--save", &a.save)] {
-        if let Some(p) = path {
-            model::check_output(flag, p)?;
-        }
-    }
-    fn given<'p>(pairs: [(&'static str, Option<&'p Path>); 3]) -> Vec<(&'static str, &'p Path)> {
-        pairs.into_iter().filter_map(|(f, p)| Some((f, p?))).collect()
-    }
-    let outputs = given([
-        ("--json", a.json.as_deref()),
-        ("--save", a.save.as_deref()),
-        ("--checkpoint", a.checkpoint.as_deref()),
-    ]);
-    let inputs = given([
+    let inputs = [
         ("--config", a.config.as_deref()),
         ("--data", request.source.path.as_deref()),
         ("--test", request.source.test.as_deref()),
-    ]);
+    ];
+    check_paths(&[("--json", a.json.as_deref()), ("--save", a.save.as_deref())], &inputs)?;
+    // The checkpoint is a folder: neither an input nor another output.
+    let outputs: Vec<(&str, &Path)> =
+        [("--json", a.json.as_deref()), ("--save", a.save.as_deref()), ("--checkpoint", a.checkpoint.as_deref())]
+            .into_iter()
+            .filter_map(|(f, p)| Some((f, p?)))
+            .collect();
+    let inputs: Vec<(&str, &Path)> = inputs.into_iter().filter_map(|(f, p)| Some((f, p?))).collect();
     model::check_distinct(&outputs, &inputs)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let resume = match &a.resume {
@@ -366,7 +361,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     let resolved = run.resolved();
     if let Some(n) = &resolved.opened.notice {
-        eprintln!("notice: {}", flags(n));
+        warn!("notice: {}", flags(n));
     }
     let (settings, at_once) = (&resolved.settings, resolved.at_once);
     let backend = resolved.opened.backend.as_ref();
@@ -444,7 +439,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         bar.suspend(|| out.line(&report::epoch_line(&e, staged, ceiling, choosing)));
         if let Some(note) = report::conflict_note(&e, at_once, hardware).filter(|_| !warned) {
             warned = true;
-            bar.suspend(|| eprintln!("note: {}", flags(&note)));
+            bar.suspend(|| warn!("note: {}", flags(&note)));
         }
         bar.inc(1);
     }
@@ -508,18 +503,51 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Cancels `token` on the first Ctrl-C (SIGINT): training stops at the next
-/// batch boundary and writes what it has. A second Ctrl-C exits at once.
+/// The signal that stopped the run, for the exit status (128 + its
+/// number); 0 while none has.
+pub(crate) static STOPPED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Cancels `token` on the first SIGINT (Ctrl-C), SIGTERM or SIGHUP: training
+/// stops at the next batch boundary and writes what it has (the report with
+/// `"complete": false`, the checkpoint). A second signal exits at once. The
+/// exit status is 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
 pub(crate) fn interrupt_on_signal(token: train::CancelToken) {
-    let handler = move || {
-        if token.is_cancelled() {
-            eprintln!("\ninterrupted again: exiting now");
-            std::process::exit(130);
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot install the signal handlers ({e}); a signal will end the run without a report");
+                return;
+            }
+        };
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                if token.is_cancelled() {
+                    warn!("\ninterrupted again: exiting now");
+                    std::process::exit(128 + signal);
+                }
+                STOPPED_BY.store(signal, std::sync::atomic::Ordering::SeqCst);
+                token.cancel();
+                let name = signal_hook::low_level::signal_name(signal).unwrap_or("a signal");
+                warn!("\n{name}: finishing the current batch, then writing what the run has (again to exit now)");
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let handler = move || {
+            if token.is_cancelled() {
+                warn!("\ninterrupted again: exiting now");
+                std::process::exit(130);
+            }
+            STOPPED_BY.store(2, std::sync::atomic::Ordering::SeqCst);
+            token.cancel();
+            warn!("\ninterrupt: finishing the current batch, then writing what the run has (Ctrl-C again to exit now)");
+        };
+        if let Err(e) = ctrlc::set_handler(handler) {
+            log::warn!("cannot install the Ctrl-C handler ({e}); Ctrl-C will end the run without a report");
         }
-        token.cancel();
-        eprintln!("\ninterrupt: finishing the current batch, then writing what the run has (Ctrl-C again to exit now)");
-    };
-    if let Err(e) = ctrlc::set_handler(handler) {
-        log::warn!("cannot install the Ctrl-C handler ({e}); Ctrl-C will end the run without a report");
     }
 }
