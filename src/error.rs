@@ -46,7 +46,7 @@ pub enum Error {
     /// `step` names the step ("a batch of 256 ratings"), `fix` the other way
     /// out ("use a smaller --batch").
     #[error(
-        "device memory budget {budget} bytes holds {slots} row slots of {row_bytes} bytes, but {step} needs up to {needed} slots; the smallest budget that works is `device_memory` {min_bytes} ({min_human}), or {fix}"
+        "device memory budget of {budget} usable bytes (the budget rounded down to whole 4-byte words) holds {slots} row slots of {row_bytes} bytes, but {step} needs up to {needed} slots; the smallest budget that works is `device_memory` {min_bytes} ({min_human}), or {fix}"
     )]
     BudgetTooSmall {
         budget: u64,

@@ -409,7 +409,7 @@ fn disjoint() -> Dataset {
     let train: Vec<Rating> =
         (0..n).map(|j| Rating { user: j, item: (j * 7) % n, value: 1.0 + (j % 5) as f32 }).collect();
     let test = train.iter().step_by(10).copied().collect();
-    Dataset { name: "disjoint".into(), users: names("u"), items: names("i"), train, test }
+    Dataset { name: "disjoint".into(), users: names("u"), items: names("i"), train, test, unseen_ids: Vec::new() }
 }
 
 /// Hogwild one rating at a time runs each batch in order in one invocation:

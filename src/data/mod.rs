@@ -100,6 +100,10 @@ pub struct Dataset {
     pub items: IdMap,
     pub train: Vec<Rating>,
     pub test: Vec<Rating>,
+    /// The original ids of the test ratings with a side unseen in training
+    /// (by their index in `test`), so that a written split names them
+    /// (`rowstage split`: a peer reads every test rating).
+    pub unseen_ids: Vec<(usize, String, String)>,
 }
 
 impl Dataset {
@@ -164,11 +168,15 @@ impl Dataset {
         };
         let test_user_of = onto(&users, user_of, test_users, train_users);
         let test_item_of = onto(&items, item_of, test_items, train_items);
-        for r in &mut test {
-            r.user = test_user_of[r.user as usize];
-            r.item = test_item_of[r.item as usize];
+        let mut unseen_ids = Vec::new();
+        for (k, r) in test.iter_mut().enumerate() {
+            let (u, i) = (test_user_of[r.user as usize], test_item_of[r.item as usize]);
+            if u == UNKNOWN || i == UNKNOWN {
+                unseen_ids.push((k, test_users.name(r.user).to_string(), test_items.name(r.item).to_string()));
+            }
+            (r.user, r.item) = (u, i);
         }
-        Dataset { name: name.to_string(), users, items, train, test }
+        Dataset { name: name.to_string(), users, items, train, test, unseen_ids }
     }
 
     /// Test ratings whose user or item is not in training.
@@ -189,19 +197,41 @@ impl Dataset {
 }
 
 impl Dataset {
-    /// `ratings` (this dataset's train or test set) as tab-separated
+    /// The training (`test` false) or test ratings as tab-separated
     /// `user item rating` lines with the original ids: what a peer (LIBMF,
     /// PyTorch) reads to train on the same split. A side unseen in
     /// training ([`UNKNOWN`]) is written as `-`, an id no peer trained.
-    pub fn to_tsv(&self, ratings: &[Rating]) -> String {
+    pub fn to_tsv(&self, test: bool) -> Result<String, crate::Error> {
         use std::fmt::Write;
-        let name = |map: &IdMap, id: u32| if id == UNKNOWN { "-".to_string() } else { map.name(id).to_string() };
+        let ratings = if test { &self.test } else { &self.train };
+        let mut unseen = self.unseen_ids.iter().filter(|_| test).peekable();
         let mut s = String::with_capacity(ratings.len() * 16);
-        for r in ratings {
-            let _ = writeln!(s, "{}\t{}\t{}", name(&self.users, r.user), name(&self.items, r.item), r.value);
+        for (k, r) in ratings.iter().enumerate() {
+            let original = unseen.next_if(|u| u.0 == k);
+            let (user, item) = match original {
+                Some((_, u, i)) => (u.as_str(), i.as_str()),
+                None => (self.users.name(r.user), self.items.name(r.item)),
+            };
+            for id in [user, item] {
+                check_tsv_field(id)?;
+            }
+            let _ = writeln!(s, "{user}\t{item}\t{}", r.value);
         }
-        s
+        Ok(s)
     }
+}
+
+/// Refuses an id a tab-separated file cannot hold: one with a tab, a line
+/// break, or a leading or trailing space (a reader trims them).
+pub fn check_tsv_field(id: &str) -> Result<(), crate::Error> {
+    if id.contains(['\t', '\n', '\r']) || id.trim() != id {
+        return Err(crate::Error::arg(
+            "id",
+            id,
+            "holds a tab, a line break or an outer space, which tab-separated lines cannot carry; rename it",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -121,6 +121,7 @@ pub fn validation_split(data: &Dataset, fraction: f64, seed: u64) -> Dataset {
         items: data.items.clone(),
         train,
         test: validation,
+        unseen_ids: Vec::new(),
     }
 }
 

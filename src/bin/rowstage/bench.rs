@@ -135,8 +135,11 @@ impl Exports {
     /// Writes the files (and stdout when `last`).
     fn write(&self, report: &BenchReport, last: bool) -> Result<()> {
         for (_, path, render) in self.all() {
+            // stdout, a FIFO or a device takes the report once, at the end:
+            // its reader would see each rewrite as another report.
+            let streamed = |p: &Path| p == Path::new("-") || std::fs::metadata(p).is_ok_and(|m| !m.is_file());
             match path {
-                Some(p) if p == Path::new("-") && !last => {}
+                Some(p) if streamed(p) && !last => {}
                 Some(p) => write_output(p, render(report).trim_end())?,
                 None => {}
             }

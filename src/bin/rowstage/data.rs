@@ -98,9 +98,10 @@ pub(crate) fn cmd_split(a: SplitArgs) -> Result<()> {
         &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())],
     )?;
     let (data, _) = load_dataset(&source, a.seed, &out)?;
-    for (name, ratings) in [("train.tsv", &data.train), ("test.tsv", &data.test)] {
+    let texts = [data.to_tsv(false)?, data.to_tsv(true)?];
+    for ((name, ratings), text) in [("train.tsv", &data.train), ("test.tsv", &data.test)].into_iter().zip(texts) {
         let path = a.out.join(name);
-        model::write_atomically(&path, data.to_tsv(ratings).as_bytes())?;
+        model::write_atomically(&path, text.as_bytes())?;
         out.line(&format!("wrote {} ({} ratings)", path.display(), ratings.len()));
     }
     Ok(())

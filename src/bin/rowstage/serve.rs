@@ -197,7 +197,10 @@ pub(crate) fn cmd_recommend(a: RecommendArgs) -> Result<()> {
     } else {
         for (&u, top) in users.iter().zip(&tops) {
             for (k, (i, s)) in top.iter().enumerate() {
-                let _ = writeln!(text, "{}\t{}\t{}\t{:.4}", m.user_ids.name(u), k + 1, m.item_ids.name(*i), s);
+                let (user, item) = (m.user_ids.name(u), m.item_ids.name(*i));
+                data::check_tsv_field(user)?;
+                data::check_tsv_field(item)?;
+                let _ = writeln!(text, "{user}\t{}\t{item}\t{s:.4}", k + 1);
             }
         }
     }
