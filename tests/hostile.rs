@@ -397,3 +397,85 @@ fn sigterm_and_sighup_stop_a_run_as_ctrl_c_does() {
         assert!(leftovers.is_empty(), "SIG{signal}: temporary files left: {leftovers:?}");
     }
 }
+
+#[test]
+fn a_checkpoint_folder_is_one_runs_and_a_noop_run_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let quick =
+        ["train", "--backend", "cpu", "--synthetic", "200,100,3000", "--epochs", "2", "--lr", "0.05", "--reg", "0.08"];
+    let o = run(rowstage().args(quick).arg("--checkpoint").arg(&ck));
+    assert!(o.status.success(), "{}", text(&o));
+    let written = digest(&ck.join("checkpoint.safetensors"));
+    // Another run is refused the folder, and the checkpoint stays.
+    let o = run(rowstage().args(quick).args(["--seed", "7", "--checkpoint"]).arg(&ck));
+    refused(&o, "another run's checkpoint folder");
+    assert!(text(&o).contains("--overwrite-checkpoint"));
+    assert_eq!(digest(&ck.join("checkpoint.safetensors")), written);
+    let o = run(rowstage().args(quick).args(["--seed", "7", "--overwrite-checkpoint", "--checkpoint"]).arg(&ck));
+    assert!(o.status.success(), "{}", text(&o));
+    // A folder in use by a live run is locked.
+    let busy = dir.path().join("busy");
+    let mut child = rowstage()
+        .args(["train", "--backend", "cpu", "--synthetic", "3000,2000,150000", "--epochs", "100000"])
+        .args(["--lr", "0.05", "--reg", "0.08", "--checkpoint"])
+        .arg(&busy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !busy.join(".lock").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "no lock file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = run(rowstage().args(quick).arg("--overwrite-checkpoint").arg("--checkpoint").arg(&busy));
+    child.kill().unwrap();
+    let _ = child.wait();
+    refused(&o, "a folder locked by a live run");
+    assert!(text(&o).contains("locked"));
+    // Once that run is gone, the kernel has released its lock.
+    let o = run(rowstage().args(quick).arg("--overwrite-checkpoint").arg("--checkpoint").arg(&busy));
+    assert!(o.status.success(), "after the run died: {}", text(&o));
+    // The noop backend trains no model: nothing to checkpoint.
+    let o = run(rowstage().args(["train", "--backend", "noop", "--checkpoint"]).arg(dir.path().join("noop")));
+    refused(&o, "a noop checkpoint");
+}
+
+#[test]
+fn a_forged_calibration_is_measured_again() {
+    let Some(backend) = common::test_backends().into_iter().find(|&b| common::gpu(b, "forged calibration").is_some())
+    else {
+        return;
+    };
+    let be = format!("{backend:?}").to_lowercase();
+    let cache = tempfile::tempdir().unwrap();
+    let plan = || {
+        run(rowstage().env("XDG_CACHE_HOME", cache.path()).args([
+            "plan",
+            "--synthetic",
+            "500,300,9000",
+            "--rank",
+            "4",
+            "--device-memory",
+            "20%",
+            "--backend",
+            &be,
+        ]))
+    };
+    assert!(plan().status.success());
+    let file = cache.path().join("rowstage/calibration.json");
+    let mut j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    for (_, c) in j.as_object_mut().unwrap() {
+        c["h2d_bytes_per_sec"] = serde_json::json!(-3.91e9);
+        c["step_seconds"] = serde_json::json!(-1.00075);
+    }
+    std::fs::write(&file, j.to_string()).unwrap();
+    let o = plan();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("outside physical ranges"), "{t}");
+    // The plan used a fresh measurement, not the forged one.
+    let used: Vec<&str> = t.lines().filter(|l| l.starts_with("calibration")).collect();
+    assert!(used.len() == 1 && !used[0].contains("(cached)") && !used[0].contains("-3.91"), "{used:?}");
+}

@@ -37,6 +37,16 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// Whether the figures are ones a device can have: a positive, finite
+    /// bandwidth between 1 MB/s and 100 TB/s, a step between 1 µs and 10 s,
+    /// an update rate between 1 and 10¹³ a second.
+    pub fn is_physical(&self) -> bool {
+        let within = |v: f64, lo: f64, hi: f64| v.is_finite() && v >= lo && v <= hi;
+        within(self.h2d_bytes_per_sec, 1e6, 1e14)
+            && within(self.step_seconds, 1e-6, 10.0)
+            && within(self.sgd_ratings_per_sec, 1.0, 1e13)
+    }
+
     /// One line for the user.
     pub fn summary(&self) -> String {
         format!(
@@ -87,7 +97,16 @@ pub fn calibration(ctx: GpuContext, rank: usize, use_cache: bool) -> Result<(Gpu
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     if use_cache && let Some(c) = all.get(&key) {
-        return Ok((ctx, Calibration { cached: true, ..c.clone() }));
+        if c.is_physical() {
+            return Ok((ctx, Calibration { cached: true, ..c.clone() }));
+        }
+        // A cache edited by hand (or by another program) would steer
+        // `batch` auto: measured again instead.
+        log::warn!(
+            "the cached calibration of {} is outside physical ranges ({}); measuring again",
+            c.adapter,
+            c.summary()
+        );
     }
     let (ctx, cal) = measure(ctx, rank)?;
     if use_cache && let Some(p) = path {

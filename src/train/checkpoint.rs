@@ -210,6 +210,38 @@ pub fn save_checkpoint(dir: &Path, state: &RunState, model: &Model, best: Option
     Ok(path)
 }
 
+/// A lock on a checkpoint folder, held while a run writes there and
+/// released by the kernel when the process ends, however it ends.
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// Makes `dir` if missing and locks it for this process (flock on
+/// `dir/.lock`): a second run aimed at the same folder is refused, naming
+/// it, rather than replacing the first run's checkpoints.
+pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this process owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::io(
+                dir,
+                std::io::Error::other("another rowstage run is checkpointing into this folder (it is locked)"),
+            ));
+        }
+    }
+    Ok(FolderLock { _file: file })
+}
+
 /// Reads the checkpoint in `dir`.
 pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
     let path = checkpoint_path(dir);

@@ -153,7 +153,7 @@ pub fn refine_reg(candidates: &[Setting], lowest: &[f64], kept: usize) -> Option
     let d = (x0 - x1) * (x0 - x2) * (x1 - x2);
     let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d;
     let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / d;
-    if !(a > 0.0) {
+    if a.is_nan() || a <= 0.0 {
         return None;
     }
     let x = (-b / (2.0 * a)).clamp(x0, x2);

@@ -134,6 +134,10 @@ pub(crate) struct TrainArgs {
     /// --checkpoint names another.
     #[arg(help_heading = "Output", long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// Let --checkpoint DIR replace the checkpoint of another run found
+    /// there (without it, such a folder is refused).
+    #[arg(help_heading = "Output", long)]
+    overwrite_checkpoint: bool,
     /// Choose the epochs too: stop choosing when the validation RMSE has
     /// not improved for N epochs, and train the model for the best epoch's
     /// count (default while choosing --lr or --reg: 3; given with both
@@ -271,7 +275,7 @@ impl TrainArgs {
 
 /// `train` flags that may stand beside `--config`: where to train and what
 /// to write, which change no model (the rest are the request's to set).
-const BESIDE_CONFIG: [&str; 13] = [
+const BESIDE_CONFIG: [&str; 14] = [
     "config",
     "backend",
     "adapter",
@@ -285,6 +289,7 @@ const BESIDE_CONFIG: [&str; 13] = [
     "save",
     "checkpoint",
     "resume",
+    "overwrite_checkpoint",
 ];
 
 /// The request `train` runs: `--config`'s, its device flags replaced by
@@ -349,6 +354,40 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     let inputs: Vec<(&str, &Path)> = inputs.into_iter().filter_map(|(f, p)| Some((f, p?))).collect();
     model::check_distinct(&outputs, &inputs)?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
+    if (a.checkpoint.is_some() || a.resume.is_some())
+        && request.spec.backend.backend == rowstage::gpu::BackendChoice::Noop
+    {
+        {
+            let (flag, dir) = match (&a.checkpoint, &a.resume) {
+                (Some(d), _) => ("--checkpoint", d),
+                (None, Some(d)) => ("--resume", d),
+                (None, None) => unreachable!("one of them is given"),
+            };
+            return Err(Error::arg(
+                flag,
+                dir.display().to_string(),
+                "the noop backend runs no kernel: its tables are no model to checkpoint or resume",
+            ));
+        }
+    }
+    // The folder checkpoints go to: made now (a read-only place fails here,
+    // before any work), locked for this run, and never another run's.
+    let _lock = match a.checkpoint.as_ref().or(a.resume.as_ref()) {
+        Some(dir) => {
+            let written = train::checkpoint::checkpoint_path(dir);
+            if a.resume.is_none() && written.exists() && !a.overwrite_checkpoint {
+                return Err(Error::arg(
+                    "--checkpoint",
+                    dir.display().to_string(),
+                    "holds another run's checkpoint: resume it (--resume), choose another folder, or pass \
+                     --overwrite-checkpoint to replace it",
+                ));
+            }
+            let folder = written.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(train::checkpoint::lock_folder(folder)?)
+        }
+        None => None,
+    };
     let resume = match &a.resume {
         Some(dir) => Some(train::checkpoint::load_checkpoint(dir)?),
         None => None,
