@@ -220,6 +220,9 @@ pub struct FolderLock {
 /// `dir/.lock`): a second run aimed at the same folder is refused, naming
 /// it, rather than replacing the first run's checkpoints.
 pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::io(dir, std::io::Error::other("a file, not a folder for checkpoints")));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(".lock");
     let file = std::fs::OpenOptions::new()
