@@ -98,6 +98,21 @@ impl Error {
         Error::InvalidArg { flag: flag.to_string(), value: value.into(), reason: reason.into() }
     }
 
+    /// Asks the allocator for `bytes` before they are needed, so that a size
+    /// past the machine is an error naming `what` and the parameter that
+    /// sized it (`param`, `value`), not an abort.
+    pub fn ensure_memory(bytes: u64, what: &str, param: &str, value: impl Into<String>) -> Result<()> {
+        let mut probe: Vec<u8> = Vec::new();
+        match usize::try_from(bytes).ok().map(|b| probe.try_reserve_exact(b)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(Error::arg(
+                param,
+                value,
+                format!("{what} need about {}, more than this machine gives", crate::stage::human_bytes(bytes)),
+            )),
+        }
+    }
+
     /// The process exit code for this error: 2 for bad input (files, flags,
     /// budgets, ids), 1 for failures at run time (GPU, I/O while writing).
     pub fn exit_code(&self) -> i32 {

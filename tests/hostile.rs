@@ -279,8 +279,9 @@ fn no_test_ratings_is_reported_as_none_on_every_backend() {
 
 #[test]
 fn unreadable_sizes_and_streams_stop_with_exit_2() {
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("a synthetic size past 32-bit positions", &["train", "--synthetic", "100,100,10000000000"]),
+        ("synthetic users past memory", &["train", "--backend", "cpu", "--synthetic", "2000000000,10,10"]),
         ("a synthetic size past memory", &["train", "--backend", "cpu", "--synthetic", "100,100,4000000000"]),
         ("/dev/zero as data", &["train", "--data", "/dev/zero"]),
         ("/dev/zero as a model", &["eval", "--model", "/dev/zero", "--data", "/dev/null"]),

@@ -72,24 +72,19 @@ impl DataSource {
             Some(p) => (p.display().to_string(), load(p)?),
             None => {
                 self.synthetic.check()?;
-                // The ratings, their split and the tables take several times
-                // the ratings' own bytes: asked of the allocator first, so
-                // that a size past the machine is an error, not an abort.
-                let need = self.synthetic.ratings.saturating_mul(4);
-                let mut probe: Vec<Rating> = Vec::new();
-                if probe.try_reserve_exact(need).is_err() {
-                    let bytes = need.saturating_mul(std::mem::size_of::<Rating>());
-                    return Err(Error::arg(
-                        "`synthetic`",
-                        format!("{},{},{}", self.synthetic.users, self.synthetic.items, self.synthetic.ratings),
-                        format!(
-                            "{} ratings need about {} of memory, more than this machine gives",
-                            self.synthetic.ratings,
-                            crate::stage::human_bytes(bytes as u64)
-                        ),
-                    ));
-                }
-                drop(probe);
+                // The ratings (several copies on the way: generated, split,
+                // laid out) and the generator's per-row tables, asked of the
+                // allocator first: a size past the machine is an error.
+                let g = &self.synthetic;
+                let bytes = (g.ratings as u64).saturating_mul(4 * std::mem::size_of::<Rating>() as u64)
+                    + (g.users as u64 + g.items as u64).saturating_mul(32);
+                let sizes = format!("{},{},{}", g.users, g.items, g.ratings);
+                Error::ensure_memory(
+                    bytes,
+                    &format!("{} ratings of {} users and {} items", g.ratings, g.users, g.items),
+                    "`synthetic`",
+                    sizes,
+                )?;
                 (self.synthetic.name(), generate(&self.synthetic, seed))
             }
         };

@@ -338,7 +338,18 @@ impl Training {
                 (c.model, c.state, c.best_model)
             }
             None => (
-                Model::init_copies(data, &settings.hp, settings.seed, settings.copies()),
+                {
+                    // The tables (and a grid's copies), asked for first.
+                    let bytes = settings.table_bytes(data).saturating_mul(2);
+                    let what = format!(
+                        "the tables of {} users and {} items at rank {}",
+                        data.users.len(),
+                        data.items.len(),
+                        settings.hp.rank
+                    );
+                    Error::ensure_memory(bytes, &what, "`rank`", settings.hp.rank.to_string())?;
+                    Model::init_copies(data, &settings.hp, settings.seed, settings.copies())
+                },
                 checkpoint::RunState::new(fingerprint, 0.0),
                 None,
             ),
