@@ -690,11 +690,7 @@ fn ctrl_c_writes_an_incomplete_report_and_a_checkpoint_then_resume_finishes() {
         .unwrap();
     // Interrupt once the first epoch's checkpoint exists.
     let file = ck.join("checkpoint.safetensors");
-    let t0 = std::time::Instant::now();
-    while !file.exists() {
-        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::wait_for(&file, 120);
     let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();

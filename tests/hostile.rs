@@ -377,11 +377,7 @@ fn sigterm_and_sighup_stop_a_run_as_ctrl_c_does() {
             .spawn()
             .unwrap();
         let file = ck.join("checkpoint.safetensors");
-        let t0 = std::time::Instant::now();
-        while !file.exists() {
-            assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        common::wait_for(&file, 120);
         assert!(
             Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success()
         );
@@ -425,11 +421,7 @@ fn a_checkpoint_folder_is_one_runs_and_a_noop_run_has_none() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while !busy.join(".lock").exists() {
-        assert!(t0.elapsed().as_secs() < 60, "no lock file");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_for(&busy.join(".lock"), 120);
     let o = run(rowstage().args(quick).arg("--overwrite-checkpoint").arg("--checkpoint").arg(&busy));
     child.kill().unwrap();
     let _ = child.wait();

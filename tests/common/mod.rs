@@ -132,3 +132,14 @@ impl<B: rowstage::engine::Backend> rowstage::engine::Backend for StopAfter<B> {
         self.inner.run_layout()
     }
 }
+
+/// Waits until `path` exists (a checkpoint a child run writes), failing the
+/// test after `seconds`.
+#[allow(dead_code)]
+pub fn wait_for(path: &std::path::Path, seconds: u64) {
+    let t0 = std::time::Instant::now();
+    while !path.exists() {
+        assert!(t0.elapsed().as_secs() < seconds, "{} did not appear within {seconds} s", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
