@@ -179,3 +179,22 @@ fn a_grid_search_resumes_to_the_uninterrupted_models() {
     };
     assert_eq!(rmses(&resumed), rmses(&whole));
 }
+
+/// A checkpoint records its backend; one the noop backend made (its tables
+/// no model) never resumes into a model.
+#[test]
+fn a_noop_checkpoint_never_becomes_a_model() {
+    let data = dataset();
+    let s = TrainSettings { epochs: 2, ..settings() };
+    let dir = tempfile::tempdir().unwrap();
+    let control = RunControl { checkpoint: Some(dir.path()), ..Default::default() };
+    let first = TrainSettings { epochs: 1, ..s.clone() };
+    train(&data, &first, &mut cpu(&first), control, &mut |_| {}).unwrap();
+    let mut c = load_checkpoint(dir.path()).unwrap();
+    assert_eq!(c.state.backend, "cpu", "the backend that made it is recorded");
+    c.state.backend = "noop".into();
+    rowstage::train::checkpoint::save_checkpoint(dir.path(), &c.state, &c.model, c.best_model.as_ref()).unwrap();
+    let control = RunControl { resume: Some(load_checkpoint(dir.path()).unwrap()), ..Default::default() };
+    let e = train(&data, &s, &mut cpu(&s), control, &mut |_| {}).err().expect("refused").to_string();
+    assert!(e.contains("noop"), "{e}");
+}

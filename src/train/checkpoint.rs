@@ -162,6 +162,10 @@ pub struct RunState {
     /// trains to them rather than choosing again.
     #[serde(default)]
     pub chosen_epochs: Option<usize>,
+    /// The backend that made it (`cpu`, `vulkan`, ...; empty in checkpoints
+    /// older than this field). A `noop` state is no model and never resumes.
+    #[serde(default)]
+    pub backend: String,
 }
 
 impl RunState {
@@ -178,6 +182,7 @@ impl RunState {
             since_best: 0,
             train_seconds: 0.0,
             chosen_epochs: None,
+            backend: String::new(),
         }
     }
 }

@@ -335,6 +335,13 @@ impl Training {
         let (model, state, best_model) = match control.resume {
             Some(c) => {
                 c.state.fingerprint.check(&fingerprint, &c.path)?;
+                if c.state.backend == "noop" {
+                    return Err(Error::BadModel {
+                        path: c.path.clone(),
+                        what: "checkpoint",
+                        reason: "the noop backend made it: its tables are no model to continue".into(),
+                    });
+                }
                 (c.model, c.state, c.best_model)
             }
             None => (
@@ -350,7 +357,7 @@ impl Training {
                     Error::ensure_memory(bytes, &what, "`rank`", settings.hp.rank.to_string())?;
                     Model::init_copies(data, &settings.hp, settings.seed, settings.copies())
                 },
-                checkpoint::RunState::new(fingerprint, 0.0),
+                checkpoint::RunState { backend: backend.kind(), ..checkpoint::RunState::new(fingerprint, 0.0) },
                 None,
             ),
         };
