@@ -472,3 +472,78 @@ fn a_forged_calibration_is_measured_again() {
     let used: Vec<&str> = t.lines().filter(|l| l.starts_with("calibration")).collect();
     assert!(used.len() == 1 && !used[0].contains("(cached)") && !used[0].contains("-3.91"), "{used:?}");
 }
+
+/// Every command that reads ratings or a model, given each kind of bad
+/// file: exit 2, a message naming the file, no panic, nothing written.
+#[test]
+fn every_reader_refuses_every_kind_of_bad_file_by_name() {
+    let f = fixture();
+    let dir = f.dir.path();
+    let bad_ratings: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("header-only", b"user,item,rating\n".to_vec()),
+        ("not-a-number", b"u1,i1,4\nu2,i2,abc\n".to_vec()),
+        ("not-finite", b"u1,i1,4\nu2,i2,NaN\n".to_vec()),
+        ("two-columns", b"u1,i1\nu2,i2\n".to_vec()),
+        ("not-utf8", vec![0xff, 0xfe, b',', b'i', b',', b'3', b'\n']),
+        ("binary", (0..4096u32).map(|k| (k * 2654435761u32 >> 24) as u8).collect()),
+    ];
+    let gpu = common::test_backends().into_iter().find(|&b| common::gpu(b, "hostile readers").is_some());
+    let gpu = gpu.map(|b| format!("{b:?}").to_lowercase());
+    let model = f.model.to_str().unwrap().to_string();
+    let mut cases = 0;
+    for (name, bytes) in &bad_ratings {
+        let path = dir.join(format!("{name}.csv"));
+        std::fs::write(&path, bytes).unwrap();
+        let p = path.to_str().unwrap();
+        let mut commands: Vec<Vec<&str>> = vec![
+            vec!["train", "--backend", "cpu", "--epochs", "1", "--data", p],
+            vec!["train", "--backend", "cpu", "--epochs", "1", "--synthetic", "50,40,900", "--test", p],
+            vec!["eval", "--model", &model, "--data", p],
+            vec!["recommend", "--model", &model, "--all-users", "--exclude-rated", p],
+            vec!["simulate", "--data", p],
+            vec!["split", "--data", p, "--out", "unused"],
+            vec!["bench", "--backend", "cpu", "--epochs", "1", "--data", p],
+        ];
+        if let Some(be) = &gpu {
+            commands.push(vec!["plan", "--backend", be, "--data", p]);
+        }
+        for args in commands {
+            let o = run(rowstage().current_dir(dir).args(&args));
+            let what = format!("{name} to `{}`", args.join(" "));
+            refused(&o, &what);
+            assert!(
+                text(&o).contains(&format!("{name}.csv")),
+                "{what}: the message does not name the file: {}",
+                text(&o)
+            );
+            cases += 1;
+        }
+        // The same bytes as a model.
+        for args in [
+            vec!["eval", "--model", p, "--data", f.data.to_str().unwrap()],
+            vec!["recommend", "--model", p, "--all-users"],
+            vec!["compare", p, &model],
+        ] {
+            let o = run(rowstage().args(&args));
+            refused(&o, &format!("{name} as a model to {}", args[0]));
+            assert!(text(&o).contains(&format!("{name}.csv")), "{name} as a model: {}", text(&o));
+            cases += 1;
+        }
+    }
+    assert!(!dir.join("unused").join("train.tsv").exists(), "split wrote from a bad file");
+    // A missing file and a folder, to each reader.
+    for missing in ["/no/such/ratings.csv", "/tmp"] {
+        for args in [
+            vec!["train", "--data", missing],
+            vec!["eval", "--model", &model, "--data", missing],
+            vec!["eval", "--model", missing, "--data", f.data.to_str().unwrap()],
+            vec!["compare", missing, &model],
+        ] {
+            let o = run(rowstage().args(&args));
+            refused(&o, &format!("{missing} to {}", args.join(" ")));
+            cases += 1;
+        }
+    }
+    println!("hostile: {cases} bad-file cases");
+}
