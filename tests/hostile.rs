@@ -486,7 +486,7 @@ fn every_reader_refuses_every_kind_of_bad_file_by_name() {
         ("not-finite", b"u1,i1,4\nu2,i2,NaN\n".to_vec()),
         ("two-columns", b"u1,i1\nu2,i2\n".to_vec()),
         ("not-utf8", vec![0xff, 0xfe, b',', b'i', b',', b'3', b'\n']),
-        ("binary", (0..4096u32).map(|k| (k * 2654435761u32 >> 24) as u8).collect()),
+        ("binary", (0..4096u32).map(|k| (k.wrapping_mul(2654435761) >> 24) as u8).collect()),
     ];
     let gpu = common::test_backends().into_iter().find(|&b| common::gpu(b, "hostile readers").is_some());
     let gpu = gpu.map(|b| format!("{b:?}").to_lowercase());
