@@ -384,8 +384,10 @@ impl Run {
         };
         let epochs = self.training.epochs().to_vec();
         // The chosen setting alone: the backend is opened again for it (a
-        // slab of one copy a row, the full training ratings' layout), after
-        // the candidates' is closed.
+        // slab of one copy a row, the full training ratings' layout). The
+        // candidates' backend is dropped first, so that two slabs never
+        // coexist on the device; a placeholder that holds nothing stands in
+        // until the new one is opened.
         self.resolved.opened.backend = Box::new(crate::train::cpu::ReferenceCpu { bias_reg: 0.0 });
         let (resolved, mut training) = start(&self.data, &spec, choosing.options, None)?;
         training.record_choice(best.epoch);
