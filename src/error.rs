@@ -108,7 +108,7 @@ impl Error {
             _ => Err(Error::arg(
                 param,
                 value,
-                format!("{what} need about {}, more than this machine gives", crate::stage::human_bytes(bytes)),
+                format!("{what} need about {}, more than this machine gives", crate::units::human_bytes(bytes)),
             )),
         }
     }

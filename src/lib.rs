@@ -54,6 +54,7 @@ pub mod report;
 pub mod session;
 pub mod stage;
 pub mod train;
+mod units;
 
 pub use error::{Error, Result};
 pub use named::Named;

@@ -78,17 +78,7 @@ pub fn slots_in(bytes: u64, row_bytes: u64) -> u32 {
     (bytes / row_bytes.max(1)).min(crate::stage::entry::MAX_SLOTS as u64) as u32
 }
 
-/// `1536` → `1.50 KiB`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{b} B") } else { format!("{v:.2} {}", UNITS[u]) }
-}
+pub use crate::units::human_bytes;
 
 /// As `--device-memory` takes it, exactly: bytes as a whole number
 /// (`"1048576"`), a share with its sign (`"10%"`).
