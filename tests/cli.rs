@@ -206,8 +206,8 @@ fn save_eval_recommend_round_trip() {
         .stderr(predicate::str::contains("checksum mismatch"));
 }
 
-/// `--lr` and `--reg` lists train the grid in one run: a ranked table, `grid`
-/// (best first) and `best` in the JSON, and `--save` keeps the best setting's
+/// `--lr` and `--reg` lists are chosen among in one run: a ranked table and
+/// `choice.candidates` (best first on validation) in the JSON, and `--save` keeps the kept setting's
 /// model alone, which `eval` scores as the report did.
 #[test]
 fn grid_search_ranks_the_settings_and_saves_the_best() {

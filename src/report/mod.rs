@@ -138,18 +138,10 @@ pub struct Report {
     pub epochs: Vec<EpochJson>,
     #[serde(rename = "final")]
     pub final_: FinalJson,
-    /// False when Ctrl-C stopped the run before its last epoch.
+    /// False when a signal stopped the run before its last epoch. The kept
+    /// epoch and setting, and whether patience ended choosing, are the
+    /// `choice`'s: the model itself trains a fixed number of epochs.
     pub complete: bool,
-    /// Under `--patience`: the epoch whose model was kept.
-    pub best_epoch: Option<usize>,
-    /// Under `--patience`: whether it ended the run early.
-    pub stopped_early: bool,
-    /// A grid search's settings, best first (absent outside one).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grid: Option<Vec<GridJson>>,
-    /// The setting kept (absent outside a grid search).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub best: Option<GridJson>,
 }
 
 /// The choosing part of a run: what it kept, what it cost, each

@@ -419,11 +419,6 @@ impl Run {
         }
         let config = RunConfig::of(&spec, &resolved, &outcome, request.source.describe());
         let ceiling = config.ceiling;
-        let grid = crate::report::grid_results(
-            &outcome.settings,
-            &outcome.epochs,
-            outcome.best_epoch.filter(|_| outcome.complete),
-        );
         let report = Report {
             dataset: DatasetInfo::of(&data, skipped_lines),
             config,
@@ -440,10 +435,6 @@ impl Run {
                 ratings_per_sec: outcome.ratings_per_sec,
             },
             complete: outcome.complete && choosing.is_none(),
-            best_epoch: outcome.best_epoch,
-            stopped_early: outcome.stopped_early,
-            best: grid.first().cloned(),
-            grid: (!grid.is_empty()).then_some(grid),
         };
         outcome.complete &= choosing.is_none();
         Ok(Finished { outcome, report })
