@@ -252,15 +252,10 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
             ("--export-csv", a.export_csv.as_deref()),
             ("--export-markdown", a.export_markdown.as_deref()),
         ],
+        // The charts go into the folder, created if missing.
+        &[("--plot", a.plot.as_deref())],
         &inputs,
     )?;
-    if let Some(dir) = &a.plot {
-        // The charts go into the folder, created if missing; an input there
-        // is not replaced (the charts' names are the bench's own).
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::arg("--plot", dir.display().to_string(), "is a file, not a folder"));
-        }
-    }
     let out = Out { to_stderr: exports.to_stdout() };
     // `auto` is resolved now: the best adapter, or the CPU when there is none.
     let (plan, notices) = bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;

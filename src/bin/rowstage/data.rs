@@ -88,15 +88,12 @@ pub(crate) struct SplitArgs {
 pub(crate) fn cmd_split(a: SplitArgs) -> Result<()> {
     let out = Out { to_stderr: false };
     let source = a.data.source()?;
-    if a.out.exists() && !a.out.is_dir() {
-        return Err(Error::arg("--out", a.out.display().to_string(), "is a file, not a folder"));
-    }
+    let inputs = [("--data", source.path.as_deref()), ("--test", source.test.as_deref())];
+    // The folder first (it is made for the files' checks), then its files.
+    check_paths(&[], &[("--out", Some(&a.out))], &inputs)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let files = [a.out.join("train.tsv"), a.out.join("test.tsv")];
-    check_paths(
-        &[("--out", Some(&files[0])), ("--out", Some(&files[1]))],
-        &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())],
-    )?;
+    check_paths(&[("--out", Some(&files[0])), ("--out", Some(&files[1]))], &[], &inputs)?;
     let (data, _) = load_dataset(&source, a.seed, &out)?;
     let texts = [data.to_tsv(false)?, data.to_tsv(true)?];
     for ((name, ratings), text) in [("train.tsv", &data.train), ("test.tsv", &data.test)].into_iter().zip(texts) {

@@ -17,7 +17,7 @@ pub(crate) struct DevicesArgs {
 }
 
 pub(crate) fn cmd_devices(a: DevicesArgs) -> Result<()> {
-    check_paths(&[("--json", a.json.as_deref())], &[])?;
+    check_paths(&[("--json", a.json.as_deref())], &[], &[])?;
     let adapters = list_adapters(BackendChoice::Auto);
     if let Some(p) = &a.json {
         return write_output(p, &serde_json::to_string_pretty(&adapters).expect("json"));

@@ -120,22 +120,29 @@ impl Out {
 }
 
 /// Refuses, before any work, an output that cannot be written (a missing or
-/// read-only folder, a read-only file, a folder where a file goes) or that
-/// is an input or another output (by file identity). `None` entries are
-/// flags not given; `-` is stdout.
+/// read-only folder, a read-only file, a folder where a file goes), a
+/// folder output that is a file, and any output that is an input or another
+/// output (by file identity). `None` entries are flags not given; `-` is
+/// stdout.
 pub(crate) fn check_paths<'p>(
-    outputs: &[(&'static str, Option<&'p Path>)],
+    files: &[(&'static str, Option<&'p Path>)],
+    folders: &[(&'static str, Option<&'p Path>)],
     inputs: &[(&'static str, Option<&'p Path>)],
 ) -> Result<()> {
     fn given<'p>(pairs: &[(&'static str, Option<&'p Path>)]) -> Vec<(&'static str, &'p Path)> {
         pairs.iter().filter_map(|&(f, p)| Some((f, p?))).collect()
     }
-    let (outs, ins) = (given(outputs), given(inputs));
+    let (outs, dirs, ins) = (given(files), given(folders), given(inputs));
     if let Some((flag, _)) = outs.iter().find(|(_, p)| *p == Path::new("-")).filter(|_| closed(1)) {
         return Err(Error::arg(flag, "-", "stdout is closed"));
     }
     for &(flag, path) in &outs {
         model::check_output(flag, path)?;
+    }
+    for &(flag, dir) in &dirs {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::arg(flag, dir.display().to_string(), "is a file, not a folder"));
+        }
     }
     if outs.iter().filter(|(_, p)| *p == Path::new("-")).count() > 1 {
         return Err(Error::arg(
@@ -144,7 +151,8 @@ pub(crate) fn check_paths<'p>(
             "only one output can go to stdout",
         ));
     }
-    model::check_distinct(&outs, &ins)
+    let all: Vec<_> = outs.into_iter().chain(dirs).collect();
+    model::check_distinct(&all, &ins)
 }
 
 pub(crate) fn write_output(path: &Path, text: &str) -> Result<()> {

@@ -51,6 +51,7 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
     let source = a.data.source()?;
     check_paths(
         &[("--json", a.json.as_deref())],
+        &[],
         &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())],
     )?;
     let batch = match a.batch.trim() {

@@ -81,7 +81,11 @@ pub(crate) struct CompareArgs {
 }
 
 pub(crate) fn cmd_compare(a: CompareArgs) -> Result<()> {
-    check_paths(&[("--json", a.json.as_deref())], &[("MODEL", Some(&a.models[0])), ("MODEL", Some(&a.models[1]))])?;
+    check_paths(
+        &[("--json", a.json.as_deref())],
+        &[],
+        &[("MODEL", Some(&a.models[0])), ("MODEL", Some(&a.models[1]))],
+    )?;
     let (x, _) = model::load_model(&a.models[0])?;
     let (y, _) = model::load_model(&a.models[1])?;
     let d = model::compare(&x, &y)?;
@@ -104,6 +108,7 @@ pub(crate) fn cmd_compare(a: CompareArgs) -> Result<()> {
 pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
     check_paths(
         &[("--json", a.json.as_deref()), ("--predictions", a.predictions.as_deref())],
+        &[],
         &[("--model", Some(&a.model)), ("--data", Some(&a.data))],
     )?;
     let (m, _) = model::load_model(&a.model)?;
@@ -150,6 +155,7 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
 pub(crate) fn cmd_recommend(a: RecommendArgs) -> Result<()> {
     check_paths(
         &[("--json", a.json.as_deref()), ("--output", a.output.as_deref())],
+        &[],
         &[("--model", Some(&a.model)), ("--exclude-rated", a.exclude_rated.as_deref())],
     )?;
     let (m, _) = model::load_model(&a.model)?;

@@ -72,6 +72,7 @@ pub(crate) fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     let source = a.data.source()?;
     check_paths(
         &[("--json", a.json.as_deref())],
+        &[],
         &[("--data", source.path.as_deref()), ("--test", source.test.as_deref())],
     )?;
     let budgets = Budget::parse_list("--device-memory", &a.device_memory)?;

@@ -344,15 +344,15 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         ("--data", request.source.path.as_deref()),
         ("--test", request.source.test.as_deref()),
     ];
-    check_paths(&[("--json", a.json.as_deref()), ("--save", a.save.as_deref())], &inputs)?;
-    // The checkpoint is a folder: neither an input nor another output.
-    let outputs: Vec<(&str, &Path)> =
-        [("--json", a.json.as_deref()), ("--save", a.save.as_deref()), ("--checkpoint", a.checkpoint.as_deref())]
-            .into_iter()
-            .filter_map(|(f, p)| Some((f, p?)))
-            .collect();
-    let inputs: Vec<(&str, &Path)> = inputs.into_iter().filter_map(|(f, p)| Some((f, p?))).collect();
-    model::check_distinct(&outputs, &inputs)?;
+    // `--checkpoint` names a folder, or the checkpoint file itself where it
+    // ends in .safetensors (`checkpoint::checkpoint_path`).
+    let checkpoint_file = a.checkpoint.as_deref().filter(|d| train::checkpoint::checkpoint_path(d).as_path() == *d);
+    let checkpoint_folder = a.checkpoint.as_deref().filter(|_| checkpoint_file.is_none());
+    check_paths(
+        &[("--json", a.json.as_deref()), ("--save", a.save.as_deref()), ("--checkpoint", checkpoint_file)],
+        &[("--checkpoint", checkpoint_folder)],
+        &inputs,
+    )?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     if (a.checkpoint.is_some() || a.resume.is_some())
         && request.spec.backend.backend == rowstage::gpu::BackendChoice::Noop
