@@ -142,7 +142,9 @@ pub fn read_bounded(path: &Path, max_line: usize) -> Result<Vec<u8>> {
         text: String::new(),
     };
     let (mut bytes, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
-    let (mut lines, mut line_start) = (1usize, 0usize);
+    // Where the line being read starts: only the chunk's last line break
+    // matters (found from its end); lines are counted only for the error.
+    let mut line_start = 0usize;
     loop {
         let n = file.read(&mut chunk).map_err(|e| Error::io(path, e))?;
         if n == 0 {
@@ -150,14 +152,11 @@ pub fn read_bounded(path: &Path, max_line: usize) -> Result<Vec<u8>> {
         }
         let at = bytes.len();
         bytes.extend_from_slice(&chunk[..n]);
-        for (k, &b) in chunk[..n].iter().enumerate() {
-            if b == b'\n' {
-                lines += 1;
-                line_start = at + k + 1;
-            }
+        if let Some(k) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            line_start = at + k + 1;
         }
         if bytes.len() - line_start > max_line {
-            return Err(too_long(lines));
+            return Err(too_long(bytes[..line_start].iter().filter(|&&b| b == b'\n').count() + 1));
         }
         if bytes.len() as u64 > limit {
             return Err(Error::io(
@@ -344,6 +343,18 @@ fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_past_the_bound_is_refused_naming_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.tsv");
+        let mut bytes = b"a\tb\t3\nc\td\t4\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 300_000));
+        std::fs::write(&path, &bytes).unwrap();
+        let e = read_bounded(&path, 100_000).unwrap_err().to_string();
+        assert!(e.contains("long.tsv:3:") && e.contains("longer than"), "{e}");
+        assert_eq!(read_bounded(&path, 400_000).unwrap(), bytes);
+    }
 
     fn parse(name: &str, text: &str) -> Result<(RatingSet, LoadReport)> {
         parse_ratings(Path::new(name), text.as_bytes(), LoadOptions::default())
