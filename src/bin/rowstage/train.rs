@@ -354,21 +354,15 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         &inputs,
     )?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
-    if (a.checkpoint.is_some() || a.resume.is_some())
+    let checkpoints = [("--checkpoint", &a.checkpoint), ("--resume", &a.resume)];
+    if let Some((flag, Some(dir))) = checkpoints.into_iter().find(|(_, d)| d.is_some())
         && request.spec.backend.backend == rowstage::gpu::BackendChoice::Noop
     {
-        {
-            let (flag, dir) = match (&a.checkpoint, &a.resume) {
-                (Some(d), _) => ("--checkpoint", d),
-                (None, Some(d)) => ("--resume", d),
-                (None, None) => unreachable!("one of them is given"),
-            };
-            return Err(Error::arg(
-                flag,
-                dir.display().to_string(),
-                "the noop backend runs no kernel: its tables are no model to checkpoint or resume",
-            ));
-        }
+        return Err(Error::arg(
+            flag,
+            dir.display().to_string(),
+            "the noop backend runs no kernel: its tables are no model to checkpoint or resume",
+        ));
     }
     // The folder checkpoints go to: made now (a read-only place fails here,
     // before any work), locked for this run, and never another run's.
