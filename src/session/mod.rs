@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::model::{HyperParams, Setting};
 use crate::report::{ChoiceJson, DatasetInfo, EpochJson, FinalJson, Report};
 use crate::train::checkpoint::Checkpoint;
-use crate::train::tune::{Choice, DEFAULT_PATIENCE, Tuning, refine_reg, validation_split};
+use crate::train::tune::{Choice, DEFAULT_PATIENCE, Tuning, distinct, refine_reg, validation_split};
 use crate::train::{
     CancelToken, EpochReport, ResolvedRun, RunConfig, RunControl, RunRequest, RunSpec, TrainOutcome, Training, resolve,
 };
@@ -221,14 +221,7 @@ impl Run {
             })?;
         let mut notes = resolved.notes.clone();
         let list = |f: fn(&Setting) -> f32| {
-            let mut v: Vec<String> = Vec::new();
-            for c in &candidates {
-                let x = f(c).to_string();
-                if !v.contains(&x) {
-                    v.push(x);
-                }
-            }
-            v.join(",")
+            distinct(candidates.iter().map(f)).iter().map(f32::to_string).collect::<Vec<_>>().join(",")
         };
         notes.push(format!(
             "choosing: {} setting(s) (lr {} × reg {}) trained side by side on {} of the training ratings, scored on \

@@ -63,17 +63,8 @@ impl Tuning {
     /// and λ, or the candidates of the ones chosen, lr-major.
     pub fn candidates(&self, hp: &HyperParams, grid: &[Setting]) -> Vec<Setting> {
         let given = if grid.is_empty() { vec![Setting { lr: hp.lr, reg: hp.reg }] } else { grid.to_vec() };
-        let distinct = |values: Vec<f32>| {
-            let mut out: Vec<f32> = Vec::new();
-            for v in values {
-                if !out.contains(&v) {
-                    out.push(v);
-                }
-            }
-            out
-        };
-        let lrs = if self.lr { LR_CANDIDATES.to_vec() } else { distinct(given.iter().map(|s| s.lr).collect()) };
-        let regs = if self.reg { REG_CANDIDATES.to_vec() } else { distinct(given.iter().map(|s| s.reg).collect()) };
+        let lrs = if self.lr { LR_CANDIDATES.to_vec() } else { distinct(given.iter().map(|s| s.lr)) };
+        let regs = if self.reg { REG_CANDIDATES.to_vec() } else { distinct(given.iter().map(|s| s.reg)) };
         if !self.lr && !self.reg {
             return given;
         }
@@ -96,6 +87,17 @@ impl Tuning {
         }
         Ok(())
     }
+}
+
+/// `values` without repeats, in their first order.
+pub(crate) fn distinct<T: PartialEq>(values: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// `data` with `fraction` of its training ratings moved to its test set,
