@@ -208,6 +208,9 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
     let mut ratings = Vec::with_capacity(bytes.len() / 24);
     let mut report = LoadReport { format: Some(format), ..Default::default() };
     let mut seen_first = false;
+    // Checked once for the whole file (fast); line by line only to name the
+    // line that is not UTF-8.
+    let all_utf8 = std::str::from_utf8(bytes).is_ok();
     for (idx, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line_no = idx + 1;
         let raw = trim_cr(raw);
@@ -220,20 +223,30 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
             reason,
             text: String::from_utf8_lossy(raw).into_owned(),
         };
-        let parsed = std::str::from_utf8(raw).map_err(|e| bad(format!("not valid UTF-8 ({e})"))).and_then(|line| {
+        let line = if all_utf8 {
+            // SAFETY-free: a line of a valid UTF-8 text split at an ASCII byte.
+            std::str::from_utf8(raw).ok()
+        } else {
+            None
+        };
+        let parsed = match line {
+            Some(l) => Ok(l),
+            None => std::str::from_utf8(raw).map_err(|e| bad(format!("not valid UTF-8 ({e})"))),
+        }
+        .and_then(|line| {
             let is_first = !seen_first;
             seen_first = true;
-            let fields = split_fields(line, sep).map_err(bad)?;
-            let fields: Vec<&str> = fields.iter().map(|f| f.as_ref()).collect();
-            if is_first && is_header(header, &fields) {
-                return Ok(None);
-            }
-            parse_fields(&fields, format).map(|(u, i, v)| Some((u.to_string(), i.to_string(), v))).map_err(bad)
+            with_fields(line, sep, |fields, count| {
+                if is_first && is_header(header, fields) {
+                    return Ok(None);
+                }
+                let (u, i, v) = parse_fields(fields, count, format)?;
+                Ok(Some(Rating { user: users.intern(u), item: items.intern(i), value: v }))
+            })
+            .map_err(bad)
         });
         match parsed {
-            Ok(Some((u, i, v))) => {
-                ratings.push(Rating { user: users.intern(u.trim()), item: items.intern(i.trim()), value: v })
-            }
+            Ok(Some(r)) => ratings.push(r),
             Ok(None) => {}
             Err(e) if opts.skip_bad_lines => {
                 report.skipped += 1;
@@ -277,25 +290,53 @@ fn detect(path: &Path, first_line: &str) -> Format {
     }
 }
 
-/// A line's fields. A comma-separated line with a quote is read as RFC 4180
-/// says (the `csv` crate: `"Smith, John"` is one field, `""` a quote); tabs
-/// and `::` are taken literally.
-fn split_fields(line: &str, sep: Sep) -> std::result::Result<Vec<std::borrow::Cow<'_, str>>, String> {
-    use std::borrow::Cow;
+/// Calls `f` with a line's fields. A comma-separated line with a quote is
+/// read as RFC 4180 says (the `csv` crate: `"Smith, John"` is one field, `""`
+/// a quote); tabs and `::` are taken literally. `f` gets the first
+/// [`MAX_FIELDS`] and the count of all: no allocation per line on the plain
+/// path.
+fn with_fields<T>(
+    line: &str,
+    sep: Sep,
+    f: impl FnOnce(&[&str], usize) -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    fn first<'a>(parts: impl Iterator<Item = &'a str>) -> ([&'a str; MAX_FIELDS], usize) {
+        let mut fields = [""; MAX_FIELDS];
+        let mut n = 0;
+        for p in parts {
+            if n < MAX_FIELDS {
+                fields[n] = p;
+            }
+            n += 1;
+        }
+        (fields, n)
+    }
     match sep {
         Sep::Char(b',') if line.contains('"') => {
             let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(line.as_bytes());
             let mut record = csv::StringRecord::new();
             match reader.read_record(&mut record) {
-                Ok(true) => Ok(record.iter().map(|f| Cow::Owned(f.to_string())).collect()),
-                Ok(false) => Ok(Vec::new()),
+                Ok(true) => {
+                    let (fields, n) = first(record.iter());
+                    f(&fields[..n.min(MAX_FIELDS)], n)
+                }
+                Ok(false) => f(&[], 0),
                 Err(e) => Err(format!("not a CSV record ({e})")),
             }
         }
-        Sep::Char(c) => Ok(line.split(c as char).map(Cow::Borrowed).collect()),
-        Sep::DoubleColon => Ok(line.split("::").map(Cow::Borrowed).collect()),
+        Sep::Char(c) => {
+            let (fields, n) = first(line.split(c as char));
+            f(&fields[..n.min(MAX_FIELDS)], n)
+        }
+        Sep::DoubleColon => {
+            let (fields, n) = first(line.split("::"));
+            f(&fields[..n.min(MAX_FIELDS)], n)
+        }
     }
 }
+
+/// user, item, rating and a timestamp.
+const MAX_FIELDS: usize = 4;
 
 fn is_header(mode: HeaderMode, fields: &[&str]) -> bool {
     match mode {
@@ -307,9 +348,22 @@ fn is_header(mode: HeaderMode, fields: &[&str]) -> bool {
     }
 }
 
-fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(&'a str, &'a str, f32), String> {
-    let max_cols = 4;
-    if fields.len() < 3 {
+/// `field` without surrounding white space; the common untrimmed field costs
+/// two byte tests.
+fn trim(field: &str) -> &str {
+    let b = field.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(x), Some(y)) if x.is_ascii_graphic() && y.is_ascii_graphic() => field,
+        _ => field.trim(),
+    }
+}
+
+fn parse_fields<'a>(
+    fields: &[&'a str],
+    count: usize,
+    format: Format,
+) -> std::result::Result<(&'a str, &'a str, f32), String> {
+    if count < 3 {
         return Err(format!(
             "expected user, item, rating{} columns, found {}",
             if format == Format::Movielens100k || format == Format::MovielensDat {
@@ -317,16 +371,13 @@ fn parse_fields<'a>(fields: &[&'a str], format: Format) -> std::result::Result<(
             } else {
                 "[, timestamp]"
             },
-            fields.len()
+            count
         ));
     }
-    if fields.len() > max_cols {
-        return Err(format!(
-            "expected at most {max_cols} columns (user, item, rating, timestamp), found {}",
-            fields.len()
-        ));
+    if count > MAX_FIELDS {
+        return Err(format!("expected at most {MAX_FIELDS} columns (user, item, rating, timestamp), found {count}"));
     }
-    let (u, i, r) = (fields[0].trim(), fields[1].trim(), fields[2].trim());
+    let (u, i, r) = (trim(fields[0]), trim(fields[1]), trim(fields[2]));
     if u.is_empty() {
         return Err("empty user id".into());
     }

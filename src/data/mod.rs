@@ -33,7 +33,23 @@ pub struct Rating {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IdMap {
     names: Vec<String>,
-    index: HashMap<String, u32>,
+    /// Interning is most of reading a file, so ids written as plain numbers
+    /// (most files' ids) are keyed by their value, with no string to compare,
+    /// and the rest by their text. foldhash, not SipHash: the ids come from
+    /// the user's own file, with no flooding to defend against.
+    numbers: HashMap<u64, u32, foldhash::fast::FixedState>,
+    texts: HashMap<String, u32, foldhash::fast::FixedState>,
+}
+
+/// `name`'s value where it is a number written the one way it can be
+/// (decimal digits, no leading zero, 19 digits at most), so that the value
+/// names the text.
+fn as_number(name: &str) -> Option<u64> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > 19 || (b[0] == b'0' && b.len() > 1) {
+        return None;
+    }
+    b.iter().try_fold(0u64, |v, &c| c.is_ascii_digit().then(|| v * 10 + u64::from(c - b'0')))
 }
 
 impl IdMap {
@@ -43,23 +59,38 @@ impl IdMap {
 
     /// Builds a map from names in dense-id order.
     pub fn from_names(names: Vec<String>) -> Self {
-        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
-        IdMap { names, index }
+        let mut map = IdMap::default();
+        for (i, n) in names.iter().enumerate() {
+            match as_number(n) {
+                Some(v) => map.numbers.insert(v, i as u32),
+                None => map.texts.insert(n.clone(), i as u32),
+            };
+        }
+        map.names = names;
+        map
     }
 
     /// The dense id of `name`, adding it if new.
     pub fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.index.get(name) {
-            return id;
+        let next = self.names.len() as u32;
+        let id = match as_number(name) {
+            Some(v) => *self.numbers.entry(v).or_insert(next),
+            None => match self.texts.get(name) {
+                Some(&id) => id,
+                None => *self.texts.entry(name.to_string()).or_insert(next),
+            },
+        };
+        if id == next {
+            self.names.push(name.to_string());
         }
-        let id = self.names.len() as u32;
-        self.names.push(name.to_string());
-        self.index.insert(name.to_string(), id);
         id
     }
 
     pub fn get(&self, name: &str) -> Option<u32> {
-        self.index.get(name).copied()
+        match as_number(name) {
+            Some(v) => self.numbers.get(&v).copied(),
+            None => self.texts.get(name).copied(),
+        }
     }
 
     pub fn name(&self, id: u32) -> &str {
@@ -237,6 +268,23 @@ pub fn check_tsv_field(id: &str) -> Result<(), crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_texts_are_one_map_in_first_appearance_order() {
+        let mut m = IdMap::new();
+        let names = ["7", "07", "u7", "0", "18446744073709551615", "9999999999999999999", "7", "+7", " 7"];
+        let ids: Vec<u32> = names.iter().map(|n| m.intern(n)).collect();
+        // "7" twice is one id; every other spelling is its own id.
+        assert_eq!(ids, [0, 1, 2, 3, 4, 5, 0, 6, 7]);
+        assert_eq!(m.len(), 8);
+        for (n, &id) in names.iter().zip(&ids) {
+            assert_eq!(m.get(n), Some(id), "{n:?}");
+            assert_eq!(m.name(id), *n);
+        }
+        assert_eq!(m.get("8"), None);
+        assert_eq!(m.get("007"), None);
+        assert_eq!(IdMap::from_names(m.names().to_vec()), m);
+    }
 
     fn set(triples: &[(&str, &str, f32)]) -> RatingSet {
         let mut users = IdMap::new();
