@@ -33,23 +33,25 @@ pub struct Rating {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IdMap {
     names: Vec<String>,
-    /// Interning is most of reading a file, so ids written as plain numbers
-    /// (most files' ids) are keyed by their value, with no string to compare,
-    /// and the rest by their text. foldhash, not SipHash: the ids come from
-    /// the user's own file, with no flooding to defend against.
-    numbers: HashMap<u64, u32, foldhash::fast::FixedState>,
-    texts: HashMap<String, u32, foldhash::fast::FixedState>,
+    /// Interning is most of reading a file, so an id of up to 15 bytes
+    /// (most files' ids) is keyed by its bytes packed into one integer, with
+    /// no string to reach or compare, and a longer one by its text. foldhash,
+    /// not SipHash: the ids come from the user's own file, with no flooding
+    /// to defend against.
+    short: HashMap<u128, u32, foldhash::fast::FixedState>,
+    long: HashMap<String, u32, foldhash::fast::FixedState>,
 }
 
-/// `name`'s value where it is a number written the one way it can be
-/// (decimal digits, no leading zero, 19 digits at most), so that the value
-/// names the text.
-fn as_number(name: &str) -> Option<u64> {
+/// `name` packed into one integer where it has 15 bytes at most: its bytes,
+/// then its length in the top byte, so that each text has its own key.
+fn packed(name: &str) -> Option<u128> {
     let b = name.as_bytes();
-    if b.is_empty() || b.len() > 19 || (b[0] == b'0' && b.len() > 1) {
-        return None;
-    }
-    b.iter().try_fold(0u64, |v, &c| c.is_ascii_digit().then(|| v * 10 + u64::from(c - b'0')))
+    (b.len() < 16).then(|| {
+        let mut key = [0u8; 16];
+        key[..b.len()].copy_from_slice(b);
+        key[15] = b.len() as u8;
+        u128::from_le_bytes(key)
+    })
 }
 
 impl IdMap {
@@ -61,9 +63,9 @@ impl IdMap {
     pub fn from_names(names: Vec<String>) -> Self {
         let mut map = IdMap::default();
         for (i, n) in names.iter().enumerate() {
-            match as_number(n) {
-                Some(v) => map.numbers.insert(v, i as u32),
-                None => map.texts.insert(n.clone(), i as u32),
+            match packed(n) {
+                Some(k) => map.short.insert(k, i as u32),
+                None => map.long.insert(n.clone(), i as u32),
             };
         }
         map.names = names;
@@ -73,11 +75,11 @@ impl IdMap {
     /// The dense id of `name`, adding it if new.
     pub fn intern(&mut self, name: &str) -> u32 {
         let next = self.names.len() as u32;
-        let id = match as_number(name) {
-            Some(v) => *self.numbers.entry(v).or_insert(next),
-            None => match self.texts.get(name) {
+        let id = match packed(name) {
+            Some(k) => *self.short.entry(k).or_insert(next),
+            None => match self.long.get(name) {
                 Some(&id) => id,
-                None => *self.texts.entry(name.to_string()).or_insert(next),
+                None => *self.long.entry(name.to_string()).or_insert(next),
             },
         };
         if id == next {
@@ -87,9 +89,9 @@ impl IdMap {
     }
 
     pub fn get(&self, name: &str) -> Option<u32> {
-        match as_number(name) {
-            Some(v) => self.numbers.get(&v).copied(),
-            None => self.texts.get(name).copied(),
+        match packed(name) {
+            Some(k) => self.short.get(&k).copied(),
+            None => self.long.get(name).copied(),
         }
     }
 
@@ -272,11 +274,13 @@ mod tests {
     #[test]
     fn numbers_and_texts_are_one_map_in_first_appearance_order() {
         let mut m = IdMap::new();
-        let names = ["7", "07", "u7", "0", "18446744073709551615", "9999999999999999999", "7", "+7", " 7"];
+        // Short and long (16 bytes and more) ids, and ids that pack alike
+        // but for their length.
+        let names = ["7", "07", "u7", "0", "a-sixteen-byte-i", "fifteen-bytes-1", "7", "7\0", "a-sixteen-byte-i"];
         let ids: Vec<u32> = names.iter().map(|n| m.intern(n)).collect();
         // "7" twice is one id; every other spelling is its own id.
-        assert_eq!(ids, [0, 1, 2, 3, 4, 5, 0, 6, 7]);
-        assert_eq!(m.len(), 8);
+        assert_eq!(ids, [0, 1, 2, 3, 4, 5, 0, 6, 4]);
+        assert_eq!(m.len(), 7);
         for (n, &id) in names.iter().zip(&ids) {
             assert_eq!(m.get(n), Some(id), "{n:?}");
             assert_eq!(m.name(id), *n);
