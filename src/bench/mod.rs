@@ -440,15 +440,16 @@ pub fn run(
                     Err(e) => return Err(e),
                 },
             };
+            let skip = |reason: String| Skipped {
+                backend: backend.name().into(),
+                budget: budget_text.clone(),
+                policy: policy_text.clone(),
+                reason,
+            };
             let opened = match opened {
                 Ok(o) => o,
                 Err(reason) => {
-                    let s = Skipped {
-                        backend: backend.name().into(),
-                        budget: budget_text.clone(),
-                        policy: policy_text.clone(),
-                        reason,
-                    };
+                    let s = skip(reason);
                     progress.skipped(&s);
                     report.skipped.push(s);
                     continue;
@@ -457,6 +458,14 @@ pub fn run(
             let mut be = opened.backend;
             let control = RunControl { stop: Some(stop), ..RunControl::default() };
             let out = train::train(data, &settings, be.as_mut(), control, &mut |e| progress.epoch(e))?;
+            if let Some(e) = &out.diverged {
+                // A setting too large for the ratings: this configuration
+                // has no figures, the others still do.
+                let s = skip(e.to_string());
+                progress.skipped(&s);
+                report.skipped.push(s);
+                continue;
+            }
             if !out.complete {
                 return Ok(report);
             }

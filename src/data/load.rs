@@ -335,6 +335,9 @@ fn with_fields<T>(
     }
 }
 
+/// The largest rating magnitude read.
+const MAX_RATING: f32 = 1e9;
+
 /// user, item, rating and a timestamp.
 const MAX_FIELDS: usize = 4;
 
@@ -387,6 +390,10 @@ fn parse_fields<'a>(
     let v: f32 = r.parse().map_err(|_| format!("rating {r:?} is not a number"))?;
     if !v.is_finite() {
         return Err(format!("rating {r:?} is not finite"));
+    }
+    if v.abs() > MAX_RATING {
+        // Squared errors of larger ratings overflow single precision.
+        return Err(format!("rating {r:?} is out of range: at most {MAX_RATING:e} in magnitude"));
     }
     Ok((u, i, v))
 }

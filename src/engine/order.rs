@@ -387,6 +387,29 @@ impl RunLayout {
         if train.len() >= u32::MAX as usize {
             return Err(Error::arg("`data`", train.len().to_string(), "at most 2^32 − 1 training ratings"));
         }
+        // Sweeps and visits cut each block's ratings into that many parts, an
+        // index entry per block and cut: more cuts than ratings are empty,
+        // and past memory they would abort, so both are bounded first.
+        let cuts = |n: u32, flag: &str, value: String, what: &str| -> Result<()> {
+            let most = train.len().max(1);
+            if n as usize > most {
+                return Err(Error::arg(
+                    flag,
+                    value,
+                    format!("{n} {what} an epoch cut the data's {} training ratings into empty parts; at most {most}", train.len()),
+                ));
+            }
+            Ok(())
+        };
+        match (spec.order, spec.co_partition) {
+            (Order::Blocked { bins, sweeps, .. }, None) => {
+                cuts(sweeps, "`order`", format!("{sweeps} sweeps"), "sweeps")?;
+                let cells = u64::from(bins).pow(2) * u64::from(sweeps.max(1));
+                Error::ensure_memory(cells * 4, "its blocks' sweeps", "`order`", format!("{sweeps} sweeps"))?;
+            }
+            (Order::Shuffled, Some(c)) => cuts(c.visits, "`co_partition_visits`", c.visits.to_string(), "visits")?,
+            _ => {}
+        }
         let batch = spec.batch.max(1);
         let mut parts = Vec::new();
         let (ratings, arrangement) = match (spec.order, spec.co_partition) {
@@ -410,6 +433,8 @@ impl RunLayout {
                     threads,
                 );
                 let visits = c.visits.max(1) as usize;
+                let cells = (visits * nb) as u64 * std::mem::size_of::<std::ops::Range<u32>>() as u64;
+                Error::ensure_memory(cells, "its blocks' visits", "`co_partition_visits`", c.visits.to_string())?;
                 let mut groups = vec![0..0; visits * nb];
                 for b in 0..nb {
                     let (s, len) = (starts[b] as usize, (starts[b + 1] - starts[b]) as usize);

@@ -156,7 +156,8 @@ impl SimSetup<'_> {
         let t0 = Instant::now();
         let mut moves = Moves::default();
         let never = AtomicBool::new(false);
-        let mut epoch_rows_in = Vec::with_capacity(self.epochs);
+        // Not reserved up front: `epochs` is the user's number.
+        let mut epoch_rows_in = Vec::new();
         let mut plan = layout.epoch(0);
         for epoch in 0..self.epochs {
             let following = (epoch + 1 < self.epochs).then(|| layout.epoch(epoch + 1));

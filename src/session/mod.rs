@@ -208,9 +208,11 @@ impl Run {
         };
         let (resolved, training) =
             start(&held, &choose_spec, RunOptions::default(), Some(patience)).map_err(|e| match e {
-                Error::BudgetTooSmall { budget, .. } if candidates.len() > 1 => Error::arg(
+                Error::BudgetTooSmall { .. } if candidates.len() > 1 => Error::arg(
                     "`device_memory`",
-                    crate::stage::human_bytes(budget),
+                    // What the user gave (a share or a size), not the bytes
+                    // it came to.
+                    choose_spec.backend.device_memory.map_or("auto".into(), |b| b.to_string()),
                     format!(
                         "{e}. Choosing trains {} settings side by side, every row slot holding each one's copy: give \
                          a larger budget, or `lr` and `reg` to train one setting",

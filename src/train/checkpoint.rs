@@ -259,6 +259,38 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
         what: "checkpoint",
         reason: format!("its run state is unreadable: {e}"),
     })?;
+    // The tables must be the ones the run state describes: a file edited
+    // or put together by hand would otherwise index past them.
+    let f = &state.fingerprint;
+    let shape = |m: &Model| (m.n_users(), m.n_items(), m.copies, m.rank);
+    let want = (f.users, f.items, f.grid.len().max(1), f.hp.rank);
+    for (m, which) in [(Some(&model), "tables"), (best_model.as_ref(), "best-epoch tables")] {
+        if let Some(m) = m
+            && shape(m) != want
+        {
+            let (u, i, c, r) = shape(m);
+            return Err(Error::BadModel {
+                path,
+                what: "checkpoint",
+                reason: format!(
+                    "its {which} hold {u} users, {i} items, {c} model(s) at rank {r}, where its run state says {}, \
+                     {}, {} at rank {}",
+                    want.0, want.1, want.2, want.3
+                ),
+            });
+        }
+    }
+    if state.epoch != state.epochs.len() {
+        return Err(Error::BadModel {
+            path,
+            what: "checkpoint",
+            reason: format!(
+                "its run state is at epoch {} but reports {} complete epoch(s)",
+                state.epoch.saturating_add(1),
+                state.epochs.len()
+            ),
+        });
+    }
     if best_model.is_some() && state.best.is_none() {
         return Err(Error::BadModel {
             path,

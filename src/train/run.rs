@@ -175,6 +175,10 @@ impl RunSpec {
         non_neg("`bias_reg`", hp.bias_reg)?;
         non_neg("`decay`", hp.decay)?;
         non_neg("`init_std`", hp.init_std)?;
+        if self.epochs == 0 {
+            // No epoch would leave the initial tables, which are no model.
+            return Err(Error::arg("`epochs`", "0", "must be at least 1"));
+        }
         if hp.rank == 0 || hp.rank > 1024 {
             return Err(Error::arg("`rank`", hp.rank.to_string(), "must be between 1 and 1024"));
         }

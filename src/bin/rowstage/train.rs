@@ -449,7 +449,11 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     if let Some((path, epoch, position)) = resumed {
-        out.line(&format!("resuming {} at epoch {} ({position} of its ratings done)", path.display(), epoch + 1));
+        out.line(&format!(
+            "resuming {} at epoch {} ({position} of its ratings done)",
+            path.display(),
+            epoch.saturating_add(1)
+        ));
         bar.inc(epoch as u64);
     }
     interrupt_on_signal(run.cancel_token());
