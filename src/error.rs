@@ -44,9 +44,9 @@ pub enum Error {
 
     /// The device-memory budget cannot hold the rows one step may touch.
     /// `step` names the step ("a batch of 256 ratings"), `fix` the other way
-    /// out ("use a smaller --batch").
+    /// out (", or use a smaller `batch`"; empty where there is none).
     #[error(
-        "device memory budget of {budget} usable bytes (the budget rounded down to whole 4-byte words) holds {slots} row slots of {row_bytes} bytes, but {step} needs up to {needed} slots; the smallest budget that works is `device_memory` {min_bytes} ({min_human}), or {fix}"
+        "device memory budget of {budget} usable bytes (the budget rounded down to whole 4-byte words) holds {slots} row slots of {row_bytes} bytes, but {step} needs up to {needed} slots; the smallest budget that works is `device_memory` {min_bytes} ({min_human}){fix}"
     )]
     BudgetTooSmall {
         budget: u64,

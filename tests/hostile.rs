@@ -484,6 +484,7 @@ fn every_reader_refuses_every_kind_of_bad_file_by_name() {
         ("header-only", b"user,item,rating\n".to_vec()),
         ("not-a-number", b"u1,i1,4\nu2,i2,abc\n".to_vec()),
         ("not-finite", b"u1,i1,4\nu2,i2,NaN\n".to_vec()),
+        ("out-of-range", b"u1,i1,4\nu2,i2,1e30\n".to_vec()),
         ("two-columns", b"u1,i1\nu2,i2\n".to_vec()),
         ("not-utf8", vec![0xff, 0xfe, b',', b'i', b',', b'3', b'\n']),
         ("binary", (0..4096u32).map(|k| (k.wrapping_mul(2654435761) >> 24) as u8).collect()),
@@ -546,4 +547,80 @@ fn every_reader_refuses_every_kind_of_bad_file_by_name() {
         }
     }
     println!("hostile: {cases} bad-file cases");
+}
+
+#[test]
+fn sizes_past_memory_and_forged_states_are_refused_by_name() {
+    use rowstage::train::checkpoint::{load_checkpoint, save_checkpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let quick = ["--backend", "cpu", "--synthetic", "60,40,900", "--lr", "0.05", "--reg", "0.08"];
+    // Counts that size an index: refused by their flag before any
+    // allocation, where they once aborted the process.
+    for (args, flag) in [
+        (vec!["train", "--order", "blocked:2:4000000000"], "--order"),
+        (vec!["simulate", "--device-memory", "100%", "--order", "blocked:2:4000000000"], "--order"),
+        (vec!["train", "--co-partition", "users", "--co-partition-visits", "100000000"], "--co-partition-visits"),
+        (vec!["train", "--epochs", "0"], "--epochs"),
+    ] {
+        let o = run(rowstage().args(&args).args(quick));
+        refused(&o, &args.join(" "));
+        assert!(text(&o).contains(flag), "{}: {}", args.join(" "), text(&o));
+    }
+    // Choosing with no epoch is the same refusal, not a panic.
+    let o = run(rowstage().args(["train", "--backend", "cpu", "--synthetic", "60,40,900", "--epochs", "0"]));
+    refused(&o, "choosing with --epochs 0");
+    // The CPU backend has no adapter to plan for: bad input, exit 2.
+    refused(&run(rowstage().args(["plan", "--backend", "cpu", "--synthetic", "60,40,900"])), "plan --backend cpu");
+    // A diverging setting in a sweep is that configuration's skip, not an
+    // interruption of the sweep.
+    let json = dir.path().join("bench.json");
+    let o = run(rowstage()
+        .args(["bench", "--backend", "cpu", "--synthetic", "60,40,900", "--epochs", "1", "--warmup", "0"])
+        .args(["--lr", "1e30", "--export-json"])
+        .arg(&json));
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["complete"], true, "{j}");
+    assert!(j["skipped"][0]["reason"].as_str().unwrap().contains("diverged"), "{j}");
+
+    // A checkpoint whose tables or epoch are not its run state's, with a
+    // valid checksum (as an edit by hand or a tool would leave it).
+    let ck = dir.path().join("ck");
+    let o = run(rowstage().arg("train").args(quick).args(["--epochs", "2", "--checkpoint"]).arg(&ck));
+    assert!(o.status.success(), "{}", text(&o));
+    let good = load_checkpoint(&ck).unwrap();
+    let resume = |what: &str| {
+        let o = run(rowstage().arg("train").args(quick).args(["--epochs", "4", "--resume"]).arg(&ck));
+        refused(&o, what);
+        text(&o)
+    };
+    let mut cut = good.model.clone();
+    cut.users.truncate(10 * cut.stride);
+    cut.user_ids = rowstage::data::IdMap::from_names(cut.user_ids.names()[..10].to_vec());
+    save_checkpoint(&ck, &good.state, &cut, None).unwrap();
+    let t = resume("tables cut short");
+    assert!(t.contains("its run state says"), "{t}");
+    let mut state = good.state.clone();
+    state.epoch = usize::MAX;
+    save_checkpoint(&ck, &state, &good.model, None).unwrap();
+    assert!(resume("a forged epoch").contains("complete epoch"));
+
+    // A model whose rank is not its rows', or whose ids repeat.
+    let model = dir.path().join("m.safetensors");
+    let o = run(rowstage().arg("train").args(quick).args(["--epochs", "1", "--rank", "7", "--save"]).arg(&model));
+    assert!(o.status.success(), "{}", text(&o));
+    let (m, config) = rowstage::model::load_model(&model).unwrap();
+    let forged = dir.path().join("forged.safetensors");
+    let recommend = |what: &str| {
+        let o = run(rowstage().args(["recommend", "--user", "0", "--model"]).arg(&forged));
+        refused(&o, what);
+        text(&o)
+    };
+    rowstage::model::save_model(&rowstage::model::Model { rank: 6, ..m.clone() }, &config, &forged).unwrap();
+    assert!(recommend("rank 6 read of rank 7's rows").contains("past rank 6"));
+    let mut names = m.user_ids.names().to_vec();
+    names[1] = names[0].clone();
+    let dup = rowstage::model::Model { user_ids: rowstage::data::IdMap::from_names(names), ..m.clone() };
+    rowstage::model::save_model(&dup, &config, &forged).unwrap();
+    assert!(recommend("repeated user ids").contains("repeat"));
 }

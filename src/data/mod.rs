@@ -107,6 +107,12 @@ impl IdMap {
         self.names.len()
     }
 
+    /// False where two dense ids name one id (a map built by
+    /// [`IdMap::from_names`] from a list with repeats).
+    pub fn is_distinct(&self) -> bool {
+        self.short.len() + self.long.len() == self.names.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -288,6 +294,8 @@ mod tests {
         assert_eq!(m.get("8"), None);
         assert_eq!(m.get("007"), None);
         assert_eq!(IdMap::from_names(m.names().to_vec()), m);
+        assert!(m.is_distinct());
+        assert!(!IdMap::from_names(vec!["a".into(), "b".into(), "a".into()]).is_distinct());
     }
 
     fn set(triples: &[(&str, &str, f32)]) -> RatingSet {

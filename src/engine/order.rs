@@ -391,12 +391,16 @@ impl RunLayout {
         // index entry per block and cut: more cuts than ratings are empty,
         // and past memory they would abort, so both are bounded first.
         let cuts = |n: u32, flag: &str, value: String, what: &str| -> Result<()> {
-            let most = train.len().max(1);
+            // Never below what the order chooses by itself on small data.
+            let most = train.len().max(blocked::default_sweeps(train.len()));
             if n as usize > most {
                 return Err(Error::arg(
                     flag,
                     value,
-                    format!("{n} {what} an epoch cut the data's {} training ratings into empty parts; at most {most}", train.len()),
+                    format!(
+                        "{n} {what} an epoch cut the data's {} training ratings into empty parts; at most {most}",
+                        train.len()
+                    ),
                 ));
             }
             Ok(())

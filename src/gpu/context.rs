@@ -307,7 +307,7 @@ impl GpuContext {
             None => format!("`backend` {}", choice.name()),
         };
         if choice == BackendChoice::Cpu {
-            return Err(Error::NoAdapter { requested, hint: "the CPU backend uses no adapter".into() });
+            return Err(Error::arg("`backend`", "cpu", "uses no adapter: this needs a GPU backend"));
         }
         let instance = instance(choice);
         let adapters = sorted_adapters(&instance, choice);

@@ -96,9 +96,9 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
                 None => format!("a batch of {} ratings", slab.batch),
             },
             fix: if input.largest_part.is_some() {
-                "an `order` of more bins (blocked:BINS), which trains another model"
+                ", or an `order` of more bins (blocked:BINS), which trains another model"
             } else {
-                "use a smaller `batch`"
+                ", or use a smaller `batch`"
             },
             needed: needed as u64,
             min_bytes,

@@ -31,7 +31,7 @@ pub fn compare(a: &Model, b: &Model) -> Result<TableDiff> {
     let shape = |m: &Model| (m.rank, m.copies, m.n_users(), m.n_items());
     if shape(a) != shape(b) {
         return Err(Error::arg(
-            "`model`",
+            "the second model",
             format!("rank {}, {} model(s), {} users, {} items", b.rank, b.copies, b.n_users(), b.n_items()),
             format!(
                 "the models differ in shape: the first has rank {}, {} model(s), {} users, {} items",
@@ -45,7 +45,7 @@ pub fn compare(a: &Model, b: &Model) -> Result<TableDiff> {
     for (side, x, y) in [("user", &a.user_ids, &b.user_ids), ("item", &a.item_ids, &b.item_ids)] {
         if let Some(k) = (0..x.len()).find(|&k| x.names()[k] != y.names()[k]) {
             return Err(Error::arg(
-                "`model`",
+                "the second model",
                 y.names()[k].clone(),
                 format!("{side} {k} is {:?} in the first model: they were trained on other data", x.names()[k]),
             ));

@@ -338,6 +338,9 @@ pub fn parse_tables(path: &Path, bytes: &[u8], kind: FileKind) -> Result<(Model,
 
     let num = |k: &str| -> Result<u32> { get(k)?.parse().map_err(|_| bad(format!("{k} is not a number"))) };
     let rank = num("rank")? as usize;
+    if rank > super::MAX_RANK {
+        return Err(bad(format!("its rank {rank} is above the largest, {}", super::MAX_RANK)));
+    }
     let sub = super::row_stride(rank);
     // A checkpoint of a grid search holds several models side by side.
     let stride = users.shape().get(1).copied().unwrap_or(0);
@@ -394,6 +397,18 @@ pub fn parse_tables(path: &Path, bytes: &[u8], kind: FileKind) -> Result<(Model,
     }
     if let Some(x) = model.users.iter().chain(&model.items).find(|x| !x.is_finite()) {
         return Err(bad(format!("its tables hold a non-finite value ({x})")));
+    }
+    // rowstage keeps the padding after each bias zero; a value there means
+    // the rank does not describe the tables (a rank 6 read of rank 7's rows
+    // would take a factor for the bias).
+    let padding = |t: &[f32]| t.chunks_exact(sub).any(|row| row[rank + 1..].iter().any(|&x| x != 0.0));
+    if padding(&model.users) || padding(&model.items) {
+        return Err(bad(format!("its rows hold values past rank {rank}'s factors and bias: the rank is not theirs")));
+    }
+    for (side, m) in [("user", &model.user_ids), ("item", &model.item_ids)] {
+        if !m.is_distinct() {
+            return Err(bad(format!("its {side} ids repeat an id")));
+        }
     }
     let second = second.map(|(bu, bi)| Model {
         users: floats(&bu),

@@ -86,6 +86,9 @@ pub struct Rate {
     pub reg: f32,
 }
 
+/// The largest rank trained or read.
+pub const MAX_RANK: usize = 1024;
+
 /// The length in floats of one row: `rank` factors plus a bias, padded to a
 /// multiple of 4.
 pub fn row_stride(rank: usize) -> usize {

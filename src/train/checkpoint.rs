@@ -107,7 +107,7 @@ impl Fingerprint {
             ("`batch`", pair(self.batch, now.batch)),
             ("`deterministic`", pair(self.deterministic, now.deterministic)),
             ("`co_partition` (side:rows per block:visits)", pair(&self.co_partition, &now.co_partition)),
-            ("`order` (the blocked order's bins follow `threads`)", pair(&self.order, &now.order)),
+            ("`order` (its bins follow the data and `rank` where not given)", pair(&self.order, &now.order)),
         ];
         match fields.into_iter().find(|(_, (a, b))| a != b) {
             None => Ok(()),

@@ -179,8 +179,12 @@ impl RunSpec {
             // No epoch would leave the initial tables, which are no model.
             return Err(Error::arg("`epochs`", "0", "must be at least 1"));
         }
-        if hp.rank == 0 || hp.rank > 1024 {
-            return Err(Error::arg("`rank`", hp.rank.to_string(), "must be between 1 and 1024"));
+        if hp.rank == 0 || hp.rank > crate::model::MAX_RANK {
+            return Err(Error::arg(
+                "`rank`",
+                hp.rank.to_string(),
+                format!("must be between 1 and {}", crate::model::MAX_RANK),
+            ));
         }
         if let BatchRequest::Fixed(n) = self.batch
             && !(1..=1 << 20).contains(&n)

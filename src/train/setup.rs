@@ -144,7 +144,7 @@ pub fn auto_batch(
             slots: slots as u64,
             row_bytes,
             step: "a single rating".into(),
-            fix: "use a larger `device_memory`",
+            fix: "",
             needed: 2,
             min_bytes,
             min_human: crate::stage::human_bytes(min_bytes),
@@ -262,6 +262,25 @@ pub fn open_backend_fitting(
                     && (settings.order == Order::Shuffled || settings.co_partition.is_some()) =>
             {
                 settings.batch = (settings.batch / 2).max(min_batch);
+            }
+            // Halved to the least already: a smaller batch is no way out.
+            Err(e @ Error::BudgetTooSmall { .. })
+                if settings.order == Order::Shuffled || settings.co_partition.is_some() =>
+            {
+                let Error::BudgetTooSmall { budget, slots, row_bytes, step, needed, min_bytes, min_human, .. } = e
+                else {
+                    unreachable!("matched above")
+                };
+                return Err(Error::BudgetTooSmall {
+                    budget,
+                    slots,
+                    row_bytes,
+                    step,
+                    fix: " (the batch was halved to the least it can be)",
+                    needed,
+                    min_bytes,
+                    min_human,
+                });
             }
             other => return other,
         }

@@ -83,9 +83,11 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
     for line in plan.lines() {
         out.line(&line);
     }
+    // Every flag that shapes the plan, so that the line reproduces it.
     out.line(&format!(
-        "rowstage train with the same data, --device-memory {}, --seed {} and --batch {} applies this plan",
-        a.device_memory, a.seed, a.batch
+        "rowstage train with the same data, --rank {}, --order {}, --device-memory {}, --seed {} and --batch {} \
+         applies this plan",
+        a.rank, a.order, a.device_memory, a.seed, a.batch
     ));
     if let Some(path) = &a.json {
         write_output(path, &serde_json::to_string_pretty(&plan).expect("a plan serialises"))?;
