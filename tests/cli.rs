@@ -747,7 +747,7 @@ fn bench_exports_json_csv_markdown_and_refuses_bad_flags() {
         .arg(&json)
         .arg("--export-csv")
         .arg(&csv)
-        .args(["--export-markdown", "-"])
+        .args(["--export-markdown", "-", "--target-rmse", "100"])
         .assert()
         .success()
         .get_output()
@@ -760,6 +760,9 @@ fn bench_exports_json_csv_markdown_and_refuses_bad_flags() {
     assert_eq!(j["complete"], true);
     assert_eq!(j["rows"][0]["backend"], "cpu");
     assert!(j["rows"][0]["median_ratings_per_sec"].as_f64().unwrap() > 0.0);
+    // Any epoch is below an RMSE of 100: the first one reaches the target.
+    assert_eq!(j["rows"][0]["epochs_to_target"], 1, "{j}");
+    assert!(j["rows"][0]["seconds_to_target"].as_f64().unwrap() > 0.0, "{j}");
     let csv = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.starts_with("backend,adapter,budget,"));
@@ -776,6 +779,9 @@ fn bench_exports_json_csv_markdown_and_refuses_bad_flags() {
     bad(&["--policy", "sca,fifo"], &["--policy", "fifo"]);
     bad(&["--device-memory", "10%,lots"], &["--device-memory", "lots"]);
     bad(&["--epochs", "0"], &["--epochs", "0"]);
+    bad(&["--target-rmse", "NaN"], &["--target-rmse", "NaN"]);
+    bad(&["--target-rmse", "0"], &["--target-rmse", "0"]);
+    bad(&["--lookahead", "0"], &["--lookahead", "0"]);
     bad(&["--hogwild-width", "1.5"], &["--hogwild-width", "1.5"]);
     bad(&["--export-json", "-", "--export-csv", "-"], &["--export-csv", "only one export can go to stdout"]);
     let missing = dir.path().join("no/such/dir/out.csv");

@@ -566,6 +566,19 @@ fn sizes_past_memory_and_forged_states_are_refused_by_name() {
         refused(&o, &args.join(" "));
         assert!(text(&o).contains(flag), "{}: {}", args.join(" "), text(&o));
     }
+    // A flag that the others make meaningless is refused, not ignored.
+    let data = dir.path().join("r.csv");
+    std::fs::write(&data, "u1,i1,4\nu2,i2,3\nu1,i2,5\n").unwrap();
+    for (extra, flag) in [(["--zipf", "1"], "--zipf"), (["--test-fraction", "0.2"], "--test-fraction")] {
+        let o = run(rowstage()
+            .args(["train", "--backend", "cpu", "--data"])
+            .arg(&data)
+            .arg("--test")
+            .arg(&data)
+            .args(extra));
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", text(&o));
+        assert!(text(&o).contains(flag) && !text(&o).contains("panicked"), "{}", text(&o));
+    }
     // Choosing with no epoch is the same refusal, not a panic.
     let o = run(rowstage().args(["train", "--backend", "cpu", "--synthetic", "60,40,900", "--epochs", "0"]));
     refused(&o, "choosing with --epochs 0");

@@ -57,7 +57,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Horizon of the lookahead policy, in units of 2048 ratings (the default batch's size, whatever --batch is)
-    #[arg(long, default_value_t = 32, value_name = "L")]
+    #[arg(long, default_value_t = 32, value_name = "L", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     lookahead: usize,
     #[command(flatten)]
     hogwild: HogwildArgs,
@@ -258,7 +258,14 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
     )?;
     let out = Out { to_stderr: exports.to_stdout() };
     // `auto` is resolved now: the best adapter, or the CPU when there is none.
-    let (plan, notices) = bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;
+    let (mut plan, notices) =
+        bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;
+    if let Some(t) = a.target_rmse
+        && !(t.is_finite() && t > 0.0)
+    {
+        return Err(Error::arg("--target-rmse", t.to_string(), "must be a finite RMSE above 0"));
+    }
+    plan.target_rmse = a.target_rmse;
     for n in notices {
         warn!("notice: {}", flags(&n));
     }

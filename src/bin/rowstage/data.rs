@@ -30,7 +30,7 @@ pub(crate) struct DataArgs {
     #[arg(long, value_name = "PATH")]
     test: Option<PathBuf>,
     /// Share of the ratings held out for testing when --test is not given.
-    #[arg(long, default_value_t = 0.1, value_name = "F")]
+    #[arg(long, default_value_t = 0.1, value_name = "F", conflicts_with = "test")]
     test_fraction: f64,
     /// Generate USERS,ITEMS,RATINGS synthetic ratings instead of reading --data
     /// (default when no --data: 4000,2000,200000, popularity shaped like
@@ -39,7 +39,7 @@ pub(crate) struct DataArgs {
     synthetic: Option<String>,
     /// Draw the synthetic users and items from a pure Zipf law of this
     /// exponent instead (0 = uniform; 1.05 was the earlier default).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", conflicts_with = "data")]
     zipf: Option<f64>,
 }
 

@@ -100,7 +100,13 @@ pub(crate) struct TrainArgs {
     #[arg(help_heading = "Staging", long, value_parser = Choice::<PolicyKind>::new(), default_value = "sca")]
     policy: PolicyKind,
     /// Horizon of --policy lookahead, in units of 2048 ratings (the default batch's size, whatever --batch is)
-    #[arg(help_heading = "Staging", long, default_value_t = 32, value_name = "L")]
+    #[arg(
+        help_heading = "Staging",
+        long,
+        default_value_t = 32,
+        value_name = "L",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     lookahead: usize,
     #[command(flatten)]
     co: CoPartitionArgs,
@@ -331,6 +337,15 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
     if a.threads.is_none() {
         b.threads = b.threads.min(std::thread::available_parallelism().map_or(1, |n| n.get()));
     }
+    // A bad value the file gave is named as the file's, not as a flag the
+    // user did not type (and may not type beside --config).
+    let given = given_flags("train");
+    request.spec.validate().map_err(|e| match e {
+        Error::InvalidArg { flag, value, reason } if !given.iter().any(|g| flag == format!("`{g}`")) => {
+            Error::arg(&format!("{} in --config {}", flag.replace('`', "\""), path.display()), value, reason)
+        }
+        e => e,
+    })?;
     Ok(request)
 }
 
