@@ -113,6 +113,17 @@ impl Error {
         }
     }
 
+    /// A [`Error::BudgetTooSmall`] with another way out (`fix`, as its
+    /// field); any other error as it is.
+    pub fn with_fix(self, fix: &'static str) -> Self {
+        match self {
+            Error::BudgetTooSmall { budget, slots, row_bytes, step, needed, min_bytes, min_human, .. } => {
+                Error::BudgetTooSmall { budget, slots, row_bytes, step, fix, needed, min_bytes, min_human }
+            }
+            e => e,
+        }
+    }
+
     /// The process exit code for this error: 2 for bad input (files, flags,
     /// budgets, ids), 1 for failures at run time (GPU, I/O while writing).
     pub fn exit_code(&self) -> i32 {

@@ -637,3 +637,30 @@ fn sizes_past_memory_and_forged_states_are_refused_by_name() {
     rowstage::model::save_model(&dup, &config, &forged).unwrap();
     assert!(recommend("repeated user ids").contains("repeat"));
 }
+
+#[test]
+fn a_resumed_run_keeps_its_checkpoints_batch_under_another_budget() {
+    let Some(backend) = common::test_backends().into_iter().find(|&b| common::gpu(b, "resume batch").is_some()) else {
+        return;
+    };
+    let be = format!("{backend:?}").to_lowercase();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["train", "--backend", &be, "--synthetic", "200,100,3000", "--lr", "0.05", "--reg", "0.08"];
+    let shuffled = ["--order", "shuffled", "--checkpoint"];
+    // A fifth of the rows fit a batch far below 2048 by default; the
+    // whole budget fits 2048. The resumed run keeps the checkpoint's batch
+    // (and order) instead of refusing a batch it never chose.
+    let small = dir.path().join("small");
+    let o = run(rowstage().args(args).args(["--epochs", "2", "--device-memory", "20%"]).args(shuffled).arg(&small));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(rowstage().args(args).args(["--epochs", "3", "--device-memory", "100%", "--resume"]).arg(&small));
+    assert!(o.status.success(), "{}", text(&o));
+    // A budget that cannot hold the checkpoint's batch says so, and why
+    // that batch.
+    let whole = dir.path().join("whole");
+    let o = run(rowstage().args(args).args(["--epochs", "2", "--device-memory", "100%"]).args(shuffled).arg(&whole));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(rowstage().args(args).args(["--epochs", "3", "--device-memory", "20%", "--resume"]).arg(&whole));
+    refused(&o, "a budget below the checkpoint's batch");
+    assert!(text(&o).contains("the checkpoint's batch"), "{}", text(&o));
+}

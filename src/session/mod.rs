@@ -136,9 +136,25 @@ impl Run {
     /// the data"), else the model itself, fresh or `options.resume`'s.
     /// `source` is what reports say of where the data came from (a front end
     /// holding ratings in memory names them in its `path`).
-    pub fn new(data: Dataset, source: DataSource, spec: RunSpec, options: RunOptions) -> Result<Self> {
+    pub fn new(data: Dataset, source: DataSource, mut spec: RunSpec, options: RunOptions) -> Result<Self> {
         spec.validate()?;
         let request = RunRequest { source, spec: spec.clone() };
+        // The batch cuts the order, so a resumed run keeps its checkpoint's
+        // where the user does not ask for one, whatever the budget now (a
+        // budget too small for it is then the error, named as such). So
+        // does the order where the user leaves it to the run.
+        let mut kept_batch = false;
+        if let Some(c) = &options.resume {
+            if spec.batch == crate::train::BatchRequest::Default {
+                kept_batch = true;
+                spec.batch = crate::train::BatchRequest::Fixed(c.state.fingerprint.batch);
+            }
+            if spec.order == crate::train::Order::Auto
+                && let Ok(order) = crate::train::Order::parse(&c.state.fingerprint.order)
+            {
+                spec.order = order;
+            }
+        }
         // A checkpoint of a run that chose resumes with what it chose.
         let resumed = options.resume.as_ref().and_then(|c| {
             let (hp, epochs) = (c.state.fingerprint.hp, c.state.chosen_epochs?);
@@ -152,7 +168,9 @@ impl Run {
         if resumed.is_some() || !spec.tune.chooses(&spec.hp, &spec.grid) {
             let chosen = resumed.as_ref().map(|s| s.epochs);
             let stage_spec = RunSpec { tune: Tuning::OFF, ..resumed.unwrap_or(spec) };
-            let (resolved, mut training) = start(&data, &stage_spec, options, None)?;
+            let (resolved, mut training) = start(&data, &stage_spec, options, None).map_err(|e| {
+                if kept_batch { e.with_fix(" (the checkpoint's batch, which a resumed run keeps)") } else { e }
+            })?;
             if let Some(epochs) = chosen {
                 training.record_choice(epochs);
             }

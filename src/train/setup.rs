@@ -267,20 +267,7 @@ pub fn open_backend_fitting(
             Err(e @ Error::BudgetTooSmall { .. })
                 if settings.order == Order::Shuffled || settings.co_partition.is_some() =>
             {
-                let Error::BudgetTooSmall { budget, slots, row_bytes, step, needed, min_bytes, min_human, .. } = e
-                else {
-                    unreachable!("matched above")
-                };
-                return Err(Error::BudgetTooSmall {
-                    budget,
-                    slots,
-                    row_bytes,
-                    step,
-                    fix: " (the batch was halved to the least it can be)",
-                    needed,
-                    min_bytes,
-                    min_human,
-                });
+                return Err(e.with_fix(" (the batch was halved to the least it can be)"));
             }
             other => return other,
         }
