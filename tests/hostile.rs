@@ -569,7 +569,11 @@ fn sizes_past_memory_and_forged_states_are_refused_by_name() {
     // A flag that the others make meaningless is refused, not ignored.
     let data = dir.path().join("r.csv");
     std::fs::write(&data, "u1,i1,4\nu2,i2,3\nu1,i2,5\n").unwrap();
-    for (extra, flag) in [(["--zipf", "1"], "--zipf"), (["--test-fraction", "0.2"], "--test-fraction")] {
+    for (extra, flag) in [
+        (["--zipf", "1"], "--zipf"),
+        (["--test-fraction", "0.2"], "--test-fraction"),
+        (["--lr", "0.05,0.050"], "twice"),
+    ] {
         let o = run(rowstage()
             .args(["train", "--backend", "cpu", "--data"])
             .arg(&data)

@@ -210,6 +210,8 @@ fn number_list(flag: &str, text: &str, ok: impl Fn(f32) -> bool, rule: &str) -> 
     for part in text.split(',') {
         let part = part.trim();
         match part.parse::<f32>() {
+            // A value listed twice would train the same setting twice.
+            Ok(v) if ok(v) && out.contains(&v) => return Err(Error::arg(flag, text, format!("lists {v} twice"))),
             Ok(v) if ok(v) => out.push(v),
             _ => return Err(Error::arg(flag, part, rule)),
         }
