@@ -583,6 +583,10 @@ fn sizes_past_memory_and_forged_states_are_refused_by_name() {
         assert_eq!(o.status.code(), Some(2), "{flag}: {}", text(&o));
         assert!(text(&o).contains(flag) && !text(&o).contains("panicked"), "{}", text(&o));
     }
+    // A budget below one rating's rows names that smallest budget, not the
+    // one of a batch the run never tries.
+    let o = run(rowstage().args(["simulate", "--order", "shuffled", "--device-memory", "100"]).args(&quick[2..4]));
+    assert!(text(&o).contains("a single rating needs --device-memory"), "{}", text(&o));
     // Choosing with no epoch is the same refusal, not a panic.
     let o = run(rowstage().args(["train", "--backend", "cpu", "--synthetic", "60,40,900", "--epochs", "0"]));
     refused(&o, "choosing with --epochs 0");

@@ -72,10 +72,17 @@ pub fn sweep(
     for (label, budget) in budgets {
         let bytes = budget.resolve(tables);
         let mut run = SimSetup { order, ..setup.clone() };
+        let mut no_rating_fits = false;
         if spec.batch == BatchRequest::Default && run.order == Order::Shuffled && run.co_partition.is_none() {
             let s = crate::train::TrainSettings { order: run.order, ..spec.settings() };
-            if let Some(b) = fit_batch(data, &s, crate::stage::slots_in(bytes, row_bytes) as u64, threads)? {
-                run.batch = b;
+            match fit_batch(data, &s, crate::stage::slots_in(bytes, row_bytes) as u64, threads)? {
+                Some(b) => run.batch = b,
+                // Not even one rating's two rows fit: that is the smallest
+                // budget, whatever the largest batch is.
+                None => {
+                    no_rating_fits = true;
+                    run.batch = 1;
+                }
             }
         }
         let order = match run.order {
@@ -83,6 +90,7 @@ pub fn sweep(
             o => o.name(),
         };
         if setup.co_partition.is_none()
+            && !no_rating_fits
             && prepared.as_ref().is_none_or(|p| p.0.spec().order != run.order || p.0.spec().batch != run.batch)
         {
             let layout = run.layout(None)?;
@@ -90,14 +98,17 @@ pub fn sweep(
             prepared = Some((layout, part_rows));
         }
         for &kind in policies {
-            let outcome = match run.run(kind, bytes, prepared.as_ref())? {
+            let ran = if no_rating_fits { None } else { run.run(kind, bytes, prepared.as_ref())? };
+            let outcome = match ran {
                 Some(r) => SweepOutcome::Replayed(r),
                 None => SweepOutcome::TooSmall {
                     step: match run.order {
                         Order::Blocked { .. } => "a block's part".to_string(),
+                        _ if no_rating_fits => "a single rating".to_string(),
                         _ => format!("a batch of {}", run.batch),
                     },
                     needed: match &prepared {
+                        _ if no_rating_fits => 2 * row_bytes,
                         Some((_, part_rows)) => part_rows.max().max(2) as u64 * row_bytes,
                         None => run.needed_slots()? as u64 * row_bytes,
                     },
