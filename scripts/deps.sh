@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what rowstage needs at run time on Debian/Ubuntu: Mesa's software
 # drivers, so that wgpu finds an adapter even without a GPU (lavapipe for
-# Vulkan, llvmpipe for GL through EGL). Does nothing when they are present.
+# Vulkan, llvmpipe for GL through EGL). With --test, also what the tests
+# drive: Chromium, for the browser page. Does nothing when they are present.
 set -euo pipefail
 need=()
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 dpkg -s libegl-mesa0 >/dev/null 2>&1 || need+=(libegl-mesa0 libegl1)
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null || need+=(chromium)
+fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

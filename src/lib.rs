@@ -49,6 +49,7 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod named;
+mod parallel;
 mod prefetch;
 pub mod report;
 pub mod session;

@@ -47,6 +47,17 @@ pub struct Loaded {
 impl DataSource {
     /// Reads or generates the ratings and splits them, seeded by `seed`.
     pub fn load(&self, seed: u64) -> Result<Loaded> {
+        self.load_with(seed, &mut |p| load_ratings(p, self.options))
+    }
+
+    /// [`DataSource::load`] with the files' ratings read by `read` (a
+    /// front end holding their bytes in memory parses them with
+    /// [`super::parse_ratings`]); `path` and `test` name them.
+    pub fn load_with(
+        &self,
+        seed: u64,
+        read: &mut dyn FnMut(&Path) -> Result<(RatingSet, super::LoadReport)>,
+    ) -> Result<Loaded> {
         if !(0.0..1.0).contains(&self.test_fraction) {
             return Err(Error::arg(
                 "`test_fraction`",
@@ -56,7 +67,7 @@ impl DataSource {
         }
         let (mut skipped, mut notes) = (0, Vec::new());
         let mut load = |p: &Path| -> Result<RatingSet> {
-            let (set, rep) = load_ratings(p, self.options)?;
+            let (set, rep) = read(p)?;
             if rep.skipped > 0 {
                 notes.push(format!(
                     "skipped {} bad lines in {}; first: {}",

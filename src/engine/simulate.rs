@@ -5,7 +5,7 @@
 //! shows for training traffic.
 
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use web_time::Instant;
 
 use serde::Serialize;
 

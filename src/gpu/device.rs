@@ -3,7 +3,9 @@
 //! every byte handed to wgpu (what the ledger must add up to).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use super::GpuContext;
 use crate::error::{Error, Result};

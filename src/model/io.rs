@@ -84,6 +84,17 @@ pub fn save_tables(
     second: Option<&Model>,
     config: &serde_json::Value,
 ) -> Result<()> {
+    write_atomically(path, &tables_bytes(path, kind, model, second, config)?)
+}
+
+/// The bytes [`save_tables`] writes (`path` names the file in errors).
+pub fn tables_bytes(
+    path: &Path,
+    kind: FileKind,
+    model: &Model,
+    second: Option<&Model>,
+    config: &serde_json::Value,
+) -> Result<Vec<u8>> {
     let users: &[u8] = bytemuck::cast_slice(&model.users);
     let items: &[u8] = bytemuck::cast_slice(&model.items);
     let uids = names_blob(&model.user_ids);
@@ -126,8 +137,7 @@ pub fn save_tables(
         tensors.push(("best_users", TensorView::new(Dtype::F32, vec![b.n_users(), b.stride], parts[4]).map_err(ser)?));
         tensors.push(("best_items", TensorView::new(Dtype::F32, vec![b.n_items(), b.stride], parts[5]).map_err(ser)?));
     }
-    let bytes = safetensors::serialize(tensors, Some(meta)).map_err(ser)?;
-    write_atomically(path, &bytes)
+    safetensors::serialize(tensors, Some(meta)).map_err(ser)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames

@@ -12,7 +12,7 @@ pub mod serve;
 pub use compare::{TableDiff, compare};
 pub use io::{
     FileKind, check_distinct, check_output, load_model, load_tables, parse_tables, save_model, save_tables,
-    write_atomically,
+    tables_bytes, write_atomically,
 };
 
 use rand::SeedableRng;

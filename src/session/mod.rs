@@ -11,13 +11,14 @@
 //! trains through the first and describes the outcome with the second.
 
 mod plan;
+pub mod query;
 
 pub use plan::{RunPlan, plan};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use web_time::Instant;
 
 use serde::Serialize;
 
@@ -80,8 +81,14 @@ impl Finished {
 
     /// Writes the kept model with its configuration (safetensors).
     pub fn save_model(&self, path: &Path) -> Result<()> {
+        crate::model::write_atomically(path, &self.model_bytes(path)?)
+    }
+
+    /// The file [`Finished::save_model`] writes, as bytes (`name` names it
+    /// in errors): what a front end without files offers to download.
+    pub fn model_bytes(&self, name: &Path) -> Result<Vec<u8>> {
         let config = serde_json::to_value(self.config()).expect("a run's configuration serialises");
-        crate::model::save_model(&self.outcome.model, &config, path)
+        crate::model::tables_bytes(name, crate::model::FileKind::Model, &self.outcome.model, None, &config)
     }
 }
 
@@ -122,8 +129,20 @@ impl Run {
     /// Loads (or generates) the request's data, then builds the run as
     /// [`Run::new`] does.
     pub fn from_request(request: RunRequest, options: RunOptions) -> Result<Self> {
+        let read = request.source.options;
+        Self::from_request_with(request, options, &mut |p| crate::data::load_ratings(p, read))
+    }
+
+    /// [`Run::from_request`] with the request's files read by `read` (a
+    /// front end holding their bytes parses them with
+    /// [`crate::data::parse_ratings`]; see [`DataSource::load_with`]).
+    pub fn from_request_with(
+        request: RunRequest,
+        options: RunOptions,
+        read: &mut dyn FnMut(&Path) -> Result<(crate::data::RatingSet, crate::data::LoadReport)>,
+    ) -> Result<Self> {
         request.spec.validate()?;
-        let loaded = request.source.load(request.spec.seed)?;
+        let loaded = request.source.load_with(request.spec.seed, read)?;
         let mut run = Run::new(loaded.dataset, request.source, request.spec, options)?;
         run.skipped_lines = loaded.skipped;
         run.notes.splice(0..0, loaded.notes);

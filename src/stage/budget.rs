@@ -45,10 +45,10 @@ impl Budget {
             _ => return Err(bad("unknown unit; use B, KB, KiB, MB, MiB, GB, GiB or %")),
         };
         let bytes = num * mult as f64;
-        if bytes < 1.0 {
+        if bytes.is_nan() || bytes < 1.0 {
             return Err(bad("the size must be at least 1 byte"));
         }
-        if !(bytes < 1e15) {
+        if bytes >= 1e15 {
             return Err(bad("the size must be below 1 PB"));
         }
         Ok(Budget::Bytes(bytes.round() as u64))

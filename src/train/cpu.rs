@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Instant;
+use web_time::Instant;
 
 use crate::data::Rating;
 use crate::engine::{Backend, BlockedEpoch, EpochInput, EpochTrain, RunLayout};
@@ -461,32 +461,29 @@ impl HogwildCpu {
         };
         let abort = AtomicBool::new(false);
         let (done, abort, walk, take) = (&done, &abort, &walk, &take);
-        let results: Vec<(Vec<f64>, usize)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(move || {
-                        let (mut sse, mut trained) = (vec![0.0f64; steps.len()], 0usize);
-                        let (mut deps, mut ratings) = (Vec::new(), Vec::<&Rating>::new());
-                        while let Some(u) = take() {
-                            schedule.unit(u, &mut deps, &mut ratings);
-                            let ready =
-                                || deps.iter().all(|&(b, after)| done[b as usize].load(Ordering::Acquire) == after);
-                            if !wait_for(ready, abort) {
-                                break;
-                            }
-                            walk(&ratings, &mut sse);
-                            trained += ratings.len();
-                            progress.fetch_add(ratings.len(), Ordering::Relaxed);
-                            for &(b, after) in &deps {
-                                done[b as usize].store(after + 1, Ordering::Release);
-                            }
+        let results: Vec<(Vec<f64>, usize)> = crate::parallel::join_all(
+            (0..threads).map(|_| {
+                move || {
+                    let (mut sse, mut trained) = (vec![0.0f64; steps.len()], 0usize);
+                    let (mut deps, mut ratings) = (Vec::new(), Vec::<&Rating>::new());
+                    while let Some(u) = take() {
+                        schedule.unit(u, &mut deps, &mut ratings);
+                        let ready = || deps.iter().all(|&(b, after)| done[b as usize].load(Ordering::Acquire) == after);
+                        if !wait_for(ready, abort) {
+                            break;
                         }
-                        (sse, trained)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("blocked-order worker panicked")).collect()
-        });
+                        walk(&ratings, &mut sse);
+                        trained += ratings.len();
+                        progress.fetch_add(ratings.len(), Ordering::Relaxed);
+                        for &(b, after) in &deps {
+                            done[b as usize].store(after + 1, Ordering::Release);
+                        }
+                    }
+                    (sse, trained)
+                }
+            }),
+            "a blocked-order worker",
+        );
         let mut sse = vec![0.0f64; steps.len()];
         let mut ratings = 0;
         for (part, n) in &results {
@@ -554,43 +551,38 @@ impl Backend for HogwildCpu {
             }
             let chunk = n.div_ceil(threads).max(1);
             let wave = &gathered[..];
-            let (round_sse, round_conflicts) = std::thread::scope(|scope| {
-                let handles: Vec<_> = wave
-                    .chunks(chunk)
-                    .enumerate()
-                    .map(|(t, part)| {
-                        scope.spawn(move || {
-                            // Two rows of scratch per thread, allocated once per round.
-                            let mut p = vec![0.0f32; s];
-                            let mut q = vec![0.0f32; s];
-                            let (mut sse, mut conflicts) = (vec![0.0f64; steps.len()], 0u64);
-                            for (j, r) in part.iter().enumerate() {
-                                // Rows are read in a random order: ask for the
-                                // rows of the rating AHEAD on now.
-                                if let Some(n) = part.get(j + AHEAD) {
-                                    tables.prefetch(n);
-                                }
-                                // The j-th rating of every thread's share forms one
-                                // parallel wave: count a conflict when an earlier
-                                // thread's j-th rating shares the user or the item.
-                                conflicts += (0..t).any(|e| {
-                                    let o = wave[e * chunk + j];
-                                    o.user == r.user || o.item == r.item
-                                }) as u64;
-                                tables.update(r, steps, sub, &mut p, &mut q, &mut sse);
+            let per_thread = crate::parallel::join_all(
+                wave.chunks(chunk).enumerate().map(|(t, part)| {
+                    move || {
+                        // Two rows of scratch per thread, allocated once per round.
+                        let mut p = vec![0.0f32; s];
+                        let mut q = vec![0.0f32; s];
+                        let (mut sse, mut conflicts) = (vec![0.0f64; steps.len()], 0u64);
+                        for (j, r) in part.iter().enumerate() {
+                            // Rows are read in a random order: ask for the
+                            // rows of the rating AHEAD on now.
+                            if let Some(n) = part.get(j + AHEAD) {
+                                tables.prefetch(n);
                             }
-                            (sse, conflicts)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("Hogwild worker panicked")).fold(
-                    (vec![0.0; steps.len()], 0),
-                    |(mut a, b), (c, d)| {
-                        a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
-                        (a, b + d)
-                    },
-                )
-            });
+                            // The j-th rating of every thread's share forms one
+                            // parallel wave: count a conflict when an earlier
+                            // thread's j-th rating shares the user or the item.
+                            conflicts += (0..t).any(|e| {
+                                let o = wave[e * chunk + j];
+                                o.user == r.user || o.item == r.item
+                            }) as u64;
+                            tables.update(r, steps, sub, &mut p, &mut q, &mut sse);
+                        }
+                        (sse, conflicts)
+                    }
+                }),
+                "a Hogwild worker",
+            );
+            let (round_sse, round_conflicts) =
+                per_thread.into_iter().fold((vec![0.0; steps.len()], 0), |(mut a, b), (c, d)| {
+                    a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                    (a, b + d)
+                });
             sse.iter_mut().zip(&round_sse).for_each(|(a, c)| *a += c);
             conflicts += round_conflicts;
             done += n;
@@ -604,28 +596,24 @@ impl Backend for HogwildCpu {
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
         let chunk = test.len().div_ceil(self.threads).max(1);
         let copies = model.copies;
-        let acc = std::thread::scope(|scope| {
-            let handles: Vec<_> = test
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut m = vec![MetricsAcc::default(); copies];
-                        for r in part {
-                            for (g, m) in m.iter_mut().enumerate() {
-                                m.add(r.value - model.predict_with(g, r.user, r.item));
-                            }
+        let parts = crate::parallel::join_all(
+            test.chunks(chunk).map(|part| {
+                move || {
+                    let mut m = vec![MetricsAcc::default(); copies];
+                    for r in part {
+                        for (g, m) in m.iter_mut().enumerate() {
+                            m.add(r.value - model.predict_with(g, r.user, r.item));
                         }
-                        m
-                    })
-                })
-                .collect();
-            let mut total = vec![MetricsAcc::default(); copies];
-            for h in handles {
-                let part = h.join().expect("evaluation worker panicked");
-                total.iter_mut().zip(&part).for_each(|(t, p)| t.merge(p));
-            }
-            total
-        });
+                    }
+                    m
+                }
+            }),
+            "an evaluation worker",
+        );
+        let mut acc = vec![MetricsAcc::default(); copies];
+        for part in &parts {
+            acc.iter_mut().zip(part).for_each(|(t, p)| t.merge(p));
+        }
         Ok((acc.iter().map(MetricsAcc::finish).collect(), Ledger::default()))
     }
 

@@ -32,7 +32,7 @@ pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::time::Instant;
+use web_time::Instant;
 
 use serde::{Deserialize, Serialize};
 

@@ -196,6 +196,13 @@ impl RunSpec {
         if threads == 0 {
             return Err(Error::arg("`threads`", "0", "must be at least 1"));
         }
+        if cfg!(target_arch = "wasm32") && threads > 1 {
+            return Err(Error::arg(
+                "`threads`",
+                threads.to_string(),
+                "must be 1 in the browser, which runs no threads",
+            ));
+        }
         if threads > MAX_THREADS_PER_CORE * cores {
             return Err(Error::arg(
                 "`threads`",

@@ -20,7 +20,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use web_time::Instant;
 
 use super::device::{Device, MapSignal, Wire};
 use super::kernels::{self, Kernels, MapParams, MoveParams, PredictParams, SgdParams, TAIL_GROUP, WORKGROUP};

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The browser page: `scripts/web.sh build` writes a static site to web/dist/
+# (index.html, the library compiled to wasm32 and wasm-bindgen's JS glue);
+# `scripts/web.sh serve [PORT]` serves it on 127.0.0.1 (WebGPU, when the
+# page uses it, needs a secure context: HTTPS or localhost).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The CLI must be the version web/Cargo.toml pins wasm-bindgen to.
+WASM_BINDGEN_VERSION=$(sed -n 's/^wasm-bindgen = "=\(.*\)"$/\1/p' web/Cargo.toml)
+
+build() {
+  if ! command -v wasm-bindgen >/dev/null || [ "$(wasm-bindgen --version)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
+    echo "web.sh: installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (once per machine)"
+    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+  fi
+  rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
+  cargo build --release --target wasm32-unknown-unknown --manifest-path web/Cargo.toml
+  rm -rf web/dist
+  mkdir -p web/dist
+  wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg \
+    web/target/wasm32-unknown-unknown/release/rowstage_web.wasm
+  cp web/static/* web/dist/
+  local wasm=web/dist/pkg/rowstage_web_bg.wasm
+  echo "web.sh: wrote web/dist/ (wasm $(($(stat -c %s "$wasm") / 1024)) KiB, $(($(gzip -9c "$wasm" | wc -c) / 1024)) KiB gzipped)"
+}
+
+serve() {
+  local port=${1:-8000}
+  [ -f web/dist/index.html ] || build
+  echo "web.sh: serving web/dist/ at http://127.0.0.1:$port/ (Ctrl-C stops)"
+  exec python3 -m http.server --bind 127.0.0.1 --directory web/dist "$port"
+}
+
+case "${1:-}" in
+  build) build ;;
+  serve) shift; serve "$@" ;;
+  *) echo "usage: scripts/web.sh build | serve [PORT]" >&2; exit 2 ;;
+esac

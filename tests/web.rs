@@ -1,0 +1,257 @@
+//! The browser page (`scripts/web.sh build` writes it to web/dist/) in
+//! headless Chromium, served same-origin by a small server of this test's
+//! own: the page trains from its URL query, posts its report and model back
+//! (`post=`), and they must equal what `rowstage train` makes of the same
+//! flags natively, bit for bit (docs/ARCHITECTURE.md, "The browser page").
+//!
+//! Needs web/dist/ and a Chromium; without either each test says so on
+//! stdout and passes, unless `ROWSTAGE_REQUIRE_WEB=1` (CI) makes that a
+//! failure.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The page and a Chromium, or why this test cannot run.
+fn page_and_browser(test: &str) -> Option<PathBuf> {
+    let why = if !root().join("web/dist/index.html").is_file() {
+        "web/dist/ is not built (scripts/web.sh build)".to_string()
+    } else {
+        match ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|b| which(b)) {
+            Some(b) => return Some(b),
+            None => "no Chromium on PATH (Debian: apt-get install chromium)".to_string(),
+        }
+    };
+    if std::env::var("ROWSTAGE_REQUIRE_WEB").as_deref() == Ok("1") {
+        panic!("{test}: ROWSTAGE_REQUIRE_WEB=1 but {why}");
+    }
+    println!("{test}: skipped: {why}");
+    None
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// What the page posted back: `report`, `model` or `error`.
+type Posted = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+/// Serves web/dist/ and `extra` (URL path → file) on 127.0.0.1, and keeps
+/// what is posted to /results?part=NAME.
+fn serve(extra: Vec<(String, PathBuf)>) -> (String, Posted) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let posted: Posted = Arc::default();
+    let keep = posted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (keep, extra) = (keep.clone(), extra.clone());
+            std::thread::spawn(move || {
+                let _ = answer(stream, &extra, &keep);
+            });
+        }
+    });
+    (origin, posted)
+}
+
+fn answer(mut stream: TcpStream, extra: &[(String, PathBuf)], posted: &Posted) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_string());
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let reply = |stream: &mut TcpStream, status: &str, kind: &str, body: &[u8]| {
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body))
+    };
+    if method == "POST" {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let part = query.strip_prefix("part=").unwrap_or("unnamed").to_string();
+        posted.lock().unwrap().insert(part, body);
+        return reply(&mut stream, "200 OK", "text/plain", b"kept");
+    }
+    let file = match extra.iter().find(|(p, _)| p == path) {
+        Some((_, f)) => f.clone(),
+        None => root().join("web/dist").join(if path == "/" { "index.html" } else { path.trim_start_matches('/') }),
+    };
+    let kind = match file.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html",
+        Some("js") => "text/javascript",
+        Some("css") => "text/css",
+        Some("wasm") => "application/wasm",
+        _ => "application/octet-stream",
+    };
+    match std::fs::read(&file) {
+        Ok(bytes) if !path.contains("..") => reply(&mut stream, "200 OK", kind, &bytes),
+        _ => reply(&mut stream, "404 Not Found", "text/plain", b"not found"),
+    }
+}
+
+/// Chromium, headless, on `url`, in a profile of its own.
+fn browser(chromium: &Path, profile: &Path, url: &str, extra: &[&str]) -> Child {
+    Command::new(chromium)
+        .args(["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Chromium starts")
+}
+
+/// Opens the page on `query` and waits for what it posts: the report and
+/// the model (its safetensors bytes).
+fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> (serde_json::Value, Vec<u8>) {
+    let (origin, posted) = serve(extra);
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{origin}/?{query}&autorun=1&post=/results");
+    let mut child = browser(chromium, profile.path(), &url, &[]);
+    let t0 = Instant::now();
+    let outcome = loop {
+        {
+            let p = posted.lock().unwrap();
+            if let Some(e) = p.get("error") {
+                break Err(String::from_utf8_lossy(e).into_owned());
+            }
+            if let (Some(r), Some(m)) = (p.get("report"), p.get("model")) {
+                break Ok((serde_json::from_slice(r).expect("the report is JSON"), m.clone()));
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            break Err("nothing posted in 300 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome.unwrap_or_else(|e| panic!("the page at {url} failed: {e}"))
+}
+
+/// `rowstage train` with `flags` on one CPU thread, its model saved.
+fn native_model(flags: &[&str], dir: &Path) -> rowstage::model::Model {
+    let path = dir.join("native.safetensors");
+    let out = Command::new(assert_cmd::cargo::cargo_bin("rowstage"))
+        .args(["train", "--backend", "cpu", "--threads", "1"])
+        .args(flags)
+        .arg("--save")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    rowstage::model::load_model(&path).unwrap().0
+}
+
+/// The page's model equals the native CPU backend's, bit for bit.
+fn same_tables(page: &[u8], native: &rowstage::model::Model, dir: &Path) {
+    let path = dir.join("page.safetensors");
+    std::fs::write(&path, page).unwrap();
+    let (m, _) = rowstage::model::load_model(&path).expect("the page's model reads as `train --save`'s");
+    let d = rowstage::model::compare(&m, native).unwrap();
+    assert!(d.identical, "the page's tables differ from the native CPU backend's: largest |difference| {}", d.max_abs);
+}
+
+#[test]
+fn the_page_trains_the_native_model_bit_for_bit_from_its_url() {
+    let Some(chromium) = page_and_browser("page, synthetic") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Settings left to the run are chosen on the data, as natively.
+    let (report, model) = page_run(&chromium, "synthetic=400,200,6000&epochs=4&seed=7&backend=cpu", Vec::new());
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["config"]["backend"], "cpu");
+    assert!(report["choice"]["lr"].is_number(), "the page chose its settings: {report}");
+    let native = native_model(&["--synthetic", "400,200,6000", "--epochs", "4", "--seed", "7"], dir.path());
+    same_tables(&model, &native, dir.path());
+}
+
+#[test]
+fn the_page_trains_movielens_served_same_origin() {
+    let Some(chromium) = page_and_browser("page, MovieLens") else { return };
+    let ml = root().join("../shared/data/ml-100k/u.data");
+    if !ml.is_file() {
+        println!("page, MovieLens: skipped: {} is absent", ml.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--epochs", "2", "--seed", "1", "--lr", "0.05", "--reg", "0.08"];
+    let (report, model) = page_run(
+        &chromium,
+        "data=/data/u.data&epochs=2&seed=1&lr=0.05&reg=0.08",
+        vec![("/data/u.data".into(), ml.clone())],
+    );
+    assert_eq!(report["dataset"]["train"], 90000, "{}", report["dataset"]);
+    let native = native_model(&[&["--data", ml.to_str().unwrap()][..], &flags].concat(), dir.path());
+    same_tables(&model, &native, dir.path());
+}
+
+#[test]
+fn a_bad_setting_in_the_url_fails_the_page_by_name() {
+    let Some(chromium) = page_and_browser("page, bad setting") else { return };
+    let (origin, posted) = serve(Vec::new());
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = browser(&chromium, profile.path(), &format!("{origin}/?epochs=0&autorun=1&post=/results"), &[]);
+    let t0 = Instant::now();
+    let error = loop {
+        if let Some(e) = posted.lock().unwrap().get("error") {
+            break String::from_utf8_lossy(e).into_owned();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "the page posted no error");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(error.contains("epochs") && error.contains("at least 1"), "{error}");
+}
+
+#[test]
+fn a_screenshot_of_a_finished_run_is_not_blank() {
+    let Some(chromium) = page_and_browser("page, screenshot") else { return };
+    let (origin, _) = serve(Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("page.png");
+    // Virtual time lets the run end before the picture is taken (its speed
+    // figures are then meaningless: this checks what is drawn).
+    let status = Command::new(&chromium)
+        .args(["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .args(["--window-size=1000,900", "--virtual-time-budget=60000"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("{origin}/?synthetic=400,200,6000&epochs=3&seed=7&lr=0.05&reg=0.08&autorun=1"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    // A blank page of this size compresses to a few KiB; text and a table
+    // of epochs take far more.
+    assert!(png.len() > 20_000, "the screenshot looks blank: {} bytes", png.len());
+    if let Ok(keep) = std::env::var("ROWSTAGE_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
+}

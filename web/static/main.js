@@ -1,0 +1,128 @@
+// The page: reads its settings from the URL query (rowstage train's flag
+// names), runs the library in wasm an epoch at a time, and publishes the
+// outcome where scripts can read it (document.title, window.rowstageReport).
+import init, { WebRun } from "./pkg/rowstage_web.js";
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+// Names the page itself reads; the rest go to the library as they are.
+const PAGE = new Set(["autorun", "post"]);
+let current = null;
+
+function pairsFrom(params) {
+  return [...params].filter(([k, v]) => !PAGE.has(k) && v !== "");
+}
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+function download(name, bytes, type) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([bytes], { type }));
+  a.download = name;
+  a.textContent = name;
+  $("downloads").append(a, " ");
+}
+
+function row(stage, e) {
+  const tr = document.createElement("tr");
+  const rmse = (x) => (x == null ? "no test ratings" : x.toFixed(4));
+  for (const v of [stage, e.epoch, e.train_rmse.toFixed(4), rmse(e.test_rmse), e.ratings_per_sec.toExponential(3), e.seconds.toFixed(3)]) {
+    const td = document.createElement("td");
+    td.textContent = v;
+    tr.append(td);
+  }
+  $("epochs").tBodies[0].append(tr);
+}
+
+// One run from name-value pairs; `file` is a File the user picked.
+async function train(pairs, file) {
+  $("epochs").tBodies[0].replaceChildren();
+  $("final").textContent = $("notes").textContent = $("downloads").textContent = "";
+  $("final").className = "";
+  document.title = "rowstage: running";
+  let data = null, test = null, notes = [];
+  const backend = pairs.find(([k]) => k === "backend");
+  if (!backend || backend[1] === "webgpu" || backend[1] === "auto") {
+    // Training on WebGPU is not wired yet: the CPU backend, compiled to
+    // wasm (one thread), trains the same model.
+    notes.push(navigator.gpu
+      ? "this browser offers WebGPU, but the page does not train on it yet: the CPU backend (wasm, one thread) trains the same model"
+      : "this browser offers no WebGPU: the CPU backend (wasm, one thread) trains");
+    pairs = pairs.filter(([k]) => k !== "backend").concat([["backend", "cpu"]]);
+  }
+  if (file) {
+    data = new Uint8Array(await file.arrayBuffer());
+    pairs = pairs.filter(([k]) => k !== "data" && k !== "synthetic").concat([["data", file.name]]);
+  } else {
+    const d = pairs.find(([k]) => k === "data"), t = pairs.find(([k]) => k === "test");
+    if (d) data = await fetchBytes(d[1]);
+    if (t) test = await fetchBytes(t[1]);
+  }
+  const run = new WebRun(JSON.stringify(pairs), data, test);
+  current = run;
+  $("stop").disabled = false;
+  $("notes").textContent = notes.concat(run.notes().split("\n").filter((l) => l)).join("\n");
+  for (;;) {
+    const step = run.step();
+    if (step === undefined) break;
+    const { stage, epoch } = JSON.parse(step);
+    row(stage, epoch);
+    // Let the page draw and hear Stop between epochs.
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  $("stop").disabled = true;
+  current = null;
+  const report = JSON.parse(run.finish());
+  const model = run.model();
+  window.rowstageReport = report;
+  const f = report.final;
+  $("final").textContent = (report.complete ? "" : "stopped: ") +
+    (f.test_rmse == null ? "no test ratings to score" : `test RMSE ${f.test_rmse.toFixed(4)}  MAE ${f.test_mae.toFixed(4)}`) +
+    `  ${f.ratings_per_sec.toExponential(3)} ratings/s`;
+  download("report.json", JSON.stringify(report, null, 2), "application/json");
+  download("model.safetensors", model, "application/octet-stream");
+  return { report, model };
+}
+
+async function start(pairs, file) {
+  try {
+    const { report, model } = await train(pairs, file);
+    const post = query.get("post");
+    if (post) {
+      // For scripts and tests: the report and the model, to a same-origin URL.
+      await fetch(post + "?part=report", { method: "POST", body: JSON.stringify(report) });
+      await fetch(post + "?part=model", { method: "POST", body: model });
+    }
+    document.title = report.complete ? "rowstage: done" : "rowstage: stopped";
+  } catch (e) {
+    const message = e && e.message ? e.message : String(e);
+    $("final").textContent = "error: " + message;
+    $("final").className = "error";
+    document.title = "rowstage: failed: " + message;
+    const post = query.get("post");
+    if (post) await fetch(post + "?part=error", { method: "POST", body: message });
+  }
+}
+
+await init();
+$("device").textContent = navigator.gpu
+  ? "WebGPU: offered by this browser (training on it is not wired yet; the CPU backend trains)"
+  : "WebGPU: not offered by this browser; the CPU backend trains";
+for (const [k, v] of query) {
+  const input = document.querySelector(`#settings [name="${k}"]`);
+  if (input) input.value = v;
+}
+$("settings").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = new FormData($("settings"));
+  const pairs = [...form].filter(([, v]) => v !== "" && typeof v === "string");
+  // Settings of the query that the form has no field for still apply.
+  for (const p of pairsFrom(query)) if (!form.has(p[0])) pairs.push(p);
+  start(pairs, $("file").files[0]);
+});
+$("stop").addEventListener("click", () => current && current.stop());
+if (query.get("autorun") === "1") start(pairsFrom(query), null);
