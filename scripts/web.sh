@@ -15,7 +15,8 @@ build() {
     cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
   fi
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
-  cargo build --release --target wasm32-unknown-unknown --manifest-path web/Cargo.toml
+  # From web/, so that web/.cargo/config.toml (its target features) applies.
+  (cd web && cargo build --release --target wasm32-unknown-unknown)
   rm -rf web/dist
   mkdir -p web/dist
   wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg \
