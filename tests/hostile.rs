@@ -587,6 +587,11 @@ fn sizes_past_memory_and_forged_states_are_refused_by_name() {
     // one of a batch the run never tries.
     let o = run(rowstage().args(["simulate", "--order", "shuffled", "--device-memory", "100"]).args(&quick[2..4]));
     assert!(text(&o).contains("a single rating needs --device-memory"), "{}", text(&o));
+    // bench has no --order: its skip gives no advice of one.
+    let o = run(rowstage()
+        .args(["bench", "--backend", "noop", "--synthetic", "60,40,900", "--epochs", "1", "--warmup", "0"])
+        .args(["--policy", "lru", "--device-memory", "100"]));
+    assert!(o.status.success() && text(&o).contains("skipped") && !text(&o).contains("--order"), "{}", text(&o));
     // Choosing with no epoch is the same refusal, not a panic.
     let o = run(rowstage().args(["train", "--backend", "cpu", "--synthetic", "60,40,900", "--epochs", "0"]));
     refused(&o, "choosing with --epochs 0");

@@ -436,6 +436,10 @@ pub fn run(
                 Some(reason) => Err(reason.clone()),
                 None => match train::open_backend_fitting(data, &mut settings, &spec, MIN_BATCH, ctx.as_ref()) {
                     Ok(o) => Ok(o),
+                    // The sweep has no `order` to change: no advice of one.
+                    Err(e @ Error::BudgetTooSmall { .. }) if settings.order != crate::engine::Order::Shuffled => {
+                        Err(e.with_fix("").to_string())
+                    }
                     Err(e @ Error::BudgetTooSmall { .. }) => Err(e.to_string()),
                     Err(e) => return Err(e),
                 },
