@@ -243,7 +243,11 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
                 let (u, i, v) = parse_fields(fields, count, format)?;
                 Ok(Some(Rating { user: users.intern(u), item: items.intern(i), value: v }))
             })
-            .map_err(bad)
+            .map_err(|reason| match opts.format {
+                // The layout was the user's word, not the file's: say so.
+                Format::Auto => bad(reason),
+                f => bad(format!("{reason} (read as `format` {})", crate::Named::name(f))),
+            })
         });
         match parsed {
             Ok(Some(r)) => ratings.push(r),
@@ -472,6 +476,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn a_layout_the_user_forced_is_named_in_the_error() {
+        let forced = LoadOptions { format: Format::Movielens100k, ..Default::default() };
+        let e = parse_ratings(Path::new("r.csv"), b"1,1,3\n", forced).unwrap_err().to_string();
+        assert!(e.contains("r.csv:1:") && e.contains("`format` movielens100k"), "{e}");
+        let e = parse("r.csv", "a,b\n").unwrap_err().to_string();
+        assert!(!e.contains("`format`"), "a detected layout is not the user's word: {e}");
     }
 
     #[test]
