@@ -124,13 +124,21 @@ fn browser(chromium: &Path, profile: &Path, url: &str, extra: &[&str]) -> Child 
         .expect("Chromium starts")
 }
 
-/// Opens the page on `query` and waits for what it posts: the report and
-/// the model (its safetensors bytes).
-fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> (serde_json::Value, Vec<u8>) {
+/// What a page's run posted: its report, its model (safetensors bytes) and
+/// the WebGPU adapter it found (`null`: none).
+struct PageRun {
+    report: serde_json::Value,
+    model: Vec<u8>,
+    adapter: serde_json::Value,
+}
+
+/// Opens the page on `query` (with WebGPU allowed, as Chromium's headless
+/// mode needs asked) and waits for what it posts.
+fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> PageRun {
     let (origin, posted) = serve(extra);
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{origin}/?{query}&autorun=1&post=/results");
-    let mut child = browser(chromium, profile.path(), &url, &[]);
+    let mut child = browser(chromium, profile.path(), &url, &["--enable-unsafe-webgpu"]);
     let t0 = Instant::now();
     let outcome = loop {
         {
@@ -138,8 +146,12 @@ fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> (ser
             if let Some(e) = p.get("error") {
                 break Err(String::from_utf8_lossy(e).into_owned());
             }
-            if let (Some(r), Some(m)) = (p.get("report"), p.get("model")) {
-                break Ok((serde_json::from_slice(r).expect("the report is JSON"), m.clone()));
+            if let (Some(r), Some(m), Some(a)) = (p.get("report"), p.get("model"), p.get("adapter")) {
+                break Ok(PageRun {
+                    report: serde_json::from_slice(r).expect("the report is JSON"),
+                    model: m.clone(),
+                    adapter: serde_json::from_slice(a).expect("the adapter is JSON"),
+                });
             }
         }
         if t0.elapsed() > Duration::from_secs(300) {
@@ -180,7 +192,12 @@ fn the_page_trains_the_native_model_bit_for_bit_from_its_url() {
     let Some(chromium) = page_and_browser("page, synthetic") else { return };
     let dir = tempfile::tempdir().unwrap();
     // Settings left to the run are chosen on the data, as natively.
-    let (report, model) = page_run(&chromium, "synthetic=400,200,6000&epochs=4&seed=7&backend=cpu", Vec::new());
+    let PageRun { report, model, adapter } =
+        page_run(&chromium, "synthetic=400,200,6000&epochs=4&seed=7&backend=cpu", Vec::new());
+    // Chromium offers WebGPU here (SwiftShader where there is no GPU); the
+    // page finds it through wgpu and says whether it is a fallback adapter.
+    println!("page, synthetic: WebGPU adapter {adapter}");
+    assert!(adapter["backend"].is_string() && adapter["fallback"].is_boolean(), "no WebGPU adapter found: {adapter}");
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["config"]["backend"], "cpu");
     assert!(report["choice"]["lr"].is_number(), "the page chose its settings: {report}");
@@ -198,7 +215,7 @@ fn the_page_trains_movielens_served_same_origin() {
     }
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--epochs", "2", "--seed", "1", "--lr", "0.05", "--reg", "0.08"];
-    let (report, model) = page_run(
+    let PageRun { report, model, .. } = page_run(
         &chromium,
         "data=/data/u.data&epochs=2&seed=1&lr=0.05&reg=0.08",
         vec![("/data/u.data".into(), ml.clone())],
@@ -238,7 +255,7 @@ fn a_screenshot_of_a_finished_run_is_not_blank() {
     let status = Command::new(&chromium)
         .args(["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"])
         .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
-        .args(["--window-size=1000,900", "--virtual-time-budget=60000"])
+        .args(["--window-size=1000,900", "--virtual-time-budget=60000", "--enable-unsafe-webgpu"])
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("{origin}/?synthetic=400,200,6000&epochs=3&seed=7&lr=0.05&reg=0.08&autorun=1"))
         .stdout(Stdio::null())

@@ -177,6 +177,25 @@ fn instance(choice: BackendChoice) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+/// The browser's WebGPU adapter (`navigator.gpu.requestAdapter()`), awaited:
+/// a browser answers only once the script is back in its event loop, so
+/// nothing here may block. `None` where the browser offers none. A
+/// fallback adapter (software, such as SwiftShader) is accepted, and its
+/// `device_type` says `Cpu` ([`AdapterSummary::is_software`]).
+#[cfg(target_arch = "wasm32")]
+pub async fn browser_adapter() -> Option<AdapterSummary> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::BROWSER_WEBGPU;
+    let instance = wgpu::Instance::new(desc);
+    let options = wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+        apply_limit_buckets: false,
+    };
+    instance.request_adapter(&options).await.ok().map(|a| AdapterSummary::of(&a))
+}
+
 /// Every adapter wgpu finds for `choice`, best first.
 pub fn list_adapters(choice: BackendChoice) -> Vec<AdapterSummary> {
     sorted_adapters(&instance(choice), choice).iter().map(AdapterSummary::of).collect()

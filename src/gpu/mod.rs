@@ -40,6 +40,8 @@ pub mod timing;
 
 use std::sync::Arc;
 
+#[cfg(target_arch = "wasm32")]
+pub use context::browser_adapter;
 pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
 pub use device::Wire;
 pub use driver::GpuBackend;

@@ -33,6 +33,22 @@ fn query_names(text: &str) -> String {
     out
 }
 
+/// The browser's WebGPU adapter as JSON (`rowstage devices`' fields, and
+/// `fallback`: a software adapter such as SwiftShader), or `null` where the
+/// browser offers none.
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen]
+pub async fn webgpu_adapter() -> String {
+    match rowstage::gpu::browser_adapter().await {
+        Some(a) => {
+            let mut j = serde_json::to_value(&a).expect("an adapter summary serialises");
+            j["fallback"] = a.is_software().into();
+            j.to_string()
+        }
+        None => "null".into(),
+    }
+}
+
 /// One run of the page.
 #[wasm_bindgen]
 pub struct WebRun {

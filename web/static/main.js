@@ -1,7 +1,7 @@
 // The page: reads its settings from the URL query (rowstage train's flag
 // names), runs the library in wasm an epoch at a time, and publishes the
 // outcome where scripts can read it (document.title, window.rowstageReport).
-import init, { WebRun } from "./pkg/rowstage_web.js";
+import init, { WebRun, webgpu_adapter } from "./pkg/rowstage_web.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -30,7 +30,11 @@ function download(name, bytes, type) {
 function row(stage, e) {
   const tr = document.createElement("tr");
   const rmse = (x) => (x == null ? "no test ratings" : x.toFixed(4));
-  for (const v of [stage, e.epoch, e.train_rmse.toFixed(4), rmse(e.test_rmse), e.ratings_per_sec.toExponential(3), e.seconds.toFixed(3)]) {
+  // A clock that did not move (Chromium's virtual time, a coarse timer on a
+  // short epoch) gives no speed: show none rather than a huge one.
+  const timed = e.seconds > 0;
+  const speed = timed ? e.ratings_per_sec.toExponential(3) : "not timed";
+  for (const v of [stage, e.epoch, e.train_rmse.toFixed(4), rmse(e.test_rmse), speed, e.seconds.toFixed(3)]) {
     const td = document.createElement("td");
     td.textContent = v;
     tr.append(td);
@@ -49,9 +53,9 @@ async function train(pairs, file) {
   if (!backend || backend[1] === "webgpu" || backend[1] === "auto") {
     // Training on WebGPU is not wired yet: the CPU backend, compiled to
     // wasm (one thread), trains the same model.
-    notes.push(navigator.gpu
-      ? "this browser offers WebGPU, but the page does not train on it yet: the CPU backend (wasm, one thread) trains the same model"
-      : "this browser offers no WebGPU: the CPU backend (wasm, one thread) trains");
+    notes.push(window.rowstageAdapter
+      ? "this browser offers a WebGPU adapter, but the page does not train on it yet: the CPU backend (wasm, one thread) trains the same model"
+      : "this browser offers no WebGPU adapter: the CPU backend (wasm, one thread) trains");
     pairs = pairs.filter(([k]) => k !== "backend").concat([["backend", "cpu"]]);
   }
   if (file) {
@@ -82,7 +86,7 @@ async function train(pairs, file) {
   const f = report.final;
   $("final").textContent = (report.complete ? "" : "stopped: ") +
     (f.test_rmse == null ? "no test ratings to score" : `test RMSE ${f.test_rmse.toFixed(4)}  MAE ${f.test_mae.toFixed(4)}`) +
-    `  ${f.ratings_per_sec.toExponential(3)} ratings/s`;
+    (report.epochs.every((e) => e.seconds > 0) ? `  ${f.ratings_per_sec.toExponential(3)} ratings/s` : "");
   download("report.json", JSON.stringify(report, null, 2), "application/json");
   download("model.safetensors", model, "application/octet-stream");
   return { report, model };
@@ -93,7 +97,9 @@ async function start(pairs, file) {
     const { report, model } = await train(pairs, file);
     const post = query.get("post");
     if (post) {
-      // For scripts and tests: the report and the model, to a same-origin URL.
+      // For scripts and tests: the adapter, the report and the model, to a
+      // same-origin URL.
+      await fetch(post + "?part=adapter", { method: "POST", body: JSON.stringify(window.rowstageAdapter) });
       await fetch(post + "?part=report", { method: "POST", body: JSON.stringify(report) });
       await fetch(post + "?part=model", { method: "POST", body: model });
     }
@@ -109,9 +115,16 @@ async function start(pairs, file) {
 }
 
 await init();
-$("device").textContent = navigator.gpu
-  ? "WebGPU: offered by this browser (training on it is not wired yet; the CPU backend trains)"
-  : "WebGPU: not offered by this browser; the CPU backend trains";
+// The adapter, as wgpu finds it through the browser (null: no WebGPU).
+window.rowstageAdapter = navigator.gpu ? JSON.parse(await webgpu_adapter()) : null;
+{
+  const a = window.rowstageAdapter;
+  $("device").textContent = a
+    ? `WebGPU adapter: ${a.name || "(the browser does not name it)"}${a.fallback ? ", a fallback (software) adapter" : ""}; ` +
+      `largest storage binding ${(a.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB. ` +
+      "Training on it is not wired yet: the CPU backend trains."
+    : "WebGPU: this browser offers no adapter; the CPU backend trains.";
+}
 for (const [k, v] of query) {
   const input = document.querySelector(`#settings [name="${k}"]`);
   if (input) input.value = v;
