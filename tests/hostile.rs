@@ -587,6 +587,10 @@ fn sizes_past_memory_and_forged_states_are_refused_by_name() {
     // one of a batch the run never tries.
     let o = run(rowstage().args(["simulate", "--order", "shuffled", "--device-memory", "100"]).args(&quick[2..4]));
     assert!(text(&o).contains("a single rating needs --device-memory"), "{}", text(&o));
+    // A budget on the CPU backend, which has no slab, is said to do
+    // nothing rather than silently dropped.
+    let o = run(rowstage().args(["train", "--epochs", "1", "--device-memory", "25%"]).args(quick));
+    assert!(o.status.success() && text(&o).contains("notice: --device-memory 25%"), "{}", text(&o));
     // bench has no --order: its skip gives no advice of one.
     let o = run(rowstage()
         .args(["bench", "--backend", "noop", "--synthetic", "60,40,900", "--epochs", "1", "--warmup", "0"])

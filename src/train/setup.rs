@@ -301,7 +301,15 @@ pub fn open_backend_on(
         }
     };
     if spec.backend == BackendChoice::Cpu {
-        return Ok(Opened { backend: cpu_backend(), layout: None, adapter: None, notice: None });
+        // A budget given for a slab the CPU backend does not have: said,
+        // not silently dropped.
+        let notice = spec.device_memory.map(|b| {
+            format!(
+                "`device_memory` {b} sizes a GPU backend's slab; the CPU backend holds every row in host memory, \
+                 so no row is staged and the policy has nothing to do"
+            )
+        });
+        return Ok(Opened { backend: cpu_backend(), layout: None, adapter: None, notice });
     }
     let opened = match ctx {
         Some(ctx) => Ok(ctx),
