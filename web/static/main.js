@@ -70,16 +70,19 @@ async function train(pairs, file) {
   current = run;
   $("stop").disabled = false;
   $("notes").textContent = notes.concat(run.notes().split("\n").filter((l) => l)).join("\n");
-  for (;;) {
-    const step = run.step();
-    if (step === undefined) break;
-    const { stage, epoch } = JSON.parse(step);
-    row(stage, epoch);
-    // Let the page draw and hear Stop between epochs.
-    await new Promise((r) => setTimeout(r, 0));
+  try {
+    for (;;) {
+      const step = run.step();
+      if (step === undefined) break;
+      const { stage, epoch } = JSON.parse(step);
+      row(stage, epoch);
+      // Let the page draw and hear Stop between epochs.
+      await new Promise((r) => setTimeout(r, 0));
+    }
+  } finally {
+    $("stop").disabled = true;
+    current = null;
   }
-  $("stop").disabled = true;
-  current = null;
   const report = JSON.parse(run.finish());
   const model = run.model();
   window.rowstageReport = report;
