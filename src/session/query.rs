@@ -9,9 +9,8 @@ use crate::Named;
 use crate::data::{DataSource, Format, HeaderMode, SyntheticSpec};
 use crate::error::{Error, Result};
 use crate::gpu::BackendChoice;
-use crate::model::Setting;
 use crate::stage::{Budget, PolicyKind};
-use crate::train::{BatchRequest, Order, RunRequest, RunSpec};
+use crate::train::{BatchRequest, Order, RunRequest, RunSpec, number_list};
 
 /// The names [`request_from_pairs`] reads, as `rowstage train` spells them.
 pub const NAMES: [&str; 21] = [
@@ -67,8 +66,8 @@ pub fn request_from_pairs(pairs: &[(String, String)]) -> Result<RunRequest> {
             "epochs" => spec.epochs = whole("must be a whole number of epochs")?,
             "seed" => spec.seed = value.trim().parse().map_err(|_| bad("must be a whole number"))?,
             "rank" => spec.hp.rank = whole("must be a whole number")?,
-            "lr" => lrs = Some(list(&flag, value)?),
-            "reg" => regs = Some(list(&flag, value)?),
+            "lr" => lrs = Some(number_list(&flag, value)?),
+            "reg" => regs = Some(number_list(&flag, value)?),
             "bias-reg" => spec.hp.bias_reg = number("must be a number")? as f32,
             "decay" => spec.hp.decay = number("must be a number")? as f32,
             "init-std" => spec.hp.init_std = number("must be a number")? as f32,
@@ -107,35 +106,13 @@ pub fn request_from_pairs(pairs: &[(String, String)]) -> Result<RunRequest> {
         Some(s) => SyntheticSpec::parse(&s, zipf)?,
         None => SyntheticSpec { zipf, ..SyntheticSpec::DEFAULT },
     };
-    // As on the command line: a value given is fixed, and several make a
-    // grid, lr-major; what is not given is chosen on the data.
-    spec.tune.lr = lrs.is_none();
-    spec.tune.reg = regs.is_none();
-    let lrs = lrs.unwrap_or(vec![spec.hp.lr]);
-    let regs = regs.unwrap_or(vec![spec.hp.reg]);
-    (spec.hp.lr, spec.hp.reg) = (lrs[0], regs[0]);
-    let grid: Vec<Setting> = lrs.iter().flat_map(|&lr| regs.iter().map(move |&reg| Setting { lr, reg })).collect();
-    spec.grid = if grid.len() > 1 { grid } else { Vec::new() };
+    let spec = spec.with_lr_reg(lrs, regs);
     spec.validate()?;
     Ok(RunRequest { source, spec })
 }
 
 fn from_name<T: Named>(flag: &str, value: &str) -> Result<T> {
     T::from_name(value).ok_or_else(|| Error::arg(flag, value, format!("must be one of {}", T::names())))
-}
-
-/// A comma-separated list of numbers, none twice (their ranges are the
-/// run specification's to check).
-fn list(flag: &str, text: &str) -> Result<Vec<f32>> {
-    let mut out = Vec::new();
-    for part in text.split(',').map(str::trim) {
-        match part.parse::<f32>() {
-            Ok(v) if out.contains(&v) => return Err(Error::arg(flag, text, format!("lists {v} twice"))),
-            Ok(v) => out.push(v),
-            Err(_) => return Err(Error::arg(flag, part, "must be a number")),
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub use setup::{
 };
 
 pub use request::{CancelToken, RunRequest};
-pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, resolve};
+pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, number_list, resolve};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 

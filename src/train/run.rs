@@ -130,7 +130,36 @@ impl Default for RunSpec {
     }
 }
 
+/// A comma-separated list of `param`'s numbers (`--lr 0.02,0.05`), none
+/// twice: a value listed twice would train the same setting twice. Ranges
+/// are [`RunSpec::validate`]'s to check.
+pub fn number_list(param: &str, text: &str) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        match part.parse::<f32>() {
+            Ok(v) if out.contains(&v) => return Err(Error::arg(param, text, format!("lists {v} twice"))),
+            Ok(v) => out.push(v),
+            Err(_) => return Err(Error::arg(param, part, "must be a number")),
+        }
+    }
+    Ok(out)
+}
+
 impl RunSpec {
+    /// `lr` and `reg` as `--lr` and `--reg` set them: values given are fixed
+    /// (nothing chooses them), several make a grid, lr-major; `None` leaves
+    /// that one to be chosen on the data ([`super::tune::Tuning`]).
+    pub fn with_lr_reg(mut self, lrs: Option<Vec<f32>>, regs: Option<Vec<f32>>) -> Self {
+        self.tune.lr = lrs.is_none();
+        self.tune.reg = regs.is_none();
+        let lrs = lrs.unwrap_or(vec![self.hp.lr]);
+        let regs = regs.unwrap_or(vec![self.hp.reg]);
+        (self.hp.lr, self.hp.reg) = (lrs[0], regs[0]);
+        let grid: Vec<Setting> = lrs.iter().flat_map(|&lr| regs.iter().map(move |&reg| Setting { lr, reg })).collect();
+        self.grid = if grid.len() > 1 { grid } else { Vec::new() };
+        self
+    }
+
     /// The training settings as asked for, before [`resolve`] fits the batch
     /// and co-partitioning to the budget and the order to the backend.
     pub fn settings(&self) -> TrainSettings {

@@ -12,7 +12,7 @@ use crate::output::{Out, check_paths, flags, write_output};
 use crate::{Choice, MATCHES, given_flags};
 use rowstage::error::{Error, Result};
 use rowstage::gpu::{BackendChoice, HogwildWidth};
-use rowstage::model::{self, HyperParams, Setting};
+use rowstage::model::{self, HyperParams};
 use rowstage::report;
 use rowstage::session::{Finished, Run, RunOptions, Stage};
 use rowstage::stage::{Budget, PolicyKind};
@@ -204,35 +204,12 @@ impl CoPartitionArgs {
     }
 }
 
-/// Parses a comma-separated list of `flag`'s numbers, each checked by `ok`.
-fn number_list(flag: &str, text: &str, ok: impl Fn(f32) -> bool, rule: &str) -> Result<Vec<f32>> {
-    let mut out = Vec::new();
-    for part in text.split(',') {
-        let part = part.trim();
-        match part.parse::<f32>() {
-            // A value listed twice would train the same setting twice.
-            Ok(v) if ok(v) && out.contains(&v) => return Err(Error::arg(flag, text, format!("lists {v} twice"))),
-            Ok(v) if ok(v) => out.push(v),
-            _ => return Err(Error::arg(flag, part, rule)),
-        }
-    }
-    Ok(out)
-}
-
 impl TrainArgs {
     /// The flags as the library's run specification. The `--lr × --reg`
     /// grid is the Cartesian product, lr-major; empty for one setting.
     fn spec(&self) -> Result<train::RunSpec> {
-        let default = HyperParams::DEFAULT;
-        let lrs = match &self.lr {
-            Some(l) => number_list("--lr", l, |v| v.is_finite() && v > 0.0, "must be a finite number above 0")?,
-            None => vec![default.lr],
-        };
-        let regs = match &self.reg {
-            Some(r) => number_list("--reg", r, |v| v.is_finite() && v >= 0.0, "must be a finite number ≥ 0")?,
-            None => vec![default.reg],
-        };
-        let grid: Vec<Setting> = lrs.iter().flat_map(|&lr| regs.iter().map(move |&reg| Setting { lr, reg })).collect();
+        let list = |flag: &str, text: &Option<String>| text.as_deref().map(|t| train::number_list(flag, t)).transpose();
+        let (lrs, regs) = (list("--lr", &self.lr)?, list("--reg", &self.reg)?);
         let batch = match self.batch.as_deref().map(str::trim) {
             None => train::BatchRequest::Default,
             Some("auto") => train::BatchRequest::Auto,
@@ -244,13 +221,12 @@ impl TrainArgs {
         Ok(train::RunSpec {
             hp: HyperParams {
                 rank: self.rank,
-                lr: lrs[0],
-                reg: regs[0],
                 bias_reg: self.bias_reg,
                 decay: self.decay,
                 init_std: self.init_std,
+                ..HyperParams::DEFAULT
             },
-            grid: if grid.len() > 1 { grid } else { Vec::new() },
+            grid: Vec::new(),
             epochs: self.epochs,
             batch,
             seed: self.seed,
@@ -271,13 +247,9 @@ impl TrainArgs {
                 hogwild_width: self.hogwild.width()?,
             },
             calibration_cache: !self.no_calibration_cache,
-            tune: Tuning {
-                lr: self.lr.is_none(),
-                reg: self.reg.is_none(),
-                validation: self.validation,
-                patience: self.patience,
-            },
-        })
+            tune: Tuning { validation: self.validation, patience: self.patience, ..Tuning::default() },
+        }
+        .with_lr_reg(lrs, regs))
     }
 }
 
