@@ -25,6 +25,7 @@ p.kill()
 if "error" in got: print("error", got["error"][1]); sys.exit(1)
 r = json.loads(got["report"][1])
 e = r["epochs"]
-print(json.dumps({"wall_s_to_report": round(got["report"][0] - t0, 2), "final_rmse": r["final"]["test_rmse"],
+t = json.loads(got["timings"][1]) if "timings" in got else {}
+print(json.dumps({"wall_s_to_report": round(got["report"][0] - t0, 2), "page_timings_ms": {k: round(v) for k, v in t.items()}, "final_rmse": r["final"]["test_rmse"],
   "epoch_rps": [round(x["ratings_per_sec"]) for x in e], "final_rps": round(r["final"]["ratings_per_sec"]),
   "first_epoch_seconds": e[0]["seconds"]}))

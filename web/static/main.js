@@ -66,6 +66,7 @@ async function train(pairs, file) {
     if (d) data = await fetchBytes(d[1]);
     if (t) test = await fetchBytes(t[1]);
   }
+  window.rowstageTimings = { run_start_ms: performance.now() };
   const run = new WebRun(JSON.stringify(pairs), data, test);
   current = run;
   $("stop").disabled = false;
@@ -75,6 +76,8 @@ async function train(pairs, file) {
       const step = run.step();
       if (step === undefined) break;
       const { stage, epoch } = JSON.parse(step);
+      // Milliseconds since the page began to load (performance.now()'s origin).
+      window.rowstageTimings.first_epoch_ms ??= performance.now();
       row(stage, epoch);
       // Let the page draw and hear Stop between epochs.
       await new Promise((r) => setTimeout(r, 0));
@@ -102,6 +105,8 @@ async function start(pairs, file) {
     if (post) {
       // For scripts and tests: the adapter, the report and the model, to a
       // same-origin URL.
+      window.rowstageTimings.done_ms = performance.now();
+      await fetch(post + "?part=timings", { method: "POST", body: JSON.stringify(window.rowstageTimings) });
       await fetch(post + "?part=adapter", { method: "POST", body: JSON.stringify(window.rowstageAdapter) });
       await fetch(post + "?part=report", { method: "POST", body: JSON.stringify(report) });
       await fetch(post + "?part=model", { method: "POST", body: model });
