@@ -62,23 +62,28 @@ fn serve(extra: Vec<(String, PathBuf)>) -> (String, Posted) {
     (origin, posted)
 }
 
+/// Reads an HTTP message's header lines; its Content-Length (0 if none).
+fn content_length(reader: &mut impl BufRead) -> std::io::Result<usize> {
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            return Ok(length);
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+}
+
 fn answer(mut stream: TcpStream, extra: &[(String, PathBuf)], posted: &Posted) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_string());
-    let mut length = 0usize;
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h)?;
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
+    let length = content_length(&mut reader)?;
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let reply = |stream: &mut TcpStream, status: &str, kind: &str, body: &[u8]| {
         let head = format!(
@@ -271,4 +276,97 @@ fn a_screenshot_of_a_finished_run_is_not_blank() {
     if let Ok(keep) = std::env::var("ROWSTAGE_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, keep).unwrap();
     }
+}
+
+/// A page open in Chromium, driven over the DevTools protocol.
+struct DevTools {
+    socket: tungstenite::WebSocket<TcpStream>,
+    next: u64,
+}
+
+impl DevTools {
+    /// Connects to the page that the Chromium using `profile` has open
+    /// (`--remote-debugging-port=0` writes its port into the profile).
+    fn attach(profile: &Path) -> DevTools {
+        let t0 = Instant::now();
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(profile.join("DevToolsActivePort"))
+                && let Some(p) = text.lines().next().and_then(|l| l.trim().parse::<u16>().ok())
+            {
+                break p;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "Chromium opened no DevTools port");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let url = loop {
+            // Chromium answers HTTP/1.1 only, and keeps the connection
+            // open: read the length it gives.
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(&s, "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
+            let mut reader = BufReader::new(s);
+            let mut body = vec![0; content_length(&mut reader).unwrap()];
+            reader.read_exact(&mut body).unwrap();
+            let json = String::from_utf8_lossy(&body).into_owned();
+            let pages: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            let page = pages.as_array().into_iter().flatten().find(|p| p["type"] == "page");
+            if let Some(u) = page.and_then(|p| p["webSocketDebuggerUrl"].as_str()) {
+                break u.to_string();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "Chromium lists no page");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (socket, _) = tungstenite::client(url.as_str(), stream).expect("a DevTools WebSocket");
+        DevTools { socket, next: 1 }
+    }
+
+    /// The value of `expression` in the page.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let id = self.next;
+        self.next += 1;
+        let call = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": { "expression": expression, "returnByValue": true },
+        });
+        self.socket.send(tungstenite::Message::text(call.to_string())).unwrap();
+        loop {
+            let msg = self.socket.read().expect("a DevTools reply");
+            let Ok(text) = msg.to_text() else { continue };
+            let reply: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            if reply["id"] == id {
+                return reply["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits until `expression` is true in the page.
+    fn wait_for(&mut self, expression: &str, what: &str) {
+        let t0 = Instant::now();
+        while self.eval(expression) != serde_json::Value::Bool(true) {
+            assert!(t0.elapsed() < Duration::from_secs(120), "{what}: not within 120 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
+    let Some(chromium) = page_and_browser("page, Stop") else { return };
+    let (origin, _) = serve(Vec::new());
+    let profile = tempfile::tempdir().unwrap();
+    // A run far longer than the test: only Stop ends it.
+    let url = format!("{origin}/?synthetic=2000,1000,50000&epochs=100000&lr=0.05&reg=0.08&autorun=1");
+    let mut child = browser(&chromium, profile.path(), &url, &["--remote-debugging-port=0"]);
+    let mut page = DevTools::attach(profile.path());
+    page.wait_for("document.querySelectorAll('#epochs tbody tr').length >= 2", "two epochs");
+    page.eval("document.getElementById('stop').click()");
+    page.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
+    let report: serde_json::Value =
+        serde_json::from_str(page.eval("JSON.stringify(window.rowstageReport)").as_str().unwrap()).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(report["complete"], false, "{}", report["final"]);
+    let epochs = report["epochs"].as_array().unwrap().len();
+    assert!((2..100_000).contains(&epochs), "stopped after {epochs} epochs");
 }
