@@ -437,7 +437,7 @@ impl RunLayout {
                     threads,
                 );
                 let visits = c.visits.max(1) as usize;
-                let cells = (visits * nb) as u64 * std::mem::size_of::<std::ops::Range<u32>>() as u64;
+                let cells = visits as u64 * nb as u64 * std::mem::size_of::<std::ops::Range<u32>>() as u64;
                 Error::ensure_memory(cells, "its blocks' visits", "`co_partition_visits`", c.visits.to_string())?;
                 let mut groups = vec![0..0; visits * nb];
                 for b in 0..nb {
