@@ -116,17 +116,30 @@ fn answer(mut stream: TcpStream, extra: &[(String, PathBuf)], posted: &Posted) -
     }
 }
 
-/// Chromium, headless, on `url`, in a profile of its own.
-fn browser(chromium: &Path, profile: &Path, url: &str, extra: &[&str]) -> Child {
-    Command::new(chromium)
-        .args(["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("Chromium starts")
+/// Chromium, headless, on `url`, in a profile of its own; killed when
+/// dropped, so that a test that fails part-way leaves no browser running
+/// (a page left training would take the machine's cores).
+struct Browser(Child);
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn browser(chromium: &Path, profile: &Path, url: &str, extra: &[&str]) -> Browser {
+    Browser(
+        Command::new(chromium)
+            .args(["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Chromium starts"),
+    )
 }
 
 /// What a page's run posted: its report, its model (safetensors bytes) and
@@ -143,7 +156,7 @@ fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> Page
     let (origin, posted) = serve(extra);
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{origin}/?{query}&autorun=1&post=/results");
-    let mut child = browser(chromium, profile.path(), &url, &["--enable-unsafe-webgpu"]);
+    let child = browser(chromium, profile.path(), &url, &["--enable-unsafe-webgpu"]);
     let t0 = Instant::now();
     let outcome = loop {
         {
@@ -164,8 +177,7 @@ fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> Page
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     outcome.unwrap_or_else(|e| panic!("the page at {url} failed: {e}"))
 }
 
@@ -235,7 +247,7 @@ fn a_bad_setting_in_the_url_fails_the_page_by_name() {
     let Some(chromium) = page_and_browser("page, bad setting") else { return };
     let (origin, posted) = serve(Vec::new());
     let profile = tempfile::tempdir().unwrap();
-    let mut child = browser(&chromium, profile.path(), &format!("{origin}/?epochs=0&autorun=1&post=/results"), &[]);
+    let child = browser(&chromium, profile.path(), &format!("{origin}/?epochs=0&autorun=1&post=/results"), &[]);
     let t0 = Instant::now();
     let error = loop {
         if let Some(e) = posted.lock().unwrap().get("error") {
@@ -244,8 +256,7 @@ fn a_bad_setting_in_the_url_fails_the_page_by_name() {
         assert!(t0.elapsed() < Duration::from_secs(120), "the page posted no error");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(error.contains("epochs") && error.contains("at least 1"), "{error}");
 }
 
@@ -357,15 +368,14 @@ fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
     let profile = tempfile::tempdir().unwrap();
     // A run far longer than the test: only Stop ends it.
     let url = format!("{origin}/?synthetic=2000,1000,50000&epochs=100000&lr=0.05&reg=0.08&autorun=1");
-    let mut child = browser(&chromium, profile.path(), &url, &["--remote-debugging-port=0"]);
+    let child = browser(&chromium, profile.path(), &url, &["--remote-debugging-port=0"]);
     let mut page = DevTools::attach(profile.path());
     page.wait_for("document.querySelectorAll('#epochs tbody tr').length >= 2", "two epochs");
     page.eval("document.getElementById('stop').click()");
     page.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
     let report: serde_json::Value =
         serde_json::from_str(page.eval("JSON.stringify(window.rowstageReport)").as_str().unwrap()).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(report["complete"], false, "{}", report["final"]);
     let epochs = report["epochs"].as_array().unwrap().len();
     assert!((2..100_000).contains(&epochs), "stopped after {epochs} epochs");
