@@ -208,9 +208,6 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
     let mut ratings = Vec::with_capacity(bytes.len() / 24);
     let mut report = LoadReport { format: Some(format), ..Default::default() };
     let mut seen_first = false;
-    // Checked once for the whole file (fast); line by line only to name the
-    // line that is not UTF-8.
-    let all_utf8 = std::str::from_utf8(bytes).is_ok();
     for (idx, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line_no = idx + 1;
         let raw = trim_cr(raw);
@@ -223,17 +220,7 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
             reason,
             text: String::from_utf8_lossy(raw).into_owned(),
         };
-        let line = if all_utf8 {
-            // SAFETY-free: a line of a valid UTF-8 text split at an ASCII byte.
-            std::str::from_utf8(raw).ok()
-        } else {
-            None
-        };
-        let parsed = match line {
-            Some(l) => Ok(l),
-            None => std::str::from_utf8(raw).map_err(|e| bad(format!("not valid UTF-8 ({e})"))),
-        }
-        .and_then(|line| {
+        let parsed = std::str::from_utf8(raw).map_err(|e| bad(format!("not valid UTF-8 ({e})"))).and_then(|line| {
             let is_first = !seen_first;
             seen_first = true;
             with_fields(line, sep, |fields, count| {
@@ -304,7 +291,10 @@ fn with_fields<T>(
     sep: Sep,
     f: impl FnOnce(&[&str], usize) -> std::result::Result<T, String>,
 ) -> std::result::Result<T, String> {
-    fn first<'a>(parts: impl Iterator<Item = &'a str>) -> ([&'a str; MAX_FIELDS], usize) {
+    fn first<'a, T>(
+        parts: impl Iterator<Item = &'a str>,
+        f: impl FnOnce(&[&str], usize) -> std::result::Result<T, String>,
+    ) -> std::result::Result<T, String> {
         let mut fields = [""; MAX_FIELDS];
         let mut n = 0;
         for p in parts {
@@ -313,29 +303,20 @@ fn with_fields<T>(
             }
             n += 1;
         }
-        (fields, n)
+        f(&fields[..n.min(MAX_FIELDS)], n)
     }
     match sep {
         Sep::Char(b',') if line.contains('"') => {
             let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(line.as_bytes());
             let mut record = csv::StringRecord::new();
             match reader.read_record(&mut record) {
-                Ok(true) => {
-                    let (fields, n) = first(record.iter());
-                    f(&fields[..n.min(MAX_FIELDS)], n)
-                }
+                Ok(true) => first(record.iter(), f),
                 Ok(false) => f(&[], 0),
                 Err(e) => Err(format!("not a CSV record ({e})")),
             }
         }
-        Sep::Char(c) => {
-            let (fields, n) = first(line.split(c as char));
-            f(&fields[..n.min(MAX_FIELDS)], n)
-        }
-        Sep::DoubleColon => {
-            let (fields, n) = first(line.split("::"));
-            f(&fields[..n.min(MAX_FIELDS)], n)
-        }
+        Sep::Char(c) => first(line.split(c as char), f),
+        Sep::DoubleColon => first(line.split("::"), f),
     }
 }
 
