@@ -85,6 +85,55 @@ pub enum Error {
     UnknownId { kind: &'static str, id: String },
 }
 
+/// `text` (a message of the library's) with its backticked parameter names
+/// (`` `device_memory` ``) spelt as a front end names them: `prefix` and
+/// the name with dashes (`--device-memory` on the command line,
+/// `device-memory` in the browser's query). Backticked text that is not a
+/// parameter name (`` `rowstage devices` ``) stays, and so does what the
+/// user wrote: a quoted value (`"…"`, as messages quote ids, values and
+/// lines) or a name inside a word (a path `` a`lr`b ``).
+pub fn spell_params(text: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let (mut i, mut quoted) = (0, false);
+    let char_at = |i: usize| text[i..].chars().next().map_or(1, char::len_utf8);
+    while i < b.len() {
+        match b[i] {
+            // An escaped character inside quotes is the user's, whatever it is.
+            b'\\' if quoted && i + 1 < b.len() => {
+                let n = 1 + char_at(i + 1);
+                out.push_str(&text[i..i + n]);
+                i += n;
+                continue;
+            }
+            b'"' => quoted = !quoted,
+            b'`' if !quoted => {
+                let word_before = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+                if let Some(len) = text[i + 1..].find('`') {
+                    let name = &text[i + 1..i + 1 + len];
+                    let end = i + len + 2;
+                    let word_after = b.get(end).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+                    if !word_before
+                        && !word_after
+                        && name.starts_with(|c: char| c.is_ascii_lowercase())
+                        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    {
+                        out.push_str(prefix);
+                        out.push_str(&name.replace('_', "-"));
+                        i = end;
+                        continue;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let n = char_at(i);
+        out.push_str(&text[i..i + n]);
+        i += n;
+    }
+    out
+}
+
 impl Error {
     /// Shorthand for an [`Error::Io`] at `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -139,3 +188,18 @@ impl Error {
 
 /// Result with rowstage's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::spell_params;
+
+    #[test]
+    fn parameter_names_are_spelt_as_the_front_end_asks() {
+        // The browser's query names (the command line's flags are tested
+        // with the binary).
+        assert_eq!(spell_params("use a larger `device_memory` or `lr`", ""), "use a larger device-memory or lr");
+        assert_eq!(spell_params("run `rowstage devices`", ""), "run `rowstage devices`");
+        // An escape inside quotes before a character of several bytes.
+        assert_eq!(spell_params("id \"a\\é`lr`\" for `lr`", "--"), "id \"a\\é`lr`\" for --lr");
+    }
+}

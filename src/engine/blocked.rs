@@ -182,12 +182,11 @@ pub(crate) fn par_chunks<T: Sync, R: Send>(
     if items.len() <= size {
         return vec![f(0, 0, items)];
     }
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> =
-            items.chunks(size).enumerate().map(|(c, chunk)| scope.spawn(move || f(c, c * size, chunk))).collect();
-        handles.into_iter().map(|h| h.join().expect("blocked-copy worker panicked")).collect()
-    })
+    let f = &f;
+    crate::parallel::join_all(
+        items.chunks(size).enumerate().map(|(c, chunk)| move || f(c, c * size, chunk)),
+        "a blocked-copy worker",
+    )
 }
 
 /// The blocked copy being written by several threads at disjoint slots.

@@ -13,24 +13,7 @@ use wasm_bindgen::prelude::*;
 /// An error as the page shows it: the library's message, its parameter
 /// names as the query spells them (`device_memory` → `device-memory`).
 fn shown(e: rowstage::Error) -> JsError {
-    JsError::new(&query_names(&e.to_string()))
-}
-
-/// The library's backticked parameter names as query names.
-fn query_names(text: &str) -> String {
-    let mut out = String::new();
-    let mut parts = text.split('`');
-    out.push_str(parts.next().unwrap_or(""));
-    for (k, part) in parts.enumerate() {
-        let inside = k % 2 == 0;
-        let is_name = !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        match (inside, is_name) {
-            (true, true) => out.push_str(&part.replace('_', "-")),
-            (true, false) => out.push_str(&format!("`{part}`")),
-            (false, _) => out.push_str(part),
-        }
-    }
-    out
+    JsError::new(&rowstage::error::spell_params(&e.to_string(), ""))
 }
 
 /// The browser's WebGPU adapter as JSON (`rowstage devices`' fields, and
@@ -113,14 +96,5 @@ impl WebRun {
     pub fn model(&self) -> Result<Vec<u8>, JsError> {
         let f = self.finished.as_ref().ok_or_else(|| JsError::new("the run has not finished"))?;
         f.model_bytes(Path::new("model.safetensors")).map_err(shown)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn parameter_names_read_as_query_names() {
-        assert_eq!(super::query_names("use a larger `device_memory` or `lr`"), "use a larger device-memory or lr");
-        assert_eq!(super::query_names("run `rowstage devices`"), "run `rowstage devices`");
     }
 }

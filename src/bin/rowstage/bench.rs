@@ -57,7 +57,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Horizon of the lookahead policy, in units of 2048 ratings (the default batch's size, whatever --batch is)
-    #[arg(long, default_value_t = 32, value_name = "L", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 32, value_name = "L", value_parser = crate::at_least_one())]
     lookahead: usize,
     #[command(flatten)]
     hogwild: HogwildArgs,

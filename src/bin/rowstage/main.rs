@@ -116,6 +116,12 @@ impl<T: Named> clap::builder::TypedValueParser for Choice<T> {
 /// given from their defaults.
 pub(crate) static MATCHES: std::sync::OnceLock<clap::ArgMatches> = std::sync::OnceLock::new();
 
+/// A whole number of at least 1, as `--lookahead` takes (clap refuses 0
+/// with the flag's name).
+pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 /// The ids of subcommand `sub`'s flags given on the command line.
 pub(crate) fn given_flags(sub: &str) -> Vec<String> {
     let Some(m) = MATCHES.get().and_then(|m| m.subcommand_matches(sub)) else { return Vec::new() };

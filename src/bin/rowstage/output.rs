@@ -80,47 +80,10 @@ pub(crate) fn err_line(s: &str) {
 }
 
 /// The library names its parameters in backticks (`` `device_memory` ``);
-/// the command line says them as its flags (`--device-memory`). Backticked
-/// text that is not a parameter name (`` `rowstage devices` ``) stays, and
-/// so does what the user wrote: a quoted value (`"…"`, as messages quote
-/// ids, values and lines) or a name inside a word (a path `` a`lr`b ``).
+/// the command line says them as its flags (`--device-memory`), as
+/// [`rowstage::error::spell_params`] spells them.
 pub(crate) fn flags(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let b = text.as_bytes();
-    let (mut i, mut quoted) = (0, false);
-    while i < b.len() {
-        match b[i] {
-            b'\\' if quoted && i + 1 < b.len() => {
-                out.push_str(&text[i..i + 2]);
-                i += 2;
-                continue;
-            }
-            b'"' => quoted = !quoted,
-            b'`' if !quoted => {
-                let word_before = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
-                if let Some(len) = text[i + 1..].find('`') {
-                    let name = &text[i + 1..i + 1 + len];
-                    let end = i + len + 2;
-                    let word_after = b.get(end).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-                    if !word_before
-                        && !word_after
-                        && name.starts_with(|c: char| c.is_ascii_lowercase())
-                        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                    {
-                        out.push_str("--");
-                        out.push_str(&name.replace('_', "-"));
-                        i = end;
-                        continue;
-                    }
-                }
-            }
-            _ => {}
-        }
-        let n = text[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&text[i..i + n]);
-        i += n;
-    }
-    out
+    rowstage::error::spell_params(text, "--")
 }
 
 /// Where human-readable output goes: stderr when stdout carries JSON.

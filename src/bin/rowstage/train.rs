@@ -100,13 +100,7 @@ pub(crate) struct TrainArgs {
     #[arg(help_heading = "Staging", long, value_parser = Choice::<PolicyKind>::new(), default_value = "sca")]
     policy: PolicyKind,
     /// Horizon of --policy lookahead, in units of 2048 ratings (the default batch's size, whatever --batch is)
-    #[arg(
-        help_heading = "Staging",
-        long,
-        default_value_t = 32,
-        value_name = "L",
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
-    )]
+    #[arg(help_heading = "Staging", long, default_value_t = 32, value_name = "L", value_parser = crate::at_least_one())]
     lookahead: usize,
     #[command(flatten)]
     co: CoPartitionArgs,
