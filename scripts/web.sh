@@ -22,6 +22,11 @@ build() {
   wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg \
     web/target/wasm32-unknown-unknown/release/rowstage_web.wasm
   cp web/static/* web/dist/
+  # The library's waits import `rowstage_jspi` (src/gpu/browser.rs): a bare
+  # name to wasm-bindgen, web/static/jspi.js to the browser.
+  local glue=web/dist/pkg/rowstage_web.js
+  grep -q 'from "rowstage_jspi"' "$glue" || { echo "web.sh: $glue does not import rowstage_jspi" >&2; exit 1; }
+  sed -i 's|from "rowstage_jspi"|from "../jspi.js"|' "$glue"
   local wasm=web/dist/pkg/rowstage_web_bg.wasm
   echo "web.sh: wrote web/dist/ (wasm $(($(stat -c %s "$wasm") / 1024)) KiB, $(($(gzip -9c "$wasm" | wc -c) / 1024)) KiB gzipped)"
 }

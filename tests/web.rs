@@ -380,3 +380,34 @@ fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
     let epochs = report["epochs"].as_array().unwrap().len();
     assert!((2..100_000).contains(&epochs), "stopped after {epochs} epochs");
 }
+
+/// The largest |difference| between the page's tables and `native`'s.
+fn largest_difference(page: &[u8], native: &rowstage::model::Model, dir: &Path) -> f32 {
+    let path = dir.join("page.safetensors");
+    std::fs::write(&path, page).unwrap();
+    let (m, _) = rowstage::model::load_model(&path).expect("the page's model reads as `train --save`'s");
+    rowstage::model::compare(&m, native).unwrap().max_abs
+}
+
+#[test]
+fn the_page_trains_the_native_model_on_webgpu() {
+    let Some(chromium) = page_and_browser("page, WebGPU") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // All resident, then a slab of a quarter of the tables (rows staged).
+    for budget in ["", "&device-memory=25%25"] {
+        let query = format!("synthetic=400,200,6000&epochs=3&seed=7&backend=webgpu{budget}");
+        let PageRun { report, model, adapter } = page_run(&chromium, &query, Vec::new());
+        println!("page, WebGPU{budget}: adapter {adapter}");
+        assert_eq!(report["complete"], true, "{report}");
+        assert_eq!(report["config"]["backend"], "webgpu", "the page fell back: {report}");
+        assert_eq!(report["config"]["adapter"], adapter["name"], "{report}");
+        let mut flags = vec!["--synthetic", "400,200,6000", "--epochs", "3", "--seed", "7"];
+        if !budget.is_empty() {
+            flags.extend(["--device-memory", "25%"]);
+        }
+        let native = native_model(&flags, dir.path());
+        let d = largest_difference(&model, &native, dir.path());
+        println!("page, WebGPU{budget}: largest |difference| from the native CPU backend's tables {d:e}");
+        assert!(d <= 1e-4, "the page's WebGPU tables differ from the native CPU backend's by {d}");
+    }
+}

@@ -132,26 +132,18 @@ fn replay_all(trace: &Trace, plans: &[EpochPlan; 2], candidates: &[(Areas, Cache
     let next = AtomicUsize::new(0);
     let workers = trace.threads.clamp(1, candidates.len().max(1));
     let mut out: Vec<Option<ScaPlan>> = vec![None; candidates.len()];
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(areas, cache)) = candidates.get(k) else { break };
-                        done.push((k, replay(trace, plans, areas, cache)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for h in handles {
-            for (k, plan) in h.join().expect("a replay thread panicked") {
-                out[k] = Some(plan);
-            }
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(areas, cache)) = candidates.get(k) else { break };
+            done.push((k, replay(trace, plans, areas, cache)));
         }
-    });
+        done
+    };
+    for (k, plan) in crate::parallel::join_all((0..workers).map(|_| work), "a replay thread").into_iter().flatten() {
+        out[k] = Some(plan);
+    }
     out.into_iter().map(|p| p.expect("every candidate replayed")).collect()
 }
 

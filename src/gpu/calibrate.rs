@@ -141,8 +141,7 @@ fn measure(ctx: GpuContext, rank: usize) -> Result<(GpuContext, Calibration)> {
         let t = Instant::now();
         ctx.queue.write_buffer(&buf, 0, &bytes);
         ctx.queue.submit([]);
-        ctx.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(std::time::Duration::from_secs(60)) })
+        super::device::wait_for(&ctx, None)
             .map_err(|e| Error::Gpu { adapter: adapter.clone(), reason: format!("calibration: {e}") })?;
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -244,8 +243,7 @@ pub fn copy_bandwidth(ctx: &GpuContext) -> Result<f64> {
             ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy bandwidth") });
         enc.copy_buffer_to_buffer(&src, 0, &dst, 0, size);
         ctx.queue.submit([enc.finish()]);
-        ctx.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(std::time::Duration::from_secs(60)) })
+        super::device::wait_for(ctx, None)
             .map_err(|e| Error::Gpu { adapter: name.clone(), reason: format!("copy bandwidth: {e}") })?;
         if k > 0 {
             best = best.min(t.elapsed().as_secs_f64());

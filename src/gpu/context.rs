@@ -17,6 +17,9 @@ pub enum BackendChoice {
     Metal,
     Dx12,
     Gl,
+    /// The browser's WebGPU (the page built by `scripts/web.sh`).
+    #[serde(rename = "webgpu")]
+    WebGpu,
     /// The multi-threaded Hogwild CPU backend (no GPU).
     Cpu,
     /// wgpu's noop backend: the whole GPU path on the host with no kernel
@@ -32,6 +35,7 @@ impl crate::Named for BackendChoice {
         BackendChoice::Metal,
         BackendChoice::Dx12,
         BackendChoice::Gl,
+        BackendChoice::WebGpu,
         BackendChoice::Cpu,
         BackendChoice::Noop,
     ];
@@ -45,6 +49,7 @@ impl crate::Named for BackendChoice {
             BackendChoice::Metal => "Metal (macOS, iOS)",
             BackendChoice::Dx12 => "DirectX 12 (Windows)",
             BackendChoice::Gl => "OpenGL / GLES (Mesa's llvmpipe without a GPU)",
+            BackendChoice::WebGpu => "The browser's WebGPU: the page that scripts/web.sh builds, not the command line",
             BackendChoice::Cpu => "The multi-threaded CPU backend (no GPU)",
             BackendChoice::Noop => "wgpu's noop backend: the whole GPU path with no kernel run, the host's ceiling",
         }
@@ -59,6 +64,7 @@ impl BackendChoice {
             BackendChoice::Metal => wgpu::Backends::METAL,
             BackendChoice::Dx12 => wgpu::Backends::DX12,
             BackendChoice::Gl => wgpu::Backends::GL,
+            BackendChoice::WebGpu => wgpu::Backends::BROWSER_WEBGPU,
             BackendChoice::Cpu => wgpu::Backends::empty(),
             BackendChoice::Noop => wgpu::Backends::NOOP,
         }
@@ -71,6 +77,7 @@ impl BackendChoice {
             BackendChoice::Metal => "metal",
             BackendChoice::Dx12 => "dx12",
             BackendChoice::Gl => "gl",
+            BackendChoice::WebGpu => "webgpu",
             BackendChoice::Cpu => "cpu",
             BackendChoice::Noop => "noop",
         }
@@ -115,7 +122,7 @@ impl AdapterSummary {
         let l = adapter.limits();
         AdapterSummary {
             name: info.name.clone(),
-            backend: format!("{:?}", info.backend).to_lowercase(),
+            backend: backend_name(info.backend),
             device_type: format!("{:?}", info.device_type),
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),
@@ -152,6 +159,14 @@ impl AdapterSummary {
     }
 }
 
+/// A wgpu backend as `--backend` names it.
+fn backend_name(b: wgpu::Backend) -> String {
+    match b {
+        wgpu::Backend::BrowserWebGpu => "webgpu".into(),
+        b => format!("{b:?}").to_lowercase(),
+    }
+}
+
 /// Keeps adapter enumeration quiet where `XDG_RUNTIME_DIR` is unset
 /// (containers, CI, ssh): Mesa's EGL probes Wayland, whose client library
 /// then prints "error: XDG_RUNTIME_DIR is invalid or not set", a line that
@@ -184,16 +199,69 @@ fn instance(choice: BackendChoice) -> wgpu::Instance {
 /// `device_type` says `Cpu` ([`AdapterSummary::is_software`]).
 #[cfg(target_arch = "wasm32")]
 pub async fn browser_adapter() -> Option<AdapterSummary> {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = wgpu::Backends::BROWSER_WEBGPU;
-    let instance = wgpu::Instance::new(desc);
+    browser_request_adapter().await.map(|a| AdapterSummary::of(&a))
+}
+
+#[cfg(target_arch = "wasm32")]
+async fn browser_request_adapter() -> Option<wgpu::Adapter> {
     let options = wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         force_fallback_adapter: false,
         compatible_surface: None,
         apply_limit_buckets: false,
     };
-    instance.request_adapter(&options).await.ok().map(|a| AdapterSummary::of(&a))
+    instance(BackendChoice::WebGpu).request_adapter(&options).await.ok()
+}
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// The page's device, opened once by [`open_browser_device`]: every run
+    /// of the page trains on it (`GpuContext::new` hands it out).
+    static BROWSER_DEVICE: std::cell::RefCell<Option<GpuContext>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Opens the browser's WebGPU device, awaited, and keeps it for the runs
+/// that ask for `webgpu` (or `auto`). Returns its adapter.
+#[cfg(target_arch = "wasm32")]
+pub async fn open_browser_device() -> Result<AdapterSummary> {
+    if let Some(ctx) = BROWSER_DEVICE.with_borrow(Clone::clone) {
+        return Ok(ctx.summary);
+    }
+    let adapter = browser_request_adapter().await.ok_or_else(|| Error::NoAdapter {
+        requested: "`backend` webgpu".into(),
+        hint: "this browser offers no WebGPU adapter".into(),
+    })?;
+    let summary = AdapterSummary::of(&adapter);
+    let (device, queue) = adapter
+        .request_device(&device_descriptor(&summary, adapter.limits()))
+        .await
+        .map_err(|e| Error::Gpu { adapter: summary.name.clone(), reason: format!("cannot open the device: {e}") })?;
+    let ctx = GpuContext { adapter, device, queue, summary: summary.clone() };
+    BROWSER_DEVICE.set(Some(ctx));
+    Ok(summary)
+}
+
+/// What rowstage asks of a device: the adapter's own limits (the slab may
+/// need its largest storage binding, and lavapipe's is 128 MiB, far above
+/// the default), timestamp queries where the adapter has them (each epoch's
+/// device time; lavapipe has them, so CI measures it too), and mappable
+/// device buffers where they save a copy.
+fn device_descriptor(summary: &AdapterSummary, limits: wgpu::Limits) -> wgpu::DeviceDescriptor<'static> {
+    let mut features = wgpu::Features::empty();
+    if summary.timestamps {
+        features |= wgpu::Features::TIMESTAMP_QUERY;
+    }
+    if summary.zero_copy {
+        features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+    }
+    wgpu::DeviceDescriptor {
+        label: Some("rowstage device"),
+        required_features: features,
+        required_limits: limits,
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }
 }
 
 /// Every adapter wgpu finds for `choice`, best first.
@@ -260,7 +328,7 @@ fn missing_backend(choice: BackendChoice) -> Result<()> {
     }
     let (mut names, mut described) = (Vec::new(), Vec::new());
     for a in &others {
-        let (name, backend) = (a.get_info().name, format!("{:?}", a.get_info().backend).to_lowercase());
+        let (name, backend) = (a.get_info().name, backend_name(a.get_info().backend));
         described.push(format!("{name} ({backend})"));
         // Each backend once, in the adapters' order (best first).
         if !names.contains(&backend) {
@@ -272,6 +340,9 @@ fn missing_backend(choice: BackendChoice) -> Result<()> {
             " (Metal exists on macOS and iOS only)"
         }
         BackendChoice::Dx12 if !cfg!(windows) => " (DX12 exists on Windows only)",
+        BackendChoice::WebGpu if !cfg!(target_arch = "wasm32") => {
+            " (WebGPU is the browser page's: scripts/web.sh build, then serve)"
+        }
         _ => "",
     };
     Err(Error::BackendMissing {
@@ -328,6 +399,14 @@ impl GpuContext {
         if choice == BackendChoice::Cpu {
             return Err(Error::arg("`backend`", "cpu", "uses no adapter: this needs a GPU backend"));
         }
+        // In a browser the device is opened once, awaited, by the page.
+        #[cfg(target_arch = "wasm32")]
+        if matches!(choice, BackendChoice::WebGpu | BackendChoice::Auto) {
+            return BROWSER_DEVICE.with_borrow(Clone::clone).ok_or_else(|| Error::NoAdapter {
+                requested,
+                hint: "the page opened no WebGPU device".into(),
+            });
+        }
         let instance = instance(choice);
         let adapters = sorted_adapters(&instance, choice);
         let env_filter = std::env::var("WGPU_ADAPTER_NAME").ok();
@@ -345,26 +424,8 @@ impl GpuContext {
             hint: no_adapter_hint(&adapters, &matching),
         })?;
         let summary = AdapterSummary::of(&adapter);
-        // Ask for the adapter's own limits: the slab may need its largest
-        // storage binding, and lavapipe's is 128 MiB, far above the default.
-        // Timestamp queries where the adapter has them: each epoch's device
-        // time (lavapipe has them, so CI measures it too).
-        let mut features = wgpu::Features::empty();
-        if summary.timestamps {
-            features |= wgpu::Features::TIMESTAMP_QUERY;
-        }
-        if summary.zero_copy {
-            features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
-        }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("rowstage device"),
-            required_features: features,
-            required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::Gpu { adapter: summary.name.clone(), reason: format!("cannot open the device: {e}") })?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&device_descriptor(&summary, adapter.limits())))
+            .map_err(|e| Error::Gpu { adapter: summary.name.clone(), reason: format!("cannot open the device: {e}") })?;
         Ok(GpuContext { adapter, device, queue, summary })
     }
 

@@ -28,49 +28,53 @@ pub struct Device {
 
 type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
 
-/// Where a mapped buffer's `map_async` callback reports: one channel per
-/// buffer, made once, so that a step allocates no channel of its own.
+/// Where a mapped buffer's `map_async` callback reports: one per buffer,
+/// made once, so that a step allocates nothing of its own.
 pub struct MapSignal {
-    tx: std::sync::mpsc::Sender<MapResult>,
-    rx: std::sync::mpsc::Receiver<MapResult>,
+    answer: Arc<Mutex<Option<MapResult>>>,
 }
 
 impl MapSignal {
     pub fn new() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        MapSignal { tx, rx }
+        MapSignal { answer: Arc::new(Mutex::new(None)) }
     }
 
     /// Asks for `slice` to be mapped for reading; [`MapSignal::take`] tells
-    /// how it went once the device has been polled past it.
+    /// how it went once the device has been waited past it.
     pub fn request(&self, slice: wgpu::BufferSlice) {
         self.request_mode(slice, wgpu::MapMode::Read)
     }
 
     /// [`MapSignal::request`] in `mode`.
     pub fn request_mode(&self, slice: wgpu::BufferSlice, mode: wgpu::MapMode) {
-        let tx = self.tx.clone();
+        *lock(&self.answer) = None;
+        let answer = self.answer.clone();
         slice.map_async(mode, move |r| {
-            let _ = tx.send(r);
+            *lock(&answer) = Some(r);
+            #[cfg(target_arch = "wasm32")]
+            super::browser::wake();
         });
     }
 
-    /// Whether the mapping asked for has completed (after a poll), and how.
+    /// Whether the mapping asked for has been answered.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    fn answered(&self) -> bool {
+        lock(&self.answer).is_some()
+    }
+
+    /// How the mapping asked for went, once answered (after a poll or a
+    /// wait); `None` before.
     pub fn try_take(&self) -> Option<std::result::Result<(), String>> {
-        match self.rx.try_recv() {
-            Ok(Ok(())) => Some(Ok(())),
-            Ok(Err(e)) => Some(Err(format!("mapping a buffer: {e}"))),
-            Err(_) => None,
-        }
+        lock(&self.answer).take().map(|r| r.map_err(|e| format!("mapping a buffer: {e}")))
     }
 
     pub fn take(&self) -> std::result::Result<(), String> {
-        match self.rx.try_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("mapping a readback buffer: {e}")),
-            Err(_) => Err("a readback did not complete".into()),
-        }
+        self.try_take().unwrap_or_else(|| Err("a readback did not complete".into()))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for MapSignal {
@@ -132,13 +136,29 @@ impl Device {
     /// the seconds waited.
     pub fn wait(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<f64> {
         let t = Instant::now();
-        self.ctx
-            .device
-            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: Some(POLL_TIMEOUT) })
-            .map_err(|e| self.err(format!("waiting for the device: {e}")))?;
+        wait_for(&self.ctx, submission).map_err(|e| self.err(e))?;
         let waited = t.elapsed().as_secs_f64();
         self.check()?;
         Ok(waited)
+    }
+
+    /// Waits until `signal`'s mapping is answered: natively by waiting for
+    /// `submission` (the one that last used the buffer); returns the
+    /// seconds waited.
+    pub fn wait_mapped(&self, signal: &MapSignal, submission: Option<wgpu::SubmissionIndex>) -> Result<f64> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = signal;
+            self.wait(submission)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = submission;
+            let t = Instant::now();
+            suspend_until(|| signal.answered()).map_err(|e| self.err(e))?;
+            self.check()?;
+            Ok(t.elapsed().as_secs_f64())
+        }
     }
 
     /// Creates a buffer of at least `size` bytes (rounded up to a multiple of
@@ -167,7 +187,7 @@ impl Device {
     pub fn read(&self, signal: &MapSignal, buf: &wgpu::Buffer, size: u64, f: impl FnOnce(&[u8])) -> Result<f64> {
         let slice = buf.slice(..size);
         signal.request(slice);
-        let waited = self.wait(None)?;
+        let waited = self.wait_mapped(signal, None)?;
         signal.take().map_err(|e| self.err(e))?;
         {
             let view = slice.get_mapped_range().map_err(|e| self.err(format!("reading a mapped buffer: {e}")))?;
@@ -176,4 +196,40 @@ impl Device {
         buf.unmap();
         Ok(waited)
     }
+}
+
+/// Waits for `submission` on `ctx` (everything submitted when `None`).
+pub fn wait_for(ctx: &GpuContext, submission: Option<wgpu::SubmissionIndex>) -> std::result::Result<(), String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        ctx.device
+            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: Some(POLL_TIMEOUT) })
+            .map(|_| ())
+            .map_err(|e| format!("waiting for the device: {e}"))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // The browser has no wait for one submission: all of them.
+        let _ = submission;
+        let done = Arc::new(Mutex::new(false));
+        let flag = done.clone();
+        ctx.queue.on_submitted_work_done(move || {
+            *lock(&flag) = true;
+            super::browser::wake();
+        });
+        suspend_until(|| *lock(&done))
+    }
+}
+
+/// Hands control to the browser until `done` (see [`super::browser`]).
+#[cfg(target_arch = "wasm32")]
+fn suspend_until(done: impl Fn() -> bool) -> std::result::Result<(), String> {
+    let t = Instant::now();
+    while !done() {
+        if t.elapsed() > POLL_TIMEOUT {
+            return Err(format!("waiting for the device: no answer in {} s", POLL_TIMEOUT.as_secs()));
+        }
+        super::browser::suspend();
+    }
+    Ok(())
 }

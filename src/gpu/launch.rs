@@ -224,7 +224,7 @@ impl UploadRing {
                 done = self.signals[k].try_take();
             }
             if done.is_none() {
-                waited = dev.wait(self.copied_by[k].clone())?;
+                waited = dev.wait_mapped(&self.signals[k], self.copied_by[k].clone())?;
                 done = self.signals[k].try_take();
             }
             done.unwrap_or_else(|| Err("an upload buffer was not mapped".into())).map_err(|e| dev.err(e))?;

@@ -19,11 +19,14 @@
 //! * [`timing`]: device time from timestamp queries.
 //! * [`driver`]: the backend, stepping the scheduler's walk on the device.
 //! * [`calibrate`]: the adapter's rates for the planner.
+//! * `browser` (wasm only): waits that hand control to the browser.
 //! * [`probe`]: one kernel at a time, for the kernel tests.
 
 /// The wgpu version rowstage was built with.
 pub const WGPU_VERSION: &str = env!("ROWSTAGE_WGPU_VERSION");
 
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod calibrate;
 pub mod context;
 pub mod device;
@@ -41,7 +44,7 @@ pub mod timing;
 use std::sync::Arc;
 
 #[cfg(target_arch = "wasm32")]
-pub use context::browser_adapter;
+pub use context::{browser_adapter, open_browser_device};
 pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
 pub use device::Wire;
 pub use driver::GpuBackend;

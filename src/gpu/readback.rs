@@ -119,7 +119,7 @@ impl Readback {
         let Some(p) = self.pending.pop_front() else {
             return Ok(0.0);
         };
-        let waited = dev.wait(Some(p.submission))?;
+        let waited = dev.wait_mapped(&self.signals[p.buffer], Some(p.submission))?;
         self.signals[p.buffer].take().map_err(|e| dev.err(e))?;
         let buf = &self.buffers[p.buffer];
         {

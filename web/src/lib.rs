@@ -3,98 +3,191 @@
 //! (under `rowstage train`'s flag names) and the bytes of the files they
 //! name, then steps the run an epoch at a time between frames, so that the
 //! page stays live and Stop is heard.
+//!
+//! Work that may wait for the device (opening a run, which may calibrate;
+//! an epoch; finishing) is queued by a `begin_*` method and carried out by
+//! [`rowstage_device_call`], which the page calls through
+//! `WebAssembly.promising`: the library's waits then suspend this call and
+//! hand the browser its event loop (see `rowstage::gpu::browser`). On the
+//! CPU backend nothing waits, and the page calls it directly.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rowstage::data::parse_ratings;
 use rowstage::session::{Finished, Run, RunOptions, Stage, query};
+use rowstage::train::CancelToken;
 use wasm_bindgen::prelude::*;
 
 /// An error as the page shows it: the library's message, its parameter
 /// names as the query spells them (`device_memory` → `device-memory`).
-fn shown(e: rowstage::Error) -> JsError {
-    JsError::new(&rowstage::error::spell_params(&e.to_string(), ""))
+fn shown(e: rowstage::Error) -> String {
+    rowstage::error::spell_params(&e.to_string(), "")
 }
 
-/// The browser's WebGPU adapter as JSON (`rowstage devices`' fields, and
-/// `fallback`: a software adapter such as SwiftShader), or `null` where the
-/// browser offers none.
+/// Opens the browser's WebGPU device for the runs that ask for `webgpu`:
+/// its adapter as JSON (`rowstage devices`' fields, and `fallback`: a
+/// software adapter such as SwiftShader), or `null` where the browser
+/// offers none. An adapter whose device cannot be opened is an error.
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen]
-pub async fn webgpu_adapter() -> String {
-    match rowstage::gpu::browser_adapter().await {
-        Some(a) => {
-            let mut j = serde_json::to_value(&a).expect("an adapter summary serialises");
-            j["fallback"] = a.is_software().into();
-            j.to_string()
-        }
-        None => "null".into(),
+pub async fn open_webgpu() -> Result<String, JsError> {
+    if rowstage::gpu::browser_adapter().await.is_none() {
+        return Ok("null".into());
     }
+    let a = rowstage::gpu::open_browser_device().await.map_err(|e| JsError::new(&shown(e)))?;
+    let mut j = serde_json::to_value(&a)?;
+    j["fallback"] = a.is_software().into();
+    Ok(j.to_string())
+}
+
+thread_local! {
+    /// The message of the last panic (the page shows it for the trap that
+    /// follows, which says only "unreachable").
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The work [`rowstage_device_call`] carries out next.
+    static QUEUED: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+#[wasm_bindgen(start)]
+fn start() {
+    std::panic::set_hook(Box::new(|info| LAST_PANIC.set(Some(info.to_string()))));
+}
+
+/// The last panic's message, if any (a bug: the run cannot go on).
+#[wasm_bindgen]
+pub fn last_panic() -> Option<String> {
+    LAST_PANIC.with_borrow_mut(Option::take)
+}
+
+/// Carries out the work a `begin_*` method queued. A raw export (not
+/// wasm-bindgen's), so that the page can wrap it in `WebAssembly.promising`.
+#[unsafe(no_mangle)]
+pub extern "C" fn rowstage_device_call() {
+    if let Some(work) = QUEUED.with_borrow_mut(Option::take) {
+        work();
+    }
+}
+
+/// What the page's run holds; borrowed only inside a device call.
+#[derive(Default)]
+struct State {
+    run: Option<Run>,
+    finished: Option<Finished>,
+    /// The last device call's outcome: its JSON (or nothing), or an error.
+    outcome: Option<Result<Option<String>, String>>,
 }
 
 /// One run of the page.
 #[wasm_bindgen]
 pub struct WebRun {
-    run: Option<Run>,
-    finished: Option<Finished>,
+    state: Rc<RefCell<State>>,
+    /// Held apart from the state, so that Stop is heard while an epoch is
+    /// suspended waiting for the device.
+    cancel: Option<CancelToken>,
+    pairs: Vec<(String, String)>,
+    files: Rc<Vec<(Option<PathBuf>, Option<Vec<u8>>)>>,
 }
 
 #[wasm_bindgen]
 impl WebRun {
     /// `pairs`: a JSON array of `[name, value]`; `data` and `test`: the
-    /// bytes of the files the `data` and `test` pairs name, fetched.
+    /// bytes of the files the `data` and `test` pairs name, fetched. The
+    /// run is opened by `begin_open` and a device call.
     #[wasm_bindgen(constructor)]
     pub fn new(pairs: &str, data: Option<Vec<u8>>, test: Option<Vec<u8>>) -> Result<WebRun, JsError> {
         let pairs: Vec<(String, String)> = serde_json::from_str(pairs)?;
-        let request = query::request_from_pairs(&pairs).map_err(shown)?;
-        let (data_path, options) = (request.source.path.clone(), request.source.options);
-        let files: Vec<(Option<PathBuf>, Option<Vec<u8>>)> = vec![(data_path, data), (request.source.test.clone(), test)];
-        let mut read = |p: &Path| {
-            let bytes = files.iter().find(|(name, _)| name.as_deref() == Some(p)).and_then(|(_, b)| b.as_deref());
-            let bytes = bytes.ok_or_else(|| rowstage::Error::arg("`data`", p.display().to_string(), "was not fetched"))?;
-            parse_ratings(p, bytes, options)
-        };
-        let run = Run::from_request_with(request, RunOptions::default(), &mut read).map_err(shown)?;
-        Ok(WebRun { run: Some(run), finished: None })
+        let request = query::request_from_pairs(&pairs).map_err(|e| JsError::new(&shown(e)))?;
+        let files = vec![(request.source.path.clone(), data), (request.source.test.clone(), test)];
+        Ok(WebRun { state: Rc::default(), cancel: None, pairs, files: Rc::new(files) })
     }
 
-    /// What the run says before its first epoch: the data, the order, what
-    /// it chooses; one line each.
-    pub fn notes(&self) -> String {
-        self.run.as_ref().map_or(String::new(), |r| r.notes().join("\n"))
+    /// Queues opening the run: reading the data, choosing what the run
+    /// chooses before training (a calibration on a GPU).
+    pub fn begin_open(&mut self) {
+        let (state, pairs, files) = (self.state.clone(), self.pairs.clone(), self.files.clone());
+        queue(state.clone(), move || {
+            let request = query::request_from_pairs(&pairs).map_err(shown)?;
+            let options = request.source.options;
+            let mut read = |p: &Path| {
+                let bytes = files.iter().find(|(name, _)| name.as_deref() == Some(p)).and_then(|(_, b)| b.as_deref());
+                let bytes =
+                    bytes.ok_or_else(|| rowstage::Error::arg("`data`", p.display().to_string(), "was not fetched"))?;
+                parse_ratings(p, bytes, options)
+            };
+            let run = Run::from_request_with(request, RunOptions::default(), &mut read).map_err(shown)?;
+            state.borrow_mut().run = Some(run);
+            Ok(None)
+        });
     }
 
-    /// The next epoch: `{"stage": "choosing"|"training", "epoch": {…}}` in
-    /// `train --json`'s epoch schema, or `undefined` once the run is over.
-    pub fn step(&mut self) -> Result<Option<String>, JsError> {
-        let Some(run) = self.run.as_mut() else { return Ok(None) };
-        Ok(run.step().map_err(shown)?.map(|(stage, e)| {
-            let stage = if stage == Stage::Choosing { "choosing" } else { "training" };
-            serde_json::json!({ "stage": stage, "epoch": e }).to_string()
-        }))
+    /// What the run says before its first epoch (once opened): the data,
+    /// the order, what it chooses; one line each.
+    pub fn notes(&mut self) -> String {
+        let s = self.state.borrow();
+        if self.cancel.is_none() {
+            self.cancel = s.run.as_ref().map(Run::cancel_token);
+        }
+        s.run.as_ref().map_or(String::new(), |r| r.notes().join("\n"))
     }
 
-    /// Stops the run at the next epoch's start; `finish` then reports it
-    /// with `"complete": false`.
+    /// Queues the next epoch; its outcome is `{"stage": "choosing" |
+    /// "training", "epoch": {…}}` in `train --json`'s epoch schema, or
+    /// `undefined` once the run is over.
+    pub fn begin_step(&self) {
+        let state = self.state.clone();
+        queue(self.state.clone(), move || {
+            let mut s = state.borrow_mut();
+            let Some(run) = s.run.as_mut() else { return Ok(None) };
+            Ok(run.step().map_err(shown)?.map(|(stage, e)| {
+                let stage = if stage == Stage::Choosing { "choosing" } else { "training" };
+                serde_json::json!({ "stage": stage, "epoch": e }).to_string()
+            }))
+        });
+    }
+
+    /// Queues ending the run; its outcome is the report in `train
+    /// --json`'s schema.
+    pub fn begin_finish(&self) {
+        let state = self.state.clone();
+        queue(self.state.clone(), move || {
+            let mut s = state.borrow_mut();
+            if let Some(run) = s.run.take() {
+                s.finished = Some(run.finish().map_err(shown)?);
+            }
+            let f = s.finished.as_ref().ok_or("the run has not finished")?;
+            Ok(Some(serde_json::to_string(&f.report).map_err(|e| e.to_string())?))
+        });
+    }
+
+    /// The outcome of the last device call (an error is thrown).
+    pub fn outcome(&self) -> Result<Option<String>, JsError> {
+        let outcome = self.state.borrow_mut().outcome.take();
+        outcome.unwrap_or_else(|| Err("no device call has completed".into())).map_err(|e| JsError::new(&e))
+    }
+
+    /// Stops the run at the next epoch's start; its report then says
+    /// `"complete": false`.
     pub fn stop(&self) {
-        if let Some(r) = &self.run {
-            r.cancel_token().cancel();
+        if let Some(c) = &self.cancel {
+            c.cancel();
         }
-    }
-
-    /// Ends the run: its report in `train --json`'s schema.
-    pub fn finish(&mut self) -> Result<String, JsError> {
-        if let Some(run) = self.run.take() {
-            self.finished = Some(run.finish().map_err(shown)?);
-        }
-        let f = self.finished.as_ref().ok_or_else(|| JsError::new("the run has not finished"))?;
-        Ok(serde_json::to_string(&f.report)?)
     }
 
     /// The model after `finish`, as the safetensors file `train --save`
     /// writes (what `rowstage eval` and `recommend` read).
     pub fn model(&self) -> Result<Vec<u8>, JsError> {
-        let f = self.finished.as_ref().ok_or_else(|| JsError::new("the run has not finished"))?;
-        f.model_bytes(Path::new("model.safetensors")).map_err(shown)
+        let s = self.state.borrow();
+        let f = s.finished.as_ref().ok_or_else(|| JsError::new("the run has not finished"))?;
+        f.model_bytes(Path::new("model.safetensors")).map_err(|e| JsError::new(&shown(e)))
     }
+}
+
+/// Queues `work` for the next device call; its outcome lands in `state`.
+fn queue(state: Rc<RefCell<State>>, work: impl FnOnce() -> Result<Option<String>, String> + 'static) {
+    QUEUED.set(Some(Box::new(move || {
+        let outcome = work();
+        state.borrow_mut().outcome = Some(outcome);
+    })));
 }

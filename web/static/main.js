@@ -1,7 +1,8 @@
 // The page: reads its settings from the URL query (rowstage train's flag
 // names), runs the library in wasm an epoch at a time, and publishes the
 // outcome where scripts can read it (document.title, window.rowstageReport).
-import init, { WebRun, webgpu_adapter } from "./pkg/rowstage_web.js";
+import init, { WebRun, last_panic, open_webgpu } from "./pkg/rowstage_web.js";
+import { jspi } from "./jspi.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -49,15 +50,27 @@ async function train(pairs, file) {
   $("final").className = "";
   document.title = "rowstage: running";
   let data = null, test = null, notes = [];
-  const backend = pairs.find(([k]) => k === "backend");
-  if (!backend || backend[1] === "webgpu" || backend[1] === "auto") {
-    // Training on WebGPU is not wired yet: the CPU backend, compiled to
-    // wasm (one thread), trains the same model.
-    notes.push(window.rowstageAdapter
-      ? "this browser offers a WebGPU adapter, but the page does not train on it yet: the CPU backend (wasm, one thread) trains the same model"
-      : "this browser offers no WebGPU adapter: the CPU backend (wasm, one thread) trains");
-    pairs = pairs.filter(([k]) => k !== "backend").concat([["backend", "cpu"]]);
+  const asked = (pairs.find(([k]) => k === "backend") || [, "auto"])[1];
+  let backend = asked;
+  if (asked === "auto" || asked === "webgpu") {
+    // WebGPU where the browser has it (and can wait for it: see jspi.js);
+    // otherwise the CPU backend, compiled to wasm (one thread), trains the
+    // same model.
+    const why = !window.rowstageAdapter
+      ? (webgpuError ? `WebGPU failed to open (${webgpuError})` : "this browser offers no WebGPU adapter")
+      : !jspi ? "this browser cannot wait for WebGPU from WebAssembly (no JavaScript Promise Integration)" : null;
+    backend = why ? "cpu" : "webgpu";
+    if (why) notes.push(`${why}: the CPU backend (wasm, one thread) trains the same model`);
   }
+  pairs = pairs.filter(([k]) => k !== "backend").concat([["backend", backend]]);
+  const onGpu = backend === "webgpu";
+  // Work that may wait for the device runs suspendable (src/gpu/browser.rs).
+  const call = async (begin) => {
+    begin();
+    if (onGpu) await deviceCallSuspending();
+    else deviceCall();
+    return run.outcome();
+  };
   if (file) {
     data = new Uint8Array(await file.arrayBuffer());
     pairs = pairs.filter(([k]) => k !== "data" && k !== "synthetic").concat([["data", file.name]]);
@@ -70,10 +83,12 @@ async function train(pairs, file) {
   const run = new WebRun(JSON.stringify(pairs), data, test);
   current = run;
   $("stop").disabled = false;
-  $("notes").textContent = notes.concat(run.notes().split("\n").filter((l) => l)).join("\n");
+  let report;
   try {
+    await call(() => run.begin_open());
+    $("notes").textContent = notes.concat(run.notes().split("\n").filter((l) => l)).join("\n");
     for (;;) {
-      const step = run.step();
+      const step = await call(() => run.begin_step());
       if (step === undefined) break;
       const { stage, epoch } = JSON.parse(step);
       // Milliseconds since the page began to load (performance.now()'s origin).
@@ -82,11 +97,11 @@ async function train(pairs, file) {
       // Let the page draw and hear Stop between epochs.
       await new Promise((r) => setTimeout(r, 0));
     }
+    report = JSON.parse(await call(() => run.begin_finish()));
   } finally {
     $("stop").disabled = true;
     current = null;
   }
-  const report = JSON.parse(run.finish());
   const model = run.model();
   window.rowstageReport = report;
   const f = report.final;
@@ -113,7 +128,9 @@ async function start(pairs, file) {
     }
     document.title = report.complete ? "rowstage: done" : "rowstage: stopped";
   } catch (e) {
-    const message = e && e.message ? e.message : String(e);
+    let message = e && e.message ? e.message : String(e);
+    // A trap in the library: its panic says what happened.
+    if (e instanceof WebAssembly.RuntimeError) message = `${message}: ${last_panic() ?? "no panic message"}`;
     $("final").textContent = "error: " + message;
     $("final").className = "error";
     document.title = "rowstage: failed: " + message;
@@ -122,16 +139,25 @@ async function start(pairs, file) {
   }
 }
 
-await init();
-// The adapter, as wgpu finds it through the browser (null: no WebGPU).
-window.rowstageAdapter = navigator.gpu ? JSON.parse(await webgpu_adapter()) : null;
+const wasm = await init();
+const deviceCall = wasm.rowstage_device_call;
+const deviceCallSuspending = jspi ? WebAssembly.promising(wasm.rowstage_device_call) : null;
+// The adapter, as wgpu finds it through the browser (null: no WebGPU), with
+// its device opened once for every run of the page.
+let webgpuError = null;
+try {
+  window.rowstageAdapter = navigator.gpu ? JSON.parse(await open_webgpu()) : null;
+} catch (e) {
+  window.rowstageAdapter = null;
+  webgpuError = e && e.message ? e.message : String(e);
+}
 {
   const a = window.rowstageAdapter;
   $("device").textContent = a
     ? `WebGPU adapter: ${a.name || "(the browser does not name it)"}${a.fallback ? ", a fallback (software) adapter" : ""}; ` +
-      `largest storage binding ${(a.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB. ` +
-      "Training on it is not wired yet: the CPU backend trains."
-    : "WebGPU: this browser offers no adapter; the CPU backend trains.";
+      `largest storage binding ${(a.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB.` +
+      (jspi ? "" : " This browser cannot wait for it from WebAssembly (no JavaScript Promise Integration): the CPU backend trains.")
+    : `WebGPU: ${webgpuError ? `failed to open (${webgpuError})` : "this browser offers no adapter"}; the CPU backend trains.`;
 }
 for (const [k, v] of query) {
   const input = document.querySelector(`#settings [name="${k}"]`);

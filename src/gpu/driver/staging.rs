@@ -299,9 +299,11 @@ impl Exec {
 }
 
 /// Steps the scheduler may run ahead of the device work.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) const PIPELINE_DEPTH: usize = 4;
 
 /// One of the scheduler's decisions, handed to the device side.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) enum Job {
     Begin(Moves),
     Train(Range<usize>, Moves),
@@ -309,6 +311,7 @@ pub(super) enum Job {
 }
 
 /// `m` copied into a buffer given back (or a new one).
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn copy_moves(m: &Moves, into: Option<Moves>) -> Moves {
     let mut out = into.unwrap_or_default();
     out.evict.clone_from(&m.evict);
@@ -317,6 +320,31 @@ pub(super) fn copy_moves(m: &Moves, into: Option<Moves>) -> Moves {
     out.release.clone_from(&m.release);
     out.map.clone_from(&m.map);
     out
+}
+
+/// One of the scheduler's decisions carried out on the device side.
+fn carry_out(
+    exec: &mut Exec,
+    tables: &mut HostTables,
+    run: &RunLayout,
+    input: &EpochInput,
+    event: Event,
+    ledger: &mut Ledger,
+) -> Result<()> {
+    match event {
+        Event::BeginBlock(moves) => {
+            let rows = moves.load.iter().map(|p| p.row);
+            exec.waited += exec.readback.complete_holding(&exec.dev, tables, rows)?;
+            exec.load(tables, moves, ledger)
+        }
+        Event::Train { parts, moves } => {
+            exec.train_step(tables, input.plan, parts.clone(), moves, run, ledger)?;
+            let ratings = parts.map(|k| run.parts()[input.plan.parts[k] as usize].len as usize);
+            input.progress.fetch_add(ratings.sum(), Ordering::Relaxed);
+            Ok(())
+        }
+        Event::EndBlock(placed) => exec.write_back(tables, placed, ledger),
+    }
 }
 
 /// The staged epoch on two threads: the scheduler's walk (decisions, from
@@ -328,6 +356,7 @@ pub(super) fn copy_moves(m: &Moves, into: Option<Moves>) -> Moves {
 /// the loads out itself, once their write-backs had landed, measured
 /// slower on a 2-core VM: the rows this thread had just landed then crossed
 /// between the cores' caches.) Returns the parts trained.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn pipelined(
     mut walker: Walker,
     exec: &mut Exec,
@@ -366,23 +395,12 @@ pub(super) fn pipelined(
         });
         let mut failed = None;
         for job in rx.iter() {
-            let result = match &job {
-                Job::Begin(moves) => {
-                    let rows = moves.load.iter().map(|p| p.row);
-                    exec.readback.complete_holding(&exec.dev, tables, rows).and_then(|w| {
-                        exec.waited += w;
-                        exec.load(tables, moves, ledger)
-                    })
-                }
-                Job::Train(parts, moves) => {
-                    exec.train_step(tables, input.plan, parts.clone(), moves, run, ledger).map(|()| {
-                        let ratings = parts.clone().map(|k| run.parts()[input.plan.parts[k] as usize].len as usize);
-                        input.progress.fetch_add(ratings.sum(), Ordering::Relaxed);
-                    })
-                }
-                Job::End(placed) => exec.write_back(tables, placed, ledger),
+            let event = match &job {
+                Job::Begin(moves) => Event::BeginBlock(moves),
+                Job::Train(parts, moves) => Event::Train { parts: parts.clone(), moves },
+                Job::End(placed) => Event::EndBlock(placed),
             };
-            if let Err(e) = result {
+            if let Err(e) = carry_out(exec, tables, run, input, event, ledger) {
                 failed = Some(e);
                 break;
             }
@@ -399,4 +417,24 @@ pub(super) fn pipelined(
             None => done,
         }
     })
+}
+
+/// The staged epoch on the one thread a browser page has: each decision is
+/// carried out as the walk makes it (the same decisions, in the same order,
+/// as on two threads). Returns the parts trained.
+#[cfg(target_arch = "wasm32")]
+pub(super) fn pipelined(
+    mut walker: Walker,
+    exec: &mut Exec,
+    tables: &mut HostTables,
+    run: &RunLayout,
+    input: &EpochInput,
+    continues: bool,
+    ledger: &mut Ledger,
+) -> Result<usize> {
+    let pass = Pass { plan: input.plan, from: input.from, following: input.following, continues, stop: input.stop };
+    let mut staged = Ledger::default();
+    let done = walker.epoch(pass, &mut staged, |event, _| carry_out(exec, tables, run, input, event, ledger));
+    ledger.merge(&staged);
+    done
 }
