@@ -148,11 +148,13 @@ struct PageRun {
     report: serde_json::Value,
     model: Vec<u8>,
     adapter: serde_json::Value,
+    /// The slab as training left it (a GPU backend's).
+    slab: Option<serde_json::Value>,
 }
 
 /// Opens the page on `query` (with WebGPU allowed, as Chromium's headless
-/// mode needs asked) and waits for what it posts.
-fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> PageRun {
+/// mode needs asked) and waits for the parts it posts: every one of `parts`.
+fn page_parts(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>, parts: &[&str]) -> HashMap<String, Vec<u8>> {
     let (origin, posted) = serve(extra);
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{origin}/?{query}&autorun=1&post=/results");
@@ -164,12 +166,8 @@ fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> Page
             if let Some(e) = p.get("error") {
                 break Err(String::from_utf8_lossy(e).into_owned());
             }
-            if let (Some(r), Some(m), Some(a)) = (p.get("report"), p.get("model"), p.get("adapter")) {
-                break Ok(PageRun {
-                    report: serde_json::from_slice(r).expect("the report is JSON"),
-                    model: m.clone(),
-                    adapter: serde_json::from_slice(a).expect("the adapter is JSON"),
-                });
+            if parts.iter().all(|k| p.contains_key(*k)) {
+                break Ok(p.clone());
             }
         }
         if t0.elapsed() > Duration::from_secs(300) {
@@ -179,6 +177,17 @@ fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> Page
     };
     drop(child);
     outcome.unwrap_or_else(|e| panic!("the page at {url} failed: {e}"))
+}
+
+/// [`page_parts`] of a training run: its report, model and adapter.
+fn page_run(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>) -> PageRun {
+    let p = page_parts(chromium, query, extra, &["report", "model", "adapter"]);
+    PageRun {
+        report: serde_json::from_slice(&p["report"]).expect("the report is JSON"),
+        model: p["model"].clone(),
+        adapter: serde_json::from_slice(&p["adapter"]).expect("the adapter is JSON"),
+        slab: p.get("slab").map(|s| serde_json::from_slice(s).expect("the slab picture is JSON")),
+    }
 }
 
 /// `rowstage train` with `flags` on one CPU thread, its model saved.
@@ -209,7 +218,7 @@ fn the_page_trains_the_native_model_bit_for_bit_from_its_url() {
     let Some(chromium) = page_and_browser("page, synthetic") else { return };
     let dir = tempfile::tempdir().unwrap();
     // Settings left to the run are chosen on the data, as natively.
-    let PageRun { report, model, adapter } =
+    let PageRun { report, model, adapter, .. } =
         page_run(&chromium, "synthetic=400,200,6000&epochs=4&seed=7&backend=cpu", Vec::new());
     // Chromium offers WebGPU here (SwiftShader where there is no GPU); the
     // page finds it through wgpu and says whether it is a fallback adapter.
@@ -232,14 +241,23 @@ fn the_page_trains_movielens_served_same_origin() {
     }
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--epochs", "2", "--seed", "1", "--lr", "0.05", "--reg", "0.08"];
-    let PageRun { report, model, .. } = page_run(
-        &chromium,
-        "data=/data/u.data&epochs=2&seed=1&lr=0.05&reg=0.08",
-        vec![("/data/u.data".into(), ml.clone())],
-    );
-    assert_eq!(report["dataset"]["train"], 90000, "{}", report["dataset"]);
     let native = native_model(&[&["--data", ml.to_str().unwrap()][..], &flags].concat(), dir.path());
-    same_tables(&model, &native, dir.path());
+    for backend in ["cpu", "webgpu"] {
+        let PageRun { report, model, .. } = page_run(
+            &chromium,
+            &format!("data=/data/u.data&epochs=2&seed=1&lr=0.05&reg=0.08&backend={backend}"),
+            vec![("/data/u.data".into(), ml.clone())],
+        );
+        assert_eq!(report["dataset"]["train"], 90000, "{}", report["dataset"]);
+        assert_eq!(report["config"]["backend"], backend, "{}", report["config"]);
+        if backend == "cpu" {
+            same_tables(&model, &native, dir.path());
+        } else {
+            let d = largest_difference(&model, &native, dir.path());
+            println!("page, MovieLens, WebGPU: largest |difference| from the native CPU backend's tables {d:e}");
+            assert!(d <= 1e-4, "the page's WebGPU tables differ from the native CPU backend's by {d}");
+        }
+    }
 }
 
 #[test]
@@ -394,20 +412,71 @@ fn the_page_trains_the_native_model_on_webgpu() {
     let Some(chromium) = page_and_browser("page, WebGPU") else { return };
     let dir = tempfile::tempdir().unwrap();
     // All resident, then a slab of a quarter of the tables (rows staged).
-    for budget in ["", "&device-memory=25%25"] {
+    for (budget, share) in [("&device-memory=100%25", "100%"), ("&device-memory=25%25", "25%")] {
         let query = format!("synthetic=400,200,6000&epochs=3&seed=7&backend=webgpu{budget}");
-        let PageRun { report, model, adapter } = page_run(&chromium, &query, Vec::new());
+        let PageRun { report, model, adapter, slab } = page_run(&chromium, &query, Vec::new());
         println!("page, WebGPU{budget}: adapter {adapter}");
         assert_eq!(report["complete"], true, "{report}");
         assert_eq!(report["config"]["backend"], "webgpu", "the page fell back: {report}");
+        assert!(adapter["name"].as_str().is_some_and(|n| !n.is_empty()), "the adapter has no name: {adapter}");
         assert_eq!(report["config"]["adapter"], adapter["name"], "{report}");
-        let mut flags = vec!["--synthetic", "400,200,6000", "--epochs", "3", "--seed", "7"];
-        if !budget.is_empty() {
-            flags.extend(["--device-memory", "25%"]);
+        // The picture of the slab: one cell per slot, in the areas the
+        // report gives; staged rows moved only where the slab is small.
+        let slab = slab.expect("a WebGPU run posts its slab");
+        let config = &report["config"];
+        assert_eq!(slab["rows"].as_array().unwrap().len() as u64, config["slots"].as_u64().unwrap(), "{slab}");
+        assert_eq!(slab["resident"], config["resident_slots"], "{slab}");
+        let rows_in: u64 = report["epochs"].as_array().unwrap().iter().map(|e| e["rows_in"].as_u64().unwrap()).sum();
+        let most_loads = slab["loads"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).max().unwrap();
+        if share == "100%" {
+            assert_eq!(most_loads, 1, "all resident, every slot received its row once: {slab}");
+        } else {
+            assert!(rows_in > 0 && most_loads > 1, "at 25% rows are staged: {rows_in} rows in, {slab}");
         }
+        let mut flags = vec!["--synthetic", "400,200,6000", "--epochs", "3", "--seed", "7"];
+        flags.extend(["--device-memory", share]);
         let native = native_model(&flags, dir.path());
         let d = largest_difference(&model, &native, dir.path());
         println!("page, WebGPU{budget}: largest |difference| from the native CPU backend's tables {d:e}");
         assert!(d <= 1e-4, "the page's WebGPU tables differ from the native CPU backend's by {d}");
+    }
+    // The default data (no data setting at all), one epoch.
+    let PageRun { report, model, .. } = page_run(&chromium, "epochs=1&backend=webgpu", Vec::new());
+    assert_eq!(report["config"]["backend"], "webgpu", "{report}");
+    let native = native_model(&["--epochs", "1"], dir.path());
+    let d = largest_difference(&model, &native, dir.path());
+    println!("page, WebGPU, default data: largest |difference| from the native CPU backend's tables {d:e}");
+    assert!(d <= 1e-4, "the page's WebGPU tables differ from the native CPU backend's by {d}");
+}
+
+#[test]
+fn the_pages_policy_comparison_counts_what_rowstage_simulate_counts() {
+    let Some(chromium) = page_and_browser("page, policies compared") else { return };
+    let parts = page_parts(&chromium, "synthetic=400,200,6000&seed=7&compare=25%25,5%25", Vec::new(), &["comparison"]);
+    let page: serde_json::Value = serde_json::from_slice(&parts["comparison"]).expect("the comparison is JSON");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("simulate.json");
+    let out = Command::new(assert_cmd::cargo::cargo_bin("rowstage"))
+        .args(["simulate", "--synthetic", "400,200,6000", "--seed", "7", "--epochs", "1"])
+        .args(["--device-memory", "25%,5%", "--policy", "all", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let native: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(page.as_array().map(Vec::len), Some(14), "two budgets × seven policies: {page}");
+    // JSON has one kind of number: the page writes 5831.0 as 5831.
+    let (page, native) = (numbers_as_f64(page), numbers_as_f64(native));
+    assert_eq!(page, native, "the page's comparison differs from rowstage simulate's:\n{page}\n{native}");
+}
+
+/// `v` with every number as a float (JSON does not tell 1 from 1.0).
+fn numbers_as_f64(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => n.as_f64().map_or(Value::Null, Value::from),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect()),
+        v => v,
     }
 }

@@ -34,6 +34,17 @@ pub enum SweepOutcome {
     },
 }
 
+/// The rows that were replayed (`rowstage simulate --json`'s list): a
+/// budget too small for a step has no result.
+pub fn replayed(rows: &[SweepRow]) -> Vec<&SimResult> {
+    rows.iter()
+        .filter_map(|r| match &r.outcome {
+            SweepOutcome::Replayed(r) => Some(r),
+            SweepOutcome::TooSmall { .. } => None,
+        })
+        .collect()
+}
+
 /// Replays `spec`'s run (its data `data`, `lookahead` for that policy) at
 /// every budget through every policy, calling `on_row` as each is done.
 /// Without a fixed batch the shuffled order takes the largest batch each

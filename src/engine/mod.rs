@@ -126,6 +126,10 @@ pub trait Backend {
     fn run_layout(&self) -> Option<Arc<RunLayout>> {
         None
     }
+    /// The slab slot by slot, for a backend that has one.
+    fn slab_view(&self) -> Option<crate::stage::SlabView> {
+        None
+    }
     /// Whether the backend runs no kernels (wgpu's noop backend): its speed
     /// is the host's ceiling, and its model is not a model.
     fn is_ceiling(&self) -> bool {

@@ -221,9 +221,11 @@ thread_local! {
 }
 
 /// Opens the browser's WebGPU device, awaited, and keeps it for the runs
-/// that ask for `webgpu` (or `auto`). Returns its adapter.
+/// that ask for `webgpu` (or `auto`). Returns its adapter, named `name`
+/// where the browser gives wgpu no name (Chromium's `GPUAdapterInfo` has a
+/// vendor and an architecture, which the page reads).
 #[cfg(target_arch = "wasm32")]
-pub async fn open_browser_device() -> Result<AdapterSummary> {
+pub async fn open_browser_device(name: &str) -> Result<AdapterSummary> {
     if let Some(ctx) = BROWSER_DEVICE.with_borrow(Clone::clone) {
         return Ok(ctx.summary);
     }
@@ -231,7 +233,10 @@ pub async fn open_browser_device() -> Result<AdapterSummary> {
         requested: "`backend` webgpu".into(),
         hint: "this browser offers no WebGPU adapter".into(),
     })?;
-    let summary = AdapterSummary::of(&adapter);
+    let mut summary = AdapterSummary::of(&adapter);
+    if summary.name.trim().is_empty() {
+        summary.name = name.to_string();
+    }
     let (device, queue) = adapter
         .request_device(&device_descriptor(&summary, adapter.limits()))
         .await

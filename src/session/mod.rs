@@ -123,6 +123,8 @@ pub struct Run {
     resolved: ResolvedRun,
     training: Training,
     cancel: CancelToken,
+    /// Every global row's lookups per epoch, made for the first picture.
+    lookups: Option<Vec<u32>>,
 }
 
 impl Run {
@@ -205,6 +207,7 @@ impl Run {
                 resolved,
                 training,
                 cancel: CancelToken::new(),
+                lookups: None,
             });
         }
         let started = Instant::now();
@@ -285,6 +288,7 @@ impl Run {
             resolved,
             training,
             cancel: CancelToken::new(),
+            lookups: None,
         })
     }
 
@@ -297,6 +301,15 @@ impl Run {
     /// training ratings).
     pub fn data(&self) -> &Dataset {
         &self.data
+    }
+
+    /// The device slab now, slot by slot, where the backend has one (the
+    /// page's picture; docs/ARCHITECTURE.md, "The browser page").
+    pub fn slab_picture(&mut self) -> Option<crate::stage::SlabPicture> {
+        let view = self.resolved.opened.backend.slab_view()?;
+        let d = &self.data;
+        let counts = self.lookups.get_or_insert_with(|| crate::stage::access_counts(&d.train, d.users.len(), d.items.len()));
+        Some(crate::stage::SlabPicture::of(view, counts))
     }
 
     /// The run as asked for.

@@ -130,6 +130,56 @@ impl Areas {
     }
 }
 
+/// The slab slot by slot: its areas in slot order (resident, cache,
+/// staging, then the block area), the global row in each slot ([`NONE`]
+/// where empty) and how many rows each slot has received.
+#[derive(Debug, Clone)]
+pub struct SlabView {
+    pub areas: Areas,
+    pub block: u32,
+    pub rows: Vec<u32>,
+    pub loads: Vec<u32>,
+    pub n_users: u32,
+}
+
+/// [`SlabView`] as the page draws it: each slot's row (users first, then
+/// items; `null` where empty), the rows it has received, and its row's
+/// lookups per epoch, with the lookups from which a row is among the
+/// hottest 5% of the rows training touches.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlabPicture {
+    pub resident: u32,
+    pub cache: u32,
+    pub staging: u32,
+    pub block: u32,
+    pub n_users: u32,
+    pub rows: Vec<Option<u32>>,
+    pub loads: Vec<u32>,
+    pub lookups: Vec<u32>,
+    pub hot_lookups: u32,
+}
+
+impl SlabPicture {
+    /// `view` with `counts`, every global row's lookups per epoch.
+    pub fn of(view: SlabView, counts: &[u32]) -> Self {
+        let mut touched: Vec<u32> = counts.iter().copied().filter(|&c| c > 0).collect();
+        touched.sort_unstable_by(|a, b| b.cmp(a));
+        let hot_lookups = touched.get(touched.len() / 20).copied().unwrap_or(0).max(1);
+        let row = |r: u32| (r != NONE).then_some(r);
+        SlabPicture {
+            resident: view.areas.resident,
+            cache: view.areas.cache,
+            staging: view.areas.staging,
+            block: view.block,
+            n_users: view.n_users,
+            lookups: view.rows.iter().map(|&r| row(r).map_or(0, |r| counts[r as usize])).collect(),
+            rows: view.rows.into_iter().map(row).collect(),
+            loads: view.loads,
+            hot_lookups,
+        }
+    }
+}
+
 /// The slot map and the per-step staging decisions, the same for every
 /// policy and for the simulator.
 pub struct Stager {
@@ -140,6 +190,8 @@ pub struct Stager {
     /// that a lookup touches one cache line).
     rows: Vec<RowState>,
     row_of: Vec<u32>,
+    /// Per slot: how many rows have been placed in it (the slab picture).
+    slot_loads: Vec<u32>,
     free_cache: Vec<u32>,
     free_staging: Vec<u32>,
     cached: u32,
@@ -234,6 +286,7 @@ impl Stager {
             n_users,
             rows: vec![fresh; n],
             row_of: vec![NONE; slots as usize],
+            slot_loads: vec![0; slots as usize],
             free_cache: (r..c).rev().collect(),
             free_staging: (c..slots).rev().collect(),
             cached: 0,
@@ -259,6 +312,7 @@ impl Stager {
         for (slot, &row) in resident.iter().enumerate() {
             me.rows[row as usize].slot = slot as u32;
             me.row_of[slot] = row;
+            me.slot_loads[slot] = 1;
         }
         me.areas.resident = resident.len() as u32;
         // Steps touch only rows that training accesses (`counts` > 0).
@@ -284,6 +338,7 @@ impl Stager {
     pub fn with_block_area(mut self, slots: u32) -> Self {
         self.block_start = self.row_of.len() as u32;
         self.row_of.extend(std::iter::repeat_n(NONE, slots as usize));
+        self.slot_loads.extend(std::iter::repeat_n(0, slots as usize));
         self.free_block = (self.block_start..self.block_start + slots).rev().collect();
         // Blocks move rows in and out: keep the general path.
         self.all_resident &= slots == 0;
@@ -346,6 +401,17 @@ impl Stager {
         &self.block_rows
     }
 
+    /// What the slab holds now, slot by slot (the page's picture).
+    pub fn view(&self) -> SlabView {
+        SlabView {
+            areas: self.areas,
+            block: self.block_slots(),
+            rows: self.row_of.clone(),
+            loads: self.slot_loads.clone(),
+            n_users: self.n_users,
+        }
+    }
+
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()
     }
@@ -398,6 +464,7 @@ impl Stager {
         r.slot = slot;
         r.mark = stamp;
         self.row_of[slot as usize] = row;
+        self.slot_loads[slot as usize] += 1;
         moves.map.push([row, entry::slot(slot)]);
     }
 

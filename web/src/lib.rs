@@ -29,17 +29,81 @@ fn shown(e: rowstage::Error) -> String {
 /// Opens the browser's WebGPU device for the runs that ask for `webgpu`:
 /// its adapter as JSON (`rowstage devices`' fields, and `fallback`: a
 /// software adapter such as SwiftShader), or `null` where the browser
-/// offers none. An adapter whose device cannot be opened is an error.
+/// offers none. `name` names an adapter the browser gives wgpu no name
+/// for. An adapter whose device cannot be opened is an error.
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen]
-pub async fn open_webgpu() -> Result<String, JsError> {
+pub async fn open_webgpu(name: String) -> Result<String, JsError> {
     if rowstage::gpu::browser_adapter().await.is_none() {
         return Ok("null".into());
     }
-    let a = rowstage::gpu::open_browser_device().await.map_err(|e| JsError::new(&shown(e)))?;
+    let a = rowstage::gpu::open_browser_device(&name).await.map_err(|e| JsError::new(&shown(e)))?;
     let mut j = serde_json::to_value(&a)?;
     j["fallback"] = a.is_software().into();
     Ok(j.to_string())
+}
+
+/// The staging policies, as `[{"name", "about"}]` (`--policy`'s values).
+#[wasm_bindgen]
+pub fn policies() -> String {
+    use rowstage::Named;
+    let all: Vec<_> = rowstage::stage::PolicyKind::ALL
+        .iter()
+        .map(|&p| serde_json::json!({ "name": Named::name(p), "about": p.about() }))
+        .collect();
+    serde_json::Value::from(all).to_string()
+}
+
+/// Files a front end fetched, by the name its `data` or `test` pair gives.
+type Files = Vec<(Option<PathBuf>, Option<Vec<u8>>)>;
+
+/// Reads a request's files from `files` (parsed as `rowstage train` reads
+/// them from disk).
+fn reader(
+    files: &Files,
+    options: rowstage::data::LoadOptions,
+) -> impl FnMut(&Path) -> rowstage::Result<(rowstage::data::RatingSet, rowstage::data::LoadReport)> + '_ {
+    move |p: &Path| {
+        let bytes = files.iter().find(|(name, _)| name.as_deref() == Some(p)).and_then(|(_, b)| b.as_deref());
+        let bytes = bytes.ok_or_else(|| rowstage::Error::arg("`data`", p.display().to_string(), "was not fetched"))?;
+        parse_ratings(p, bytes, options)
+    }
+}
+
+/// The policy comparison: one epoch of the run that `pairs` asks for,
+/// replayed without kernels through `policies` at each of `budgets`
+/// (comma-separated, as `rowstage simulate` takes them). Returns
+/// `{"results": [...], "too_small": [...]}`: `results` is `rowstage
+/// simulate --json`'s list for the same data, settings and seed.
+#[wasm_bindgen]
+pub fn compare(
+    pairs: &str,
+    budgets: &str,
+    policies: &str,
+    data: Option<Vec<u8>>,
+    test: Option<Vec<u8>>,
+) -> Result<String, JsError> {
+    use rowstage::bench::simulate::{SweepOutcome, replayed, sweep};
+    let fail = |e: rowstage::Error| JsError::new(&shown(e));
+    let pairs: Vec<(String, String)> = serde_json::from_str(pairs)?;
+    let request = query::request_from_pairs(&pairs).map_err(fail)?;
+    let budgets = rowstage::stage::Budget::parse_list("`device-memory`", budgets).map_err(fail)?;
+    let policies = rowstage::stage::PolicyKind::parse_list("`policy`", policies).map_err(fail)?;
+    let files = vec![(request.source.path.clone(), data), (request.source.test.clone(), test)];
+    let loaded =
+        request.source.load_with(request.spec.seed, &mut reader(&files, request.source.options)).map_err(fail)?;
+    let spec = rowstage::train::RunSpec { epochs: 1, ..request.spec };
+    let rows = sweep(&loaded.dataset, &spec, spec.backend.lookahead, &budgets, &policies, &mut |_| {}).map_err(fail)?;
+    let too_small: Vec<_> = rows
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            SweepOutcome::TooSmall { step, needed } => Some(serde_json::json!({
+                "device_memory": r.label, "policy": r.policy, "step": step, "needed_bytes": needed,
+            })),
+            SweepOutcome::Replayed(_) => None,
+        })
+        .collect();
+    Ok(serde_json::json!({ "results": replayed(&rows), "too_small": too_small }).to_string())
 }
 
 thread_local! {
@@ -87,7 +151,7 @@ pub struct WebRun {
     /// suspended waiting for the device.
     cancel: Option<CancelToken>,
     pairs: Vec<(String, String)>,
-    files: Rc<Vec<(Option<PathBuf>, Option<Vec<u8>>)>>,
+    files: Rc<Files>,
 }
 
 #[wasm_bindgen]
@@ -109,13 +173,7 @@ impl WebRun {
         let (state, pairs, files) = (self.state.clone(), self.pairs.clone(), self.files.clone());
         queue(state.clone(), move || {
             let request = query::request_from_pairs(&pairs).map_err(shown)?;
-            let options = request.source.options;
-            let mut read = |p: &Path| {
-                let bytes = files.iter().find(|(name, _)| name.as_deref() == Some(p)).and_then(|(_, b)| b.as_deref());
-                let bytes =
-                    bytes.ok_or_else(|| rowstage::Error::arg("`data`", p.display().to_string(), "was not fetched"))?;
-                parse_ratings(p, bytes, options)
-            };
+            let mut read = reader(&files, request.source.options);
             let run = Run::from_request_with(request, RunOptions::default(), &mut read).map_err(shown)?;
             state.borrow_mut().run = Some(run);
             Ok(None)
@@ -165,6 +223,14 @@ impl WebRun {
     pub fn outcome(&self) -> Result<Option<String>, JsError> {
         let outcome = self.state.borrow_mut().outcome.take();
         outcome.unwrap_or_else(|| Err("no device call has completed".into())).map_err(|e| JsError::new(&e))
+    }
+
+    /// The device slab now, slot by slot (`rowstage::stage::SlabPicture`
+    /// as JSON), or `undefined` where the backend has none (the CPU).
+    pub fn slab_picture(&self) -> Option<String> {
+        let mut s = self.state.borrow_mut();
+        let picture = s.run.as_mut()?.slab_picture()?;
+        serde_json::to_string(&picture).ok()
     }
 
     /// Stops the run at the next epoch's start; its report then says

@@ -1,13 +1,16 @@
 // The page: reads its settings from the URL query (rowstage train's flag
 // names), runs the library in wasm an epoch at a time, and publishes the
-// outcome where scripts can read it (document.title, window.rowstageReport).
-import init, { WebRun, last_panic, open_webgpu } from "./pkg/rowstage_web.js";
+// outcome where scripts can read it (document.title, window.rowstageReport,
+// window.rowstageComparison).
+import init, { WebRun, compare, last_panic, open_webgpu, policies } from "./pkg/rowstage_web.js";
 import { jspi } from "./jspi.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 // Names the page itself reads; the rest go to the library as they are.
-const PAGE = new Set(["autorun", "post"]);
+// `compare=BUDGETS` compares the policies at those budgets instead of
+// training.
+const PAGE = new Set(["autorun", "post", "compare"]);
 let current = null;
 
 function pairsFrom(params) {
@@ -28,42 +31,124 @@ function download(name, bytes, type) {
   $("downloads").append(a, " ");
 }
 
-function row(stage, e) {
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let k = 0;
+  while (n >= 1024 && k < units.length - 1) (n /= 1024), k++;
+  return `${k ? n.toFixed(2) : n} ${units[k]}`;
+}
+
+const percent = (x) => (x == null ? "–" : `${(100 * x).toFixed(1)}%`);
+
+function tableRow(table, cells) {
   const tr = document.createElement("tr");
+  for (const v of cells) {
+    const td = document.createElement("td");
+    td.textContent = v;
+    tr.append(td);
+  }
+  $(table).tBodies[0].append(tr);
+}
+
+function epochRow(stage, e) {
   const rmse = (x) => (x == null ? "no test ratings" : x.toFixed(4));
   // A clock that did not move (Chromium's virtual time, a coarse timer on a
   // short epoch) gives no speed: show none rather than a huge one.
   const timed = e.seconds > 0;
   const speed = timed ? e.ratings_per_sec.toExponential(3) : "not timed";
-  for (const v of [stage, e.epoch, e.train_rmse.toFixed(4), rmse(e.test_rmse), speed, e.seconds.toFixed(3)]) {
-    const td = document.createElement("td");
-    td.textContent = v;
-    tr.append(td);
-  }
-  $("epochs").tBodies[0].append(tr);
+  const device = e.device_seconds == null ? "–" : e.device_seconds.toFixed(3);
+  tableRow("epochs", [
+    stage, e.epoch, e.train_rmse.toFixed(4), rmse(e.test_rmse), speed, e.seconds.toFixed(3),
+    `${e.host_seconds.toFixed(3)} / ${device}${e.bound ? ` (${e.bound})` : ""}`,
+    e.rows_in, e.rows_out, bytes(e.bytes_h2d), bytes(e.bytes_d2h), percent(e.hit_rate),
+    e.predicted_rows_in == null ? "–" : Math.round(e.predicted_rows_in),
+  ]);
 }
 
-// One run from name-value pairs; `file` is a File the user picked.
-async function train(pairs, file) {
-  $("epochs").tBodies[0].replaceChildren();
-  $("final").textContent = $("notes").textContent = $("downloads").textContent = "";
-  $("final").className = "";
-  document.title = "rowstage: running";
-  let data = null, test = null, notes = [];
+// The slab as cells: the hue says the area, the lightness how many rows the
+// slot has received, a dot a hot row.
+function drawSlab(p) {
+  $("slab").hidden = false;
+  const canvas = $("slab-canvas"), ctx = canvas.getContext("2d");
+  const n = p.rows.length;
+  const cols = Math.max(1, Math.ceil(Math.sqrt((n * canvas.width) / canvas.height)));
+  const size = Math.max(1, Math.floor(canvas.width / cols));
+  canvas.height = Math.max(size, Math.ceil(n / cols) * size);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const ends = [p.resident, p.resident + p.cache, p.resident + p.cache + p.staging];
+  const hues = [215, 140, 30, 280];
+  const most = Math.max(1, ...p.loads);
+  let hotHeld = 0;
+  for (let s = 0; s < n; s++) {
+    const x = (s % cols) * size, y = Math.floor(s / cols) * size;
+    if (p.rows[s] == null) {
+      ctx.fillStyle = "#eee";
+    } else {
+      const area = ends.findIndex((e) => s < e);
+      const light = 30 + 50 * (Math.log1p(p.loads[s]) / Math.log1p(most));
+      ctx.fillStyle = `hsl(${hues[area < 0 ? 3 : area]}, 60%, ${light}%)`;
+    }
+    ctx.fillRect(x, y, Math.max(1, size - 1), Math.max(1, size - 1));
+    if (p.rows[s] != null && p.lookups[s] >= p.hot_lookups) {
+      hotHeld++;
+      if (size >= 4) {
+        ctx.fillStyle = "#000";
+        ctx.fillRect(x + size / 2 - 1, y + size / 2 - 1, 2, 2);
+      }
+    }
+  }
+  const loads = [...p.loads].sort((a, b) => a - b);
+  $("slab-summary").textContent =
+    `${n} slots: ${p.resident} resident, ${p.cache} cache, ${p.staging} staging` +
+    (p.block ? `, ${p.block} block` : "") +
+    `; ${p.rows.filter((r) => r != null).length} hold a row, ${hotHeld} of them hot (≥ ${p.hot_lookups} lookups an epoch). ` +
+    `Rows received per slot so far: median ${loads[loads.length >> 1]}, most ${loads[loads.length - 1]}.`;
+}
+
+// The backend a run asks for, as the page can give it: WebGPU where the
+// browser has it (and can wait for it: see jspi.js), else the CPU backend,
+// compiled to wasm (one thread), which trains the same model.
+function chooseBackend(pairs, notes) {
   const asked = (pairs.find(([k]) => k === "backend") || [, "auto"])[1];
   let backend = asked;
   if (asked === "auto" || asked === "webgpu") {
-    // WebGPU where the browser has it (and can wait for it: see jspi.js);
-    // otherwise the CPU backend, compiled to wasm (one thread), trains the
-    // same model.
     const why = !window.rowstageAdapter
       ? (webgpuError ? `WebGPU failed to open (${webgpuError})` : "this browser offers no WebGPU adapter")
       : !jspi ? "this browser cannot wait for WebGPU from WebAssembly (no JavaScript Promise Integration)" : null;
     backend = why ? "cpu" : "webgpu";
     if (why) notes.push(`${why}: the CPU backend (wasm, one thread) trains the same model`);
   }
-  pairs = pairs.filter(([k]) => k !== "backend").concat([["backend", backend]]);
-  const onGpu = backend === "webgpu";
+  return pairs.filter(([k]) => k !== "backend").concat([["backend", backend]]);
+}
+
+// The files the pairs name (fetched same-origin) or the one picked.
+async function files(pairs, file) {
+  if (file) {
+    const data = new Uint8Array(await file.arrayBuffer());
+    pairs = pairs.filter(([k]) => k !== "data" && k !== "synthetic").concat([["data", file.name]]);
+    return { pairs, data, test: null };
+  }
+  const d = pairs.find(([k]) => k === "data"), t = pairs.find(([k]) => k === "test");
+  return { pairs, data: d ? await fetchBytes(d[1]) : null, test: t ? await fetchBytes(t[1]) : null };
+}
+
+function clear() {
+  $("epochs").tBodies[0].replaceChildren();
+  $("compared").tBodies[0].replaceChildren();
+  $("final").textContent = $("notes").textContent = $("downloads").textContent = "";
+  $("final").className = "";
+  $("slab").hidden = $("comparison").hidden = true;
+  window.rowstageReport = window.rowstageComparison = window.rowstageSlab = undefined;
+}
+
+// One run from name-value pairs; `file` is a File the user picked.
+async function train(pairs, file) {
+  const notes = [];
+  pairs = chooseBackend(pairs, notes);
+  const onGpu = pairs.some(([k, v]) => k === "backend" && v === "webgpu");
+  const f = await files(pairs, file);
+  window.rowstageTimings = { run_start_ms: performance.now() };
+  const run = new WebRun(JSON.stringify(f.pairs), f.data, f.test);
   // Work that may wait for the device runs suspendable (src/gpu/browser.rs).
   const call = async (begin) => {
     begin();
@@ -71,19 +156,9 @@ async function train(pairs, file) {
     else deviceCall();
     return run.outcome();
   };
-  if (file) {
-    data = new Uint8Array(await file.arrayBuffer());
-    pairs = pairs.filter(([k]) => k !== "data" && k !== "synthetic").concat([["data", file.name]]);
-  } else {
-    const d = pairs.find(([k]) => k === "data"), t = pairs.find(([k]) => k === "test");
-    if (d) data = await fetchBytes(d[1]);
-    if (t) test = await fetchBytes(t[1]);
-  }
-  window.rowstageTimings = { run_start_ms: performance.now() };
-  const run = new WebRun(JSON.stringify(pairs), data, test);
   current = run;
   $("stop").disabled = false;
-  let report;
+  let report, slab;
   try {
     await call(() => run.begin_open());
     $("notes").textContent = notes.concat(run.notes().split("\n").filter((l) => l)).join("\n");
@@ -93,7 +168,9 @@ async function train(pairs, file) {
       const { stage, epoch } = JSON.parse(step);
       // Milliseconds since the page began to load (performance.now()'s origin).
       window.rowstageTimings.first_epoch_ms ??= performance.now();
-      row(stage, epoch);
+      epochRow(stage, epoch);
+      slab = run.slab_picture();
+      if (slab) drawSlab((window.rowstageSlab = JSON.parse(slab)));
       // Let the page draw and hear Stop between epochs.
       await new Promise((r) => setTimeout(r, 0));
     }
@@ -104,29 +181,56 @@ async function train(pairs, file) {
   }
   const model = run.model();
   window.rowstageReport = report;
-  const f = report.final;
+  const fin = report.final;
   $("final").textContent = (report.complete ? "" : "stopped: ") +
-    (f.test_rmse == null ? "no test ratings to score" : `test RMSE ${f.test_rmse.toFixed(4)}  MAE ${f.test_mae.toFixed(4)}`) +
-    (report.epochs.every((e) => e.seconds > 0) ? `  ${f.ratings_per_sec.toExponential(3)} ratings/s` : "");
+    (fin.test_rmse == null ? "no test ratings to score" : `test RMSE ${fin.test_rmse.toFixed(4)}  MAE ${fin.test_mae.toFixed(4)}`) +
+    (report.epochs.every((e) => e.seconds > 0) ? `  ${fin.ratings_per_sec.toExponential(3)} ratings/s` : "") +
+    ` on ${report.config.backend === "webgpu" ? `WebGPU (${report.config.adapter})` : "the CPU (wasm, one thread)"}`;
   download("report.json", JSON.stringify(report, null, 2), "application/json");
   download("model.safetensors", model, "application/octet-stream");
-  return { report, model };
+  // The slab after the last epoch (where the backend has one), posted first.
+  return { ...(slab ? { slab } : {}), report: JSON.stringify(report), model };
 }
 
-async function start(pairs, file) {
+// The policies compared at `budgets`, as `rowstage simulate` compares them.
+async function comparePolicies(pairs, file, budgets) {
+  const f = await files(pairs.filter(([k]) => k !== "backend" && k !== "policy"), file);
+  const out = JSON.parse(compare(JSON.stringify(f.pairs), budgets, "all", f.data, f.test));
+  window.rowstageComparison = out;
+  $("comparison").hidden = false;
+  for (const r of out.results) {
+    tableRow("compared", [
+      bytes(r.device_memory_bytes), r.policy, r.slots, r.rows_in, r.rows_out,
+      percent(r.hits / Math.max(1, r.hits + r.misses)), bytes(r.bytes_h2d),
+      r.predicted_rows_in == null ? "–" : Math.round(r.predicted_rows_in),
+    ]);
+  }
+  for (const t of out.too_small) {
+    tableRow("compared", [t.device_memory, t.policy, `too small: ${t.step} needs ${bytes(t.needed_bytes)}`]);
+  }
+  $("final").textContent = `one epoch replayed through every policy at ${budgets} (no kernels run: rows counted, not timed)`;
+  download("comparison.json", JSON.stringify(out.results, null, 2), "application/json");
+  return { comparison: JSON.stringify(out.results) };
+}
+
+// Runs `work`, then posts what it returns (part name → body) to the `post`
+// URL, for scripts and tests, and sets the title they wait for.
+async function start(work) {
+  clear();
+  document.title = "rowstage: running";
+  const post = query.get("post");
+  const send = (part, body) => fetch(`${post}?part=${part}`, { method: "POST", body });
   try {
-    const { report, model } = await train(pairs, file);
-    const post = query.get("post");
+    const parts = await work();
     if (post) {
-      // For scripts and tests: the adapter, the report and the model, to a
-      // same-origin URL.
-      window.rowstageTimings.done_ms = performance.now();
-      await fetch(post + "?part=timings", { method: "POST", body: JSON.stringify(window.rowstageTimings) });
-      await fetch(post + "?part=adapter", { method: "POST", body: JSON.stringify(window.rowstageAdapter) });
-      await fetch(post + "?part=report", { method: "POST", body: JSON.stringify(report) });
-      await fetch(post + "?part=model", { method: "POST", body: model });
+      window.rowstageTimings = { ...window.rowstageTimings, done_ms: performance.now() };
+      await send("timings", JSON.stringify(window.rowstageTimings));
+      await send("adapter", JSON.stringify(window.rowstageAdapter));
+      // The parts the test waits for last.
+      for (const [part, body] of Object.entries(parts)) await send(part, body);
     }
-    document.title = report.complete ? "rowstage: done" : "rowstage: stopped";
+    const stopped = window.rowstageReport && window.rowstageReport.complete === false;
+    document.title = stopped ? "rowstage: stopped" : "rowstage: done";
   } catch (e) {
     let message = e && e.message ? e.message : String(e);
     // A trap in the library: its panic says what happened.
@@ -134,8 +238,7 @@ async function start(pairs, file) {
     $("final").textContent = "error: " + message;
     $("final").className = "error";
     document.title = "rowstage: failed: " + message;
-    const post = query.get("post");
-    if (post) await fetch(post + "?part=error", { method: "POST", body: message });
+    if (post) await send("error", message);
   }
 }
 
@@ -143,10 +246,16 @@ const wasm = await init();
 const deviceCall = wasm.rowstage_device_call;
 const deviceCallSuspending = jspi ? WebAssembly.promising(wasm.rowstage_device_call) : null;
 // The adapter, as wgpu finds it through the browser (null: no WebGPU), with
-// its device opened once for every run of the page.
+// its device opened once for every run of the page. The browser gives wgpu
+// no name for it; GPUAdapterInfo has a vendor and an architecture.
 let webgpuError = null;
 try {
-  window.rowstageAdapter = navigator.gpu ? JSON.parse(await open_webgpu()) : null;
+  let name = "WebGPU adapter";
+  if (navigator.gpu) {
+    const info = (await navigator.gpu.requestAdapter())?.info;
+    if (info) name = [info.vendor, info.architecture, info.description].filter((s) => s).join(" ") || name;
+  }
+  window.rowstageAdapter = navigator.gpu ? JSON.parse(await open_webgpu(name)) : null;
 } catch (e) {
   window.rowstageAdapter = null;
   webgpuError = e && e.message ? e.message : String(e);
@@ -154,22 +263,58 @@ try {
 {
   const a = window.rowstageAdapter;
   $("device").textContent = a
-    ? `WebGPU adapter: ${a.name || "(the browser does not name it)"}${a.fallback ? ", a fallback (software) adapter" : ""}; ` +
+    ? `WebGPU adapter: ${a.name}${a.fallback ? ", a fallback (software) adapter" : ""}; ` +
       `largest storage binding ${(a.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB.` +
       (jspi ? "" : " This browser cannot wait for it from WebAssembly (no JavaScript Promise Integration): the CPU backend trains.")
     : `WebGPU: ${webgpuError ? `failed to open (${webgpuError})` : "this browser offers no adapter"}; the CPU backend trains.`;
 }
+for (const p of JSON.parse(policies())) {
+  const o = new Option(p.name, p.name, p.name === "sca", p.name === "sca");
+  o.title = p.about;
+  $("policy").append(o);
+}
+
+// The device-memory slider: a share of the tables, or auto.
+function showShare() {
+  const auto = $("share-auto").checked;
+  $("share").disabled = auto;
+  const value = auto ? "auto" : `${$("share").value}%`;
+  document.querySelector('#settings [name="device-memory"]').value = value;
+  $("share-shown").textContent = auto ? "auto" : `${$("share").value}% of the tables`;
+}
 for (const [k, v] of query) {
+  if (k === "device-memory") {
+    const share = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(v);
+    $("share-auto").checked = !share;
+    if (share) $("share").value = share[1];
+  }
   const input = document.querySelector(`#settings [name="${k}"]`);
   if (input) input.value = v;
 }
-$("settings").addEventListener("submit", (ev) => {
-  ev.preventDefault();
+if (query.get("compare")) $("budgets").value = query.get("compare");
+$("share").addEventListener("input", showShare);
+$("share-auto").addEventListener("change", showShare);
+if (query.has("device-memory") && $("share-auto").checked) {
+  // A size such as 64KiB: kept as given, shown as it is.
+  $("share-shown").textContent = query.get("device-memory");
+} else {
+  showShare();
+}
+
+function formPairs() {
   const form = new FormData($("settings"));
   const pairs = [...form].filter(([, v]) => v !== "" && typeof v === "string");
   // Settings of the query that the form has no field for still apply.
   for (const p of pairsFrom(query)) if (!form.has(p[0])) pairs.push(p);
-  start(pairs, $("file").files[0]);
+  return pairs;
+}
+$("settings").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  start(() => train(formPairs(), $("file").files[0]));
 });
+$("compare").addEventListener("click", () => start(() => comparePolicies(formPairs(), $("file").files[0], $("budgets").value)));
 $("stop").addEventListener("click", () => current && current.stop());
-if (query.get("autorun") === "1") start(pairsFrom(query), null);
+if (query.get("autorun") === "1") {
+  const budgets = query.get("compare");
+  start(() => (budgets ? comparePolicies(pairsFrom(query), null, budgets) : train(pairsFrom(query), null)));
+}

@@ -133,14 +133,7 @@ pub(crate) fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         }
     })?;
     if let Some(path) = &a.json {
-        let results: Vec<_> = rows
-            .iter()
-            .filter_map(|r| match &r.outcome {
-                SweepOutcome::Replayed(r) => Some(r),
-                SweepOutcome::TooSmall { .. } => None,
-            })
-            .collect();
-        write_output(path, &serde_json::to_string_pretty(&results).expect("json"))?;
+        write_output(path, &serde_json::to_string_pretty(&bench::simulate::replayed(&rows)).expect("json"))?;
     }
     Ok(())
 }

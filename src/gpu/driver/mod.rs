@@ -224,6 +224,10 @@ impl Backend for GpuBackend {
         self.exec.dev.ctx.summary.is_noop()
     }
 
+    fn slab_view(&self) -> Option<crate::stage::SlabView> {
+        Some(self.stager.view())
+    }
+
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
         let t0 = Instant::now();
         let copies = self.copies as usize;
