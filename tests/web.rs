@@ -280,30 +280,25 @@ fn a_bad_setting_in_the_url_fails_the_page_by_name() {
 
 #[test]
 fn a_screenshot_of_a_finished_run_is_not_blank() {
+    use base64::Engine;
     let Some(chromium) = page_and_browser("page, screenshot") else { return };
     let (origin, _) = serve(Vec::new());
-    let dir = tempfile::tempdir().unwrap();
-    let shot = dir.path().join("page.png");
-    // Virtual time lets the run end before the picture is taken (its speed
-    // figures are then meaningless: this checks what is drawn).
-    let status = Command::new(&chromium)
-        .args(["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
-        .args(["--window-size=1000,900", "--virtual-time-budget=60000", "--enable-unsafe-webgpu"])
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("{origin}/?synthetic=400,200,6000&epochs=3&seed=7&lr=0.05&reg=0.08&autorun=1"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let png = std::fs::read(&shot).expect("a screenshot");
+    let profile = tempfile::tempdir().unwrap();
+    // A slab of a tenth of the tables, so that the picture shows rows staged.
+    let url = format!("{origin}/?synthetic=2000,1000,30000&epochs=4&seed=7&device-memory=10%25&autorun=1");
+    let child = browser(&chromium, profile.path(), &url, &["--remote-debugging-port=0", "--window-size=1200,1400", "--enable-unsafe-webgpu"]);
+    let mut page = DevTools::attach(profile.path());
+    page.wait_for("document.title.startsWith('rowstage: done')", "the finished run");
+    assert_eq!(page.eval("window.rowstageReport.config.backend"), "webgpu");
+    let shot = page.call("Page.captureScreenshot", serde_json::json!({ "format": "png", "captureBeyondViewport": true }));
+    drop(child);
+    let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().expect("a screenshot")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    // A blank page of this size compresses to a few KiB; text and a table
-    // of epochs take far more.
+    // A blank page of this size compresses to a few KiB; text, a table of
+    // epochs and the slab's cells take far more.
     assert!(png.len() > 20_000, "the screenshot looks blank: {} bytes", png.len());
     if let Ok(keep) = std::env::var("ROWSTAGE_KEEP_SCREENSHOT") {
-        std::fs::copy(&shot, keep).unwrap();
+        std::fs::write(keep, &png).unwrap();
     }
 }
 
@@ -349,24 +344,26 @@ impl DevTools {
         DevTools { socket, next: 1 }
     }
 
-    /// The value of `expression` in the page.
-    fn eval(&mut self, expression: &str) -> serde_json::Value {
+    /// The result of the DevTools `method` with `params`.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
         let id = self.next;
         self.next += 1;
-        let call = serde_json::json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": { "expression": expression, "returnByValue": true },
-        });
+        let call = serde_json::json!({ "id": id, "method": method, "params": params });
         self.socket.send(tungstenite::Message::text(call.to_string())).unwrap();
         loop {
             let msg = self.socket.read().expect("a DevTools reply");
             let Ok(text) = msg.to_text() else { continue };
             let reply: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
             if reply["id"] == id {
-                return reply["result"]["result"]["value"].clone();
+                return reply["result"].clone();
             }
         }
+    }
+
+    /// The value of `expression` in the page.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let params = serde_json::json!({ "expression": expression, "returnByValue": true });
+        self.call("Runtime.evaluate", params)["result"]["value"].clone()
     }
 
     /// Waits until `expression` is true in the page.

@@ -200,6 +200,8 @@ impl WebRun {
             let Some(run) = s.run.as_mut() else { return Ok(None) };
             Ok(run.step().map_err(shown)?.map(|(stage, e)| {
                 let stage = if stage == Stage::Choosing { "choosing" } else { "training" };
+                // No noop backend in a browser: every epoch's figures are a model's.
+                let e = rowstage::report::EpochJson::of(&e, false);
                 serde_json::json!({ "stage": stage, "epoch": e }).to_string()
             }))
         });
