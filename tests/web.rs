@@ -477,3 +477,67 @@ fn numbers_as_f64(v: serde_json::Value) -> serde_json::Value {
         v => v,
     }
 }
+
+/// The keys of `v`'s objects, recursively (`path.key`), arrays by their
+/// first element.
+fn key_paths(v: &serde_json::Value, path: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                let p = format!("{path}.{k}");
+                out.insert(p.clone());
+                key_paths(v, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            if let Some(first) = a.first() {
+                key_paths(first, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn benchmark_this_device_runs_bench_preset_web_in_its_schema() {
+    let Some(chromium) = page_and_browser("page, benchmark") else { return };
+    let parts = page_parts(&chromium, "bench=1&backend=webgpu", Vec::new(), &["bench"]);
+    let page: serde_json::Value = serde_json::from_slice(&parts["bench"]).expect("the benchmark is JSON");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.json");
+    let out = Command::new(assert_cmd::cargo::cargo_bin("rowstage"))
+        .args(["bench", "--preset", "web", "--backend", "cpu", "--threads", "1", "--export-json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let native: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(page["complete"], true);
+    let rows = page["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "three budgets of sca: {page}");
+    assert!(rows.iter().all(|r| r["backend"] == "webgpu"), "{page}");
+    assert!(page["environment"]["browser"].as_str().is_some_and(|b| b.contains("Chrome")), "{}", page["environment"]);
+    // The same sweep: the same data and plan, and (the same model) the
+    // same test RMSE as the native CPU backend's.
+    assert_eq!(page["dataset"], native["dataset"]);
+    let plan = |v: &serde_json::Value| {
+        let mut p = v["plan"].clone();
+        for k in ["backends", "threads"] {
+            p.as_object_mut().unwrap().remove(k);
+        }
+        p
+    };
+    assert_eq!(plan(&page), plan(&native), "the page's sweep differs from bench --preset web's");
+    let native_rmse = native["rows"][0]["test_rmse"].as_f64().unwrap();
+    for r in rows {
+        let d = (r["test_rmse"].as_f64().unwrap() - native_rmse).abs();
+        assert!(d <= 1e-4, "test RMSE {} on the page, {native_rmse} natively", r["test_rmse"]);
+    }
+    // In `rowstage bench --export-json`'s schema: the same keys.
+    let (mut a, mut b) = (Default::default(), Default::default());
+    key_paths(&page, "", &mut a);
+    key_paths(&native, "", &mut b);
+    // The CPU backend has no device time: its `device_seconds_stats` is null.
+    let differ: Vec<_> = a.symmetric_difference(&b).filter(|k| !k.contains(".device_seconds_stats.")).collect();
+    assert!(differ.is_empty(), "the page's benchmark JSON and rowstage bench's differ in keys: {differ:?}");
+}

@@ -34,6 +34,8 @@ pub struct Environment {
     pub cpu_threads: usize,
     /// Every adapter wgpu found; the rows name theirs.
     pub adapters: Vec<AdapterInfo>,
+    /// The browser that ran the sweep (its user agent), for the page's.
+    pub browser: Option<String>,
 }
 
 impl Environment {
@@ -43,7 +45,7 @@ impl Environment {
             rowstage_version: env!("CARGO_PKG_VERSION"),
             git_revision: option_env!("ROWSTAGE_GIT_REVISION"),
             wgpu_version: crate::gpu::WGPU_VERSION,
-            date_utc: rfc3339_utc(std::time::SystemTime::now()),
+            date_utc: rfc3339_utc(web_time::SystemTime::now()),
             os: std::env::consts::OS,
             arch: std::env::consts::ARCH,
             cpu: cpu_model(),
@@ -58,6 +60,7 @@ impl Environment {
                     driver_info: a.driver_info.clone(),
                 })
                 .collect(),
+            browser: None,
         }
     }
 }
@@ -72,8 +75,8 @@ fn cpu_model() -> Option<String> {
 }
 
 /// `t` as `YYYY-MM-DDTHH:MM:SSZ` (a time before 1970 reads as 1970).
-pub fn rfc3339_utc(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+pub fn rfc3339_utc(t: web_time::SystemTime) -> String {
+    let secs = t.duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Days to a civil date (H. Hinnant's algorithm, proleptic Gregorian).
     let z = days + 719_468;

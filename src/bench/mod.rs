@@ -76,6 +76,74 @@ pub struct BenchPlan {
     pub target_rmse: Option<f64>,
 }
 
+/// A fixed sweep: the same data, settings and configurations on every
+/// machine, so that figures from a phone's browser and a workstation's
+/// command line go into one table. `rowstage bench --preset web` and the
+/// page's "Benchmark this device" run [`PRESETS`]' `web`.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    pub name: &'static str,
+    /// The generator's `USERS,ITEMS,RATINGS` (MovieLens-shaped skew).
+    pub synthetic: &'static str,
+    pub budgets: &'static str,
+    pub policies: &'static str,
+    pub warmup: usize,
+    pub epochs: usize,
+    pub rank: usize,
+    /// Fixed, so that no configuration spends time choosing.
+    pub lr: f32,
+    pub reg: f32,
+    pub batch: usize,
+    pub seed: u64,
+}
+
+/// The presets, by name.
+pub const PRESETS: &[Preset] = &[Preset {
+    name: "web",
+    // Small enough for a software adapter in a browser (SwiftShader trains
+    // it in about half a minute), skewed as real data is.
+    synthetic: "2000,1000,50000",
+    budgets: "100%,25%,5%",
+    policies: "sca",
+    warmup: 1,
+    epochs: 2,
+    rank: 32,
+    lr: 0.05,
+    reg: 0.08,
+    batch: 2048,
+    seed: 42,
+}];
+
+impl Preset {
+    /// The preset called `name`.
+    pub fn named(name: &str) -> Result<&'static Preset> {
+        PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+            Error::arg("`preset`", name, format!("expected one of {}", names.join(", ")))
+        })
+    }
+
+    /// Where its ratings come from: the generator.
+    pub fn source(&self) -> Result<crate::data::DataSource> {
+        let synthetic = crate::data::SyntheticSpec::parse(self.synthetic, None)?;
+        Ok(crate::data::DataSource { synthetic, ..crate::data::DataSource::default() })
+    }
+
+    /// Its sweep over the comma-separated `backends` (see [`BenchPlan::of`]).
+    pub fn plan(&self, backends: &str, adapter: Option<&str>) -> Result<(BenchPlan, Vec<String>)> {
+        let spec = crate::train::RunSpec {
+            hp: crate::model::HyperParams { rank: self.rank, lr: self.lr, reg: self.reg, ..Default::default() },
+            epochs: self.epochs,
+            batch: crate::train::BatchRequest::Fixed(self.batch),
+            seed: self.seed,
+            ..crate::train::RunSpec::default()
+        };
+        let budgets = Budget::parse_list("`device_memory`", self.budgets)?;
+        let policies = PolicyKind::parse_list("`policy`", self.policies)?;
+        BenchPlan::of(&spec, (backends, adapter), budgets, policies, self.warmup)
+    }
+}
+
 /// The backends of a sweep from a comma-separated list of names, `auto`
 /// resolved now to the best adapter's backend (or the CPU's where there is
 /// none and no `adapter` filter was asked for, with a notice), and each named

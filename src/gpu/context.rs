@@ -269,8 +269,15 @@ fn device_descriptor(summary: &AdapterSummary, limits: wgpu::Limits) -> wgpu::De
     }
 }
 
-/// Every adapter wgpu finds for `choice`, best first.
+/// Every adapter wgpu finds for `choice`, best first (in a browser, the
+/// page's device, where it has opened one).
 pub fn list_adapters(choice: BackendChoice) -> Vec<AdapterSummary> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = choice;
+        BROWSER_DEVICE.with_borrow(|c| c.iter().map(|c| c.summary.clone()).collect())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
     sorted_adapters(&instance(choice), choice).iter().map(AdapterSummary::of).collect()
 }
 

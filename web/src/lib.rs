@@ -14,6 +14,8 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rowstage::data::parse_ratings;
 use rowstage::session::{Finished, Run, RunOptions, Stage, query};
@@ -134,19 +136,28 @@ pub extern "C" fn rowstage_device_call() {
     }
 }
 
+/// A device call's outcome: its JSON (or nothing), or an error; `None`
+/// until the call has completed.
+type Outcome = Rc<RefCell<Option<Result<Option<String>, String>>>>;
+
+/// Takes `outcome` as the page receives it (an error is thrown).
+fn take(outcome: &Outcome) -> Result<Option<String>, JsError> {
+    let o = outcome.borrow_mut().take();
+    o.unwrap_or_else(|| Err("no device call has completed".into())).map_err(|e| JsError::new(&e))
+}
+
 /// What the page's run holds; borrowed only inside a device call.
 #[derive(Default)]
 struct State {
     run: Option<Run>,
     finished: Option<Finished>,
-    /// The last device call's outcome: its JSON (or nothing), or an error.
-    outcome: Option<Result<Option<String>, String>>,
 }
 
 /// One run of the page.
 #[wasm_bindgen]
 pub struct WebRun {
     state: Rc<RefCell<State>>,
+    outcome: Outcome,
     /// Held apart from the state, so that Stop is heard while an epoch is
     /// suspended waiting for the device.
     cancel: Option<CancelToken>,
@@ -164,14 +175,14 @@ impl WebRun {
         let pairs: Vec<(String, String)> = serde_json::from_str(pairs)?;
         let request = query::request_from_pairs(&pairs).map_err(|e| JsError::new(&shown(e)))?;
         let files = vec![(request.source.path.clone(), data), (request.source.test.clone(), test)];
-        Ok(WebRun { state: Rc::default(), cancel: None, pairs, files: Rc::new(files) })
+        Ok(WebRun { state: Rc::default(), outcome: Outcome::default(), cancel: None, pairs, files: Rc::new(files) })
     }
 
     /// Queues opening the run: reading the data, choosing what the run
     /// chooses before training (a calibration on a GPU).
     pub fn begin_open(&mut self) {
         let (state, pairs, files) = (self.state.clone(), self.pairs.clone(), self.files.clone());
-        queue(state.clone(), move || {
+        queue(&self.outcome, move || {
             let request = query::request_from_pairs(&pairs).map_err(shown)?;
             let mut read = reader(&files, request.source.options);
             let run = Run::from_request_with(request, RunOptions::default(), &mut read).map_err(shown)?;
@@ -195,7 +206,7 @@ impl WebRun {
     /// `undefined` once the run is over.
     pub fn begin_step(&self) {
         let state = self.state.clone();
-        queue(self.state.clone(), move || {
+        queue(&self.outcome, move || {
             let mut s = state.borrow_mut();
             let Some(run) = s.run.as_mut() else { return Ok(None) };
             Ok(run.step().map_err(shown)?.map(|(stage, e)| {
@@ -211,7 +222,7 @@ impl WebRun {
     /// --json`'s schema.
     pub fn begin_finish(&self) {
         let state = self.state.clone();
-        queue(self.state.clone(), move || {
+        queue(&self.outcome, move || {
             let mut s = state.borrow_mut();
             if let Some(run) = s.run.take() {
                 s.finished = Some(run.finish().map_err(shown)?);
@@ -223,8 +234,7 @@ impl WebRun {
 
     /// The outcome of the last device call (an error is thrown).
     pub fn outcome(&self) -> Result<Option<String>, JsError> {
-        let outcome = self.state.borrow_mut().outcome.take();
-        outcome.unwrap_or_else(|| Err("no device call has completed".into())).map_err(|e| JsError::new(&e))
+        take(&self.outcome)
     }
 
     /// The device slab now, slot by slot (`rowstage::stage::SlabPicture`
@@ -252,10 +262,84 @@ impl WebRun {
     }
 }
 
-/// Queues `work` for the next device call; its outcome lands in `state`.
-fn queue(state: Rc<RefCell<State>>, work: impl FnOnce() -> Result<Option<String>, String> + 'static) {
+/// Queues `work` for the next device call; its outcome lands in `outcome`.
+fn queue(outcome: &Outcome, work: impl FnOnce() -> Result<Option<String>, String> + 'static) {
+    let outcome = outcome.clone();
     QUEUED.set(Some(Box::new(move || {
-        let outcome = work();
-        state.borrow_mut().outcome = Some(outcome);
+        let result = work();
+        *outcome.borrow_mut() = Some(result);
     })));
+}
+
+/// "Benchmark this device": the sweep `rowstage bench --preset web` runs,
+/// on this page's backend.
+#[wasm_bindgen]
+pub struct WebBench {
+    outcome: Outcome,
+    stop: Arc<AtomicBool>,
+    /// What the sweep is doing, one line (read while it is suspended).
+    doing: Rc<RefCell<String>>,
+}
+
+impl Default for WebBench {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[wasm_bindgen]
+impl WebBench {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> WebBench {
+        WebBench { outcome: Outcome::default(), stop: Arc::default(), doing: Rc::default() }
+    }
+
+    /// Queues the sweep on `backend` (`webgpu` or `cpu`); its outcome is
+    /// the report in `rowstage bench --export-json`'s schema, with
+    /// `environment.browser` set to `browser`.
+    pub fn begin(&self, backend: String, browser: String) {
+        let (stop, doing) = (self.stop.clone(), self.doing.clone());
+        queue(&self.outcome, move || {
+            let preset = rowstage::bench::Preset::named("web").map_err(shown)?;
+            let (plan, _) = preset.plan(&backend, None).map_err(shown)?;
+            let mut no_file = |p: &Path| Err(rowstage::Error::arg("`data`", p.display().to_string(), "was not fetched"));
+            let source = preset.source().map_err(shown)?;
+            let data = source.load_with(plan.settings.seed, &mut no_file).map_err(shown)?.dataset;
+            let info = rowstage::report::DatasetInfo::of(&data, 0);
+            let mut progress = Doing(doing);
+            let mut report = rowstage::bench::run(&data, info, &plan, &stop, &mut progress).map_err(shown)?;
+            report.environment.browser = Some(browser);
+            Ok(Some(rowstage::bench::export::json(&report)))
+        });
+    }
+
+    /// What the sweep is doing now.
+    pub fn doing(&self) -> String {
+        self.doing.borrow().clone()
+    }
+
+    /// The outcome of the sweep's device call (an error is thrown).
+    pub fn outcome(&self) -> Result<Option<String>, JsError> {
+        take(&self.outcome)
+    }
+
+    /// Ends the sweep at the next batch; its report says `"complete": false`.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The sweep's progress as one line.
+struct Doing(Rc<RefCell<String>>);
+
+impl rowstage::bench::Progress for Doing {
+    fn start(&mut self, index: usize, total: usize, label: &str) {
+        *self.0.borrow_mut() = format!("configuration {} of {total}: {label}", index + 1);
+    }
+
+    fn epoch(&mut self, e: &rowstage::train::EpochReport) {
+        let mut line = self.0.borrow_mut();
+        let head = line.split(", epoch").next().unwrap_or_default().to_string();
+        *line = format!("{head}, epoch {} done", e.epoch);
+    }
 }

@@ -2,15 +2,15 @@
 // names), runs the library in wasm an epoch at a time, and publishes the
 // outcome where scripts can read it (document.title, window.rowstageReport,
 // window.rowstageComparison).
-import init, { WebRun, compare, last_panic, open_webgpu, policies } from "./pkg/rowstage_web.js";
+import init, { WebBench, WebRun, compare, last_panic, open_webgpu, policies } from "./pkg/rowstage_web.js";
 import { jspi } from "./jspi.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 // Names the page itself reads; the rest go to the library as they are.
 // `compare=BUDGETS` compares the policies at those budgets instead of
-// training.
-const PAGE = new Set(["autorun", "post", "compare"]);
+// training; `bench=1` benchmarks the device.
+const PAGE = new Set(["autorun", "post", "compare", "bench"]);
 let current = null;
 
 function pairsFrom(params) {
@@ -135,10 +135,12 @@ async function files(pairs, file) {
 function clear() {
   $("epochs").tBodies[0].replaceChildren();
   $("compared").tBodies[0].replaceChildren();
+  $("benched").tBodies[0].replaceChildren();
+  $("bench-section").hidden = true;
   $("final").textContent = $("notes").textContent = $("downloads").textContent = "";
   $("final").className = "";
   $("slab").hidden = $("comparison").hidden = true;
-  window.rowstageReport = window.rowstageComparison = window.rowstageSlab = undefined;
+  window.rowstageReport = window.rowstageComparison = window.rowstageSlab = window.rowstageBench = undefined;
 }
 
 // One run from name-value pairs; `file` is a File the user picked.
@@ -213,6 +215,47 @@ async function comparePolicies(pairs, file, budgets) {
   return { comparison: JSON.stringify(out.results) };
 }
 
+// "Benchmark this device": `rowstage bench --preset web`'s sweep, on the
+// backend the form asks for (as the page can give it).
+async function benchmark(pairs) {
+  const notes = [];
+  const backend = chooseBackend(pairs, notes).find(([k]) => k === "backend")[1];
+  $("notes").textContent = notes.concat([
+    `benchmarking ${backend === "webgpu" ? `WebGPU (${window.rowstageAdapter.name})` : "the CPU (wasm, one thread)"} ` +
+      "on rowstage bench --preset web's sweep: its data, settings and budgets are fixed, so the figures compare with " +
+      "any device's",
+  ]).join("\n");
+  const bench = new WebBench();
+  current = bench;
+  $("stop").disabled = false;
+  const shown = setInterval(() => ($("final").textContent = bench.doing()), 250);
+  let report;
+  try {
+    bench.begin(backend, navigator.userAgent);
+    if (backend === "webgpu") await deviceCallSuspending();
+    else deviceCall();
+    report = JSON.parse(bench.outcome());
+  } finally {
+    clearInterval(shown);
+    $("stop").disabled = true;
+    current = null;
+  }
+  window.rowstageBench = report;
+  $("bench-section").hidden = false;
+  for (const r of report.rows) {
+    tableRow("benched", [
+      r.backend, r.budget, r.policy, r.median_ratings_per_sec.toExponential(3),
+      r.vs_resident == null ? "–" : `${r.vs_resident.toFixed(2)}×`, Math.round(r.rows_in_per_epoch),
+      percent(r.hit_rate), r.test_rmse == null ? "–" : r.test_rmse.toFixed(4), r.bound ?? "–",
+    ]);
+  }
+  for (const k of report.skipped) tableRow("benched", [k.backend, k.budget, k.policy, `skipped: ${k.reason}`]);
+  $("final").textContent = report.complete ? "benchmark done" : "benchmark stopped";
+  const json = JSON.stringify(report, null, 2);
+  download("bench.json", json, "application/json");
+  return { bench: json };
+}
+
 // Runs `work`, then posts what it returns (part name → body) to the `post`
 // URL, for scripts and tests, and sets the title they wait for.
 async function start(work) {
@@ -229,7 +272,8 @@ async function start(work) {
       // The parts the test waits for last.
       for (const [part, body] of Object.entries(parts)) await send(part, body);
     }
-    const stopped = window.rowstageReport && window.rowstageReport.complete === false;
+    const ended = window.rowstageReport || window.rowstageBench;
+    const stopped = ended && ended.complete === false;
     document.title = stopped ? "rowstage: stopped" : "rowstage: done";
   } catch (e) {
     let message = e && e.message ? e.message : String(e);
@@ -313,8 +357,12 @@ $("settings").addEventListener("submit", (ev) => {
   start(() => train(formPairs(), $("file").files[0]));
 });
 $("compare").addEventListener("click", () => start(() => comparePolicies(formPairs(), $("file").files[0], $("budgets").value)));
+$("bench").addEventListener("click", () => start(() => benchmark(formPairs())));
 $("stop").addEventListener("click", () => current && current.stop());
 if (query.get("autorun") === "1") {
   const budgets = query.get("compare");
-  start(() => (budgets ? comparePolicies(pairsFrom(query), null, budgets) : train(pairsFrom(query), null)));
+  start(() =>
+    query.get("bench") === "1" ? benchmark(pairsFrom(query))
+      : budgets ? comparePolicies(pairsFrom(query), null, budgets)
+      : train(pairsFrom(query), null));
 }

@@ -14,7 +14,7 @@ use rowstage::error::{Error, Result};
 use rowstage::model::HyperParams;
 use rowstage::report::DatasetInfo;
 use rowstage::stage::{Budget, PolicyKind, human_bytes};
-use rowstage::train::{self, BackendSpec};
+use rowstage::train;
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -81,6 +81,14 @@ pub(crate) struct BenchArgs {
     /// Draw SVG charts into DIR: rows moved, ratings/s and hit rate against the budget.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
+    /// Run a fixed sweep instead of the data and sweep flags: `web` is the
+    /// one the browser page's "Benchmark this device" runs (README,
+    /// "The browser page"), so that figures compare across devices.
+    #[arg(long, value_name = "NAME", conflicts_with_all = [
+        "data", "synthetic", "zipf", "test", "test_fraction", "device_memory", "policy", "rank", "lr", "reg",
+        "batch", "warmup", "epochs", "seed",
+    ])]
+    preset: Option<String>,
 }
 
 /// An export: its flag, its path, and how it renders the report.
@@ -225,26 +233,37 @@ impl bench::Progress for BenchProgress<'_> {
 }
 
 pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
-    // Every configuration is a `train` run of these settings.
-    let spec = train::RunSpec {
-        hp: HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, ..HyperParams::default() },
-        epochs: a.epochs,
-        batch: train::BatchRequest::Fixed(a.batch),
-        seed: a.seed,
-        backend: BackendSpec {
-            threads: a.threads.unwrap_or(BackendSpec::default().threads),
-            lookahead: a.lookahead,
-            hogwild_width: a.hogwild.width()?,
-            ..BackendSpec::default()
-        },
-        ..train::RunSpec::default()
+    let (backends, adapter) = (a.backend.as_str(), a.adapter.as_deref());
+    // `auto` is resolved now: the best adapter, or the CPU when there is none.
+    let (mut plan, notices, source) = match &a.preset {
+        Some(name) => {
+            let preset = bench::Preset::named(name)?;
+            let (plan, notices) = preset.plan(backends, adapter)?;
+            (plan, notices, preset.source()?)
+        }
+        None => {
+            // Every configuration is a `train` run of these settings.
+            let spec = train::RunSpec {
+                hp: HyperParams { rank: a.rank, lr: a.lr, reg: a.reg, ..HyperParams::default() },
+                epochs: a.epochs,
+                batch: train::BatchRequest::Fixed(a.batch),
+                seed: a.seed,
+                ..train::RunSpec::default()
+            };
+            let budgets = Budget::parse_list("--device-memory", &a.device_memory)?;
+            let policies = PolicyKind::parse_list("--policy", &a.policy)?;
+            let (plan, notices) = bench::BenchPlan::of(&spec, (backends, adapter), budgets, policies, a.warmup)?;
+            (plan, notices, a.data.source()?)
+        }
     };
-    let budgets = Budget::parse_list("--device-memory", &a.device_memory)?;
-    let policies = PolicyKind::parse_list("--policy", &a.policy)?;
+    if let Some(t) = a.threads {
+        plan.threads = t;
+    }
+    plan.lookahead = a.lookahead;
+    plan.hogwild_width = a.hogwild.width()?;
     let exports =
         Exports { json: a.export_json.clone(), csv: a.export_csv.clone(), markdown: a.export_markdown.clone() };
     exports.check()?;
-    let source = a.data.source()?;
     let inputs = [("--data", source.path.as_deref()), ("--test", source.test.as_deref())];
     check_paths(
         &[
@@ -257,9 +276,6 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
         &inputs,
     )?;
     let out = Out { to_stderr: exports.to_stdout() };
-    // `auto` is resolved now: the best adapter, or the CPU when there is none.
-    let (mut plan, notices) =
-        bench::BenchPlan::of(&spec, (&a.backend, a.adapter.as_deref()), budgets, policies, a.warmup)?;
     if let Some(t) = a.target_rmse
         && !(t.is_finite() && t > 0.0)
     {
@@ -269,18 +285,19 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
     for n in notices {
         warn!("notice: {}", flags(&n));
     }
-    let (data, skipped) = load_dataset(&source, a.seed, &out)?;
-    let per_config = (a.warmup + a.epochs) as u64;
+    let (data, skipped) = load_dataset(&source, plan.settings.seed, &out)?;
+    let (rank, warmup, epochs) = (plan.settings.hp.rank, plan.warmup, plan.epochs);
+    let per_config = (warmup + epochs) as u64;
     out.line(&format!(
         "bench: {} — {} train / {} test ratings, tables {} at rank {}; {} configuration(s), {} warm-up + {} timed epoch(s) each",
         data.name,
         data.train.len(),
         data.test.len(),
-        human_bytes(train::table_bytes(&data, a.rank)),
-        a.rank,
+        human_bytes(train::table_bytes(&data, rank)),
+        rank,
         plan.configurations(),
-        a.warmup,
-        a.epochs
+        warmup,
+        epochs
     ));
     out.line(&format!(
         "{:<7} {:<8} {:<10} {:>6} {:>11} {:>8} {:>11} {:>11} {:>7} {:>8} {:>7} {:>8} {:>8} {:>9}",
