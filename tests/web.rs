@@ -155,10 +155,21 @@ struct PageRun {
 /// Opens the page on `query` (with WebGPU allowed, as Chromium's headless
 /// mode needs asked) and waits for the parts it posts: every one of `parts`.
 fn page_parts(chromium: &Path, query: &str, extra: Vec<(String, PathBuf)>, parts: &[&str]) -> HashMap<String, Vec<u8>> {
+    page_parts_with(chromium, query, extra, parts, &["--enable-unsafe-webgpu"])
+}
+
+/// [`page_parts`] with Chromium's `flags`.
+fn page_parts_with(
+    chromium: &Path,
+    query: &str,
+    extra: Vec<(String, PathBuf)>,
+    parts: &[&str],
+    flags: &[&str],
+) -> HashMap<String, Vec<u8>> {
     let (origin, posted) = serve(extra);
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{origin}/?{query}&autorun=1&post=/results");
-    let child = browser(chromium, profile.path(), &url, &["--enable-unsafe-webgpu"]);
+    let child = browser(chromium, profile.path(), &url, flags);
     let t0 = Instant::now();
     let outcome = loop {
         {
@@ -540,4 +551,27 @@ fn benchmark_this_device_runs_bench_preset_web_in_its_schema() {
     // The CPU backend has no device time: its `device_seconds_stats` is null.
     let differ: Vec<_> = a.symmetric_difference(&b).filter(|k| !k.contains(".device_seconds_stats.")).collect();
     assert!(differ.is_empty(), "the page's benchmark JSON and rowstage bench's differ in keys: {differ:?}");
+}
+
+#[test]
+fn without_webgpu_the_page_trains_on_the_cpu_and_says_so() {
+    let Some(chromium) = page_and_browser("page, no WebGPU") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // WebGPU switched off: the page must fall back by itself, even where
+    // the query asks for it.
+    let flags = ["--disable-features=WebGPU,Vulkan", "--disable-gpu"];
+    let parts = page_parts_with(
+        &chromium,
+        "synthetic=400,200,6000&epochs=2&seed=7&backend=webgpu",
+        Vec::new(),
+        &["report", "model", "adapter"],
+        &flags,
+    );
+    assert_eq!(parts["adapter"], b"null", "WebGPU was still offered");
+    let report: serde_json::Value = serde_json::from_slice(&parts["report"]).unwrap();
+    assert_eq!(report["config"]["backend"], "cpu", "{}", report["config"]);
+    let notes = String::from_utf8_lossy(&parts["notes"]);
+    assert!(notes.contains("offers no WebGPU adapter: the CPU backend"), "the page did not say so: {notes}");
+    let native = native_model(&["--synthetic", "400,200,6000", "--epochs", "2", "--seed", "7"], dir.path());
+    same_tables(&parts["model"], &native, dir.path());
 }

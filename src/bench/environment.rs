@@ -14,6 +14,13 @@ pub struct AdapterInfo {
     pub device_type: String,
     pub driver: String,
     pub driver_info: String,
+    /// The limits that size the slab and the dispatches (as far as the
+    /// adapter, or a browser's WebGPU, tells them).
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub timestamps: bool,
 }
 
 /// The machine and build a sweep ran on.
@@ -58,6 +65,11 @@ impl Environment {
                     device_type: a.device_type.clone(),
                     driver: a.driver.clone(),
                     driver_info: a.driver_info.clone(),
+                    max_storage_buffer_binding_size: a.max_storage_buffer_binding_size,
+                    max_buffer_size: a.max_buffer_size,
+                    max_compute_workgroups_per_dimension: a.max_compute_workgroups_per_dimension,
+                    max_compute_invocations_per_workgroup: a.max_compute_invocations_per_workgroup,
+                    timestamps: a.timestamps,
                 })
                 .collect(),
             browser: None,

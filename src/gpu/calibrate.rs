@@ -60,6 +60,10 @@ impl Calibration {
 }
 
 fn cache_path() -> Option<PathBuf> {
+    // A browser page has no files: it measures every time.
+    if cfg!(target_arch = "wasm32") {
+        return None;
+    }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;

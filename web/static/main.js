@@ -191,7 +191,7 @@ async function train(pairs, file) {
   download("report.json", JSON.stringify(report, null, 2), "application/json");
   download("model.safetensors", model, "application/octet-stream");
   // The slab after the last epoch (where the backend has one), posted first.
-  return { ...(slab ? { slab } : {}), report: JSON.stringify(report), model };
+  return { ...(slab ? { slab } : {}), notes: $("notes").textContent, report: JSON.stringify(report), model };
 }
 
 // The policies compared at `budgets`, as `rowstage simulate` compares them.
