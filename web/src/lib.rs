@@ -112,6 +112,8 @@ thread_local! {
     /// The message of the last panic (the page shows it for the trap that
     /// follows, which says only "unreachable").
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether a device call is under way (perhaps suspended).
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The work [`rowstage_device_call`] carries out next.
     static QUEUED: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
 }
@@ -129,11 +131,21 @@ pub fn last_panic() -> Option<String> {
 
 /// Carries out the work a `begin_*` method queued. A raw export (not
 /// wasm-bindgen's), so that the page can wrap it in `WebAssembly.promising`.
+///
+/// One at a time: a call suspended in a wait keeps its frames on the one
+/// shadow stack in linear memory, and a second call interleaved with it
+/// would write over them. The page runs one thing at a time; a second call
+/// while one is under way is refused (its work's outcome says so).
 #[unsafe(no_mangle)]
 pub extern "C" fn rowstage_device_call() {
-    if let Some(work) = QUEUED.with_borrow_mut(Option::take) {
-        work();
+    let Some(work) = QUEUED.with_borrow_mut(Option::take) else { return };
+    if IN_CALL.replace(true) {
+        // The queued work is dropped; its outcome slot stays empty, and
+        // `outcome` reports that no call completed.
+        return;
     }
+    work();
+    IN_CALL.set(false);
 }
 
 /// A device call's outcome: its JSON (or nothing), or an error; `None`
@@ -143,7 +155,7 @@ type Outcome = Rc<RefCell<Option<Result<Option<String>, String>>>>;
 /// Takes `outcome` as the page receives it (an error is thrown).
 fn take(outcome: &Outcome) -> Result<Option<String>, JsError> {
     let o = outcome.borrow_mut().take();
-    o.unwrap_or_else(|| Err("no device call has completed".into())).map_err(|e| JsError::new(&e))
+    o.unwrap_or_else(|| Err("another run is under way on this page: stop it first".into())).map_err(|e| JsError::new(&e))
 }
 
 /// What the page's run holds; borrowed only inside a device call.

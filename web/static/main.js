@@ -12,6 +12,7 @@ const query = new URLSearchParams(location.search);
 // training; `bench=1` benchmarks the device.
 const PAGE = new Set(["autorun", "post", "compare", "bench"]);
 let current = null;
+let busy = false;
 
 function pairsFrom(params) {
   return [...params].filter(([k, v]) => !PAGE.has(k) && v !== "");
@@ -259,6 +260,20 @@ async function benchmark(pairs) {
 // Runs `work`, then posts what it returns (part name → body) to the `post`
 // URL, for scripts and tests, and sets the title they wait for.
 async function start(work) {
+  // One thing at a time: a run's device waits suspend the library, and a
+  // second run interleaved with it would corrupt it (web/src/lib.rs).
+  if (busy) return;
+  busy = true;
+  for (const id of ["run", "compare", "bench"]) $(id).disabled = true;
+  try {
+    await startOne(work);
+  } finally {
+    busy = false;
+    for (const id of ["run", "compare", "bench"]) $(id).disabled = false;
+  }
+}
+
+async function startOne(work) {
   clear();
   document.title = "rowstage: running";
   const post = query.get("post");
