@@ -297,11 +297,17 @@ fn a_screenshot_of_a_finished_run_is_not_blank() {
     let profile = tempfile::tempdir().unwrap();
     // A slab of a tenth of the tables, so that the picture shows rows staged.
     let url = format!("{origin}/?synthetic=2000,1000,30000&epochs=4&seed=7&device-memory=10%25&autorun=1");
-    let child = browser(&chromium, profile.path(), &url, &["--remote-debugging-port=0", "--window-size=1200,1400", "--enable-unsafe-webgpu"]);
+    let child = browser(
+        &chromium,
+        profile.path(),
+        &url,
+        &["--remote-debugging-port=0", "--window-size=1200,1400", "--enable-unsafe-webgpu"],
+    );
     let mut page = DevTools::attach(profile.path());
     page.wait_for("document.title.startsWith('rowstage: done')", "the finished run");
     assert_eq!(page.eval("window.rowstageReport.config.backend"), "webgpu");
-    let shot = page.call("Page.captureScreenshot", serde_json::json!({ "format": "png", "captureBeyondViewport": true }));
+    let shot =
+        page.call("Page.captureScreenshot", serde_json::json!({ "format": "png", "captureBeyondViewport": true }));
     drop(child);
     let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().expect("a screenshot")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");

@@ -414,10 +414,9 @@ impl GpuContext {
         // In a browser the device is opened once, awaited, by the page.
         #[cfg(target_arch = "wasm32")]
         if matches!(choice, BackendChoice::WebGpu | BackendChoice::Auto) {
-            return BROWSER_DEVICE.with_borrow(Clone::clone).ok_or_else(|| Error::NoAdapter {
-                requested,
-                hint: "the page opened no WebGPU device".into(),
-            });
+            return BROWSER_DEVICE
+                .with_borrow(Clone::clone)
+                .ok_or_else(|| Error::NoAdapter { requested, hint: "the page opened no WebGPU device".into() });
         }
         let instance = instance(choice);
         let adapters = sorted_adapters(&instance, choice);
@@ -436,8 +435,10 @@ impl GpuContext {
             hint: no_adapter_hint(&adapters, &matching),
         })?;
         let summary = AdapterSummary::of(&adapter);
-        let (device, queue) = pollster::block_on(adapter.request_device(&device_descriptor(&summary, adapter.limits())))
-            .map_err(|e| Error::Gpu { adapter: summary.name.clone(), reason: format!("cannot open the device: {e}") })?;
+        let (device, queue) = pollster::block_on(
+            adapter.request_device(&device_descriptor(&summary, adapter.limits())),
+        )
+        .map_err(|e| Error::Gpu { adapter: summary.name.clone(), reason: format!("cannot open the device: {e}") })?;
         Ok(GpuContext { adapter, device, queue, summary })
     }
 

@@ -43,9 +43,9 @@ pub mod timing;
 
 use std::sync::Arc;
 
+pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
 #[cfg(target_arch = "wasm32")]
 pub use context::{browser_adapter, open_browser_device};
-pub use context::{AdapterSummary, BackendChoice, GpuContext, list_adapters};
 pub use device::Wire;
 pub use driver::GpuBackend;
 pub use layout::{GpuLayout, check_budget};

@@ -308,7 +308,8 @@ impl Run {
     pub fn slab_picture(&mut self) -> Option<crate::stage::SlabPicture> {
         let view = self.resolved.opened.backend.slab_view()?;
         let d = &self.data;
-        let counts = self.lookups.get_or_insert_with(|| crate::stage::access_counts(&d.train, d.users.len(), d.items.len()));
+        let counts =
+            self.lookups.get_or_insert_with(|| crate::stage::access_counts(&d.train, d.users.len(), d.items.len()));
         Some(crate::stage::SlabPicture::of(view, counts))
     }
 

@@ -155,7 +155,8 @@ type Outcome = Rc<RefCell<Option<Result<Option<String>, String>>>>;
 /// Takes `outcome` as the page receives it (an error is thrown).
 fn take(outcome: &Outcome) -> Result<Option<String>, JsError> {
     let o = outcome.borrow_mut().take();
-    o.unwrap_or_else(|| Err("another run is under way on this page: stop it first".into())).map_err(|e| JsError::new(&e))
+    o.unwrap_or_else(|| Err("another run is under way on this page: stop it first".into()))
+        .map_err(|e| JsError::new(&e))
 }
 
 /// What the page's run holds; borrowed only inside a device call.
@@ -314,7 +315,8 @@ impl WebBench {
         queue(&self.outcome, move || {
             let preset = rowstage::bench::Preset::named("web").map_err(shown)?;
             let (plan, _) = preset.plan(&backend, None).map_err(shown)?;
-            let mut no_file = |p: &Path| Err(rowstage::Error::arg("`data`", p.display().to_string(), "was not fetched"));
+            let mut no_file =
+                |p: &Path| Err(rowstage::Error::arg("`data`", p.display().to_string(), "was not fetched"));
             let source = preset.source().map_err(shown)?;
             let data = source.load_with(plan.settings.seed, &mut no_file).map_err(shown)?.dataset;
             let info = rowstage::report::DatasetInfo::of(&data, 0);
