@@ -93,6 +93,12 @@ pub enum Error {
 /// user wrote: a quoted value (`"…"`, as messages quote ids, values and
 /// lines) or a name inside a word (a path `` a`lr`b ``).
 pub fn spell_params(text: &str, prefix: &str) -> String {
+    spell_params_with(text, prefix, "-")
+}
+
+/// [`spell_params`] with the words of a name joined by `join` (`_` for
+/// Python's keyword arguments, `device_memory`).
+pub fn spell_params_with(text: &str, prefix: &str, join: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let b = text.as_bytes();
     let (mut i, mut quoted) = (0, false);
@@ -119,7 +125,7 @@ pub fn spell_params(text: &str, prefix: &str) -> String {
                         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                     {
                         out.push_str(prefix);
-                        out.push_str(&name.replace('_', "-"));
+                        out.push_str(&name.replace('_', join));
                         i = end;
                         continue;
                     }
@@ -191,7 +197,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
-    use super::spell_params;
+    use super::{spell_params, spell_params_with};
 
     #[test]
     fn parameter_names_are_spelt_as_the_front_end_asks() {
@@ -199,6 +205,7 @@ mod tests {
         // with the binary).
         assert_eq!(spell_params("use a larger `device_memory` or `lr`", ""), "use a larger device-memory or lr");
         assert_eq!(spell_params("run `rowstage devices`", ""), "run `rowstage devices`");
+        assert_eq!(spell_params_with("a larger `device_memory`", "", "_"), "a larger device_memory");
         // An escape inside quotes before a character of several bytes.
         assert_eq!(spell_params("id \"a\\é`lr`\" for `lr`", "--"), "id \"a\\é`lr`\" for --lr");
     }

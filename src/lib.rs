@@ -59,3 +59,6 @@ mod units;
 
 pub use error::{Error, Result};
 pub use named::Named;
+
+/// This library's version (what reports and bench exports record).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

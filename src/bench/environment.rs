@@ -49,7 +49,7 @@ impl Environment {
     /// This machine now, with the adapters the caller enumerated.
     pub fn capture(adapters: &[AdapterSummary]) -> Self {
         Environment {
-            rowstage_version: env!("CARGO_PKG_VERSION"),
+            rowstage_version: crate::VERSION,
             git_revision: option_env!("ROWSTAGE_GIT_REVISION"),
             wgpu_version: crate::gpu::WGPU_VERSION,
             date_utc: rfc3339_utc(web_time::SystemTime::now()),

@@ -321,7 +321,7 @@ fn with_fields<T>(
 }
 
 /// The largest rating magnitude read.
-const MAX_RATING: f32 = 1e9;
+pub const MAX_RATING: f32 = 1e9;
 
 /// user, item, rating and a timestamp.
 const MAX_FIELDS: usize = 4;

@@ -1,0 +1,294 @@
+"""rowstage from Python against the command line: the same model from the
+same data, settings and seed, the model file both ways, and the package's
+own promises (ids, exclusions, callbacks, Ctrl-C, the GIL)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rowstage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, check=True):
+    """`rowstage ARGS` from this checkout (built by cargo if need be)."""
+    cmd = ["cargo", "run", "--quiet", "--release", "--bin", "rowstage", "--", *map(str, args)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    return out
+
+
+def ratings(n=6000, users=400, items=200, seed=7):
+    """Skewed synthetic ratings on 1..5, ids as ints."""
+    rng = np.random.default_rng(seed)
+    u = (rng.zipf(1.6, n) - 1) % users + 1
+    i = (rng.zipf(1.4, n) - 1) % items + 1
+    r = np.clip(np.round(3 + rng.normal(0, 1, n)), 1, 5).astype(np.float32)
+    return u, i, r
+
+
+def write_tsv(path, u, i, r):
+    with open(path, "w") as f:
+        for a, b, c in zip(u, i, r):
+            f.write(f"{a}\t{b}\t{c:g}\n")
+
+
+FIXED = dict(epochs=3, lr=0.05, reg=0.08, seed=7)
+
+
+def test_fit_trains_the_command_lines_model_bit_for_bit(tmp_path):
+    u, i, r = ratings()
+    data = tmp_path / "r.tsv"
+    write_tsv(data, u, i, r)
+    # `train` holds 10% out by default; fit holds nothing out.
+    cli("train", "--data", data, "--test-fraction", "0", "--backend", "cpu", "--threads", "1",
+        "--epochs", 3, "--lr", 0.05, "--reg", 0.08, "--seed", 7, "--save", tmp_path / "cli.safetensors")
+    model = rowstage.MF(backend="cpu", threads=1, **FIXED).fit(u, i, r)
+    native = rowstage.load(tmp_path / "cli.safetensors", id_type=int)
+    assert model.user_ids_ == native.user_ids_ and model.item_ids_ == native.item_ids_
+    for table in ("user_factors_", "item_factors_", "user_biases_", "item_biases_"):
+        assert np.array_equal(getattr(model, table), getattr(native, table)), table
+    # And the file it saves is the command line's: `rowstage eval` reads it.
+    model.save(tmp_path / "py.safetensors")
+    out = cli("compare", tmp_path / "py.safetensors", tmp_path / "cli.safetensors")
+    assert "bit-identical" in out.stdout, out.stdout
+
+
+def test_the_same_model_from_a_dataframe_a_path_and_lists(tmp_path):
+    pd = pytest.importorskip("pandas")
+    u, i, r = ratings()
+    a = rowstage.MF(backend="cpu", **FIXED).fit(u, i, r)
+    b = rowstage.MF(backend="cpu", **FIXED).fit(pd.DataFrame({"user": u, "item": i, "rating": r}))
+    c = rowstage.MF(backend="cpu", **FIXED).fit(list(u), list(i), list(r))
+    path = tmp_path / "r.tsv"
+    write_tsv(path, u, i, r)
+    d = rowstage.MF(backend="cpu", **FIXED).fit(path)
+    for m in (b, c, d):
+        assert np.array_equal(a.item_factors_, m.item_factors_)
+    assert a.user_ids_ == b.user_ids_ == c.user_ids_
+    # A file's ids are its text.
+    assert d.user_ids_ == [str(x) for x in a.user_ids_]
+
+
+def test_a_sparse_matrix_trains_with_its_row_and_column_indices():
+    sparse = pytest.importorskip("scipy.sparse")
+    u, i, r = ratings()
+    m = sparse.coo_matrix((r, (u, i))).tocsr()
+    m.sum_duplicates()
+    model = rowstage.MF(backend="cpu", **FIXED).fit(m)
+    assert all(isinstance(x, int) for x in model.user_ids_)
+    assert model.predict([int(u[0])], [int(i[0])]).dtype == np.float32
+
+
+def test_ids_come_back_in_the_type_given():
+    u, i, r = ratings()
+    su, si = np.array([f"u{x}" for x in u]), np.array([f"i{x}" for x in i])
+    model = rowstage.MF(backend="cpu", **FIXED).fit(su, si, r)
+    ids, scores = model.recommend(["u1", "u2"], n=5)
+    assert ids.shape == scores.shape == (2, 5)
+    assert all(isinstance(x, str) and x.startswith("i") for x in ids.ravel())
+    ints = rowstage.MF(backend="cpu", **FIXED).fit(u, i, r)
+    ids, _ = ints.recommend([1], n=3)
+    assert ids.dtype.kind == "i"
+    with pytest.raises(KeyError, match="unknown user 'nobody'"):
+        model.predict(["nobody"], ["i1"])
+    with pytest.raises(KeyError, match="unknown user 123456"):
+        ints.recommend([123456])
+
+
+def test_recommend_leaves_out_what_a_user_rated_and_is_sorted():
+    u, i, r = ratings()
+    model = rowstage.MF(backend="cpu", **FIXED).fit(u, i, r)
+    user = int(u[0])
+    rated = set(i[u == user].tolist())
+    ids, scores = model.recommend([user], n=20)
+    assert not rated & set(ids[0].tolist())
+    assert np.all(np.diff(scores[0]) <= 0)
+    everything, _ = model.recommend([user], n=20, exclude_rated=False)
+    best = model.predict([user] * len(model.item_ids_), model.item_ids_)
+    assert everything[0][0] == model.item_ids_[int(np.argmax(best))]
+
+
+def test_save_and_load_both_ways(tmp_path):
+    u, i, r = ratings()
+    model = rowstage.MF(backend="cpu", **FIXED).fit(u, i, r)
+    model.save(tmp_path / "m.safetensors")
+    back = rowstage.load(tmp_path / "m.safetensors", id_type=int)
+    assert np.array_equal(back.predict(u[:50], i[:50]), model.predict(u[:50], i[:50]))
+    assert back.report_ is None and back.config_["rank"] == 32
+    with pytest.raises(ValueError, match="rated"):
+        back.recommend([int(u[0])])
+    ids, _ = back.recommend([int(u[0])], rated=(u, i))
+    assert np.array_equal(ids, model.recommend([int(u[0])])[0])
+    # `rowstage recommend` reads the file Python wrote.
+    out = cli("recommend", "--model", tmp_path / "m.safetensors", "--user", int(u[0]), "-n", 3)
+    assert out.returncode == 0
+
+
+def test_report_and_test_set():
+    u, i, r = ratings()
+    model = rowstage.MF(backend="cpu", **FIXED).fit(u, i, r)
+    assert len(model.report_["epochs"]) == 3 and model.report_["final"]["test_rmse"] is None
+    assert model.report_["dataset"]["test"] == 0
+    tu, ti, tr = ratings(n=500, seed=8)
+    known = np.isin(tu, u) & np.isin(ti, i)
+    scored = rowstage.MF(backend="cpu", **FIXED).fit(u, i, r, test=(tu[known], ti[known], tr[known]))
+    assert 0.3 < scored.report_["final"]["test_rmse"] < 3.0
+    assert scored.report_["epochs"][0]["ledger"] is not None
+    assert scored.user_factors_.shape == (len(scored.user_ids_), 32)
+    assert scored.item_biases_.shape == (len(scored.item_ids_),)
+
+
+def test_default_settings_are_chosen_on_the_data():
+    u, i, r = ratings()
+    model = rowstage.MF(backend="cpu", epochs=3, seed=7).fit(u, i, r)
+    choice = model.report_["choice"]
+    assert choice is not None and choice["lr"] > 0 and choice["reg"] >= 0, model.report_
+
+
+def test_a_callback_sees_every_epoch_and_can_stop_the_run():
+    u, i, r = ratings()
+    seen = []
+
+    def stop_after_two(epoch):
+        seen.append(epoch)
+        return len(seen) < 2
+
+    model = rowstage.MF(backend="cpu", epochs=10, lr=0.05, reg=0.08).fit(u, i, r, callback=stop_after_two)
+    assert [e["epoch"] for e in seen] == [1, 2] and seen[0]["stage"] == "training"
+    assert "rows_in" in seen[0] and "train_rmse" in seen[0]
+    assert model.report_["complete"] is False and len(model.report_["epochs"]) == 2
+
+
+def test_bad_settings_and_data_name_what_is_wrong():
+    u, i, r = ratings()
+    with pytest.raises(ValueError, match="rank"):
+        rowstage.MF(rank=0).fit(u, i, r)
+    with pytest.raises(ValueError, match="device_memory"):
+        rowstage.MF(device_memory="lots").fit(u, i, r)
+    bad = r.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match=r"ratings\[3\]"):
+        rowstage.MF().fit(u, i, bad)
+    with pytest.raises(ValueError, match="as long"):
+        rowstage.MF().fit(u, i[:-1], r)
+    with pytest.raises(OSError, match="nowhere"):
+        rowstage.MF().fit("/nowhere/ratings.csv")
+
+
+def test_training_releases_the_gil():
+    u, i, r = ratings(n=60000, users=3000, items=1500)
+    ticks = []
+    done = threading.Event()
+
+    def tick():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=tick)
+    t0 = time.perf_counter()
+    t.start()
+    rowstage.MF(backend="cpu", epochs=20, lr=0.05, reg=0.08).fit(u, i, r)
+    took = time.perf_counter() - t0
+    done.set()
+    t.join()
+    # With the GIL held for an epoch at a time the ticker would stall for
+    # whole epochs; released, it ticks about every millisecond throughout.
+    gaps = np.diff(ticks)
+    assert took > 0.05 and len(ticks) > took / 0.01 and gaps.max() < 0.1, (took, len(ticks), gaps.max())
+
+
+def test_ctrl_c_raises_keyboard_interrupt_within_a_second_and_keeps_the_model_unfitted(tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import numpy as np
+        import rowstage
+        rng = np.random.default_rng(1)
+        n = 400000
+        u, i = rng.integers(0, 20000, n), rng.integers(0, 10000, n)
+        r = rng.integers(1, 6, n).astype(np.float32)
+        model = rowstage.MF(backend="cpu", epochs=100000, lr=0.05, reg=0.08)
+        def started(e):
+            if e["epoch"] == 1:
+                print("epoch", flush=True)
+        try:
+            model.fit(u, i, r, callback=started)
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), model._fitted is None, flush=True)
+            sys.exit(0)
+        print("finished", flush=True)
+        sys.exit(1)
+    """))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "epoch", child.stderr.read()
+        time.sleep(0.2)
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline().split()
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    assert line[:1] == ["interrupted"], (line, child.stderr.read())
+    assert line[2] == "True", "the model must stay unfitted after an interrupted fit"
+    waited = float(line[1]) - sent
+    print(f"KeyboardInterrupt {waited:.3f} s after SIGINT")
+    assert waited < 1.0, f"KeyboardInterrupt came {waited:.2f} s after SIGINT"
+    assert child.returncode == 0
+
+
+def test_devices_lists_dicts():
+    found = rowstage.devices()
+    assert isinstance(found, list) and all("name" in d and "backend" in d for d in found)
+    if not found:
+        print("no GPU adapter on this machine: the list is empty")
+
+
+def test_simulate_counts_what_the_command_line_counts(tmp_path):
+    u, i, r = ratings()
+    path = tmp_path / "r.tsv"
+    write_tsv(path, u, i, r)
+    rows = rowstage.simulate(u, i, device_memory=["25%", "5%"], policy="all", seed=7)
+    cli("simulate", "--data", path, "--test-fraction", "0", "--seed", 7, "--device-memory", "25%,5%",
+        "--policy", "all", "--json", tmp_path / "sim.json")
+    native = json.loads((tmp_path / "sim.json").read_text())
+    assert len(rows) == 14
+    assert json.dumps(rows, sort_keys=True) == json.dumps(native, sort_keys=True)
+
+
+def gpu_backend():
+    """The first of ROWSTAGE_TEST_BACKENDS (or vulkan, gl) with an adapter."""
+    found = {d["backend"] for d in rowstage.devices()}
+    for b in os.environ.get("ROWSTAGE_TEST_BACKENDS", "vulkan,gl").split(","):
+        if b in found:
+            return b
+    if os.environ.get("ROWSTAGE_REQUIRE_GPU") == "1":
+        pytest.fail(f"ROWSTAGE_REQUIRE_GPU=1 but no adapter for {os.environ.get('ROWSTAGE_TEST_BACKENDS', 'vulkan,gl')}")
+    pytest.skip("no GPU adapter (install Mesa's lavapipe: scripts/deps.sh)")
+
+
+def test_a_gpu_fit_with_a_small_slab_is_the_command_lines(tmp_path):
+    backend = gpu_backend()
+    u, i, r = ratings()
+    data = tmp_path / "r.tsv"
+    write_tsv(data, u, i, r)
+    cli("train", "--data", data, "--test-fraction", "0", "--backend", backend, "--device-memory", "25%",
+        "--epochs", 3, "--lr", 0.05, "--reg", 0.08, "--seed", 7, "--save", tmp_path / "cli.safetensors")
+    model = rowstage.MF(backend=backend, device_memory="25%", **FIXED).fit(u, i, r)
+    assert model.report_["config"]["backend"] == backend
+    assert model.report_["epochs"][-1]["rows_in"] > 0, "at 25% rows are staged"
+    native = rowstage.load(tmp_path / "cli.safetensors", id_type=int)
+    assert np.abs(model.item_factors_ - native.item_factors_).max() <= 1e-4
