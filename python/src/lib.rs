@@ -239,17 +239,23 @@ impl Fitted {
         Bound<'py, PyArray1<f32>>,
     )> {
         let m = &self.model;
-        let split = |table: &[f32], n: usize| -> PyResult<(Vec<Vec<f32>>, Vec<f32>)> {
-            let rows: Vec<&[f32]> = (0..n).map(|k| &table[k * m.stride..k * m.stride + m.rank + 1]).collect();
-            Ok((rows.iter().map(|r| r[..m.rank].to_vec()).collect(), rows.iter().map(|r| r[m.rank]).collect()))
+        // Rows of `rank` factors and a bias, padded to `stride` floats.
+        let split = |table: &[f32], n: usize| {
+            let (mut factors, mut biases) = (Vec::with_capacity(n * m.rank), Vec::with_capacity(n));
+            for row in table.chunks_exact(m.stride).take(n) {
+                factors.extend_from_slice(&row[..m.rank]);
+                biases.push(row[m.rank]);
+            }
+            (factors, biases)
         };
-        let (uf, ub) = split(&m.users, m.n_users())?;
-        let (itf, ib) = split(&m.items, m.n_items())?;
-        let two = |v: Vec<Vec<f32>>, n: usize| -> PyResult<Bound<'py, PyArray2<f32>>> {
-            let flat: Vec<f32> = v.into_iter().flatten().collect();
-            Ok(flat.into_pyarray(py).reshape([n, m.rank])?)
-        };
-        Ok((two(uf, m.n_users())?, two(itf, m.n_items())?, ub.into_pyarray(py), ib.into_pyarray(py)))
+        let (uf, ub) = split(&m.users, m.n_users());
+        let (itf, ib) = split(&m.items, m.n_items());
+        Ok((
+            uf.into_pyarray(py).reshape([m.n_users(), m.rank])?,
+            itf.into_pyarray(py).reshape([m.n_items(), m.rank])?,
+            ub.into_pyarray(py),
+            ib.into_pyarray(py),
+        ))
     }
 
     /// The model's prediction for each (user, item) pair of codes
