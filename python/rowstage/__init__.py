@@ -50,6 +50,11 @@ def _pairs(settings: dict) -> list:
 
 def _ids(values: Any) -> Tuple[list, np.ndarray]:
     """Distinct ids (Python ints or strings, as given) and each value's code."""
+    if isinstance(values, (list, tuple)):
+        # numpy would turn [1, "a"] into strings silently.
+        kinds = {str if isinstance(v, str) else int if isinstance(v, (int, np.integer)) else type(v) for v in values}
+        if len(kinds) > 1:
+            raise TypeError(f"ids must be all ints or all strings, not {sorted(k.__name__ for k in kinds)}")
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"ids must be one-dimensional, not of shape {arr.shape}")

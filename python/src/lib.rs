@@ -110,6 +110,9 @@ impl Trainer {
     ) -> PyResult<Self> {
         let request = query::request_from_pairs(&pairs).map_err(raised)?;
         let train = rating_set("ratings", ids, (codes.0.as_slice()?, codes.1.as_slice()?, codes.2.as_slice()?))?;
+        if train.ratings.is_empty() {
+            return Err(PyValueError::new_err("no ratings given: there is nothing to train on"));
+        }
         let test_set = match &test {
             Some((ids, c)) => rating_set("test", ids.clone(), (c.0.as_slice()?, c.1.as_slice()?, c.2.as_slice()?))?,
             None => RatingSet { users: IdMap::new(), items: IdMap::new(), ratings: Vec::new() },

@@ -185,6 +185,10 @@ def test_bad_settings_and_data_name_what_is_wrong():
         rowstage.MF().fit(u, i[:-1], r)
     with pytest.raises(OSError, match="nowhere"):
         rowstage.MF().fit("/nowhere/ratings.csv")
+    with pytest.raises(ValueError, match="no ratings"):
+        rowstage.MF().fit([], [], [])
+    with pytest.raises(TypeError, match="all ints or all strings"):
+        rowstage.MF().fit([1, "a"], [1, 2], [3.0, 4.0])
 
 
 def test_training_releases_the_gil():
