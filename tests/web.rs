@@ -264,9 +264,7 @@ fn the_page_trains_movielens_served_same_origin() {
         if backend == "cpu" {
             same_tables(&model, &native, dir.path());
         } else {
-            let d = largest_difference(&model, &native, dir.path());
-            println!("page, MovieLens, WebGPU: largest |difference| from the native CPU backend's tables {d:e}");
-            assert!(d <= 1e-4, "the page's WebGPU tables differ from the native CPU backend's by {d}");
+            close_tables(&model, &native, dir.path(), "page, MovieLens, WebGPU");
         }
     }
 }
@@ -413,12 +411,15 @@ fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
     assert!((2..100_000).contains(&epochs), "stopped after {epochs} epochs");
 }
 
-/// The largest |difference| between the page's tables and `native`'s.
-fn largest_difference(page: &[u8], native: &rowstage::model::Model, dir: &Path) -> f32 {
+/// The page's WebGPU tables within 1e-4 of the native CPU backend's
+/// (`what` names the run in the output).
+fn close_tables(page: &[u8], native: &rowstage::model::Model, dir: &Path, what: &str) {
     let path = dir.join("page.safetensors");
     std::fs::write(&path, page).unwrap();
     let (m, _) = rowstage::model::load_model(&path).expect("the page's model reads as `train --save`'s");
-    rowstage::model::compare(&m, native).unwrap().max_abs
+    let d = rowstage::model::compare(&m, native).unwrap().max_abs;
+    println!("{what}: largest |difference| from the native CPU backend's tables {d:e}");
+    assert!(d <= 1e-4, "{what}: the page's WebGPU tables differ from the native CPU backend's by {d}");
 }
 
 #[test]
@@ -450,17 +451,13 @@ fn the_page_trains_the_native_model_on_webgpu() {
         let mut flags = vec!["--synthetic", "400,200,6000", "--epochs", "3", "--seed", "7"];
         flags.extend(["--device-memory", share]);
         let native = native_model(&flags, dir.path());
-        let d = largest_difference(&model, &native, dir.path());
-        println!("page, WebGPU{budget}: largest |difference| from the native CPU backend's tables {d:e}");
-        assert!(d <= 1e-4, "the page's WebGPU tables differ from the native CPU backend's by {d}");
+        close_tables(&model, &native, dir.path(), &format!("page, WebGPU{budget}"));
     }
     // The default data (no data setting at all), one epoch.
     let PageRun { report, model, .. } = page_run(&chromium, "epochs=1&backend=webgpu", Vec::new());
     assert_eq!(report["config"]["backend"], "webgpu", "{report}");
     let native = native_model(&["--epochs", "1"], dir.path());
-    let d = largest_difference(&model, &native, dir.path());
-    println!("page, WebGPU, default data: largest |difference| from the native CPU backend's tables {d:e}");
-    assert!(d <= 1e-4, "the page's WebGPU tables differ from the native CPU backend's by {d}");
+    close_tables(&model, &native, dir.path(), "page, WebGPU, default data");
 }
 
 #[test]

@@ -299,11 +299,9 @@ impl Exec {
 }
 
 /// Steps the scheduler may run ahead of the device work.
-#[cfg(not(target_arch = "wasm32"))]
 pub(super) const PIPELINE_DEPTH: usize = 4;
 
 /// One of the scheduler's decisions, handed to the device side.
-#[cfg(not(target_arch = "wasm32"))]
 pub(super) enum Job {
     Begin(Moves),
     Train(Range<usize>, Moves),
@@ -311,7 +309,6 @@ pub(super) enum Job {
 }
 
 /// `m` copied into a buffer given back (or a new one).
-#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn copy_moves(m: &Moves, into: Option<Moves>) -> Moves {
     let mut out = into.unwrap_or_default();
     out.evict.clone_from(&m.evict);
@@ -356,7 +353,10 @@ fn carry_out(
 /// the loads out itself, once their write-backs had landed, measured
 /// slower on a 2-core VM: the rows this thread had just landed then crossed
 /// between the cores' caches.) Returns the parts trained.
-#[cfg(not(target_arch = "wasm32"))]
+///
+/// A browser page has one thread (docs/ARCHITECTURE.md, "The browser
+/// page"): there each decision is carried out as the walk makes it, the
+/// same decisions in the same order.
 pub(super) fn pipelined(
     mut walker: Walker,
     exec: &mut Exec,
@@ -366,9 +366,15 @@ pub(super) fn pipelined(
     continues: bool,
     ledger: &mut Ledger,
 ) -> Result<usize> {
+    let pass = Pass { plan: input.plan, from: input.from, following: input.following, continues, stop: input.stop };
+    if cfg!(target_arch = "wasm32") {
+        let mut staged = Ledger::default();
+        let done = walker.epoch(pass, &mut staged, |event, _| carry_out(exec, tables, run, input, event, ledger));
+        ledger.merge(&staged);
+        return done;
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
     let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Moves>();
-    let pass = Pass { plan: input.plan, from: input.from, following: input.following, continues, stop: input.stop };
     std::thread::scope(|scope| {
         let scheduler = scope.spawn(move || {
             let mut staged = Ledger::default();
@@ -417,24 +423,4 @@ pub(super) fn pipelined(
             None => done,
         }
     })
-}
-
-/// The staged epoch on the one thread a browser page has: each decision is
-/// carried out as the walk makes it (the same decisions, in the same order,
-/// as on two threads). Returns the parts trained.
-#[cfg(target_arch = "wasm32")]
-pub(super) fn pipelined(
-    mut walker: Walker,
-    exec: &mut Exec,
-    tables: &mut HostTables,
-    run: &RunLayout,
-    input: &EpochInput,
-    continues: bool,
-    ledger: &mut Ledger,
-) -> Result<usize> {
-    let pass = Pass { plan: input.plan, from: input.from, following: input.following, continues, stop: input.stop };
-    let mut staged = Ledger::default();
-    let done = walker.epoch(pass, &mut staged, |event, _| carry_out(exec, tables, run, input, event, ledger));
-    ledger.merge(&staged);
-    done
 }
