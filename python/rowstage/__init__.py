@@ -70,6 +70,11 @@ def _ids(values: Any) -> Tuple[list, np.ndarray]:
             raise TypeError(f"ids must be all ints or all strings, not {sorted(k.__name__ for k in kinds)}")
     # In order of first appearance, as `rowstage train` numbers a file's ids:
     # a row's initial factors follow its number, so the model is the same.
+    if arr.dtype.kind in "iu":
+        if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise ValueError("ids above 2**63 - 1")
+        distinct, codes = _rowstage.number_ints(np.ascontiguousarray(arr, dtype=np.int64))
+        return distinct.tolist(), codes
     distinct, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)

@@ -416,6 +416,36 @@ fn simulate(
     Ok(serde_json::to_string(&rowstage::bench::simulate::replayed(&rows)).expect("rows serialise"))
 }
 
+/// Integer ids numbered in order of first appearance (as the file loader
+/// numbers a file's): the distinct ids in that order, and each id's number.
+/// One hash map pass, where sorting (`numpy.unique`) took longer than
+/// reading the same ratings from a file.
+#[pyfunction]
+fn number_ints<'py>(
+    py: Python<'py>,
+    ids: PyReadonlyArray1<'py, i64>,
+) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<u32>>)> {
+    let ids = ids.as_slice()?;
+    let (distinct, codes) = py.detach(|| {
+        let mut seen: std::collections::HashMap<i64, u32> = std::collections::HashMap::with_capacity(1024);
+        let mut distinct = Vec::new();
+        let codes: Vec<u32> = ids
+            .iter()
+            .map(|&id| {
+                *seen.entry(id).or_insert_with(|| {
+                    distinct.push(id);
+                    distinct.len() as u32 - 1
+                })
+            })
+            .collect();
+        (distinct, codes)
+    });
+    if distinct.len() > u32::MAX as usize {
+        return Err(PyValueError::new_err("more than 2^32 distinct ids"));
+    }
+    Ok((distinct.into_pyarray(py), codes.into_pyarray(py)))
+}
+
 /// The library's version and the wgpu it was built with.
 #[pyfunction]
 fn versions() -> (String, String) {
@@ -431,5 +461,6 @@ fn _rowstage(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(devices, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
     m.add_function(wrap_pyfunction!(versions, m)?)?;
+    m.add_function(wrap_pyfunction!(number_ints, m)?)?;
     Ok(())
 }

@@ -3,7 +3,7 @@ ratings (a file for `rowstage train`, arrays for `MF.fit`), the same
 settings, alternately, wall time of each. Usage (after scripts/python.sh
 install, from the repository root):
 
-    python/.venv/bin/python python/bench_overhead.py [RATINGS] [EPOCHS] [BACKEND]
+    python/.venv/bin/python scripts/python_overhead.py [RATINGS] [EPOCHS] [BACKEND]
 """
 
 import subprocess
