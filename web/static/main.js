@@ -49,6 +49,9 @@ function tableRow(table, cells) {
     tr.append(td);
   }
   $(table).tBodies[0].append(tr);
+  // Keep the newest row in view in a scrolling box.
+  const box = $(table).parentElement;
+  if (box.classList.contains("scroll")) box.scrollTop = box.scrollHeight;
 }
 
 function epochRow(stage, e) {
@@ -60,7 +63,7 @@ function epochRow(stage, e) {
   const device = e.device_seconds == null ? "–" : e.device_seconds.toFixed(3);
   tableRow("epochs", [
     stage, e.epoch, e.train_rmse.toFixed(4), rmse(e.test_rmse), speed, e.seconds.toFixed(3),
-    `${e.host_seconds.toFixed(3)} / ${device}${e.bound ? ` (${e.bound})` : ""}`,
+    `${e.host_seconds.toFixed(3)} / ${device}`, e.bound ?? "–",
     e.rows_in, e.rows_out, bytes(e.bytes_h2d), bytes(e.bytes_d2h), percent(e.hit_rate),
     e.predicted_rows_in == null ? "–" : Math.round(e.predicted_rows_in),
   ]);
