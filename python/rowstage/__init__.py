@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -210,8 +211,11 @@ class MF:
             test_part = (([str(v) for v in tul], [str(v) for v in til]), (tuc, tic, np.ascontiguousarray(tr, dtype=np.float32)))
         trainer = _rowstage.Trainer(_pairs(self.get_params()), ids, (u, i, values), test_part)
         self.notes_ = trainer.notes()
+        # Ctrl-C is Python's main thread's: a fit on another thread is not
+        # stopped by it.
+        main = threading.current_thread() is threading.main_thread()
         while True:
-            stepped = trainer.step()
+            stepped = trainer.step(main)
             if stepped is None:
                 break
             stage, epoch = stepped

@@ -141,21 +141,29 @@ impl Trainer {
     }
 
     /// The next epoch with the GIL released: `(stage, epoch JSON)` in
-    /// `train --json`'s epoch schema, or `None` when the run is over.
-    /// Ctrl-C stops the epoch at its next batch, and the package raises
-    /// `KeyboardInterrupt`.
-    fn step(&mut self, py: Python<'_>) -> PyResult<Option<(String, String)>> {
+    /// `train --json`'s epoch schema, or `None` when the run is over. With
+    /// `watch_ctrl_c` (the caller is Python's main thread, where
+    /// `KeyboardInterrupt` is raised), Ctrl-C stops the epoch at its next
+    /// batch and raises it.
+    fn step(&mut self, py: Python<'_>, watch_ctrl_c: bool) -> PyResult<Option<(String, String)>> {
         let ceiling = self.is_ceiling();
         let Some(run) = self.run.as_mut() else { return Ok(None) };
         let token = self.cancel.clone();
         // SAFETY: the action only stores to an atomic (async-signal-safe).
         // Python's own SIGINT handler, installed before, is chained: it
         // still runs, so Python raises KeyboardInterrupt once back.
-        let id = unsafe { signal_hook::low_level::register(signal_hook::consts::SIGINT, move || token.cancel()) }
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot watch for Ctrl-C: {e}")))?;
+        let watch = if watch_ctrl_c {
+            let id = unsafe { signal_hook::low_level::register(signal_hook::consts::SIGINT, move || token.cancel()) }
+                .map_err(|e| PyRuntimeError::new_err(format!("cannot watch for Ctrl-C: {e}")))?;
+            Some(id)
+        } else {
+            None
+        };
         let run = SameThread(run);
         let stepped = py.detach(move || SameThread(run.take().step()));
-        signal_hook::low_level::unregister(id);
+        if let Some(id) = watch {
+            signal_hook::low_level::unregister(id);
+        }
         // Ctrl-C: Python's handler has run; raise its KeyboardInterrupt now.
         py.check_signals()?;
         Ok(stepped.0.map_err(raised)?.map(|(stage, e)| {
@@ -421,6 +429,7 @@ fn simulate(
 /// One hash map pass, where sorting (`numpy.unique`) took longer than
 /// reading the same ratings from a file.
 #[pyfunction]
+#[allow(clippy::type_complexity)]
 fn number_ints<'py>(
     py: Python<'py>,
     ids: PyReadonlyArray1<'py, i64>,

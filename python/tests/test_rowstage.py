@@ -313,3 +313,12 @@ def test_the_lesson_example_runs_as_a_user_would(tmp_path):
     assert "the same model at every budget: yes" in out.stdout, out.stdout
     assert out.stdout.count("\n") > 20 and "sca" in out.stdout
     assert ("chart: " in out.stdout) or ("matplotlib is not installed" in out.stdout)
+
+
+def test_fit_runs_on_a_worker_thread():
+    u, i, r = ratings()
+    models = []
+    t = threading.Thread(target=lambda: models.append(rowstage.MF(backend="cpu", **FIXED).fit(u, i, r)))
+    t.start()
+    t.join()
+    assert models and len(models[0].report_["epochs"]) == 3
