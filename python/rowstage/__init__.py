@@ -63,14 +63,21 @@ def _ids(values: Any) -> Tuple[list, np.ndarray]:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise ValueError("ids given as floats must be whole numbers")
         arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iuUSO":
+    if arr.dtype.kind == "S":
+        raise TypeError("ids given as bytes: decode them to str first")
+    if arr.dtype.kind not in "iuUO":
         raise TypeError(f"ids must be ints or strings, not {arr.dtype}")
     if arr.dtype.kind == "O":
         kinds = {type(v) for v in arr.tolist()}
-        if not (kinds <= {int} or kinds <= {str}):
+        if kinds == {int}:
+            try:
+                arr = arr.astype(np.int64)
+            except OverflowError:
+                raise ValueError("ids outside -2**63 .. 2**63 - 1") from None
+        elif not kinds <= {str}:
             raise TypeError(f"ids must be all ints or all strings, not {sorted(k.__name__ for k in kinds)}")
-    # In order of first appearance, as `rowstage train` numbers a file's ids:
-    # a row's initial factors follow its number, so the model is the same.
+    # In order of first appearance, as `rowstage train` numbers a file's ids
+    # (the library numbers its rows by first use in any case).
     if arr.dtype.kind in "iu":
         if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
             raise ValueError("ids above 2**63 - 1")
@@ -85,11 +92,6 @@ def _ids(values: Any) -> Tuple[list, np.ndarray]:
 
 def _triple(data: Any, items: Any, ratings: Any) -> Tuple[Any, Any, np.ndarray]:
     """(users, items, ratings) from any form ``fit`` takes."""
-    if isinstance(data, (str, os.PathLike)):
-        if items is not None or ratings is not None:
-            raise TypeError("a path gives the items and ratings itself: pass no items= or ratings=")
-        users_s, items_s, u, i, r = _rowstage.read_ratings(os.fspath(data))
-        return np.asarray(users_s, dtype=object)[u], np.asarray(items_s, dtype=object)[i], r
     if hasattr(data, "tocoo") and hasattr(data, "nnz"):  # scipy.sparse
         if items is not None or ratings is not None:
             raise TypeError("a sparse matrix gives the items and ratings itself: pass no items= or ratings=")
@@ -194,9 +196,15 @@ class MF:
         is kept. Ctrl-C stops it within a batch and raises
         ``KeyboardInterrupt``, leaving this object as it was before ``fit``.
         """
-        users, items_, values = _triple(data, items, ratings)
-        user_list, u = _ids(users)
-        item_list, i = _ids(items_)
+        if isinstance(data, (str, os.PathLike)):
+            if items is not None or ratings is not None:
+                raise TypeError("a path gives the items and ratings itself: pass no items= or ratings=")
+            # The file's ids, numbered by the loader in order of first appearance.
+            user_list, item_list, u, i, values = _rowstage.read_ratings(os.fspath(data))
+        else:
+            users, items_, values = _triple(data, items, ratings)
+            user_list, u = _ids(users)
+            item_list, i = _ids(items_)
         given_users = {str(v): v for v in user_list}
         given_items = {str(v): v for v in item_list}
         if len(given_users) != len(user_list) or len(given_items) != len(item_list):
@@ -210,7 +218,7 @@ class MF:
             til, tic = _ids(ti)
             test_part = (([str(v) for v in tul], [str(v) for v in til]), (tuc, tic, np.ascontiguousarray(tr, dtype=np.float32)))
         trainer = _rowstage.Trainer(_pairs(self.get_params()), ids, (u, i, values), test_part)
-        self.notes_ = trainer.notes()
+        notes = trainer.notes()
         # Ctrl-C is Python's main thread's: a fit on another thread is not
         # stopped by it.
         main = threading.current_thread() is threading.main_thread()
@@ -226,6 +234,7 @@ class MF:
                     trainer.stop()
         fitted = trainer.finish()
         self._adopt(fitted, given_users, given_items)
+        self.notes_ = notes
         return self
 
     def _adopt(self, fitted: Any, given_users: Optional[dict], given_items: Optional[dict]) -> None:
@@ -253,17 +262,19 @@ class MF:
     def recommend(self, users: Any, n: int = 10, exclude_rated: bool = True, rated: Optional[Tuple[Any, Any]] = None):
         """Each user's ``n`` best items, best first: ``(item_ids, scores)``,
         arrays of shape ``(len(users), n)``. ``exclude_rated`` leaves out
-        the items a user rated: after ``fit``, its training ratings; after
-        ``load``, the ``rated=(users, items)`` pairs, which it needs. Where
+        the items a user rated: the ``rated=(users, items)`` pairs where given
+        (for this call), else ``fit``'s training ratings; after ``load`` it
+        needs ``rated``. Where
         fewer than ``n`` items are left, ``None`` and NaN fill the row."""
         model = self._model()
         if n < 1:
             raise ValueError(f"n={n}: must be at least 1")
+        pairs = None
         if rated is not None:
             ru, ri = rated
-            model.set_rated(self._users.codes(ru, "user"), self._items.codes(ri, "item"))
+            pairs = (self._users.codes(ru, "user"), self._items.codes(ri, "item"))
         codes = self._users.codes(users, "user")
-        item_codes, scores = model.recommend(codes, n, exclude_rated)
+        item_codes, scores = model.recommend(codes, n, exclude_rated, pairs)
         missing = item_codes == np.iinfo(np.uint32).max
         lookup = np.asarray(self._items.values + [None], dtype=object)
         ids = lookup[np.where(missing, len(self._items.values), item_codes)]
@@ -287,8 +298,17 @@ def load(path: "os.PathLike[str] | str", id_type: Optional[type] = None) -> MF:
     fitted = _rowstage.load(os.fspath(path))
     given_users = given_items = None
     if id_type is not None:
-        given_users = {n: id_type(n) for n in fitted.user_ids()}
-        given_items = {n: id_type(n) for n in fitted.item_ids()}
+        def typed(what: str, names: list) -> dict:
+            try:
+                return {n: id_type(n) for n in names}
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"id_type={id_type.__name__} cannot read the model's {what} ids ({e}): load them as text") from None
+
+        given_users = typed("user", fitted.user_ids())
+        given_items = typed("item", fitted.item_ids())
+        for what, given in (("user", given_users), ("item", given_items)):
+            if len(set(given.values())) != len(given):
+                raise ValueError(f"id_type={id_type.__name__} makes two {what} ids one (as \"1\" and \"01\"): load them as text")
     model = MF()
     model._adopt(fitted, given_users, given_items)
     return model
@@ -309,7 +329,9 @@ def simulate(users: Any, items: Any, device_memory: Any = ("1%", "5%", "10%", "2
     user_list, u = _ids(users)
     item_list, i = _ids(items)
     ids = ([str(v) for v in user_list], [str(v) for v in item_list])
-    budgets = device_memory if isinstance(device_memory, str) else ",".join(_setting(b) for b in device_memory)
+    if isinstance(device_memory, (str, int, float)):
+        device_memory = [device_memory]
+    budgets = ",".join(_setting(b) for b in device_memory)
     policies = policy if isinstance(policy, str) else ",".join(policy)
     settings.setdefault("epochs", 1)
     return json.loads(_rowstage.simulate(_pairs(settings), ids, u, i, budgets, policies))

@@ -16,6 +16,8 @@ use rowstage::model::{FileKind, Model};
 use rowstage::session::{Run, RunOptions, Stage, query};
 use rowstage::train::CancelToken;
 
+mod interrupt;
+
 /// A library error as Python raises it: settings and data a caller gave
 /// are a `ValueError`, files an `OSError`, the rest (a device that failed)
 /// a `RuntimeError`. Parameter names are spelt as the keyword arguments
@@ -149,23 +151,24 @@ impl Trainer {
         let ceiling = self.is_ceiling();
         let Some(run) = self.run.as_mut() else { return Ok(None) };
         let token = self.cancel.clone();
-        // SAFETY: the action only stores to an atomic (async-signal-safe).
-        // Python's own SIGINT handler, installed before, is chained: it
-        // still runs, so Python raises KeyboardInterrupt once back.
         let watch = if watch_ctrl_c {
-            let id = unsafe { signal_hook::low_level::register(signal_hook::consts::SIGINT, move || token.cancel()) }
+            let w = interrupt::Watch::new(token.flag())
                 .map_err(|e| PyRuntimeError::new_err(format!("cannot watch for Ctrl-C: {e}")))?;
-            Some(id)
+            Some(w)
         } else {
             None
         };
         let run = SameThread(run);
         let stepped = py.detach(move || SameThread(run.take().step()));
-        if let Some(id) = watch {
-            signal_hook::low_level::unregister(id);
-        }
-        // Ctrl-C: Python's handler has run; raise its KeyboardInterrupt now.
+        let fired = watch.as_ref().is_some_and(interrupt::Watch::fired);
+        drop(watch);
+        // Ctrl-C: Python's handler noted it, so `check_signals` raises its
+        // KeyboardInterrupt; where no Python handler was installed
+        // (`signal.SIG_DFL`), raise one all the same: the run was stopped.
         py.check_signals()?;
+        if fired {
+            return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err("Ctrl-C: the run was stopped"));
+        }
         Ok(stepped.0.map_err(raised)?.map(|(stage, e)| {
             let stage = if stage == Stage::Choosing { "choosing" } else { "training" };
             let e = rowstage::report::EpochJson::of(&e, ceiling);
@@ -196,6 +199,34 @@ impl Trainer {
             v.dedup();
         }
         Ok(Fitted { model, config, report: Some(report), rated: Some(rated) })
+    }
+}
+
+impl Fitted {
+    /// Each user's rated items from (user, item) code pairs, sorted.
+    fn rated_from(&self, u: &[u32], i: &[u32]) -> PyResult<Vec<Vec<u32>>> {
+        if u.len() != i.len() {
+            return Err(PyValueError::new_err(format!(
+                "rated: {} users and {} items: pass one of each per pair",
+                u.len(),
+                i.len()
+            )));
+        }
+        let (n_users, n_items) = (self.model.n_users(), self.model.n_items());
+        let mut rated = vec![Vec::new(); n_users];
+        for (&u, &i) in u.iter().zip(i) {
+            if u as usize >= n_users || i as usize >= n_items {
+                return Err(PyValueError::new_err(format!(
+                    "rated: code ({u}, {i}) outside the model's {n_users} users and {n_items} items"
+                )));
+            }
+            rated[u as usize].push(i);
+        }
+        for v in &mut rated {
+            v.sort_unstable();
+            v.dedup();
+        }
+        Ok(rated)
     }
 }
 
@@ -294,18 +325,25 @@ impl Fitted {
 
     /// The `n` best items of each user (codes), best first, and their
     /// scores; where fewer than `n` are left, `u32::MAX` and NaN fill the
-    /// row. `exclude`: leave out the items each user rated (what `fit`
-    /// saw, or what [`Fitted::set_rated`] gave).
+    /// row. `exclude`: leave out the items each user rated: `rated`'s
+    /// (user, item) code pairs where given (for this call only), else what
+    /// `fit` trained on.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (users, n, exclude, rated=None))]
     fn recommend<'py>(
         &self,
         py: Python<'py>,
         users: PyReadonlyArray1<'py, u32>,
         n: usize,
         exclude: bool,
+        rated: Option<(PyReadonlyArray1<'py, u32>, PyReadonlyArray1<'py, u32>)>,
     ) -> PyResult<(Bound<'py, PyArray2<u32>>, Bound<'py, PyArray2<f32>>)> {
-        let users = users.as_slice()?;
-        let rated = match (exclude, &self.rated) {
+        let users = users.as_slice()?.to_vec();
+        let given = match &rated {
+            Some((u, i)) => Some(self.rated_from(u.as_slice()?, i.as_slice()?)?),
+            None => None,
+        };
+        let rated = match (exclude, given.as_ref().or(self.rated.as_ref())) {
             (false, _) => None,
             (true, Some(r)) => Some(r),
             (true, None) => {
@@ -329,24 +367,6 @@ impl Fitted {
             (ids, scores)
         });
         Ok((ids.into_pyarray(py).reshape([users.len(), n])?, scores.into_pyarray(py).reshape([users.len(), n])?))
-    }
-
-    /// Sets each user's rated items from pairs of codes (`recommend`'s
-    /// exclusions for a loaded model).
-    fn set_rated(&mut self, users: PyReadonlyArray1<'_, u32>, items: PyReadonlyArray1<'_, u32>) -> PyResult<()> {
-        let (u, i) = (users.as_slice()?, items.as_slice()?);
-        let mut rated = vec![Vec::new(); self.model.n_users()];
-        for (&u, &i) in u.iter().zip(i) {
-            if (u as usize) < rated.len() && (i as usize) < self.model.n_items() {
-                rated[u as usize].push(i);
-            }
-        }
-        for v in &mut rated {
-            v.sort_unstable();
-            v.dedup();
-        }
-        self.rated = Some(rated);
-        Ok(())
     }
 
     /// Writes the model file `rowstage train --save` writes.
@@ -434,8 +454,10 @@ fn number_ints<'py>(
     py: Python<'py>,
     ids: PyReadonlyArray1<'py, i64>,
 ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<u32>>)> {
+    // With the GIL held: the array is the caller's, which another Python
+    // thread could write meanwhile (one pass over it is quick).
     let ids = ids.as_slice()?;
-    let (distinct, codes) = py.detach(|| {
+    let (distinct, codes) = {
         let mut seen: std::collections::HashMap<i64, u32> = std::collections::HashMap::with_capacity(1024);
         let mut distinct = Vec::new();
         let codes: Vec<u32> = ids
@@ -448,7 +470,7 @@ fn number_ints<'py>(
             })
             .collect();
         (distinct, codes)
-    });
+    };
     if distinct.len() > u32::MAX as usize {
         return Err(PyValueError::new_err("more than 2^32 distinct ids"));
     }

@@ -131,6 +131,18 @@ def test_save_and_load_both_ways(tmp_path):
         back.recommend([int(u[0])])
     ids, _ = back.recommend([int(u[0])], rated=(u, i))
     assert np.array_equal(ids, model.recommend([int(u[0])])[0])
+    # `rated` holds for its call only: the next call needs it again.
+    with pytest.raises(ValueError, match="rated"):
+        back.recommend([int(u[0])])
+    # Text ids that one type would make one id are refused, not merged.
+    collide = rowstage.MF(backend="cpu", **FIXED).fit(["1", "01", "2"], ["a", "b", "a"], [3.0, 4.0, 5.0])
+    with pytest.raises(ValueError, match="id_type=int cannot read the model's item ids"):
+        collide.save(tmp_path / "c.safetensors") or rowstage.load(tmp_path / "c.safetensors", id_type=int)
+    collide = rowstage.MF(backend="cpu", **FIXED).fit(["1", "01", "2"], [10, 20, 10], [3.0, 4.0, 5.0])
+    collide.save(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="id_type=int makes two user ids one"):
+        rowstage.load(tmp_path / "c.safetensors", id_type=int)
+    assert rowstage.load(tmp_path / "c.safetensors").user_ids_ == ["1", "01", "2"]
     # `rowstage recommend` reads the file Python wrote.
     out = cli("recommend", "--model", tmp_path / "m.safetensors", "--user", int(u[0]), "-n", 3)
     assert out.returncode == 0
@@ -189,6 +201,8 @@ def test_bad_settings_and_data_name_what_is_wrong():
         rowstage.MF().fit([], [], [])
     with pytest.raises(TypeError, match="all ints or all strings"):
         rowstage.MF().fit([1, "a"], [1, 2], [3.0, 4.0])
+    with pytest.raises(TypeError, match="bytes"):
+        rowstage.MF().fit([b"a", b"b"], [1, 2], [3.0, 4.0])
 
 
 def test_training_releases_the_gil():
@@ -220,42 +234,68 @@ def test_training_releases_the_gil():
         assert inside >= expected / 2, (e["epoch"], e["seconds"], inside)
 
 
-def test_ctrl_c_raises_keyboard_interrupt_within_a_second_and_keeps_the_model_unfitted(tmp_path):
+# How SIGINT is handled when fit starts: Python's own handler, the process
+# default (no Python handler at all), a handler the program put in its place,
+# or ignored.
+CTRL_C_SETUPS = {
+    "python": "",
+    "sig_dfl": "signal.signal(signal.SIGINT, signal.SIG_DFL)",
+    "replaced": "def mine(s, f):\n    print('mine', flush=True)\n    raise KeyboardInterrupt\nsignal.signal(signal.SIGINT, mine)",
+    "sig_ign": "signal.signal(signal.SIGINT, signal.SIG_IGN)",
+}
+
+
+@pytest.mark.parametrize("setup", sorted(CTRL_C_SETUPS))
+def test_ctrl_c_raises_keyboard_interrupt_within_a_second_and_keeps_the_model_unfitted(tmp_path, setup):
     script = tmp_path / "fit.py"
     script.write_text(textwrap.dedent("""
-        import sys, time
+        import signal, sys, time
         import numpy as np
         import rowstage
         rng = np.random.default_rng(1)
         n = 400000
         u, i = rng.integers(0, 20000, n), rng.integers(0, 10000, n)
         r = rng.integers(1, 6, n).astype(np.float32)
-        model = rowstage.MF(backend="cpu", epochs=100000, lr=0.05, reg=0.08)
+        EPOCHS = 4 if sys.argv[1] == "sig_ign" else 100000
+        model = rowstage.MF(backend="cpu", epochs=EPOCHS, lr=0.05, reg=0.08)
         def started(e):
             if e["epoch"] == 1:
                 print("epoch", flush=True)
+    """) + CTRL_C_SETUPS[setup] + textwrap.dedent("""
         try:
             model.fit(u, i, r, callback=started)
         except KeyboardInterrupt:
-            print("interrupted", time.monotonic(), model._fitted is None, flush=True)
+            h = signal.getsignal(signal.SIGINT)
+            now = ("python" if h is signal.default_int_handler else "sig_dfl" if h == signal.SIG_DFL
+                   else "replaced" if getattr(h, "__name__", "") == "mine" else repr(h))
+            print("interrupted", time.monotonic(), model._fitted is None, now, flush=True)
             sys.exit(0)
-        print("finished", flush=True)
-        sys.exit(1)
+        print("finished", len(model.report_["epochs"]), flush=True)
+        sys.exit(0)
     """))
-    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, str(script), setup], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     try:
         assert child.stdout.readline().strip() == "epoch", child.stderr.read()
         time.sleep(0.2)
         sent = time.monotonic()
         child.send_signal(signal.SIGINT)
         line = child.stdout.readline().split()
-        child.wait(timeout=30)
+        if line[:1] == ["mine"]:  # the program's own handler ran
+            line = child.stdout.readline().split()
+        child.wait(timeout=60)
     finally:
         child.kill()
+    if setup == "sig_ign":
+        # An ignored Ctrl-C is ignored by the run too: it trains to the end.
+        assert line == ["finished", "4"], (line, child.stderr.read())
+        return
     assert line[:1] == ["interrupted"], (line, child.stderr.read())
     assert line[2] == "True", "the model must stay unfitted after an interrupted fit"
+    # The handler in place before fit is in place after it, whatever it was.
+    assert line[3] == setup, line
     waited = float(line[1]) - sent
-    print(f"KeyboardInterrupt {waited:.3f} s after SIGINT")
+    print(f"{setup}: KeyboardInterrupt {waited:.3f} s after SIGINT")
     assert waited < 1.0, f"KeyboardInterrupt came {waited:.2f} s after SIGINT"
     assert child.returncode == 0
 
@@ -276,6 +316,9 @@ def test_simulate_counts_what_the_command_line_counts(tmp_path):
         "--policy", "all", "--json", tmp_path / "sim.json")
     native = json.loads((tmp_path / "sim.json").read_text())
     assert len(rows) == 14
+    one = rowstage.simulate(u, i, device_memory="25%", policy="sca", seed=7)
+    # A single budget as a string; its row is the sweep's row for it.
+    assert len(one) == 1 and one[0] in rows
     assert json.dumps(rows, sort_keys=True) == json.dumps(native, sort_keys=True)
 
 

@@ -164,7 +164,8 @@ impl SlabPicture {
     pub fn of(view: SlabView, counts: &[u32]) -> Self {
         let mut touched: Vec<u32> = counts.iter().copied().filter(|&c| c > 0).collect();
         touched.sort_unstable_by(|a, b| b.cmp(a));
-        let hot_lookups = touched.get(touched.len() / 20).copied().unwrap_or(0).max(1);
+        // The last of the top 5% (rounded up) sets the threshold.
+        let hot_lookups = touched.get(touched.len().div_ceil(20).saturating_sub(1)).copied().unwrap_or(0).max(1);
         let row = |r: u32| (r != NONE).then_some(r);
         SlabPicture {
             resident: view.areas.resident,
@@ -947,6 +948,34 @@ mod tests {
 
     fn r(user: u32, item: u32) -> Rating {
         Rating { user, item, value: 3.0 }
+    }
+
+    #[test]
+    fn the_slab_picture_calls_the_top_five_percent_hot() {
+        // 40 touched rows with lookups 40, 39, …, 1, and two untouched.
+        let mut counts: Vec<u32> = (1..=40).collect();
+        counts.extend([0, 0]);
+        let view = SlabView {
+            areas: Areas { resident: 2, cache: 1, staging: 0 },
+            block: 0,
+            rows: vec![39, 41, NONE],
+            loads: vec![0, 1, 0],
+            n_users: 20,
+        };
+        let p = SlabPicture::of(view, &counts);
+        // 5% of 40 is 2 rows: those with 40 and 39 lookups.
+        assert_eq!(p.hot_lookups, 39);
+        assert_eq!(p.rows, vec![Some(39), Some(41), None]);
+        assert_eq!(p.lookups, vec![40, 0, 0]);
+        // One touched row: it is the top 5%.
+        let one = SlabView {
+            areas: Areas { resident: 1, cache: 0, staging: 0 },
+            block: 0,
+            rows: vec![0],
+            loads: vec![0],
+            n_users: 1,
+        };
+        assert_eq!(SlabPicture::of(one, &[7]).hot_lookups, 7);
     }
 
     #[test]
