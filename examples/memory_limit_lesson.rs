@@ -14,7 +14,8 @@
 
 use std::sync::atomic::AtomicBool;
 
-use rowstage::bench::{self, BenchPlan, BenchReport, BenchRow, Progress};
+use rowstage::bench::lesson::{BUDGETS, Lesson};
+use rowstage::bench::{self, BenchPlan, BenchReport, Progress};
 use rowstage::data::{Dataset, SyntheticSpec, generate};
 use rowstage::gpu::{BackendChoice, GpuContext};
 use rowstage::model::HyperParams;
@@ -22,15 +23,14 @@ use rowstage::report::DatasetInfo;
 use rowstage::stage::{Budget, PolicyKind, access_counts, human_bytes};
 use rowstage::train::{TrainSettings, table_bytes};
 
-const BUDGETS: [f64; 4] = [100.0, 25.0, 5.0, 1.0];
 const POLICIES: [PolicyKind; 4] = [PolicyKind::Static, PolicyKind::Lru, PolicyKind::Sca, PolicyKind::Lookahead];
 
 /// Prints each budget's table as soon as its last policy has run.
-struct Lesson {
+struct Tables {
     per_budget: usize,
 }
 
-impl Progress for Lesson {
+impl Progress for Tables {
     fn start(&mut self, index: usize, _total: usize, label: &str) {
         if index.is_multiple_of(self.per_budget) {
             let budget = label.split_whitespace().nth(1).unwrap_or("?");
@@ -68,10 +68,6 @@ impl Progress for Lesson {
     fn skipped(&mut self, s: &bench::Skipped) {
         println!("  {:<10} skipped: {}", s.policy, s.reason);
     }
-}
-
-fn find<'a>(rows: &'a [BenchRow], budget: &str, policy: &str) -> Option<&'a BenchRow> {
-    rows.iter().find(|r| r.budget == budget && r.policy == policy)
 }
 
 fn main() -> rowstage::Result<()> {
@@ -149,87 +145,28 @@ fn main() -> rowstage::Result<()> {
     );
     let info = DatasetInfo::of(&data, 0);
     let never = AtomicBool::new(false);
-    let report = bench::run(&data, info, &plan, &never, &mut Lesson { per_budget: POLICIES.len() })?;
+    let report = bench::run(&data, info, &plan, &never, &mut Tables { per_budget: POLICIES.len() })?;
 
+    // What the figures show, each by its cause (the page shows the same).
     println!("\nWHAT IT SHOWS");
-    let r = &report.rows;
-    if let (Some(full), Some(small)) = (find(r, "100%", "sca"), find(r, "1%", "sca")) {
-        println!(
-            "* What moved: with the whole tables on the device, almost nothing crosses after the first epoch ({:.0} rows per epoch).",
-            full.rows_in_per_epoch
-        );
-        println!(
-            "  At 1% the slab holds {} rows, and {:.0} rows cross per epoch ({} host→device): {:.0}% of all row lookups.",
-            small.device_memory_bytes.unwrap_or(0) / plan.settings.row_bytes(),
-            small.rows_in_per_epoch,
-            human_bytes(small.bytes_h2d_per_epoch as u64),
-            100.0 * small.rows_in_per_epoch / (2 * data.train.len()) as f64
-        );
+    let lesson = Lesson::of(report);
+    for line in &lesson.explanation {
+        println!("* {line}");
     }
-    for b in ["25%", "5%", "1%"] {
-        if let Some(x) = find(r, b, "sca") {
-            println!(
-                "* What it cost at {b}: {:.2}× the all-resident speed ({}), test RMSE {:.4} against {:.4} with everything resident.",
-                x.vs_resident.unwrap_or(f64::NAN),
-                x.order,
-                x.test_rmse.unwrap_or(f64::NAN),
-                find(r, "100%", "sca").and_then(|f| f.test_rmse).unwrap_or(f64::NAN)
-            );
+    println!("\nWHAT THE BYTES WOULD COST ON NAMED HARDWARE (a projection: a lower bound of staging time per epoch)");
+    print!("  {:<10} {:>6}", "policy", "budget");
+    for p in lesson.profiles {
+        print!(" {:>30}", p.name);
+    }
+    println!();
+    for (r, seconds) in lesson.report.rows.iter().zip(&lesson.projected_staging_seconds) {
+        print!("  {:<10} {:>6}", r.policy, r.budget);
+        for s in seconds {
+            print!(" {:>29.4}s", s);
         }
+        println!();
     }
-    println!("  Staging changes where a row lives, never the arithmetic: the limit costs time, not accuracy.");
-    if let (Some(full), Some(small)) = (find(r, "100%", "sca"), find(r, "1%", "sca")) {
-        println!(
-            "* What it does to parallelism: the blocked order ({}) trains the blocks of a round at once, a worker each, as long",
-            full.order
-        );
-        println!(
-            "  as the slab holds their rows. All resident, {:.0} workers ran at once; at 1% ({}), {:.0}: a smaller on-chip memory",
-            full.workers, small.order, small.workers
-        );
-        println!("  limits the working set that can train in parallel, not just the bytes that move.");
-    }
-    if let (Some(sca), Some(lru), Some(st)) = (find(r, "5%", "sca"), find(r, "5%", "lru"), find(r, "5%", "static")) {
-        println!(
-            "* How SCA splits the slab: the hottest rows stay resident and the other slots are a cache kept across steps;"
-        );
-        println!("  the resident share is the one its replay of this run's own steps found to move the fewest rows.");
-        let (s, l, t) = (sca.rows_in_per_epoch, lru.rows_in_per_epoch, st.rows_in_per_epoch);
-        let verdict = if s <= l.min(t) {
-            "SCA moves the fewest"
-        } else if t < s {
-            "static moves fewer than SCA here"
-        } else {
-            "LRU moves fewer than SCA here"
-        };
-        println!(
-            "  At 5% it moves {s:.0} rows per epoch; static (hot rows pinned, the rest staged one step at a time) {t:.0};"
-        );
-        println!("  LRU (nothing pinned, so cold rows evict hot ones) {l:.0}: {verdict}.");
-    }
-    for b in ["25%", "5%", "1%"] {
-        if let (Some(la), Some(sca)) = (find(r, b, "lookahead"), find(r, b, "sca")) {
-            let floor = la.belady_rows_in_per_epoch.unwrap_or(0.0);
-            println!(
-                "* How close lookahead gets at {b}: {:.0} rows per epoch, {:.2}× the offline optimum ({floor:.0}); SCA alone: {:.2}×.",
-                la.rows_in_per_epoch,
-                la.rows_in_per_epoch / floor.max(1.0),
-                sca.rows_in_per_epoch / floor.max(1.0)
-            );
-        }
-    }
-    println!(
-        "  Belady evicts the row whose next use is furthest away, knowing the whole future: no policy moves fewer rows."
-    );
-    println!(
-        "  lookahead does the same within the next {} ratings it can see ({:.0}% of an epoch here), so where that window",
-        32 * rowstage::engine::rows::LOOKAHEAD_UNIT,
-        100.0 * (32 * rowstage::engine::rows::LOOKAHEAD_UNIT) as f64 / data.train.len() as f64
-    );
-    println!("  covers each staged row's next use it matches Belady; on longer epochs it falls behind.");
-    println!(
-        "* Hit rate, everywhere above: the share of a step's distinct rows already on the device when the step starts."
-    );
+    let report = lesson.report;
     let files = bench::plot::plot(&report, std::path::Path::new(&charts))?;
     println!("\nCharts (SVG; open them in a browser):");
     for f in files {

@@ -460,36 +460,76 @@ fn the_page_trains_the_native_model_on_webgpu() {
     close_tables(&model, &native, dir.path(), "page, WebGPU, default data");
 }
 
-#[test]
-fn the_pages_policy_comparison_counts_what_rowstage_simulate_counts() {
-    let Some(chromium) = page_and_browser("page, policies compared") else { return };
-    let parts = page_parts(&chromium, "synthetic=400,200,6000&seed=7&compare=25%25,5%25", Vec::new(), &["comparison"]);
-    let page: serde_json::Value = serde_json::from_slice(&parts["comparison"]).expect("the comparison is JSON");
+/// Checks the page's lesson (`rowstage::bench::lesson::Lesson` as JSON)
+/// against the simulator: every configuration trained on WebGPU, and each
+/// row's rows in per timed epoch (the second: one warm-up) from its own
+/// ledger equal to `rowstage simulate`'s count for the same data, settings,
+/// budget, policy and batch, as is its Belady floor. Returns the rows.
+fn lesson_counts_what_simulate_counts(lesson: &serde_json::Value, data: &[&str]) -> Vec<serde_json::Value> {
+    let report = &lesson["report"];
+    let rows = report["rows"].as_array().expect("rows").clone();
+    let profiles = lesson["profiles"].as_array().expect("profiles").len();
+    assert!(profiles >= 3, "named hardware profiles: {lesson}");
+    assert_eq!(lesson["projected_staging_seconds"].as_array().unwrap().len(), rows.len());
+    assert!(lesson["explanation"].as_array().is_some_and(|e| e.len() >= 3), "{lesson}");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("simulate.json");
-    let out = Command::new(assert_cmd::cargo::cargo_bin("rowstage"))
-        .args(["simulate", "--synthetic", "400,200,6000", "--seed", "7", "--epochs", "1"])
-        .args(["--device-memory", "25%,5%", "--policy", "all", "--json"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let native: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(page.as_array().map(Vec::len), Some(14), "two budgets × seven policies: {page}");
-    // JSON has one kind of number: the page writes 5831.0 as 5831.
-    let (page, native) = (numbers_as_f64(page), numbers_as_f64(native));
-    assert_eq!(page, native, "the page's comparison differs from rowstage simulate's:\n{page}\n{native}");
+    for r in &rows {
+        assert_eq!(r["backend"], "webgpu", "the lesson trains on WebGPU: {r}");
+        let (budget, policy, batch) =
+            (r["budget"].as_str().unwrap(), r["policy"].as_str().unwrap(), r["batch"].to_string());
+        let path = dir.path().join("simulate.json");
+        let out = Command::new(assert_cmd::cargo::cargo_bin("rowstage"))
+            .arg("simulate")
+            .args(data)
+            .args(["--epochs", "2", "--batch", &batch, "--device-memory", budget, "--policy"])
+            .arg(format!("{policy},belady"))
+            .arg("--json")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let native: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let second = |p: &str| {
+            let n = native.as_array().unwrap().iter().find(|n| n["policy"] == p).expect("simulated");
+            assert_eq!(n["order"], r["order"], "{n}\n{r}");
+            n["epoch_rows_in"][1].as_f64().unwrap()
+        };
+        println!(
+            "{budget} {policy}: trained {} rows in, simulated {}; Belady {} and {}",
+            r["rows_in_per_epoch"],
+            second(policy),
+            r["belady_rows_in_per_epoch"],
+            second("belady")
+        );
+        assert_eq!(r["rows_in_per_epoch"].as_f64(), Some(second(policy)), "{budget} {policy}: {r}");
+        assert_eq!(r["belady_rows_in_per_epoch"].as_f64(), Some(second("belady")), "{budget} {policy}: {r}");
+    }
+    rows
 }
 
-/// `v` with every number as a float (JSON does not tell 1 from 1.0).
-fn numbers_as_f64(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::Number(n) => n.as_f64().map_or(Value::Null, Value::from),
-        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect()),
-        v => v,
+#[test]
+fn the_pages_lesson_trains_every_policy_and_counts_what_rowstage_simulate_counts() {
+    let Some(chromium) = page_and_browser("page, lesson") else { return };
+    let data = ["--synthetic", "400,200,6000", "--seed", "7"];
+    let query = "synthetic=400,200,6000&seed=7&lr=0.05&reg=0.08&device-memory=25%25&backend=webgpu";
+    let parts = page_parts(&chromium, &format!("{query}&compare=policies"), Vec::new(), &["comparison"]);
+    let lesson: serde_json::Value = serde_json::from_slice(&parts["comparison"]).expect("the lesson is JSON");
+    let rows = lesson_counts_what_simulate_counts(&lesson, &data);
+    let policies: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["none", "static", "lru", "lfu", "sca", "lookahead"], "every policy that trains");
+
+    // The chosen policy at 100, 25, 5 and 1%: each trained, or skipped
+    // with its reason (1% of these small tables holds no batch).
+    let parts = page_parts(&chromium, &format!("{query}&policy=sca&compare=budgets"), Vec::new(), &["comparison"]);
+    let lesson: serde_json::Value = serde_json::from_slice(&parts["comparison"]).expect("the lesson is JSON");
+    let rows = lesson_counts_what_simulate_counts(&lesson, &data);
+    let mut budgets: Vec<String> = rows.iter().map(|r| r["budget"].as_str().unwrap().to_string()).collect();
+    for k in lesson["report"]["skipped"].as_array().unwrap() {
+        println!("skipped: {k}");
+        budgets.push(k["budget"].as_str().unwrap().to_string());
     }
+    assert_eq!(budgets, ["100%", "25%", "5%", "1%"], "{lesson}");
+    assert!(rows.len() >= 3, "100%, 25% and 5% train: {lesson}");
 }
 
 /// The keys of `v`'s objects, recursively (`path.key`), arrays by their

@@ -72,7 +72,7 @@ def devices() -> list[dict]: ...
 def simulate(
     users: Ids,
     items: Ids,
-    device_memory: Union[str, Sequence[Size]] = ...,
+    device_memory: Union[Size, Sequence[Size]] = ...,
     policy: Union[str, Sequence[str]] = "all",
     **settings: Any,
 ) -> list[dict]: ...

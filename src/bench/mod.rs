@@ -32,6 +32,7 @@
 
 pub mod environment;
 pub mod export;
+pub mod lesson;
 pub mod plot;
 pub mod simulate;
 
@@ -273,6 +274,10 @@ pub struct BenchRow {
     pub kernel_bytes_per_sec: Option<f64>,
     /// `kernel_bytes_per_sec / copy_bytes_per_sec`.
     pub kernel_bandwidth_share: Option<f64>,
+    /// Device steps and dispatches per epoch (medians): what a step's
+    /// latency and a dispatch's overhead multiply.
+    pub steps_per_epoch: f64,
+    pub dispatches_per_epoch: f64,
     /// The cost model's rows in per epoch, where the policy has one.
     pub predicted_rows_in_per_epoch: Option<f64>,
     /// Rows in per epoch of the offline optimum at this budget (simulated).
@@ -605,6 +610,8 @@ pub fn run(
                 bound: device.map(|d| if d > host { "device" } else { "host" }.to_string()),
                 kernel_bytes_per_sec,
                 kernel_bandwidth_share: kernel_bytes_per_sec.zip(copy.filter(|&c| c > 0.0)).map(|(k, c)| k / c),
+                steps_per_epoch: med(&|e| e.ledger.steps as f64),
+                dispatches_per_epoch: med(&|e| e.dispatches as f64),
                 // Every epoch's but the run's first, which also loads the resident rows.
                 predicted_rows_in_per_epoch: timed.iter().find(|e| e.epoch > 1).and_then(|e| e.predicted_rows_in),
                 belady_rows_in_per_epoch: floor,

@@ -20,7 +20,7 @@ mod setup;
 pub mod tune;
 
 pub use setup::{
-    BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
+    AUTO_SHARE, BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
     open_backend_fitting, open_backend_on, plan_budget, table_bytes,
 };
 

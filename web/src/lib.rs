@@ -72,50 +72,15 @@ fn reader(
     }
 }
 
-/// The policy comparison: one epoch of the run that `pairs` asks for,
-/// replayed without kernels through `policies` at each of `budgets`
-/// (comma-separated, as `rowstage simulate` takes them). Returns
-/// `{"results": [...], "too_small": [...]}`: `results` is `rowstage
-/// simulate --json`'s list for the same data, settings and seed.
-#[wasm_bindgen]
-pub fn compare(
-    pairs: &str,
-    budgets: &str,
-    policies: &str,
-    data: Option<Vec<u8>>,
-    test: Option<Vec<u8>>,
-) -> Result<String, JsError> {
-    use rowstage::bench::simulate::{SweepOutcome, replayed, sweep};
-    let fail = |e: rowstage::Error| JsError::new(&shown(e));
-    let pairs: Vec<(String, String)> = serde_json::from_str(pairs)?;
-    let request = query::request_from_pairs(&pairs).map_err(fail)?;
-    let budgets = rowstage::stage::Budget::parse_list("`device-memory`", budgets).map_err(fail)?;
-    let policies = rowstage::stage::PolicyKind::parse_list("`policy`", policies).map_err(fail)?;
-    let files = vec![(request.source.path.clone(), data), (request.source.test.clone(), test)];
-    let loaded =
-        request.source.load_with(request.spec.seed, &mut reader(&files, request.source.options)).map_err(fail)?;
-    let spec = rowstage::train::RunSpec { epochs: 1, ..request.spec };
-    let rows = sweep(&loaded.dataset, &spec, spec.backend.lookahead, &budgets, &policies, &mut |_| {}).map_err(fail)?;
-    let too_small: Vec<_> = rows
-        .iter()
-        .filter_map(|r| match &r.outcome {
-            SweepOutcome::TooSmall { step, needed } => Some(serde_json::json!({
-                "device_memory": r.label, "policy": r.policy, "step": step, "needed_bytes": needed,
-            })),
-            SweepOutcome::Replayed(_) => None,
-        })
-        .collect();
-    Ok(serde_json::json!({ "results": replayed(&rows), "too_small": too_small }).to_string())
-}
-
 thread_local! {
     /// The message of the last panic (the page shows it for the trap that
     /// follows, which says only "unreachable").
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
     /// Whether a device call is under way (perhaps suspended).
     static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// The work [`rowstage_device_call`] carries out next.
-    static QUEUED: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+    /// The work [`rowstage_device_call`] carries out next, and where its
+    /// outcome goes.
+    static QUEUED: RefCell<Option<(Outcome, Work)>> = const { RefCell::new(None) };
 }
 
 #[wasm_bindgen(start)]
@@ -138,13 +103,13 @@ pub fn last_panic() -> Option<String> {
 /// while one is under way is refused (its work's outcome says so).
 #[unsafe(no_mangle)]
 pub extern "C" fn rowstage_device_call() {
-    let Some(work) = QUEUED.with_borrow_mut(Option::take) else { return };
+    let Some((outcome, work)) = QUEUED.with_borrow_mut(Option::take) else { return };
     if IN_CALL.replace(true) {
-        // The queued work is dropped; its outcome slot stays empty, and
-        // `outcome` reports that no call completed.
+        *outcome.borrow_mut() = Some(Err("another run is under way on this page: stop it first".into()));
         return;
     }
-    work();
+    let result = work();
+    *outcome.borrow_mut() = Some(result);
     IN_CALL.set(false);
 }
 
@@ -152,14 +117,19 @@ pub extern "C" fn rowstage_device_call() {
 /// until the call has completed.
 type Outcome = Rc<RefCell<Option<Result<Option<String>, String>>>>;
 
+/// What a device call carries out.
+type Work = Box<dyn FnOnce() -> Result<Option<String>, String>>;
+
 /// Takes `outcome` as the page receives it (an error is thrown).
 fn take(outcome: &Outcome) -> Result<Option<String>, JsError> {
     let o = outcome.borrow_mut().take();
-    o.unwrap_or_else(|| Err("another run is under way on this page: stop it first".into()))
-        .map_err(|e| JsError::new(&e))
+    // No outcome: the call never returned (the WebAssembly trapped).
+    o.unwrap_or_else(|| Err("the device call did not complete: reload the page".into())).map_err(|e| JsError::new(&e))
 }
 
-/// What the page's run holds; borrowed only inside a device call.
+/// What the page's run holds. A device call borrows it for its length,
+/// suspended waits included, so the calls made between (the slab's picture,
+/// the notes, the model) try to borrow it and do without when it is busy.
 #[derive(Default)]
 struct State {
     run: Option<Run>,
@@ -207,7 +177,7 @@ impl WebRun {
     /// What the run says before its first epoch (once opened): the data,
     /// the order, what it chooses; one line each.
     pub fn notes(&mut self) -> String {
-        let s = self.state.borrow();
+        let Ok(s) = self.state.try_borrow() else { return String::new() };
         if self.cancel.is_none() {
             self.cancel = s.run.as_ref().map(Run::cancel_token);
         }
@@ -251,15 +221,16 @@ impl WebRun {
     }
 
     /// The device slab now, slot by slot (`rowstage::stage::SlabPicture`
-    /// as JSON), or `undefined` where the backend has none (the CPU).
+    /// as JSON), or `undefined` where the backend has none (the CPU) or
+    /// while a device call is under way.
     pub fn slab_picture(&self) -> Option<String> {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state.try_borrow_mut().ok()?;
         let picture = s.run.as_mut()?.slab_picture()?;
         serde_json::to_string(&picture).ok()
     }
 
-    /// Stops the run at the next epoch's start; its report then says
-    /// `"complete": false`.
+    /// Stops the run at its next batch (heard while an epoch waits for the
+    /// device); the run's report then says `"complete": false`.
     pub fn stop(&self) {
         if let Some(c) = &self.cancel {
             c.cancel();
@@ -269,7 +240,7 @@ impl WebRun {
     /// The model after `finish`, as the safetensors file `train --save`
     /// writes (what `rowstage eval` and `recommend` read).
     pub fn model(&self) -> Result<Vec<u8>, JsError> {
-        let s = self.state.borrow();
+        let s = self.state.try_borrow().map_err(|_| JsError::new("the run is busy: wait for it to finish"))?;
         let f = s.finished.as_ref().ok_or_else(|| JsError::new("the run has not finished"))?;
         f.model_bytes(Path::new("model.safetensors")).map_err(|e| JsError::new(&shown(e)))
     }
@@ -277,15 +248,13 @@ impl WebRun {
 
 /// Queues `work` for the next device call; its outcome lands in `outcome`.
 fn queue(outcome: &Outcome, work: impl FnOnce() -> Result<Option<String>, String> + 'static) {
-    let outcome = outcome.clone();
-    QUEUED.set(Some(Box::new(move || {
-        let result = work();
-        *outcome.borrow_mut() = Some(result);
-    })));
+    QUEUED.set(Some((outcome.clone(), Box::new(work))));
 }
 
-/// "Benchmark this device": the sweep `rowstage bench --preset web` runs,
-/// on this page's backend.
+/// A sweep of really trained configurations: "Benchmark this device" (the
+/// sweep `rowstage bench --preset web` runs, on this page's backend), or
+/// "Compare policies" and "Compare budgets" (the memory-limit lesson,
+/// `rowstage::bench::lesson`, on the page's data and settings).
 #[wasm_bindgen]
 pub struct WebBench {
     outcome: Outcome,
@@ -324,6 +293,62 @@ impl WebBench {
             let mut report = rowstage::bench::run(&data, info, &plan, &stop, &mut progress).map_err(shown)?;
             report.environment.browser = Some(browser);
             Ok(Some(rowstage::bench::export::json(&report)))
+        });
+    }
+
+    /// Queues the lesson on the run that `pairs` asks for (with the bytes
+    /// of the files it names): `compare` is `policies` (every policy at the
+    /// run's device memory, 25% where that is auto) or `budgets` (the run's
+    /// policy at 100, 25, 5 and 1%). Its outcome is
+    /// `rowstage::bench::lesson::Lesson` as JSON: the report in `rowstage
+    /// bench --export-json`'s schema, what it shows, and the projections.
+    pub fn begin_lesson(
+        &self,
+        pairs: String,
+        compare: String,
+        data: Option<Vec<u8>>,
+        test: Option<Vec<u8>>,
+        browser: String,
+    ) {
+        let (stop, doing) = (self.stop.clone(), self.doing.clone());
+        queue(&self.outcome, move || {
+            use rowstage::Named;
+            use rowstage::bench::lesson::{Comparison, Lesson};
+            let pairs: Vec<(String, String)> = serde_json::from_str(&pairs).map_err(|e| e.to_string())?;
+            let request = query::request_from_pairs(&pairs).map_err(shown)?;
+            let backend = request.spec.backend.backend;
+            if backend == rowstage::gpu::BackendChoice::Cpu {
+                return Err(
+                    "the lesson needs WebGPU: the CPU backend keeps the tables in host memory and stages nothing"
+                        .into(),
+                );
+            }
+            let comparison = match compare.as_str() {
+                "policies" => {
+                    let budget = request
+                        .spec
+                        .backend
+                        .device_memory
+                        .unwrap_or(rowstage::stage::Budget::Percent(rowstage::train::AUTO_SHARE));
+                    Comparison::Policies(budget.to_string(), budget)
+                }
+                "budgets" => Comparison::Budgets(request.spec.backend.policy),
+                other => return Err(format!("compare={other}: expected policies or budgets")),
+            };
+            let files = vec![(request.source.path.clone(), data), (request.source.test.clone(), test)];
+            let loaded = request
+                .source
+                .load_with(request.spec.seed, &mut reader(&files, request.source.options))
+                .map_err(shown)?;
+            let plan = comparison.plan(&request.spec, Named::name(backend)).map_err(shown)?;
+            let info = rowstage::report::DatasetInfo::of(&loaded.dataset, loaded.skipped);
+            let mut progress = Doing(doing);
+            let mut report = rowstage::bench::run(&loaded.dataset, info, &plan, &stop, &mut progress).map_err(shown)?;
+            report.environment.browser = Some(browser);
+            for k in &mut report.skipped {
+                k.reason = rowstage::error::spell_params(&k.reason, "");
+            }
+            serde_json::to_string(&Lesson::of(report)).map(Some).map_err(|e| e.to_string())
         });
     }
 

@@ -6,17 +6,19 @@
 export const jspi = typeof WebAssembly.Suspending === "function" && typeof WebAssembly.promising === "function";
 
 let resume = null;
+let timer = null;
 
 export function wake() {
   const r = resume;
   resume = null;
+  clearTimeout(timer);
   if (r) r();
 }
 
 export const suspend = jspi
   ? new WebAssembly.Suspending(() => new Promise((r) => {
       resume = r;
-      setTimeout(wake, 1000);
+      timer = setTimeout(wake, 1000);
     }))
   : () => {
       throw new Error("this browser has no JavaScript Promise Integration (WebAssembly.Suspending)");

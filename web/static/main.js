@@ -2,13 +2,13 @@
 // names), runs the library in wasm an epoch at a time, and publishes the
 // outcome where scripts can read it (document.title, window.rowstageReport,
 // window.rowstageComparison).
-import init, { WebBench, WebRun, compare, last_panic, open_webgpu, policies } from "./pkg/rowstage_web.js";
+import init, { WebBench, WebRun, last_panic, open_webgpu, policies } from "./pkg/rowstage_web.js";
 import { jspi } from "./jspi.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 // Names the page itself reads; the rest go to the library as they are.
-// `compare=BUDGETS` compares the policies at those budgets instead of
+// `compare=policies` or `compare=budgets` runs the lesson instead of one
 // training; `bench=1` benchmarks the device.
 const PAGE = new Set(["autorun", "post", "compare", "bench"]);
 let current = null;
@@ -198,25 +198,102 @@ async function train(pairs, file) {
   return { ...(slab ? { slab } : {}), notes: $("notes").textContent, report: JSON.stringify(report), model };
 }
 
-// The policies compared at `budgets`, as `rowstage simulate` compares them.
-async function comparePolicies(pairs, file, budgets) {
-  const f = await files(pairs.filter(([k]) => k !== "backend" && k !== "policy"), file);
-  const out = JSON.parse(compare(JSON.stringify(f.pairs), budgets, "all", f.data, f.test));
+// Horizontal bars, one per label, scaled to the largest value; `mark`, where
+// given, draws a second value as a line across its bar (Belady's floor).
+function bars(title, rows, value, shown, mark) {
+  const box = document.createElement("figure");
+  box.className = "bars";
+  box.append(Object.assign(document.createElement("figcaption"), { textContent: title }));
+  const top = Math.max(...rows.map((r) => Math.max(value(r) ?? 0, mark?.(r) ?? 0)), 1e-30);
+  for (const r of rows) {
+    const line = document.createElement("div");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${(100 * (value(r) ?? 0)) / top}%`;
+    const track = document.createElement("span");
+    track.className = "track";
+    track.append(bar);
+    const floor = mark?.(r);
+    if (floor != null) {
+      const m = document.createElement("span");
+      m.className = "floor";
+      m.style.left = `${(100 * floor) / top}%`;
+      m.title = `Belady's floor: ${Math.round(floor)}`;
+      track.append(m);
+    }
+    line.append(Object.assign(document.createElement("span"), { className: "label", textContent: `${r.budget} ${r.policy}` }),
+      track, Object.assign(document.createElement("span"), { className: "value", textContent: shown(r) }));
+    box.append(line);
+  }
+  return box;
+}
+
+// The memory-limit lesson: every policy at the slider's budget, or the
+// chosen policy at 100, 25, 5 and 1%; each configuration really trains, its
+// counts from its own byte ledger (rowstage::bench::lesson).
+async function lesson(pairs, file, kind) {
+  const notes = [];
+  pairs = chooseBackend(pairs, notes);
+  const backend = pairs.find(([k]) => k === "backend")[1];
+  const f = await files(pairs, file);
+  $("notes").textContent = notes.concat([
+    kind === "policies"
+      ? "every policy trained at this device memory (one warm-up epoch, then one timed), beside the offline optimum"
+      : "this policy trained at 100%, 25%, 5% and 1% of the tables (one warm-up epoch, then one timed), beside the offline optimum",
+  ]).join("\n");
+  const bench = new WebBench();
+  current = bench;
+  $("stop").disabled = false;
+  const shown = setInterval(() => ($("final").textContent = bench.doing()), 250);
+  let out;
+  try {
+    bench.begin_lesson(JSON.stringify(f.pairs), kind, f.data, f.test, navigator.userAgent);
+    if (backend === "webgpu") await deviceCallSuspending();
+    else deviceCall();
+    out = JSON.parse(bench.outcome());
+  } finally {
+    clearInterval(shown);
+    $("stop").disabled = true;
+    current = null;
+  }
   window.rowstageComparison = out;
+  const { report, profiles, projected_staging_seconds: projected } = out;
   $("comparison").hidden = false;
-  for (const r of out.results) {
+  $("comparison-title").textContent = kind === "policies" ? "Policies compared" : "Budgets compared";
+  const head = $("compared").tHead.rows[0];
+  while (head.cells.length > 11) head.deleteCell(-1);
+  for (const p of profiles) {
+    const th = document.createElement("th");
+    th.textContent = `on ${p.name} (projected)`;
+    th.title = `${p.source}. A projection: the run's bytes over the link plus its steps times the step latency, a lower bound of staging seconds per epoch.`;
+    head.append(th);
+  }
+  report.rows.forEach((r, k) => {
     tableRow("compared", [
-      bytes(r.device_memory_bytes), r.policy, r.slots, r.rows_in, r.rows_out,
-      percent(r.hits / Math.max(1, r.hits + r.misses)), bytes(r.bytes_h2d),
-      r.predicted_rows_in == null ? "–" : Math.round(r.predicted_rows_in),
+      r.budget, r.policy, Math.round(r.workers), Math.round(r.rows_in_per_epoch),
+      r.belady_rows_in_per_epoch == null ? "–" : Math.round(r.belady_rows_in_per_epoch),
+      bytes(r.bytes_h2d_per_epoch), percent(r.hit_rate), r.median_ratings_per_sec.toExponential(3),
+      r.vs_resident == null ? "–" : `${r.vs_resident.toFixed(2)}×`,
+      r.test_rmse == null ? "–" : r.test_rmse.toFixed(4), r.bound ?? "no timestamps",
+      ...projected[k].map((sec) => `${sec.toPrecision(3)} s`),
     ]);
-  }
-  for (const t of out.too_small) {
-    tableRow("compared", [t.device_memory, t.policy, `too small: ${t.step} needs ${bytes(t.needed_bytes)}`]);
-  }
-  $("final").textContent = `one epoch replayed through every policy at ${budgets} (no kernels run: rows counted, not timed)`;
-  download("comparison.json", JSON.stringify(out.results, null, 2), "application/json");
-  return { comparison: JSON.stringify(out.results) };
+  });
+  for (const k of report.skipped) tableRow("compared", [k.budget, k.policy, `skipped: ${k.reason}`]);
+  const charts = $("lesson-charts");
+  charts.replaceChildren(
+    bars("rows in per epoch (the line: Belady's floor)", report.rows, (r) => r.rows_in_per_epoch,
+      (r) => String(Math.round(r.rows_in_per_epoch)), (r) => r.belady_rows_in_per_epoch),
+    bars("ratings/s (measured on this adapter)", report.rows, (r) => r.median_ratings_per_sec,
+      (r) => r.median_ratings_per_sec.toExponential(2)),
+    bars("hit rate", report.rows, (r) => r.hit_rate, (r) => percent(r.hit_rate)),
+    bars(`staging seconds per epoch on ${profiles[0].name} (projected)`, report.rows.map((r, k) => ({ ...r, s: projected[k][0] })),
+      (r) => r.s, (r) => `${r.s.toPrecision(3)} s`),
+  );
+  $("lesson").replaceChildren(...out.explanation.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
+  $("final").textContent = report.complete ? "lesson done" : "lesson stopped";
+  const json = JSON.stringify(out, null, 2);
+  download("lesson.json", json, "application/json");
+  return { comparison: json };
 }
 
 // "Benchmark this device": `rowstage bench --preset web`'s sweep, on the
@@ -267,14 +344,18 @@ async function start(work) {
   // second run interleaved with it would corrupt it (web/src/lib.rs).
   if (busy) return;
   busy = true;
-  for (const id of ["run", "compare", "bench"]) $(id).disabled = true;
+  for (const id of ["run", "compare", "compare-budgets", "bench"]) $(id).disabled = true;
   try {
     await startOne(work);
   } finally {
     busy = false;
-    for (const id of ["run", "compare", "bench"]) $(id).disabled = false;
+    // After a trap the library's memory is not to be trusted: no more runs.
+    for (const id of ["run", "compare", "compare-budgets", "bench"]) $(id).disabled = trapped;
   }
 }
+
+// Whether the WebAssembly trapped (a panic): the page must be reloaded.
+let trapped = false;
 
 async function startOne(work) {
   clear();
@@ -296,7 +377,10 @@ async function startOne(work) {
   } catch (e) {
     let message = e && e.message ? e.message : String(e);
     // A trap in the library: its panic says what happened.
-    if (e instanceof WebAssembly.RuntimeError) message = `${message}: ${last_panic() ?? "no panic message"}`;
+    if (e instanceof WebAssembly.RuntimeError) {
+      trapped = true;
+      message = `${message}: ${last_panic() ?? "no panic message"} (a bug in rowstage; reload the page to run again)`;
+    }
     $("final").textContent = "error: " + message;
     $("final").className = "error";
     document.title = "rowstage: failed: " + message;
@@ -353,7 +437,6 @@ for (const [k, v] of query) {
   const input = document.querySelector(`#settings [name="${k}"]`);
   if (input) input.value = v;
 }
-if (query.get("compare")) $("budgets").value = query.get("compare");
 $("share").addEventListener("input", showShare);
 $("share-auto").addEventListener("change", showShare);
 if (query.has("device-memory") && $("share-auto").checked) {
@@ -374,13 +457,14 @@ $("settings").addEventListener("submit", (ev) => {
   ev.preventDefault();
   start(() => train(formPairs(), $("file").files[0]));
 });
-$("compare").addEventListener("click", () => start(() => comparePolicies(formPairs(), $("file").files[0], $("budgets").value)));
+$("compare").addEventListener("click", () => start(() => lesson(formPairs(), $("file").files[0], "policies")));
+$("compare-budgets").addEventListener("click", () => start(() => lesson(formPairs(), $("file").files[0], "budgets")));
 $("bench").addEventListener("click", () => start(() => benchmark(formPairs())));
 $("stop").addEventListener("click", () => current && current.stop());
 if (query.get("autorun") === "1") {
-  const budgets = query.get("compare");
+  const kind = query.get("compare");
   start(() =>
     query.get("bench") === "1" ? benchmark(pairsFrom(query))
-      : budgets ? comparePolicies(pairsFrom(query), null, budgets)
+      : kind ? lesson(pairsFrom(query), null, kind)
       : train(pairsFrom(query), null));
 }
