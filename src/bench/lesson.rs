@@ -108,8 +108,9 @@ impl HardwareProfile {
     pub fn staging_seconds(&self, row: &BenchRow) -> f64 {
         let (h2d, d2h) = (row.bytes_h2d_per_epoch, row.bytes_d2h_per_epoch);
         let bytes = if self.shared { h2d + d2h } else { h2d.max(d2h) };
-        // All resident, the steps stage nothing: no step waits for a copy.
-        let staged = row.rows_in_per_epoch + row.rows_out_per_epoch > 0.0;
+        // All resident, no row comes in (the tables' write-back at the
+        // epoch's end aside): no step waits for a copy.
+        let staged = row.rows_in_per_epoch > 0.0;
         bytes / self.bytes_per_sec + if staged { row.steps_per_epoch * self.step_seconds } else { 0.0 }
     }
 }
@@ -274,12 +275,27 @@ pub fn explain(report: &BenchReport) -> Vec<String> {
     );
     if software {
         bound += &format!(
-            "This is a software adapter: at {} it ran {:.0} dispatches and {:.0} steps per epoch with {:.0} workers at once, \
-             and on a CPU that emulates a GPU those, not the bytes, set the speed (the policies' speeds differ by little while \
-             their traffic differs by much). The projections beside each run give what its bytes and steps would cost on \
-             named hardware.",
+            "This is a software adapter: at {} it ran {:.0} dispatches and {:.0} steps per epoch with {:.0} worker(s) at \
+             once, and on a CPU that emulates a GPU those, not the bytes, set the speed. ",
             smallest.budget, smallest.dispatches_per_epoch, smallest.steps_per_epoch, smallest.workers
         );
+        // Where policies share a budget: how far their speeds and their
+        // traffic spread, measured.
+        let at: Vec<&BenchRow> = rows.iter().copied().filter(|r| r.budget == smallest.budget).collect();
+        let spread = |f: &dyn Fn(&BenchRow) -> f64| {
+            let (lo, hi) = at.iter().map(|r| f(r)).fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+            hi / lo.max(f64::MIN_POSITIVE)
+        };
+        if at.len() > 1 {
+            bound += &format!(
+                "At {} the policies' speeds span {:.2}× and the rows they moved {:.2}×: the speeds are this adapter's, \
+                 not the bytes'. ",
+                smallest.budget,
+                spread(&|r| r.median_ratings_per_sec),
+                spread(&|r| r.rows_in_per_epoch)
+            );
+        }
+        bound += "The projections give what each run's bytes and steps would cost on named hardware.";
     }
     out.push(bound);
     out.push(format!(

@@ -138,6 +138,8 @@ async function files(pairs, file) {
 
 function clear() {
   $("epochs").tBodies[0].replaceChildren();
+  // The epochs' box is a training run's; the lesson and the benchmark hide it.
+  $("epochs").parentElement.hidden = false;
   $("compared").tBodies[0].replaceChildren();
   $("benched").tBodies[0].replaceChildren();
   $("bench-section").hidden = true;
@@ -198,6 +200,13 @@ async function train(pairs, file) {
   return { ...(slab ? { slab } : {}), notes: $("notes").textContent, report: JSON.stringify(report), model };
 }
 
+// Seconds as a person reads them: 27.5 µs, 2.56 ms, 1.20 s.
+function seconds(x) {
+  if (x < 1e-3) return `${(x * 1e6).toPrecision(3)} µs`;
+  if (x < 1) return `${(x * 1e3).toPrecision(3)} ms`;
+  return `${x.toPrecision(3)} s`;
+}
+
 // Horizontal bars, one per label, scaled to the largest value; `mark`, where
 // given, draws a second value as a line across its bar (Belady's floor).
 function bars(title, rows, value, shown, mark) {
@@ -232,6 +241,7 @@ function bars(title, rows, value, shown, mark) {
 // chosen policy at 100, 25, 5 and 1%; each configuration really trains, its
 // counts from its own byte ledger (rowstage::bench::lesson).
 async function lesson(pairs, file, kind) {
+  $("epochs").parentElement.hidden = true;
   const notes = [];
   pairs = chooseBackend(pairs, notes);
   const backend = pairs.find(([k]) => k === "backend")[1];
@@ -258,6 +268,11 @@ async function lesson(pairs, file, kind) {
   }
   window.rowstageComparison = out;
   const { report, profiles, projected_staging_seconds: projected } = out;
+  const hp = report.plan?.settings?.hp;
+  if (hp) {
+    $("notes").textContent += `\nlr ${hp.lr}, reg ${hp.reg}: as given, else fixed defaults; the lesson compares where rows ` +
+      "live, not settings, so it chooses none on the data";
+  }
   $("comparison").hidden = false;
   $("comparison-title").textContent = kind === "policies" ? "Policies compared" : "Budgets compared";
   const head = $("compared").tHead.rows[0];
@@ -275,7 +290,7 @@ async function lesson(pairs, file, kind) {
       bytes(r.bytes_h2d_per_epoch), percent(r.hit_rate), r.median_ratings_per_sec.toExponential(3),
       r.vs_resident == null ? "–" : `${r.vs_resident.toFixed(2)}×`,
       r.test_rmse == null ? "–" : r.test_rmse.toFixed(4), r.bound ?? "no timestamps",
-      ...projected[k].map((sec) => `${sec.toPrecision(3)} s`),
+      ...projected[k].map(seconds),
     ]);
   });
   for (const k of report.skipped) tableRow("compared", [k.budget, k.policy, `skipped: ${k.reason}`]);
@@ -287,7 +302,7 @@ async function lesson(pairs, file, kind) {
       (r) => r.median_ratings_per_sec.toExponential(2)),
     bars("hit rate", report.rows, (r) => r.hit_rate, (r) => percent(r.hit_rate)),
     bars(`staging seconds per epoch on ${profiles[0].name} (projected)`, report.rows.map((r, k) => ({ ...r, s: projected[k][0] })),
-      (r) => r.s, (r) => `${r.s.toPrecision(3)} s`),
+      (r) => r.s, (r) => seconds(r.s)),
   );
   $("lesson").replaceChildren(...out.explanation.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
   $("final").textContent = report.complete ? "lesson done" : "lesson stopped";
@@ -299,6 +314,7 @@ async function lesson(pairs, file, kind) {
 // "Benchmark this device": `rowstage bench --preset web`'s sweep, on the
 // backend the form asks for (as the page can give it).
 async function benchmark(pairs) {
+  $("epochs").parentElement.hidden = true;
   const notes = [];
   const backend = chooseBackend(pairs, notes).find(([k]) => k === "backend")[1];
   $("notes").textContent = notes.concat([
