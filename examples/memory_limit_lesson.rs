@@ -22,6 +22,7 @@ use rowstage::model::HyperParams;
 use rowstage::report::DatasetInfo;
 use rowstage::stage::{Budget, PolicyKind, access_counts, human_bytes};
 use rowstage::train::{TrainSettings, table_bytes};
+use rowstage::units::human_seconds;
 
 const POLICIES: [PolicyKind; 4] = [PolicyKind::Static, PolicyKind::Lru, PolicyKind::Sca, PolicyKind::Lookahead];
 
@@ -162,7 +163,7 @@ fn main() -> rowstage::Result<()> {
     for (r, seconds) in lesson.report.rows.iter().zip(&lesson.projected_staging_seconds) {
         print!("  {:<10} {:>6}", r.policy, r.budget);
         for s in seconds {
-            print!(" {:>29.4}s", s);
+            print!(" {:>30}", human_seconds(*s));
         }
         println!();
     }

@@ -55,7 +55,7 @@ pub mod report;
 pub mod session;
 pub mod stage;
 pub mod train;
-mod units;
+pub mod units;
 
 pub use error::{Error, Result};
 pub use named::Named;

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// The cancel flag of the run being watched (null when none is).
 static CANCEL: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
-/// Whether SIGINT arrived while watched.
-static FIRED: AtomicBool = AtomicBool::new(false);
+/// Whether SIGINT arrived while watched with no handler of Python's to note
+/// it (`SIG_DFL`).
+static UNHANDLED: AtomicBool = AtomicBool::new(false);
 
 #[cfg(unix)]
 mod imp {
@@ -32,14 +33,14 @@ mod imp {
             // The program chose to ignore Ctrl-C: so does the run.
             return;
         }
-        FIRED.store(true, Ordering::SeqCst);
         let cancel = CANCEL.load(Ordering::SeqCst);
         if !cancel.is_null() {
             // SAFETY: the flag outlives the watch (`Watch::new`'s contract).
             unsafe { (*cancel).store(true, Ordering::SeqCst) };
         }
         if handler == libc::SIG_DFL {
-            // Nothing of Python's to note it: `Watch::fired` says so.
+            // Nothing of Python's to note it: `Watch::unhandled` says so.
+            UNHANDLED.store(true, Ordering::SeqCst);
             return;
         }
         // SAFETY: calling the installed handler as the kernel would have.
@@ -100,7 +101,7 @@ impl Watch {
     /// Watches for SIGINT, setting `cancel` when it comes. `cancel` must
     /// outlive the watch; one watch at a time (Python's main thread).
     pub fn new(cancel: &AtomicBool) -> std::io::Result<Watch> {
-        FIRED.store(false, Ordering::SeqCst);
+        UNHANDLED.store(false, Ordering::SeqCst);
         CANCEL.store(cancel as *const AtomicBool as *mut AtomicBool, Ordering::SeqCst);
         if let Err(e) = imp::install() {
             CANCEL.store(std::ptr::null_mut(), Ordering::SeqCst);
@@ -109,9 +110,10 @@ impl Watch {
         Ok(Watch(()))
     }
 
-    /// Whether SIGINT came while watched.
-    pub fn fired(&self) -> bool {
-        FIRED.load(Ordering::SeqCst)
+    /// Whether SIGINT came while watched and no handler of Python's was
+    /// there to note it (the process's default action was in place).
+    pub fn unhandled(&self) -> bool {
+        UNHANDLED.load(Ordering::SeqCst)
     }
 }
 

@@ -160,13 +160,15 @@ impl Trainer {
         };
         let run = SameThread(run);
         let stepped = py.detach(move || SameThread(run.take().step()));
-        let fired = watch.as_ref().is_some_and(interrupt::Watch::fired);
+        let unhandled = watch.as_ref().is_some_and(interrupt::Watch::unhandled);
         drop(watch);
-        // Ctrl-C: Python's handler noted it, so `check_signals` raises its
-        // KeyboardInterrupt; where no Python handler was installed
-        // (`signal.SIG_DFL`), raise one all the same: the run was stopped.
+        // Ctrl-C stopped the run. Python's handler noted it, so
+        // `check_signals` runs it: the default one raises KeyboardInterrupt,
+        // a program's own decides (one that does not raise leaves a run
+        // stopped as a callback's `False` does). Where no Python handler was
+        // installed (`signal.SIG_DFL`), raise KeyboardInterrupt all the same.
         py.check_signals()?;
-        if fired {
+        if unhandled {
             return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err("Ctrl-C: the run was stopped"));
         }
         Ok(stepped.0.map_err(raised)?.map(|(stage, e)| {

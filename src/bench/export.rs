@@ -9,7 +9,7 @@ pub fn json(report: &BenchReport) -> String {
     serde_json::to_string_pretty(report).expect("the bench report serialises")
 }
 
-const CSV_HEADER: [&str; 40] = [
+const CSV_HEADER: [&str; 42] = [
     "backend",
     "adapter",
     "budget",
@@ -44,6 +44,8 @@ const CSV_HEADER: [&str; 40] = [
     "bound",
     "kernel_bytes_per_sec",
     "kernel_bandwidth_share",
+    "steps_per_epoch",
+    "dispatches_per_epoch",
     "predicted_rows_in_per_epoch",
     "belady_rows_in_per_epoch",
     "sgd_bytes_per_sec",
@@ -56,7 +58,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
-fn csv_record(r: &BenchRow) -> [String; 40] {
+fn csv_record(r: &BenchRow) -> [String; 42] {
     [
         r.backend.clone(),
         r.adapter.clone(),
@@ -92,6 +94,8 @@ fn csv_record(r: &BenchRow) -> [String; 40] {
         opt(r.bound.clone()),
         opt(r.kernel_bytes_per_sec),
         opt(r.kernel_bandwidth_share),
+        r.steps_per_epoch.to_string(),
+        r.dispatches_per_epoch.to_string(),
         opt(r.predicted_rows_in_per_epoch),
         opt(r.belady_rows_in_per_epoch),
         r.sgd_bytes_per_sec.to_string(),

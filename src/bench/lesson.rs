@@ -48,10 +48,11 @@ impl Comparison {
 
     /// The sweep of `spec`'s run on `backend`: one warm-up epoch (the first
     /// epoch also loads the resident rows and builds the pipelines), then
-    /// one timed epoch per configuration.
-    pub fn plan(&self, spec: &crate::train::RunSpec, backend: &str) -> Result<BenchPlan> {
+    /// one timed epoch per configuration; with [`BenchPlan::of`]'s notices
+    /// (`auto` finding no adapter).
+    pub fn plan(&self, spec: &crate::train::RunSpec, backend: &str) -> Result<(BenchPlan, Vec<String>)> {
         let spec = crate::train::RunSpec { epochs: 1, ..spec.clone() };
-        Ok(BenchPlan::of(&spec, (backend, None), self.budgets(), self.policies(), 1)?.0)
+        BenchPlan::of(&spec, (backend, None), self.budgets(), self.policies(), 1)
     }
 }
 
@@ -141,9 +142,15 @@ pub fn explain(report: &BenchReport) -> Vec<String> {
     let rows: Vec<&BenchRow> = report.rows.iter().filter(|r| r.budget_percent.is_some()).collect();
     let mut out = Vec::new();
     if rows.is_empty() {
-        out.push(
-            "Nothing was staged: the CPU backend keeps the tables in host memory, so there is no slab to limit.".into(),
-        );
+        out.push(if !report.rows.is_empty() {
+            "Nothing was staged: the CPU backend keeps the tables in host memory, so there is no slab to limit.".into()
+        } else if !report.skipped.is_empty() {
+            let why: Vec<String> =
+                report.skipped.iter().map(|k| format!("{} {}: {}", k.budget, k.policy, k.reason)).collect();
+            format!("No configuration could train: {}.", why.join("; "))
+        } else {
+            "Stopped before any configuration finished: nothing to explain.".into()
+        });
         return out;
     }
     let lookups = 2.0 * report.dataset.train as f64;
@@ -183,13 +190,27 @@ pub fn explain(report: &BenchReport) -> Vec<String> {
     // What it cost, against all resident (a comparison of budgets).
     if let Some(full) = resident {
         for r in rows.iter().filter(|r| r.budget_percent.unwrap_or(0.0) < 100.0 && r.policy == featured) {
+            let (rmse, full_rmse) = (r.test_rmse.unwrap_or(f64::NAN), full.test_rmse.unwrap_or(f64::NAN));
+            // The same model where the batch is the same (the order and its
+            // arithmetic do not depend on the slab); a smaller batch, which a
+            // slab too small for the asked one forces, trains another.
+            let why = if r.batch != full.batch {
+                format!(
+                    "the slab held no batch of {}, so this run trained batches of {}: another model",
+                    full.batch, r.batch
+                )
+            } else if r.order != full.order {
+                format!("this run trained another order ({}): another model", r.order)
+            } else if (rmse - full_rmse).abs() <= 1e-4 {
+                "staging changes where a row lives, never the arithmetic: the limit costs time, not accuracy".into()
+            } else {
+                "the same batch and order, yet an RMSE more than 1e-4 away: not expected, please report it".into()
+            };
             out.push(format!(
-                "What it cost at {}: {:.2}× the all-resident speed, test RMSE {:.4} against {:.4} with everything resident: \
-                 staging changes where a row lives, never the arithmetic, so the limit costs time, not accuracy.",
+                "What it cost at {}: {:.2}× the all-resident speed, test RMSE {rmse:.4} against {full_rmse:.4} with \
+                 everything resident: {why}.",
                 r.budget,
                 r.median_ratings_per_sec / full.median_ratings_per_sec.max(f64::MIN_POSITIVE),
-                r.test_rmse.unwrap_or(f64::NAN),
-                full.test_rmse.unwrap_or(f64::NAN)
             ));
         }
         if smallest.workers < full.workers {
@@ -250,7 +271,12 @@ pub fn explain(report: &BenchReport) -> Vec<String> {
     out.push("Hit rate: the share of a step's distinct rows already on the device when the step starts.".to_string());
 
     // What bound the speed.
-    let software = report.environment.adapters.iter().any(|a| a.device_type.eq_ignore_ascii_case("cpu"));
+    // The adapter the rows trained on (the environment lists every one).
+    let software = report
+        .environment
+        .adapters
+        .iter()
+        .any(|a| a.device_type.eq_ignore_ascii_case("cpu") && rows.iter().any(|r| r.adapter.starts_with(&a.name)));
     let bounds: Vec<Option<&str>> = rows.iter().map(|r| r.bound.as_deref()).collect();
     let mut bound = format!(
         "What bound the speed: {}. ",
@@ -286,7 +312,7 @@ pub fn explain(report: &BenchReport) -> Vec<String> {
             let (lo, hi) = at.iter().map(|r| f(r)).fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
             hi / lo.max(f64::MIN_POSITIVE)
         };
-        if at.len() > 1 {
+        if at.len() > 1 && at.iter().all(|r| r.rows_in_per_epoch > 0.0) {
             bound += &format!(
                 "At {} the policies' speeds span {:.2}× and the rows they moved {:.2}×: the speeds are this adapter's, \
                  not the bytes'. ",

@@ -340,7 +340,8 @@ impl WebBench {
                 .source
                 .load_with(request.spec.seed, &mut reader(&files, request.source.options))
                 .map_err(shown)?;
-            let plan = comparison.plan(&request.spec, Named::name(backend)).map_err(shown)?;
+            // The backend is named (webgpu), so there is no `auto` to notice about.
+            let (plan, _) = comparison.plan(&request.spec, Named::name(backend)).map_err(shown)?;
             let info = rowstage::report::DatasetInfo::of(&loaded.dataset, loaded.skipped);
             let mut progress = Doing(doing);
             let mut report = rowstage::bench::run(&loaded.dataset, info, &plan, &stop, &mut progress).map_err(shown)?;

@@ -387,7 +387,7 @@ async function startOne(work) {
       // The parts the test waits for last.
       for (const [part, body] of Object.entries(parts)) await send(part, body);
     }
-    const ended = window.rowstageReport || window.rowstageBench;
+    const ended = window.rowstageReport || window.rowstageBench || window.rowstageComparison?.report;
     const stopped = ended && ended.complete === false;
     document.title = stopped ? "rowstage: stopped" : "rowstage: done";
   } catch (e) {
