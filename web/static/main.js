@@ -237,6 +237,25 @@ function bars(title, rows, value, shown, mark) {
   return box;
 }
 
+// A sweep of training runs (WebBench), queued by `begin`, carried out on
+// `backend`, what it is doing shown as it goes; returns its outcome parsed.
+async function sweep(backend, begin) {
+  const bench = new WebBench();
+  current = bench;
+  $("stop").disabled = false;
+  const shown = setInterval(() => ($("final").textContent = bench.doing()), 250);
+  try {
+    begin(bench);
+    if (backend === "webgpu") await deviceCallSuspending();
+    else deviceCall();
+    return JSON.parse(bench.outcome());
+  } finally {
+    clearInterval(shown);
+    $("stop").disabled = true;
+    current = null;
+  }
+}
+
 // The memory-limit lesson: every policy at the slider's budget, or the
 // chosen policy at 100, 25, 5 and 1%; each configuration really trains, its
 // counts from its own byte ledger (rowstage::bench::lesson).
@@ -251,21 +270,8 @@ async function lesson(pairs, file, kind) {
       ? "every policy trained at this device memory (one warm-up epoch, then one timed), beside the offline optimum"
       : "this policy trained at 100%, 25%, 5% and 1% of the tables (one warm-up epoch, then one timed), beside the offline optimum",
   ]).join("\n");
-  const bench = new WebBench();
-  current = bench;
-  $("stop").disabled = false;
-  const shown = setInterval(() => ($("final").textContent = bench.doing()), 250);
-  let out;
-  try {
-    bench.begin_lesson(JSON.stringify(f.pairs), kind, f.data, f.test, navigator.userAgent);
-    if (backend === "webgpu") await deviceCallSuspending();
-    else deviceCall();
-    out = JSON.parse(bench.outcome());
-  } finally {
-    clearInterval(shown);
-    $("stop").disabled = true;
-    current = null;
-  }
+  const out = await sweep(backend, (bench) =>
+    bench.begin_lesson(JSON.stringify(f.pairs), kind, f.data, f.test, navigator.userAgent));
   window.rowstageComparison = out;
   const { report, profiles, projected_staging_seconds: projected } = out;
   const hp = report.plan?.settings?.hp;
@@ -322,21 +328,7 @@ async function benchmark(pairs) {
       "on rowstage bench --preset web's sweep: its data, settings and budgets are fixed, so the figures compare with " +
       "any device's",
   ]).join("\n");
-  const bench = new WebBench();
-  current = bench;
-  $("stop").disabled = false;
-  const shown = setInterval(() => ($("final").textContent = bench.doing()), 250);
-  let report;
-  try {
-    bench.begin(backend, navigator.userAgent);
-    if (backend === "webgpu") await deviceCallSuspending();
-    else deviceCall();
-    report = JSON.parse(bench.outcome());
-  } finally {
-    clearInterval(shown);
-    $("stop").disabled = true;
-    current = null;
-  }
+  const report = await sweep(backend, (bench) => bench.begin(backend, navigator.userAgent));
   window.rowstageBench = report;
   $("bench-section").hidden = false;
   for (const r of report.rows) {
