@@ -615,6 +615,9 @@ fn without_webgpu_the_page_trains_on_the_cpu_and_says_so() {
     assert_eq!(report["config"]["backend"], "cpu", "{}", report["config"]);
     let notes = String::from_utf8_lossy(&parts["notes"]);
     assert!(notes.contains("offers no WebGPU adapter: the CPU backend"), "the page did not say so: {notes}");
+    // No lr or reg in the query: the page says what the run chose.
+    let chose = format!("chose lr {} reg {}", report["choice"]["lr"], report["choice"]["reg"]);
+    assert!(notes.contains(&chose), "the page did not say `{chose}`: {notes}");
     let native = native_model(&["--synthetic", "400,200,6000", "--epochs", "2", "--seed", "7"], dir.path());
     same_tables(&parts["model"], &native, dir.path());
 }

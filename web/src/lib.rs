@@ -184,6 +184,13 @@ impl WebRun {
         s.run.as_ref().map_or(String::new(), |r| r.notes().join("\n"))
     }
 
+    /// What the run chose on the data, one line (once it has chosen; as
+    /// `rowstage train` prints it), or `undefined`.
+    pub fn choice(&self) -> Option<String> {
+        let s = self.state.try_borrow().ok()?;
+        s.run.as_ref()?.choice().map(|c| c.line())
+    }
+
     /// Queues the next epoch; its outcome is `{"stage": "choosing" |
     /// "training", "epoch": {…}}` in `train --json`'s epoch schema, or
     /// `undefined` once the run is over.

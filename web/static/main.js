@@ -166,7 +166,7 @@ async function train(pairs, file) {
   };
   current = run;
   $("stop").disabled = false;
-  let report, slab;
+  let report, slab, choseShown = false;
   try {
     await call(() => run.begin_open());
     $("notes").textContent = notes.concat(run.notes().split("\n").filter((l) => l)).join("\n");
@@ -177,6 +177,12 @@ async function train(pairs, file) {
       // Milliseconds since the page began to load (performance.now()'s origin).
       window.rowstageTimings.first_epoch_ms ??= performance.now();
       epochRow(stage, epoch);
+      // Once chosen, what was chosen (as `rowstage train` prints it).
+      const chose = stage === "training" && !choseShown ? run.choice() : undefined;
+      if (chose) {
+        $("notes").textContent += `\n${chose}`;
+        choseShown = true;
+      }
       slab = run.slab_picture();
       if (slab) drawSlab((window.rowstageSlab = JSON.parse(slab)));
       // Let the page draw and hear Stop between epochs.
