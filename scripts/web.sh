@@ -33,7 +33,17 @@ build() {
 
 serve() {
   local port=${1:-8000}
+  if ! [[ $port =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+    echo "web.sh: serve: port '$port' is not a number from 1 to 65535" >&2
+    exit 2
+  fi
   [ -f web/dist/index.html ] || build
+  # Said plainly rather than as Python's traceback (another server, or an
+  # earlier serve, holds the port).
+  if ! python3 -c "import socket, sys; socket.socket().bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+    echo "web.sh: serve: port $port on 127.0.0.1 is in use (or not yours to open): stop what holds it, or give another port" >&2
+    exit 1
+  fi
   echo "web.sh: serving web/dist/ at http://127.0.0.1:$port/ (Ctrl-C stops)"
   exec python3 -m http.server --bind 127.0.0.1 --directory web/dist "$port"
 }
