@@ -269,22 +269,39 @@ fn the_page_trains_movielens_served_same_origin() {
     }
 }
 
-#[test]
-fn a_bad_setting_in_the_url_fails_the_page_by_name() {
-    let Some(chromium) = page_and_browser("page, bad setting") else { return };
+/// The error the page at `query` (with `autorun=1`) posts.
+fn page_error(chromium: &Path, query: &str, flags: &[&str]) -> String {
     let (origin, posted) = serve(Vec::new());
     let profile = tempfile::tempdir().unwrap();
-    let child = browser(&chromium, profile.path(), &format!("{origin}/?epochs=0&autorun=1&post=/results"), &[]);
+    let child = browser(chromium, profile.path(), &format!("{origin}/?{query}&autorun=1&post=/results"), flags);
     let t0 = Instant::now();
     let error = loop {
         if let Some(e) = posted.lock().unwrap().get("error") {
             break String::from_utf8_lossy(e).into_owned();
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "the page posted no error");
+        assert!(t0.elapsed() < Duration::from_secs(120), "{query}: the page posted no error");
         std::thread::sleep(Duration::from_millis(100));
     };
     drop(child);
+    println!("{query}: {error}");
+    error
+}
+
+#[test]
+fn a_bad_setting_in_the_url_fails_the_page_by_name() {
+    let Some(chromium) = page_and_browser("page, bad setting") else { return };
+    let error = page_error(&chromium, "epochs=0", &[]);
     assert!(error.contains("epochs") && error.contains("at least 1"), "{error}");
+    // The lesson: a comparison it does not know, a budget spelt wrong, and
+    // the CPU backend, which stages nothing to compare.
+    let webgpu = ["--enable-unsafe-webgpu"];
+    let error = page_error(&chromium, "synthetic=400,200,6000&compare=everything&backend=webgpu", &webgpu);
+    assert!(error.contains("compare=everything") && error.contains("policies or budgets"), "{error}");
+    let error =
+        page_error(&chromium, "synthetic=400,200,6000&compare=policies&backend=webgpu&device-memory=lots", &webgpu);
+    assert!(error.contains("device-memory") && error.contains("lots"), "{error}");
+    let error = page_error(&chromium, "synthetic=400,200,6000&compare=budgets&backend=cpu", &[]);
+    assert!(error.contains("needs WebGPU"), "{error}");
 }
 
 #[test]
