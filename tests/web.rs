@@ -428,6 +428,34 @@ fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
     assert!((2..100_000).contains(&epochs), "stopped after {epochs} epochs");
 }
 
+#[test]
+fn stop_ends_a_lesson_on_webgpu_and_reports_it_incomplete() {
+    let Some(chromium) = page_and_browser("page, Stop in a lesson") else { return };
+    let (origin, _) = serve(Vec::new());
+    let profile = tempfile::tempdir().unwrap();
+    // Four budgets of the default data, the last ones slow on SwiftShader:
+    // Stop comes while the second configuration trains, suspended on the
+    // device.
+    let url = format!("{origin}/?compare=budgets&backend=webgpu&autorun=1");
+    let flags = ["--remote-debugging-port=0", "--enable-unsafe-webgpu"];
+    let child = browser(&chromium, profile.path(), &url, &flags);
+    let mut page = DevTools::attach(profile.path());
+    page.wait_for("document.getElementById('final').textContent.startsWith('configuration 2 of 4')", "the second run");
+    page.eval("document.getElementById('stop').click()");
+    page.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
+    let lesson: serde_json::Value =
+        serde_json::from_str(page.eval("JSON.stringify(window.rowstageComparison)").as_str().unwrap()).unwrap();
+    let buttons = page
+        .eval("['run', 'compare', 'compare-budgets', 'bench'].every((id) => !document.getElementById(id).disabled)");
+    drop(child);
+    let report = &lesson["report"];
+    assert_eq!(report["complete"], false, "{report}");
+    let rows = report["rows"].as_array().unwrap();
+    assert!(rows.len() < 4, "Stop during the second configuration: {} rows", rows.len());
+    assert!(lesson["explanation"].as_array().is_some_and(|e| !e.is_empty()), "{lesson}");
+    assert_eq!(buttons, serde_json::Value::Bool(true), "the page's buttons are on again after Stop");
+}
+
 /// The page's WebGPU tables within 1e-4 of the native CPU backend's
 /// (`what` names the run in the output).
 fn close_tables(page: &[u8], native: &rowstage::model::Model, dir: &Path, what: &str) {
