@@ -308,22 +308,15 @@ fn a_bad_setting_in_the_url_fails_the_page_by_name() {
 fn a_screenshot_of_a_finished_run_is_not_blank() {
     use base64::Engine;
     let Some(chromium) = page_and_browser("page, screenshot") else { return };
-    let (origin, _) = serve(Vec::new());
-    let profile = tempfile::tempdir().unwrap();
     // A slab of a tenth of the tables, so that the picture shows rows staged.
-    let url = format!("{origin}/?synthetic=2000,1000,30000&epochs=4&seed=7&device-memory=10%25&autorun=1");
-    let child = browser(
-        &chromium,
-        profile.path(),
-        &url,
-        &["--remote-debugging-port=0", "--window-size=1200,1400", "--enable-unsafe-webgpu"],
-    );
-    let mut page = DevTools::attach(profile.path());
+    let query = "synthetic=2000,1000,30000&epochs=4&seed=7&device-memory=10%25&autorun=1";
+    let mut driven = driven(&chromium, query, &["--window-size=1200,1400", "--enable-unsafe-webgpu"]);
+    let page = &mut driven.page;
     page.wait_for("document.title.startsWith('rowstage: done')", "the finished run");
     assert_eq!(page.eval("window.rowstageReport.config.backend"), "webgpu");
     let shot =
         page.call("Page.captureScreenshot", serde_json::json!({ "format": "png", "captureBeyondViewport": true }));
-    drop(child);
+    drop(driven);
     let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().expect("a screenshot")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     // A blank page of this size compresses to a few KiB; text, a table of
@@ -335,6 +328,23 @@ fn a_screenshot_of_a_finished_run_is_not_blank() {
 }
 
 /// A page open in Chromium, driven over the DevTools protocol.
+/// The page at `query` in a Chromium with `flags`, driven over DevTools;
+/// the browser and its profile live as long as it (dropped in this order).
+struct Driven {
+    page: DevTools,
+    _browser: Browser,
+    _profile: tempfile::TempDir,
+}
+
+fn driven(chromium: &Path, query: &str, flags: &[&str]) -> Driven {
+    let (origin, _) = serve(Vec::new());
+    let profile = tempfile::tempdir().unwrap();
+    let flags: Vec<&str> = ["--remote-debugging-port=0"].into_iter().chain(flags.iter().copied()).collect();
+    let browser = browser(chromium, profile.path(), &format!("{origin}/?{query}"), &flags);
+    let page = DevTools::attach(profile.path());
+    Driven { page, _browser: browser, _profile: profile }
+}
+
 struct DevTools {
     socket: tungstenite::WebSocket<TcpStream>,
     next: u64,
@@ -411,18 +421,16 @@ impl DevTools {
 #[test]
 fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
     let Some(chromium) = page_and_browser("page, Stop") else { return };
-    let (origin, _) = serve(Vec::new());
-    let profile = tempfile::tempdir().unwrap();
     // A run far longer than the test: only Stop ends it.
-    let url = format!("{origin}/?synthetic=2000,1000,50000&epochs=100000&lr=0.05&reg=0.08&autorun=1");
-    let child = browser(&chromium, profile.path(), &url, &["--remote-debugging-port=0"]);
-    let mut page = DevTools::attach(profile.path());
+    let query = "synthetic=2000,1000,50000&epochs=100000&lr=0.05&reg=0.08&autorun=1";
+    let mut driven = driven(&chromium, query, &[]);
+    let page = &mut driven.page;
     page.wait_for("document.querySelectorAll('#epochs tbody tr').length >= 2", "two epochs");
     page.eval("document.getElementById('stop').click()");
     page.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
     let report: serde_json::Value =
         serde_json::from_str(page.eval("JSON.stringify(window.rowstageReport)").as_str().unwrap()).unwrap();
-    drop(child);
+    drop(driven);
     assert_eq!(report["complete"], false, "{}", report["final"]);
     let epochs = report["epochs"].as_array().unwrap().len();
     assert!((2..100_000).contains(&epochs), "stopped after {epochs} epochs");
@@ -431,15 +439,11 @@ fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
 #[test]
 fn stop_ends_a_lesson_on_webgpu_and_reports_it_incomplete() {
     let Some(chromium) = page_and_browser("page, Stop in a lesson") else { return };
-    let (origin, _) = serve(Vec::new());
-    let profile = tempfile::tempdir().unwrap();
     // Four budgets of the default data, the last ones slow on SwiftShader:
     // Stop comes while the second configuration trains, suspended on the
     // device.
-    let url = format!("{origin}/?compare=budgets&backend=webgpu&autorun=1");
-    let flags = ["--remote-debugging-port=0", "--enable-unsafe-webgpu"];
-    let child = browser(&chromium, profile.path(), &url, &flags);
-    let mut page = DevTools::attach(profile.path());
+    let mut driven = driven(&chromium, "compare=budgets&backend=webgpu&autorun=1", &["--enable-unsafe-webgpu"]);
+    let page = &mut driven.page;
     page.wait_for("document.getElementById('final').textContent.startsWith('configuration 2 of 4')", "the second run");
     page.eval("document.getElementById('stop').click()");
     page.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
@@ -447,7 +451,7 @@ fn stop_ends_a_lesson_on_webgpu_and_reports_it_incomplete() {
         serde_json::from_str(page.eval("JSON.stringify(window.rowstageComparison)").as_str().unwrap()).unwrap();
     let buttons = page
         .eval("['run', 'compare', 'compare-budgets', 'bench'].every((id) => !document.getElementById(id).disabled)");
-    drop(child);
+    drop(driven);
     let report = &lesson["report"];
     assert_eq!(report["complete"], false, "{report}");
     let rows = report["rows"].as_array().unwrap();
