@@ -302,6 +302,21 @@ fn malformed_files_name_file_line_and_text() {
 }
 
 #[test]
+fn a_resume_with_no_checkpoint_makes_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("missing").join("run");
+    rowstage()
+        .args(["train", "--synthetic", "100,50,1000", "--epochs", "1", "--resume"])
+        .arg(&run)
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("no checkpoint to resume").and(predicate::str::contains("checkpoint.safetensors")),
+        );
+    assert!(!dir.path().join("missing").exists(), "a failed resume made {}", run.display());
+}
+
+#[test]
 fn unreadable_file_and_bad_flags_exit_2() {
     rowstage()
         .args(["train", "--data", "/nonexistent/ratings.csv"])

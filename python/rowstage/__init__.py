@@ -163,6 +163,8 @@ class MF:
         self.device_memory, self.policy, self.backend, self.order = device_memory, policy, backend, order
         self.seed, self.threads, self.batch = seed, threads, batch
         self._fitted = None
+        # The ratings file `fit` read, which `save` will not write over.
+        self._source: Optional[str] = None
 
     def get_params(self) -> dict:
         """The settings as given (``None``: the command line's default)."""
@@ -235,6 +237,7 @@ class MF:
         fitted = trainer.finish()
         self._adopt(fitted, given_users, given_items)
         self.notes_ = notes
+        self._source = os.path.realpath(data) if isinstance(data, (str, os.PathLike)) else None
         return self
 
     def _adopt(self, fitted: Any, given_users: Optional[dict], given_items: Optional[dict]) -> None:
@@ -269,6 +272,8 @@ class MF:
         model = self._model()
         if n < 1:
             raise ValueError(f"n={n}: must be at least 1")
+        if n > len(self._items.values):
+            raise ValueError(f"n={n}: the model has {len(self._items.values)} items")
         pairs = None
         if rated is not None:
             ru, ri = rated
@@ -287,8 +292,13 @@ class MF:
 
     def save(self, path: "os.PathLike[str] | str") -> None:
         """Writes the model file ``rowstage train --save`` writes (which
-        ``rowstage eval`` and ``recommend`` read, and ``rowstage.load``)."""
-        self._model().save(os.fspath(path))
+        ``rowstage eval`` and ``recommend`` read, and ``rowstage.load``).
+        The ratings file ``fit`` read is refused, as ``train --save`` refuses
+        its ``--data``."""
+        model = self._model()
+        if self._source is not None and os.path.realpath(path) == self._source:
+            raise ValueError(f"path={os.fspath(path)!r} is the ratings file fit read: writing it would destroy it")
+        model.save(os.fspath(path))
 
 
 def load(path: "os.PathLike[str] | str", id_type: Optional[type] = None) -> MF:

@@ -340,6 +340,13 @@ impl Fitted {
         exclude: bool,
         rated: Option<(PyReadonlyArray1<'py, u32>, PyReadonlyArray1<'py, u32>)>,
     ) -> PyResult<(Bound<'py, PyArray2<u32>>, Bound<'py, PyArray2<f32>>)> {
+        // The rows are `n` wide: no wider than the items there are.
+        if n == 0 || n > self.model.n_items() {
+            return Err(PyValueError::new_err(format!(
+                "n={n}: must be from 1 to the model's {} items",
+                self.model.n_items()
+            )));
+        }
         let users = users.as_slice()?.to_vec();
         let given = match &rated {
             Some((u, i)) => Some(self.rated_from(u.as_slice()?, i.as_slice()?)?),

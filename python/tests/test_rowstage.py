@@ -115,6 +115,8 @@ def test_recommend_leaves_out_what_a_user_rated_and_is_sorted():
     ids, scores = model.recommend([user], n=20)
     assert not rated & set(ids[0].tolist())
     assert np.all(np.diff(scores[0]) <= 0)
+    with pytest.raises(ValueError, match="items"):
+        model.recommend([user], n=10**12)  # not an allocation of 10**12 rows
     everything, _ = model.recommend([user], n=20, exclude_rated=False)
     best = model.predict([user] * len(model.item_ids_), model.item_ids_)
     assert everything[0][0] == model.item_ids_[int(np.argmax(best))]
@@ -183,7 +185,7 @@ def test_a_callback_sees_every_epoch_and_can_stop_the_run():
     assert model.report_["complete"] is False and len(model.report_["epochs"]) == 2
 
 
-def test_bad_settings_and_data_name_what_is_wrong():
+def test_bad_settings_and_data_name_what_is_wrong(tmp_path):
     u, i, r = ratings()
     with pytest.raises(ValueError, match="rank"):
         rowstage.MF(rank=0).fit(u, i, r)
@@ -197,6 +199,13 @@ def test_bad_settings_and_data_name_what_is_wrong():
         rowstage.MF().fit(u, i[:-1], r)
     with pytest.raises(OSError, match="nowhere"):
         rowstage.MF().fit("/nowhere/ratings.csv")
+    # The ratings file fit read is not written over by save.
+    path = tmp_path / "r.tsv"
+    write_tsv(path, u, i, r)
+    model = rowstage.MF(backend="cpu", **FIXED).fit(path)
+    with pytest.raises(ValueError, match="ratings file fit read"):
+        model.save(path)
+    assert path.read_text().startswith(f"{u[0]}\t"), "the ratings file was written over"
     with pytest.raises(ValueError, match="no ratings"):
         rowstage.MF().fit([], [], [])
     with pytest.raises(TypeError, match="all ints or all strings"):

@@ -347,6 +347,14 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             "the noop backend runs no kernel: its tables are no model to checkpoint or resume",
         ));
     }
+    // A resume reads its checkpoint before anything is made: a folder that
+    // holds none is not created by the attempt.
+    if let Some(dir) = &a.resume {
+        let file = train::checkpoint::checkpoint_path(dir);
+        if !file.is_file() {
+            return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint to resume")));
+        }
+    }
     // The folder checkpoints go to: made now (a read-only place fails here,
     // before any work), locked for this run, and never another run's.
     let _lock = match a.checkpoint.as_ref().or(a.resume.as_ref()) {
