@@ -408,6 +408,16 @@ impl DevTools {
         self.call("Runtime.evaluate", params)["result"]["value"].clone()
     }
 
+    /// Clicks Stop once `ready` is true, waits for the stopped title, and
+    /// returns the page's `outcome` (a window property) as JSON.
+    fn stop_when(&mut self, ready: &str, outcome: &str) -> serde_json::Value {
+        self.wait_for(ready, ready);
+        self.eval("document.getElementById('stop').click()");
+        self.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
+        let json = self.eval(&format!("JSON.stringify({outcome})"));
+        serde_json::from_str(json.as_str().unwrap_or_else(|| panic!("{outcome} is not set: {json}"))).unwrap()
+    }
+
     /// Waits until `expression` is true in the page.
     fn wait_for(&mut self, expression: &str, what: &str) {
         let t0 = Instant::now();
@@ -425,11 +435,7 @@ fn stop_ends_a_run_between_epochs_and_reports_it_incomplete() {
     let query = "synthetic=2000,1000,50000&epochs=100000&lr=0.05&reg=0.08&autorun=1";
     let mut driven = driven(&chromium, query, &[]);
     let page = &mut driven.page;
-    page.wait_for("document.querySelectorAll('#epochs tbody tr').length >= 2", "two epochs");
-    page.eval("document.getElementById('stop').click()");
-    page.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
-    let report: serde_json::Value =
-        serde_json::from_str(page.eval("JSON.stringify(window.rowstageReport)").as_str().unwrap()).unwrap();
+    let report = page.stop_when("document.querySelectorAll('#epochs tbody tr').length >= 2", "window.rowstageReport");
     drop(driven);
     assert_eq!(report["complete"], false, "{}", report["final"]);
     let epochs = report["epochs"].as_array().unwrap().len();
@@ -444,11 +450,10 @@ fn stop_ends_a_lesson_on_webgpu_and_reports_it_incomplete() {
     // device.
     let mut driven = driven(&chromium, "compare=budgets&backend=webgpu&autorun=1", &["--enable-unsafe-webgpu"]);
     let page = &mut driven.page;
-    page.wait_for("document.getElementById('final').textContent.startsWith('configuration 2 of 4')", "the second run");
-    page.eval("document.getElementById('stop').click()");
-    page.wait_for("document.title.startsWith('rowstage: stopped')", "the stopped title");
-    let lesson: serde_json::Value =
-        serde_json::from_str(page.eval("JSON.stringify(window.rowstageComparison)").as_str().unwrap()).unwrap();
+    let lesson = page.stop_when(
+        "document.getElementById('final').textContent.startsWith('configuration 2 of 4')",
+        "window.rowstageComparison",
+    );
     let buttons = page
         .eval("['run', 'compare', 'compare-budgets', 'bench'].every((id) => !document.getElementById(id).disabled)");
     drop(driven);

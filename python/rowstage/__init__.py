@@ -270,10 +270,10 @@ class MF:
         needs ``rated``. Where
         fewer than ``n`` items are left, ``None`` and NaN fill the row."""
         model = self._model()
+        # A negative n as a ValueError (the native method takes an unsigned
+        # n and checks it against the items there are).
         if n < 1:
             raise ValueError(f"n={n}: must be at least 1")
-        if n > len(self._items.values):
-            raise ValueError(f"n={n}: the model has {len(self._items.values)} items")
         pairs = None
         if rated is not None:
             ru, ri = rated

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use rowstage::data::{Dataset, IdMap, MAX_RATING, Rating, RatingSet};
+use rowstage::data::{Dataset, IdMap, Rating, RatingSet, rating_problem};
 use rowstage::model::{FileKind, Model};
-use rowstage::session::{Run, RunOptions, Stage, query};
+use rowstage::session::{Run, RunOptions, query};
 use rowstage::train::CancelToken;
 
 mod interrupt;
@@ -74,10 +74,8 @@ fn rating_set(
         if u as usize >= users.len() || i as usize >= items.len() {
             return Err(PyValueError::new_err(format!("{what}[{k}]: an id code beyond the ids given")));
         }
-        if !v.is_finite() || v.abs() > MAX_RATING {
-            return Err(PyValueError::new_err(format!(
-                "{what}[{k}]: rating {v} is not a finite number of at most {MAX_RATING:e} in magnitude"
-            )));
+        if let Some(problem) = rating_problem(v) {
+            return Err(PyValueError::new_err(format!("{what}[{k}]: rating {v} is {problem}")));
         }
         ratings.push(Rating { user: u, item: i, value: v });
     }
@@ -172,9 +170,8 @@ impl Trainer {
             return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err("Ctrl-C: the run was stopped"));
         }
         Ok(stepped.0.map_err(raised)?.map(|(stage, e)| {
-            let stage = if stage == Stage::Choosing { "choosing" } else { "training" };
             let e = rowstage::report::EpochJson::of(&e, ceiling);
-            (stage.to_string(), serde_json::to_string(&e).expect("an epoch serialises"))
+            (stage.name().to_string(), serde_json::to_string(&e).expect("an epoch serialises"))
         }))
     }
 

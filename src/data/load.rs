@@ -321,7 +321,7 @@ fn with_fields<T>(
 }
 
 /// The largest rating magnitude read.
-pub const MAX_RATING: f32 = 1e9;
+const MAX_RATING: f32 = 1e9;
 
 /// user, item, rating and a timestamp.
 const MAX_FIELDS: usize = 4;
@@ -373,14 +373,23 @@ fn parse_fields<'a>(
         return Err("empty item id".into());
     }
     let v: f32 = r.parse().map_err(|_| format!("rating {r:?} is not a number"))?;
-    if !v.is_finite() {
-        return Err(format!("rating {r:?} is not finite"));
-    }
-    if v.abs() > MAX_RATING {
-        // Squared errors of larger ratings overflow single precision.
-        return Err(format!("rating {r:?} is out of range: at most {MAX_RATING:e} in magnitude"));
+    if let Some(problem) = rating_problem(v) {
+        return Err(format!("rating {r:?} is {problem}"));
     }
     Ok((u, i, v))
+}
+
+/// Why `v` cannot be a rating, where it cannot: the rule for ratings from
+/// any source (files here, arrays from Python).
+pub fn rating_problem(v: f32) -> Option<String> {
+    if !v.is_finite() {
+        Some("not finite".into())
+    } else if v.abs() > MAX_RATING {
+        // Squared errors of larger ratings overflow single precision.
+        Some(format!("out of range: at most {MAX_RATING:e} in magnitude"))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ mod load;
 mod source;
 mod synthetic;
 
-pub use load::{Format, HeaderMode, LoadOptions, LoadReport, MAX_RATING, load_ratings, parse_ratings};
+pub use load::{Format, HeaderMode, LoadOptions, LoadReport, load_ratings, parse_ratings, rating_problem};
 pub use source::{DataSource, Loaded, SourceJson};
 pub use synthetic::{SyntheticSpec, generate};
 

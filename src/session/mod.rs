@@ -55,6 +55,16 @@ pub enum Stage {
     Training,
 }
 
+impl Stage {
+    /// As reports and front ends name it (its JSON): `choosing`, `training`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Choosing => "choosing",
+            Stage::Training => "training",
+        }
+    }
+}
+
 /// How far a run is inside an epoch ([`Run::progress`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Progress {

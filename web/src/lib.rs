@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rowstage::data::parse_ratings;
-use rowstage::session::{Finished, Run, RunOptions, Stage, query};
+use rowstage::session::{Finished, Run, RunOptions, query};
 use rowstage::train::CancelToken;
 use wasm_bindgen::prelude::*;
 
@@ -200,10 +200,9 @@ impl WebRun {
             let mut s = state.borrow_mut();
             let Some(run) = s.run.as_mut() else { return Ok(None) };
             Ok(run.step().map_err(shown)?.map(|(stage, e)| {
-                let stage = if stage == Stage::Choosing { "choosing" } else { "training" };
                 // No noop backend in a browser: every epoch's figures are a model's.
                 let e = rowstage::report::EpochJson::of(&e, false);
-                serde_json::json!({ "stage": stage, "epoch": e }).to_string()
+                serde_json::json!({ "stage": stage.name(), "epoch": e }).to_string()
             }))
         });
     }
