@@ -44,6 +44,8 @@
 
 pub mod bench;
 pub mod data;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod gpu;

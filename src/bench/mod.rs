@@ -501,6 +501,7 @@ pub fn run(
                 lookahead: plan.lookahead,
                 threads: plan.threads,
                 hogwild_width: plan.hogwild_width,
+                distributed: train::Distributed::Off,
             };
             // The batch shrinks (halving) until the slab holds one: a small
             // accelerator memory means small batches, and the row says which.

@@ -7,6 +7,7 @@
 
 pub mod blocked;
 pub mod order;
+pub mod rotate;
 pub mod rows;
 pub mod sca;
 pub mod simulate;
@@ -77,6 +78,26 @@ pub struct EpochTrain {
     /// launches: blocks of a blocked round (one worker each), a Hogwild
     /// launch's invocations, a wave's ratings, a CPU's threads.
     pub workers: f64,
+    /// Bytes handed to MPI, where the run spans ranks.
+    pub wire: Option<Wire>,
+}
+
+/// One epoch's bytes handed to MPI, per sending rank: counted where each
+/// message is handed over, and worked out beforehand from the order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Wire {
+    pub bytes: Vec<u64>,
+    pub predicted: Vec<u64>,
+}
+
+impl Wire {
+    pub fn total(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+
+    pub fn predicted_total(&self) -> u64 {
+        self.predicted.iter().sum()
+    }
 }
 
 /// The cost model's traffic, for policies that have one.
@@ -129,6 +150,10 @@ pub trait Backend {
     /// The slab slot by slot, for a backend that has one.
     fn slab_view(&self) -> Option<crate::stage::SlabView> {
         None
+    }
+    /// MPI ranks the backend trains across (1 for one process).
+    fn ranks(&self) -> usize {
+        1
     }
     /// Whether the backend runs no kernels (wgpu's noop backend): its speed
     /// is the host's ceiling, and its model is not a model.

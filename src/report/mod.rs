@@ -76,6 +76,17 @@ pub struct EpochJson {
     pub predicted_bytes_h2d: Option<f64>,
     /// Every counter of the ledger, per table and per kind.
     pub ledger: Ledger,
+    /// Across MPI ranks: the bytes all ranks handed to MPI in the epoch
+    /// (each message once per receiving rank), per rank, and the same
+    /// worked out from the order before training.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire_bytes_by_rank: Option<Vec<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_wire_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_wire_bytes_by_rank: Option<Vec<u64>>,
 }
 
 impl EpochJson {
@@ -111,6 +122,10 @@ impl EpochJson {
             predicted_rows_out: e.predicted_rows_out,
             predicted_bytes_h2d: e.predicted_bytes_h2d,
             ledger: *l,
+            wire_bytes: e.wire.as_ref().map(|w| w.total()),
+            wire_bytes_by_rank: e.wire.as_ref().map(|w| w.bytes.clone()),
+            predicted_wire_bytes: e.wire.as_ref().map(|w| w.predicted_total()),
+            predicted_wire_bytes_by_rank: e.wire.as_ref().map(|w| w.predicted.clone()),
         }
     }
 }
@@ -310,6 +325,9 @@ pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool, choosing: bool) 
             human_bytes(l.bytes_d2h()),
             l.hit_rate().map_or("  n/a".into(), |h| format!("{:5.1}%", h * 100.0)),
         );
+    }
+    if let Some(w) = &e.wire {
+        s += &format!("  wire {:>10} (predicted {})", human_bytes(w.total()), human_bytes(w.predicted_total()));
     }
     if let (Some(bound), Some(device)) = (e.bound(), e.device_seconds) {
         s += &format!("  {bound}-bound (host {:.3} s, device {device:.3} s)", e.host_seconds);

@@ -24,7 +24,7 @@ const STOP_CHECK: usize = 4096;
 const ROUND: usize = 1 << 18;
 
 /// One [`Step`] per model side by side.
-fn steps_of(model: &Model, rates: &[Rate], bias_reg: f32) -> Vec<Step> {
+pub(crate) fn steps_of(model: &Model, rates: &[Rate], bias_reg: f32) -> Vec<Step> {
     assert_eq!(rates.len(), model.copies, "one rate per model side by side");
     rates.iter().map(|r| Step { rank: model.rank, mean: model.mean, lr: r.lr, reg: r.reg, bias_reg }).collect()
 }
@@ -33,7 +33,7 @@ fn steps_of(model: &Model, rates: &[Rate], bias_reg: f32) -> Vec<Step> {
 /// models' copies side by side, `sub` floats apart), adding each squared
 /// error into `sse`.
 #[inline]
-fn apply_all(steps: &[Step], sub: usize, p: &mut [f32], q: &mut [f32], rating: f32, sse: &mut [f64]) {
+pub(crate) fn apply_all(steps: &[Step], sub: usize, p: &mut [f32], q: &mut [f32], rating: f32, sse: &mut [f64]) {
     // One model (all but a grid search) needs no cutting of the rows.
     if let ([step], [sse]) = (steps, &mut *sse) {
         let e = step.apply(p, q, rating);

@@ -20,8 +20,8 @@ mod setup;
 pub mod tune;
 
 pub use setup::{
-    AUTO_SHARE, BackendSpec, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup, open_backend,
-    open_backend_fitting, open_backend_on, plan_budget, table_bytes,
+    AUTO_SHARE, BackendSpec, Distributed, Opened, Planned, auto_batch, co_partition_for, fit_batch, gpu_setup,
+    open_backend, open_backend_fitting, open_backend_on, plan_budget, table_bytes,
 };
 
 pub use request::{CancelToken, RunRequest};
@@ -178,6 +178,10 @@ pub struct EpochReport {
     /// (empty outside a grid search).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grid: Vec<SettingEpoch>,
+    /// Bytes handed to MPI per rank, counted and predicted (runs across
+    /// ranks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<crate::engine::Wire>,
 }
 
 impl EpochReport {
@@ -529,6 +533,7 @@ impl Training {
             workers: out.workers,
             ratings_per_sec: out.done as f64 / seconds.max(1e-9),
             ledger,
+            wire: out.wire.take(),
             predicted_rows_in: None,
             predicted_rows_out: None,
             predicted_bytes_h2d: None,

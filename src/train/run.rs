@@ -106,6 +106,7 @@ impl Default for BackendSpec {
             lookahead: 32,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hogwild_width: crate::gpu::HogwildWidth::Auto,
+            distributed: super::setup::Distributed::Off,
         }
     }
 }
@@ -407,6 +408,10 @@ pub struct RunConfig {
     pub row_bytes: Option<u64>,
     pub policy: &'static str,
     pub threads: usize,
+    /// `off` or `rotate`, and the MPI ranks the run spanned (1 for one
+    /// process).
+    pub distributed: &'static str,
+    pub ranks: usize,
     pub hogwild_width: Option<usize>,
     pub hogwild_width_requested: String,
     #[serde(flatten)]
@@ -453,6 +458,8 @@ impl RunConfig {
             row_bytes: layout.map(|l| l.row_bytes),
             policy: b.policy.name(),
             threads: b.threads,
+            distributed: crate::Named::name(b.distributed),
+            ranks: backend.ranks(),
             hogwild_width: run.at_once,
             hogwild_width_requested: b.hogwild_width.name(),
             source,

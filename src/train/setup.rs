@@ -31,6 +31,39 @@ pub struct BackendSpec {
     /// Hogwild on a GPU: how many ratings of a step update at once (ignored
     /// by the CPU backend and in deterministic mode).
     pub hogwild_width: HogwildWidth,
+    /// Training across MPI ranks (docs/ARCHITECTURE.md, "Past one machine").
+    pub distributed: Distributed,
+}
+
+/// How a run spans processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distributed {
+    /// One process.
+    #[default]
+    Off,
+    /// The blocked order across MPI ranks, bins passed between rounds: one
+    /// process's model, bit for bit.
+    Rotate,
+}
+
+impl crate::Named for Distributed {
+    const ALL: &'static [Self] = &[Distributed::Off, Distributed::Rotate];
+    fn name(self) -> &'static str {
+        match self {
+            Distributed::Off => "off",
+            Distributed::Rotate => "rotate",
+        }
+    }
+    fn about(self) -> &'static str {
+        match self {
+            Distributed::Off => "One process (the default without an MPI launcher)",
+            Distributed::Rotate => {
+                "The blocked order across MPI ranks, item and user bins passed between rounds: one process's model \
+                 (the default under mpirun; needs the `mpi` feature)"
+            }
+        }
+    }
 }
 
 impl BackendSpec {
@@ -300,6 +333,9 @@ pub fn open_backend_on(
             Box::new(cpu::HogwildCpu::new(hp.bias_reg, spec.threads))
         }
     };
+    if spec.distributed == Distributed::Rotate {
+        return open_rotate(data, settings, spec);
+    }
     if spec.backend == BackendChoice::Cpu {
         // A budget given for a slab the CPU backend does not have: said,
         // not silently dropped.
@@ -332,6 +368,42 @@ pub fn open_backend_on(
     let layout = gpu.layout().clone();
     let adapter = gpu.context().summary.clone();
     Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
+}
+
+/// `distributed` rotate: each rank's CPU, the blocked order's bins passed
+/// between ranks. Only the CPU for now, said by name.
+fn open_rotate(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
+    let order = super::resolve_order(data, settings)?;
+    if !matches!(order, super::Order::Blocked { .. }) || settings.co_partition.is_some() {
+        return Err(Error::arg(
+            "`distributed`",
+            "rotate",
+            format!("rotates the blocked order's bins between ranks; this run's order is {}", order.name()),
+        ));
+    }
+    if !matches!(spec.backend, BackendChoice::Cpu | BackendChoice::Auto) || spec.adapter.is_some() {
+        return Err(Error::arg(
+            "`backend`",
+            spec.backend.name(),
+            "`distributed` rotate trains on each rank's CPU (a GPU per rank is not built yet)",
+        ));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let backend = crate::distributed::RotateCpu::new(settings.hp.bias_reg)?;
+        let notice = (spec.backend == BackendChoice::Auto)
+            .then(|| "`distributed` rotate trains on each rank's CPU (a GPU per rank is not built yet)".to_string());
+        Ok(Opened { backend: Box::new(backend), layout: None, adapter: None, notice })
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        Err(Error::arg(
+            "`distributed`",
+            "rotate",
+            "this rowstage was built without MPI: build it with `cargo build --release --features mpi` \
+             (scripts/deps.sh --mpi installs what that needs)",
+        ))
+    }
 }
 
 /// What a GPU run of `settings` on `adapter` is set up with: the order

@@ -141,6 +141,20 @@ fn parse_cli() -> Cli {
     cli
 }
 
+/// This process's MPI rank and the world's size: `(0, 1)` without MPI.
+pub(crate) fn mpi_world() -> (usize, usize) {
+    #[cfg(feature = "mpi")]
+    return rowstage::distributed::world();
+    #[cfg(not(feature = "mpi"))]
+    (0, 1)
+}
+
+/// `--distributed` when not given: rotate where an MPI launcher started
+/// more than one rank.
+pub(crate) fn launcher_default() -> rowstage::train::Distributed {
+    if mpi_world().1 > 1 { rowstage::train::Distributed::Rotate } else { rowstage::train::Distributed::Off }
+}
+
 fn main() {
     // Rust ignores SIGPIPE, so that a closed pipe (`| head`) becomes a write
     // error and, in `println!`, a panic; the default action ends the process
@@ -156,6 +170,13 @@ fn main() {
     unsafe { rowstage::gpu::context::quiet_gl_probe() };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = parse_cli();
+    // MPI is started where a launcher started this process, or
+    // `--distributed` asks for it, and finalised when `_mpi` drops.
+    #[cfg(feature = "mpi")]
+    let _mpi = (rowstage::distributed::launched() || std::env::args().any(|a| a.starts_with("--distributed")))
+        .then(rowstage::distributed::start)
+        .flatten();
+    output::set_rank(mpi_world().0);
     let result = match cli.command {
         Command::Train(a) => train::cmd_train(*a),
         Command::Eval(a) => serve::cmd_eval(a),

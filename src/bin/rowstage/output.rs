@@ -50,7 +50,23 @@ pub(crate) fn guard_closed_stdio() {
     }
 }
 
+/// This process's MPI rank: ranks past 0 print only their errors, named
+/// by rank, so that one run prints one output.
+static RANK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub(crate) fn set_rank(rank: usize) {
+    RANK.store(rank, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process writes the run's output (rank 0, or no MPI).
+pub(crate) fn speaks() -> bool {
+    RANK.load(std::sync::atomic::Ordering::Relaxed) == 0
+}
+
 pub(crate) fn say_line(s: &str) {
+    if !speaks() {
+        return;
+    }
     if closed(1) {
         err_line("error: writing to <stdout>: it is closed");
         std::process::exit(2);
@@ -70,6 +86,17 @@ macro_rules! warn {
 }
 
 pub(crate) fn err_line(s: &str) {
+    if !speaks() {
+        if !s.starts_with("error") {
+            return;
+        }
+        let rank = RANK.load(std::sync::atomic::Ordering::Relaxed);
+        return err_line_of(&format!("rank {rank}: {s}"));
+    }
+    err_line_of(s)
+}
+
+fn err_line_of(s: &str) {
     if closed(2) {
         std::process::exit(2);
     }
@@ -139,6 +166,9 @@ pub(crate) fn check_paths<'p>(
 }
 
 pub(crate) fn write_output(path: &Path, text: &str) -> Result<()> {
+    if !speaks() {
+        return Ok(());
+    }
     if path == Path::new("-") {
         if closed(1) {
             return Err(Error::io("<stdout>", std::io::Error::other("it is closed")));

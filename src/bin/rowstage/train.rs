@@ -17,7 +17,7 @@ use rowstage::report;
 use rowstage::session::{Finished, Run, RunOptions, Stage};
 use rowstage::stage::{Budget, PolicyKind};
 use rowstage::train::tune::Tuning;
-use rowstage::train::{self, BackendSpec};
+use rowstage::train::{self, BackendSpec, Distributed};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -119,6 +119,11 @@ pub(crate) struct TrainArgs {
     /// Threads of the CPU backend (default: all cores).
     #[arg(help_heading = "Device", long)]
     threads: Option<usize>,
+    /// Train across MPI ranks (`mpirun -np P rowstage train ...`; a build
+    /// with the `mpi` feature). Default: rotate under an MPI launcher with
+    /// more than one rank, else off. See the README, "Past one machine".
+    #[arg(help_heading = "Device", long, value_parser = Choice::<Distributed>::new(), value_name = "MODE")]
+    distributed: Option<Distributed>,
     /// Write the JSON report to FILE ("-" for stdout; the text output then goes to stderr).
     #[arg(help_heading = "Output", long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -239,6 +244,7 @@ impl TrainArgs {
                 lookahead: self.lookahead,
                 threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 hogwild_width: self.hogwild.width()?,
+                distributed: self.distributed.unwrap_or_else(crate::launcher_default),
             },
             calibration_cache: !self.no_calibration_cache,
             tune: Tuning { validation: self.validation, patience: self.patience, ..Tuning::default() },
@@ -249,7 +255,7 @@ impl TrainArgs {
 
 /// `train` flags that may stand beside `--config`: where to train and what
 /// to write, which change no model (the rest are the request's to set).
-const BESIDE_CONFIG: [&str; 14] = [
+const BESIDE_CONFIG: [&str; 15] = [
     "config",
     "backend",
     "adapter",
@@ -258,6 +264,7 @@ const BESIDE_CONFIG: [&str; 14] = [
     "lookahead",
     "threads",
     "hogwild_width",
+    "distributed",
     "no_calibration_cache",
     "json",
     "save",
@@ -288,6 +295,8 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
     let mut request = train::RunRequest::read(path)?;
     let from_flags = a.spec()?.backend;
     let b = &mut request.spec.backend;
+    // How many processes run it is this launch's, not the file's.
+    b.distributed = from_flags.distributed;
     for id in given_flags("train") {
         match id.as_str() {
             "backend" => b.backend = from_flags.backend,
@@ -357,7 +366,9 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     // The folder checkpoints go to: made now (a read-only place fails here,
     // before any work), locked for this run, and never another run's.
-    let _lock = match a.checkpoint.as_ref().or(a.resume.as_ref()) {
+    // Under MPI, rank 0 alone writes (every rank holds the whole model).
+    let speaks = crate::output::speaks();
+    let _lock = match a.checkpoint.as_ref().or(a.resume.as_ref()).filter(|_| speaks) {
         Some(dir) => {
             let written = train::checkpoint::checkpoint_path(dir);
             if a.resume.is_none() && written.exists() && !a.overwrite_checkpoint {
@@ -378,7 +389,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         None => None,
     };
     let resumed = resume.as_ref().map(|c| (c.path.clone(), c.state.epoch, c.state.position));
-    let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()), resume };
+    let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()).filter(|_| speaks), resume };
     let mut run = Run::from_request(request, options)?;
     for n in run.notes() {
         out.line(n);
@@ -504,6 +515,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
     match &a.save {
+        Some(_) if outcome.complete && !speaks => {}
         Some(path) if outcome.complete => {
             done.save_model(path)?;
             out.line(&format!("saved model to {}", path.display()));

@@ -357,6 +357,7 @@ impl Backend for GpuBackend {
             device_seconds,
             dispatches: exec.dispatches,
             workers: exec.sgd_workers / exec.sgd_launches.max(1) as f64,
+            wire: None,
         })
     }
 
