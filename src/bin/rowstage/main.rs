@@ -155,6 +155,25 @@ pub(crate) fn launcher_default() -> rowstage::train::Distributed {
     if mpi_world().1 > 1 { rowstage::train::Distributed::Rotate } else { rowstage::train::Distributed::Off }
 }
 
+/// A build without MPI that an MPI launcher started several times: each
+/// copy would train the whole run alone and write the same files.
+pub(crate) fn refuse_copies_without_mpi() -> rowstage::error::Result<()> {
+    let copies = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        .unwrap_or(1);
+    if cfg!(feature = "mpi") || copies <= 1 {
+        return Ok(());
+    }
+    Err(rowstage::error::Error::arg(
+        "`distributed`",
+        format!("{copies} processes"),
+        "an MPI launcher started this rowstage several times, but it was built without MPI, so each copy would \
+         train alone: build it with `cargo build --release --features mpi` (scripts/deps.sh --mpi installs what \
+         that needs)",
+    ))
+}
+
 fn main() {
     // Rust ignores SIGPIPE, so that a closed pipe (`| head`) becomes a write
     // error and, in `println!`, a panic; the default action ends the process

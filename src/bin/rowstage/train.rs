@@ -327,6 +327,7 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
 }
 
 pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
+    crate::refuse_copies_without_mpi()?;
     let request = train_request(&a)?;
     request.spec.validate()?;
     // Output paths are checked before the data is read or a step trained:
