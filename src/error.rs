@@ -63,6 +63,10 @@ pub enum Error {
     #[error("GPU error on {adapter:?}: {reason}")]
     Gpu { adapter: String, reason: String },
 
+    /// Another MPI rank failed the run: it stopped answering, or it died.
+    #[error("rank {rank} {reason}")]
+    Peer { rank: usize, reason: String },
+
     /// A saved model or checkpoint is unreadable, truncated, corrupted or
     /// from another version.
     #[error("{path}: not a valid rowstage {what}: {reason}")]
@@ -183,7 +187,7 @@ impl Error {
     /// budgets, ids), 1 for failures at run time (GPU, I/O while writing).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Gpu { .. } | Error::NoAdapter { .. } | Error::Diverged { .. } => 1,
+            Error::Gpu { .. } | Error::NoAdapter { .. } | Error::Diverged { .. } | Error::Peer { .. } => 1,
             // 128 + SIGINT, as shells report a process ended by Ctrl-C.
             Error::Interrupted => 130,
             Error::Io { .. } => 2,

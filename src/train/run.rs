@@ -107,6 +107,7 @@ impl Default for BackendSpec {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hogwild_width: crate::gpu::HogwildWidth::Auto,
             distributed: super::setup::Distributed::Off,
+            rank_timeout: super::setup::DEFAULT_RANK_TIMEOUT,
         }
     }
 }

@@ -33,7 +33,14 @@ pub struct BackendSpec {
     pub hogwild_width: HogwildWidth,
     /// Training across MPI ranks (docs/ARCHITECTURE.md, "Past one machine").
     pub distributed: Distributed,
+    /// Seconds a rank waits for another's message before it ends the run,
+    /// naming the rank it waited for.
+    pub rank_timeout: u32,
 }
+
+/// [`BackendSpec::rank_timeout`]'s default: long enough for a rank to wait
+/// out a slower one's share of an epoch on a busy machine.
+pub const DEFAULT_RANK_TIMEOUT: u32 = 120;
 
 /// How a run spans processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -390,7 +397,8 @@ fn open_rotate(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> 
     }
     #[cfg(feature = "mpi")]
     {
-        let backend = crate::distributed::RotateCpu::new(settings.hp.bias_reg)?;
+        let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
+        let backend = crate::distributed::RotateCpu::new(settings.hp.bias_reg, limit)?;
         let notice = (spec.backend == BackendChoice::Auto)
             .then(|| "`distributed` rotate trains on each rank's CPU (a GPU per rank is not built yet)".to_string());
         Ok(Opened { backend: Box::new(backend), layout: None, adapter: None, notice })

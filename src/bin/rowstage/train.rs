@@ -124,6 +124,11 @@ pub(crate) struct TrainArgs {
     /// more than one rank, else off. See the README, "Past one machine".
     #[arg(help_heading = "Device", long, value_parser = Choice::<Distributed>::new(), value_name = "MODE")]
     distributed: Option<Distributed>,
+    /// Under MPI: seconds a rank waits for another rank's message before it
+    /// ends the run with an error naming that rank (one that stopped, died
+    /// or fell far behind).
+    #[arg(help_heading = "Device", long, value_name = "SECONDS", default_value_t = train::DEFAULT_RANK_TIMEOUT, value_parser = clap::value_parser!(u32).range(1..))]
+    rank_timeout: u32,
     /// Write the JSON report to FILE ("-" for stdout; the text output then goes to stderr).
     #[arg(help_heading = "Output", long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -245,6 +250,7 @@ impl TrainArgs {
                 threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 hogwild_width: self.hogwild.width()?,
                 distributed: self.distributed.unwrap_or_else(crate::launcher_default),
+                rank_timeout: self.rank_timeout,
             },
             calibration_cache: !self.no_calibration_cache,
             tune: Tuning { validation: self.validation, patience: self.patience, ..Tuning::default() },
@@ -255,7 +261,7 @@ impl TrainArgs {
 
 /// `train` flags that may stand beside `--config`: where to train and what
 /// to write, which change no model (the rest are the request's to set).
-const BESIDE_CONFIG: [&str; 15] = [
+const BESIDE_CONFIG: [&str; 16] = [
     "config",
     "backend",
     "adapter",
@@ -265,6 +271,7 @@ const BESIDE_CONFIG: [&str; 15] = [
     "threads",
     "hogwild_width",
     "distributed",
+    "rank_timeout",
     "no_calibration_cache",
     "json",
     "save",
@@ -297,6 +304,7 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
     let b = &mut request.spec.backend;
     // How many processes run it is this launch's, not the file's.
     b.distributed = from_flags.distributed;
+    b.rank_timeout = from_flags.rank_timeout;
     for id in given_flags("train") {
         match id.as_str() {
             "backend" => b.backend = from_flags.backend,

@@ -1,0 +1,211 @@
+//! `--distributed rotate`: the blocked order across ranks on each rank's
+//! CPU ([`crate::engine::rotate`] says who trains what and which bins
+//! move; docs/ARCHITECTURE.md, "Past one machine").
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use web_time::Instant;
+
+use super::link::{Incoming, Link, MODEL, Outgoing};
+use crate::data::Rating;
+use crate::engine::rotate::{Holders, Move, Rotation};
+use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
+use crate::error::{Error, Result};
+use crate::model::{Metrics, Model, row_stride};
+use crate::stage::Ledger;
+use crate::stage::copartition::Side;
+use crate::train::cpu::{apply_all, steps_of};
+
+/// The blocked order across the world's ranks, one thread per rank.
+pub struct RotateCpu {
+    bias_reg: f32,
+    link: Link,
+}
+
+impl RotateCpu {
+    /// Over the world of a started MPI ([`super::start`]); `limit` bounds
+    /// every wait for another rank.
+    pub fn new(bias_reg: f32, limit: Duration) -> Result<Self> {
+        if !mpi::environment::is_initialized() {
+            return Err(Error::arg(
+                "`distributed`",
+                "rotate",
+                "needs MPI started first (the command line starts it under an MPI launcher such as mpirun, or \
+                 where `--distributed` is given)",
+            ));
+        }
+        Ok(RotateCpu { bias_reg, link: Link::world(limit) })
+    }
+
+    /// Sends and receives `moves` (every rank lists the same moves in the
+    /// same order, so that two ranks' messages match in order); returns
+    /// the bytes this rank handed to MPI.
+    fn exchange(&self, rotation: &Rotation, model: &mut Model, moves: &[Move]) -> Result<u64> {
+        let (s, me) = (model.stride, self.link.rank);
+        let (mut sends, mut recvs) = (Vec::new(), Vec::new());
+        for m in moves.iter().filter(|m| m.from == me || m.to == me) {
+            let rows = rotation.rows(m.side, m.bin);
+            if m.from == me {
+                let table = table(model, m.side);
+                let mut buf = Vec::with_capacity(rows.len() * s);
+                for &r in rows {
+                    buf.extend_from_slice(&table[r as usize * s..][..s]);
+                }
+                sends.push((m.to, buf));
+            } else {
+                recvs.push((*m, vec![0f32; rows.len() * s]));
+            }
+        }
+        let out: Vec<Outgoing> =
+            sends.iter().map(|(to, b)| Outgoing { to: *to, tag: MODEL, bytes: bytemuck::cast_slice(b) }).collect();
+        let mut inc: Vec<Incoming> = recvs
+            .iter_mut()
+            .map(|(m, b)| Incoming { from: m.from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
+            .collect();
+        self.link.exchange(&out, &mut inc)?;
+        drop(inc);
+        for (m, buf) in &recvs {
+            let table = table_mut(model, m.side);
+            for (&r, row) in rotation.rows(m.side, m.bin).iter().zip(buf.chunks_exact(s)) {
+                table[r as usize * s..][..s].copy_from_slice(row);
+            }
+        }
+        Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
+    }
+
+    /// The epoch's end: every rank's held bins to every other rank, so
+    /// that each holds the whole model. Returns the bytes this rank handed
+    /// to MPI (its rows once per receiving rank).
+    fn gather(&self, rotation: &Rotation, model: &mut Model, holders: &Holders) -> Result<u64> {
+        let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
+        let held: Vec<Vec<(Side, u32)>> = (0..ranks).map(|k| rotation.gathered(holders, k)).collect();
+        let mut mine = Vec::with_capacity(rotation.rows_of(&held[me]) * s);
+        for (side, r) in rows(rotation, &held[me]) {
+            mine.extend_from_slice(&table(model, side)[r as usize * s..][..s]);
+        }
+        let mut theirs: Vec<Vec<f32>> =
+            (0..ranks).map(|k| if k == me { Vec::new() } else { vec![0f32; rotation.rows_of(&held[k]) * s] }).collect();
+        let out: Vec<Outgoing> = (0..ranks)
+            .filter(|&k| k != me)
+            .map(|to| Outgoing { to, tag: MODEL, bytes: bytemuck::cast_slice(&mine) })
+            .collect();
+        let mut inc: Vec<Incoming> = theirs
+            .iter_mut()
+            .enumerate()
+            .filter(|&(k, _)| k != me)
+            .map(|(from, b)| Incoming { from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
+            .collect();
+        self.link.exchange(&out, &mut inc)?;
+        drop(inc);
+        for (k, buf) in theirs.iter().enumerate().filter(|&(k, _)| k != me) {
+            for ((side, r), row) in rows(rotation, &held[k]).zip(buf.chunks_exact(s)) {
+                table_mut(model, side)[r as usize * s..][..s].copy_from_slice(row);
+            }
+        }
+        Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
+    }
+}
+
+/// The rows of `bins`, in the order their rows are sent.
+fn rows<'a>(rotation: &'a Rotation, bins: &'a [(Side, u32)]) -> impl Iterator<Item = (Side, u32)> + 'a {
+    bins.iter().flat_map(move |&(side, b)| rotation.rows(side, b).iter().map(move |&r| (side, r)))
+}
+
+fn table(model: &Model, side: Side) -> &[f32] {
+    match side {
+        Side::Users => &model.users,
+        Side::Items => &model.items,
+    }
+}
+
+fn table_mut(model: &mut Model, side: Side) -> &mut [f32] {
+    match side {
+        Side::Users => &mut model.users,
+        Side::Items => &mut model.items,
+    }
+}
+
+impl Backend for RotateCpu {
+    fn kind(&self) -> String {
+        "cpu".into()
+    }
+
+    fn adapter(&self) -> String {
+        format!("the CPU of each of {} MPI ranks, one thread each (`distributed` rotate)", self.link.ranks)
+    }
+
+    fn ranks(&self) -> usize {
+        self.link.ranks
+    }
+
+    fn needs_plan(&self, _layout: &RunLayout) -> bool {
+        // The rounds come from the order's permutations (`Rotation::walk`).
+        false
+    }
+
+    fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
+        let t0 = Instant::now();
+        if input.from > 0 {
+            return Err(Error::arg(
+                "`resume`",
+                "a checkpoint inside an epoch",
+                "`distributed` rotate resumes at an epoch's start; this checkpoint stopped inside one",
+            ));
+        }
+        // The ranks stop together, at an epoch's start: a stop raised on
+        // any rank (a signal, a cancel) stops all of them there.
+        let stops = self.link.everyone(u8::from(input.stop.load(Ordering::Relaxed)))?;
+        if stops.iter().any(|&s| s != 0) {
+            return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
+        }
+        let layout = input.layout;
+        let rotation = Rotation::new(layout, self.link.ranks)?;
+        let order = layout.blocked_epoch(input.epoch).expect("a rotation's layout is blocked");
+        let steps = steps_of(model, input.rates, self.bias_reg);
+        let (s, sub, me) = (model.stride, row_stride(model.rank), self.link.rank);
+        let mut sse = vec![0.0f64; steps.len()];
+        let (mut done, mut sent) = (0u64, 0u64);
+        let holders = rotation.walk(layout, &order, |moves, tasks| {
+            sent += self.exchange(&rotation, model, moves)?;
+            for t in tasks.iter().filter(|t| t.rank == me) {
+                let ratings: &[Rating] = layout.block_sweep(t.block, t.sweep);
+                for r in ratings {
+                    let p = &mut model.users[r.user as usize * s..][..s];
+                    let q = &mut model.items[r.item as usize * s..][..s];
+                    apply_all(&steps, sub, p, q, r.value, &mut sse);
+                }
+                done += ratings.len() as u64;
+                input.progress.fetch_add(ratings.len(), Ordering::Relaxed);
+            }
+            Ok(())
+        })?;
+        sent += self.gather(&rotation, model, &holders)?;
+        let host_seconds = t0.elapsed().as_secs_f64();
+        // Every rank adds the same figures in rank order: one result on all.
+        let bytes = self.link.everyone(sent)?;
+        let done = self.link.everyone(done)?.iter().sum::<u64>() as usize;
+        let mut total_sse = vec![0.0f64; sse.len()];
+        for (g, mine) in sse.iter().enumerate() {
+            total_sse[g] = self.link.everyone(*mine)?.iter().sum();
+        }
+        let predicted = rotation.traffic(layout, input.epoch, (s * 4) as u64)?.by_rank();
+        Ok(EpochTrain {
+            sse: total_sse,
+            count: done as u64,
+            done,
+            host_seconds,
+            workers: self.link.ranks as f64,
+            wire: Some(Wire { bytes, predicted }),
+            ..Default::default()
+        })
+    }
+
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
+        // Every rank holds the whole model after an epoch (`gather`).
+        Ok((model.evaluate_all(test), Ledger::default()))
+    }
+
+    fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
+        Ok(Ledger::default())
+    }
+}
