@@ -64,8 +64,8 @@ pub enum Error {
     Gpu { adapter: String, reason: String },
 
     /// Another MPI rank failed the run: it stopped answering, or it died.
-    #[error("rank {rank} {reason}")]
-    Peer { rank: usize, reason: String },
+    #[error("MPI rank(s) {ranks} {reason}")]
+    Peer { ranks: String, reason: String },
 
     /// A saved model or checkpoint is unreadable, truncated, corrupted or
     /// from another version.

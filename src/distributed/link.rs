@@ -118,29 +118,37 @@ impl Link {
         }
     }
 
-    /// The error past the limit, naming the rank still owed a message
-    /// (or, where only sends are pending, the rank not taking them); the
-    /// pending requests are cancelled and freed, so no buffer outlives them.
+    /// The error past the limit, naming the ranks still owing a message
+    /// (or, where only sends are pending, the ranks not taking them): one
+    /// of them stopped or died, or waits in turn for one that did. The
+    /// pending requests are cancelled and freed, so that no buffer
+    /// outlives them.
     fn give_up(&self, requests: &mut [ffi::MPI_Request], out: &[Outgoing], inc: &[Incoming]) -> Error {
-        let pending = |k: usize| requests[k] != unsafe { ffi::RSMPI_REQUEST_NULL };
-        let silent = (0..inc.len())
-            .find(|&k| pending(out.len() + k))
-            .map(|k| (inc[k].from, "sent nothing"))
-            .or_else(|| (0..out.len()).find(|&k| pending(k)).map(|k| (out[k].to, "took nothing")));
-        for r in requests.iter_mut() {
-            if *r != unsafe { ffi::RSMPI_REQUEST_NULL } {
-                // SAFETY: a live request of this process.
-                unsafe {
-                    ffi::MPI_Cancel(r);
-                    ffi::MPI_Request_free(r);
-                }
+        // SAFETY: reading an MPI constant.
+        let null = unsafe { ffi::RSMPI_REQUEST_NULL };
+        let mut silent: Vec<usize> =
+            inc.iter().enumerate().filter(|&(k, _)| requests[out.len() + k] != null).map(|(_, i)| i.from).collect();
+        let what = if silent.is_empty() {
+            silent = out.iter().enumerate().filter(|&(k, _)| requests[k] != null).map(|(_, o)| o.to).collect();
+            "took nothing"
+        } else {
+            "sent nothing"
+        };
+        silent.sort_unstable();
+        silent.dedup();
+        for r in requests.iter_mut().filter(|r| **r != null) {
+            // SAFETY: a live request of this process.
+            unsafe {
+                ffi::MPI_Cancel(r);
+                ffi::MPI_Request_free(r);
             }
         }
-        let (rank, what) = silent.unwrap_or((self.rank, "answered nothing"));
+        let names: Vec<String> = silent.iter().map(|r| r.to_string()).collect();
         Error::Peer {
-            rank,
+            ranks: names.join(", "),
             reason: format!(
-                "{what} for {:.0} s (stopped, dead or far behind); rank {} ends the run (the limit is `rank_timeout`)",
+                "{what} for {:.0} s: stopped, dead, or waiting for one that is; rank {} ends the run (the limit \
+                 is `rank_timeout`)",
                 self.limit.as_secs_f64(),
                 self.rank
             ),

@@ -1,0 +1,278 @@
+//! Training across MPI ranks under `mpirun` on loopback (docs/ARCHITECTURE.md,
+//! "Past one machine"): `--distributed rotate` trains one process's model bit
+//! for bit at 2 and 4 ranks, its `wire_bytes` equal an outside count (a PMPI
+//! wrapper), a stopped rank ends the job naming it, and checkpoints resume
+//! under the same and another number of ranks.
+//!
+//! Built with the `mpi` feature only (`cargo test --features mpi --test mpi`).
+//! Without `mpirun` (Open MPI) the tests say so and pass, unless
+//! ROWSTAGE_REQUIRE_MPI=1 (CI), where they fail.
+
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("rowstage")
+}
+
+/// One job at a time: the tests' ranks would otherwise share the cores
+/// with another job's, and a rank starved for seconds looks like a stopped
+/// one.
+static ONE_JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether Open MPI's `mpirun` is here (then the test holds [`ONE_JOB`]);
+/// where it is not, a test prints why it does not run (and fails under
+/// ROWSTAGE_REQUIRE_MPI=1).
+fn have_mpirun(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Open MPI"));
+    if !found {
+        let reason = "Open MPI's mpirun was not found (scripts/deps.sh --mpi installs it)";
+        assert!(std::env::var("ROWSTAGE_REQUIRE_MPI").as_deref() != Ok("1"), "{test}: {reason}");
+        println!("skipped {test}: {reason}");
+        return None;
+    }
+    Some(ONE_JOB.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// `mpirun -np P [extra mpirun flags] rowstage ARGS`, on loopback, more
+/// ranks than cores allowed, root allowed (CI runs as root).
+fn mpirun(np: usize, mpi_flags: &[&str], args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl", "self,vader")
+        .args(["--oversubscribe", "-np", &np.to_string()])
+        .args(mpi_flags)
+        .arg(bin())
+        .args(args);
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let out = c.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{c:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn one_process(args: &[&str]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args);
+    run(c)
+}
+
+/// Whether two model files hold the same tables bit for bit
+/// (`rowstage compare`).
+fn identical(a: &Path, b: &Path) -> bool {
+    let out = one_process(&["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    String::from_utf8_lossy(&out.stdout).contains("bit-identical")
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A small run's data and settings, both settings fixed (no choosing).
+const FIXED: [&str; 12] = [
+    "train",
+    "--synthetic",
+    "700,500,30000",
+    "--rank",
+    "8",
+    "--lr",
+    "0.05",
+    "--reg",
+    "0.05",
+    "--epochs",
+    "3",
+    "--seed",
+];
+
+fn fixed(seed: &str, extra: &[&str]) -> Vec<String> {
+    FIXED.iter().chain(&[seed]).chain(extra).map(|s| s.to_string()).collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn rotate_trains_one_processs_model_at_2_and_4_ranks_and_prints_once() {
+    let Some(_one) = have_mpirun("rotate_trains_one_processs_model_at_2_and_4_ranks_and_prints_once") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.safetensors");
+    one_process(&strs(&fixed("3", &["--backend", "cpu", "--threads", "2", "--save", one.to_str().unwrap()])));
+    for np in [2, 4] {
+        let (model, json) = (dir.path().join(format!("r{np}.safetensors")), dir.path().join(format!("r{np}.json")));
+        let out = run(mpirun(
+            np,
+            &[],
+            &strs(&fixed("3", &["--save", model.to_str().unwrap(), "--json", json.to_str().unwrap()])),
+        ));
+        assert!(identical(&one, &model), "{np} ranks: not one process's model");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.matches("final: test RMSE").count(), 1, "one output, from rank 0:\n{stdout}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
+        let j = report(&json);
+        assert_eq!(j["config"]["ranks"], np);
+        assert_eq!(j["config"]["distributed"], "rotate");
+        for e in j["epochs"].as_array().unwrap() {
+            let by_rank: Vec<u64> =
+                e["wire_bytes_by_rank"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(by_rank.len(), np);
+            assert_eq!(e["wire_bytes"].as_u64().unwrap(), by_rank.iter().sum::<u64>());
+            assert_eq!(e["wire_bytes"], e["predicted_wire_bytes"], "the schedule's prediction is exact");
+            assert!(by_rank.iter().all(|&b| b > 0));
+        }
+    }
+}
+
+#[test]
+fn settings_chosen_under_mpirun_are_one_processs_choice() {
+    let Some(_one) = have_mpirun("settings_chosen_under_mpirun_are_one_processs_choice") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["train", "--synthetic", "500,300,15000", "--rank", "8", "--epochs", "4", "--seed", "9"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let (one, three) = (dir.path().join("one.safetensors"), dir.path().join("three.safetensors"));
+    let out_one = one_process(&strs(&args(&["--backend", "cpu", "--save", one.to_str().unwrap()])));
+    let out_three = run(mpirun(3, &[], &strs(&args(&["--save", three.to_str().unwrap()]))));
+    let chose = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("chose "))
+            .map(|l| l.split(": the lowest").next().unwrap().to_string())
+            .expect("a choice line")
+    };
+    assert_eq!(chose(&out_one), chose(&out_three));
+    assert!(identical(&one, &three));
+}
+
+#[test]
+fn wire_bytes_equal_an_mpi_profiling_wrappers_count() {
+    let Some(_one) = have_mpirun("wire_bytes_equal_an_mpi_profiling_wrappers_count") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libcount.so");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mpi/count_bytes.c");
+    let built = Command::new("mpicc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&source).status();
+    assert!(built.is_ok_and(|s| s.success()), "mpicc could not build the PMPI wrapper");
+    for np in [2, 4] {
+        let counts = dir.path().join(format!("counts{np}"));
+        std::fs::create_dir_all(&counts).unwrap();
+        let json = dir.path().join(format!("r{np}.json"));
+        let preload = format!("LD_PRELOAD={}", lib.display());
+        let out_dir = format!("ROWSTAGE_PMPI_OUT={}", counts.display());
+        run(mpirun(np, &["-x", &preload, "-x", &out_dir], &strs(&fixed("4", &["--json", json.to_str().unwrap()]))));
+        let j = report(&json);
+        for k in 0..np {
+            let text = std::fs::read_to_string(counts.join(format!("rank{k}"))).expect("the wrapper's count");
+            let figures: Vec<u64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            let (model, control, other) = (figures[0], figures[1], figures[2]);
+            let reported: u64 =
+                j["epochs"].as_array().unwrap().iter().map(|e| e["wire_bytes_by_rank"][k].as_u64().unwrap()).sum();
+            assert_eq!(model, reported, "rank {k} of {np}: the wrapper counted {model}, the report {reported}");
+            assert!(control > 0 && other == 0, "rank {k}: control {control}, other {other}");
+        }
+    }
+}
+
+#[test]
+fn a_stopped_rank_ends_the_job_within_the_limit_naming_it() {
+    let Some(_one) = have_mpirun("a_stopped_rank_ends_the_job_within_the_limit_naming_it") else { return };
+    let args = ["train", "--synthetic", "700,500,30000", "--rank", "8", "--lr", "0.05", "--reg", "0.05"];
+    let mut c = mpirun(3, &[], &args);
+    c.args(["--epochs", "100000", "--rank-timeout", "5"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // The ranks are mpirun's children; rank 1 is the one to stop, once
+    // training has begun (rank 0 printed an epoch).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0 && !line.starts_with("epoch") {
+        line.clear();
+    }
+    assert!(line.starts_with("epoch"), "training never began");
+    let children = Command::new("pgrep").args(["-P", &child.id().to_string()]).output().unwrap();
+    let victim = String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == b"OMPI_COMM_WORLD_RANK=1"))
+        })
+        .expect("rank 1's process")
+        .to_string();
+    let stopped = Instant::now();
+    assert!(Command::new("kill").args(["-STOP", &victim]).status().unwrap().success());
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let out = child.wait_with_output().unwrap();
+    let took = stopped.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // The limit, and what mpirun takes to end the other ranks.
+    assert!(took < Duration::from_secs(5 + 15), "the job took {took:?} to end");
+    assert!(stderr.contains("MPI rank(s) 1 sent nothing for 5 s"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let _ = Command::new("kill").args(["-KILL", &victim]).status();
+}
+
+#[test]
+fn a_checkpoint_resumes_to_the_uninterrupted_model_under_the_same_and_another_number_of_ranks() {
+    let Some(_one) =
+        have_mpirun("a_checkpoint_resumes_to_the_uninterrupted_model_under_the_same_and_another_number_of_ranks")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let epochs = |n: &str, extra: &[String]| -> Vec<String> {
+        let mut v = fixed("5", &[]);
+        let at = v.iter().position(|a| a == "--epochs").unwrap();
+        v[at + 1] = n.to_string();
+        v.extend(extra.iter().cloned());
+        v
+    };
+    let whole = path("whole.safetensors");
+    run(mpirun(2, &[], &strs(&epochs("5", &["--save".into(), whole.clone()]))));
+    // Two epochs, checkpointed; then three more under 2 ranks and under 4.
+    run(mpirun(2, &[], &strs(&epochs("2", &["--checkpoint".into(), path("ck")]))));
+    let files: Vec<_> = std::fs::read_dir(path("ck")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(files.iter().any(|f| f == "checkpoint.safetensors"), "rank 0 writes the checkpoint: {files:?}");
+    std::fs::create_dir_all(path("ck4")).unwrap();
+    std::fs::copy(path("ck/checkpoint.safetensors"), path("ck4/checkpoint.safetensors")).unwrap();
+    for (np, ck) in [(2, "ck"), (4, "ck4")] {
+        let resumed = path(&format!("resumed{np}.safetensors"));
+        let out =
+            run(mpirun(np, &[], &strs(&epochs("5", &["--resume".into(), path(ck), "--save".into(), resumed.clone()]))));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("resuming"));
+        assert!(identical(Path::new(&whole), Path::new(&resumed)), "resumed under {np} ranks");
+    }
+}
+
+#[test]
+fn rotate_refuses_what_it_cannot_train_by_name() {
+    let Some(_one) = have_mpirun("rotate_refuses_what_it_cannot_train_by_name") else { return };
+    for (extra, says) in [
+        (&["--order", "shuffled"][..], "rotates the blocked order"),
+        (&["--backend", "vulkan"][..], "trains on each rank's CPU"),
+        (&["--order", "blocked:2:1:1"][..], "at least one of the order's 2 bins"),
+    ] {
+        let out = mpirun(3, &[], &strs(&fixed("1", extra))).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(stderr.contains(says) && !stderr.contains("panicked"), "{extra:?}: {stderr}");
+    }
+}
