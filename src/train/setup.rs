@@ -275,7 +275,8 @@ pub fn open_backend_fitting(
     let opened_here;
     let ctx = match ctx {
         Some(c) => Some(c),
-        None if spec.backend == BackendChoice::Cpu => None,
+        // Rotate trains on the CPU: no adapter is looked for.
+        None if spec.backend == BackendChoice::Cpu || spec.distributed == Distributed::Rotate => None,
         None => match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
             Ok(c) => {
                 opened_here = c;
