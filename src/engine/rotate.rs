@@ -209,6 +209,12 @@ impl Rotation {
         out
     }
 
+    /// Rows with training ratings, both sides: what the epoch's end
+    /// gathers (every rank's share to every other rank).
+    pub fn trained_rows(&self) -> usize {
+        self.user_rows.iter().chain(&self.item_rows).map(Vec::len).sum()
+    }
+
     /// Rows of `bins`.
     pub fn rows_of(&self, bins: &[(Side, u32)]) -> usize {
         bins.iter().map(|&(s, b)| self.rows(s, b).len()).sum()

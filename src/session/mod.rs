@@ -13,7 +13,7 @@
 mod plan;
 pub mod query;
 
-pub use plan::{RunPlan, plan};
+pub use plan::{EpochWire, RunPlan, WirePlan, plan, wire_plan};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

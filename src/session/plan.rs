@@ -134,3 +134,89 @@ impl RunPlan {
         lines
     }
 }
+
+/// What `distributed` rotate hands MPI, worked out from the order before a
+/// byte moves ([`crate::engine::rotate`]): what `train` prints before it
+/// trains and `plan --ranks` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct WirePlan {
+    pub ranks: usize,
+    pub order: String,
+    /// One row's bytes (every model's copy side by side).
+    pub row_bytes: u64,
+    /// Rows with training ratings: what every rank sends each other rank at
+    /// an epoch's end, between them.
+    pub trained_rows: u64,
+    pub epochs: Vec<EpochWire>,
+}
+
+/// One epoch's bytes handed to MPI by all ranks.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochWire {
+    pub epoch: usize,
+    /// Bins passed between rounds.
+    pub rotation_bytes: u64,
+    /// The epoch's end: every rank's rows to every other rank, (P − 1) ×
+    /// trained rows × row bytes.
+    pub gather_bytes: u64,
+    pub bytes_by_rank: Vec<u64>,
+}
+
+impl WirePlan {
+    pub fn mean_bytes(&self) -> f64 {
+        let total: u64 = self.epochs.iter().map(|e| e.rotation_bytes + e.gather_bytes).sum();
+        total as f64 / self.epochs.len().max(1) as f64
+    }
+
+    /// The plan in lines, as `plan` and `train` print it.
+    pub fn lines(&self) -> Vec<String> {
+        let Some(first) = self.epochs.first() else { return Vec::new() };
+        let rotation = self.epochs.iter().map(|e| e.rotation_bytes).sum::<u64>() / self.epochs.len() as u64;
+        vec![
+            format!(
+                "wire: across {} ranks (`distributed` rotate, order {}) MPI is handed {} per epoch (the mean of \
+                 epochs 1–{}, worked out from the order): {} of bins passed between rounds, and {} at each epoch's \
+                 end, every rank's rows to the {} others ({} trained rows × {} B × {})",
+                self.ranks,
+                self.order,
+                human_bytes(self.mean_bytes() as u64),
+                self.epochs.len(),
+                human_bytes(rotation),
+                human_bytes(first.gather_bytes),
+                self.ranks - 1,
+                self.trained_rows,
+                self.row_bytes,
+                self.ranks - 1
+            ),
+            format!(
+                "wire: epoch 1 by rank: {}",
+                first.bytes_by_rank.iter().map(|&b| human_bytes(b)).collect::<Vec<_>>().join(", ")
+            ),
+        ]
+    }
+}
+
+/// [`WirePlan`] of `spec` on `data` across `ranks`, for its first `epochs`
+/// epochs (the final training's: all the training ratings, one model).
+pub fn wire_plan(data: &Dataset, spec: &RunSpec, ranks: usize, epochs: usize) -> Result<WirePlan> {
+    spec.validate()?;
+    let mut settings = spec.settings();
+    settings.order = crate::train::resolve_order(data, &settings)?;
+    let threads = spec.backend.threads.max(1);
+    let layout = settings.layout(data, threads)?;
+    let rotation = crate::engine::rotate::Rotation::new(&layout, ranks)?;
+    let row_bytes = settings.row_bytes();
+    let epochs = (0..epochs.max(1))
+        .map(|e| {
+            let t = rotation.traffic(&layout, e, row_bytes)?;
+            Ok(EpochWire {
+                epoch: e + 1,
+                rotation_bytes: t.rotation.iter().sum(),
+                gather_bytes: t.gather.iter().sum(),
+                bytes_by_rank: t.by_rank(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let trained_rows = rotation.trained_rows() as u64;
+    Ok(WirePlan { ranks, order: settings.order.name(), row_bytes, trained_rows, epochs })
+}

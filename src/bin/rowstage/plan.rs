@@ -42,6 +42,14 @@ pub(crate) struct PlanArgs {
     /// Measure the adapter again instead of using the cached calibration.
     #[arg(long)]
     no_calibration_cache: bool,
+    /// Plan `train --distributed rotate` across this many MPI ranks instead
+    /// of a GPU's slab: the bytes handed to MPI per epoch, from the order.
+    /// Default: the ranks of the MPI launcher that started `plan`, else 1.
+    #[arg(long, value_name = "P", value_parser = crate::at_least_one())]
+    ranks: Option<usize>,
+    /// Epochs whose traffic --ranks works out.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = crate::at_least_one())]
+    epochs: usize,
     /// Write the plan as JSON to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -79,6 +87,22 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
     spec.validate()?;
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&source, a.seed, &out)?;
+    let ranks = a.ranks.unwrap_or(crate::mpi_world().1);
+    if ranks > 1 {
+        let wire = rowstage::session::wire_plan(&data, &spec, ranks, a.epochs)?;
+        for line in wire.lines() {
+            out.line(&line);
+        }
+        out.line(&format!(
+            "mpirun -np {ranks} rowstage train with the same data, --rank {}, --order {} and --seed {} hands MPI these \
+             bytes",
+            a.rank, a.order, a.seed
+        ));
+        if let Some(path) = &a.json {
+            write_output(path, &serde_json::to_string_pretty(&wire).expect("a plan serialises"))?;
+        }
+        return Ok(());
+    }
     let plan = rowstage::session::plan(&data, &spec)?;
     for line in plan.lines() {
         out.line(&line);

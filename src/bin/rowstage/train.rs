@@ -334,6 +334,9 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
     Ok(request)
 }
 
+/// Epochs whose traffic `train` works out before training across ranks.
+const WIRE_PLAN_EPOCHS: usize = 3;
+
 pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     crate::refuse_copies_without_mpi()?;
     let request = train_request(&a)?;
@@ -443,6 +446,13 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
     out.line(&settings.order.describe(settings.deterministic));
+    if backend.ranks() > 1 {
+        // The final training's traffic, from its order, before a byte moves.
+        let wire = rowstage::session::wire_plan(data, &run.request().spec, backend.ranks(), WIRE_PLAN_EPOCHS)?;
+        for l in wire.lines() {
+            out.line(&l);
+        }
+    }
     if let Some(l) = &resolved.opened.layout {
         out.line(&report::layout_line(l, settings.table_bytes(data)));
     }
