@@ -12,14 +12,42 @@ use crate::engine::rotate::{Holders, Move, Rotation};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, Model, row_stride};
+use crate::prefetch::{prefetch_ptr, prefetch_span};
 use crate::stage::Ledger;
 use crate::stage::copartition::Side;
-use crate::train::cpu::{apply_all, steps_of};
+use crate::train::cpu::{AHEAD, apply_all, steps_of};
 
 /// The blocked order across the world's ranks, one thread per rank.
 pub struct RotateCpu {
     bias_reg: f32,
     link: Link,
+    /// The rotation of the layout trained last, and what identifies it.
+    rotation: Option<(LayoutKey, Rotation)>,
+}
+
+/// What tells one run's layout from another's: where its ratings are, how
+/// many, over how many rows, laid out how, and its first and last ratings
+/// (a layout freed and another made at its address differs in one).
+#[derive(Debug, Clone, PartialEq)]
+struct LayoutKey {
+    at: usize,
+    ratings: usize,
+    rows: (usize, usize),
+    spec: String,
+    ends: Option<(Rating, Rating)>,
+}
+
+impl LayoutKey {
+    fn of(layout: &RunLayout) -> Self {
+        let r = layout.ratings();
+        LayoutKey {
+            at: r.as_ptr() as usize,
+            ratings: r.len(),
+            rows: (layout.n_users(), layout.n_items()),
+            spec: format!("{:?}", layout.spec()),
+            ends: r.first().zip(r.last()).map(|(a, b)| (*a, *b)),
+        }
+    }
 }
 
 impl RotateCpu {
@@ -34,7 +62,7 @@ impl RotateCpu {
                  where `--distributed` is given)",
             ));
         }
-        Ok(RotateCpu { bias_reg, link: Link::world(limit) })
+        Ok(RotateCpu { bias_reg, link: Link::world(limit), rotation: None })
     }
 
     /// Sends and receives `moves` (every rank lists the same moves in the
@@ -159,28 +187,66 @@ impl Backend for RotateCpu {
             return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
         }
         let layout = input.layout;
-        let rotation = Rotation::new(layout, self.link.ranks)?;
+        let key = LayoutKey::of(layout);
+        let rotation = match self.rotation.take() {
+            Some((k, r)) if k == key => r,
+            _ => Rotation::new(layout, self.link.ranks)?,
+        };
+        let trained = self.train_rotation(model, input, &rotation);
+        self.rotation = Some((key, rotation));
+        trained.map(|mut t| {
+            t.host_seconds = t0.elapsed().as_secs_f64();
+            t
+        })
+    }
+
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
+        // Every rank holds the whole model after an epoch (`gather`).
+        Ok((model.evaluate_all(test), Ledger::default()))
+    }
+
+    fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
+        Ok(Ledger::default())
+    }
+}
+
+impl RotateCpu {
+    /// One epoch of `rotation` (module docs of [`crate::engine::rotate`]).
+    fn train_rotation(&self, model: &mut Model, input: &EpochInput, rotation: &Rotation) -> Result<EpochTrain> {
+        let layout = input.layout;
         let order = layout.blocked_epoch(input.epoch).expect("a rotation's layout is blocked");
         let steps = steps_of(model, input.rates, self.bias_reg);
         let (s, sub, me) = (model.stride, row_stride(model.rank), self.link.rank);
         let mut sse = vec![0.0f64; steps.len()];
         let (mut done, mut sent) = (0u64, 0u64);
+        // This rank's ratings of a round, gathered in order, so that the
+        // prefetches reach across its blocks' (often tiny) parts.
+        let mut round: Vec<&Rating> = Vec::new();
         let holders = rotation.walk(layout, &order, |moves, tasks| {
-            sent += self.exchange(&rotation, model, moves)?;
+            sent += self.exchange(rotation, model, moves)?;
+            round.clear();
             for t in tasks.iter().filter(|t| t.rank == me) {
-                let ratings: &[Rating] = layout.block_sweep(t.block, t.sweep);
-                for r in ratings {
-                    let p = &mut model.users[r.user as usize * s..][..s];
-                    let q = &mut model.items[r.item as usize * s..][..s];
-                    apply_all(&steps, sub, p, q, r.value, &mut sse);
-                }
-                done += ratings.len() as u64;
-                input.progress.fetch_add(ratings.len(), Ordering::Relaxed);
+                round.extend(layout.block_sweep(t.block, t.sweep));
             }
+            let (users, items) = (model.users.as_ptr(), model.items.as_ptr());
+            for (j, r) in round.iter().enumerate() {
+                if let Some(&n) = round.get(j + 4 * AHEAD) {
+                    prefetch_ptr(n);
+                }
+                if let Some(n) = round.get(j + AHEAD) {
+                    // Hints only: nothing is read, so no bound is needed.
+                    prefetch_span(users.wrapping_add(n.user as usize * s), s);
+                    prefetch_span(items.wrapping_add(n.item as usize * s), s);
+                }
+                let p = &mut model.users[r.user as usize * s..][..s];
+                let q = &mut model.items[r.item as usize * s..][..s];
+                apply_all(&steps, sub, p, q, r.value, &mut sse);
+            }
+            done += round.len() as u64;
+            input.progress.fetch_add(round.len(), Ordering::Relaxed);
             Ok(())
         })?;
-        sent += self.gather(&rotation, model, &holders)?;
-        let host_seconds = t0.elapsed().as_secs_f64();
+        sent += self.gather(rotation, model, &holders)?;
         // Every rank adds the same figures in rank order: one result on all.
         let bytes = self.link.everyone(sent)?;
         let done = self.link.everyone(done)?.iter().sum::<u64>() as usize;
@@ -193,19 +259,9 @@ impl Backend for RotateCpu {
             sse: total_sse,
             count: done as u64,
             done,
-            host_seconds,
             workers: self.link.ranks as f64,
             wire: Some(Wire { bytes, predicted }),
             ..Default::default()
         })
-    }
-
-    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
-        // Every rank holds the whole model after an epoch (`gather`).
-        Ok((model.evaluate_all(test), Ledger::default()))
-    }
-
-    fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
-        Ok(Ledger::default())
     }
 }

@@ -126,7 +126,7 @@ impl HogwildCpu {
 
 /// How many ratings ahead the Hogwild loop asks for rows: an update takes
 /// long enough that this covers a memory access's latency.
-const AHEAD: usize = 8;
+pub(crate) const AHEAD: usize = 8;
 
 /// Views an exclusively borrowed f32 table as atomics for the scope of one
 /// epoch.
