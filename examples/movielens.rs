@@ -57,6 +57,7 @@ fn run(path: PathBuf) -> rowstage::Result<()> {
         lookahead: 32,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         hogwild_width: Default::default(),
+        ..BackendSpec::default()
     };
     // Small files (ml-100k) have small tables: the batch halves until a
     // quarter of them holds one.

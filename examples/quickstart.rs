@@ -38,6 +38,7 @@ fn main() -> rowstage::Result<()> {
             lookahead: 32,
             threads: 2,
             hogwild_width: Default::default(),
+            ..BackendSpec::default()
         },
     )?;
     if let Some(notice) = &opened.notice {

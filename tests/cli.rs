@@ -316,6 +316,38 @@ fn a_resume_with_no_checkpoint_makes_no_folder() {
     assert!(!dir.path().join("missing").exists(), "a failed resume made {}", run.display());
 }
 
+/// A build without the `mpi` feature says so where MPI is asked for, and
+/// refuses to train as several copies started by an MPI launcher (each
+/// would train alone and write the same files); tests/mpi.rs tests the
+/// feature itself under mpirun.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_the_mpi_feature_distributed_runs_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    rowstage()
+        .args(["train", "--synthetic", "100,50,1000", "--epochs", "1", "--backend", "cpu", "--distributed", "rotate"])
+        .arg("--save")
+        .arg(&model)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--distributed").and(predicate::str::contains("built without MPI")));
+    rowstage()
+        .args(["train", "--synthetic", "100,50,1000", "--epochs", "1", "--backend", "cpu", "--save"])
+        .arg(&model)
+        .env("OMPI_COMM_WORLD_SIZE", "3")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("3 processes").and(predicate::str::contains("--features mpi")));
+    assert!(!model.exists());
+    // One copy under a launcher is one process, as without it.
+    rowstage()
+        .args(["train", "--synthetic", "100,50,1000", "--epochs", "1", "--backend", "cpu", "--lr", "0.05"])
+        .env("OMPI_COMM_WORLD_SIZE", "1")
+        .assert()
+        .success();
+}
+
 #[test]
 fn unreadable_file_and_bad_flags_exit_2() {
     rowstage()

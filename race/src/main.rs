@@ -197,6 +197,7 @@ fn main() {
                 lookahead: 32,
                 threads: a.threads,
                 hogwild_width,
+                ..BackendSpec::default()
             };
             let opened = open_backend(&data, &s, &spec).expect("backend opens");
             let mut be = opened.backend;
