@@ -38,6 +38,23 @@ struct LayoutKey {
 }
 
 impl LayoutKey {
+    /// What every rank must agree on before an epoch: the layout (but where
+    /// it lies in memory), the epoch, its rates and the model's shape.
+    fn fingerprint(&self, epoch: usize, rates: &[crate::model::Rate], model: &Model) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.ratings, self.rows, &self.spec, epoch, model.stride, model.users.len(), model.items.len()).hash(&mut h);
+        if let Some((a, b)) = self.ends {
+            for r in [a, b] {
+                (r.user, r.item, r.value.to_bits()).hash(&mut h);
+            }
+        }
+        for r in rates {
+            (r.lr.to_bits(), r.reg.to_bits()).hash(&mut h);
+        }
+        h.finish()
+    }
+
     fn of(layout: &RunLayout) -> Self {
         let r = layout.ratings();
         LayoutKey {
@@ -181,13 +198,27 @@ impl Backend for RotateCpu {
             ));
         }
         // The ranks stop together, at an epoch's start: a stop raised on
-        // any rank (a signal, a cancel) stops all of them there.
-        let stops = self.link.everyone(u8::from(input.stop.load(Ordering::Relaxed)))?;
-        if stops.iter().any(|&s| s != 0) {
-            return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
-        }
+        // any rank (a signal, a cancel) stops all of them there. With it
+        // goes what each rank is about to train, so that ranks started with
+        // other flags or another file fail by name instead of exchanging
+        // rows of different runs.
         let layout = input.layout;
         let key = LayoutKey::of(layout);
+        let mine = key.fingerprint(input.epoch, input.rates, model);
+        let votes = self.link.everyone([u64::from(input.stop.load(Ordering::Relaxed)), mine])?;
+        if let Some(k) = votes.iter().position(|v| v[1] != mine) {
+            return Err(Error::Peer {
+                ranks: k.to_string(),
+                reason: format!(
+                    "trains another run than rank {} (other data, settings or epoch): every rank must be started \
+                     with the same flags on the same file",
+                    self.link.rank
+                ),
+            });
+        }
+        if votes.iter().any(|v| v[0] != 0) {
+            return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
+        }
         let rotation = match self.rotation.take() {
             Some((k, r)) if k == key => r,
             _ => Rotation::new(layout, self.link.ranks)?,

@@ -176,14 +176,14 @@ impl WirePlan {
             format!(
                 "wire: across {} ranks (`distributed` rotate, order {}) MPI is handed {} per epoch (the mean of \
                  epochs 1–{}, worked out from the order): {} of bins passed between rounds, and {} at each epoch's \
-                 end, every rank's rows to the {} others ({} trained rows × {} B × {})",
+                 end, every rank's rows to {} ({} trained rows × {} B × {})",
                 self.ranks,
                 self.order,
                 human_bytes(self.mean_bytes() as u64),
                 self.epochs.len(),
                 human_bytes(rotation),
                 human_bytes(first.gather_bytes),
-                self.ranks - 1,
+                if self.ranks == 2 { "the other rank".to_string() } else { format!("the {} others", self.ranks - 1) },
                 self.trained_rows,
                 self.row_bytes,
                 self.ranks - 1

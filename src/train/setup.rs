@@ -400,8 +400,16 @@ fn open_rotate(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> 
     {
         let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
         let backend = crate::distributed::RotateCpu::new(settings.hp.bias_reg, limit)?;
-        let notice = (spec.backend == BackendChoice::Auto)
-            .then(|| "`distributed` rotate trains on each rank's CPU (a GPU per rank is not built yet)".to_string());
+        let notice = match (spec.device_memory, spec.backend) {
+            (Some(b), _) => Some(format!(
+                "`device_memory` {b} sizes a GPU backend's slab; `distributed` rotate trains on each rank's CPU, \
+                 which holds every row in host memory"
+            )),
+            (None, BackendChoice::Auto) => {
+                Some("`distributed` rotate trains on each rank's CPU (a GPU per rank is not built yet)".to_string())
+            }
+            _ => None,
+        };
         Ok(Opened { backend: Box::new(backend), layout: None, adapter: None, notice })
     }
     #[cfg(not(feature = "mpi"))]

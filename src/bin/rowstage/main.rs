@@ -208,7 +208,10 @@ fn main() {
         Command::Compare(a) => serve::cmd_compare(a),
     };
     if let Err(e) = result {
-        warn!("error: {}", flags(&e.to_string()));
+        // A stop is every rank's: rank 0 alone says so.
+        if output::speaks() || !matches!(e, rowstage::Error::Interrupted) {
+            warn!("error: {}", flags(&e.to_string()));
+        }
         let signal = train::STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst);
         std::process::exit(match e {
             rowstage::Error::Interrupted if signal > 0 => 128 + signal,
