@@ -283,4 +283,12 @@ fn rotate_refuses_what_it_cannot_train_by_name() {
         assert!(!out.status.success(), "{extra:?}");
         assert!(stderr.contains(says) && !stderr.contains("panicked"), "{extra:?}: {stderr}");
     }
+    // Ranks started on other flags (mpirun's MPMD form): refused before a
+    // row of one run meets the other's.
+    let mut c = mpirun(1, &[], &strs(&fixed("1", &[])));
+    c.arg(":").args(["-np", "1"]).arg(bin()).args(strs(&fixed("2", &[])));
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("trains another run than rank") && !stderr.contains("panicked"), "{stderr}");
 }
