@@ -338,7 +338,7 @@ fn without_the_mpi_feature_distributed_runs_are_refused_by_name() {
         .env("OMPI_COMM_WORLD_SIZE", "3")
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("3 processes").and(predicate::str::contains("--features mpi")));
+        .stderr(predicate::str::contains("3 copies").and(predicate::str::contains("--features mpi")));
     assert!(!model.exists());
     // One copy under a launcher is one process, as without it.
     rowstage()

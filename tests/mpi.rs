@@ -283,6 +283,14 @@ fn rotate_refuses_what_it_cannot_train_by_name() {
         assert!(!out.status.success(), "{extra:?}");
         assert!(stderr.contains(says) && !stderr.contains("panicked"), "{extra:?}: {stderr}");
     }
+    // `--distributed off` under a launcher: each copy would train alone.
+    let out = mpirun(2, &[], &strs(&fixed("1", &["--distributed", "off"]))).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("`distributed` off asks each to train alone") || stderr.contains("--distributed off asks"),
+        "{stderr}"
+    );
     // Ranks started on other flags (mpirun's MPMD form): refused before a
     // row of one run meets the other's.
     let mut c = mpirun(1, &[], &strs(&fixed("1", &[])));

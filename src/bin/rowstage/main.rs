@@ -155,22 +155,36 @@ pub(crate) fn launcher_default() -> rowstage::train::Distributed {
     if mpi_world().1 > 1 { rowstage::train::Distributed::Rotate } else { rowstage::train::Distributed::Off }
 }
 
-/// A build without MPI that an MPI launcher started several times: each
-/// copy would train the whole run alone and write the same files.
-pub(crate) fn refuse_copies_without_mpi() -> rowstage::error::Result<()> {
-    let copies = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"]
+/// Copies of this process a launcher started: `mpirun` (Open MPI), Hydra
+/// (MPICH) and `srun` say so in the environment.
+fn launched_copies() -> usize {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
         .iter()
-        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
-        .unwrap_or(1);
-    if cfg!(feature = "mpi") || copies <= 1 {
+        .filter_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        .max()
+        .unwrap_or(1)
+}
+
+/// Refuses a run that a launcher started several times but that would not
+/// train as one: each copy would train alone and write the same files.
+pub(crate) fn refuse_lone_copies(distributed: rowstage::train::Distributed) -> rowstage::error::Result<()> {
+    let (copies, world) = (launched_copies(), mpi_world().1);
+    let why = if copies <= 1 {
         return Ok(());
-    }
+    } else if !cfg!(feature = "mpi") {
+        "but it was built without MPI: build it with `cargo build --release --features mpi` \
+         (scripts/deps.sh --mpi installs what that needs)"
+    } else if world == 1 {
+        "but MPI sees a world of one: the launcher is not of the MPI rowstage was built with"
+    } else if distributed == rowstage::train::Distributed::Off {
+        "and `distributed` off asks each to train alone: use rotate, or start one copy"
+    } else {
+        return Ok(());
+    };
     Err(rowstage::error::Error::arg(
         "`distributed`",
         format!("{copies} processes"),
-        "an MPI launcher started this rowstage several times, but it was built without MPI, so each copy would \
-         train alone: build it with `cargo build --release --features mpi` (scripts/deps.sh --mpi installs what \
-         that needs)",
+        format!("an MPI launcher started {copies} copies of rowstage, {why}"),
     ))
 }
 

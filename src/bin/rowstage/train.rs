@@ -338,8 +338,8 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
 const WIRE_PLAN_EPOCHS: usize = 3;
 
 pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
-    crate::refuse_copies_without_mpi()?;
     let request = train_request(&a)?;
+    crate::refuse_lone_copies(request.spec.backend.distributed)?;
     request.spec.validate()?;
     // Output paths are checked before the data is read or a step trained:
     // writable, and none of them an input or another output.
