@@ -56,6 +56,8 @@ pub(crate) struct PlanArgs {
 }
 
 pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
+    // Under a launcher, `plan` is the run across its ranks.
+    crate::refuse_lone_copies(rowstage::train::Distributed::Rotate)?;
     let source = a.data.source()?;
     check_paths(
         &[("--json", a.json.as_deref())],
