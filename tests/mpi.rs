@@ -138,6 +138,45 @@ fn rotate_trains_one_processs_model_at_2_and_4_ranks_and_prints_once() {
     }
 }
 
+/// A rank trains its share of a round on its threads: the same model on
+/// any number (the blocks of a round share no row). Without a launcher,
+/// `--distributed rotate` runs as a world of one.
+#[test]
+fn a_ranks_threads_train_the_same_model() {
+    let Some(_one) = have_mpirun("a_ranks_threads_train_the_same_model") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Rounds of 4 blocks of about 3,400 ratings: past the size a rank
+    // shares among its threads.
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["train", "--synthetic", "700,500,60000", "--rank", "8", "--lr", "0.05", "--reg", "0.05", "--epochs", "2"]
+            .iter()
+            .chain(&["--order", "blocked:4:1:1"])
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let one = dir.path().join("one.safetensors");
+    one_process(&strs(&args(&["--backend", "cpu", "--save", one.to_str().unwrap()])));
+    for threads in ["1", "3"] {
+        let model = dir.path().join(format!("t{threads}.safetensors"));
+        let json = dir.path().join(format!("t{threads}.json"));
+        let out = one_process(&strs(&args(&[
+            "--distributed",
+            "rotate",
+            "--threads",
+            threads,
+            "--save",
+            model.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ])));
+        assert!(identical(&one, &model), "{threads} thread(s): {}", String::from_utf8_lossy(&out.stdout));
+        let j = report(&json);
+        assert_eq!(j["config"]["ranks"], 1);
+        assert!(j["config"]["adapter"].as_str().unwrap().contains(&format!("{threads} thread")));
+    }
+}
+
 #[test]
 fn settings_chosen_under_mpirun_are_one_processs_choice() {
     let Some(_one) = have_mpirun("settings_chosen_under_mpirun_are_one_processs_choice") else { return };

@@ -11,16 +11,23 @@ use crate::data::Rating;
 use crate::engine::rotate::{Holders, Move, Rotation};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
 use crate::error::{Error, Result};
-use crate::model::{Metrics, Model, row_stride};
-use crate::prefetch::{prefetch_ptr, prefetch_span};
+use crate::model::{Metrics, Model, Step, row_stride};
+use crate::prefetch::prefetch_ptr;
 use crate::stage::Ledger;
 use crate::stage::copartition::Side;
-use crate::train::cpu::{AHEAD, apply_all, steps_of};
+use crate::train::cpu::{AHEAD, ExclusiveTables, apply_all, steps_of};
 
-/// The blocked order across the world's ranks, one thread per rank.
+/// A rank's ratings of a round below which it trains them on one thread:
+/// handing out work costs microseconds, a few thousand ratings about 50.
+const THREADED_ROUND: usize = 4096;
+
+/// The blocked order across the world's ranks, each on its own threads.
 pub struct RotateCpu {
     bias_reg: f32,
     link: Link,
+    /// The rank's threads: a round's blocks share no row, so they train at
+    /// once without races, and the model is the same on any number.
+    pool: rayon::ThreadPool,
     /// The rotation of the layout trained last, and what identifies it.
     rotation: Option<(LayoutKey, Rotation)>,
 }
@@ -68,9 +75,9 @@ impl LayoutKey {
 }
 
 impl RotateCpu {
-    /// Over the world of a started MPI ([`super::start`]); `limit` bounds
-    /// every wait for another rank.
-    pub fn new(bias_reg: f32, limit: Duration) -> Result<Self> {
+    /// Over the world of a started MPI ([`super::start`]), on `threads`
+    /// threads per rank; `limit` bounds every wait for another rank.
+    pub fn new(bias_reg: f32, threads: usize, limit: Duration) -> Result<Self> {
         if !mpi::environment::is_initialized() {
             return Err(Error::arg(
                 "`distributed`",
@@ -79,7 +86,12 @@ impl RotateCpu {
                  where `--distributed` is given)",
             ));
         }
-        Ok(RotateCpu { bias_reg, link: Link::world(limit), rotation: None })
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|k| format!("rowstage-rotate-{k}"))
+            .build()
+            .map_err(|e| Error::arg("`threads`", threads.to_string(), format!("cannot start the threads: {e}")))?;
+        Ok(RotateCpu { bias_reg, link: Link::world(limit), pool, rotation: None })
     }
 
     /// Sends and receives `moves` (every rank lists the same moves in the
@@ -151,6 +163,36 @@ impl RotateCpu {
     }
 }
 
+/// Trains `blocks` (of one round: no two share a row with each other or
+/// with another thread's) in order, their ratings prefetched ahead as the
+/// CPU backend does, adding each model's squared errors into `sse`.
+fn train_blocks(tables: &ExclusiveTables, steps: &[Step], sub: usize, blocks: &[&[Rating]], sse: &mut [f64]) {
+    let mut ratings = blocks.iter().flat_map(|b| b.iter()).peekable();
+    // A window of the ratings ahead, reaching across the (often tiny)
+    // blocks: the rating 4·AHEAD on is read in, the rows of the one AHEAD
+    // on asked for.
+    let mut ahead: std::collections::VecDeque<&Rating> = std::collections::VecDeque::with_capacity(4 * AHEAD + 1);
+    while ahead.len() < 4 * AHEAD {
+        match ratings.next() {
+            Some(r) => ahead.push_back(r),
+            None => break,
+        }
+    }
+    while let Some(r) = ahead.pop_front() {
+        if let Some(n) = ratings.next() {
+            prefetch_ptr(n);
+            ahead.push_back(n);
+        }
+        if let Some(n) = ahead.get(AHEAD - 1) {
+            tables.prefetch(n);
+        }
+        // SAFETY: the round's blocks share no row, and this thread alone
+        // trains these blocks (`train_rotation`).
+        let (p, q) = unsafe { tables.rows(r) };
+        apply_all(steps, sub, p, q, r.value, sse);
+    }
+}
+
 /// The rows of `bins`, in the order their rows are sent.
 fn rows<'a>(rotation: &'a Rotation, bins: &'a [(Side, u32)]) -> impl Iterator<Item = (Side, u32)> + 'a {
     bins.iter().flat_map(move |&(side, b)| rotation.rows(side, b).iter().map(move |&r| (side, r)))
@@ -176,7 +218,12 @@ impl Backend for RotateCpu {
     }
 
     fn adapter(&self) -> String {
-        format!("the CPU of each of {} MPI ranks, one thread each (`distributed` rotate)", self.link.ranks)
+        let threads = self.pool.current_num_threads();
+        format!(
+            "the CPU of each of {} MPI ranks, {threads} thread{} each (`distributed` rotate)",
+            self.link.ranks,
+            if threads == 1 { "" } else { "s" }
+        )
     }
 
     fn ranks(&self) -> usize {
@@ -250,31 +297,48 @@ impl RotateCpu {
         let (s, sub, me) = (model.stride, row_stride(model.rank), self.link.rank);
         let mut sse = vec![0.0f64; steps.len()];
         let (mut done, mut sent) = (0u64, 0u64);
-        // This rank's ratings of a round, gathered in order, so that the
-        // prefetches reach across its blocks' (often tiny) parts.
-        let mut round: Vec<&Rating> = Vec::new();
+        let threads = self.pool.current_num_threads();
         let holders = rotation.walk(layout, &order, |moves, tasks| {
             sent += self.exchange(rotation, model, moves)?;
-            round.clear();
-            for t in tasks.iter().filter(|t| t.rank == me) {
-                round.extend(layout.block_sweep(t.block, t.sweep));
-            }
-            let (users, items) = (model.users.as_ptr(), model.items.as_ptr());
-            for (j, r) in round.iter().enumerate() {
-                if let Some(&n) = round.get(j + 4 * AHEAD) {
-                    prefetch_ptr(n);
+            let mut mine: Vec<&[Rating]> = tasks
+                .iter()
+                .filter(|t| t.rank == me)
+                .map(|t| layout.block_sweep(t.block, t.sweep))
+                .filter(|r| !r.is_empty())
+                .collect();
+            let n: usize = mine.iter().map(|r| r.len()).sum();
+            let tables = ExclusiveTables::new(model);
+            if threads == 1 || n < THREADED_ROUND || mine.len() == 1 {
+                train_blocks(&tables, &steps, sub, &mine, &mut sse);
+            } else {
+                // The blocks dealt to the threads, longest first to the
+                // least loaded: each thread's rows are its blocks' alone.
+                mine.sort_by_key(|r| std::cmp::Reverse(r.len()));
+                let mut shares: Vec<(usize, Vec<&[Rating]>)> = vec![(0, Vec::new()); threads.min(mine.len())];
+                for r in mine {
+                    let least = shares.iter_mut().min_by_key(|(load, _)| *load).expect("a share");
+                    least.0 += r.len();
+                    least.1.push(r);
                 }
-                if let Some(n) = round.get(j + AHEAD) {
-                    // Hints only: nothing is read, so no bound is needed.
-                    prefetch_span(users.wrapping_add(n.user as usize * s), s);
-                    prefetch_span(items.wrapping_add(n.item as usize * s), s);
+                let sums: Vec<Vec<f64>> = self.pool.install(|| {
+                    use rayon::prelude::*;
+                    shares
+                        .par_iter()
+                        .map(|(_, blocks)| {
+                            let mut part = vec![0.0f64; steps.len()];
+                            train_blocks(&tables, &steps, sub, blocks, &mut part);
+                            part
+                        })
+                        .collect()
+                });
+                for part in sums {
+                    for (t, p) in sse.iter_mut().zip(part) {
+                        *t += p;
+                    }
                 }
-                let p = &mut model.users[r.user as usize * s..][..s];
-                let q = &mut model.items[r.item as usize * s..][..s];
-                apply_all(&steps, sub, p, q, r.value, &mut sse);
             }
-            done += round.len() as u64;
-            input.progress.fetch_add(round.len(), Ordering::Relaxed);
+            done += n as u64;
+            input.progress.fetch_add(n, Ordering::Relaxed);
             Ok(())
         })?;
         sent += self.gather(rotation, model, &holders)?;

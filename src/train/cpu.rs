@@ -181,7 +181,7 @@ impl Tables<'_> {
 
 /// Both tables of an epoch as raw pointers, for the blocked order, where a
 /// row is only ever touched by the one thread that trains its block.
-struct ExclusiveTables {
+pub(crate) struct ExclusiveTables {
     users: *mut f32,
     items: *mut f32,
     n_users: usize,
@@ -196,7 +196,7 @@ unsafe impl Send for ExclusiveTables {}
 unsafe impl Sync for ExclusiveTables {}
 
 impl ExclusiveTables {
-    fn new(model: &mut Model) -> Self {
+    pub(crate) fn new(model: &mut Model) -> Self {
         let stride = model.stride;
         ExclusiveTables {
             n_users: model.users.len() / stride,
@@ -213,7 +213,7 @@ impl ExclusiveTables {
     /// No other thread may touch either row while the borrows live.
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
-    unsafe fn rows(&self, r: &Rating) -> (&mut [f32], &mut [f32]) {
+    pub(crate) unsafe fn rows(&self, r: &Rating) -> (&mut [f32], &mut [f32]) {
         let (u, i, s) = (r.user as usize, r.item as usize, self.stride);
         assert!(u < self.n_users && i < self.n_items, "rating ({u}, {i}) outside the tables");
         // SAFETY: in bounds (checked above); the user and item tables are
@@ -228,7 +228,7 @@ impl ExclusiveTables {
 
     /// Asks for `r`'s rows ahead of their use (a hint: reads nothing).
     #[inline(always)]
-    fn prefetch(&self, r: &Rating) {
+    pub(crate) fn prefetch(&self, r: &Rating) {
         let (u, i, s) = (r.user as usize, r.item as usize, self.stride);
         if u < self.n_users && i < self.n_items {
             for (base, row) in [(self.users, u), (self.items, i)] {

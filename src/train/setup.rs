@@ -399,7 +399,7 @@ fn open_rotate(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> 
     #[cfg(feature = "mpi")]
     {
         let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
-        let backend = crate::distributed::RotateCpu::new(settings.hp.bias_reg, limit)?;
+        let backend = crate::distributed::RotateCpu::new(settings.hp.bias_reg, spec.threads, limit)?;
         let notice = match (spec.device_memory, spec.backend) {
             (Some(b), _) => Some(format!(
                 "`device_memory` {b} sizes a GPU backend's slab; `distributed` rotate trains on each rank's CPU, \

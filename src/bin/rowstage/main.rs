@@ -155,6 +155,18 @@ pub(crate) fn launcher_default() -> rowstage::train::Distributed {
     if mpi_world().1 > 1 { rowstage::train::Distributed::Rotate } else { rowstage::train::Distributed::Off }
 }
 
+/// Threads when `--threads` is not given: the cores, shared among the
+/// copies a launcher started on this machine (Open MPI and MPICH say how
+/// many), so that ranks on one machine do not oversubscribe its cores.
+pub(crate) fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let here = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        .unwrap_or(1);
+    (cores / here.max(1)).max(1)
+}
+
 /// Copies of this process a launcher started: `mpirun` (Open MPI), Hydra
 /// (MPICH) and `srun` say so in the environment.
 fn launched_copies() -> usize {

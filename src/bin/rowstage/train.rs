@@ -116,7 +116,8 @@ pub(crate) struct TrainArgs {
     order: String,
     #[command(flatten)]
     hogwild: HogwildArgs,
-    /// Threads of the CPU backend (default: all cores).
+    /// Threads of the CPU backend, and of each rank under MPI (default: all
+    /// cores, shared among the ranks a launcher started on this machine).
     #[arg(help_heading = "Device", long)]
     threads: Option<usize>,
     /// Train across MPI ranks (`mpirun -np P rowstage train ...`; a build
@@ -247,7 +248,7 @@ impl TrainArgs {
                 },
                 policy: self.policy,
                 lookahead: self.lookahead,
-                threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                threads: self.threads.unwrap_or_else(crate::default_threads),
                 hogwild_width: self.hogwild.width()?,
                 distributed: self.distributed.unwrap_or_else(crate::launcher_default),
                 rank_timeout: self.rank_timeout,
