@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rotate across MPI ranks against one process (BENCHMARKS.md, "Past one
 # machine"): per data set and order, the CPU backend on 1 and 2 threads and
-# `--distributed rotate` on 1, 2 and 4 ranks, with lr and reg fixed (no
-# choosing) for 6 epochs. Prints a Markdown row each: the median ratings/s of
+# `--distributed rotate` on 1, 2 and 4 ranks (each rank's threads the
+# default: the cores shared among the ranks, unbound: `--bind-to none`),
+# with lr and reg fixed (no choosing) for 6 epochs. Prints a Markdown row each: the median ratings/s of
 # epochs 2-6, the bytes handed to MPI per epoch (measured, and as the order
 # predicts them), each rank's peak memory (GNU time's maximum RSS), and the
 # test RMSE. Needs a build with the `mpi` feature and GNU time; ranks past
@@ -21,7 +22,7 @@ row() { # label, data flags, order, how (1t, 2t or a number of ranks)
     1t) /usr/bin/time -f "rss %M" $B $args --backend cpu --threads 1 >/dev/null 2>>"$tmp/err" ;;
     2t) /usr/bin/time -f "rss %M" $B $args --backend cpu --threads 2 >/dev/null 2>>"$tmp/err" ;;
     # Each rank's figure to its own file: mpirun merges the ranks' stderr.
-    *) mpirun --oversubscribe -np "$how" sh -c "/usr/bin/time -f 'rss %M' -o $tmp/rss.\$OMPI_COMM_WORLD_RANK \
+    *) mpirun --oversubscribe --bind-to none -np "$how" sh -c "/usr/bin/time -f 'rss %M' -o $tmp/rss.\$OMPI_COMM_WORLD_RANK \
          $B $args --distributed rotate" >/dev/null 2>>"$tmp/err"
        cat "$tmp"/rss.* >>"$tmp/err" && rm -f "$tmp"/rss.* ;;
   esac
@@ -38,7 +39,8 @@ if "wire_bytes" in e[0]:
     wire = f"{w:.2f} MiB ({p:.2f})"
 else:
     wire = "-"
-who = {"1t": "CPU, 1 thread", "2t": "CPU, 2 threads"}.get(how, f"rotate, {how} rank(s)")
+threads = re.search(r"(\d+) threads? each", j["config"]["adapter"])
+who = {"1t": "CPU, 1 thread", "2t": "CPU, 2 threads"}.get(how, f"rotate, {how} rank(s) × {threads.group(1) if threads else '?'} thread(s)")
 print(f"| {label} | {order} | {who} | {rate:.3e} | {wire} | {', '.join(f'{r:.0f}' for r in rss)} | {j['final']['test_rmse']:.4f} |")
 PY
 }
