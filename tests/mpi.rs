@@ -245,17 +245,24 @@ fn a_stopped_rank_ends_the_job_within_the_limit_naming_it() {
         line.clear();
     }
     assert!(line.starts_with("epoch"), "training never began");
-    let children = Command::new("pgrep").args(["-P", &child.id().to_string()]).output().unwrap();
-    let victim = String::from_utf8_lossy(&children.stdout)
-        .split_whitespace()
+    // Found through /proc: the process whose parent is mpirun and whose
+    // environment says rank 1.
+    let mpirun_pid = child.id().to_string();
+    let victim: i32 = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == b"OMPI_COMM_WORLD_RANK=1"))
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let parent = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1));
+            parent == Some(mpirun_pid.as_str())
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == b"OMPI_COMM_WORLD_RANK=1"))
         })
-        .expect("rank 1's process")
-        .to_string();
+        .expect("rank 1's process");
     let stopped = Instant::now();
-    assert!(Command::new("kill").args(["-STOP", &victim]).status().unwrap().success());
+    // SAFETY: a signal to a process this test started (through mpirun).
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGSTOP) }, 0);
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let out = child.wait_with_output().unwrap();
     let took = stopped.elapsed();
@@ -273,7 +280,8 @@ fn a_stopped_rank_ends_the_job_within_the_limit_naming_it() {
     });
     assert!(named, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let _ = Command::new("kill").args(["-KILL", &victim]).status();
+    // SAFETY: as above; the job has ended, so this only makes sure.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
 }
 
 #[test]
