@@ -348,6 +348,41 @@ fn without_the_mpi_feature_distributed_runs_are_refused_by_name() {
         .success();
 }
 
+/// `plan --ranks P` works out what `--distributed rotate` will hand MPI
+/// without MPI (any build): per epoch and rank, the gather being every
+/// trained row to the P − 1 other ranks; more ranks than bins are refused.
+#[test]
+fn plan_ranks_works_out_the_wire_bytes_without_mpi() {
+    let out = rowstage()
+        .args(["plan", "--synthetic", "700,500,30000", "--rank", "8", "--ranks", "4", "--order", "blocked:16:2:4"])
+        .args(["--epochs", "2", "--json", "-"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["ranks"], 4);
+    assert_eq!(j["order"], "blocked:16:2:4");
+    let (rows, row_bytes) = (j["trained_rows"].as_u64().unwrap(), j["row_bytes"].as_u64().unwrap());
+    assert_eq!(row_bytes, 48, "rank 8: 8 factors, the bias, padding to 12 floats");
+    let epochs = j["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for e in epochs {
+        assert_eq!(e["gather_bytes"].as_u64().unwrap(), 3 * rows * row_bytes);
+        let by_rank: Vec<u64> = e["bytes_by_rank"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+        assert_eq!(by_rank.len(), 4);
+        let total = e["rotation_bytes"].as_u64().unwrap() + e["gather_bytes"].as_u64().unwrap();
+        assert_eq!(by_rank.iter().sum::<u64>(), total);
+        assert!(e["rotation_bytes"].as_u64().unwrap() > 0);
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wire: across 4 ranks"));
+    rowstage()
+        .args(["plan", "--synthetic", "700,500,30000", "--ranks", "40", "--order", "blocked:16:2:4"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("at least one of the order's 16 bins"));
+}
+
 #[test]
 fn unreadable_file_and_bad_flags_exit_2() {
     rowstage()
