@@ -98,34 +98,26 @@ impl RotateCpu {
     /// same order, so that two ranks' messages match in order); returns
     /// the bytes this rank handed to MPI.
     fn exchange(&self, rotation: &Rotation, model: &mut Model, moves: &[Move]) -> Result<u64> {
-        let (s, me) = (model.stride, self.link.rank);
+        let me = self.link.rank;
         let (mut sends, mut recvs) = (Vec::new(), Vec::new());
         for m in moves.iter().filter(|m| m.from == me || m.to == me) {
-            let rows = rotation.rows(m.side, m.bin);
+            let bin = [(m.side, m.bin)];
             if m.from == me {
-                let table = table(model, m.side);
-                let mut buf = Vec::with_capacity(rows.len() * s);
-                for &r in rows {
-                    buf.extend_from_slice(&table[r as usize * s..][..s]);
-                }
-                sends.push((m.to, buf));
+                sends.push((m.to, pack(rotation, model, &bin)));
             } else {
-                recvs.push((*m, vec![0f32; rows.len() * s]));
+                recvs.push((m.from, bin, vec![0f32; rotation.rows_of(&bin) * model.stride]));
             }
         }
         let out: Vec<Outgoing> =
             sends.iter().map(|(to, b)| Outgoing { to: *to, tag: MODEL, bytes: bytemuck::cast_slice(b) }).collect();
         let mut inc: Vec<Incoming> = recvs
             .iter_mut()
-            .map(|(m, b)| Incoming { from: m.from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
+            .map(|(from, _, b)| Incoming { from: *from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
             .collect();
         self.link.exchange(&out, &mut inc)?;
         drop(inc);
-        for (m, buf) in &recvs {
-            let table = table_mut(model, m.side);
-            for (&r, row) in rotation.rows(m.side, m.bin).iter().zip(buf.chunks_exact(s)) {
-                table[r as usize * s..][..s].copy_from_slice(row);
-            }
+        for (_, bin, buf) in &recvs {
+            unpack(rotation, model, bin, buf);
         }
         Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
     }
@@ -136,10 +128,7 @@ impl RotateCpu {
     fn gather(&self, rotation: &Rotation, model: &mut Model, holders: &Holders) -> Result<u64> {
         let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
         let held: Vec<Vec<(Side, u32)>> = (0..ranks).map(|k| rotation.gathered(holders, k)).collect();
-        let mut mine = Vec::with_capacity(rotation.rows_of(&held[me]) * s);
-        for (side, r) in rows(rotation, &held[me]) {
-            mine.extend_from_slice(&table(model, side)[r as usize * s..][..s]);
-        }
+        let mine = pack(rotation, model, &held[me]);
         let mut theirs: Vec<Vec<f32>> =
             (0..ranks).map(|k| if k == me { Vec::new() } else { vec![0f32; rotation.rows_of(&held[k]) * s] }).collect();
         let out: Vec<Outgoing> = (0..ranks)
@@ -155,9 +144,7 @@ impl RotateCpu {
         self.link.exchange(&out, &mut inc)?;
         drop(inc);
         for (k, buf) in theirs.iter().enumerate().filter(|&(k, _)| k != me) {
-            for ((side, r), row) in rows(rotation, &held[k]).zip(buf.chunks_exact(s)) {
-                table_mut(model, side)[r as usize * s..][..s].copy_from_slice(row);
-            }
+            unpack(rotation, model, &held[k], buf);
         }
         Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
     }
@@ -167,17 +154,12 @@ impl RotateCpu {
 /// with another thread's) in order, their ratings prefetched ahead as the
 /// CPU backend does, adding each model's squared errors into `sse`.
 fn train_blocks(tables: &ExclusiveTables, steps: &[Step], sub: usize, blocks: &[&[Rating]], sse: &mut [f64]) {
-    let mut ratings = blocks.iter().flat_map(|b| b.iter()).peekable();
+    let mut ratings = blocks.iter().flat_map(|b| b.iter());
     // A window of the ratings ahead, reaching across the (often tiny)
     // blocks: the rating 4·AHEAD on is read in, the rows of the one AHEAD
     // on asked for.
     let mut ahead: std::collections::VecDeque<&Rating> = std::collections::VecDeque::with_capacity(4 * AHEAD + 1);
-    while ahead.len() < 4 * AHEAD {
-        match ratings.next() {
-            Some(r) => ahead.push_back(r),
-            None => break,
-        }
-    }
+    ahead.extend(ratings.by_ref().take(4 * AHEAD));
     while let Some(r) = ahead.pop_front() {
         if let Some(n) = ratings.next() {
             prefetch_ptr(n);
@@ -198,17 +180,29 @@ fn rows<'a>(rotation: &'a Rotation, bins: &'a [(Side, u32)]) -> impl Iterator<It
     bins.iter().flat_map(move |&(side, b)| rotation.rows(side, b).iter().map(move |&r| (side, r)))
 }
 
-fn table(model: &Model, side: Side) -> &[f32] {
-    match side {
-        Side::Users => &model.users,
-        Side::Items => &model.items,
+/// `bins`' rows of `model`, one after another: a message.
+fn pack(rotation: &Rotation, model: &Model, bins: &[(Side, u32)]) -> Vec<f32> {
+    let s = model.stride;
+    let mut buf = Vec::with_capacity(rotation.rows_of(bins) * s);
+    for (side, r) in rows(rotation, bins) {
+        let table = match side {
+            Side::Users => &model.users,
+            Side::Items => &model.items,
+        };
+        buf.extend_from_slice(&table[r as usize * s..][..s]);
     }
+    buf
 }
 
-fn table_mut(model: &mut Model, side: Side) -> &mut [f32] {
-    match side {
-        Side::Users => &mut model.users,
-        Side::Items => &mut model.items,
+/// A message of `bins`' rows ([`pack`]) back into `model`.
+fn unpack(rotation: &Rotation, model: &mut Model, bins: &[(Side, u32)], buf: &[f32]) {
+    let s = model.stride;
+    for ((side, r), row) in rows(rotation, bins).zip(buf.chunks_exact(s)) {
+        let table = match side {
+            Side::Users => &mut model.users,
+            Side::Items => &mut model.items,
+        };
+        table[r as usize * s..][..s].copy_from_slice(row);
     }
 }
 

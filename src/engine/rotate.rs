@@ -17,7 +17,7 @@
 //! each rank holds the whole model to score, checkpoint and save, and the
 //! next epoch starts with every bin everywhere.
 
-use super::{BlockedEpoch, RunLayout};
+use super::{BlockedEpoch, Order, RunLayout};
 use crate::error::{Error, Result};
 use crate::stage::copartition::Side;
 
@@ -73,6 +73,19 @@ impl Traffic {
     }
 }
 
+/// Refuses an order rotate cannot train: any but the blocked one (which a
+/// co-partitioned run never has).
+pub fn check_order(order: Order) -> Result<()> {
+    if matches!(order, Order::Blocked { .. }) {
+        return Ok(());
+    }
+    Err(Error::arg(
+        "`distributed`",
+        "rotate",
+        format!("rotates the blocked order's bins between ranks; this run's order is {}", order.name()),
+    ))
+}
+
 /// A run's layout split over `ranks` (module docs).
 #[derive(Debug, Clone)]
 pub struct Rotation {
@@ -88,15 +101,9 @@ impl Rotation {
     /// The rotation of `layout` (the blocked order, not co-partitioned)
     /// over `ranks`, at most one per bin.
     pub fn new(layout: &RunLayout, ranks: usize) -> Result<Self> {
+        check_order(layout.spec().order)?;
         let (Some(bins), Some(starts)) = (layout.bins(), layout.block_starts()) else {
-            return Err(Error::arg(
-                "`distributed`",
-                "rotate",
-                format!(
-                    "rotates the blocked order's bins between ranks; this run's order is {}",
-                    layout.spec().order.name()
-                ),
-            ));
+            unreachable!("a layout of the blocked order has bins")
         };
         let bins = bins as usize;
         if ranks == 0 || ranks > bins {

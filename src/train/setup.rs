@@ -382,13 +382,7 @@ pub fn open_backend_on(
 /// between ranks. Only the CPU for now, said by name.
 fn open_rotate(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
     let order = super::resolve_order(data, settings)?;
-    if !matches!(order, super::Order::Blocked { .. }) || settings.co_partition.is_some() {
-        return Err(Error::arg(
-            "`distributed`",
-            "rotate",
-            format!("rotates the blocked order's bins between ranks; this run's order is {}", order.name()),
-        ));
-    }
+    crate::engine::rotate::check_order(order)?;
     if !matches!(spec.backend, BackendChoice::Cpu | BackendChoice::Auto) || spec.adapter.is_some() {
         return Err(Error::arg(
             "`backend`",
