@@ -13,7 +13,7 @@
 mod plan;
 pub mod query;
 
-pub use plan::{EpochWire, RunPlan, WirePlan, plan, wire_plan};
+pub use plan::{EpochWire, RunPlan, WirePlan, plan, wire_plan, wire_plan_of};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -382,6 +382,19 @@ impl Run {
     /// when the run has ended (every epoch done, or a cancel, which ends an
     /// epoch part-way). When choosing ends, the next call starts the final
     /// training.
+    /// What the stage in training hands MPI in `epochs` (0-based, within
+    /// the stage's), worked out from its own layout; `None` on one process.
+    pub fn wire_plan(&self, epochs: std::ops::Range<usize>) -> Result<Option<WirePlan>> {
+        let ranks = self.resolved.opened.backend.ranks();
+        if ranks <= 1 {
+            return Ok(None);
+        }
+        let t = &self.training;
+        // No further than the stage's epochs, but one at least.
+        let end = epochs.end.min(t.settings().epochs).max(epochs.start + 1);
+        wire_plan_of(t.layout(), ranks, t.settings().row_bytes(), epochs.start..end).map(Some)
+    }
+
     pub fn step(&mut self) -> Result<Option<(Stage, EpochReport)>> {
         loop {
             let Some(choosing) = &self.choosing else {

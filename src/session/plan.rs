@@ -175,12 +175,13 @@ impl WirePlan {
         vec![
             format!(
                 "wire: across {} ranks (`distributed` rotate, order {}) MPI is handed {} per epoch (the mean of \
-                 epochs 1–{}, worked out from the order): {} of bins passed between rounds, and {} at each epoch's \
+                 epochs {}–{}, worked out from the order): {} of bins passed between rounds, and {} at each epoch's \
                  end, every rank's rows to {} ({} trained rows × {} B × {})",
                 self.ranks,
                 self.order,
                 human_bytes(self.mean_bytes() as u64),
-                self.epochs.len(),
+                first.epoch,
+                first.epoch + self.epochs.len() - 1,
                 human_bytes(rotation),
                 human_bytes(first.gather_bytes),
                 if self.ranks == 2 { "the other rank".to_string() } else { format!("the {} others", self.ranks - 1) },
@@ -189,7 +190,8 @@ impl WirePlan {
                 self.ranks - 1
             ),
             format!(
-                "wire: epoch 1 by rank: {}",
+                "wire: epoch {} by rank: {}",
+                first.epoch,
                 first.bytes_by_rank.iter().map(|&b| human_bytes(b)).collect::<Vec<_>>().join(", ")
             ),
         ]
@@ -197,18 +199,28 @@ impl WirePlan {
 }
 
 /// [`WirePlan`] of `spec` on `data` across `ranks`, for its first `epochs`
-/// epochs (the final training's: all the training ratings, one model).
+/// epochs (the final training's: all the training ratings, one model),
+/// laying the run out as it would (`plan --ranks`, no run at hand).
 pub fn wire_plan(data: &Dataset, spec: &RunSpec, ranks: usize, epochs: usize) -> Result<WirePlan> {
     spec.validate()?;
     let mut settings = spec.settings();
     settings.order = crate::train::resolve_order(data, &settings)?;
-    let threads = spec.backend.threads.max(1);
-    let layout = settings.layout(data, threads)?;
-    let rotation = crate::engine::rotate::Rotation::new(&layout, ranks)?;
-    let row_bytes = settings.row_bytes();
-    let epochs = (0..epochs.max(1))
+    let layout = settings.layout(data, spec.backend.threads.max(1))?;
+    wire_plan_of(&layout, ranks, settings.row_bytes(), 0..epochs.max(1))
+}
+
+/// [`WirePlan`] of the run laid out as `layout`, rows of `row_bytes`,
+/// across `ranks`, for `epochs` (0-based).
+pub fn wire_plan_of(
+    layout: &crate::engine::RunLayout,
+    ranks: usize,
+    row_bytes: u64,
+    epochs: std::ops::Range<usize>,
+) -> Result<WirePlan> {
+    let rotation = crate::engine::rotate::Rotation::new(layout, ranks)?;
+    let epochs = epochs
         .map(|e| {
-            let t = rotation.traffic(&layout, e, row_bytes)?;
+            let t = rotation.traffic(layout, e, row_bytes)?;
             Ok(EpochWire {
                 epoch: e + 1,
                 rotation_bytes: t.rotation.iter().sum(),
@@ -218,5 +230,5 @@ pub fn wire_plan(data: &Dataset, spec: &RunSpec, ranks: usize, epochs: usize) ->
         })
         .collect::<Result<Vec<_>>>()?;
     let trained_rows = rotation.trained_rows() as u64;
-    Ok(WirePlan { ranks, order: settings.order.name(), row_bytes, trained_rows, epochs })
+    Ok(WirePlan { ranks, order: layout.spec().order.name(), row_bytes, trained_rows, epochs })
 }

@@ -399,6 +399,11 @@ impl Training {
         &self.settings
     }
 
+    /// The run's training ratings as it lays them out.
+    pub fn layout(&self) -> &RunLayout {
+        &self.layout
+    }
+
     /// Epochs complete so far (resumed ones included).
     pub fn epochs_done(&self) -> usize {
         self.state.epoch

@@ -335,7 +335,7 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
     Ok(request)
 }
 
-/// Epochs whose traffic `train` works out before training across ranks.
+/// Epochs whose traffic `train` works out for each stage across ranks.
 const WIRE_PLAN_EPOCHS: usize = 3;
 
 pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
@@ -447,12 +447,10 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
     out.line(&settings.order.describe(settings.deterministic));
-    if backend.ranks() > 1 {
-        // The final training's traffic, from its order, before a byte moves.
-        let wire = rowstage::session::wire_plan(data, &run.request().spec, backend.ranks(), WIRE_PLAN_EPOCHS)?;
-        for l in wire.lines() {
-            out.line(&l);
-        }
+    // Across ranks: the traffic of the stage about to train, from its order.
+    let next = run.epochs_done();
+    for l in run.wire_plan(next..next + WIRE_PLAN_EPOCHS)?.iter().flat_map(|w| w.lines()) {
+        out.line(&l);
     }
     if let Some(l) = &resolved.opened.layout {
         out.line(&report::layout_line(l, settings.table_bytes(data)));
@@ -492,6 +490,11 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             }
             if let Some(l) = &run.resolved().opened.layout {
                 bar.suspend(|| out.line(&report::layout_line(l, run.resolved().settings.table_bytes(run.data()))));
+            }
+            // The final training's first epochs (its first is trained by
+            // now; the figures are the order's, not the ledger's).
+            for l in run.wire_plan(0..WIRE_PLAN_EPOCHS)?.iter().flat_map(|w| w.lines()) {
+                bar.suspend(|| out.line(&l));
             }
         }
         let choosing = now == Stage::Choosing;
