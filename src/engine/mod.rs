@@ -10,6 +10,7 @@ pub mod order;
 pub mod rotate;
 pub mod rows;
 pub mod sca;
+pub mod shard;
 pub mod simulate;
 pub mod slab;
 pub mod walk;

@@ -1,0 +1,393 @@
+//! `--distributed server`, Factorbird's parameter server, worked out without
+//! MPI (docs/ARCHITECTURE.md, "Past one machine"): which rank owns which
+//! rows, which ratings a rank trains at each clock, and what its cache of
+//! served item rows fetches and pushes. The MPI trainer
+//! (`crate::distributed`) carries the schedule out; the same schedule,
+//! made before the epoch trains, gives the epoch's predicted wire bytes.
+//!
+//! * **Owners.** Item `i` is served by rank `i mod P` (every rank is a
+//!   server). A user belongs to one rank with all its ratings
+//!   (co-partitioning): in the blocked order the rank of its user bin
+//!   (`bin · P / bins`, as rotate deals workers), otherwise contiguous runs
+//!   of users with equal rating counts.
+//! * **Clocks.** An epoch's plan is cut into clocks: the blocked order's
+//!   rounds, or one part each in the other orders. At every clock each rank
+//!   trains its own ratings of the clock's parts on its copies of the rows.
+//! * **The cache.** The item rows a rank trains but does not serve are
+//!   staged into a cache of `slots` rows by the same [`Stager`], policies and
+//!   ledger as the device slab: a miss is fetched from the row's owner, a
+//!   trained row leaving the cache (or a step's staging) pushes its delta
+//!   (its value less the value fetched) to the owner, which adds it.
+//! * **Staleness.** Every `staleness` clocks a rank pushes the deltas of
+//!   every row it holds and refetches each before it next uses it: a copy
+//!   a rank trains on misses at most `staleness` clocks of the other ranks'
+//!   updates, and the owner holds every update at most that late.
+//!   `staleness` 1 in the blocked order, whose rounds share no row, trains
+//!   one process's model up to the rounding of the deltas' sums.
+//!
+//! Every decision depends on the layout, the plan and the ownership alone,
+//! never on the model's values, so a run is the same on every try at a
+//! given number of ranks, and the bytes are known before they move.
+
+use std::ops::Range;
+
+use super::{EpochPlan, RunLayout};
+use crate::data::Rating;
+use crate::stage::{Areas, Ledger, Moves, Placed, PolicyKind, Stager, plan_areas};
+
+/// The rank that serves item `item`.
+pub fn item_owner(item: u32, ranks: usize) -> usize {
+    item as usize % ranks
+}
+
+/// One rank's share of a run: its users' ratings, part by part.
+pub struct Shard {
+    pub ranks: usize,
+    pub rank: usize,
+    /// Per user: the rank it belongs to.
+    user_owner: Vec<u32>,
+    /// This rank's ratings of each part (empty where it has none).
+    own: Vec<Vec<Rating>>,
+    /// The blocked order's clocks are its rounds (the plan's groups).
+    rounds: bool,
+    n_items: usize,
+}
+
+impl Shard {
+    /// Rank `rank` of `ranks` over `layout`.
+    pub fn new(layout: &RunLayout, ranks: usize, rank: usize) -> Self {
+        let n_users = layout.n_users();
+        let mut user_owner = vec![0u32; n_users];
+        let rounds = layout.bins().is_some();
+        if let Some(bins) = layout.bins() {
+            for (id, part) in layout.parts().iter().enumerate() {
+                let (ub, _) = layout.bins_of_part(id as u32).expect("a blocked part has bins");
+                let owner = (ub as usize * ranks / bins as usize) as u32;
+                for r in &layout.ratings()[part.range()] {
+                    user_owner[r.user as usize] = owner;
+                }
+            }
+        } else {
+            let mut counts = vec![0u64; n_users];
+            for r in layout.ratings() {
+                counts[r.user as usize] += 1;
+            }
+            let total = layout.ratings().len().max(1) as u64;
+            let mut before = 0u64;
+            for (u, c) in counts.iter().enumerate() {
+                user_owner[u] = ((before * ranks as u64) / total).min(ranks as u64 - 1) as u32;
+                before += c;
+            }
+        }
+        let own = (0..layout.parts().len())
+            .map(|p| layout.part(p as u32).iter().filter(|r| user_owner[r.user as usize] as usize == rank).copied().collect())
+            .collect();
+        Shard { ranks, rank, user_owner, own, rounds, n_items: layout.n_items() }
+    }
+
+    pub fn n_items(&self) -> usize {
+        self.n_items
+    }
+
+    /// The rank user `user` belongs to.
+    pub fn user_owner(&self, user: u32) -> usize {
+        self.user_owner[user as usize] as usize
+    }
+
+    /// The users of rank `rank`.
+    pub fn users_of(&self, rank: usize) -> Vec<u32> {
+        (0..self.user_owner.len() as u32).filter(|&u| self.user_owner[u as usize] as usize == rank).collect()
+    }
+
+    /// The items rank `rank` serves.
+    pub fn items_of(&self, rank: usize) -> Vec<u32> {
+        (0..self.n_items as u32).filter(|&i| item_owner(i, self.ranks) == rank).collect()
+    }
+
+    /// This rank's ratings.
+    pub fn ratings(&self) -> usize {
+        self.own.iter().map(Vec::len).sum()
+    }
+
+    /// `plan`'s clocks, as ranges of plan indices.
+    pub fn clocks(&self, plan: &EpochPlan) -> Vec<Range<usize>> {
+        if self.rounds {
+            plan.groups_from(0).map(|(range, _)| range).collect()
+        } else {
+            (0..plan.parts.len()).map(|k| k..k + 1).collect()
+        }
+    }
+
+    /// This rank's ratings of the plan's parts at `clock`, one part after another.
+    pub fn step<'a>(&'a self, plan: &'a EpochPlan, clock: Range<usize>) -> impl Iterator<Item = &'a [Rating]> + 'a {
+        plan.parts[clock].iter().map(|&p| &self.own[p as usize][..]).filter(|r| !r.is_empty())
+    }
+
+    /// The items of a step that another rank serves, in the order of their
+    /// first use, into `out` (`seen` is a per-item scratch of stamps).
+    fn foreign_items<'a>(
+        &self,
+        step: impl Iterator<Item = &'a [Rating]>,
+        seen: &mut [u32],
+        stamp: u32,
+        out: &mut Vec<u32>,
+    ) {
+        out.clear();
+        for r in step.flatten() {
+            if item_owner(r.item, self.ranks) != self.rank && seen[r.item as usize] != stamp {
+                seen[r.item as usize] = stamp;
+                out.push(r.item);
+            }
+        }
+    }
+
+    /// Every clock's foreign items of `plan`.
+    pub fn trace(&self, plan: &EpochPlan) -> Vec<Vec<u32>> {
+        let mut seen = vec![0u32; self.n_items];
+        self.clocks(plan)
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let mut out = Vec::new();
+                self.foreign_items(self.step(plan, c), &mut seen, k as u32 + 1, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    /// This rank's accesses per foreign item over an epoch (0 for the items
+    /// it serves): what the policy ranks rows by.
+    pub fn foreign_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.n_items];
+        for r in self.own.iter().flatten() {
+            if item_owner(r.item, self.ranks) != self.rank {
+                counts[r.item as usize] += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// What one clock moves: deltas pushed to their owners, then rows fetched
+/// from them, before the clock's step trains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClockMoves {
+    /// Rows whose deltas are pushed: the last clock's staged rows, trained
+    /// rows leaving the cache, and at a sync every row held.
+    pub push: Vec<Placed>,
+    /// Rows fetched into their slots: misses, and held rows gone stale.
+    pub fetch: Vec<Placed>,
+}
+
+/// An epoch's schedule: each clock's moves, and the pushes that end it.
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    pub clocks: Vec<ClockMoves>,
+    /// The last clock's staged rows and every row still trained in the cache.
+    pub flush: Vec<Placed>,
+    pub ledger: Ledger,
+}
+
+impl Schedule {
+    /// Rows this rank pushes to, and fetches from, each rank in the epoch.
+    pub fn rows_by_owner(&self, ranks: usize) -> (Vec<u64>, Vec<u64>) {
+        let (mut push, mut fetch) = (vec![0u64; ranks], vec![0u64; ranks]);
+        for c in &self.clocks {
+            c.push.iter().for_each(|p| push[item_owner(p.row, ranks)] += 1);
+            c.fetch.iter().for_each(|p| fetch[item_owner(p.row, ranks)] += 1);
+        }
+        self.flush.iter().for_each(|p| push[item_owner(p.row, ranks)] += 1);
+        (push, fetch)
+    }
+}
+
+/// The bytes a request carries per row (its id) and a row's bytes: what a
+/// rank hands MPI for one epoch's schedule, given the rows every rank
+/// fetches from it (`served`), and the epoch's-end gather of `gathered` rows
+/// to every other rank.
+pub fn schedule_bytes(push: &[u64], fetch: &[u64], served: u64, gathered: u64, ranks: usize, row_bytes: u64) -> u64 {
+    let ids: u64 = push.iter().chain(fetch).sum::<u64>() * 4;
+    ids + push.iter().sum::<u64>() * row_bytes + served * row_bytes + gathered * row_bytes * (ranks as u64 - 1)
+}
+
+/// A rank's cache of served rows: the slab's [`Stager`] over the item table,
+/// and when each slot's row was fetched.
+pub struct Cache {
+    stager: Stager,
+    moves: Moves,
+    /// Per slot: the clock its row was fetched at (or the epoch began).
+    fetched: Vec<u32>,
+    staleness: u32,
+    pub areas: Areas,
+}
+
+impl Cache {
+    /// A cache of `slots` rows under `policy` for `shard`, its clocks
+    /// `staleness` apart at most; `trace` is one epoch's (for `static`'s
+    /// split and SCA's model).
+    pub fn new(shard: &Shard, policy: PolicyKind, slots: u32, staleness: u32, trace: &[Vec<u32>]) -> Self {
+        let counts = shard.foreign_counts();
+        let ratings = shard.ratings();
+        let batch = ratings.div_ceil(trace.len().max(1)).max(1);
+        let steps = || Box::new(trace.iter().map(|s| &s[..])) as Box<dyn Iterator<Item = &[u32]>>;
+        let mut areas = plan_areas(policy, slots, steps, batch, &counts, ratings);
+        // A step's rows must fit: the largest step's foreign rows at least.
+        let largest = trace.iter().map(Vec::len).max().unwrap_or(0) as u32;
+        if areas.slots() < largest {
+            areas.staging += largest - areas.slots();
+        }
+        let horizon = (batch as u32).saturating_mul(32);
+        let stager = Stager::new(policy, areas, 0, shard.n_items() as u32, &counts, horizon);
+        let fetched = vec![0; areas.slots() as usize];
+        Cache { stager, moves: Moves::default(), fetched, staleness: staleness.max(1), areas }
+    }
+
+    /// Every row the cache holds, with its slot.
+    pub fn held(&self) -> Vec<Placed> {
+        let view = self.stager.view();
+        view.rows.iter().enumerate().filter(|&(_, &r)| r != crate::stage::NONE).map(|(s, &row)| Placed { row, slot: s as u32 }).collect()
+    }
+
+    /// The policy's name.
+    pub fn policy(&self) -> &'static str {
+        self.stager.policy_name()
+    }
+
+    /// The schedule of an epoch whose clocks' foreign rows are `trace`
+    /// (`following`: the next epoch's, for policies that look ahead). Every
+    /// row held at its start is current (the epoch before ended with every
+    /// rank holding the whole model).
+    pub fn schedule(&mut self, trace: &[Vec<u32>], following: Option<&[Vec<u32>]>) -> Schedule {
+        let follow = following.unwrap_or(&[]);
+        self.stager.begin_epoch(trace.iter().map(|s| &s[..]), follow.iter().map(|s| &s[..]), false);
+        self.fetched.iter_mut().for_each(|f| *f = 0);
+        let mut out = Schedule::default();
+        let mut released: Vec<Placed> = Vec::new();
+        // Rows fetched before this clock are refetched when next used.
+        let mut stale_before = 0u32;
+        for (k, rows) in trace.iter().enumerate() {
+            let clock = k as u32 + 1;
+            let mut moves = ClockMoves { push: std::mem::take(&mut released), fetch: Vec::new() };
+            if k > 0 && k as u32 % self.staleness == 0 {
+                moves.push.extend(self.stager.take_dirty(&mut out.ledger));
+                stale_before = clock;
+            }
+            self.stager.stage(rows, &mut self.moves, &mut out.ledger);
+            out.ledger.steps += 1;
+            moves.push.extend_from_slice(&self.moves.evict);
+            for p in &self.moves.load {
+                self.fetched[p.slot as usize] = clock;
+            }
+            moves.fetch.extend_from_slice(&self.moves.load);
+            for &row in rows {
+                // Rows staged for this step alone were released already:
+                // fetched this clock.
+                let slot = self.stager.slot_of(row);
+                if slot != crate::stage::NONE && self.fetched[slot as usize] < stale_before {
+                    self.fetched[slot as usize] = clock;
+                    moves.fetch.push(Placed { row, slot });
+                }
+            }
+            released.extend_from_slice(&self.moves.release);
+            out.clocks.push(moves);
+        }
+        out.flush = released;
+        out.flush.extend(self.stager.take_dirty(&mut out.ledger));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{LayoutSpec, Order};
+
+    fn ratings(n: u32, users: u32, items: u32) -> Vec<Rating> {
+        (0..n)
+            .map(|k| Rating {
+                user: (k.wrapping_mul(2_654_435_761) >> 5) % users,
+                item: ((k.wrapping_mul(40_503) >> 3) % items).min((k * 7) % items),
+                value: (k % 5) as f32 + 1.0,
+            })
+            .collect()
+    }
+
+    fn layout(order: Order, n: u32) -> RunLayout {
+        let spec = LayoutSpec { order, batch: 64, seed: 3, co_partition: None };
+        RunLayout::new(&ratings(n, 97, 61), 97, 61, spec, 1).unwrap()
+    }
+
+    #[test]
+    fn every_rating_belongs_to_one_rank_and_a_user_to_one() {
+        for order in [Order::Blocked { bins: 8, sweeps: 2, tile: 1 }, Order::Shuffled] {
+            let l = layout(order, 3001);
+            let shards: Vec<Shard> = (0..3).map(|k| Shard::new(&l, 3, k)).collect();
+            assert_eq!(shards.iter().map(Shard::ratings).sum::<usize>(), 3001);
+            for s in &shards {
+                for r in s.own.iter().flatten() {
+                    assert_eq!(s.user_owner(r.user), s.rank);
+                }
+            }
+            assert!(shards.iter().all(|s| s.ratings() > 3001 / 6), "shares roughly even");
+        }
+    }
+
+    /// Replays a schedule: rows held per slot, checking that every row a
+    /// step trains is held and was fetched no more than `staleness` clocks
+    /// before, and that every trained row is pushed before it leaves.
+    #[test]
+    fn the_schedule_holds_each_steps_rows_fresh_and_pushes_every_trained_row() {
+        let l = layout(Order::Shuffled, 4000);
+        let shard = Shard::new(&l, 2, 1);
+        for (policy, slots, staleness) in
+            [(PolicyKind::Lru, 8, 1), (PolicyKind::Lru, 20, 4), (PolicyKind::Sca, 20, 3), (PolicyKind::Static, 30, 2), (PolicyKind::Lfu, 16, 5)]
+        {
+            let plan = l.epoch(0);
+            let trace = shard.trace(&plan);
+            let mut cache = Cache::new(&shard, policy, slots, staleness, &trace);
+            let held0 = cache.held();
+            let s = cache.schedule(&trace, None);
+            // Which row each slot holds, and where and when each row was
+            // last fetched.
+            let mut holds: std::collections::HashMap<u32, u32> = held0.iter().map(|p| (p.slot, p.row)).collect();
+            let mut fetched: std::collections::HashMap<u32, (u32, u32)> =
+                held0.iter().map(|p| (p.row, (p.slot, 0))).collect();
+            let mut dirty = std::collections::HashSet::new();
+            let mut pushed = 0;
+            for (k, (rows, m)) in trace.iter().zip(&s.clocks).enumerate() {
+                let clock = k as u32 + 1;
+                for p in &m.push {
+                    assert!(dirty.remove(&p.row), "{policy:?}: push of an untrained row {}", p.row);
+                    pushed += 1;
+                }
+                for p in &m.fetch {
+                    holds.insert(p.slot, p.row);
+                    fetched.insert(p.row, (p.slot, clock));
+                }
+                for &row in rows {
+                    let (slot, when) = fetched[&row];
+                    assert_eq!(holds[&slot], row, "{policy:?}: a step's row is held");
+                    assert!(clock - when <= staleness, "{policy:?}: row {row} fetched at clock {when}, used at {clock}");
+                    dirty.insert(row);
+                }
+            }
+            for p in &s.flush {
+                assert!(dirty.remove(&p.row));
+                pushed += 1;
+            }
+            assert!(dirty.is_empty(), "{policy:?}: rows trained and never pushed: {dirty:?}");
+            assert!(pushed > 0);
+        }
+    }
+
+    #[test]
+    fn the_blocked_orders_clocks_are_its_rounds() {
+        let l = layout(Order::Blocked { bins: 8, sweeps: 2, tile: 1 }, 3001);
+        let plan = l.epoch(0);
+        let shard = Shard::new(&l, 2, 0);
+        assert_eq!(shard.clocks(&plan).len(), 8 * 2);
+        let s = Shard::new(&layout(Order::Shuffled, 3001), 2, 0);
+        let p = layout(Order::Shuffled, 3001).epoch(0);
+        assert_eq!(s.clocks(&p).len(), p.parts.len());
+    }
+}
