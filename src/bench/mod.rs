@@ -502,7 +502,7 @@ pub fn run(
                 threads: plan.threads,
                 hogwild_width: plan.hogwild_width,
                 distributed: train::Distributed::Off,
-                rank_timeout: train::DEFAULT_RANK_TIMEOUT,
+                ..BackendSpec::default()
             };
             // The batch shrinks (halving) until the slab holds one: a small
             // accelerator memory means small batches, and the row says which.

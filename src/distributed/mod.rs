@@ -11,8 +11,17 @@
 
 mod link;
 mod rotate;
+mod server;
 
 pub use rotate::RotateCpu;
+pub use server::ServerCpu;
+
+use std::sync::atomic::Ordering;
+
+use crate::data::Rating;
+use crate::engine::{EpochInput, RunLayout};
+use crate::error::{Error, Result};
+use crate::model::Model;
 
 use mpi::topology::{Communicator, SimpleCommunicator};
 
@@ -46,4 +55,69 @@ pub fn world() -> (usize, usize) {
     }
     let w = SimpleCommunicator::world();
     (w.rank() as usize, w.size() as usize)
+}
+
+/// What tells one run's layout from another's: where its ratings are, how
+/// many, over how many rows, laid out how, and its first and last ratings
+/// (a layout freed and another made at its address differs in one).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LayoutKey {
+    at: usize,
+    ratings: usize,
+    rows: (usize, usize),
+    spec: String,
+    ends: Option<(Rating, Rating)>,
+}
+
+impl LayoutKey {
+    /// What every rank must agree on before an epoch: the layout (but where
+    /// it lies in memory), the epoch, its rates and the model's shape.
+    fn fingerprint(&self, epoch: usize, rates: &[crate::model::Rate], model: &Model) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.ratings, self.rows, &self.spec, epoch, model.stride, model.users.len(), model.items.len()).hash(&mut h);
+        if let Some((a, b)) = self.ends {
+            for r in [a, b] {
+                (r.user, r.item, r.value.to_bits()).hash(&mut h);
+            }
+        }
+        for r in rates {
+            (r.lr.to_bits(), r.reg.to_bits()).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    pub(crate) fn of(layout: &RunLayout) -> Self {
+        let r = layout.ratings();
+        LayoutKey {
+            at: r.as_ptr() as usize,
+            ratings: r.len(),
+            rows: (layout.n_users(), layout.n_items()),
+            spec: format!("{:?}", layout.spec()),
+            ends: r.first().zip(r.last()).map(|(a, b)| (*a, *b)),
+        }
+    }
+}
+
+
+/// The vote at an epoch's start. The ranks stop together there: a stop
+/// raised on any rank (a signal, a cancel) stops all of them. With it goes
+/// a fingerprint of what each rank is about to train (`salt`: the mode and
+/// its settings), so that ranks started with other flags or another file
+/// fail by name instead of exchanging rows of different runs. Returns
+/// whether to stop.
+pub(crate) fn agree(link: &link::Link, key: &LayoutKey, salt: u64, input: &EpochInput, model: &Model) -> Result<bool> {
+    let mine = key.fingerprint(input.epoch, input.rates, model) ^ salt;
+    let votes = link.everyone([u64::from(input.stop.load(Ordering::Relaxed)), mine])?;
+    if let Some(k) = votes.iter().position(|v| v[1] != mine) {
+        return Err(Error::Peer {
+            ranks: k.to_string(),
+            reason: format!(
+                "trains another run than rank {} (other data, settings, mode or epoch): every rank must be \
+                 started with the same flags on the same file",
+                link.rank
+            ),
+        });
+    }
+    Ok(votes.iter().any(|v| v[0] != 0))
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
+use super::{LayoutKey, agree};
 use crate::data::Rating;
 use crate::engine::rotate::{Holders, Move, Rotation};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
@@ -30,48 +31,6 @@ pub struct RotateCpu {
     pool: rayon::ThreadPool,
     /// The rotation of the layout trained last, and what identifies it.
     rotation: Option<(LayoutKey, Rotation)>,
-}
-
-/// What tells one run's layout from another's: where its ratings are, how
-/// many, over how many rows, laid out how, and its first and last ratings
-/// (a layout freed and another made at its address differs in one).
-#[derive(Debug, Clone, PartialEq)]
-struct LayoutKey {
-    at: usize,
-    ratings: usize,
-    rows: (usize, usize),
-    spec: String,
-    ends: Option<(Rating, Rating)>,
-}
-
-impl LayoutKey {
-    /// What every rank must agree on before an epoch: the layout (but where
-    /// it lies in memory), the epoch, its rates and the model's shape.
-    fn fingerprint(&self, epoch: usize, rates: &[crate::model::Rate], model: &Model) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (self.ratings, self.rows, &self.spec, epoch, model.stride, model.users.len(), model.items.len()).hash(&mut h);
-        if let Some((a, b)) = self.ends {
-            for r in [a, b] {
-                (r.user, r.item, r.value.to_bits()).hash(&mut h);
-            }
-        }
-        for r in rates {
-            (r.lr.to_bits(), r.reg.to_bits()).hash(&mut h);
-        }
-        h.finish()
-    }
-
-    fn of(layout: &RunLayout) -> Self {
-        let r = layout.ratings();
-        LayoutKey {
-            at: r.as_ptr() as usize,
-            ratings: r.len(),
-            rows: (layout.n_users(), layout.n_items()),
-            spec: format!("{:?}", layout.spec()),
-            ends: r.first().zip(r.last()).map(|(a, b)| (*a, *b)),
-        }
-    }
 }
 
 impl RotateCpu {
@@ -238,26 +197,9 @@ impl Backend for RotateCpu {
                 "`distributed` rotate resumes at an epoch's start; this checkpoint stopped inside one",
             ));
         }
-        // The ranks stop together, at an epoch's start: a stop raised on
-        // any rank (a signal, a cancel) stops all of them there. With it
-        // goes what each rank is about to train, so that ranks started with
-        // other flags or another file fail by name instead of exchanging
-        // rows of different runs.
         let layout = input.layout;
         let key = LayoutKey::of(layout);
-        let mine = key.fingerprint(input.epoch, input.rates, model);
-        let votes = self.link.everyone([u64::from(input.stop.load(Ordering::Relaxed)), mine])?;
-        if let Some(k) = votes.iter().position(|v| v[1] != mine) {
-            return Err(Error::Peer {
-                ranks: k.to_string(),
-                reason: format!(
-                    "trains another run than rank {} (other data, settings or epoch): every rank must be started \
-                     with the same flags on the same file",
-                    self.link.rank
-                ),
-            });
-        }
-        if votes.iter().any(|v| v[0] != 0) {
+        if agree(&self.link, &key, 1, input, model)? {
             return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
         }
         let rotation = match self.rotation.take() {

@@ -383,10 +383,12 @@ impl Run {
     /// epoch part-way). When choosing ends, the next call starts the final
     /// training.
     /// What the stage in training hands MPI in `epochs` (0-based, within
-    /// the stage's), worked out from its own layout; `None` on one process.
+    /// the stage's) under `distributed` rotate, worked out from its own
+    /// layout; `None` on one process and under `server` (whose schedule is
+    /// made, and its bytes predicted, as each epoch starts).
     pub fn wire_plan(&self, epochs: std::ops::Range<usize>) -> Result<Option<WirePlan>> {
         let ranks = self.resolved.opened.backend.ranks();
-        if ranks <= 1 {
+        if ranks <= 1 || self.request.spec.backend.distributed != crate::train::Distributed::Rotate {
             return Ok(None);
         }
         let t = &self.training;

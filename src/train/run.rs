@@ -108,6 +108,8 @@ impl Default for BackendSpec {
             hogwild_width: crate::gpu::HogwildWidth::Auto,
             distributed: super::setup::Distributed::Off,
             rank_timeout: super::setup::DEFAULT_RANK_TIMEOUT,
+            cache: None,
+            staleness: super::setup::DEFAULT_STALENESS,
         }
     }
 }
@@ -409,10 +411,16 @@ pub struct RunConfig {
     pub row_bytes: Option<u64>,
     pub policy: &'static str,
     pub threads: usize,
-    /// `off` or `rotate`, and the MPI ranks the run spanned (1 for one
-    /// process).
+    /// `off`, `rotate` or `server`, and the MPI ranks the run spanned (1
+    /// for one process).
     pub distributed: &'static str,
     pub ranks: usize,
+    /// `server`: each rank's cache of served rows as asked for, and the
+    /// staleness bound in clocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staleness: Option<u32>,
     pub hogwild_width: Option<usize>,
     pub hogwild_width_requested: String,
     #[serde(flatten)]
@@ -461,6 +469,9 @@ impl RunConfig {
             threads: b.threads,
             distributed: crate::Named::name(b.distributed),
             ranks: backend.ranks(),
+            cache: (b.distributed == super::setup::Distributed::Server)
+                .then(|| b.cache.map_or(format!("{}%", super::setup::AUTO_SHARE), |c| c.to_string())),
+            staleness: (b.distributed == super::setup::Distributed::Server).then_some(b.staleness),
             hogwild_width: run.at_once,
             hogwild_width_requested: b.hogwild_width.name(),
             source,

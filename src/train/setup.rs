@@ -36,7 +36,16 @@ pub struct BackendSpec {
     /// Seconds a rank waits for another's message before it ends the run,
     /// naming the rank it waited for.
     pub rank_timeout: u32,
+    /// `distributed` server: each rank's cache of served item rows, in bytes
+    /// or as a share of the item table (`None`: [`AUTO_SHARE`]).
+    pub cache: Option<Budget>,
+    /// `distributed` server: clocks between a rank's pushes of every row it
+    /// holds (and refetches of them): how late a copy may be.
+    pub staleness: u32,
 }
+
+/// [`BackendSpec::staleness`]'s default.
+pub const DEFAULT_STALENESS: u32 = 4;
 
 /// [`BackendSpec::rank_timeout`]'s default: long enough for a rank to wait
 /// out a slower one's share of an epoch on a busy machine.
@@ -52,14 +61,19 @@ pub enum Distributed {
     /// The blocked order across MPI ranks, bins passed between rounds: one
     /// process's model, bit for bit.
     Rotate,
+    /// Factorbird's parameter server: items served by every rank, users
+    /// with their ratings, each rank's cache of served rows kept by the
+    /// staging policy, deltas pushed at most `staleness` clocks late.
+    Server,
 }
 
 impl crate::Named for Distributed {
-    const ALL: &'static [Self] = &[Distributed::Off, Distributed::Rotate];
+    const ALL: &'static [Self] = &[Distributed::Off, Distributed::Rotate, Distributed::Server];
     fn name(self) -> &'static str {
         match self {
             Distributed::Off => "off",
             Distributed::Rotate => "rotate",
+            Distributed::Server => "server",
         }
     }
     fn about(self) -> &'static str {
@@ -68,6 +82,10 @@ impl crate::Named for Distributed {
             Distributed::Rotate => {
                 "The blocked order across MPI ranks, item and user bins passed between rounds: one process's model \
                  (the default under mpirun; needs the `mpi` feature)"
+            }
+            Distributed::Server => {
+                "Factorbird's parameter server across MPI ranks: items served by every rank, each rank's cache of \
+                 them kept by --policy, deltas pushed at most --staleness clocks late (needs the `mpi` feature)"
             }
         }
     }
@@ -276,7 +294,7 @@ pub fn open_backend_fitting(
     let ctx = match ctx {
         Some(c) => Some(c),
         // Rotate trains on the CPU: no adapter is looked for.
-        None if spec.backend == BackendChoice::Cpu || spec.distributed == Distributed::Rotate => None,
+        None if spec.backend == BackendChoice::Cpu || spec.distributed != Distributed::Off => None,
         None => match GpuContext::new(spec.backend, spec.adapter.as_deref()) {
             Ok(c) => {
                 opened_here = c;
@@ -341,8 +359,8 @@ pub fn open_backend_on(
             Box::new(cpu::HogwildCpu::new(hp.bias_reg, spec.threads))
         }
     };
-    if spec.distributed == Distributed::Rotate {
-        return open_rotate(data, settings, spec);
+    if spec.distributed != Distributed::Off {
+        return open_distributed(data, settings, spec);
     }
     if spec.backend == BackendChoice::Cpu {
         // A budget given for a slab the CPU backend does not have: said,
@@ -378,39 +396,50 @@ pub fn open_backend_on(
     Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
 }
 
-/// `distributed` rotate: each rank's CPU, the blocked order's bins passed
-/// between ranks. Only the CPU for now, said by name.
-fn open_rotate(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
-    let order = super::resolve_order(data, settings)?;
-    crate::engine::rotate::check_order(order)?;
+/// `distributed` rotate or server: each rank's CPU. Only the CPU for now,
+/// said by name.
+fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
+    let mode = crate::Named::name(spec.distributed);
+    if spec.distributed == Distributed::Rotate {
+        crate::engine::rotate::check_order(super::resolve_order(data, settings)?)?;
+    }
     if !matches!(spec.backend, BackendChoice::Cpu | BackendChoice::Auto) || spec.adapter.is_some() {
         return Err(Error::arg(
             "`backend`",
             spec.backend.name(),
-            "`distributed` rotate trains on each rank's CPU (a GPU per rank is not built yet)",
+            format!("`distributed` {mode} trains on each rank's CPU (a GPU per rank is not built yet)"),
         ));
     }
     #[cfg(feature = "mpi")]
     {
         let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
-        let backend = crate::distributed::RotateCpu::new(settings.hp.bias_reg, spec.threads, limit)?;
+        let backend: Box<dyn Backend> = match spec.distributed {
+            Distributed::Server => Box::new(crate::distributed::ServerCpu::new(
+                settings.hp.bias_reg,
+                spec.policy,
+                spec.cache.unwrap_or(Budget::Percent(AUTO_SHARE)),
+                spec.staleness,
+                limit,
+            )?),
+            _ => Box::new(crate::distributed::RotateCpu::new(settings.hp.bias_reg, spec.threads, limit)?),
+        };
         let notice = match (spec.device_memory, spec.backend) {
             (Some(b), _) => Some(format!(
-                "`device_memory` {b} sizes a GPU backend's slab; `distributed` rotate trains on each rank's CPU, \
+                "`device_memory` {b} sizes a GPU backend's slab; `distributed` {mode} trains on each rank's CPU, \
                  which holds every row in host memory"
             )),
             (None, BackendChoice::Auto) => {
-                Some("`distributed` rotate trains on each rank's CPU (a GPU per rank is not built yet)".to_string())
+                Some(format!("`distributed` {mode} trains on each rank's CPU (a GPU per rank is not built yet)"))
             }
             _ => None,
         };
-        Ok(Opened { backend: Box::new(backend), layout: None, adapter: None, notice })
+        Ok(Opened { backend, layout: None, adapter: None, notice })
     }
     #[cfg(not(feature = "mpi"))]
     {
         Err(Error::arg(
             "`distributed`",
-            "rotate",
+            mode,
             "this rowstage was built without MPI: build it with `cargo build --release --features mpi` \
              (scripts/deps.sh --mpi installs what that needs)",
         ))

@@ -130,6 +130,16 @@ pub(crate) struct TrainArgs {
     /// or fell far behind).
     #[arg(help_heading = "Device", long, value_name = "SECONDS", default_value_t = train::DEFAULT_RANK_TIMEOUT, value_parser = clap::value_parser!(u32).range(1..))]
     rank_timeout: u32,
+    /// Under --distributed server: each rank's cache of the item rows other
+    /// ranks serve, in bytes (64MiB) or as a share of the item table (25%),
+    /// kept by --policy.
+    #[arg(help_heading = "Device", long, value_name = "SIZE", default_value = "25%")]
+    cache: String,
+    /// Under --distributed server: clocks (rounds of the blocked order, else
+    /// parts) between a rank's pushes of every row it holds; a copy it
+    /// trains on is at most this many clocks late.
+    #[arg(help_heading = "Device", long, value_name = "CLOCKS", default_value_t = train::DEFAULT_STALENESS, value_parser = clap::value_parser!(u32).range(1..))]
+    staleness: u32,
     /// Write the JSON report to FILE ("-" for stdout; the text output then goes to stderr).
     #[arg(help_heading = "Output", long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -252,6 +262,8 @@ impl TrainArgs {
                 hogwild_width: self.hogwild.width()?,
                 distributed: self.distributed.unwrap_or_else(crate::launcher_default),
                 rank_timeout: self.rank_timeout,
+                cache: Some(Budget::parse("--cache", &self.cache)?),
+                staleness: self.staleness,
             },
             calibration_cache: !self.no_calibration_cache,
             tune: Tuning { validation: self.validation, patience: self.patience, ..Tuning::default() },
@@ -262,7 +274,7 @@ impl TrainArgs {
 
 /// `train` flags that may stand beside `--config`: where to train and what
 /// to write, which change no model (the rest are the request's to set).
-const BESIDE_CONFIG: [&str; 16] = [
+const BESIDE_CONFIG: [&str; 18] = [
     "config",
     "backend",
     "adapter",
@@ -273,6 +285,8 @@ const BESIDE_CONFIG: [&str; 16] = [
     "hogwild_width",
     "distributed",
     "rank_timeout",
+    "cache",
+    "staleness",
     "no_calibration_cache",
     "json",
     "save",
@@ -306,6 +320,7 @@ fn train_request(a: &TrainArgs) -> Result<train::RunRequest> {
     // How many processes run it is this launch's, not the file's.
     b.distributed = from_flags.distributed;
     b.rank_timeout = from_flags.rank_timeout;
+    (b.cache, b.staleness) = (from_flags.cache, from_flags.staleness);
     for id in given_flags("train") {
         match id.as_str() {
             "backend" => b.backend = from_flags.backend,

@@ -1,0 +1,379 @@
+//! `--distributed server`: Factorbird's parameter server on each rank's CPU.
+//! [`crate::engine::shard`] says who owns what, which ratings each rank
+//! trains at each clock and what its cache fetches and pushes; this carries
+//! that schedule out over MPI (docs/ARCHITECTURE.md, "Past one machine").
+//!
+//! A clock, on every rank: send each owner the clock's pushes (row ids and
+//! deltas) and fetch requests (row ids); add the deltas pushed to the rows
+//! it serves, in rank order; answer the fetches; take in the rows it
+//! fetched; train its ratings of the clock. Ranks that share nothing at a
+//! clock do not wait for each other. The epoch ends with the last pushes
+//! and an all-gather, every rank's users and served items to every other
+//! rank, so that each holds the whole model to score, checkpoint and save.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use web_time::Instant;
+
+use super::link::{Incoming, Link, MODEL, Outgoing};
+use super::{LayoutKey, agree};
+use crate::data::Rating;
+use crate::engine::shard::{Cache, Schedule, Shard, item_owner, schedule_bytes};
+use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
+use crate::error::{Error, Result};
+use crate::model::{Metrics, Model, row_stride};
+use crate::stage::{Budget, Ledger, Placed, PolicyKind, slots_in};
+use crate::train::cpu::{apply_all, steps_of};
+
+/// The parameter server across the world's ranks, each training on one
+/// thread.
+pub struct ServerCpu {
+    bias_reg: f32,
+    link: Link,
+    policy: PolicyKind,
+    /// The cache's size: bytes, or a share of the item table.
+    cache: Budget,
+    staleness: u32,
+    state: Option<State>,
+}
+
+/// What a run's layout needs, made once.
+struct State {
+    key: LayoutKey,
+    shard: Shard,
+    cache: Cache,
+    /// Per cache slot: its row as fetched (or as the epoch began), from
+    /// which a push's delta is taken.
+    base: Vec<f32>,
+    /// Every rank's users and served items: what the epoch's end gathers.
+    users_of: Vec<Vec<u32>>,
+    items_of: Vec<Vec<u32>>,
+}
+
+impl ServerCpu {
+    /// Over the world of a started MPI ([`super::start`]); `limit` bounds
+    /// every wait for another rank.
+    pub fn new(bias_reg: f32, policy: PolicyKind, cache: Budget, staleness: u32, limit: Duration) -> Result<Self> {
+        if !mpi::environment::is_initialized() {
+            return Err(Error::arg(
+                "`distributed`",
+                "server",
+                "needs MPI started first (the command line starts it under an MPI launcher such as mpirun, or \
+                 where `--distributed` is given)",
+            ));
+        }
+        Ok(ServerCpu { bias_reg, link: Link::world(limit), policy, cache, staleness: staleness.max(1), state: None })
+    }
+
+    fn salt(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ("server", self.policy.name(), format!("{:?}", self.cache), self.staleness).hash(&mut h);
+        h.finish()
+    }
+
+    fn state(&mut self, layout: &RunLayout, model: &Model) -> State {
+        let key = LayoutKey::of(layout);
+        if let Some(s) = self.state.take().filter(|s| s.key == key) {
+            return s;
+        }
+        let (rank, ranks) = (self.link.rank, self.link.ranks);
+        let shard = Shard::new(layout, ranks, rank);
+        let row_bytes = (model.stride * 4) as u64;
+        let item_table = shard.n_items() as u64 * row_bytes;
+        let slots = slots_in(self.cache.resolve(item_table), row_bytes);
+        let trace = shard.trace(&layout.epoch(0));
+        let cache = Cache::new(&shard, self.policy, slots, self.staleness, &trace);
+        let base = vec![0f32; cache.areas.slots() as usize * model.stride];
+        let users_of = (0..ranks).map(|k| shard.users_of(k)).collect();
+        let items_of = (0..ranks).map(|k| shard.items_of(k)).collect();
+        State { key, shard, cache, base, users_of, items_of }
+    }
+}
+
+/// A row of `table`.
+fn row(table: &[f32], r: u32, s: usize) -> &[f32] {
+    &table[r as usize * s..][..s]
+}
+
+fn row_mut(table: &mut [f32], r: u32, s: usize) -> &mut [f32] {
+    &mut table[r as usize * s..][..s]
+}
+
+/// One request to an owner: push ids, fetch ids, then the pushes' deltas
+/// (f32 bits), as u32s.
+fn request(pushes: &[Placed], fetches: &[Placed], model: &Model, base: &[f32]) -> Vec<u32> {
+    let s = model.stride;
+    let mut buf = Vec::with_capacity(pushes.len() * (s + 1) + fetches.len());
+    buf.extend(pushes.iter().map(|p| p.row));
+    buf.extend(fetches.iter().map(|p| p.row));
+    for p in pushes {
+        let now = row(&model.items, p.row, s);
+        let then = &base[p.slot as usize * s..][..s];
+        buf.extend(now.iter().zip(then).map(|(a, b)| (a - b).to_bits()));
+    }
+    buf
+}
+
+impl ServerCpu {
+    /// One exchange of a clock's (or the flush's) moves: `mine[k]` the
+    /// pushes and fetches to owner `k`, `theirs[k]` the counts rank `k`
+    /// sends this rank. Returns the bytes handed to MPI.
+    fn exchange(
+        &self,
+        model: &mut Model,
+        base: &mut [f32],
+        mine: &[(Vec<Placed>, Vec<Placed>)],
+        theirs: &[[u32; 2]],
+    ) -> Result<u64> {
+        let (s, me) = (model.stride, self.link.rank);
+        // Requests: pushes and fetch ids to their owners.
+        let sends: Vec<(usize, Vec<u32>)> = mine
+            .iter()
+            .enumerate()
+            .filter(|&(k, (p, f))| k != me && !(p.is_empty() && f.is_empty()))
+            .map(|(k, (p, f))| (k, request(p, f, model, base)))
+            .collect();
+        let mut recvs: Vec<(usize, Vec<u32>)> = theirs
+            .iter()
+            .enumerate()
+            .filter(|&(k, c)| k != me && c[0] + c[1] > 0)
+            .map(|(k, c)| (k, vec![0u32; (c[0] as usize) * (s + 1) + c[1] as usize]))
+            .collect();
+        let mut sent = self.swap(&sends, &mut recvs)?;
+        // Deltas added in rank order, then the fetches answered.
+        let mut answers: Vec<(usize, Vec<f32>)> = Vec::new();
+        for (k, buf) in &recvs {
+            let [pushes, fetches] = theirs[*k].map(|c| c as usize);
+            let (ids, deltas) = buf.split_at(pushes + fetches);
+            for (&r, d) in ids[..pushes].iter().zip(deltas.chunks_exact(s)) {
+                debug_assert_eq!(item_owner(r, self.link.ranks), me);
+                for (x, d) in row_mut(&mut model.items, r, s).iter_mut().zip(d) {
+                    *x += f32::from_bits(*d);
+                }
+            }
+            if fetches > 0 {
+                let mut out = Vec::with_capacity(fetches * s);
+                ids[pushes..].iter().for_each(|&r| out.extend_from_slice(row(&model.items, r, s)));
+                answers.push((*k, out));
+            }
+        }
+        let mut rows: Vec<(usize, Vec<f32>)> = mine
+            .iter()
+            .enumerate()
+            .filter(|&(k, (_, f))| k != me && !f.is_empty())
+            .map(|(k, (_, f))| (k, vec![0f32; f.len() * s]))
+            .collect();
+        sent += self.swap(&answers, &mut rows)?;
+        for (k, buf) in &rows {
+            for (p, r) in mine[*k].1.iter().zip(buf.chunks_exact(s)) {
+                row_mut(&mut model.items, p.row, s).copy_from_slice(r);
+                base[p.slot as usize * s..][..s].copy_from_slice(r);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends `out` and receives `inc` (sizes known to both sides) as model
+    /// messages; the bytes handed to MPI.
+    fn swap<T: bytemuck::Pod>(&self, out: &[(usize, Vec<T>)], inc: &mut [(usize, Vec<T>)]) -> Result<u64> {
+        let o: Vec<Outgoing> =
+            out.iter().map(|(to, b)| Outgoing { to: *to, tag: MODEL, bytes: bytemuck::cast_slice(b) }).collect();
+        let mut i: Vec<Incoming> = inc
+            .iter_mut()
+            .map(|(from, b)| Incoming { from: *from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
+            .collect();
+        self.link.exchange(&o, &mut i)?;
+        Ok(o.iter().map(|m| m.bytes.len() as u64).sum())
+    }
+
+    /// The epoch's end: every rank's users and served items to every other
+    /// rank. Returns the bytes handed to MPI.
+    fn gather(&self, state: &State, model: &mut Model) -> Result<u64> {
+        let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
+        let pack = |k: usize, model: &Model| -> Vec<f32> {
+            let mut buf = Vec::with_capacity((state.users_of[k].len() + state.items_of[k].len()) * s);
+            state.users_of[k].iter().for_each(|&u| buf.extend_from_slice(row(&model.users, u, s)));
+            state.items_of[k].iter().for_each(|&i| buf.extend_from_slice(row(&model.items, i, s)));
+            buf
+        };
+        let mine = pack(me, model);
+        let out: Vec<(usize, Vec<f32>)> = (0..ranks).filter(|&k| k != me).map(|k| (k, mine.clone())).collect();
+        let mut inc: Vec<(usize, Vec<f32>)> = (0..ranks)
+            .filter(|&k| k != me)
+            .map(|k| (k, vec![0f32; (state.users_of[k].len() + state.items_of[k].len()) * s]))
+            .collect();
+        let sent = self.swap(&out, &mut inc)?;
+        for (k, buf) in &inc {
+            let mut rows = buf.chunks_exact(s);
+            for &u in &state.users_of[*k] {
+                row_mut(&mut model.users, u, s).copy_from_slice(rows.next().expect("a user's row"));
+            }
+            for &i in &state.items_of[*k] {
+                row_mut(&mut model.items, i, s).copy_from_slice(rows.next().expect("an item's row"));
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Every clock's counts (pushes, fetches) this rank sends each owner,
+    /// the flush last, traded for those the others send it: `theirs[k][c]`.
+    fn counts(&self, schedule: &Schedule) -> Result<Vec<Vec<[u32; 2]>>> {
+        let (me, ranks) = (self.link.rank, self.link.ranks);
+        let n = schedule.clocks.len() + 1;
+        let mut mine = vec![vec![[0u32; 2]; n]; ranks];
+        for (c, m) in schedule.clocks.iter().enumerate() {
+            m.push.iter().for_each(|p| mine[item_owner(p.row, ranks)][c][0] += 1);
+            m.fetch.iter().for_each(|p| mine[item_owner(p.row, ranks)][c][1] += 1);
+        }
+        schedule.flush.iter().for_each(|p| mine[item_owner(p.row, ranks)][n - 1][0] += 1);
+        let out: Vec<Outgoing> = (0..ranks)
+            .filter(|&k| k != me)
+            .map(|k| Outgoing { to: k, tag: super::link::CONTROL, bytes: bytemuck::cast_slice(&mine[k]) })
+            .collect();
+        let mut theirs = vec![vec![[0u32; 2]; n]; ranks];
+        {
+            let mut inc: Vec<Incoming> = theirs
+                .iter_mut()
+                .enumerate()
+                .filter(|&(k, _)| k != me)
+                .map(|(k, b)| Incoming { from: k, tag: super::link::CONTROL, bytes: bytemuck::cast_slice_mut(b) })
+                .collect();
+            self.link.exchange(&out, &mut inc)?;
+        }
+        Ok(theirs)
+    }
+}
+
+impl Backend for ServerCpu {
+    fn kind(&self) -> String {
+        "cpu".into()
+    }
+
+    fn adapter(&self) -> String {
+        format!(
+            "the CPU of each of {} MPI ranks, 1 thread each (`distributed` server: items served by every rank, a \
+             cache of {} under {}, pushes at most {} clock{} late)",
+            self.link.ranks,
+            self.cache,
+            self.policy.name(),
+            self.staleness,
+            if self.staleness == 1 { "" } else { "s" }
+        )
+    }
+
+    fn ranks(&self) -> usize {
+        self.link.ranks
+    }
+
+    fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
+        let t0 = Instant::now();
+        if input.from > 0 {
+            return Err(Error::arg(
+                "`resume`",
+                "a checkpoint inside an epoch",
+                "`distributed` server resumes at an epoch's start; this checkpoint stopped inside one",
+            ));
+        }
+        let key = LayoutKey::of(input.layout);
+        if agree(&self.link, &key, self.salt(), input, model)? {
+            return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
+        }
+        let mut state = self.state(input.layout, model);
+        let trained = self.train_clocks(&mut state, model, input);
+        self.state = Some(state);
+        trained.map(|mut t| {
+            t.host_seconds = t0.elapsed().as_secs_f64();
+            t
+        })
+    }
+
+    fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
+        // Every rank holds the whole model after an epoch (`gather`).
+        Ok((model.evaluate_all(test), Ledger::default()))
+    }
+
+    fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
+        Ok(Ledger::default())
+    }
+}
+
+impl ServerCpu {
+    /// One epoch: the schedule made, its bytes predicted, then carried out
+    /// clock by clock.
+    fn train_clocks(&self, state: &mut State, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
+        let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
+        let plan = input.plan;
+        let trace = state.shard.trace(plan);
+        let following = match input.following {
+            Some(f) if self.policy.needs_future() => Some(state.shard.trace(f)),
+            _ => None,
+        };
+        let schedule = state.cache.schedule(&trace, following.as_deref());
+        let theirs = self.counts(&schedule)?;
+        // The prediction, from the schedule and the counts alone.
+        let (push, fetch) = schedule.rows_by_owner(ranks);
+        let served: u64 = theirs.iter().flatten().map(|c| u64::from(c[1])).sum();
+        let gathered = (state.users_of[me].len() + state.items_of[me].len()) as u64;
+        let predicted = self.link.everyone(schedule_bytes(&push, &fetch, served, gathered, ranks, (s * 4) as u64))?;
+        // Held rows are current at an epoch's start: their bases are.
+        for p in state.cache.held() {
+            state.base[p.slot as usize * s..][..s].copy_from_slice(row(&model.items, p.row, s));
+        }
+        let steps = steps_of(model, input.rates, self.bias_reg);
+        let sub = row_stride(model.rank);
+        let mut sse = vec![0.0f64; steps.len()];
+        let (mut done, mut sent) = (0u64, 0u64);
+        let by_owner = |moves: &[Placed]| -> Vec<Vec<Placed>> {
+            let mut out = vec![Vec::new(); ranks];
+            moves.iter().for_each(|p| out[item_owner(p.row, ranks)].push(*p));
+            out
+        };
+        for (c, clock) in state.shard.clocks(plan).into_iter().enumerate() {
+            let m = &schedule.clocks[c];
+            let mine: Vec<_> = by_owner(&m.push).into_iter().zip(by_owner(&m.fetch)).collect();
+            let counts: Vec<[u32; 2]> = theirs.iter().map(|t| t[c]).collect();
+            sent += self.exchange(model, &mut state.base, &mine, &counts)?;
+            for ratings in state.shard.step(plan, clock) {
+                for r in ratings {
+                    let p = &mut model.users[r.user as usize * s..][..s];
+                    let q = &mut model.items[r.item as usize * s..][..s];
+                    apply_all(&steps, sub, p, q, r.value, &mut sse);
+                }
+                done += ratings.len() as u64;
+                input.progress.fetch_add(ratings.len(), Ordering::Relaxed);
+            }
+        }
+        let n = schedule.clocks.len();
+        let mine: Vec<_> = by_owner(&schedule.flush).into_iter().map(|p| (p, Vec::new())).collect();
+        let counts: Vec<[u32; 2]> = theirs.iter().map(|t| t[n]).collect();
+        sent += self.exchange(model, &mut state.base, &mine, &counts)?;
+        sent += self.gather(state, model)?;
+        // Every rank adds the same figures in rank order: one result on all.
+        let bytes = self.link.everyone(sent)?;
+        let done = self.link.everyone(done)?.iter().sum::<u64>() as usize;
+        let mut total_sse = vec![0.0f64; sse.len()];
+        for (g, mine) in sse.iter().enumerate() {
+            total_sse[g] = self.link.everyone(*mine)?.iter().sum();
+        }
+        let l = schedule.ledger;
+        let sums = self.link.everyone([l.item_hits, l.item_misses, l.item_rows_in, l.item_rows_out, l.steps])?;
+        let ledger = Ledger {
+            item_hits: sums.iter().map(|v| v[0]).sum(),
+            item_misses: sums.iter().map(|v| v[1]).sum(),
+            item_rows_in: sums.iter().map(|v| v[2]).sum(),
+            item_rows_out: sums.iter().map(|v| v[3]).sum(),
+            steps: sums.iter().map(|v| v[4]).sum(),
+            ..Default::default()
+        };
+        Ok(EpochTrain {
+            sse: total_sse,
+            count: done as u64,
+            done,
+            ledger,
+            workers: ranks as f64,
+            wire: Some(Wire { bytes, predicted }),
+            ..Default::default()
+        })
+    }
+}
