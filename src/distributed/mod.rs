@@ -99,7 +99,6 @@ impl LayoutKey {
     }
 }
 
-
 /// The vote at an epoch's start. The ranks stop together there: a stop
 /// raised on any rank (a signal, a cancel) stops all of them. With it goes
 /// a fingerprint of what each rank is about to train (`salt`: the mode and

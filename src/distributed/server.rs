@@ -141,23 +141,28 @@ impl ServerCpu {
             .map(|(k, c)| (k, vec![0u32; (c[0] as usize) * (s + 1) + c[1] as usize]))
             .collect();
         let mut sent = self.swap(&sends, &mut recvs)?;
-        // Deltas added in rank order, then the fetches answered.
-        let mut answers: Vec<(usize, Vec<f32>)> = Vec::new();
+        // Every delta added (in rank order) before any fetch is answered:
+        // a fetch sees every push of the clock.
         for (k, buf) in &recvs {
-            let [pushes, fetches] = theirs[*k].map(|c| c as usize);
-            let (ids, deltas) = buf.split_at(pushes + fetches);
+            let pushes = theirs[*k][0] as usize;
+            let (ids, deltas) = buf.split_at(pushes + theirs[*k][1] as usize);
             for (&r, d) in ids[..pushes].iter().zip(deltas.chunks_exact(s)) {
                 debug_assert_eq!(item_owner(r, self.link.ranks), me);
                 for (x, d) in row_mut(&mut model.items, r, s).iter_mut().zip(d) {
                     *x += f32::from_bits(*d);
                 }
             }
-            if fetches > 0 {
-                let mut out = Vec::with_capacity(fetches * s);
-                ids[pushes..].iter().for_each(|&r| out.extend_from_slice(row(&model.items, r, s)));
-                answers.push((*k, out));
-            }
         }
+        let answers: Vec<(usize, Vec<f32>)> = recvs
+            .iter()
+            .filter(|(k, _)| theirs[*k][1] > 0)
+            .map(|(k, buf)| {
+                let [pushes, fetches] = theirs[*k].map(|c| c as usize);
+                let mut out = Vec::with_capacity(fetches * s);
+                buf[pushes..pushes + fetches].iter().for_each(|&r| out.extend_from_slice(row(&model.items, r, s)));
+                (*k, out)
+            })
+            .collect();
         let mut rows: Vec<(usize, Vec<f32>)> = mine
             .iter()
             .enumerate()

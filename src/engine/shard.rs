@@ -80,7 +80,9 @@ impl Shard {
             }
         }
         let own = (0..layout.parts().len())
-            .map(|p| layout.part(p as u32).iter().filter(|r| user_owner[r.user as usize] as usize == rank).copied().collect())
+            .map(|p| {
+                layout.part(p as u32).iter().filter(|r| user_owner[r.user as usize] as usize == rank).copied().collect()
+            })
             .collect();
         Shard { ranks, rank, user_owner, own, rounds, n_items: layout.n_items() }
     }
@@ -245,7 +247,12 @@ impl Cache {
     /// Every row the cache holds, with its slot.
     pub fn held(&self) -> Vec<Placed> {
         let view = self.stager.view();
-        view.rows.iter().enumerate().filter(|&(_, &r)| r != crate::stage::NONE).map(|(s, &row)| Placed { row, slot: s as u32 }).collect()
+        view.rows
+            .iter()
+            .enumerate()
+            .filter(|&(_, &r)| r != crate::stage::NONE)
+            .map(|(s, &row)| Placed { row, slot: s as u32 })
+            .collect()
     }
 
     /// The policy's name.
@@ -268,7 +275,7 @@ impl Cache {
         for (k, rows) in trace.iter().enumerate() {
             let clock = k as u32 + 1;
             let mut moves = ClockMoves { push: std::mem::take(&mut released), fetch: Vec::new() };
-            if k > 0 && k as u32 % self.staleness == 0 {
+            if k > 0 && (k as u32).is_multiple_of(self.staleness) {
                 moves.push.extend(self.stager.take_dirty(&mut out.ledger));
                 stale_before = clock;
             }
@@ -337,11 +344,18 @@ mod tests {
     /// before, and that every trained row is pushed before it leaves.
     #[test]
     fn the_schedule_holds_each_steps_rows_fresh_and_pushes_every_trained_row() {
-        let l = layout(Order::Shuffled, 4000);
-        let shard = Shard::new(&l, 2, 1);
-        for (policy, slots, staleness) in
-            [(PolicyKind::Lru, 8, 1), (PolicyKind::Lru, 20, 4), (PolicyKind::Sca, 20, 3), (PolicyKind::Static, 30, 2), (PolicyKind::Lfu, 16, 5)]
-        {
+        for (order, ranks, rank, policy, slots, staleness) in [
+            (Order::Shuffled, 2, 1, PolicyKind::Lru, 8, 1),
+            (Order::Shuffled, 2, 1, PolicyKind::Lru, 20, 4),
+            (Order::Shuffled, 2, 1, PolicyKind::Sca, 20, 3),
+            (Order::Shuffled, 2, 1, PolicyKind::Static, 30, 2),
+            (Order::Shuffled, 2, 1, PolicyKind::Lfu, 16, 5),
+            (Order::Blocked { bins: 12, sweeps: 2, tile: 1 }, 3, 2, PolicyKind::Lru, 12, 1),
+            (Order::Blocked { bins: 12, sweeps: 2, tile: 1 }, 3, 0, PolicyKind::Lru, 25, 1),
+            (Order::Blocked { bins: 12, sweeps: 2, tile: 1 }, 4, 1, PolicyKind::Lru, 10, 2),
+        ] {
+            let l = layout(order, 4000);
+            let shard = Shard::new(&l, ranks, rank);
             let plan = l.epoch(0);
             let trace = shard.trace(&plan);
             let mut cache = Cache::new(&shard, policy, slots, staleness, &trace);
@@ -367,7 +381,10 @@ mod tests {
                 for &row in rows {
                     let (slot, when) = fetched[&row];
                     assert_eq!(holds[&slot], row, "{policy:?}: a step's row is held");
-                    assert!(clock - when <= staleness, "{policy:?}: row {row} fetched at clock {when}, used at {clock}");
+                    assert!(
+                        clock - when <= staleness,
+                        "{policy:?}: row {row} fetched at clock {when}, used at {clock}"
+                    );
                     dirty.insert(row);
                 }
             }
@@ -377,6 +394,51 @@ mod tests {
             }
             assert!(dirty.is_empty(), "{policy:?}: rows trained and never pushed: {dirty:?}");
             assert!(pushed > 0);
+        }
+    }
+
+    /// Carries a schedule out on counts: every use of a row adds 1 to the
+    /// rank's copy, a push adds the copy less its base to the server's
+    /// value, a fetch copies the server's value into the copy and its base
+    /// (kept per slot, as the trainer keeps it). After the flush the server
+    /// holds every use: no delta lost or counted twice.
+    #[test]
+    fn carried_out_the_schedule_loses_no_update() {
+        for (policy, slots, staleness) in
+            [(PolicyKind::Lru, 10, 2), (PolicyKind::Lru, 40, 3), (PolicyKind::Lfu, 16, 2), (PolicyKind::Sca, 16, 4)]
+        {
+            let l = layout(Order::Shuffled, 4000);
+            let shard = Shard::new(&l, 2, 0);
+            let mut cache = Cache::new(&shard, policy, slots, staleness, &shard.trace(&l.epoch(0)));
+            let n = shard.n_items();
+            let (mut server, mut copy) = (vec![0i64; n], vec![0i64; n]);
+            let mut base = vec![0i64; cache.areas.slots() as usize];
+            let mut uses = vec![0i64; n];
+            for epoch in 0..3 {
+                let plan = l.epoch(epoch);
+                let trace = shard.trace(&plan);
+                // An epoch starts with the whole model everywhere.
+                copy.copy_from_slice(&server);
+                for p in cache.held() {
+                    base[p.slot as usize] = server[p.row as usize];
+                }
+                let s = cache.schedule(&trace, None);
+                for (rows, m) in trace.iter().zip(&s.clocks) {
+                    for p in &m.push {
+                        server[p.row as usize] += copy[p.row as usize] - base[p.slot as usize];
+                    }
+                    for p in &m.fetch {
+                        copy[p.row as usize] = server[p.row as usize];
+                        base[p.slot as usize] = server[p.row as usize];
+                    }
+                    rows.iter().for_each(|&r| copy[r as usize] += 1);
+                }
+                for p in &s.flush {
+                    server[p.row as usize] += copy[p.row as usize] - base[p.slot as usize];
+                }
+                trace.iter().flatten().for_each(|&r| uses[r as usize] += 1);
+            }
+            assert_eq!(server, uses, "{policy:?} {slots} slots, staleness {staleness}");
         }
     }
 
