@@ -174,13 +174,8 @@ fn server_trains_within_a_hundredth_of_one_process_on_movielens() {
             (2, &["--staleness", "1"][..]),
             (2, &[][..]),
             (4, &[][..]),
-            (4, &["--policy", "lfu", "--cache", "64KiB", "--staleness", "2"][..]),
+            (4, &["--policy", "lru", "--cache", "64KiB", "--staleness", "2"][..]),
         ] {
-            // A small cache in the shuffled order diverges (the README and
-            // BENCHMARKS say so): not yet within the tolerance.
-            if order == "shuffled" && extra.contains(&"64KiB") {
-                continue;
-            }
             let json = dir.path().join(format!("s{np}.json"));
             let mut a = args(order, &["--distributed", "server", "--json", json.to_str().unwrap()]);
             a.extend(extra.iter().map(|s| s.to_string()));

@@ -314,6 +314,12 @@ impl ServerCpu {
             Some(f) if self.policy.needs_future() => Some(state.shard.trace(f)),
             _ => None,
         };
+        // Held rows are current at an epoch's start (the last one ended
+        // with the whole model everywhere): so are their bases. Before the
+        // schedule is made, which moves the cache to the epoch's end.
+        for p in state.cache.held() {
+            state.base[p.slot as usize * s..][..s].copy_from_slice(row(&model.items, p.row, s));
+        }
         let schedule = state.cache.schedule(&trace, following.as_deref());
         let theirs = self.counts(&schedule)?;
         // The prediction, from the schedule and the counts alone.
@@ -321,10 +327,6 @@ impl ServerCpu {
         let served: u64 = theirs.iter().flatten().map(|c| u64::from(c[1])).sum();
         let gathered = (state.users_of[me].len() + state.items_of[me].len()) as u64;
         let predicted = self.link.everyone(schedule_bytes(&push, &fetch, served, gathered, ranks, (s * 4) as u64))?;
-        // Held rows are current at an epoch's start: their bases are.
-        for p in state.cache.held() {
-            state.base[p.slot as usize * s..][..s].copy_from_slice(row(&model.items, p.row, s));
-        }
         let steps = steps_of(model, input.rates, self.bias_reg);
         let sub = row_stride(model.rank);
         let mut sse = vec![0.0f64; steps.len()];

@@ -244,7 +244,8 @@ impl Cache {
         Cache { stager, moves: Moves::default(), fetched, staleness: staleness.max(1), areas }
     }
 
-    /// Every row the cache holds, with its slot.
+    /// Every row the cache holds, with its slot: at an epoch's start, the
+    /// rows whose bases the trainer sets before [`Cache::schedule`].
     pub fn held(&self) -> Vec<Placed> {
         let view = self.stager.view();
         view.rows
@@ -439,6 +440,122 @@ mod tests {
                 trace.iter().flatten().for_each(|&r| uses[r as usize] += 1);
             }
             assert_eq!(server, uses, "{policy:?} {slots} slots, staleness {staleness}");
+        }
+    }
+
+    /// The parameter server carried out in one process, ranks one after
+    /// another at each clock as `crate::distributed` carries it out across
+    /// processes (every push of a clock added before any fetch is
+    /// answered), with real SGD steps, for `epochs`. Returns the largest
+    /// difference from the sequential walk's tables.
+    fn carried_out(
+        l: &RunLayout,
+        k: usize,
+        ranks: usize,
+        policy: PolicyKind,
+        slots: u32,
+        staleness: u32,
+        epochs: usize,
+    ) -> f32 {
+        use crate::model::Step;
+        let s = crate::model::row_stride(k);
+        let (nu, ni) = (l.n_users(), l.n_items());
+        let step = Step { rank: k, mean: 3.0, lr: 0.05, reg: 0.05, bias_reg: 0.05 };
+        let init = |n: usize, salt: u32| -> Vec<f32> {
+            (0..n * s)
+                .map(|x| if x % s < k { ((x as u32).wrapping_mul(2_654_435_761) ^ salt) % 1000 } else { 0 } as f32 / 5000.0)
+                .collect()
+        };
+        let (users0, items0) = (init(nu, 1), init(ni, 2));
+        let (mut users, mut items) = (users0.clone(), items0.clone());
+        for epoch in 0..epochs {
+            for &p in &l.epoch(epoch).parts {
+                for r in l.part(p) {
+                    let (u, i) = (r.user as usize * s, r.item as usize * s);
+                    step.apply(&mut users[u..u + s], &mut items[i..i + s], r.value);
+                }
+            }
+        }
+        let shards: Vec<Shard> = (0..ranks).map(|r| Shard::new(l, ranks, r)).collect();
+        let mut caches: Vec<Cache> =
+            shards.iter().map(|sh| Cache::new(sh, policy, slots, staleness, &sh.trace(&l.epoch(0)))).collect();
+        let mut models: Vec<(Vec<f32>, Vec<f32>)> = vec![(users0.clone(), items0.clone()); ranks];
+        let mut bases: Vec<Vec<f32>> = caches.iter().map(|c| vec![0f32; c.areas.slots() as usize * s]).collect();
+        for epoch in 0..epochs {
+            let plan = l.epoch(epoch);
+            let schedules: Vec<Schedule> = (0..ranks)
+                .map(|r| {
+                    for p in caches[r].held() {
+                        let i = p.row as usize * s;
+                        bases[r][p.slot as usize * s..][..s].copy_from_slice(&models[r].1[i..i + s]);
+                    }
+                    caches[r].schedule(&shards[r].trace(&plan), None)
+                })
+                .collect();
+            let clocks = shards[0].clocks(&plan);
+            for c in 0..=clocks.len() {
+                let mut deltas = Vec::new();
+                for r in 0..ranks {
+                    let push = if c < clocks.len() { &schedules[r].clocks[c].push } else { &schedules[r].flush };
+                    for p in push {
+                        let i = p.row as usize * s;
+                        let d: Vec<f32> =
+                            (0..s).map(|x| models[r].1[i + x] - bases[r][p.slot as usize * s + x]).collect();
+                        deltas.push((p.row, d));
+                    }
+                }
+                for (row, d) in deltas {
+                    let i = row as usize * s;
+                    let owner = &mut models[item_owner(row, ranks)].1;
+                    (0..s).for_each(|x| owner[i + x] += d[x]);
+                }
+                if c == clocks.len() {
+                    break;
+                }
+                for r in 0..ranks {
+                    for p in &schedules[r].clocks[c].fetch {
+                        let i = p.row as usize * s;
+                        let v: Vec<f32> = models[item_owner(p.row, ranks)].1[i..i + s].to_vec();
+                        models[r].1[i..i + s].copy_from_slice(&v);
+                        bases[r][p.slot as usize * s..][..s].copy_from_slice(&v);
+                    }
+                }
+                for (r, (mu, mi)) in models.iter_mut().enumerate() {
+                    for ratings in shards[r].step(&plan, clocks[c].clone()) {
+                        for x in ratings {
+                            let (u, i) = (x.user as usize * s, x.item as usize * s);
+                            step.apply(&mut mu[u..u + s], &mut mi[i..i + s], x.value);
+                        }
+                    }
+                }
+            }
+            // The gather: owners' rows to everyone.
+            let all: Vec<(Vec<f32>, Vec<f32>)> = models.clone();
+            for m in models.iter_mut() {
+                for u in 0..nu {
+                    let o = shards[0].user_owner(u as u32);
+                    m.0[u * s..][..s].copy_from_slice(&all[o].0[u * s..][..s]);
+                }
+                for i in 0..ni {
+                    m.1[i * s..][..s].copy_from_slice(&all[item_owner(i as u32, ranks)].1[i * s..][..s]);
+                }
+            }
+        }
+        let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        worst(&models[0].0, &users).max(worst(&models[0].1, &items))
+    }
+
+    /// At staleness 1 the blocked order's rounds share no row, so the
+    /// parameter server trains the sequential walk's model up to the
+    /// rounding of the deltas, whatever the cache and its policy.
+    #[test]
+    fn at_staleness_1_the_blocked_order_trains_the_sequential_model() {
+        let l = layout(Order::Blocked { bins: 12, sweeps: 2, tile: 1 }, 6000);
+        for (ranks, policy, slots) in
+            [(3, PolicyKind::Lru, 6), (2, PolicyKind::Lru, 9), (4, PolicyKind::Sca, 5), (3, PolicyKind::Lfu, 7)]
+        {
+            let d = carried_out(&l, 4, ranks, policy, slots, 1, 2);
+            assert!(d < 1e-5, "{ranks} ranks, {policy:?} {slots} slots: {d:e}");
         }
     }
 
