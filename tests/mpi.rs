@@ -256,6 +256,11 @@ fn settings_chosen_under_mpirun_are_one_processs_choice() {
     };
     assert_eq!(chose(&out_one), chose(&out_three));
     assert!(identical(&one, &three));
+    // The parameter server chooses too, every candidate's rows in one
+    // fetch: the same choice (its models are one process's but for the
+    // staleness, far within the candidates' gaps).
+    let out_server = run(mpirun(3, &[], &strs(&args(&["--distributed", "server"]))));
+    assert_eq!(chose(&out_one), chose(&out_server));
 }
 
 #[test]
@@ -372,6 +377,20 @@ fn a_checkpoint_resumes_to_the_uninterrupted_model_under_the_same_and_another_nu
         assert!(String::from_utf8_lossy(&out.stdout).contains("resuming"));
         assert!(identical(Path::new(&whole), Path::new(&resumed)), "resumed under {np} ranks");
     }
+    // The parameter server resumes at an epoch's start too, its caches
+    // cold: at staleness 1 (one process's model up to the deltas'
+    // rounding) to the uninterrupted run's test RMSE.
+    let server = |n: &str, extra: &[&str]| -> Vec<String> {
+        let mut v = epochs(n, &["--distributed".into(), "server".into(), "--staleness".into(), "1".into()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let (whole, part) = (path("server-whole.json"), path("server-resumed.json"));
+    run(mpirun(3, &[], &strs(&server("5", &["--json", &whole]))));
+    run(mpirun(3, &[], &strs(&server("2", &["--checkpoint", &path("sck")]))));
+    run(mpirun(2, &[], &strs(&server("5", &["--resume", &path("sck"), "--json", &part]))));
+    let rmse = |p: &str| report(Path::new(p))["final"]["test_rmse"].as_f64().unwrap();
+    assert!((rmse(&whole) - rmse(&part)).abs() < 1e-4, "{} against {}", rmse(&part), rmse(&whole));
 }
 
 #[test]
