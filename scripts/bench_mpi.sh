@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Rotate across MPI ranks against one process (BENCHMARKS.md, "Past one
-# machine"): per data set and order, the CPU backend on 1 and 2 threads and
-# `--distributed rotate` on 1, 2 and 4 ranks (each rank's threads the
-# default: the cores shared among the ranks, unbound: `--bind-to none`),
+# Training across MPI ranks against one process (BENCHMARKS.md, "Past one
+# machine"). `scripts/bench_mpi.sh DATA` (or `DATA rotate`): per data set
+# and order, the CPU backend on 1 and 2 threads and `--distributed rotate`
+# on 1, 2 and 4 ranks (each rank's threads the
+# default: the cores shared among the ranks, unbound: `--bind-to none`).
+# `scripts/bench_mpi.sh DATA server`: per data set, in the default and the
+# shuffled order, the CPU backend on 1 thread and `--distributed server` on
+# 1, 2 and 4 ranks at its defaults (cache 25%, policy sca, staleness 4);
 # with lr and reg fixed (no choosing) for 6 epochs. Prints a Markdown row each: the median ratings/s of
 # epochs 2-6, the bytes handed to MPI per epoch (measured, and as the order
 # predicts them), each rank's peak memory (GNU time's maximum RSS), and the
@@ -11,6 +15,7 @@
 set -euo pipefail
 B=${ROWSTAGE_BIN:-target/release/rowstage}
 DATA=${1:-../shared/data/ml-100k/u.data}
+MODE=${2:-rotate}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -22,6 +27,9 @@ row() { # label, data flags, order, how (1t, 2t or a number of ranks)
     1t) /usr/bin/time -f "rss %M" $B $args --backend cpu --threads 1 >/dev/null 2>>"$tmp/err" ;;
     2t) /usr/bin/time -f "rss %M" $B $args --backend cpu --threads 2 >/dev/null 2>>"$tmp/err" ;;
     # Each rank's figure to its own file: mpirun merges the ranks' stderr.
+    s*) mpirun --oversubscribe --bind-to none -np "${how#s}" sh -c "/usr/bin/time -f 'rss %M' -o $tmp/rss.\$OMPI_COMM_WORLD_RANK \
+         $B $args --distributed server" >/dev/null 2>>"$tmp/err"
+       cat "$tmp"/rss.* >>"$tmp/err" && rm -f "$tmp"/rss.* ;;
     *) mpirun --oversubscribe --bind-to none -np "$how" sh -c "/usr/bin/time -f 'rss %M' -o $tmp/rss.\$OMPI_COMM_WORLD_RANK \
          $B $args --distributed rotate" >/dev/null 2>>"$tmp/err"
        cat "$tmp"/rss.* >>"$tmp/err" && rm -f "$tmp"/rss.* ;;
@@ -40,7 +48,10 @@ if "wire_bytes" in e[0]:
 else:
     wire = "-"
 threads = re.search(r"(\d+) threads? each", j["config"]["adapter"])
-who = {"1t": "CPU, 1 thread", "2t": "CPU, 2 threads"}.get(how, f"rotate, {how} rank(s) × {threads.group(1) if threads else '?'} thread(s)")
+if how.startswith("s"):
+    who = f"server, {how[1:]} rank(s) × 1 thread"
+else:
+    who = {"1t": "CPU, 1 thread", "2t": "CPU, 2 threads"}.get(how, f"rotate, {how} rank(s) × {threads.group(1) if threads else '?'} thread(s)")
 print(f"| {label} | {order} | {who} | {rate:.3e} | {wire} | {', '.join(f'{r:.0f}' for r in rss)} | {j['final']['test_rmse']:.4f} |")
 PY
 }
@@ -48,6 +59,12 @@ echo "| data | order | where | ratings/s | wire per epoch (predicted) | peak MiB
 echo "| --- | --- | --- | ---: | ---: | --- | ---: |"
 for set in "MovieLens 100K|--data $DATA" "synthetic 1M|--synthetic 10000,5000,1000000"; do
   label=${set%%|*} data=${set#*|}
+  if [ "$MODE" = server ]; then
+    for order in auto shuffled; do
+      for how in 1t s1 s2 s4; do row "$label" "$data" "$order" "$how"; done
+    done
+    continue
+  fi
   for order in auto blocked:16:2:4; do
     for how in 1t 2t 1 2 4; do row "$label" "$data" "$order" "$how"; done
   done

@@ -100,8 +100,10 @@ fn err_line_of(s: &str) {
     if closed(2) {
         std::process::exit(2);
     }
+    // One write a line: stderr is unbuffered, and `writeln!` writes the
+    // newline apart, between which mpirun interleaves other ranks' lines.
     let mut err = std::io::stderr().lock();
-    if writeln!(err, "{s}").and_then(|_| err.flush()).is_err() {
+    if err.write_all(format!("{s}\n").as_bytes()).and_then(|_| err.flush()).is_err() {
         std::process::exit(2);
     }
 }

@@ -418,6 +418,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let resumed = resume.as_ref().map(|c| (c.path.clone(), c.state.epoch, c.state.position));
     let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()).filter(|_| speaks), resume };
+    let request_distributed = request.spec.backend.distributed;
     let mut run = Run::from_request(request, options)?;
     for n in run.notes() {
         out.line(n);
@@ -425,6 +426,20 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     let resolved = run.resolved();
     if let Some(n) = &resolved.opened.notice {
         warn!("notice: {}", flags(n));
+    }
+    // The parameter server's flags on another run: said, not dropped.
+    let server_flags: Vec<String> = crate::given_flags("train")
+        .into_iter()
+        .filter(|f| f == "cache" || f == "staleness")
+        .map(|f| format!("--{f}"))
+        .collect();
+    if !server_flags.is_empty() && request_distributed != train::Distributed::Server {
+        warn!(
+            "notice: {} set{} the parameter server's cache (--distributed server); this run is not one, so {} nothing",
+            server_flags.join(" and "),
+            if server_flags.len() == 1 { "s" } else { "" },
+            if server_flags.len() == 1 { "it changes" } else { "they change" }
+        );
     }
     let (settings, at_once) = (&resolved.settings, resolved.at_once);
     let backend = resolved.opened.backend.as_ref();
