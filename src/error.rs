@@ -80,9 +80,9 @@ pub enum Error {
     #[error("interrupted (the report says \"complete\": false)")]
     Interrupted,
     #[error(
-        "training diverged at epoch {epoch}: train RMSE {train_rmse}, test RMSE {test_rmse}; lower `lr`, `reg`, `bias_reg` or `init_std`, or check the ratings' scale (the report says \"complete\": false; no model saved)"
+        "training diverged at epoch {epoch}: train RMSE {train_rmse}, test RMSE {test_rmse}; lower `lr`, `reg`, `bias_reg` or `init_std`{also}, or check the ratings' scale (the report says \"complete\": false; no model saved)"
     )]
-    Diverged { epoch: usize, train_rmse: f64, test_rmse: f64 },
+    Diverged { epoch: usize, train_rmse: f64, test_rmse: f64, also: String },
 
     /// A lookup by external id failed.
     #[error("unknown {kind} id {id:?} (not in the model's training data)")]

@@ -112,7 +112,7 @@ impl RotateCpu {
 /// Trains `blocks` (of one round: no two share a row with each other or
 /// with another thread's) in order, their ratings prefetched ahead as the
 /// CPU backend does, adding each model's squared errors into `sse`.
-fn train_blocks(tables: &ExclusiveTables, steps: &[Step], sub: usize, blocks: &[&[Rating]], sse: &mut [f64]) {
+pub(super) fn train_blocks(tables: &ExclusiveTables, steps: &[Step], sub: usize, blocks: &[&[Rating]], sse: &mut [f64]) {
     let mut ratings = blocks.iter().flat_map(|b| b.iter());
     // A window of the ratings ahead, reaching across the (often tiny)
     // blocks: the rating 4·AHEAD on is read in, the rows of the one AHEAD
@@ -127,8 +127,9 @@ fn train_blocks(tables: &ExclusiveTables, steps: &[Step], sub: usize, blocks: &[
         if let Some(n) = ahead.get(AHEAD - 1) {
             tables.prefetch(n);
         }
-        // SAFETY: the round's blocks share no row, and this thread alone
-        // trains these blocks (`train_rotation`).
+        // SAFETY: no other thread writes these ratings' rows: a round's
+        // blocks share no row and this thread alone trains these
+        // (`train_rotation`), or one thread trains a clock (the server).
         let (p, q) = unsafe { tables.rows(r) };
         apply_all(steps, sub, p, q, r.value, sse);
     }

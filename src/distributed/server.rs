@@ -23,7 +23,8 @@ use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, Model, row_stride};
 use crate::stage::{Budget, Ledger, Placed, PolicyKind, slots_in};
-use crate::train::cpu::{apply_all, steps_of};
+use super::rotate::train_blocks;
+use crate::train::cpu::{ExclusiveTables, steps_of};
 
 /// The parameter server across the world's ranks, each training on one
 /// thread.
@@ -271,6 +272,10 @@ impl Backend for ServerCpu {
         self.link.ranks
     }
 
+    fn divergence_hint(&self) -> Option<&'static str> {
+        Some("or `staleness` (several ranks' deltas on one stale copy add up)")
+    }
+
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
         let t0 = Instant::now();
         if input.from > 0 {
@@ -341,15 +346,13 @@ impl ServerCpu {
             let mine: Vec<_> = by_owner(&m.push).into_iter().zip(by_owner(&m.fetch)).collect();
             let counts: Vec<[u32; 2]> = theirs.iter().map(|t| t[c]).collect();
             sent += self.exchange(model, &mut state.base, &mine, &counts)?;
-            for ratings in state.shard.step(plan, clock) {
-                for r in ratings {
-                    let p = &mut model.users[r.user as usize * s..][..s];
-                    let q = &mut model.items[r.item as usize * s..][..s];
-                    apply_all(&steps, sub, p, q, r.value, &mut sse);
-                }
-                done += ratings.len() as u64;
-                input.progress.fetch_add(ratings.len(), Ordering::Relaxed);
-            }
+            let mine: Vec<&[Rating]> = state.shard.step(plan, clock).collect();
+            let n: usize = mine.iter().map(|r| r.len()).sum();
+            // One thread walks the clock's ratings, prefetched ahead as the
+            // CPU backend does.
+            train_blocks(&ExclusiveTables::new(model), &steps, sub, &mine, &mut sse);
+            done += n as u64;
+            input.progress.fetch_add(n, Ordering::Relaxed);
         }
         let n = schedule.clocks.len();
         let mine: Vec<_> = by_owner(&schedule.flush).into_iter().map(|p| (p, Vec::new())).collect();

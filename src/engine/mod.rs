@@ -156,6 +156,11 @@ pub trait Backend {
     fn ranks(&self) -> usize {
         1
     }
+    /// What else than the step sizes may make this backend's training
+    /// diverge, said in the error (a parameter server's staleness).
+    fn divergence_hint(&self) -> Option<&'static str> {
+        None
+    }
     /// Whether the backend runs no kernels (wgpu's noop backend): its speed
     /// is the host's ceiling, and its model is not a model.
     fn is_ceiling(&self) -> bool {

@@ -46,8 +46,10 @@ pub struct Shard {
     pub rank: usize,
     /// Per user: the rank it belongs to.
     user_owner: Vec<u32>,
-    /// This rank's ratings of each part (empty where it has none).
-    own: Vec<Vec<Rating>>,
+    /// This rank's ratings, part by part in part order: part `p`'s are
+    /// `own[starts[p]..starts[p + 1]]` (one allocation: a rank's share).
+    own: Vec<Rating>,
+    starts: Vec<u32>,
     /// The blocked order's clocks are its rounds (the plan's groups).
     rounds: bool,
     n_items: usize,
@@ -79,12 +81,15 @@ impl Shard {
                 before += c;
             }
         }
-        let own = (0..layout.parts().len())
-            .map(|p| {
-                layout.part(p as u32).iter().filter(|r| user_owner[r.user as usize] as usize == rank).copied().collect()
-            })
-            .collect();
-        Shard { ranks, rank, user_owner, own, rounds, n_items: layout.n_items() }
+        let mine = |r: &&Rating| user_owner[r.user as usize] as usize == rank;
+        let n = layout.ratings().iter().filter(mine).count();
+        let (mut own, mut starts) = (Vec::with_capacity(n), Vec::with_capacity(layout.parts().len() + 1));
+        starts.push(0);
+        for p in 0..layout.parts().len() as u32 {
+            own.extend(layout.part(p).iter().filter(mine).copied());
+            starts.push(own.len() as u32);
+        }
+        Shard { ranks, rank, user_owner, own, starts, rounds, n_items: layout.n_items() }
     }
 
     pub fn n_items(&self) -> usize {
@@ -108,7 +113,7 @@ impl Shard {
 
     /// This rank's ratings.
     pub fn ratings(&self) -> usize {
-        self.own.iter().map(Vec::len).sum()
+        self.own.len()
     }
 
     /// `plan`'s clocks, as ranges of plan indices.
@@ -122,7 +127,10 @@ impl Shard {
 
     /// This rank's ratings of the plan's parts at `clock`, one part after another.
     pub fn step<'a>(&'a self, plan: &'a EpochPlan, clock: Range<usize>) -> impl Iterator<Item = &'a [Rating]> + 'a {
-        plan.parts[clock].iter().map(|&p| &self.own[p as usize][..]).filter(|r| !r.is_empty())
+        plan.parts[clock]
+            .iter()
+            .map(|&p| &self.own[self.starts[p as usize] as usize..self.starts[p as usize + 1] as usize])
+            .filter(|r| !r.is_empty())
     }
 
     /// The items of a step that another rank serves, in the order of their
@@ -161,7 +169,7 @@ impl Shard {
     /// it serves): what the policy ranks rows by.
     pub fn foreign_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.n_items];
-        for r in self.own.iter().flatten() {
+        for r in &self.own {
             if item_owner(r.item, self.ranks) != self.rank {
                 counts[r.item as usize] += 1;
             }
@@ -332,7 +340,7 @@ mod tests {
             let shards: Vec<Shard> = (0..3).map(|k| Shard::new(&l, 3, k)).collect();
             assert_eq!(shards.iter().map(Shard::ratings).sum::<usize>(), 3001);
             for s in &shards {
-                for r in s.own.iter().flatten() {
+                for r in &s.own {
                     assert_eq!(s.user_owner(r.user), s.rank);
                 }
             }

@@ -306,8 +306,13 @@ pub fn epoch_line(e: &EpochReport, staged: bool, ceiling: bool, choosing: bool) 
         )
     } else {
         let (stage, held) = if choosing { ("choosing ", "validation") } else { ("", "test") };
-        let scored =
-            if e.test_rmse.is_nan() { format!("no {held} ratings") } else { format!("{held} {:.4}", e.test_rmse) };
+        // NaN with a finite training loss: nothing to score; beside a
+        // diverged one, the model's NaN.
+        let scored = if e.test_rmse.is_nan() && e.train_rmse.is_finite() {
+            format!("no {held} ratings")
+        } else {
+            format!("{held} {:.4}", e.test_rmse)
+        };
         format!(
             "{stage}epoch {:>3}  train {:.4}  {scored}  {:>9.3e} ratings/s  {:>5.0} workers  conflicts {:>7}",
             e.epoch, e.train_rmse, e.ratings_per_sec, e.workers, e.conflicts
