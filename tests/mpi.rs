@@ -231,6 +231,16 @@ fn a_ranks_threads_train_the_same_model() {
         assert_eq!(j["config"]["ranks"], 1);
         assert!(j["config"]["adapter"].as_str().unwrap().contains(&format!("{threads} thread")));
     }
+    // The parameter server deals a rank's share of a round to its threads
+    // too: the same model on 1 and 3 (at 2 ranks, binding off).
+    let mut saved = Vec::new();
+    for threads in ["1", "3"] {
+        let model = dir.path().join(format!("server{threads}.safetensors"));
+        let a = args(&["--distributed", "server", "--threads", threads, "--save", model.to_str().unwrap()]);
+        run(mpirun(2, &["--bind-to", "none"], &strs(&a)));
+        saved.push(model);
+    }
+    assert!(identical(&saved[0], &saved[1]), "the server's model on 1 and 3 threads a rank");
 }
 
 #[test]

@@ -45,12 +45,7 @@ impl RotateCpu {
                  where `--distributed` is given)",
             ));
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|k| format!("rowstage-rotate-{k}"))
-            .build()
-            .map_err(|e| Error::arg("`threads`", threads.to_string(), format!("cannot start the threads: {e}")))?;
-        Ok(RotateCpu { bias_reg, link: Link::world(limit), pool, rotation: None })
+        Ok(RotateCpu { bias_reg, link: Link::world(limit), pool: pool(threads)?, rotation: None })
     }
 
     /// Sends and receives `moves` (every rank lists the same moves in the
@@ -112,7 +107,13 @@ impl RotateCpu {
 /// Trains `blocks` (of one round: no two share a row with each other or
 /// with another thread's) in order, their ratings prefetched ahead as the
 /// CPU backend does, adding each model's squared errors into `sse`.
-pub(super) fn train_blocks(tables: &ExclusiveTables, steps: &[Step], sub: usize, blocks: &[&[Rating]], sse: &mut [f64]) {
+pub(super) fn train_blocks(
+    tables: &ExclusiveTables,
+    steps: &[Step],
+    sub: usize,
+    blocks: &[&[Rating]],
+    sse: &mut [f64],
+) {
     let mut ratings = blocks.iter().flat_map(|b| b.iter());
     // A window of the ratings ahead, reaching across the (often tiny)
     // blocks: the rating 4·AHEAD on is read in, the rows of the one AHEAD
@@ -133,6 +134,58 @@ pub(super) fn train_blocks(tables: &ExclusiveTables, steps: &[Step], sub: usize,
         let (p, q) = unsafe { tables.rows(r) };
         apply_all(steps, sub, p, q, r.value, sse);
     }
+}
+
+/// Trains `blocks`, which share no row with each other (a round's, or a
+/// rank's share of one), on `pool`'s threads: dealt longest first to the
+/// least loaded thread, so that each thread's rows are its blocks' alone
+/// and the model is the same on any number of threads. One thread below
+/// [`THREADED_ROUND`] ratings.
+pub(super) fn train_round(
+    pool: &rayon::ThreadPool,
+    tables: &ExclusiveTables,
+    steps: &[Step],
+    sub: usize,
+    mut blocks: Vec<&[Rating]>,
+    sse: &mut [f64],
+) {
+    let n: usize = blocks.iter().map(|r| r.len()).sum();
+    let threads = pool.current_num_threads();
+    if threads == 1 || n < THREADED_ROUND || blocks.len() == 1 {
+        return train_blocks(tables, steps, sub, &blocks, sse);
+    }
+    blocks.sort_by_key(|r| std::cmp::Reverse(r.len()));
+    let mut shares: Vec<(usize, Vec<&[Rating]>)> = vec![(0, Vec::new()); threads.min(blocks.len())];
+    for r in blocks {
+        let least = shares.iter_mut().min_by_key(|(load, _)| *load).expect("a share");
+        least.0 += r.len();
+        least.1.push(r);
+    }
+    let sums: Vec<Vec<f64>> = pool.install(|| {
+        use rayon::prelude::*;
+        shares
+            .par_iter()
+            .map(|(_, blocks)| {
+                let mut part = vec![0.0f64; steps.len()];
+                train_blocks(tables, steps, sub, blocks, &mut part);
+                part
+            })
+            .collect()
+    });
+    for part in sums {
+        for (t, p) in sse.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+}
+
+/// A rank's threads.
+pub(super) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|k| format!("rowstage-rank-{k}"))
+        .build()
+        .map_err(|e| Error::arg("`threads`", threads.to_string(), format!("cannot start the threads: {e}")))
 }
 
 /// The rows of `bins`, in the order their rows are sent.
@@ -234,46 +287,16 @@ impl RotateCpu {
         let (s, sub, me) = (model.stride, row_stride(model.rank), self.link.rank);
         let mut sse = vec![0.0f64; steps.len()];
         let (mut done, mut sent) = (0u64, 0u64);
-        let threads = self.pool.current_num_threads();
         let holders = rotation.walk(layout, &order, |moves, tasks| {
             sent += self.exchange(rotation, model, moves)?;
-            let mut mine: Vec<&[Rating]> = tasks
+            let mine: Vec<&[Rating]> = tasks
                 .iter()
                 .filter(|t| t.rank == me)
                 .map(|t| layout.block_sweep(t.block, t.sweep))
                 .filter(|r| !r.is_empty())
                 .collect();
             let n: usize = mine.iter().map(|r| r.len()).sum();
-            let tables = ExclusiveTables::new(model);
-            if threads == 1 || n < THREADED_ROUND || mine.len() == 1 {
-                train_blocks(&tables, &steps, sub, &mine, &mut sse);
-            } else {
-                // The blocks dealt to the threads, longest first to the
-                // least loaded: each thread's rows are its blocks' alone.
-                mine.sort_by_key(|r| std::cmp::Reverse(r.len()));
-                let mut shares: Vec<(usize, Vec<&[Rating]>)> = vec![(0, Vec::new()); threads.min(mine.len())];
-                for r in mine {
-                    let least = shares.iter_mut().min_by_key(|(load, _)| *load).expect("a share");
-                    least.0 += r.len();
-                    least.1.push(r);
-                }
-                let sums: Vec<Vec<f64>> = self.pool.install(|| {
-                    use rayon::prelude::*;
-                    shares
-                        .par_iter()
-                        .map(|(_, blocks)| {
-                            let mut part = vec![0.0f64; steps.len()];
-                            train_blocks(&tables, &steps, sub, blocks, &mut part);
-                            part
-                        })
-                        .collect()
-                });
-                for part in sums {
-                    for (t, p) in sse.iter_mut().zip(part) {
-                        *t += p;
-                    }
-                }
-            }
+            train_round(&self.pool, &ExclusiveTables::new(model), &steps, sub, mine, &mut sse);
             done += n as u64;
             input.progress.fetch_add(n, Ordering::Relaxed);
             Ok(())

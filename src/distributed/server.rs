@@ -16,6 +16,7 @@ use std::time::Duration;
 use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
+use super::rotate::{train_blocks, train_round};
 use super::{LayoutKey, agree};
 use crate::data::Rating;
 use crate::engine::shard::{Cache, Schedule, Shard, item_owner, schedule_bytes};
@@ -23,14 +24,16 @@ use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, Model, row_stride};
 use crate::stage::{Budget, Ledger, Placed, PolicyKind, slots_in};
-use super::rotate::train_blocks;
 use crate::train::cpu::{ExclusiveTables, steps_of};
 
-/// The parameter server across the world's ranks, each training on one
-/// thread.
+/// The parameter server across the world's ranks, each on its threads.
 pub struct ServerCpu {
     bias_reg: f32,
     link: Link,
+    /// The rank's threads: a blocked round's blocks share no row, so a
+    /// rank deals its share of one to them, and the model is the same on any
+    /// number; a clock of another order (a part) trains on one.
+    pool: rayon::ThreadPool,
     policy: PolicyKind,
     /// The cache's size: bytes, or a share of the item table.
     cache: Budget,
@@ -54,7 +57,14 @@ struct State {
 impl ServerCpu {
     /// Over the world of a started MPI ([`super::start`]); `limit` bounds
     /// every wait for another rank.
-    pub fn new(bias_reg: f32, policy: PolicyKind, cache: Budget, staleness: u32, limit: Duration) -> Result<Self> {
+    pub fn new(
+        bias_reg: f32,
+        threads: usize,
+        policy: PolicyKind,
+        cache: Budget,
+        staleness: u32,
+        limit: Duration,
+    ) -> Result<Self> {
         if !mpi::environment::is_initialized() {
             return Err(Error::arg(
                 "`distributed`",
@@ -63,7 +73,15 @@ impl ServerCpu {
                  where `--distributed` is given)",
             ));
         }
-        Ok(ServerCpu { bias_reg, link: Link::world(limit), policy, cache, staleness: staleness.max(1), state: None })
+        Ok(ServerCpu {
+            bias_reg,
+            link: Link::world(limit),
+            pool: super::rotate::pool(threads)?,
+            policy,
+            cache,
+            staleness: staleness.max(1),
+            state: None,
+        })
     }
 
     fn salt(&self) -> u64 {
@@ -257,10 +275,12 @@ impl Backend for ServerCpu {
     }
 
     fn adapter(&self) -> String {
+        let threads = self.pool.current_num_threads();
         format!(
-            "the CPU of each of {} MPI ranks, 1 thread each (`distributed` server: items served by every rank, a \
-             cache of {} under {}, pushes at most {} clock{} late)",
+            "the CPU of each of {} MPI ranks, {threads} thread{} each (`distributed` server: items served by every \
+             rank, a cache of {} under {}, pushes at most {} clock{} late)",
             self.link.ranks,
+            if threads == 1 { "" } else { "s" },
             self.cache,
             self.policy.name(),
             self.staleness,
@@ -348,9 +368,12 @@ impl ServerCpu {
             sent += self.exchange(model, &mut state.base, &mine, &counts)?;
             let mine: Vec<&[Rating]> = state.shard.step(plan, clock).collect();
             let n: usize = mine.iter().map(|r| r.len()).sum();
-            // One thread walks the clock's ratings, prefetched ahead as the
-            // CPU backend does.
-            train_blocks(&ExclusiveTables::new(model), &steps, sub, &mine, &mut sse);
+            let tables = ExclusiveTables::new(model);
+            if state.shard.rounds() {
+                train_round(&self.pool, &tables, &steps, sub, mine, &mut sse);
+            } else {
+                train_blocks(&tables, &steps, sub, &mine, &mut sse);
+            }
             done += n as u64;
             input.progress.fetch_add(n, Ordering::Relaxed);
         }

@@ -96,6 +96,12 @@ impl Shard {
         self.n_items
     }
 
+    /// Whether the clocks are the blocked order's rounds, whose parts share
+    /// no row (and may train at once).
+    pub fn rounds(&self) -> bool {
+        self.rounds
+    }
+
     /// The rank user `user` belongs to.
     pub fn user_owner(&self, user: u32) -> usize {
         self.user_owner[user as usize] as usize

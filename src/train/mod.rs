@@ -590,13 +590,12 @@ impl Training {
         // divergence.
         let finite = report.train_rmse.is_finite() && (data.test.is_empty() || report.test_rmse.is_finite());
         if !finite && !backend.is_ceiling() {
-            self.diverged =
-                Some(Error::Diverged {
-                    epoch: epoch + 1,
-                    train_rmse: report.train_rmse,
-                    test_rmse: report.test_rmse,
-                    also: backend.divergence_hint().map_or(String::new(), |h| format!(", {h}")),
-                });
+            self.diverged = Some(Error::Diverged {
+                epoch: epoch + 1,
+                train_rmse: report.train_rmse,
+                test_rmse: report.test_rmse,
+                also: backend.divergence_hint().map_or(String::new(), |h| format!(", {h}")),
+            });
             self.complete = false;
             self.ended = true;
             self.state.epochs.push(report.clone());

@@ -416,6 +416,7 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
         let backend: Box<dyn Backend> = match spec.distributed {
             Distributed::Server => Box::new(crate::distributed::ServerCpu::new(
                 settings.hp.bias_reg,
+                spec.threads,
                 spec.policy,
                 spec.cache.unwrap_or(Budget::Percent(AUTO_SHARE)),
                 spec.staleness,
