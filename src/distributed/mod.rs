@@ -99,6 +99,37 @@ impl LayoutKey {
     }
 }
 
+/// An epoch's start under `mode`: refuses a resume inside an epoch, then
+/// [`agree`]s. Returns whether the ranks stop here.
+pub(crate) fn begin_epoch(
+    link: &link::Link,
+    mode: &str,
+    salt: u64,
+    input: &EpochInput,
+    model: &Model,
+) -> Result<(LayoutKey, bool)> {
+    if input.from > 0 {
+        return Err(Error::arg(
+            "`resume`",
+            "a checkpoint inside an epoch",
+            format!("`distributed` {mode} resumes at an epoch's start; this checkpoint stopped inside one"),
+        ));
+    }
+    let key = LayoutKey::of(input.layout);
+    let stop = agree(link, &key, salt, input, model)?;
+    Ok((key, stop))
+}
+
+/// The epoch's figures of every rank, added in rank order so that every
+/// rank holds one result: the bytes each handed MPI, the ratings trained,
+/// each model's squared errors.
+pub(crate) fn totals(link: &link::Link, sent: u64, done: u64, sse: &[f64]) -> Result<(Vec<u64>, usize, Vec<f64>)> {
+    let bytes = link.everyone(sent)?;
+    let done = link.everyone(done)?.iter().sum::<u64>() as usize;
+    let sse = sse.iter().map(|&mine| Ok(link.everyone(mine)?.iter().sum())).collect::<Result<Vec<f64>>>()?;
+    Ok((bytes, done, sse))
+}
+
 /// The vote at an epoch's start. The ranks stop together there: a stop
 /// raised on any rank (a signal, a cancel) stops all of them. With it goes
 /// a fingerprint of what each rank is about to train (`salt`: the mode and

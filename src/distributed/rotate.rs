@@ -7,7 +7,7 @@ use std::time::Duration;
 use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
-use super::{LayoutKey, agree};
+use super::{LayoutKey, begin_epoch, totals};
 use crate::data::Rating;
 use crate::engine::rotate::{Holders, Move, Rotation};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
@@ -244,18 +244,11 @@ impl Backend for RotateCpu {
 
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
         let t0 = Instant::now();
-        if input.from > 0 {
-            return Err(Error::arg(
-                "`resume`",
-                "a checkpoint inside an epoch",
-                "`distributed` rotate resumes at an epoch's start; this checkpoint stopped inside one",
-            ));
-        }
-        let layout = input.layout;
-        let key = LayoutKey::of(layout);
-        if agree(&self.link, &key, 1, input, model)? {
+        let (key, stop) = begin_epoch(&self.link, "rotate", 1, input, model)?;
+        if stop {
             return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
         }
+        let layout = input.layout;
         let rotation = match self.rotation.take() {
             Some((k, r)) if k == key => r,
             _ => Rotation::new(layout, self.link.ranks)?,
@@ -303,12 +296,7 @@ impl RotateCpu {
         })?;
         sent += self.gather(rotation, model, &holders)?;
         // Every rank adds the same figures in rank order: one result on all.
-        let bytes = self.link.everyone(sent)?;
-        let done = self.link.everyone(done)?.iter().sum::<u64>() as usize;
-        let mut total_sse = vec![0.0f64; sse.len()];
-        for (g, mine) in sse.iter().enumerate() {
-            total_sse[g] = self.link.everyone(*mine)?.iter().sum();
-        }
+        let (bytes, done, total_sse) = totals(&self.link, sent, done, &sse)?;
         let predicted = rotation.traffic(layout, input.epoch, (s * 4) as u64)?.by_rank();
         Ok(EpochTrain {
             sse: total_sse,

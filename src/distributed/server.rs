@@ -17,7 +17,7 @@ use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
 use super::rotate::{train_blocks, train_round};
-use super::{LayoutKey, agree};
+use super::{LayoutKey, begin_epoch, totals};
 use crate::data::Rating;
 use crate::engine::shard::{Cache, Schedule, Shard, item_owner, schedule_bytes};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
@@ -91,8 +91,7 @@ impl ServerCpu {
         h.finish()
     }
 
-    fn state(&mut self, layout: &RunLayout, model: &Model) -> State {
-        let key = LayoutKey::of(layout);
+    fn state(&mut self, key: LayoutKey, layout: &RunLayout, model: &Model) -> State {
         if let Some(s) = self.state.take().filter(|s| s.key == key) {
             return s;
         }
@@ -298,18 +297,11 @@ impl Backend for ServerCpu {
 
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
         let t0 = Instant::now();
-        if input.from > 0 {
-            return Err(Error::arg(
-                "`resume`",
-                "a checkpoint inside an epoch",
-                "`distributed` server resumes at an epoch's start; this checkpoint stopped inside one",
-            ));
-        }
-        let key = LayoutKey::of(input.layout);
-        if agree(&self.link, &key, self.salt(), input, model)? {
+        let (key, stop) = begin_epoch(&self.link, "server", self.salt(), input, model)?;
+        if stop {
             return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
         }
-        let mut state = self.state(input.layout, model);
+        let mut state = self.state(key, input.layout, model);
         let trained = self.train_clocks(&mut state, model, input);
         self.state = Some(state);
         trained.map(|mut t| {
@@ -383,12 +375,7 @@ impl ServerCpu {
         sent += self.exchange(model, &mut state.base, &mine, &counts)?;
         sent += self.gather(state, model)?;
         // Every rank adds the same figures in rank order: one result on all.
-        let bytes = self.link.everyone(sent)?;
-        let done = self.link.everyone(done)?.iter().sum::<u64>() as usize;
-        let mut total_sse = vec![0.0f64; sse.len()];
-        for (g, mine) in sse.iter().enumerate() {
-            total_sse[g] = self.link.everyone(*mine)?.iter().sum();
-        }
+        let (bytes, done, total_sse) = totals(&self.link, sent, done, &sse)?;
         let l = schedule.ledger;
         let sums = self.link.everyone([l.item_hits, l.item_misses, l.item_rows_in, l.item_rows_out, l.steps])?;
         let ledger = Ledger {
