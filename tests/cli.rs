@@ -383,6 +383,46 @@ fn plan_ranks_works_out_the_wire_bytes_without_mpi() {
         .stderr(predicate::str::contains("at least one of the order's 16 bins"));
 }
 
+/// `plan --ranks P --distributed server` works out every rank's cache
+/// schedule in one process (any build): per epoch and rank, the gather at
+/// least (every rank's users and served items to the others); a larger
+/// cache fetches less; `--distributed off` with ranks is refused.
+#[test]
+fn plan_ranks_works_out_the_servers_wire_bytes_without_mpi() {
+    let plan = |cache: &str| -> serde_json::Value {
+        let out = rowstage()
+            .args(["plan", "--synthetic", "700,500,30000", "--rank", "8", "--ranks", "3", "--distributed", "server"])
+            .args(["--cache", cache, "--policy", "lru", "--epochs", "2", "--json", "-"])
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("wire: across 3 ranks (--distributed server"));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (small, large) = (plan("5%"), plan("60%"));
+    assert_eq!(small["ranks"], 3);
+    assert_eq!(small["row_bytes"], 48);
+    assert!(small["cache_slots"].as_u64().unwrap() < large["cache_slots"].as_u64().unwrap());
+    let total = |j: &serde_json::Value| -> u64 {
+        j["epochs"].as_array().unwrap().iter().flat_map(|e| e[1].as_array().unwrap()).map(|b| b.as_u64().unwrap()).sum()
+    };
+    for j in [&small, &large] {
+        let epochs = j["epochs"].as_array().unwrap();
+        assert_eq!(epochs.len(), 2);
+        for e in epochs {
+            // Each rank sends at least its share of the 1,200 rows' gather to 2 others.
+            assert!(e[1].as_array().unwrap().iter().all(|b| b.as_u64().unwrap() >= 2 * 48 * 1200 / 3 / 2));
+        }
+    }
+    assert!(total(&small) > total(&large), "a larger cache fetches less: {} against {}", total(&small), total(&large));
+    rowstage()
+        .args(["plan", "--synthetic", "700,500,30000", "--ranks", "3", "--distributed", "off"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("give rotate or server"));
+}
+
 #[test]
 fn unreadable_file_and_bad_flags_exit_2() {
     rowstage()

@@ -197,6 +197,28 @@ fn server_trains_within_a_hundredth_of_one_process_on_movielens() {
     }
 }
 
+/// `plan --ranks 3 --distributed server`, worked out in one process
+/// without MPI, gives every rank's bytes of every epoch that a run under
+/// mpirun then hands MPI.
+#[test]
+fn the_servers_plan_is_what_a_run_hands_mpi() {
+    let Some(_one) = have_mpirun("the_servers_plan_is_what_a_run_hands_mpi") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, run_json) = (dir.path().join("plan.json"), dir.path().join("run.json"));
+    let data = ["--synthetic", "700,500,30000", "--rank", "8", "--seed", "4"];
+    let server = ["--distributed", "server", "--policy", "lru", "--cache", "10%", "--staleness", "3"];
+    one_process(
+        &[&["plan"][..], &data, &server, &["--ranks", "3", "--epochs", "3", "--json", plan.to_str().unwrap()]].concat(),
+    );
+    let train = [&["train"][..], &data, &server, &["--lr", "0.05", "--reg", "0.05", "--epochs", "3"]].concat();
+    run(mpirun(3, &[], &[&train[..], &["--json", run_json.to_str().unwrap()]].concat()));
+    let (p, r) = (report(&plan), report(&run_json));
+    let planned: Vec<&serde_json::Value> = p["epochs"].as_array().unwrap().iter().map(|e| &e[1]).collect();
+    let measured: Vec<&serde_json::Value> =
+        r["epochs"].as_array().unwrap().iter().map(|e| &e["wire_bytes_by_rank"]).collect();
+    assert_eq!(planned, measured);
+}
+
 #[test]
 fn a_ranks_threads_train_the_same_model() {
     let Some(_one) = have_mpirun("a_ranks_threads_train_the_same_model") else { return };

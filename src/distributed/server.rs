@@ -19,11 +19,11 @@ use super::link::{Incoming, Link, MODEL, Outgoing};
 use super::rotate::{train_blocks, train_round};
 use super::{LayoutKey, begin_epoch, totals};
 use crate::data::Rating;
-use crate::engine::shard::{Cache, Schedule, Shard, item_owner, schedule_bytes};
+use crate::engine::shard::{Cache, Schedule, Shard, cache_slots, item_owner, schedule_bytes};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, Model, row_stride};
-use crate::stage::{Budget, Ledger, Placed, PolicyKind, slots_in};
+use crate::stage::{Budget, Ledger, Placed, PolicyKind};
 use crate::train::cpu::{ExclusiveTables, steps_of};
 
 /// The parameter server across the world's ranks, each on its threads.
@@ -97,9 +97,7 @@ impl ServerCpu {
         }
         let (rank, ranks) = (self.link.rank, self.link.ranks);
         let shard = Shard::new(layout, ranks, rank);
-        let row_bytes = (model.stride * 4) as u64;
-        let item_table = shard.n_items() as u64 * row_bytes;
-        let slots = slots_in(self.cache.resolve(item_table), row_bytes);
+        let slots = cache_slots(self.cache, shard.n_items(), (model.stride * 4) as u64);
         let trace = shard.trace(&layout.epoch(0));
         let cache = Cache::new(&shard, self.policy, slots, self.staleness, &trace);
         let base = vec![0f32; cache.areas.slots() as usize * model.stride];

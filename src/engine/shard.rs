@@ -40,6 +40,36 @@ pub fn item_owner(item: u32, ranks: usize) -> usize {
     item as usize % ranks
 }
 
+/// The most foreign items a step of rank `rank` can have, whatever the
+/// epoch: its largest part in the orders whose clocks are parts (parts are
+/// fixed, only their order changes); in the blocked order, whose rounds pair
+/// each user bin with another item bin every sweep, the sum over its user
+/// bins of each one's largest part.
+fn max_step(layout: &RunLayout, own: &[Rating], starts: &[u32], ranks: usize, rank: usize) -> u32 {
+    let mut seen = vec![u32::MAX; layout.n_items()];
+    let mut by_bin: Vec<u32> = Vec::new();
+    let mut largest = 0u32;
+    for p in 0..starts.len() - 1 {
+        let mut n = 0u32;
+        for r in &own[starts[p] as usize..starts[p + 1] as usize] {
+            if item_owner(r.item, ranks) != rank && seen[r.item as usize] != p as u32 {
+                seen[r.item as usize] = p as u32;
+                n += 1;
+            }
+        }
+        match layout.bins_of_part(p as u32) {
+            Some((ub, _)) => {
+                if by_bin.len() <= ub as usize {
+                    by_bin.resize(ub as usize + 1, 0);
+                }
+                by_bin[ub as usize] = by_bin[ub as usize].max(n);
+            }
+            None => largest = largest.max(n),
+        }
+    }
+    largest.max(by_bin.iter().sum())
+}
+
 /// One rank's share of a run: its users' ratings, part by part.
 pub struct Shard {
     pub ranks: usize,
@@ -53,6 +83,8 @@ pub struct Shard {
     /// The blocked order's clocks are its rounds (the plan's groups).
     rounds: bool,
     n_items: usize,
+    /// The most foreign items a step of this rank can have, in any epoch.
+    max_step: u32,
 }
 
 impl Shard {
@@ -89,7 +121,8 @@ impl Shard {
             own.extend(layout.part(p).iter().filter(mine).copied());
             starts.push(own.len() as u32);
         }
-        Shard { ranks, rank, user_owner, own, starts, rounds, n_items: layout.n_items() }
+        let max_step = max_step(layout, &own, &starts, ranks, rank);
+        Shard { ranks, rank, user_owner, own, starts, rounds, n_items: layout.n_items(), max_step }
     }
 
     pub fn n_items(&self) -> usize {
@@ -226,6 +259,62 @@ pub fn schedule_bytes(push: &[u64], fetch: &[u64], served: u64, gathered: u64, r
     ids + push.iter().sum::<u64>() * row_bytes + served * row_bytes + gathered * row_bytes * (ranks as u64 - 1)
 }
 
+/// The slots of a cache of `budget` (bytes, or a share of the item table of
+/// `n_items` rows of `row_bytes`).
+pub fn cache_slots(budget: crate::stage::Budget, n_items: usize, row_bytes: u64) -> u32 {
+    crate::stage::slots_in(budget.resolve(n_items as u64 * row_bytes), row_bytes)
+}
+
+/// Every rank's shard and cache of a run, in one process: what `plan`
+/// works the server's traffic out with, no MPI needed.
+pub struct World {
+    shards: Vec<Shard>,
+    caches: Vec<Cache>,
+    row_bytes: u64,
+}
+
+impl World {
+    /// `ranks` ranks over `layout`, each with a cache of `slots` under
+    /// `policy`, `staleness` clocks apart; rows of `row_bytes`.
+    pub fn new(
+        layout: &RunLayout,
+        ranks: usize,
+        policy: PolicyKind,
+        slots: u32,
+        staleness: u32,
+        row_bytes: u64,
+    ) -> Self {
+        let shards: Vec<Shard> = (0..ranks).map(|k| Shard::new(layout, ranks, k)).collect();
+        let first = layout.epoch(0);
+        let caches = shards.iter().map(|s| Cache::new(s, policy, slots, staleness, &s.trace(&first))).collect();
+        World { shards, caches, row_bytes }
+    }
+
+    /// The bytes each rank hands MPI in epoch `epoch` (0-based), epochs
+    /// asked for in order from 0 (each cache carries on from the last).
+    pub fn epoch_bytes(&mut self, layout: &RunLayout, epoch: usize, needs_future: bool) -> Vec<u64> {
+        let ranks = self.shards.len();
+        let (plan, next) = (layout.epoch(epoch), layout.epoch(epoch + 1));
+        let rows: Vec<(Vec<u64>, Vec<u64>)> = self
+            .shards
+            .iter()
+            .zip(&mut self.caches)
+            .map(|(s, c)| {
+                let following = needs_future.then(|| s.trace(&next));
+                c.schedule(&s.trace(&plan), following.as_deref()).rows_by_owner(ranks)
+            })
+            .collect();
+        (0..ranks)
+            .map(|k| {
+                let served = rows.iter().map(|(_, fetch)| fetch[k]).sum();
+                let gathered = self.shards[0].users_of(k).len() + self.shards[0].items_of(k).len();
+                let (push, fetch) = &rows[k];
+                schedule_bytes(push, fetch, served, gathered as u64, ranks, self.row_bytes)
+            })
+            .collect()
+    }
+}
+
 /// A rank's cache of served rows: the slab's [`Stager`] over the item table,
 /// and when each slot's row was fetched.
 pub struct Cache {
@@ -240,17 +329,18 @@ pub struct Cache {
 impl Cache {
     /// A cache of `slots` rows under `policy` for `shard`, its clocks
     /// `staleness` apart at most; `trace` is one epoch's (for `static`'s
-    /// split and SCA's model).
+    /// split and SCA's model). Where a step can hold more rows than
+    /// `slots`, the cache gets staging slots for them.
     pub fn new(shard: &Shard, policy: PolicyKind, slots: u32, staleness: u32, trace: &[Vec<u32>]) -> Self {
         let counts = shard.foreign_counts();
         let ratings = shard.ratings();
         let batch = ratings.div_ceil(trace.len().max(1)).max(1);
         let steps = || Box::new(trace.iter().map(|s| &s[..])) as Box<dyn Iterator<Item = &[u32]>>;
         let mut areas = plan_areas(policy, slots, steps, batch, &counts, ratings);
-        // A step's rows must fit: the largest step's foreign rows at least.
-        let largest = trace.iter().map(Vec::len).max().unwrap_or(0) as u32;
-        if areas.slots() < largest {
-            areas.staging += largest - areas.slots();
+        // Every step's rows must fit, in any epoch: staging slots beyond
+        // the cache asked for where it is smaller.
+        if areas.slots() < shard.max_step {
+            areas.staging += shard.max_step - areas.slots();
         }
         let horizon = (batch as u32).saturating_mul(32);
         let stager = Stager::new(policy, areas, 0, shard.n_items() as u32, &counts, horizon);
@@ -570,6 +660,24 @@ mod tests {
         {
             let d = carried_out(&l, 4, ranks, policy, slots, 1, 2);
             assert!(d < 1e-5, "{ranks} ranks, {policy:?} {slots} slots: {d:e}");
+        }
+    }
+
+    /// No step of any epoch holds more foreign rows than the bound the
+    /// cache is sized with: a cache of one slot stages every epoch.
+    #[test]
+    fn a_cache_holds_every_step_of_every_epoch() {
+        for order in [Order::Blocked { bins: 12, sweeps: 2, tile: 4 }, Order::Shuffled] {
+            let l = layout(order, 5000);
+            for (ranks, rank) in [(2, 0), (3, 2), (4, 1)] {
+                let shard = Shard::new(&l, ranks, rank);
+                let mut cache = Cache::new(&shard, PolicyKind::Lru, 1, 2, &shard.trace(&l.epoch(0)));
+                for e in 0..8 {
+                    let trace = shard.trace(&l.epoch(e));
+                    assert!(trace.iter().all(|t| t.len() as u32 <= shard.max_step), "{order:?} epoch {e}");
+                    cache.schedule(&trace, None);
+                }
+            }
         }
     }
 

@@ -13,7 +13,7 @@
 mod plan;
 pub mod query;
 
-pub use plan::{EpochWire, RunPlan, WirePlan, plan, wire_plan, wire_plan_of};
+pub use plan::{EpochWire, RunPlan, ServerWirePlan, WirePlan, plan, server_wire_plan, wire_plan, wire_plan_of};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

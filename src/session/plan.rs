@@ -232,3 +232,77 @@ pub fn wire_plan_of(
     let trained_rows = rotation.trained_rows() as u64;
     Ok(WirePlan { ranks, order: layout.spec().order.name(), row_bytes, trained_rows, epochs })
 }
+
+/// What `distributed` server hands MPI, worked out without MPI from every
+/// rank's cache schedule ([`crate::engine::shard::World`]): the bytes each
+/// epoch's `predicted_wire_bytes` gives, for the final training (all the
+/// training ratings, one model), as `plan --ranks P --distributed server`
+/// prints them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerWirePlan {
+    pub ranks: usize,
+    pub order: String,
+    pub row_bytes: u64,
+    pub policy: &'static str,
+    /// Each rank's cache, as asked for and in rows.
+    pub cache: String,
+    pub cache_slots: u32,
+    pub staleness: u32,
+    /// Per epoch (1-based), the bytes each rank hands MPI.
+    pub epochs: Vec<(usize, Vec<u64>)>,
+}
+
+impl ServerWirePlan {
+    /// The plan in lines, as `plan` prints it.
+    pub fn lines(&self) -> Vec<String> {
+        let total = |b: &[u64]| b.iter().sum::<u64>();
+        let mean = self.epochs.iter().map(|(_, b)| total(b)).sum::<u64>() / self.epochs.len().max(1) as u64;
+        let mut lines = vec![format!(
+            "wire: across {} ranks (`distributed` server, order {}, a cache of {} ({} rows of {} B) under {}, \
+             staleness {}) MPI is handed {} per epoch (the mean of epochs 1–{}, from every rank's cache schedule)",
+            self.ranks,
+            self.order,
+            self.cache,
+            self.cache_slots,
+            self.row_bytes,
+            self.policy,
+            self.staleness,
+            human_bytes(mean),
+            self.epochs.len()
+        )];
+        for (e, b) in &self.epochs {
+            lines.push(format!(
+                "wire: epoch {e}: {} ({})",
+                human_bytes(total(b)),
+                b.iter().map(|&x| human_bytes(x)).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        lines
+    }
+}
+
+/// [`ServerWirePlan`] of `spec` on `data` across `ranks`, for its first
+/// `epochs` epochs, laying the run out as it would.
+pub fn server_wire_plan(data: &Dataset, spec: &RunSpec, ranks: usize, epochs: usize) -> Result<ServerWirePlan> {
+    use crate::engine::shard::{World, cache_slots};
+    spec.validate()?;
+    let mut settings = spec.settings();
+    settings.order = crate::train::resolve_order(data, &settings)?;
+    let layout = settings.layout(data, spec.backend.threads.max(1))?;
+    let b = &spec.backend;
+    let budget = b.cache.unwrap_or(crate::stage::Budget::Percent(crate::train::AUTO_SHARE));
+    let row_bytes = settings.row_bytes();
+    let slots = cache_slots(budget, layout.n_items(), row_bytes);
+    let mut world = World::new(&layout, ranks, b.policy, slots, b.staleness, row_bytes);
+    let epochs = (0..epochs.max(1)).map(|e| (e + 1, world.epoch_bytes(&layout, e, b.policy.needs_future()))).collect();
+    Ok(ServerWirePlan {
+        ranks,
+        order: layout.spec().order.name(),
+        row_bytes,
+        policy: b.policy.name(),
+        cache: budget.to_string(),
+        cache_slots: slots,
+        staleness: b.staleness.max(1),
+        epochs,
+    })
+}

@@ -42,11 +42,24 @@ pub(crate) struct PlanArgs {
     /// Measure the adapter again instead of using the cached calibration.
     #[arg(long)]
     no_calibration_cache: bool,
-    /// Plan `train --distributed rotate` across this many MPI ranks instead
-    /// of a GPU's slab: the bytes handed to MPI per epoch, from the order.
-    /// Default: the ranks of the MPI launcher that started `plan`, else 1.
+    /// Plan `train --distributed` across this many MPI ranks instead of a
+    /// GPU's slab: the bytes handed to MPI per epoch, from the order
+    /// (rotate) or every rank's cache schedule (server). Default: the ranks
+    /// of the MPI launcher that started `plan`, else 1.
     #[arg(long, value_name = "P", value_parser = crate::at_least_one())]
     ranks: Option<usize>,
+    /// With --ranks: the mode planned, rotate or server.
+    #[arg(long, value_parser = Choice::<rowstage::train::Distributed>::new(), default_value = "rotate", value_name = "MODE")]
+    distributed: rowstage::train::Distributed,
+    /// With --distributed server: each rank's cache (as `train --cache`).
+    #[arg(long, value_name = "SIZE", default_value = "25%")]
+    cache: String,
+    /// With --distributed server: as `train --staleness`.
+    #[arg(long, value_name = "CLOCKS", default_value_t = train::DEFAULT_STALENESS, value_parser = clap::value_parser!(u32).range(1..))]
+    staleness: u32,
+    /// With --distributed server: the cache's policy (as `train --policy`).
+    #[arg(long, value_parser = Choice::<rowstage::stage::PolicyKind>::new(), default_value = "sca")]
+    policy: rowstage::stage::PolicyKind,
     /// Epochs whose traffic --ranks works out.
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = crate::at_least_one())]
     epochs: usize,
@@ -81,6 +94,9 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
             backend: a.backend,
             adapter: a.adapter.clone(),
             device_memory: Some(Budget::parse("--device-memory", &a.device_memory)?),
+            policy: a.policy,
+            cache: Some(Budget::parse("--cache", &a.cache)?),
+            staleness: a.staleness,
             ..BackendSpec::default()
         },
         calibration_cache: !a.no_calibration_cache,
@@ -90,6 +106,33 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&source, a.seed, &out)?;
     let ranks = a.ranks.unwrap_or(crate::mpi_world().1);
+    if ranks > 1 && a.distributed == rowstage::train::Distributed::Off {
+        return Err(Error::arg(
+            "--distributed",
+            "off",
+            format!("plans one process, not {ranks} ranks: give rotate or server, or leave --ranks out"),
+        ));
+    }
+    if ranks > 1 && a.distributed == rowstage::train::Distributed::Server {
+        let wire = rowstage::session::server_wire_plan(&data, &spec, ranks, a.epochs)?;
+        for line in wire.lines() {
+            out.line(&line);
+        }
+        out.line(&format!(
+            "mpirun -np {ranks} rowstage train --distributed server with the same data, --rank {}, --order {}, --seed \
+             {}, --policy {}, --cache {} and --staleness {} hands MPI these bytes in its final training",
+            a.rank,
+            a.order,
+            a.seed,
+            rowstage::Named::name(a.policy),
+            a.cache,
+            a.staleness
+        ));
+        if let Some(path) = &a.json {
+            write_output(path, &serde_json::to_string_pretty(&wire).expect("a plan serialises"))?;
+        }
+        return Ok(());
+    }
     if ranks > 1 {
         let wire = rowstage::session::wire_plan(&data, &spec, ranks, a.epochs)?;
         for line in wire.lines() {
