@@ -250,10 +250,11 @@ impl Schedule {
     }
 }
 
-/// The bytes a request carries per row (its id) and a row's bytes: what a
-/// rank hands MPI for one epoch's schedule, given the rows every rank
-/// fetches from it (`served`), and the epoch's-end gather of `gathered` rows
-/// to every other rank.
+/// What a rank hands MPI in one epoch: 4 bytes an id for every row it
+/// pushes or fetches (`push`, `fetch`: per owner), a row's bytes for every
+/// delta it pushes and every row it serves (`served`: the rows the others
+/// fetch from it), and the epoch's-end gather of its `gathered` rows to each
+/// other rank.
 pub fn schedule_bytes(push: &[u64], fetch: &[u64], served: u64, gathered: u64, ranks: usize, row_bytes: u64) -> u64 {
     let ids: u64 = push.iter().chain(fetch).sum::<u64>() * 4;
     ids + push.iter().sum::<u64>() * row_bytes + served * row_bytes + gathered * row_bytes * (ranks as u64 - 1)
