@@ -198,11 +198,10 @@ fn pack(rotation: &Rotation, model: &Model, bins: &[(Side, u32)]) -> Vec<f32> {
     let s = model.stride;
     let mut buf = Vec::with_capacity(rotation.rows_of(bins) * s);
     for (side, r) in rows(rotation, bins) {
-        let table = match side {
-            Side::Users => &model.users,
-            Side::Items => &model.items,
-        };
-        buf.extend_from_slice(&table[r as usize * s..][..s]);
+        buf.extend_from_slice(match side {
+            Side::Users => model.user_row(r),
+            Side::Items => model.item_row(r),
+        });
     }
     buf
 }
@@ -211,11 +210,11 @@ fn pack(rotation: &Rotation, model: &Model, bins: &[(Side, u32)]) -> Vec<f32> {
 fn unpack(rotation: &Rotation, model: &mut Model, bins: &[(Side, u32)], buf: &[f32]) {
     let s = model.stride;
     for ((side, r), row) in rows(rotation, bins).zip(buf.chunks_exact(s)) {
-        let table = match side {
-            Side::Users => &mut model.users,
-            Side::Items => &mut model.items,
-        };
-        table[r as usize * s..][..s].copy_from_slice(row);
+        match side {
+            Side::Users => model.user_row_mut(r),
+            Side::Items => model.item_row_mut(r),
+        }
+        .copy_from_slice(row);
     }
 }
 

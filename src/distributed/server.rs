@@ -107,15 +107,6 @@ impl ServerCpu {
     }
 }
 
-/// A row of `table`.
-fn row(table: &[f32], r: u32, s: usize) -> &[f32] {
-    &table[r as usize * s..][..s]
-}
-
-fn row_mut(table: &mut [f32], r: u32, s: usize) -> &mut [f32] {
-    &mut table[r as usize * s..][..s]
-}
-
 /// One request to an owner: push ids, fetch ids, then the pushes' deltas
 /// (f32 bits), as u32s.
 fn request(pushes: &[Placed], fetches: &[Placed], model: &Model, base: &[f32]) -> Vec<u32> {
@@ -124,7 +115,7 @@ fn request(pushes: &[Placed], fetches: &[Placed], model: &Model, base: &[f32]) -
     buf.extend(pushes.iter().map(|p| p.row));
     buf.extend(fetches.iter().map(|p| p.row));
     for p in pushes {
-        let now = row(&model.items, p.row, s);
+        let now = model.item_row(p.row);
         let then = &base[p.slot as usize * s..][..s];
         buf.extend(now.iter().zip(then).map(|(a, b)| (a - b).to_bits()));
     }
@@ -164,7 +155,7 @@ impl ServerCpu {
             let (ids, deltas) = buf.split_at(pushes + theirs[*k][1] as usize);
             for (&r, d) in ids[..pushes].iter().zip(deltas.chunks_exact(s)) {
                 debug_assert_eq!(item_owner(r, self.link.ranks), me);
-                for (x, d) in row_mut(&mut model.items, r, s).iter_mut().zip(d) {
+                for (x, d) in model.item_row_mut(r).iter_mut().zip(d) {
                     *x += f32::from_bits(*d);
                 }
             }
@@ -175,7 +166,7 @@ impl ServerCpu {
             .map(|(k, buf)| {
                 let [pushes, fetches] = theirs[*k].map(|c| c as usize);
                 let mut out = Vec::with_capacity(fetches * s);
-                buf[pushes..pushes + fetches].iter().for_each(|&r| out.extend_from_slice(row(&model.items, r, s)));
+                buf[pushes..pushes + fetches].iter().for_each(|&r| out.extend_from_slice(model.item_row(r)));
                 (*k, out)
             })
             .collect();
@@ -188,7 +179,7 @@ impl ServerCpu {
         sent += self.swap(&answers, &mut rows)?;
         for (k, buf) in &rows {
             for (p, r) in mine[*k].1.iter().zip(buf.chunks_exact(s)) {
-                row_mut(&mut model.items, p.row, s).copy_from_slice(r);
+                model.item_row_mut(p.row).copy_from_slice(r);
                 base[p.slot as usize * s..][..s].copy_from_slice(r);
             }
         }
@@ -214,8 +205,8 @@ impl ServerCpu {
         let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
         let pack = |k: usize, model: &Model| -> Vec<f32> {
             let mut buf = Vec::with_capacity((state.users_of[k].len() + state.items_of[k].len()) * s);
-            state.users_of[k].iter().for_each(|&u| buf.extend_from_slice(row(&model.users, u, s)));
-            state.items_of[k].iter().for_each(|&i| buf.extend_from_slice(row(&model.items, i, s)));
+            state.users_of[k].iter().for_each(|&u| buf.extend_from_slice(model.user_row(u)));
+            state.items_of[k].iter().for_each(|&i| buf.extend_from_slice(model.item_row(i)));
             buf
         };
         let mine = pack(me, model);
@@ -228,10 +219,10 @@ impl ServerCpu {
         for (k, buf) in &inc {
             let mut rows = buf.chunks_exact(s);
             for &u in &state.users_of[*k] {
-                row_mut(&mut model.users, u, s).copy_from_slice(rows.next().expect("a user's row"));
+                model.user_row_mut(u).copy_from_slice(rows.next().expect("a user's row"));
             }
             for &i in &state.items_of[*k] {
-                row_mut(&mut model.items, i, s).copy_from_slice(rows.next().expect("an item's row"));
+                model.item_row_mut(i).copy_from_slice(rows.next().expect("an item's row"));
             }
         }
         Ok(sent)
@@ -333,7 +324,7 @@ impl ServerCpu {
         // with the whole model everywhere): so are their bases. Before the
         // schedule is made, which moves the cache to the epoch's end.
         for p in state.cache.held() {
-            state.base[p.slot as usize * s..][..s].copy_from_slice(row(&model.items, p.row, s));
+            state.base[p.slot as usize * s..][..s].copy_from_slice(model.item_row(p.row));
         }
         let schedule = state.cache.schedule(&trace, following.as_deref());
         let theirs = self.counts(&schedule)?;

@@ -204,6 +204,14 @@ impl Model {
         &self.items[i as usize * self.stride..][..self.stride]
     }
 
+    pub fn user_row_mut(&mut self, u: u32) -> &mut [f32] {
+        &mut self.users[u as usize * self.stride..][..self.stride]
+    }
+
+    pub fn item_row_mut(&mut self, i: u32) -> &mut [f32] {
+        &mut self.items[i as usize * self.stride..][..self.stride]
+    }
+
     /// The clamped prediction; an [`UNKNOWN`] side contributes neither bias nor
     /// factors.
     pub fn predict(&self, user: u32, item: u32) -> f32 {
