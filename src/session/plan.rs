@@ -290,7 +290,7 @@ pub fn server_wire_plan(data: &Dataset, spec: &RunSpec, ranks: usize, epochs: us
     settings.order = crate::train::resolve_order(data, &settings)?;
     let layout = settings.layout(data, spec.backend.threads.max(1))?;
     let b = &spec.backend;
-    let budget = b.cache.unwrap_or(crate::stage::Budget::Percent(crate::train::AUTO_SHARE));
+    let budget = b.cache_budget();
     let row_bytes = settings.row_bytes();
     let slots = cache_slots(budget, layout.n_items(), row_bytes);
     let mut world = World::new(&layout, ranks, b.policy, slots, b.staleness, row_bytes);

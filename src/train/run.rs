@@ -469,8 +469,7 @@ impl RunConfig {
             threads: b.threads,
             distributed: crate::Named::name(b.distributed),
             ranks: backend.ranks(),
-            cache: (b.distributed == super::setup::Distributed::Server)
-                .then(|| b.cache.map_or(format!("{}%", super::setup::AUTO_SHARE), |c| c.to_string())),
+            cache: (b.distributed == super::setup::Distributed::Server).then(|| b.cache_budget().to_string()),
             staleness: (b.distributed == super::setup::Distributed::Server).then_some(b.staleness),
             hogwild_width: run.at_once,
             hogwild_width_requested: b.hogwild_width.name(),

@@ -92,6 +92,12 @@ impl crate::Named for Distributed {
 }
 
 impl BackendSpec {
+    /// `distributed` server's cache as it trains: [`BackendSpec::cache`], or
+    /// [`AUTO_SHARE`] of the item table.
+    pub fn cache_budget(&self) -> Budget {
+        self.cache.unwrap_or(Budget::Percent(AUTO_SHARE))
+    }
+
     /// Whether finding no GPU adapter falls back to the CPU backend (with a
     /// notice) rather than failing: `--backend auto` with no adapter filter.
     fn falls_back_to_cpu(&self) -> bool {
@@ -418,7 +424,7 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
                 settings.hp.bias_reg,
                 spec.threads,
                 spec.policy,
-                spec.cache.unwrap_or(Budget::Percent(AUTO_SHARE)),
+                spec.cache_budget(),
                 spec.staleness,
                 limit,
             )?),
