@@ -98,8 +98,7 @@ impl ServerCpu {
         let (rank, ranks) = (self.link.rank, self.link.ranks);
         let shard = Shard::new(layout, ranks, rank);
         let slots = cache_slots(self.cache, shard.n_items(), (model.stride * 4) as u64);
-        let trace = shard.trace(&layout.epoch(0));
-        let cache = Cache::new(&shard, self.policy, slots, self.staleness, &trace);
+        let cache = Cache::new(&shard, layout, self.policy, slots, self.staleness);
         let base = vec![0f32; cache.areas.slots() as usize * model.stride];
         let users_of = (0..ranks).map(|k| shard.users_of(k)).collect();
         let items_of = (0..ranks).map(|k| shard.items_of(k)).collect();

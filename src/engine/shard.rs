@@ -271,6 +271,8 @@ pub fn cache_slots(budget: crate::stage::Budget, n_items: usize, row_bytes: u64)
 pub struct World {
     shards: Vec<Shard>,
     caches: Vec<Cache>,
+    /// Each rank's users and served items: its rows in the epoch's-end gather.
+    gathered: Vec<u64>,
     row_bytes: u64,
 }
 
@@ -286,9 +288,9 @@ impl World {
         row_bytes: u64,
     ) -> Self {
         let shards: Vec<Shard> = (0..ranks).map(|k| Shard::new(layout, ranks, k)).collect();
-        let first = layout.epoch(0);
-        let caches = shards.iter().map(|s| Cache::new(s, policy, slots, staleness, &s.trace(&first))).collect();
-        World { shards, caches, row_bytes }
+        let caches = shards.iter().map(|s| Cache::new(s, layout, policy, slots, staleness)).collect();
+        let gathered = (0..ranks).map(|k| (shards[0].users_of(k).len() + shards[0].items_of(k).len()) as u64).collect();
+        World { shards, caches, gathered, row_bytes }
     }
 
     /// The bytes each rank hands MPI in epoch `epoch` (0-based), epochs
@@ -308,9 +310,8 @@ impl World {
         (0..ranks)
             .map(|k| {
                 let served = rows.iter().map(|(_, fetch)| fetch[k]).sum();
-                let gathered = self.shards[0].users_of(k).len() + self.shards[0].items_of(k).len();
                 let (push, fetch) = &rows[k];
-                schedule_bytes(push, fetch, served, gathered as u64, ranks, self.row_bytes)
+                schedule_bytes(push, fetch, served, self.gathered[k], ranks, self.row_bytes)
             })
             .collect()
     }
@@ -328,11 +329,12 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// A cache of `slots` rows under `policy` for `shard`, its clocks
-    /// `staleness` apart at most; `trace` is one epoch's (for `static`'s
-    /// split and SCA's model). Where a step can hold more rows than
+    /// A cache of `slots` rows under `policy` for `shard` of `layout`, its
+    /// clocks `staleness` apart at most (the first epoch's steps size
+    /// `static`'s split and SCA's model). Where a step can hold more rows than
     /// `slots`, the cache gets staging slots for them.
-    pub fn new(shard: &Shard, policy: PolicyKind, slots: u32, staleness: u32, trace: &[Vec<u32>]) -> Self {
+    pub fn new(shard: &Shard, layout: &RunLayout, policy: PolicyKind, slots: u32, staleness: u32) -> Self {
+        let trace = shard.trace(&layout.epoch(0));
         let counts = shard.foreign_counts();
         let ratings = shard.ratings();
         let batch = ratings.div_ceil(trace.len().max(1)).max(1);
@@ -464,7 +466,7 @@ mod tests {
             let shard = Shard::new(&l, ranks, rank);
             let plan = l.epoch(0);
             let trace = shard.trace(&plan);
-            let mut cache = Cache::new(&shard, policy, slots, staleness, &trace);
+            let mut cache = Cache::new(&shard, &l, policy, slots, staleness);
             let held0 = cache.held();
             let s = cache.schedule(&trace, None);
             // Which row each slot holds, and where and when each row was
@@ -515,7 +517,7 @@ mod tests {
         {
             let l = layout(Order::Shuffled, 4000);
             let shard = Shard::new(&l, 2, 0);
-            let mut cache = Cache::new(&shard, policy, slots, staleness, &shard.trace(&l.epoch(0)));
+            let mut cache = Cache::new(&shard, &l, policy, slots, staleness);
             let n = shard.n_items();
             let (mut server, mut copy) = (vec![0i64; n], vec![0i64; n]);
             let mut base = vec![0i64; cache.areas.slots() as usize];
@@ -582,8 +584,7 @@ mod tests {
             }
         }
         let shards: Vec<Shard> = (0..ranks).map(|r| Shard::new(l, ranks, r)).collect();
-        let mut caches: Vec<Cache> =
-            shards.iter().map(|sh| Cache::new(sh, policy, slots, staleness, &sh.trace(&l.epoch(0)))).collect();
+        let mut caches: Vec<Cache> = shards.iter().map(|sh| Cache::new(sh, l, policy, slots, staleness)).collect();
         let mut models: Vec<(Vec<f32>, Vec<f32>)> = vec![(users0.clone(), items0.clone()); ranks];
         let mut bases: Vec<Vec<f32>> = caches.iter().map(|c| vec![0f32; c.areas.slots() as usize * s]).collect();
         for epoch in 0..epochs {
@@ -672,7 +673,7 @@ mod tests {
             let l = layout(order, 5000);
             for (ranks, rank) in [(2, 0), (3, 2), (4, 1)] {
                 let shard = Shard::new(&l, ranks, rank);
-                let mut cache = Cache::new(&shard, PolicyKind::Lru, 1, 2, &shard.trace(&l.epoch(0)));
+                let mut cache = Cache::new(&shard, &l, PolicyKind::Lru, 1, 2);
                 for e in 0..8 {
                     let trace = shard.trace(&l.epoch(e));
                     assert!(trace.iter().all(|t| t.len() as u32 <= shard.max_step), "{order:?} epoch {e}");
