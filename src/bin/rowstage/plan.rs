@@ -115,10 +115,7 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
     }
     if ranks > 1 && a.distributed == rowstage::train::Distributed::Server {
         let wire = rowstage::session::server_wire_plan(&data, &spec, ranks, a.epochs)?;
-        for line in wire.lines() {
-            out.line(&line);
-        }
-        out.line(&format!(
+        let footer = format!(
             "mpirun -np {ranks} rowstage train --distributed server with the same data, --rank {}, --order {}, --seed \
              {}, --policy {}, --cache {} and --staleness {} hands MPI these bytes in its final training",
             a.rank,
@@ -127,39 +124,37 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
             rowstage::Named::name(a.policy),
             a.cache,
             a.staleness
-        ));
-        if let Some(path) = &a.json {
-            write_output(path, &serde_json::to_string_pretty(&wire).expect("a plan serialises"))?;
-        }
-        return Ok(());
+        );
+        return show(&out, wire.lines(), &footer, a.json.as_deref(), &wire);
     }
     if ranks > 1 {
         let wire = rowstage::session::wire_plan(&data, &spec, ranks, a.epochs)?;
-        for line in wire.lines() {
-            out.line(&line);
-        }
-        out.line(&format!(
+        let footer = format!(
             "mpirun -np {ranks} rowstage train with the same data, --rank {}, --order {} and --seed {} hands MPI these \
              bytes",
             a.rank, a.order, a.seed
-        ));
-        if let Some(path) = &a.json {
-            write_output(path, &serde_json::to_string_pretty(&wire).expect("a plan serialises"))?;
-        }
-        return Ok(());
+        );
+        return show(&out, wire.lines(), &footer, a.json.as_deref(), &wire);
     }
     let plan = rowstage::session::plan(&data, &spec)?;
-    for line in plan.lines() {
-        out.line(&line);
-    }
     // Every flag that shapes the plan, so that the line reproduces it.
-    out.line(&format!(
+    let footer = format!(
         "rowstage train with the same data, --rank {}, --order {}, --device-memory {}, --seed {} and --batch {} \
          applies this plan",
         a.rank, a.order, a.device_memory, a.seed, a.batch
-    ));
-    if let Some(path) = &a.json {
-        write_output(path, &serde_json::to_string_pretty(&plan).expect("a plan serialises"))?;
+    );
+    show(&out, plan.lines(), &footer, a.json.as_deref(), &plan)
+}
+
+/// A plan's lines, then the `footer` that says which run applies it, and
+/// the plan as JSON to `json` where asked.
+fn show(out: &Out, lines: Vec<String>, footer: &str, json: Option<&Path>, plan: &impl serde::Serialize) -> Result<()> {
+    for line in lines {
+        out.line(&line);
+    }
+    out.line(footer);
+    if let Some(path) = json {
+        write_output(path, &serde_json::to_string_pretty(plan).expect("a plan serialises"))?;
     }
     Ok(())
 }
