@@ -2,9 +2,10 @@
 //! "Past one machine"). Every rank runs the same run: the same data, split,
 //! layout and control flow, so that each makes the same decisions (which
 //! setting, when to stop) without being told. What differs is which blocks
-//! a rank trains: [`RotateCpu`] is a [`Backend`] that walks the blocked
-//! order's rounds ([`crate::engine::rotate`]), trains its own blocks and
-//! passes bins to the ranks that train them next.
+//! a rank trains: [`Rotate`] is a [`Backend`] that walks the blocked
+//! order's rounds ([`crate::engine::rotate`]), trains its own blocks on
+//! the rank's threads or its GPU, and passes bins to the ranks that train
+//! them next.
 //!
 //! MPI is Open MPI or MPICH through the `mpi` crate; the front end starts it
 //! ([`start`]) and holds the returned guard until it exits.
@@ -13,7 +14,7 @@ mod link;
 mod rotate;
 mod server;
 
-pub use rotate::RotateCpu;
+pub use rotate::Rotate;
 pub use server::ServerCpu;
 
 use std::sync::atomic::Ordering;

@@ -1,8 +1,9 @@
-//! `--distributed rotate`: the blocked order across ranks on each rank's
-//! CPU ([`crate::engine::rotate`] says who trains what and which bins
-//! move; docs/ARCHITECTURE.md, "Past one machine").
+//! `--distributed rotate`: the blocked order across ranks, each rank on
+//! its CPU's threads or its own GPU ([`crate::engine::rotate`] says who
+//! trains what and which bins move; docs/ARCHITECTURE.md, "Past one
+//! machine").
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use web_time::Instant;
 
@@ -10,7 +11,7 @@ use super::link::{Incoming, Link, MODEL, Outgoing};
 use super::{LayoutKey, begin_epoch, totals};
 use crate::data::Rating;
 use crate::engine::rotate::{Holders, Move, Rotation};
-use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
+use crate::engine::{Backend, EpochInput, EpochPlan, EpochTrain, Group, NO_GROUP, RunLayout, Wire};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, Model, Step, row_stride};
 use crate::prefetch::prefetch_ptr;
@@ -22,21 +23,42 @@ use crate::train::cpu::{AHEAD, ExclusiveTables, apply_all, steps_of};
 /// handing out work costs microseconds, a few thousand ratings about 50.
 const THREADED_ROUND: usize = 4096;
 
-/// The blocked order across the world's ranks, each on its own threads.
-pub struct RotateCpu {
+/// The blocked order across the world's ranks.
+pub struct Rotate {
     bias_reg: f32,
     link: Link,
-    /// The rank's threads: a round's blocks share no row, so they train at
-    /// once without races, and the model is the same on any number.
-    pool: rayon::ThreadPool,
+    trainer: Trainer,
     /// The rotation of the layout trained last, and what identifies it.
     rotation: Option<(LayoutKey, Rotation)>,
 }
 
-impl RotateCpu {
+/// What trains a rank's blocks of a round.
+enum Trainer {
+    /// The rank's threads: a round's blocks share no row, so they train at
+    /// once without races, and the model is the same on any number.
+    Threads(rayon::ThreadPool),
+    /// The rank's GPU backend, given a round's blocks as a plan of one
+    /// round. The host tables stay the model that travels: rows leaving
+    /// the rank are written back first ([`Backend::sync_out`]), rows
+    /// arriving are staged in again where the device holds them
+    /// ([`Backend::sync_in`]).
+    Device(Box<dyn Backend>),
+}
+
+impl Rotate {
     /// Over the world of a started MPI ([`super::start`]), on `threads`
     /// threads per rank; `limit` bounds every wait for another rank.
-    pub fn new(bias_reg: f32, threads: usize, limit: Duration) -> Result<Self> {
+    pub fn on_threads(bias_reg: f32, threads: usize, limit: Duration) -> Result<Self> {
+        Self::new(bias_reg, Trainer::Threads(pool(threads)?), limit)
+    }
+
+    /// [`Rotate::on_threads`], each rank training on `device`: a GPU
+    /// backend opened on the rank for the run's layout.
+    pub fn on_device(bias_reg: f32, device: Box<dyn Backend>, limit: Duration) -> Result<Self> {
+        Self::new(bias_reg, Trainer::Device(device), limit)
+    }
+
+    fn new(bias_reg: f32, trainer: Trainer, limit: Duration) -> Result<Self> {
         if !mpi::environment::is_initialized() {
             return Err(Error::arg(
                 "`distributed`",
@@ -45,63 +67,63 @@ impl RotateCpu {
                  where `--distributed` is given)",
             ));
         }
-        Ok(RotateCpu { bias_reg, link: Link::world(limit), pool: pool(threads)?, rotation: None })
+        Ok(Rotate { bias_reg, link: Link::world(limit), trainer, rotation: None })
     }
+}
 
-    /// Sends and receives `moves` (every rank lists the same moves in the
-    /// same order, so that two ranks' messages match in order); returns
-    /// the bytes this rank handed to MPI.
-    fn exchange(&self, rotation: &Rotation, model: &mut Model, moves: &[Move]) -> Result<u64> {
-        let me = self.link.rank;
-        let (mut sends, mut recvs) = (Vec::new(), Vec::new());
-        for m in moves.iter().filter(|m| m.from == me || m.to == me) {
-            let bin = [(m.side, m.bin)];
-            if m.from == me {
-                sends.push((m.to, pack(rotation, model, &bin)));
-            } else {
-                recvs.push((m.from, bin, vec![0f32; rotation.rows_of(&bin) * model.stride]));
-            }
+/// Sends and receives `moves` (every rank lists the same moves in the same
+/// order, so that two ranks' messages match in order); returns the bytes
+/// this rank handed to MPI.
+fn exchange(link: &Link, rotation: &Rotation, model: &mut Model, moves: &[Move]) -> Result<u64> {
+    let me = link.rank;
+    let (mut sends, mut recvs) = (Vec::new(), Vec::new());
+    for m in moves.iter().filter(|m| m.from == me || m.to == me) {
+        let bin = [(m.side, m.bin)];
+        if m.from == me {
+            sends.push((m.to, pack(rotation, model, &bin)));
+        } else {
+            recvs.push((m.from, bin, vec![0f32; rotation.rows_of(&bin) * model.stride]));
         }
-        let out: Vec<Outgoing> =
-            sends.iter().map(|(to, b)| Outgoing { to: *to, tag: MODEL, bytes: bytemuck::cast_slice(b) }).collect();
-        let mut inc: Vec<Incoming> = recvs
-            .iter_mut()
-            .map(|(from, _, b)| Incoming { from: *from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
-            .collect();
-        self.link.exchange(&out, &mut inc)?;
-        drop(inc);
-        for (_, bin, buf) in &recvs {
-            unpack(rotation, model, bin, buf);
-        }
-        Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
     }
+    let out: Vec<Outgoing> =
+        sends.iter().map(|(to, b)| Outgoing { to: *to, tag: MODEL, bytes: bytemuck::cast_slice(b) }).collect();
+    let mut inc: Vec<Incoming> = recvs
+        .iter_mut()
+        .map(|(from, _, b)| Incoming { from: *from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
+        .collect();
+    link.exchange(&out, &mut inc)?;
+    drop(inc);
+    for (_, bin, buf) in &recvs {
+        unpack(rotation, model, bin, buf);
+    }
+    Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
+}
 
-    /// The epoch's end: every rank's held bins to every other rank, so
-    /// that each holds the whole model. Returns the bytes this rank handed
-    /// to MPI (its rows once per receiving rank).
-    fn gather(&self, rotation: &Rotation, model: &mut Model, holders: &Holders) -> Result<u64> {
-        let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
-        let held: Vec<Vec<(Side, u32)>> = (0..ranks).map(|k| rotation.gathered(holders, k)).collect();
-        let mine = pack(rotation, model, &held[me]);
-        let mut theirs: Vec<Vec<f32>> =
-            (0..ranks).map(|k| if k == me { Vec::new() } else { vec![0f32; rotation.rows_of(&held[k]) * s] }).collect();
-        let out: Vec<Outgoing> = (0..ranks)
-            .filter(|&k| k != me)
-            .map(|to| Outgoing { to, tag: MODEL, bytes: bytemuck::cast_slice(&mine) })
-            .collect();
-        let mut inc: Vec<Incoming> = theirs
-            .iter_mut()
-            .enumerate()
-            .filter(|&(k, _)| k != me)
-            .map(|(from, b)| Incoming { from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
-            .collect();
-        self.link.exchange(&out, &mut inc)?;
-        drop(inc);
-        for (k, buf) in theirs.iter().enumerate().filter(|&(k, _)| k != me) {
-            unpack(rotation, model, &held[k], buf);
-        }
-        Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
+/// The epoch's end: every rank's held bins to every other rank, so that
+/// each holds the whole model. Returns the bytes this rank handed to MPI
+/// (its rows once per receiving rank).
+fn gather(link: &Link, rotation: &Rotation, model: &mut Model, holders: &Holders) -> Result<u64> {
+    let (s, me, ranks) = (model.stride, link.rank, link.ranks);
+    let held: Vec<Vec<(Side, u32)>> = (0..ranks).map(|k| rotation.gathered(holders, k)).collect();
+    let mine = pack(rotation, model, &held[me]);
+    let mut theirs: Vec<Vec<f32>> =
+        (0..ranks).map(|k| if k == me { Vec::new() } else { vec![0f32; rotation.rows_of(&held[k]) * s] }).collect();
+    let out: Vec<Outgoing> = (0..ranks)
+        .filter(|&k| k != me)
+        .map(|to| Outgoing { to, tag: MODEL, bytes: bytemuck::cast_slice(&mine) })
+        .collect();
+    let mut inc: Vec<Incoming> = theirs
+        .iter_mut()
+        .enumerate()
+        .filter(|&(k, _)| k != me)
+        .map(|(from, b)| Incoming { from, tag: MODEL, bytes: bytemuck::cast_slice_mut(b) })
+        .collect();
+    link.exchange(&out, &mut inc)?;
+    drop(inc);
+    for (k, buf) in theirs.iter().enumerate().filter(|&(k, _)| k != me) {
+        unpack(rotation, model, &held[k], buf);
     }
+    Ok(out.iter().map(|o| o.bytes.len() as u64).sum())
 }
 
 /// Trains `blocks` (of one round: no two share a row with each other or
@@ -218,18 +240,43 @@ fn unpack(rotation: &Rotation, model: &mut Model, bins: &[(Side, u32)], buf: &[f
     }
 }
 
-impl Backend for RotateCpu {
+/// `bins`' rows as global rows (users, then items after the `n_users`
+/// users): what a backend syncs.
+fn global_rows(rotation: &Rotation, bins: &[(Side, u32)], n_users: u32) -> Vec<u32> {
+    rows(rotation, bins)
+        .map(|(side, r)| match side {
+            Side::Users => r,
+            Side::Items => n_users + r,
+        })
+        .collect()
+}
+
+impl Backend for Rotate {
     fn kind(&self) -> String {
-        "cpu".into()
+        match &self.trainer {
+            Trainer::Threads(_) => "cpu".into(),
+            Trainer::Device(d) => d.kind(),
+        }
     }
 
     fn adapter(&self) -> String {
-        let threads = self.pool.current_num_threads();
-        format!(
-            "the CPU of each of {} MPI ranks, {threads} thread{} each (`distributed` rotate)",
-            self.link.ranks,
-            if threads == 1 { "" } else { "s" }
-        )
+        let ranks = self.link.ranks;
+        match &self.trainer {
+            Trainer::Threads(pool) => {
+                let threads = pool.current_num_threads();
+                format!(
+                    "the CPU of each of {ranks} MPI ranks, {threads} thread{} each (`distributed` rotate)",
+                    if threads == 1 { "" } else { "s" }
+                )
+            }
+            Trainer::Device(d) => {
+                format!(
+                    "a GPU per MPI rank, {ranks} ranks; rank {}'s: {} (`distributed` rotate)",
+                    self.link.rank,
+                    d.adapter()
+                )
+            }
+        }
     }
 
     fn ranks(&self) -> usize {
@@ -241,8 +288,25 @@ impl Backend for RotateCpu {
         false
     }
 
+    fn parallelism(&self) -> usize {
+        match &self.trainer {
+            Trainer::Threads(pool) => pool.current_num_threads(),
+            Trainer::Device(d) => d.parallelism(),
+        }
+    }
+
+    fn run_layout(&self) -> Option<std::sync::Arc<RunLayout>> {
+        match &self.trainer {
+            Trainer::Threads(_) => None,
+            Trainer::Device(d) => d.run_layout(),
+        }
+    }
+
+    fn is_ceiling(&self) -> bool {
+        matches!(&self.trainer, Trainer::Device(d) if d.is_ceiling())
+    }
+
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
-        let t0 = Instant::now();
         let (key, stop) = begin_epoch(&self.link, "rotate", 1, input, model)?;
         if stop {
             return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
@@ -254,55 +318,122 @@ impl Backend for RotateCpu {
         };
         let trained = self.train_rotation(model, input, &rotation);
         self.rotation = Some((key, rotation));
-        trained.map(|mut t| {
-            t.host_seconds = t0.elapsed().as_secs_f64();
-            t
-        })
+        trained
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
-        // Every rank holds the whole model after an epoch (`gather`).
+        // Every rank holds the whole model after an epoch (`gather`), in
+        // its host tables.
         Ok((model.evaluate_all(test), Ledger::default()))
     }
 
-    fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
-        Ok(Ledger::default())
+    fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
+        match &mut self.trainer {
+            Trainer::Threads(_) => Ok(Ledger::default()),
+            Trainer::Device(d) => d.finish(model),
+        }
     }
 }
 
-impl RotateCpu {
+impl Rotate {
     /// One epoch of `rotation` (module docs of [`crate::engine::rotate`]).
-    fn train_rotation(&self, model: &mut Model, input: &EpochInput, rotation: &Rotation) -> Result<EpochTrain> {
+    fn train_rotation(&mut self, model: &mut Model, input: &EpochInput, rotation: &Rotation) -> Result<EpochTrain> {
         let layout = input.layout;
         let order = layout.blocked_epoch(input.epoch).expect("a rotation's layout is blocked");
         let steps = steps_of(model, input.rates, self.bias_reg);
         let (s, sub, me) = (model.stride, row_stride(model.rank), self.link.rank);
+        let n_users = layout.n_users() as u32;
+        let (link, trainer) = (&self.link, &mut self.trainer);
         let mut sse = vec![0.0f64; steps.len()];
         let (mut done, mut sent) = (0u64, 0u64);
+        // A device's epoch: its traffic, time and launches over the rounds,
+        // and the time the host waited for it.
+        let mut device = EpochTrain { device_seconds: Some(0.0), ..Default::default() };
+        let (t0, mut waited) = (Instant::now(), 0.0f64);
+        // The rank's rounds are never cut short: every rank trains each
+        // round whole, and a stop is voted at the next epoch's start.
+        let never = AtomicBool::new(false);
+        let mut plan = EpochPlan::default();
         let holders = rotation.walk(layout, &order, |moves, tasks| {
-            sent += self.exchange(rotation, model, moves)?;
-            let mine: Vec<&[Rating]> = tasks
-                .iter()
-                .filter(|t| t.rank == me)
-                .map(|t| layout.block_sweep(t.block, t.sweep))
-                .filter(|r| !r.is_empty())
-                .collect();
-            let n: usize = mine.iter().map(|r| r.len()).sum();
-            train_round(&self.pool, &ExclusiveTables::new(model), &steps, sub, mine, &mut sse);
-            done += n as u64;
-            input.progress.fetch_add(n, Ordering::Relaxed);
+            if let Trainer::Device(d) = trainer {
+                let leaving: Vec<(Side, u32)> =
+                    moves.iter().filter(|m| m.from == me).map(|m| (m.side, m.bin)).collect();
+                device.ledger.merge(&d.sync_out(model, &global_rows(rotation, &leaving, n_users))?);
+            }
+            sent += exchange(link, rotation, model, moves)?;
+            let mine = tasks.iter().filter(|t| t.rank == me);
+            match trainer {
+                Trainer::Threads(pool) => {
+                    let blocks: Vec<&[Rating]> =
+                        mine.map(|t| layout.block_sweep(t.block, t.sweep)).filter(|r| !r.is_empty()).collect();
+                    let n: usize = blocks.iter().map(|r| r.len()).sum();
+                    train_round(pool, &ExclusiveTables::new(model), &steps, sub, blocks, &mut sse);
+                    done += n as u64;
+                    input.progress.fetch_add(n, Ordering::Relaxed);
+                }
+                Trainer::Device(d) => {
+                    let arriving: Vec<(Side, u32)> =
+                        moves.iter().filter(|m| m.to == me).map(|m| (m.side, m.bin)).collect();
+                    device.ledger.merge(&d.sync_in(model, &global_rows(rotation, &arriving, n_users))?);
+                    plan.parts.clear();
+                    plan.parts.extend(mine.filter_map(|t| layout.block_part(t.block, t.sweep)));
+                    if plan.parts.is_empty() {
+                        return Ok(());
+                    }
+                    // One round: its blocks share no row.
+                    plan.groups = vec![Group { end: plan.parts.len() as u32, id: NO_GROUP }];
+                    let round = EpochInput {
+                        epoch: input.epoch,
+                        layout,
+                        plan: &plan,
+                        from: 0,
+                        following: None,
+                        rates: input.rates,
+                        stop: &never,
+                        progress: input.progress,
+                    };
+                    let started = Instant::now();
+                    let t = d.train_epoch(model, &round)?;
+                    waited += (started.elapsed().as_secs_f64() - t.host_seconds).max(0.0);
+                    for (total, part) in sse.iter_mut().zip(&t.sse) {
+                        *total += part;
+                    }
+                    done += t.done as u64;
+                    device.ledger.merge(&t.ledger);
+                    device.device_seconds = device.device_seconds.zip(t.device_seconds).map(|(a, b)| a + b);
+                    device.dispatches += t.dispatches;
+                }
+            }
             Ok(())
         })?;
-        sent += self.gather(rotation, model, &holders)?;
+        let held = rotation.gathered(&holders, me);
+        if let Trainer::Device(d) = trainer {
+            device.ledger.merge(&d.sync_out(model, &global_rows(rotation, &held, n_users))?);
+        }
+        sent += gather(link, rotation, model, &holders)?;
+        if let Trainer::Device(d) = trainer {
+            let others: Vec<(Side, u32)> =
+                (0..link.ranks).filter(|&k| k != me).flat_map(|k| rotation.gathered(&holders, k)).collect();
+            device.ledger.merge(&d.sync_in(model, &global_rows(rotation, &others, n_users))?);
+        }
         // Every rank adds the same figures in rank order: one result on all.
-        let (bytes, done, total_sse) = totals(&self.link, sent, done, &sse)?;
+        let (bytes, done, total_sse) = totals(link, sent, done, &sse)?;
         let predicted = rotation.traffic(layout, input.epoch, (s * 4) as u64)?.by_rank();
+        let mut ledger = Ledger::default();
+        for theirs in link.everyone(device.ledger)? {
+            ledger.merge(&theirs);
+        }
+        let is_device = matches!(trainer, Trainer::Device(_));
         Ok(EpochTrain {
             sse: total_sse,
             count: done as u64,
             done,
-            workers: self.link.ranks as f64,
+            workers: link.ranks as f64,
             wire: Some(Wire { bytes, predicted }),
+            ledger,
+            host_seconds: (t0.elapsed().as_secs_f64() - waited).max(0.0),
+            device_seconds: if is_device { device.device_seconds } else { None },
+            dispatches: device.dispatches,
             ..Default::default()
         })
     }

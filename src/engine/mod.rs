@@ -126,6 +126,18 @@ pub trait Backend {
     /// Makes the host tables authoritative again (writes back every row the
     /// device still holds); returns that traffic.
     fn finish(&mut self, model: &mut Model) -> Result<Ledger>;
+    /// Makes the host tables' copies of `rows` (global rows: users, then
+    /// items after the users) current, writing back those the backend
+    /// holds and has trained; returns that traffic. A run across MPI ranks
+    /// calls it before it sends rows to another rank.
+    fn sync_out(&mut self, _model: &mut Model, _rows: &[u32]) -> Result<Ledger> {
+        Ok(Ledger::default())
+    }
+    /// The host tables' copies of `rows` changed (another MPI rank trained
+    /// them): the backend replaces its own copies; returns that traffic.
+    fn sync_in(&mut self, _model: &Model, _rows: &[u32]) -> Result<Ledger> {
+        Ok(Ledger::default())
+    }
     /// The cost model's prediction of training traffic, if the policy has one.
     fn prediction(&self) -> Option<Prediction> {
         None

@@ -609,6 +609,17 @@ impl RunLayout {
             .sum()
     }
 
+    /// The part of `block`'s cut in `sweep` in the blocked order (`None`
+    /// where that cut is empty, or the order is another).
+    pub fn block_part(&self, block: usize, sweep: usize) -> Option<u32> {
+        match &self.arrangement {
+            Arrangement::Blocked { visits, block_parts, .. } => {
+                Some(block_parts[block * *visits as usize + sweep]).filter(|&p| p != NO_GROUP)
+            }
+            _ => None,
+        }
+    }
+
     /// The ratings of block `block`'s part in sweep `sweep` (empty where it
     /// has none, or the order is not blocked), found from the block's start
     /// and length alone: no part table is read, so a walk over scattered

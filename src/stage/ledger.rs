@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Counters for one epoch (or a whole run, by [`Ledger::merge`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+// `Pod`: MPI ranks add theirs up as plain words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct Ledger {
     /// Rows staged in for training, per table.
     pub user_rows_in: u64,

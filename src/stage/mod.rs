@@ -839,6 +839,37 @@ impl Stager {
         }
     }
 
+    /// Of `rows`, those in the slab and trained since they were staged in
+    /// or last written back: [`Stager::take_dirty`] for those rows alone
+    /// (a run across MPI ranks, before it sends them to another rank).
+    pub fn take_dirty_of(&mut self, rows: &[u32], ledger: &mut Ledger) -> Vec<Placed> {
+        let mut out = Vec::new();
+        for &row in rows {
+            let r = &mut self.rows[row as usize];
+            if r.slot != NONE && std::mem::take(&mut r.dirty) {
+                ledger.row_out(row < self.n_users);
+                out.push(Placed { row, slot: r.slot });
+            }
+        }
+        out
+    }
+
+    /// Of `rows`, those in the slab, marked clean and counted as rows in:
+    /// their host copies changed (another MPI rank trained them), so they
+    /// are to be staged in again, into the slots they hold.
+    pub fn restage(&mut self, rows: &[u32], ledger: &mut Ledger) -> Vec<Placed> {
+        let mut out = Vec::new();
+        for &row in rows {
+            let r = &mut self.rows[row as usize];
+            if r.slot != NONE {
+                r.dirty = false;
+                ledger.row_in(row < self.n_users, true);
+                out.push(Placed { row, slot: r.slot });
+            }
+        }
+        out
+    }
+
     /// The rows in the slab trained since they were staged in or last
     /// written back, now marked clean, and counted as rows out: the
     /// write-back that makes the host tables current (end of training, or

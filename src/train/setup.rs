@@ -402,23 +402,40 @@ pub fn open_backend_on(
     Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
 }
 
-/// `distributed` rotate or server: each rank's CPU. Only the CPU for now,
-/// said by name.
+/// `distributed` rotate or server. Rotate trains on each rank's CPU or, for
+/// a GPU `--backend`, on each rank's own GPU backend opened here as in one
+/// process; the server on each rank's CPU, said by name.
 fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
     let mode = crate::Named::name(spec.distributed);
     if spec.distributed == Distributed::Rotate {
         crate::engine::rotate::check_order(super::resolve_order(data, settings)?)?;
     }
-    if !matches!(spec.backend, BackendChoice::Cpu | BackendChoice::Auto) || spec.adapter.is_some() {
+    let on_device = !matches!(spec.backend, BackendChoice::Cpu | BackendChoice::Auto);
+    if spec.distributed == Distributed::Server && on_device {
         return Err(Error::arg(
             "`backend`",
             spec.backend.name(),
-            format!("`distributed` {mode} trains on each rank's CPU (a GPU per rank is not built yet)"),
+            "`distributed` server trains on each rank's CPU (a GPU per rank is built for `distributed` rotate, \
+             not yet for the server)",
+        ));
+    }
+    if !on_device && spec.adapter.is_some() {
+        return Err(Error::arg(
+            "`adapter`",
+            spec.adapter.clone().unwrap_or_default(),
+            format!("`distributed` {mode} picks an adapter only for a GPU `backend` (vulkan, metal, dx12, gl)"),
         ));
     }
     #[cfg(feature = "mpi")]
     {
         let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
+        if on_device {
+            // The rank's GPU, opened and laid out as one process's would be.
+            let local = BackendSpec { distributed: Distributed::Off, ..spec.clone() };
+            let opened = open_backend_on(data, settings, &local, None)?;
+            let backend = crate::distributed::Rotate::on_device(settings.hp.bias_reg, opened.backend, limit)?;
+            return Ok(Opened { backend: Box::new(backend), ..opened });
+        }
         let backend: Box<dyn Backend> = match spec.distributed {
             Distributed::Server => Box::new(crate::distributed::ServerCpu::new(
                 settings.hp.bias_reg,
@@ -428,16 +445,17 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
                 spec.staleness,
                 limit,
             )?),
-            _ => Box::new(crate::distributed::RotateCpu::new(settings.hp.bias_reg, spec.threads, limit)?),
+            _ => Box::new(crate::distributed::Rotate::on_threads(settings.hp.bias_reg, spec.threads, limit)?),
         };
         let notice = match (spec.device_memory, spec.backend) {
             (Some(b), _) => Some(format!(
                 "`device_memory` {b} sizes a GPU backend's slab; `distributed` {mode} trains on each rank's CPU, \
                  which holds every row in host memory"
             )),
-            (None, BackendChoice::Auto) => {
-                Some(format!("`distributed` {mode} trains on each rank's CPU (a GPU per rank is not built yet)"))
-            }
+            (None, BackendChoice::Auto) => Some(format!(
+                "`distributed` {mode} trains on each rank's CPU unless `backend` names a GPU backend{}",
+                if spec.distributed == Distributed::Rotate { " (vulkan, metal, dx12, gl)" } else { " (rotate only)" }
+            )),
             _ => None,
         };
         Ok(Opened { backend, layout: None, adapter: None, notice })

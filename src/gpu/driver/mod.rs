@@ -452,6 +452,32 @@ impl Backend for GpuBackend {
         Ok((acc.iter().map(MetricsAcc::finish).collect(), ledger))
     }
 
+    fn sync_out(&mut self, model: &mut Model, rows: &[u32]) -> Result<Ledger> {
+        let mut ledger = Ledger::default();
+        if !self.resident_loaded {
+            return Ok(ledger);
+        }
+        let exec = &mut self.exec;
+        let mut tables = HostTables::Mut(model);
+        exec.waited += exec.readback.complete_all(&exec.dev, &mut tables)?;
+        let dirty = self.stager.take_dirty_of(rows, &mut ledger);
+        exec.write_back(&mut tables, &dirty, &mut ledger)?;
+        exec.readback.complete_all(&exec.dev, &mut tables)?;
+        Ok(ledger)
+    }
+
+    fn sync_in(&mut self, model: &Model, rows: &[u32]) -> Result<Ledger> {
+        let mut ledger = Ledger::default();
+        // Before the first epoch the resident rows are loaded from the host
+        // tables as they are then; other rows are staged when used.
+        if !self.resident_loaded {
+            return Ok(ledger);
+        }
+        let moves = Moves { load: self.stager.restage(rows, &mut ledger), ..Moves::default() };
+        self.exec.load(&HostTables::Read(model), &moves, &mut ledger)?;
+        Ok(ledger)
+    }
+
     fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
         let mut ledger = Ledger::default();
         if !self.resident_loaded {
