@@ -12,6 +12,8 @@
 
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -378,6 +380,66 @@ fn a_stopped_rank_ends_the_job_within_the_limit_naming_it() {
     unsafe { libc::kill(victim, libc::SIGKILL) };
 }
 
+/// Rotate with each rank on its own GPU backend (lavapipe and llvmpipe in
+/// CI): one process's model on the same backend, bit for bit, at 2 and 3
+/// ranks, with the default slab and with one too small to hold the tables
+/// (rows staged, cached and written back between the rounds); a run
+/// checkpointed on the GPUs resumes to the uninterrupted model.
+#[test]
+fn rotate_on_each_ranks_gpu_trains_one_processs_model() {
+    let test = "rotate_on_each_ranks_gpu_trains_one_processs_model";
+    let Some(_one) = have_mpirun(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    for backend in common::test_backends() {
+        if common::gpu(backend, test).is_none() {
+            continue;
+        }
+        let name = rowstage::Named::name(backend);
+        for budget in [None, Some("16KiB")] {
+            let args = |np: usize, extra: &[&str]| -> Vec<String> {
+                let mut a = fixed("4", &["--backend", name]);
+                if let Some(b) = budget {
+                    a.extend(["--device-memory".to_string(), b.to_string()]);
+                }
+                a.extend(extra.iter().map(|s| s.to_string()));
+                a.extend(["--save".to_string(), path(&format!("{name}-{budget:?}-{np}.safetensors"))]);
+                a
+            };
+            one_process(&strs(&args(1, &[])));
+            for np in [2, 3] {
+                let json = path(&format!("{name}-{budget:?}-{np}.json"));
+                let out = run(mpirun(np, &[], &strs(&args(np, &["--json", &json]))));
+                let at = |n: usize| PathBuf::from(path(&format!("{name}-{budget:?}-{n}.safetensors")));
+                assert!(identical(&at(1), &at(np)), "{name}, budget {budget:?}, {np} ranks: not one process's model");
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
+                let j = report(Path::new(&json));
+                assert_eq!(j["config"]["ranks"], np);
+                for e in j["epochs"].as_array().unwrap() {
+                    assert_eq!(e["wire_bytes"], e["predicted_wire_bytes"]);
+                    // Every rank's device staged rows in and wrote rows back.
+                    assert!(e["ledger"]["user_rows_in"].as_u64().unwrap() > 0, "{e}");
+                    assert!(e["ledger"]["item_rows_out"].as_u64().unwrap() > 0, "{e}");
+                }
+            }
+        }
+        // Checkpointed after 2 epochs on the GPUs, resumed there to 4.
+        let run_for = |n: &str, extra: &[&str]| -> Vec<String> {
+            let mut v = fixed("4", &["--backend", name]);
+            let at = v.iter().position(|a| a == "--epochs").unwrap();
+            v[at + 1] = n.to_string();
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let (whole, resumed, ck) = (path("whole.safetensors"), path("resumed.safetensors"), path(&format!("ck-{name}")));
+        run(mpirun(2, &[], &strs(&run_for("4", &["--save", &whole]))));
+        run(mpirun(2, &[], &strs(&run_for("2", &["--checkpoint", &ck]))));
+        run(mpirun(2, &[], &strs(&run_for("4", &["--resume", &ck, "--save", &resumed]))));
+        assert!(identical(Path::new(&whole), Path::new(&resumed)), "{name}: resumed on the GPUs");
+    }
+}
+
 #[test]
 fn a_checkpoint_resumes_to_the_uninterrupted_model_under_the_same_and_another_number_of_ranks() {
     let Some(_one) =
@@ -430,7 +492,8 @@ fn rotate_refuses_what_it_cannot_train_by_name() {
     let Some(_one) = have_mpirun("rotate_refuses_what_it_cannot_train_by_name") else { return };
     for (extra, says) in [
         (&["--order", "shuffled"][..], "rotates the blocked order"),
-        (&["--backend", "vulkan"][..], "trains on each rank's CPU"),
+        (&["--distributed", "server", "--backend", "vulkan"][..], "server trains on each rank's CPU"),
+        (&["--adapter", "llvmpipe"][..], "picks an adapter only for a GPU --backend"),
         (&["--order", "blocked:2:1:1"][..], "at least one of the order's 2 bins"),
     ] {
         let out = mpirun(3, &[], &strs(&fixed("1", extra))).output().unwrap();
