@@ -432,7 +432,8 @@ fn rotate_on_each_ranks_gpu_trains_one_processs_model() {
             v.extend(extra.iter().map(|s| s.to_string()));
             v
         };
-        let (whole, resumed, ck) = (path("whole.safetensors"), path("resumed.safetensors"), path(&format!("ck-{name}")));
+        let (whole, resumed, ck) =
+            (path("whole.safetensors"), path("resumed.safetensors"), path(&format!("ck-{name}")));
         run(mpirun(2, &[], &strs(&run_for("4", &["--save", &whole]))));
         run(mpirun(2, &[], &strs(&run_for("2", &["--checkpoint", &ck]))));
         run(mpirun(2, &[], &strs(&run_for("4", &["--resume", &ck, "--save", &resumed]))));

@@ -35,6 +35,15 @@ pub fn launched() -> bool {
     LAUNCHED_BY.iter().any(|v| std::env::var_os(v).is_some())
 }
 
+/// This process's place among the ranks on its machine, as the launcher
+/// says (Open MPI, MPICH's Hydra, Slurm); 0 where none says.
+pub fn local_rank() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// MPI started for this process: finalised when dropped, so the front end
 /// holds it until it exits.
 pub struct Started {

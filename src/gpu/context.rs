@@ -404,6 +404,13 @@ impl GpuContext {
     /// Opens the best adapter for `choice` whose name contains `name_filter`
     /// (case-insensitive; `WGPU_ADAPTER_NAME` is used when no filter is given).
     pub fn new(choice: BackendChoice, name_filter: Option<&str>) -> Result<Self> {
+        Self::new_nth(choice, name_filter, 0)
+    }
+
+    /// [`GpuContext::new`], taking the `nth` (modulo how many) of the best
+    /// adapters where several alike are found (same backend, same device
+    /// type): the MPI ranks on one machine each take their own GPU.
+    pub fn new_nth(choice: BackendChoice, name_filter: Option<&str>, nth: usize) -> Result<Self> {
         let requested = match name_filter {
             Some(f) => format!("`backend` {} `adapter` {f:?}", choice.name()),
             None => format!("`backend` {}", choice.name()),
@@ -430,7 +437,11 @@ impl GpuContext {
         if adapters.is_empty() && !matches!(choice, BackendChoice::Auto | BackendChoice::Noop) {
             missing_backend(choice)?;
         }
-        let adapter = matching.iter().find(|a| has_compute_shaders(a)).cloned().ok_or_else(|| Error::NoAdapter {
+        let usable: Vec<&wgpu::Adapter> = matching.iter().filter(|a| has_compute_shaders(a)).collect();
+        let kind = |a: &wgpu::Adapter| (a.get_info().backend, a.get_info().device_type);
+        let alike: Vec<&wgpu::Adapter> =
+            usable.iter().copied().filter(|a| usable.first().is_some_and(|best| kind(a) == kind(best))).collect();
+        let adapter = alike.get(nth % alike.len().max(1)).map(|a| (*a).clone()).ok_or_else(|| Error::NoAdapter {
             requested: requested.clone(),
             hint: no_adapter_hint(&adapters, &matching),
         })?;

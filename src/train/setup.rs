@@ -430,9 +430,12 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
     {
         let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
         if on_device {
-            // The rank's GPU, opened and laid out as one process's would be.
+            // The rank's GPU, opened and laid out as one process's would be;
+            // the ranks on one machine take alike adapters in turn.
             let local = BackendSpec { distributed: Distributed::Off, ..spec.clone() };
-            let opened = open_backend_on(data, settings, &local, None)?;
+            let nth = crate::distributed::local_rank();
+            let ctx = GpuContext::new_nth(spec.backend, spec.adapter.as_deref(), nth)?;
+            let opened = open_backend_on(data, settings, &local, Some(ctx))?;
             let backend = crate::distributed::Rotate::on_device(settings.hp.bias_reg, opened.backend, limit)?;
             return Ok(Opened { backend: Box::new(backend), ..opened });
         }
