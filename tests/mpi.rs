@@ -380,14 +380,15 @@ fn a_stopped_rank_ends_the_job_within_the_limit_naming_it() {
     unsafe { libc::kill(victim, libc::SIGKILL) };
 }
 
-/// Rotate with each rank on its own GPU backend (lavapipe and llvmpipe in
-/// CI): one process's model on the same backend, bit for bit, at 2 and 3
-/// ranks, with the default slab and with one too small to hold the tables
-/// (rows staged, cached and written back between the rounds); a run
-/// checkpointed on the GPUs resumes to the uninterrupted model.
+/// Each rank on its own GPU backend (lavapipe and llvmpipe in CI). Rotate:
+/// one process's model on the same backend, bit for bit, at 2 and 3 ranks,
+/// with the default slab and with one too small to hold the tables (rows
+/// staged, cached and written back between the rounds); a run checkpointed
+/// on the GPUs resumes to the uninterrupted model. The server: the model
+/// its ranks train on their CPUs, to the rounding of llvmpipe's kernels.
 #[test]
-fn rotate_on_each_ranks_gpu_trains_one_processs_model() {
-    let test = "rotate_on_each_ranks_gpu_trains_one_processs_model";
+fn each_ranks_own_gpu_trains_rotates_and_the_servers_model() {
+    let test = "each_ranks_own_gpu_trains_rotates_and_the_servers_model";
     let Some(_one) = have_mpirun(test) else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
@@ -438,6 +439,23 @@ fn rotate_on_each_ranks_gpu_trains_one_processs_model() {
         run(mpirun(2, &[], &strs(&run_for("2", &["--checkpoint", &ck]))));
         run(mpirun(2, &[], &strs(&run_for("4", &["--resume", &ck, "--save", &resumed]))));
         assert!(identical(Path::new(&whole), Path::new(&resumed)), "{name}: resumed on the GPUs");
+        // The server, 3 ranks, a small cache and a small slab.
+        let server = |backend: &str, file: &str| {
+            let extra = ["--distributed", "server", "--policy", "lru", "--cache", "8KiB", "--backend", backend];
+            let mut a = fixed("4", &extra);
+            if backend != "cpu" {
+                a.extend(["--device-memory".to_string(), "16KiB".to_string()]);
+            }
+            a.extend(["--save".to_string(), path(file)]);
+            run(mpirun(3, &[], &strs(&a)));
+        };
+        server("cpu", "server-cpu.safetensors");
+        server(name, "server-gpu.safetensors");
+        let out = one_process(&["compare", &path("server-cpu.safetensors"), &path("server-gpu.safetensors")]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        let largest: f64 =
+            said.split("largest |difference| ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(largest < 1e-5, "{name}: the server on the GPUs against the CPUs: {said}");
     }
 }
 
@@ -493,7 +511,10 @@ fn rotate_refuses_what_it_cannot_train_by_name() {
     let Some(_one) = have_mpirun("rotate_refuses_what_it_cannot_train_by_name") else { return };
     for (extra, says) in [
         (&["--order", "shuffled"][..], "rotates the blocked order"),
-        (&["--distributed", "server", "--backend", "vulkan"][..], "server trains on each rank's CPU"),
+        (
+            &["--distributed", "server", "--backend", "vulkan", "--order", "shuffled"][..],
+            "GPU in the blocked order only",
+        ),
         (&["--adapter", "llvmpipe"][..], "picks an adapter only for a GPU --backend"),
         (&["--order", "blocked:2:1:1"][..], "at least one of the order's 2 bins"),
     ] {

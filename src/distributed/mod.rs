@@ -15,14 +15,15 @@ mod rotate;
 mod server;
 
 pub use rotate::Rotate;
-pub use server::ServerCpu;
+pub use server::Server;
 
 use std::sync::atomic::Ordering;
 
 use crate::data::Rating;
-use crate::engine::{EpochInput, RunLayout};
+use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::stage::Ledger;
 
 use mpi::topology::{Communicator, SimpleCommunicator};
 
@@ -65,6 +66,168 @@ pub fn world() -> (usize, usize) {
     }
     let w = SimpleCommunicator::world();
     (w.rank() as usize, w.size() as usize)
+}
+
+/// What trains a rank's share of a round (rotate) or a clock (the server).
+pub enum Trainer {
+    /// The rank's threads: a round's blocks share no row, so they train at
+    /// once without races, and the model is the same on any number.
+    Threads(rayon::ThreadPool),
+    /// The rank's own GPU backend, handed the rank's blocks of a round as
+    /// a plan of one round. The host tables stay the model that travels:
+    /// rows are written back before they leave the rank or are read there
+    /// ([`Trainer::sync_out`]), and staged in again where the device holds
+    /// them after the host's copy changed ([`Trainer::sync_in`]).
+    Device(Box<dyn Backend>),
+}
+
+impl Trainer {
+    /// `threads` threads (at least one).
+    pub fn threads(threads: usize) -> Result<Self> {
+        Ok(Trainer::Threads(rotate::pool(threads)?))
+    }
+
+    fn kind(&self) -> String {
+        match self {
+            Trainer::Threads(_) => "cpu".into(),
+            Trainer::Device(d) => d.kind(),
+        }
+    }
+
+    /// Where a rank trains, for the report's adapter line.
+    fn describe(&self, rank: usize, ranks: usize) -> String {
+        match self {
+            Trainer::Threads(pool) => {
+                let threads = pool.current_num_threads();
+                format!(
+                    "the CPU of each of {ranks} MPI ranks, {threads} thread{} each",
+                    if threads == 1 { "" } else { "s" }
+                )
+            }
+            Trainer::Device(d) => format!("each of {ranks} MPI ranks' own GPU (rank {rank}'s: {})", d.adapter()),
+        }
+    }
+
+    fn parallelism(&self) -> usize {
+        match self {
+            Trainer::Threads(pool) => pool.current_num_threads(),
+            Trainer::Device(d) => d.parallelism(),
+        }
+    }
+
+    fn run_layout(&self) -> Option<std::sync::Arc<RunLayout>> {
+        match self {
+            Trainer::Threads(_) => None,
+            Trainer::Device(d) => d.run_layout(),
+        }
+    }
+
+    fn is_ceiling(&self) -> bool {
+        matches!(self, Trainer::Device(d) if d.is_ceiling())
+    }
+
+    fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
+        match self {
+            Trainer::Threads(_) => Ok(Ledger::default()),
+            Trainer::Device(d) => d.finish(model),
+        }
+    }
+
+    /// Makes the host's copies of `rows` (global rows) current.
+    fn sync_out(&mut self, model: &mut Model, rows: &[u32], epoch: &mut DeviceEpoch) -> Result<()> {
+        if let Trainer::Device(d) = self {
+            epoch.ledger.merge(&d.sync_out(model, rows)?);
+        }
+        Ok(())
+    }
+
+    /// The host's copies of `rows` (global rows) changed: the device's too.
+    fn sync_in(&mut self, model: &Model, rows: &[u32], epoch: &mut DeviceEpoch) -> Result<()> {
+        if let Trainer::Device(d) = self {
+            epoch.ledger.merge(&d.sync_in(model, rows)?);
+        }
+        Ok(())
+    }
+}
+
+/// A device's epoch over a run of rounds: its traffic, time and launches,
+/// and the time the host waited for it.
+pub(crate) struct DeviceEpoch {
+    ledger: Ledger,
+    device_seconds: Option<f64>,
+    dispatches: u64,
+    waited: f64,
+    /// A round is never cut short: every rank trains each round whole, and
+    /// a stop is voted at the next epoch's start.
+    never: std::sync::atomic::AtomicBool,
+    plan: crate::engine::EpochPlan,
+}
+
+impl Default for DeviceEpoch {
+    fn default() -> Self {
+        DeviceEpoch {
+            ledger: Ledger::default(),
+            device_seconds: Some(0.0),
+            dispatches: 0,
+            waited: 0.0,
+            never: std::sync::atomic::AtomicBool::new(false),
+            plan: crate::engine::EpochPlan::default(),
+        }
+    }
+}
+
+impl DeviceEpoch {
+    /// Trains `parts` of `input.layout` (one round's: they share no row) on
+    /// `device`, adding each model's squared errors into `sse`; returns the
+    /// ratings trained.
+    fn train(
+        &mut self,
+        device: &mut dyn Backend,
+        model: &mut Model,
+        input: &EpochInput,
+        parts: impl Iterator<Item = u32>,
+        sse: &mut [f64],
+    ) -> Result<usize> {
+        self.plan.parts.clear();
+        self.plan.parts.extend(parts);
+        if self.plan.parts.is_empty() {
+            return Ok(0);
+        }
+        self.plan.groups =
+            vec![crate::engine::Group { end: self.plan.parts.len() as u32, id: crate::engine::NO_GROUP }];
+        let round = EpochInput {
+            epoch: input.epoch,
+            layout: input.layout,
+            plan: &self.plan,
+            from: 0,
+            following: None,
+            rates: input.rates,
+            stop: &self.never,
+            progress: input.progress,
+        };
+        let started = web_time::Instant::now();
+        let t = device.train_epoch(model, &round)?;
+        self.waited += (started.elapsed().as_secs_f64() - t.host_seconds).max(0.0);
+        for (total, part) in sse.iter_mut().zip(&t.sse) {
+            *total += part;
+        }
+        self.ledger.merge(&t.ledger);
+        self.device_seconds = self.device_seconds.zip(t.device_seconds).map(|(a, b)| a + b);
+        self.dispatches += t.dispatches;
+        Ok(t.done)
+    }
+
+    /// The epoch's figures on `trainer`: `ledger` (every rank's, added up)
+    /// and the device's time and launches where it is a device.
+    fn finish(&self, trainer: &Trainer, ledger: Ledger, wall: f64, mut t: EpochTrain) -> EpochTrain {
+        t.ledger = ledger;
+        t.host_seconds = (wall - self.waited).max(0.0);
+        if let Trainer::Device(_) = trainer {
+            t.device_seconds = self.device_seconds;
+            t.dispatches = self.dispatches;
+        }
+        t
+    }
 }
 
 /// What tells one run's layout from another's: where its ratings are, how
@@ -138,6 +301,14 @@ pub(crate) fn totals(link: &link::Link, sent: u64, done: u64, sse: &[f64]) -> Re
     let done = link.everyone(done)?.iter().sum::<u64>() as usize;
     let sse = sse.iter().map(|&mine| Ok(link.everyone(mine)?.iter().sum())).collect::<Result<Vec<f64>>>()?;
     Ok((bytes, done, sse))
+}
+
+/// Every rank's `ledger`, added up in rank order: one result on all.
+pub(crate) fn ledger_sum(link: &link::Link, ledger: Ledger) -> Result<Ledger> {
+    Ok(link.everyone(ledger)?.iter().fold(Ledger::default(), |mut sum, l| {
+        sum.merge(l);
+        sum
+    }))
 }
 
 /// The vote at an epoch's start. The ranks stop together there: a stop

@@ -3,15 +3,15 @@
 //! trains what and which bins move; docs/ARCHITECTURE.md, "Past one
 //! machine").
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
-use super::{LayoutKey, begin_epoch, totals};
+use super::{DeviceEpoch, LayoutKey, Trainer, begin_epoch, ledger_sum, totals};
 use crate::data::Rating;
 use crate::engine::rotate::{Holders, Move, Rotation};
-use crate::engine::{Backend, EpochInput, EpochPlan, EpochTrain, Group, NO_GROUP, RunLayout, Wire};
+use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
 use crate::error::{Error, Result};
 use crate::model::{Metrics, Model, Step, row_stride};
 use crate::prefetch::prefetch_ptr;
@@ -32,33 +32,10 @@ pub struct Rotate {
     rotation: Option<(LayoutKey, Rotation)>,
 }
 
-/// What trains a rank's blocks of a round.
-enum Trainer {
-    /// The rank's threads: a round's blocks share no row, so they train at
-    /// once without races, and the model is the same on any number.
-    Threads(rayon::ThreadPool),
-    /// The rank's GPU backend, given a round's blocks as a plan of one
-    /// round. The host tables stay the model that travels: rows leaving
-    /// the rank are written back first ([`Backend::sync_out`]), rows
-    /// arriving are staged in again where the device holds them
-    /// ([`Backend::sync_in`]).
-    Device(Box<dyn Backend>),
-}
-
 impl Rotate {
-    /// Over the world of a started MPI ([`super::start`]), on `threads`
-    /// threads per rank; `limit` bounds every wait for another rank.
-    pub fn on_threads(bias_reg: f32, threads: usize, limit: Duration) -> Result<Self> {
-        Self::new(bias_reg, Trainer::Threads(pool(threads)?), limit)
-    }
-
-    /// [`Rotate::on_threads`], each rank training on `device`: a GPU
-    /// backend opened on the rank for the run's layout.
-    pub fn on_device(bias_reg: f32, device: Box<dyn Backend>, limit: Duration) -> Result<Self> {
-        Self::new(bias_reg, Trainer::Device(device), limit)
-    }
-
-    fn new(bias_reg: f32, trainer: Trainer, limit: Duration) -> Result<Self> {
+    /// Over the world of a started MPI ([`super::start`]), each rank
+    /// training on `trainer`; `limit` bounds every wait for another rank.
+    pub fn new(bias_reg: f32, trainer: Trainer, limit: Duration) -> Result<Self> {
         if !mpi::environment::is_initialized() {
             return Err(Error::arg(
                 "`distributed`",
@@ -253,30 +230,11 @@ fn global_rows(rotation: &Rotation, bins: &[(Side, u32)], n_users: u32) -> Vec<u
 
 impl Backend for Rotate {
     fn kind(&self) -> String {
-        match &self.trainer {
-            Trainer::Threads(_) => "cpu".into(),
-            Trainer::Device(d) => d.kind(),
-        }
+        self.trainer.kind()
     }
 
     fn adapter(&self) -> String {
-        let ranks = self.link.ranks;
-        match &self.trainer {
-            Trainer::Threads(pool) => {
-                let threads = pool.current_num_threads();
-                format!(
-                    "the CPU of each of {ranks} MPI ranks, {threads} thread{} each (`distributed` rotate)",
-                    if threads == 1 { "" } else { "s" }
-                )
-            }
-            Trainer::Device(d) => {
-                format!(
-                    "a GPU per MPI rank, {ranks} ranks; rank {}'s: {} (`distributed` rotate)",
-                    self.link.rank,
-                    d.adapter()
-                )
-            }
-        }
+        format!("{} (`distributed` rotate)", self.trainer.describe(self.link.rank, self.link.ranks))
     }
 
     fn ranks(&self) -> usize {
@@ -289,21 +247,15 @@ impl Backend for Rotate {
     }
 
     fn parallelism(&self) -> usize {
-        match &self.trainer {
-            Trainer::Threads(pool) => pool.current_num_threads(),
-            Trainer::Device(d) => d.parallelism(),
-        }
+        self.trainer.parallelism()
     }
 
     fn run_layout(&self) -> Option<std::sync::Arc<RunLayout>> {
-        match &self.trainer {
-            Trainer::Threads(_) => None,
-            Trainer::Device(d) => d.run_layout(),
-        }
+        self.trainer.run_layout()
     }
 
     fn is_ceiling(&self) -> bool {
-        matches!(&self.trainer, Trainer::Device(d) if d.is_ceiling())
+        self.trainer.is_ceiling()
     }
 
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
@@ -328,16 +280,14 @@ impl Backend for Rotate {
     }
 
     fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
-        match &mut self.trainer {
-            Trainer::Threads(_) => Ok(Ledger::default()),
-            Trainer::Device(d) => d.finish(model),
-        }
+        self.trainer.finish(model)
     }
 }
 
 impl Rotate {
     /// One epoch of `rotation` (module docs of [`crate::engine::rotate`]).
     fn train_rotation(&mut self, model: &mut Model, input: &EpochInput, rotation: &Rotation) -> Result<EpochTrain> {
+        let t0 = Instant::now();
         let layout = input.layout;
         let order = layout.blocked_epoch(input.epoch).expect("a rotation's layout is blocked");
         let steps = steps_of(model, input.rates, self.bias_reg);
@@ -346,95 +296,54 @@ impl Rotate {
         let (link, trainer) = (&self.link, &mut self.trainer);
         let mut sse = vec![0.0f64; steps.len()];
         let (mut done, mut sent) = (0u64, 0u64);
-        // A device's epoch: its traffic, time and launches over the rounds,
-        // and the time the host waited for it.
-        let mut device = EpochTrain { device_seconds: Some(0.0), ..Default::default() };
-        let (t0, mut waited) = (Instant::now(), 0.0f64);
-        // The rank's rounds are never cut short: every rank trains each
-        // round whole, and a stop is voted at the next epoch's start.
-        let never = AtomicBool::new(false);
-        let mut plan = EpochPlan::default();
+        let mut device = DeviceEpoch::default();
         let holders = rotation.walk(layout, &order, |moves, tasks| {
-            if let Trainer::Device(d) = trainer {
-                let leaving: Vec<(Side, u32)> =
-                    moves.iter().filter(|m| m.from == me).map(|m| (m.side, m.bin)).collect();
-                device.ledger.merge(&d.sync_out(model, &global_rows(rotation, &leaving, n_users))?);
-            }
+            let bins = |to_me: bool| -> Vec<(Side, u32)> {
+                moves
+                    .iter()
+                    .filter(|m| if to_me { m.to == me } else { m.from == me })
+                    .map(|m| (m.side, m.bin))
+                    .collect()
+            };
+            trainer.sync_out(model, &global_rows(rotation, &bins(false), n_users), &mut device)?;
             sent += exchange(link, rotation, model, moves)?;
+            trainer.sync_in(model, &global_rows(rotation, &bins(true), n_users), &mut device)?;
             let mine = tasks.iter().filter(|t| t.rank == me);
-            match trainer {
+            let n = match trainer {
                 Trainer::Threads(pool) => {
                     let blocks: Vec<&[Rating]> =
                         mine.map(|t| layout.block_sweep(t.block, t.sweep)).filter(|r| !r.is_empty()).collect();
                     let n: usize = blocks.iter().map(|r| r.len()).sum();
                     train_round(pool, &ExclusiveTables::new(model), &steps, sub, blocks, &mut sse);
-                    done += n as u64;
                     input.progress.fetch_add(n, Ordering::Relaxed);
+                    n
                 }
                 Trainer::Device(d) => {
-                    let arriving: Vec<(Side, u32)> =
-                        moves.iter().filter(|m| m.to == me).map(|m| (m.side, m.bin)).collect();
-                    device.ledger.merge(&d.sync_in(model, &global_rows(rotation, &arriving, n_users))?);
-                    plan.parts.clear();
-                    plan.parts.extend(mine.filter_map(|t| layout.block_part(t.block, t.sweep)));
-                    if plan.parts.is_empty() {
-                        return Ok(());
-                    }
-                    // One round: its blocks share no row.
-                    plan.groups = vec![Group { end: plan.parts.len() as u32, id: NO_GROUP }];
-                    let round = EpochInput {
-                        epoch: input.epoch,
-                        layout,
-                        plan: &plan,
-                        from: 0,
-                        following: None,
-                        rates: input.rates,
-                        stop: &never,
-                        progress: input.progress,
-                    };
-                    let started = Instant::now();
-                    let t = d.train_epoch(model, &round)?;
-                    waited += (started.elapsed().as_secs_f64() - t.host_seconds).max(0.0);
-                    for (total, part) in sse.iter_mut().zip(&t.sse) {
-                        *total += part;
-                    }
-                    done += t.done as u64;
-                    device.ledger.merge(&t.ledger);
-                    device.device_seconds = device.device_seconds.zip(t.device_seconds).map(|(a, b)| a + b);
-                    device.dispatches += t.dispatches;
+                    let parts = mine.filter_map(|t| layout.block_part(t.block, t.sweep));
+                    device.train(d.as_mut(), model, input, parts, &mut sse)?
                 }
-            }
+            };
+            done += n as u64;
             Ok(())
         })?;
         let held = rotation.gathered(&holders, me);
-        if let Trainer::Device(d) = trainer {
-            device.ledger.merge(&d.sync_out(model, &global_rows(rotation, &held, n_users))?);
-        }
+        trainer.sync_out(model, &global_rows(rotation, &held, n_users), &mut device)?;
         sent += gather(link, rotation, model, &holders)?;
-        if let Trainer::Device(d) = trainer {
-            let others: Vec<(Side, u32)> =
-                (0..link.ranks).filter(|&k| k != me).flat_map(|k| rotation.gathered(&holders, k)).collect();
-            device.ledger.merge(&d.sync_in(model, &global_rows(rotation, &others, n_users))?);
-        }
+        let others: Vec<(Side, u32)> =
+            (0..link.ranks).filter(|&k| k != me).flat_map(|k| rotation.gathered(&holders, k)).collect();
+        trainer.sync_in(model, &global_rows(rotation, &others, n_users), &mut device)?;
         // Every rank adds the same figures in rank order: one result on all.
         let (bytes, done, total_sse) = totals(link, sent, done, &sse)?;
         let predicted = rotation.traffic(layout, input.epoch, (s * 4) as u64)?.by_rank();
-        let mut ledger = Ledger::default();
-        for theirs in link.everyone(device.ledger)? {
-            ledger.merge(&theirs);
-        }
-        let is_device = matches!(trainer, Trainer::Device(_));
-        Ok(EpochTrain {
+        let ledger = ledger_sum(link, device.ledger)?;
+        let t = EpochTrain {
             sse: total_sse,
             count: done as u64,
             done,
             workers: link.ranks as f64,
             wire: Some(Wire { bytes, predicted }),
-            ledger,
-            host_seconds: (t0.elapsed().as_secs_f64() - waited).max(0.0),
-            device_seconds: if is_device { device.device_seconds } else { None },
-            dispatches: device.dispatches,
             ..Default::default()
-        })
+        };
+        Ok(device.finish(trainer, ledger, t0.elapsed().as_secs_f64(), t))
     }
 }

@@ -1,4 +1,5 @@
-//! `--distributed server`: Factorbird's parameter server on each rank's CPU.
+//! `--distributed server`: Factorbird's parameter server, each rank training
+//! on its CPU's threads or (in the blocked order) its own GPU.
 //! [`crate::engine::shard`] says who owns what, which ratings each rank
 //! trains at each clock and what its cache fetches and pushes; this carries
 //! that schedule out over MPI (docs/ARCHITECTURE.md, "Past one machine").
@@ -17,7 +18,7 @@ use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
 use super::rotate::{train_blocks, train_round};
-use super::{LayoutKey, begin_epoch, totals};
+use super::{DeviceEpoch, LayoutKey, Trainer, begin_epoch, ledger_sum, totals};
 use crate::data::Rating;
 use crate::engine::shard::{Cache, Schedule, Shard, cache_slots, item_owner, schedule_bytes};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
@@ -26,19 +27,24 @@ use crate::model::{Metrics, Model, row_stride};
 use crate::stage::{Budget, Ledger, Placed, PolicyKind};
 use crate::train::cpu::{ExclusiveTables, steps_of};
 
-/// The parameter server across the world's ranks, each on its threads.
-pub struct ServerCpu {
+/// The parameter server across the world's ranks.
+pub struct Server {
+    net: Net,
+    /// A blocked round's blocks share no row, so a rank deals its share of
+    /// one to its threads (the same model on any number) or its GPU; a
+    /// clock of another order (a part) trains on one thread.
+    trainer: Trainer,
+    state: Option<State>,
+}
+
+/// The server's settings and its link to the other ranks.
+struct Net {
     bias_reg: f32,
     link: Link,
-    /// The rank's threads: a blocked round's blocks share no row, so a
-    /// rank deals its share of one to them, and the model is the same on any
-    /// number; a clock of another order (a part) trains on one.
-    pool: rayon::ThreadPool,
     policy: PolicyKind,
     /// The cache's size: bytes, or a share of the item table.
     cache: Budget,
     staleness: u32,
-    state: Option<State>,
 }
 
 /// What a run's layout needs, made once.
@@ -54,12 +60,12 @@ struct State {
     items_of: Vec<Vec<u32>>,
 }
 
-impl ServerCpu {
-    /// Over the world of a started MPI ([`super::start`]); `limit` bounds
-    /// every wait for another rank.
+impl Server {
+    /// Over the world of a started MPI ([`super::start`]), each rank
+    /// training on `trainer`; `limit` bounds every wait for another rank.
     pub fn new(
         bias_reg: f32,
-        threads: usize,
+        trainer: Trainer,
         policy: PolicyKind,
         cache: Budget,
         staleness: u32,
@@ -73,17 +79,11 @@ impl ServerCpu {
                  where `--distributed` is given)",
             ));
         }
-        Ok(ServerCpu {
-            bias_reg,
-            link: Link::world(limit),
-            pool: super::rotate::pool(threads)?,
-            policy,
-            cache,
-            staleness: staleness.max(1),
-            state: None,
-        })
+        Ok(Server { net: Net { bias_reg, link: Link::world(limit), policy, cache, staleness }, trainer, state: None })
     }
+}
 
+impl Net {
     fn salt(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -91,8 +91,8 @@ impl ServerCpu {
         h.finish()
     }
 
-    fn state(&mut self, key: LayoutKey, layout: &RunLayout, model: &Model) -> State {
-        if let Some(s) = self.state.take().filter(|s| s.key == key) {
+    fn state(&self, old: Option<State>, key: LayoutKey, layout: &RunLayout, model: &Model) -> State {
+        if let Some(s) = old.filter(|s| s.key == key) {
             return s;
         }
         let (rank, ranks) = (self.link.rank, self.link.ranks);
@@ -121,19 +121,24 @@ fn request(pushes: &[Placed], fetches: &[Placed], model: &Model, base: &[f32]) -
     buf
 }
 
-impl ServerCpu {
+impl Net {
     /// One exchange of a clock's (or the flush's) moves: `mine[k]` the
     /// pushes and fetches to owner `k`, `theirs[k]` the counts rank `k`
     /// sends this rank. Returns the bytes handed to MPI.
     fn exchange(
         &self,
+        (trainer, device): (&mut Trainer, &mut DeviceEpoch),
         model: &mut Model,
         base: &mut [f32],
         mine: &[(Vec<Placed>, Vec<Placed>)],
         theirs: &[[u32; 2]],
     ) -> Result<u64> {
         let (s, me) = (model.stride, self.link.rank);
-        // Requests: pushes and fetch ids to their owners.
+        let n_users = model.n_users() as u32;
+        let global = |rows: &mut dyn Iterator<Item = u32>| -> Vec<u32> { rows.map(|r| n_users + r).collect() };
+        // Requests: pushes and fetch ids to their owners, the pushes' rows
+        // current on the host first.
+        trainer.sync_out(model, &global(&mut mine.iter().flat_map(|(p, _)| p.iter().map(|p| p.row))), device)?;
         let sends: Vec<(usize, Vec<u32>)> = mine
             .iter()
             .enumerate()
@@ -147,6 +152,15 @@ impl ServerCpu {
             .map(|(k, c)| (k, vec![0u32; (c[0] as usize) * (s + 1) + c[1] as usize]))
             .collect();
         let mut sent = self.swap(&sends, &mut recvs)?;
+        // The served rows asked for, pushed to or read, current on the host.
+        let asked = |pushed: bool, fetched: bool| -> Vec<u32> {
+            let ids = recvs.iter().flat_map(|(k, buf)| {
+                let [p, f] = theirs[*k].map(|c| c as usize);
+                buf[if pushed { 0 } else { p }..if fetched { p + f } else { p }].iter().copied()
+            });
+            global(&mut ids.into_iter())
+        };
+        trainer.sync_out(model, &asked(true, true), device)?;
         // Every delta added (in rank order) before any fetch is answered:
         // a fetch sees every push of the clock.
         for (k, buf) in &recvs {
@@ -159,6 +173,7 @@ impl ServerCpu {
                 }
             }
         }
+        trainer.sync_in(model, &asked(true, false), device)?;
         let answers: Vec<(usize, Vec<f32>)> = recvs
             .iter()
             .filter(|(k, _)| theirs[*k][1] > 0)
@@ -182,6 +197,7 @@ impl ServerCpu {
                 base[p.slot as usize * s..][..s].copy_from_slice(r);
             }
         }
+        trainer.sync_in(model, &global(&mut mine.iter().flat_map(|(_, f)| f.iter().map(|p| p.row))), device)?;
         Ok(sent)
     }
 
@@ -200,8 +216,18 @@ impl ServerCpu {
 
     /// The epoch's end: every rank's users and served items to every other
     /// rank. Returns the bytes handed to MPI.
-    fn gather(&self, state: &State, model: &mut Model) -> Result<u64> {
+    fn gather(
+        &self,
+        (trainer, device): (&mut Trainer, &mut DeviceEpoch),
+        state: &State,
+        model: &mut Model,
+    ) -> Result<u64> {
         let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
+        let n_users = model.n_users() as u32;
+        let rows_of = |k: usize| -> Vec<u32> {
+            state.users_of[k].iter().copied().chain(state.items_of[k].iter().map(|&i| n_users + i)).collect()
+        };
+        trainer.sync_out(model, &rows_of(me), device)?;
         let pack = |k: usize, model: &Model| -> Vec<f32> {
             let mut buf = Vec::with_capacity((state.users_of[k].len() + state.items_of[k].len()) * s);
             state.users_of[k].iter().for_each(|&u| buf.extend_from_slice(model.user_row(u)));
@@ -224,6 +250,8 @@ impl ServerCpu {
                 model.item_row_mut(i).copy_from_slice(rows.next().expect("an item's row"));
             }
         }
+        let others: Vec<u32> = (0..ranks).filter(|&k| k != me).flat_map(rows_of).collect();
+        trainer.sync_in(model, &others, device)?;
         Ok(sent)
     }
 
@@ -256,46 +284,53 @@ impl ServerCpu {
     }
 }
 
-impl Backend for ServerCpu {
+impl Backend for Server {
     fn kind(&self) -> String {
-        "cpu".into()
+        self.trainer.kind()
     }
 
     fn adapter(&self) -> String {
-        let threads = self.pool.current_num_threads();
+        let n = &self.net;
         format!(
-            "the CPU of each of {} MPI ranks, {threads} thread{} each (`distributed` server: items served by every \
-             rank, a cache of {} under {}, pushes at most {} clock{} late)",
-            self.link.ranks,
-            if threads == 1 { "" } else { "s" },
-            self.cache,
-            self.policy.name(),
-            self.staleness,
-            if self.staleness == 1 { "" } else { "s" }
+            "{} (`distributed` server: items served by every rank, a cache of {} under {}, pushes at most {} \
+             clock{} late)",
+            self.trainer.describe(n.link.rank, n.link.ranks),
+            n.cache,
+            n.policy.name(),
+            n.staleness,
+            if n.staleness == 1 { "" } else { "s" }
         )
     }
 
     fn ranks(&self) -> usize {
-        self.link.ranks
+        self.net.link.ranks
     }
 
     fn divergence_hint(&self) -> Option<&'static str> {
         Some("or `staleness` (several ranks' deltas on one stale copy add up)")
     }
 
+    fn parallelism(&self) -> usize {
+        self.trainer.parallelism()
+    }
+
+    fn run_layout(&self) -> Option<std::sync::Arc<RunLayout>> {
+        self.trainer.run_layout()
+    }
+
+    fn is_ceiling(&self) -> bool {
+        self.trainer.is_ceiling()
+    }
+
     fn train_epoch(&mut self, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
-        let t0 = Instant::now();
-        let (key, stop) = begin_epoch(&self.link, "server", self.salt(), input, model)?;
+        let (key, stop) = begin_epoch(&self.net.link, "server", self.net.salt(), input, model)?;
         if stop {
             return Ok(EpochTrain { sse: vec![0.0; input.rates.len()], ..Default::default() });
         }
-        let mut state = self.state(key, input.layout, model);
-        let trained = self.train_clocks(&mut state, model, input);
+        let mut state = self.net.state(self.state.take(), key, input.layout, model);
+        let trained = self.net.train_clocks(&mut self.trainer, &mut state, model, input);
         self.state = Some(state);
-        trained.map(|mut t| {
-            t.host_seconds = t0.elapsed().as_secs_f64();
-            t
-        })
+        trained
     }
 
     fn evaluate(&mut self, model: &Model, test: &[Rating]) -> Result<(Vec<Metrics>, Ledger)> {
@@ -303,16 +338,24 @@ impl Backend for ServerCpu {
         Ok((model.evaluate_all(test), Ledger::default()))
     }
 
-    fn finish(&mut self, _model: &mut Model) -> Result<Ledger> {
-        Ok(Ledger::default())
+    fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
+        self.trainer.finish(model)
     }
 }
 
-impl ServerCpu {
+impl Net {
     /// One epoch: the schedule made, its bytes predicted, then carried out
     /// clock by clock.
-    fn train_clocks(&self, state: &mut State, model: &mut Model, input: &EpochInput) -> Result<EpochTrain> {
+    fn train_clocks(
+        &self,
+        trainer: &mut Trainer,
+        state: &mut State,
+        model: &mut Model,
+        input: &EpochInput,
+    ) -> Result<EpochTrain> {
+        let t0 = Instant::now();
         let (s, me, ranks) = (model.stride, self.link.rank, self.link.ranks);
+        let mut device = DeviceEpoch::default();
         let plan = input.plan;
         let trace = state.shard.trace(plan);
         let following = match input.following {
@@ -345,43 +388,59 @@ impl ServerCpu {
             let m = &schedule.clocks[c];
             let mine: Vec<_> = by_owner(&m.push).into_iter().zip(by_owner(&m.fetch)).collect();
             let counts: Vec<[u32; 2]> = theirs.iter().map(|t| t[c]).collect();
-            sent += self.exchange(model, &mut state.base, &mine, &counts)?;
-            let mine: Vec<&[Rating]> = state.shard.step(plan, clock).collect();
-            let n: usize = mine.iter().map(|r| r.len()).sum();
-            let tables = ExclusiveTables::new(model);
-            if state.shard.rounds() {
-                train_round(&self.pool, &tables, &steps, sub, mine, &mut sse);
-            } else {
-                train_blocks(&tables, &steps, sub, &mine, &mut sse);
-            }
+            sent += self.exchange((trainer, &mut device), model, &mut state.base, &mine, &counts)?;
+            let n = match trainer {
+                Trainer::Threads(pool) => {
+                    let mine: Vec<&[Rating]> = state.shard.step(plan, clock).collect();
+                    let n: usize = mine.iter().map(|r| r.len()).sum();
+                    let tables = ExclusiveTables::new(model);
+                    if state.shard.rounds() {
+                        train_round(pool, &tables, &steps, sub, mine, &mut sse);
+                    } else {
+                        train_blocks(&tables, &steps, sub, &mine, &mut sse);
+                    }
+                    input.progress.fetch_add(n, Ordering::Relaxed);
+                    n
+                }
+                // A blocked round's parts with this rank's ratings are its
+                // blocks, whole (a block's users are one bin's).
+                Trainer::Device(d) => {
+                    device.train(d.as_mut(), model, input, state.shard.own_parts(plan, clock), &mut sse)?
+                }
+            };
             done += n as u64;
-            input.progress.fetch_add(n, Ordering::Relaxed);
         }
         let n = schedule.clocks.len();
         let mine: Vec<_> = by_owner(&schedule.flush).into_iter().map(|p| (p, Vec::new())).collect();
         let counts: Vec<[u32; 2]> = theirs.iter().map(|t| t[n]).collect();
-        sent += self.exchange(model, &mut state.base, &mine, &counts)?;
-        sent += self.gather(state, model)?;
+        sent += self.exchange((trainer, &mut device), model, &mut state.base, &mine, &counts)?;
+        sent += self.gather((trainer, &mut device), state, model)?;
         // Every rank adds the same figures in rank order: one result on all.
         let (bytes, done, total_sse) = totals(&self.link, sent, done, &sse)?;
         let l = schedule.ledger;
         let sums = self.link.everyone([l.item_hits, l.item_misses, l.item_rows_in, l.item_rows_out, l.steps])?;
+        // The cache's rows and hits; a GPU's bytes each way beside them.
+        let d = ledger_sum(&self.link, device.ledger)?;
         let ledger = Ledger {
             item_hits: sums.iter().map(|v| v[0]).sum(),
             item_misses: sums.iter().map(|v| v[1]).sum(),
             item_rows_in: sums.iter().map(|v| v[2]).sum(),
             item_rows_out: sums.iter().map(|v| v[3]).sum(),
             steps: sums.iter().map(|v| v[4]).sum(),
+            row_bytes_h2d: d.row_bytes_h2d,
+            row_bytes_d2h: d.row_bytes_d2h,
+            data_bytes_h2d: d.data_bytes_h2d,
+            data_bytes_d2h: d.data_bytes_d2h,
             ..Default::default()
         };
-        Ok(EpochTrain {
+        let t = EpochTrain {
             sse: total_sse,
             count: done as u64,
             done,
-            ledger,
             workers: ranks as f64,
             wire: Some(Wire { bytes, predicted }),
             ..Default::default()
-        })
+        };
+        Ok(device.finish(trainer, ledger, t0.elapsed().as_secs_f64(), t))
     }
 }

@@ -164,6 +164,13 @@ impl Shard {
         }
     }
 
+    /// The plan's parts at `clock` that hold ratings of this rank. In the
+    /// blocked order each is whole this rank's (a block's users are one
+    /// bin's, and a bin is one rank's).
+    pub fn own_parts<'a>(&'a self, plan: &'a EpochPlan, clock: Range<usize>) -> impl Iterator<Item = u32> + 'a {
+        plan.parts[clock].iter().copied().filter(|&p| self.starts[p as usize + 1] > self.starts[p as usize])
+    }
+
     /// This rank's ratings of the plan's parts at `clock`, one part after another.
     pub fn step<'a>(&'a self, plan: &'a EpochPlan, clock: Range<usize>) -> impl Iterator<Item = &'a [Rating]> + 'a {
         plan.parts[clock]

@@ -402,21 +402,26 @@ pub fn open_backend_on(
     Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
 }
 
-/// `distributed` rotate or server. Rotate trains on each rank's CPU or, for
-/// a GPU `--backend`, on each rank's own GPU backend opened here as in one
-/// process; the server on each rank's CPU, said by name.
+/// `distributed` rotate or server: each rank trains on its CPU's threads
+/// or, for a GPU `--backend`, on its own GPU backend opened here as one
+/// process's would be (the server in the blocked order only).
 fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
     let mode = crate::Named::name(spec.distributed);
+    let order = super::resolve_order(data, settings)?;
     if spec.distributed == Distributed::Rotate {
-        crate::engine::rotate::check_order(super::resolve_order(data, settings)?)?;
+        crate::engine::rotate::check_order(order)?;
     }
     let on_device = !matches!(spec.backend, BackendChoice::Cpu | BackendChoice::Auto);
-    if spec.distributed == Distributed::Server && on_device {
+    if spec.distributed == Distributed::Server && on_device && !matches!(order, Order::Blocked { .. }) {
         return Err(Error::arg(
             "`backend`",
             spec.backend.name(),
-            "`distributed` server trains on each rank's CPU (a GPU per rank is built for `distributed` rotate, \
-             not yet for the server)",
+            format!(
+                "`distributed` server trains on each rank's GPU in the blocked order only (its clocks are rounds \
+                 of whole blocks); in the {} order a clock is a part that every rank shares: use `backend` cpu, \
+                 or the blocked order",
+                order.name()
+            ),
         ));
     }
     if !on_device && spec.adapter.is_some() {
@@ -428,40 +433,40 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
     }
     #[cfg(feature = "mpi")]
     {
+        use crate::distributed::{Rotate, Server, Trainer};
         let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
-        if on_device {
+        let (trainer, opened) = if on_device {
             // The rank's GPU, opened and laid out as one process's would be;
             // the ranks on one machine take alike adapters in turn.
             let local = BackendSpec { distributed: Distributed::Off, ..spec.clone() };
             let nth = crate::distributed::local_rank();
             let ctx = GpuContext::new_nth(spec.backend, spec.adapter.as_deref(), nth)?;
             let opened = open_backend_on(data, settings, &local, Some(ctx))?;
-            let backend = crate::distributed::Rotate::on_device(settings.hp.bias_reg, opened.backend, limit)?;
-            return Ok(Opened { backend: Box::new(backend), ..opened });
-        }
+            let (layout, adapter, notice) = (opened.layout, opened.adapter, opened.notice);
+            (Trainer::Device(opened.backend), (layout, adapter, notice))
+        } else {
+            let notice = match (spec.device_memory, spec.backend) {
+                (Some(b), _) => Some(format!(
+                    "`device_memory` {b} sizes a GPU backend's slab; `distributed` {mode} trains on each rank's \
+                     CPU, which holds every row in host memory"
+                )),
+                (None, BackendChoice::Auto) => Some(format!(
+                    "`distributed` {mode} trains on each rank's CPU unless `backend` names a GPU backend (vulkan, \
+                     metal, dx12, gl)"
+                )),
+                _ => None,
+            };
+            (Trainer::threads(spec.threads)?, (None, None, notice))
+        };
+        let bias_reg = settings.hp.bias_reg;
         let backend: Box<dyn Backend> = match spec.distributed {
-            Distributed::Server => Box::new(crate::distributed::ServerCpu::new(
-                settings.hp.bias_reg,
-                spec.threads,
-                spec.policy,
-                spec.cache_budget(),
-                spec.staleness,
-                limit,
-            )?),
-            _ => Box::new(crate::distributed::Rotate::on_threads(settings.hp.bias_reg, spec.threads, limit)?),
+            Distributed::Server => {
+                Box::new(Server::new(bias_reg, trainer, spec.policy, spec.cache_budget(), spec.staleness, limit)?)
+            }
+            _ => Box::new(Rotate::new(bias_reg, trainer, limit)?),
         };
-        let notice = match (spec.device_memory, spec.backend) {
-            (Some(b), _) => Some(format!(
-                "`device_memory` {b} sizes a GPU backend's slab; `distributed` {mode} trains on each rank's CPU, \
-                 which holds every row in host memory"
-            )),
-            (None, BackendChoice::Auto) => Some(format!(
-                "`distributed` {mode} trains on each rank's CPU unless `backend` names a GPU backend{}",
-                if spec.distributed == Distributed::Rotate { " (vulkan, metal, dx12, gl)" } else { " (rotate only)" }
-            )),
-            _ => None,
-        };
-        Ok(Opened { backend, layout: None, adapter: None, notice })
+        let (layout, adapter, notice) = opened;
+        Ok(Opened { backend, layout, adapter, notice })
     }
     #[cfg(not(feature = "mpi"))]
     {
