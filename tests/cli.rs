@@ -386,7 +386,8 @@ fn plan_ranks_works_out_the_wire_bytes_without_mpi() {
 /// `plan --ranks P --distributed server` works out every rank's cache
 /// schedule in one process (any build): per epoch and rank, the gather at
 /// least (every rank's users and served items to the others); a larger
-/// cache fetches less; `--distributed off` with ranks is refused.
+/// cache fetches less; `--distributed off` with ranks is refused, and so
+/// is what a run across ranks would refuse.
 #[test]
 fn plan_ranks_works_out_the_servers_wire_bytes_without_mpi() {
     let plan = |cache: &str| -> serde_json::Value {
@@ -421,6 +422,21 @@ fn plan_ranks_works_out_the_servers_wire_bytes_without_mpi() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("give rotate or server"));
+    // What `train` under mpirun refuses, `plan` refuses too.
+    for (extra, says) in [
+        (
+            &["--distributed", "server", "--backend", "vulkan", "--order", "shuffled"][..],
+            "GPU in the blocked order only",
+        ),
+        (&["--distributed", "rotate", "--adapter", "llvmpipe"][..], "picks an adapter only for a GPU --backend"),
+    ] {
+        rowstage()
+            .args(["plan", "--synthetic", "700,500,30000", "--ranks", "3"])
+            .args(extra)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(says));
+    }
 }
 
 #[test]

@@ -202,16 +202,25 @@ impl WirePlan {
 /// epochs (the final training's: all the training ratings, one model),
 /// laying the run out as it would (`plan --ranks`, no run at hand).
 pub fn wire_plan(data: &Dataset, spec: &RunSpec, ranks: usize, epochs: usize) -> Result<WirePlan> {
-    let (settings, layout) = final_layout(data, spec)?;
+    let (settings, layout) = final_layout(data, spec, crate::train::Distributed::Rotate)?;
     wire_plan_of(&layout, ranks, settings.row_bytes(), 0..epochs.max(1))
 }
 
 /// The final training's settings (all the training ratings, one model)
-/// and its layout, laid out as the run lays it out.
-fn final_layout(data: &Dataset, spec: &RunSpec) -> Result<(crate::train::TrainSettings, crate::engine::RunLayout)> {
+/// and its layout, laid out as the run under `mode` lays it out, refusing
+/// what that run would refuse.
+fn final_layout(
+    data: &Dataset,
+    spec: &RunSpec,
+    mode: crate::train::Distributed,
+) -> Result<(crate::train::TrainSettings, crate::engine::RunLayout)> {
     spec.validate()?;
     let mut settings = spec.settings();
     settings.order = crate::train::resolve_order(data, &settings)?;
+    crate::train::check_distributed(
+        &crate::train::BackendSpec { distributed: mode, ..spec.backend.clone() },
+        settings.order,
+    )?;
     let layout = settings.layout(data, spec.backend.threads.max(1))?;
     Ok((settings, layout))
 }
@@ -292,7 +301,7 @@ impl ServerWirePlan {
 /// `epochs` epochs, laying the run out as it would.
 pub fn server_wire_plan(data: &Dataset, spec: &RunSpec, ranks: usize, epochs: usize) -> Result<ServerWirePlan> {
     use crate::engine::shard::{World, cache_slots};
-    let (settings, layout) = final_layout(data, spec)?;
+    let (settings, layout) = final_layout(data, spec, crate::train::Distributed::Server)?;
     let b = &spec.backend;
     let budget = b.cache_budget();
     let row_bytes = settings.row_bytes();

@@ -21,8 +21,8 @@ pub mod tune;
 
 pub use setup::{
     AUTO_SHARE, BackendSpec, DEFAULT_RANK_TIMEOUT, DEFAULT_STALENESS, Distributed, Opened, Planned, auto_batch,
-    co_partition_for, fit_batch, gpu_setup, open_backend, open_backend_fitting, open_backend_on, plan_budget,
-    table_bytes,
+    check_distributed, co_partition_for, fit_batch, gpu_setup, open_backend, open_backend_fitting, open_backend_on,
+    plan_budget, table_bytes,
 };
 
 pub use request::{CancelToken, RunRequest};

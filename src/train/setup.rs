@@ -92,6 +92,12 @@ impl crate::Named for Distributed {
 }
 
 impl BackendSpec {
+    /// Whether a run across MPI ranks trains on each rank's GPU: a GPU
+    /// `backend` named (`auto` there means each rank's CPU).
+    pub fn on_device(&self) -> bool {
+        !matches!(self.backend, BackendChoice::Cpu | BackendChoice::Auto)
+    }
+
     /// `distributed` server's cache as it trains: [`BackendSpec::cache`], or
     /// [`AUTO_SHARE`] of the item table.
     pub fn cache_budget(&self) -> Budget {
@@ -402,17 +408,16 @@ pub fn open_backend_on(
     Ok(Opened { backend: Box::new(gpu), layout: Some(layout), adapter: Some(adapter), notice: None })
 }
 
-/// `distributed` rotate or server: each rank trains on its CPU's threads
-/// or, for a GPU `--backend`, on its own GPU backend opened here as one
-/// process's would be (the server in the blocked order only).
-fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
+/// What a run across MPI ranks cannot train, refused by name before it
+/// starts (`train` and `plan --ranks` alike): rotate needs the blocked
+/// order; the server on GPUs too (its clocks must be rounds of whole
+/// blocks); an adapter needs a GPU backend.
+pub fn check_distributed(spec: &BackendSpec, order: Order) -> Result<()> {
     let mode = crate::Named::name(spec.distributed);
-    let order = super::resolve_order(data, settings)?;
     if spec.distributed == Distributed::Rotate {
         crate::engine::rotate::check_order(order)?;
     }
-    let on_device = !matches!(spec.backend, BackendChoice::Cpu | BackendChoice::Auto);
-    if spec.distributed == Distributed::Server && on_device && !matches!(order, Order::Blocked { .. }) {
+    if spec.distributed == Distributed::Server && spec.on_device() && !matches!(order, Order::Blocked { .. }) {
         return Err(Error::arg(
             "`backend`",
             spec.backend.name(),
@@ -424,18 +429,27 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
             ),
         ));
     }
-    if !on_device && spec.adapter.is_some() {
+    if !spec.on_device() && spec.adapter.is_some() {
         return Err(Error::arg(
             "`adapter`",
             spec.adapter.clone().unwrap_or_default(),
             format!("`distributed` {mode} picks an adapter only for a GPU `backend` (vulkan, metal, dx12, gl)"),
         ));
     }
+    Ok(())
+}
+
+/// `distributed` rotate or server: each rank trains on its CPU's threads
+/// or, for a GPU `--backend`, on its own GPU backend opened here as one
+/// process's would be (the server in the blocked order only).
+fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
+    let mode = crate::Named::name(spec.distributed);
+    check_distributed(spec, super::resolve_order(data, settings)?)?;
     #[cfg(feature = "mpi")]
     {
         use crate::distributed::{Rotate, Server, Trainer};
         let limit = std::time::Duration::from_secs(u64::from(spec.rank_timeout.max(1)));
-        let (trainer, opened) = if on_device {
+        let (trainer, opened) = if spec.on_device() {
             // The rank's GPU, opened and laid out as one process's would be;
             // the ranks on one machine take alike adapters in turn.
             let local = BackendSpec { distributed: Distributed::Off, ..spec.clone() };
