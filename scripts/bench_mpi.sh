@@ -9,8 +9,9 @@
 # 1, 2 and 4 ranks at its defaults (cache 25%, policy sca, staleness 4);
 # `scripts/bench_mpi.sh DATA gpu`: MovieLens 100K in the default and the
 # cluster order on one process's GPU and `--distributed rotate` on each
-# rank's GPU at 1, 2 and 4 ranks (`--backend` ROWSTAGE_BENCH_GPU, vulkan
-# by default; its default slab); with lr and reg fixed (no choosing) for 6 epochs. Prints a Markdown row each: the median ratings/s of
+# rank's GPU at 1, 2 and 4 ranks, and `--distributed server` on each
+# rank's GPU at 2 and 4 (`--backend` ROWSTAGE_BENCH_GPU, vulkan by default;
+# its default slab and cache); with lr and reg fixed (no choosing) for 6 epochs. Prints a Markdown row each: the median ratings/s of
 # epochs 2-6, the bytes handed to MPI per epoch (measured, and as the order
 # predicts them), each rank's peak memory (GNU time's maximum RSS), and the
 # test RMSE. Needs a build with the `mpi` feature and GNU time; ranks past
@@ -29,6 +30,9 @@ row() { # label, data flags, order, how (1t, 2t or a number of ranks)
   local args="train $data --lr 0.05 --reg 0.1 --epochs 6 --order $order --json $tmp/r.json"
   case $how in
     g1) /usr/bin/time -f "rss %M" $B $args --backend "$GPU" >/dev/null 2>>"$tmp/err" ;;
+    v*) mpirun --oversubscribe --bind-to none -np "${how#v}" sh -c "/usr/bin/time -f 'rss %M' -o $tmp/rss.\$OMPI_COMM_WORLD_RANK \
+         $B $args --distributed server --backend $GPU" >/dev/null 2>>"$tmp/err"
+       cat "$tmp"/rss.* >>"$tmp/err" && rm -f "$tmp"/rss.* ;;
     g*) mpirun --oversubscribe --bind-to none -np "${how#g}" sh -c "/usr/bin/time -f 'rss %M' -o $tmp/rss.\$OMPI_COMM_WORLD_RANK \
          $B $args --distributed rotate --backend $GPU" >/dev/null 2>>"$tmp/err"
        cat "$tmp"/rss.* >>"$tmp/err" && rm -f "$tmp"/rss.* ;;
@@ -56,7 +60,9 @@ if "wire_bytes" in e[0]:
 else:
     wire = "-"
 threads = re.search(r"(\d+) threads? each", j["config"]["adapter"])
-if how == "g1":
+if how.startswith("v"):
+    who = f"server on {j['config']['backend']}, {how[1:]} rank(s)"
+elif how == "g1":
     who = f"{j['config']['backend']}, one process"
 elif how.startswith("g"):
     who = f"rotate on {j['config']['backend']}, {how[1:]} rank(s)"
@@ -74,7 +80,7 @@ for set in "MovieLens 100K|--data $DATA" "synthetic 1M|--synthetic 10000,5000,10
   if [ "$MODE" = gpu ]; then
     [ "$label" = "MovieLens 100K" ] || continue
     for order in auto blocked:16:2:4; do
-      for how in g1 g2 g4; do row "$label" "$data" "$order" "$how"; done
+      for how in g1 g2 g4 v2 v4; do row "$label" "$data" "$order" "$how"; done
     done
     continue
   fi
