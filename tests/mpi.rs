@@ -477,18 +477,40 @@ fn a_checkpoint_resumes_to_the_uninterrupted_model_under_the_same_and_another_nu
     };
     let whole = path("whole.safetensors");
     run(mpirun(2, &[], &strs(&epochs("5", &["--save".into(), whole.clone()]))));
-    // Two epochs, checkpointed; then three more under 2 ranks and under 4.
+    // Two epochs, checkpointed (each rank its share, rank 0 the manifest);
+    // then three more under 2 ranks, under 4 and in one process.
     run(mpirun(2, &[], &strs(&epochs("2", &["--checkpoint".into(), path("ck")]))));
-    let files: Vec<_> = std::fs::read_dir(path("ck")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(files.iter().any(|f| f == "checkpoint.safetensors"), "rank 0 writes the checkpoint: {files:?}");
-    std::fs::create_dir_all(path("ck4")).unwrap();
-    std::fs::copy(path("ck/checkpoint.safetensors"), path("ck4/checkpoint.safetensors")).unwrap();
-    for (np, ck) in [(2, "ck"), (4, "ck4")] {
+    let mut files: Vec<String> = std::fs::read_dir(path("ck"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| !f.starts_with('.'))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "checkpoint.manifest.json",
+            "checkpoint.share-0-of-2.epoch-2.safetensors",
+            "checkpoint.share-1-of-2.epoch-2.safetensors"
+        ],
+        "each rank's share of the last epoch's checkpoint, and the manifest"
+    );
+    for copy in ["ck4", "ck1"] {
+        std::fs::create_dir_all(path(copy)).unwrap();
+        for f in &files {
+            std::fs::copy(dir.path().join("ck").join(f), dir.path().join(copy).join(f)).unwrap();
+        }
+    }
+    for (np, ck) in [(2, "ck"), (4, "ck4"), (1, "ck1")] {
         let resumed = path(&format!("resumed{np}.safetensors"));
-        let out =
-            run(mpirun(np, &[], &strs(&epochs("5", &["--resume".into(), path(ck), "--save".into(), resumed.clone()]))));
+        let mut args = epochs("5", &["--resume".into(), path(ck), "--save".into(), resumed.clone()]);
+        if np == 1 {
+            // The ranks trained on their CPUs; one process's `auto` may be a GPU.
+            args.extend(["--backend".to_string(), "cpu".to_string()]);
+        }
+        let out = if np == 1 { one_process(&strs(&args)) } else { run(mpirun(np, &[], &strs(&args))) };
         assert!(String::from_utf8_lossy(&out.stdout).contains("resuming"));
-        assert!(identical(Path::new(&whole), Path::new(&resumed)), "resumed under {np} ranks");
+        assert!(identical(Path::new(&whole), Path::new(&resumed)), "resumed under {np} rank(s)");
     }
     // The parameter server resumes at an epoch's start too, its caches
     // cold: at staleness 1 (one process's model up to the deltas'

@@ -98,6 +98,84 @@ fn damaged_checkpoints_are_refused() {
     assert!(e.contains("a saved model"), "{e}");
 }
 
+/// A checkpoint across MPI ranks: each rank's share of the rows and a
+/// manifest. Put back together it is the one-process checkpoint; a share
+/// missing, another checkpoint's, or a manifest edited is refused by name;
+/// a one-process checkpoint written there replaces it whole.
+#[test]
+fn sharded_checkpoints_are_the_whole_checkpoint_and_damaged_ones_are_refused() {
+    use rowstage::train::checkpoint::{manifest_path, remove_old_shares, save_checkpoint, save_manifest, save_share};
+    let data = dataset();
+    let s = TrainSettings { epochs: 2, ..settings() };
+    let one = tempfile::tempdir().unwrap();
+    let control = RunControl { checkpoint: Some(one.path()), ..Default::default() };
+    train(&data, &s, &mut cpu(&s), control, &mut |_| {}).unwrap();
+    let whole = load_checkpoint(one.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |state: &rowstage::train::checkpoint::RunState, ranks: usize| {
+        for k in 0..ranks {
+            save_share(dir.path(), state, &whole.model, None, (k, ranks)).unwrap();
+        }
+        save_manifest(dir.path(), state, &whole.model, ranks).unwrap();
+        for k in 0..ranks {
+            remove_old_shares(dir.path(), (k, ranks), state.epoch).unwrap();
+        }
+    };
+    write(&whole.state, 3);
+    let back = load_checkpoint(dir.path()).unwrap();
+    assert_eq!(back.path, manifest_path(dir.path()));
+    assert_eq!(back.model, whole.model, "the shares put together are the model");
+    assert_eq!(back.state.epoch, whole.state.epoch);
+    // Rewritten across 2 ranks: the 3-rank shares are gone, and it loads.
+    write(&whole.state, 2);
+    let names = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(dir.path()),
+        [
+            "checkpoint.manifest.json",
+            "checkpoint.share-0-of-2.epoch-2.safetensors",
+            "checkpoint.share-1-of-2.epoch-2.safetensors"
+        ]
+    );
+    assert_eq!(load_checkpoint(dir.path()).unwrap().model, whole.model);
+
+    let share1 = dir.path().join("checkpoint.share-1-of-2.epoch-2.safetensors");
+    let good = std::fs::read(&share1).unwrap();
+    std::fs::remove_file(&share1).unwrap();
+    let e = load_checkpoint(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("checkpoint.share-1-of-2.epoch-2.safetensors"), "{e}");
+    // Share 0's file in share 1's place.
+    std::fs::copy(dir.path().join("checkpoint.share-0-of-2.epoch-2.safetensors"), &share1).unwrap();
+    let e = load_checkpoint(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("not share 1 of the checkpoint after epoch 2"), "{e}");
+    std::fs::write(&share1, &good).unwrap();
+    // A manifest edited: rows that are not the shares', a file elsewhere.
+    let manifest = manifest_path(dir.path());
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let half = whole.model.n_users() / 2;
+    let (end, short) = (format!("\"end\": {half}"), format!("\"end\": {}", half - 1));
+    for (from, to, says) in [
+        (end.as_str(), short.as_str(), "rows are not rank 0's"),
+        ("\"file\": \"checkpoint.share-1", "\"file\": \"../checkpoint.share-1", "not a name beside the manifest"),
+        ("\"ranks\": 2", "\"ranks\": 3", "2 share(s) for 3 rank(s)"),
+    ] {
+        assert!(text.contains(from), "{from} in {text}");
+        std::fs::write(&manifest, text.replacen(from, to, 1)).unwrap();
+        let e = load_checkpoint(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(says), "{from}: {e}");
+    }
+    std::fs::write(&manifest, &text).unwrap();
+    assert_eq!(load_checkpoint(dir.path()).unwrap().model, whole.model);
+    // One process writing there replaces the sharded checkpoint whole.
+    save_checkpoint(dir.path(), &whole.state, &whole.model, None).unwrap();
+    assert_eq!(names(dir.path()), [CHECKPOINT_FILE]);
+}
+
 #[test]
 fn patience_stops_when_test_rmse_stalls_and_keeps_the_best_epoch() {
     // No regularisation, a high rate and many factors on few ratings: test

@@ -246,6 +246,14 @@ impl Backend for Rotate {
         false
     }
 
+    fn rank(&self) -> usize {
+        self.link.rank
+    }
+
+    fn vote(&mut self, ok: bool) -> Result<Vec<bool>> {
+        Ok(self.link.everyone(u8::from(ok))?.iter().map(|&v| v != 0).collect())
+    }
+
     fn parallelism(&self) -> usize {
         self.trainer.parallelism()
     }

@@ -306,6 +306,14 @@ impl Backend for Server {
         self.net.link.ranks
     }
 
+    fn rank(&self) -> usize {
+        self.net.link.rank
+    }
+
+    fn vote(&mut self, ok: bool) -> Result<Vec<bool>> {
+        Ok(self.net.link.everyone(u8::from(ok))?.iter().map(|&v| v != 0).collect())
+    }
+
     fn divergence_hint(&self) -> Option<&'static str> {
         Some("or `staleness` (several ranks' deltas on one stale copy add up)")
     }

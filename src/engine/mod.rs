@@ -168,6 +168,15 @@ pub trait Backend {
     fn ranks(&self) -> usize {
         1
     }
+    /// This process's MPI rank (0 for one process).
+    fn rank(&self) -> usize {
+        0
+    }
+    /// Every MPI rank's `ok`, in rank order, asked of all of them at once
+    /// (one process: its own).
+    fn vote(&mut self, ok: bool) -> Result<Vec<bool>> {
+        Ok(vec![ok])
+    }
     /// What else than the step sizes may make this backend's training
     /// diverge, said in the error (a parameter server's staleness).
     fn divergence_hint(&self) -> Option<&'static str> {

@@ -188,6 +188,25 @@ impl Model {
         }
     }
 
+    /// `other`'s rows after this model's (a sharded checkpoint's shares put
+    /// back together): both must be the same shape of model.
+    pub fn append(&mut self, other: &Model) -> std::result::Result<(), String> {
+        let shape =
+            |m: &Model| (m.rank, m.copies, m.stride, m.mean.to_bits(), m.min_rating.to_bits(), m.max_rating.to_bits());
+        if shape(self) != shape(other) {
+            return Err("its tables are another shape of model (rank, copies, mean or rating range)".into());
+        }
+        self.users.extend_from_slice(&other.users);
+        self.items.extend_from_slice(&other.items);
+        let join = |a: &IdMap, b: &IdMap| IdMap::from_names(a.names().iter().chain(b.names()).cloned().collect());
+        self.user_ids = join(&self.user_ids, &other.user_ids);
+        self.item_ids = join(&self.item_ids, &other.item_ids);
+        if !self.user_ids.is_distinct() || !self.item_ids.is_distinct() {
+            return Err("an id is in two shares".into());
+        }
+        Ok(())
+    }
+
     pub fn n_users(&self) -> usize {
         self.users.len() / self.stride
     }

@@ -11,7 +11,17 @@
 //! seed and each epoch's plan from `(seed, epoch)` alone ([`crate::engine::order`]),
 //! so `(seed, epoch, position)` is the whole RNG state, and the learning rate
 //! is a function of the epoch.
+//!
+//! A run across MPI ranks writes a *sharded* checkpoint instead: each rank
+//! a file of its share of the rows (contiguous runs of users and items, a
+//! P-th of each), and rank 0, once every rank has written its share, a
+//! manifest that names the shares and holds the run state. The manifest is
+//! the commit: shares of an epoch without one are never read, and a rank
+//! removes its older shares only after the new manifest is in place. Any
+//! number of ranks, or one process, resumes it (each reads every share and
+//! holds the whole model, as every rank does while it trains).
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -203,6 +213,203 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     if dir.extension().is_some_and(|e| e == "safetensors") { dir.to_path_buf() } else { dir.join(CHECKPOINT_FILE) }
 }
 
+/// What names a sharded checkpoint's files: the checkpoint file's path
+/// without `.safetensors`.
+fn stem(dir: &Path) -> String {
+    let file = checkpoint_path(dir).to_string_lossy().into_owned();
+    file.strip_suffix(".safetensors").map(str::to_string).unwrap_or(file)
+}
+
+/// The manifest of a sharded checkpoint in `dir`.
+pub fn manifest_path(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.manifest.json", stem(dir)))
+}
+
+/// Rank `rank` of `ranks`' share file for epoch `epoch`.
+fn share_path(dir: &Path, rank: usize, ranks: usize, epoch: usize) -> PathBuf {
+    PathBuf::from(format!("{}.share-{rank}-of-{ranks}.epoch-{epoch}.safetensors", stem(dir)))
+}
+
+/// Share `rank` of `ranks` of `n` rows: a contiguous run.
+pub fn share_range(n: usize, rank: usize, ranks: usize) -> Range<usize> {
+    n * rank / ranks..n * (rank + 1) / ranks
+}
+
+/// A sharded checkpoint's manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub ranks: usize,
+    /// Each rank's share, in rank order.
+    pub shares: Vec<ShareEntry>,
+    pub state: RunState,
+}
+
+/// One share: its file (beside the manifest) and its rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareEntry {
+    pub file: String,
+    pub users: Range<usize>,
+    pub items: Range<usize>,
+}
+
+/// Whether `dir` holds a checkpoint: one file, or a manifest.
+pub fn checkpoint_exists(dir: &Path) -> bool {
+    checkpoint_path(dir).is_file() || manifest_path(dir).is_file()
+}
+
+/// `model`'s rows of `users` and `items`, with their ids: a share.
+fn rows_of(model: &Model, users: &Range<usize>, items: &Range<usize>) -> Model {
+    let s = model.stride;
+    Model {
+        users: model.users[users.start * s..users.end * s].to_vec(),
+        items: model.items[items.start * s..items.end * s].to_vec(),
+        user_ids: crate::data::IdMap::from_names(model.user_ids.names()[users.clone()].to_vec()),
+        item_ids: crate::data::IdMap::from_names(model.item_ids.names()[items.clone()].to_vec()),
+        ..*model
+    }
+}
+
+/// Rank `rank` of `ranks`' share of a sharded checkpoint of `state`: its
+/// rows of `model` (and of `best`), written atomically into `dir` (created
+/// if missing). Returns its entry for the manifest.
+pub fn save_share(
+    dir: &Path,
+    state: &RunState,
+    model: &Model,
+    best: Option<&Model>,
+    (rank, ranks): (usize, usize),
+) -> Result<ShareEntry> {
+    let (path, entry) = share_entry(dir, state, (model.n_users(), model.n_items()), (rank, ranks));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let share = rows_of(model, &entry.users, &entry.items);
+    let best = best.map(|b| rows_of(b, &entry.users, &entry.items));
+    let json = serde_json::json!({ "share": entry, "of": ranks, "epoch": state.epoch });
+    save_tables(&path, FileKind::Checkpoint, &share, best.as_ref(), &json)?;
+    Ok(entry)
+}
+
+/// Rank `rank` of `ranks`' share of a checkpoint of `state` over `rows`
+/// (users, items): its file and its entry in the manifest.
+fn share_entry(
+    dir: &Path,
+    state: &RunState,
+    rows: (usize, usize),
+    (rank, ranks): (usize, usize),
+) -> (PathBuf, ShareEntry) {
+    let path = share_path(dir, rank, ranks, state.epoch);
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    (path, ShareEntry { file, users: share_range(rows.0, rank, ranks), items: share_range(rows.1, rank, ranks) })
+}
+
+/// Rank 0, once every one of `ranks` ranks has written its share of `model`:
+/// the manifest, written atomically. It is the checkpoint now: a
+/// one-process checkpoint file in the same place is removed.
+pub fn save_manifest(dir: &Path, state: &RunState, model: &Model, ranks: usize) -> Result<PathBuf> {
+    let path = manifest_path(dir);
+    let rows = (model.n_users(), model.n_items());
+    let shares = (0..ranks).map(|k| share_entry(dir, state, rows, (k, ranks)).1).collect();
+    let manifest = Manifest { ranks, shares, state: state.clone() };
+    let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
+    crate::model::write_atomically(&path, &bytes)?;
+    remove_if_present(&checkpoint_path(dir))?;
+    Ok(path)
+}
+
+/// The share files beside `dir`'s checkpoint: (path, rank, ranks, epoch).
+fn shares_in(dir: &Path) -> Result<Vec<(PathBuf, usize, usize, usize)>> {
+    let stem = stem(dir);
+    let folder = Path::new(&stem).parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let prefix = format!("{}.share-", Path::new(&stem).file_name().unwrap_or_default().to_string_lossy());
+    let entries = match std::fs::read_dir(folder) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(folder, e)),
+    };
+    let parse = |name: &str| -> Option<(usize, usize, usize)> {
+        let rest = name.strip_prefix(&prefix)?.strip_suffix(".safetensors")?;
+        let (rank, rest) = rest.split_once("-of-")?;
+        let (ranks, epoch) = rest.split_once(".epoch-")?;
+        Some((rank.parse().ok()?, ranks.parse().ok()?, epoch.parse().ok()?))
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|e| parse(&e.file_name().to_string_lossy()).map(|(r, p, ep)| (e.path(), r, p, ep)))
+        .collect())
+}
+
+/// After the manifest of epoch `epoch` across `ranks` ranks: rank `rank`'s
+/// shares of other checkpoints removed, and on rank 0 those of ranks past
+/// `ranks` (a checkpoint of more ranks that this run resumed).
+pub fn remove_old_shares(dir: &Path, (rank, ranks): (usize, usize), epoch: usize) -> Result<()> {
+    for (path, r, p, e) in shares_in(dir)? {
+        if (r == rank && (p, e) != (ranks, epoch)) || (rank == 0 && r >= ranks) {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The sharded checkpoint whose manifest is `path`: every share read and
+/// checked against the manifest, the whole model put together.
+fn load_sharded(path: &Path) -> Result<(RunState, Model, Option<Model>)> {
+    let bad = |reason: String| Error::BadModel { path: path.to_path_buf(), what: "checkpoint manifest", reason };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let (f, folder) = (&m.state.fingerprint, path.parent().unwrap_or(Path::new(".")));
+    if m.ranks == 0 || m.shares.len() != m.ranks {
+        return Err(bad(format!("it lists {} share(s) for {} rank(s)", m.shares.len(), m.ranks)));
+    }
+    let (mut model, mut best): (Option<Model>, Option<Option<Model>>) = (None, None);
+    for (k, e) in m.shares.iter().enumerate() {
+        if e.users != share_range(f.users, k, m.ranks) || e.items != share_range(f.items, k, m.ranks) {
+            return Err(bad(format!("share {k}'s rows are not rank {k}'s of {} users and {} items", f.users, f.items)));
+        }
+        if Path::new(&e.file).file_name() != Some(std::ffi::OsStr::new(&e.file)) {
+            return Err(bad(format!("share {k}'s file {:?} is not a name beside the manifest", e.file)));
+        }
+        let file = folder.join(&e.file);
+        let (part, part_best, json) = load_tables(&file, FileKind::Checkpoint)?;
+        let said: Option<ShareEntry> = serde_json::from_value(json["share"].clone()).ok();
+        if said.as_ref() != Some(e) || json["epoch"].as_u64() != Some(m.state.epoch as u64) {
+            return Err(Error::BadModel {
+                path: file,
+                what: "checkpoint share",
+                reason: format!(
+                    "it is not share {k} of the checkpoint after epoch {} that the manifest names",
+                    m.state.epoch
+                ),
+            });
+        }
+        if (part.n_users(), part.n_items()) != (e.users.len(), e.items.len()) {
+            return Err(Error::BadModel {
+                path: file,
+                what: "checkpoint share",
+                reason: format!("it holds {} users and {} items, not its share's", part.n_users(), part.n_items()),
+            });
+        }
+        match &mut model {
+            None => model = Some(part),
+            Some(whole) => whole.append(&part).map_err(|r| bad(format!("share {k}: {r}")))?,
+        }
+        match (&mut best, part_best) {
+            (None, b) => best = Some(b),
+            (Some(Some(whole)), Some(b)) => whole.append(&b).map_err(|r| bad(format!("share {k}: {r}")))?,
+            (Some(None), None) => {}
+            _ => return Err(bad(format!("share {k} disagrees with share 0 on holding best-epoch tables"))),
+        }
+    }
+    Ok((m.state, model.expect("at least one share"), best.flatten()))
+}
+
 /// Writes a checkpoint into `dir` (created if missing), replacing the previous
 /// one atomically.
 pub fn save_checkpoint(dir: &Path, state: &RunState, model: &Model, best: Option<&Model>) -> Result<PathBuf> {
@@ -212,6 +419,11 @@ pub fn save_checkpoint(dir: &Path, state: &RunState, model: &Model, best: Option
     }
     let json = serde_json::to_value(state).expect("run state serialises");
     save_tables(&path, FileKind::Checkpoint, model, best, &json)?;
+    // A sharded checkpoint left in the same place is not this run's now.
+    remove_if_present(&manifest_path(dir))?;
+    for (share, ..) in shares_in(dir)? {
+        remove_if_present(&share)?;
+    }
     Ok(path)
 }
 
@@ -250,15 +462,29 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
     Ok(FolderLock { _file: file })
 }
 
-/// Reads the checkpoint in `dir`.
+/// Reads the checkpoint in `dir`: one file, or a sharded checkpoint's
+/// manifest and shares (where both are there, after a writer stopped
+/// between writing one and removing the other, the newer).
 pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
-    let path = checkpoint_path(dir);
-    let (model, best_model, json) = load_tables(&path, FileKind::Checkpoint)?;
-    let state: RunState = serde_json::from_value(json).map_err(|e| Error::BadModel {
-        path: path.clone(),
-        what: "checkpoint",
-        reason: format!("its run state is unreadable: {e}"),
-    })?;
+    let (file, manifest) = (checkpoint_path(dir), manifest_path(dir));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let sharded = match (modified(&file), modified(&manifest)) {
+        (Some(f), Some(m)) => m >= f,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let (path, state, model, best_model) = if sharded {
+        let (state, model, best) = load_sharded(&manifest)?;
+        (manifest, state, model, best)
+    } else {
+        let (model, best_model, json) = load_tables(&file, FileKind::Checkpoint)?;
+        let state: RunState = serde_json::from_value(json).map_err(|e| Error::BadModel {
+            path: file.clone(),
+            what: "checkpoint",
+            reason: format!("its run state is unreadable: {e}"),
+        })?;
+        (file, state, model, best_model)
+    };
     // The tables must be the ones the run state describes: a file edited
     // or put together by hand would otherwise index past them.
     let f = &state.fingerprint;

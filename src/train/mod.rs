@@ -436,10 +436,35 @@ impl Training {
         self.complete
     }
 
-    fn save(&mut self) -> Result<()> {
-        if let Some(dir) = &self.checkpoint {
+    fn save(&mut self, backend: &mut dyn Backend) -> Result<()> {
+        let Some(dir) = &self.checkpoint else { return Ok(()) };
+        let ranks = backend.ranks();
+        if ranks == 1 {
             self.written = Some(checkpoint::save_checkpoint(dir, &self.state, &self.model, self.best_model.as_ref())?);
+            return Ok(());
         }
+        // Across MPI ranks: every rank its share, then rank 0 the manifest
+        // once all are written, then each rank's older shares removed.
+        let (rank, best) = (backend.rank(), self.best_model.as_ref());
+        let share = checkpoint::save_share(dir, &self.state, &self.model, best, (rank, ranks));
+        let failed = |votes: Vec<bool>, what: &str| -> Result<()> {
+            let ranks: Vec<String> =
+                votes.iter().enumerate().filter(|(k, ok)| !**ok && *k != rank).map(|(k, _)| k.to_string()).collect();
+            if ranks.is_empty() {
+                return Ok(());
+            }
+            Err(Error::Peer { ranks: ranks.join(", "), reason: format!("could not write {what}") })
+        };
+        let votes = backend.vote(share.is_ok())?;
+        share?;
+        failed(votes, "its share of the checkpoint")?;
+        let manifest =
+            if rank == 0 { Some(checkpoint::save_manifest(dir, &self.state, &self.model, ranks)) } else { None };
+        let votes = backend.vote(manifest.as_ref().is_none_or(|m| m.is_ok()))?;
+        let manifest = manifest.transpose()?;
+        failed(votes, "the checkpoint's manifest")?;
+        checkpoint::remove_old_shares(dir, (rank, ranks), self.state.epoch)?;
+        self.written = Some(manifest.unwrap_or_else(|| checkpoint::manifest_path(dir)));
         Ok(())
     }
 
@@ -507,7 +532,7 @@ impl Training {
             self.state.position += out.done;
             self.complete = false;
             self.ended = true;
-            self.save()?;
+            self.save(backend)?;
             return Ok(None);
         }
         let t_eval = Instant::now();
@@ -606,7 +631,7 @@ impl Training {
         self.state.position = 0;
         self.state.lr = settings.hp.rates_at(grid, self.state.epoch)[0].lr;
         self.ended = self.stopped_early || self.state.epoch >= settings.epochs;
-        self.save()?;
+        self.save(backend)?;
         Ok(Some(report))
     }
 

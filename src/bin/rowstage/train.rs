@@ -386,20 +386,21 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     // A resume reads its checkpoint before anything is made: a folder that
     // holds none is not created by the attempt.
-    if let Some(dir) = &a.resume {
+    if let Some(dir) = &a.resume
+        && !train::checkpoint::checkpoint_exists(dir)
+    {
         let file = train::checkpoint::checkpoint_path(dir);
-        if !file.is_file() {
-            return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint to resume")));
-        }
+        return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint to resume")));
     }
     // The folder checkpoints go to: made now (a read-only place fails here,
     // before any work), locked for this run, and never another run's.
-    // Under MPI, rank 0 alone writes (every rank holds the whole model).
+    // Under MPI, rank 0 checks and locks the folder, and every rank writes
+    // its share of each checkpoint there (`checkpoint::save_share`).
     let speaks = crate::output::speaks();
     let _lock = match a.checkpoint.as_ref().or(a.resume.as_ref()).filter(|_| speaks) {
         Some(dir) => {
             let written = train::checkpoint::checkpoint_path(dir);
-            if a.resume.is_none() && written.exists() && !a.overwrite_checkpoint {
+            if a.resume.is_none() && train::checkpoint::checkpoint_exists(dir) && !a.overwrite_checkpoint {
                 return Err(Error::arg(
                     "--checkpoint",
                     dir.display().to_string(),
@@ -417,7 +418,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         None => None,
     };
     let resumed = resume.as_ref().map(|c| (c.path.clone(), c.state.epoch, c.state.position));
-    let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()).filter(|_| speaks), resume };
+    let options = RunOptions { checkpoint: a.checkpoint.clone().or(a.resume.clone()), resume };
     let request_distributed = request.spec.backend.distributed;
     let mut run = Run::from_request(request, options)?;
     for n in run.notes() {
