@@ -453,17 +453,7 @@ impl Backend for GpuBackend {
     }
 
     fn sync_out(&mut self, model: &mut Model, rows: &[u32]) -> Result<Ledger> {
-        let mut ledger = Ledger::default();
-        if !self.resident_loaded {
-            return Ok(ledger);
-        }
-        let exec = &mut self.exec;
-        let mut tables = HostTables::Mut(model);
-        exec.waited += exec.readback.complete_all(&exec.dev, &mut tables)?;
-        let dirty = self.stager.take_dirty_of(rows, &mut ledger);
-        exec.write_back(&mut tables, &dirty, &mut ledger)?;
-        exec.readback.complete_all(&exec.dev, &mut tables)?;
-        Ok(ledger)
+        self.write_back_taken(model, |stager, ledger| stager.take_dirty_of(rows, ledger))
     }
 
     fn sync_in(&mut self, model: &Model, rows: &[u32]) -> Result<Ledger> {
@@ -479,6 +469,19 @@ impl Backend for GpuBackend {
     }
 
     fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
+        self.write_back_taken(model, Stager::take_dirty)
+    }
+}
+
+impl GpuBackend {
+    /// Writes back the trained rows `take` takes from the stager (marking
+    /// them clean), after any write-back in flight: the host tables' copies
+    /// of them made current. Nothing before the first epoch's loads.
+    fn write_back_taken(
+        &mut self,
+        model: &mut Model,
+        take: impl FnOnce(&mut Stager, &mut Ledger) -> Vec<Placed>,
+    ) -> Result<Ledger> {
         let mut ledger = Ledger::default();
         if !self.resident_loaded {
             return Ok(ledger);
@@ -486,7 +489,7 @@ impl Backend for GpuBackend {
         let exec = &mut self.exec;
         let mut tables = HostTables::Mut(model);
         exec.waited += exec.readback.complete_all(&exec.dev, &mut tables)?;
-        let dirty = self.stager.take_dirty(&mut ledger);
+        let dirty = take(&mut self.stager, &mut ledger);
         exec.write_back(&mut tables, &dirty, &mut ledger)?;
         exec.readback.complete_all(&exec.dev, &mut tables)?;
         Ok(ledger)
