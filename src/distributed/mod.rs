@@ -79,6 +79,11 @@ pub enum Trainer {
     /// ([`Trainer::sync_out`]), and staged in again where the device holds
     /// them after the host's copy changed ([`Trainer::sync_in`]).
     Device(Box<dyn Backend>),
+    /// The parameter server's rank in an order whose clocks every rank
+    /// shares (a part): its own GPU backend over a layout of the rank's
+    /// ratings alone ([`crate::engine::shard::Shard::own_layout`]), part
+    /// `p` the rank's share of the run's part `p`; synced as `Device`.
+    OwnLayout(Box<dyn Backend>),
 }
 
 impl Trainer {
@@ -90,7 +95,7 @@ impl Trainer {
     fn kind(&self) -> String {
         match self {
             Trainer::Threads(_) => "cpu".into(),
-            Trainer::Device(d) => d.kind(),
+            Trainer::Device(d) | Trainer::OwnLayout(d) => d.kind(),
         }
     }
 
@@ -104,38 +109,42 @@ impl Trainer {
                     if threads == 1 { "" } else { "s" }
                 )
             }
-            Trainer::Device(d) => format!("each of {ranks} MPI ranks' own GPU (rank {rank}'s: {})", d.adapter()),
+            Trainer::Device(d) | Trainer::OwnLayout(d) => {
+                format!("each of {ranks} MPI ranks' own GPU (rank {rank}'s: {})", d.adapter())
+            }
         }
     }
 
     fn parallelism(&self) -> usize {
         match self {
             Trainer::Threads(pool) => pool.current_num_threads(),
-            Trainer::Device(d) => d.parallelism(),
+            Trainer::Device(d) | Trainer::OwnLayout(d) => d.parallelism(),
         }
     }
 
+    /// The layout the run must train: a device's, unless it is the rank's
+    /// own.
     fn run_layout(&self) -> Option<std::sync::Arc<RunLayout>> {
         match self {
-            Trainer::Threads(_) => None,
+            Trainer::Threads(_) | Trainer::OwnLayout(_) => None,
             Trainer::Device(d) => d.run_layout(),
         }
     }
 
     fn is_ceiling(&self) -> bool {
-        matches!(self, Trainer::Device(d) if d.is_ceiling())
+        matches!(self, Trainer::Device(d) | Trainer::OwnLayout(d) if d.is_ceiling())
     }
 
     fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
         match self {
             Trainer::Threads(_) => Ok(Ledger::default()),
-            Trainer::Device(d) => d.finish(model),
+            Trainer::Device(d) | Trainer::OwnLayout(d) => d.finish(model),
         }
     }
 
     /// Makes the host's copies of `rows` (global rows) current.
     fn sync_out(&mut self, model: &mut Model, rows: &[u32], epoch: &mut DeviceEpoch) -> Result<()> {
-        if let Trainer::Device(d) = self {
+        if let Trainer::Device(d) | Trainer::OwnLayout(d) = self {
             epoch.ledger.merge(&d.sync_out(model, rows)?);
         }
         Ok(())
@@ -143,7 +152,7 @@ impl Trainer {
 
     /// The host's copies of `rows` (global rows) changed: the device's too.
     fn sync_in(&mut self, model: &Model, rows: &[u32], epoch: &mut DeviceEpoch) -> Result<()> {
-        if let Trainer::Device(d) = self {
+        if let Trainer::Device(d) | Trainer::OwnLayout(d) = self {
             epoch.ledger.merge(&d.sync_in(model, rows)?);
         }
         Ok(())
@@ -177,14 +186,15 @@ impl Default for DeviceEpoch {
 }
 
 impl DeviceEpoch {
-    /// Trains `parts` of `input.layout` (one round's: they share no row) on
-    /// `device`, adding each model's squared errors into `sse`; returns the
+    /// Trains `parts` of `layout` (the device's: `input.layout`, or a
+    /// rank's own) on `device`, as one group (a round's parts share no
+    /// row), adding each model's squared errors into `sse`; returns the
     /// ratings trained.
     fn train(
         &mut self,
         device: &mut dyn Backend,
         model: &mut Model,
-        input: &EpochInput,
+        (input, layout): (&EpochInput, &RunLayout),
         parts: impl Iterator<Item = u32>,
         sse: &mut [f64],
     ) -> Result<usize> {
@@ -197,7 +207,7 @@ impl DeviceEpoch {
             vec![crate::engine::Group { end: self.plan.parts.len() as u32, id: crate::engine::NO_GROUP }];
         let round = EpochInput {
             epoch: input.epoch,
-            layout: input.layout,
+            layout,
             plan: &self.plan,
             from: 0,
             following: None,
@@ -222,7 +232,7 @@ impl DeviceEpoch {
     fn finish(&self, trainer: &Trainer, ledger: Ledger, wall: f64, mut t: EpochTrain) -> EpochTrain {
         t.ledger = ledger;
         t.host_seconds = (wall - self.waited).max(0.0);
-        if let Trainer::Device(_) = trainer {
+        if let Trainer::Device(_) | Trainer::OwnLayout(_) = trainer {
             t.device_seconds = self.device_seconds;
             t.dispatches = self.dispatches;
         }

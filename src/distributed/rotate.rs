@@ -328,8 +328,9 @@ impl Rotate {
                 }
                 Trainer::Device(d) => {
                     let parts = mine.filter_map(|t| layout.block_part(t.block, t.sweep));
-                    device.train(d.as_mut(), model, input, parts, &mut sse)?
+                    device.train(d.as_mut(), model, (input, layout), parts, &mut sse)?
                 }
+                Trainer::OwnLayout(_) => unreachable!("a rank's own layout is the parameter server's"),
             };
             done += n as u64;
             Ok(())

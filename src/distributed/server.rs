@@ -413,7 +413,15 @@ impl Net {
                 // A blocked round's parts with this rank's ratings are its
                 // blocks, whole (a block's users are one bin's).
                 Trainer::Device(d) => {
-                    device.train(d.as_mut(), model, input, state.shard.own_parts(plan, clock), &mut sse)?
+                    let parts = state.shard.own_parts(plan, clock);
+                    device.train(d.as_mut(), model, (input, input.layout), parts, &mut sse)?
+                }
+                // A part every rank shares: the rank's share of it, part
+                // for part in its own layout.
+                Trainer::OwnLayout(d) => {
+                    let own = d.run_layout().expect("a GPU backend holds its layout");
+                    let parts = state.shard.own_parts(plan, clock);
+                    device.train(d.as_mut(), model, (input, &own), parts, &mut sse)?
                 }
             };
             done += n as u64;

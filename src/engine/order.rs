@@ -491,6 +491,15 @@ impl RunLayout {
         Ok(RunLayout { spec, ratings, parts, n_users, n_items, arrangement })
     }
 
+    /// A layout of `ratings` cut into the given `parts` (contiguous, in
+    /// order, covering them), arranged as the shuffled order's: what a
+    /// parameter server's rank trains on its GPU, its share of each part of
+    /// the run's layout ([`super::shard::Shard::own_layout`]).
+    pub fn of_parts(spec: LayoutSpec, ratings: Vec<Rating>, parts: Vec<Part>, n_users: usize, n_items: usize) -> Self {
+        debug_assert_eq!(parts.iter().map(|p| p.len as usize).sum::<usize>(), ratings.len());
+        RunLayout { spec, ratings, parts, n_users, n_items, arrangement: Arrangement::Shuffled }
+    }
+
     pub fn spec(&self) -> &LayoutSpec {
         &self.spec
     }

@@ -31,7 +31,7 @@
 
 use std::ops::Range;
 
-use super::{EpochPlan, RunLayout};
+use super::{EpochPlan, Part, RunLayout};
 use crate::data::Rating;
 use crate::stage::{Areas, Ledger, Moves, Placed, PolicyKind, Stager, plan_areas};
 
@@ -162,6 +162,14 @@ impl Shard {
         } else {
             (0..plan.parts.len()).map(|k| k..k + 1).collect()
         }
+    }
+
+    /// This rank's ratings as a layout of their own, part `p` its share of
+    /// `layout`'s part `p` (empty where it has none): what its GPU trains
+    /// in an order whose clocks every rank shares.
+    pub fn own_layout(&self, layout: &RunLayout) -> RunLayout {
+        let parts = self.starts.windows(2).map(|w| Part { start: w[0], len: w[1] - w[0] }).collect();
+        RunLayout::of_parts(*layout.spec(), self.own.clone(), parts, layout.n_users(), layout.n_items())
     }
 
     /// The plan's parts at `clock` that hold ratings of this rank. In the

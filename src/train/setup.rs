@@ -410,24 +410,11 @@ pub fn open_backend_on(
 
 /// What a run across MPI ranks cannot train, refused by name before it
 /// starts (`train` and `plan --ranks` alike): rotate needs the blocked
-/// order; the server on GPUs too (its clocks must be rounds of whole
-/// blocks); an adapter needs a GPU backend.
+/// order; an adapter needs a GPU backend.
 pub fn check_distributed(spec: &BackendSpec, order: Order) -> Result<()> {
     let mode = crate::Named::name(spec.distributed);
     if spec.distributed == Distributed::Rotate {
         crate::engine::rotate::check_order(order)?;
-    }
-    if spec.distributed == Distributed::Server && spec.on_device() && !matches!(order, Order::Blocked { .. }) {
-        return Err(Error::arg(
-            "`backend`",
-            spec.backend.name(),
-            format!(
-                "`distributed` server trains on each rank's GPU in the blocked order only (its clocks are rounds \
-                 of whole blocks); in the {} order a clock is a part that every rank shares: use `backend` cpu, \
-                 or the blocked order",
-                order.name()
-            ),
-        ));
     }
     if !spec.on_device() && spec.adapter.is_some() {
         return Err(Error::arg(
@@ -441,7 +428,8 @@ pub fn check_distributed(spec: &BackendSpec, order: Order) -> Result<()> {
 
 /// `distributed` rotate or server: each rank trains on its CPU's threads
 /// or, for a GPU `--backend`, on its own GPU backend opened here as one
-/// process's would be (the server in the blocked order only).
+/// process's would be (the server in an order other than the blocked: on
+/// the rank's own share of the layout).
 fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
     let mode = crate::Named::name(spec.distributed);
     check_distributed(spec, super::resolve_order(data, settings)?)?;
@@ -455,9 +443,23 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
             let local = BackendSpec { distributed: Distributed::Off, ..spec.clone() };
             let nth = crate::distributed::local_rank();
             let ctx = GpuContext::new_nth(spec.backend, spec.adapter.as_deref(), nth)?;
-            let opened = open_backend_on(data, settings, &local, Some(ctx))?;
-            let (layout, adapter, notice) = (opened.layout, opened.adapter, opened.notice);
-            (Trainer::Device(opened.backend), (layout, adapter, notice))
+            let order = super::resolve_order(data, settings)?;
+            if spec.distributed == Distributed::Server && !matches!(order, Order::Blocked { .. }) {
+                // A clock is a part every rank shares: the GPU trains the
+                // rank's share of each, laid out on their own.
+                let settings = TrainSettings { order, ..settings.clone() };
+                let layout = settings.layout(data, spec.threads)?;
+                let (rank, ranks) = crate::distributed::world();
+                let own = crate::engine::shard::Shard::new(&layout, ranks, rank).own_layout(&layout);
+                let setup = gpu_setup_on(data, &settings, &local, &ctx.summary, own)?;
+                let gpu = GpuBackend::new(ctx, &setup)?;
+                let adapter = Some(gpu.context().summary.clone());
+                (Trainer::OwnLayout(Box::new(gpu)), (None, adapter, None))
+            } else {
+                let opened = open_backend_on(data, settings, &local, Some(ctx))?;
+                let (layout, adapter, notice) = (opened.layout, opened.adapter, opened.notice);
+                (Trainer::Device(opened.backend), (layout, adapter, notice))
+            }
         } else {
             let notice = match (spec.device_memory, spec.backend) {
                 (Some(b), _) => Some(format!(
@@ -504,13 +506,25 @@ pub fn gpu_setup(
     spec: &BackendSpec,
     adapter: &crate::gpu::AdapterSummary,
 ) -> Result<GpuSetup> {
-    let hp = &settings.hp;
-    let (row_bytes, tables) = (settings.row_bytes(), settings.table_bytes(data));
     // The order is the data's and the settings' (every budget and device
     // trains it): a budget that cannot hold a step is refused by the slab's
     // plan, naming the smallest that works.
     let settings = TrainSettings { order: super::resolve_order(data, settings)?, ..settings.clone() };
     let layout = settings.layout(data, spec.threads)?;
+    gpu_setup_on(data, &settings, spec, adapter, layout)
+}
+
+/// [`gpu_setup`] for `layout`, laid out already (`settings`' order
+/// resolved): the run's, or a parameter server rank's own share of it.
+fn gpu_setup_on(
+    data: &Dataset,
+    settings: &TrainSettings,
+    spec: &BackendSpec,
+    adapter: &crate::gpu::AdapterSummary,
+    layout: crate::engine::RunLayout,
+) -> Result<GpuSetup> {
+    let hp = &settings.hp;
+    let (row_bytes, tables) = (settings.row_bytes(), settings.table_bytes(data));
     let order = settings.order;
     let layout = Arc::new(layout);
     let slab_bytes = match spec.device_memory {
