@@ -10,7 +10,7 @@
 # `scripts/bench_mpi.sh DATA gpu`: MovieLens 100K in the default and the
 # cluster order on one process's GPU and `--distributed rotate` on each
 # rank's GPU at 1, 2 and 4 ranks, and `--distributed server` on each
-# rank's GPU at 2 and 4 (`--backend` ROWSTAGE_BENCH_GPU, vulkan by default;
+# rank's GPU at 2 and 4 (also in the shuffled order) (`--backend` ROWSTAGE_BENCH_GPU, vulkan by default;
 # its default slab and cache); with lr and reg fixed (no choosing) for 6 epochs. Prints a Markdown row each: the median ratings/s of
 # epochs 2-6, the bytes handed to MPI per epoch (measured, and as the order
 # predicts them), each rank's peak memory (GNU time's maximum RSS), and the
@@ -82,6 +82,7 @@ for set in "MovieLens 100K|--data $DATA" "synthetic 1M|--synthetic 10000,5000,10
     for order in auto blocked:16:2:4; do
       for how in g1 g2 g4 v2 v4; do row "$label" "$data" "$order" "$how"; done
     done
+    for how in g1 v2 v4; do row "$label" "$data" shuffled "$how"; done
     continue
   fi
   if [ "$MODE" = server ]; then
