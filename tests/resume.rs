@@ -126,6 +126,19 @@ fn sharded_checkpoints_are_the_whole_checkpoint_and_damaged_ones_are_refused() {
     assert_eq!(back.path, manifest_path(dir.path()));
     assert_eq!(back.model, whole.model, "the shares put together are the model");
     assert_eq!(back.state.epoch, whole.state.epoch);
+    // With the best epoch's tables (patience), shared the same way.
+    let best =
+        rowstage::model::Model { users: whole.model.users.iter().map(|x| x * 0.5).collect(), ..whole.model.clone() };
+    let state = rowstage::train::checkpoint::RunState {
+        best: Some(rowstage::train::checkpoint::Best { epoch: 1, test_rmse: 1.0, setting: 0 }),
+        ..whole.state.clone()
+    };
+    for k in 0..3 {
+        save_share(dir.path(), &state, &whole.model, Some(&best), (k, 3)).unwrap();
+    }
+    save_manifest(dir.path(), &state, &whole.model, 3).unwrap();
+    let back = load_checkpoint(dir.path()).unwrap();
+    assert_eq!((back.model, back.best_model), (whole.model.clone(), Some(best)));
     // Rewritten across 2 ranks: the 3-rank shares are gone, and it loads.
     write(&whole.state, 2);
     let names = |d: &std::path::Path| -> Vec<String> {
