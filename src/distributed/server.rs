@@ -1,5 +1,5 @@
 //! `--distributed server`: Factorbird's parameter server, each rank training
-//! on its CPU's threads or (in the blocked order) its own GPU.
+//! on its CPU's threads or its own GPU.
 //! [`crate::engine::shard`] says who owns what, which ratings each rank
 //! trains at each clock and what its cache fetches and pushes; this carries
 //! that schedule out over MPI (docs/ARCHITECTURE.md, "Past one machine").
@@ -32,7 +32,8 @@ pub struct Server {
     net: Net,
     /// A blocked round's blocks share no row, so a rank deals its share of
     /// one to its threads (the same model on any number) or its GPU; a
-    /// clock of another order (a part) trains on one thread.
+    /// clock of another order (a part) trains on one thread, or on the GPU
+    /// over the rank's own layout.
     trainer: Trainer,
     state: Option<State>,
 }
@@ -79,6 +80,7 @@ impl Server {
                  where `--distributed` is given)",
             ));
         }
+        let staleness = staleness.max(1);
         Ok(Server { net: Net { bias_reg, link: Link::world(limit), policy, cache, staleness }, trainer, state: None })
     }
 }
