@@ -73,17 +73,17 @@ pub enum Trainer {
     /// The rank's threads: a round's blocks share no row, so they train at
     /// once without races, and the model is the same on any number.
     Threads(rayon::ThreadPool),
-    /// The rank's own GPU backend, handed the rank's blocks of a round as
-    /// a plan of one round. The host tables stay the model that travels:
-    /// rows are written back before they leave the rank or are read there
-    /// ([`Trainer::sync_out`]), and staged in again where the device holds
-    /// them after the host's copy changed ([`Trainer::sync_in`]).
-    Device(Box<dyn Backend>),
-    /// The parameter server's rank in an order whose clocks every rank
-    /// shares (a part): its own GPU backend over a layout of the rank's
-    /// ratings alone ([`crate::engine::shard::Shard::own_layout`]), part
-    /// `p` the rank's share of the run's part `p`; synced as `Device`.
-    OwnLayout(Box<dyn Backend>),
+    /// The rank's own GPU backend, handed the rank's ratings of a round or
+    /// clock as parts of the layout it holds: the run's (`own_layout`
+    /// false), or, for the parameter server in an order whose clocks every
+    /// rank shares (a part), a layout of the rank's ratings alone
+    /// ([`crate::engine::shard::Shard::own_layout`]), part `p` the rank's
+    /// share of the run's part `p`. The host tables stay the model that
+    /// travels: rows are written back before they leave the rank or are
+    /// read there ([`Trainer::sync_out`]), and staged in again where the
+    /// device holds them after the host's copy changed
+    /// ([`Trainer::sync_in`]).
+    Device { gpu: Box<dyn Backend>, own_layout: bool },
 }
 
 impl Trainer {
@@ -95,7 +95,7 @@ impl Trainer {
     fn kind(&self) -> String {
         match self {
             Trainer::Threads(_) => "cpu".into(),
-            Trainer::Device(d) | Trainer::OwnLayout(d) => d.kind(),
+            Trainer::Device { gpu, .. } => gpu.kind(),
         }
     }
 
@@ -109,8 +109,8 @@ impl Trainer {
                     if threads == 1 { "" } else { "s" }
                 )
             }
-            Trainer::Device(d) | Trainer::OwnLayout(d) => {
-                format!("each of {ranks} MPI ranks' own GPU (rank {rank}'s: {})", d.adapter())
+            Trainer::Device { gpu, .. } => {
+                format!("each of {ranks} MPI ranks' own GPU (rank {rank}'s: {})", gpu.adapter())
             }
         }
     }
@@ -118,7 +118,7 @@ impl Trainer {
     fn parallelism(&self) -> usize {
         match self {
             Trainer::Threads(pool) => pool.current_num_threads(),
-            Trainer::Device(d) | Trainer::OwnLayout(d) => d.parallelism(),
+            Trainer::Device { gpu, .. } => gpu.parallelism(),
         }
     }
 
@@ -126,34 +126,34 @@ impl Trainer {
     /// own.
     fn run_layout(&self) -> Option<std::sync::Arc<RunLayout>> {
         match self {
-            Trainer::Threads(_) | Trainer::OwnLayout(_) => None,
-            Trainer::Device(d) => d.run_layout(),
+            Trainer::Device { gpu, own_layout: false } => gpu.run_layout(),
+            _ => None,
         }
     }
 
     fn is_ceiling(&self) -> bool {
-        matches!(self, Trainer::Device(d) | Trainer::OwnLayout(d) if d.is_ceiling())
+        matches!(self, Trainer::Device { gpu, .. } if gpu.is_ceiling())
     }
 
     fn finish(&mut self, model: &mut Model) -> Result<Ledger> {
         match self {
             Trainer::Threads(_) => Ok(Ledger::default()),
-            Trainer::Device(d) | Trainer::OwnLayout(d) => d.finish(model),
+            Trainer::Device { gpu, .. } => gpu.finish(model),
         }
     }
 
     /// Makes the host's copies of `rows` (global rows) current.
     fn sync_out(&mut self, model: &mut Model, rows: &[u32], epoch: &mut DeviceEpoch) -> Result<()> {
-        if let Trainer::Device(d) | Trainer::OwnLayout(d) = self {
-            epoch.ledger.merge(&d.sync_out(model, rows)?);
+        if let Trainer::Device { gpu, .. } = self {
+            epoch.ledger.merge(&gpu.sync_out(model, rows)?);
         }
         Ok(())
     }
 
     /// The host's copies of `rows` (global rows) changed: the device's too.
     fn sync_in(&mut self, model: &Model, rows: &[u32], epoch: &mut DeviceEpoch) -> Result<()> {
-        if let Trainer::Device(d) | Trainer::OwnLayout(d) = self {
-            epoch.ledger.merge(&d.sync_in(model, rows)?);
+        if let Trainer::Device { gpu, .. } = self {
+            epoch.ledger.merge(&gpu.sync_in(model, rows)?);
         }
         Ok(())
     }
@@ -186,15 +186,14 @@ impl Default for DeviceEpoch {
 }
 
 impl DeviceEpoch {
-    /// Trains `parts` of `layout` (the device's: `input.layout`, or a
-    /// rank's own) on `device`, as one group (a round's parts share no
-    /// row), adding each model's squared errors into `sse`; returns the
-    /// ratings trained.
+    /// Trains `parts` of the layout `device` holds (the run's, or a rank's
+    /// own) as one group (a round's parts share no row), adding each
+    /// model's squared errors into `sse`; returns the ratings trained.
     fn train(
         &mut self,
         device: &mut dyn Backend,
         model: &mut Model,
-        (input, layout): (&EpochInput, &RunLayout),
+        input: &EpochInput,
         parts: impl Iterator<Item = u32>,
         sse: &mut [f64],
     ) -> Result<usize> {
@@ -203,11 +202,12 @@ impl DeviceEpoch {
         if self.plan.parts.is_empty() {
             return Ok(0);
         }
-        self.plan.groups =
-            vec![crate::engine::Group { end: self.plan.parts.len() as u32, id: crate::engine::NO_GROUP }];
+        self.plan.groups.clear();
+        self.plan.groups.push(crate::engine::Group { end: self.plan.parts.len() as u32, id: crate::engine::NO_GROUP });
+        let layout = device.run_layout().expect("a GPU backend holds the layout it trains");
         let round = EpochInput {
             epoch: input.epoch,
-            layout,
+            layout: &layout,
             plan: &self.plan,
             from: 0,
             following: None,
@@ -232,7 +232,7 @@ impl DeviceEpoch {
     fn finish(&self, trainer: &Trainer, ledger: Ledger, wall: f64, mut t: EpochTrain) -> EpochTrain {
         t.ledger = ledger;
         t.host_seconds = (wall - self.waited).max(0.0);
-        if let Trainer::Device(_) | Trainer::OwnLayout(_) = trainer {
+        if let Trainer::Device { .. } = trainer {
             t.device_seconds = self.device_seconds;
             t.dispatches = self.dispatches;
         }
@@ -311,6 +311,11 @@ pub(crate) fn totals(link: &link::Link, sent: u64, done: u64, sse: &[f64]) -> Re
     let done = link.everyone(done)?.iter().sum::<u64>() as usize;
     let sse = sse.iter().map(|&mine| Ok(link.everyone(mine)?.iter().sum())).collect::<Result<Vec<f64>>>()?;
     Ok((bytes, done, sse))
+}
+
+/// Every rank's `ok`, in rank order ([`Backend::vote`]).
+pub(crate) fn votes(link: &link::Link, ok: bool) -> Result<Vec<bool>> {
+    Ok(link.everyone(u8::from(ok))?.iter().map(|&v| v != 0).collect())
 }
 
 /// Every rank's `ledger`, added up in rank order: one result on all.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
-use super::{DeviceEpoch, LayoutKey, Trainer, begin_epoch, ledger_sum, totals};
+use super::{DeviceEpoch, LayoutKey, Trainer, begin_epoch, ledger_sum, totals, votes};
 use crate::data::Rating;
 use crate::engine::rotate::{Holders, Move, Rotation};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
@@ -251,7 +251,7 @@ impl Backend for Rotate {
     }
 
     fn vote(&mut self, ok: bool) -> Result<Vec<bool>> {
-        Ok(self.link.everyone(u8::from(ok))?.iter().map(|&v| v != 0).collect())
+        votes(&self.link, ok)
     }
 
     fn parallelism(&self) -> usize {
@@ -326,11 +326,10 @@ impl Rotate {
                     input.progress.fetch_add(n, Ordering::Relaxed);
                     n
                 }
-                Trainer::Device(d) => {
+                Trainer::Device { gpu, .. } => {
                     let parts = mine.filter_map(|t| layout.block_part(t.block, t.sweep));
-                    device.train(d.as_mut(), model, (input, layout), parts, &mut sse)?
+                    device.train(gpu.as_mut(), model, input, parts, &mut sse)?
                 }
-                Trainer::OwnLayout(_) => unreachable!("a rank's own layout is the parameter server's"),
             };
             done += n as u64;
             Ok(())

@@ -18,7 +18,7 @@ use web_time::Instant;
 
 use super::link::{Incoming, Link, MODEL, Outgoing};
 use super::rotate::{train_blocks, train_round};
-use super::{DeviceEpoch, LayoutKey, Trainer, begin_epoch, ledger_sum, totals};
+use super::{DeviceEpoch, LayoutKey, Trainer, begin_epoch, ledger_sum, totals, votes};
 use crate::data::Rating;
 use crate::engine::shard::{Cache, Schedule, Shard, cache_slots, item_owner, schedule_bytes};
 use crate::engine::{Backend, EpochInput, EpochTrain, RunLayout, Wire};
@@ -154,15 +154,16 @@ impl Net {
             .map(|(k, c)| (k, vec![0u32; (c[0] as usize) * (s + 1) + c[1] as usize]))
             .collect();
         let mut sent = self.swap(&sends, &mut recvs)?;
-        // The served rows asked for, pushed to or read, current on the host.
-        let asked = |pushed: bool, fetched: bool| -> Vec<u32> {
+        // The served rows pushed to (and with `fetched`, read): current on
+        // the host first.
+        let asked = |fetched: bool| -> Vec<u32> {
             let ids = recvs.iter().flat_map(|(k, buf)| {
                 let [p, f] = theirs[*k].map(|c| c as usize);
-                buf[if pushed { 0 } else { p }..if fetched { p + f } else { p }].iter().copied()
+                buf[..if fetched { p + f } else { p }].iter().copied()
             });
             global(&mut ids.into_iter())
         };
-        trainer.sync_out(model, &asked(true, true), device)?;
+        trainer.sync_out(model, &asked(true), device)?;
         // Every delta added (in rank order) before any fetch is answered:
         // a fetch sees every push of the clock.
         for (k, buf) in &recvs {
@@ -175,7 +176,7 @@ impl Net {
                 }
             }
         }
-        trainer.sync_in(model, &asked(true, false), device)?;
+        trainer.sync_in(model, &asked(false), device)?;
         let answers: Vec<(usize, Vec<f32>)> = recvs
             .iter()
             .filter(|(k, _)| theirs[*k][1] > 0)
@@ -313,7 +314,7 @@ impl Backend for Server {
     }
 
     fn vote(&mut self, ok: bool) -> Result<Vec<bool>> {
-        Ok(self.net.link.everyone(u8::from(ok))?.iter().map(|&v| v != 0).collect())
+        votes(&self.net.link, ok)
     }
 
     fn divergence_hint(&self) -> Option<&'static str> {
@@ -413,17 +414,11 @@ impl Net {
                     n
                 }
                 // A blocked round's parts with this rank's ratings are its
-                // blocks, whole (a block's users are one bin's).
-                Trainer::Device(d) => {
-                    let parts = state.shard.own_parts(plan, clock);
-                    device.train(d.as_mut(), model, (input, input.layout), parts, &mut sse)?
-                }
-                // A part every rank shares: the rank's share of it, part
-                // for part in its own layout.
-                Trainer::OwnLayout(d) => {
-                    let own = d.run_layout().expect("a GPU backend holds its layout");
-                    let parts = state.shard.own_parts(plan, clock);
-                    device.train(d.as_mut(), model, (input, &own), parts, &mut sse)?
+                // blocks, whole (a block's users are one bin's); a part of
+                // another order is the rank's share, part for part in its
+                // own layout.
+                Trainer::Device { gpu, .. } => {
+                    device.train(gpu.as_mut(), model, input, state.shard.own_parts(plan, clock), &mut sse)?
                 }
             };
             done += n as u64;
@@ -435,22 +430,21 @@ impl Net {
         sent += self.gather((trainer, &mut device), state, model)?;
         // Every rank adds the same figures in rank order: one result on all.
         let (bytes, done, total_sse) = totals(&self.link, sent, done, &sse)?;
-        let l = schedule.ledger;
-        let sums = self.link.everyone([l.item_hits, l.item_misses, l.item_rows_in, l.item_rows_out, l.steps])?;
         // The cache's rows and hits; a GPU's bytes each way beside them.
-        let d = ledger_sum(&self.link, device.ledger)?;
-        let ledger = Ledger {
-            item_hits: sums.iter().map(|v| v[0]).sum(),
-            item_misses: sums.iter().map(|v| v[1]).sum(),
-            item_rows_in: sums.iter().map(|v| v[2]).sum(),
-            item_rows_out: sums.iter().map(|v| v[3]).sum(),
-            steps: sums.iter().map(|v| v[4]).sum(),
+        let (l, d) = (schedule.ledger, device.ledger);
+        let mine = Ledger {
+            item_hits: l.item_hits,
+            item_misses: l.item_misses,
+            item_rows_in: l.item_rows_in,
+            item_rows_out: l.item_rows_out,
+            steps: l.steps,
             row_bytes_h2d: d.row_bytes_h2d,
             row_bytes_d2h: d.row_bytes_d2h,
             data_bytes_h2d: d.data_bytes_h2d,
             data_bytes_d2h: d.data_bytes_d2h,
             ..Default::default()
         };
+        let ledger = ledger_sum(&self.link, mine)?;
         let t = EpochTrain {
             sse: total_sse,
             count: done as u64,

@@ -432,7 +432,8 @@ pub fn check_distributed(spec: &BackendSpec, order: Order) -> Result<()> {
 /// the rank's own share of the layout).
 fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
     let mode = crate::Named::name(spec.distributed);
-    check_distributed(spec, super::resolve_order(data, settings)?)?;
+    let order = super::resolve_order(data, settings)?;
+    check_distributed(spec, order)?;
     #[cfg(feature = "mpi")]
     {
         use crate::distributed::{Rotate, Server, Trainer};
@@ -443,7 +444,6 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
             let local = BackendSpec { distributed: Distributed::Off, ..spec.clone() };
             let nth = crate::distributed::local_rank();
             let ctx = GpuContext::new_nth(spec.backend, spec.adapter.as_deref(), nth)?;
-            let order = super::resolve_order(data, settings)?;
             if spec.distributed == Distributed::Server && !matches!(order, Order::Blocked { .. }) {
                 // A clock is a part every rank shares: the GPU trains the
                 // rank's share of each, laid out on their own.
@@ -454,11 +454,11 @@ fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec
                 let setup = gpu_setup_on(data, &settings, &local, &ctx.summary, own)?;
                 let gpu = GpuBackend::new(ctx, &setup)?;
                 let adapter = Some(gpu.context().summary.clone());
-                (Trainer::OwnLayout(Box::new(gpu)), (None, adapter, None))
+                (Trainer::Device { gpu: Box::new(gpu), own_layout: true }, (None, adapter, None))
             } else {
                 let opened = open_backend_on(data, settings, &local, Some(ctx))?;
                 let (layout, adapter, notice) = (opened.layout, opened.adapter, opened.notice);
-                (Trainer::Device(opened.backend), (layout, adapter, notice))
+                (Trainer::Device { gpu: opened.backend, own_layout: false }, (layout, adapter, notice))
             }
         } else {
             let notice = match (spec.device_memory, spec.backend) {
