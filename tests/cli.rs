@@ -870,6 +870,38 @@ fn ctrl_c_writes_an_incomplete_report_and_a_checkpoint_then_resume_finishes() {
 }
 
 #[test]
+fn a_resume_continues_the_checkpoints_setting_and_refuses_another_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ratings_csv(dir.path());
+    let ck = dir.path().join("ck");
+    let base = |c: &mut Command| {
+        c.args(["train", "--backend", "cpu", "--rank", "4", "--batch", "64"]).arg("--data").arg(&data);
+    };
+    let mut first = rowstage();
+    base(&mut first);
+    first.args(["--lr", "0.03", "--reg", "0.07", "--epochs", "1", "--checkpoint"]).arg(&ck).assert().success();
+    // Neither given: the checkpoint's setting continues, nothing is chosen
+    // first (choosing would train on other settings, then be refused).
+    let mut resumed = rowstage();
+    base(&mut resumed);
+    let j = success_json(resumed.args(["--epochs", "2", "--json", "-", "--resume"]).arg(&ck));
+    assert!(j["choice"].is_null(), "a resumed run chooses nothing: {}", j["choice"]);
+    assert_eq!(j["epochs"].as_array().unwrap().len(), 2);
+    let hp = &j["config"];
+    assert_eq!((hp["lr"].as_f64().unwrap() as f32, hp["reg"].as_f64().unwrap() as f32), (0.03, 0.07), "{hp}");
+    // Another value given is refused by name before any training.
+    let mut other = rowstage();
+    base(&mut other);
+    other
+        .args(["--lr", "0.01", "--epochs", "3", "--resume"])
+        .arg(&ck)
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("epoch").not())
+        .stderr(predicate::str::contains("made with --lr = 0.03, this run has --lr = 0.01"));
+}
+
+#[test]
 fn bench_exports_json_csv_markdown_and_refuses_bad_flags() {
     let dir = tempfile::tempdir().unwrap();
     let data = ratings_csv(dir.path());

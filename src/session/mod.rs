@@ -186,18 +186,26 @@ impl Run {
                 spec.order = order;
             }
         }
-        // A checkpoint of a run that chose resumes with what it chose.
-        let resumed = options.resume.as_ref().and_then(|c| {
-            let (hp, epochs) = (c.state.fingerprint.hp, c.state.chosen_epochs?);
-            Some(RunSpec {
-                hp: HyperParams { lr: hp.lr, reg: hp.reg, ..spec.hp },
+        // A resumed run continues its checkpoint's setting and never
+        // chooses again: a step size or λ this run leaves to choosing (not
+        // given, or listed) is the checkpoint's, and so are the epochs where
+        // the checkpoint's run chose them. One given stands, and the
+        // checkpoint's fingerprint refuses it by name where it differs.
+        let resumed = options.resume.as_ref().map(|c| {
+            let hp = c.state.fingerprint.hp;
+            let listed = |f: fn(&Setting) -> f32| distinct(spec.grid.iter().map(f)).len() > 1;
+            let lr = if spec.tune.lr || listed(|s| s.lr) { hp.lr } else { spec.hp.lr };
+            let reg = if spec.tune.reg || listed(|s| s.reg) { hp.reg } else { spec.hp.reg };
+            RunSpec {
+                hp: HyperParams { lr, reg, ..spec.hp },
                 grid: Vec::new(),
-                epochs,
+                epochs: c.state.chosen_epochs.unwrap_or(spec.epochs),
                 ..spec.clone()
-            })
+            }
         });
-        if resumed.is_some() || !spec.tune.chooses(&spec.hp, &spec.grid) {
-            let chosen = resumed.as_ref().map(|s| s.epochs);
+        let (options_resumed, spec_chose) = (resumed.is_some(), spec.tune.chooses(&spec.hp, &spec.grid));
+        if options_resumed || !spec_chose {
+            let chosen = options.resume.as_ref().and_then(|c| c.state.chosen_epochs);
             let stage_spec = RunSpec { tune: Tuning::OFF, ..resumed.unwrap_or(spec) };
             let (resolved, mut training) = start(&data, &stage_spec, options, None).map_err(|e| {
                 if kept_batch { e.with_fix(" (the checkpoint's batch, which a resumed run keeps)") } else { e }
@@ -205,7 +213,13 @@ impl Run {
             if let Some(epochs) = chosen {
                 training.record_choice(epochs);
             }
-            let notes = resolved.notes.clone();
+            let mut notes = resolved.notes.clone();
+            if options_resumed && spec_chose {
+                notes.push(format!(
+                    "lr {} reg {}: the checkpoint's (a resumed run continues its setting, it does not choose again)",
+                    stage_spec.hp.lr, stage_spec.hp.reg
+                ));
+            }
             return Ok(Run {
                 data,
                 request,
