@@ -74,7 +74,6 @@ impl Truth {
                 low: 0.5,
                 high: 4.0,
                 step: 0.5,
-                ..base
             },
             // Dense, strong rank-20 signal, little noise, 1–10 integers,
             // uniform popularity: weak regularisation pays.
@@ -91,7 +90,6 @@ impl Truth {
                 low: 1.0,
                 high: 10.0,
                 step: 1.0,
-                ..base
             },
             // MovieLens-like stars with a middling signal, very skewed.
             "skewed-stars" => Truth {

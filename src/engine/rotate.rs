@@ -82,7 +82,11 @@ pub fn check_order(order: Order) -> Result<()> {
     Err(Error::arg(
         "`distributed`",
         "rotate",
-        format!("rotates the blocked order's bins between ranks; this run's order is {}", order.name()),
+        format!(
+            "rotates the blocked order's bins between ranks; this run's order is {} (`distributed` server \
+             trains any order)",
+            order.name()
+        ),
     ))
 }
 
