@@ -115,61 +115,62 @@ enum Sep {
     DoubleColon,
 }
 
-/// Reads `path` into a [`RatingSet`].
+/// Reads `path` into a [`RatingSet`], a chunk at a time: the file's text is
+/// never held whole, only its ratings (a line longer than
+/// [`MAX_LINE_BYTES`] is refused, so that a device such as `/dev/zero`, or
+/// a file of another kind, is stopped early).
 pub fn load_ratings(path: &Path, opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
-    let bytes = read_bounded(path, MAX_LINE_BYTES)?;
-    parse_ratings(path, &bytes, opts)
-}
-
-/// The longest line a ratings file may have: a rating is a few dozen bytes.
-pub const MAX_LINE_BYTES: usize = 1 << 20;
-
-/// Reads `path` whole, refusing (exit 2, naming the file) a line longer than
-/// `max_line` bytes or more bytes than half the memory available: a device
-/// such as `/dev/zero`, or a file of another kind, is stopped early rather
-/// than read until memory runs out.
-pub fn read_bounded(path: &Path, max_line: usize) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
+    let size = file.metadata().map_err(|e| Error::io(path, e))?;
+    if size.is_dir() {
         return Err(Error::io(path, std::io::Error::other("a directory, not a file")));
     }
+    let mut parser = Parser::new(path, opts, size.len() as usize);
+    // Past half the memory available, the ratings read so far are refused
+    // by name rather than read until memory runs out.
     let limit = available_memory().map_or(u64::MAX, |m| m / 2);
-    let too_long = |line: usize| Error::Parse {
-        path: path.to_path_buf(),
-        line,
-        reason: format!("longer than {} KiB: not a ratings file", max_line >> 10),
-        text: String::new(),
-    };
-    let (mut bytes, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
-    // Where the line being read starts: only the chunk's last line break
-    // matters (found from its end); lines are counted only for the error.
-    let mut line_start = 0usize;
+    let (mut pending, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
     loop {
         let n = file.read(&mut chunk).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
-        let at = bytes.len();
-        bytes.extend_from_slice(&chunk[..n]);
-        if let Some(k) = chunk[..n].iter().rposition(|&b| b == b'\n') {
-            line_start = at + k + 1;
+        // Whole lines straight from the chunk; a line cut by its end waits
+        // in `pending` for the rest.
+        let mut rest = &chunk[..n];
+        while let Some(k) = memchr::memchr(b'\n', rest) {
+            if pending.is_empty() {
+                parser.line(&rest[..k])?;
+            } else {
+                pending.extend_from_slice(&rest[..k]);
+                parser.line(&pending)?;
+                pending.clear();
+            }
+            rest = &rest[k + 1..];
         }
-        if bytes.len() - line_start > max_line {
-            return Err(too_long(bytes[..line_start].iter().filter(|&&b| b == b'\n').count() + 1));
+        pending.extend_from_slice(rest);
+        if pending.len() > MAX_LINE_BYTES {
+            return Err(parser.too_long());
         }
-        if bytes.len() as u64 > limit {
+        if parser.held_bytes() > limit {
             return Err(Error::io(
                 path,
                 std::io::Error::other(format!(
-                    "larger than half the memory available ({} MiB read)",
-                    bytes.len() >> 20
+                    "its ratings take more than half the memory available ({} MiB read)",
+                    parser.held_bytes() >> 20
                 )),
             ));
         }
     }
-    Ok(bytes)
+    parser.line(&pending)?;
+    parser.finish()
 }
+
+/// The longest line a ratings file may have: a rating is a few dozen bytes.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Bytes of memory available (Linux: `MemAvailable`), where known.
 fn available_memory() -> Option<u64> {
@@ -181,48 +182,94 @@ fn available_memory() -> Option<u64> {
 
 /// Parses ratings already in memory; `path` only names the source in errors.
 pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(RatingSet, LoadReport)> {
-    let path_buf = path.to_path_buf();
-    // A UTF-8 byte-order mark (spreadsheets write one) is no part of an id.
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let first_line = bytes
-        .split(|&b| b == b'\n')
-        .map(trim_cr)
-        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .ok_or_else(|| Error::EmptyData { path: path_buf.clone(), reason: "the file is empty".into() })?;
-    let first_line = String::from_utf8_lossy(first_line).into_owned();
-    let format = match opts.format {
-        Format::Auto => detect(path, &first_line),
-        f => f,
-    };
-    let (sep, header) = match format {
-        Format::Movielens100k => (Sep::Char(b'\t'), HeaderMode::No),
-        Format::MovielensDat => (Sep::DoubleColon, HeaderMode::No),
-        Format::MovielensCsv => (Sep::Char(b','), HeaderMode::Yes),
-        Format::Csv => (Sep::Char(b','), opts.header),
-        Format::Tsv => (Sep::Char(b'\t'), opts.header),
-        Format::Auto => unreachable!("detect never returns Auto"),
-    };
+    let mut parser = Parser::new(path, opts, bytes.len());
+    for line in bytes.split(|&b| b == b'\n') {
+        parser.line(line)?;
+    }
+    parser.finish()
+}
 
-    let mut users = IdMap::new();
-    let mut items = IdMap::new();
-    let mut ratings = Vec::with_capacity(bytes.len() / 24);
-    let mut report = LoadReport { format: Some(format), ..Default::default() };
-    let mut seen_first = false;
-    for (idx, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line_no = idx + 1;
+/// Ratings read line by line: the format is settled at the first line that
+/// is not blank (detected from it and the file's name, unless given), and a
+/// header is looked for there.
+struct Parser<'p> {
+    path: &'p Path,
+    opts: LoadOptions,
+    /// The separator, the header rule and the format, once settled.
+    layout: Option<(Sep, HeaderMode, Format)>,
+    /// Lines seen, blank ones included: the next line's number less one.
+    lines: usize,
+    users: IdMap,
+    items: IdMap,
+    ratings: Vec<Rating>,
+    report: LoadReport,
+}
+
+impl<'p> Parser<'p> {
+    /// `size`: the text's length in bytes, to reserve for its ratings.
+    fn new(path: &'p Path, opts: LoadOptions, size: usize) -> Self {
+        Parser {
+            path,
+            opts,
+            layout: None,
+            lines: 0,
+            users: IdMap::new(),
+            items: IdMap::new(),
+            ratings: Vec::with_capacity(size / 24),
+            report: LoadReport::default(),
+        }
+    }
+
+    /// Bytes of ratings held so far.
+    fn held_bytes(&self) -> u64 {
+        (self.ratings.capacity() * std::mem::size_of::<Rating>()) as u64
+    }
+
+    /// The line being read is past [`MAX_LINE_BYTES`].
+    fn too_long(&self) -> Error {
+        Error::Parse {
+            path: self.path.to_path_buf(),
+            line: self.lines + 1,
+            reason: format!("longer than {} KiB: not a ratings file", MAX_LINE_BYTES >> 10),
+            text: String::new(),
+        }
+    }
+
+    /// Reads the next line (without its `\n`).
+    fn line(&mut self, raw: &[u8]) -> Result<()> {
+        // A UTF-8 byte-order mark (spreadsheets write one) is no part of an
+        // id.
+        let raw = if self.lines == 0 { raw.strip_prefix(BOM).unwrap_or(raw) } else { raw };
+        self.lines += 1;
         let raw = trim_cr(raw);
         if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            return Ok(());
         }
         let bad = |reason: String| Error::Parse {
-            path: path_buf.clone(),
-            line: line_no,
+            path: self.path.to_path_buf(),
+            line: self.lines,
             reason,
             text: String::from_utf8_lossy(raw).into_owned(),
         };
+        let is_first = self.layout.is_none();
+        let (sep, header, format) = *self.layout.get_or_insert_with(|| {
+            let format = match self.opts.format {
+                Format::Auto => detect(self.path, &String::from_utf8_lossy(raw)),
+                f => f,
+            };
+            let (sep, header) = match format {
+                Format::Movielens100k => (Sep::Char(b'\t'), HeaderMode::No),
+                Format::MovielensDat => (Sep::DoubleColon, HeaderMode::No),
+                Format::MovielensCsv => (Sep::Char(b','), HeaderMode::Yes),
+                Format::Csv => (Sep::Char(b','), self.opts.header),
+                Format::Tsv => (Sep::Char(b'\t'), self.opts.header),
+                Format::Auto => unreachable!("detect never returns Auto"),
+            };
+            self.report.format = Some(format);
+            (sep, header, format)
+        });
+        let (users, items) = (&mut self.users, &mut self.items);
         let parsed = std::str::from_utf8(raw).map_err(|e| bad(format!("not valid UTF-8 ({e})"))).and_then(|line| {
-            let is_first = !seen_first;
-            seen_first = true;
             with_fields(line, sep, |fields, count| {
                 if is_first && is_header(header, fields) {
                     return Ok(None);
@@ -230,35 +277,42 @@ pub fn parse_ratings(path: &Path, bytes: &[u8], opts: LoadOptions) -> Result<(Ra
                 let (u, i, v) = parse_fields(fields, count, format)?;
                 Ok(Some(Rating { user: users.intern(u), item: items.intern(i), value: v }))
             })
-            .map_err(|reason| match opts.format {
+            .map_err(|reason| match self.opts.format {
                 // The layout was the user's word, not the file's: say so.
                 Format::Auto => bad(reason),
                 f => bad(format!("{reason} (read as `format` {})", crate::Named::name(f))),
             })
         });
         match parsed {
-            Ok(Some(r)) => ratings.push(r),
+            Ok(Some(r)) => self.ratings.push(r),
             Ok(None) => {}
-            Err(e) if opts.skip_bad_lines => {
-                report.skipped += 1;
-                if report.first_skipped.len() < 5 {
-                    report.first_skipped.push(e.to_string());
+            Err(e) if self.opts.skip_bad_lines => {
+                self.report.skipped += 1;
+                if self.report.first_skipped.len() < 5 {
+                    self.report.first_skipped.push(e.to_string());
                 }
             }
             Err(e) => return Err(e),
         }
+        Ok(())
     }
-    if ratings.is_empty() {
-        return Err(Error::EmptyData {
-            path: path_buf,
-            reason: if report.skipped > 0 {
+
+    /// The ratings read, or why there are none.
+    fn finish(self) -> Result<(RatingSet, LoadReport)> {
+        let Parser { path, layout, users, items, ratings, report, .. } = self;
+        let empty = |reason: String| Err(Error::EmptyData { path: path.to_path_buf(), reason });
+        if layout.is_none() {
+            return empty("the file is empty".into());
+        }
+        if ratings.is_empty() {
+            return empty(if report.skipped > 0 {
                 format!("no valid rating: all {} data lines were bad", report.skipped)
             } else {
                 "no rating found (only a header or blank lines)".into()
-            },
-        });
+            });
+        }
+        Ok((RatingSet { users, items, ratings }, report))
     }
-    Ok((RatingSet { users, items, ratings }, report))
 }
 
 fn trim_cr(l: &[u8]) -> &[u8] {
@@ -401,11 +455,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("long.tsv");
         let mut bytes = b"a\tb\t3\nc\td\t4\n".to_vec();
-        bytes.extend(std::iter::repeat_n(b'x', 300_000));
+        bytes.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 300_000));
         std::fs::write(&path, &bytes).unwrap();
-        let e = read_bounded(&path, 100_000).unwrap_err().to_string();
+        let e = load_ratings(&path, LoadOptions::default()).unwrap_err().to_string();
         assert!(e.contains("long.tsv:3:") && e.contains("longer than"), "{e}");
-        assert_eq!(read_bounded(&path, 400_000).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_file_read_in_chunks_is_the_text_parsed_whole() {
+        // Lines across the 64 KiB chunks' ends, a byte-order mark, CRLF,
+        // blank lines, a header, a last line without its line break.
+        let mut text = String::from("\u{feff}user,item,rating\r\n\n");
+        for k in 0..20_000u32 {
+            text += &format!("user-{},item-{},{}.5\r\n", k % 997, (k * 31) % 1009, k % 5);
+            if k % 4001 == 0 {
+                text += "  \n";
+            }
+        }
+        text += "last,one,4";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, &text).unwrap();
+        let (read, _) = load_ratings(&path, LoadOptions::default()).unwrap();
+        let (parsed, report) = parse_ratings(&path, text.as_bytes(), LoadOptions::default()).unwrap();
+        assert_eq!(read.ratings.len(), 20_001);
+        assert_eq!(read.ratings, parsed.ratings);
+        assert_eq!((read.users.len(), read.items.len()), (parsed.users.len(), parsed.items.len()));
+        assert_eq!(read.users.name(0), "user-0");
+        assert_eq!(report.format, Some(Format::Csv));
+        // An error names the same line either way.
+        let bad = text.replacen("user-5,item-155,0.5", "user-5,item-155,x", 1);
+        std::fs::write(&path, &bad).unwrap();
+        let e = load_ratings(&path, LoadOptions::default()).unwrap_err().to_string();
+        let f = parse_ratings(&path, bad.as_bytes(), LoadOptions::default()).unwrap_err().to_string();
+        assert_eq!(e, f);
+        assert!(e.contains("r.csv:9:"), "{e}");
     }
 
     fn parse(name: &str, text: &str) -> Result<(RatingSet, LoadReport)> {
