@@ -434,6 +434,14 @@ fn plan_ranks_works_out_the_servers_wire_bytes_without_mpi() {
             .code(2)
             .stderr(predicate::str::contains(says));
     }
+    // Each rank's GPU lays out its own ratings, without co-partitioning:
+    // refused before anything starts, MPI or not.
+    rowstage()
+        .args(["train", "--synthetic", "700,500,30000", "--distributed", "server", "--backend", "vulkan"])
+        .args(["--order", "shuffled", "--co-partition", "users"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("\"users\" for --co-partition: is not trained by --distributed server"));
 }
 
 #[test]

@@ -219,7 +219,7 @@ fn final_layout(
     settings.order = crate::train::resolve_order(data, &settings)?;
     crate::train::check_distributed(
         &crate::train::BackendSpec { distributed: mode, ..spec.backend.clone() },
-        settings.order,
+        &settings,
     )?;
     let layout = settings.layout(data, spec.backend.threads.max(1))?;
     Ok((settings, layout))

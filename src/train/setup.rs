@@ -410,11 +410,20 @@ pub fn open_backend_on(
 
 /// What a run across MPI ranks cannot train, refused by name before it
 /// starts (`train` and `plan --ranks` alike): rotate needs the blocked
-/// order; an adapter needs a GPU backend.
-pub fn check_distributed(spec: &BackendSpec, order: Order) -> Result<()> {
+/// order; an adapter needs a GPU backend; the server's GPUs lay out each
+/// rank's ratings on their own, which keeps no co-partitioning.
+pub fn check_distributed(spec: &BackendSpec, settings: &TrainSettings) -> Result<()> {
     let mode = crate::Named::name(spec.distributed);
     if spec.distributed == Distributed::Rotate {
-        crate::engine::rotate::check_order(order)?;
+        crate::engine::rotate::check_order(settings.order)?;
+    }
+    if let Some(c) = settings.co_partition.filter(|_| spec.distributed == Distributed::Server && spec.on_device()) {
+        return Err(Error::arg(
+            "`co_partition`",
+            c.side.name(),
+            "is not trained by `distributed` server on a GPU `backend` (each rank's GPU lays out the rank's own \
+             ratings): leave it out, or train the server on the ranks' CPUs",
+        ));
     }
     if !spec.on_device() && spec.adapter.is_some() {
         return Err(Error::arg(
@@ -433,7 +442,7 @@ pub fn check_distributed(spec: &BackendSpec, order: Order) -> Result<()> {
 fn open_distributed(data: &Dataset, settings: &TrainSettings, spec: &BackendSpec) -> Result<Opened> {
     let mode = crate::Named::name(spec.distributed);
     let order = super::resolve_order(data, settings)?;
-    check_distributed(spec, order)?;
+    check_distributed(spec, &TrainSettings { order, ..settings.clone() })?;
     #[cfg(feature = "mpi")]
     {
         use crate::distributed::{Rotate, Server, Trainer};
