@@ -113,12 +113,11 @@ fn sharded_checkpoints_are_the_whole_checkpoint_and_damaged_ones_are_refused() {
     let whole = load_checkpoint(one.path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let write = |state: &rowstage::train::checkpoint::RunState, ranks: usize| {
-        for k in 0..ranks {
-            save_share(dir.path(), state, &whole.model, None, (k, ranks)).unwrap();
-        }
-        save_manifest(dir.path(), state, &whole.model, ranks).unwrap();
-        for k in 0..ranks {
-            remove_old_shares(dir.path(), (k, ranks), state.epoch).unwrap();
+        let files: Vec<String> =
+            (0..ranks).map(|k| save_share(dir.path(), state, &whole.model, None, (k, ranks)).unwrap().file).collect();
+        save_manifest(dir.path(), state, &whole.model, None, ranks).unwrap();
+        for (k, file) in files.iter().enumerate() {
+            remove_old_shares(dir.path(), (k, ranks), file).unwrap();
         }
     };
     write(&whole.state, 3);
@@ -136,7 +135,7 @@ fn sharded_checkpoints_are_the_whole_checkpoint_and_damaged_ones_are_refused() {
     for k in 0..3 {
         save_share(dir.path(), &state, &whole.model, Some(&best), (k, 3)).unwrap();
     }
-    save_manifest(dir.path(), &state, &whole.model, 3).unwrap();
+    save_manifest(dir.path(), &state, &whole.model, Some(&best), 3).unwrap();
     let back = load_checkpoint(dir.path()).unwrap();
     assert_eq!((back.model, back.best_model), (whole.model.clone(), Some(best)));
     // Rewritten across 2 ranks: the 3-rank shares are gone, and it loads.
@@ -147,23 +146,40 @@ fn sharded_checkpoints_are_the_whole_checkpoint_and_damaged_ones_are_refused() {
         v.sort();
         v
     };
+    // A share is named by its rank, its epoch and its tables' CRC-32.
+    let shape = |name: &str| match name.rsplit_once(".safetensors").and_then(|(n, _)| n.rsplit_once('.')) {
+        Some((head, crc)) if crc.len() == 8 && crc.chars().all(|c| c.is_ascii_hexdigit()) => format!("{head}.CRC"),
+        _ => name.to_string(),
+    };
+    let shapes = |d: &std::path::Path| names(d).iter().map(|n| shape(n)).collect::<Vec<_>>();
     assert_eq!(
-        names(dir.path()),
-        [
-            "checkpoint.manifest.json",
-            "checkpoint.share-0-of-2.epoch-2.safetensors",
-            "checkpoint.share-1-of-2.epoch-2.safetensors"
-        ]
+        shapes(dir.path()),
+        ["checkpoint.manifest.json", "checkpoint.share-0-of-2.epoch-2.CRC", "checkpoint.share-1-of-2.epoch-2.CRC"]
     );
     assert_eq!(load_checkpoint(dir.path()).unwrap().model, whole.model);
+    let share =
+        |k: usize| dir.path().join(names(dir.path()).into_iter().find(|n| n.contains(&format!("share-{k}-"))).unwrap());
+    let (share0, share1) = (share(0), share(1));
 
-    let share1 = dir.path().join("checkpoint.share-1-of-2.epoch-2.safetensors");
+    // Another run's share of the same epoch, other tables: another file,
+    // so the committed checkpoint stays whole; its manifest is refused
+    // where rank 0 does not see every share (a folder on each rank's disk).
+    let other =
+        rowstage::model::Model { items: whole.model.items.iter().map(|x| x + 1.0).collect(), ..whole.model.clone() };
+    let theirs = save_share(dir.path(), &whole.state, &other, None, (1, 2)).unwrap();
+    assert_ne!(dir.path().join(&theirs.file), share1, "another run's tables, another name");
+    assert_eq!(load_checkpoint(dir.path()).unwrap().model, whole.model, "the committed shares are untouched");
+    let e = save_manifest(dir.path(), &whole.state, &other, None, 2).unwrap_err().to_string();
+    assert!(e.contains("rank 0 does not see rank 0's share") && e.contains("every rank sees"), "{e}");
+    remove_old_shares(dir.path(), (1, 2), &share1.file_name().unwrap().to_string_lossy()).unwrap();
+    assert_eq!(shapes(dir.path()).len(), 3, "the other run's share removed with the rank's old ones");
+
     let good = std::fs::read(&share1).unwrap();
     std::fs::remove_file(&share1).unwrap();
     let e = load_checkpoint(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("checkpoint.share-1-of-2.epoch-2.safetensors"), "{e}");
+    assert!(e.contains(&*share1.file_name().unwrap().to_string_lossy()), "{e}");
     // Share 0's file in share 1's place.
-    std::fs::copy(dir.path().join("checkpoint.share-0-of-2.epoch-2.safetensors"), &share1).unwrap();
+    std::fs::copy(&share0, &share1).unwrap();
     let e = load_checkpoint(dir.path()).unwrap_err().to_string();
     assert!(e.contains("not share 1 of the checkpoint after epoch 2"), "{e}");
     std::fs::write(&share1, &good).unwrap();

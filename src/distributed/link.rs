@@ -62,14 +62,18 @@ impl Link {
     /// the limit: past it, the first rank still owed a message is named.
     pub fn exchange(&self, out: &[Outgoing], inc: &mut [Incoming]) -> Result<()> {
         let mut requests = Vec::with_capacity(out.len() + inc.len());
+        // Every count first: a message too long for MPI is refused before
+        // any request is posted, never with requests left in flight.
+        let sends = out.iter().map(|o| count(o.bytes.len())).collect::<Result<Vec<_>>>()?;
+        let recvs = inc.iter().map(|i| count(i.bytes.len())).collect::<Result<Vec<_>>>()?;
         // SAFETY: each buffer outlives its request: every request is
         // completed below, or cancelled and freed before an error returns.
         unsafe {
-            for o in out {
+            for (o, &n) in out.iter().zip(&sends) {
                 let mut r = ffi::RSMPI_REQUEST_NULL;
                 ffi::MPI_Isend(
                     o.bytes.as_ptr() as *const c_void,
-                    count(o.bytes.len())?,
+                    n,
                     ffi::RSMPI_UINT8_T,
                     o.to as c_int,
                     o.tag,
@@ -78,11 +82,11 @@ impl Link {
                 );
                 requests.push(r);
             }
-            for i in inc.iter_mut() {
+            for (i, &n) in inc.iter_mut().zip(&recvs) {
                 let mut r = ffi::RSMPI_REQUEST_NULL;
                 ffi::MPI_Irecv(
                     i.bytes.as_mut_ptr() as *mut c_void,
-                    count(i.bytes.len())?,
+                    n,
                     ffi::RSMPI_UINT8_T,
                     i.from as c_int,
                     i.tag,

@@ -171,12 +171,28 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable once its folder is synced (a crash
+        // could otherwise lose it where the file system does not order it).
+        sync_folder(dir);
+        Ok(())
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Syncs `dir`'s entries (renames, removals) to disk, where the platform
+/// can; a file system that cannot is left as it is (nothing to report: the
+/// file's own contents are synced).
+pub(crate) fn sync_folder(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 /// Checks, before any work, that `path` (a file to be written; `-` is

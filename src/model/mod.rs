@@ -10,6 +10,7 @@ mod io;
 pub mod serve;
 
 pub use compare::{TableDiff, compare};
+pub(crate) use io::sync_folder;
 pub use io::{
     FileKind, check_distinct, check_output, load_model, load_tables, parse_tables, save_model, save_tables,
     tables_bytes, write_atomically,

@@ -859,7 +859,11 @@ impl Stager {
     /// are to be staged in again, into the slots they hold.
     pub fn restage(&mut self, rows: &[u32], ledger: &mut Ledger) -> Vec<Placed> {
         let mut out = Vec::new();
-        for &row in rows {
+        // A row listed twice (an item two ranks pushed) is staged once.
+        let mut rows = rows.to_vec();
+        rows.sort_unstable();
+        rows.dedup();
+        for row in rows {
             let r = &mut self.rows[row as usize];
             if r.slot != NONE {
                 r.dirty = false;

@@ -14,8 +14,10 @@
 //!
 //! A run across MPI ranks writes a *sharded* checkpoint instead: each rank
 //! a file of its share of the rows (contiguous runs of users and items, a
-//! P-th of each), and rank 0, once every rank has written its share, a
-//! manifest that names the shares and holds the run state. The manifest is
+//! P-th of each), named by its tables' CRC-32 so that no other run's share
+//! ever replaces it, and rank 0, once every rank has written its share and
+//! it sees them all, a manifest that names the shares and holds the run
+//! state. The manifest is
 //! the commit: shares of an epoch without one are never read, and a rank
 //! removes its older shares only after the new manifest is in place. Any
 //! number of ranks, or one process, resumes it (each reads every share and
@@ -225,14 +227,19 @@ pub fn manifest_path(dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}.manifest.json", stem(dir)))
 }
 
-/// Rank `rank` of `ranks`' share file for epoch `epoch`.
-fn share_path(dir: &Path, rank: usize, ranks: usize, epoch: usize) -> PathBuf {
-    PathBuf::from(format!("{}.share-{rank}-of-{ranks}.epoch-{epoch}.safetensors", stem(dir)))
+/// Rank `rank` of `ranks`' share file for epoch `epoch`, whose tables'
+/// CRC-32 is `crc`: named by its contents too, so that another run's share
+/// of the same epoch never replaces one a manifest names (the same name is
+/// the same tables).
+fn share_path(dir: &Path, rank: usize, ranks: usize, epoch: usize, crc: u32) -> PathBuf {
+    PathBuf::from(format!("{}.share-{rank}-of-{ranks}.epoch-{epoch}.{crc:08x}.safetensors", stem(dir)))
 }
 
 /// Share `rank` of `ranks` of `n` rows: a contiguous run.
 pub fn share_range(n: usize, rank: usize, ranks: usize) -> Range<usize> {
-    n * rank / ranks..n * (rank + 1) / ranks
+    // In 128 bits: `n` may come from an edited manifest.
+    let at = |k: usize| (n as u128 * k as u128 / ranks.max(1) as u128) as usize;
+    at(rank)..at(rank + 1)
 }
 
 /// A sharded checkpoint's manifest.
@@ -279,37 +286,65 @@ pub fn save_share(
     best: Option<&Model>,
     (rank, ranks): (usize, usize),
 ) -> Result<ShareEntry> {
-    let (path, entry) = share_entry(dir, state, (model.n_users(), model.n_items()), (rank, ranks));
+    let (path, entry, share, best) = share_entry(dir, state, model, best, (rank, ranks));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let share = rows_of(model, &entry.users, &entry.items);
-    let best = best.map(|b| rows_of(b, &entry.users, &entry.items));
     let json = serde_json::json!({ "share": entry, "of": ranks, "epoch": state.epoch });
     save_tables(&path, FileKind::Checkpoint, &share, best.as_ref(), &json)?;
     Ok(entry)
 }
 
-/// Rank `rank` of `ranks`' share of a checkpoint of `state` over `rows`
-/// (users, items): its file and its entry in the manifest.
+/// Rank `rank` of `ranks`' share of a checkpoint of `state`: its file, its
+/// entry in the manifest, and its rows of `model` (and of `best`).
 fn share_entry(
     dir: &Path,
     state: &RunState,
-    rows: (usize, usize),
+    model: &Model,
+    best: Option<&Model>,
     (rank, ranks): (usize, usize),
-) -> (PathBuf, ShareEntry) {
-    let path = share_path(dir, rank, ranks, state.epoch);
+) -> (PathBuf, ShareEntry, Model, Option<Model>) {
+    let (users, items) = (share_range(model.n_users(), rank, ranks), share_range(model.n_items(), rank, ranks));
+    let share = rows_of(model, &users, &items);
+    let best = best.map(|b| rows_of(b, &users, &items));
+    let mut crc = crc32fast::Hasher::new();
+    for m in std::iter::once(&share).chain(&best) {
+        crc.update(bytemuck::cast_slice(&m.users));
+        crc.update(bytemuck::cast_slice(&m.items));
+    }
+    let path = share_path(dir, rank, ranks, state.epoch, crc.finalize());
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    (path, ShareEntry { file, users: share_range(rows.0, rank, ranks), items: share_range(rows.1, rank, ranks) })
+    (path, ShareEntry { file, users, items }, share, best)
 }
 
-/// Rank 0, once every one of `ranks` ranks has written its share of `model`:
-/// the manifest, written atomically. It is the checkpoint now: a
+/// Rank 0, once every one of `ranks` ranks has written its share of `model`
+/// (every rank holds the whole model, so rank 0 names each share as its
+/// rank did): the manifest, written atomically, after checking that rank 0
+/// sees every share (a folder on each rank's own disk would leave a
+/// manifest of files no rank can read). It is the checkpoint now: a
 /// one-process checkpoint file in the same place is removed.
-pub fn save_manifest(dir: &Path, state: &RunState, model: &Model, ranks: usize) -> Result<PathBuf> {
+pub fn save_manifest(
+    dir: &Path,
+    state: &RunState,
+    model: &Model,
+    best: Option<&Model>,
+    ranks: usize,
+) -> Result<PathBuf> {
     let path = manifest_path(dir);
-    let rows = (model.n_users(), model.n_items());
-    let shares = (0..ranks).map(|k| share_entry(dir, state, rows, (k, ranks)).1).collect();
+    let mut shares = Vec::with_capacity(ranks);
+    for k in 0..ranks {
+        let (file, entry, ..) = share_entry(dir, state, model, best, (k, ranks));
+        if !file.is_file() {
+            return Err(Error::io(
+                &file,
+                std::io::Error::other(format!(
+                    "rank 0 does not see rank {k}'s share of the checkpoint: `checkpoint` must be a folder every \
+                     rank sees (a shared file system)"
+                )),
+            ));
+        }
+        shares.push(entry);
+    }
     let manifest = Manifest { ranks, shares, state: state.clone() };
     let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
     crate::model::write_atomically(&path, &bytes)?;
@@ -331,6 +366,8 @@ fn shares_in(dir: &Path) -> Result<Vec<(PathBuf, usize, usize, usize)>> {
         let rest = name.strip_prefix(&prefix)?.strip_suffix(".safetensors")?;
         let (rank, rest) = rest.split_once("-of-")?;
         let (ranks, epoch) = rest.split_once(".epoch-")?;
+        // The epoch, then the tables' CRC-32 (none in the earliest names).
+        let epoch = epoch.split_once('.').map_or(epoch, |(e, _)| e);
         Some((rank.parse().ok()?, ranks.parse().ok()?, epoch.parse().ok()?))
     };
     Ok(entries
@@ -339,14 +376,21 @@ fn shares_in(dir: &Path) -> Result<Vec<(PathBuf, usize, usize, usize)>> {
         .collect())
 }
 
-/// After the manifest of epoch `epoch` across `ranks` ranks: rank `rank`'s
-/// shares of other checkpoints removed, and on rank 0 those of ranks past
-/// `ranks` (a checkpoint of more ranks that this run resumed).
-pub fn remove_old_shares(dir: &Path, (rank, ranks): (usize, usize), epoch: usize) -> Result<()> {
-    for (path, r, p, e) in shares_in(dir)? {
-        if (r == rank && (p, e) != (ranks, epoch)) || (rank == 0 && r >= ranks) {
+/// After the manifest across `ranks` ranks that names rank `rank`'s share
+/// `kept` (a file name): the rank's other shares removed, and on rank 0
+/// those of ranks past `ranks` (a checkpoint of more ranks that this run
+/// resumed).
+pub fn remove_old_shares(dir: &Path, (rank, ranks): (usize, usize), kept: &str) -> Result<()> {
+    let mut removed = None;
+    for (path, r, ..) in shares_in(dir)? {
+        let mine = r == rank && path.file_name() != Some(std::ffi::OsStr::new(kept));
+        if mine || (rank == 0 && r >= ranks) {
             remove_if_present(&path)?;
+            removed = path.parent().map(Path::to_path_buf);
         }
+    }
+    if let Some(folder) = removed {
+        crate::model::sync_folder(&folder);
     }
     Ok(())
 }

@@ -456,14 +456,13 @@ impl Training {
             Err(Error::Peer { ranks: ranks.join(", "), reason: format!("could not write {what}") })
         };
         let votes = backend.vote(share.is_ok())?;
-        share?;
+        let share = share?;
         failed(votes, "its share of the checkpoint")?;
-        let manifest =
-            if rank == 0 { Some(checkpoint::save_manifest(dir, &self.state, &self.model, ranks)) } else { None };
+        let manifest = (rank == 0).then(|| checkpoint::save_manifest(dir, &self.state, &self.model, best, ranks));
         let votes = backend.vote(manifest.as_ref().is_none_or(|m| m.is_ok()))?;
         let manifest = manifest.transpose()?;
         failed(votes, "the checkpoint's manifest")?;
-        checkpoint::remove_old_shares(dir, (rank, ranks), self.state.epoch)?;
+        checkpoint::remove_old_shares(dir, (rank, ranks), &share.file)?;
         self.written = Some(manifest.unwrap_or_else(|| checkpoint::manifest_path(dir)));
         Ok(())
     }
