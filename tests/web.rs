@@ -292,6 +292,10 @@ fn a_bad_setting_in_the_url_fails_the_page_by_name() {
     let Some(chromium) = page_and_browser("page, bad setting") else { return };
     let error = page_error(&chromium, "epochs=0", &[]);
     assert!(error.contains("epochs") && error.contains("at least 1"), "{error}");
+    // A loss gone non-finite fails the page with `train`'s error, and no
+    // model is offered as if trained.
+    let error = page_error(&chromium, "synthetic=400,200,6000&epochs=3&lr=50&reg=0.05&backend=cpu", &[]);
+    assert!(error.contains("diverged") && error.contains("lower lr"), "{error}");
     // The lesson: a comparison it does not know, a budget spelt wrong, and
     // the CPU backend, which stages nothing to compare.
     let webgpu = ["--enable-unsafe-webgpu"];

@@ -62,6 +62,9 @@ def _ids(values: Any) -> Tuple[list, np.ndarray]:
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise ValueError("ids given as floats must be whole numbers")
+        # Past int64 numpy's cast makes every such id the same one.
+        if arr.size and (arr.max() >= 2.0**63 or arr.min() < -(2.0**63)):
+            raise ValueError("ids outside -2**63 .. 2**63 - 1")
         arr = arr.astype(np.int64)
     if arr.dtype.kind == "S":
         raise TypeError("ids given as bytes: decode them to str first")
@@ -84,6 +87,10 @@ def _ids(values: Any) -> Tuple[list, np.ndarray]:
         distinct, codes = _rowstage.number_ints(np.ascontiguousarray(arr, dtype=np.int64))
         return distinct.tolist(), codes
     distinct, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
+    # A model file stores an id a line: one with a line break would come back as two.
+    broken = next((v for v in distinct.tolist() if "\n" in v), None)
+    if broken is not None:
+        raise ValueError(f"id {broken!r} holds a line break, which a model file cannot store")
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
@@ -100,6 +107,14 @@ def _triple(data: Any, items: Any, ratings: Any) -> Tuple[Any, Any, np.ndarray]:
     if hasattr(data, "columns") and hasattr(data, "iloc") and items is None:  # a DataFrame
         cols = list(data.columns)
         named = [c for c in ("user", "item", "rating") if c in cols]
+        # Taken by position, a column named as another would be read as
+        # the wrong one (items as users): refused.
+        for k, c in enumerate(("user", "item", "rating")):
+            if len(named) < 3 and c in cols and cols.index(c) != k:
+                raise ValueError(
+                    f"the DataFrame's column {c!r} is not its column {k}: name all of user, item and rating, "
+                    f"or put them first in that order (it has {cols})"
+                )
         picked = ["user", "item", "rating"] if len(named) == 3 else cols[:3]
         if len(picked) < 3:
             raise ValueError(f"a DataFrame needs user, item and rating columns; it has {cols}")

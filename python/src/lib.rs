@@ -185,7 +185,12 @@ impl Trainer {
         let run = self.run.take().ok_or_else(|| PyRuntimeError::new_err("the run has already finished"))?;
         let train = run.data().train.clone();
         let finished = SameThread(run);
-        let finished = py.detach(move || SameThread(finished.take().finish())).0.map_err(raised)?;
+        let mut finished = py.detach(move || SameThread(finished.take().finish())).0.map_err(raised)?;
+        // What `rowstage train` refuses to keep: a model whose loss went
+        // non-finite (its error says what to lower).
+        if let Some(e) = finished.outcome.diverged.take() {
+            return Err(raised(e));
+        }
         let config = serde_json::to_value(finished.config()).expect("a run's configuration serialises");
         let report = serde_json::to_string(&finished.report).expect("a report serialises");
         let model = finished.outcome.model;
@@ -202,6 +207,17 @@ impl Trainer {
 }
 
 impl Fitted {
+    /// Refuses a code past the model's rows (`u32::MAX` is an unknown id,
+    /// predicted from the rest).
+    fn check_codes(&self, u: &[u32], i: &[u32]) -> PyResult<()> {
+        for (codes, n, side) in [(u, self.model.n_users(), "user"), (i, self.model.n_items(), "item")] {
+            if let Some(&c) = codes.iter().find(|&&c| c != u32::MAX && c as usize >= n) {
+                return Err(PyValueError::new_err(format!("{side} code {c}: the model has {n} {side}s")));
+            }
+        }
+        Ok(())
+    }
+
     /// Each user's rated items from (user, item) code pairs, sorted.
     fn rated_from(&self, u: &[u32], i: &[u32]) -> PyResult<Vec<Vec<u32>>> {
         if u.len() != i.len() {
@@ -316,6 +332,7 @@ impl Fitted {
                 i.len()
             )));
         }
+        self.check_codes(u, i)?;
         let ratings: Vec<Rating> = u.iter().zip(i).map(|(&user, &item)| Rating { user, item, value: 0.0 }).collect();
         let model = &self.model;
         let out = py.detach(|| rowstage::model::serve::predictions(model, &ratings));
@@ -345,6 +362,9 @@ impl Fitted {
             )));
         }
         let users = users.as_slice()?.to_vec();
+        if let Some(&u) = users.iter().find(|&&u| u as usize >= self.model.n_users()) {
+            return Err(PyValueError::new_err(format!("user code {u}: the model has {} users", self.model.n_users())));
+        }
         let given = match &rated {
             Some((u, i)) => Some(self.rated_from(u.as_slice()?, i.as_slice()?)?),
             None => None,
@@ -435,6 +455,9 @@ fn simulate(
 ) -> PyResult<String> {
     let request = query::request_from_pairs(&pairs).map_err(raised)?;
     let (u, i) = (users.as_slice()?, items.as_slice()?);
+    if u.is_empty() {
+        return Err(PyValueError::new_err("no ratings given: simulate needs (user, item) pairs"));
+    }
     let ones = vec![1.0f32; u.len()];
     let set = rating_set("pairs", ids, (u, i, &ones))?;
     let data =
@@ -447,6 +470,16 @@ fn simulate(
             rowstage::bench::simulate::sweep(&data, &spec, spec.backend.lookahead, &budgets, &policies, &mut |_| {})
         })
         .map_err(raised)?;
+    // A budget too small for the run is refused by name, as `rowstage
+    // simulate` names it, rather than left out of the rows.
+    for r in &rows {
+        if let rowstage::bench::simulate::SweepOutcome::TooSmall { step, needed } = &r.outcome {
+            return Err(PyValueError::new_err(format!(
+                "device_memory {}: too small, {step} needs device_memory={needed} (bytes) at least",
+                r.label
+            )));
+        }
+    }
     Ok(serde_json::to_string(&rowstage::bench::simulate::replayed(&rows)).expect("rows serialise"))
 }
 

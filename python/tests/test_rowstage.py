@@ -84,11 +84,17 @@ def test_the_same_model_from_a_dataframe_a_path_and_lists(tmp_path):
 def test_a_sparse_matrix_trains_with_its_row_and_column_indices():
     sparse = pytest.importorskip("scipy.sparse")
     u, i, r = ratings()
+    # One rating a pair: a sparse matrix adds repeated pairs up (these
+    # skewed ids repeat one pair a thousand times, a "rating" of 2504 that
+    # made the run diverge).
+    _, first = np.unique(u.astype(np.int64) * 1000 + i, return_index=True)
+    u, i, r = u[first], i[first], r[first]
     m = sparse.coo_matrix((r, (u, i))).tocsr()
-    m.sum_duplicates()
     model = rowstage.MF(backend="cpu", **FIXED).fit(m)
     assert all(isinstance(x, int) for x in model.user_ids_)
-    assert model.predict([int(u[0])], [int(i[0])]).dtype == np.float32
+    p = model.predict([int(u[0])], [int(i[0])])
+    assert p.dtype == np.float32 and np.isfinite(p).all()
+    assert model.report_["epochs"][0]["ratings"] == len(r), "every stored entry a rating"
 
 
 def test_ids_come_back_in_the_type_given():
@@ -212,6 +218,30 @@ def test_bad_settings_and_data_name_what_is_wrong(tmp_path):
         rowstage.MF().fit([1, "a"], [1, 2], [3.0, 4.0])
     with pytest.raises(TypeError, match="bytes"):
         rowstage.MF().fit([b"a", b"b"], [1, 2], [3.0, 4.0])
+    # Whole floats past int64 would all become one id.
+    with pytest.raises(ValueError, match="outside"):
+        rowstage.MF().fit([1e20, 3e20], [1, 2], [3.0, 4.0])
+    # An id a model file could not give back.
+    with pytest.raises(ValueError, match="line break"):
+        rowstage.MF().fit(["a\nb", "c"], ["x", "y"], [1.0, 2.0])
+    # A loss gone non-finite is an error, as in `rowstage train`, and the
+    # MF stays unfitted.
+    mf = rowstage.MF(backend="cpu", lr=50.0, reg=0.05, epochs=3)
+    with pytest.raises(RuntimeError, match="diverged"):
+        mf.fit(u, i, r * 1000)
+    with pytest.raises(Exception, match="fit"):
+        mf.predict([u[0]], [i[0]])
+
+
+def test_a_dataframe_whose_names_contradict_their_places_is_refused():
+    pd = pytest.importorskip("pandas", reason="pandas is not installed")
+    u, i, r = ratings()
+    swapped = pd.DataFrame({"item": i, "user": u, "stars": r})
+    with pytest.raises(ValueError, match="'user' is not its column 0"):
+        rowstage.MF(backend="cpu", **FIXED).fit(swapped)
+    # Named as MovieLens names them: the rating in place, taken by position.
+    movielens = pd.DataFrame({"userId": u, "movieId": i, "rating": r})
+    rowstage.MF(backend="cpu", **FIXED).fit(movielens)
 
 
 def test_training_releases_the_gil():
@@ -353,6 +383,11 @@ def test_simulate_counts_what_the_command_line_counts(tmp_path):
     # A single budget as a string; its row is the sweep's row for it.
     assert len(one) == 1 and one[0] in rows
     assert json.dumps(rows, sort_keys=True) == json.dumps(native, sort_keys=True)
+    # A budget too small is refused by name, not left out of the rows.
+    with pytest.raises(ValueError, match="1KiB: too small"):
+        rowstage.simulate(u, i, device_memory=["25%", "1KiB"], seed=7)
+    with pytest.raises(ValueError, match="no ratings"):
+        rowstage.simulate([], [])
 
 
 def gpu_backend():

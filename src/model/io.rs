@@ -95,6 +95,19 @@ pub fn tables_bytes(
     second: Option<&Model>,
     config: &serde_json::Value,
 ) -> Result<Vec<u8>> {
+    // The ids are stored one a line: an id with a line break in it (one
+    // given through an array, never read from a ratings file) would come
+    // back as two.
+    for (side, ids) in [("user", &model.user_ids), ("item", &model.item_ids)] {
+        if let Some(id) = ids.names().iter().find(|n| n.contains('\n')) {
+            return Err(Error::io(
+                path,
+                std::io::Error::other(format!(
+                    "not written: the {side} id {id:?} holds a line break, which a model file cannot store"
+                )),
+            ));
+        }
+    }
     let users: &[u8] = bytemuck::cast_slice(&model.users);
     let items: &[u8] = bytemuck::cast_slice(&model.items);
     let uids = names_blob(&model.user_ids);

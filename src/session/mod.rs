@@ -97,6 +97,15 @@ impl Finished {
     /// The file [`Finished::save_model`] writes, as bytes (`name` names it
     /// in errors): what a front end without files offers to download.
     pub fn model_bytes(&self, name: &Path) -> Result<Vec<u8>> {
+        // What `train --save` refuses, every front end refuses: a model
+        // whose loss went non-finite, or one cut off before its last epoch.
+        let refused = |why: &str| Err(Error::io(name, std::io::Error::other(format!("not written: {why}"))));
+        if let Some(e) = &self.outcome.diverged {
+            return refused(&format!("training diverged ({e})"));
+        }
+        if !self.outcome.complete {
+            return refused("the run was stopped before its last epoch");
+        }
         let config = serde_json::to_value(self.config()).expect("a run's configuration serialises");
         crate::model::tables_bytes(name, crate::model::FileKind::Model, &self.outcome.model, None, &config)
     }
@@ -319,6 +328,12 @@ impl Run {
     /// The token that stops this run.
     pub fn cancel_token(&self) -> CancelToken {
         self.cancel.clone()
+    }
+
+    /// Stops this run with `token` from now on (a front end that made its
+    /// token before the run was opened: a stop asked for meanwhile holds).
+    pub fn set_cancel_token(&mut self, token: CancelToken) {
+        self.cancel = token;
     }
 
     /// The data trained on (all of it: choosing trains on a split of its

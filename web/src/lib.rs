@@ -142,8 +142,9 @@ pub struct WebRun {
     state: Rc<RefCell<State>>,
     outcome: Outcome,
     /// Held apart from the state, so that Stop is heard while an epoch is
-    /// suspended waiting for the device.
-    cancel: Option<CancelToken>,
+    /// suspended waiting for the device, and made before the run is opened,
+    /// so that a Stop while it opens (a calibration) is heard too.
+    cancel: CancelToken,
     pairs: Vec<(String, String)>,
     files: Rc<Files>,
 }
@@ -158,17 +159,27 @@ impl WebRun {
         let pairs: Vec<(String, String)> = serde_json::from_str(pairs)?;
         let request = query::request_from_pairs(&pairs).map_err(|e| JsError::new(&shown(e)))?;
         let files = vec![(request.source.path.clone(), data), (request.source.test.clone(), test)];
-        Ok(WebRun { state: Rc::default(), outcome: Outcome::default(), cancel: None, pairs, files: Rc::new(files) })
+        Ok(WebRun {
+            state: Rc::default(),
+            outcome: Outcome::default(),
+            cancel: CancelToken::new(),
+            pairs,
+            files: Rc::new(files),
+        })
     }
 
     /// Queues opening the run: reading the data, choosing what the run
     /// chooses before training (a calibration on a GPU).
     pub fn begin_open(&mut self) {
-        let (state, pairs, files) = (self.state.clone(), self.pairs.clone(), self.files.clone());
+        // A run opened again is stopped by its own token.
+        self.cancel = CancelToken::new();
+        let (state, pairs, files, cancel) =
+            (self.state.clone(), self.pairs.clone(), self.files.clone(), self.cancel.clone());
         queue(&self.outcome, move || {
             let request = query::request_from_pairs(&pairs).map_err(shown)?;
             let mut read = reader(&files, request.source.options);
-            let run = Run::from_request_with(request, RunOptions::default(), &mut read).map_err(shown)?;
+            let mut run = Run::from_request_with(request, RunOptions::default(), &mut read).map_err(shown)?;
+            run.set_cancel_token(cancel);
             state.borrow_mut().run = Some(run);
             Ok(None)
         });
@@ -176,11 +187,8 @@ impl WebRun {
 
     /// What the run says before its first epoch (once opened): the data,
     /// the order, what it chooses; one line each.
-    pub fn notes(&mut self) -> String {
+    pub fn notes(&self) -> String {
         let Ok(s) = self.state.try_borrow() else { return String::new() };
-        if self.cancel.is_none() {
-            self.cancel = s.run.as_ref().map(Run::cancel_token);
-        }
         s.run.as_ref().map_or(String::new(), |r| r.notes().join("\n"))
     }
 
@@ -217,6 +225,10 @@ impl WebRun {
                 s.finished = Some(run.finish().map_err(shown)?);
             }
             let f = s.finished.as_ref().ok_or("the run has not finished")?;
+            // What `rowstage train` ends with an error, the page does too.
+            if let Some(e) = &f.outcome.diverged {
+                return Err(rowstage::error::spell_params(&e.to_string(), ""));
+            }
             Ok(Some(serde_json::to_string(&f.report).map_err(|e| e.to_string())?))
         });
     }
@@ -238,9 +250,7 @@ impl WebRun {
     /// Stops the run at its next batch (heard while an epoch waits for the
     /// device); the run's report then says `"complete": false`.
     pub fn stop(&self) {
-        if let Some(c) = &self.cancel {
-            c.cancel();
-        }
+        self.cancel.cancel();
     }
 
     /// The model after `finish`, as the safetensors file `train --save`

@@ -55,14 +55,17 @@ function tableRow(table, cells) {
 }
 
 function epochRow(stage, e) {
-  const rmse = (x) => (x == null ? "no test ratings" : x.toFixed(4));
+  // JSON has no NaN: a loss gone non-finite arrives as null (the run then
+  // fails with `train`'s error).
+  const diverged = e.train_rmse == null;
+  const rmse = (x) => (x == null ? (diverged ? "not finite" : "no test ratings") : x.toFixed(4));
   // A clock that did not move (Chromium's virtual time, a coarse timer on a
   // short epoch) gives no speed: show none rather than a huge one.
   const timed = e.seconds > 0;
   const speed = timed ? e.ratings_per_sec.toExponential(3) : "not timed";
   const device = e.device_seconds == null ? "–" : e.device_seconds.toFixed(3);
   tableRow("epochs", [
-    stage, e.epoch, e.train_rmse.toFixed(4), rmse(e.test_rmse), speed, e.seconds.toFixed(3),
+    stage, e.epoch, rmse(e.train_rmse), rmse(e.test_rmse), speed, e.seconds.toFixed(3),
     `${e.host_seconds.toFixed(3)} / ${device}`, e.bound ?? "–",
     e.rows_in, e.rows_out, bytes(e.bytes_h2d), bytes(e.bytes_d2h), percent(e.hit_rate),
     e.predicted_rows_in == null ? "–" : Math.round(e.predicted_rows_in),
@@ -193,7 +196,8 @@ async function train(pairs, file) {
     $("stop").disabled = true;
     current = null;
   }
-  const model = run.model();
+  // A stopped run keeps no model, as `rowstage train --save` keeps none.
+  const model = report.complete ? run.model() : undefined;
   window.rowstageReport = report;
   const fin = report.final;
   $("final").textContent = (report.complete ? "" : "stopped: ") +
@@ -201,9 +205,9 @@ async function train(pairs, file) {
     (report.epochs.every((e) => e.seconds > 0) ? `  ${fin.ratings_per_sec.toExponential(3)} ratings/s` : "") +
     ` on ${report.config.backend === "webgpu" ? `WebGPU (${report.config.adapter})` : "the CPU (wasm, one thread)"}`;
   download("report.json", JSON.stringify(report, null, 2), "application/json");
-  download("model.safetensors", model, "application/octet-stream");
+  if (model) download("model.safetensors", model, "application/octet-stream");
   // The slab after the last epoch (where the backend has one), posted first.
-  return { ...(slab ? { slab } : {}), notes: $("notes").textContent, report: JSON.stringify(report), model };
+  return { ...(slab ? { slab } : {}), notes: $("notes").textContent, report: JSON.stringify(report), ...(model ? { model } : {}) };
 }
 
 // Seconds as a person reads them: 27.5 µs, 2.56 ms, 1.20 s.
