@@ -157,7 +157,7 @@ pub fn load_ratings(path: &Path, opts: LoadOptions) -> Result<(RatingSet, LoadRe
             return Err(Error::io(
                 path,
                 std::io::Error::other(format!(
-                    "its ratings take more than half the memory available ({} MiB read)",
+                    "its ratings would take more than half the memory available ({} MiB)",
                     parser.held_bytes() >> 20
                 )),
             ));
@@ -220,7 +220,8 @@ impl<'p> Parser<'p> {
         }
     }
 
-    /// Bytes of ratings held so far.
+    /// Bytes held for ratings so far (reserved from the file's size, then
+    /// grown as read).
     fn held_bytes(&self) -> u64 {
         (self.ratings.capacity() * std::mem::size_of::<Rating>()) as u64
     }
