@@ -48,7 +48,9 @@ fn main() -> rowstage::Result<()> {
         for line in grid_table(&c.candidates, "validation") {
             println!("{line}");
         }
-        println!("{}", c.choice.line());
+        if let Some(kept) = &c.choice {
+            println!("{}", kept.line());
+        }
     }
     println!("final: test RMSE {:.4}", done.outcome.final_metrics.rmse);
     Ok(())

@@ -238,6 +238,20 @@ fn grid_search_ranks_the_settings_and_saves_the_best() {
     }
     let pairs: std::collections::BTreeSet<String> = grid.iter().map(|g| format!("{}/{}", g["lr"], g["reg"])).collect();
     assert_eq!(pairs.len(), 6, "every (lr, reg) pair once: {pairs:?}");
+    // Each key once: the settings tried and the epochs the model trains
+    // beside the candidates' figures and the choosing epochs (a reader
+    // keeps one of two equal keys).
+    let choice = &j["choice"];
+    assert_eq!(choice["settings"].as_array().map(Vec::len), Some(6), "{choice}");
+    assert!(choice["final_epochs"].as_u64().is_some_and(|e| (1..=2).contains(&e)), "{choice}");
+    assert_eq!(choice["epochs"].as_array().map(Vec::len), Some(2), "{choice}");
+    let raw = std::fs::read_to_string(&json).unwrap();
+    let at = raw.find("\"choice\"").unwrap();
+    let object = &raw[at..at + raw[at..].find("\n  }").unwrap()];
+    for key in ["settings", "final_epochs", "candidates", "epochs"] {
+        let count = object.matches(&format!("\n    \"{key}\": ")).count();
+        assert_eq!(count, 1, "{key} appears {count} times in the choice");
+    }
     // The kept setting is the best on the validation split (the ranked
     // figures are its), and the final model trains it alone.
     assert_eq!(j["choice"]["lr"], grid[0]["lr"]);
@@ -907,6 +921,37 @@ fn a_resume_continues_the_checkpoints_setting_and_refuses_another_given() {
         .code(2)
         .stdout(predicate::str::contains("epoch").not())
         .stderr(predicate::str::contains("made with --lr = 0.03, this run has --lr = 0.01"));
+    // Fewer epochs than the checkpoint has trained: no run ends there.
+    let mut fewer = rowstage();
+    base(&mut fewer);
+    fewer
+        .args(["--epochs", "1", "--resume"])
+        .arg(&ck)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("has 2 epoch(s) trained already"));
+    // The data is its ratings, not how its path is spelt.
+    let spelt = dir.path().join(".").join("ratings.csv");
+    let mut respelt = rowstage();
+    respelt.args(["train", "--backend", "cpu", "--rank", "4", "--batch", "64", "--data"]).arg(&spelt);
+    respelt.args(["--epochs", "3", "--resume"]).arg(&ck).assert().success();
+    // `--resume A --checkpoint B` keeps another run's checkpoint in B.
+    let theirs = dir.path().join("theirs");
+    let mut made = rowstage();
+    base(&mut made);
+    made.args(["--lr", "0.05", "--reg", "0.1", "--epochs", "1", "--checkpoint"]).arg(&theirs).assert().success();
+    let before = std::fs::read(theirs.join("checkpoint.safetensors")).unwrap();
+    let mut aimed = rowstage();
+    base(&mut aimed);
+    aimed
+        .args(["--epochs", "4", "--resume"])
+        .arg(&ck)
+        .arg("--checkpoint")
+        .arg(&theirs)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("holds another run's checkpoint"));
+    assert_eq!(std::fs::read(theirs.join("checkpoint.safetensors")).unwrap(), before, "B left as it was");
 }
 
 #[test]
@@ -1011,7 +1056,10 @@ fn a_diverging_run_stops_with_an_error_and_saves_nothing() {
         .stdout(predicate::str::contains("not saving").and(predicate::str::contains("final:").not()));
     let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(j["complete"], false);
-    assert_eq!(j["epochs"].as_array().unwrap().len(), 1, "stopped at the epoch that diverged");
+    // `--reg` was left to choosing, so the epoch that diverged is one of
+    // choosing's, not the model's.
+    assert_eq!(j["choice"]["epochs"].as_array().unwrap().len(), 1, "stopped at the epoch that diverged: {j}");
+    assert_eq!(j["epochs"].as_array().unwrap().len(), 0);
     assert!(!model.exists(), "no model of a diverged run");
 }
 

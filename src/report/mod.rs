@@ -164,8 +164,10 @@ pub struct Report {
 /// validation split's.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChoiceJson {
+    /// What was kept; `None` where the run ended while choosing before any
+    /// candidate was scored (a stop or a divergence in the first epoch).
     #[serde(flatten)]
-    pub choice: crate::train::tune::Choice,
+    pub choice: Option<crate::train::tune::Choice>,
     /// The candidates ranked by validation RMSE at the epoch kept, best
     /// first.
     pub candidates: Vec<GridJson>,

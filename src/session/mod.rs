@@ -32,9 +32,10 @@ use crate::train::{
     CancelToken, EpochReport, ResolvedRun, RunConfig, RunControl, RunRequest, RunSpec, TrainOutcome, Training, resolve,
 };
 
-/// What a run does besides training: checkpoints and resuming (of the
-/// final model's training; a run that chooses its settings chooses again,
-/// the same way, when resumed).
+/// What a run does besides training: checkpoints and resuming, of the
+/// final model's training only. Choosing is not checkpointed: a run
+/// stopped while choosing leaves no checkpoint, and run again it chooses
+/// the same (the choice depends on the data, the flags and the seed).
 #[derive(Default)]
 pub struct RunOptions {
     /// Write a checkpoint here after every epoch and when stopped.
@@ -213,6 +214,19 @@ impl Run {
             }
         });
         let (options_resumed, spec_chose) = (resumed.is_some(), spec.tune.chooses(&spec.hp, &spec.grid));
+        if let (Some(c), Some(r)) = (&options.resume, &resumed)
+            && c.state.epoch > r.epochs
+        {
+            // Fewer epochs than the checkpoint has trained: no run ends there.
+            return Err(Error::arg(
+                "`epochs`",
+                r.epochs.to_string(),
+                format!(
+                    "the checkpoint has {} epoch(s) trained already: give at least that many to resume it",
+                    c.state.epoch
+                ),
+            ));
+        }
         if options_resumed || !spec_chose {
             let chosen = options.resume.as_ref().and_then(|c| c.state.chosen_epochs);
             let stage_spec = RunSpec { tune: Tuning::OFF, ..resumed.unwrap_or(spec) };
@@ -223,7 +237,13 @@ impl Run {
                 training.record_choice(epochs);
             }
             let mut notes = resolved.notes.clone();
-            if options_resumed && spec_chose {
+            if let Some(epochs) = chosen {
+                notes.push(format!(
+                    "lr {} reg {} and {epochs} epoch(s): the checkpoint's choice (a resumed run continues it, it \
+                     does not choose again)",
+                    stage_spec.hp.lr, stage_spec.hp.reg
+                ));
+            } else if options_resumed && spec_chose {
                 notes.push(format!(
                     "lr {} reg {}: the checkpoint's (a resumed run continues its setting, it does not choose again)",
                     stage_spec.hp.lr, stage_spec.hp.reg
@@ -448,8 +468,38 @@ impl Run {
     /// starts the final training with them on all the training ratings.
     fn end_choosing(&mut self) -> Result<()> {
         let choosing = self.choosing.take().expect("choosing");
+        let stopped = if self.training.stopped_early() { "early" } else { "epochs" };
+        let choice = self.choice_of(&choosing, stopped).expect("a complete choosing run has a best epoch");
+        let (kept, best) = (Setting { lr: choice.lr, reg: choice.reg }, choice.epochs);
+        let spec = RunSpec {
+            hp: HyperParams { lr: kept.lr, reg: kept.reg, ..self.request.spec.hp },
+            grid: Vec::new(),
+            epochs: best,
+            tune: Tuning::OFF,
+            ..self.request.spec.clone()
+        };
+        let epochs = self.training.epochs().to_vec();
+        // The chosen setting alone: the backend is opened again for it (a
+        // slab of one copy a row, the full training ratings' layout). The
+        // candidates' backend is dropped first, so that two slabs never
+        // coexist on the device; a placeholder that holds nothing stands in
+        // until the new one is opened.
+        self.resolved.opened.backend = Box::new(crate::train::cpu::ReferenceCpu { bias_reg: 0.0 });
+        let (resolved, mut training) = start(&self.data, &spec, choosing.options, None)?;
+        training.record_choice(best);
+        self.resolved = resolved;
+        self.training = training;
+        self.spec = spec;
+        self.choice = Some((choice, epochs));
+        Ok(())
+    }
+
+    /// What choosing keeps so far (`None` before its first epoch ends):
+    /// the setting and epoch of the lowest validation RMSE, its λ refined
+    /// between the built-in candidates, and what choosing cost.
+    fn choice_of(&self, choosing: &Choosing, stopped: &'static str) -> Option<Choice> {
         let settings = self.training.settings().settings();
-        let best = self.training.best().expect("a complete choosing run has a best epoch");
+        let best = self.training.best()?;
         let mut kept = settings[best.setting];
         // Each candidate's lowest validation RMSE over the epochs.
         let epochs = self.training.epochs();
@@ -462,7 +512,7 @@ impl Run {
         // λ the user listed is kept as listed.
         let refined = self.request.spec.tune.reg.then(|| refine_reg(&settings, &lowest, best.setting)).flatten();
         let refined_from = refined.filter(|&r| r != kept.reg).map(|r| std::mem::replace(&mut kept.reg, r));
-        let choice = Choice {
+        Some(Choice {
             lr: kept.lr,
             reg: kept.reg,
             refined_from,
@@ -472,30 +522,9 @@ impl Run {
             validation_ratings: choosing.data.test.len(),
             choosing_ratings: choosing.data.train.len(),
             seconds: choosing.started.elapsed().as_secs_f64(),
-            stopped: if self.training.stopped_early() { "early" } else { "epochs" },
+            stopped,
             patience: choosing.patience,
-        };
-        let spec = RunSpec {
-            hp: HyperParams { lr: kept.lr, reg: kept.reg, ..self.request.spec.hp },
-            grid: Vec::new(),
-            epochs: best.epoch,
-            tune: Tuning::OFF,
-            ..self.request.spec.clone()
-        };
-        let epochs = self.training.epochs().to_vec();
-        // The chosen setting alone: the backend is opened again for it (a
-        // slab of one copy a row, the full training ratings' layout). The
-        // candidates' backend is dropped first, so that two slabs never
-        // coexist on the device; a placeholder that holds nothing stands in
-        // until the new one is opened.
-        self.resolved.opened.backend = Box::new(crate::train::cpu::ReferenceCpu { bias_reg: 0.0 });
-        let (resolved, mut training) = start(&self.data, &spec, choosing.options, None)?;
-        training.record_choice(best.epoch);
-        self.resolved = resolved;
-        self.training = training;
-        self.spec = spec;
-        self.choice = Some((choice, epochs));
-        Ok(())
+        })
     }
 
     /// Steps to the end, calling `on_epoch` after each epoch, and finishes.
@@ -510,7 +539,17 @@ impl Run {
     /// stopped while choosing keeps the best candidate so far (trained on
     /// the training ratings less the validation split), marked incomplete.
     pub fn finish(self) -> Result<Finished> {
+        // Stopped while choosing: the report's choice is what it kept so
+        // far, and its epochs (scored on the validation split) are the
+        // choice's, not the model's.
+        let so_far = self.choosing.as_ref().map(|c| self.choice_of(c, "interrupted"));
         let Run { data, request, skipped_lines, mut resolved, training, choosing, choice, spec, .. } = self;
+        // Each choice with its epochs and the settings tried side by side.
+        let choice = match (choice, so_far) {
+            (Some((c, epochs)), _) => Some((c.candidates.clone(), Some(c), epochs)),
+            (None, Some(c)) => Some((training.settings().settings(), c, training.epochs().to_vec())),
+            (None, None) => None,
+        };
         let scored = choosing.as_ref().map_or(&data, |c| &c.data);
         let mut outcome = training.finish(scored, resolved.opened.backend.as_mut())?;
         if choosing.is_some() {
@@ -523,12 +562,16 @@ impl Run {
             dataset: DatasetInfo::of(&data, skipped_lines),
             config,
             request,
-            choice: choice.map(|(c, epochs)| ChoiceJson {
+            choice: choice.map(|(settings, c, epochs)| ChoiceJson {
                 epochs: epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
-                candidates: crate::report::grid_results(&c.candidates, &epochs, Some(c.epochs)),
+                candidates: crate::report::grid_results(&settings, &epochs, c.as_ref().map(|c| c.epochs)),
                 choice: c,
             }),
-            epochs: outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect(),
+            epochs: if choosing.is_some() {
+                Vec::new()
+            } else {
+                outcome.epochs.iter().map(|e| EpochJson::of(e, ceiling)).collect()
+            },
             final_: FinalJson {
                 test_rmse: (!ceiling).then_some(outcome.final_metrics.rmse).filter(|x| !x.is_nan()),
                 test_mae: (!ceiling).then_some(outcome.final_metrics.mae).filter(|x| !x.is_nan()),
@@ -619,6 +662,32 @@ mod tests {
         assert!(done.outcome.model.users.iter().all(|x| x.is_finite()));
     }
 
+    #[test]
+    fn a_run_stopped_while_choosing_reports_the_choice_so_far_and_no_model_epochs() {
+        let data = source().load(2).unwrap().dataset;
+        let spec = RunSpec {
+            tune: Tuning::default(),
+            backend: BackendSpec { backend: BackendChoice::Cpu, threads: 1, ..BackendSpec::default() },
+            ..spec(6)
+        };
+        let mut run = Run::new(data, source(), spec, RunOptions::default()).unwrap();
+        assert_eq!(run.step().unwrap().map(|(s, _)| s), Some(Stage::Choosing));
+        assert_eq!(run.step().unwrap().map(|(s, _)| s), Some(Stage::Choosing));
+        run.cancel_token().cancel();
+        assert!(run.step().unwrap().is_none());
+        let done = run.finish().unwrap();
+        let r = &done.report;
+        assert!(!r.complete && r.epochs.is_empty(), "choosing epochs are not the model's: {:?}", r.epochs.len());
+        let c = r.choice.as_ref().expect("the choice so far");
+        assert_eq!(c.epochs.len(), 2, "the choosing epochs, scored on the validation split");
+        let kept = c.choice.as_ref().expect("a setting kept so far");
+        assert_eq!(kept.stopped, "interrupted");
+        assert!(kept.epochs <= 2 && c.candidates.len() == 8);
+        let json = serde_json::to_value(r).unwrap();
+        assert_eq!(json["choice"]["stopped"], "interrupted");
+        assert_eq!(json["epochs"], serde_json::json!([]));
+    }
+
     /// The run as it chooses by default: its candidates on the validation
     /// split, then the choice on all the training ratings.
     fn choosing_run(data: Dataset, threads: usize) -> (Finished, Vec<Stage>) {
@@ -640,7 +709,7 @@ mod tests {
     fn a_run_chooses_on_validation_then_trains_the_choice_on_every_training_rating() {
         let data = source().load(2).unwrap().dataset;
         let (done, stages) = choosing_run(data.clone(), 2);
-        let choice = done.report.choice.as_ref().expect("a choice").choice.clone();
+        let choice = done.report.choice.as_ref().expect("a choice").choice.clone().expect("a setting kept");
         assert_eq!(choice.candidates.len(), 8);
         assert_eq!(choice.validation_ratings + choice.choosing_ratings, data.train.len());
         let chosen = stages.iter().filter(|s| **s == Stage::Training).count();
@@ -667,7 +736,8 @@ mod tests {
             r.value = 6.0 - r.value;
         }
         let (other, _) = choosing_run(flipped, 2);
-        let (a, b) = (&done.report.choice.as_ref().unwrap().choice, &other.report.choice.as_ref().unwrap().choice);
+        let kept = |d: &Finished| d.report.choice.as_ref().and_then(|c| c.choice.clone()).unwrap();
+        let (a, b) = (kept(&done), kept(&other));
         assert_eq!((a.lr, a.reg, a.epochs, a.validation_rmse), (b.lr, b.reg, b.epochs, b.validation_rmse));
         assert_eq!(done.outcome.model, other.outcome.model);
         assert_ne!(done.outcome.final_metrics.rmse, other.outcome.final_metrics.rmse);
@@ -690,7 +760,7 @@ mod tests {
             n += 1;
         }
         let done = run.finish().unwrap();
-        let choice = &done.report.choice.as_ref().unwrap().choice;
+        let choice = done.report.choice.as_ref().and_then(|c| c.choice.as_ref()).unwrap();
         assert!(n > 0 && choice.candidates.iter().all(|c| c.reg == 0.07), "{:?}", choice.candidates);
         assert_eq!(done.config().reg, 0.07);
     }

@@ -101,8 +101,9 @@ impl Fingerprint {
         fn pair<T: std::fmt::Display>(a: T, b: T) -> (String, String) {
             (a.to_string(), b.to_string())
         }
+        // The data is its counts and its ratings' CRC-32, not the path it
+        // was read from (`./u.data` and `/abs/u.data` are one file).
         let fields = [
-            ("dataset name", pair(&self.data, &now.data)),
             ("dataset users", pair(self.users, now.users)),
             ("dataset items", pair(self.items, now.items)),
             ("training ratings", pair(self.train, now.train)),

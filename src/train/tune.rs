@@ -175,11 +175,16 @@ pub struct Choice {
     /// candidate it was refined from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refined_from: Option<f32>,
-    /// Epochs the final model trains: the choosing run's best epoch.
+    /// Epochs the final model trains: the choosing run's best epoch
+    /// (`final_epochs` in the report, whose `epochs` are the choosing
+    /// run's).
+    #[serde(rename = "final_epochs")]
     pub epochs: usize,
     /// The kept setting's validation RMSE at that epoch.
     pub validation_rmse: f64,
-    /// The settings tried, side by side.
+    /// The settings tried, side by side (`settings` in the report, whose
+    /// `candidates` are their figures, best first).
+    #[serde(rename = "settings")]
     pub candidates: Vec<Setting>,
     pub validation_ratings: usize,
     /// Training ratings the candidates trained on.
@@ -187,7 +192,8 @@ pub struct Choice {
     /// Wall seconds of the choosing run, evaluations included.
     pub seconds: f64,
     /// Why it stopped: `early` (no better validation RMSE for `patience`
-    /// epochs) or `epochs` (the most asked for).
+    /// epochs), `epochs` (the most asked for), or `interrupted` (a signal
+    /// or a cancel: the run ended while choosing).
     pub stopped: &'static str,
     pub patience: usize,
 }
@@ -210,10 +216,10 @@ impl Choice {
             self.candidates.len(),
             self.choosing_ratings,
             self.validation_ratings,
-            if self.stopped == "early" {
-                format!("no better validation RMSE for {} epochs", self.patience)
-            } else {
-                "the most epochs asked for".to_string()
+            match self.stopped {
+                "early" => format!("no better validation RMSE for {} epochs", self.patience),
+                "interrupted" => "interrupted".to_string(),
+                _ => "the most epochs asked for".to_string(),
             },
             self.seconds,
         )

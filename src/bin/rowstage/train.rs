@@ -45,8 +45,8 @@ pub(crate) struct TrainArgs {
     #[arg(help_heading = "Model", long, value_name = "LR[,LR...]")]
     lr: Option<String>,
     /// L2 regularisation of the factors. Without it, chosen on the
-    /// validation split among 0.01, 0.02, 0.04 and 0.08; a list is chosen
-    /// among.
+    /// validation split among 0.0125, 0.025, 0.05 and 0.1 (and refined
+    /// between them); a list is chosen among.
     #[arg(help_heading = "Model", long, value_name = "REG[,REG...]")]
     reg: Option<String>,
     /// Share of the training ratings held out to choose --lr, --reg and the
@@ -400,7 +400,10 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     let _lock = match a.checkpoint.as_ref().or(a.resume.as_ref()).filter(|_| speaks) {
         Some(dir) => {
             let written = train::checkpoint::checkpoint_path(dir);
-            if a.resume.is_none() && train::checkpoint::checkpoint_exists(dir) && !a.overwrite_checkpoint {
+            // Only the checkpoint being resumed may be written over without
+            // being asked: `--resume A --checkpoint B` keeps B's own.
+            let resumed_here = a.resume.as_ref().is_some_and(|r| same_checkpoint(r, dir));
+            if !resumed_here && train::checkpoint::checkpoint_exists(dir) && !a.overwrite_checkpoint {
                 return Err(Error::arg(
                     "--checkpoint",
                     dir.display().to_string(),
@@ -541,6 +544,15 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
     let (outcome, report) = (&done.outcome, &done.report);
     if outcome.diverged.is_some() {
         out.line(&format!("stopped: the loss of epoch {} is not finite", outcome.epochs.len()));
+    } else if !outcome.complete
+        && report.choice.as_ref().is_some_and(|c| c.choice.as_ref().is_none_or(|k| k.stopped == "interrupted"))
+    {
+        out.line(&format!("interrupted while choosing the settings, after {} epoch(s)", outcome.epochs.len()));
+        if a.checkpoint.is_some() || a.resume.is_some() {
+            out.line(
+                "no checkpoint written: choosing is not checkpointed; run the command again (it chooses the same)",
+            );
+        }
     } else if !outcome.complete {
         out.line(&format!("interrupted after {} complete epoch(s)", outcome.epochs.len()));
     }
@@ -644,4 +656,16 @@ pub(crate) fn interrupt_on_signal(token: train::CancelToken) {
             log::warn!("cannot install the Ctrl-C handler ({e}); Ctrl-C will end the run without a report");
         }
     }
+}
+
+/// Whether two `--checkpoint`/`--resume` values name the same checkpoint
+/// (the same file in the same folder, however the path is spelt).
+fn same_checkpoint(a: &Path, b: &Path) -> bool {
+    let place = |d: &Path| {
+        let file = train::checkpoint::checkpoint_path(d);
+        let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        (std::fs::canonicalize(folder).ok(), file.file_name().map(|n| n.to_owned()))
+    };
+    let (x, y) = (place(a), place(b));
+    x.0.is_some() && x == y
 }
