@@ -87,6 +87,10 @@ pub enum Error {
     /// A lookup by external id failed.
     #[error("unknown {kind} id {id:?} (not in the model's training data)")]
     UnknownId { kind: &'static str, id: String },
+
+    /// A sweep (`simulate`, `bench`) in which no configuration could run.
+    #[error("nothing measured: every {what} was skipped; the first: {reason}")]
+    NothingMeasured { what: &'static str, reason: String },
 }
 
 /// `text` (a message of the library's) with its backticked parameter names

@@ -591,24 +591,27 @@ fn sizes_past_memory_and_forged_states_are_refused_by_name() {
     // nothing rather than silently dropped.
     let o = run(rowstage().args(["train", "--epochs", "1", "--device-memory", "25%"]).args(quick));
     assert!(o.status.success() && text(&o).contains("notice: --device-memory 25%"), "{}", text(&o));
-    // bench has no --order: its skip gives no advice of one.
+    // bench has no --order: its skip gives no advice of one (and a sweep
+    // that measured nothing is an error).
     let o = run(rowstage()
         .args(["bench", "--backend", "noop", "--synthetic", "60,40,900", "--epochs", "1", "--warmup", "0"])
         .args(["--policy", "lru", "--device-memory", "100"]));
-    assert!(o.status.success() && text(&o).contains("skipped") && !text(&o).contains("--order"), "{}", text(&o));
+    refused(&o, "a bench whose every configuration was skipped");
+    assert!(text(&o).contains("skipped") && !text(&o).contains("--order"), "{}", text(&o));
     // Choosing with no epoch is the same refusal, not a panic.
     let o = run(rowstage().args(["train", "--backend", "cpu", "--synthetic", "60,40,900", "--epochs", "0"]));
     refused(&o, "choosing with --epochs 0");
     // The CPU backend has no adapter to plan for: bad input, exit 2.
     refused(&run(rowstage().args(["plan", "--backend", "cpu", "--synthetic", "60,40,900"])), "plan --backend cpu");
     // A diverging setting in a sweep is that configuration's skip, not an
-    // interruption of the sweep.
+    // interruption of the sweep; a sweep of that one alone measured
+    // nothing, and says so with exit 2, its export still whole.
     let json = dir.path().join("bench.json");
     let o = run(rowstage()
         .args(["bench", "--backend", "cpu", "--synthetic", "60,40,900", "--epochs", "1", "--warmup", "0"])
         .args(["--lr", "1e30", "--export-json"])
         .arg(&json));
-    assert!(o.status.success(), "{}", text(&o));
+    refused(&o, "a bench whose only configuration diverged");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(j["complete"], true, "{j}");
     assert!(j["skipped"][0]["reason"].as_str().unwrap().contains("diverged"), "{j}");
@@ -680,4 +683,56 @@ fn a_resumed_run_keeps_its_checkpoints_batch_under_another_budget() {
     let o = run(rowstage().args(args).args(["--epochs", "3", "--device-memory", "20%", "--resume"]).arg(&whole));
     refused(&o, "a budget below the checkpoint's batch");
     assert!(text(&o).contains("the checkpoint's batch"), "{}", text(&o));
+}
+
+#[test]
+fn sweeps_and_splits_refuse_what_would_measure_nothing_or_mislead() {
+    let f = fixture();
+    let tiny = ["--synthetic", "200,100,3000"];
+    let cases: [(&str, Vec<&str>, &str); 7] = [
+        ("a warm-up past any count", vec!["bench", "--backend", "cpu", "--warmup", "18446744073709551615"], "--warmup"),
+        ("more threads than train takes", vec!["bench", "--backend", "cpu", "--threads", "100000"], "--threads"),
+        (
+            "a billion epochs planned",
+            vec!["plan", "--backend", "noop", "--ranks", "2", "--epochs", "1000000000"],
+            "--epochs",
+        ),
+        ("a billion epochs replayed", vec!["simulate", "--epochs", "1000000000"], "--epochs"),
+        ("every budget too small", vec!["simulate", "--device-memory", "1B", "--policy", "lru"], "nothing measured"),
+        (
+            "every configuration diverged",
+            vec!["bench", "--backend", "cpu", "--lr", "1e30", "--warmup", "0", "--epochs", "1"],
+            "nothing measured",
+        ),
+        (
+            "no configuration but skipped ones",
+            vec!["bench", "--backend", "noop", "--device-memory", "1B", "--policy", "lru"],
+            "nothing measured",
+        ),
+    ];
+    for (what, args, says) in cases {
+        let o = run(rowstage().args(&args[..1]).args(tiny).args(&args[1..]));
+        refused(&o, what);
+        assert!(text(&o).contains(says), "{what}: {}", text(&o));
+    }
+    // A budget far past the tables replays as every row resident, in
+    // little memory (it asked for 50 GB of per-slot arrays).
+    let o = run(rowstage().args(["simulate"]).args(tiny).args(["--device-memory", "900GB", "--policy", "lru"]));
+    assert!(o.status.success() && text(&o).contains("100.0%"), "{}", text(&o));
+    // The same file as training and test ratings: the test set would be
+    // the training set.
+    for command in ["split", "train"] {
+        let out = f.dir.path().join(format!("same-{command}"));
+        let mut c = rowstage();
+        c.arg(command).arg("--data").arg(&f.data).arg("--test").arg(f.dir.path().join(".").join("ratings.csv"));
+        let o = run(if command == "split" { c.arg("--out").arg(&out) } else { c.args(["--backend", "cpu"]) });
+        refused(&o, "--test the same file as --data");
+        assert!(text(&o).contains("same file as `data`") || text(&o).contains("same file as --data"), "{}", text(&o));
+        assert!(!out.exists(), "{command}: a folder made for a split that failed is removed");
+    }
+    // Ids the model never saw: scored, with a notice that says so.
+    let other = f.dir.path().join("other.tsv");
+    std::fs::write(&other, "x1\ty1\t3\nx2\ty2\t4\n").unwrap();
+    let o = run(rowstage().args(["eval", "--model"]).arg(&f.model).arg("--data").arg(&other));
+    assert!(o.status.success() && text(&o).contains("none of the 2 ratings"), "{}", text(&o));
 }

@@ -191,6 +191,17 @@ impl BenchPlan {
         if spec.epochs == 0 {
             return Err(Error::arg("`epochs`", "0", "must be at least 1 timed epoch"));
         }
+        let most = crate::train::MAX_EPOCHS - spec.epochs;
+        if warmup > most {
+            return Err(Error::arg(
+                "`warmup`",
+                warmup.to_string(),
+                format!(
+                    "must be at most {most}: warm-up and timed epochs together at most {}",
+                    crate::train::MAX_EPOCHS
+                ),
+            ));
+        }
         let (backends, notices) = resolve_backends(backends, adapter)?;
         let mut settings = spec.settings();
         settings.epochs = warmup + spec.epochs;

@@ -81,7 +81,10 @@ pub fn sweep(
     // policy of a budget, and every budget of the same order and batch.
     let mut prepared: Option<(RunLayout, PartRows)> = None;
     for (label, budget) in budgets {
-        let bytes = budget.resolve(tables);
+        // Past twice the tables a slab holds every row with room to spare:
+        // more slots change nothing but the memory the replay's per-slot
+        // arrays take (900 GB of budget asked for 50 GB of them).
+        let bytes = budget.resolve(tables).min(tables.saturating_mul(2));
         let mut run = SimSetup { order, ..setup.clone() };
         let mut no_rating_fits = false;
         if spec.batch == BatchRequest::Default && run.order == Order::Shuffled && run.co_partition.is_none() {

@@ -250,7 +250,7 @@ impl<'p> Parser<'p> {
             path: self.path.to_path_buf(),
             line: self.lines,
             reason,
-            text: String::from_utf8_lossy(raw).into_owned(),
+            text: clipped(&String::from_utf8_lossy(raw), 200),
         };
         let is_first = self.layout.is_none();
         let (sep, header, format) = *self.layout.get_or_insert_with(|| {
@@ -313,6 +313,16 @@ impl<'p> Parser<'p> {
             });
         }
         Ok((RatingSet { users, items, ratings }, report))
+    }
+}
+
+/// `text` cut to its first `most` characters, saying how long it was: an
+/// error quotes a line or a field, and a line of a binary file or of
+/// megabytes would bury the message.
+fn clipped(text: &str, most: usize) -> String {
+    match text.char_indices().nth(most) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
     }
 }
 
@@ -427,9 +437,9 @@ fn parse_fields<'a>(
     if i.is_empty() {
         return Err("empty item id".into());
     }
-    let v: f32 = r.parse().map_err(|_| format!("rating {r:?} is not a number"))?;
+    let v: f32 = r.parse().map_err(|_| format!("rating {:?} is not a number", clipped(r, 40)))?;
     if let Some(problem) = rating_problem(v) {
-        return Err(format!("rating {r:?} is {problem}"));
+        return Err(format!("rating {:?} is {problem}", clipped(r, 40)));
     }
     Ok((u, i, v))
 }
@@ -551,6 +561,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn a_long_line_is_quoted_cut_short() {
+        let line = format!("a,b,{}", "9x".repeat(100_000));
+        let e = parse("r.csv", &line).unwrap_err().to_string();
+        assert!(
+            e.len() < 500 && e.contains("r.csv:1:") && e.contains("(200004 bytes)"),
+            "{} bytes: {}",
+            e.len(),
+            &e[..200]
+        );
     }
 
     #[test]

@@ -100,6 +100,13 @@ impl DataSource {
             }
         };
         let dataset = match &self.test {
+            Some(t) if self.path.as_deref().is_some_and(|p| same_file(p, t)) => {
+                return Err(Error::arg(
+                    "`test`",
+                    t.display().to_string(),
+                    "is the same file as `data`: the test ratings would be the training ratings",
+                ));
+            }
             Some(t) => Dataset::from_sets(&name, set, load(t)?),
             None => Dataset::split(&name, set, self.test_fraction, seed),
         };
@@ -129,6 +136,21 @@ pub struct SourceJson {
     pub test_fraction: Option<f64>,
     pub format: Format,
     pub zipf: Option<f64>,
+}
+
+/// Whether `a` and `b` name one file (through links, `./`, another
+/// spelling); names of files that do not exist (a front end's in-memory
+/// files) are compared as given.
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        use std::os::unix::fs::MetadataExt;
+        return (x.dev(), x.ino()) == (y.dev(), y.ino());
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]

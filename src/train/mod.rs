@@ -26,7 +26,7 @@ pub use setup::{
 };
 
 pub use request::{CancelToken, RunRequest};
-pub use run::{BatchRequest, ResolvedRun, RunConfig, RunSpec, SideRequest, number_list, resolve};
+pub use run::{BatchRequest, MAX_EPOCHS, ResolvedRun, RunConfig, RunSpec, SideRequest, number_list, resolve};
 
 pub use crate::engine::{Backend, EpochInput, EpochTrain, Order, Prediction};
 

@@ -17,6 +17,12 @@ use crate::stage::copartition::{CoPartition, Side};
 /// Settings trained side by side in one run at most (a grid search).
 pub const MAX_GRID: usize = 64;
 
+/// Epochs a run may ask for at most: far past any that trains (a run
+/// meant to go on until stopped asks for this many), and few enough that
+/// what is worked out or kept per epoch (`plan`'s and `simulate`'s
+/// figures, the report's epochs) fits in memory.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
 /// Threads a run may ask for per core: beyond a few, threads only cost
 /// memory (each holds its own buffers).
 pub const MAX_THREADS_PER_CORE: usize = 4;
@@ -211,6 +217,9 @@ impl RunSpec {
         if self.epochs == 0 {
             // No epoch would leave the initial tables, which are no model.
             return Err(Error::arg("`epochs`", "0", "must be at least 1"));
+        }
+        if self.epochs > MAX_EPOCHS {
+            return Err(Error::arg("`epochs`", self.epochs.to_string(), format!("must be at most {MAX_EPOCHS}")));
         }
         if hp.rank == 0 || hp.rank > crate::model::MAX_RANK {
             return Err(Error::arg(

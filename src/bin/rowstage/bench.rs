@@ -257,6 +257,9 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
     };
     if let Some(t) = a.threads {
+        // Checked as `train` checks it.
+        let backend = train::BackendSpec { threads: t, ..train::BackendSpec::default() };
+        train::RunSpec { backend, ..train::RunSpec::default() }.validate()?;
         plan.threads = t;
     }
     plan.lookahead = a.lookahead;
@@ -345,6 +348,12 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
     if !report.complete {
         out.line(&format!("interrupted: {} configuration(s) measured and exported", report.rows.len()));
         return Err(Error::Interrupted);
+    }
+    if let (true, Some(s)) = (report.rows.is_empty(), report.skipped.first()) {
+        return Err(Error::NothingMeasured {
+            what: "configuration",
+            reason: format!("{} {} {}: {}", s.backend, s.budget, s.policy, s.reason),
+        });
     }
     Ok(())
 }

@@ -91,15 +91,25 @@ pub(crate) fn cmd_split(a: SplitArgs) -> Result<()> {
     let inputs = [("--data", source.path.as_deref()), ("--test", source.test.as_deref())];
     // The folder first (it is made for the files' checks), then its files.
     check_paths(&[], &[("--out", Some(&a.out))], &inputs)?;
+    let made = !a.out.exists();
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    let files = [a.out.join("train.tsv"), a.out.join("test.tsv")];
-    check_paths(&[("--out", Some(&files[0])), ("--out", Some(&files[1]))], &[], &inputs)?;
-    let (data, _) = load_dataset(&source, a.seed, &out)?;
-    let texts = [data.to_tsv(false)?, data.to_tsv(true)?];
-    for ((name, ratings), text) in [("train.tsv", &data.train), ("test.tsv", &data.test)].into_iter().zip(texts) {
-        let path = a.out.join(name);
-        model::write_atomically(&path, text.as_bytes())?;
-        out.line(&format!("wrote {} ({} ratings)", path.display(), ratings.len()));
-    }
-    Ok(())
+    let split = || -> Result<()> {
+        let files = [a.out.join("train.tsv"), a.out.join("test.tsv")];
+        check_paths(&[("--out", Some(&files[0])), ("--out", Some(&files[1]))], &[], &inputs)?;
+        let (data, _) = load_dataset(&source, a.seed, &out)?;
+        let texts = [data.to_tsv(false)?, data.to_tsv(true)?];
+        for ((name, ratings), text) in [("train.tsv", &data.train), ("test.tsv", &data.test)].into_iter().zip(texts) {
+            let path = a.out.join(name);
+            model::write_atomically(&path, text.as_bytes())?;
+            out.line(&format!("wrote {} ({} ratings)", path.display(), ratings.len()));
+        }
+        Ok(())
+    };
+    // A folder made for a split that then failed (a bad input) is not left
+    // behind; one that held files already is left as it was.
+    split().inspect_err(|_| {
+        if made {
+            let _ = std::fs::remove_dir(&a.out);
+        }
+    })
 }

@@ -103,6 +103,10 @@ pub(crate) fn cmd_plan(a: PlanArgs) -> Result<()> {
         ..train::RunSpec::default()
     };
     spec.validate()?;
+    // Each epoch's traffic is worked out and kept: as many as a run may train.
+    if a.epochs > train::MAX_EPOCHS {
+        return Err(Error::arg("--epochs", a.epochs.to_string(), format!("must be at most {}", train::MAX_EPOCHS)));
+    }
     let out = Out { to_stderr: a.json.as_deref() == Some(Path::new("-")) };
     let (data, _) = load_dataset(&source, a.seed, &out)?;
     let ranks = a.ranks.unwrap_or(crate::mpi_world().1);

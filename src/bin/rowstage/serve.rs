@@ -116,6 +116,15 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
     let ratings = serve::onto_model(&m, &set);
     let cold = ratings.iter().filter(|r| r.user == UNKNOWN || r.item == UNKNOWN).count();
     let metrics = m.evaluate(&ratings);
+    if !ratings.is_empty() && cold == ratings.len() {
+        // Not one rating the model has rows for: the figures are the mean's
+        // and the biases' alone, likely another data set's ids.
+        warn!(
+            "notice: none of the {} ratings has both its user and its item in the model: are these the ids it was \
+             trained on? The figures below score the mean and the biases alone",
+            ratings.len()
+        );
+    }
     let to_stdout = |p: &Option<PathBuf>| p.as_deref() == Some(Path::new("-"));
     let out = Out { to_stderr: to_stdout(&a.json) || to_stdout(&a.predictions) };
     out.line(&format!(
@@ -165,7 +174,15 @@ pub(crate) fn cmd_recommend(a: RecommendArgs) -> Result<()> {
     };
     let rated = match &a.exclude_rated {
         Some(p) => {
-            Some(serve::rated_items(&m, &data::load_ratings(p, load_opts(a.format, HeaderMode::Auto, false))?.0))
+            let rated = serve::rated_items(&m, &data::load_ratings(p, load_opts(a.format, HeaderMode::Auto, false))?.0);
+            if rated.iter().all(Vec::is_empty) {
+                warn!(
+                    "notice: --exclude-rated {}: none of its ratings is of a user and an item the model has, so \
+                     nothing is left out (are these the ids it was trained on?)",
+                    p.display()
+                );
+            }
+            Some(rated)
         }
         None => None,
     };

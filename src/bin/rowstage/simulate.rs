@@ -132,6 +132,18 @@ pub(crate) fn cmd_simulate(a: SimulateArgs) -> Result<()> {
             )),
         }
     })?;
+    // Every budget too small: an empty sweep is no result.
+    if let Some(SweepOutcome::TooSmall { step, needed }) =
+        rows.first().map(|r| &r.outcome).filter(|_| bench::simulate::replayed(&rows).is_empty())
+    {
+        return Err(Error::NothingMeasured {
+            what: "budget and policy",
+            reason: format!(
+                "the budget is too small: {step} needs --device-memory {needed} ({})",
+                human_bytes(*needed)
+            ),
+        });
+    }
     if let Some(path) = &a.json {
         write_output(path, &serde_json::to_string_pretty(&bench::simulate::replayed(&rows)).expect("json"))?;
     }
