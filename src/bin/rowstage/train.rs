@@ -539,6 +539,13 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         bar.inc(1);
     }
+    // Choosing ended, but the run stopped before the final training's
+    // first epoch came back: what it chose is still said.
+    if stage == Stage::Choosing
+        && let Some(c) = run.choice()
+    {
+        bar.suspend(|| out.line(&c.line()));
+    }
     let done = run.finish()?;
     bar.finish_and_clear();
     let (outcome, report) = (&done.outcome, &done.report);
