@@ -120,7 +120,10 @@ fn a_report_reproduces_its_run_with_config() {
     std::fs::write(&path, serde_json::to_string(&report).unwrap()).unwrap();
     assert_eq!(report["request"]["spec"]["epochs"], 2);
     let config = ["--config", path.to_str().unwrap()];
-    let (again, j) = train(dir.path(), "again", &config, &["--backend", "cpu", "--threads", "3"]);
+    // Every device flag the README lists beside it, `--hogwild-width` too
+    // (a flattened group's id was once taken for a model flag).
+    let device = ["--backend", "cpu", "--threads", "3", "--hogwild-width", "auto", "--policy", "lru"];
+    let (again, j) = train(dir.path(), "again", &config, &device);
     assert_eq!(j["config"]["order"], report["config"]["order"]);
     assert_eq!(j["config"]["lr"], report["config"]["lr"]);
     assert!(diff(&first, &again).identical, "the same request on 3 threads");

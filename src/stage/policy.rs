@@ -69,13 +69,15 @@ impl crate::Named for PolicyKind {
             PolicyKind::Static => "The rows most frequent in training stay resident; the rest are staged per step",
             PolicyKind::Lru => "All slots cache rows; the least recently used row is evicted",
             PolicyKind::Lfu => {
-                "All slots cache rows; the least frequently used is evicted, a row admitted only if as frequent (FBGEMM)"
+                "7/8 of the slots cache rows, the least frequently used evicted, a row admitted only if as frequent \
+                 (FBGEMM); the rest a staging reserve"
             }
             PolicyKind::Sca => {
                 "SCA: the split its replay of this run's steps finds moves fewest rows (never more than static, lru or lfu)"
             }
             PolicyKind::Lookahead => {
-                "SCA's resident set; the staged row used furthest in the next --lookahead is evicted"
+                "Every slot caches rows; the row used furthest in the next --lookahead is evicted (beyond it, SCA's \
+                 order: rarest first)"
             }
             PolicyKind::Belady => "The offline optimum: evict the row used furthest in the future (the floor)",
         }

@@ -124,10 +124,18 @@ pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 
 /// The ids of subcommand `sub`'s flags given on the command line.
 pub(crate) fn given_flags(sub: &str) -> Vec<String> {
+    use clap::CommandFactory;
     let Some(m) = MATCHES.get().and_then(|m| m.subcommand_matches(sub)) else { return Vec::new() };
+    // A flattened struct's group (`HogwildArgs`) is listed beside its
+    // flags; it is no flag of its own.
+    let command = Cli::command();
+    let groups: Vec<String> = command
+        .find_subcommand(sub)
+        .map(|c| c.get_groups().map(|g| g.get_id().as_str().to_string()).collect())
+        .unwrap_or_default();
     m.ids()
         .map(|id| id.as_str().to_string())
-        .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .filter(|id| !groups.contains(id) && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
         .collect()
 }
 
