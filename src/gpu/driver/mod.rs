@@ -368,12 +368,19 @@ impl Backend for GpuBackend {
         if !self.exec.readback.is_idle() {
             return Err(self.exec.dev.err("evaluation with write-backs in flight"));
         }
-        if test.is_empty() {
-            // Nothing to score (NaN figures, shown as "no test ratings").
-            return Ok((vec![crate::model::MetricsAcc::default().finish(); self.copies as usize], ledger));
-        }
         let tables = HostTables::Read(model);
         let host = &tables;
+        if test.is_empty() {
+            // Nothing to score (NaN figures, shown as "no test ratings"); the
+            // lent rows still go back, as after every epoch (what `simulate`
+            // replays).
+            if self.stager.has_lent() {
+                let mut moves = Moves::default();
+                self.stager.restore_lent(&mut moves, &mut ledger);
+                self.exec.load(host, &moves, &mut ledger)?;
+            }
+            return Ok((vec![crate::model::MetricsAcc::default().finish(); self.copies as usize], ledger));
+        }
         if !self.resident_loaded {
             self.load_resident(host, &mut ledger)?;
         }
