@@ -110,6 +110,9 @@ pub struct Prediction {
     pub resident: u64,
     /// The first epoch's rows in beyond `rows_per_epoch` (a cache filling).
     pub cold: f64,
+    /// Cache slots: the cached rows the last epoch writes back besides the
+    /// resident ones.
+    pub cache: u64,
     pub row_bytes: u64,
 }
 

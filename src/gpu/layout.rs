@@ -128,6 +128,7 @@ pub fn plan_layout(input: &LayoutInput, adapter: &AdapterSummary) -> Result<GpuL
             rows_per_epoch: p.rows_in_per_epoch,
             resident: areas.resident as u64,
             cold: p.cold_rows_in,
+            cache: areas.cache as u64,
             row_bytes,
         }),
     })

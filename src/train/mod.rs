@@ -584,8 +584,8 @@ impl Training {
         if let Some(p) = backend.prediction() {
             let first = if epoch == 0 { p.resident as f64 + p.cold } else { 0.0 };
             // The last epoch writes back what the slab holds: the resident
-            // rows and the cache the first epoch filled.
-            let last = if last { p.resident as f64 + p.cold } else { 0.0 };
+            // rows and the cached ones.
+            let last = if last { (p.resident + p.cache) as f64 } else { 0.0 };
             report.predicted_rows_in = Some(p.rows_per_epoch + first);
             report.predicted_rows_out = Some(p.rows_per_epoch + last);
             report.predicted_bytes_h2d = Some((p.rows_per_epoch + first) * p.row_bytes as f64);
