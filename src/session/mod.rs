@@ -470,11 +470,10 @@ impl Run {
         let choosing = self.choosing.take().expect("choosing");
         let stopped = if self.training.stopped_early() { "early" } else { "epochs" };
         let choice = self.choice_of(&choosing, stopped).expect("a complete choosing run has a best epoch");
-        let (kept, best) = (Setting { lr: choice.lr, reg: choice.reg }, choice.epochs);
         let spec = RunSpec {
-            hp: HyperParams { lr: kept.lr, reg: kept.reg, ..self.request.spec.hp },
+            hp: HyperParams { lr: choice.lr, reg: choice.reg, ..self.request.spec.hp },
             grid: Vec::new(),
-            epochs: best,
+            epochs: choice.epochs,
             tune: Tuning::OFF,
             ..self.request.spec.clone()
         };
@@ -486,7 +485,7 @@ impl Run {
         // until the new one is opened.
         self.resolved.opened.backend = Box::new(crate::train::cpu::ReferenceCpu { bias_reg: 0.0 });
         let (resolved, mut training) = start(&self.data, &spec, choosing.options, None)?;
-        training.record_choice(best);
+        training.record_choice(choice.epochs);
         self.resolved = resolved;
         self.training = training;
         self.spec = spec;

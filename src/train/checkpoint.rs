@@ -287,7 +287,9 @@ pub fn save_share(
     best: Option<&Model>,
     (rank, ranks): (usize, usize),
 ) -> Result<ShareEntry> {
-    let (path, entry, share, best) = share_entry(dir, state, model, best, (rank, ranks));
+    let (path, entry) = share_entry(dir, state, model, best, (rank, ranks));
+    let share = rows_of(model, &entry.users, &entry.items);
+    let best = best.map(|b| rows_of(b, &entry.users, &entry.items));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
@@ -296,26 +298,27 @@ pub fn save_share(
     Ok(entry)
 }
 
-/// Rank `rank` of `ranks`' share of a checkpoint of `state`: its file, its
-/// entry in the manifest, and its rows of `model` (and of `best`).
+/// Rank `rank` of `ranks`' share of a checkpoint of `state`: its file
+/// (named by the CRC-32 of its rows of `model` and of `best`, hashed where
+/// they lie: rank 0 names every share without copying it) and its entry in
+/// the manifest.
 fn share_entry(
     dir: &Path,
     state: &RunState,
     model: &Model,
     best: Option<&Model>,
     (rank, ranks): (usize, usize),
-) -> (PathBuf, ShareEntry, Model, Option<Model>) {
+) -> (PathBuf, ShareEntry) {
     let (users, items) = (share_range(model.n_users(), rank, ranks), share_range(model.n_items(), rank, ranks));
-    let share = rows_of(model, &users, &items);
-    let best = best.map(|b| rows_of(b, &users, &items));
+    let s = model.stride;
     let mut crc = crc32fast::Hasher::new();
-    for m in std::iter::once(&share).chain(&best) {
-        crc.update(bytemuck::cast_slice(&m.users));
-        crc.update(bytemuck::cast_slice(&m.items));
+    for m in std::iter::once(model).chain(best) {
+        crc.update(bytemuck::cast_slice(&m.users[users.start * s..users.end * s]));
+        crc.update(bytemuck::cast_slice(&m.items[items.start * s..items.end * s]));
     }
     let path = share_path(dir, rank, ranks, state.epoch, crc.finalize());
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    (path, ShareEntry { file, users, items }, share, best)
+    (path, ShareEntry { file, users, items })
 }
 
 /// Rank 0, once every one of `ranks` ranks has written its share of `model`
@@ -334,7 +337,7 @@ pub fn save_manifest(
     let path = manifest_path(dir);
     let mut shares = Vec::with_capacity(ranks);
     for k in 0..ranks {
-        let (file, entry, ..) = share_entry(dir, state, model, best, (k, ranks));
+        let (file, entry) = share_entry(dir, state, model, best, (k, ranks));
         if !file.is_file() {
             return Err(Error::io(
                 &file,
